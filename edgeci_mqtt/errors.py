@@ -1,0 +1,36 @@
+"""One exception tree for the whole package.
+
+Callers catch :class:`EdgeCIError` to handle anything this package rejects; the
+subclasses say which kind of input was wrong so a CLI or an agent can log one clear
+line and carry on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeCIError",
+    "GeometryError",
+    "InputError",
+    "ModelError",
+    "WeightsError",
+]
+
+
+class EdgeCIError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ModelError(EdgeCIError):
+    """Unknown model name, or a layer the stage chain cannot represent."""
+
+
+class WeightsError(EdgeCIError):
+    """A weights file that cannot be read or does not match the model."""
+
+
+class InputError(EdgeCIError):
+    """An input (image, array, tensor) of the wrong kind, shape or size."""
+
+
+class GeometryError(EdgeCIError):
+    """A block, region or tile grid that does not fit the feature maps."""

@@ -1,0 +1,48 @@
+"""The CNNs EdgeCI can split, by name, with torchvision-compatible parameter names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeci_mqtt.errors import ModelError
+from edgeci_mqtt.models.resnet import resnet34
+from edgeci_mqtt.models.smallcnn import smallcnn
+from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
+from edgeci_mqtt.models.vgg import vgg16
+from edgeci_mqtt.models.weights import init_weights, load_weights
+
+__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "stage_chain"]
+
+_BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "vgg16": vgg16,
+    "resnet34": resnet34,
+    "smallcnn": smallcnn,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(name: str, weights: Path | None = None, seed: int = 0) -> nn.Module:
+    """The model in eval mode: weights from ``weights`` or seeded random ones.
+
+    Built on the meta device first so that the large VGG classifier is initialised
+    once, not twice.
+    """
+    if name not in _BUILDERS:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    with torch.device("meta"):
+        model = _BUILDERS[name]()
+    model = model.to_empty(device="cpu")
+    if weights is None:
+        init_weights(model, seed)
+    else:
+        load_weights(model, weights, name)
+    return model.eval()
+
+
+def load_chain(name: str, weights: Path | None = None, seed: int = 0) -> StageChain:
+    """Build the model and cut it into its stage chain."""
+    return stage_chain(build_model(name, weights, seed), name)

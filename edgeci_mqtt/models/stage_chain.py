@@ -1,0 +1,99 @@
+"""Cut a model into its chain of spatial stages and its non-spatial tail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor, nn
+
+from edgeci_mqtt.core.chain import chain_shapes
+from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.core.residual import ResidualStage
+from edgeci_mqtt.core.stages import (
+    AvgPoolStage,
+    BatchNormStage,
+    ConvStage,
+    MaxPoolStage,
+    ReLUStage,
+    Stage,
+)
+from edgeci_mqtt.errors import GeometryError, InputError, ModelError
+from edgeci_mqtt.models.resnet import BasicBlock
+
+__all__ = ["SpatialModel", "StageChain", "stage_chain", "stage_of"]
+
+
+class SpatialModel(Protocol):
+    """What a model offers to be split: its spatial layers in order, and its tail."""
+
+    def spatial_layers(self) -> list[tuple[str, nn.Module]]: ...
+
+    def tail(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class StageChain:
+    """A model as stages ``0..n-1`` (spatial, tileable) followed by ``tail``."""
+
+    model_name: str
+    stages: tuple[Stage, ...]
+    tail: Callable[[Tensor], Tensor]
+    in_channels: int
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def shapes(self, height: int, width: int) -> list[FeatureShape]:
+        """Shapes at every stage boundary for a ``height`` x ``width`` image."""
+        try:
+            return chain_shapes(self.stages, FeatureShape(self.in_channels, height, width))
+        except GeometryError as exc:
+            raise InputError(f"{self.model_name}: {exc}") from exc
+
+    def check_input(self, x: Tensor) -> list[FeatureShape]:
+        """Validate a (1, C, H, W) input and return the shapes it flows through."""
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise InputError(f"expected one image as a (1, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise InputError(
+                f"{self.model_name} takes {self.in_channels} input channels, got {x.shape[1]}"
+            )
+        return self.shapes(int(x.shape[2]), int(x.shape[3]))
+
+
+def stage_of(name: str, module: nn.Module) -> Stage:
+    """The stage for one spatial layer of a model."""
+    if isinstance(module, nn.Conv2d):
+        return ConvStage(name, module)
+    if isinstance(module, nn.BatchNorm2d):
+        return BatchNormStage(name, module)
+    if isinstance(module, nn.ReLU):
+        return ReLUStage(name)
+    if isinstance(module, nn.MaxPool2d):
+        return MaxPoolStage(name, module)
+    if isinstance(module, nn.AvgPool2d):
+        return AvgPoolStage(name, module)
+    if isinstance(module, BasicBlock):
+        main = [
+            stage_of(f"{name}.{part}", getattr(module, part))
+            for part in ("conv1", "bn1", "relu", "conv2", "bn2")
+        ]
+        shortcut = []
+        if module.downsample is not None:
+            shortcut = [stage_of(f"{name}.downsample.{i}", m) for i, m in enumerate(module.downsample)]
+        return ResidualStage(name, main, shortcut)
+    raise ModelError(f"{name}: layer type {type(module).__name__} is not a supported spatial stage")
+
+
+def stage_chain(model: nn.Module, name: str) -> StageChain:
+    """Cut ``model`` (which must offer ``spatial_layers`` and ``tail``) into a chain."""
+    if not hasattr(model, "spatial_layers") or not hasattr(model, "tail"):
+        raise ModelError(f"{name}: the model does not expose spatial_layers() and tail()")
+    spatial: SpatialModel = model  # type: ignore[assignment]
+    stages = tuple(stage_of(n, m) for n, m in spatial.spatial_layers())
+    first = next((s for s in stages if isinstance(s, ConvStage)), None)
+    if first is None:
+        raise ModelError(f"{name}: no convolution found to fix the input channels")
+    return StageChain(name, stages, spatial.tail, first.module.in_channels)

@@ -1,0 +1,88 @@
+"""Weights: seeded random initialisation, or a torchvision-format ``state_dict`` file.
+
+Loading checks every key and shape first, so a wrong file fails with one message
+naming what is missing, extra or mis-shaped, instead of torch's stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeci_mqtt.errors import WeightsError
+
+__all__ = ["init_weights", "load_weights", "read_state_dict"]
+
+_SHOWN = 5  # keys listed per problem before "... and N more"
+
+
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Seeded random weights with realistic scales (He init, non-trivial BN statistics).
+
+    BN statistics and conv biases are random rather than torchvision's 0/1 defaults
+    so that tests notice a tile that mishandles them.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=gen)
+                if module.bias is not None:
+                    nn.init.uniform_(module.bias, -0.1, 0.1, generator=gen)
+            elif isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
+                nn.init.uniform_(module.weight, 0.5, 1.5, generator=gen)
+                nn.init.normal_(module.bias, 0.0, 0.1, generator=gen)
+                nn.init.normal_(module.running_mean, 0.0, 0.1, generator=gen)
+                nn.init.uniform_(module.running_var, 0.5, 1.5, generator=gen)
+                if module.num_batches_tracked is not None:
+                    module.num_batches_tracked.zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01, generator=gen)
+                nn.init.zeros_(module.bias)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` saved with ``torch.save`` (tensors only, no pickled code)."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise WeightsError(f"{path} is not a PyTorch weights file: {exc}".splitlines()[0]) from exc
+    if isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    return dict(data)
+
+
+def load_weights(model: nn.Module, path: Path, model_name: str = "model") -> None:
+    """Load ``path`` into ``model`` with every key and shape checked first."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if extra:
+        problems.append(f"unexpected keys: {_listing(extra)}")
+    if wrong:
+        problems.append(f"mis-shaped: {_listing(wrong)}")
+    if problems:
+        raise WeightsError(f"{path} does not fit {model_name}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
