@@ -15,7 +15,7 @@ from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.stages import Stage
 from edgeci_mqtt.errors import GeometryError
 
-__all__ = ["chain_regions", "chain_shapes", "run_chain"]
+__all__ = ["chain_regions", "chain_shapes", "run_chain", "whole_map_flops"]
 
 
 def chain_shapes(stages: Sequence[Stage], in_shape: FeatureShape) -> list[FeatureShape]:
@@ -73,3 +73,11 @@ def run_chain(
         x = stage.run(x, x_region, regions[k + 1], shapes[k])
         x_region = regions[k + 1]
     return x
+
+
+def whole_map_flops(stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> list[int]:
+    """FLOPs of each stage computing its whole output map in one piece (no halo)."""
+    return [
+        stage.flops(TileRegion.whole(shapes[k + 1].height, shapes[k + 1].width), shapes[k])
+        for k, stage in enumerate(stages)
+    ]

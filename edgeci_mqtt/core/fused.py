@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.core.chain import chain_regions, run_chain
+from edgeci_mqtt.core.chain import chain_regions, run_chain, whole_map_flops
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion, tile_grid
 from edgeci_mqtt.core.stages import Stage
 from edgeci_mqtt.errors import GeometryError
@@ -23,6 +23,8 @@ from edgeci_mqtt.errors import GeometryError
 __all__ = [
     "FusedBlock",
     "TileGrid",
+    "balanced_blocks",
+    "block_tile_flops",
     "check_partition",
     "parse_blocks",
     "run_block_tile",
@@ -110,6 +112,30 @@ def tile_input_region(
     ``shapes`` are the chain's boundary shapes (``shapes[k]`` is stage ``k``'s input).
     """
     return chain_regions(block.stages(stages), shapes[block.start : block.stop + 1], out_region)[0]
+
+
+def block_tile_flops(
+    stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion
+) -> int:
+    """FLOPs of one tile of ``block``, halo recomputation included."""
+    inner = block.stages(stages)
+    regions = chain_regions(inner, shapes[block.start : block.stop + 1], out_region)
+    return sum(s.flops(regions[k + 1], shapes[block.start + k]) for k, s in enumerate(inner))
+
+
+def balanced_blocks(stages: Sequence[Stage], shapes: Sequence[FeatureShape], count: int) -> list[FusedBlock]:
+    """``count`` blocks of about equal whole-map FLOPs: a sensible default before DPFL."""
+    per_stage = whole_map_flops(stages, shapes)
+    count = max(1, min(count, len(stages)))
+    total, running, cuts = sum(per_stage), 0, [0]
+    for k, flops in enumerate(per_stage[:-1]):
+        running += flops
+        remaining_cuts = count - len(cuts)
+        room = len(stages) - (k + 1)
+        if remaining_cuts > 0 and (running >= total * len(cuts) / count or room == remaining_cuts):
+            cuts.append(k + 1)
+    cuts.append(len(stages))
+    return [FusedBlock(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def run_block_tile(

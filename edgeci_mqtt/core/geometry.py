@@ -144,21 +144,41 @@ class Window:
 
     def output_size(self, n: int) -> int:
         """Output length for input length ``n`` (0 when the input is too small)."""
-        span = n + 2 * self.padding - self.extent
-        if span < 0:
-            return 0
-        if not self.ceil_mode:
-            return span // self.stride + 1
-        out = -(-span // self.stride) + 1
-        # PyTorch: the last window must start inside the input or the left padding.
-        if (out - 1) * self.stride >= n + self.padding:
+        numerator = n + 2 * self.padding - self.extent + (self.stride - 1 if self.ceil_mode else 0)
+        out = numerator // self.stride + 1  # floor division, as PyTorch's div_rtn
+        # PyTorch: in ceil mode the last window must start inside the input or the left padding.
+        if self.ceil_mode and (out - 1) * self.stride >= n + self.padding:
             out -= 1
-        return out
+        return max(out, 0)
 
     def reach(self, out: Span) -> Span:
         """Input span read by outputs ``out``, before clipping to the map."""
         start = out.start * self.stride - self.padding
         return Span(start, (out.stop - 1) * self.stride - self.padding + self.extent)
+
+    def needed(self, out: Span, n: int) -> Span:
+        """Input indices in ``[0, n)`` from the first to the last one that outputs ``out`` read.
+
+        This is :meth:`reach` clipped to the map, tightened where dilation makes the
+        windows at the border skip the first or last real indices.
+        """
+        low, high = n, -1
+        for o in range(out.start, out.stop):  # windows starting in the padding, then one more
+            start = o * self.stride - self.padding
+            taps = range(start, start + self.extent, self.dilation)
+            low = min(low, next((t for t in taps if t >= 0), n))
+            if start >= 0:
+                break
+        for o in reversed(range(out.start, out.stop)):  # mirrored at the far border
+            start = o * self.stride - self.padding
+            taps = range(start, start + self.extent, self.dilation)
+            high = max(high, next((t for t in reversed(taps) if t < n), -1))
+            if start + self.extent <= n:
+                break
+        if low > high:  # every window lies in the padding: nothing real is read
+            edge = self.reach(out).clip(n).start
+            return Span(edge, edge)
+        return Span(low, high + 1)
 
     def then(self, outer: Window) -> Window:
         """The single window equivalent to this one followed by ``outer``.

@@ -131,13 +131,14 @@ class WindowStage(Stage):
         return TileRegion(rows.reach(out_region.rows), cols.reach(out_region.cols))
 
     def input_region(self, out_region: TileRegion, in_shape: FeatureShape) -> TileRegion:
-        return self.reach(out_region).clip(in_shape.height, in_shape.width)
+        rows, cols = self._windows
+        return TileRegion(rows.needed(out_region.rows, in_shape.height), cols.needed(out_region.cols, in_shape.width))
 
     def _padded_input(
         self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
     ) -> Tensor:
         reach = self.reach(out_region)
-        need = reach.clip(in_shape.height, in_shape.width)
+        need = self.input_region(out_region, in_shape)
         rows, cols = need.within(x_region)
         x = x[:, :, rows, cols]
         pads = (

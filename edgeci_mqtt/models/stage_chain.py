@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,12 +37,22 @@ class StageChain:
     """A model as stages ``0..n-1`` (spatial, tileable) followed by ``tail``."""
 
     model_name: str
+    model: nn.Module
     stages: tuple[Stage, ...]
-    tail: Callable[[Tensor], Tensor]
     in_channels: int
 
     def __len__(self) -> int:
         return len(self.stages)
+
+    def tail(self, x: Tensor) -> Tensor:
+        """The non-spatial rest of the model (global pool, flatten, FC)."""
+        spatial: SpatialModel = self.model  # type: ignore[assignment]
+        return spatial.tail(x)
+
+    def tail_modules(self) -> list[str]:
+        """Top-level modules that belong to the tail rather than to any stage."""
+        prefixes = {stage.name.split(".")[0] for stage in self.stages}
+        return [name for name, _ in self.model.named_children() if name not in prefixes]
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
         """Shapes at every stage boundary for a ``height`` x ``width`` image."""
@@ -96,4 +105,4 @@ def stage_chain(model: nn.Module, name: str) -> StageChain:
     first = next((s for s in stages if isinstance(s, ConvStage)), None)
     if first is None:
         raise ModelError(f"{name}: no convolution found to fix the input channels")
-    return StageChain(name, stages, spatial.tail, first.module.in_channels)
+    return StageChain(name, model, stages, first.module.in_channels)

@@ -1,0 +1,46 @@
+"""The ``edgeci`` command: one subcommand per module, each with its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edgeci_mqtt import __version__
+from edgeci_mqtt.cli import infer_cmd, models_cmd
+from edgeci_mqtt.errors import EdgeCIError
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = (models_cmd, infer_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeci",
+        description="Distributed CNN inference on a cluster of edge devices over MQTT (EdgeCI).",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeci-mqtt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args))
+    except EdgeCIError as exc:
+        print(f"edgeci {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeci {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,54 @@
+"""``edgeci models``: each model's stage chain with shapes, FLOPs and output bytes."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgeci_mqtt.cli.table import format_table, human_bytes, human_count
+from edgeci_mqtt.core.chain import whole_map_flops
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.models import MODEL_NAMES, load_chain
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "models",
+        help="list the models and their stages",
+        description="Print each model's spatial stages (index, kind, geometry, output shape, "
+        "FLOPs and output bytes for the whole map) and its tail.",
+    )
+    parser.add_argument("--model", choices=MODEL_NAMES, action="append", help="only this model (repeatable)")
+    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in args.model or MODEL_NAMES:
+        chain = load_chain(name)
+        shapes = chain.shapes(args.size, args.size)
+        flops = whole_map_flops(chain.stages, shapes)
+        rows = []
+        for k, stage in enumerate(chain.stages):
+            out = shapes[k + 1]
+            row_w, col_w = stage.windows
+            geometry = str(row_w) if row_w == col_w else f"{row_w}/{col_w}"
+            rows.append(
+                [
+                    k,
+                    stage.name,
+                    stage.kind,
+                    geometry,
+                    str(out),
+                    human_count(flops[k]),
+                    human_bytes(stage.output_bytes(TileRegion.whole(out.height, out.width), shapes[k])),
+                ]
+            )
+        total = sum(flops)
+        params = sum(p.numel() for p in chain.model.parameters())
+        print(f"{name}: {len(chain)} stages, input {shapes[0]}, {human_count(total)} FLOPs, "
+              f"{human_count(params)} parameters")
+        print(format_table(["#", "name", "kind", "window", "output", "FLOPs", "out bytes"], rows))
+        print(f"tail (on the orchestrator): {', '.join(chain.tail_modules())}\n")
+    return 0
