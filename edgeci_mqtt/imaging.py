@@ -31,17 +31,15 @@ def preprocess(image: Image.Image, size: int = 224) -> Tensor:
     image = image.convert("RGB")
     short = round(size * 256 / 224)
     width, height = image.size
-    if width <= height:
-        new_size = (short, int(short * height / width))
-    else:
-        new_size = (int(short * width / height), short)
+    new_size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
     image = image.resize(new_size, Image.Resampling.BILINEAR)
-    left = int(round((new_size[0] - size) / 2.0))
-    top = int(round((new_size[1] - size) / 2.0))
+    left = round((new_size[0] - size) / 2.0)
+    top = round((new_size[1] - size) / 2.0)
     image = image.crop((left, top, left + size, top + size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean, std = np.array(IMAGENET_MEAN, dtype=np.float32), np.array(IMAGENET_STD, dtype=np.float32)
+    normalised = (pixels - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
 
 
 def _load_array(path: Path) -> Tensor:

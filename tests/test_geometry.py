@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,7 @@ def test_composed_window_reaches_what_the_pair_reaches(first: Window, second: Wi
 def test_split_span_is_contiguous_and_near_even(n: int, parts: int) -> None:
     pieces = split_span(Span(0, n), parts)
     assert pieces[0].start == 0 and pieces[-1].stop == n
-    assert all(a.stop == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(pieces))
     sizes = [p.size for p in pieces]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
     assert len(pieces) == min(parts, n)

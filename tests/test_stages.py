@@ -50,8 +50,11 @@ def randomise(module: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for tensor in list(module.parameters()) + list(module.buffers()):
             if tensor.is_floating_point():
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5 if "var" in str(tensor) else
-                             torch.randn(tensor.shape, generator=gen))
+                tensor.copy_(
+                    torch.rand(tensor.shape, generator=gen) + 0.5
+                    if "var" in str(tensor)
+                    else torch.randn(tensor.shape, generator=gen)
+                )
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 assert m.running_var is not None

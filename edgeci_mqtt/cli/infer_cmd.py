@@ -13,11 +13,20 @@ import torch
 from edgeci_mqtt.cli.table import format_table, human_count
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.fused import TileGrid, balanced_blocks, block_tile_flops, parse_blocks, run_fused
+from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
 
 __all__ = ["register", "run"]
+
+
+def tile_grid_arg(text: str) -> TileGrid:
+    """argparse type: a ``ROWSxCOLS`` grid, reported as a usage error when malformed."""
+    try:
+        return TileGrid.parse(text)
+    except GeometryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,12 +40,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--model", choices=MODEL_NAMES, default="vgg16")
     parser.add_argument("--weights", type=Path, help="torchvision-format state_dict (.pth); default: seeded random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    parser.add_argument("--input", type=Path, default=SAMPLE_IMAGE, help="image file or normalised .npy array "
-                        "(default: the shipped sample image)")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=SAMPLE_IMAGE,
+        help="image file or normalised .npy array (default: the shipped sample image)",
+    )
     parser.add_argument("--size", type=int, default=224, help="image side after preprocessing (default 224)")
-    parser.add_argument("--blocks", help="fused blocks as START-STOP,... covering every stage, e.g. 0-10,10-23,23-31 "
-                        "(default: 3 blocks of about equal FLOPs)")
-    parser.add_argument("--tiles", type=TileGrid.parse, default=TileGrid(3, 3), help="tile grid per block (default 3x3)")
+    parser.add_argument(
+        "--blocks",
+        help="fused blocks as START-STOP,... covering every stage, e.g. 0-10,10-23,23-31 "
+        "(default: 3 blocks of about equal FLOPs)",
+    )
+    parser.add_argument("--tiles", type=tile_grid_arg, default=TileGrid(3, 3), help="tile grid per block (default 3x3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="save the logits of the tiled run as .npy")
     parser.set_defaults(run=run)
@@ -45,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    source = "random weights, seed %d" % args.seed if args.weights is None else str(args.weights)
+    source = f"random weights, seed {args.seed}" if args.weights is None else str(args.weights)
     print(f"building {args.model} ({source}) ...", file=sys.stderr, flush=True)
     chain = load_chain(args.model, args.weights, args.seed)
     x = load_input(args.input, args.size)
@@ -67,15 +83,22 @@ def run(args: argparse.Namespace) -> int:
     for block in blocks:
         whole = sum(stage_flops[block.start : block.stop])
         tiled = sum(block_tile_flops(chain.stages, shapes, block, r) for r in args.tiles.regions(shapes[block.stop]))
-        rows.append([str(block), str(shapes[block.start]), str(shapes[block.stop]), human_count(whole),
-                     f"{tiled / whole:.3f}"])
+        rows.append(
+            [str(block), str(shapes[block.start]), str(shapes[block.stop]), human_count(whole), f"{tiled / whole:.3f}"]
+        )
     print(f"model {args.model}, input {shapes[0]} from {args.input}")
     print(format_table(["block", "input", "output", "FLOPs", "tiled/whole FLOPs"], rows))
-    print(f"whole model {whole_s * 1000:.1f} ms, fused tiles {tiled_s * 1000:.1f} ms "
-          f"({tiled_s / whole_s:.2f}x) on {torch.get_num_threads()} thread(s)")
+    print(
+        f"whole model {whole_s * 1000:.1f} ms, fused tiles {tiled_s * 1000:.1f} ms "
+        f"({tiled_s / whole_s:.2f}x) on {torch.get_num_threads()} thread(s)"
+    )
     print(f"max abs difference from the whole model: {(logits - reference).abs().max().item():.3g}")
-    print(format_table(["rank", "class", "label", "probability"],
-                       [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(logits))]))
+    print(
+        format_table(
+            ["rank", "class", "label", "probability"],
+            [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(logits))],
+        )
+    )
     if args.output:
         np.save(args.output, logits.numpy())
         print(f"logits saved to {args.output}")

@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
             )
         total = sum(flops)
         params = sum(p.numel() for p in chain.model.parameters())
-        print(f"{name}: {len(chain)} stages, input {shapes[0]}, {human_count(total)} FLOPs, "
-              f"{human_count(params)} parameters")
+        print(
+            f"{name}: {len(chain)} stages, input {shapes[0]}, {human_count(total)} FLOPs, "
+            f"{human_count(params)} parameters"
+        )
         print(format_table(["#", "name", "kind", "window", "output", "FLOPs", "out bytes"], rows))
         print(f"tail (on the orchestrator): {', '.join(chain.tail_modules())}\n")
     return 0

@@ -11,9 +11,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        all(isinstance(row[i], int | float) for row in rows) if rows else False for i in range(len(headers))
-    ]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) if rows else False for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(

@@ -28,16 +28,13 @@ def chain_shapes(stages: Sequence[Stage], in_shape: FeatureShape) -> list[Featur
         out = stage.output_shape(shapes[-1])
         if out.height < 1 or out.width < 1:
             raise GeometryError(
-                f"input {shapes[0]} is too small: stage {stage.name} ({stage.kind}) "
-                f"would turn {shapes[-1]} into {out}"
+                f"input {shapes[0]} is too small: stage {stage.name} ({stage.kind}) would turn {shapes[-1]} into {out}"
             )
         shapes.append(out)
     return shapes
 
 
-def chain_regions(
-    stages: Sequence[Stage], shapes: Sequence[FeatureShape], out_region: TileRegion
-) -> list[TileRegion]:
+def chain_regions(stages: Sequence[Stage], shapes: Sequence[FeatureShape], out_region: TileRegion) -> list[TileRegion]:
     """Needed regions at every boundary, walked back from ``out_region``.
 
     ``result[k]`` is the input region of stage ``k``; ``result[-1]`` is ``out_region``.

@@ -9,6 +9,7 @@ distributed runtime does across devices.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -135,7 +136,7 @@ def balanced_blocks(stages: Sequence[Stage], shapes: Sequence[FeatureShape], cou
         if remaining_cuts > 0 and (running >= total * len(cuts) / count or room == remaining_cuts):
             cuts.append(k + 1)
     cuts.append(len(stages))
-    return [FusedBlock(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [FusedBlock(a, b) for a, b in itertools.pairwise(cuts)]
 
 
 def run_block_tile(

@@ -220,8 +220,4 @@ def tile_grid(height: int, width: int, rows: int, cols: int) -> list[TileRegion]
     """A ``rows`` x ``cols`` grid of near-equal tiles covering a ``height`` x ``width`` map."""
     if height < 1 or width < 1:
         raise GeometryError(f"cannot tile an empty {height}x{width} map")
-    return [
-        TileRegion(r, c)
-        for r in split_span(Span(0, height), rows)
-        for c in split_span(Span(0, width), cols)
-    ]
+    return [TileRegion(r, c) for r in split_span(Span(0, height), rows) for c in split_span(Span(0, width), cols)]

@@ -57,9 +57,7 @@ class ResidualStage(Stage):
         short = chain_regions(self.shortcut, chain_shapes(self.shortcut, in_shape), out_region)[0]
         return main.hull(short)
 
-    def run(
-        self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
-    ) -> Tensor:
+    def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         main = run_chain(self.main, in_shape, x, x_region, out_region)
         short = run_chain(self.shortcut, in_shape, x, x_region, out_region)
         return torch.relu(main + short)

@@ -86,9 +86,7 @@ class Stage(ABC):
         """Exact input region (clipped to the map) needed to compute ``out_region``."""
 
     @abstractmethod
-    def run(
-        self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
-    ) -> Tensor:
+    def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         """Compute ``out_region`` from ``x``, a (N, C, h, w) tensor holding ``x_region``.
 
         ``x_region`` must contain :meth:`input_region` of ``out_region``.
@@ -134,9 +132,7 @@ class WindowStage(Stage):
         rows, cols = self._windows
         return TileRegion(rows.needed(out_region.rows, in_shape.height), cols.needed(out_region.cols, in_shape.width))
 
-    def _padded_input(
-        self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
-    ) -> Tensor:
+    def _padded_input(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         reach = self.reach(out_region)
         need = self.input_region(out_region, in_shape)
         rows, cols = need.within(x_region)
@@ -151,9 +147,7 @@ class WindowStage(Stage):
             x = F.pad(x, pads, value=self.fill)
         return x
 
-    def run(
-        self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
-    ) -> Tensor:
+    def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         return self._apply(self._padded_input(x, x_region, out_region, in_shape))
 
     @abstractmethod
@@ -262,9 +256,7 @@ class AvgPoolStage(WindowStage):
         rows, cols = self.windows
         return F.avg_pool2d(x, (rows.kernel, cols.kernel), (rows.stride, cols.stride), 0, divisor_override=1)
 
-    def run(
-        self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape
-    ) -> Tensor:
+    def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         sums = self._apply(self._padded_input(x, x_region, out_region, in_shape))
         if self._divisor.divisor_override is not None:
             return sums / self._divisor.divisor_override

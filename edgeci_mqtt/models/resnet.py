@@ -53,11 +53,7 @@ class ResNet(nn.Module):
 
     def spatial_layers(self) -> list[tuple[str, nn.Module]]:
         stem = [(name, getattr(self, name)) for name in ("conv1", "bn1", "relu", "maxpool")]
-        blocks = [
-            (f"layer{i}.{j}", block)
-            for i in range(1, 5)
-            for j, block in enumerate(getattr(self, f"layer{i}"))
-        ]
+        blocks = [(f"layer{i}.{j}", block) for i in range(1, 5) for j, block in enumerate(getattr(self, f"layer{i}"))]
         return stem + blocks
 
     def tail(self, x: Tensor) -> Tensor:

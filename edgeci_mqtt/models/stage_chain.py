@@ -66,9 +66,7 @@ class StageChain:
         if x.dim() != 4 or x.shape[0] != 1:
             raise InputError(f"expected one image as a (1, C, H, W) tensor, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise InputError(
-                f"{self.model_name} takes {self.in_channels} input channels, got {x.shape[1]}"
-            )
+            raise InputError(f"{self.model_name} takes {self.in_channels} input channels, got {x.shape[1]}")
         return self.shapes(int(x.shape[2]), int(x.shape[3]))
 
 
@@ -85,10 +83,7 @@ def stage_of(name: str, module: nn.Module) -> Stage:
     if isinstance(module, nn.AvgPool2d):
         return AvgPoolStage(name, module)
     if isinstance(module, BasicBlock):
-        main = [
-            stage_of(f"{name}.{part}", getattr(module, part))
-            for part in ("conv1", "bn1", "relu", "conv2", "bn2")
-        ]
+        main = [stage_of(f"{name}.{part}", getattr(module, part)) for part in ("conv1", "bn1", "relu", "conv2", "bn2")]
         shortcut = []
         if module.downsample is not None:
             shortcut = [stage_of(f"{name}.downsample.{i}", m) for i, m in enumerate(module.downsample)]

@@ -20,10 +20,13 @@ _SHOWN = 5  # keys listed per problem before "... and N more"
 
 
 def init_weights(model: nn.Module, seed: int) -> None:
-    """Seeded random weights with realistic scales (He init, non-trivial BN statistics).
+    """Seeded random weights with realistic scales.
 
-    BN statistics and conv biases are random rather than torchvision's 0/1 defaults
-    so that tests notice a tile that mishandles them.
+    He init for convolutions; conv biases and BN affine parameters random rather than
+    torchvision's 0/1 defaults, so that tests notice a tile that mishandles them. BN
+    running statistics are then calibrated on one seeded random batch, as in a
+    trained network, so activations stay O(1) through deep residual stacks instead
+    of growing block after block.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -33,16 +36,30 @@ def init_weights(model: nn.Module, seed: int) -> None:
                 if module.bias is not None:
                     nn.init.uniform_(module.bias, -0.1, 0.1, generator=gen)
             elif isinstance(module, nn.BatchNorm2d):
-                assert module.running_mean is not None and module.running_var is not None
                 nn.init.uniform_(module.weight, 0.5, 1.5, generator=gen)
                 nn.init.normal_(module.bias, 0.0, 0.1, generator=gen)
-                nn.init.normal_(module.running_mean, 0.0, 0.1, generator=gen)
-                nn.init.uniform_(module.running_var, 0.5, 1.5, generator=gen)
-                if module.num_batches_tracked is not None:
-                    module.num_batches_tracked.zero_()
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01, generator=gen)
                 nn.init.zeros_(module.bias)
+    _calibrate_batch_norm(model, gen)
+
+
+def _calibrate_batch_norm(model: nn.Module, gen: torch.Generator) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64, generator=gen))
+    model.eval()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked.zero_()
 
 
 def _listing(keys: list[str]) -> str:

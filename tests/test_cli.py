@@ -1,0 +1,113 @@
+"""The ``edgeci`` command: models, infer, help and error exits."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeci_mqtt.cli import build_parser, main
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import build_model
+
+
+def test_models_prints_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--model", "smallcnn", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "smallcnn: 12 stages, input 3x64x64" in out
+    assert re.search(r"^ *9 +features\.9 +conv +k3s2p1/k5s1p2 +32x5x9 ", out, re.M)
+    assert re.search(r"^ *7 +features\.7 +residual +k7s2p3 +24x17x17 ", out, re.M)
+    assert "tail (on the orchestrator): avgpool, fc" in out
+
+
+def test_infer_matches_the_whole_model_and_saves_logits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "logits.npy"
+    argv = [
+        "infer",
+        "--model",
+        "smallcnn",
+        "--seed",
+        "2",
+        "--blocks",
+        "0-4,4-9,9-12",
+        "--tiles",
+        "2x3",
+        "--size",
+        "96",
+        "--output",
+        str(out_file),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    diff = float(re.search(r"max abs difference from the whole model: (\S+)", out).group(1))  # type: ignore[union-attr]
+    assert diff < 1e-4
+    assert re.search(r"^ *1 +\d+ +\S", out, re.M)  # top-5 table rows
+    logits = np.load(out_file)
+    with torch.inference_mode():
+        expected = build_model("smallcnn", seed=2)(load_input(SAMPLE_IMAGE, 96))
+    assert np.allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_infer_with_a_weights_file_and_array_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "w.pth"
+    torch.save(build_model("smallcnn", seed=9).state_dict(), weights)
+    np.save(tmp_path / "x.npy", np.ones((3, 33, 47), dtype=np.float32))
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                "smallcnn",
+                "--weights",
+                str(weights),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--tiles",
+                "4x1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "input 3x33x47" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["infer", "--model", "smallcnn", "--blocks", "0-4,5-12"], "block 5-12 should start at stage 4"),
+        (["infer", "--model", "smallcnn", "--weights", "missing.pth"], "missing.pth does not exist"),
+        (["infer", "--model", "smallcnn", "--input", "missing.png"], "missing.png does not exist"),
+        (["infer", "--model", "vgg16", "--size", "16"], "too small"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_tile_grid_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", "--tiles", "3by3"])
+    assert exc.value.code == 2
+    assert "--tiles" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"models", "infer"} <= set(commands)
+    for name in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "edgeci_mqtt", name, "--help"], capture_output=True, text=True, check=True
+        )
+        assert f"usage: edgeci {name}" in result.stdout

@@ -1,0 +1,160 @@
+"""Models: torchvision-compatible parameters, stage chains equal to the plain models,
+weights files checked key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeci_mqtt.core.chain import run_chain
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import ModelError, WeightsError
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+# torchvision.models.vgg16().state_dict(), written out by hand.
+VGG16_KEYS: dict[str, tuple[int, ...]] = {
+    "features.0.weight": (64, 3, 3, 3), "features.0.bias": (64,),
+    "features.2.weight": (64, 64, 3, 3), "features.2.bias": (64,),
+    "features.5.weight": (128, 64, 3, 3), "features.5.bias": (128,),
+    "features.7.weight": (128, 128, 3, 3), "features.7.bias": (128,),
+    "features.10.weight": (256, 128, 3, 3), "features.10.bias": (256,),
+    "features.12.weight": (256, 256, 3, 3), "features.12.bias": (256,),
+    "features.14.weight": (256, 256, 3, 3), "features.14.bias": (256,),
+    "features.17.weight": (512, 256, 3, 3), "features.17.bias": (512,),
+    "features.19.weight": (512, 512, 3, 3), "features.19.bias": (512,),
+    "features.21.weight": (512, 512, 3, 3), "features.21.bias": (512,),
+    "features.24.weight": (512, 512, 3, 3), "features.24.bias": (512,),
+    "features.26.weight": (512, 512, 3, 3), "features.26.bias": (512,),
+    "features.28.weight": (512, 512, 3, 3), "features.28.bias": (512,),
+    "classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
+    "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
+    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
+}  # fmt: skip
+
+# torchvision.models.resnet34(): (layer, block, in channels, out channels, has downsample).
+RESNET34_BLOCKS = [
+    (1, 0, 64, 64, False), (1, 1, 64, 64, False), (1, 2, 64, 64, False),
+    (2, 0, 64, 128, True), (2, 1, 128, 128, False), (2, 2, 128, 128, False), (2, 3, 128, 128, False),
+    (3, 0, 128, 256, True), (3, 1, 256, 256, False), (3, 2, 256, 256, False),
+    (3, 3, 256, 256, False), (3, 4, 256, 256, False), (3, 5, 256, 256, False),
+    (4, 0, 256, 512, True), (4, 1, 512, 512, False), (4, 2, 512, 512, False),
+]  # fmt: skip
+
+
+def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{k}": () if k == "num_batches_tracked" else (channels,) for k in BN}
+
+
+def resnet34_keys() -> dict[str, tuple[int, ...]]:
+    keys: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
+    for layer, block, cin, cout, down in RESNET34_BLOCKS:
+        p = f"layer{layer}.{block}"
+        keys[f"{p}.conv1.weight"] = (cout, cin, 3, 3)
+        keys.update(_bn(f"{p}.bn1", cout))
+        keys[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
+        keys.update(_bn(f"{p}.bn2", cout))
+        if down:
+            keys[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
+            keys.update(_bn(f"{p}.downsample.1", cout))
+    keys["fc.weight"] = (1000, 512)
+    keys["fc.bias"] = (1000,)
+    return keys
+
+
+@pytest.mark.parametrize(("name", "expected"), [("vgg16", VGG16_KEYS), ("resnet34", resnet34_keys())])
+def test_state_dict_matches_torchvision(chains: dict[str, StageChain], name: str, expected: dict) -> None:
+    state = chains[name].model.state_dict()
+    assert list(state) == list(expected)  # same names in the same order
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert len(expected) == {"vgg16": 32, "resnet34": 218}[name]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_stage_chain_and_tail_equal_the_plain_model(chains: dict[str, StageChain], name: str) -> None:
+    chain = chains[name]
+    size = (224, 224) if name != "smallcnn" else (57, 41)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(5))
+    shapes = chain.check_input(x)
+    last = shapes[-1]
+    with torch.inference_mode():
+        features = run_chain(
+            chain.stages, shapes[0], x, TileRegion.whole(*size), TileRegion.whole(last.height, last.width)
+        )
+        assert torch.allclose(chain.tail(features), chain.model(x), atol=1e-4, rtol=1e-4)
+    assert not chain.model.training
+
+
+def test_stage_counts_and_kinds(chains: dict[str, StageChain]) -> None:
+    assert len(chains["vgg16"]) == 31 and len(chains["resnet34"]) == 20
+    assert [s.kind for s in chains["resnet34"].stages[:5]] == ["conv", "bn", "relu", "maxpool", "residual"]
+    assert {s.kind for s in chains["smallcnn"].stages} == {"conv", "bn", "relu", "maxpool", "avgpool", "residual"}
+    assert chains["vgg16"].tail_modules() == ["avgpool", "classifier"]
+    assert chains["resnet34"].tail_modules() == ["avgpool", "fc"]
+
+
+def test_random_weights_are_seeded() -> None:
+    a, b, c = build_model("smallcnn", seed=3), build_model("smallcnn", seed=3), build_model("smallcnn", seed=4)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+
+
+def test_weights_file_round_trip(tmp_path: Path) -> None:
+    source = build_model("smallcnn", seed=11)
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model("smallcnn", weights=path)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), source(x))
+
+
+def _saved(tmp_path: Path, edit: str) -> Path:
+    state = build_model("smallcnn").state_dict()
+    if edit == "missing":
+        del state["features.4.weight"]
+    elif edit == "extra":
+        state["features.99.weight"] = torch.zeros(1)
+    elif edit == "shape":
+        state["fc.weight"] = torch.zeros(10, 32)
+    elif edit == "renamed":
+        state["head.bias"] = state.pop("fc.bias")
+    path = tmp_path / f"{edit}.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("missing", r"missing keys: features\.4\.weight"),
+        ("extra", r"unexpected keys: features\.99\.weight"),
+        ("shape", r"mis-shaped: fc\.weight \(10, 32\) \(expected \(1000, 32\)\)"),
+        ("renamed", r"missing keys: fc\.bias; unexpected keys: head\.bias"),
+    ],
+)
+def test_mismatched_weights_name_the_bad_keys(tmp_path: Path, edit: str, message: str) -> None:
+    with pytest.raises(WeightsError, match=message):
+        build_model("smallcnn", weights=_saved(tmp_path, edit))
+
+
+def test_unreadable_weights_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model("smallcnn", weights=tmp_path / "nope.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(WeightsError, match="not a PyTorch weights file"):
+        build_model("smallcnn", weights=garbage)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(WeightsError, match="does not hold a state_dict"):
+        build_model("smallcnn", weights=listed)
+
+
+def test_unknown_model_lists_the_known_ones() -> None:
+    with pytest.raises(ModelError, match=r"unknown model 'alexnet'.*vgg16"):
+        build_model("alexnet")
