@@ -1,0 +1,37 @@
+"""Write a benchmark's results into its own section of a Markdown file in docs/.
+
+Each benchmark owns the text between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``, so several benchmarks share docs/BENCHMARKS.md and a re-run
+replaces only its own section.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["DOCS", "machine_line", "write_section"]
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def machine_line() -> str:
+    return (
+        f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+    )
+
+
+def write_section(name: str, markdown: str, path: Path = DOCS / "BENCHMARKS.md") -> None:
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    text = (
+        path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here was measured by a script in bench/.\n"
+    )
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
