@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from edgeci_mqtt.models import StageChain, load_chain
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# Reproducible property tests: the same examples on every run and in CI. Explore more
+# with e.g. `pytest --hypothesis-seed=N` or HYPOTHESIS_PROFILE=explore.
+settings.register_profile("default", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -24,20 +24,25 @@ from edgeci_mqtt.models.stage_chain import stage_of
 CHANNELS = 2
 
 
-PROBES = 8  # random large changes per pixel: a ReLU may hide some directions, never all
+PROBES = 8  # random large changes per pixel and base input
+BASES = 4  # base inputs: a ReLU may hide a dependence at one input, not at all of them
 
 
 def dependency_box(f: Callable[[Tensor], Tensor], x: Tensor, out: TileRegion) -> TileRegion | None:
-    """Bounding box of the input pixels whose change alters ``f(x)`` on ``out``."""
+    """Bounding box of the input pixels whose change alters ``f`` on ``out``, near ``x``
+    or near other random inputs."""
     _, c, h, w = x.shape
-    batch = x.repeat(PROBES * h * w, 1, 1, 1)
-    kicks = 1000.0 * torch.randn(PROBES * h * w, c, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    gen = torch.Generator().manual_seed(7)
+    bases = torch.cat([x, 3 * torch.randn(BASES - 1, c, h, w, generator=gen, dtype=x.dtype)])
+    n = BASES * PROBES
+    batch = bases.repeat_interleave(PROBES, dim=0).repeat(h * w, 1, 1, 1)
+    kicks = 1000.0 * torch.randn(n * h * w, c, generator=gen, dtype=x.dtype)
     for i in range(h * w):
-        batch[PROBES * i : PROBES * (i + 1), :, i // w, i % w] += kicks[PROBES * i : PROBES * (i + 1)]
+        batch[n * i : n * (i + 1), :, i // w, i % w] += kicks[n * i : n * (i + 1)]
     rows, cols = out.rows, out.cols
-    base = f(x)[:, :, rows.start : rows.stop, cols.start : cols.stop]
+    base = f(bases)[:, :, rows.start : rows.stop, cols.start : cols.stop].repeat_interleave(PROBES, dim=0)
     moved = f(batch)[:, :, rows.start : rows.stop, cols.start : cols.stop]
-    changed = (moved != base).flatten(1).any(dim=1).view(h * w, PROBES).any(dim=1)
+    changed = (moved != base.repeat(h * w, 1, 1, 1)).flatten(1).any(dim=1).view(h * w, n).any(dim=1)
     idx = changed.nonzero().flatten()
     if idx.numel() == 0:
         return None

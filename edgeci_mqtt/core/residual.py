@@ -16,7 +16,8 @@ from torch import Tensor
 
 from edgeci_mqtt.core.chain import chain_regions, chain_shapes, run_chain
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion, Window
-from edgeci_mqtt.core.stages import Stage, Windows
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage, Windows
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ModelError
 
 __all__ = ["ResidualStage"]
@@ -62,10 +63,14 @@ class ResidualStage(Stage):
         short = run_chain(self.shortcut, in_shape, x, x_region, out_region)
         return torch.relu(main + short)
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
-        total = 2 * self.output_shape(in_shape).channels * out_region.area  # add + relu
+    def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
+        work = []
         for path in (self.main, self.shortcut):
             shapes = chain_shapes(path, in_shape)
             regions = chain_regions(path, shapes, out_region)
-            total += sum(s.flops(regions[k + 1], shapes[k]) for k, s in enumerate(path))
-        return total
+            for k, stage in enumerate(path):
+                work += stage.ops(regions[k + 1], shapes[k])
+        out_elements = self.output_shape(in_shape).channels * out_region.area
+        # add + ReLU: reads both paths, writes the sum
+        work.append(OpWork("add", 2 * out_elements, 3 * out_elements * BYTES_PER_ELEMENT, 0, out_region.area))
+        return work

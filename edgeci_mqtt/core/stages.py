@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ModelError
 
 __all__ = [
@@ -93,8 +94,12 @@ class Stage(ABC):
         """
 
     @abstractmethod
+    def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
+        """The primitive operations computing ``out_region``, halo inside the stage included."""
+
     def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
         """Floating-point operations to compute ``out_region`` (multiply-add = 2)."""
+        return sum(op.flops for op in self.ops(out_region, in_shape))
 
     def output_bytes(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
         """Bytes of the float32 output tile ``out_region`` for one sample."""
@@ -154,8 +159,26 @@ class WindowStage(Stage):
     def _apply(self, x: Tensor) -> Tensor:
         """The op on an already padded input (no padding of its own)."""
 
-    def _window_flops(self, out_region: TileRegion, in_shape: FeatureShape, per_point: int) -> int:
-        return per_point * self.output_shape(in_shape).channels * out_region.area
+    @abstractmethod
+    def _flops_per_output(self) -> int:
+        """FLOPs per output element."""
+
+    def _depth(self) -> int:
+        """Reduction depth per output element (convolutions only; 0 otherwise)."""
+        return 0
+
+    def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
+        out_elements = self.output_shape(in_shape).channels * out_region.area
+        in_elements = in_shape.channels * self.input_region(out_region, in_shape).area
+        return [
+            OpWork(
+                kind=self.kind,
+                flops=self._flops_per_output() * out_elements,
+                bytes=(in_elements + out_elements) * BYTES_PER_ELEMENT,
+                depth=self._depth(),
+                pixels=out_region.area,
+            )
+        ]
 
 
 class ConvStage(WindowStage):
@@ -175,10 +198,12 @@ class ConvStage(WindowStage):
         m = self.module
         return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
+    def _depth(self) -> int:
         m = self.module
-        macs = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        return self._window_flops(out_region, in_shape, 2 * macs + (1 if m.bias is not None else 0))
+        return (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def _flops_per_output(self) -> int:
+        return 2 * self._depth() + (1 if self.module.bias is not None else 0)
 
 
 class BatchNormStage(WindowStage):
@@ -194,8 +219,8 @@ class BatchNormStage(WindowStage):
         m = self.module
         return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
-        return self._window_flops(out_region, in_shape, 2)
+    def _flops_per_output(self) -> int:
+        return 2
 
 
 class ReLUStage(WindowStage):
@@ -207,8 +232,8 @@ class ReLUStage(WindowStage):
     def _apply(self, x: Tensor) -> Tensor:
         return torch.relu(x)  # never in place: x may be a view of a shared map
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
-        return self._window_flops(out_region, in_shape, 1)
+    def _flops_per_output(self) -> int:
+        return 1
 
 
 class MaxPoolStage(WindowStage):
@@ -230,9 +255,9 @@ class MaxPoolStage(WindowStage):
             x, (rows.kernel, cols.kernel), (rows.stride, cols.stride), 0, (rows.dilation, cols.dilation)
         )
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
+    def _flops_per_output(self) -> int:
         rows, cols = self.windows
-        return self._window_flops(out_region, in_shape, rows.kernel * cols.kernel)
+        return rows.kernel * cols.kernel
 
 
 @dataclass(frozen=True)
@@ -272,6 +297,6 @@ class AvgPoolStage(WindowStage):
             start, stop = torch.clamp(start, min=0), torch.clamp(stop, max=n)
         return stop - start
 
-    def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
+    def _flops_per_output(self) -> int:
         rows, cols = self.windows
-        return self._window_flops(out_region, in_shape, rows.kernel * cols.kernel + 1)
+        return rows.kernel * cols.kernel + 1
