@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 from hypothesis import settings
 
 from edgeci_mqtt.models import StageChain, load_chain
