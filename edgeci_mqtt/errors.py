@@ -8,6 +8,7 @@ line and carry on.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "EdgeCIError",
     "GeometryError",
     "InputError",
@@ -34,3 +35,7 @@ class InputError(EdgeCIError):
 
 class GeometryError(EdgeCIError):
     """A block, region or tile grid that does not fit the feature maps."""
+
+
+class ClusterError(EdgeCIError):
+    """A cluster description that cannot be read or is invalid."""

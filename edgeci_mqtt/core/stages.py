@@ -164,7 +164,7 @@ class WindowStage(Stage):
         """FLOPs per output element."""
 
     def _depth(self) -> int:
-        """Reduction depth per output element (convolutions only; 0 otherwise)."""
+        """Input elements reduced per output element (a conv's or pool's window; 0 if pointwise)."""
         return 0
 
     def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
@@ -256,6 +256,9 @@ class MaxPoolStage(WindowStage):
         )
 
     def _flops_per_output(self) -> int:
+        return self._depth()
+
+    def _depth(self) -> int:
         rows, cols = self.windows
         return rows.kernel * cols.kernel
 
@@ -298,5 +301,8 @@ class AvgPoolStage(WindowStage):
         return stop - start
 
     def _flops_per_output(self) -> int:
+        return self._depth() + 1
+
+    def _depth(self) -> int:
         rows, cols = self.windows
-        return rows.kernel * cols.kernel + 1
+        return rows.kernel * cols.kernel

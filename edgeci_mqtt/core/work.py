@@ -18,9 +18,10 @@ class OpWork:
 
     ``kind`` is a stage kind (``conv``, ``bn``, ``relu``, ``maxpool``, ``avgpool``) or
     ``add`` (a residual sum with its ReLU); ``bytes`` counts float32 elements read
-    and written; ``depth`` is a convolution's reduction depth per output element
-    (``in_channels / groups * kh * kw``) and ``pixels`` its output pixels per channel,
-    both of which change how efficiently a device runs it.
+    and written; ``depth`` is the number of input elements reduced per output element
+    (``in_channels / groups * kh * kw`` for a convolution, ``kh * kw`` for a pool) and
+    ``pixels`` the output pixels per channel, both of which change how efficiently a
+    device runs it.
     """
 
     kind: str

@@ -1,0 +1,237 @@
+"""Device profiles: how fast this device runs each kind of stage, measured on boot.
+
+A profile is a handful of throughputs measured with real convolutions and pools (not
+a constant from a datasheet), small enough to publish in a birth message. The planner
+prices any tile on any device with :meth:`DeviceProfile.work_seconds` over the tile's
+:class:`OpWork` list, and the simulator uses the same numbers, so a measured profile
+is the one source of compute speed everywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.stages import ReLUStage
+from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.errors import EdgeCIError
+
+__all__ = ["ELEMENTWISE_KINDS", "POOL_KINDS", "DeviceProfile", "measure_profile"]
+
+ELEMENTWISE_KINDS: tuple[str, ...] = ("bn", "relu", "add")
+"""Priced by bytes read and written."""
+POOL_KINDS: tuple[str, ...] = ("maxpool", "avgpool")
+"""Priced by window elements read, at a rate that depends on the window's area."""
+
+# Convolution probes as (in channels, out channels, kernel): reduction depths from a
+# 3-channel stem through a 1x1 downsample to 512-channel 3x3 layers, each run at
+# several output sides, because small tiles run markedly slower per FLOP.
+_CONV_PROBES: tuple[tuple[int, int, int], ...] = (
+    (3, 64, 3), (256, 512, 1), (64, 64, 3), (128, 128, 3), (256, 256, 3), (512, 512, 3),
+)  # fmt: skip
+_CONV_SIDES: tuple[int, ...] = (7, 14, 28, 56, 112, 224)
+_PROBE_SECONDS = 0.015  # largest single probe run; bigger probes reuse the next smaller side
+_SUSTAINED_S = 0.6  # wall time of the sustained run: several CFS periods, so quotas show
+
+
+def _interpolate(points: tuple[float, ...], value: float) -> tuple[int, float]:
+    """Index ``i`` and weight ``t`` with ``value`` between ``points[i]`` and ``points[i+1]``
+    (clamped at both ends)."""
+    if value <= points[0]:
+        return 0, 0.0
+    if value >= points[-1]:
+        return len(points) - 2, 1.0
+    i = bisect.bisect_right(points, value) - 1
+    return i, (value - points[i]) / (points[i + 1] - points[i])
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Measured speeds of one device running with ``threads`` torch threads.
+
+    ``conv_rates[i][j]`` is the FLOP/s of a convolution with reduction depth
+    ``conv_depths[i]`` (``in_channels / groups * kh * kw``) and output side
+    ``conv_sides[j]``, interpolated bilinearly in log-depth and log-side (a strip
+    tile counts as the square of the same area). ``rates`` holds bytes/s for the
+    elementwise kinds; ``pool_rates[kind]`` holds (window area, window elements/s)
+    pairs. Every op also pays ``op_overhead_s`` (dispatch, cropping, padding).
+    """
+
+    conv_depths: tuple[int, ...]
+    conv_sides: tuple[int, ...]
+    conv_rates: tuple[tuple[float, ...], ...]
+    rates: Mapping[str, float] = field(hash=False)
+    pool_rates: Mapping[str, tuple[tuple[int, float], ...]] = field(hash=False)
+    op_overhead_s: float
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.conv_depths) < 2 or len(self.conv_sides) < 2:
+            raise EdgeCIError("a device profile needs at least two probe depths and sides")
+        if len(self.conv_rates) != len(self.conv_depths) or any(
+            len(row) != len(self.conv_sides) or min(row) <= 0 for row in self.conv_rates
+        ):
+            raise EdgeCIError("device profile convolution rates do not match its depths and sides")
+        missing = [k for k in ELEMENTWISE_KINDS if self.rates.get(k, 0) <= 0]
+        missing += [k for k in POOL_KINDS if not self.pool_rates.get(k) or min(r for _, r in self.pool_rates[k]) <= 0]
+        if missing:
+            raise EdgeCIError(f"device profile lacks positive rates for {', '.join(missing)}")
+
+    def conv_rate(self, depth: int, pixels: int) -> float:
+        """FLOP/s of a convolution with this reduction depth and output pixels per channel."""
+        i, t = _interpolate(tuple(math.log(d) for d in self.conv_depths), math.log(max(depth, 1)))
+        j, u = _interpolate(tuple(math.log(s) for s in self.conv_sides), 0.5 * math.log(max(pixels, 1)))
+        r = self.conv_rates
+        return (1 - t) * ((1 - u) * r[i][j] + u * r[i][j + 1]) + t * ((1 - u) * r[i + 1][j] + u * r[i + 1][j + 1])
+
+    def pool_rate(self, kind: str, window: int) -> float:
+        """Window elements/s of a pool with this window area (linear between probes)."""
+        table = self.pool_rates[kind]
+        i, t = _interpolate(tuple(float(a) for a, _ in table), float(window)) if len(table) > 1 else (0, 0.0)
+        return table[i][1] if len(table) == 1 else (1 - t) * table[i][1] + t * table[i + 1][1]
+
+    def op_seconds(self, op: OpWork) -> float:
+        if op.kind == "conv":
+            return self.op_overhead_s + op.flops / self.conv_rate(op.depth, op.pixels)
+        if op.kind in POOL_KINDS:
+            return self.op_overhead_s + op.flops / self.pool_rate(op.kind, op.depth)
+        return self.op_overhead_s + op.bytes / self.rates[op.kind]
+
+    def work_seconds(self, ops: Iterable[OpWork]) -> float:
+        return sum(self.op_seconds(op) for op in ops)
+
+    def scaled(self, share: float) -> DeviceProfile:
+        """This profile on a device with ``share`` of this one's compute (a CPU quota)."""
+        return DeviceProfile(
+            conv_depths=self.conv_depths,
+            conv_sides=self.conv_sides,
+            conv_rates=tuple(tuple(v * share for v in row) for row in self.conv_rates),
+            rates={k: v * share for k, v in self.rates.items()},
+            pool_rates={k: tuple((a, r * share) for a, r in v) for k, v in self.pool_rates.items()},
+            op_overhead_s=self.op_overhead_s / share,
+            threads=self.threads,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conv_depths": list(self.conv_depths),
+            "conv_sides": list(self.conv_sides),
+            "conv_rates": [list(row) for row in self.conv_rates],
+            "rates": dict(self.rates),
+            "pool_rates": {k: [[a, r] for a, r in v] for k, v in self.pool_rates.items()},
+            "op_overhead_s": self.op_overhead_s,
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceProfile:
+        try:
+            return cls(
+                conv_depths=tuple(int(d) for d in data["conv_depths"]),
+                conv_sides=tuple(int(s) for s in data["conv_sides"]),
+                conv_rates=tuple(tuple(float(v) for v in row) for row in data["conv_rates"]),
+                rates={str(k): float(v) for k, v in data["rates"].items()},
+                pool_rates={
+                    str(k): tuple((int(a), float(r)) for a, r in v) for k, v in data["pool_rates"].items()
+                },
+                op_overhead_s=float(data["op_overhead_s"]),
+                threads=int(data["threads"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EdgeCIError(f"malformed device profile: {exc!r}") from exc
+
+
+def _best_time(fn: Callable[[], object], runs: int = 3) -> float:
+    """Fastest of ``runs`` runs after a warm-up: the op's own speed, noise removed."""
+    fn()
+    best = math.inf
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _conv_probe(cin: int, cout: int, k: int, side: int, gen: torch.Generator) -> tuple[Callable[[], object], int]:
+    x = torch.randn(1, cin, side + k - 1, side + k - 1, generator=gen)
+    w = torch.randn(cout, cin, k, k, generator=gen)
+    return (lambda: F.conv2d(x, w)), 2 * cin * k * k * cout * side * side
+
+
+def measure_profile(threads: int = 1) -> DeviceProfile:
+    """Micro-benchmark this machine with ``threads`` torch threads in about 2 seconds.
+
+    Two parts. The *shape* of the device's speed (convolutions by depth and tile
+    size, elementwise ops, pooling, per-op overhead) comes from short best-of-3
+    probes; a probe that would take this device over 15 ms is skipped and takes the
+    rate of the next smaller size. Then one sustained run of about 0.6 s wall
+    time measures what the device really delivers over several scheduler periods
+    (a CPU quota or thermal throttling shows there, not in short bursts), and the
+    whole profile is scaled to match it.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return _sustained(_measure_shape(threads))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure_shape(threads: int) -> DeviceProfile:
+    gen = torch.Generator().manual_seed(0)
+    fn, flops = _conv_probe(64, 64, 3, 14, gen)
+    largest = flops / _best_time(fn, 2) * _PROBE_SECONDS  # FLOPs of the largest probe run
+    depths, rows = [], []
+    for cin, cout, k in sorted(_CONV_PROBES, key=lambda p: p[0] * p[2] * p[2]):
+        row: list[float] = []
+        for side in _CONV_SIDES:
+            fn, flops = _conv_probe(cin, cout, k, side, gen)
+            row.append(row[-1] if row and flops > largest else flops / _best_time(fn))
+        depths.append(cin * k * k)
+        rows.append(tuple(row))
+    x = torch.randn(1, 64, 112, 112, generator=gen)
+    nbytes = x.numel() * 4
+    mean, var = torch.zeros(64), torch.ones(64)
+    elementwise: dict[str, tuple[Callable[[], object], float]] = {
+        "bn": (lambda: F.batch_norm(x, mean, var, None, None, False, 0.0, 1e-5), 2 * nbytes),
+        "relu": (lambda: torch.relu(x), 2 * nbytes),
+        "add": (lambda: torch.relu(x + x), 3 * nbytes),
+    }
+    rates = {kind: moved / _best_time(fn) for kind, (fn, moved) in elementwise.items()}
+    quarter = x.numel() // 4  # outputs of a stride-2 pool
+    pool_rates = {  # VGG's 2x2/2 and ResNet's 3x3/2 windows
+        "maxpool": (
+            (4, 4 * quarter / _best_time(lambda: F.max_pool2d(x, 2, 2))),
+            (9, 9 * quarter / _best_time(lambda: F.max_pool2d(x, 3, 2, 1))),
+        ),
+        "avgpool": (
+            (4, 4 * quarter / _best_time(lambda: F.avg_pool2d(x, 2, 2))),
+            (9, 9 * quarter / _best_time(lambda: F.avg_pool2d(x, 3, 2, 1))),
+        ),
+    }
+    relu, tiny = ReLUStage("probe"), torch.zeros(1, 1, 1, 1)
+    region, shape = TileRegion.of(0, 1, 0, 1), FeatureShape(1, 1, 1)
+    overhead = _best_time(lambda: relu.run(tiny, region, region, shape), 20)
+    return DeviceProfile(tuple(depths), _CONV_SIDES, tuple(rows), rates, pool_rates, overhead, threads)
+
+
+def _sustained(shape: DeviceProfile) -> DeviceProfile:
+    gen = torch.Generator().manual_seed(1)
+    fn, flops = _conv_probe(128, 128, 3, 28, gen)
+    fn()
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < _SUSTAINED_S or runs < 3:
+        fn()
+        runs += 1
+    sustained_rate = runs * flops / elapsed
+    factor = sustained_rate / shape.conv_rate(128 * 9, 28 * 28)
+    return shape.scaled(factor) if factor < 0.9 else shape
