@@ -162,6 +162,9 @@ class Window:
         This is :meth:`reach` clipped to the map, tightened where dilation makes the
         windows at the border skip the first or last real indices.
         """
+        reach = self.reach(out)
+        if self.dilation == 1 or (reach.start >= 0 and reach.stop <= n):
+            return reach.clip(n)  # every index of the reach is read
         low, high = n, -1
         for o in range(out.start, out.stop):  # windows starting in the padding, then one more
             start = o * self.stride - self.padding
@@ -176,7 +179,7 @@ class Window:
             if start + self.extent <= n:
                 break
         if low > high:  # every window lies in the padding: nothing real is read
-            edge = self.reach(out).clip(n).start
+            edge = reach.clip(n).start
             return Span(edge, edge)
         return Span(low, high + 1)
 

@@ -11,6 +11,7 @@ from edgeci_mqtt.core.chain import chain_shapes
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import (
+    BYTES_PER_ELEMENT,
     AvgPoolStage,
     BatchNormStage,
     ConvStage,
@@ -18,6 +19,7 @@ from edgeci_mqtt.core.stages import (
     ReLUStage,
     Stage,
 )
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import GeometryError, InputError, ModelError
 from edgeci_mqtt.models.resnet import BasicBlock
 
@@ -61,6 +63,30 @@ class StageChain:
         except GeometryError as exc:
             raise InputError(f"{self.model_name}: {exc}") from exc
 
+    def tail_ops(self, features: FeatureShape) -> list[OpWork]:
+        """The tail's work for a final feature map of shape ``features``.
+
+        Fully connected layers are priced by the bytes of their weights (a batch of
+        one makes them matrix-vector products, bound by memory); global pooling by
+        the bytes it reads.
+        """
+        ops: list[OpWork] = []
+        size = features.numel
+        for name in self.tail_modules():
+            module = getattr(self.model, name)
+            for leaf in module.modules() if isinstance(module, nn.Sequential) else [module]:
+                if isinstance(leaf, nn.Linear):
+                    weights = leaf.in_features * leaf.out_features
+                    moved = (weights + leaf.in_features + 2 * leaf.out_features) * BYTES_PER_ELEMENT
+                    ops.append(OpWork("fc", 2 * weights, moved, leaf.in_features, 1))
+                    size = leaf.out_features
+                elif isinstance(leaf, nn.AdaptiveAvgPool2d):
+                    rows, cols = _pair_of(leaf.output_size, features)
+                    out = features.channels * rows * cols
+                    ops.append(OpWork("add", size, (size + out) * BYTES_PER_ELEMENT, 0, rows * cols))
+                    size = out
+        return ops
+
     def check_input(self, x: Tensor) -> list[FeatureShape]:
         """Validate a (1, C, H, W) input and return the shapes it flows through."""
         if x.dim() != 4 or x.shape[0] != 1:
@@ -68,6 +94,12 @@ class StageChain:
         if x.shape[1] != self.in_channels:
             raise InputError(f"{self.model_name} takes {self.in_channels} input channels, got {x.shape[1]}")
         return self.shapes(int(x.shape[2]), int(x.shape[3]))
+
+
+def _pair_of(size: object, features: FeatureShape) -> tuple[int, int]:
+    """An adaptive pool's output size; ``None`` entries keep the input size."""
+    rows, cols = size if isinstance(size, tuple) else (size, size)
+    return (features.height if rows is None else int(rows)), (features.width if cols is None else int(cols))
 
 
 def stage_of(name: str, module: nn.Module) -> Stage:

@@ -135,9 +135,7 @@ def load_cluster(path_or_name: str | Path) -> ClusterSpec:
     else:
         path = Path(path_or_name)
         if not path.is_file():
-            raise ClusterError(
-                f"cluster file {path} does not exist (or name one of {', '.join(REFERENCE_CLUSTERS)})"
-            )
+            raise ClusterError(f"cluster file {path} does not exist (or name one of {', '.join(REFERENCE_CLUSTERS)})")
         source, text = str(path), path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)

@@ -16,18 +16,23 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.stages import ReLUStage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import EdgeCIError
 
+Floats = NDArray[np.float64]
+
 __all__ = ["ELEMENTWISE_KINDS", "POOL_KINDS", "DeviceProfile", "measure_profile"]
 
-ELEMENTWISE_KINDS: tuple[str, ...] = ("bn", "relu", "add")
-"""Priced by bytes read and written."""
+ELEMENTWISE_KINDS: tuple[str, ...] = ("bn", "relu", "add", "fc")
+"""Priced by bytes read and written (``fc``: a batch-one fully connected layer, bound by
+reading its weights)."""
 POOL_KINDS: tuple[str, ...] = ("maxpool", "avgpool")
 """Priced by window elements read, at a rate that depends on the window's area."""
 
@@ -105,6 +110,23 @@ class DeviceProfile:
             return self.op_overhead_s + op.flops / self.pool_rate(op.kind, op.depth)
         return self.op_overhead_s + op.bytes / self.rates[op.kind]
 
+    def op_seconds_array(self, kind: str, depth: int, flops: Floats, moved: Floats, pixels: Floats) -> Floats:
+        """:meth:`op_seconds` for many sizes of one op at once (NumPy arrays)."""
+        if kind == "conv":
+            return self.op_overhead_s + flops / self.conv_rate_array(depth, pixels)
+        if kind in POOL_KINDS:
+            return self.op_overhead_s + flops / self.pool_rate(kind, depth)
+        return self.op_overhead_s + moved / self.rates[kind]
+
+    def conv_rate_array(self, depth: int, pixels: Floats) -> Floats:
+        """:meth:`conv_rate` for many output sizes at once."""
+        i, t = _interpolate(tuple(math.log(d) for d in self.conv_depths), math.log(max(depth, 1)))
+        log_sides = np.log(np.array(self.conv_sides, dtype=np.float64))
+        side = 0.5 * np.log(np.maximum(pixels, 1.0))
+        low = np.interp(side, log_sides, np.array(self.conv_rates[i]))
+        high = np.interp(side, log_sides, np.array(self.conv_rates[i + 1]))
+        return (1 - t) * low + t * high
+
     def work_seconds(self, ops: Iterable[OpWork]) -> float:
         return sum(self.op_seconds(op) for op in ops)
 
@@ -139,9 +161,7 @@ class DeviceProfile:
                 conv_sides=tuple(int(s) for s in data["conv_sides"]),
                 conv_rates=tuple(tuple(float(v) for v in row) for row in data["conv_rates"]),
                 rates={str(k): float(v) for k, v in data["rates"].items()},
-                pool_rates={
-                    str(k): tuple((int(a), float(r)) for a, r in v) for k, v in data["pool_rates"].items()
-                },
+                pool_rates={str(k): tuple((int(a), float(r)) for a, r in v) for k, v in data["pool_rates"].items()},
                 op_overhead_s=float(data["op_overhead_s"]),
                 threads=int(data["threads"]),
             )
@@ -206,6 +226,8 @@ def _measure_shape(threads: int) -> DeviceProfile:
         "relu": (lambda: torch.relu(x), 2 * nbytes),
         "add": (lambda: torch.relu(x + x), 3 * nbytes),
     }
+    vec, weights = torch.randn(1, 4096, generator=gen), torch.randn(4096, 4096, generator=gen)
+    elementwise["fc"] = (lambda: F.linear(vec, weights), weights.numel() * 4)
     rates = {kind: moved / _best_time(fn) for kind, (fn, moved) in elementwise.items()}
     quarter = x.numel() // 4  # outputs of a stride-2 pool
     pool_rates = {  # VGG's 2x2/2 and ResNet's 3x3/2 windows

@@ -1,0 +1,63 @@
+"""``edgeci plan``: the blocks, partitions and assignments a strategy chooses."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile
+from edgeci_mqtt.cli.table import format_table, human_bytes
+from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.planner.cluster import load_cluster
+from edgeci_mqtt.planner.costs import TaskWork
+from edgeci_mqtt.planner.environment import environment_from_cluster
+from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.sim.simulator import simulate
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "plan",
+        help="show the plan of one strategy on a cluster",
+        description="Plan one inference with a strategy on a cluster file (or a reference cluster name: "
+        "homo4, hetero4, hetero8, swarm64) and print every block, task and device, with the "
+        "planner's estimate and the simulator's replay.",
+    )
+    add_model(parser)
+    parser.add_argument("--cluster", required=True, help="cluster YAML file or reference cluster name")
+    parser.add_argument("--strategy", choices=list(STRATEGIES), default="edgeci")
+    add_host_profile(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = load_cluster(args.cluster)
+    env = environment_from_cluster(cluster, host_profile(args))
+    chain = load_chain(args.model)
+    ctx = context_for(chain, env, args.size, args.size)
+    plan = make_plan(args.strategy, ctx)
+    replay = simulate(plan, env, TaskWork(ctx.stages, ctx.shapes))
+    print(f"{args.strategy} plan of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)")
+    for index, block in enumerate(plan.blocks):
+        first, last = ctx.stages[block.block.start], ctx.stages[block.block.stop - 1]
+        where = "orchestrator" if block.placement == "orchestrator" else f"{block.dispatch} dispatch"
+        print(
+            f"\nblock {index}: stages {block.block} ({first.name} .. {last.name}), "
+            f"{ctx.shapes[block.block.start]} -> {ctx.shapes[block.block.stop]}, {where}"
+        )
+        rows = [
+            [
+                t.device or "(pulled)",
+                str(t.out_region),
+                str(t.in_region),
+                human_bytes(t.in_bytes),
+                human_bytes(t.out_bytes),
+            ]
+            for t in block.tasks
+        ]
+        print(format_table(["device", "output region", "input region", "in", "out"], rows))
+    print(f"\ntail on the orchestrator; devices used: {', '.join(plan.devices) or '(pulled tiles)'}")
+    estimate = f"planner estimate {plan.predicted_s * 1e3:.1f} ms, " if plan.predicted_s else ""
+    print(f"predicted time: {estimate}simulated {replay.makespan_s * 1e3:.1f} ms")
+    return 0

@@ -1,0 +1,202 @@
+"""AWAS: the auction that hands a block's workload partitions to devices.
+
+Items are full-width row strips of the block's output (one output row each, or a few
+rows on very tall maps). Strips rather than 2-D tiles because (a) adjacent strips
+won by one device merge into one rectangular task, so a device never recomputes halo
+between its own items; (b) a strip has no column halo, so its cost is linear in its
+rows and a bid can be stated per item; (c) one-row granularity balances unequal
+devices to within a row.
+
+A device bids, for every item, the completion time of that item as a task of its own
+(``alone``: both transfers with latency, halo input included, plus compute) and the
+extra time when the item extends a run of items it already holds (``extend``: the
+halo is then shared), plus its current queue. The auctioneer awards contiguous runs
+so that the block's makespan is minimal (a binary search over the makespan with a
+greedy sweep), then re-auctions the boundary items of the most loaded device to a
+neighbour or an idle bidder while that lowers the makespan. A device that did not
+bid gets nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+import numpy as np
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, split_span
+from edgeci_mqtt.core.stages import Stage
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.planner.costs import RowModel, make_task
+from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.plan import Task
+
+__all__ = [
+    "MAX_ITEMS",
+    "Award",
+    "Bid",
+    "PlanningError",
+    "auction_items",
+    "award",
+    "award_tasks",
+    "make_bid",
+]
+
+MAX_ITEMS = 128
+"""Items per auction at most; taller maps get items of several rows."""
+
+
+class PlanningError(EdgeCIError):
+    """No plan is possible (no capable device bid, an empty cluster, ...)."""
+
+
+def auction_items(out_shape: FeatureShape, max_items: int = MAX_ITEMS) -> tuple[Span, ...]:
+    """The row strips auctioned for a block whose output has ``out_shape``."""
+    return tuple(split_span(Span(0, out_shape.height), min(max_items, out_shape.height)))
+
+
+@dataclass(frozen=True)
+class Bid:
+    device: str
+    queue_s: float
+    alone_s: tuple[float, ...]
+    extend_s: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.alone_s) != len(self.extend_s):
+            raise PlanningError(f"bid of {self.device}: {len(self.alone_s)} alone vs {len(self.extend_s)} extend")
+
+
+def make_bid(view: DeviceView, model: RowModel, block: FusedBlock, items: Sequence[Span]) -> Bid:
+    """A device's bid from its own profile, link and queue (computed on the device).
+
+    ``alone[i]``: item ``i`` as a task of its own. ``extend[i]``: the extra time of
+    item ``i`` joining the run that ends at item ``i-1`` (for item 0, the run that
+    starts at item 1), i.e. the time of the pair minus the time of the neighbour.
+    """
+    a = np.array([s.start for s in items], dtype=np.int64)
+    b = np.array([s.stop for s in items], dtype=np.int64)
+    alone = model.strip_seconds(view, block, a, b) - view.queue_s
+    if len(items) == 1:
+        return Bid(view.name, view.queue_s, (float(alone[0]),), (float(alone[0]),))
+    pairs = model.strip_seconds(view, block, a[:-1], b[1:]) - view.queue_s
+    extend = np.concatenate([[pairs[0] - alone[1]], pairs - alone[:-1]])
+    return Bid(view.name, view.queue_s, tuple(alone.tolist()), tuple(np.maximum(extend, 0.0).tolist()))
+
+
+class _Pricing:
+    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b])``."""
+
+    def __init__(self, bids: Sequence[Bid]) -> None:
+        self.bids = {b.device: b for b in bids}
+        self.prefix = {b.device: [0.0, *accumulate(b.extend_s)] for b in bids}
+
+    def run(self, device: str, start: int, stop: int) -> float:
+        bid, prefix = self.bids[device], self.prefix[device]
+        return bid.queue_s + bid.alone_s[start] + prefix[stop] - prefix[start + 1]
+
+
+@dataclass(frozen=True)
+class Award:
+    """Who won what: contiguous item runs, one per winning device, in item order."""
+
+    runs: tuple[tuple[str, Span], ...]
+    loads: Mapping[str, float]
+
+    @property
+    def makespan_s(self) -> float:
+        return max(self.loads.values())
+
+
+def _sweep(pricing: _Pricing, order: Sequence[str], count: int, limit: float) -> list[tuple[str, Span]] | None:
+    """Runs in device order, each as long as fits within ``limit``; None if items remain."""
+    runs, pos = [], 0
+    for device in order:
+        if pos == count:
+            break
+        stop = pos
+        while stop < count and pricing.run(device, pos, stop + 1) <= limit:
+            stop += 1
+        if stop > pos:
+            runs.append((device, Span(pos, stop)))
+            pos = stop
+    return runs if pos == count else None
+
+
+def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[str]) -> list[tuple[str, Span]]:
+    """Re-auction boundary items of the most loaded device while the makespan drops."""
+    for _ in range(4 * sum(span.size for _, span in runs)):
+        loads = [pricing.run(d, s.start, s.stop) for d, s in runs]
+        m = max(range(len(runs)), key=loads.__getitem__)
+        device, span = runs[m]
+        if span.size < 2:
+            break
+        idle = [d for d in bidders if d not in {r[0] for r in runs}]
+        best: tuple[float, list[tuple[str, Span]]] | None = None
+        for side in (-1, 1):
+            item = span.start if side < 0 else span.stop - 1
+            rest = Span(span.start + 1, span.stop) if side < 0 else Span(span.start, span.stop - 1)
+            remaining = pricing.run(device, rest.start, rest.stop)
+            neighbour = m + side
+            options: list[tuple[float, list[tuple[str, Span]]]] = []
+            if 0 <= neighbour < len(runs):
+                other, ospan = runs[neighbour]
+                grown = Span(ospan.start, item + 1) if side < 0 else Span(item, ospan.stop)
+                new = runs.copy()
+                new[m], new[neighbour] = (device, rest), (other, grown)
+                options.append((max(remaining, pricing.run(other, grown.start, grown.stop)), new))
+            for other in idle:
+                new = runs.copy()
+                new[m] = (device, rest)
+                new.insert(m if side < 0 else m + 1, (other, Span(item, item + 1)))
+                options.append((max(remaining, pricing.run(other, item, item + 1)), new))
+            for option in options:
+                if best is None or option[0] < best[0]:
+                    best = option
+        if best is None or best[0] >= loads[m] * (1 - 1e-9):
+            break
+        runs = best[1]
+    return runs
+
+
+def award(bids: Sequence[Bid], count: int) -> Award:
+    """Award ``count`` items to the bidders, minimising the block's makespan."""
+    bids = [b for b in bids if len(b.alone_s) == count]
+    if not bids or count < 1:
+        raise PlanningError("no device bid for this block")
+    pricing = _Pricing(bids)
+    order = [b.device for b in bids]
+    hi = min(pricing.run(d, 0, count) for d in order)  # one device alone: always feasible
+    lo = 0.0
+    best = _sweep(pricing, order, count, hi)
+    for _ in range(60):
+        if hi - lo <= 1e-9 * hi:
+            break
+        mid = (lo + hi) / 2
+        runs = _sweep(pricing, order, count, mid)
+        if runs is None:
+            lo = mid
+        else:
+            hi, best = mid, runs
+    assert best is not None
+    runs = _improve(pricing, best, order)
+    return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})
+
+
+def award_tasks(
+    stages: Sequence[Stage],
+    shapes: Sequence[FeatureShape],
+    block: FusedBlock,
+    items: Sequence[Span],
+    won: Award,
+) -> tuple[Task, ...]:
+    """One task per winning device: its run of items merged into one full-width strip."""
+    width = shapes[block.stop].width
+    return tuple(
+        make_task(
+            stages, shapes, block, TileRegion(Span(items[s.start].start, items[s.stop - 1].stop), Span(0, width)), d
+        )
+        for d, s in won.runs
+    )

@@ -1,0 +1,175 @@
+"""The cost model: what a tile costs on a device, exactly or from the row model.
+
+Exact: a tile's :class:`Task` carries its op list and bytes, priced by a device's
+profile plus its link (latency both ways, bytes in and out). Plans carry exact tasks,
+and the simulator replays them.
+
+Row model: DPFL prices every one of the O(n^2) candidate blocks and AWAS prices every
+item of an auction, too many to build op lists for. Both use full-width row strips,
+whose cost needs only integer geometry: a strip ``[a, b)`` of block ``[i, j)`` needs,
+at every stage ``k`` inside, the rows the composed row window of stages ``k+1..j-1``
+reaches from ``[a, b)``, clipped to the map, and each stage's price for any number of
+rows is tabulated once per profile. Full-width strips have no column halo, so this is
+exact but for the residual blocks' inner halo at the map border. Everything is
+vectorised over strips with NumPy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgeci_mqtt.core.chain import chain_regions
+from edgeci_mqtt.core.fused import FusedBlock, tile_input_region
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
+from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView
+from edgeci_mqtt.planner.plan import Task
+from edgeci_mqtt.planner.profile import DeviceProfile
+
+__all__ = ["RowModel", "TaskWork", "link_seconds", "make_task", "transfer_seconds"]
+
+Ints = NDArray[np.int64]
+Floats = NDArray[np.float64]
+
+
+def make_task(
+    stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion, device: str
+) -> Task:
+    """The task computing ``out_region`` of ``block``."""
+    in_region = tile_input_region(stages, shapes, block, out_region)
+    in_bytes = shapes[block.start].channels * in_region.area * BYTES_PER_ELEMENT
+    out_bytes = shapes[block.stop].channels * out_region.area * BYTES_PER_ELEMENT
+    return Task(device, out_region, in_region, in_bytes, out_bytes)
+
+
+class TaskWork:
+    """The exact ops of any tile of any block of one chain (memoised: the simulator
+    asks for the same tiles again and again)."""
+
+    def __init__(self, stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> None:
+        self.stages, self.shapes = stages, shapes
+        self._cache: dict[tuple[FusedBlock, TileRegion], tuple[OpWork, ...]] = {}
+
+    def __call__(self, block: FusedBlock, out_region: TileRegion) -> tuple[OpWork, ...]:
+        key = (block, out_region)
+        if key not in self._cache:
+            inner = block.stages(self.stages)
+            regions = chain_regions(inner, self.shapes[block.start : block.stop + 1], out_region)
+            self._cache[key] = tuple(
+                op for k, s in enumerate(inner) for op in s.ops(regions[k + 1], self.shapes[block.start + k])
+            )
+        return self._cache[key]
+
+
+def transfer_seconds(view: DeviceView, nbytes: float) -> float:
+    """One message over the device's own link: latency plus serialisation."""
+    return view.link.latency_s + (nbytes + MESSAGE_OVERHEAD_BYTES) / view.link.bytes_per_s
+
+
+@dataclass(frozen=True)
+class _Reach:
+    """Composed row window from some map to a block's output rows, and that map's height."""
+
+    window: Window
+    height: int
+
+    def rows(self, a: Ints, b: Ints) -> Ints:
+        w = self.window
+        lo = np.maximum(a * w.stride - w.padding, 0)
+        hi = np.minimum((b - 1) * w.stride - w.padding + w.extent, self.height)
+        return np.maximum(hi - lo, 0)
+
+
+class RowModel:
+    """Costs of full-width row strips of any block of one chain at one input size."""
+
+    def __init__(self, stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> None:
+        self.stages, self.shapes = stages, shapes
+        self._reach: dict[tuple[int, int], _Reach] = {}
+        for j in range(1, len(stages) + 1):
+            window = Window()
+            self._reach[(j - 1, j)] = _Reach(window, shapes[j].height)
+            for k in range(j - 1, -1, -1):  # stage k's output feeds stage k+1 ... j-1
+                window = stages[k].windows[0].then(window)
+                self._reach[(k - 1, j)] = _Reach(window, shapes[k].height)
+        self._tables: dict[DeviceProfile, Floats] = {}
+        self._ops: dict[int, tuple[list[OpWork], list[OpWork]]] = {}
+        self._offsets = np.cumsum([0] + [shapes[k + 1].height + 1 for k in range(len(stages) - 1)])
+
+    def _stage_ops(self, k: int) -> tuple[list[OpWork], list[OpWork]]:
+        """Ops of stage ``k`` for one and for two interior full-width output rows."""
+        if k not in self._ops:
+            stage, out = self.stages[k], self.shapes[k + 1]
+            lo = max(0, out.height // 2 - 1)
+            self._ops[k] = tuple(  # type: ignore[assignment]
+                stage.ops(TileRegion(Span(lo, lo + r), Span(0, out.width)), self.shapes[k])
+                for r in (1, min(2, out.height))
+            )
+        return self._ops[k]
+
+    def table(self, profile: DeviceProfile) -> Floats:
+        """Seconds of every stage for every row count, flat: stage ``k`` with ``r`` output
+        rows is at ``offsets[k] + r``.
+
+        A stage's ops for ``r`` rows are linear in ``r`` (FLOPs, bytes, pixels; a
+        residual block's inner halo included), so two op lists give them all; the
+        price is not linear, since small tiles run convolutions less efficiently.
+        """
+        if profile not in self._tables:
+            parts = []
+            for k in range(len(self.stages)):
+                one, two = self._stage_ops(k)
+                rows = np.arange(self.shapes[k + 1].height + 1, dtype=np.float64)
+                total = np.zeros_like(rows)
+                for op1, op2 in zip(one, two, strict=True):
+
+                    def grow(v1: int, v2: int) -> Floats:
+                        return v1 + (v2 - v1) * (rows - 1)
+
+                    total += profile.op_seconds_array(
+                        op1.kind,
+                        op1.depth,
+                        grow(op1.flops, op2.flops),
+                        grow(op1.bytes, op2.bytes),
+                        grow(op1.pixels, op2.pixels),
+                    )
+                total[0] = 0.0
+                parts.append(total)
+            self._tables[profile] = np.concatenate(parts)
+        return self._tables[profile]
+
+    def indices(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        """Positions in :meth:`table` of every stage of ``block`` for strips ``[a, b)``."""
+        return np.stack(
+            [self._offsets[k] + self._reach[(k, block.stop)].rows(a, b) for k in range(block.start, block.stop)]
+        )
+
+    def compute_seconds(self, profile: DeviceProfile, block: FusedBlock, a: Ints, b: Ints) -> Floats:
+        """Compute time of strips ``[a, b)`` of ``block`` on ``profile``."""
+        return self.table(profile)[self.indices(block, a, b)].sum(axis=0)
+
+    def input_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        shape = self.shapes[block.start]
+        return shape.channels * shape.width * BYTES_PER_ELEMENT * self._reach[(block.start - 1, block.stop)].rows(a, b)
+
+    def output_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        shape = self.shapes[block.stop]
+        return shape.channels * shape.width * BYTES_PER_ELEMENT * (b - a)
+
+    def moved_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        """Bytes of the task and result messages of strips ``[a, b)``."""
+        return self.input_bytes(block, a, b) + self.output_bytes(block, a, b) + 2 * MESSAGE_OVERHEAD_BYTES
+
+    def strip_seconds(self, view: DeviceView, block: FusedBlock, a: Ints, b: Ints) -> Floats:
+        """Completion time on ``view`` of strips ``[a, b)`` as tasks of their own."""
+        return link_seconds(view, self.moved_bytes(block, a, b)) + self.compute_seconds(view.profile, block, a, b)
+
+
+def link_seconds(view: DeviceView, moved: Ints) -> Floats:
+    """Queue, both latencies and the bytes of a task and its result on the device's link."""
+    return view.queue_s + 2 * view.link.latency_s + moved / view.link.bytes_per_s

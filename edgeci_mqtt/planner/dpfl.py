@@ -1,0 +1,134 @@
+"""DPFL: which consecutive stages to fuse, by bottom-up dynamic programming.
+
+``best[0] = 0``; ``best[j] = min over i < j of best[i] + cost(i, j)``, filled in order
+of ``j`` with back-pointers, so every prefix is solved once and the whole search is
+O(n^2) cost evaluations, no recursion. The cost of a block is supplied by the caller
+(:class:`BlockEstimator` for EdgeCI and AOFL), which keeps this function checkable
+against exhaustive search on random costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import Span
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.costs import Ints, RowModel, link_seconds
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
+from edgeci_mqtt.planner.profile import DeviceProfile
+
+__all__ = ["BlockEstimate", "BlockEstimator", "best_segmentation"]
+
+
+def best_segmentation(n: int, cost: Callable[[int, int], float]) -> tuple[float, list[FusedBlock]]:
+    """Minimum total cost of cutting stages ``[0, n)`` into blocks, and the blocks."""
+    best = [0.0] + [math.inf] * n
+    back = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            total = best[i] + cost(i, j)
+            if total < best[j]:
+                best[j], back[j] = total, i
+    blocks, j = [], n
+    while j > 0:
+        blocks.append(FusedBlock(back[j], j))
+        j = back[j]
+    return best[n], blocks[::-1]
+
+
+@dataclass(frozen=True)
+class BlockEstimate:
+    """Predicted seconds of one block and the rows each device would get."""
+
+    seconds: float
+    rows: dict[str, int]
+
+
+class BlockEstimator:
+    """Block costs from the row model (see :mod:`edgeci_mqtt.planner.costs`).
+
+    A block costs the devices' makespan on their strips, plus the scatter and gather
+    of every byte through the broker host's link (serialised there, so it adds to the
+    makespan of equally loaded devices), plus the orchestrator's copies (slicing each
+    strip's input, stitching each result). Devices with the same profile, link and
+    queue are priced once.
+    """
+
+    def __init__(self, model: RowModel, env: Environment) -> None:
+        self.model = model
+        self.env = env
+        kinds: dict[tuple[DeviceProfile, Link, float], list[DeviceView]] = {}
+        for view in env.devices:
+            kinds.setdefault((view.profile, view.link, view.queue_s), []).append(view)
+        self._kinds = list(kinds.values())
+        self._kind_of = {view.name: i for i, group in enumerate(self._kinds) for view in group}
+
+    def _strips(self, block: FusedBlock) -> tuple[Ints, Ints]:
+        """Centred strips of 1..H rows: the interior halo a typical strip pays."""
+        height = self.model.shapes[block.stop].height
+        rows = np.arange(1, height + 1, dtype=np.int64)
+        a = (height - rows) // 2
+        return a, a + rows
+
+    def balanced(self, block: FusedBlock) -> BlockEstimate:
+        """Rows shared so the block finishes earliest (what the AWAS auction finds)."""
+        a, b = self._strips(block)
+        height = len(a)
+        where, moved = self.model.indices(block, a, b), self.model.moved_bytes(block, a, b)
+        costs = np.stack(
+            [
+                np.maximum.accumulate(
+                    link_seconds(group[0], moved) + self.model.table(group[0].profile)[where].sum(axis=0)
+                )
+                for group in self._kinds
+            ]
+        )
+        counts = np.repeat(np.array([len(g) for g in self._kinds]), height)
+        flat = costs.ravel()
+        order = np.argsort(flat, kind="stable")
+        reached = np.searchsorted(np.cumsum(counts[order]), height)
+        finish = float(flat[order[reached]])
+        rows = {}
+        for group, line in zip(self._kinds, costs, strict=True):
+            taken = int(np.searchsorted(line, finish, side="right"))
+            rows.update({view.name: taken for view in group if taken})
+        excess = sum(rows.values()) - height
+        for name in sorted(rows, key=rows.__getitem__, reverse=True)[: max(excess, 0)]:
+            rows[name] -= 1
+        rows = {k: v for k, v in rows.items() if v}
+        return BlockEstimate(finish + self.overhead(block, rows), rows)
+
+    def speeds(self, block: FusedBlock) -> dict[str, float]:
+        """Each device's compute speed on this block (whole maps per second; links ignored)."""
+        where = self.model.indices(block, np.array([0]), np.array([self.model.shapes[block.stop].height]))
+        per_profile = {g[0].profile: 1.0 / float(self.model.table(g[0].profile)[where].sum()) for g in self._kinds}
+        return {v.name: per_profile[v.profile] for v in self.env.devices}
+
+    def runs_seconds(self, block: FusedBlock, runs: Sequence[tuple[str, Span]]) -> float:
+        """Block time when device ``d`` computes rows ``span`` for each run."""
+        by_kind: dict[int, list[Span]] = {}
+        for device, span in runs:
+            by_kind.setdefault(self._kind_of[device], []).append(span)
+        finish = 0.0
+        for kind, spans in by_kind.items():
+            a = np.array([s.start for s in spans], dtype=np.int64)
+            b = np.array([s.stop for s in spans], dtype=np.int64)
+            finish = max(finish, float(self.model.strip_seconds(self._kinds[kind][0], block, a, b).max()))
+        return finish + self.overhead(block, {d: s.size for d, s in runs})
+
+    def overhead(self, block: FusedBlock, rows: dict[str, int]) -> float:
+        """Broker-link scatter and gather and the orchestrator's copies for these strips."""
+        height = self.model.shapes[block.stop].height
+        sizes = np.array(list(rows.values()), dtype=np.int64)
+        a = (height - sizes) // 2
+        sent = float(self.model.input_bytes(block, a, a + sizes).sum())
+        returned = float(self.model.output_bytes(block, a, a + sizes).sum())
+        messages = 2 * len(sizes) * MESSAGE_OVERHEAD_BYTES
+        link = self.env.broker_link
+        copies = 2 * (sent + returned) / self.env.orchestrator.rates["relu"]
+        return (sent + returned + messages) / link.bytes_per_s + 2 * link.latency_s + copies

@@ -1,0 +1,62 @@
+"""What the planner knows about the cluster at planning time.
+
+In the runtime this comes from the devices' birth messages (measured profiles and
+links); in simulation from a cluster file, each device's profile being the host's
+profile scaled by its CPU share. Either way the planner sees the same small types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgeci_mqtt.errors import ClusterError
+from edgeci_mqtt.planner.cluster import ClusterSpec, Link
+from edgeci_mqtt.planner.profile import DeviceProfile
+
+__all__ = ["DeviceView", "Environment", "environment_from_cluster"]
+
+MESSAGE_OVERHEAD_BYTES = 256
+"""MQTT fixed header, topic and msgpack envelope of one task or result message."""
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One device as the planner sees it: speed, link to the broker, work already queued."""
+
+    name: str
+    profile: DeviceProfile
+    link: Link
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Devices, the orchestrator's own compute, and the broker host's link."""
+
+    devices: tuple[DeviceView, ...]
+    orchestrator: DeviceProfile
+    broker_link: Link
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ClusterError(f"device names must be unique, got {names}")
+
+    def device(self, name: str) -> DeviceView:
+        for view in self.devices:
+            if view.name == name:
+                return view
+        raise ClusterError(f"no device {name!r} in the environment")
+
+    def without(self, name: str) -> Environment:
+        self.device(name)
+        return replace(self, devices=tuple(d for d in self.devices if d.name != name))
+
+
+def environment_from_cluster(cluster: ClusterSpec, host: DeviceProfile) -> Environment:
+    """Devices of a cluster file, each running at its CPU share of the ``host`` profile."""
+    return Environment(
+        devices=tuple(DeviceView(d.name, host.scaled(d.cpu), d.link) for d in cluster.devices),
+        orchestrator=host.scaled(cluster.broker.cpu),
+        broker_link=cluster.broker.link,
+    )

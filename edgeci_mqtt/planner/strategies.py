@@ -1,0 +1,220 @@
+"""Every strategy of DESIGN.md section 6, each turning the same inputs into a :class:`Plan`.
+
+``edgeci``: DPFL over the AWAS estimate, then real AWAS auctions on the chosen blocks.
+The baselines follow their papers (docs/PLANNER.md lists each parameter and source):
+
+* ``local``: the whole model as one task on the single device that finishes it first.
+* ``modnn`` (MoDNN, DATE'17): no fusion, a sync after every layer (a weight layer with
+  the BN/ReLU/pooling that follow it); 1-D rows in proportion to device speed, static.
+* ``deepthings`` (DeepThings, TCAD'18): the first 16 layers fused and cut into an equal
+  3x3 grid handed out by work stealing (idle devices pull the next tile); the remaining
+  layers run on the gateway (the orchestrator).
+* ``aofl`` (AOFL, SEC'19): dynamic programming over fusion points with 1-D rows in
+  proportion to device speed on every device, static.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from edgeci_mqtt.core.fused import FusedBlock, TileGrid
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.core.residual import ResidualStage
+from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
+from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.models.stage_chain import StageChain
+from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award, award_tasks, make_bid
+from edgeci_mqtt.planner.costs import RowModel, make_task
+from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
+from edgeci_mqtt.planner.environment import Environment
+from edgeci_mqtt.planner.plan import BlockPlan, Plan
+
+__all__ = [
+    "DEEPTHINGS_GRID",
+    "DEEPTHINGS_LAYERS",
+    "STRATEGIES",
+    "PlanningContext",
+    "context_for",
+    "darknet_layers",
+    "make_plan",
+    "proportional_rows",
+]
+
+DEEPTHINGS_LAYERS = 16
+"""DeepThings fuses the first 16 layers of YOLOv2 (conv and max-pool layers counted)."""
+DEEPTHINGS_GRID = TileGrid(3, 3)
+"""DeepThings' default fused tile partition."""
+
+
+@dataclass(frozen=True)
+class PlanningContext:
+    """Everything a strategy needs: the model's stages and shapes, its tail, the cluster.
+
+    ``rows`` prices strips; keep one per model and input size and pass it to every
+    re-plan, since it caches each device profile's stage prices.
+    """
+
+    model: str
+    stages: tuple[Stage, ...]
+    shapes: tuple[FeatureShape, ...]
+    tail_work: tuple[OpWork, ...]
+    env: Environment
+    rows: RowModel
+
+    def __post_init__(self) -> None:
+        if not self.env.devices:
+            raise PlanningError("no devices to plan for")
+
+    @cached_property
+    def estimator(self) -> BlockEstimator:
+        return BlockEstimator(self.rows, self.env)
+
+    def plan(self, strategy: str, blocks: Sequence[BlockPlan], predicted_s: float) -> Plan:
+        return Plan(strategy, self.model, self.shapes[0], tuple(blocks), self.tail_work, predicted_s)
+
+
+def context_for(
+    chain: StageChain, env: Environment, height: int = 224, width: int = 224, rows: RowModel | None = None
+) -> PlanningContext:
+    """A planning context for ``chain`` at one input size (reusing ``rows`` if given)."""
+    shapes = tuple(chain.shapes(height, width))
+    if rows is None or tuple(rows.shapes) != shapes:
+        rows = RowModel(chain.stages, shapes)
+    return PlanningContext(chain.model_name, chain.stages, shapes, tuple(chain.tail_ops(shapes[-1])), env, rows)
+
+
+def proportional_rows(height: int, weights: dict[str, float]) -> list[tuple[str, Span]]:
+    """Contiguous row runs with sizes proportional to ``weights`` (largest remainder)."""
+    total = sum(weights.values())
+    exact = {name: height * w / total for name, w in weights.items()}
+    counts = {name: int(v) for name, v in exact.items()}
+    for name in sorted(exact, key=lambda n: exact[n] - counts[n], reverse=True)[: height - sum(counts.values())]:
+        counts[name] += 1
+    runs, start = [], 0
+    for name in weights:
+        if counts[name]:
+            runs.append((name, Span(start, start + counts[name])))
+            start += counts[name]
+    return runs
+
+
+def _strips(ctx: PlanningContext, block: FusedBlock, runs: Sequence[tuple[str, Span]]) -> BlockPlan:
+    width = ctx.shapes[block.stop].width
+    return BlockPlan(
+        block,
+        tuple(make_task(ctx.stages, ctx.shapes, block, TileRegion(rows, Span(0, width)), d) for d, rows in runs),
+    )
+
+
+def plan_local(ctx: PlanningContext) -> Plan:
+    block = FusedBlock(0, len(ctx.stages))
+    whole = [(view.name, Span(0, ctx.shapes[-1].height)) for view in ctx.env.devices]
+    seconds = {name: ctx.estimator.runs_seconds(block, [(name, rows)]) for name, rows in whole}
+    best = min(seconds, key=seconds.__getitem__)
+    return ctx.plan("local", [_strips(ctx, block, [(best, whole[0][1])])], seconds[best])
+
+
+def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
+    """One block per weight layer (conv or residual block) with the stages that follow it."""
+    starts = [k for k, s in enumerate(stages) if isinstance(s, ConvStage | ResidualStage)]
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [FusedBlock(a, b) for a, b in zip(starts, [*starts[1:], len(stages)], strict=True)]
+
+
+def _proportional_runs(ctx: PlanningContext, block: FusedBlock) -> list[tuple[str, Span]]:
+    return proportional_rows(ctx.shapes[block.stop].height, ctx.estimator.speeds(block))
+
+
+def _proportional_plan(ctx: PlanningContext, name: str, blocks: Sequence[FusedBlock]) -> Plan:
+    runs = [_proportional_runs(ctx, block) for block in blocks]
+    total = sum(ctx.estimator.runs_seconds(block, r) for block, r in zip(blocks, runs, strict=True))
+    return ctx.plan(name, [_strips(ctx, block, r) for block, r in zip(blocks, runs, strict=True)], total)
+
+
+def plan_modnn(ctx: PlanningContext) -> Plan:
+    return _proportional_plan(ctx, "modnn", layer_groups(ctx.stages))
+
+
+def plan_aofl(ctx: PlanningContext) -> Plan:
+    est = ctx.estimator
+
+    def cost(i: int, j: int) -> float:
+        block = FusedBlock(i, j)
+        return est.runs_seconds(block, _proportional_runs(ctx, block))
+
+    _, blocks = best_segmentation(len(ctx.stages), cost)
+    return _proportional_plan(ctx, "aofl", blocks)
+
+
+def darknet_layers(stages: Sequence[Stage]) -> list[int]:
+    """Layers as darknet counts them after each stage: convolutions and pools (BN and
+    activations fold into their convolution; a residual block counts its convolutions)."""
+    counts, total = [], 0
+    for stage in stages:
+        if isinstance(stage, ConvStage | MaxPoolStage | AvgPoolStage):
+            total += 1
+        elif isinstance(stage, ResidualStage):
+            total += sum(isinstance(s, ConvStage) for s in stage.main)
+        counts.append(total)
+    return counts
+
+
+def plan_deepthings(ctx: PlanningContext) -> Plan:
+    counts = darknet_layers(ctx.stages)
+    depth = next((k + 1 for k, c in enumerate(counts) if c >= DEEPTHINGS_LAYERS), len(ctx.stages))
+    # the fused block ends after the activation/pooling that follow its last layer
+    while depth < len(ctx.stages) and not isinstance(ctx.stages[depth], ConvStage | ResidualStage):
+        depth += 1
+    fused = FusedBlock(0, depth)
+    tasks = tuple(
+        make_task(ctx.stages, ctx.shapes, fused, region, "") for region in DEEPTHINGS_GRID.regions(ctx.shapes[depth])
+    )
+    blocks = [BlockPlan(fused, tasks, dispatch="pull")]
+    if depth < len(ctx.stages):
+        rest = FusedBlock(depth, len(ctx.stages))
+        out = ctx.shapes[-1]
+        gateway = make_task(ctx.stages, ctx.shapes, rest, TileRegion.whole(out.height, out.width), "")
+        blocks.append(BlockPlan(rest, (gateway,), placement="orchestrator"))
+    return ctx.plan("deepthings", blocks, 0.0)
+
+
+def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span]) -> list[Bid]:
+    """Every device's bid. Each device prices items itself; here, in one process,
+    devices alike in profile, link and queue share one pricing."""
+    priced: dict[tuple[object, ...], Bid] = {}
+    bids = []
+    for view in ctx.env.devices:
+        key = (view.profile, view.link, view.queue_s)
+        if key not in priced:
+            priced[key] = make_bid(view, ctx.rows, block, items)
+        bids.append(replace(priced[key], device=view.name))
+    return bids
+
+
+def plan_edgeci(ctx: PlanningContext) -> Plan:
+    est = ctx.estimator
+    predicted, blocks = best_segmentation(len(ctx.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    plans = []
+    for block in blocks:
+        items = auction_items(ctx.shapes[block.stop])
+        won = award(_bids(ctx, block, items), len(items))
+        plans.append(BlockPlan(block, award_tasks(ctx.stages, ctx.shapes, block, items, won)))
+    return ctx.plan("edgeci", plans, predicted)
+
+
+STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
+    "local": plan_local,
+    "modnn": plan_modnn,
+    "deepthings": plan_deepthings,
+    "aofl": plan_aofl,
+    "edgeci": plan_edgeci,
+}
+
+
+def make_plan(strategy: str, ctx: PlanningContext) -> Plan:
+    if strategy not in STRATEGIES:
+        raise PlanningError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy](ctx)
