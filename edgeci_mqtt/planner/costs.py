@@ -126,17 +126,14 @@ class RowModel:
                 one, two = self._stage_ops(k)
                 rows = np.arange(self.shapes[k + 1].height + 1, dtype=np.float64)
                 total = np.zeros_like(rows)
+                step = rows - 1
                 for op1, op2 in zip(one, two, strict=True):
-
-                    def grow(v1: int, v2: int) -> Floats:
-                        return v1 + (v2 - v1) * (rows - 1)
-
                     total += profile.op_seconds_array(
                         op1.kind,
                         op1.depth,
-                        grow(op1.flops, op2.flops),
-                        grow(op1.bytes, op2.bytes),
-                        grow(op1.pixels, op2.pixels),
+                        op1.flops + (op2.flops - op1.flops) * step,
+                        op1.bytes + (op2.bytes - op1.bytes) * step,
+                        op1.pixels + (op2.pixels - op1.pixels) * step,
                     )
                 total[0] = 0.0
                 parts.append(total)

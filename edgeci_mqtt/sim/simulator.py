@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
