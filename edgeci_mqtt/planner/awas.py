@@ -125,39 +125,68 @@ def _sweep(pricing: _Pricing, order: Sequence[str], count: int, limit: float) ->
     return runs if pos == count else None
 
 
+def _shift(runs: list[tuple[str, Span]], giver: int, taker: int) -> list[tuple[str, Span]]:
+    """Move one item from run ``giver`` towards run ``taker``: every run between passes
+    one item on, keeping its size, so the item count moves without breaking contiguity."""
+    new = runs.copy()
+    step = 1 if taker > giver else -1
+    for i in range(giver, taker, step):
+        (d, span), (e, other) = new[i], new[i + step]
+        if step > 0:
+            new[i], new[i + step] = (d, Span(span.start, span.stop - 1)), (e, Span(other.start - 1, other.stop))
+        else:
+            new[i], new[i + step] = (d, Span(span.start + 1, span.stop)), (e, Span(other.start, other.stop + 1))
+    return new
+
+
+def _give_to_idle(runs: list[tuple[str, Span]], giver: int, idle: str, left: bool) -> list[tuple[str, Span]]:
+    d, span = runs[giver]
+    new = runs.copy()
+    if left:
+        new[giver] = (d, Span(span.start + 1, span.stop))
+        new.insert(giver, (idle, Span(span.start, span.start + 1)))
+    else:
+        new[giver] = (d, Span(span.start, span.stop - 1))
+        new.insert(giver + 1, (idle, Span(span.stop - 1, span.stop)))
+    return new
+
+
 def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[str]) -> list[tuple[str, Span]]:
-    """Re-auction boundary items of the most loaded device while the makespan drops."""
-    for _ in range(4 * sum(span.size for _, span in runs)):
-        loads = [pricing.run(d, s.start, s.stop) for d, s in runs]
-        m = max(range(len(runs)), key=loads.__getitem__)
-        device, span = runs[m]
-        if span.size < 2:
-            break
+    """Re-auction items of the most loaded device while that helps.
+
+    A move takes one item from a device at the makespan and hands it, through the runs
+    in between, to the least loaded device, or to an idle bidder next to it. It is kept
+    when no device ends at or above the old makespan, or when fewer devices sit at it
+    (the makespan can only fall then), so identical devices end within one row.
+    """
+
+    def loads(rs: list[tuple[str, Span]]) -> list[float]:
+        return [pricing.run(d, s.start, s.stop) for d, s in rs]
+
+    def score(values: list[float]) -> tuple[float, int]:
+        top = max(values)
+        return top, sum(v >= top * (1 - 1e-9) for v in values)
+
+    current = loads(runs)
+    for _ in range(2 * sum(s.size for _, s in runs)):
+        top, crowd = score(current)
         idle = [d for d in bidders if d not in {r[0] for r in runs}]
-        best: tuple[float, list[tuple[str, Span]]] | None = None
-        for side in (-1, 1):
-            item = span.start if side < 0 else span.stop - 1
-            rest = Span(span.start + 1, span.stop) if side < 0 else Span(span.start, span.stop - 1)
-            remaining = pricing.run(device, rest.start, rest.stop)
-            neighbour = m + side
-            options: list[tuple[float, list[tuple[str, Span]]]] = []
-            if 0 <= neighbour < len(runs):
-                other, ospan = runs[neighbour]
-                grown = Span(ospan.start, item + 1) if side < 0 else Span(item, ospan.stop)
-                new = runs.copy()
-                new[m], new[neighbour] = (device, rest), (other, grown)
-                options.append((max(remaining, pricing.run(other, grown.start, grown.stop)), new))
-            for other in idle:
-                new = runs.copy()
-                new[m] = (device, rest)
-                new.insert(m if side < 0 else m + 1, (other, Span(item, item + 1)))
-                options.append((max(remaining, pricing.run(other, item, item + 1)), new))
-            for option in options:
-                if best is None or option[0] < best[0]:
-                    best = option
-        if best is None or best[0] >= loads[m] * (1 - 1e-9):
+        candidates = []
+        for m in (i for i, v in enumerate(current) if v >= top * (1 - 1e-9) and runs[i][1].size > 1):
+            low = min(range(len(runs)), key=current.__getitem__)
+            if current[low] < top * (1 - 1e-9):
+                candidates.append(_shift(runs, m, low))
+            candidates += [_give_to_idle(runs, m, d, left) for d in idle for left in (True, False)]
+        improved = None
+        for candidate in candidates:
+            values = loads(candidate)
+            new_top, new_crowd = score(values)
+            if new_top < top * (1 - 1e-9) or (new_top <= top * (1 + 1e-12) and new_crowd < crowd):
+                if improved is None or score(values) < score(improved[1]):
+                    improved = (candidate, values)
+        if improved is None:
             break
-        runs = best[1]
+        runs, current = improved
     return runs
 
 

@@ -1,0 +1,141 @@
+"""AWAS: bids from the row model, awards that minimise the makespan, pinned properties."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import Span
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.awas import Award, Bid, PlanningError, auction_items, award, make_bid
+from edgeci_mqtt.planner.costs import RowModel
+from edgeci_mqtt.planner.environment import DeviceView
+from tests.planning import device
+
+
+@pytest.fixture(scope="module")
+def vgg_rows(chains: dict[str, StageChain]) -> RowModel:
+    chain = chains["vgg16"]
+    return RowModel(chain.stages, chain.shapes(224, 224))
+
+
+BLOCKS = [FusedBlock(0, 5), FusedBlock(5, 10), FusedBlock(10, 17), FusedBlock(0, 10)]
+
+
+def run_auction(rows: RowModel, block: FusedBlock, views: list[DeviceView]) -> tuple[Award, tuple[Span, ...]]:
+    items = auction_items(rows.shapes[block.stop])
+    return award([make_bid(v, rows, block, items) for v in views], len(items)), items
+
+
+def shares(won: Award, items: tuple[Span, ...]) -> dict[str, int]:
+    return {d: sum(items[i].size for i in range(s.start, s.stop)) for d, s in won.runs}
+
+
+def assert_partition(won: Award, count: int) -> None:
+    """Every item exactly once, in contiguous runs, at most one run per device."""
+    spans = [s for _, s in won.runs]
+    assert spans[0].start == 0 and spans[-1].stop == count
+    assert all(a.stop == b.start for a, b in itertools.pairwise(spans))
+    devices = [d for d, _ in won.runs]
+    assert len(devices) == len(set(devices))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 6), block=st.sampled_from(BLOCKS), gflops=st.sampled_from([5.0, 50.0]))
+def test_identical_devices_get_equal_shares_within_one_row(
+    vgg_rows: RowModel, n: int, block: FusedBlock, gflops: float
+) -> None:
+    won, items = run_auction(vgg_rows, block, [device(f"d{i}", gflops) for i in range(n)])
+    assert_partition(won, len(items))
+    got = shares(won, items)
+    assert len(got) == n
+    assert max(got.values()) - min(got.values()) <= 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(block=st.sampled_from(BLOCKS), gflops=st.sampled_from([5.0, 20.0]))
+def test_a_device_twice_as_fast_gets_about_twice_the_rows(vgg_rows: RowModel, block: FusedBlock, gflops: float) -> None:
+    won, items = run_auction(vgg_rows, block, [device("fast", 2 * gflops), device("slow", gflops)])
+    got = shares(won, items)
+    assert 1.6 <= got["fast"] / got["slow"] <= 2.5, got
+
+
+def test_a_device_behind_a_far_slower_link_gets_less_or_nothing(vgg_rows: RowModel) -> None:
+    block = FusedBlock(0, 5)
+    peers = [device(f"d{i}", 5.0, mbit=1000) for i in range(3)]
+    won, items = run_auction(vgg_rows, block, [*peers, device("remote", 5.0, mbit=10)])
+    got = shares(won, items)
+    assert got.get("remote", 0) < min(got[p.name] for p in peers)
+    won, _ = run_auction(vgg_rows, block, [*peers, device("hopeless", 5.0, mbit=0.1, latency_ms=500)])
+    assert "hopeless" not in dict(won.runs)
+
+
+def test_only_bidders_win(vgg_rows: RowModel) -> None:
+    block = FusedBlock(0, 5)
+    items = auction_items(vgg_rows.shapes[block.stop])
+    views = [device(f"d{i}") for i in range(4)]
+    bids = [make_bid(v, vgg_rows, block, items) for v in views if v.name != "d2"]
+    won = award(bids, len(items))
+    assert "d2" not in dict(won.runs) and set(dict(won.runs)) <= {"d0", "d1", "d3"}
+    assert_partition(won, len(items))
+    with pytest.raises(PlanningError, match="no device bid"):
+        award([], len(items))
+
+
+def test_a_busy_device_gets_less(vgg_rows: RowModel) -> None:
+    block = FusedBlock(5, 10)
+    items = auction_items(vgg_rows.shapes[block.stop])
+    idle, busy = device("idle", 5.0), DeviceView("busy", device("x", 5.0).profile, device("x").link, queue_s=0.05)
+    won = award([make_bid(v, vgg_rows, block, items) for v in (idle, busy)], len(items))
+    got = shares(won, items)
+    assert got.get("busy", 0) < got["idle"]
+
+
+def test_item_granularity_is_one_row_until_maps_get_tall(vgg_rows: RowModel) -> None:
+    assert [s.size for s in auction_items(vgg_rows.shapes[5])] == [1] * 112
+    tall = auction_items(vgg_rows.shapes[1])  # 224 rows: 128 items of one or two rows
+    assert len(tall) == 128 and {s.size for s in tall} == {1, 2}
+
+
+@st.composite
+def structured_bids(draw: st.DrawFn) -> tuple[list[Bid], int]:
+    """Bids shaped like real ones: a fixed halo cost per run plus a cost per item."""
+    count = draw(st.integers(1, 7))
+    bids = []
+    for d in range(draw(st.integers(1, 3))):
+        halo = draw(st.floats(0.0, 2.0))
+        per_item = draw(st.lists(st.floats(0.01, 3.0), min_size=count, max_size=count))
+        queue = draw(st.floats(0.0, 1.0))
+        bids.append(Bid(f"d{d}", queue, tuple(halo + c for c in per_item), tuple(per_item)))
+    return bids, count
+
+
+def brute_force_makespan(bids: list[Bid], count: int) -> float:
+    """Best makespan over every cut of the items into runs, devices in bid order, each
+    device taking one run or none."""
+    best = math.inf
+    n = len(bids)
+    for cuts in itertools.product(range(count + 1), repeat=n - 1):
+        bounds = [0, *cuts, count]
+        if any(a > b for a, b in itertools.pairwise(bounds)):
+            continue
+        load = 0.0
+        for bid, (a, b) in zip(bids, itertools.pairwise(bounds), strict=True):
+            if b > a:
+                load = max(load, bid.queue_s + bid.alone_s[a] + sum(bid.extend_s[a + 1 : b]))
+        best = min(best, load)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=structured_bids())
+def test_award_is_optimal_for_contiguous_runs(case: tuple[list[Bid], int]) -> None:
+    bids, count = case
+    won = award(bids, count)
+    assert_partition(won, count)
+    assert won.makespan_s <= brute_force_makespan(bids, count) * (1 + 1e-6) + 1e-12

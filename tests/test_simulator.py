@@ -1,0 +1,107 @@
+"""The discrete-event simulator against hand-computed timelines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.costs import TaskWork
+from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.sim.simulator import ORCHESTRATOR, simulate
+from tests.planning import device, environment, flat_profile
+
+RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops
+OVERHEAD = 1e-5
+
+
+def relu_work(seconds: float) -> tuple[OpWork, ...]:
+    """Work that takes ``seconds`` (plus the op overhead) on a flat profile."""
+    return (OpWork("relu", 0, round(seconds * RELU_RATE)),)
+
+
+def one_block_plan(tasks: Sequence[Task], dispatch: str = "static", tail_s: float = 0.0) -> Plan:
+    tail = (OpWork("fc", 0, round(tail_s * RELU_RATE)),) if tail_s else ()
+    block = BlockPlan(FusedBlock(0, 1), tuple(tasks), dispatch=dispatch)  # type: ignore[arg-type]
+    return Plan("test", "none", FeatureShape(1, 1, 1), (block,), tail)
+
+
+def tile(i: int) -> TileRegion:
+    return TileRegion.of(i, i + 1, 0, 1)
+
+
+def test_one_task_timeline_is_exact() -> None:
+    view = DeviceView("a", flat_profile(), Link(8.0, 1.0))  # 1e6 B/s, 1 ms
+    env = Environment((view,), flat_profile(), Link(80.0, 0.5))  # 1e7 B/s, 0.5 ms
+    plan = one_block_plan([Task("a", tile(0), tile(0), 1000, 500)], tail_s=0.02)
+    result = simulate(plan, env, lambda block, region: relu_work(0.01))
+    prepare = 2 * 1000 / RELU_RATE
+    down = prepare + (1000 + 256) / 1e6 + 1.5e-3  # the device link is the slower hop
+    computed = down + OVERHEAD + 0.01
+    up = computed + (500 + 256) / 1e6 + 1.5e-3
+    merged = up + 2 * 500 / RELU_RATE
+    assert result.block_ends_s == pytest.approx((merged,), rel=1e-12)
+    assert result.makespan_s == pytest.approx(merged + OVERHEAD + 0.02, rel=1e-12)
+    kinds = [(i.resource, i.kind) for i in result.timeline]
+    assert kinds == [
+        (ORCHESTRATOR, "prepare"),
+        ("a", "receive"),
+        ("a", "compute"),
+        ("a", "send"),
+        (ORCHESTRATOR, "merge"),
+        (ORCHESTRATOR, "tail"),
+    ]
+
+
+def test_the_broker_link_is_shared() -> None:
+    """Two inputs through a broker link as slow as the device links: the second waits."""
+    views = tuple(DeviceView(n, flat_profile(), Link(8.0, 0.0)) for n in "ab")
+    env = Environment(views, flat_profile(), Link(8.0, 0.0))
+    plan = one_block_plan([Task(n, tile(i), tile(i), 744, 0) for i, n in enumerate("ab")])
+    result = simulate(plan, env, lambda block, region: relu_work(0.0))
+    receive = {i.resource: i for i in result.timeline if i.kind == "receive"}
+    assert receive["a"].end - receive["a"].start == pytest.approx(1e-3)
+    assert receive["b"].start == pytest.approx(receive["a"].end)
+    assert receive["b"].end == pytest.approx(receive["a"].end + 1e-3)
+
+
+def test_pulled_tiles_go_to_whoever_is_idle() -> None:
+    """Three 1-second tiles, a device twice as slow: the fast one pulls the third."""
+    link = Link(1e6, 0.0)
+    views = (DeviceView("fast", flat_profile(), link), DeviceView("slow", flat_profile().scaled(0.5), link))
+    env = Environment(views, flat_profile(), link)
+    plan = one_block_plan([Task("", tile(i), tile(i), 8, 8) for i in range(3)], dispatch="pull")
+    result = simulate(plan, env, lambda block, region: relu_work(1.0))
+    computed = [i.resource for i in result.timeline if i.kind == "compute"]
+    assert computed.count("fast") == 2 and computed.count("slow") == 1
+    assert result.makespan_s == pytest.approx(2.0, abs=0.01)
+
+
+def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
+    env = environment(device("a"))
+    block = BlockPlan(FusedBlock(0, 1), (Task("", tile(0), tile(0), 0, 0),), placement="orchestrator")
+    plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
+    result = simulate(plan, env, lambda b, r: relu_work(0.5))
+    assert [i.kind for i in result.timeline] == ["gateway", "tail"]
+    assert result.makespan_s == pytest.approx(0.5 + OVERHEAD)  # no tail work
+
+
+def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> None:
+    chain = chains["smallcnn"]
+    env = environment(device("only", 10.0, mbit=100.0, latency_ms=2.0), broker_mbit=1000.0)
+    ctx = context_for(chain, env, 64, 64)
+    work = TaskWork(ctx.stages, ctx.shapes)
+    local = simulate(make_plan("local", ctx), env, work)
+    for strategy in ("edgeci", "aofl", "modnn"):
+        plan = make_plan(strategy, ctx)
+        assert {t.device for b in plan.blocks for t in b.tasks} == {"only"}
+        if strategy != "modnn":  # MoDNN syncs after every layer by design
+            assert len(plan.blocks) == 1
+            assert simulate(plan, env, work).makespan_s == pytest.approx(local.makespan_s, rel=1e-9)
