@@ -181,9 +181,9 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
         for candidate in candidates:
             values = loads(candidate)
             new_top, new_crowd = score(values)
-            if new_top < top * (1 - 1e-9) or (new_top <= top * (1 + 1e-12) and new_crowd < crowd):
-                if improved is None or score(values) < score(improved[1]):
-                    improved = (candidate, values)
+            helps = new_top < top * (1 - 1e-9) or (new_top <= top * (1 + 1e-12) and new_crowd < crowd)
+            if helps and (improved is None or score(values) < score(improved[1])):
+                improved = (candidate, values)
         if improved is None:
             break
         runs, current = improved
