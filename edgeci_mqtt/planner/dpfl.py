@@ -18,7 +18,7 @@ import numpy as np
 from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.costs import Ints, RowModel, link_seconds
+from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, link_seconds
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
 
@@ -67,6 +67,7 @@ class BlockEstimator:
             kinds.setdefault((view.profile, view.link, view.queue_s), []).append(view)
         self._kinds = list(kinds.values())
         self._kind_of = {view.name: i for i, group in enumerate(self._kinds) for view in group}
+        self._by_stop: dict[int, list[Floats]] = {}
 
     def _strips(self, block: FusedBlock) -> tuple[Ints, Ints]:
         """Centred strips of 1..H rows: the interior halo a typical strip pays."""
@@ -75,17 +76,27 @@ class BlockEstimator:
         a = (height - rows) // 2
         return a, a + rows
 
+    def _compute_to(self, stop: int) -> list[Floats]:
+        """Per device kind, compute seconds of the centred strips of every block ending at
+        ``stop``: row ``i`` is block ``[i, stop)`` (suffix sums over the stages)."""
+        if stop not in self._by_stop:
+            a, b = self._strips(FusedBlock(0, stop))
+            where = self.model.indices(FusedBlock(0, stop), a, b)
+            self._by_stop[stop] = [
+                np.cumsum(self.model.table(group[0].profile)[where][::-1], axis=0)[::-1] for group in self._kinds
+            ]
+        return self._by_stop[stop]
+
     def balanced(self, block: FusedBlock) -> BlockEstimate:
         """Rows shared so the block finishes earliest (what the AWAS auction finds)."""
         a, b = self._strips(block)
         height = len(a)
-        where, moved = self.model.indices(block, a, b), self.model.moved_bytes(block, a, b)
+        moved = self.model.moved_bytes(block, a, b)
+        compute = self._compute_to(block.stop)
         costs = np.stack(
             [
-                np.maximum.accumulate(
-                    link_seconds(group[0], moved) + self.model.table(group[0].profile)[where].sum(axis=0)
-                )
-                for group in self._kinds
+                np.maximum.accumulate(link_seconds(group[0], moved) + compute[kind][block.start])
+                for kind, group in enumerate(self._kinds)
             ]
         )
         counts = np.repeat(np.array([len(g) for g in self._kinds]), height)

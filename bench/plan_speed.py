@@ -1,0 +1,87 @@
+"""How long planning takes: every strategy, both models, every reference cluster.
+
+"cold" builds the planner's stage prices from scratch (first plan after start-up);
+"re-plan" is the plan after one device (the first in the file) leaves, reusing the
+stage prices as a running orchestrator does. Medians of --repeats runs. Writes the
+table into docs/BENCHMARKS.md.
+
+    python -m bench.plan_speed [--repeats 7] [--profile host.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.report import machine_line, write_section
+from edgeci_mqtt.cli.common import load_profile
+from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
+from edgeci_mqtt.planner.environment import environment_from_cluster
+from edgeci_mqtt.planner.profile import measure_profile
+from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+
+TARGET_MS = 50.0
+
+
+def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args()
+    host = load_profile(args.profile) if args.profile else measure_profile(1)
+    lines = [
+        "## Planning speed",
+        "",
+        f"`python -m bench.plan_speed --repeats {args.repeats}` on {machine_line()}. Milliseconds, median of "
+        f"{args.repeats} runs. *cold*: stage prices built from scratch; *re-plan*: after the first device of the "
+        "cluster leaves, stage prices reused. Target: `edgeci` re-plans ResNet-34 on swarm64 within "
+        f"{TARGET_MS:.0f} ms.",
+        "",
+        "| model | cluster | devices | " + " | ".join(f"{s} cold / re-plan" for s in STRATEGIES) + " |",
+        "|---|---|---:|" + "---:|" * len(STRATEGIES),
+    ]
+    verdict = ""
+    for model in ("vgg16", "resnet34"):
+        chain = load_chain(model)
+        for cluster_name in REFERENCE_CLUSTERS:
+            cluster = load_cluster(cluster_name)
+            env = environment_from_cluster(cluster, host)
+            smaller = env.without(cluster.devices[0].name)
+            cells = []
+            for strategy in STRATEGIES:
+                print(f"{model} {cluster_name} {strategy} ...", file=sys.stderr, flush=True)
+                cold = median_ms(lambda s=strategy: make_plan(s, context_for(chain, env)), args.repeats)
+                warm_ctx = context_for(chain, env)
+                make_plan(strategy, warm_ctx)
+                replan = median_ms(
+                    lambda s=strategy, c=warm_ctx: make_plan(s, context_for(chain, smaller, rows=c.rows)), args.repeats
+                )
+                cells.append(f"{cold:.1f} / {replan:.1f}")
+                if model == "resnet34" and cluster_name == "swarm64" and strategy == "edgeci":
+                    met = "met" if max(cold, replan) <= TARGET_MS else "not met"
+                    verdict = (
+                        f"Target ({TARGET_MS:.0f} ms, ResNet-34 on swarm64, edgeci): {met}, "
+                        f"cold {cold:.1f} ms, re-plan {replan:.1f} ms."
+                    )
+            lines.append(f"| {model} | {cluster_name} | {len(cluster.devices)} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    lines += ["", verdict]
+    write_section("plan_speed", "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
