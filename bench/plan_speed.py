@@ -14,20 +14,27 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench.report import machine_line, write_section
 from edgeci_mqtt.cli.common import load_profile
-from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.models import StageChain, load_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
-from edgeci_mqtt.planner.environment import environment_from_cluster
+from edgeci_mqtt.planner.costs import RowModel
+from edgeci_mqtt.planner.environment import Environment, environment_from_cluster
 from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 
 TARGET_MS = 50.0
 
 
-def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def plan_once(strategy: str, chain: StageChain, env: Environment, rows: RowModel | None) -> None:
+    make_plan(strategy, context_for(chain, env, rows=rows))
+
+
+def median_ms(fn: Callable[[], None], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -63,12 +70,10 @@ def main() -> int:
             cells = []
             for strategy in STRATEGIES:
                 print(f"{model} {cluster_name} {strategy} ...", file=sys.stderr, flush=True)
-                cold = median_ms(lambda s=strategy: make_plan(s, context_for(chain, env)), args.repeats)
-                warm_ctx = context_for(chain, env)
-                make_plan(strategy, warm_ctx)
-                replan = median_ms(
-                    lambda s=strategy, c=warm_ctx: make_plan(s, context_for(chain, smaller, rows=c.rows)), args.repeats
-                )
+                cold = median_ms(partial(plan_once, strategy, chain, env, None), args.repeats)
+                warm = context_for(chain, env)
+                make_plan(strategy, warm)
+                replan = median_ms(partial(plan_once, strategy, chain, smaller, warm.rows), args.repeats)
                 cells.append(f"{cold:.1f} / {replan:.1f}")
                 if model == "resnet34" and cluster_name == "swarm64" and strategy == "edgeci":
                     met = "met" if max(cold, replan) <= TARGET_MS else "not met"
