@@ -42,7 +42,7 @@ POOL_KINDS: tuple[str, ...] = ("maxpool", "avgpool")
 _CONV_PROBES: tuple[tuple[int, int, int], ...] = (
     (3, 64, 3), (256, 512, 1), (64, 64, 3), (128, 128, 3), (256, 256, 3), (512, 512, 3),
 )  # fmt: skip
-_CONV_SIDES: tuple[int, ...] = (7, 14, 28, 56, 112, 224)
+_CONV_SIDES: tuple[int, ...] = (2, 4, 7, 14, 28, 56, 112, 224)
 _PROBE_SECONDS = 0.015  # largest single probe run; bigger probes reuse the next smaller side
 _SUSTAINED_S = 0.6  # wall time of the sustained run: several CFS periods, so quotas show
 
