@@ -1,0 +1,1 @@
+"""The MQTT runtime: broker configuration, transport, device agent, orchestrator, client."""

@@ -1,0 +1,307 @@
+"""The device agent: profile, announce, bid, compute tiles, publish results.
+
+Threads: paho's network thread only enqueues (see :mod:`transport`); the agent's main
+loop decodes and validates every message, answers auction calls at once from its own
+profile, link and queue, and hands tasks to one worker thread, which runs the model.
+Anything malformed or hostile is logged in one line and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeci_mqtt import __version__
+from edgeci_mqtt.core.fused import FusedBlock, run_block_tile, tile_input_region
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.planner.awas import make_bid
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
+from edgeci_mqtt.runtime.transport import BrokerAddress, Connected, Connection, Inbound
+from edgeci_mqtt.wire import (
+    AuctionCall,
+    BidMessage,
+    DeviceState,
+    ResultMessage,
+    TaskMessage,
+    Topics,
+    WireError,
+    decode_tensor,
+    encode,
+    encode_tensor,
+    region_list,
+)
+from edgeci_mqtt.wire import Reassembler as _Reassembler
+
+__all__ = ["DeviceAgent", "ValidTask", "validate_task"]
+
+log = logging.getLogger("edgeci.device")
+
+
+@dataclass(frozen=True)
+class ValidTask:
+    message: TaskMessage
+    held: HeldModel
+    block: FusedBlock
+    shapes: list[FeatureShape]
+    in_region: TileRegion
+    out_region: TileRegion
+    tile: torch.Tensor
+    received: float
+
+
+def _region(value: list[int], where: str) -> TileRegion:
+    if len(value) != 4 or not all(isinstance(v, int) for v in value) or value[1] <= value[0] or value[3] <= value[2]:
+        raise WireError(f"{where}: bad region {value!r}")
+    return TileRegion(Span(value[0], value[1]), Span(value[2], value[3]))
+
+
+def _span(value: Any, where: str) -> tuple[int, int]:
+    """``[start, stop)`` with ``0 <= start < stop``."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] < value[1]
+    ):
+        raise WireError(f"{where}: expected [start, stop) with 0 <= start < stop, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _pair(value: list[Any], where: str) -> tuple[int, int]:
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise WireError(f"{where}: expected two positive ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def validate_task(message: TaskMessage, models: ModelStore) -> ValidTask:
+    """Check a task against the model it names; every inconsistency is a :class:`WireError`."""
+    held = models.get(message.model)
+    if message.digest != held.digest:
+        raise WireError(f"task {message.task}: weights digest {message.digest} is not ours ({held.digest})")
+    height, width = _pair(message.input_hw, "input_hw")
+    block = FusedBlock(*_span(message.block, "block"))
+    try:
+        shapes = held.shapes(height, width)
+        block.stages(held.chain.stages)
+    except EdgeCIError as exc:
+        raise WireError(f"task {message.task}: {exc}") from exc
+    in_region = _region(message.in_region, "in_region")
+    out_region = _region(message.out_region, "out_region")
+    out_shape = shapes[block.stop]
+    if not TileRegion.whole(out_shape.height, out_shape.width).contains(out_region):
+        raise WireError(f"task {message.task}: out_region {out_region} is outside the {out_shape} output")
+    tile = decode_tensor(message.input, "task.input")
+    expected = (1, shapes[block.start].channels, in_region.height, in_region.width)
+    if tuple(tile.shape) != expected or tile.dtype != torch.float32:
+        raise WireError(f"task {message.task}: input {tuple(tile.shape)} {tile.dtype} should be {expected} float32")
+    try:
+        need = tile_input_region(held.chain.stages, shapes, block, out_region)
+    except EdgeCIError as exc:
+        raise WireError(f"task {message.task}: {exc}") from exc
+    if not in_region.contains(need):
+        raise WireError(f"task {message.task}: in_region {in_region} does not cover the needed {need}")
+    return ValidTask(message, held, block, shapes, in_region, out_region, tile, time.perf_counter())
+
+
+class DeviceAgent:
+    """One device: run :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, device_id: str, address: BrokerAddress, models: ModelStore, threads: int = 1) -> None:
+        Topics.device_state(device_id)  # the id must be a valid topic segment
+        self.device_id, self.models, self.threads = device_id, models, threads
+        torch.set_num_threads(threads)
+        log.info("%s: profiling (%d thread(s))", device_id, threads)
+        self.profile: DeviceProfile = measure_profile(threads)
+        offline = encode(DeviceState(device_id, False, version=__version__))
+        self.connection = Connection(
+            address, f"edgeci-device-{device_id}", will=(Topics.device_state(device_id), offline)
+        )
+        self.link = Link(100.0, 1.0)
+        self.tasks: queue.Queue[ValidTask | None] = queue.Queue()
+        self._backlog_s = 0.0  # predicted seconds of queued and running work
+        self._lock = threading.Lock()
+        self._current = ""
+        self._reassembler = _Reassembler(max_bytes=512 << 20)
+
+    # ------------------------------------------------------------ lifecycle
+    def run(self, stop: threading.Event) -> None:
+        conn = self.connection
+        for topic in (
+            Topics.device_tasks(self.device_id),
+            Topics.auction_call("+"),
+            Topics.device_probe(self.device_id),
+        ):
+            conn.subscribe(topic)
+        conn.start()
+        self.link = self._measure_link()
+        self._birth()
+        worker = threading.Thread(target=self._work, name=f"{self.device_id}-worker", daemon=True)
+        worker.start()
+        log.info("%s: online, holding %s", self.device_id, ", ".join(self.models.held))
+        while not stop.is_set():
+            try:
+                event = conn.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(event, Connected):
+                self._birth()  # a new session: the broker may have fired our will
+            elif isinstance(event, Inbound):
+                self._handle(event)
+        self.tasks.put(None)
+        conn.publish(
+            Topics.device_state(self.device_id),
+            encode(DeviceState(self.device_id, False, version=__version__)),
+            retain=True,
+            wait=2.0,
+        )
+        conn.stop()
+        log.info("%s: offline", self.device_id)
+
+    def _birth(self) -> None:
+        state = DeviceState(
+            self.device_id,
+            True,
+            profile=self.profile.to_dict(),
+            link={"bandwidth_mbit": self.link.bandwidth_mbit, "latency_ms": self.link.latency_ms},
+            models=self.models.digests,
+            version=__version__,
+        )
+        self.connection.publish(Topics.device_state(self.device_id), encode(state), retain=True)
+
+    def _measure_link(self) -> Link:
+        """Round trips through the broker to our own probe topic: small for latency, 256 KiB
+        for bandwidth (both directions cross our link)."""
+        topic, conn = Topics.device_probe(self.device_id), self.connection
+
+        def round_trip(size: int) -> float:
+            started = time.perf_counter()
+            conn.publish(topic, bytes(size), qos=0)
+            deadline = started + 5.0
+            while time.perf_counter() < deadline:
+                try:
+                    event = conn.events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if isinstance(event, Inbound) and event.topic == topic and len(event.payload) == size:
+                    return time.perf_counter() - started
+            raise EdgeCIError("no answer from the broker to the link probe")
+
+        try:
+            small = min(round_trip(16) for _ in range(3))
+            big_size = 256 * 1024
+            big = min(round_trip(big_size) for _ in range(2))
+        except EdgeCIError as exc:
+            log.warning("%s: %s; assuming 100 Mbit/s and 1 ms", self.device_id, exc)
+            return Link(100.0, 1.0)
+        seconds = max(big - small, 1e-6)
+        link = Link(min(10_000.0, 2 * big_size * 8 / seconds / 1e6), max(small / 2 * 1e3, 0.01))
+        log.info("%s: link %.0f Mbit/s, %.2f ms", self.device_id, link.bandwidth_mbit, link.latency_ms)
+        return link
+
+    # ------------------------------------------------------------ messages
+    def _handle(self, event: Inbound) -> None:
+        try:
+            message = self._reassembler.feed(event.topic, event.payload)
+        except WireError as exc:
+            log.warning("%s: rejected message on %s: %s", self.device_id, event.topic, exc)
+            return
+        if message is None:
+            return
+        try:
+            if isinstance(message, AuctionCall) and event.topic.endswith("/call"):
+                self._bid(message)
+            elif isinstance(message, TaskMessage) and event.topic == Topics.device_tasks(self.device_id):
+                task = validate_task(message, self.models)
+                with self._lock:
+                    self._backlog_s += self._predict(task)
+                self.tasks.put(task)
+            else:
+                log.warning("%s: ignored a %s message on %s", self.device_id, message.kind, event.topic)
+        except EdgeCIError as exc:
+            log.warning("%s: rejected %s on %s: %s", self.device_id, message.kind, event.topic, exc)
+
+    def _view(self) -> DeviceView:
+        with self._lock:
+            backlog = self._backlog_s
+        return DeviceView(self.device_id, self.profile, self.link, backlog)
+
+    def _bid(self, call: AuctionCall) -> None:
+        if call.model not in self.models.held:
+            return  # we cannot run it: no bid
+        held = self.models.get(call.model)
+        height, width = _pair(call.input_hw, "input_hw")
+        block = FusedBlock(*_span(call.block, "block"))
+        try:
+            rows = held.row_model(height, width)
+            block.stages(held.chain.stages)
+        except EdgeCIError as exc:
+            raise WireError(f"auction {call.round}: {exc}") from exc
+        out_height = rows.shapes[block.stop].height
+        items = []
+        for item in call.items:
+            first, last = _span(item, "item")
+            if last > out_height:
+                raise WireError(f"auction {call.round}: item {item} is outside the {out_height} output rows")
+            items.append(Span(first, last))
+        if not items or len(items) > 4096:
+            raise WireError(f"auction {call.round}: {len(items)} items")
+        bid = make_bid(self._view(), rows, block, items)
+        message = BidMessage(call.round, self.device_id, bid.queue_s, list(bid.alone_s), list(bid.extend_s))
+        self.connection.publish(Topics.auction_bids(call.round, self.device_id), encode(message))
+
+    def _predict(self, task: ValidTask) -> float:
+        rows = task.held.row_model(task.shapes[0].height, task.shapes[0].width)
+        r = task.out_region.rows
+        a, b = np.array([r.start]), np.array([r.stop])
+        return float(rows.compute_seconds(self.profile, task.block, a, b)[0])
+
+    # ------------------------------------------------------------ work
+    def _work(self) -> None:
+        torch.set_num_threads(self.threads)
+        while (task := self.tasks.get()) is not None:
+            started = time.perf_counter()
+            message = task.message
+            self._current = message.task
+            try:
+                with torch.inference_mode():
+                    out = run_block_tile(
+                        task.held.chain.stages, task.shapes, task.block, task.tile, task.in_region, task.out_region
+                    )
+                computed = time.perf_counter()
+                payload = encode_tensor(out.contiguous())
+                timings = {"queue_s": started - task.received, "compute_s": computed - started}
+                timings["encode_s"] = time.perf_counter() - computed
+                result = ResultMessage(
+                    message.request, message.task, self.device_id, region_list(task.out_region), payload, timings
+                )
+            except Exception as exc:  # a bad task must not kill the worker
+                log.exception("%s: task %s failed", self.device_id, message.task)
+                result = ResultMessage(
+                    message.request,
+                    message.task,
+                    self.device_id,
+                    region_list(task.out_region),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            try:
+                self.connection.publish(Topics.results(message.orchestrator), encode(result))
+            except EdgeCIError as exc:
+                log.error("%s: cannot publish result of %s: %s", self.device_id, message.task, exc)
+            finally:
+                with self._lock:
+                    self._backlog_s = max(0.0, self._backlog_s - self._predict(task))
+                self._current = ""
+            log.debug(
+                "%s: task %s done in %.1f ms", self.device_id, message.task, 1e3 * (time.perf_counter() - started)
+            )

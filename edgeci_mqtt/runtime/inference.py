@@ -1,0 +1,355 @@
+"""One distributed inference, block by block: auction, scatter, gather, stitch, recover.
+
+A lost task (its device's will fired, it went silent past a deadline derived from its
+own estimate, or it answered with an error) is re-auctioned among the devices that
+remain, row by row, and the result is still exact. Late and duplicate results are
+ignored by task id.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edgeci_mqtt.core.fused import FusedBlock, run_block_tile
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award
+from edgeci_mqtt.planner.costs import make_task
+from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.runtime.models_held import HeldModel
+from edgeci_mqtt.wire import (
+    AuctionCall,
+    Award,
+    BidMessage,
+    ResultMessage,
+    TaskMessage,
+    Topics,
+    WireError,
+    decode_tensor,
+    encode,
+    encode_tensor,
+    region_list,
+)
+
+__all__ = ["InferenceRun", "Mailboxes", "Timings"]
+
+log = logging.getLogger("edgeci.orchestrator")
+
+MIN_TASK_DEADLINE_S = 3.0
+DEADLINE_FACTOR = 5.0
+
+
+@dataclass
+class Timings:
+    """Where one inference's time went (seconds, on the orchestrator's clock)."""
+
+    plan_s: float = 0.0
+    auction_s: float = 0.0
+    scatter_s: float = 0.0
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    merge_s: float = 0.0
+    gateway_s: float = 0.0
+    tail_s: float = 0.0
+    recovered_tasks: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Mailboxes:
+    """Where the orchestrator's dispatcher drops bids and results for the running inference."""
+
+    results: queue.Queue[ResultMessage] = field(default_factory=queue.Queue)
+    bids: dict[str, queue.Queue[BidMessage]] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    task: Task
+    device: str
+    deadline: float
+    cols: Span
+
+
+class InferenceRun:
+    """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices."""
+
+    def __init__(
+        self,
+        *,
+        orchestrator: str,
+        request: str,
+        held: HeldModel,
+        plan: Plan,
+        shapes: list[FeatureShape],
+        devices: Callable[[], list[DeviceView]],
+        publish: Callable[[str, bytes], None],
+        mail: Mailboxes,
+        auction_s: float,
+        auctioned: bool,
+    ) -> None:
+        self.orchestrator, self.request, self.held, self.plan, self.shapes = orchestrator, request, held, plan, shapes
+        self.devices, self.publish, self.mail = devices, publish, mail
+        self.auction_window_s, self.auctioned = auction_s, auctioned
+        self.timings = Timings()
+        self.failed: set[str] = set()
+        self.used: set[str] = set()
+
+    # ------------------------------------------------------------ public
+    def run(self, x: Tensor) -> Tensor:
+        for block_plan in self.plan.blocks:
+            x = self._block(block_plan, x)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.held.chain.tail(x)
+        self.timings.tail_s = time.perf_counter() - started
+        return logits
+
+    # ------------------------------------------------------------ blocks
+    def _candidates(self) -> list[DeviceView]:
+        return [d for d in self.devices() if d.name not in self.failed]
+
+    def _block(self, block_plan: BlockPlan, x: Tensor) -> Tensor:
+        block = block_plan.block
+        stages = self.held.chain.stages
+        if block_plan.placement == "orchestrator":
+            started = time.perf_counter()
+            out_shape = self.shapes[block.stop]
+            with torch.inference_mode():
+                out = run_block_tile(
+                    stages,
+                    self.shapes,
+                    block,
+                    x,
+                    TileRegion.whole(x.shape[2], x.shape[3]),
+                    TileRegion.whole(out_shape.height, out_shape.width),
+                )
+            self.timings.gateway_s += time.perf_counter() - started
+            return out
+        out_shape = self.shapes[block.stop]
+        out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
+        width = Span(0, out_shape.width)
+        if self.auctioned:
+            tasks = self._auction(block, list(auction_items(out_shape)), width)
+        else:
+            tasks = list(block_plan.tasks)
+        pull = block_plan.dispatch == "pull"
+        waiting: deque[Task] = deque(tasks if pull else [])
+        pending: dict[str, _Pending] = {}
+        block_compute = 0.0
+        if pull:
+            for view in self._candidates():
+                if waiting:
+                    self._send(block, waiting.popleft(), view.name, x, pending)
+        else:
+            for task in tasks:
+                self._send(block, task, task.device, x, pending)
+        started = time.perf_counter()
+        while pending or waiting:
+            try:
+                result = self.mail.results.get(timeout=0.05)
+            except queue.Empty:
+                result = None
+            if result is not None:
+                done = self._accept(result, pending, out)
+                if done is not None:
+                    block_compute = max(block_compute, done)
+                    if pull and waiting:
+                        self._send(block, waiting.popleft(), result.device, x, pending)
+            lost = self._lost(pending)
+            for entry in lost:
+                del pending[entry[0]]
+            for _, item in lost:
+                self.timings.recovered_tasks += 1
+                if pull:
+                    waiting.appendleft(item.task)
+                    idle = self._idle(pending)
+                    if idle and waiting:
+                        self._send(block, waiting.popleft(), idle, x, pending)
+                else:
+                    rows = item.task.out_region.rows
+                    for task in self._auction(block, [Span(r, r + 1) for r in range(rows.start, rows.stop)], item.cols):
+                        self._send(block, task, task.device, x, pending)
+            if pull and waiting and not pending:
+                idle = self._idle(pending)
+                if idle is None:
+                    raise PlanningError("no capable device remains for this inference")
+                self._send(block, waiting.popleft(), idle, x, pending)
+        self.timings.wait_s += time.perf_counter() - started
+        self.timings.compute_s += block_compute
+        return out
+
+    def _idle(self, pending: dict[str, _Pending]) -> str | None:
+        busy = {p.device for p in pending.values()}
+        return next((d.name for d in self._candidates() if d.name not in busy), None)
+
+    # ------------------------------------------------------------ auction
+    def _auction(self, block: FusedBlock, items: list[Span], cols: Span) -> list[Task]:
+        """A real auction round: call, bids until all candidates answered or the deadline, award."""
+        started = time.perf_counter()
+        candidates = {d.name for d in self._candidates()}
+        if not candidates:
+            raise PlanningError("no capable device remains for this inference")
+        round_id = uuid.uuid4().hex[:12]
+        box: queue.Queue[BidMessage] = queue.Queue()
+        self.mail.bids[round_id] = box
+        call = AuctionCall(
+            round_id,
+            self.orchestrator,
+            self.held.chain.model_name,
+            [self.shapes[0].height, self.shapes[0].width],
+            [block.start, block.stop],
+            [[s.start, s.stop] for s in items],
+            self.auction_window_s * 1e3,
+        )
+        self.publish(Topics.auction_call(round_id), encode(call))
+        bids: dict[str, Bid] = {}
+        deadline = started + self.auction_window_s
+        try:
+            while len(bids) < len(candidates) and (remaining := deadline - time.perf_counter()) > 0:
+                try:
+                    message = box.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                bid = _valid_bid(message, len(items))
+                if bid is not None and bid.device in candidates:
+                    bids[bid.device] = bid
+        finally:
+            self.mail.bids.pop(round_id, None)
+        won = award(list(bids.values()), len(items))  # no bid, no work
+        self.publish(
+            Topics.auction_award(round_id), encode(Award(round_id, [[d, s.start, s.stop] for d, s in won.runs]))
+        )
+        self.timings.auction_s += time.perf_counter() - started
+        return [
+            make_task(
+                self.held.chain.stages,
+                self.shapes,
+                block,
+                TileRegion(Span(items[s.start].start, items[s.stop - 1].stop), cols),
+                d,
+            )
+            for d, s in won.runs
+        ]
+
+    # ------------------------------------------------------------ tasks
+    def _send(self, block: FusedBlock, task: Task, device: str, x: Tensor, pending: dict[str, _Pending]) -> None:
+        started = time.perf_counter()
+        task_id = uuid.uuid4().hex[:12]
+        r, c = task.in_region.rows, task.in_region.cols
+        tile = x[:, :, r.start : r.stop, c.start : c.stop].contiguous()
+        message = TaskMessage(
+            self.request,
+            task_id,
+            self.orchestrator,
+            self.held.chain.model_name,
+            self.held.digest,
+            [self.shapes[0].height, self.shapes[0].width],
+            [block.start, block.stop],
+            region_list(task.in_region),
+            region_list(task.out_region),
+            encode_tensor(tile),
+        )
+        view = next((d for d in self.devices() if d.name == device), None)
+        predicted = self._predict(view, block, task) if view else 1.0
+        pending[task_id] = _Pending(
+            task,
+            device,
+            time.perf_counter() + max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted),
+            task.out_region.cols,
+        )
+        self.publish(Topics.device_tasks(device), encode(message))
+        self.used.add(device)
+        self.timings.scatter_s += time.perf_counter() - started
+
+    def _predict(self, view: DeviceView, block: FusedBlock, task: Task) -> float:
+        rows = self.held.row_model(self.shapes[0].height, self.shapes[0].width)
+        r = task.out_region.rows
+        return float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0])
+
+    def _accept(self, result: ResultMessage, pending: dict[str, _Pending], out: Tensor) -> float | None:
+        """Stitch a result if it is the one we wait for; returns its compute time."""
+        entry = pending.get(result.task)
+        if result.request != self.request or entry is None:
+            log.debug("%s: ignored a late or unknown result %s from %s", self.request, result.task, result.device)
+            return None
+        if result.device != entry.device:
+            log.warning(
+                "%s: result %s came from %s, not %s: ignored", self.request, result.task, result.device, entry.device
+            )
+            return None
+        if result.error:
+            log.warning("%s: %s failed task %s: %s", self.request, result.device, result.task, result.error)
+            entry.deadline = 0.0  # recovered by _lost
+            self.failed.add(result.device)
+            return None
+        started = time.perf_counter()
+        region = entry.task.out_region
+        try:
+            tile = decode_tensor(result.output, "result.output")
+        except WireError as exc:
+            log.warning("%s: bad result %s from %s: %s", self.request, result.task, result.device, exc)
+            entry.deadline = 0.0
+            return None
+        expected = (1, out.shape[1], region.height, region.width)
+        if tuple(tile.shape) != expected or tile.dtype != torch.float32 or result.out_region != region_list(region):
+            log.warning(
+                "%s: result %s from %s has shape %s, expected %s",
+                self.request,
+                result.task,
+                result.device,
+                tuple(tile.shape),
+                expected,
+            )
+            entry.deadline = 0.0
+            return None
+        out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = tile
+        del pending[result.task]
+        self.timings.merge_s += time.perf_counter() - started
+        return float(result.timings.get("compute_s", 0.0)) if isinstance(result.timings, dict) else 0.0
+
+    def _lost(self, pending: dict[str, _Pending]) -> list[tuple[str, _Pending]]:
+        """Tasks whose device went offline, failed, or is silent past its deadline."""
+        now = time.perf_counter()
+        online = {d.name for d in self.devices()}
+        lost = []
+        for task_id, entry in pending.items():
+            if entry.device not in online or entry.device in self.failed or now > entry.deadline:
+                reason = "offline" if entry.device not in online else "silent or failed"
+                log.warning(
+                    "%s: task %s on %s lost (%s); re-auctioning it", self.request, task_id, entry.device, reason
+                )
+                self.failed.add(entry.device)
+                lost.append((task_id, entry))
+        return lost
+
+
+def _valid_bid(message: BidMessage, count: int) -> Bid | None:
+    values = [*message.alone_s, *message.extend_s, message.queue_s]
+    if len(message.alone_s) != count or len(message.extend_s) != count:
+        log.warning(
+            "bid from %s has %d/%d prices for %d items: ignored",
+            message.device,
+            len(message.alone_s),
+            len(message.extend_s),
+            count,
+        )
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6 for v in values):
+        log.warning("bid from %s has prices that are not finite non-negative numbers: ignored", message.device)
+        return None
+    return Bid(
+        message.device, float(message.queue_s), tuple(map(float, message.alone_s)), tuple(map(float, message.extend_s))
+    )

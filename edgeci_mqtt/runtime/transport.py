@@ -1,0 +1,194 @@
+"""The only module that touches paho-mqtt: a connection with a queue, not callbacks.
+
+paho's callbacks run on its network thread; here they only put small values
+(:class:`Inbound`, :class:`Connected`, :class:`Disconnected`) on a queue, so model
+code never runs on the network thread and the rest of the project never sees a paho
+type. MQTT v5, ``CallbackAPIVersion.VERSION2``, automatic reconnection with back-off
+and re-subscription. Every publish is checked against the size limit first and split
+into chunk frames when needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.wire import CONTENT_TYPE, MAX_PAYLOAD_BYTES, frames
+
+__all__ = ["BrokerAddress", "Connected", "Connection", "Disconnected", "Event", "Inbound", "TransportError"]
+
+log = logging.getLogger(__name__)
+
+
+class TransportError(EdgeCIError):
+    """The broker cannot be reached, refused us, or a publish cannot be sent."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise TransportError(f"broker address {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+        tls = parsed.scheme == "mqtts"
+        return cls(
+            parsed.hostname,
+            parsed.port or (8883 if tls else 1883),
+            tls,
+            unquote(parsed.username) if parsed.username else None,
+            unquote(parsed.password) if parsed.password else None,
+        )
+
+    def with_login(self, username: str | None, password: str | None) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, self.tls, username or self.username, password or self.password)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Connected:
+    """(Re)connected and re-subscribed: time to (re)publish a birth message."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+
+
+Event = Inbound | Connected | Disconnected
+
+
+class Connection:
+    """One MQTT v5 session. Read :attr:`events`; call :meth:`publish` from any thread."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        will: tuple[str, bytes] | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        self.address, self.client_id = address, client_id
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.connected = threading.Event()
+        self._filters: dict[str, int] = {}
+        self._refused: str | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if address.username:
+            self._client.username_pw_set(address.username, address.password)
+        if address.tls:
+            self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True, properties=self._properties())
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # paho's thread: only enqueue
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self._refused = str(reason)
+            log.error("%s: broker %s refused the connection: %s", self.client_id, self.address, reason)
+            return
+        for topic, qos in self._filters.items():
+            client.subscribe(topic, options=SubscribeOptions(qos=qos))
+        self.connected.set()
+        self.events.put(Connected())
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        self.connected.clear()
+        self.events.put(Disconnected(str(reason)))
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        props = message.properties
+        self.events.put(
+            Inbound(
+                message.topic,
+                bytes(message.payload),
+                bool(message.retain),
+                getattr(props, "ResponseTopic", None) if props is not None else None,
+                getattr(props, "CorrelationData", None) if props is not None else None,
+            )
+        )
+
+    @staticmethod
+    def _properties(response_topic: str | None = None, correlation: bytes | None = None) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CONTENT_TYPE
+        if response_topic:
+            props.ResponseTopic = response_topic
+        if correlation:
+            props.CorrelationData = correlation
+        return props
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect (in the background, retrying) and wait up to ``timeout`` for the first session."""
+        self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+        self._client.loop_start()
+        if not self.connected.wait(timeout):
+            reason = self._refused or "no answer"
+            self.stop()
+            raise TransportError(f"{self.client_id}: cannot connect to {self.address}: {reason}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._filters[topic] = qos
+        if self.connected.is_set():
+            self._client.subscribe(topic, options=SubscribeOptions(qos=qos))
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        wait: float | None = None,
+    ) -> None:
+        """Publish, split into chunk frames if over the limit; retained payloads must fit one frame."""
+        parts = frames(payload)
+        if retain and len(parts) > 1:
+            raise TransportError(f"a retained payload on {topic} must fit in {MAX_PAYLOAD_BYTES} bytes")
+        for part in parts:
+            if len(part) > MAX_PAYLOAD_BYTES + 8192:  # frames() guarantees this; never send an oversize packet
+                raise TransportError(f"refusing to publish {len(part)} bytes on {topic}")
+            info = self._client.publish(topic, part, qos, retain, self._properties(response_topic, correlation))
+            if wait is not None:
+                info.wait_for_publish(wait)
