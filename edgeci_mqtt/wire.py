@@ -77,6 +77,7 @@ class Topics:
     root = ROOT
     device_states = f"{ROOT}/devices/+/state"
     auction_calls = f"{ROOT}/auctions/+/call"
+    auction_bids_all = f"{ROOT}/auctions/+/bids/+"
     requests = f"{ROOT}/infer/requests"
     shared_requests = f"$share/edgeci-orchestrators/{ROOT}/infer/requests"
     all = f"{ROOT}/#"
@@ -104,8 +105,8 @@ class Topics:
         return f"{ROOT}/auctions/{cls._segment(round_id)}/call"
 
     @classmethod
-    def auction_bids(cls, round_id: str, device: str = "+") -> str:
-        return f"{ROOT}/auctions/{cls._segment(round_id) if round_id != '+' else '+'}/bids/{device}"
+    def auction_bids(cls, round_id: str, device: str) -> str:
+        return f"{ROOT}/auctions/{cls._segment(round_id)}/bids/{cls._segment(device)}"
 
     @classmethod
     def auction_award(cls, round_id: str) -> str:

@@ -8,12 +8,32 @@ import sys
 from collections.abc import Sequence
 
 from edgeci_mqtt import __version__
-from edgeci_mqtt.cli import infer_cmd, models_cmd, plan_cmd, profile_cmd, simulate_cmd
+from edgeci_mqtt.cli import (
+    broker_cmd,
+    demo_cmd,
+    device_cmd,
+    infer_cmd,
+    models_cmd,
+    orchestrator_cmd,
+    plan_cmd,
+    profile_cmd,
+    simulate_cmd,
+)
 from edgeci_mqtt.errors import EdgeCIError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (models_cmd, infer_cmd, profile_cmd, plan_cmd, simulate_cmd)
+_COMMANDS = (
+    demo_cmd,
+    models_cmd,
+    infer_cmd,
+    profile_cmd,
+    plan_cmd,
+    simulate_cmd,
+    broker_cmd,
+    device_cmd,
+    orchestrator_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.cli.table import format_table, human_count
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.fused import TileGrid, balanced_blocks, block_tile_flops, parse_blocks, run_fused
@@ -17,6 +18,8 @@ from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
+from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.client import EdgeCIClient
 
 __all__ = ["register", "run"]
 
@@ -32,8 +35,9 @@ def tile_grid_arg(text: str) -> TileGrid:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "infer",
-        help="classify an image with fused tiles, checked against the whole model",
-        description="Cut the model into fused blocks, run every block tile by tile in this "
+        help="classify an image: on a cluster (--broker) or with fused tiles in-process",
+        description="With --broker: send the image to the cluster and print the top-5 classes and the "
+        "latency. Without: cut the model into fused blocks, run every block tile by tile in this "
         "process, stitch the tiles, run the tail, and print the top-5 classes with the "
         "maximum absolute difference from running the whole model at once.",
     )
@@ -54,11 +58,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--tiles", type=tile_grid_arg, default=TileGrid(3, 3), help="tile grid per block (default 3x3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, help="save the logits of the tiled run as .npy")
+    parser.add_argument("--output", type=Path, help="save the logits as .npy")
+    add_broker(parser, required=False)
+    parser.add_argument("--strategy", choices=list(STRATEGIES), help="with --broker: ask for this strategy")
+    parser.add_argument("--timeout", type=float, default=60.0, help="with --broker: seconds to wait (default 60)")
     parser.set_defaults(run=run)
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """Ask the cluster behind ``--broker`` and print the answer."""
+    x = load_input(args.input, args.size)
+    with EdgeCIClient(broker_address(args, "client"), ca_file=args.ca_file) as client:
+        result = client.infer(x, args.model, args.strategy or "", args.timeout)
+    print(
+        f"model {args.model}, strategy {result.strategy}, orchestrator {result.orchestrator}, "
+        f"devices {', '.join(result.devices) or '(none)'}"
+    )
+    print(
+        f"latency {result.latency_s * 1e3:.1f} ms ("
+        + ", ".join(f"{k.removesuffix('_s')} {v * 1e3:.1f}" for k, v in result.timings.items() if k.endswith("_s"))
+        + " ms)"
+    )
+    print(
+        format_table(
+            ["rank", "class", "label", "probability"],
+            [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(result.logits))],
+        )
+    )
+    if args.output:
+        np.save(args.output, result.logits.numpy())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.broker:
+        return run_remote(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     source = f"random weights, seed {args.seed}" if args.weights is None else str(args.weights)

@@ -139,7 +139,7 @@ class DeviceAgent:
         conn = self.connection
         for topic in (
             Topics.device_tasks(self.device_id),
-            Topics.auction_call("+"),
+            Topics.auction_calls,
             Topics.device_probe(self.device_id),
         ):
             conn.subscribe(topic)

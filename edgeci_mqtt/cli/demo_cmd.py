@@ -1,0 +1,127 @@
+"""``edgeci demo``: a whole cluster on this machine, every strategy, checked against local."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from edgeci_mqtt.cli.table import format_table
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.client import EdgeCIClient
+from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.runtime.transport import Connection, Inbound
+from edgeci_mqtt.wire import DeviceState, Topics, WireError, decode
+
+__all__ = ["register", "run", "wait_for_devices"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run a local cluster and compare every strategy",
+        description="Start Mosquitto with the project's configuration on a free port, N device agents and one "
+        "orchestrator as separate processes; classify the sample image with each model and strategy, check "
+        "every result against the local run, print a table, and stop everything (also on Ctrl-C).",
+    )
+    parser.add_argument("--devices", type=int, default=4, help="device agents (default 4, one torch thread each)")
+    parser.add_argument("--models", default="vgg16,resnet34", help="comma-separated (default vgg16,resnet34)")
+    parser.add_argument("--strategies", default="all", help="comma-separated, or all (default)")
+    parser.add_argument("--input", type=Path, default=SAMPLE_IMAGE, help="image to classify")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
+    parser.set_defaults(run=run)
+
+
+def wait_for_devices(broker: BrokerProcess, names: set[str], timeout: float = 120.0) -> None:
+    """Block until every device in ``names`` has published an online birth."""
+    watcher = Connection(broker.address("watcher"), "edgeci-demo-watcher")
+    watcher.subscribe(Topics.device_states)
+    watcher.start()
+    online: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while online != names and time.monotonic() < deadline:
+            try:
+                event = watcher.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if not isinstance(event, Inbound):
+                continue
+            try:
+                state = decode(event.payload, DeviceState)
+            except WireError:
+                continue
+            assert isinstance(state, DeviceState)
+            (online.add if state.online else online.discard)(state.device)
+    finally:
+        watcher.stop()
+    if online != names:
+        raise EdgeCIError(f"devices {', '.join(sorted(names - online))} did not come online")
+
+
+def run(args: argparse.Namespace) -> int:
+    strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
+    models = args.models.split(",")
+    devices = [f"dev-{i}" for i in range(1, args.devices + 1)]
+    workdir = Path(tempfile.mkdtemp(prefix="edgeci-demo-")) if args.logs is None else args.logs
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"starting mosquitto and {len(devices)} device agents (logs in {workdir}) ...", file=sys.stderr, flush=True)
+    broker = BrokerProcess(workdir / "broker", devices)
+    group = ProcessGroup(workdir)
+    try:
+        for name in devices:
+            group.start(name, "device", "--broker", broker.url(name), "--id", name, "--models", ",".join(models))
+        group.start(
+            "orchestrator",
+            "orchestrator",
+            "--broker",
+            broker.url("orchestrator"),
+            "--id",
+            "demo",
+            *(a for m in models for a in ("--model", m)),
+        )
+        wait_for_devices(broker, set(devices))
+        rows = []
+        with EdgeCIClient(broker.address("client"), client_id="edgeci-demo-client") as client:
+            for model in models:
+                chain = load_chain(model)
+                x = load_input(args.input)
+                with torch.inference_mode():
+                    expected = chain.model(x)
+                print(f"{model}: warming up ...", file=sys.stderr, flush=True)
+                client.infer(x, model, "edgeci", timeout=180)
+                latencies: dict[str, float] = {}
+                for strategy in strategies:
+                    print(f"{model}: {strategy} ...", file=sys.stderr, flush=True)
+                    result = client.infer(x, model, strategy, timeout=300)
+                    latencies[strategy] = result.latency_s
+                    diff = (result.logits - expected).abs().max().item()
+                    rows.append(
+                        [model, strategy, f"{result.latency_s * 1e3:.0f}", diff, ", ".join(result.devices) or "-"]
+                    )
+                local = latencies.get("local")
+                for row in rows:
+                    if row[0] == model:
+                        row.insert(3, f"{local / latencies[row[1]]:.2f}x" if local else "-")
+        print(
+            format_table(
+                ["model", "strategy", "latency (ms)", "speed-up vs local", "max abs diff", "devices"],
+                [[r[0], r[1], r[2], r[3], f"{r[4]:.2e}", r[5]] for r in rows],
+            )
+        )
+        bad = [r for r in rows if r[4] > 1e-3]
+        if bad:
+            raise EdgeCIError(f"{len(bad)} result(s) differ from the local run")
+        return 0
+    finally:
+        print("stopping ...", file=sys.stderr, flush=True)
+        group.close()
+        broker.stop()

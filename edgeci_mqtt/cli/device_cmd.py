@@ -1,0 +1,79 @@
+"""``edgeci device``: the agent a device runs on boot."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.runtime.device import DeviceAgent
+from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
+
+__all__ = ["register", "run", "stop_on_signals"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "device",
+        help="run a device agent",
+        description="Profile this device, announce it on the broker, bid in auctions and compute tile tasks "
+        "until SIGTERM/SIGINT (then announce it offline). Options override the --config YAML file.",
+    )
+    add_broker(parser, required=False)
+    parser.add_argument("--id", help="device id (its broker user name; letters, digits, '-', '_')")
+    parser.add_argument("--config", type=Path, help="YAML with any of: id, broker, credentials, models, threads, seed")
+    parser.add_argument(
+        "--models", help=f"comma-separated models to hold, NAME or NAME=weights.pth (default: {','.join(MODEL_NAMES)})"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default 1)")
+    parser.add_argument("--seed", type=int, help="seed of random weights (default 0)")
+    parser.set_defaults(run=run)
+
+
+def merged(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Command-line options over the --config file over defaults."""
+    config: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            loaded = yaml.safe_load(args.config.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise EdgeCIError(f"cannot read {args.config}: {exc}".splitlines()[0]) from exc
+        if not isinstance(loaded, dict):
+            raise EdgeCIError(f"{args.config} must hold a mapping")
+        unknown = sorted(set(loaded) - set(keys))
+        if unknown:
+            raise EdgeCIError(f"{args.config}: unknown key(s) {', '.join(unknown)}")
+        config = loaded
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    return config
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run(args: argparse.Namespace) -> int:
+    config = merged(args, ("id", "broker", "credentials", "models", "threads", "seed"))
+    if not config.get("id") or not config.get("broker"):
+        raise EdgeCIError("a device needs --id and --broker (or id and broker in --config)")
+    args.broker = config["broker"]
+    args.credentials = Path(config["credentials"]) if config.get("credentials") else None
+    models = config.get("models") or ",".join(MODEL_NAMES)
+    specs = models.split(",") if isinstance(models, str) else list(models)
+    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)))
+    agent = DeviceAgent(config["id"], broker_address(args, config["id"]), store, int(config.get("threads", 1)))
+    agent.run(stop_on_signals())
+    return 0

@@ -1,0 +1,61 @@
+"""``edgeci orchestrator``: the auctioneer that plans, scatters, gathers and answers."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from pathlib import Path
+
+from edgeci_mqtt.cli.device_cmd import stop_on_signals
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
+from edgeci_mqtt.runtime.orchestrator import Orchestrator
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "orchestrator",
+        help="run an orchestrator (auctioneer)",
+        description="Keep the live device table, plan with a strategy, run AWAS auctions, scatter tiles, "
+        "gather and stitch results, run the tail and answer inference requests.",
+    )
+    add_broker(parser)
+    parser.add_argument("--id", default=None, help="orchestrator id (default: random)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help=f"model to serve, NAME or NAME=weights.pth (repeatable; default: {', '.join(MODEL_NAMES)})",
+    )
+    parser.add_argument("--weights", type=Path, help="weights file for a single --model")
+    parser.add_argument(
+        "--strategy", choices=list(STRATEGIES), default="edgeci", help="default strategy (a request may name another)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (must match the devices')")
+    parser.add_argument("--auction-ms", type=float, default=500.0, help="bid deadline of an auction round")
+    parser.add_argument("--broker-mbit", type=float, default=1000.0, help="bandwidth of the broker host's link")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = args.model or list(MODEL_NAMES)
+    if args.weights is not None and len(specs) == 1 and "=" not in specs[0]:
+        specs = [f"{specs[0]}={args.weights}"]
+    store = ModelStore(parse_model_specs(specs), args.seed)
+    oid = args.id or uuid.uuid4().hex[:8]
+    orchestrator = Orchestrator(
+        oid,
+        broker_address(args, "orchestrator"),
+        store,
+        args.strategy,
+        Link(args.broker_mbit, 0.1),
+        args.auction_ms / 1e3,
+        args.threads,
+    )
+    orchestrator.run(stop_on_signals())
+    return 0

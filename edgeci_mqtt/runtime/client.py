@@ -1,0 +1,111 @@
+"""The client API: ``EdgeCIClient(broker).infer(image)`` -> scores.
+
+Requests go to the orchestrators' shared subscription with an MQTT v5 response topic
+of this client's own and a correlation id; the answer is matched by that id.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.imaging import load_input
+from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
+from edgeci_mqtt.wire import (
+    InferRequest,
+    InferResponse,
+    Reassembler,
+    Topics,
+    WireError,
+    decode_tensor,
+    encode,
+    encode_tensor,
+)
+
+__all__ = ["EdgeCIClient", "InferenceError", "InferenceResult"]
+
+
+class InferenceError(EdgeCIError):
+    """The cluster could not answer (no orchestrator, no device, a timeout, an error)."""
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    logits: Tensor
+    latency_s: float
+    orchestrator: str
+    strategy: str
+    devices: list[str]
+    timings: dict[str, float]
+
+
+class EdgeCIClient:
+    """A connection to the cluster's broker; use as a context manager."""
+
+    def __init__(self, address: BrokerAddress | str, client_id: str | None = None, ca_file: str | None = None) -> None:
+        address = BrokerAddress.parse(address) if isinstance(address, str) else address
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:8]}"
+        self.responses = Topics.client_responses(self.client_id)
+        self.connection = Connection(address, self.client_id, ca_file=ca_file)
+        self.connection.subscribe(self.responses)
+        self._reassembler = Reassembler()
+
+    def __enter__(self) -> EdgeCIClient:
+        self.connection.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.stop()
+
+    def infer(
+        self,
+        image: Tensor | Path | str,
+        model: str = "vgg16",
+        strategy: str = "",
+        timeout: float = 60.0,
+        size: int = 224,
+    ) -> InferenceResult:
+        """Scores for one image (a file, or a normalised (1, 3, H, W) tensor)."""
+        x = load_input(Path(image), size) if isinstance(image, Path | str) else image
+        if x.dim() == 3:
+            x = x[None]
+        request_id = uuid.uuid4().hex
+        message = InferRequest(request_id, model, encode_tensor(x.float().contiguous()), strategy)
+        started = time.perf_counter()
+        self.connection.publish(
+            Topics.requests, encode(message), response_topic=self.responses, correlation=request_id.encode()
+        )
+        deadline = started + timeout
+        while (remaining := deadline - time.perf_counter()) > 0:
+            try:
+                event = self.connection.events.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if not isinstance(event, Inbound) or event.correlation != request_id.encode():
+                continue
+            try:
+                response = self._reassembler.feed(event.topic, event.payload)
+            except WireError as exc:
+                raise InferenceError(f"malformed response: {exc}") from exc
+            if response is None:
+                continue
+            if not isinstance(response, InferResponse):
+                raise InferenceError(f"unexpected {response.kind} message as a response")
+            if response.error:
+                raise InferenceError(response.error)
+            return InferenceResult(
+                decode_tensor(response.logits, "response.logits").to(torch.float32),
+                time.perf_counter() - started,
+                response.orchestrator,
+                response.strategy,
+                list(response.devices),
+                dict(response.timings),
+            )
+        raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)")

@@ -1,0 +1,118 @@
+"""Start and stop the processes of a local cluster: a Mosquitto broker, agents, orchestrators.
+
+Used by ``edgeci demo`` and by the integration tests: the broker gets a configuration
+from :mod:`broker_config` on a free loopback port; agents and orchestrators are separate
+``python -m edgeci_mqtt`` processes; everything is stopped by PID, also on errors.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.runtime.broker_config import Credentials, write_broker_config
+from edgeci_mqtt.runtime.transport import BrokerAddress
+
+__all__ = ["BrokerProcess", "ProcessGroup", "free_port", "mosquitto_binary"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+    if found is None:
+        raise EdgeCIError("mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)")
+    return found
+
+
+class BrokerProcess:
+    """A private Mosquitto with the project's configuration, ACL and fresh credentials."""
+
+    def __init__(self, workdir: Path, devices: list[str], port: int | None = None) -> None:
+        self.workdir, self.port = workdir, port or free_port()
+        self.credentials: Credentials = write_broker_config(
+            workdir, devices, port=self.port, bind="127.0.0.1", run_as=getpass.getuser()
+        )
+        self.log_path = workdir / "mosquitto.log"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(workdir / "mosquitto.conf")], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EdgeCIError(f"mosquitto exited: {self.log_path.read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise EdgeCIError("mosquitto did not start listening within 10 s")
+
+    def url(self, user: str) -> str:
+        return f"mqtt://{user}:{self.credentials.passwords[user]}@127.0.0.1:{self.port}"
+
+    def address(self, user: str) -> BrokerAddress:
+        return BrokerAddress.parse(self.url(user))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class ProcessGroup:
+    """Child ``edgeci`` processes, each logging to its own file, all stopped together."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def start(self, name: str, *args: str, threads: int = 1) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgeci_mqtt", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        self.processes[name] = process
+        return process
+
+    def log_text(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        for key in [name] if name else list(self.processes):
+            process = self.processes[key]
+            if process.poll() is None:
+                process.send_signal(sig)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        for log in self._logs:
+            log.close()

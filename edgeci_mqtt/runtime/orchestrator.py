@@ -1,0 +1,249 @@
+"""The orchestrator (auctioneer): device table, planning, inference, answers.
+
+A dispatcher loop reads the connection's events: retained device states keep the live
+device table (every membership change bumps its generation, so the next request is
+re-planned), bids and results go to the running inference's mailboxes, requests to a
+queue served by one worker thread. Requests arrive through the MQTT v5 shared
+subscription, so several orchestrators share the load; each answers on the request's
+response topic with its correlation data.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.costs import RowModel
+from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
+from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
+from edgeci_mqtt.wire import (
+    BidMessage,
+    DeviceState,
+    InferRequest,
+    InferResponse,
+    ResultMessage,
+    Topics,
+    WireError,
+    decode_tensor,
+    encode,
+    encode_tensor,
+)
+from edgeci_mqtt.wire import Reassembler as _Reassembler
+
+__all__ = ["DeviceTable", "Orchestrator"]
+
+log = logging.getLogger("edgeci.orchestrator")
+
+
+class DeviceTable:
+    """Live devices from their retained state messages."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, DeviceState] = {}
+        self._profiles: dict[str, DeviceProfile] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def update(self, state: DeviceState) -> None:
+        profile = None
+        if state.online:
+            profile = DeviceProfile.from_dict(state.profile)  # raises on a malformed profile
+            Link(float(state.link["bandwidth_mbit"]), float(state.link["latency_ms"]))
+        with self._lock:
+            before = self._states.get(state.device)
+            if state.online:
+                assert profile is not None
+                self._states[state.device], self._profiles[state.device] = state, profile
+            else:
+                self._states.pop(state.device, None)
+                self._profiles.pop(state.device, None)
+            if (before is None) != (not state.online) or (before is not None and before.models != state.models):
+                self.generation += 1
+                log.info(
+                    "device %s is %s (generation %d)",
+                    state.device,
+                    "online" if state.online else "offline",
+                    self.generation,
+                )
+
+    def views(self, model: str, digest: str) -> list[DeviceView]:
+        """Online devices that hold ``model`` with these weights."""
+        with self._lock:
+            return [
+                DeviceView(
+                    name, self._profiles[name], Link(float(s.link["bandwidth_mbit"]), float(s.link["latency_ms"]))
+                )
+                for name, s in sorted(self._states.items())
+                if s.models.get(model) == digest
+            ]
+
+
+@dataclass
+class _Request:
+    message: InferRequest
+    response_topic: str
+    correlation: bytes | None
+    received: float
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        orchestrator_id: str,
+        address: BrokerAddress,
+        models: ModelStore,
+        strategy: str = "edgeci",
+        broker_link: Link | None = None,
+        auction_s: float = 0.5,
+        threads: int = 1,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise EdgeCIError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        Topics.results(orchestrator_id)
+        self.id, self.models, self.strategy = orchestrator_id, models, strategy
+        self.broker_link = broker_link or Link(1000.0, 0.1)
+        self.auction_s = auction_s
+        torch.set_num_threads(threads)
+        self.profile = measure_profile(threads)
+        self.connection = Connection(address, f"edgeci-orchestrator-{orchestrator_id}")
+        self.table = DeviceTable()
+        self.mail = Mailboxes()
+        self.requests: queue.Queue[_Request | None] = queue.Queue()
+        self._reassembler = _Reassembler(max_bytes=1 << 30)
+        self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
+        self._rows: dict[tuple[str, int, int], RowModel] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        conn = self.connection
+        for topic in (Topics.device_states, Topics.results(self.id), Topics.auction_bids_all, Topics.shared_requests):
+            conn.subscribe(topic)
+        conn.start()
+        worker = threading.Thread(target=self._serve, name=f"{self.id}-worker", daemon=True)
+        worker.start()
+        log.info(
+            "orchestrator %s serving %s (default strategy %s)", self.id, ", ".join(self.models.held), self.strategy
+        )
+        while not stop.is_set():
+            try:
+                event = conn.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(event, Inbound):
+                self._dispatch(event)
+        self.requests.put(None)
+        worker.join(timeout=5)
+        conn.stop()
+
+    # ------------------------------------------------------------ dispatcher
+    def _dispatch(self, event: Inbound) -> None:
+        try:
+            message = self._reassembler.feed(event.topic, event.payload)
+            if message is None:
+                return
+            if isinstance(message, DeviceState) and event.topic == Topics.device_state(message.device):
+                self.table.update(message)
+            elif isinstance(message, BidMessage) and event.topic == Topics.auction_bids(message.round, message.device):
+                box = self.mail.bids.get(message.round)
+                if box is not None:
+                    box.put(message)
+            elif isinstance(message, ResultMessage) and event.topic == Topics.results(self.id):
+                self.mail.results.put(message)
+            elif isinstance(message, InferRequest) and event.topic == Topics.requests:
+                if not event.response_topic:
+                    raise WireError(f"request {message.request} has no response topic")
+                self.requests.put(_Request(message, event.response_topic, event.correlation, time.perf_counter()))
+            else:
+                raise WireError(f"a {message.kind} message does not belong on {event.topic}")
+        except (EdgeCIError, KeyError, TypeError, ValueError) as exc:
+            log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic, exc)
+
+    # ------------------------------------------------------------ requests
+    def _serve(self) -> None:
+        while (request := self.requests.get()) is not None:
+            message = request.message
+            try:
+                response = self._infer(request)
+            except EdgeCIError as exc:
+                log.warning("request %s failed: %s", message.request, exc)
+                response = InferResponse(message.request, error=str(exc), orchestrator=self.id)
+            try:
+                self.connection.publish(request.response_topic, encode(response), correlation=request.correlation)
+            except EdgeCIError as exc:
+                log.error("cannot answer request %s: %s", message.request, exc)
+
+    def _plan(self, model: str, height: int, width: int, strategy: str, devices: list[DeviceView]) -> Plan:
+        """The cached plan, re-planned whenever the device table changed."""
+        held = self.models.get(model)
+        key = (model, height, width, strategy)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == self.table.generation:
+            return cached[1]
+        env = Environment(tuple(devices), self.profile, self.broker_link)
+        ctx = context_for(held.chain, env, height, width, rows=self._rows.get((model, height, width)))
+        self._rows[(model, height, width)] = ctx.rows
+        plan = make_plan(strategy, ctx)
+        self._plans[key] = (self.table.generation, plan)
+        return plan
+
+    def _infer(self, request: _Request) -> InferResponse:
+        message = request.message
+        strategy = message.strategy or self.strategy
+        if strategy not in STRATEGIES:
+            raise EdgeCIError(f"unknown strategy {strategy!r}")
+        held = self.models.get(message.model)
+        image = decode_tensor(message.image, "request.image")
+        if image.dtype != torch.float32:
+            raise EdgeCIError(f"request image is {image.dtype}, expected float32")
+        shapes = held.chain.check_input(image)
+        devices = self.table.views(message.model, held.digest)
+        if not devices:
+            raise EdgeCIError(f"no online device holds {message.model} ({held.digest})")
+        started = time.perf_counter()
+        plan = self._plan(message.model, shapes[0].height, shapes[0].width, strategy, devices)
+        planned = time.perf_counter()
+        while not self.mail.results.empty():  # stale results of an earlier request
+            self.mail.results.get_nowait()
+        run = InferenceRun(
+            orchestrator=self.id,
+            request=message.request,
+            held=held,
+            plan=plan,
+            shapes=shapes,
+            devices=lambda: self.table.views(message.model, held.digest),
+            publish=lambda topic, payload: self.connection.publish(topic, payload),
+            mail=self.mail,
+            auction_s=self.auction_s,
+            auctioned=strategy == "edgeci",
+        )
+        logits = run.run(image)
+        run.timings.plan_s = planned - started
+        timings = run.timings.as_dict()
+        timings["total_s"] = time.perf_counter() - request.received
+        log.info(
+            "request %s (%s, %s) done in %.1f ms on %s",
+            message.request,
+            message.model,
+            strategy,
+            timings["total_s"] * 1e3,
+            ", ".join(sorted(run.used)) or "the orchestrator",
+        )
+        return InferResponse(
+            message.request,
+            encode_tensor(logits),
+            timings=timings,
+            orchestrator=self.id,
+            strategy=strategy,
+            devices=sorted(run.used),
+        )
