@@ -475,6 +475,8 @@ class Reassembler:
         self._born: dict[tuple[str, str], float] = {}
 
     def feed(self, topic: str, payload: bytes) -> Message | None:
+        if len(payload) > MAX_PAYLOAD_BYTES + 8192:
+            raise WireError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES}-byte frame limit")
         message = decode(payload)
         if not isinstance(message, Chunk):
             return message

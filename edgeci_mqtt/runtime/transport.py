@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -117,6 +118,9 @@ class Connection:
 
     # paho's thread: only enqueue
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # paho leaves Nagle on: small messages would wait ~40 ms
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if getattr(reason, "is_failure", False):
             self._refused = str(reason)
             log.error("%s: broker %s refused the connection: %s", self.client_id, self.address, reason)
