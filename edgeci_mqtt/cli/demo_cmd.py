@@ -40,8 +40,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(run=run)
 
 
-def wait_for_devices(broker: BrokerProcess, names: set[str], timeout: float = 120.0) -> None:
-    """Block until every device in ``names`` has published an online birth."""
+def wait_for_devices(
+    broker: BrokerProcess, names: set[str], timeout: float = 120.0, group: ProcessGroup | None = None
+) -> None:
+    """Block until every device in ``names`` has published an online birth (fail fast if
+    a process of ``group`` exits meanwhile)."""
     watcher = Connection(broker.address("watcher"), "edgeci-demo-watcher")
     watcher.subscribe(Topics.device_states)
     watcher.start()
@@ -49,6 +52,9 @@ def wait_for_devices(broker: BrokerProcess, names: set[str], timeout: float = 12
     deadline = time.monotonic() + timeout
     try:
         while online != names and time.monotonic() < deadline:
+            dead = [n for n, p in (group.processes.items() if group else []) if p.poll() is not None]
+            if dead:
+                raise EdgeCIError(f"{', '.join(dead)} exited: {group.log_text(dead[0])[-800:] if group else ''}")
             try:
                 event = watcher.events.get(timeout=0.5)
             except queue.Empty:
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             "demo",
             *(a for m in models for a in ("--model", m)),
         )
-        wait_for_devices(broker, set(devices))
+        wait_for_devices(broker, set(devices), group=group)
         rows = []
         with EdgeCIClient(broker.address("client"), client_id="edgeci-demo-client") as client:
             for model in models:

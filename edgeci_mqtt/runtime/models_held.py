@@ -16,10 +16,10 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain
 from edgeci_mqtt.planner.costs import RowModel
 
-__all__ = ["HeldModel", "ModelStore", "parse_model_specs"]
+__all__ = ["HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
 
 
-def _digest(name: str, weights: Path | None, seed: int) -> str:
+def weights_digest(name: str, weights: Path | None, seed: int) -> str:
     if weights is None:
         return hashlib.sha256(f"{name}:random:{seed}".encode()).hexdigest()[:16]
     sha = hashlib.sha256()
@@ -61,7 +61,7 @@ class ModelStore:
 
     def __init__(self, models: dict[str, Path | None], seed: int = 0) -> None:
         self.held: dict[str, HeldModel] = {
-            name: HeldModel(load_chain(name, weights, seed), _digest(name, weights, seed), {})
+            name: HeldModel(load_chain(name, weights, seed), weights_digest(name, weights, seed), {})
             for name, weights in models.items()
         }
 

@@ -1,0 +1,58 @@
+"""A real local cluster for integration tests: Mosquitto plus agent and orchestrator processes."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgeci_mqtt.cli.demo_cmd import wait_for_devices
+from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.runtime.transport import Connection, Inbound
+
+
+class LocalCluster:
+    def __init__(
+        self, broker: BrokerProcess, group: ProcessGroup, devices: list[str], orchestrators: list[str]
+    ) -> None:
+        self.broker, self.group, self.devices, self.orchestrators = broker, group, devices, orchestrators
+
+    def logs(self) -> str:
+        return "\n".join(f"== {name}\n{self.group.log_text(name)}" for name in self.group.processes)
+
+
+@contextmanager
+def local_cluster(
+    workdir: Path, devices: int, models: str, orchestrators: int = 1, strategy: str = "edgeci"
+) -> Iterator[LocalCluster]:
+    names = [f"dev-{i}" for i in range(1, devices + 1)]
+    broker = BrokerProcess(workdir / "broker", names)
+    group = ProcessGroup(workdir)
+    try:
+        for name in names:
+            group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models)
+        oids = [f"o{i}" for i in range(1, orchestrators + 1)]
+        for oid in oids:
+            group.start(oid, "orchestrator", "--broker", broker.url("orchestrator"), "--id", oid, "--strategy",
+                        strategy, *(a for m in models.split(",") for a in ("--model", m)))  # fmt: skip
+        wait_for_devices(broker, set(names), timeout=180, group=group)
+        time.sleep(0.5)  # orchestrators read the retained births
+        yield LocalCluster(broker, group, names, oids)
+    finally:
+        group.close()
+        broker.stop()
+
+
+def collect(connection: Connection, seconds: float) -> list[Inbound]:
+    """Messages that reach ``connection`` within ``seconds``."""
+    got, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            event = connection.events.get(timeout=left)
+        except queue.Empty:
+            break
+        if isinstance(event, Inbound):
+            got.append(event)
+    return got

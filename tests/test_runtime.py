@@ -1,0 +1,215 @@
+"""End to end over a real Mosquitto with real agent and orchestrator processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceError, InferenceResult
+from edgeci_mqtt.runtime.models_held import weights_digest
+from edgeci_mqtt.runtime.transport import Connection
+from edgeci_mqtt.wire import (
+    MAX_PAYLOAD_BYTES,
+    Chunk,
+    DeviceState,
+    TaskMessage,
+    Topics,
+    encode,
+    encode_tensor,
+)
+from tests.cluster import LocalCluster, collect, local_cluster
+
+MODELS = "smallcnn,vgg16,resnet34"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("cluster"), devices=3, models=MODELS, orchestrators=2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[EdgeCIClient]:
+    with EdgeCIClient(cluster.broker.address("client"), client_id="test-client") as connected:
+        yield connected
+
+
+def exact(result: InferenceResult, chain: StageChain, x: torch.Tensor) -> bool:
+    with torch.inference_mode():
+        return torch.allclose(result.logits, chain.model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model", MODELS.split(","))
+def test_every_strategy_gives_the_local_result(
+    cluster: LocalCluster, client: EdgeCIClient, chains: dict[str, StageChain], model: str
+) -> None:
+    x = load_input(SAMPLE_IMAGE, 64 if model == "smallcnn" else 224)
+    for strategy in STRATEGIES:
+        result = client.infer(x, model, strategy, timeout=180)
+        assert exact(result, chains[model], x), (model, strategy)
+        assert result.strategy == strategy and result.orchestrator in cluster.orchestrators
+        assert result.devices, "the devices did the work"
+
+
+def test_two_orchestrators_share_concurrent_requests(cluster: LocalCluster, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 64)
+    results: list[InferenceResult] = []
+
+    def ask(index: int) -> None:
+        with EdgeCIClient(cluster.broker.address("client"), client_id=f"parallel-{index}") as own:
+            for _ in range(3):
+                results.append(own.infer(x, "smallcnn", timeout=60))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 9 and all(exact(r, chains["smallcnn"], x) for r in results)
+    assert {r.orchestrator for r in results} == set(cluster.orchestrators)
+
+
+def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: LocalCluster) -> None:
+    watcher = Connection(cluster.broker.address("watcher"), "acl-watcher")
+    watcher.subscribe(Topics.all)
+    watcher.start()
+    intruder = Connection(cluster.broker.address("dev-1"), "acl-intruder")
+    intruder.start()
+    try:
+        collect(watcher, 0.5)  # retained states
+        intruder.publish(Topics.device_tasks("dev-2"), b"forged task", wait=2)
+        intruder.publish(Topics.auction_award("forged"), b"forged award", wait=2)
+        intruder.publish(Topics.auction_bids("forged", "dev-2"), b"forged bid", wait=2)
+        intruder.publish(Topics.auction_bids("fine", "dev-1"), b"own bid", wait=2)  # allowed: a control
+        seen = {m.topic for m in collect(watcher, 1.5)}
+    finally:
+        intruder.stop()
+        watcher.stop()
+    assert Topics.auction_bids("fine", "dev-1") in seen
+    assert not seen & {
+        Topics.device_tasks("dev-2"),
+        Topics.auction_award("forged"),
+        Topics.auction_bids("forged", "dev-2"),
+    }
+
+
+def test_hostile_messages_change_nothing(
+    cluster: LocalCluster, client: EdgeCIClient, chains: dict[str, StageChain], tmp_path: Path
+) -> None:
+    tile = encode_tensor(torch.zeros(1, 3, 4, 4))
+    wrong_bytes = dict(tile, data=tile["data"][:-4])
+    unknown_dtype = dict(tile, dtype="complex64")
+    digest = weights_digest("smallcnn", None, 0)
+    task = TaskMessage("q", "t", "o1", "smallcnn", digest, [64, 64], [0, 1], [0, 4, 0, 4], [0, 2, 0, 2], tile)
+    payloads = [
+        b"\x00\xffgarbage",
+        encode(DeviceState("dev-9", True))[:-3],
+        encode(DeviceState("dev-1", True)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
+        encode(TaskMessage(**{**task.__dict__, "input": wrong_bytes})),
+        encode(TaskMessage(**{**task.__dict__, "input": unknown_dtype})),
+        encode(TaskMessage(**{**task.__dict__, "block": [5, 2]})),
+        encode(TaskMessage(**{**task.__dict__, "digest": "not-our-weights"})),
+        encode(Chunk("c", 0, 10**9, b"x")),
+    ]
+    oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
+    oversize.write_bytes(b"\x01" * (MAX_PAYLOAD_BYTES + 20_000))
+    topics = [Topics.device_tasks(d) for d in cluster.devices] + [
+        Topics.auction_call("hostile"),
+        Topics.auction_bids("hostile", "dev-1"),
+        Topics.results("o1"),
+        Topics.results("o2"),
+        Topics.requests,
+    ]
+    attacker = Connection(cluster.broker.address("orchestrator"), "hostile")
+    attacker.start()
+    try:
+        for topic in topics:
+            for payload in payloads:
+                attacker.publish(topic, payload, qos=1, wait=5)
+            # a raw frame, not split by our transport: the real mosquitto_pub
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(cluster.broker.port), "-u", "orchestrator",
+                            "-P", cluster.broker.credentials.passwords["orchestrator"], "-q", "1", "-t", topic, "-f",
+                            str(oversize)], check=True, timeout=30)  # fmt: skip
+    finally:
+        attacker.stop()
+    time.sleep(1.0)
+    for name in (*cluster.devices, *cluster.orchestrators):
+        assert cluster.group.processes[name].poll() is None, f"{name} died:\n{cluster.group.log_text(name)}"
+    x = load_input(SAMPLE_IMAGE, 64)
+    for strategy in ("edgeci", "deepthings"):
+        assert exact(client.infer(x, "smallcnn", strategy, timeout=60), chains["smallcnn"], x)
+    device_log = cluster.group.log_text("dev-1")
+    assert "rejected" in device_log and "Traceback" not in device_log
+    for complaint in (
+        "unknown dtype 'complex64'",
+        "needs 192 bytes",
+        "not msgpack",
+        "unknown schema version 9",
+        "out of range",
+        "frame limit",
+        "is not ours",
+        "expected [start, stop)",
+    ):
+        assert complaint in device_log, complaint
+    orchestrator_log = cluster.group.log_text("o1") + cluster.group.log_text("o2")
+    assert "rejected message" in orchestrator_log and "Traceback" not in orchestrator_log
+
+
+def test_errors_reach_the_client(client: EdgeCIClient) -> None:
+    with pytest.raises(InferenceError, match="not held here"):
+        client.infer(torch.zeros(1, 3, 64, 64), "alexnet", timeout=30)
+    with pytest.raises(InferenceError, match="takes 3 input channels"):
+        client.infer(torch.zeros(1, 4, 64, 64), "smallcnn", timeout=30)
+    with pytest.raises(InferenceError, match="too small"):
+        client.infer(torch.zeros(1, 3, 8, 8), "vgg16", timeout=30)
+
+
+@pytest.mark.parametrize("strategy", ["aofl", "edgeci"])
+def test_a_device_killed_mid_inference(tmp_path: Path, chains: dict[str, StageChain], strategy: str) -> None:
+    """dev-2 freezes, then is killed while holding work: its will fires, its tasks are
+    re-auctioned, and the result is exact. (Under edgeci the frozen device cannot bid,
+    so it gets no work at all.)"""
+    x = load_input(SAMPLE_IMAGE, 96)
+    with (
+        local_cluster(tmp_path, devices=3, models="smallcnn", strategy=strategy) as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        own.infer(x, "smallcnn", timeout=60)  # warm
+        victim = small.group.processes["dev-2"]
+        victim.send_signal(signal.SIGSTOP)
+        killer = threading.Timer(1.0, victim.kill)
+        killer.start()
+        try:
+            result = own.infer(x, "smallcnn", timeout=60)
+        finally:
+            killer.join()
+        assert exact(result, chains["smallcnn"], x)
+        if strategy == "aofl":
+            assert result.timings["recovered_tasks"] >= 1
+        assert "dev-2" not in own.infer(x, "smallcnn", timeout=60).devices
+        assert exact(own.infer(x, "smallcnn", timeout=60), chains["smallcnn"], x)
+
+
+def test_a_silent_device_is_replaced_after_its_deadline(tmp_path: Path, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 96)
+    with (
+        local_cluster(tmp_path, devices=2, models="smallcnn", strategy="modnn") as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        own.infer(x, "smallcnn", timeout=60)
+        small.group.processes["dev-1"].send_signal(signal.SIGSTOP)
+        try:
+            result = own.infer(x, "smallcnn", timeout=120)
+        finally:
+            small.group.processes["dev-1"].send_signal(signal.SIGCONT)
+        assert exact(result, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
