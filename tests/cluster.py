@@ -25,24 +25,41 @@ class LocalCluster:
 
 @contextmanager
 def local_cluster(
-    workdir: Path, devices: int, models: str, orchestrators: int = 1, strategy: str = "edgeci"
+    workdir: Path, devices: int, models: str, orchestrators: int = 1, strategy: str = "edgeci", start: int | None = None
 ) -> Iterator[LocalCluster]:
+    """Credentials for ``devices`` devices; the first ``start`` (default all) are started."""
     names = [f"dev-{i}" for i in range(1, devices + 1)]
     broker = BrokerProcess(workdir / "broker", names)
     group = ProcessGroup(workdir)
+    names = names[:start]
     try:
         for name in names:
-            group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models)
+            start_device(group, broker, name, models)
         oids = [f"o{i}" for i in range(1, orchestrators + 1)]
         for oid in oids:
-            group.start(oid, "orchestrator", "--broker", broker.url("orchestrator"), "--id", oid, "--strategy",
-                        strategy, *(a for m in models.split(",") for a in ("--model", m)))  # fmt: skip
+            group.start(
+                oid,
+                "orchestrator",
+                "--broker",
+                broker.url("orchestrator"),
+                "--id",
+                oid,
+                "--strategy",
+                strategy,
+                *(a for m in models.split(",") for a in ("--model", m)),
+            )
         wait_for_devices(broker, set(names), timeout=180, group=group)
-        time.sleep(0.5)  # orchestrators read the retained births
+        for oid in oids:
+            group.wait_for_log(oid, "ready")
+        time.sleep(0.5)  # subscriptions settle; orchestrators read the retained births
         yield LocalCluster(broker, group, names, oids)
     finally:
         group.close()
         broker.stop()
+
+
+def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str) -> None:
+    group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models)
 
 
 def collect(connection: Connection, seconds: float) -> list[Inbound]:

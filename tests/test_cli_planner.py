@@ -28,8 +28,17 @@ def test_profile_prints_and_writes_a_profile(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_plan_prints_blocks_tasks_and_times(profile_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["plan", "--model", "resnet34", "--cluster", "hetero4", "--strategy", "edgeci", "--profile",
-            str(profile_file)]  # fmt: skip
+    argv = [
+        "plan",
+        "--model",
+        "resnet34",
+        "--cluster",
+        "hetero4",
+        "--strategy",
+        "edgeci",
+        "--profile",
+        str(profile_file),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "edgeci plan of resnet34 (3x224x224) on hetero4" in out
@@ -41,8 +50,17 @@ def test_simulate_compares_every_strategy(
     tmp_path: Path, profile_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gantt = tmp_path / "g.png"
-    argv = ["simulate", "--model", "vgg16", "--cluster", "hetero8", "--profile", str(profile_file), "--gantt",
-            str(gantt)]  # fmt: skip
+    argv = [
+        "simulate",
+        "--model",
+        "vgg16",
+        "--cluster",
+        "hetero8",
+        "--profile",
+        str(profile_file),
+        "--gantt",
+        str(gantt),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = {m.group(1): m for m in re.finditer(r"^(\w+) +([\d.]+) +([\d.]+)x +([\d.]+)$", out, re.M)}
@@ -55,6 +73,5 @@ def test_simulate_compares_every_strategy(
 def test_bad_planner_arguments(profile_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--cluster", "nowhere.yaml", "--profile", str(profile_file)]) == 2
     assert "cluster file nowhere.yaml does not exist" in capsys.readouterr().err
-    assert main(["simulate", "--cluster", "homo4", "--strategies", "edgeci,magic", "--profile",
-                 str(profile_file)]) == 2  # fmt: skip
+    assert main(["simulate", "--cluster", "homo4", "--strategies", "edgeci,magic", "--profile", str(profile_file)]) == 2
     assert "unknown strategy magic" in capsys.readouterr().err

@@ -85,9 +85,13 @@ def test_measured_profile_is_positive_ordered_and_round_trips() -> None:
 def test_profile_prices_small_tiles_lower_per_flop_when_measured_so() -> None:
     profile = flat_profile()
     slow_small = DeviceProfile(
-        profile.conv_depths, profile.conv_sides, ((50e9, 100e9), (50e9, 100e9)), profile.rates,
-        profile.pool_rates, 0.0,
-    )  # fmt: skip
+        profile.conv_depths,
+        profile.conv_sides,
+        ((50e9, 100e9), (50e9, 100e9)),
+        profile.rates,
+        profile.pool_rates,
+        0.0,
+    )
     assert slow_small.conv_rate(1000, 7 * 7) == pytest.approx(50e9)
     assert slow_small.conv_rate(1000, 224 * 224) == pytest.approx(100e9)
     assert 50e9 < slow_small.conv_rate(1000, 40 * 40) < 100e9

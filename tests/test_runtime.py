@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeci_mqtt.cli.demo_cmd import wait_for_devices
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.strategies import STRATEGIES
@@ -27,7 +29,7 @@ from edgeci_mqtt.wire import (
     encode,
     encode_tensor,
 )
-from tests.cluster import LocalCluster, collect, local_cluster
+from tests.cluster import LocalCluster, collect, local_cluster, start_device
 
 MODELS = "smallcnn,vgg16,resnet34"
 
@@ -137,9 +139,27 @@ def test_hostile_messages_change_nothing(
             for payload in payloads:
                 attacker.publish(topic, payload, qos=1, wait=5)
             # a raw frame, not split by our transport: the real mosquitto_pub
-            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(cluster.broker.port), "-u", "orchestrator",
-                            "-P", cluster.broker.credentials.passwords["orchestrator"], "-q", "1", "-t", topic, "-f",
-                            str(oversize)], check=True, timeout=30)  # fmt: skip
+            subprocess.run(
+                [
+                    "mosquitto_pub",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(cluster.broker.port),
+                    "-u",
+                    "orchestrator",
+                    "-P",
+                    cluster.broker.credentials.passwords["orchestrator"],
+                    "-q",
+                    "1",
+                    "-t",
+                    topic,
+                    "-f",
+                    str(oversize),
+                ],
+                check=True,
+                timeout=30,
+            )
     finally:
         attacker.stop()
     time.sleep(1.0)
@@ -213,3 +233,52 @@ def test_a_silent_device_is_replaced_after_its_deadline(tmp_path: Path, chains: 
         finally:
             small.group.processes["dev-1"].send_signal(signal.SIGCONT)
         assert exact(result, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
+        # dev-1 wakes up and delivers its late result: ignored; the next inference is exact
+        time.sleep(1.0)
+        assert exact(own.infer(x, "smallcnn", timeout=60), chains["smallcnn"], x)
+
+
+def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClient) -> None:
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher"), "--duration", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    client.infer(load_input(SAMPLE_IMAGE, 64), "smallcnn", "edgeci", timeout=60)
+    out, _ = watch.communicate(timeout=60)
+    for expected in ("ONLINE", "CALL by", "BID from", "AWARD:", "task ", "float32[1, ", "compute ", "response "):
+        assert expected in out, expected
+
+
+def test_a_device_that_joins_is_used_from_the_next_plan(tmp_path: Path, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 96)
+    with (
+        local_cluster(tmp_path, devices=3, models="smallcnn", strategy="modnn", start=2) as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
+        start_device(small.group, small.broker, "dev-3", "smallcnn")
+        wait_for_devices(small.broker, {"dev-1", "dev-2", "dev-3"}, group=small.group)
+        time.sleep(0.5)
+        result = own.infer(x, "smallcnn", timeout=60)
+        assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and exact(result, chains["smallcnn"], x)
+
+
+def test_agents_reconnect_and_rebirth_after_a_broker_restart(tmp_path: Path, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 96)
+    with local_cluster(tmp_path, devices=2, models="smallcnn", strategy="aofl") as small:
+        small.broker.restart()
+        time.sleep(1.0)
+        wait_for_devices(small.broker, {"dev-1", "dev-2"}, group=small.group, timeout=60)
+        deadline = time.monotonic() + 60
+        with EdgeCIClient(small.broker.address("client")) as own:
+            while True:  # the orchestrator reconnects on its own back-off
+                try:
+                    result = own.infer(x, "smallcnn", timeout=10)
+                    break
+                except InferenceError:
+                    if time.monotonic() > deadline:
+                        raise
+        assert exact(result, chains["smallcnn"], x) and set(result.devices) == {"dev-1", "dev-2"}

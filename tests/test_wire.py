@@ -47,8 +47,11 @@ def test_every_message_round_trips(message: object) -> None:
 
 
 def test_tensors_round_trip_bit_exactly() -> None:
-    for array in (np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32),
-                  np.arange(10, dtype=np.int64), np.zeros((0, 4), dtype=np.float32)):  # fmt: skip
+    for array in (
+        np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32),
+        np.arange(10, dtype=np.int64),
+        np.zeros((0, 4), dtype=np.float32),
+    ):
         back = decode_tensor(msgpack.unpackb(msgpack.packb(encode_tensor(array))))
         assert np.array_equal(back.numpy(), array) and back.numpy().dtype == array.dtype
 

@@ -18,6 +18,7 @@ from edgeci_mqtt.cli import (
     plan_cmd,
     profile_cmd,
     simulate_cmd,
+    watch_cmd,
 )
 from edgeci_mqtt.errors import EdgeCIError
 
@@ -33,6 +34,7 @@ _COMMANDS = (
     broker_cmd,
     device_cmd,
     orchestrator_cmd,
+    watch_cmd,
 )
 
 

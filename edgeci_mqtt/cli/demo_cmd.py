@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             *(a for m in models for a in ("--model", m)),
         )
         wait_for_devices(broker, set(devices), group=group)
+        group.wait_for_log("orchestrator", "ready")
+        time.sleep(0.5)
         rows = []
         with EdgeCIClient(broker.address("client"), client_id="edgeci-demo-client") as client:
             for model in models:

@@ -4,7 +4,7 @@ One generator writes all of it, so the committed ``broker/`` files, the test bro
 the demo broker cannot drift apart. Roles: every device has its own user (its device
 id) and may publish only its own state, probe, bids and results and read only its own
 tasks and the auction calls and awards; orchestrators share the ``orchestrator`` user;
-clients the ``client`` user; ``watcher`` reads everything.
+clients the ``client`` user; ``watcher`` reads everything (edgeci and other traffic).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ user client
 topic write {Topics.requests}
 
 user watcher
-topic read {ROOT}/#
+topic read #
 """
 
 

@@ -47,9 +47,12 @@ class BrokerProcess:
             workdir, devices, port=self.port, bind="127.0.0.1", run_as=getpass.getuser()
         )
         self.log_path = workdir / "mosquitto.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
+        self._log: IO[bytes] = self.log_path.open("ab")
+        self._launch()
+
+    def _launch(self) -> None:
         self.process = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(workdir / "mosquitto.conf")], stdout=self._log, stderr=subprocess.STDOUT
+            [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")], stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -63,13 +66,18 @@ class BrokerProcess:
         self.stop()
         raise EdgeCIError("mosquitto did not start listening within 10 s")
 
+    def restart(self) -> None:
+        """Stop and start the same broker (same port, credentials and persisted retained state)."""
+        self._halt()
+        self._launch()
+
     def url(self, user: str) -> str:
         return f"mqtt://{user}:{self.credentials.passwords[user]}@127.0.0.1:{self.port}"
 
     def address(self, user: str) -> BrokerAddress:
         return BrokerAddress.parse(self.url(user))
 
-    def stop(self) -> None:
+    def _halt(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -77,6 +85,9 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        self._halt()
         self._log.close()
 
 
@@ -97,6 +108,16 @@ class ProcessGroup:
         )
         self.processes[name] = process
         return process
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 120.0) -> None:
+        """Block until process ``name`` logs ``text`` (fail fast if it exits)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text(name):
+            if self.processes[name].poll() is not None:
+                raise EdgeCIError(f"{name} exited: {self.log_text(name)[-800:]}")
+            if time.monotonic() > deadline:
+                raise EdgeCIError(f"{name} did not log {text!r} within {timeout:.0f} s")
+            time.sleep(0.1)
 
     def log_text(self, name: str) -> str:
         return (self.logdir / f"{name}.log").read_text(errors="replace")

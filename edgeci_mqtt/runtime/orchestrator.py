@@ -133,7 +133,10 @@ class Orchestrator:
         worker = threading.Thread(target=self._serve, name=f"{self.id}-worker", daemon=True)
         worker.start()
         log.info(
-            "orchestrator %s serving %s (default strategy %s)", self.id, ", ".join(self.models.held), self.strategy
+            "orchestrator %s ready, serving %s (default strategy %s)",
+            self.id,
+            ", ".join(self.models.held),
+            self.strategy,
         )
         while not stop.is_set():
             try:
