@@ -40,6 +40,7 @@ __all__ = [
     "ResultMessage",
     "TaskMessage",
     "Topics",
+    "WeightsMessage",
     "WireError",
     "decode",
     "decode_tensor",
@@ -129,7 +130,7 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray) -> dict[str, Any]:
     name = str(array.dtype)
     if name not in _DTYPES:
         raise WireError(f"dtype {name} cannot travel")
-    array = np.ascontiguousarray(array, dtype=_DTYPES[name])
+    array = np.asarray(array, dtype=_DTYPES[name], order="C")  # keeps 0-d shapes
     return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
 
 
@@ -236,6 +237,7 @@ class DeviceState(Message):
         "version": str,
         "busy_s": NUM,
         "task": str,
+        "weights": dict,
     }
     device: str
     online: bool
@@ -245,6 +247,7 @@ class DeviceState(Message):
     version: str = ""
     busy_s: float = 0.0
     task: str = ""
+    weights: dict[str, list[str]] = field(default_factory=dict)  # cached on disk: digest -> stage names
 
 
 @dataclass(frozen=True)
@@ -384,6 +387,23 @@ class InferResponse(Message):
 
 
 @dataclass(frozen=True)
+class WeightsMessage(Message):
+    """The parameters and buffers of one stage, for a device that fetches weights.
+
+    Sent on the device's tasks topic, so it arrives before the tasks that need it;
+    ``sha256`` covers every key, dtype, shape and byte (see ``runtime.weights``).
+    """
+
+    kind: ClassVar[str] = "weights"
+    _checks: ClassVar[dict[str, Any]] = {"model": str, "digest": str, "stage": str, "tensors": dict, "sha256": str}
+    model: str
+    digest: str
+    stage: str
+    tensors: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Chunk(Message):
     """One frame of a payload too large for one publish."""
 
@@ -411,6 +431,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ResultMessage,
         InferRequest,
         InferResponse,
+        WeightsMessage,
         Chunk,
     )
 }

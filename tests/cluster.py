@@ -25,7 +25,13 @@ class LocalCluster:
 
 @contextmanager
 def local_cluster(
-    workdir: Path, devices: int, models: str, orchestrators: int = 1, strategy: str = "edgeci", start: int | None = None
+    workdir: Path,
+    devices: int,
+    models: str,
+    orchestrators: int = 1,
+    strategy: str = "edgeci",
+    start: int | None = None,
+    device_args: tuple[str, ...] = (),
 ) -> Iterator[LocalCluster]:
     """Credentials for ``devices`` devices; the first ``start`` (default all) are started."""
     names = [f"dev-{i}" for i in range(1, devices + 1)]
@@ -34,7 +40,7 @@ def local_cluster(
     names = names[:start]
     try:
         for name in names:
-            start_device(group, broker, name, models)
+            start_device(group, broker, name, models, *device_args)
         oids = [f"o{i}" for i in range(1, orchestrators + 1)]
         for oid in oids:
             group.start(
@@ -58,8 +64,8 @@ def local_cluster(
         broker.stop()
 
 
-def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str) -> None:
-    group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models)
+def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str, *extra: str) -> None:
+    group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models, *extra)
 
 
 def collect(connection: Connection, seconds: float) -> list[Inbound]:

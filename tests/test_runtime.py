@@ -26,6 +26,7 @@ from edgeci_mqtt.wire import (
     DeviceState,
     TaskMessage,
     Topics,
+    WeightsMessage,
     encode,
     encode_tensor,
 )
@@ -122,6 +123,7 @@ def test_hostile_messages_change_nothing(
         encode(TaskMessage(**{**task.__dict__, "block": [5, 2]})),
         encode(TaskMessage(**{**task.__dict__, "digest": "not-our-weights"})),
         encode(Chunk("c", 0, 10**9, b"x")),
+        encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
     ]
     oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
     oversize.write_bytes(b"\x01" * (MAX_PAYLOAD_BYTES + 20_000))
@@ -282,3 +284,22 @@ def test_agents_reconnect_and_rebirth_after_a_broker_restart(tmp_path: Path, cha
                     if time.monotonic() > deadline:
                         raise
         assert exact(result, chains["smallcnn"], x) and set(result.devices) == {"dev-1", "dev-2"}
+
+
+def test_devices_fetch_only_the_weights_of_their_stages(tmp_path: Path, chains: dict[str, StageChain]) -> None:
+    """Fetching devices start with no weights; the orchestrator sends each stage's weights
+    (chunked: a 512-channel convolution is 9.4 MB) before its first task; the classifier
+    never reaches a device."""
+    cache = tmp_path / "cache"
+    x = load_input(SAMPLE_IMAGE)
+    fetch = ("--fetch-weights", "--cache-dir", str(cache))
+    with (
+        local_cluster(tmp_path / "run", devices=2, models="vgg16", device_args=fetch) as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        for strategy in ("edgeci", "modnn", "edgeci"):
+            assert exact(own.infer(x, "vgg16", strategy, timeout=180), chains["vgg16"], x), strategy
+        log = small.group.log_text("dev-1") + small.group.log_text("dev-2")
+    cached = {p.stem for p in cache.glob("*/*.msgpack")}
+    assert "features.28" in cached and all(name.startswith("features.") for name in cached)
+    assert "loaded vgg16 stage features.0" in log and "classifier" not in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
+from edgeci_mqtt.runtime.weights import WeightCache
 
 __all__ = ["register", "run", "stop_on_signals"]
 
@@ -28,12 +30,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_broker(parser, required=False)
     parser.add_argument("--id", help="device id (its broker user name; letters, digits, '-', '_')")
-    parser.add_argument("--config", type=Path, help="YAML with any of: id, broker, credentials, models, threads, seed")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML with any of: id, broker, credentials, models, threads, seed, fetch_weights, cache_dir",
+    )
     parser.add_argument(
         "--models", help=f"comma-separated models to hold, NAME or NAME=weights.pth (default: {','.join(MODEL_NAMES)})"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, help="seed of random weights (default 0)")
+    parser.add_argument(
+        "--fetch-weights",
+        action="store_true",
+        default=None,
+        help="hold no weights: fetch each stage's weights from the orchestrator over the broker",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="where fetched weights are cached (default ~/.cache/edgeci)")
     parser.set_defaults(run=run)
 
 
@@ -66,14 +79,17 @@ def stop_on_signals() -> threading.Event:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = merged(args, ("id", "broker", "credentials", "models", "threads", "seed"))
+    config = merged(args, ("id", "broker", "credentials", "models", "threads", "seed", "fetch_weights", "cache_dir"))
     if not config.get("id") or not config.get("broker"):
         raise EdgeCIError("a device needs --id and --broker (or id and broker in --config)")
     args.broker = config["broker"]
     args.credentials = Path(config["credentials"]) if config.get("credentials") else None
     models = config.get("models") or ",".join(MODEL_NAMES)
     specs = models.split(",") if isinstance(models, str) else list(models)
-    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)))
-    agent = DeviceAgent(config["id"], broker_address(args, config["id"]), store, int(config.get("threads", 1)))
+    fetch = bool(config.get("fetch_weights", False))
+    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch)
+    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
+    cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
+    agent = DeviceAgent(config["id"], broker_address(args, config["id"]), store, int(config.get("threads", 1)), cache)
     agent.run(stop_on_signals())
     return 0

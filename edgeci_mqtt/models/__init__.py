@@ -15,7 +15,7 @@ from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
 from edgeci_mqtt.models.vgg import vgg16
 from edgeci_mqtt.models.weights import init_weights, load_weights
 
-__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "stage_chain"]
+__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "skeleton_chain", "stage_chain"]
 
 _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "vgg16": vgg16,
@@ -41,6 +41,19 @@ def build_model(name: str, weights: Path | None = None, seed: int = 0) -> nn.Mod
     else:
         load_weights(model, weights, name)
     return model.eval()
+
+
+def skeleton_chain(name: str) -> StageChain:
+    """The chain with every tensor on the meta device: geometry and costs, no memory.
+
+    A device that fetches weights over the broker starts from this and materialises
+    only the stages it is asked to run.
+    """
+    if name not in _BUILDERS:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    with torch.device("meta"):
+        model = _BUILDERS[name]()
+    return stage_chain(model.eval(), name)
 
 
 def load_chain(name: str, weights: Path | None = None, seed: int = 0) -> StageChain:

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connected, Connection, Inbound
+from edgeci_mqtt.runtime.weights import WeightCache, install, verify
 from edgeci_mqtt.wire import (
     AuctionCall,
     BidMessage,
@@ -35,6 +37,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     TaskMessage,
     Topics,
+    WeightsMessage,
     WireError,
     decode_tensor,
     encode,
@@ -84,10 +87,16 @@ def _pair(value: list[Any], where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def validate_task(message: TaskMessage, models: ModelStore) -> ValidTask:
-    """Check a task against the model it names; every inconsistency is a :class:`WireError`."""
+def validate_task(
+    message: TaskMessage, models: ModelStore, load_cached: Callable[[HeldModel, str, str], bool] | None = None
+) -> ValidTask:
+    """Check a task against the model it names; every inconsistency is a :class:`WireError`.
+
+    A fetching device also needs the weights of every stage of the block, loaded or in
+    its cache (``load_cached(held, digest, stage)`` loads one and says whether it could).
+    """
     held = models.get(message.model)
-    if message.digest != held.digest:
+    if held.loaded is None and message.digest != held.digest:
         raise WireError(f"task {message.task}: weights digest {message.digest} is not ours ({held.digest})")
     height, width = _pair(message.input_hw, "input_hw")
     block = FusedBlock(*_span(message.block, "block"))
@@ -111,15 +120,27 @@ def validate_task(message: TaskMessage, models: ModelStore) -> ValidTask:
         raise WireError(f"task {message.task}: {exc}") from exc
     if not in_region.contains(need):
         raise WireError(f"task {message.task}: in_region {in_region} does not cover the needed {need}")
+    if held.loaded is not None:
+        for stage in held.weighted_stages(block):
+            fresh = held.fetched == message.digest and stage in held.loaded
+            if not fresh and not (load_cached and load_cached(held, message.digest, stage)):
+                raise WireError(f"task {message.task}: weights of stage {stage} ({message.digest}) are not here")
     return ValidTask(message, held, block, shapes, in_region, out_region, tile, time.perf_counter())
 
 
 class DeviceAgent:
     """One device: run :meth:`run` until ``stop`` is set."""
 
-    def __init__(self, device_id: str, address: BrokerAddress, models: ModelStore, threads: int = 1) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        address: BrokerAddress,
+        models: ModelStore,
+        threads: int = 1,
+        cache: WeightCache | None = None,
+    ) -> None:
         Topics.device_state(device_id)  # the id must be a valid topic segment
-        self.device_id, self.models, self.threads = device_id, models, threads
+        self.device_id, self.models, self.threads, self.cache = device_id, models, threads, cache
         torch.set_num_threads(threads)
         log.info("%s: profiling (%d thread(s))", device_id, threads)
         self.profile: DeviceProfile = measure_profile(threads)
@@ -176,6 +197,7 @@ class DeviceAgent:
             link={"bandwidth_mbit": self.link.bandwidth_mbit, "latency_ms": self.link.latency_ms},
             models=self.models.digests,
             version=__version__,
+            weights=self.cache.listing() if self.cache else {},
         )
         self.connection.publish(Topics.device_state(self.device_id), encode(state), retain=True)
 
@@ -221,8 +243,12 @@ class DeviceAgent:
         try:
             if isinstance(message, AuctionCall) and event.topic.endswith("/call"):
                 self._bid(message)
+            elif isinstance(message, WeightsMessage) and event.topic == Topics.device_tasks(self.device_id):
+                self._install(message, verify(message))
+                if self.cache is not None:
+                    self.cache.save(message)
             elif isinstance(message, TaskMessage) and event.topic == Topics.device_tasks(self.device_id):
-                task = validate_task(message, self.models)
+                task = validate_task(message, self.models, self._load_cached)
                 with self._lock:
                     self._backlog_s += self._predict(task)
                 self.tasks.put(task)
@@ -230,6 +256,32 @@ class DeviceAgent:
                 log.warning("%s: ignored a %s message on %s", self.device_id, message.kind, event.topic)
         except EdgeCIError as exc:
             log.warning("%s: rejected %s on %s: %s", self.device_id, message.kind, event.topic, exc)
+
+    def _install(self, message: WeightsMessage, state: dict[str, torch.Tensor]) -> None:
+        held = self.models.get(message.model)
+        if held.loaded is None:
+            raise WireError(f"weights for {message.model} sent to a device that holds its own")
+        if held.fetched != message.digest:
+            held.loaded.clear()
+            held.fetched = message.digest
+        install(held.chain.model, message.stage, state)
+        held.loaded.add(message.stage)
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        log.info(
+            "%s: loaded %s stage %s (%.1f MB; %d stages held)",
+            self.device_id,
+            message.model,
+            message.stage,
+            size / 1e6,
+            len(held.loaded),
+        )
+
+    def _load_cached(self, held: HeldModel, digest: str, stage: str) -> bool:
+        cached = self.cache.load(digest, stage) if self.cache else None
+        if cached is None or cached.model != held.chain.model_name:
+            return False
+        self._install(cached, verify(cached))
+        return True
 
     def _view(self) -> DeviceView:
         with self._lock:

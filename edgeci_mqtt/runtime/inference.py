@@ -84,7 +84,8 @@ class _Pending:
 
 
 class InferenceRun:
-    """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices."""
+    """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices;
+    ``prepare(device, block)`` runs before a task is sent (weights for fetching devices)."""
 
     def __init__(
         self,
@@ -96,12 +97,13 @@ class InferenceRun:
         shapes: list[FeatureShape],
         devices: Callable[[], list[DeviceView]],
         publish: Callable[[str, bytes], None],
+        prepare: Callable[[str, FusedBlock], None],
         mail: Mailboxes,
         auction_s: float,
         auctioned: bool,
     ) -> None:
         self.orchestrator, self.request, self.held, self.plan, self.shapes = orchestrator, request, held, plan, shapes
-        self.devices, self.publish, self.mail = devices, publish, mail
+        self.devices, self.publish, self.prepare, self.mail = devices, publish, prepare, mail
         self.auction_window_s, self.auctioned = auction_s, auctioned
         self.timings = Timings()
         self.failed: set[str] = set()
@@ -270,6 +272,7 @@ class InferenceRun:
             time.perf_counter() + max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted),
             task.out_region.cols,
         )
+        self.prepare(device, block)
         self.publish(Topics.device_tasks(device), encode(message))
         self.used.add(device)
         self.timings.scatter_s += time.perf_counter() - started

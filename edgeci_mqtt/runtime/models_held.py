@@ -8,15 +8,16 @@ orchestrator knows.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
 from edgeci_mqtt.planner.costs import RowModel
 
-__all__ = ["HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
+__all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
 
 
 def weights_digest(name: str, weights: Path | None, seed: int) -> str:
@@ -29,11 +30,25 @@ def weights_digest(name: str, weights: Path | None, seed: int) -> str:
     return sha.hexdigest()[:16]
 
 
+FETCH = "fetch"
+"""The digest a device announces for a model whose weights it fetches over the broker."""
+
+
 @dataclass
 class HeldModel:
+    """A model held by this process. ``loaded`` is None when every weight is held;
+    for a fetching device it names the stages materialised so far (of ``fetched``)."""
+
     chain: StageChain
     digest: str
-    rows: dict[tuple[int, int], RowModel]
+    rows: dict[tuple[int, int], RowModel] = field(default_factory=dict)
+    loaded: set[str] | None = None
+    fetched: str = ""
+
+    def weighted_stages(self, block: FusedBlock) -> list[str]:
+        """Stages of ``block`` that have parameters or buffers."""
+        keys = list(self.chain.model.state_dict())
+        return [s.name for s in block.stages(self.chain.stages) if any(k.startswith(s.name + ".") for k in keys)]
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
         return self.chain.shapes(height, width)
@@ -57,13 +72,17 @@ def parse_model_specs(specs: list[str]) -> dict[str, Path | None]:
 
 
 class ModelStore:
-    """Models built once at start-up (building VGG-16 takes about a second)."""
+    """Models built once at start-up (building VGG-16 takes about a second), or, with
+    ``fetch``, skeletons whose stage weights arrive over the broker."""
 
-    def __init__(self, models: dict[str, Path | None], seed: int = 0) -> None:
-        self.held: dict[str, HeldModel] = {
-            name: HeldModel(load_chain(name, weights, seed), weights_digest(name, weights, seed), {})
-            for name, weights in models.items()
-        }
+    def __init__(self, models: dict[str, Path | None], seed: int = 0, fetch: bool = False) -> None:
+        if fetch:
+            self.held = {name: HeldModel(skeleton_chain(name), FETCH, loaded=set()) for name in models}
+        else:
+            self.held = {
+                name: HeldModel(load_chain(name, weights, seed), weights_digest(name, weights, seed))
+                for name, weights in models.items()
+            }
 
     @property
     def digests(self) -> dict[str, str]:

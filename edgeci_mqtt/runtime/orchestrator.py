@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
@@ -26,8 +27,9 @@ from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
-from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
+from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.wire import (
     BidMessage,
     DeviceState,
@@ -55,6 +57,7 @@ class DeviceTable:
         self._profiles: dict[str, DeviceProfile] = {}
         self._lock = threading.Lock()
         self.generation = 0
+        self.births = 0
 
     def update(self, state: DeviceState) -> None:
         profile = None
@@ -69,6 +72,8 @@ class DeviceTable:
             else:
                 self._states.pop(state.device, None)
                 self._profiles.pop(state.device, None)
+            if state.online and before is None:
+                self.births += 1
             if (before is None) != (not state.online) or (before is not None and before.models != state.models):
                 self.generation += 1
                 log.info(
@@ -79,15 +84,26 @@ class DeviceTable:
                 )
 
     def views(self, model: str, digest: str) -> list[DeviceView]:
-        """Online devices that hold ``model`` with these weights."""
+        """Online devices that hold ``model`` with these weights, or fetch them."""
         with self._lock:
             return [
                 DeviceView(
                     name, self._profiles[name], Link(float(s.link["bandwidth_mbit"]), float(s.link["latency_ms"]))
                 )
                 for name, s in sorted(self._states.items())
-                if s.models.get(model) == digest
+                if s.models.get(model) in (digest, FETCH)
             ]
+
+    def fetches(self, device: str, model: str) -> bool:
+        with self._lock:
+            state = self._states.get(device)
+            return state is not None and state.models.get(model) == FETCH
+
+    def cached(self, device: str, digest: str) -> set[str]:
+        """Stages of these weights the device announced it has on disk."""
+        with self._lock:
+            state = self._states.get(device)
+            return set(state.weights.get(digest, [])) if state is not None else set()
 
 
 @dataclass
@@ -124,6 +140,7 @@ class Orchestrator:
         self._reassembler = _Reassembler(max_bytes=1 << 30)
         self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
+        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
 
     def run(self, stop: threading.Event) -> None:
         conn = self.connection
@@ -200,6 +217,25 @@ class Orchestrator:
         self._plans[key] = (self.table.generation, plan)
         return plan
 
+    def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
+        """Before a fetching device's task: the weights of the block's stages it lacks,
+        on its tasks topic, so they arrive first."""
+        if not self.table.fetches(device, model):
+            return
+        held = self.models.get(model)
+        key = (device, held.digest)
+        births, sent = self._weights_sent.get(key, (-1, set()))
+        if births != self.table.births:  # a (re)birth: trust only what it has on disk
+            sent = self.table.cached(device, held.digest)
+        for stage in held.weighted_stages(block):
+            if stage not in sent:
+                state = stage_state(held.chain.model, stage)
+                self.connection.publish(
+                    Topics.device_tasks(device), encode(weights_message(model, held.digest, stage, state))
+                )
+                sent.add(stage)
+        self._weights_sent[key] = (self.table.births, sent)
+
     def _infer(self, request: _Request) -> InferResponse:
         message = request.message
         strategy = message.strategy or self.strategy
@@ -226,6 +262,7 @@ class Orchestrator:
             shapes=shapes,
             devices=lambda: self.table.views(message.model, held.digest),
             publish=lambda topic, payload: self.connection.publish(topic, payload),
+            prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
             auction_s=self.auction_s,
             auctioned=strategy == "edgeci",

@@ -1,0 +1,48 @@
+"""Stage weights: extraction, sha256, installation into a skeleton, disk cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.models import StageChain, skeleton_chain
+from edgeci_mqtt.runtime.weights import WeightCache, install, stage_state, verify, weights_message
+from edgeci_mqtt.wire import WireError, decode, encode
+
+
+def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageChain], tmp_path: Path) -> None:
+    source, skeleton = chains["smallcnn"], skeleton_chain("smallcnn")
+    assert all(p.is_meta for p in skeleton.model.parameters())
+    cache = WeightCache(tmp_path)
+    for stage in ("features.0", "features.1", "features.6"):
+        message = decode(encode(weights_message("smallcnn", "abc", stage, stage_state(source.model, stage))))
+        install(skeleton.model, stage, verify(message))  # type: ignore[arg-type]
+        cache.save(message)  # type: ignore[arg-type]
+    assert not skeleton.model.features[0].weight.is_meta and skeleton.model.features[4].weight.is_meta
+    assert skeleton.model.fc.weight.is_meta  # the tail never arrives
+    x = torch.randn(1, 3, 20, 20)
+    region = TileRegion.whole(20, 20)
+    shape = source.shapes(20, 20)[0]
+    with torch.inference_mode():
+        got = skeleton.stages[0].run(x, region, region, shape)
+        assert torch.equal(got, source.stages[0].run(x, region, region, shape))
+    assert cache.listing() == {"abc": ["features.0", "features.1", "features.6"]}
+    assert cache.load("abc", "features.6") is not None and cache.load("abc", "features.9") is None
+
+
+def test_tampered_or_mismatched_weights_are_refused(chains: dict[str, StageChain], tmp_path: Path) -> None:
+    model = chains["smallcnn"].model
+    message = weights_message("smallcnn", "abc", "features.0", stage_state(model, "features.0"))
+    with pytest.raises(WireError, match="sha256 mismatch"):
+        verify(replace(message, sha256="0" * 64))
+    skeleton = skeleton_chain("smallcnn")
+    with pytest.raises(WireError, match="do not match"):
+        install(skeleton.model, "features.4", verify(message))
+    with pytest.raises(WireError, match="no stage"):
+        install(skeleton.model, "features.99", verify(message))
+    with pytest.raises(WireError, match="unsafe cache name"):
+        WeightCache(tmp_path).load("../etc", "passwd")
