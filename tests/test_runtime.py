@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,6 +267,11 @@ def test_a_device_that_joins_is_used_from_the_next_plan(tmp_path: Path, chains: 
         time.sleep(0.5)
         result = own.infer(x, "smallcnn", timeout=60)
         assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and exact(result, chains["smallcnn"], x)
+        # SIGTERM: the agent announces itself offline and exits cleanly; the next plan leaves it out
+        small.group.stop("dev-3")
+        assert small.group.processes["dev-3"].returncode == 0 and "dev-3: offline" in small.group.log_text("dev-3")
+        time.sleep(0.5)
+        assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
 
 
 def test_agents_reconnect_and_rebirth_after_a_broker_restart(tmp_path: Path, chains: dict[str, StageChain]) -> None:
@@ -303,3 +309,46 @@ def test_devices_fetch_only_the_weights_of_their_stages(tmp_path: Path, chains: 
     cached = {p.stem for p in cache.glob("*/*.msgpack")}
     assert "features.28" in cached and all(name.startswith("features.") for name in cached)
     assert "loaded vgg16 stage features.0" in log and "classifier" not in log
+
+
+def test_infer_command_asks_the_cluster(cluster: LocalCluster, tmp_path: Path, chains: dict[str, StageChain]) -> None:
+    out_file = tmp_path / "logits.npy"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeci_mqtt",
+            "infer",
+            "--broker",
+            cluster.broker.url("client"),
+            "--model",
+            "smallcnn",
+            "--size",
+            "64",
+            "--strategy",
+            "aofl",
+            "--output",
+            str(out_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "strategy aofl" in result.stdout and "latency" in result.stdout and "probability" in result.stdout
+    with torch.inference_mode():
+        expected = chains["smallcnn"].model(load_input(SAMPLE_IMAGE, 64))
+    assert torch.allclose(torch.from_numpy(np.load(out_file)), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_demo_command_runs_a_whole_cluster() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeci_mqtt", "demo", "--models", "smallcnn", "--devices", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("smallcnn")]
+    assert [r.split()[1] for r in rows] == list(STRATEGIES)
+    assert "stopping" in result.stderr
