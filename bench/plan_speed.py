@@ -11,14 +11,12 @@ table into docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench.report import machine_line, write_section
+from bench.report import machine_line, median_seconds, write_section
 from edgeci_mqtt.cli.common import load_profile
 from edgeci_mqtt.models import StageChain, load_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
@@ -35,12 +33,7 @@ def plan_once(strategy: str, chain: StageChain, env: Environment, rows: RowModel
 
 
 def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def main() -> int:

@@ -20,22 +20,12 @@ from functools import partial
 
 import torch
 
-from bench.report import machine_line, write_section
+from bench.report import machine_line, median_seconds, write_section
 from edgeci_mqtt.core.fused import FusedBlock, run_block_tile
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.costs import TaskWork, make_task
 from edgeci_mqtt.planner.profile import measure_profile
-
-
-def median_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -69,7 +59,7 @@ def main() -> int:
                 x = torch.randn(1, shapes[k].channels, shapes[k].height, shapes[k].width, generator=gen)
                 whole_in = TileRegion.whole(shapes[k].height, shapes[k].width)
                 out = TileRegion.whole(shapes[k + 1].height, shapes[k + 1].width)
-                measured = median_s(lambda s=stage, x=x, i=whole_in, o=out, sh=shapes[k]: s.run(x, i, o, sh),
+                measured = median_seconds(lambda s=stage, x=x, i=whole_in, o=out, sh=shapes[k]: s.run(x, i, o, sh),
                                     args.repeats)  # fmt: skip
                 predicted = profile.work_seconds(stage.ops(out, shapes[k]))
                 total_m, total_p = total_m + measured, total_p + predicted
@@ -90,7 +80,7 @@ def main() -> int:
                 b = rng.randrange(a + 1, min(height, a + max(1, height // 3)) + 1)
                 task = make_task(chain.stages, shapes, block, TileRegion(Span(a, b), Span(0, shapes[j].width)), "")
                 x = torch.randn(1, shapes[i].channels, task.in_region.height, task.in_region.width, generator=gen)
-                measured = median_s(
+                measured = median_seconds(
                     partial(run_block_tile, chain.stages, shapes, block, x, task.in_region, task.out_region),
                     args.repeats,
                 )

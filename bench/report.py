@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import platform
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-__all__ = ["DOCS", "machine_line", "write_section"]
+__all__ = ["DOCS", "machine_line", "median_seconds", "write_section"]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` runs after one warm-up (allocator, kernel choice)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def machine_line() -> str:

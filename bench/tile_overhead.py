@@ -10,31 +10,18 @@ FLOPs each does. Writes the table into docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 
-from bench.report import machine_line, write_section
+from bench.report import machine_line, median_seconds, write_section
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.fused import FusedBlock, TileGrid, balanced_blocks, block_tile_flops, parse_blocks, run_fused
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.models import StageChain, load_chain
 
 GRID = TileGrid(3, 3)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocator and oneDNN kernel selection
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def tiled_run(chain: StageChain, shapes: list[FeatureShape], blocks: list[FusedBlock], x: torch.Tensor) -> object:

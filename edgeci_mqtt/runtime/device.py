@@ -46,7 +46,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire import Reassembler as _Reassembler
 
-__all__ = ["DeviceAgent", "ValidTask", "validate_task"]
+__all__ = ["DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -87,6 +87,18 @@ def _pair(value: list[Any], where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def block_geometry(held: HeldModel, input_hw: Any, block: Any, where: str) -> tuple[FusedBlock, list[FeatureShape]]:
+    """The block and the chain's shapes for a message's input size, checked."""
+    height, width = _pair(input_hw, "input_hw")
+    fused = FusedBlock(*_span(block, "block"))
+    try:
+        shapes = held.shapes(height, width)
+        fused.stages(held.chain.stages)
+    except EdgeCIError as exc:
+        raise WireError(f"{where}: {exc}") from exc
+    return fused, shapes
+
+
 def validate_task(
     message: TaskMessage, models: ModelStore, load_cached: Callable[[HeldModel, str, str], bool] | None = None
 ) -> ValidTask:
@@ -98,13 +110,7 @@ def validate_task(
     held = models.get(message.model)
     if held.loaded is None and message.digest != held.digest:
         raise WireError(f"task {message.task}: weights digest {message.digest} is not ours ({held.digest})")
-    height, width = _pair(message.input_hw, "input_hw")
-    block = FusedBlock(*_span(message.block, "block"))
-    try:
-        shapes = held.shapes(height, width)
-        block.stages(held.chain.stages)
-    except EdgeCIError as exc:
-        raise WireError(f"task {message.task}: {exc}") from exc
+    block, shapes = block_geometry(held, message.input_hw, message.block, f"task {message.task}")
     in_region = _region(message.in_region, "in_region")
     out_region = _region(message.out_region, "out_region")
     out_shape = shapes[block.stop]
@@ -292,14 +298,9 @@ class DeviceAgent:
         if call.model not in self.models.held:
             return  # we cannot run it: no bid
         held = self.models.get(call.model)
-        height, width = _pair(call.input_hw, "input_hw")
-        block = FusedBlock(*_span(call.block, "block"))
-        try:
-            rows = held.row_model(height, width)
-            block.stages(held.chain.stages)
-        except EdgeCIError as exc:
-            raise WireError(f"auction {call.round}: {exc}") from exc
-        out_height = rows.shapes[block.stop].height
+        block, shapes = block_geometry(held, call.input_hw, call.block, f"auction {call.round}")
+        rows = held.row_model(shapes[0].height, shapes[0].width)
+        out_height = shapes[block.stop].height
         items = []
         for item in call.items:
             first, last = _span(item, "item")
