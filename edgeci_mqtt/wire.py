@@ -11,6 +11,7 @@ publish makes the broker drop the connection and paho resend it forever.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -139,7 +140,7 @@ def decode_tensor(value: Any, where: str = "tensor") -> torch.Tensor:
     if not isinstance(value, Mapping) or set(value) != {"dtype", "shape", "data"}:
         raise WireError(f"{where}: expected a map with exactly dtype, shape and data")
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise WireError(f"{where}: unknown dtype {dtype!r}")
     if (
         not isinstance(shape, list)
@@ -147,7 +148,7 @@ def decode_tensor(value: Any, where: str = "tensor") -> torch.Tensor:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise WireError(f"{where}: shape must be a list of at most {_MAX_DIMS} non-negative ints, got {shape!r}")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python ints: no overflow
     if count > _MAX_ELEMENTS:
         raise WireError(f"{where}: {count} elements is more than allowed")
     if not isinstance(data, bytes) or len(data) != count * _DTYPES[dtype].itemsize:
@@ -452,8 +453,8 @@ def decode(payload: bytes, expected: type[M] | None = None) -> Message:
         data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for garbage
         raise WireError(f"not msgpack: {type(exc).__name__}") from exc
-    if not isinstance(data, dict):
-        raise WireError("payload is not a msgpack map")
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise WireError("payload is not a msgpack map with string keys")
     version = data.pop("v", None)
     if version != SCHEMA_VERSION:
         raise WireError(f"unknown schema version {version!r} (this side speaks {SCHEMA_VERSION})")

@@ -139,3 +139,11 @@ def test_award_is_optimal_for_contiguous_runs(case: tuple[list[Bid], int]) -> No
     won = award(bids, count)
     assert_partition(won, count)
     assert won.makespan_s <= brute_force_makespan(bids, count) * (1 + 1e-6) + 1e-12
+
+
+def test_award_never_fails_on_valid_or_discards_non_finite_bids() -> None:
+    lopsided = [Bid("a", 0.0, (1.0, 1.0), (0.0, 100.0)), Bid("b", 0.0, (10.0, 1000.0), (0.0, 0.0))]
+    won = award(lopsided, 2)
+    assert_partition(won, 2)
+    broken = Bid("nan", 0.0, (float("nan"), 1.0), (0.0, 0.0))
+    assert "nan" not in dict(award([*lopsided, broken], 2).runs)

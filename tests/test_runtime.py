@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,7 @@ from edgeci_mqtt.runtime.models_held import weights_digest
 from edgeci_mqtt.runtime.transport import Connection
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
+    AuctionCall,
     Chunk,
     DeviceState,
     TaskMessage,
@@ -32,6 +34,7 @@ from edgeci_mqtt.wire import (
     encode_tensor,
 )
 from tests.cluster import LocalCluster, collect, local_cluster, start_device
+from tests.planning import flat_profile
 
 MODELS = "smallcnn,vgg16,resnet34"
 
@@ -125,7 +128,10 @@ def test_hostile_messages_change_nothing(
         encode(TaskMessage(**{**task.__dict__, "digest": "not-our-weights"})),
         encode(Chunk("c", 0, 10**9, b"x")),
         encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
+        msgpack.packb({b"binary": 1}, use_bin_type=True),
+        encode(AuctionCall("huge", "o1", "smallcnn", [2**36, 8], [0, 1], [[0, 1]], 100.0)),
     ]
+    bad_link = DeviceState("dev-9", True, flat_profile().to_dict(), {"bandwidth_mbit": 0, "latency_ms": 1}, {})
     oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
     oversize.write_bytes(b"\x01" * (MAX_PAYLOAD_BYTES + 20_000))
     topics = [Topics.device_tasks(d) for d in cluster.devices] + [
@@ -138,6 +144,7 @@ def test_hostile_messages_change_nothing(
     attacker = Connection(cluster.broker.address("orchestrator"), "hostile")
     attacker.start()
     try:
+        attacker.publish(Topics.device_state("dev-9"), encode(bad_link), wait=5)
         for topic in topics:
             for payload in payloads:
                 attacker.publish(topic, payload, qos=1, wait=5)
@@ -186,6 +193,7 @@ def test_hostile_messages_change_nothing(
         assert complaint in device_log, complaint
     orchestrator_log = cluster.group.log_text("o1") + cluster.group.log_text("o2")
     assert "rejected message" in orchestrator_log and "Traceback" not in orchestrator_log
+    assert "not a positive bandwidth" in orchestrator_log
 
 
 def test_errors_reach_the_client(client: EdgeCIClient) -> None:

@@ -44,5 +44,6 @@ def test_tampered_or_mismatched_weights_are_refused(chains: dict[str, StageChain
         install(skeleton.model, "features.4", verify(message))
     with pytest.raises(WireError, match="no stage"):
         install(skeleton.model, "features.99", verify(message))
-    with pytest.raises(WireError, match="unsafe cache name"):
-        WeightCache(tmp_path).load("../etc", "passwd")
+    for digest, stage in (("../etc", "passwd"), ("..", "x"), (".", "x"), ("a" * 300, "x")):
+        with pytest.raises(WireError, match="unsafe cache name"):
+            WeightCache(tmp_path).load(digest, stage)

@@ -66,6 +66,7 @@ def raw(**fields: object) -> bytes:
         (b"\xff\x00garbage", "not msgpack"),
         (raw(hello=1) + b"x", "not msgpack"),
         (msgpack.packb([1, 2]), "not a msgpack map"),
+        (msgpack.packb({b"v": 1, "type": "state"}, use_bin_type=True), "string keys"),
         (raw(v=2, type="state", device="d", online=True), "unknown schema version 2"),
         (raw(type="state", device="d", online=True), "unknown schema version None"),
         (raw(v=1, type="teleport"), "unknown message type 'teleport'"),
@@ -90,6 +91,8 @@ def test_malformed_payloads_raise_one_clear_error(payload: bytes, message: str) 
         ({"dtype": "float32", "shape": [1], "data": "text"}, "got str"),
         ({"dtype": "float32", "shape": [1 << 30], "data": b""}, "more than allowed"),
         ({"dtype": "float32", "shape": [1]}, "exactly dtype, shape and data"),
+        ({"dtype": ["float32"], "shape": [1], "data": b"\x00" * 4}, "unknown dtype"),
+        ({"dtype": "float32", "shape": [2**32, 2**32, 1, 1], "data": b""}, "more than allowed"),
     ],
 )
 def test_malformed_tensors(tensor: dict, message: str) -> None:

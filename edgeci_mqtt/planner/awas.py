@@ -19,6 +19,7 @@ bid gets nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -192,14 +193,19 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
 
 def award(bids: Sequence[Bid], count: int) -> Award:
     """Award ``count`` items to the bidders, minimising the block's makespan."""
-    bids = [b for b in bids if len(b.alone_s) == count]
+    bids = [
+        b
+        for b in bids
+        if len(b.alone_s) == count and all(math.isfinite(v) for v in (*b.alone_s, *b.extend_s, b.queue_s))
+    ]
     if not bids or count < 1:
         raise PlanningError("no device bid for this block")
     pricing = _Pricing(bids)
     order = [b.device for b in bids]
-    hi = min(pricing.run(d, 0, count) for d in order)  # one device alone: always feasible
-    lo = 0.0
-    best = _sweep(pricing, order, count, hi)
+    alone = {d: pricing.run(d, 0, count) for d in order}
+    cheapest = min(alone, key=alone.__getitem__)
+    hi, lo = alone[cheapest], 0.0
+    best: list[tuple[str, Span]] | None = [(cheapest, Span(0, count))]  # one device alone: always feasible
     for _ in range(60):
         if hi - lo <= 1e-9 * hi:
             break

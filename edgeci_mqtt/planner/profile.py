@@ -47,6 +47,10 @@ _PROBE_SECONDS = 0.015  # largest single probe run; bigger probes reuse the next
 _SUSTAINED_S = 0.6  # wall time of the sustained run: several CFS periods, so quotas show
 
 
+def _positive(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
 def _interpolate(points: tuple[float, ...], value: float) -> tuple[int, float]:
     """Index ``i`` and weight ``t`` with ``value`` between ``points[i]`` and ``points[i+1]``
     (clamped at both ends)."""
@@ -82,11 +86,16 @@ class DeviceProfile:
         if len(self.conv_depths) < 2 or len(self.conv_sides) < 2:
             raise EdgeCIError("a device profile needs at least two probe depths and sides")
         if len(self.conv_rates) != len(self.conv_depths) or any(
-            len(row) != len(self.conv_sides) or min(row) <= 0 for row in self.conv_rates
+            len(row) != len(self.conv_sides) or not all(math.isfinite(v) and v > 0 for v in row)
+            for row in self.conv_rates
         ):
             raise EdgeCIError("device profile convolution rates do not match its depths and sides")
-        missing = [k for k in ELEMENTWISE_KINDS if self.rates.get(k, 0) <= 0]
-        missing += [k for k in POOL_KINDS if not self.pool_rates.get(k) or min(r for _, r in self.pool_rates[k]) <= 0]
+        missing = [k for k in ELEMENTWISE_KINDS if not _positive(self.rates.get(k, 0))]
+        missing += [
+            k for k in POOL_KINDS if not self.pool_rates.get(k) or not all(_positive(r) for _, r in self.pool_rates[k])
+        ]
+        if not math.isfinite(self.op_overhead_s) or self.op_overhead_s < 0:
+            raise EdgeCIError(f"device profile overhead {self.op_overhead_s} is not a finite non-negative number")
         if missing:
             raise EdgeCIError(f"device profile lacks positive rates for {', '.join(missing)}")
 

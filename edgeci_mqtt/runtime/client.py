@@ -19,6 +19,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.imaging import load_input
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
 from edgeci_mqtt.wire import (
+    MAX_PAYLOAD_BYTES,
     InferRequest,
     InferResponse,
     Reassembler,
@@ -78,9 +79,12 @@ class EdgeCIClient:
             x = x[None]
         request_id = uuid.uuid4().hex
         message = InferRequest(request_id, model, encode_tensor(x.float().contiguous()), strategy)
+        payload = encode(message)
+        if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
+            raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
         self.connection.publish(
-            Topics.requests, encode(message), response_topic=self.responses, correlation=request_id.encode()
+            Topics.requests, payload, response_topic=self.responses, correlation=request_id.encode()
         )
         deadline = started + timeout
         while (remaining := deadline - time.perf_counter()) > 0:

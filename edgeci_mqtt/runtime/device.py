@@ -8,6 +8,7 @@ Anything malformed or hostile is logged in one line and changes nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connected, Connection, Inbound
-from edgeci_mqtt.runtime.weights import WeightCache, install, verify
+from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.wire import (
     AuctionCall,
     BidMessage,
@@ -81,9 +82,14 @@ def _span(value: Any, where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+MAX_INPUT_SIDE = 8192
+
+
 def _pair(value: list[Any], where: str) -> tuple[int, int]:
-    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise WireError(f"{where}: expected two positive ints, got {value!r}")
+    if len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in value
+    ):
+        raise WireError(f"{where}: expected two ints in [1, {MAX_INPUT_SIDE}], got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -134,6 +140,14 @@ def validate_task(
     return ValidTask(message, held, block, shapes, in_region, out_region, tile, time.perf_counter())
 
 
+@dataclass(frozen=True)
+class _WeightsJob:
+    """Verified weights of one stage, installed by the worker between tasks."""
+
+    module: torch.nn.Module
+    state: dict[str, torch.Tensor]
+
+
 class DeviceAgent:
     """One device: run :meth:`run` until ``stop`` is set."""
 
@@ -155,7 +169,7 @@ class DeviceAgent:
             address, f"edgeci-device-{device_id}", will=(Topics.device_state(device_id), offline)
         )
         self.link = Link(100.0, 1.0)
-        self.tasks: queue.Queue[ValidTask | None] = queue.Queue()
+        self.tasks: queue.Queue[ValidTask | _WeightsJob | None] = queue.Queue()
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._lock = threading.Lock()
         self._current = ""
@@ -254,7 +268,11 @@ class DeviceAgent:
                 if self.cache is not None:
                     self.cache.save(message)
             elif isinstance(message, TaskMessage) and event.topic == Topics.device_tasks(self.device_id):
-                task = validate_task(message, self.models, self._load_cached)
+                try:
+                    task = validate_task(message, self.models, self._load_cached)
+                except EdgeCIError as exc:
+                    self._refuse(message, exc)
+                    raise
                 with self._lock:
                     self._backlog_s += self._predict(task)
                 self.tasks.put(task)
@@ -262,15 +280,29 @@ class DeviceAgent:
                 log.warning("%s: ignored a %s message on %s", self.device_id, message.kind, event.topic)
         except EdgeCIError as exc:
             log.warning("%s: rejected %s on %s: %s", self.device_id, message.kind, event.topic, exc)
+        except Exception as exc:  # hostile input must never stop the agent
+            log.warning(
+                "%s: rejected %s on %s: %s: %s", self.device_id, message.kind, event.topic, type(exc).__name__, exc
+            )
+
+    def _refuse(self, message: TaskMessage, reason: Exception) -> None:
+        """Tell the orchestrator at once, so it re-auctions instead of waiting for a deadline."""
+        region = message.out_region if isinstance(message.out_region, list) else []
+        refusal = ResultMessage(message.request, message.task, self.device_id, region, error=f"refused: {reason}")
+        with contextlib.suppress(EdgeCIError):  # no valid orchestrator id to answer: the log says it
+            self.connection.publish(Topics.results(message.orchestrator), encode(refusal))
 
     def _install(self, message: WeightsMessage, state: dict[str, torch.Tensor]) -> None:
+        """Book the stage as loaded now (tasks are validated here, in order) and let the
+        worker materialise it between tasks, so no task ever runs on half-swapped weights."""
         held = self.models.get(message.model)
         if held.loaded is None:
             raise WireError(f"weights for {message.model} sent to a device that holds its own")
         if held.fetched != message.digest:
             held.loaded.clear()
             held.fetched = message.digest
-        install(held.chain.model, message.stage, state)
+        module, local = checked_stage(held.chain.model, message.stage, state)
+        self.tasks.put(_WeightsJob(module, local))
         held.loaded.add(message.stage)
         size = sum(t.numel() * t.element_size() for t in state.values())
         log.info(
@@ -323,6 +355,9 @@ class DeviceAgent:
     def _work(self) -> None:
         torch.set_num_threads(self.threads)
         while (task := self.tasks.get()) is not None:
+            if isinstance(task, _WeightsJob):
+                materialise(task.module, task.state)
+                continue
             started = time.perf_counter()
             message = task.message
             self._current = message.task

@@ -9,6 +9,7 @@ ignored by task id.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
 import uuid
@@ -46,6 +47,7 @@ __all__ = ["InferenceRun", "Mailboxes", "Timings"]
 log = logging.getLogger("edgeci.orchestrator")
 
 MIN_TASK_DEADLINE_S = 3.0
+MAX_TASK_DEADLINE_S = 300.0
 DEADLINE_FACTOR = 5.0
 
 
@@ -266,12 +268,8 @@ class InferenceRun:
         )
         view = next((d for d in self.devices() if d.name == device), None)
         predicted = self._predict(view, block, task) if view else 1.0
-        pending[task_id] = _Pending(
-            task,
-            device,
-            time.perf_counter() + max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted),
-            task.out_region.cols,
-        )
+        allowed = min(MAX_TASK_DEADLINE_S, max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted))
+        pending[task_id] = _Pending(task, device, time.perf_counter() + allowed, task.out_region.cols)
         self.prepare(device, block)
         self.publish(Topics.device_tasks(device), encode(message))
         self.used.add(device)
@@ -321,7 +319,8 @@ class InferenceRun:
         out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = tile
         del pending[result.task]
         self.timings.merge_s += time.perf_counter() - started
-        return float(result.timings.get("compute_s", 0.0)) if isinstance(result.timings, dict) else 0.0
+        compute = result.timings.get("compute_s", 0.0)
+        return float(compute) if isinstance(compute, int | float) and math.isfinite(compute) else 0.0
 
     def _lost(self, pending: dict[str, _Pending]) -> list[tuple[str, _Pending]]:
         """Tasks whose device went offline, failed, or is silent past its deadline."""

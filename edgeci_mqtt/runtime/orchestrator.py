@@ -11,6 +11,7 @@ response topic with its correlation data.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -63,7 +64,11 @@ class DeviceTable:
         profile = None
         if state.online:
             profile = DeviceProfile.from_dict(state.profile)  # raises on a malformed profile
-            Link(float(state.link["bandwidth_mbit"]), float(state.link["latency_ms"]))
+            bandwidth, latency = float(state.link["bandwidth_mbit"]), float(state.link["latency_ms"])
+            if not (math.isfinite(bandwidth) and bandwidth > 0 and math.isfinite(latency) and latency >= 0):
+                raise EdgeCIError(f"device {state.device}: link {state.link} is not a positive bandwidth and latency")
+            if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in state.weights.values()):
+                raise EdgeCIError(f"device {state.device}: weights must map digests to lists of stage names")
         with self._lock:
             before = self._states.get(state.device)
             if state.online:
@@ -198,6 +203,9 @@ class Orchestrator:
             except EdgeCIError as exc:
                 log.warning("request %s failed: %s", message.request, exc)
                 response = InferResponse(message.request, error=str(exc), orchestrator=self.id)
+            except Exception as exc:  # never lose the worker: answer and carry on
+                log.exception("request %s failed unexpectedly", message.request)
+                response = InferResponse(message.request, error=f"internal error: {exc!r}", orchestrator=self.id)
             try:
                 self.connection.publish(request.response_topic, encode(response), correlation=request.correlation)
             except EdgeCIError as exc:

@@ -19,7 +19,16 @@ from torch import Tensor, nn
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.wire import WeightsMessage, WireError, decode, decode_tensor, encode, encode_tensor
 
-__all__ = ["WeightCache", "install", "stage_state", "state_sha256", "verify", "weights_message"]
+__all__ = [
+    "WeightCache",
+    "checked_stage",
+    "install",
+    "materialise",
+    "stage_state",
+    "state_sha256",
+    "verify",
+    "weights_message",
+]
 
 
 def stage_state(model: nn.Module, stage: str) -> dict[str, Tensor]:
@@ -50,8 +59,8 @@ def verify(message: WeightsMessage) -> dict[str, Tensor]:
     return state
 
 
-def install(model: nn.Module, stage: str, state: dict[str, Tensor]) -> None:
-    """Materialise the module of ``stage`` and load ``state`` into it (keys checked)."""
+def checked_stage(model: nn.Module, stage: str, state: dict[str, Tensor]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The module of ``stage`` and ``state`` keyed for it, if every key and shape fits."""
     try:
         module = model.get_submodule(stage)
     except AttributeError as exc:
@@ -62,13 +71,23 @@ def install(model: nn.Module, stage: str, state: dict[str, Tensor]) -> None:
     got = {k: tuple(v.shape) for k, v in local.items()}
     if got != expected:
         raise WireError(f"weights of stage {stage}: {got} do not match {expected}")
+    return module, local
+
+
+def materialise(module: nn.Module, local: dict[str, Tensor]) -> None:
+    """Give ``module`` real storage and load ``local`` (already checked) into it."""
     module.to_empty(device="cpu")
     with torch.no_grad():
         module.load_state_dict(local, strict=True)
     module.eval()
 
 
-_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+def install(model: nn.Module, stage: str, state: dict[str, Tensor]) -> None:
+    """Materialise the module of ``stage`` and load ``state`` into it (keys checked)."""
+    materialise(*checked_stage(model, stage, state))
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")  # no "." or "..", no separators
 
 
 class WeightCache:
