@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -41,38 +42,57 @@ def mosquitto_binary() -> str:
 class BrokerProcess:
     """A private Mosquitto with the project's configuration, ACL and fresh credentials."""
 
-    def __init__(self, workdir: Path, devices: list[str], port: int | None = None) -> None:
-        self.workdir, self.port = workdir, port or free_port()
+    def __init__(
+        self,
+        workdir: Path,
+        devices: list[str],
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        """``wrap`` runs the broker elsewhere (a network namespace); readiness is then probed
+        from there too."""
+        self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
         self.credentials: Credentials = write_broker_config(
-            workdir, devices, port=self.port, bind="127.0.0.1", run_as=getpass.getuser()
+            workdir, devices, port=self.port, bind=bind, run_as=getpass.getuser()
         )
         self.log_path = workdir / "mosquitto.log"
         self._log: IO[bytes] = self.log_path.open("ab")
         self._launch()
 
     def _launch(self) -> None:
+        command = [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")]
         self.process = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")], stdout=self._log, stderr=subprocess.STDOUT
+            self.wrap(command) if self.wrap else command, stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EdgeCIError(f"mosquitto exited: {self.log_path.read_text()[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            if self._listening():
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         raise EdgeCIError("mosquitto did not start listening within 10 s")
+
+    def _listening(self) -> bool:
+        host = "127.0.0.1" if self.bind in ("", "0.0.0.0") else self.bind
+        if self.wrap is None:
+            try:
+                socket.create_connection((host, self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        probe = [sys.executable, "-c", f"import socket; socket.create_connection(({host!r}, {self.port}), 0.2)"]
+        return subprocess.run(self.wrap(probe), capture_output=True).returncode == 0
 
     def restart(self) -> None:
         """Stop and start the same broker (same port, credentials and persisted retained state)."""
         self._halt()
         self._launch()
 
-    def url(self, user: str) -> str:
-        return f"mqtt://{user}:{self.credentials.passwords[user]}@127.0.0.1:{self.port}"
+    def url(self, user: str, host: str | None = None, port: int | None = None) -> str:
+        return f"mqtt://{user}:{self.credentials.passwords[user]}@{host or self.bind}:{port or self.port}"
 
     def address(self, user: str) -> BrokerAddress:
         return BrokerAddress.parse(self.url(user))
@@ -99,13 +119,19 @@ class ProcessGroup:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 
-    def start(self, name: str, *args: str, threads: int = 1) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, threads: int = 1, wrap: Callable[[list[str]], list[str]] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``python -m edgeci_mqtt ARGS`` (or ``wrap`` of it: in a namespace and cgroup)."""
+        return self.start_command(name, [sys.executable, "-m", "edgeci_mqtt", *args], threads, wrap)
+
+    def start_command(
+        self, name: str, command: list[str], threads: int = 1, wrap: Callable[[list[str]], list[str]] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("wb")
         self._logs.append(log)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgeci_mqtt", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        process = subprocess.Popen(wrap(command) if wrap else command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.processes[name] = process
         return process
 
