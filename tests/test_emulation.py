@@ -122,3 +122,17 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
         down(PREFIX)
     assert leftovers(PREFIX) == []
     down(PREFIX)  # idempotent
+
+
+def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeci_mqtt.cli import main
+
+    try:
+        assert main(["cluster", "up", "--cluster", "hetero4", "--prefix", "ectcli", "--net", "89"]) == 0
+        assert "pi3: namespace ectcli-3" in capsys.readouterr().out
+        assert {"ectcli-hub", "ectcli-0", "ectcli-3"} <= set(leftovers("ectcli"))
+    finally:
+        assert main(["cluster", "down", "--prefix", "ectcli"]) == 0
+    assert leftovers("ectcli") == []
+    assert main(["cluster", "status", "--prefix", "ectcli"]) == 0
+    assert "nothing named ectcli-*" in capsys.readouterr().out

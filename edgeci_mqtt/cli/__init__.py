@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from edgeci_mqtt import __version__
 from edgeci_mqtt.cli import (
     broker_cmd,
+    cluster_cmd,
     demo_cmd,
     device_cmd,
     infer_cmd,
@@ -35,6 +36,7 @@ _COMMANDS = (
     device_cmd,
     orchestrator_cmd,
     watch_cmd,
+    cluster_cmd,
 )
 
 
