@@ -236,8 +236,6 @@ class DeviceState(Message):
         "link": dict,
         "models": dict,
         "version": str,
-        "busy_s": NUM,
-        "task": str,
         "weights": dict,
     }
     device: str
@@ -246,8 +244,6 @@ class DeviceState(Message):
     link: dict[str, Any] = field(default_factory=dict)  # bandwidth_mbit, latency_ms
     models: dict[str, str] = field(default_factory=dict)  # model name -> weights digest
     version: str = ""
-    busy_s: float = 0.0
-    task: str = ""
     weights: dict[str, list[str]] = field(default_factory=dict)  # cached on disk: digest -> stage names
 
 

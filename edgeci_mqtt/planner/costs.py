@@ -31,7 +31,7 @@ from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView
 from edgeci_mqtt.planner.plan import Task
 from edgeci_mqtt.planner.profile import DeviceProfile
 
-__all__ = ["RowModel", "TaskWork", "link_seconds", "make_task", "transfer_seconds"]
+__all__ = ["RowModel", "TaskWork", "link_seconds", "make_task"]
 
 Ints = NDArray[np.int64]
 Floats = NDArray[np.float64]
@@ -64,11 +64,6 @@ class TaskWork:
                 op for k, s in enumerate(inner) for op in s.ops(regions[k + 1], self.shapes[block.start + k])
             )
         return self._cache[key]
-
-
-def transfer_seconds(view: DeviceView, nbytes: float) -> float:
-    """One message over the device's own link: latency plus serialisation."""
-    return view.link.latency_s + (nbytes + MESSAGE_OVERHEAD_BYTES) / view.link.bytes_per_s
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ class ValidTask:
     out_region: TileRegion
     tile: torch.Tensor
     received: float
+    predicted_s: float = 0.0  # this device's estimate, counted in the queue it bids with
 
 
 def _region(value: list[int], where: str) -> TileRegion:
@@ -172,7 +173,6 @@ class DeviceAgent:
         self.tasks: queue.Queue[ValidTask | _WeightsJob | None] = queue.Queue()
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._lock = threading.Lock()
-        self._current = ""
         self._reassembler = _Reassembler(max_bytes=512 << 20)
 
     # ------------------------------------------------------------ lifecycle
@@ -270,11 +270,12 @@ class DeviceAgent:
             elif isinstance(message, TaskMessage) and event.topic == Topics.device_tasks(self.device_id):
                 try:
                     task = validate_task(message, self.models, self._load_cached)
+                    task = replace(task, predicted_s=self._predict(task))
                 except EdgeCIError as exc:
                     self._refuse(message, exc)
                     raise
                 with self._lock:
-                    self._backlog_s += self._predict(task)
+                    self._backlog_s += task.predicted_s
                 self.tasks.put(task)
             else:
                 log.warning("%s: ignored a %s message on %s", self.device_id, message.kind, event.topic)
@@ -360,7 +361,6 @@ class DeviceAgent:
                 continue
             started = time.perf_counter()
             message = task.message
-            self._current = message.task
             try:
                 with torch.inference_mode():
                     out = run_block_tile(
@@ -388,8 +388,7 @@ class DeviceAgent:
                 log.error("%s: cannot publish result of %s: %s", self.device_id, message.task, exc)
             finally:
                 with self._lock:
-                    self._backlog_s = max(0.0, self._backlog_s - self._predict(task))
-                self._current = ""
+                    self._backlog_s = max(0.0, self._backlog_s - task.predicted_s)
             log.debug(
                 "%s: task %s done in %.1f ms", self.device_id, message.task, 1e3 * (time.perf_counter() - started)
             )

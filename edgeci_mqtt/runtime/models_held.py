@@ -44,11 +44,14 @@ class HeldModel:
     rows: dict[tuple[int, int], RowModel] = field(default_factory=dict)
     loaded: set[str] | None = None
     fetched: str = ""
+    _weighted: set[str] | None = field(default=None, repr=False)
 
     def weighted_stages(self, block: FusedBlock) -> list[str]:
-        """Stages of ``block`` that have parameters or buffers."""
-        keys = list(self.chain.model.state_dict())
-        return [s.name for s in block.stages(self.chain.stages) if any(k.startswith(s.name + ".") for k in keys)]
+        """Stages of ``block`` that have parameters or buffers (asked for every task)."""
+        if self._weighted is None:
+            keys = list(self.chain.model.state_dict())
+            self._weighted = {s.name for s in self.chain.stages if any(k.startswith(s.name + ".") for k in keys)}
+        return [s.name for s in block.stages(self.chain.stages) if s.name in self._weighted]
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
         return self.chain.shapes(height, width)

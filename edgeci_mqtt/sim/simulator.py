@@ -56,9 +56,6 @@ class SimResult:
     timeline: tuple[Interval, ...]
     block_ends_s: tuple[float, ...]
 
-    def busy_s(self, resource: str, kind: str = "compute") -> float:
-        return sum(i.end - i.start for i in self.timeline if i.resource == resource and i.kind == kind)
-
 
 @dataclass
 class _Fifo:
