@@ -16,13 +16,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench.report import machine_line, median_seconds, write_section
-from edgeci_mqtt.cli.common import load_profile
+from bench.report import host_profile, machine_line, median_seconds, write_section
 from edgeci_mqtt.models import StageChain, load_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import Environment, environment_from_cluster
-from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 
 TARGET_MS = 50.0
@@ -41,7 +39,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args()
-    host = load_profile(args.profile) if args.profile else measure_profile(1)
+    host = host_profile(args.profile)
     lines = [
         "## Planning speed",
         "",

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DOCS", "machine_line", "median_seconds", "write_section"]
+from edgeci_mqtt.cli.common import load_profile
+from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+
+__all__ = ["DOCS", "host_profile", "machine_line", "median_seconds", "write_section"]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -30,6 +33,11 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def host_profile(path: Path | None) -> DeviceProfile:
+    """The host's profile from a file (``edgeci profile --output``), or measured now."""
+    return load_profile(path) if path else measure_profile(1)
 
 
 def machine_line() -> str:

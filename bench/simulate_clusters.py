@@ -14,14 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.report import DOCS, machine_line, write_section
-from edgeci_mqtt.cli.common import load_profile
+from bench.report import DOCS, host_profile, machine_line, write_section
 from edgeci_mqtt.cli.simulate_cmd import summary_rows
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import simulate
@@ -31,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args()
-    host = load_profile(args.profile) if args.profile else measure_profile(1)
+    host = host_profile(args.profile)
     lines = [
         "## Simulated comparison of strategies (predictions)",
         "",
