@@ -2,7 +2,10 @@
 
 1. The same convolution loop runs in a cgroup with a quota of 1.0 and of 0.25 CPU for a
    few seconds each; the throughput ratio should be about 4.
-2. A device on a 20 Mbit/s, 10 ms link sends 1 MB to the broker host through its relay
+2. The device profile (``edgeci profile``) measured in a cgroup of 1.0 and of 0.25 CPU:
+   every convolution rate should shrink by the same factor of about 4 (the profile's
+   shape must not depend on where short probes fall in the scheduler period).
+3. A device on a 20 Mbit/s, 10 ms link sends 1 MB to the broker host through its relay
    and waits for a one-byte acknowledgement; expected about 0.4 s + the round trip.
 
 Writes the measurements into docs/BENCHMARKS.md.
@@ -12,9 +15,14 @@ Writes the measurements into docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import yaml
 
 from bench.report import machine_line, write_section
 from edgeci_mqtt.emulation.network import CgroupRoot, down, up
@@ -47,23 +55,39 @@ start = time.perf_counter(); s.sendall(b"x" * {size}); s.recv(1); print(time.per
 """
 
 
-def conv_rate(root: CgroupRoot, share: float, seconds: float) -> float:
-    group = root.create(f"{PREFIX}-cpu", share)
-    script = CONV_LOOP.format(seconds=seconds)
+def in_cgroup(root: CgroupRoot, share: float, *args: str) -> str:
+    """Run ``python args`` in a fresh cgroup with ``share`` CPU; its stdout."""
+    root.create(f"{PREFIX}-cpu", share)
     out = subprocess.run(
-        ["sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$0" -c "$1"', sys.executable, script],
+        root.command(f"{PREFIX}-cpu", sys.executable, *args),
         capture_output=True,
         text=True,
         check=True,
     )
     root.remove(f"{PREFIX}-cpu")
-    return float(out.stdout.strip())
+    return out.stdout.strip()
+
+
+def conv_rate(root: CgroupRoot, share: float, seconds: float) -> float:
+    return float(in_cgroup(root, share, "-c", CONV_LOOP.format(seconds=seconds)))
+
+
+def profile_ratios(root: CgroupRoot) -> list[float]:
+    """Per (depth, side) cell: convolution rate at cpu 1.0 over the rate at cpu 0.25."""
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for share in (1.0, 0.25):
+            out = Path(tmp) / f"{share}.yaml"
+            in_cgroup(root, share, "-m", "edgeci_mqtt", "profile", "--output", str(out))
+            rates.append(yaml.safe_load(out.read_text())["conv_rates"])
+    return [a / b for row_a, row_b in zip(*rates, strict=True) for a, b in zip(row_a, row_b, strict=True)]
 
 
 def main() -> int:
     down(PREFIX)
     root = CgroupRoot.find()
     full, quarter = conv_rate(root, 1.0, 3.0), conv_rate(root, 0.25, 6.0)
+    ratios = sorted(profile_ratios(root))
     spec = parse_cluster(
         {
             "name": "check",
@@ -114,6 +138,9 @@ def main() -> int:
         "|---|---|---|",
         f"| 3x3 conv 64->64 on 56x56, one thread: rate at cpu 1.0 / rate at cpu 0.25 | about 4 | "
         f"{full / quarter:.2f} ({full:.0f} vs {quarter:.0f} convs/s) |",
+        f"| device profile at cpu 1.0 / at cpu 0.25, each of its {len(ratios)} convolution rates "
+        f"(depth x tile side) | about 4 everywhere | median {statistics.median(ratios):.2f}, "
+        f"range {ratios[0]:.2f} - {ratios[-1]:.2f} |",
         f"| 1 MB over a 20 Mbit/s, 10 ms link, until a 1-byte ack returns | {expected:.2f} s + 0.02 s round trip | "
         f"{seconds:.3f} s |",
     ]

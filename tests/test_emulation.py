@@ -11,14 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from edgeci_mqtt.emulation.network import down, leftovers
+from edgeci_mqtt.emulation.network import (
+    MIN_CFS_PERIOD_US,
+    MIN_CFS_QUOTA_US,
+    CgroupRoot,
+    EmulationError,
+    cfs_period_quota,
+    down,
+    leftovers,
+)
 from edgeci_mqtt.emulation.processes import emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import parse_cluster
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
     reason="the emulated cluster needs root and iproute2 (ip, tc)",
 )
@@ -35,6 +44,7 @@ SPEC = parse_cluster(
 )
 
 
+@needs_root
 def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
     tmp_path: Path, chains: dict[str, StageChain]
 ) -> None:
@@ -69,6 +79,7 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
     assert leftovers(PREFIX) == []
 
 
+@needs_root
 def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> None:
     from edgeci_mqtt.cli import main
 
@@ -81,3 +92,37 @@ def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> N
     assert leftovers("ectcli") == []
     assert main(["cluster", "status", "--prefix", "ectcli"]) == 0
     assert "nothing named ectcli-*" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("share", [0.02, 0.06, 0.1, 0.25, 0.4, 1.0, 2.0])
+def test_cfs_period_is_as_short_as_the_minimum_quota_allows(share: float) -> None:
+    period, quota = cfs_period_quota(share)
+    assert quota >= MIN_CFS_QUOTA_US and period >= MIN_CFS_PERIOD_US
+    assert quota / period == pytest.approx(share, rel=0.01)
+    assert period == MIN_CFS_PERIOD_US or quota == MIN_CFS_QUOTA_US
+
+
+@pytest.mark.parametrize("share", [0.0, -1.0, 100.0])
+def test_impossible_cpu_shares_are_refused(share: float) -> None:
+    with pytest.raises(EmulationError, match="cpu share"):
+        cfs_period_quota(share)
+
+
+@needs_root
+def test_profile_under_a_quarter_cpu_is_the_full_profile_scaled_evenly(tmp_path: Path) -> None:
+    """Short probes under a quota must not come out jagged (2x here, 20x there)."""
+    root = CgroupRoot.find()
+    rates = []
+    for share in (1.0, 0.25):
+        root.create("ectest-profile", share)
+        out = tmp_path / f"{share}.yaml"
+        try:
+            profile = [sys.executable, "-m", "edgeci_mqtt", "profile", "--output", str(out)]
+            subprocess.run(root.command("ectest-profile", *profile), capture_output=True, check=True, timeout=120)
+        finally:
+            root.remove("ectest-profile")
+        rates.append(np.array(yaml.safe_load(out.read_text())["conv_rates"]))
+    ratios = rates[0] / rates[1]
+    assert 3.0 < np.median(ratios) < 5.5
+    assert np.percentile(ratios, 10) > 2.0, ratios
+    assert np.percentile(ratios, 90) < 8.0, ratios

@@ -20,6 +20,7 @@ up after a crash.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import subprocess
@@ -54,6 +55,25 @@ def _check_host() -> None:
         raise EmulationError(f"missing tool(s): {', '.join(missing)} (Debian: apt-get install iproute2)")
 
 
+MIN_CFS_PERIOD_US = 10_000
+MIN_CFS_QUOTA_US = 1_000  # the kernel refuses smaller quotas
+
+
+def cfs_period_quota(share: float) -> tuple[int, int]:
+    """CFS period and quota (µs) that give ``share`` of one CPU as evenly as the kernel allows.
+
+    A quota is a budget per period: the group runs at full speed until it is spent,
+    then waits for the next period. With the default 100 ms period a 0.25 device runs
+    25 ms flat out and then stalls 75 ms, so a 20 ms task finishes at full speed and a
+    30 ms one takes 105 ms; a real board is uniformly slow instead. The shortest period
+    whose quota is still at least 1 ms makes the emulated device closest to that.
+    """
+    if not 0 < share <= 64:
+        raise EmulationError(f"cpu share {share} is not in (0, 64]")
+    period = max(MIN_CFS_PERIOD_US, math.ceil(MIN_CFS_QUOTA_US / share))
+    return period, max(MIN_CFS_QUOTA_US, round(share * period))
+
+
 @dataclass(frozen=True)
 class CgroupRoot:
     """Where CPU cgroups live: v1 (``cpu`` controller mount) or v2 (unified)."""
@@ -71,16 +91,21 @@ class CgroupRoot:
             return cls(v2, 2)
         raise EmulationError("no CPU cgroup controller found (neither v1 cpu nor v2)")
 
-    def create(self, name: str, share: float, period_us: int = 100_000) -> Path:
+    def create(self, name: str, share: float) -> Path:
         group = self.path / name
         group.mkdir(exist_ok=True)
-        quota = max(1000, round(share * period_us))
+        period_us, quota = cfs_period_quota(share)
         if self.version == 1:
             (group / "cpu.cfs_period_us").write_text(str(period_us))
             (group / "cpu.cfs_quota_us").write_text(str(quota))
         else:
             (group / "cpu.max").write_text(f"{quota} {period_us}")
         return group
+
+    def command(self, name: str, *command: str) -> list[str]:
+        """``command`` started inside cgroup ``name`` (the shell joins it, then execs)."""
+        procs = self.path / name / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "edgeci-cgroup", *command]
 
     def remove(self, name: str) -> None:
         group = self.path / name
@@ -127,11 +152,8 @@ class EmulatedCluster:
 
     def in_namespace(self, index: int | None, *command: str) -> list[str]:
         """``command`` run inside a device's (or, for None, the hub's) namespace and cgroup."""
-        root = CgroupRoot.find()
-        procs = root.path / self.cgroup(index) / "cgroup.procs"
         namespace = self.hub if index is None else self.namespace(index)
-        wrapper = f'echo $$ > "{procs}" && exec ip netns exec {namespace} "$@"'
-        return ["sh", "-c", wrapper, "edgeci-emulated", *command]
+        return CgroupRoot.find().command(self.cgroup(index), "ip", "netns", "exec", namespace, *command)
 
 
 def _tbf(namespace: str, device: str, mbit: float) -> None:

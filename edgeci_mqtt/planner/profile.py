@@ -178,15 +178,28 @@ class DeviceProfile:
             raise EdgeCIError(f"malformed device profile: {exc!r}") from exc
 
 
-def _best_time(fn: Callable[[], object], runs: int = 3) -> float:
+def _best_time(fn: Callable[[], object], runs: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
     """Fastest of ``runs`` runs after a warm-up: the op's own speed, noise removed."""
     fn()
     best = math.inf
     for _ in range(runs):
-        started = time.perf_counter()
+        started = clock()
         fn()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, clock() - started)
     return best
+
+
+def _probe_clock(threads: int) -> Callable[[], float]:
+    """The clock the shape probes are timed with.
+
+    Under a CPU quota a short probe's wall time depends on where it falls in the
+    scheduler period (it runs at full speed, or waits out the rest of the period),
+    so wall-clock probes give a jagged, meaningless shape. With one torch thread the
+    op runs on this thread, whose CPU time counts only the time it actually ran: the
+    shape comes out as at full speed and the sustained run, in wall time, scales it.
+    With more threads the work runs on torch's pool, so wall time is all we have.
+    """
+    return time.thread_time if threads == 1 else time.perf_counter
 
 
 def _conv_probe(cin: int, cout: int, k: int, side: int, gen: torch.Generator) -> tuple[Callable[[], object], int]:
@@ -216,15 +229,20 @@ def measure_profile(threads: int = 1) -> DeviceProfile:
 
 
 def _measure_shape(threads: int) -> DeviceProfile:
+    clock = _probe_clock(threads)
+
+    def best(fn: Callable[[], object], runs: int = 3) -> float:
+        return _best_time(fn, runs, clock)
+
     gen = torch.Generator().manual_seed(0)
     fn, flops = _conv_probe(64, 64, 3, 14, gen)
-    largest = flops / _best_time(fn, 2) * _PROBE_SECONDS  # FLOPs of the largest probe run
+    largest = flops / best(fn, 2) * _PROBE_SECONDS  # FLOPs of the largest probe run
     depths, rows = [], []
     for cin, cout, k in sorted(_CONV_PROBES, key=lambda p: p[0] * p[2] * p[2]):
         row: list[float] = []
         for side in _CONV_SIDES:
             fn, flops = _conv_probe(cin, cout, k, side, gen)
-            row.append(row[-1] if row and flops > largest else flops / _best_time(fn))
+            row.append(row[-1] if row and flops > largest else flops / best(fn))
         depths.append(cin * k * k)
         rows.append(tuple(row))
     x = torch.randn(1, 64, 112, 112, generator=gen)
@@ -237,21 +255,21 @@ def _measure_shape(threads: int) -> DeviceProfile:
     }
     vec, weights = torch.randn(1, 4096, generator=gen), torch.randn(4096, 4096, generator=gen)
     elementwise["fc"] = (lambda: F.linear(vec, weights), weights.numel() * 4)
-    rates = {kind: moved / _best_time(fn) for kind, (fn, moved) in elementwise.items()}
+    rates = {kind: moved / best(fn) for kind, (fn, moved) in elementwise.items()}
     quarter = x.numel() // 4  # outputs of a stride-2 pool
     pool_rates = {  # VGG's 2x2/2 and ResNet's 3x3/2 windows
         "maxpool": (
-            (4, 4 * quarter / _best_time(lambda: F.max_pool2d(x, 2, 2))),
-            (9, 9 * quarter / _best_time(lambda: F.max_pool2d(x, 3, 2, 1))),
+            (4, 4 * quarter / best(lambda: F.max_pool2d(x, 2, 2))),
+            (9, 9 * quarter / best(lambda: F.max_pool2d(x, 3, 2, 1))),
         ),
         "avgpool": (
-            (4, 4 * quarter / _best_time(lambda: F.avg_pool2d(x, 2, 2))),
-            (9, 9 * quarter / _best_time(lambda: F.avg_pool2d(x, 3, 2, 1))),
+            (4, 4 * quarter / best(lambda: F.avg_pool2d(x, 2, 2))),
+            (9, 9 * quarter / best(lambda: F.avg_pool2d(x, 3, 2, 1))),
         ),
     }
     relu, tiny = ReLUStage("probe"), torch.zeros(1, 1, 1, 1)
     region, shape = TileRegion.of(0, 1, 0, 1), FeatureShape(1, 1, 1)
-    overhead = _best_time(lambda: relu.run(tiny, region, region, shape), 20)
+    overhead = best(lambda: relu.run(tiny, region, region, shape), 20)
     return DeviceProfile(tuple(depths), _CONV_SIDES, tuple(rows), rates, pool_rates, overhead, threads)
 
 
