@@ -343,7 +343,8 @@ class ResultMessage(Message):
     device: str
     out_region: list[int]
     output: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)  # queue_s, compute_s, encode_s
+    # queue_s, compute_s, encode_s; received_at, started_at, computed_at (the device's wall clock)
+    timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
 
@@ -355,11 +356,13 @@ class InferRequest(Message):
         "model": str,
         "strategy": str,
         "image": dict,
+        "trace": bool,
     }
     request: str
     model: str
     image: dict[str, Any]
     strategy: str = ""
+    trace: bool = False  # answer with the measured timeline (``edgeci_mqtt.timeline`` rows)
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,7 @@ class InferResponse(Message):
         "orchestrator": str,
         "strategy": str,
         "devices": list,
+        "timeline": list,
     }
     request: str
     logits: dict[str, Any] = field(default_factory=dict)
@@ -381,6 +385,7 @@ class InferResponse(Message):
     orchestrator: str = ""
     strategy: str = ""
     devices: list[str] = field(default_factory=list)
+    timeline: list[list[Any]] = field(default_factory=list)  # for a traced request
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceError, InferenceResult
 from edgeci_mqtt.runtime.models_held import weights_digest
 from edgeci_mqtt.runtime.transport import Connection
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     AuctionCall,
@@ -66,6 +67,32 @@ def test_every_strategy_gives_the_local_result(
         assert exact(result, chains[model], x), (model, strategy)
         assert result.strategy == strategy and result.orchestrator in cluster.orchestrators
         assert result.devices, "the devices did the work"
+
+
+@pytest.mark.parametrize("strategy", ["deepthings", "edgeci"])
+def test_a_traced_request_returns_the_measured_timeline(
+    client: EdgeCIClient, chains: dict[str, StageChain], strategy: str
+) -> None:
+    x = load_input(SAMPLE_IMAGE, 64)
+    untraced = client.infer(x, "smallcnn", strategy, timeout=60)
+    assert untraced.timeline == ()
+    result = client.infer(x, "smallcnn", strategy, timeout=60, trace=True)
+    assert exact(result, chains["smallcnn"], x)
+    by_kind: dict[str, list[Interval]] = {}
+    for interval in result.timeline:
+        assert 0.0 <= interval.start <= interval.end <= result.latency_s, interval
+        by_kind.setdefault(interval.kind, []).append(interval)
+    orchestrator = {i.kind for i in result.timeline if i.resource == ORCHESTRATOR}
+    assert {"plan", "prepare", "merge", "tail"} <= orchestrator
+    assert ("auction" in orchestrator) == (strategy == "edgeci")
+    # every task: sent, received, computed and returned by a device that did the work, in that order
+    tasks = len(by_kind["prepare"])
+    assert len(by_kind["receive"]) == len(by_kind["compute"]) == len(by_kind["send"]) == len(by_kind["merge"]) == tasks
+    assert {i.resource for i in by_kind["compute"]} == set(result.devices)
+    for down, work, up in zip(by_kind["receive"], by_kind["compute"], by_kind["send"], strict=True):
+        assert down.resource == work.resource == up.resource and down.label == work.label == up.label
+        assert down.end <= work.start <= work.end <= up.start
+    assert max(i.end for i in result.timeline) <= result.timings["total_s"]
 
 
 def test_two_orchestrators_share_concurrent_requests(cluster: LocalCluster, chains: dict[str, StageChain]) -> None:

@@ -15,7 +15,8 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.strategies import context_for, make_plan
-from edgeci_mqtt.sim.simulator import ORCHESTRATOR, simulate
+from edgeci_mqtt.sim.simulator import simulate
+from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
 
 RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops

@@ -18,6 +18,7 @@ from torch import Tensor
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.imaging import load_input
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
+from edgeci_mqtt.timeline import Interval, intervals_from_rows
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     InferRequest,
@@ -45,6 +46,7 @@ class InferenceResult:
     strategy: str
     devices: list[str]
     timings: dict[str, float]
+    timeline: tuple[Interval, ...] = ()  # what each resource did (seconds from the request), if traced
 
 
 class EdgeCIClient:
@@ -72,13 +74,19 @@ class EdgeCIClient:
         strategy: str = "",
         timeout: float = 60.0,
         size: int = 224,
+        trace: bool = False,
     ) -> InferenceResult:
-        """Scores for one image (a file, or a normalised (1, 3, H, W) tensor)."""
+        """Scores for one image (a file, or a normalised (1, 3, H, W) tensor).
+
+        With ``trace`` the answer carries the orchestrator's measured timeline: its own
+        planning, auctions, message preparation, merges and tail, and each device's
+        download, compute and upload of every task.
+        """
         x = load_input(Path(image), size) if isinstance(image, Path | str) else image
         if x.dim() == 3:
             x = x[None]
         request_id = uuid.uuid4().hex
-        message = InferRequest(request_id, model, encode_tensor(x.float().contiguous()), strategy)
+        message = InferRequest(request_id, model, encode_tensor(x.float().contiguous()), strategy, trace)
         payload = encode(message)
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
@@ -104,12 +112,18 @@ class EdgeCIClient:
                 raise InferenceError(f"unexpected {response.kind} message as a response")
             if response.error:
                 raise InferenceError(response.error)
+            latency = time.perf_counter() - started
+            try:
+                timeline = intervals_from_rows(response.timeline)
+            except WireError as exc:
+                raise InferenceError(f"malformed timeline in the response: {exc}") from exc
             return InferenceResult(
                 decode_tensor(response.logits, "response.logits").to(torch.float32),
-                time.perf_counter() - started,
+                latency,
                 response.orchestrator,
                 response.strategy,
                 list(response.devices),
                 dict(response.timings),
+                timeline,
             )
         raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)")

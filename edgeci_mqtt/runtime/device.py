@@ -368,8 +368,15 @@ class DeviceAgent:
                     )
                 computed = time.perf_counter()
                 payload = encode_tensor(out.contiguous())
-                timings = {"queue_s": started - task.received, "compute_s": computed - started}
-                timings["encode_s"] = time.perf_counter() - computed
+                wall = time.time() - time.perf_counter()  # for the orchestrator's timeline
+                timings = {
+                    "queue_s": started - task.received,
+                    "compute_s": computed - started,
+                    "encode_s": time.perf_counter() - computed,
+                    "received_at": wall + task.received,
+                    "started_at": wall + started,
+                    "computed_at": wall + computed,
+                }
                 result = ResultMessage(
                     message.request, message.task, self.device_id, region_list(task.out_region), payload, timings
                 )

@@ -28,6 +28,7 @@ from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.runtime.models_held import HeldModel
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AuctionCall,
     Award,
@@ -83,11 +84,15 @@ class _Pending:
     device: str
     deadline: float
     cols: Span
+    sent: float  # perf_counter once published
+    label: str  # for the timeline
 
 
 class InferenceRun:
     """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices;
-    ``prepare(device, block)`` runs before a task is sent (weights for fetching devices)."""
+    ``prepare(device, block)`` runs before a task is sent (weights for fetching devices).
+    With ``trace``, ``timeline`` collects what every resource did, in seconds from
+    ``origin`` (a ``perf_counter`` value: when the request arrived)."""
 
     def __init__(
         self,
@@ -103,6 +108,8 @@ class InferenceRun:
         mail: Mailboxes,
         auction_s: float,
         auctioned: bool,
+        origin: float,
+        trace: bool = False,
     ) -> None:
         self.orchestrator, self.request, self.held, self.plan, self.shapes = orchestrator, request, held, plan, shapes
         self.devices, self.publish, self.prepare, self.mail = devices, publish, prepare, mail
@@ -110,6 +117,14 @@ class InferenceRun:
         self.timings = Timings()
         self.failed: set[str] = set()
         self.used: set[str] = set()
+        self.origin = origin
+        self.timeline: list[Interval] | None = [] if trace else None
+        self._wall_offset = time.time() - time.perf_counter()
+
+    def mark(self, resource: str, kind: str, start: float, end: float, label: str = "") -> None:
+        """Record an interval (``perf_counter`` times) if this request is traced."""
+        if self.timeline is not None:
+            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, label))
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
@@ -119,6 +134,7 @@ class InferenceRun:
         with torch.inference_mode():
             logits = self.held.chain.tail(x)
         self.timings.tail_s = time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "tail", started, started + self.timings.tail_s)
         return logits
 
     # ------------------------------------------------------------ blocks
@@ -141,6 +157,7 @@ class InferenceRun:
                     TileRegion.whole(out_shape.height, out_shape.width),
                 )
             self.timings.gateway_s += time.perf_counter() - started
+            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), _block_label(block))
             return out
         out_shape = self.shapes[block.stop]
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
@@ -237,6 +254,7 @@ class InferenceRun:
             Topics.auction_award(round_id), encode(Award(round_id, [[d, s.start, s.stop] for d, s in won.runs]))
         )
         self.timings.auction_s += time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{_block_label(block)}: {len(bids)} bids")
         return [
             make_task(
                 self.held.chain.stages,
@@ -269,11 +287,14 @@ class InferenceRun:
         view = next((d for d in self.devices() if d.name == device), None)
         predicted = self._predict(view, block, task) if view else 1.0
         allowed = min(MAX_TASK_DEADLINE_S, max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted))
-        pending[task_id] = _Pending(task, device, time.perf_counter() + allowed, task.out_region.cols)
         self.prepare(device, block)
         self.publish(Topics.device_tasks(device), encode(message))
+        sent = time.perf_counter()
+        label = _task_label(block, task)
+        pending[task_id] = _Pending(task, device, sent + allowed, task.out_region.cols, sent, label)
         self.used.add(device)
-        self.timings.scatter_s += time.perf_counter() - started
+        self.timings.scatter_s += sent - started
+        self.mark(ORCHESTRATOR, "prepare", started, sent, f"{device} {label}")
 
     def _predict(self, view: DeviceView, block: FusedBlock, task: Task) -> float:
         rows = self.held.row_model(self.shapes[0].height, self.shapes[0].width)
@@ -296,7 +317,7 @@ class InferenceRun:
             entry.deadline = 0.0  # recovered by _lost
             self.failed.add(result.device)
             return None
-        started = time.perf_counter()
+        started = time.perf_counter()  # about when it arrived: the dispatcher queues it at once
         region = entry.task.out_region
         try:
             tile = decode_tensor(result.output, "result.output")
@@ -319,8 +340,29 @@ class InferenceRun:
         out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = tile
         del pending[result.task]
         self.timings.merge_s += time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), f"{result.device} {region}")
+        self._mark_device(result, entry, started)
         compute = result.timings.get("compute_s", 0.0)
         return float(compute) if isinstance(compute, int | float) and math.isfinite(compute) else 0.0
+
+    def _mark_device(self, result: ResultMessage, entry: _Pending, arrived: float) -> None:
+        """The device's link and CPU intervals of a task, from the times it reported.
+
+        Its clock is only trusted between our send and our receipt: on real boards
+        clocks drift by milliseconds, so its instants are clamped into that window.
+        """
+        if self.timeline is None:
+            return
+        instants = []
+        for key in ("received_at", "started_at", "computed_at"):
+            value = result.timings.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                return
+            instants.append(min(max(float(value) - self._wall_offset, entry.sent), arrived))
+        received, started, computed = sorted(instants)
+        self.mark(entry.device, "receive", entry.sent, received, entry.label)
+        self.mark(entry.device, "compute", started, computed, entry.label)
+        self.mark(entry.device, "send", computed, arrived, entry.label)
 
     def _lost(self, pending: dict[str, _Pending]) -> list[tuple[str, _Pending]]:
         """Tasks whose device went offline, failed, or is silent past its deadline."""
@@ -336,6 +378,15 @@ class InferenceRun:
                 self.failed.add(entry.device)
                 lost.append((task_id, entry))
         return lost
+
+
+def _block_label(block: FusedBlock) -> str:
+    return f"stages {block.start}-{block.stop}"
+
+
+def _task_label(block: FusedBlock, task: Task) -> str:
+    rows = task.out_region.rows
+    return f"{_block_label(block)} rows {rows.start}-{rows.stop}"
 
 
 def _valid_bid(message: BidMessage, count: int) -> Bid | None:

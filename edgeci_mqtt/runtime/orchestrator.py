@@ -31,6 +31,7 @@ from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
+from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
     BidMessage,
     DeviceState,
@@ -274,7 +275,10 @@ class Orchestrator:
             mail=self.mail,
             auction_s=self.auction_s,
             auctioned=strategy == "edgeci",
+            origin=request.received,
+            trace=message.trace,
         )
+        run.mark(ORCHESTRATOR, "plan", started, planned, strategy)
         logits = run.run(image)
         run.timings.plan_s = planned - started
         timings = run.timings.as_dict()
@@ -294,4 +298,5 @@ class Orchestrator:
             orchestrator=self.id,
             strategy=strategy,
             devices=sorted(run.used),
+            timeline=[i.to_row() for i in run.timeline or ()],
         )

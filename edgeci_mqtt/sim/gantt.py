@@ -6,11 +6,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.sim.simulator import ORCHESTRATOR, Interval
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 
 __all__ = ["COLOURS", "write_gantt"]
 
 COLOURS = {
+    "plan": "#b794f4",
+    "auction": "#ecc94b",
     "compute": "#2b6cb0",
     "gateway": "#2b6cb0",
     "receive": "#9ae6b4",

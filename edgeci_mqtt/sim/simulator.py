@@ -32,22 +32,11 @@ from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 
-__all__ = ["ORCHESTRATOR", "Interval", "SimResult", "WorkOf", "simulate"]
+__all__ = ["SimResult", "WorkOf", "simulate"]
 
-ORCHESTRATOR = "orchestrator"
 WorkOf = Callable[[FusedBlock, TileRegion], Sequence[OpWork]]
-
-
-@dataclass(frozen=True)
-class Interval:
-    """``resource`` was busy with ``kind`` from ``start`` to ``end`` (seconds)."""
-
-    resource: str
-    kind: str  # compute | receive | send | prepare | merge | gateway | tail
-    start: float
-    end: float
-    label: str = ""
 
 
 @dataclass(frozen=True)

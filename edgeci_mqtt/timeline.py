@@ -1,0 +1,57 @@
+"""Timelines: which resource was busy with what, and when; simulated or measured alike.
+
+The simulator produces them from a plan; the orchestrator records them for a traced
+request (``EdgeCIClient.infer(..., trace=True)``) so a measured run can be drawn with
+the same Gantt chart and compared with the prediction, interval by interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edgeci_mqtt.wire import WireError
+
+__all__ = ["KINDS", "ORCHESTRATOR", "Interval", "intervals_from_rows"]
+
+ORCHESTRATOR = "orchestrator"
+KINDS: tuple[str, ...] = ("plan", "auction", "prepare", "receive", "compute", "send", "merge", "gateway", "tail")
+"""What a resource can be busy with. ``receive``/``send`` are a device's link, down and
+up; the other kinds are CPU work (``prepare``: slicing and encoding a task message)."""
+
+_MAX_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """``resource`` was busy with ``kind`` from ``start`` to ``end`` (seconds from the request)."""
+
+    resource: str
+    kind: str
+    start: float
+    end: float
+    label: str = ""
+
+    def to_row(self) -> list[Any]:
+        return [self.resource, self.kind, self.start, self.end, self.label]
+
+
+def intervals_from_rows(rows: object) -> tuple[Interval, ...]:
+    """Intervals from their wire rows; :class:`WireError` names the first bad row."""
+    if not isinstance(rows, list) or len(rows) > _MAX_ROWS:
+        raise WireError(f"a timeline is a list of at most {_MAX_ROWS} rows")
+    intervals = []
+    for index, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 5):
+            raise WireError(f"timeline row {index} is not [resource, kind, start, end, label]")
+        resource, kind, start, end, label = row
+        times_ok = all(
+            isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in (start, end)
+        )
+        if not (isinstance(resource, str) and isinstance(label, str) and kind in KINDS and times_ok):
+            raise WireError(f"timeline row {index} is malformed: {row!r:.200}")
+        if end < start:
+            raise WireError(f"timeline row {index} ends before it starts")
+        intervals.append(Interval(resource, kind, float(start), float(end), label))
+    return tuple(intervals)
