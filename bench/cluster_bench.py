@@ -29,12 +29,14 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
-from edgeci_mqtt.sim.simulator import simulate
+from edgeci_mqtt.sim.gantt import write_gantt
+from edgeci_mqtt.sim.simulator import SimResult, simulate
+from edgeci_mqtt.timeline import intervals_from_rows
 
 BASELINES = ("modnn", "deepthings", "aofl")
 
 
-def predicted(model: str, devices: dict[str, dict], orchestrator: DeviceProfile, broker: Link) -> dict[str, float]:
+def predicted(model: str, devices: dict[str, dict], orchestrator: DeviceProfile, broker: Link) -> dict[str, SimResult]:
     env = Environment(
         tuple(
             DeviceView(
@@ -50,7 +52,26 @@ def predicted(model: str, devices: dict[str, dict], orchestrator: DeviceProfile,
     chain = load_chain(model)
     ctx = context_for(chain, env)
     work = TaskWork(ctx.stages, ctx.shapes)
-    return {s: simulate(make_plan(s, ctx), env, work).makespan_s for s in STRATEGIES}
+    return {s: simulate(make_plan(s, ctx), env, work) for s in STRATEGIES}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run whose latency is the median (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["latency_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def gantts(cluster: str, model: str, runs: dict[str, list[dict]], sim: dict[str, SimResult], devices: list[str]) -> str:
+    """Measured (median run of each strategy) and predicted Gantt charts; their markdown."""
+    measured = {s: intervals_from_rows(median_run(v)["timeline"]) for s, v in runs.items()}
+    names = {kind: f"gantt-{kind}-{cluster}-{model}.png" for kind in ("measured", "predicted")}
+    write_gantt(measured, devices, DOCS / "img" / names["measured"])
+    write_gantt({s: sim[s].timeline for s in runs}, devices, DOCS / "img" / names["predicted"])
+    return (
+        f"#### {model} on {cluster}\n\nMeasured (the median run of each strategy):\n\n"
+        f"![measured]({'img/' + names['measured']})\n\nPredicted by the simulator:\n\n"
+        f"![predicted]({'img/' + names['predicted']})\n"
+    )
 
 
 def p90(values: list[float]) -> float:
@@ -79,6 +100,7 @@ def main() -> int:
         "sim (ms) | sim error |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    charts: list[str] = []
     for name in args.clusters.split(","):
         spec = load_cluster(name)
         print(f"== {name}: starting {len(spec.devices)} devices ...", file=sys.stderr, flush=True)
@@ -108,7 +130,9 @@ def main() -> int:
         raw[name] = data
         orchestrator = host.scaled(spec.broker.cpu)
         for model, runs in data["runs"].items():
-            sim = predicted(model, data["devices"], orchestrator, spec.broker.link)
+            results = predicted(model, data["devices"], orchestrator, spec.broker.link)
+            sim = {strategy: r.makespan_s for strategy, r in results.items()}
+            charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
             medians = {s: statistics.median(r["latency_s"] for r in v) for s, v in runs.items()}
             best = min(medians[b] for b in BASELINES if b in medians)
             for strategy, values in runs.items():
@@ -122,6 +146,7 @@ def main() -> int:
                 print(lines[-1], flush=True)
     (DOCS / "bench").mkdir(exist_ok=True)
     (DOCS / "bench" / "cluster_bench.json").write_text(json.dumps(raw, indent=1))
+    lines += ["", "### Gantt charts", "", *charts]
     write_section("cluster_bench", "\n".join(lines))
     return 0
 

@@ -64,7 +64,7 @@ def main() -> int:
             for round_index in range(args.warmup + args.runs):
                 order = strategies[round_index % len(strategies) :] + strategies[: round_index % len(strategies)]
                 for strategy in order:
-                    answer = client.infer(x, model, strategy, timeout=600)
+                    answer = client.infer(x, model, strategy, timeout=600, trace=True)
                     print(
                         f"{model} {strategy} round {round_index}: {answer.latency_s * 1e3:.0f} ms",
                         file=sys.stderr,
@@ -72,7 +72,12 @@ def main() -> int:
                     )
                     if round_index >= args.warmup:
                         runs[strategy].append(
-                            {"latency_s": answer.latency_s, "timings": answer.timings, "devices": answer.devices}
+                            {
+                                "latency_s": answer.latency_s,
+                                "timings": answer.timings,
+                                "devices": answer.devices,
+                                "timeline": [i.to_row() for i in answer.timeline],
+                            }
                         )
             result["runs"][model] = runs  # type: ignore[index]
     with open(args.out, "w") as handle:

@@ -128,8 +128,14 @@ class InferenceRun:
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
+        on_devices = [b for b in self.plan.blocks if b.placement != "orchestrator"]
+        if self.auctioned:  # every block's round at once: one round trip, not one per block
+            awarded = self._auctions([(b.block, self._items(b.block), self._width(b.block)) for b in on_devices])
+        else:
+            awarded = [list(b.tasks) for b in on_devices]
+        tasks = {id(b): t for b, t in zip(on_devices, awarded, strict=True)}
         for block_plan in self.plan.blocks:
-            x = self._block(block_plan, x)
+            x = self._block(block_plan, x, tasks.get(id(block_plan), []))
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.held.chain.tail(x)
@@ -141,7 +147,14 @@ class InferenceRun:
     def _candidates(self) -> list[DeviceView]:
         return [d for d in self.devices() if d.name not in self.failed]
 
-    def _block(self, block_plan: BlockPlan, x: Tensor) -> Tensor:
+    def _items(self, block: FusedBlock) -> list[Span]:
+        return list(auction_items(self.shapes[block.stop]))
+
+    def _width(self, block: FusedBlock) -> Span:
+        return Span(0, self.shapes[block.stop].width)
+
+    def _block(self, block_plan: BlockPlan, x: Tensor, tasks: list[Task]) -> Tensor:
+        """Run one block; ``tasks`` are its awarded (or planned) tasks, if on devices."""
         block = block_plan.block
         stages = self.held.chain.stages
         if block_plan.placement == "orchestrator":
@@ -161,11 +174,9 @@ class InferenceRun:
             return out
         out_shape = self.shapes[block.stop]
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
-        width = Span(0, out_shape.width)
-        if self.auctioned:
-            tasks = self._auction(block, list(auction_items(out_shape)), width)
-        else:
-            tasks = list(block_plan.tasks)
+        live = {d.name for d in self._candidates()}
+        if self.auctioned and any(t.device not in live for t in tasks):  # a winner left since the auction
+            tasks = self._auctions([(block, self._items(block), self._width(block))])[0]
         pull = block_plan.dispatch == "pull"
         waiting: deque[Task] = deque(tasks if pull else [])
         pending: dict[str, _Pending] = {}
@@ -201,7 +212,8 @@ class InferenceRun:
                         self._send(block, waiting.popleft(), idle, x, pending)
                 else:
                     rows = item.task.out_region.rows
-                    for task in self._auction(block, [Span(r, r + 1) for r in range(rows.start, rows.stop)], item.cols):
+                    lot = (block, [Span(r, r + 1) for r in range(rows.start, rows.stop)], item.cols)
+                    for task in self._auctions([lot])[0]:
                         self._send(block, task, task.device, x, pending)
             if pull and waiting and not pending:
                 idle = self._idle(pending)
@@ -217,12 +229,44 @@ class InferenceRun:
         return next((d.name for d in self._candidates() if d.name not in busy), None)
 
     # ------------------------------------------------------------ auction
-    def _auction(self, block: FusedBlock, items: list[Span], cols: Span) -> list[Task]:
-        """A real auction round: call, bids until all candidates answered or the deadline, award."""
+    def _auctions(self, lots: list[tuple[FusedBlock, list[Span], Span]]) -> list[list[Task]]:
+        """Real auction rounds, one per lot (a block's rows and columns), held at once.
+
+        Every call goes out first; bids are collected until every candidate has
+        answered every round or the window closes; then each round is awarded.
+        """
+        if not lots:
+            return []
         started = time.perf_counter()
         candidates = {d.name for d in self._candidates()}
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
+        rounds = [self._call(block, items) for block, items, _ in lots]
+        deadline = started + self.auction_window_s
+        bids: list[dict[str, Bid]] = [{} for _ in rounds]
+        try:
+            for (_, box), (_, items, _), received in zip(rounds, lots, bids, strict=True):
+                while len(received) < len(candidates) and (remaining := deadline - time.perf_counter()) > 0:
+                    try:
+                        message = box.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                    bid = _valid_bid(message, len(items))
+                    if bid is not None and bid.device in candidates:
+                        received[bid.device] = bid
+        finally:
+            for round_id, _ in rounds:
+                self.mail.bids.pop(round_id, None)
+        awarded = [
+            self._award(round_id, block, items, cols, received)
+            for (round_id, _), (block, items, cols), received in zip(rounds, lots, bids, strict=True)
+        ]
+        self.timings.auction_s += time.perf_counter() - started
+        answered = min(len(b) for b in bids)
+        self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds, >= {answered} bids")
+        return awarded
+
+    def _call(self, block: FusedBlock, items: list[Span]) -> tuple[str, queue.Queue[BidMessage]]:
         round_id = uuid.uuid4().hex[:12]
         box: queue.Queue[BidMessage] = queue.Queue()
         self.mail.bids[round_id] = box
@@ -236,25 +280,15 @@ class InferenceRun:
             self.auction_window_s * 1e3,
         )
         self.publish(Topics.auction_call(round_id), encode(call))
-        bids: dict[str, Bid] = {}
-        deadline = started + self.auction_window_s
-        try:
-            while len(bids) < len(candidates) and (remaining := deadline - time.perf_counter()) > 0:
-                try:
-                    message = box.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                bid = _valid_bid(message, len(items))
-                if bid is not None and bid.device in candidates:
-                    bids[bid.device] = bid
-        finally:
-            self.mail.bids.pop(round_id, None)
+        return round_id, box
+
+    def _award(
+        self, round_id: str, block: FusedBlock, items: list[Span], cols: Span, bids: dict[str, Bid]
+    ) -> list[Task]:
         won = award(list(bids.values()), len(items))  # no bid, no work
         self.publish(
             Topics.auction_award(round_id), encode(Award(round_id, [[d, s.start, s.stop] for d, s in won.runs]))
         )
-        self.timings.auction_s += time.perf_counter() - started
-        self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{_block_label(block)}: {len(bids)} bids")
         return [
             make_task(
                 self.held.chain.stages,
