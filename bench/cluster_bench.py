@@ -21,13 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from bench.report import DOCS, machine_line, write_section
-from edgeci_mqtt.emulation.processes import emulated_run
+from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.cluster import Link, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
@@ -53,6 +55,14 @@ def predicted(model: str, devices: dict[str, dict], orchestrator: DeviceProfile,
     ctx = context_for(chain, env)
     work = TaskWork(ctx.stages, ctx.shapes)
     return {s: simulate(make_plan(s, ctx), env, work) for s in STRATEGIES}
+
+
+def orchestrator_profile(run: EmulatedRun, tmp: Path) -> DeviceProfile:
+    """The orchestrator's profile, measured as the devices measure theirs: in its cgroup."""
+    out = tmp / "orchestrator-profile.yaml"
+    command = run.cluster.in_namespace(None, sys.executable, "-m", "edgeci_mqtt", "profile", "--output", str(out))
+    subprocess.run(command, check=True, capture_output=True)
+    return DeviceProfile.from_dict(yaml.safe_load(out.read_text()))
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -86,7 +96,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
-    host = measure_profile(1)
     raw: dict[str, object] = {}
     lines = [
         "## Emulated clusters: every strategy measured (and simulated)",
@@ -94,7 +103,8 @@ def main() -> int:
         f"`sudo python -m bench.cluster_bench --clusters {args.clusters} --runs {args.runs}` on {machine_line()}. "
         f"Median and p90 of {args.runs} interleaved runs after {args.warmup} warm-up round(s), end-to-end latency "
         "seen by a client on the broker host. *sim*: the simulator's makespan for the same strategy on the "
-        "devices' published (measured) profiles and links; error = (sim - measured) / measured.",
+        "devices' published (measured) profiles and links and the orchestrator's profile measured in its cgroup; "
+        "error = (sim - measured) / measured.",
         "",
         "| cluster | model | strategy | median (ms) | p90 (ms) | speed-up vs local | ratio vs best baseline | "
         "sim (ms) | sim error |",
@@ -127,8 +137,8 @@ def main() -> int:
             ]
             subprocess.run(run.in_hub(*driver), check=True, cwd=Path(__file__).resolve().parent.parent)
             data = json.loads(out.read_text())
+            orchestrator = orchestrator_profile(run, Path(tmp))
         raw[name] = data
-        orchestrator = host.scaled(spec.broker.cpu)
         for model, runs in data["runs"].items():
             results = predicted(model, data["devices"], orchestrator, spec.broker.link)
             sim = {strategy: r.makespan_s for strategy, r in results.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -15,7 +16,7 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.strategies import context_for, make_plan
-from edgeci_mqtt.sim.simulator import simulate
+from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
 
@@ -59,6 +60,28 @@ def test_one_task_timeline_is_exact() -> None:
         (ORCHESTRATOR, "merge"),
         (ORCHESTRATOR, "tail"),
     ]
+
+
+def test_an_auctioned_plan_first_waits_for_every_bid() -> None:
+    """Calls down, bids priced, bids up (one hand-computed round trip), award, then the block."""
+    slow = DeviceView("slow", flat_profile(), Link(8.0, 10.0))  # 1e6 B/s, 10 ms
+    fast = DeviceView("fast", flat_profile(), Link(80.0, 1.0))
+    env = Environment((fast, slow), flat_profile(), Link(800.0, 0.0))
+    tasks = [Task("fast", tile(0), tile(0), 1000, 500), Task("slow", tile(1), tile(1), 1000, 500)]
+    plain = one_block_plan(tasks)
+    auctioned = dataclasses.replace(plain, auctioned=True)
+    work = lambda block, region: relu_work(0.01)  # noqa: E731
+    result = simulate(auctioned, env, work)
+    call = (200 + 256) / 1e8 + (200 + 256) / 1e6 + 10e-3  # behind the fast call on the broker link
+    bids = AUCTION_ROUND_OPS * OVERHEAD
+    back = (2 * 20 + 256) / 1e6 + 10e-3  # two items (rows), priced twice each
+    awarded = call + bids + back + AUCTION_ROUND_OPS * OVERHEAD
+    auction = [i for i in result.timeline if i.kind == "auction"]
+    assert {i.resource for i in auction} == {ORCHESTRATOR, "fast", "slow"}
+    assert max(i.end for i in auction) == pytest.approx(awarded, rel=1e-9)
+    first_prepare = min(i.start for i in result.timeline if i.kind == "prepare")
+    assert first_prepare == pytest.approx(awarded, rel=1e-9)
+    assert result.makespan_s > simulate(plain, env, work).makespan_s + call + back
 
 
 def test_the_broker_link_is_shared() -> None:
@@ -105,4 +128,7 @@ def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> Non
         assert {t.device for b in plan.blocks for t in b.tasks} == {"only"}
         if strategy != "modnn":  # MoDNN syncs after every layer by design
             assert len(plan.blocks) == 1
-            assert simulate(plan, env, work).makespan_s == pytest.approx(local.makespan_s, rel=1e-9)
+            unauctioned = dataclasses.replace(plan, auctioned=False)
+            assert simulate(unauctioned, env, work).makespan_s == pytest.approx(local.makespan_s, rel=1e-9)
+    edgeci = simulate(make_plan("edgeci", ctx), env, work).makespan_s
+    assert edgeci > local.makespan_s + 2 * 2e-3  # its auction: one round trip before the block

@@ -53,6 +53,8 @@ class Plan:
     """A whole inference: spatial blocks in order, then the tail on the orchestrator.
 
     ``predicted_s`` is the planner's own estimate (the simulator's replay may differ).
+    ``auctioned``: at run time the devices bid for each block's rows (AWAS) and the
+    award replaces the planned tasks, which are then what the planner expects it to be.
     """
 
     strategy: str
@@ -61,6 +63,7 @@ class Plan:
     blocks: tuple[BlockPlan, ...]
     tail_work: tuple[OpWork, ...]
     predicted_s: float = 0.0
+    auctioned: bool = False
 
     @property
     def devices(self) -> tuple[str, ...]:

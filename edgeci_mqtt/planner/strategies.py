@@ -71,8 +71,8 @@ class PlanningContext:
     def estimator(self) -> BlockEstimator:
         return BlockEstimator(self.rows, self.env)
 
-    def plan(self, strategy: str, blocks: Sequence[BlockPlan], predicted_s: float) -> Plan:
-        return Plan(strategy, self.model, self.shapes[0], tuple(blocks), self.tail_work, predicted_s)
+    def plan(self, strategy: str, blocks: Sequence[BlockPlan], predicted_s: float, auctioned: bool = False) -> Plan:
+        return Plan(strategy, self.model, self.shapes[0], tuple(blocks), self.tail_work, predicted_s, auctioned)
 
 
 def context_for(
@@ -202,7 +202,7 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
         items = auction_items(ctx.shapes[block.stop])
         won = award(_bids(ctx, block, items), len(items))
         plans.append(BlockPlan(block, award_tasks(ctx.stages, ctx.shapes, block, items, won)))
-    return ctx.plan("edgeci", plans, predicted)
+    return ctx.plan("edgeci", plans, predicted, auctioned=True)
 
 
 STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {

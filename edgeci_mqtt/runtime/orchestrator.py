@@ -274,7 +274,7 @@ class Orchestrator:
             prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
             auction_s=self.auction_s,
-            auctioned=strategy == "edgeci",
+            auctioned=plan.auctioned,
             origin=request.received,
             trace=message.trace,
         )
