@@ -32,6 +32,7 @@ def local_cluster(
     strategy: str = "edgeci",
     start: int | None = None,
     device_args: tuple[str, ...] = (),
+    orchestrator_args: tuple[str, ...] = (),
 ) -> Iterator[LocalCluster]:
     """Credentials for ``devices`` devices; the first ``start`` (default all) are started."""
     names = [f"dev-{i}" for i in range(1, devices + 1)]
@@ -53,6 +54,7 @@ def local_cluster(
                 "--strategy",
                 strategy,
                 *(a for m in models.split(",") for a in ("--model", m)),
+                *orchestrator_args,
             )
         wait_for_devices(broker, set(names), timeout=180, group=group)
         for oid in oids:

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.awas import Award, Bid, PlanningError, auction_items, award, make_bid
+from edgeci_mqtt.planner.awas import (
+    Award,
+    Bid,
+    PlanningError,
+    _Pricing,
+    _runs_in_order,
+    auction_items,
+    award,
+    make_bid,
+)
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView
 from tests.planning import device
@@ -116,8 +125,8 @@ def structured_bids(draw: st.DrawFn) -> tuple[list[Bid], int]:
 
 
 def brute_force_makespan(bids: list[Bid], count: int) -> float:
-    """Best makespan over every cut of the items into runs, devices in bid order, each
-    device taking one run or none."""
+    """Best makespan over every cut of the items into runs, devices in bid order (here also
+    name order, one of the orders the award sweeps), each device taking one run or none."""
     best = math.inf
     n = len(bids)
     for cuts in itertools.product(range(count + 1), repeat=n - 1):
@@ -147,3 +156,29 @@ def test_award_never_fails_on_valid_or_discards_non_finite_bids() -> None:
     assert_partition(won, 2)
     broken = Bid("nan", 0.0, (float("nan"), 1.0), (0.0, 0.0))
     assert "nan" not in dict(award([*lopsided, broken], 2).runs)
+
+
+HETERO = [("fast", 20.0), ("mid", 10.0), ("slow", 4.0), ("crawl", 1.0), ("mid2", 10.0)]
+
+
+@pytest.mark.parametrize("block", [FusedBlock(0, 10), FusedBlock(10, 17)])
+def test_the_award_does_not_depend_on_the_order_bids_arrive_in(vgg_rows: RowModel, block: FusedBlock) -> None:
+    items = auction_items(vgg_rows.shapes[block.stop])
+    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in HETERO]
+    first = award(bids, len(items))
+    for order in itertools.islice(itertools.permutations(bids), 1, None, 17):
+        assert award(list(order), len(items)) == first
+
+
+def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
+    """Who takes the edge strips (halo on one side only) matters; the award tries orders
+    by speed as well as by name and keeps the best."""
+    block = FusedBlock(17, 24)
+    items = auction_items(vgg_rows.shapes[block.stop])
+    named = [("a-fast", 20.0), ("b-mid", 10.0), ("c-slow", 12.0), ("d-mid", 10.0), ("e-fast", 20.0)]
+    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in named]
+    pricing = _Pricing(bids)
+    in_name_order = _runs_in_order(pricing, [n for n, _ in named], len(items))
+    won = award(bids, len(items))
+    assert_partition(won, len(items))
+    assert won.makespan_s < 0.95 * max(pricing.run(d, s.start, s.stop) for d, s in in_name_order)

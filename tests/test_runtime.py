@@ -276,6 +276,40 @@ def test_a_silent_device_is_replaced_after_its_deadline(tmp_path: Path, chains: 
         assert exact(own.infer(x, "smallcnn", timeout=60), chains["smallcnn"], x)
 
 
+def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(
+    tmp_path: Path, chains: dict[str, StageChain]
+) -> None:
+    """A ghost device that announces itself but never bids: far too slow to be given work,
+    it must not hold every auction to the end of its window."""
+    x = load_input(SAMPLE_IMAGE, 64)
+    window_s = 4.0
+    with (
+        local_cluster(
+            tmp_path, devices=2, models="smallcnn", orchestrator_args=("--auction-ms", str(window_s * 1e3))
+        ) as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        ghost = DeviceState(
+            "dev-9",
+            True,
+            flat_profile(gflops=1e-4).to_dict(),
+            {"bandwidth_mbit": 1.0, "latency_ms": 50.0},
+            {"smallcnn": weights_digest("smallcnn", None, 0)},
+        )
+        announcer = Connection(small.broker.address("orchestrator"), "announcer")
+        announcer.start()
+        try:
+            announcer.publish(Topics.device_state("dev-9"), encode(ghost), qos=1, retain=True, wait=5)
+        finally:
+            announcer.stop()
+        time.sleep(0.5)
+        result = own.infer(x, "smallcnn", "edgeci", timeout=60, trace=True)
+        assert exact(result, chains["smallcnn"], x) and "dev-9" not in result.devices
+        assert result.timings["auction_s"] < window_s / 4, result.timings
+        auction = [i for i in result.timeline if i.kind == "auction"]
+        assert auction and "dev-9" not in {i.resource for i in result.timeline}
+
+
 def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClient) -> None:
     watch = subprocess.Popen(
         [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher"), "--duration", "8"],

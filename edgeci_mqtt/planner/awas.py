@@ -191,21 +191,13 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
     return runs
 
 
-def award(bids: Sequence[Bid], count: int) -> Award:
-    """Award ``count`` items to the bidders, minimising the block's makespan."""
-    bids = [
-        b
-        for b in bids
-        if len(b.alone_s) == count and all(math.isfinite(v) for v in (*b.alone_s, *b.extend_s, b.queue_s))
-    ]
-    if not bids or count < 1:
-        raise PlanningError("no device bid for this block")
-    pricing = _Pricing(bids)
-    order = [b.device for b in bids]
+def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[tuple[str, Span]]:
+    """The best contiguous runs with devices in ``order``: binary search on the makespan
+    (each sweep is feasible or not), then re-auction moves."""
     alone = {d: pricing.run(d, 0, count) for d in order}
     cheapest = min(alone, key=alone.__getitem__)
     hi, lo = alone[cheapest], 0.0
-    best: list[tuple[str, Span]] | None = [(cheapest, Span(0, count))]  # one device alone: always feasible
+    best = [(cheapest, Span(0, count))]  # one device alone: always feasible
     for _ in range(60):
         if hi - lo <= 1e-9 * hi:
             break
@@ -215,8 +207,45 @@ def award(bids: Sequence[Bid], count: int) -> Award:
             lo = mid
         else:
             hi, best = mid, runs
-    assert best is not None
-    runs = _improve(pricing, best, order)
+    return _improve(pricing, best, order)
+
+
+def _orders(pricing: _Pricing, names: Sequence[str], count: int) -> list[list[str]]:
+    """Device orders worth sweeping, from the bids alone (not from when they arrived).
+
+    Which device takes the top, the middle or the bottom rows matters: an edge strip
+    has a halo on one side only, so it suits a slow device best. Tried: by name, fastest
+    first, slowest first, and the slowest devices at both edges with the fastest in the
+    middle.
+    """
+    slowest_first = sorted(names, key=lambda d: (-pricing.run(d, 0, count), d))
+    edges = slowest_first[0::2] + slowest_first[1::2][::-1]
+    orders: list[list[str]] = []
+    for order in (sorted(names), slowest_first[::-1], slowest_first, edges):
+        if order not in orders:
+            orders.append(order)
+    return orders
+
+
+def award(bids: Sequence[Bid], count: int) -> Award:
+    """Award ``count`` items to the bidders, minimising the block's makespan.
+
+    The result depends on the bids only, never on their order (bids arrive in any order).
+    """
+    bids = [
+        b
+        for b in bids
+        if len(b.alone_s) == count and all(math.isfinite(v) for v in (*b.alone_s, *b.extend_s, b.queue_s))
+    ]
+    if not bids or count < 1:
+        raise PlanningError("no device bid for this block")
+    pricing = _Pricing(bids)
+
+    def makespan(runs: list[tuple[str, Span]]) -> float:
+        return max(pricing.run(d, s.start, s.stop) for d, s in runs)
+
+    candidates = [_runs_in_order(pricing, order, count) for order in _orders(pricing, list(pricing.bids), count)]
+    runs = min(candidates, key=makespan)  # the first of equals: orders are deterministic
     return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})
 
 
