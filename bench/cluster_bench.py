@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from bench.report import DOCS, machine_line, write_section
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.cluster import Link, load_cluster
@@ -95,6 +98,27 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     return data
 
 
+TASK_LABEL = re.compile(r"stages (\d+)-(\d+) rows (\d+)-(\d+) cols (\d+)-(\d+)")
+
+
+def compute_ratio(model: str, data: dict, runs: list[dict]) -> float | None:
+    """Median over a strategy's tasks of measured compute time / the device profile's price."""
+    chain = load_chain(model)
+    shapes = chain.shapes(224, 224)
+    work = TaskWork(chain.stages, shapes)
+    profiles = {name: DeviceProfile.from_dict(s["profile"]) for name, s in data["devices"].items()}
+    ratios = []
+    for run in runs:
+        for resource, kind, start, end, label in run["timeline"]:
+            match = TASK_LABEL.fullmatch(label)
+            if kind != "compute" or match is None:
+                continue
+            a, b, r0, r1, c0, c1 = map(int, match.groups())
+            predicted = profiles[resource].work_seconds(work(FusedBlock(a, b), TileRegion.of(r0, r1, c0, c1)))
+            ratios.append((end - start) / predicted)
+    return statistics.median(ratios) if ratios else None
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run whose latency is the median (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda r: r["latency_s"])
@@ -130,6 +154,7 @@ class Row:
     vs_best_baseline: float
     sim_s: float
     sim_ideal_s: float
+    compute_ratio: float | None
 
     @property
     def sim_error(self) -> float:
@@ -139,7 +164,8 @@ class Row:
         return (
             f"| {self.cluster} | {self.model} | {self.strategy} | {self.median_s * 1e3:.0f} | {self.p90_s * 1e3:.0f} | "
             f"{self.speedup:.2f}x | {self.vs_best_baseline:.3f} | {self.sim_s * 1e3:.0f} | "
-            f"{100 * self.sim_error:+.0f}% | {self.sim_ideal_s * 1e3:.0f} |"
+            f"{100 * self.sim_error:+.0f}% | {self.sim_ideal_s * 1e3:.0f} | "
+            f"{'-' if self.compute_ratio is None else f'{self.compute_ratio:.2f}'} |"
         )
 
 
@@ -158,6 +184,7 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
                 Row(
                     *(name, model, strategy, median, p90([r["latency_s"] for r in values])),
                     *(medians["local"] / median, median / best, results[strategy].makespan_s, ideal[strategy]),
+                    compute_ratio(model, data, values),
                 )
             )
     return rows, charts
@@ -210,11 +237,13 @@ def report(raw: dict[str, dict], command: str) -> list[str]:
         "simulator's makespan for the same strategy on the devices' published (measured) profiles and links and "
         "the orchestrator's profile measured in its cgroup; error = (sim - measured) / measured. *sim, free "
         "network*: the same plan replayed with every link infinitely fast and without latency, i.e. what is left "
-        "when communication costs nothing (compute, the orchestrator's own work and the tail).",
+        "when communication costs nothing (compute, the orchestrator's own work and the tail). *task compute / "
+        "profile*: median over the strategy's tasks of a task's measured compute time over its device profile's "
+        "price for it.",
         "",
         "| cluster | model | strategy | median (ms) | p90 (ms) | speed-up vs local | ratio vs best baseline | "
-        "sim (ms) | sim error | sim, free network (ms) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "sim (ms) | sim error | sim, free network (ms) | task compute / profile |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(r.markdown() for r in rows),
         "",
         "### Targets",

@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
@@ -188,7 +188,8 @@ class Message:
     _checks: ClassVar[dict[str, Any]] = {}
 
     def to_wire(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()}
+        # shallow: the values are already plain msgpack types; asdict would deep-copy them
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_wire(cls: type[M], data: Mapping[str, Any]) -> M:

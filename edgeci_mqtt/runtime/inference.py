@@ -427,8 +427,8 @@ def _block_label(block: FusedBlock) -> str:
 
 
 def _task_label(block: FusedBlock, task: Task) -> str:
-    rows = task.out_region.rows
-    return f"{_block_label(block)} rows {rows.start}-{rows.stop}"
+    rows, cols = task.out_region.rows, task.out_region.cols
+    return f"{_block_label(block)} rows {rows.start}-{rows.stop} cols {cols.start}-{cols.stop}"
 
 
 def _valid_bid(message: BidMessage, count: int) -> Bid | None:
