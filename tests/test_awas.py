@@ -182,3 +182,10 @@ def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
     won = award(bids, len(items))
     assert_partition(won, len(items))
     assert won.makespan_s < 0.95 * max(pricing.run(d, s.start, s.stop) for d, s in in_name_order)
+
+
+def test_two_bids_for_one_device_are_refused() -> None:
+    """Which of them counted would depend on their order."""
+    one, other = Bid("a", 0.0, (1.0, 1.0), (1.0, 1.0)), Bid("a", 0.0, (5.0, 5.0), (5.0, 5.0))
+    with pytest.raises(PlanningError, match="two bids for one device"):
+        award([one, other, Bid("b", 0.0, (2.0, 2.0), (2.0, 2.0))], 2)

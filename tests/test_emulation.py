@@ -102,7 +102,7 @@ def test_cfs_period_is_as_short_as_the_minimum_quota_allows(share: float) -> Non
     assert period == MIN_CFS_PERIOD_US or quota == MIN_CFS_QUOTA_US
 
 
-@pytest.mark.parametrize("share", [0.0, -1.0, 100.0])
+@pytest.mark.parametrize("share", [0.0, -1.0, 0.0005, 100.0])
 def test_impossible_cpu_shares_are_refused(share: float) -> None:
     with pytest.raises(EmulationError, match="cpu share"):
         cfs_period_quota(share)

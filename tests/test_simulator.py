@@ -16,7 +16,7 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.strategies import context_for, make_plan
-from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, simulate
+from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
 
@@ -75,13 +75,33 @@ def test_an_auctioned_plan_first_waits_for_every_bid() -> None:
     call = (200 + 256) / 1e8 + (200 + 256) / 1e6 + 10e-3  # behind the fast call on the broker link
     bids = AUCTION_ROUND_OPS * OVERHEAD
     back = (2 * 20 + 256) / 1e6 + 10e-3  # two items (rows), priced twice each
-    awarded = call + bids + back + AUCTION_ROUND_OPS * OVERHEAD
+    awarded = call + bids + back + AWARD_OPS_PER_BID * 2 * OVERHEAD
     auction = [i for i in result.timeline if i.kind == "auction"]
     assert {i.resource for i in auction} == {ORCHESTRATOR, "fast", "slow"}
     assert max(i.end for i in auction) == pytest.approx(awarded, rel=1e-9)
     first_prepare = min(i.start for i in result.timeline if i.kind == "prepare")
     assert first_prepare == pytest.approx(awarded, rel=1e-9)
     assert result.makespan_s > simulate(plain, env, work).makespan_s + call + back
+
+
+def test_the_auction_waits_only_for_devices_the_plan_uses() -> None:
+    """As the runtime: a far-away device the plan leaves idle does not delay the first block."""
+    fast = DeviceView("fast", flat_profile(), Link(80.0, 1.0))
+    ghost = DeviceView("ghost", flat_profile(0.001), Link(0.1, 500.0))
+    plan = dataclasses.replace(one_block_plan([Task("fast", tile(0), tile(0), 1000, 500)]), auctioned=True)
+    work = lambda block, region: relu_work(0.01)  # noqa: E731
+    alone = simulate(plan, Environment((fast,), flat_profile(), Link(800.0, 0.0)), work)
+    with_ghost = simulate(plan, Environment((fast, ghost), flat_profile(), Link(800.0, 0.0)), work)
+    assert with_ghost.makespan_s < alone.makespan_s + 2 * AWARD_OPS_PER_BID * OVERHEAD
+
+
+def test_nothing_to_auction_costs_nothing() -> None:
+    block = BlockPlan(FusedBlock(0, 1), (Task("", tile(0), tile(0), 0, 0),), placement="orchestrator")
+    plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
+    env = Environment((DeviceView("a", flat_profile(), Link(8.0, 10.0)),), flat_profile(), Link(80.0, 0.0))
+    work = lambda block, region: relu_work(0.01)  # noqa: E731
+    auctioned = simulate(dataclasses.replace(plan, auctioned=True), env, work)
+    assert auctioned.makespan_s == simulate(plan, env, work).makespan_s
 
 
 def test_the_broker_link_is_shared() -> None:

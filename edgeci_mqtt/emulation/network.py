@@ -55,8 +55,9 @@ def _check_host() -> None:
         raise EmulationError(f"missing tool(s): {', '.join(missing)} (Debian: apt-get install iproute2)")
 
 
-MIN_CFS_PERIOD_US = 10_000
+MIN_CFS_PERIOD_US = 10_000  # a floor by choice: shorter periods cost scheduler overhead for little gain
 MIN_CFS_QUOTA_US = 1_000  # the kernel refuses smaller quotas
+MAX_CFS_PERIOD_US = 1_000_000  # and longer periods
 
 
 def cfs_period_quota(share: float) -> tuple[int, int]:
@@ -65,11 +66,12 @@ def cfs_period_quota(share: float) -> tuple[int, int]:
     A quota is a budget per period: the group runs at full speed until it is spent,
     then waits for the next period. With the default 100 ms period a 0.25 device runs
     25 ms flat out and then stalls 75 ms, so a 20 ms task finishes at full speed and a
-    30 ms one takes 105 ms; a real board is uniformly slow instead. The shortest period
-    whose quota is still at least 1 ms makes the emulated device closest to that.
+    30 ms one takes 105 ms; a real board is uniformly slow instead. A 10 ms period, or
+    the shortest whose quota is still the kernel's 1 ms minimum, comes closer to that.
     """
-    if not 0 < share <= 64:
-        raise EmulationError(f"cpu share {share} is not in (0, 64]")
+    lowest = MIN_CFS_QUOTA_US / MAX_CFS_PERIOD_US
+    if not lowest <= share <= 64:
+        raise EmulationError(f"cpu share {share} is not in [{lowest}, 64]: the kernel cannot emulate it")
     period = max(MIN_CFS_PERIOD_US, math.ceil(MIN_CFS_QUOTA_US / share))
     return period, max(MIN_CFS_QUOTA_US, round(share * period))
 

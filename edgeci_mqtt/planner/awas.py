@@ -239,6 +239,8 @@ def award(bids: Sequence[Bid], count: int) -> Award:
     ]
     if not bids or count < 1:
         raise PlanningError("no device bid for this block")
+    if len({b.device for b in bids}) < len(bids):
+        raise PlanningError("two bids for one device: which one counts would depend on their order")
     pricing = _Pricing(bids)
 
     def makespan(runs: list[tuple[str, Span]]) -> float:

@@ -74,7 +74,7 @@ class Timings:
 class Mailboxes:
     """Where the orchestrator's dispatcher drops bids and results for the running inference."""
 
-    results: queue.Queue[ResultMessage] = field(default_factory=queue.Queue)
+    results: queue.Queue[tuple[float, ResultMessage]] = field(default_factory=queue.Queue)  # (arrived, result)
     bids: dict[str, queue.Queue[BidMessage]] = field(default_factory=dict)
 
 
@@ -133,9 +133,9 @@ class InferenceRun:
             awarded = self._auctions([(b.block, self._items(b.block), self._width(b.block)) for b in on_devices])
         else:
             awarded = [list(b.tasks) for b in on_devices]
-        tasks = {id(b): t for b, t in zip(on_devices, awarded, strict=True)}
+        awards = iter(awarded)
         for block_plan in self.plan.blocks:
-            x = self._block(block_plan, x, tasks.get(id(block_plan), []))
+            x = self._block(block_plan, x, [] if block_plan.placement == "orchestrator" else next(awards))
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.held.chain.tail(x)
@@ -173,6 +173,8 @@ class InferenceRun:
             self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), _block_label(block))
             return out
         out_shape = self.shapes[block.stop]
+        if not tasks:
+            raise PlanningError(f"block {_block_label(block)} is on devices but has no tasks")
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
         live = {d.name for d in self._candidates()}
         if self.auctioned and any(t.device not in live for t in tasks):  # a winner left since the auction
@@ -191,11 +193,11 @@ class InferenceRun:
         started = time.perf_counter()
         while pending or waiting:
             try:
-                result = self.mail.results.get(timeout=0.05)
+                arrived, result = self.mail.results.get(timeout=0.05)
             except queue.Empty:
                 result = None
             if result is not None:
-                done = self._accept(result, pending, out)
+                done = self._accept(result, arrived, pending, out)
                 if done is not None:
                     block_compute = max(block_compute, done)
                     if pull and waiting:
@@ -246,22 +248,21 @@ class InferenceRun:
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
         awaited = (set(self.plan.devices) & candidates) or candidates
-        rounds = [self._call(block, items) for block, items, _ in lots]
+        rounds: list[tuple[str, queue.Queue[BidMessage]]] = []
+        bids: list[dict[str, Bid]] = [{} for _ in lots]
         deadline = started + self.auction_window_s
-        bids: list[dict[str, Bid]] = [{} for _ in rounds]
         try:
+            for block, items, _ in lots:  # registered one by one: a failed publish leaks no mailbox
+                rounds.append(self._call(block, items))
             for (_, box), (_, items, _), received in zip(rounds, lots, bids, strict=True):
-                while True:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0 or not awaited - received.keys():
-                        remaining = 0.0  # take what has arrived, wait for nothing more
+                while awaited - received.keys() and (remaining := deadline - time.perf_counter()) > 0:
                     try:
-                        message = box.get(timeout=remaining) if remaining else box.get_nowait()
+                        message = box.get(timeout=remaining)
                     except queue.Empty:
                         break
-                    bid = _valid_bid(message, len(items))
-                    if bid is not None and bid.device in candidates:
-                        received[bid.device] = bid
+                    _take_bid(message, len(items), candidates, received)
+                for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
+                    _take_bid(box.get_nowait(), len(items), candidates, received)
         finally:
             for round_id, _ in rounds:
                 self.mail.bids.pop(round_id, None)
@@ -343,7 +344,7 @@ class InferenceRun:
         r = task.out_region.rows
         return float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0])
 
-    def _accept(self, result: ResultMessage, pending: dict[str, _Pending], out: Tensor) -> float | None:
+    def _accept(self, result: ResultMessage, arrived: float, pending: dict[str, _Pending], out: Tensor) -> float | None:
         """Stitch a result if it is the one we wait for; returns its compute time."""
         entry = pending.get(result.task)
         if result.request != self.request or entry is None:
@@ -359,7 +360,7 @@ class InferenceRun:
             entry.deadline = 0.0  # recovered by _lost
             self.failed.add(result.device)
             return None
-        started = time.perf_counter()  # about when it arrived: the dispatcher queues it at once
+        started = time.perf_counter()
         region = entry.task.out_region
         try:
             tile = decode_tensor(result.output, "result.output")
@@ -383,7 +384,7 @@ class InferenceRun:
         del pending[result.task]
         self.timings.merge_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), f"{result.device} {region}")
-        self._mark_device(result, entry, started)
+        self._mark_device(result, entry, arrived)
         compute = result.timings.get("compute_s", 0.0)
         return float(compute) if isinstance(compute, int | float) and math.isfinite(compute) else 0.0
 
@@ -392,6 +393,7 @@ class InferenceRun:
 
         Its clock is only trusted between our send and our receipt: on real boards
         clocks drift by milliseconds, so its instants are clamped into that window.
+        Instants out of order are a device bug, logged and not drawn.
         """
         if self.timeline is None:
             return
@@ -400,8 +402,11 @@ class InferenceRun:
             value = result.timings.get(key)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
                 return
-            instants.append(min(max(float(value) - self._wall_offset, entry.sent), arrived))
-        received, started, computed = sorted(instants)
+            instants.append(float(value))
+        if instants != sorted(instants):
+            log.warning("%s: %s reported its task instants out of order: %s", self.request, result.device, instants)
+            return
+        received, started, computed = (min(max(t - self._wall_offset, entry.sent), arrived) for t in instants)
         self.mark(entry.device, "receive", entry.sent, received, entry.label)
         self.mark(entry.device, "compute", started, computed, entry.label)
         self.mark(entry.device, "send", computed, arrived, entry.label)
@@ -429,6 +434,12 @@ def _block_label(block: FusedBlock) -> str:
 def _task_label(block: FusedBlock, task: Task) -> str:
     rows, cols = task.out_region.rows, task.out_region.cols
     return f"{_block_label(block)} rows {rows.start}-{rows.stop} cols {cols.start}-{cols.stop}"
+
+
+def _take_bid(message: BidMessage, count: int, candidates: set[str], into: dict[str, Bid]) -> None:
+    bid = _valid_bid(message, count)
+    if bid is not None and bid.device in candidates:
+        into[bid.device] = bid
 
 
 def _valid_bid(message: BidMessage, count: int) -> Bid | None:

@@ -185,7 +185,7 @@ class Orchestrator:
                 if box is not None:
                     box.put(message)
             elif isinstance(message, ResultMessage) and event.topic == Topics.results(self.id):
-                self.mail.results.put(message)
+                self.mail.results.put((time.perf_counter(), message))  # arrival, for traces
             elif isinstance(message, InferRequest) and event.topic == Topics.requests:
                 if not event.response_topic:
                     raise WireError(f"request {message.request} has no response topic")

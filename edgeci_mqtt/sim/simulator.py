@@ -5,8 +5,10 @@ host link (down) -> device link (down); every result device link (up) -> broker 
 link (up). Links are full duplex; each direction of each link is a FIFO server at its
 bandwidth, so concurrent transfers on the broker link queue behind one another
 (contention), and a transfer crosses both hops cut-through: it can finish no earlier
-than either hop allows. Each message pays both links' one-way latencies and a fixed
-envelope (:data:`MESSAGE_OVERHEAD_BYTES`).
+than either hop allows, and each hop is busy for the message's bytes at its own rate
+(a slow device trickling a result in does not hold the broker's link for the others).
+Each message pays both links' one-way latencies and a fixed envelope
+(:data:`MESSAGE_OVERHEAD_BYTES`).
 
 Compute model. Each device runs one task at a time in arrival order, for the time its
 profile prices the task's ops. The orchestrator is one CPU too (its cluster share): it
@@ -16,10 +18,12 @@ Blocks are sequential: block k+1 is scattered once block k is fully stitched.
 
 Auction. An auctioned plan (EdgeCI) first holds every block's round at once, as the
 runtime does: a call to every device, each device prices the rounds, its bids come
-back, and the orchestrator awards them; the first block starts when the last bid is in
-and awarded. Pricing or awarding one round costs :data:`AUCTION_ROUND_OPS` per-op
-overheads of the CPU doing it (measured: 0.12-0.26 ms for VGG-16's rounds on a host
-whose per-op overhead is 9 µs).
+back, and once the bids of the devices the plan gives work to are in, the orchestrator
+awards every round; then the first block starts. Pricing one round costs a device
+:data:`AUCTION_ROUND_OPS` per-op overheads (measured: 0.12-0.26 ms for VGG-16's rounds on
+a host whose per-op overhead is 9 µs); awarding one costs the orchestrator
+:data:`AWARD_OPS_PER_BID` per bid (measured: 0.3-0.9 ms for 4-8 bids, median 12 per bid,
+2-52 over VGG-16 and ResNet-34 rounds with 4 to 64 bidders).
 
 Dispatch. ``static`` blocks send every task at once in plan order; ``pull`` blocks
 keep tiles in a queue on the orchestrator and send the next one to whichever device
@@ -46,6 +50,7 @@ __all__ = ["SimResult", "WorkOf", "simulate"]
 
 WorkOf = Callable[[FusedBlock, TileRegion], Sequence[OpWork]]
 AUCTION_ROUND_OPS = 25
+AWARD_OPS_PER_BID = 15
 _CALL_BYTES, _BID_BYTES_PER_ITEM = 200, 20  # a call lists items; a bid prices each twice
 
 
@@ -103,8 +108,8 @@ class _State:
         first, second = (self.broker_down, self.down[device]) if downward else (self.up[device], self.broker_up)
         start, first_end = first.reserve(ready, size)
         second_start = max(start, second.free)
-        end = max(first_end, second_start + size / second.rate)
-        second.free = end
+        second.free = second_start + size / second.rate  # busy for its own time only: a slow first
+        end = max(first_end, second.free)  # hop trickling bytes in does not block the second for others
         self.timeline.append(Interval(device, "receive" if downward else "send", start, end, label))
         latency = self.env.device(device).link.latency_s + self.env.broker_link.latency_s
         return end + latency
@@ -171,20 +176,42 @@ class _BlockRun:
             state.at(end, lambda: self.done(end))
 
 
-def _auction(state: _State, plan: Plan) -> float:
-    """Every block's round at once (see the module docstring); when the first block can start."""
+def _auction(state: _State, plan: Plan, then: Callable[[float], None]) -> None:
+    """Every block's round at once (see the module docstring); ``then(t)`` starts the first block.
+
+    Event-driven like the blocks, so a far device's late bid holds its links when it
+    travels, not from time zero."""
     lots = [b for b in plan.blocks if b.placement != "orchestrator"]
+    if not lots:
+        state.at(0.0, lambda: then(0.0))
+        return
     items = sum(min(MAX_ITEMS, max(t.out_region.rows.stop for t in b.tasks)) for b in lots)  # as auction_items
-    env, last = state.env, 0.0
+    env = state.env
+    names = {v.name for v in env.devices}
+    waiting = (set(plan.devices) & names) or names
+
+    def arrived(device: str, t: float) -> None:
+        if device not in waiting:
+            return
+        waiting.discard(device)
+        if not waiting:
+            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, "waiting for bids"))
+            seconds = len(lots) * AWARD_OPS_PER_BID * len(env.devices) * env.orchestrator.op_overhead_s
+            end = state.busy(ORCHESTRATOR, "auction", t, seconds, "award")
+            state.at(end, lambda: then(end))
+
+    def priced(device: str, t: float) -> None:
+        arrival = state.transfer(device, t, items * _BID_BYTES_PER_ITEM, False, "bids")
+        state.at(arrival, partial(arrived, device, arrival))
+
+    def called(device: str, t: float) -> None:
+        seconds = len(lots) * AUCTION_ROUND_OPS * env.device(device).profile.op_overhead_s
+        end = state.busy(device, "auction", t, seconds, "bids")
+        state.at(end, partial(priced, device, end))
+
     for view in env.devices:
         calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, "auction calls")
-        seconds = len(lots) * AUCTION_ROUND_OPS * view.profile.op_overhead_s
-        priced = state.busy(view.name, "auction", calls, seconds, "bids")
-        last = max(last, state.transfer(view.name, priced, items * _BID_BYTES_PER_ITEM, False, "bids"))
-    seconds = len(lots) * AUCTION_ROUND_OPS * env.orchestrator.op_overhead_s
-    end = state.busy(ORCHESTRATOR, "auction", last, seconds, "award")
-    state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, last, "waiting for bids"))
-    return end
+        state.at(calls, partial(called, view.name, calls))
 
 
 def simulate(plan: Plan, env: Environment, work: WorkOf) -> SimResult:
@@ -207,8 +234,10 @@ def simulate(plan: Plan, env: Environment, work: WorkOf) -> SimResult:
 
         _BlockRun(state, block, work, finished).start(t)
 
-    first = _auction(state, plan) if plan.auctioned else 0.0
-    state.at(first, lambda: start_block(0, first))
+    if plan.auctioned:
+        _auction(state, plan, lambda t: start_block(0, t))
+    else:
+        state.at(0.0, lambda: start_block(0, 0.0))
     state.run()
     timeline = tuple(sorted(state.timeline, key=lambda i: (i.start, i.resource)))
     return SimResult(ends[-1], timeline, tuple(ends[:-1]))
