@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -28,18 +27,16 @@ from pathlib import Path
 import yaml
 
 from bench.report import DOCS, machine_line, write_section
-from edgeci_mqtt.core.fused import FusedBlock
-from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
-from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import Link, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import STRATEGIES, PlanningContext, context_for, make_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
-from edgeci_mqtt.timeline import intervals_from_rows
+from edgeci_mqtt.timeline import intervals_from_rows, parse_task_label
 
 BASELINES = ("modnn", "deepthings", "aofl")
 RAW = DOCS / "bench" / "cluster_bench.json"
@@ -52,21 +49,20 @@ def environment(data: dict, broker: Link, ideal: bool = False) -> Environment:
         DeviceView(
             name,
             DeviceProfile.from_dict(s["profile"]),
-            IDEAL_LINK if ideal else Link(float(s["link"]["bandwidth_mbit"]), float(s["link"]["latency_ms"])),
+            IDEAL_LINK if ideal else Link.from_dict(s["link"]),
         )
         for name, s in sorted(data["devices"].items())
     )
     return Environment(views, DeviceProfile.from_dict(data["orchestrator_profile"]), IDEAL_LINK if ideal else broker)
 
 
-def predicted(model: str, data: dict, broker: Link) -> tuple[dict[str, SimResult], dict[str, float]]:
-    """Each strategy's plan replayed on the cluster, and (same plan) with every link free."""
-    env, ideal = environment(data, broker), environment(data, broker, ideal=True)
-    ctx = context_for(load_chain(model), env)
-    work = TaskWork(ctx.stages, ctx.shapes)
+def predicted(
+    ctx: PlanningContext, work: TaskWork, ideal: Environment
+) -> tuple[dict[str, SimResult], dict[str, float]]:
+    """Each strategy's plan replayed on the cluster, and (same plan) on ``ideal``, every link free."""
     plans = {s: make_plan(s, ctx) for s in STRATEGIES}
     return (
-        {s: simulate(p, env, work) for s, p in plans.items()},
+        {s: simulate(p, ctx.env, work) for s, p in plans.items()},
         {s: simulate(p, ideal, work).makespan_s for s, p in plans.items()},
     )
 
@@ -98,23 +94,15 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     return data
 
 
-TASK_LABEL = re.compile(r"stages (\d+)-(\d+) rows (\d+)-(\d+) cols (\d+)-(\d+)")
-
-
-def compute_ratio(model: str, data: dict, runs: list[dict]) -> float | None:
+def compute_ratio(work: TaskWork, env: Environment, runs: list[dict]) -> float | None:
     """Median over a strategy's tasks of measured compute time / the device profile's price."""
-    chain = load_chain(model)
-    shapes = chain.shapes(224, 224)
-    work = TaskWork(chain.stages, shapes)
-    profiles = {name: DeviceProfile.from_dict(s["profile"]) for name, s in data["devices"].items()}
     ratios = []
     for run in runs:
         for resource, kind, start, end, label in run["timeline"]:
-            match = TASK_LABEL.fullmatch(label)
-            if kind != "compute" or match is None:
+            task = parse_task_label(label)
+            if kind != "compute" or task is None:
                 continue
-            a, b, r0, r1, c0, c1 = map(int, match.groups())
-            predicted = profiles[resource].work_seconds(work(FusedBlock(a, b), TileRegion.of(r0, r1, c0, c1)))
+            predicted = env.device(resource).profile.work_seconds(work(*task))
             ratios.append((end - start) / predicted)
     return statistics.median(ratios) if ratios else None
 
@@ -173,8 +161,11 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     """Table rows and Gantt chart markdown of one measured cluster."""
     spec = load_cluster(name)
     rows, charts = [], []
+    env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
-        results, ideal = predicted(model, data, spec.broker.link)
+        ctx = context_for(skeleton_chain(model), env)  # geometry and costs only: no weights needed
+        work = TaskWork(ctx.stages, ctx.shapes)
+        results, ideal = predicted(ctx, work, free)
         charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
         medians = {s: statistics.median(r["latency_s"] for r in v) for s, v in runs.items()}
         best = min(medians[b] for b in BASELINES if b in medians)
@@ -184,7 +175,7 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
                 Row(
                     *(name, model, strategy, median, p90([r["latency_s"] for r in values])),
                     *(medians["local"] / median, median / best, results[strategy].makespan_s, ideal[strategy]),
-                    compute_ratio(model, data, values),
+                    compute_ratio(work, env, values),
                 )
             )
     return rows, charts
@@ -201,7 +192,7 @@ def targets(rows: list[Row]) -> list[str]:
                 met = "yes" if row.vs_best_baseline <= 0.65 else "no"
                 lines.append(
                     f"| edgeci median >= 35 % below the best baseline | {cluster} {model} | "
-                    f"{100 * (1 - row.vs_best_baseline):.0f} % below | {met} |"
+                    f"{100 * (1 - row.vs_best_baseline):.1f} % below | {met} |"
                 )
     for cluster in ("homo4", "hetero4"):
         row = find.get((cluster, "vgg16", "edgeci"))

@@ -8,12 +8,15 @@ the same Gantt chart and compared with the prediction, interval by interval.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.wire import WireError
 
-__all__ = ["KINDS", "ORCHESTRATOR", "Interval", "intervals_from_rows"]
+__all__ = ["KINDS", "ORCHESTRATOR", "Interval", "block_label", "intervals_from_rows", "parse_task_label", "task_label"]
 
 ORCHESTRATOR = "orchestrator"
 KINDS: tuple[str, ...] = ("plan", "auction", "prepare", "receive", "compute", "send", "merge", "gateway", "tail")
@@ -21,6 +24,7 @@ KINDS: tuple[str, ...] = ("plan", "auction", "prepare", "receive", "compute", "s
 up; the other kinds are CPU work (``prepare``: slicing and encoding a task message)."""
 
 _MAX_ROWS = 100_000
+_TASK_LABEL = re.compile(r"stages (\d+)-(\d+) rows (\d+)-(\d+) cols (\d+)-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,22 @@ def intervals_from_rows(rows: object) -> tuple[Interval, ...]:
             raise WireError(f"timeline row {index} ends before it starts")
         intervals.append(Interval(resource, kind, float(start), float(end), label))
     return tuple(intervals)
+
+
+def block_label(block: FusedBlock) -> str:
+    return f"stages {block.start}-{block.stop}"
+
+
+def task_label(block: FusedBlock, out_region: TileRegion) -> str:
+    """How a task's intervals are labelled, so a measured timeline can be priced again."""
+    rows, cols = out_region.rows, out_region.cols
+    return f"{block_label(block)} rows {rows.start}-{rows.stop} cols {cols.start}-{cols.stop}"
+
+
+def parse_task_label(label: str) -> tuple[FusedBlock, TileRegion] | None:
+    """The block and output region of a :func:`task_label`; None for any other label."""
+    match = _TASK_LABEL.fullmatch(label)
+    if match is None:
+        return None
+    start, stop, r0, r1, c0, c1 = map(int, match.groups())
+    return FusedBlock(start, stop), TileRegion.of(r0, r1, c0, c1)

@@ -9,7 +9,7 @@ import yaml
 
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ClusterError, EdgeCIError
-from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
+from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, Link, load_cluster
 from edgeci_mqtt.planner.environment import environment_from_cluster
 from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
 from tests.planning import flat_profile
@@ -104,3 +104,14 @@ def test_malformed_profiles_are_rejected() -> None:
         DeviceProfile.from_dict(data)
     with pytest.raises(EdgeCIError, match="malformed device profile"):
         DeviceProfile.from_dict({"conv_depths": "x"})
+
+
+def test_links_round_trip_and_malformed_ones_are_refused() -> None:
+    link = Link(54.5, 2.25)
+    assert Link.from_dict(link.to_dict()) == link
+    for bad in ({"bandwidth_mbit": 0, "latency_ms": 1}, {"bandwidth_mbit": 10, "latency_ms": -1}):
+        with pytest.raises(EdgeCIError, match="not a positive bandwidth"):
+            Link.from_dict(bad)
+    for bad in ({}, {"bandwidth_mbit": "fast", "latency_ms": 1}, {"bandwidth_mbit": None, "latency_ms": 1}):
+        with pytest.raises(EdgeCIError, match="malformed link"):
+            Link.from_dict(bad)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows, parse_task_label, task_label
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     AuctionCall,
@@ -166,3 +168,9 @@ def test_timelines_round_trip_through_their_rows() -> None:
 def test_malformed_timelines_raise_one_clear_error(rows: object, message: str) -> None:
     with pytest.raises(WireError, match=message):
         intervals_from_rows(rows)
+
+
+def test_task_labels_say_which_tile_an_interval_belongs_to() -> None:
+    block, region = FusedBlock(3, 17), TileRegion.of(4, 9, 0, 28)
+    assert parse_task_label(task_label(block, region)) == (block, region)
+    assert parse_task_label("stages 3-17") is None and parse_task_label("waiting for bids") is None

@@ -39,6 +39,7 @@ __all__ = [
     "Award",
     "Bid",
     "PlanningError",
+    "auction_item_count",
     "auction_items",
     "award",
     "award_tasks",
@@ -53,9 +54,14 @@ class PlanningError(EdgeCIError):
     """No plan is possible (no capable device bid, an empty cluster, ...)."""
 
 
+def auction_item_count(height: int, max_items: int = MAX_ITEMS) -> int:
+    """How many row strips a block whose output is ``height`` rows tall is auctioned in."""
+    return min(max_items, height)
+
+
 def auction_items(out_shape: FeatureShape, max_items: int = MAX_ITEMS) -> tuple[Span, ...]:
     """The row strips auctioned for a block whose output has ``out_shape``."""
-    return tuple(split_span(Span(0, out_shape.height), min(max_items, out_shape.height)))
+    return tuple(split_span(Span(0, out_shape.height), auction_item_count(out_shape.height, max_items)))
 
 
 @dataclass(frozen=True)

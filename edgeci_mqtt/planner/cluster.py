@@ -7,6 +7,7 @@ by field; an error names the file and the field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from edgeci_mqtt.errors import ClusterError
+from edgeci_mqtt.errors import ClusterError, EdgeCIError
 
 __all__ = ["REFERENCE_CLUSTERS", "ClusterSpec", "DeviceSpec", "Link", "load_cluster", "parse_cluster"]
 
@@ -37,6 +38,20 @@ class Link:
     @property
     def latency_s(self) -> float:
         return self.latency_ms / 1e3
+
+    def to_dict(self) -> dict[str, float]:
+        return {"bandwidth_mbit": self.bandwidth_mbit, "latency_ms": self.latency_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Link:
+        """A link as devices publish it; :class:`EdgeCIError` unless bandwidth > 0 and latency >= 0."""
+        try:
+            bandwidth, latency = float(data["bandwidth_mbit"]), float(data["latency_ms"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeCIError(f"malformed link {data!r:.200}: {exc!r}") from exc
+        if not (math.isfinite(bandwidth) and bandwidth > 0 and math.isfinite(latency) and latency >= 0):
+            raise EdgeCIError(f"link {data!r:.200} is not a positive bandwidth and latency")
+        return cls(bandwidth, latency)
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class DeviceAgent:
             self.device_id,
             True,
             profile=self.profile.to_dict(),
-            link={"bandwidth_mbit": self.link.bandwidth_mbit, "latency_ms": self.link.latency_ms},
+            link=self.link.to_dict(),
             models=self.models.digests,
             version=__version__,
             weights=self.cache.listing() if self.cache else {},

@@ -28,7 +28,7 @@ from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.runtime.models_held import HeldModel
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, block_label, task_label
 from edgeci_mqtt.wire import (
     AuctionCall,
     Award,
@@ -170,11 +170,11 @@ class InferenceRun:
                     TileRegion.whole(out_shape.height, out_shape.width),
                 )
             self.timings.gateway_s += time.perf_counter() - started
-            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), _block_label(block))
+            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block_label(block))
             return out
         out_shape = self.shapes[block.stop]
         if not tasks:
-            raise PlanningError(f"block {_block_label(block)} is on devices but has no tasks")
+            raise PlanningError(f"block {block_label(block)} is on devices but has no tasks")
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
         live = {d.name for d in self._candidates()}
         if self.auctioned and any(t.device not in live for t in tasks):  # a winner left since the auction
@@ -333,7 +333,7 @@ class InferenceRun:
         self.prepare(device, block)
         self.publish(Topics.device_tasks(device), encode(message))
         sent = time.perf_counter()
-        label = _task_label(block, task)
+        label = task_label(block, task.out_region)
         pending[task_id] = _Pending(task, device, sent + allowed, task.out_region.cols, sent, label)
         self.used.add(device)
         self.timings.scatter_s += sent - started
@@ -425,15 +425,6 @@ class InferenceRun:
                 self.failed.add(entry.device)
                 lost.append((task_id, entry))
         return lost
-
-
-def _block_label(block: FusedBlock) -> str:
-    return f"stages {block.start}-{block.stop}"
-
-
-def _task_label(block: FusedBlock, task: Task) -> str:
-    rows, cols = task.out_region.rows, task.out_region.cols
-    return f"{_block_label(block)} rows {rows.start}-{rows.stop} cols {cols.start}-{cols.stop}"
 
 
 def _take_bid(message: BidMessage, count: int, candidates: set[str], into: dict[str, Bid]) -> None:

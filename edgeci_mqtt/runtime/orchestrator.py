@@ -11,7 +11,6 @@ response topic with its correlation data.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -57,27 +56,28 @@ class DeviceTable:
     def __init__(self) -> None:
         self._states: dict[str, DeviceState] = {}
         self._profiles: dict[str, DeviceProfile] = {}
+        self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
         self.generation = 0
         self.births = 0
 
     def update(self, state: DeviceState) -> None:
-        profile = None
+        profile, link = None, None
         if state.online:
-            profile = DeviceProfile.from_dict(state.profile)  # raises on a malformed profile
-            bandwidth, latency = float(state.link["bandwidth_mbit"]), float(state.link["latency_ms"])
-            if not (math.isfinite(bandwidth) and bandwidth > 0 and math.isfinite(latency) and latency >= 0):
-                raise EdgeCIError(f"device {state.device}: link {state.link} is not a positive bandwidth and latency")
+            profile = DeviceProfile.from_dict(state.profile)  # these raise on malformed values
+            link = Link.from_dict(state.link)
             if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in state.weights.values()):
                 raise EdgeCIError(f"device {state.device}: weights must map digests to lists of stage names")
         with self._lock:
             before = self._states.get(state.device)
             if state.online:
-                assert profile is not None
+                assert profile is not None and link is not None
                 self._states[state.device], self._profiles[state.device] = state, profile
+                self._links[state.device] = link
             else:
                 self._states.pop(state.device, None)
                 self._profiles.pop(state.device, None)
+                self._links.pop(state.device, None)
             if state.online and before is None:
                 self.births += 1
             if (before is None) != (not state.online) or (before is not None and before.models != state.models):
@@ -93,9 +93,7 @@ class DeviceTable:
         """Online devices that hold ``model`` with these weights, or fetch them."""
         with self._lock:
             return [
-                DeviceView(
-                    name, self._profiles[name], Link(float(s.link["bandwidth_mbit"]), float(s.link["latency_ms"]))
-                )
+                DeviceView(name, self._profiles[name], self._links[name])
                 for name, s in sorted(self._states.items())
                 if s.models.get(model) in (digest, FETCH)
             ]

@@ -41,7 +41,7 @@ from functools import partial
 from edgeci_mqtt.core.fused import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.work import OpWork
-from edgeci_mqtt.planner.awas import MAX_ITEMS
+from edgeci_mqtt.planner.awas import auction_item_count
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
@@ -185,7 +185,7 @@ def _auction(state: _State, plan: Plan, then: Callable[[float], None]) -> None:
     if not lots:
         state.at(0.0, lambda: then(0.0))
         return
-    items = sum(min(MAX_ITEMS, max(t.out_region.rows.stop for t in b.tasks)) for b in lots)  # as auction_items
+    items = sum(auction_item_count(max(t.out_region.rows.stop for t in b.tasks)) for b in lots)
     env = state.env
     names = {v.name for v in env.devices}
     waiting = (set(plan.devices) & names) or names
