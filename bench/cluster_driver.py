@@ -9,39 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
 import time
 
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
-from edgeci_mqtt.wire import DeviceState, Topics, WireError, decode
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.runtime.watch import device_states
 
 
-def device_states(url: str, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:
-    watcher = Connection(BrokerAddress.parse(url), f"bench-watcher-{int(time.time())}")
-    watcher.subscribe(Topics.device_states)
-    watcher.start()
-    states: dict[str, dict[str, object]] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while len(states) < count and time.monotonic() < deadline:
-            try:
-                event = watcher.events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if isinstance(event, Inbound):
-                try:
-                    state = decode(event.payload, DeviceState)
-                except WireError:
-                    continue
-                assert isinstance(state, DeviceState)
-                if state.online:
-                    states[state.device] = {"profile": state.profile, "link": state.link}
-    finally:
-        watcher.stop()
-    return states
+def published_states(url: str, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:
+    """The profiles and links the devices published, for the report."""
+    watcher = MqttBus(BrokerAddress.parse(url), f"bench-watcher-{int(time.time())}")
+    states = device_states(watcher, lambda online: len(online) >= count, timeout)
+    return {
+        name: {"profile": s.profile.to_dict() if s.profile else {}, "link": s.link.to_dict() if s.link else {}}
+        for name, s in states.items()
+    }
 
 
 def main() -> int:
@@ -56,7 +40,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     strategies = args.strategies.split(",")
-    result: dict[str, object] = {"devices": device_states(args.watcher, args.devices), "runs": {}}
+    result: dict[str, object] = {"devices": published_states(args.watcher, args.devices), "runs": {}}
     x = load_input(SAMPLE_IMAGE)
     with EdgeCIClient(BrokerAddress.parse(args.client), client_id=f"bench-{int(time.time())}") as client:
         for model in args.models.split(","):

@@ -1,8 +1,8 @@
 """One exception tree for the whole package.
 
 Callers catch :class:`EdgeCIError` to handle anything this package rejects; the
-subclasses say which kind of input was wrong so a CLI or an agent can log one clear
-line and carry on.
+subclasses say which kind of input or failure it was, so a CLI or an agent can log one
+clear line and carry on. Every exception class the package raises on purpose is here.
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ from __future__ import annotations
 __all__ = [
     "ClusterError",
     "EdgeCIError",
+    "EmulationError",
     "GeometryError",
+    "InferenceError",
     "InputError",
     "ModelError",
+    "TransportError",
     "WeightsError",
+    "WireError",
 ]
 
 
@@ -39,3 +43,19 @@ class GeometryError(EdgeCIError):
 
 class ClusterError(EdgeCIError):
     """A cluster description that cannot be read or is invalid."""
+
+
+class WireError(EdgeCIError):
+    """A payload or topic that is not valid in this schema."""
+
+
+class TransportError(EdgeCIError):
+    """The broker cannot be reached, refused us, or a publish cannot be sent."""
+
+
+class InferenceError(EdgeCIError):
+    """The cluster could not answer (no orchestrator, no device, a timeout, an error)."""
+
+
+class EmulationError(EdgeCIError):
+    """The emulated cluster cannot be built or torn down (not root, a tool missing, ...)."""

@@ -1,68 +1,113 @@
-"""The wire: round trips, and a clear WireError for everything else (no broker)."""
+"""The wire: typed round trips, and one clear WireError for everything else (no broker)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
-import torch
 
 from edgeci_mqtt.core.fused import FusedBlock
-from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.runtime.broker_config import acl_text
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows, parse_task_label, task_label
 from edgeci_mqtt.wire import (
+    AUCTION_BIDS,
+    AUCTION_CALL,
+    CLIENT_RESPONSES,
+    DEVICE_STATE,
+    DEVICE_TASKS,
     MAX_PAYLOAD_BYTES,
+    RESULTS,
+    SHARED_REQUESTS,
     AuctionCall,
+    Award,
+    AwardRun,
     BidMessage,
     Chunk,
     DeviceState,
     InferRequest,
     InferResponse,
+    Message,
     Reassembler,
     ResultMessage,
     TaskMessage,
-    Topics,
-    WireError,
+    TaskTimings,
     decode,
-    decode_tensor,
+    decode_array,
     encode,
-    encode_tensor,
+    encode_array,
     frames,
 )
+from edgeci_mqtt.wire.topics import TOPICS, acl_lines
+from tests.planning import flat_profile
 
-TENSOR = encode_tensor(torch.arange(6, dtype=torch.float32).reshape(1, 2, 3))
-MESSAGES = [
-    DeviceState("dev-1", True, {"threads": 1}, {"bandwidth_mbit": 100.0, "latency_ms": 1.0}, {"vgg16": "ab"}, "0.1"),
+ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+REGION = TileRegion.of(0, 1, 0, 1)
+TIMINGS = TaskTimings(0.001, 0.1, 0.002, 1.7e9, 1.7e9 + 0.001, 1.7e9 + 0.101)
+MESSAGES: list[Message] = [
+    DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"vgg16": "ab"}, "0.1", {"ab": ("features.0",)}),
     DeviceState("dev-1", False),
-    AuctionCall("r1", "o1", "vgg16", [224, 224], [0, 10], [[0, 1], [1, 2]], 500.0),
-    BidMessage("r1", "dev-1", 0.0, [0.1, 0.2], [0.05, 0.05]),
-    TaskMessage("q", "t", "o1", "vgg16", "ab", [224, 224], [0, 4], [0, 3, 0, 2], [0, 1, 0, 1], TENSOR),
-    ResultMessage("q", "t", "dev-1", [0, 1, 0, 1], TENSOR, {"compute_s": 0.1}),
-    ResultMessage("q", "t", "dev-1", [0, 1, 0, 1], error="boom"),
-    InferRequest("q", "vgg16", TENSOR, "edgeci"),
-    InferRequest("q", "vgg16", TENSOR, "edgeci", trace=True),
-    InferResponse("q", TENSOR, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=["dev-1"]),
-    InferResponse("q", TENSOR, timeline=[["orchestrator", "plan", 0.0, 0.001, "edgeci"]]),
+    AuctionCall("r1", "o1", "vgg16", (224, 224), FusedBlock(0, 10), (Span(0, 1), Span(1, 2)), 500.0),
+    BidMessage("r1", "dev-1", 0.0, (0.1, 0.2), (0.05, 0.05)),
+    Award("r1", (AwardRun("dev-1", Span(0, 2)),)),
+    TaskMessage("q", "t", "o1", "vgg16", "ab", (224, 224), FusedBlock(0, 4), TileRegion.of(0, 3, 0, 2), REGION, ARRAY),
+    ResultMessage("q", "t", "dev-1", REGION, ARRAY, TIMINGS),
+    ResultMessage("q", "t", "dev-1", REGION, error="boom"),
+    InferRequest("q", "vgg16", ARRAY, "edgeci"),
+    InferRequest("q", "vgg16", ARRAY, "edgeci", trace=True),
+    InferResponse("q", ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
+    InferResponse("q", ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, "edgeci"),)),
+    Chunk("c1", 0, 2, b"abc"),
 ]
 
 
+def _arrays(message: Message) -> list[Any]:
+    """The message's tensors (not part of its equality: arrays do not compare as booleans)."""
+    return [getattr(message, name, None) for name in ("input", "output", "image", "logits")]
+
+
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: m.kind)
-def test_every_message_round_trips(message: object) -> None:
-    assert decode(encode(message)) == message  # type: ignore[arg-type]
+def test_every_message_round_trips_as_typed_values(message: Message) -> None:
+    back = decode(encode(message))
+    assert back == message and type(back) is type(message)
+    for got, sent in zip(_arrays(back), _arrays(message), strict=True):
+        assert (got is None) == (sent is None)
+        if sent is not None:
+            assert got.dtype == sent.dtype and got.shape == sent.shape and got.tobytes() == sent.tobytes()
 
 
-def test_tensors_round_trip_bit_exactly() -> None:
+def test_arrays_round_trip_bit_exactly_and_come_back_writable() -> None:
     for array in (
         np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32),
         np.arange(10, dtype=np.int64),
         np.zeros((0, 4), dtype=np.float32),
     ):
-        back = decode_tensor(msgpack.unpackb(msgpack.packb(encode_tensor(array))))
-        assert np.array_equal(back.numpy(), array) and back.numpy().dtype == array.dtype
+        back = decode_array(msgpack.unpackb(msgpack.packb(encode_array(array))))
+        assert np.array_equal(back, array) and back.dtype == array.dtype and back.flags.writeable
 
 
 def raw(**fields: object) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
+
+
+def state(**profile_changes: object) -> bytes:
+    profile = {**flat_profile().to_dict(), **profile_changes}
+    link = {"bandwidth_mbit": 100.0, "latency_ms": 1.0}
+    return raw(v=1, type="state", device="d", online=True, profile=profile, link=link)
+
+
+def task(**changes: object) -> bytes:
+    fields = {
+        **dict(v=1, type="task", request="q", task="t", orchestrator="o", model="m", digest="d"),
+        **dict(input_hw=[224, 224], block=[0, 4], in_region=[0, 3, 0, 2], out_region=[0, 1, 0, 1]),
+        "input": encode_array(ARRAY),
+    }
+    return raw(**{**fields, **changes})
 
 
 @pytest.mark.parametrize(
@@ -78,7 +123,29 @@ def raw(**fields: object) -> bytes:
         (raw(v=1, type="state", device="d", online=True, extra=1), r"unknown field\(s\) extra"),
         (raw(v=1, type="state", device="d"), r"missing field\(s\) online"),
         (raw(v=1, type="state", device=5, online=True), "state.device: expected str, got int"),
-        (raw(v=1, type="bid", round="r", device="d", queue_s=True, alone_s=[], extend_s=[]), "boolean"),
+        (raw(v=1, type="state", device="d/+", online=True), "cannot be a state.device"),
+        (raw(v=1, type="state", device="a\nb", online=True), "cannot be a state.device"),
+        (raw(v=1, type="state", device="d" * 129, online=True), "cannot be a state.device"),
+        (raw(v=1, type="bid", round="r", device="d", queue_s=True, alone_s=[], extend_s=[]), "boolean|number"),
+        (raw(v=1, type="bid", round="r", device="d", queue_s=math.inf, alone_s=[], extend_s=[]), "not finite"),
+        (raw(v=1, type="bid", round="r", device="d", queue_s=0, alone_s=[-1.0], extend_s=[0.0]), "not in"),
+        (raw(v=1, type="bid", round="r", device="d", queue_s=0, alone_s=[math.nan], extend_s=[0.0]), "finite"),
+        (state(conv_depths=[0, 8]), "not increasing positive"),
+        (state(conv_depths=[1, 2**64 - 1]), "not increasing positive"),
+        (state(conv_depths=[1, math.inf]), "expected an int"),
+        (state(threads=0), "out of range"),
+        (state(op_overhead_s=math.inf), "not finite"),
+        (state(conv_rates=[[1.0, 1.0], [1.0, 0.0]]), "not positive"),
+        (state(rates={"relu": math.inf}), "not finite"),
+        (state(pool_rates={"max": [[0, 1e9]]}), "window 0"),
+        (task(block=[4, 4]), "not a non-empty range"),
+        (task(block=[0, 2**40]), "not a non-empty range"),
+        (task(out_region=[0, 1, 0]), r"expected \[y0, y1, x0, x1\]"),
+        (task(input_hw=[224, 0]), "not in"),
+        (task(input_hw=[224]), "expected 2 items"),
+        (task(input={"dtype": "float16", "shape": [1], "data": b"\x00\x00"}), "unknown dtype"),
+        (raw(v=1, type="response", request="q", timeline=[["d", "dance", 0.0, 1.0, ""]]), "malformed"),
+        (raw(v=1, type="award", round="r", runs=[["d", 0, 2]]), "expected a map"),
     ],
 )
 def test_malformed_payloads_raise_one_clear_error(payload: bytes, message: str) -> None:
@@ -100,25 +167,30 @@ def test_malformed_payloads_raise_one_clear_error(payload: bytes, message: str) 
         ({"dtype": "float32", "shape": [2**32, 2**32, 1, 1], "data": b""}, "more than allowed"),
     ],
 )
-def test_malformed_tensors(tensor: dict, message: str) -> None:
+def test_malformed_tensors(tensor: dict[str, Any], message: str) -> None:
     with pytest.raises(WireError, match=message):
-        decode_tensor(tensor)
+        decode_array(tensor)
 
 
 def test_big_payloads_travel_in_chunks_and_come_back() -> None:
-    big = ResultMessage("q", "t", "d", [0, 1, 0, 1], encode_tensor(torch.randn(1, 64, 150, 150)))
+    tile = np.random.default_rng(1).standard_normal((1, 64, 150, 150)).astype(np.float32)
+    big = ResultMessage("q", "t", "d", REGION, tile)
     parts = frames(encode(big))
     assert len(parts) == 2 and all(len(p) <= MAX_PAYLOAD_BYTES for p in parts)
     again = Reassembler()
     assert again.feed("t", parts[1]) is None  # any order
-    assert again.feed("t", parts[0]) == big
+    back = again.feed("t", parts[0])
+    assert isinstance(back, ResultMessage) and back == big and back.output is not None
+    assert np.array_equal(back.output, tile)
     assert frames(b"small") == [b"small"]
 
 
 def test_reassembly_is_bounded() -> None:
     small = Reassembler(max_bytes=10 * MAX_PAYLOAD_BYTES)
-    with pytest.raises(WireError, match="out of range"):
+    with pytest.raises(WireError, match="not in"):
         small.feed("t", encode(Chunk("c", 0, 10**9, b"x")))
+    with pytest.raises(WireError, match="out of range"):
+        small.feed("t", encode(Chunk("c", 0, 100, b"x")))
     with pytest.raises(WireError, match="reassembly budget"):
         for i in range(11):
             small.feed("t", encode(Chunk("c", i, 11, b"x" * (MAX_PAYLOAD_BYTES - 8192))))
@@ -134,20 +206,41 @@ def test_reassembly_is_bounded() -> None:
         nested.feed("t", encode(Chunk("c", 0, 1, inner)))
 
 
-def test_topics() -> None:
-    assert Topics.device_state("dev-1") == "edgeci/v1/devices/dev-1/state"
-    assert Topics.auction_bids("r1", "dev-1") == "edgeci/v1/auctions/r1/bids/dev-1"
-    assert Topics.shared_requests == "$share/edgeci-orchestrators/edgeci/v1/infer/requests"
-    for bad in ("", "a/b", "+", "#", "$SYS"):
-        with pytest.raises(WireError, match="cannot be a topic segment"):
-            Topics.device_tasks(bad)
+def test_topics_are_built_parsed_and_filtered_from_one_declaration() -> None:
+    assert DEVICE_STATE.build(device="dev-1") == "edgeci/v1/devices/dev-1/state"
+    assert AUCTION_BIDS.build(round="r1", device="dev-1") == "edgeci/v1/auctions/r1/bids/dev-1"
+    assert AUCTION_BIDS.parse("edgeci/v1/auctions/r1/bids/dev-1") == {"round": "r1", "device": "dev-1"}
+    assert AUCTION_BIDS.filter == "edgeci/v1/auctions/+/bids/+"
+    assert SHARED_REQUESTS == "$share/edgeci-orchestrators/edgeci/v1/infer/requests"
+    for topic in ("edgeci/v1/auctions/r1/bids", "edgeci/v1/auctions/r1/bids/+", "edgeci/v2/auctions/r/bids/d"):
+        assert AUCTION_BIDS.parse(topic) is None
+    assert AUCTION_CALL.parse(AUCTION_BIDS.build(round="r", device="d")) is None
+    for pattern in TOPICS:  # every kind parses what it builds, and nothing of another kind
+        ids = {name: f"x{i}" for i, name in enumerate(pattern.ids)}
+        built = pattern.build(**ids)
+        assert [p for p in TOPICS if p.parse(built) is not None] == [pattern] and pattern.parse(built) == ids
+    for bad in ("", "a/b", "+", "#", "$SYS", "a b", "x\ny"):
+        with pytest.raises(WireError, match="cannot be a device"):
+            DEVICE_TASKS.build(device=bad)
+    with pytest.raises(WireError, match="needs ids"):
+        RESULTS.build(device="d")
+
+
+def test_the_acl_is_generated_from_the_topic_declarations() -> None:
+    text = acl_text()
+    assert "pattern write edgeci/v1/devices/%u/state" in acl_lines("device")
+    assert "pattern write edgeci/v1/auctions/+/bids/%u" in acl_lines("device")
+    assert "pattern read edgeci/v1/clients/%c/responses" in acl_lines("client")
+    assert acl_lines("orchestrator")[-1] == f"topic read {SHARED_REQUESTS}"
+    for role in ("device", "orchestrator", "client"):
+        assert all(line in text for line in acl_lines(role))
+    assert CLIENT_RESPONSES.filter.replace("+", "%c") in text
 
 
 def test_timelines_round_trip_through_their_rows() -> None:
     intervals = (Interval(ORCHESTRATOR, "plan", 0.0, 0.002, "edgeci"), Interval("dev-1", "compute", 0.01, 0.05, "x"))
-    response = decode(encode(InferResponse("q", TENSOR, timeline=[i.to_row() for i in intervals])))
-    assert isinstance(response, InferResponse)
-    assert intervals_from_rows(response.timeline) == intervals
+    response = decode(encode(InferResponse("q", ARRAY, timeline=intervals)))
+    assert isinstance(response, InferResponse) and response.timeline == intervals
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import tempfile
 import time
@@ -18,8 +17,8 @@ from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
-from edgeci_mqtt.runtime.transport import Connection, Inbound
-from edgeci_mqtt.wire import DeviceState, Topics, WireError, decode
+from edgeci_mqtt.runtime.transport import MqttBus
+from edgeci_mqtt.runtime.watch import device_states
 
 __all__ = ["register", "run", "wait_for_devices"]
 
@@ -45,32 +44,16 @@ def wait_for_devices(
 ) -> None:
     """Block until every device in ``names`` has published an online birth (fail fast if
     a process of ``group`` exits meanwhile)."""
-    watcher = Connection(broker.address("watcher"), "edgeci-demo-watcher")
-    watcher.subscribe(Topics.device_states)
-    watcher.start()
-    online: set[str] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while online != names and time.monotonic() < deadline:
-            dead = [n for n, p in (group.processes.items() if group else []) if p.poll() is not None]
-            if dead:
-                raise EdgeCIError(f"{', '.join(dead)} exited: {group.log_text(dead[0])[-800:] if group else ''}")
-            try:
-                event = watcher.events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if not isinstance(event, Inbound):
-                continue
-            try:
-                state = decode(event.payload, DeviceState)
-            except WireError:
-                continue
-            assert isinstance(state, DeviceState)
-            (online.add if state.online else online.discard)(state.device)
-    finally:
-        watcher.stop()
-    if online != names:
-        raise EdgeCIError(f"devices {', '.join(sorted(names - online))} did not come online")
+
+    def check() -> None:
+        dead = [n for n, p in (group.processes.items() if group else []) if p.poll() is not None]
+        if dead and group is not None:
+            raise EdgeCIError(f"{', '.join(dead)} exited: {group.log_text(dead[0])[-800:]}")
+
+    watcher = MqttBus(broker.address("watcher"), "edgeci-demo-watcher")
+    online = device_states(watcher, lambda states: names <= states.keys(), timeout, check)
+    if not names <= online.keys():
+        raise EdgeCIError(f"devices {', '.join(sorted(names - online.keys()))} did not come online")
 
 
 def run(args: argparse.Namespace) -> int:

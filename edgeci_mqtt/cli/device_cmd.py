@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
+from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.runtime.weights import WeightCache
 
 __all__ = ["register", "run", "stop_on_signals"]
+
+log = logging.getLogger("edgeci.device")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
-    agent = DeviceAgent(config["id"], broker_address(args, config["id"]), store, int(config.get("threads", 1)), cache)
+    device, threads = config["id"], int(config.get("threads", 1))
+    bus = MqttBus(broker_address(args, device), f"edgeci-device-{device}", ca_file=args.ca_file)
+    torch.set_num_threads(threads)
+    log.info("%s: profiling (%d thread(s))", device, threads)
+    agent = DeviceAgent(device, bus, store, measure_profile(threads), threads, cache)
     agent.run(stop_on_signals())
     return 0

@@ -6,13 +6,17 @@ import argparse
 import uuid
 from pathlib import Path
 
+import torch
+
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.orchestrator import Orchestrator
+from edgeci_mqtt.runtime.transport import MqttBus
 
 __all__ = ["register", "run"]
 
@@ -48,14 +52,15 @@ def run(args: argparse.Namespace) -> int:
         specs = [f"{specs[0]}={args.weights}"]
     store = ModelStore(parse_model_specs(specs), args.seed)
     oid = args.id or uuid.uuid4().hex[:8]
+    torch.set_num_threads(args.threads)
     orchestrator = Orchestrator(
         oid,
-        broker_address(args, "orchestrator"),
+        MqttBus(broker_address(args, "orchestrator"), f"edgeci-orchestrator-{oid}", ca_file=args.ca_file),
         store,
+        measure_profile(args.threads),
         args.strategy,
         Link(args.broker_mbit, 0.1),
         args.auction_ms / 1e3,
-        args.threads,
     )
     orchestrator.run(stop_on_signals())
     return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import time
 
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
-from edgeci_mqtt.runtime.transport import Connection, Inbound
+from edgeci_mqtt.runtime.bus import Inbound, events_until
+from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.runtime.watch import TrafficView
 
 __all__ = ["register", "run"]
@@ -29,17 +29,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    connection = Connection(broker_address(args, "watcher"), f"edgeci-watch-{int(time.time())}", ca_file=args.ca_file)
-    connection.subscribe("#", qos=0)
-    connection.start()
+    bus = MqttBus(broker_address(args, "watcher"), f"edgeci-watch-{int(time.time())}", ca_file=args.ca_file)
+    bus.subscribe("#", qos=0)
+    bus.start()
     view, stop = TrafficView(), stop_on_signals()
-    started = time.monotonic()
+    deadline = None if args.duration is None else time.perf_counter() + args.duration
     try:
-        while not stop.is_set() and (args.duration is None or time.monotonic() - started < args.duration):
-            try:
-                event = connection.events.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for event in events_until(bus, stop, deadline):
             if not isinstance(event, Inbound):
                 continue
             before = set(view.devices)
@@ -49,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
             if set(view.devices) != before:
                 print(view.table(), flush=True)
     finally:
-        connection.stop()
+        bus.stop()
         print(view.table(), file=sys.stderr)
     return 0

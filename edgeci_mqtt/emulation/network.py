@@ -28,16 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EmulationError
 from edgeci_mqtt.planner.cluster import ClusterSpec
 
-__all__ = ["CgroupRoot", "EmulatedCluster", "EmulationError", "down", "leftovers", "up"]
+__all__ = ["CgroupRoot", "EmulatedCluster", "down", "leftovers", "up"]
 
 TOOLS = ("ip", "tc")
-
-
-class EmulationError(EdgeCIError):
-    """The emulated cluster cannot be built here (not root, a tool or kernel feature missing)."""
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -7,39 +7,34 @@ of this client's own and a correlation id; the answer is matched by that id.
 from __future__ import annotations
 
 import logging
-import queue
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import InferenceError, WireError
 from edgeci_mqtt.imaging import load_input
-from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
-from edgeci_mqtt.timeline import Interval, intervals_from_rows
+from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
+    CLIENT_RESPONSES,
+    INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
     InferRequest,
     InferResponse,
     Reassembler,
-    Topics,
-    WireError,
-    decode_tensor,
     encode,
-    encode_tensor,
 )
 
-__all__ = ["EdgeCIClient", "InferenceError", "InferenceResult"]
+__all__ = ["EdgeCIClient", "InferenceResult"]
 
 
 log = logging.getLogger("edgeci.client")
-
-
-class InferenceError(EdgeCIError):
-    """The cluster could not answer (no orchestrator, no device, a timeout, an error)."""
 
 
 @dataclass(frozen=True)
@@ -54,22 +49,31 @@ class InferenceResult:
 
 
 class EdgeCIClient:
-    """A connection to the cluster's broker; use as a context manager."""
+    """A session with the cluster's broker; use as a context manager.
 
-    def __init__(self, address: BrokerAddress | str, client_id: str | None = None, ca_file: str | None = None) -> None:
-        address = BrokerAddress.parse(address) if isinstance(address, str) else address
-        self.client_id = client_id or f"client-{uuid.uuid4().hex[:8]}"
-        self.responses = Topics.client_responses(self.client_id)
-        self.connection = Connection(address, self.client_id, ca_file=ca_file)
-        self.connection.subscribe(self.responses)
+    ``broker`` is a URL (``mqtt://user:password@host:port``), a :class:`BrokerAddress`,
+    or any :class:`~edgeci_mqtt.runtime.bus.Bus` (whose client id then names the
+    response topic).
+    """
+
+    def __init__(
+        self, broker: Bus | BrokerAddress | str, client_id: str | None = None, ca_file: str | None = None
+    ) -> None:
+        if isinstance(broker, str | BrokerAddress):
+            address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker
+            broker = MqttBus(address, client_id or f"client-{uuid.uuid4().hex[:8]}", ca_file=ca_file)
+        self.bus: Bus = broker
+        self.client_id = broker.client_id
+        self.responses = CLIENT_RESPONSES.build(client=self.client_id)
+        self.bus.subscribe(self.responses)
         self._reassembler = Reassembler()
 
     def __enter__(self) -> EdgeCIClient:
-        self.connection.start()
+        self.bus.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.connection.stop()
+        self.bus.stop()
 
     def infer(
         self,
@@ -90,21 +94,15 @@ class EdgeCIClient:
         if x.dim() == 3:
             x = x[None]
         request_id = uuid.uuid4().hex
-        message = InferRequest(request_id, model, encode_tensor(x.float().contiguous()), strategy, trace)
-        payload = encode(message)
+        image_array = x.detach().to(torch.float32).contiguous().numpy()
+        payload = encode(InferRequest(request_id, model, image_array, strategy, trace))
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
-        self.connection.publish(
-            Topics.requests, payload, response_topic=self.responses, correlation=request_id.encode()
-        )
-        deadline = started + timeout
-        while (remaining := deadline - time.perf_counter()) > 0:
-            try:
-                event = self.connection.events.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if not isinstance(event, Inbound) or event.correlation != request_id.encode():
+        correlation = request_id.encode()
+        self.bus.publish(INFER_REQUESTS.filter, payload, response_topic=self.responses, correlation=correlation)
+        for event in events_until(self.bus, deadline=started + timeout):
+            if not isinstance(event, Inbound) or event.correlation != correlation:
                 continue
             try:
                 response = self._reassembler.feed(event.topic, event.payload)
@@ -116,19 +114,15 @@ class EdgeCIClient:
                 raise InferenceError(f"unexpected {response.kind} message as a response")
             if response.error:
                 raise InferenceError(response.error)
-            latency = time.perf_counter() - started
-            try:
-                timeline = intervals_from_rows(response.timeline) if trace else ()
-            except WireError as exc:  # diagnostics only: the answer itself is good
-                log.warning("request %s: malformed timeline in the response: %s", request_id, exc)
-                timeline = ()
+            if response.logits is None or response.logits.dtype != np.float32:
+                raise InferenceError("the response carries no float32 scores")
             return InferenceResult(
-                decode_tensor(response.logits, "response.logits").to(torch.float32),
-                latency,
+                torch.from_numpy(response.logits),
+                time.perf_counter() - started,
                 response.orchestrator,
                 response.strategy,
                 list(response.devices),
                 dict(response.timings),
-                timeline,
+                response.timeline if trace else (),
             )
         raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)")

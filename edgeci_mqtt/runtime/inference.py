@@ -1,19 +1,17 @@
-"""One distributed inference, block by block: auction, scatter, gather, stitch, recover.
+"""One distributed inference, block by block: auction, scatter, gather, stitch.
 
-A lost task (its device's will fired, it went silent past a deadline derived from its
-own estimate, or it answered with an error) is re-auctioned among the devices that
-remain, row by row, and the result is still exact. Late and duplicate results are
-ignored by task id.
+The decisions (which task goes where, what is lost, what is re-auctioned) are made by
+the pure :class:`~edgeci_mqtt.runtime.progress.BlockProgress`; this module is its edge:
+it stamps events with the clock and the online devices, publishes tasks and auction
+messages, checks result tiles and stitches them, and records the traced timeline.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,28 +26,42 @@ from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.runtime.models_held import HeldModel
+from edgeci_mqtt.runtime.progress import (
+    Action,
+    Awarded,
+    BlockProgress,
+    Fail,
+    Ignore,
+    Lost,
+    Reauction,
+    ResultArrived,
+    Send,
+    Start,
+    Stitch,
+    Tick,
+)
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, block_label, task_label
 from edgeci_mqtt.wire import (
+    AUCTION_AWARD,
+    AUCTION_CALL,
+    DEVICE_TASKS,
     AuctionCall,
     Award,
+    AwardRun,
     BidMessage,
     ResultMessage,
     TaskMessage,
-    Topics,
-    WireError,
-    decode_tensor,
     encode,
-    encode_tensor,
-    region_list,
 )
 
-__all__ = ["InferenceRun", "Mailboxes", "Timings"]
+__all__ = ["InferenceRun", "Mailboxes", "Timings", "result_problem"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
 MIN_TASK_DEADLINE_S = 3.0
 MAX_TASK_DEADLINE_S = 300.0
 DEADLINE_FACTOR = 5.0
+POLL_S = 0.05
 
 
 @dataclass
@@ -78,14 +90,19 @@ class Mailboxes:
     bids: dict[str, queue.Queue[BidMessage]] = field(default_factory=dict)
 
 
-@dataclass
-class _Pending:
-    task: Task
-    device: str
-    deadline: float
-    cols: Span
-    sent: float  # perf_counter once published
-    label: str  # for the timeline
+def result_problem(result: ResultMessage, task: Task, channels: int) -> str:
+    """Why ``result`` cannot be stitched as ``task``'s output tile ("" if it can)."""
+    if result.error:
+        return f"device error: {result.error}"
+    region = task.out_region
+    expected = (1, channels, region.height, region.width)
+    output = result.output
+    if output is None or output.shape != expected or output.dtype != np.float32:
+        got = "nothing" if output is None else f"{output.dtype}{list(output.shape)}"
+        return f"tile is {got}, expected float32{list(expected)}"
+    if result.out_region != region:
+        return f"tile is for {result.out_region}, expected {region}"
+    return ""
 
 
 class InferenceRun:
@@ -120,6 +137,7 @@ class InferenceRun:
         self.origin = origin
         self.timeline: list[Interval] | None = [] if trace else None
         self._wall_offset = time.time() - time.perf_counter()
+        self._sent: dict[str, tuple[float, str]] = {}  # task id -> (sent at, label), for the timeline
 
     def mark(self, resource: str, kind: str, start: float, end: float, label: str = "") -> None:
         """Record an interval (``perf_counter`` times) if this request is traced."""
@@ -135,7 +153,10 @@ class InferenceRun:
             awarded = [list(b.tasks) for b in on_devices]
         awards = iter(awarded)
         for block_plan in self.plan.blocks:
-            x = self._block(block_plan, x, [] if block_plan.placement == "orchestrator" else next(awards))
+            if block_plan.placement == "orchestrator":
+                x = self._gateway(block_plan.block, x)
+            else:
+                x = self._block(block_plan, x, next(awards))
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.held.chain.tail(x)
@@ -144,8 +165,8 @@ class InferenceRun:
         return logits
 
     # ------------------------------------------------------------ blocks
-    def _candidates(self) -> list[DeviceView]:
-        return [d for d in self.devices() if d.name not in self.failed]
+    def _online(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices())
 
     def _items(self, block: FusedBlock) -> list[Span]:
         return list(auction_items(self.shapes[block.stop]))
@@ -153,82 +174,106 @@ class InferenceRun:
     def _width(self, block: FusedBlock) -> Span:
         return Span(0, self.shapes[block.stop].width)
 
-    def _block(self, block_plan: BlockPlan, x: Tensor, tasks: list[Task]) -> Tensor:
-        """Run one block; ``tasks`` are its awarded (or planned) tasks, if on devices."""
-        block = block_plan.block
-        stages = self.held.chain.stages
-        if block_plan.placement == "orchestrator":
-            started = time.perf_counter()
-            out_shape = self.shapes[block.stop]
-            with torch.inference_mode():
-                out = run_block_tile(
-                    stages,
-                    self.shapes,
-                    block,
-                    x,
-                    TileRegion.whole(x.shape[2], x.shape[3]),
-                    TileRegion.whole(out_shape.height, out_shape.width),
-                )
-            self.timings.gateway_s += time.perf_counter() - started
-            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block_label(block))
-            return out
+    def _gateway(self, block: FusedBlock, x: Tensor) -> Tensor:
+        """A block the plan keeps on the orchestrator (DeepThings' gateway layers)."""
+        started = time.perf_counter()
         out_shape = self.shapes[block.stop]
+        with torch.inference_mode():
+            out = run_block_tile(
+                self.held.chain.stages,
+                self.shapes,
+                block,
+                x,
+                TileRegion.whole(x.shape[2], x.shape[3]),
+                TileRegion.whole(out_shape.height, out_shape.width),
+            )
+        self.timings.gateway_s += time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block_label(block))
+        return out
+
+    def _block(self, block_plan: BlockPlan, x: Tensor, tasks: list[Task]) -> Tensor:
+        """Run one block on devices; ``tasks`` are its awarded (or planned) tasks."""
+        block = block_plan.block
         if not tasks:
             raise PlanningError(f"block {block_label(block)} is on devices but has no tasks")
+        out_shape = self.shapes[block.stop]
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
-        live = {d.name for d in self._candidates()}
-        if self.auctioned and any(t.device not in live for t in tasks):  # a winner left since the auction
-            tasks = self._auctions([(block, self._items(block), self._width(block))])[0]
-        pull = block_plan.dispatch == "pull"
-        waiting: deque[Task] = deque(tasks if pull else [])
-        pending: dict[str, _Pending] = {}
-        block_compute = 0.0
-        if pull:
-            for view in self._candidates():
-                if waiting:
-                    self._send(block, waiting.popleft(), view.name, x, pending)
-        else:
-            for task in tasks:
-                self._send(block, task, task.device, x, pending)
+        if self.auctioned and any(t.device not in self._online() or t.device in self.failed for t in tasks):
+            tasks = self._auctions([(block, self._items(block), self._width(block))])[0]  # a winner left
+        progress = BlockProgress(
+            tuple(tasks),
+            pull=block_plan.dispatch == "pull",
+            allowance=self._allowance(block),
+            prefix=uuid.uuid4().hex[:10] + "-",
+            failed=self.failed,
+        )
         started = time.perf_counter()
-        while pending or waiting:
+        block_compute = 0.0
+        self._perform(progress, block, x, out, progress.handle(Start(started, self._online())))
+        while not progress.done:
             try:
-                arrived, result = self.mail.results.get(timeout=0.05)
+                arrived, result = self.mail.results.get(timeout=POLL_S)
             except queue.Empty:
                 result = None
-            if result is not None:
-                done = self._accept(result, arrived, pending, out)
-                if done is not None:
-                    block_compute = max(block_compute, done)
-                    if pull and waiting:
-                        self._send(block, waiting.popleft(), result.device, x, pending)
-            lost = self._lost(pending)
-            for entry in lost:
-                del pending[entry[0]]
-            for _, item in lost:
-                self.timings.recovered_tasks += 1
-                if pull:
-                    waiting.appendleft(item.task)
-                    idle = self._idle(pending)
-                    if idle and waiting:
-                        self._send(block, waiting.popleft(), idle, x, pending)
-                else:
-                    rows = item.task.out_region.rows
-                    lot = (block, [Span(r, r + 1) for r in range(rows.start, rows.stop)], item.cols)
-                    for task in self._auctions([lot])[0]:
-                        self._send(block, task, task.device, x, pending)
-            if pull and waiting and not pending:
-                idle = self._idle(pending)
-                if idle is None:
-                    raise PlanningError("no capable device remains for this inference")
-                self._send(block, waiting.popleft(), idle, x, pending)
+            if result is not None and result.request == self.request:
+                expected = progress.expected(result.task)
+                problem = "" if expected is None else result_problem(result, expected[0], out_shape.channels)
+                actions = progress.handle(ResultArrived(result.task, result.device, problem, arrived))
+                if any(isinstance(a, Stitch) for a in actions) and result.timings is not None:
+                    block_compute = max(block_compute, result.timings.compute_s)
+                self._perform(progress, block, x, out, actions, result, arrived)
+            self._perform(progress, block, x, out, progress.handle(Tick(time.perf_counter(), self._online())))
+        self.timings.recovered_tasks += progress.recovered
         self.timings.wait_s += time.perf_counter() - started
         self.timings.compute_s += block_compute
         return out
 
-    def _idle(self, pending: dict[str, _Pending]) -> str | None:
-        busy = {p.device for p in pending.values()}
-        return next((d.name for d in self._candidates() if d.name not in busy), None)
+    def _allowance(self, block: FusedBlock) -> Callable[[Task, str], float]:
+        """How long a device may take for a task: a multiple of its own predicted time."""
+        rows = self.held.row_model(self.shapes[0].height, self.shapes[0].width)
+
+        def allowance(task: Task, device: str) -> float:
+            view = next((d for d in self.devices() if d.name == device), None)
+            r = task.out_region.rows
+            predicted = (
+                float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
+            )
+            return min(MAX_TASK_DEADLINE_S, max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted))
+
+        return allowance
+
+    def _perform(
+        self,
+        progress: BlockProgress,
+        block: FusedBlock,
+        x: Tensor,
+        out: Tensor,
+        actions: list[Action],
+        result: ResultMessage | None = None,
+        arrived: float = 0.0,
+    ) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(block, action, x)
+            elif isinstance(action, Stitch):
+                assert result is not None and result.output is not None  # a Stitch answers a result
+                self._stitch(action, result, arrived, out)
+            elif isinstance(action, Lost):
+                log.warning(
+                    "%s: task %s on %s lost (%s); recovering it",
+                    self.request,
+                    action.task_id,
+                    action.device,
+                    action.why,
+                )
+            elif isinstance(action, Ignore):
+                log.debug("%s: ignored result %s from %s: %s", self.request, action.task_id, action.device, action.why)
+            elif isinstance(action, Reauction):
+                lot = (block, [Span(r, r + 1) for r in range(action.rows.start, action.rows.stop)], action.cols)
+                awarded = self._auctions([lot])[0]
+                self._perform(progress, block, x, out, progress.handle(Awarded(tuple(awarded), time.perf_counter())))
+            elif isinstance(action, Fail):
+                raise PlanningError(action.reason)
 
     # ------------------------------------------------------------ auction
     def _auctions(self, lots: list[tuple[FusedBlock, list[Span], Span]]) -> list[list[Task]]:
@@ -244,7 +289,7 @@ class InferenceRun:
         if not lots:
             return []
         started = time.perf_counter()
-        candidates = {d.name for d in self._candidates()}
+        candidates = set(self._online()) - self.failed
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
         awaited = (set(self.plan.devices) & candidates) or candidates
@@ -283,21 +328,20 @@ class InferenceRun:
             round_id,
             self.orchestrator,
             self.held.chain.model_name,
-            [self.shapes[0].height, self.shapes[0].width],
-            [block.start, block.stop],
-            [[s.start, s.stop] for s in items],
+            (self.shapes[0].height, self.shapes[0].width),
+            block,
+            tuple(items),
             self.auction_window_s * 1e3,
         )
-        self.publish(Topics.auction_call(round_id), encode(call))
+        self.publish(AUCTION_CALL.build(round=round_id), encode(call))
         return round_id, box
 
     def _award(
         self, round_id: str, block: FusedBlock, items: list[Span], cols: Span, bids: dict[str, Bid]
     ) -> list[Task]:
         won = award(list(bids.values()), len(items))  # no bid, no work
-        self.publish(
-            Topics.auction_award(round_id), encode(Award(round_id, [[d, s.start, s.stop] for d, s in won.runs]))
-        )
+        runs = tuple(AwardRun(d, s) for d, s in won.runs)
+        self.publish(AUCTION_AWARD.build(round=round_id), encode(Award(round_id, runs)))
         return [
             make_task(
                 self.held.chain.stages,
@@ -310,131 +354,66 @@ class InferenceRun:
         ]
 
     # ------------------------------------------------------------ tasks
-    def _send(self, block: FusedBlock, task: Task, device: str, x: Tensor, pending: dict[str, _Pending]) -> None:
+    def _send(self, block: FusedBlock, action: Send, x: Tensor) -> None:
         started = time.perf_counter()
-        task_id = uuid.uuid4().hex[:12]
+        task, device = action.task, action.device
         r, c = task.in_region.rows, task.in_region.cols
         tile = x[:, :, r.start : r.stop, c.start : c.stop].contiguous()
         message = TaskMessage(
             self.request,
-            task_id,
+            action.task_id,
             self.orchestrator,
             self.held.chain.model_name,
             self.held.digest,
-            [self.shapes[0].height, self.shapes[0].width],
-            [block.start, block.stop],
-            region_list(task.in_region),
-            region_list(task.out_region),
-            encode_tensor(tile),
+            (self.shapes[0].height, self.shapes[0].width),
+            block,
+            task.in_region,
+            task.out_region,
+            tile.numpy(),
         )
-        view = next((d for d in self.devices() if d.name == device), None)
-        predicted = self._predict(view, block, task) if view else 1.0
-        allowed = min(MAX_TASK_DEADLINE_S, max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted))
         self.prepare(device, block)
-        self.publish(Topics.device_tasks(device), encode(message))
+        self.publish(DEVICE_TASKS.build(device=device), encode(message))
         sent = time.perf_counter()
         label = task_label(block, task.out_region)
-        pending[task_id] = _Pending(task, device, sent + allowed, task.out_region.cols, sent, label)
+        self._sent[action.task_id] = (sent, label)
         self.used.add(device)
         self.timings.scatter_s += sent - started
         self.mark(ORCHESTRATOR, "prepare", started, sent, f"{device} {label}")
 
-    def _predict(self, view: DeviceView, block: FusedBlock, task: Task) -> float:
-        rows = self.held.row_model(self.shapes[0].height, self.shapes[0].width)
-        r = task.out_region.rows
-        return float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0])
-
-    def _accept(self, result: ResultMessage, arrived: float, pending: dict[str, _Pending], out: Tensor) -> float | None:
-        """Stitch a result if it is the one we wait for; returns its compute time."""
-        entry = pending.get(result.task)
-        if result.request != self.request or entry is None:
-            log.debug("%s: ignored a late or unknown result %s from %s", self.request, result.task, result.device)
-            return None
-        if result.device != entry.device:
-            log.warning(
-                "%s: result %s came from %s, not %s: ignored", self.request, result.task, result.device, entry.device
-            )
-            return None
-        if result.error:
-            log.warning("%s: %s failed task %s: %s", self.request, result.device, result.task, result.error)
-            entry.deadline = 0.0  # recovered by _lost
-            self.failed.add(result.device)
-            return None
+    def _stitch(self, action: Stitch, result: ResultMessage, arrived: float, out: Tensor) -> None:
         started = time.perf_counter()
-        region = entry.task.out_region
-        try:
-            tile = decode_tensor(result.output, "result.output")
-        except WireError as exc:
-            log.warning("%s: bad result %s from %s: %s", self.request, result.task, result.device, exc)
-            entry.deadline = 0.0
-            return None
-        expected = (1, out.shape[1], region.height, region.width)
-        if tuple(tile.shape) != expected or tile.dtype != torch.float32 or result.out_region != region_list(region):
-            log.warning(
-                "%s: result %s from %s has shape %s, expected %s",
-                self.request,
-                result.task,
-                result.device,
-                tuple(tile.shape),
-                expected,
-            )
-            entry.deadline = 0.0
-            return None
-        out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = tile
-        del pending[result.task]
+        region = action.task.out_region
+        assert result.output is not None
+        out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = torch.from_numpy(
+            result.output
+        )
         self.timings.merge_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), f"{result.device} {region}")
-        self._mark_device(result, entry, arrived)
-        compute = result.timings.get("compute_s", 0.0)
-        return float(compute) if isinstance(compute, int | float) and math.isfinite(compute) else 0.0
+        self._mark_device(result, action.task_id, arrived)
 
-    def _mark_device(self, result: ResultMessage, entry: _Pending, arrived: float) -> None:
+    def _mark_device(self, result: ResultMessage, task_id: str, arrived: float) -> None:
         """The device's link and CPU intervals of a task, from the times it reported.
 
         Its clock is only trusted between our send and our receipt: on real boards
         clocks drift by milliseconds, so its instants are clamped into that window.
         Instants out of order are a device bug, logged and not drawn.
         """
-        if self.timeline is None:
+        sent, label = self._sent.pop(task_id, (arrived, ""))
+        if self.timeline is None or result.timings is None:
             return
-        instants = []
-        for key in ("received_at", "started_at", "computed_at"):
-            value = result.timings.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                return
-            instants.append(float(value))
+        t = result.timings
+        instants = [t.received_at, t.started_at, t.computed_at]
         if instants != sorted(instants):
             log.warning("%s: %s reported its task instants out of order: %s", self.request, result.device, instants)
             return
-        received, started, computed = (min(max(t - self._wall_offset, entry.sent), arrived) for t in instants)
-        self.mark(entry.device, "receive", entry.sent, received, entry.label)
-        self.mark(entry.device, "compute", started, computed, entry.label)
-        self.mark(entry.device, "send", computed, arrived, entry.label)
-
-    def _lost(self, pending: dict[str, _Pending]) -> list[tuple[str, _Pending]]:
-        """Tasks whose device went offline, failed, or is silent past its deadline."""
-        now = time.perf_counter()
-        online = {d.name for d in self.devices()}
-        lost = []
-        for task_id, entry in pending.items():
-            if entry.device not in online or entry.device in self.failed or now > entry.deadline:
-                reason = "offline" if entry.device not in online else "silent or failed"
-                log.warning(
-                    "%s: task %s on %s lost (%s); re-auctioning it", self.request, task_id, entry.device, reason
-                )
-                self.failed.add(entry.device)
-                lost.append((task_id, entry))
-        return lost
+        received, begun, computed = (min(max(i - self._wall_offset, sent), arrived) for i in instants)
+        self.mark(result.device, "receive", sent, received, label)
+        self.mark(result.device, "compute", begun, computed, label)
+        self.mark(result.device, "send", computed, arrived, label)
 
 
 def _take_bid(message: BidMessage, count: int, candidates: set[str], into: dict[str, Bid]) -> None:
-    bid = _valid_bid(message, count)
-    if bid is not None and bid.device in candidates:
-        into[bid.device] = bid
-
-
-def _valid_bid(message: BidMessage, count: int) -> Bid | None:
-    values = [*message.alone_s, *message.extend_s, message.queue_s]
+    """Count a bid (its prices are finite and in range: the wire checked) if it prices every item."""
     if len(message.alone_s) != count or len(message.extend_s) != count:
         log.warning(
             "bid from %s has %d/%d prices for %d items: ignored",
@@ -443,10 +422,6 @@ def _valid_bid(message: BidMessage, count: int) -> Bid | None:
             len(message.extend_s),
             count,
         )
-        return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6 for v in values):
-        log.warning("bid from %s has prices that are not finite non-negative numbers: ignored", message.device)
-        return None
-    return Bid(
-        message.device, float(message.queue_s), tuple(map(float, message.alone_s)), tuple(map(float, message.extend_s))
-    )
+        return
+    if message.device in candidates:
+        into[message.device] = Bid(message.device, message.queue_s, message.alone_s, message.extend_s)

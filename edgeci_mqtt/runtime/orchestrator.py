@@ -1,6 +1,6 @@
 """The orchestrator (auctioneer): device table, planning, inference, answers.
 
-A dispatcher loop reads the connection's events: retained device states keep the live
+A dispatcher loop reads the bus's events: retained device states keep the live
 device table (every membership change bumps its generation, so the next request is
 re-planned), bids and results go to the running inference's mailboxes, requests to a
 queue served by one worker thread. Requests arrive through the MQTT v5 shared
@@ -16,34 +16,38 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from edgeci_mqtt.core.fused import FusedBlock
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
-from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
+    AUCTION_BIDS,
+    CLIENT_RESPONSES,
+    DEVICE_STATE,
+    DEVICE_TASKS,
+    INFER_REQUESTS,
+    RESULTS,
+    SHARED_REQUESTS,
     BidMessage,
     DeviceState,
     InferRequest,
     InferResponse,
+    Reassembler,
     ResultMessage,
-    Topics,
-    WireError,
-    decode_tensor,
     encode,
-    encode_tensor,
 )
-from edgeci_mqtt.wire import Reassembler as _Reassembler
 
 __all__ = ["DeviceTable", "Orchestrator"]
 
@@ -62,16 +66,12 @@ class DeviceTable:
         self.births = 0
 
     def update(self, state: DeviceState) -> None:
-        profile, link = None, None
-        if state.online:
-            profile = DeviceProfile.from_dict(state.profile)  # these raise on malformed values
-            link = Link.from_dict(state.link)
-            if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in state.weights.values()):
-                raise EdgeCIError(f"device {state.device}: weights must map digests to lists of stage names")
+        profile, link = state.profile, state.link  # typed and checked by the wire
+        if state.online and (profile is None or link is None):
+            raise WireError(f"device {state.device} is online without a profile and a link")
         with self._lock:
             before = self._states.get(state.device)
-            if state.online:
-                assert profile is not None and link is not None
+            if profile is not None and link is not None:
                 self._states[state.device], self._profiles[state.device] = state, profile
                 self._links[state.device] = link
             else:
@@ -119,38 +119,42 @@ class _Request:
 
 
 class Orchestrator:
+    """The auctioneer on ``bus``: call :meth:`run` until ``stop`` is set.
+
+    Nothing connects or measures here: the caller gives the bus and the profile of
+    this host (``edgeci_mqtt.profiling.measure_profile``), which prices its merges,
+    gateway blocks and the tail in the plans.
+    """
+
     def __init__(
         self,
         orchestrator_id: str,
-        address: BrokerAddress,
+        bus: Bus,
         models: ModelStore,
+        profile: DeviceProfile,
         strategy: str = "edgeci",
         broker_link: Link | None = None,
         auction_s: float = 0.5,
-        threads: int = 1,
     ) -> None:
         if strategy not in STRATEGIES:
             raise EdgeCIError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        Topics.results(orchestrator_id)
-        self.id, self.models, self.strategy = orchestrator_id, models, strategy
+        self.results_topic = RESULTS.build(orchestrator=orchestrator_id)
+        self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self.broker_link = broker_link or Link(1000.0, 0.1)
         self.auction_s = auction_s
-        torch.set_num_threads(threads)
-        self.profile = measure_profile(threads)
-        self.connection = Connection(address, f"edgeci-orchestrator-{orchestrator_id}")
         self.table = DeviceTable()
         self.mail = Mailboxes()
         self.requests: queue.Queue[_Request | None] = queue.Queue()
-        self._reassembler = _Reassembler(max_bytes=1 << 30)
+        self._reassembler = Reassembler(max_bytes=1 << 30)
         self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
 
     def run(self, stop: threading.Event) -> None:
-        conn = self.connection
-        for topic in (Topics.device_states, Topics.results(self.id), Topics.auction_bids_all, Topics.shared_requests):
-            conn.subscribe(topic)
-        conn.start()
+        bus = self.bus
+        for topic in (DEVICE_STATE.filter, self.results_topic, AUCTION_BIDS.filter, SHARED_REQUESTS):
+            bus.subscribe(topic)
+        bus.start()
         worker = threading.Thread(target=self._serve, name=f"{self.id}-worker", daemon=True)
         worker.start()
         log.info(
@@ -159,16 +163,12 @@ class Orchestrator:
             ", ".join(self.models.held),
             self.strategy,
         )
-        while not stop.is_set():
-            try:
-                event = conn.events.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for event in events_until(bus, stop):
             if isinstance(event, Inbound):
                 self._dispatch(event)
         self.requests.put(None)
         worker.join(timeout=5)
-        conn.stop()
+        bus.stop()
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
@@ -176,22 +176,25 @@ class Orchestrator:
             message = self._reassembler.feed(event.topic, event.payload)
             if message is None:
                 return
-            if isinstance(message, DeviceState) and event.topic == Topics.device_state(message.device):
+            if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
                 self.table.update(message)
-            elif isinstance(message, BidMessage) and event.topic == Topics.auction_bids(message.round, message.device):
+            elif isinstance(message, BidMessage) and AUCTION_BIDS.parse(event.topic) == {
+                "round": message.round,
+                "device": message.device,
+            }:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage) and event.topic == Topics.results(self.id):
+            elif isinstance(message, ResultMessage) and event.topic == self.results_topic:
                 self.mail.results.put((time.perf_counter(), message))  # arrival, for traces
-            elif isinstance(message, InferRequest) and event.topic == Topics.requests:
-                if not event.response_topic:
-                    raise WireError(f"request {message.request} has no response topic")
+            elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
+                if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:
+                    raise WireError(f"request {message.request} has no client response topic")
                 self.requests.put(_Request(message, event.response_topic, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
-        except (EdgeCIError, KeyError, TypeError, ValueError) as exc:
-            log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic, exc)
+        except Exception as exc:  # one message must never stop the dispatcher
+            log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
     # ------------------------------------------------------------ requests
     def _serve(self) -> None:
@@ -201,13 +204,13 @@ class Orchestrator:
                 response = self._infer(request)
             except EdgeCIError as exc:
                 log.warning("request %s failed: %s", message.request, exc)
-                response = InferResponse(message.request, error=str(exc), orchestrator=self.id)
+                response = InferResponse(message.request, error=str(exc)[:4000], orchestrator=self.id)
             except Exception as exc:  # never lose the worker: answer and carry on
                 log.exception("request %s failed unexpectedly", message.request)
-                response = InferResponse(message.request, error=f"internal error: {exc!r}", orchestrator=self.id)
+                response = InferResponse(message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id)
             try:
-                self.connection.publish(request.response_topic, encode(response), correlation=request.correlation)
-            except EdgeCIError as exc:
+                self.bus.publish(request.response_topic, encode(response), correlation=request.correlation)
+            except Exception as exc:  # never lose the worker
                 log.error("cannot answer request %s: %s", message.request, exc)
 
     def _plan(self, model: str, height: int, width: int, strategy: str, devices: list[DeviceView]) -> Plan:
@@ -237,8 +240,8 @@ class Orchestrator:
         for stage in held.weighted_stages(block):
             if stage not in sent:
                 state = stage_state(held.chain.model, stage)
-                self.connection.publish(
-                    Topics.device_tasks(device), encode(weights_message(model, held.digest, stage, state))
+                self.bus.publish(
+                    DEVICE_TASKS.build(device=device), encode(weights_message(model, held.digest, stage, state))
                 )
                 sent.add(stage)
         self._weights_sent[key] = (self.table.births, sent)
@@ -249,9 +252,9 @@ class Orchestrator:
         if strategy not in STRATEGIES:
             raise EdgeCIError(f"unknown strategy {strategy!r}")
         held = self.models.get(message.model)
-        image = decode_tensor(message.image, "request.image")
-        if image.dtype != torch.float32:
-            raise EdgeCIError(f"request image is {image.dtype}, expected float32")
+        if message.image.dtype != np.float32:
+            raise EdgeCIError(f"request image is {message.image.dtype}, expected float32")
+        image = torch.from_numpy(message.image)
         shapes = held.chain.check_input(image)
         devices = self.table.views(message.model, held.digest)
         if not devices:
@@ -268,7 +271,7 @@ class Orchestrator:
             plan=plan,
             shapes=shapes,
             devices=lambda: self.table.views(message.model, held.digest),
-            publish=lambda topic, payload: self.connection.publish(topic, payload),
+            publish=lambda topic, payload: self.bus.publish(topic, payload),
             prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
             auction_s=self.auction_s,
@@ -291,10 +294,10 @@ class Orchestrator:
         )
         return InferResponse(
             message.request,
-            encode_tensor(logits),
+            logits.contiguous().numpy(),
             timings=timings,
             orchestrator=self.id,
             strategy=strategy,
-            devices=sorted(run.used),
-            timeline=[i.to_row() for i in run.timeline or ()],
+            devices=tuple(sorted(run.used)),
+            timeline=tuple(run.timeline or ()),
         )

@@ -1,4 +1,4 @@
-"""The only module that touches paho-mqtt: a connection with a queue, not callbacks.
+"""The only module that touches paho-mqtt: the real :class:`~edgeci_mqtt.runtime.bus.Bus`.
 
 paho's callbacks run on its network thread; here they only put small values
 (:class:`Inbound`, :class:`Connected`, :class:`Disconnected`) on a queue, so model
@@ -24,16 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.wire import CONTENT_TYPE, MAX_PAYLOAD_BYTES, frames
+from edgeci_mqtt.errors import TransportError
+from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
+from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["BrokerAddress", "Connected", "Connection", "Disconnected", "Event", "Inbound", "TransportError"]
+__all__ = ["BrokerAddress", "MqttBus"]
 
 log = logging.getLogger(__name__)
-
-
-class TransportError(EdgeCIError):
-    """The broker cannot be reached, refused us, or a publish cannot be sent."""
 
 
 @dataclass(frozen=True)
@@ -67,38 +64,10 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class Inbound:
-    topic: str
-    payload: bytes
-    retain: bool = False
-    response_topic: str | None = None
-    correlation: bytes | None = None
+class MqttBus:
+    """One MQTT v5 session with a real broker. Read :attr:`events`; call :meth:`publish` from any thread."""
 
-
-@dataclass(frozen=True)
-class Connected:
-    """(Re)connected and re-subscribed: time to (re)publish a birth message."""
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    reason: str
-
-
-Event = Inbound | Connected | Disconnected
-
-
-class Connection:
-    """One MQTT v5 session. Read :attr:`events`; call :meth:`publish` from any thread."""
-
-    def __init__(
-        self,
-        address: BrokerAddress,
-        client_id: str,
-        will: tuple[str, bytes] | None = None,
-        ca_file: str | None = None,
-    ) -> None:
+    def __init__(self, address: BrokerAddress, client_id: str, ca_file: str | None = None) -> None:
         self.address, self.client_id = address, client_id
         self.events: queue.Queue[Event] = queue.Queue()
         self.connected = threading.Event()
@@ -109,12 +78,13 @@ class Connection:
             self._client.username_pw_set(address.username, address.password)
         if address.tls:
             self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        if will is not None:
-            self._client.will_set(will[0], will[1], qos=1, retain=True, properties=self._properties())
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    def will(self, topic: str, payload: bytes) -> None:
+        self._client.will_set(topic, payload, qos=1, retain=True, properties=self._properties())
 
     # paho's thread: only enqueue
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
@@ -187,12 +157,7 @@ class Connection:
         wait: float | None = None,
     ) -> None:
         """Publish, split into chunk frames if over the limit; retained payloads must fit one frame."""
-        parts = frames(payload)
-        if retain and len(parts) > 1:
-            raise TransportError(f"a retained payload on {topic} must fit in {MAX_PAYLOAD_BYTES} bytes")
-        for part in parts:
-            if len(part) > MAX_PAYLOAD_BYTES + 8192:  # frames() guarantees this; never send an oversize packet
-                raise TransportError(f"refusing to publish {len(part)} bytes on {topic}")
+        for part in checked_frames(topic, payload, retain):
             info = self._client.publish(topic, part, qos, retain, self._properties(response_topic, correlation))
             if wait is not None:
                 info.wait_for_publish(wait)

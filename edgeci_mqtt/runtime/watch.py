@@ -8,11 +8,16 @@ says how long its task took and the device table says what each device is doing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
+from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.wire import (
+    DEVICE_STATE,
     ROOT,
     AuctionCall,
     Award,
@@ -26,14 +31,46 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     TaskMessage,
     WireError,
+    decode,
 )
 
-__all__ = ["TrafficView", "describe_tensor"]
+__all__ = ["TrafficView", "describe_tensor", "device_states"]
 
 
-def describe_tensor(value: Mapping[str, Any]) -> str:
-    data = value.get("data", b"")
-    return f"{value.get('dtype')}{list(value.get('shape', []))} {len(data) if isinstance(data, bytes) else '?'} B"
+def describe_tensor(value: NDArray[np.generic] | None) -> str:
+    return "none" if value is None else f"{value.dtype}{list(value.shape)} {value.nbytes} B"
+
+
+def device_states(
+    bus: Bus,
+    enough: Callable[[dict[str, DeviceState]], bool],
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> dict[str, DeviceState]:
+    """The online devices' retained states, read from ``bus`` until ``enough`` of them are
+    there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
+    bus.subscribe(DEVICE_STATE.filter)
+    bus.start()
+    online: dict[str, DeviceState] = {}
+    try:
+        for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
+            if check is not None:
+                check()
+            if isinstance(event, Inbound):
+                try:
+                    state = decode(event.payload, DeviceState)
+                except WireError:
+                    continue
+                assert isinstance(state, DeviceState)
+                if state.online:
+                    online[state.device] = state
+                else:
+                    online.pop(state.device, None)
+            if enough(online):
+                break
+    finally:
+        bus.stop()
+    return online
 
 
 def _size(n: int) -> str:
@@ -68,15 +105,12 @@ class TrafficView:
                 self.devices.pop(message.device, None)
             if not message.online:
                 return f"device {message.device} OFFLINE" + (" (its will or a clean stop)" if before else "")
-            link = message.link
-            return (
-                f"device {message.device} ONLINE v{message.version}: link {link.get('bandwidth_mbit', 0):.0f} "
-                f"Mbit/s {link.get('latency_ms', 0):.2f} ms, models {', '.join(message.models)}"
-            )
+            link = f"{message.link.bandwidth_mbit:.0f} Mbit/s {message.link.latency_ms:.2f} ms" if message.link else "?"
+            return f"device {message.device} ONLINE v{message.version}: link {link}, models {', '.join(message.models)}"
         if isinstance(message, AuctionCall):
             return (
                 f"auction {message.round} CALL by {message.orchestrator}: {message.model} block "
-                f"{message.block[0]}-{message.block[1]}, {len(message.items)} items, "
+                f"{message.block.start}-{message.block.stop}, {len(message.items)} items, "
                 f"deadline {message.deadline_ms:.0f} ms"
             )
         if isinstance(message, BidMessage):
@@ -86,13 +120,13 @@ class TrafficView:
                 f"best item {best * 1e3:.1f} ms"
             )
         if isinstance(message, Award):
-            runs = ", ".join(f"{d}: items {a}-{b}" for d, a, b in message.runs)
+            runs = ", ".join(f"{r.device}: items {r.items.start}-{r.items.stop}" for r in message.runs)
             return f"auction {message.round} AWARD: {runs}"
         if isinstance(message, TaskMessage):
             self.in_flight[message.task] = (topic.split("/")[3], now)
             return (
                 f"task {message.task} of {message.request[:8]}: {message.model} block "
-                f"{message.block[0]}-{message.block[1]} out {message.out_region} in "
+                f"{message.block.start}-{message.block.stop} out {message.out_region} in "
                 f"{describe_tensor(message.input)} ({_size(size)})"
             )
         if isinstance(message, ResultMessage):
@@ -100,7 +134,7 @@ class TrafficView:
             after = f" after {(now - sent[1]) * 1e3:.1f} ms" if sent else ""
             if message.error:
                 return f"result {message.task} from {message.device}: ERROR {message.error}{after}"
-            compute = message.timings.get("compute_s", 0.0) * 1e3
+            compute = message.timings.compute_s * 1e3 if message.timings else 0.0
             return (
                 f"result {message.task} from {message.device}: {describe_tensor(message.output)} "
                 f"({_size(size)}), compute {compute:.1f} ms{after}"
@@ -129,6 +163,6 @@ class TrafficView:
         for name, state in sorted(self.devices.items()):
             link = state.link
             doing = f"busy: task {busy[name]}" if name in busy else "idle"
-            speed = f"{link.get('bandwidth_mbit', 0):7.0f} Mbit/s {link.get('latency_ms', 0):6.2f} ms"
+            speed = f"{link.bandwidth_mbit:7.0f} Mbit/s {link.latency_ms:6.2f} ms" if link else "?"
             lines.append(f"  {name:12s} {speed}  {doing}")
         return "\n".join(lines)

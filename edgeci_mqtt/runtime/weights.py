@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.wire import WeightsMessage, WireError, decode, decode_tensor, encode, encode_tensor
+from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.wire import WeightsMessage, decode, encode
 
 __all__ = [
     "WeightCache",
@@ -47,13 +47,13 @@ def state_sha256(state: dict[str, Tensor]) -> str:
 
 
 def weights_message(model: str, digest: str, stage: str, state: dict[str, Tensor]) -> WeightsMessage:
-    tensors = {k: encode_tensor(v.detach().contiguous()) for k, v in state.items()}
+    tensors = {k: v.detach().contiguous().numpy() for k, v in state.items()}
     return WeightsMessage(model, digest, stage, tensors, state_sha256(state))
 
 
 def verify(message: WeightsMessage) -> dict[str, Tensor]:
     """The stage's tensors, if every one decodes and the sha256 matches."""
-    state = {str(k): decode_tensor(v, f"weights.{k}") for k, v in message.tensors.items()}
+    state = {k: torch.from_numpy(v) for k, v in message.tensors.items()}
     if state_sha256(state) != message.sha256:
         raise WireError(f"weights of {message.model} stage {message.stage}: sha256 mismatch")
     return state
@@ -107,6 +107,9 @@ class WeightCache:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(encode(message))
         tmp.replace(path)
+
+    def has(self, digest: str, stage: str) -> bool:
+        return self._path(digest, stage).is_file()
 
     def load(self, digest: str, stage: str) -> WeightsMessage | None:
         path = self._path(digest, stage)

@@ -1,0 +1,92 @@
+"""The wire: every topic and every message, in one place, versioned.
+
+- :mod:`~edgeci_mqtt.wire.topics`: the topic tree, built and parsed from one set of
+  declarations, which also generate the broker's ACL;
+- :mod:`~edgeci_mqtt.wire.tensors`: tensors as ``{dtype, shape, data}`` (NumPy, no torch);
+- :mod:`~edgeci_mqtt.wire.values` and :mod:`~edgeci_mqtt.wire.messages`: typed messages,
+  validated once in :func:`decode`;
+- :mod:`~edgeci_mqtt.wire.framing`: payloads over one frame travel as chunks.
+"""
+
+from __future__ import annotations
+
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.wire.framing import BROKER_MAX_PACKET_BYTES, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Reassembler, frames
+from edgeci_mqtt.wire.messages import (
+    CONTENT_TYPE,
+    MAX_INPUT_SIDE,
+    AuctionCall,
+    Award,
+    AwardRun,
+    BidMessage,
+    Chunk,
+    DeviceState,
+    InferRequest,
+    InferResponse,
+    Message,
+    ResultMessage,
+    TaskMessage,
+    TaskTimings,
+    WeightsMessage,
+    decode,
+    encode,
+)
+from edgeci_mqtt.wire.tensors import decode_array, encode_array
+from edgeci_mqtt.wire.topics import (
+    AUCTION_AWARD,
+    AUCTION_BIDS,
+    AUCTION_CALL,
+    CLIENT_RESPONSES,
+    DEVICE_PROBE,
+    DEVICE_STATE,
+    DEVICE_TASKS,
+    EVERYTHING,
+    INFER_REQUESTS,
+    RESULTS,
+    ROOT,
+    SCHEMA_VERSION,
+    SHARED_REQUESTS,
+    TopicPattern,
+)
+
+__all__ = [
+    "AUCTION_AWARD",
+    "AUCTION_BIDS",
+    "AUCTION_CALL",
+    "BROKER_MAX_PACKET_BYTES",
+    "CLIENT_RESPONSES",
+    "CONTENT_TYPE",
+    "DEVICE_PROBE",
+    "DEVICE_STATE",
+    "DEVICE_TASKS",
+    "EVERYTHING",
+    "INFER_REQUESTS",
+    "MAX_FRAME_BYTES",
+    "MAX_INPUT_SIDE",
+    "MAX_PAYLOAD_BYTES",
+    "RESULTS",
+    "ROOT",
+    "SCHEMA_VERSION",
+    "SHARED_REQUESTS",
+    "AuctionCall",
+    "Award",
+    "AwardRun",
+    "BidMessage",
+    "Chunk",
+    "DeviceState",
+    "InferRequest",
+    "InferResponse",
+    "Message",
+    "Reassembler",
+    "ResultMessage",
+    "TaskMessage",
+    "TaskTimings",
+    "TopicPattern",
+    "WeightsMessage",
+    "WireError",
+    "decode",
+    "decode_array",
+    "encode",
+    "encode_array",
+    "frames",
+]

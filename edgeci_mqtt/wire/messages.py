@@ -1,0 +1,265 @@
+"""Every message, declared once with typed fields; :func:`encode` and :func:`decode`.
+
+Payloads are msgpack maps with the schema version ``v``, the message ``type`` and the
+fields. A field's annotation is its contract (see :mod:`edgeci_mqtt.wire.values`):
+:func:`decode` returns a message whose regions are :class:`TileRegion`, blocks
+:class:`FusedBlock`, profiles :class:`DeviceProfile`, tensors NumPy arrays, every
+number finite and in range, or raises one :class:`WireError` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, TypeVar
+
+import msgpack
+from numpy.typing import NDArray
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.timeline import Interval
+from edgeci_mqtt.wire.topics import SCHEMA_VERSION
+from edgeci_mqtt.wire.values import Id, MaxLen, Range, decode_record, encode_record
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MAX_INPUT_SIDE",
+    "MESSAGE_TYPES",
+    "AuctionCall",
+    "Award",
+    "AwardRun",
+    "BidMessage",
+    "Chunk",
+    "DeviceState",
+    "InferRequest",
+    "InferResponse",
+    "Message",
+    "ResultMessage",
+    "TaskMessage",
+    "TaskTimings",
+    "WeightsMessage",
+    "decode",
+    "encode",
+]
+
+CONTENT_TYPE = "application/vnd.edgeci.v1+msgpack"
+"""MQTT v5 content type of every payload, so generic tools can tell them apart."""
+
+MAX_INPUT_SIDE = 8192
+MAX_ITEMS_PER_ROUND = 4096
+
+Ident = Annotated[str, Id]
+"""Ids travel in topics and logs: one topic segment of printable characters."""
+Name = Annotated[str, MaxLen(128)]
+Text = Annotated[str, MaxLen(4096)]
+Seconds = Annotated[float, Range(0.0, 1e6)]
+WallClock = Annotated[float, Range(0.0, 1e11)]
+Side = Annotated[int, Range(1, MAX_INPUT_SIDE)]
+ImageSize = tuple[Side, Side]
+Prices = Annotated[tuple[Seconds, ...], MaxLen(MAX_ITEMS_PER_ROUND)]
+Array = NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message: a ``type`` tag and typed fields."""
+
+    kind: ClassVar[str] = ""
+
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class DeviceState(Message):
+    """Retained on ``devices/<id>/state``: the birth message, or the will (online false)."""
+
+    kind: ClassVar[str] = "state"
+    device: Ident
+    online: bool
+    profile: DeviceProfile | None = None
+    link: Link | None = None
+    models: dict[str, Name] = field(default_factory=dict)  # model name -> weights digest
+    version: Name = ""
+    weights: dict[str, tuple[Name, ...]] = field(default_factory=dict)  # cached on disk: digest -> stage names
+
+
+@dataclass(frozen=True)
+class AuctionCall(Message):
+    """Items of one block on ``auctions/<round>/call``: full-width row strips of its output."""
+
+    kind: ClassVar[str] = "call"
+    round: Ident
+    orchestrator: Ident
+    model: Name
+    input_hw: ImageSize
+    block: FusedBlock
+    items: Annotated[tuple[Span, ...], MaxLen(MAX_ITEMS_PER_ROUND)]
+    deadline_ms: Annotated[float, Range(0.0, 600_000.0)]
+
+
+@dataclass(frozen=True)
+class BidMessage(Message):
+    """A device's prices for every item of a round: alone, and extending its previous item."""
+
+    kind: ClassVar[str] = "bid"
+    round: Ident
+    device: Ident
+    queue_s: Seconds
+    alone_s: Prices
+    extend_s: Prices
+
+
+@dataclass(frozen=True)
+class AwardRun:
+    """``device`` won the items ``items`` (a contiguous run) of a round."""
+
+    device: Ident
+    items: Span
+
+
+@dataclass(frozen=True)
+class Award(Message):
+    kind: ClassVar[str] = "award"
+    round: Ident
+    runs: Annotated[tuple[AwardRun, ...], MaxLen(MAX_ITEMS_PER_ROUND)]
+
+
+@dataclass(frozen=True)
+class TaskMessage(Message):
+    """One tile task on ``devices/<id>/tasks``: compute ``out_region`` of ``block`` from ``input``."""
+
+    kind: ClassVar[str] = "task"
+    request: Ident
+    task: Ident
+    orchestrator: Ident
+    model: Name
+    digest: Name
+    input_hw: ImageSize
+    block: FusedBlock
+    in_region: TileRegion
+    out_region: TileRegion
+    input: Array = field(compare=False)
+
+
+@dataclass(frozen=True)
+class TaskTimings:
+    """What a device did with a task: durations, and instants on its own wall clock."""
+
+    queue_s: Seconds
+    compute_s: Seconds
+    encode_s: Seconds
+    received_at: WallClock
+    started_at: WallClock
+    computed_at: WallClock
+
+
+@dataclass(frozen=True)
+class ResultMessage(Message):
+    """One output tile (or an error) on ``orchestrators/<oid>/results``."""
+
+    kind: ClassVar[str] = "result"
+    request: Ident
+    task: Ident
+    device: Ident
+    out_region: TileRegion
+    output: Array | None = field(default=None, compare=False)
+    timings: TaskTimings | None = None
+    error: Text = ""
+
+
+@dataclass(frozen=True)
+class InferRequest(Message):
+    kind: ClassVar[str] = "infer"
+    request: Ident
+    model: Name
+    image: Array = field(compare=False)
+    strategy: Name = ""
+    trace: bool = False  # answer with the measured timeline
+
+
+@dataclass(frozen=True)
+class InferResponse(Message):
+    kind: ClassVar[str] = "response"
+    request: Ident
+    logits: Array | None = field(default=None, compare=False)
+    error: Text = ""
+    timings: dict[str, Seconds] = field(default_factory=dict)
+    orchestrator: Name = ""
+    strategy: Name = ""
+    devices: Annotated[tuple[Ident, ...], MaxLen(4096)] = ()
+    timeline: Annotated[tuple[Interval, ...], MaxLen(100_000)] = ()  # for a traced request
+
+
+@dataclass(frozen=True)
+class WeightsMessage(Message):
+    """The parameters and buffers of one stage, for a device that fetches weights.
+
+    Sent on the device's tasks topic, so it arrives before the tasks that need it;
+    ``sha256`` covers every key, dtype, shape and byte (see ``runtime.weights``).
+    """
+
+    kind: ClassVar[str] = "weights"
+    model: Name
+    digest: Name
+    stage: Name
+    tensors: dict[str, Array] = field(compare=False)
+    sha256: Name
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """One frame of a payload too large for one publish."""
+
+    kind: ClassVar[str] = "chunk"
+    id: Ident
+    index: Annotated[int, Range(0, 1 << 20)]
+    count: Annotated[int, Range(1, 1 << 20)]
+    data: bytes
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    m.kind: m
+    for m in (
+        DeviceState,
+        AuctionCall,
+        BidMessage,
+        Award,
+        TaskMessage,
+        ResultMessage,
+        InferRequest,
+        InferResponse,
+        WeightsMessage,
+        Chunk,
+    )
+}
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb({"v": SCHEMA_VERSION, "type": message.kind, **encode_record(message)}, use_bin_type=True)
+
+
+def decode(payload: bytes, expected: type[M] | None = None) -> Message:
+    """Validate and decode one payload; :class:`WireError` names what is wrong."""
+    if not isinstance(payload, bytes | bytearray):
+        raise WireError("payload is not bytes")
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise WireError(f"not msgpack: {type(exc).__name__}") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise WireError("payload is not a msgpack map with string keys")
+    version = data.pop("v", None)
+    if version != SCHEMA_VERSION:
+        raise WireError(f"unknown schema version {version!r:.40} (this side speaks {SCHEMA_VERSION})")
+    kind = data.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(f"unknown message type {kind!r:.40}")
+    if expected is not None and cls is not expected:
+        raise WireError(f"expected a {expected.kind} message, got {kind!r}")
+    message: Message = decode_record(cls, data, kind)
+    return message

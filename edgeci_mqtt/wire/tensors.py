@@ -1,0 +1,60 @@
+"""Tensors on the wire: ``{dtype, shape, data}`` with ``data`` the raw little-endian bytes.
+
+NumPy only: the wire never imports torch, so a watcher, a test or a planner can decode
+messages without it; the runtime converts at its edge (``torch.from_numpy``). Never
+lists of floats, never pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgeci_mqtt.errors import WireError
+
+__all__ = ["DTYPES", "MAX_ELEMENTS", "decode_array", "encode_array"]
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),
+}
+_MAX_DIMS = 4
+MAX_ELEMENTS = 512 * 1024 * 1024 // 4
+
+
+def encode_array(array: NDArray[Any]) -> dict[str, Any]:
+    name = str(array.dtype)
+    if name not in DTYPES:
+        raise WireError(f"dtype {name} cannot travel")
+    array = np.asarray(array, dtype=DTYPES[name], order="C")  # keeps 0-d shapes
+    return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def decode_array(value: Any, where: str = "tensor") -> NDArray[Any]:
+    """A writable native-endian array from ``{dtype, shape, data}``, every field checked."""
+    if not isinstance(value, Mapping) or set(value) != {"dtype", "shape", "data"}:
+        raise WireError(f"{where}: expected a map with exactly dtype, shape and data")
+    dtype, shape, data = value["dtype"], value["shape"], value["data"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise WireError(f"{where}: unknown dtype {dtype!r:.40}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise WireError(f"{where}: shape must be a list of at most {_MAX_DIMS} non-negative ints, got {shape!r:.80}")
+    count = math.prod(shape)  # Python ints: no overflow
+    if count > MAX_ELEMENTS:
+        raise WireError(f"{where}: {count} elements is more than allowed")
+    need = count * DTYPES[dtype].itemsize
+    if not isinstance(data, bytes) or len(data) != need:
+        size = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise WireError(f"{where}: shape {shape} of {dtype} needs {need} bytes, got {size}")
+    array = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)
+    return array.astype(array.dtype.newbyteorder("="), copy=True)

@@ -1,0 +1,189 @@
+"""The topic tree, declared once: built, matched and parsed from the same declarations.
+
+Each :class:`TopicPattern` names its id segments (``{device}``, ``{round}``, ...) and who
+may read or write it (:class:`Grant`). The builders refuse ids that cannot be a topic
+segment, :meth:`TopicPattern.parse` gives a received topic's ids back (so a receiver
+checks that a message's sender field agrees with the topic it came on), and the broker's
+ACL is generated from the grants (:func:`acl_lines`), so the tree and its access rules
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from edgeci_mqtt.errors import WireError
+
+__all__ = [
+    "AUCTION_AWARD",
+    "AUCTION_BIDS",
+    "AUCTION_CALL",
+    "CLIENT_RESPONSES",
+    "DEVICE_PROBE",
+    "DEVICE_STATE",
+    "DEVICE_TASKS",
+    "EVERYTHING",
+    "INFER_REQUESTS",
+    "ORCHESTRATORS_SHARE",
+    "RESULTS",
+    "ROOT",
+    "SCHEMA_VERSION",
+    "SHARED_REQUESTS",
+    "TOPICS",
+    "Grant",
+    "Role",
+    "TopicPattern",
+    "acl_lines",
+    "check_segment",
+]
+
+SCHEMA_VERSION = 1
+ROOT = f"edgeci/v{SCHEMA_VERSION}"
+EVERYTHING = f"{ROOT}/#"
+ORCHESTRATORS_SHARE = "edgeci-orchestrators"
+
+Role = Literal["device", "orchestrator", "client"]
+Access = Literal["read", "write", "readwrite"]
+
+_MAX_SEGMENT = 128
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def check_segment(value: str, what: str = "id") -> str:
+    """``value`` if it can be one topic segment (and be logged safely), else :class:`WireError`."""
+    if (
+        not value
+        or len(value) > _MAX_SEGMENT
+        or value.startswith("$")
+        or any(c in "+#/" or not c.isprintable() or c.isspace() for c in value)
+    ):
+        raise WireError(
+            f"{value[:_MAX_SEGMENT]!r} cannot be a {what} (1-{_MAX_SEGMENT} printable characters, no + # / or space)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``role`` may ``access`` the topic; ``own`` names the id segment that must be the
+    user's own name (``%u``) or, with ``by_client_id``, its client id (``%c``)."""
+
+    role: Role
+    access: Access
+    own: str = ""
+    by_client_id: bool = False
+
+
+@dataclass(frozen=True)
+class TopicPattern:
+    """One kind of topic, e.g. ``devices/{device}/state`` under :data:`ROOT`."""
+
+    template: str
+    grants: tuple[Grant, ...] = ()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(_PLACEHOLDER.findall(self.template))
+
+    @property
+    def filter(self) -> str:
+        """The subscription filter for every topic of this kind (``+`` for each id)."""
+        return f"{ROOT}/{_PLACEHOLDER.sub('+', self.template)}"
+
+    def build(self, **ids: str) -> str:
+        if set(ids) != set(self.ids):
+            raise WireError(f"topic {self.template} needs ids {', '.join(self.ids)}, got {', '.join(ids)}")
+        return f"{ROOT}/" + _PLACEHOLDER.sub(lambda m: check_segment(ids[m.group(1)], m.group(1)), self.template)
+
+    def parse(self, topic: str) -> dict[str, str] | None:
+        """The ids of ``topic`` if it is of this kind, else None."""
+        parts, want = topic.split("/"), f"{ROOT}/{self.template}".split("/")
+        if len(parts) != len(want):
+            return None
+        ids: dict[str, str] = {}
+        for part, pattern in zip(parts, want, strict=True):
+            name = _PLACEHOLDER.fullmatch(pattern)
+            if name is None:
+                if part != pattern:
+                    return None
+            else:
+                try:
+                    ids[name.group(1)] = check_segment(part, name.group(1))
+                except WireError:
+                    return None
+        return ids
+
+    def acl_filter(self, grant: Grant) -> str:
+        """The ACL line's topic: the granted id as ``%u``/``%c``, the other ids as ``+``."""
+
+        def segment(match: re.Match[str]) -> str:
+            if match.group(1) == grant.own:
+                return "%c" if grant.by_client_id else "%u"
+            return "+"
+
+        return f"{ROOT}/{_PLACEHOLDER.sub(segment, self.template)}"
+
+
+DEVICE_STATE = TopicPattern(
+    "devices/{device}/state",
+    (Grant("device", "write", own="device"), Grant("orchestrator", "read")),
+)
+"""Retained birth (profile, link, models) or the will: the device is offline."""
+DEVICE_PROBE = TopicPattern("devices/{device}/probe", (Grant("device", "readwrite", own="device"),))
+"""A device's own link probe: it publishes and reads back its own payloads."""
+DEVICE_TASKS = TopicPattern(
+    "devices/{device}/tasks",
+    (Grant("device", "read", own="device"), Grant("orchestrator", "write")),
+)
+"""Tile tasks and stage weights for one device."""
+AUCTION_CALL = TopicPattern("auctions/{round}/call", (Grant("device", "read"), Grant("orchestrator", "write")))
+AUCTION_BIDS = TopicPattern(
+    "auctions/{round}/bids/{device}",
+    (Grant("device", "write", own="device"), Grant("orchestrator", "read")),
+)
+AUCTION_AWARD = TopicPattern("auctions/{round}/award", (Grant("device", "read"), Grant("orchestrator", "write")))
+RESULTS = TopicPattern(
+    "orchestrators/{orchestrator}/results",
+    (Grant("device", "write"), Grant("orchestrator", "read")),
+)
+"""Output tiles (or errors) for one orchestrator."""
+INFER_REQUESTS = TopicPattern("infer/requests", (Grant("client", "write"),))
+"""Read by the orchestrators only through :data:`SHARED_REQUESTS`."""
+CLIENT_RESPONSES = TopicPattern(
+    "clients/{client}/responses",
+    (Grant("client", "read", own="client", by_client_id=True), Grant("orchestrator", "write")),
+)
+SHARED_REQUESTS = f"$share/{ORCHESTRATORS_SHARE}/{INFER_REQUESTS.filter}"
+
+TOPICS: tuple[TopicPattern, ...] = (
+    DEVICE_STATE,
+    DEVICE_PROBE,
+    DEVICE_TASKS,
+    AUCTION_CALL,
+    AUCTION_BIDS,
+    AUCTION_AWARD,
+    RESULTS,
+    INFER_REQUESTS,
+    CLIENT_RESPONSES,
+)
+
+
+def acl_lines(role: Role) -> list[str]:
+    """Mosquitto ACL lines granting ``role`` what the declarations say.
+
+    Every device has a user of its own (its id), so the device role's grants are
+    ``pattern`` lines (Mosquitto applies them to every user; ``%u`` pins a topic to the
+    user's own id). The other roles are one user each: ``topic`` lines, except a grant
+    bound to the client id, which only a ``pattern`` can express.
+    """
+    lines = []
+    for topic in TOPICS:
+        for grant in topic.grants:
+            if grant.role == role:
+                kind = "pattern" if role == "device" or grant.own else "topic"
+                lines.append(f"{kind} {grant.access} {topic.acl_filter(grant)}")
+    if role == "orchestrator":
+        lines.append(f"topic read {SHARED_REQUESTS}")
+    return lines

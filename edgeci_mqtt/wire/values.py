@@ -1,0 +1,312 @@
+"""Typed values on the wire, encoded and checked from their type annotations.
+
+A message field is declared with its real type (``TileRegion``, ``FusedBlock``,
+``DeviceProfile``, ``tuple[Span, ...]``, ``Annotated[float, Range(0, 1e6)]``) and
+:func:`decode_value` turns msgpack data into that type or raises :class:`WireError`
+naming the field: numbers are finite and in range, ids are topic-safe, sequences and
+maps are bounded, regions are non-empty. Receivers get typed values, validated once,
+and never parse a list of ints again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args, get_origin
+
+import numpy as np
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.timeline import Interval, intervals_from_rows
+from edgeci_mqtt.wire.tensors import decode_array, encode_array
+from edgeci_mqtt.wire.topics import check_segment
+
+__all__ = ["Id", "MaxLen", "Range", "decode_record", "decode_value", "encode_record", "encode_value"]
+
+MAX_STRING = 4096
+MAX_ITEMS = 65_536
+MAX_INDEX = 1 << 20
+"""Largest row, column or stage index a region, span or block may name."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number in ``[low, high]``."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class MaxLen:
+    """At most ``n`` characters, bytes, items or entries."""
+
+    n: int
+
+
+class Id:
+    """A string that must be usable as one topic segment (and so is safe to log)."""
+
+
+def _number(data: Any, where: str, integer: bool) -> int | float:
+    if isinstance(data, bool) or not isinstance(data, int if integer else int | float):
+        raise WireError(f"{where}: expected {'an int' if integer else 'a number'}, got {type(data).__name__}")
+    if integer:
+        return int(data)
+    if not math.isfinite(data):
+        raise WireError(f"{where}: {data} is not finite")
+    return float(data)
+
+
+def _index_pair(data: Any, where: str) -> tuple[int, int]:
+    if not isinstance(data, list) or len(data) != 2:
+        raise WireError(f"{where}: expected [start, stop], got {data!r:.80}")
+    start, stop = (_number(v, where, integer=True) for v in data)
+    if not 0 <= start < stop <= MAX_INDEX:
+        raise WireError(f"{where}: [{start}, {stop}) is not a non-empty range within [0, {MAX_INDEX}]")
+    return int(start), int(stop)
+
+
+def _span(data: Any, where: str) -> Span:
+    return Span(*_index_pair(data, where))
+
+
+def _region(data: Any, where: str) -> TileRegion:
+    if not isinstance(data, list) or len(data) != 4:
+        raise WireError(f"{where}: expected [y0, y1, x0, x1], got {data!r:.80}")
+    return TileRegion(_span(data[:2], f"{where} rows"), _span(data[2:], f"{where} cols"))
+
+
+def _block(data: Any, where: str) -> FusedBlock:
+    return FusedBlock(*_index_pair(data, where))
+
+
+def _positive_ints(data: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(data, list) or not 2 <= len(data) <= 64:
+        raise WireError(f"{where}: expected 2 to 64 ints")
+    values = tuple(int(_number(v, where, integer=True)) for v in data)
+    if not all(0 < a < b <= 1 << 30 for a, b in itertools.pairwise(values)) or values[0] < 1:
+        raise WireError(f"{where}: {values} is not increasing positive")
+    return values
+
+
+def _rate(data: Any, where: str) -> float:
+    value = float(_number(data, where, integer=False))
+    if not 0 < value < 1e18:
+        raise WireError(f"{where}: rate {value} is not positive")
+    return value
+
+
+def _window(data: Any, where: str) -> int:
+    value = int(_number(data, where, integer=True))
+    if not 1 <= value <= MAX_INDEX:
+        raise WireError(f"{where}: window {value} is out of range")
+    return value
+
+
+def _map(data: Any, where: str, limit: int = 64) -> Mapping[str, Any]:
+    if not isinstance(data, dict) or len(data) > limit or not all(isinstance(k, str) for k in data):
+        raise WireError(f"{where}: expected a map of at most {limit} string keys")
+    return data
+
+
+def _profile(data: Any, where: str) -> DeviceProfile:
+    """A device profile, every number checked before the planner ever divides by it."""
+    data = _map(data, where)
+    expected = {"conv_depths", "conv_sides", "conv_rates", "rates", "pool_rates", "op_overhead_s", "threads"}
+    if set(data) != expected:
+        raise WireError(f"{where}: expected exactly the fields {', '.join(sorted(expected))}")
+    depths = _positive_ints(data["conv_depths"], f"{where}.conv_depths")
+    sides = _positive_ints(data["conv_sides"], f"{where}.conv_sides")
+    rows = data["conv_rates"]
+    if not isinstance(rows, list) or len(rows) != len(depths):
+        raise WireError(f"{where}.conv_rates: expected one row per depth")
+    rates = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(sides):
+            raise WireError(f"{where}.conv_rates: expected one rate per side")
+        rates.append(tuple(_rate(v, f"{where}.conv_rates") for v in row))
+    pools: dict[str, tuple[tuple[int, float], ...]] = {}
+    for kind, table in _map(data["pool_rates"], f"{where}.pool_rates").items():
+        if not (isinstance(table, list) and 1 <= len(table) <= 64) or not all(
+            isinstance(p, list) and len(p) == 2 for p in table
+        ):
+            raise WireError(f"{where}.pool_rates.{kind}: expected 1 to 64 [window, rate] pairs")
+        pools[kind] = tuple(
+            (_window(a, f"{where}.pool_rates.{kind}"), _rate(r, f"{where}.pool_rates")) for a, r in table
+        )
+    overhead = float(_number(data["op_overhead_s"], f"{where}.op_overhead_s", integer=False))
+    threads = int(_number(data["threads"], f"{where}.threads", integer=True))
+    if not 0 <= overhead < 10 or not 1 <= threads <= 1024:
+        raise WireError(f"{where}: overhead {overhead} s or {threads} threads out of range")
+    try:
+        return DeviceProfile(
+            conv_depths=depths,
+            conv_sides=sides,
+            conv_rates=tuple(rates),
+            rates={k: _rate(v, f"{where}.rates.{k}") for k, v in _map(data["rates"], f"{where}.rates").items()},
+            pool_rates=pools,
+            op_overhead_s=overhead,
+            threads=threads,
+        )
+    except EdgeCIError as exc:
+        raise WireError(f"{where}: {exc}") from exc
+
+
+def _link(data: Any, where: str) -> Link:
+    data = _map(data, where, limit=2)
+    if set(data) != {"bandwidth_mbit", "latency_ms"}:
+        raise WireError(f"{where}: expected bandwidth_mbit and latency_ms")
+    bandwidth = float(_number(data["bandwidth_mbit"], f"{where}.bandwidth_mbit", integer=False))
+    latency = float(_number(data["latency_ms"], f"{where}.latency_ms", integer=False))
+    if not (0 < bandwidth <= 1e6 and 0 <= latency <= 1e5):
+        raise WireError(f"{where}: {bandwidth} Mbit/s and {latency} ms is not a link")
+    return Link(bandwidth, latency)
+
+
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[Any, str], Any]
+
+_CODECS: dict[type, tuple[Encoder, Decoder]] = {
+    Span: (lambda s: [s.start, s.stop], _span),
+    TileRegion: (lambda r: [r.rows.start, r.rows.stop, r.cols.start, r.cols.stop], _region),
+    FusedBlock: (lambda b: [b.start, b.stop], _block),
+    DeviceProfile: (lambda p: p.to_dict(), _profile),
+    Link: (lambda link: link.to_dict(), _link),
+    np.ndarray: (encode_array, decode_array),
+    Interval: (lambda i: i.to_row(), lambda data, where: intervals_from_rows([data])[0]),
+}
+
+
+def _split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[T, *meta]`` -> ``(T, meta)``."""
+    if get_origin(hint) is Annotated:
+        base, *meta = get_args(hint)
+        return base, tuple(meta)
+    return hint, ()
+
+
+def _limit(meta: tuple[Any, ...], default: int) -> int:
+    return next((m.n for m in meta if isinstance(m, MaxLen)), default)
+
+
+def decode_value(data: Any, hint: Any, where: str) -> Any:
+    """``data`` (as msgpack gave it) as a value of type ``hint``; :class:`WireError` if not."""
+    base, meta = _split(hint)
+    origin = get_origin(base)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in get_args(base) if a is not type(None)]
+        return None if data is None else decode_value(data, options[0], where)
+    if origin is tuple:
+        return _decode_tuple(data, get_args(base), meta, where)
+    if origin is dict:
+        value_hint = get_args(base)[1]
+        entries = _map(data, where, _limit(meta, 4096))
+        return {
+            check_segment(k, f"{where} key") if Id in meta else k: decode_value(v, value_hint, f"{where}.{k}")
+            for k, v in entries.items()
+        }
+    if origin is np.ndarray:
+        base = np.ndarray
+    if base in _CODECS:
+        return _CODECS[base][1](data, where)
+    if base is bool:
+        if not isinstance(data, bool):
+            raise WireError(f"{where}: expected a boolean, got {type(data).__name__}")
+        return data
+    if base in (int, float):
+        value = _number(data, where, integer=base is int)
+        for r in (m for m in meta if isinstance(m, Range)):
+            if not r.low <= value <= r.high:
+                raise WireError(f"{where}: {value} is not in [{r.low}, {r.high}]")
+        return value
+    if base in (str, bytes):
+        if not isinstance(data, base):
+            raise WireError(f"{where}: expected {base.__name__}, got {type(data).__name__}")
+        if len(data) > _limit(meta, MAX_STRING if base is str else 1 << 31):
+            raise WireError(f"{where}: {len(data)} is longer than allowed")
+        return check_segment(data, where) if Id in meta else data
+    if dataclasses.is_dataclass(base) and isinstance(base, type):
+        return decode_record(base, data, where)
+    raise TypeError(f"no wire codec for {hint!r}")  # a declaration bug, not bad input
+
+
+def _decode_tuple(data: Any, args: tuple[Any, ...], meta: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    if not isinstance(data, list):
+        raise WireError(f"{where}: expected a list, got {type(data).__name__}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        if len(data) > _limit(meta, MAX_ITEMS):
+            raise WireError(f"{where}: {len(data)} items is more than allowed")
+        return tuple(decode_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(data))
+    if len(data) != len(args):
+        raise WireError(f"{where}: expected {len(args)} items, got {len(data)}")
+    return tuple(decode_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(data, args, strict=True)))
+
+
+def encode_value(value: Any, hint: Any) -> Any:
+    base, _ = _split(hint)
+    origin = get_origin(base)
+    if value is None:
+        return None
+    if origin in (types.UnionType, typing.Union):
+        return encode_value(value, next(a for a in get_args(base) if a is not type(None)))
+    if origin is tuple:
+        args = get_args(base)
+        hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return [encode_value(v, h) for v, h in zip(value, hints, strict=True)]
+    if origin is dict:
+        return {k: encode_value(v, get_args(base)[1]) for k, v in value.items()}
+    if origin is np.ndarray:
+        base = np.ndarray
+    if base in _CODECS:
+        return _CODECS[base][0](value)
+    if dataclasses.is_dataclass(base):
+        return encode_record(value)
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's field annotations, resolved once per class."""
+    if cls not in _HINTS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        _HINTS[cls] = {k: v for k, v in typing.get_type_hints(cls, include_extras=True).items() if k in names}
+    return _HINTS[cls]
+
+
+def encode_record(record: Any) -> dict[str, Any]:
+    return {name: encode_value(getattr(record, name), hint) for name, hint in _hints(type(record)).items()}
+
+
+def decode_record(cls: type[Any], data: Any, where: str) -> Any:
+    """An instance of dataclass ``cls`` from a map with exactly its fields (defaults may be left out)."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise WireError(f"{where}: expected a map with string keys")
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise WireError(f"{where}: unknown field(s) {', '.join(unknown)[:200]}")
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        raise WireError(f"{where}: missing field(s) {', '.join(missing)}")
+    values = {name: decode_value(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except EdgeCIError as exc:
+        raise WireError(f"{where}: {exc}") from exc
