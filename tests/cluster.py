@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-import queue
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
-from edgeci_mqtt.runtime.transport import Connection, Inbound
+
+
+def exact(logits: torch.Tensor, chain: StageChain, x: torch.Tensor) -> bool:
+    """``logits`` (float32, from the cluster) are no worse than the model's own float32
+    run, both judged against a float64 oracle: the criterion holds on any CPU."""
+    with torch.inference_mode():
+        ref32 = chain.model(x)
+        ref64 = copy.deepcopy(chain.model).double()(x.double())
+    scale = float(ref64.abs().max())
+    bound = 2 * float((ref32.double() - ref64).abs().max()) + 64 * torch.finfo(torch.float32).eps * scale
+    return logits.shape == ref32.shape and float((logits.double() - ref64).abs().max()) <= bound
 
 
 class LocalCluster:
@@ -70,14 +84,7 @@ def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: 
     group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models, *extra)
 
 
-def collect(connection: Connection, seconds: float) -> list[Inbound]:
-    """Messages that reach ``connection`` within ``seconds``."""
-    got, deadline = [], time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            event = connection.events.get(timeout=left)
-        except queue.Empty:
-            break
-        if isinstance(event, Inbound):
-            got.append(event)
-    return got
+def collect(bus: Bus, seconds: float) -> list[Inbound]:
+    """Messages that reach ``bus`` within ``seconds``."""
+    deadline = time.perf_counter() + seconds
+    return [e for e in events_until(bus, deadline=deadline, poll_s=0.1) if isinstance(e, Inbound)]

@@ -27,7 +27,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
 
@@ -94,9 +93,10 @@ class MemoryBroker:
                 if topic_matches(topic_filter, message.topic):
                     session._deliver(message, retain=True)
 
-    def publish(self, sender: str, message: _Message, retain: bool) -> None:
+    def publish(self, sender: str, message: _Message, retain: bool, checked: bool = True) -> None:
+        """Deliver ``message``; ``checked=False`` for a will, whose topic was allowed at connect."""
         with self._lock:
-            if not self._allowed(sender, "write", message.topic):
+            if checked and not self._allowed(sender, "write", message.topic):
                 return
             if retain:
                 if message.payload:
@@ -136,6 +136,8 @@ class MemoryBus:
         self._will = _Message(topic, payload, None, None)
 
     def start(self, timeout: float = 10.0) -> None:
+        if self._will is not None and not self.broker._allowed(self.client_id, "write", self._will.topic):
+            self._will = None  # Mosquitto checks the will's topic when the client connects
         self.broker._connect(self)
         self.connected = True
         self.events.put(Connected())
@@ -156,7 +158,7 @@ class MemoryBus:
         self.broker._disconnect(self)
         self.events.put(Disconnected(reason))
         if abnormal and self._will is not None:
-            self.broker.publish(self.client_id, self._will, retain=True)
+            self.broker.publish(self.client_id, self._will, retain=True, checked=False)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         if topic not in self.filters:
@@ -185,9 +187,10 @@ class MemoryBus:
         response_topic: str | None = None,
         correlation: bytes | None = None,
     ) -> None:
-        """One raw publish, as a hostile client would send it (no chunking, no checks)."""
+        """One raw publish, as a hostile client would send it (no chunking, no checks).
+        Dropped once the session has ended (paho would keep it for a reconnection)."""
         if not self.connected:
-            raise TransportError(f"{self.client_id} is not connected")
+            return
         if len(frame) > self.broker.max_packet_bytes or "+" in topic or "#" in topic:
             self.crash()  # the broker drops a client that sends an oversize or malformed packet
             return

@@ -89,6 +89,10 @@ class DeviceTable:
                     self.generation,
                 )
 
+    def online(self) -> list[str]:
+        with self._lock:
+            return sorted(self._states)
+
     def views(self, model: str, digest: str) -> list[DeviceView]:
         """Online devices that hold ``model`` with these weights, or fetch them."""
         with self._lock:

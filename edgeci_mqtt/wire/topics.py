@@ -149,8 +149,9 @@ RESULTS = TopicPattern(
     (Grant("device", "write"), Grant("orchestrator", "read")),
 )
 """Output tiles (or errors) for one orchestrator."""
-INFER_REQUESTS = TopicPattern("infer/requests", (Grant("client", "write"),))
-"""Read by the orchestrators only through :data:`SHARED_REQUESTS`."""
+INFER_REQUESTS = TopicPattern("infer/requests", (Grant("client", "write"), Grant("orchestrator", "read")))
+"""Read by the orchestrators through :data:`SHARED_REQUESTS` (Mosquitto checks both the
+``$share`` filter at subscribe and the plain topic at delivery)."""
 CLIENT_RESPONSES = TopicPattern(
     "clients/{client}/responses",
     (Grant("client", "read", own="client", by_client_id=True), Grant("orchestrator", "write")),

@@ -1,0 +1,97 @@
+"""Hostile payloads for every topic the roles subscribe to, and what the roles must say.
+
+The same list is thrown at the in-process roles (test_roles.py) and at real processes
+through Mosquitto (test_runtime.py); each payload is wrong in one way.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+
+from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.runtime.models_held import weights_digest
+from edgeci_mqtt.wire import (
+    MAX_PAYLOAD_BYTES,
+    AuctionCall,
+    BidMessage,
+    Chunk,
+    DeviceState,
+    InferRequest,
+    ResultMessage,
+    TaskMessage,
+    WeightsMessage,
+    encode,
+    encode_array,
+)
+from tests.planning import flat_profile
+
+DEVICE_COMPLAINTS = (
+    "unknown dtype 'complex64'",
+    "needs 192 bytes",
+    "not msgpack",
+    "unknown schema version 9",
+    "not a non-empty range",
+    "frame limit",
+    "is not ours",
+    "cannot be a task.request",
+    "outside the",
+    "is not in [1, 8192]",
+)
+"""What a device logs (among other lines) for these payloads on its tasks and call topics."""
+ORCHESTRATOR_COMPLAINTS = (
+    "not increasing positive",
+    "expected an int",
+    "is not a link",
+    "longer than allowed",
+    "more than allowed",
+    "no client response topic",
+    "frame limit",
+)
+"""What an orchestrator logs for these payloads on the state, bids, results and requests topics."""
+WILDCARD_RESPONSE_TOPIC = "edgeci/v1/clients/+/responses"
+"""The response topic hostile requests carry: answering it would publish to a wildcard."""
+
+
+def hostile_payloads() -> list[bytes]:
+    tile = np.zeros((1, 3, 4, 4), dtype=np.float32)
+    good = encode_array(tile)
+    digest = weights_digest("smallcnn", None, 0)
+    task = TaskMessage(
+        "q", "t", "o1", "smallcnn", digest, (64, 64), FusedBlock(0, 1), TileRegion.of(0, 4, 0, 4),
+        TileRegion.of(0, 2, 0, 2), tile,
+    )  # fmt: skip
+    fields = msgpack.unpackb(encode(task))
+
+    def mangled(**changes: object) -> bytes:
+        return msgpack.packb({**fields, **changes}, use_bin_type=True)
+
+    profile = flat_profile().to_dict()
+    state = {"v": 1, "type": "state", "device": "dev-9", "online": True, "link": Link(1.0, 1.0).to_dict()}
+    return [
+        b"\x00\xffgarbage",
+        encode(DeviceState("dev-9", True))[:-3],
+        encode(DeviceState("dev-1", False)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
+        mangled(input=dict(good, data=good["data"][:-4])),
+        mangled(input=dict(good, dtype="complex64")),
+        mangled(block=[5, 2]),
+        mangled(input_hw=[2**36, 8]),
+        mangled(out_region=[0, 99, 0, 2]),
+        mangled(request="a/+/#"),
+        encode(TaskMessage(**{**task.__dict__, "digest": "not-our-weights"})),
+        encode(TaskMessage(**{**task.__dict__, "input": np.full((1, 3, 4, 4), np.nan, np.float32)})),
+        encode(Chunk("c", 0, 100, b"x")),
+        encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
+        msgpack.packb({b"binary": 1}, use_bin_type=True),
+        encode(AuctionCall("huge", "o1", "smallcnn", (8192, 8192), FusedBlock(0, 1), (Span(0, 1),), 100.0)),
+        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), FusedBlock(0, 1), (Span(0, 999),), 100.0)),
+        encode(BidMessage("r", "dev-1", 0.0, (0.1,) * 5000, ())),
+        encode(ResultMessage("q", "t", "dev-1", TileRegion.of(0, 1, 0, 1), error="x" * 5000)),
+        encode(InferRequest("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard
+        msgpack.packb({**state, "profile": {**profile, "conv_depths": [0, 8]}}, use_bin_type=True),
+        msgpack.packb({**state, "profile": {**profile, "threads": float("inf")}}, use_bin_type=True),
+        msgpack.packb({**state, "profile": profile, "link": {"bandwidth_mbit": 0, "latency_ms": 1}}),
+        b"\x01" * (MAX_PAYLOAD_BYTES + 20_000),  # one raw frame over our limit, under the broker's
+    ]

@@ -1,0 +1,257 @@
+"""The roles' real code in one process, on a MemoryBroker: decisions, recovery, hostile input.
+
+Every model and strategy gives the model's own result (float32, judged against a float64
+oracle); a device lost mid-inference, a silent device, late and duplicate results, and
+hostile payloads on every topic the roles subscribe to are handled without a broker.
+What only Mosquitto can show (ACL file, limits, restarts, wills over TCP) is in
+test_runtime.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from edgeci_mqtt.errors import InferenceError
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.bus import Inbound, events_until
+from edgeci_mqtt.runtime.client import EdgeCIClient
+from edgeci_mqtt.runtime.models_held import ModelStore, weights_digest
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
+from edgeci_mqtt.wire import (
+    AUCTION_BIDS,
+    AUCTION_CALL,
+    DEVICE_PROBE,
+    DEVICE_STATE,
+    DEVICE_TASKS,
+    INFER_REQUESTS,
+    RESULTS,
+    DeviceState,
+    encode,
+)
+from tests.cluster import exact
+from tests.hostile import DEVICE_COMPLAINTS, ORCHESTRATOR_COMPLAINTS, WILDCARD_RESPONSE_TOPIC, hostile_payloads
+from tests.inprocess import MemoryCluster, memory_cluster
+from tests.planning import flat_profile
+
+MODELS = ("smallcnn", "vgg16", "resnet34")
+
+
+@pytest.fixture(scope="module")
+def store() -> ModelStore:
+    """One set of weights shared by every in-process role (seeded like the chains fixture)."""
+    return ModelStore(dict.fromkeys(MODELS), seed=0)
+
+
+@pytest.fixture(scope="module")
+def cluster(store: ModelStore) -> Iterator[MemoryCluster]:
+    with memory_cluster(store, devices=3) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(cluster: MemoryCluster) -> Iterator[EdgeCIClient]:
+    with cluster.client() as connected:
+        yield connected
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_and_strategy_gives_the_models_result(
+    client: EdgeCIClient, chains: dict[str, StageChain], model: str
+) -> None:
+    x = load_input(SAMPLE_IMAGE, 64 if model == "smallcnn" else 224)
+    for strategy in STRATEGIES:
+        result = client.infer(x, model, strategy, timeout=120)
+        assert exact(result.logits, chains[model], x), (model, strategy)
+        assert result.strategy == strategy and result.orchestrator == "o1" and result.devices
+
+
+@pytest.mark.parametrize("strategy", ["deepthings", "edgeci"])
+def test_a_traced_request_returns_the_measured_timeline(
+    client: EdgeCIClient, chains: dict[str, StageChain], strategy: str
+) -> None:
+    x = load_input(SAMPLE_IMAGE, 64)
+    assert client.infer(x, "smallcnn", strategy, timeout=60).timeline == ()
+    result = client.infer(x, "smallcnn", strategy, timeout=60, trace=True)
+    assert exact(result.logits, chains["smallcnn"], x)
+    by_kind: dict[str, list[Interval]] = {}
+    for interval in result.timeline:
+        assert 0.0 <= interval.start <= interval.end <= result.latency_s, interval
+        by_kind.setdefault(interval.kind, []).append(interval)
+    orchestrator = {i.kind for i in result.timeline if i.resource == ORCHESTRATOR}
+    assert {"plan", "prepare", "merge", "tail"} <= orchestrator
+    assert ("auction" in orchestrator) == (strategy == "edgeci")
+    tasks = len(by_kind["prepare"])
+    assert len(by_kind["receive"]) == len(by_kind["compute"]) == len(by_kind["send"]) == len(by_kind["merge"]) == tasks
+    assert {i.resource for i in by_kind["compute"]} == set(result.devices)
+    for down, work, up in zip(by_kind["receive"], by_kind["compute"], by_kind["send"], strict=True):
+        assert down.resource == work.resource == up.resource and down.label == work.label == up.label
+        assert down.end <= work.start <= work.end <= up.start
+
+
+class ResultEcho:
+    """Publishes a copy of every result it sees (as someone else would: the orchestrator
+    checks the device field and the task, not the publisher), now or when asked."""
+
+    def __init__(self, cluster: MemoryCluster) -> None:
+        self.bus = cluster.broker.bus("echo")
+        self.bus.subscribe(RESULTS.filter)
+        self.seen: list[Inbound] = []
+        self.copies = 0
+        self.live = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ResultEcho:
+        self.bus.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.bus.stop()
+
+    def _run(self) -> None:
+        for event in events_until(self.bus, self._stop, poll_s=0.05):
+            if isinstance(event, Inbound) and event.payload not in (m.payload for m in self.seen):
+                self.seen.append(event)
+                if self.live:
+                    self.replay(event)
+
+    def replay(self, event: Inbound) -> None:
+        self.copies += 1
+        self.bus.publish(event.topic, event.payload)
+
+
+def test_duplicate_and_late_results_are_ignored(
+    cluster: MemoryCluster, client: EdgeCIClient, chains: dict[str, StageChain]
+) -> None:
+    x = load_input(SAMPLE_IMAGE, 64)
+    with ResultEcho(cluster) as echo:
+        echo.live = True  # every result arrives twice
+        result = client.infer(x, "smallcnn", "modnn", timeout=60)
+        assert echo.copies >= 3 and result.timings["recovered_tasks"] == 0
+        assert exact(result.logits, chains["smallcnn"], x)
+        echo.live = False
+        for event in list(echo.seen):  # every result of finished requests, again: late
+            echo.replay(event)
+        again = client.infer(x, "smallcnn", "aofl", timeout=60)
+    assert exact(again.logits, chains["smallcnn"], x) and again.timings["recovered_tasks"] == 0
+    assert sorted(cluster.alive()) == sorted([*cluster.agents, "o1"])
+
+
+def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(
+    store: ModelStore, chains: dict[str, StageChain]
+) -> None:
+    """A ghost device that announces itself but never bids: far too slow to be given work,
+    it must not hold every auction to the end of its window."""
+    x = load_input(SAMPLE_IMAGE, 64)
+    window_s = 4.0
+    with memory_cluster(store, devices=2, auction_s=window_s) as small, small.client() as own:
+        digest = weights_digest("smallcnn", None, 0)
+        ghost = DeviceState("dev-9", True, flat_profile(gflops=1e-4), Link(1.0, 50.0), {"smallcnn": digest})
+        announcer = small.broker.bus("announcer")
+        announcer.start()
+        announcer.publish(DEVICE_STATE.build(device="dev-9"), encode(ghost), retain=True)
+        small.wait_for_table({"dev-1", "dev-2", "dev-9"})
+        result = own.infer(x, "smallcnn", "edgeci", timeout=60, trace=True)
+        assert exact(result.logits, chains["smallcnn"], x) and "dev-9" not in result.devices
+        assert result.timings["auction_s"] < window_s / 4, result.timings
+        auction = [i for i in result.timeline if i.kind == "auction"]
+        assert auction and "dev-9" not in {i.resource for i in result.timeline}
+
+
+@pytest.mark.parametrize("strategy", ["aofl", "deepthings"])
+def test_a_device_lost_mid_inference(store: ModelStore, chains: dict[str, StageChain], strategy: str) -> None:
+    """dev-2 goes silent while it holds work, then its connection drops: the broker
+    publishes its will, its tasks are recovered on the others, and the result is exact."""
+    x = load_input(SAMPLE_IMAGE, 96)
+    with memory_cluster(store, devices=3, strategy=strategy) as small, small.client() as own:
+        own.infer(x, "smallcnn", timeout=60)
+        small.muted.add("edgeci-device-dev-2")
+        killer = threading.Timer(0.3, small.bus_of("dev-2").crash)
+        killer.start()
+        try:
+            result = own.infer(x, "smallcnn", timeout=60)
+        finally:
+            killer.join()
+        assert exact(result.logits, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
+        assert "dev-2" not in small.orchestrator.table.online()
+        after = own.infer(x, "smallcnn", timeout=60)
+        assert "dev-2" not in after.devices and exact(after.logits, chains["smallcnn"], x)
+
+
+def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 96)
+    with memory_cluster(store, devices=2, strategy="modnn") as small, small.client() as own:
+        own.infer(x, "smallcnn", timeout=60)
+        small.muted.add("edgeci-device-dev-1")  # connected, no will, never answers
+        started = time.perf_counter()
+        result = own.infer(x, "smallcnn", timeout=60)
+        assert exact(result.logits, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
+        assert time.perf_counter() - started >= 3.0  # the minimum task allowance, not the client's timeout
+        assert result.devices == ["dev-1", "dev-2"]  # dev-1 was sent work before it was given up
+
+
+def test_a_device_that_joins_is_used_from_the_next_plan(store: ModelStore, chains: dict[str, StageChain]) -> None:
+    x = load_input(SAMPLE_IMAGE, 96)
+    with memory_cluster(store, devices=2, strategy="modnn") as small, small.client() as own:
+        assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
+        small.add_device("dev-3")
+        small.wait_for_table({"dev-1", "dev-2", "dev-3"})
+        result = own.infer(x, "smallcnn", timeout=60)
+        assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and exact(result.logits, chains["smallcnn"], x)
+        small.stops["dev-3"].set()  # a clean stop announces the device offline
+        small.wait_for_table({"dev-1", "dev-2"})
+        assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
+
+
+def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
+    cluster: MemoryCluster, client: EdgeCIClient, chains: dict[str, StageChain], caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = [DEVICE_TASKS.build(device=d) for d in cluster.agents] + [
+        DEVICE_PROBE.build(device="dev-1"),
+        DEVICE_STATE.build(device="dev-9"),
+        DEVICE_STATE.build(device="dev-1"),
+        AUCTION_CALL.build(round="hostile"),
+        AUCTION_BIDS.build(round="hostile", device="dev-1"),
+        RESULTS.build(orchestrator="o1"),
+        INFER_REQUESTS.filter,
+    ]
+    attacker = cluster.broker.bus("attacker")
+    attacker.start()
+    payloads = hostile_payloads()
+    with caplog.at_level(logging.WARNING):
+        for topic in topics:
+            for payload in payloads:
+                attacker.publish_frame(topic, payload, response_topic=WILDCARD_RESPONSE_TOPIC)
+        time.sleep(0.5)
+        assert sorted(cluster.alive()) == sorted([*cluster.agents, "o1"])
+        assert set(cluster.orchestrator.table.online()) == set(cluster.agents)
+        x = load_input(SAMPLE_IMAGE, 64)
+        for strategy in ("edgeci", "deepthings"):
+            assert exact(client.infer(x, "smallcnn", strategy, timeout=60).logits, chains["smallcnn"], x)
+    text = caplog.text
+    for complaint in (*DEVICE_COMPLAINTS, *ORCHESTRATOR_COMPLAINTS):
+        assert complaint in text, complaint
+    assert "Traceback" not in text
+
+
+def test_errors_reach_the_client(client: EdgeCIClient) -> None:
+    with pytest.raises(InferenceError, match="not held here"):
+        client.infer(torch.zeros(1, 3, 64, 64), "alexnet", timeout=30)
+    with pytest.raises(InferenceError, match="takes 3 input channels"):
+        client.infer(torch.zeros(1, 4, 64, 64), "smallcnn", timeout=30)
+    with pytest.raises(InferenceError, match="too small"):
+        client.infer(torch.zeros(1, 3, 8, 8), "vgg16", timeout=30)
+    with pytest.raises(InferenceError, match="unknown strategy"):
+        client.infer(torch.zeros(1, 3, 64, 64), "smallcnn", "teleport", timeout=30)
