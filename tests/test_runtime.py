@@ -180,14 +180,19 @@ def test_a_device_killed_mid_inference(tmp_path: Path, chains: dict[str, StageCh
 
 def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClient) -> None:
     watch = subprocess.Popen(
-        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher"), "--duration", "8"],
+        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher"), "--duration", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+    assert watch.stdout is not None
+    seen = []
+    while f"{len(cluster.devices)} device(s) online" not in (line := watch.stdout.readline()):  # subscribed
+        assert line, watch.stderr.read() if watch.stderr else "watch exited"
+        seen.append(line)
     client.infer(load_input(SAMPLE_IMAGE, 64), "smallcnn", "edgeci", timeout=60)
-    out, _ = watch.communicate(timeout=60)
+    watch.terminate()
+    out = "".join(seen) + watch.communicate(timeout=60)[0]
     for expected in ("ONLINE", "CALL by", "BID from", "AWARD:", "task ", "float32[1, ", "compute ", "response "):
         assert expected in out, expected
 
