@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.models import StageChain

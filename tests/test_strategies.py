@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.awas import PlanningError
 from edgeci_mqtt.planner.execute import run_plan
@@ -51,7 +51,7 @@ def test_every_plan_gives_the_whole_models_logits(
     plan = make_plan(strategy, ctx)
     x = torch.randn(1, 3, SIZE[model], SIZE[model], generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
-        logits = chain.tail(run_plan(plan, ctx.stages, ctx.shapes, x))
+        logits = chain.tail(run_plan(plan, chain.kernels, ctx.shapes, x))
         assert torch.allclose(logits, chain.model(x), atol=1e-4, rtol=1e-4)
     assert plan.blocks[0].block.start == 0 and plan.blocks[-1].block.stop == len(chain)
 

@@ -28,8 +28,8 @@ def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageCh
     region = TileRegion.whole(20, 20)
     shape = source.shapes(20, 20)[0]
     with torch.inference_mode():
-        got = skeleton.stages[0].run(x, region, region, shape)
-        assert torch.equal(got, source.stages[0].run(x, region, region, shape))
+        got = skeleton.kernels[0].run(x, region, region, shape)
+        assert torch.equal(got, source.kernels[0].run(x, region, region, shape))
     assert cache.listing() == {"abc": ["features.0", "features.1", "features.6"]}
     assert cache.load("abc", "features.6") is not None and cache.load("abc", "features.9") is None
 

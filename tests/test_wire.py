@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows, parse_task_label, task_label
 from edgeci_mqtt.wire import (

@@ -26,7 +26,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, split_span
 from edgeci_mqtt.core.stages import Stage
 from edgeci_mqtt.errors import EdgeCIError

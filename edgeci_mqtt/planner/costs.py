@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.chain import chain_regions
-from edgeci_mqtt.core.fused import FusedBlock, tile_input_region
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork

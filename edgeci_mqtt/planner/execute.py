@@ -13,14 +13,14 @@ from torch import Tensor
 
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
-from edgeci_mqtt.core.stages import Stage
+from edgeci_mqtt.core.kernels import Kernel
 from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.planner.plan import Plan
 
 __all__ = ["run_plan"]
 
 
-def run_plan(plan: Plan, stages: Sequence[Stage], shapes: Sequence[FeatureShape], x: Tensor) -> Tensor:
+def run_plan(plan: Plan, kernels: Sequence[Kernel], shapes: Sequence[FeatureShape], x: Tensor) -> Tensor:
     """The feature map after the last stage, computed task by task as ``plan`` says.
 
     Raises :class:`GeometryError` if a block's tasks do not cover its output exactly once.
@@ -32,7 +32,7 @@ def run_plan(plan: Plan, stages: Sequence[Stage], shapes: Sequence[FeatureShape]
         whole = TileRegion.whole(x.shape[2], x.shape[3])
         for task in block_plan.tasks:
             rows, cols = task.in_region.within(whole)
-            tile = run_block_tile(stages, shapes, block, x[:, :, rows, cols], task.in_region, task.out_region)
+            tile = run_block_tile(kernels, shapes, block, x[:, :, rows, cols], task.in_region, task.out_region)
             r, c = task.out_region.rows, task.out_region.cols
             out[:, :, r.start : r.stop, c.start : c.stop] = tile
             covered[r.start : r.stop, c.start : c.stop] += 1

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
-from edgeci_mqtt.core.stages import ReLUStage
+from edgeci_mqtt.core.kernels import ReLUKernel
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import EdgeCIError
 
@@ -267,7 +267,7 @@ def _measure_shape(threads: int) -> DeviceProfile:
             (9, 9 * quarter / best(lambda: F.avg_pool2d(x, 3, 2, 1))),
         ),
     }
-    relu, tiny = ReLUStage("probe"), torch.zeros(1, 1, 1, 1)
+    relu, tiny = ReLUKernel("probe"), torch.zeros(1, 1, 1, 1)
     region, shape = TileRegion.of(0, 1, 0, 1), FeatureShape(1, 1, 1)
     overhead = best(lambda: relu.run(tiny, region, region, shape), 20)
     return DeviceProfile(tuple(depths), _CONV_SIDES, tuple(rows), rates, pool_rates, overhead, threads)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from edgeci_mqtt.core.fused import FusedBlock, TileGrid
+from edgeci_mqtt.core.blocks import FusedBlock, TileGrid
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage

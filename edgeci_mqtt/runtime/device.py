@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from edgeci_mqtt import __version__
-from edgeci_mqtt.core.fused import FusedBlock, run_block_tile, tile_input_region
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.planner.awas import make_bid
@@ -364,7 +365,7 @@ class DeviceAgent:
             try:
                 with torch.inference_mode():
                     out = run_block_tile(
-                        task.held.chain.stages, task.shapes, task.block, task.tile, task.in_region, task.out_region
+                        task.held.chain.kernels, task.shapes, task.block, task.tile, task.in_region, task.out_region
                     )
                 computed = time.perf_counter()
                 payload = encode_tensor(out.contiguous())

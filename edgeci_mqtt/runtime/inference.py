@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.core.fused import FusedBlock, run_block_tile
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
@@ -156,13 +157,13 @@ class InferenceRun:
     def _block(self, block_plan: BlockPlan, x: Tensor, tasks: list[Task]) -> Tensor:
         """Run one block; ``tasks`` are its awarded (or planned) tasks, if on devices."""
         block = block_plan.block
-        stages = self.held.chain.stages
+        kernels = self.held.chain.kernels
         if block_plan.placement == "orchestrator":
             started = time.perf_counter()
             out_shape = self.shapes[block.stop]
             with torch.inference_mode():
                 out = run_block_tile(
-                    stages,
+                    kernels,
                     self.shapes,
                     block,
                     x,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
