@@ -26,7 +26,7 @@ from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.costs import TaskWork, make_task
-from edgeci_mqtt.planner.profile import measure_profile
+from edgeci_mqtt.profiling import measure_profile
 
 
 def main() -> int:

@@ -28,7 +28,8 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connected, Connection, Inbound
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify

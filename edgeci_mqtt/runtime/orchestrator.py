@@ -24,8 +24,9 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
