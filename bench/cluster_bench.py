@@ -163,8 +163,8 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     rows, charts = [], []
     env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
-        ctx = context_for(skeleton_chain(model), env)  # geometry and costs only: no weights needed
-        work = TaskWork(ctx.stages, ctx.shapes)
+        ctx = context_for(skeleton_chain(model).spec(224, 224), env)  # geometry and costs only: no weights needed
+        work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
         results, ideal = predicted(ctx, work, free)
         charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
         medians = {s: statistics.median(r["latency_s"] for r in v) for s, v in runs.items()}

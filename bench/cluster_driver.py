@@ -13,10 +13,11 @@ import queue
 import sys
 import time
 
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
-from edgeci_mqtt.wire import DeviceState, Topics, WireError, decode
+from edgeci_mqtt.wire import DeviceState, Topics, decode
 
 
 def device_states(url: str, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:

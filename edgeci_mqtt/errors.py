@@ -14,6 +14,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "WeightsError",
+    "WireError",
 ]
 
 
@@ -39,3 +40,7 @@ class GeometryError(EdgeCIError):
 
 class ClusterError(EdgeCIError):
     """A cluster description that cannot be read or is invalid."""
+
+
+class WireError(EdgeCIError):
+    """A payload that is not a valid message of this schema."""

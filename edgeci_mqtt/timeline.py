@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.wire import WireError
+from edgeci_mqtt.errors import WireError
 
 __all__ = ["KINDS", "ORCHESTRATOR", "Interval", "block_label", "intervals_from_rows", "parse_task_label", "task_label"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import WireError
 
 __all__ = [
     "CONTENT_TYPE",
@@ -42,7 +42,6 @@ __all__ = [
     "TaskMessage",
     "Topics",
     "WeightsMessage",
-    "WireError",
     "decode",
     "decode_tensor",
     "encode",
@@ -67,10 +66,6 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _MAX_DIMS = 4
 _MAX_ELEMENTS = 512 * 1024 * 1024 // 4
-
-
-class WireError(EdgeCIError):
-    """A payload that is not a valid message of this schema."""
 
 
 class Topics:

@@ -140,8 +140,8 @@ def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
 def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> None:
     chain = chains["smallcnn"]
     env = environment(device("only", 10.0, mbit=100.0, latency_ms=2.0), broker_mbit=1000.0)
-    ctx = context_for(chain, env, 64, 64)
-    work = TaskWork(ctx.stages, ctx.shapes)
+    ctx = context_for(chain.spec(64, 64), env)
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     local = simulate(make_plan("local", ctx), env, work)
     for strategy in ("edgeci", "aofl", "modnn"):
         plan = make_plan(strategy, ctx)

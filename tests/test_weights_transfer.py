@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
 from edgeci_mqtt.runtime.weights import WeightCache, install, stage_state, verify, weights_message
-from edgeci_mqtt.wire import WireError, decode, encode
+from edgeci_mqtt.wire import decode, encode
 
 
 def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageChain], tmp_path: Path) -> None:

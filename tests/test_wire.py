@@ -9,6 +9,7 @@ import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows, parse_task_label, task_label
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
@@ -22,7 +23,6 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     TaskMessage,
     Topics,
-    WireError,
     decode,
     decode_tensor,
     encode,

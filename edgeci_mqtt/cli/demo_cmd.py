@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 
 from edgeci_mqtt.cli.table import format_table
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 from edgeci_mqtt.runtime.transport import Connection, Inbound
-from edgeci_mqtt.wire import DeviceState, Topics, WireError, decode
+from edgeci_mqtt.wire import DeviceState, Topics, decode
 
 __all__ = ["register", "run", "wait_for_devices"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import load_input
 from edgeci_mqtt.runtime.transport import BrokerAddress, Connection, Inbound
 from edgeci_mqtt.timeline import Interval, intervals_from_rows
@@ -26,7 +26,6 @@ from edgeci_mqtt.wire import (
     InferResponse,
     Reassembler,
     Topics,
-    WireError,
     decode_tensor,
     encode,
     encode_tensor,

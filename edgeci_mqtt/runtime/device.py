@@ -24,7 +24,7 @@ from edgeci_mqtt import __version__
 from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
@@ -41,7 +41,6 @@ from edgeci_mqtt.wire import (
     TaskMessage,
     Topics,
     WeightsMessage,
-    WireError,
     decode_tensor,
     encode,
     encode_tensor,

@@ -24,6 +24,7 @@ from torch import Tensor
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
@@ -37,7 +38,6 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     TaskMessage,
     Topics,
-    WireError,
     decode_tensor,
     encode,
     encode_tensor,

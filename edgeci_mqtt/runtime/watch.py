@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire import (
     ROOT,
     AuctionCall,
@@ -25,7 +26,6 @@ from edgeci_mqtt.wire import (
     Reassembler,
     ResultMessage,
     TaskMessage,
-    WireError,
 )
 
 __all__ = ["TrafficView", "describe_tensor"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.wire import WeightsMessage, WireError, decode, decode_tensor, encode, encode_tensor
+from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.wire import WeightsMessage, decode, decode_tensor, encode, encode_tensor
 
 __all__ = [
     "WeightCache",
