@@ -90,7 +90,10 @@ def test_a_traced_request_returns_the_measured_timeline(
     assert len(by_kind["receive"]) == len(by_kind["compute"]) == len(by_kind["send"]) == len(by_kind["merge"]) == tasks
     assert {i.resource for i in by_kind["compute"]} == set(result.devices)
     for down, work, up in zip(by_kind["receive"], by_kind["compute"], by_kind["send"], strict=True):
-        assert down.resource == work.resource == up.resource and down.label == work.label == up.label
+        assert down.resource == work.resource == up.resource and (down.block, down.region) == (
+            work.block,
+            work.region,
+        ) == (up.block, up.region)
         assert down.end <= work.start <= work.end <= up.start
     assert max(i.end for i in result.timeline) <= result.timings["total_s"]
 

@@ -30,7 +30,7 @@ from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.runtime.models_held import HeldModel
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, block_label, task_label
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AuctionCall,
     Award,
@@ -86,7 +86,7 @@ class _Pending:
     deadline: float
     cols: Span
     sent: float  # perf_counter once published
-    label: str  # for the timeline
+    block: FusedBlock  # for the timeline
 
 
 class InferenceRun:
@@ -122,10 +122,19 @@ class InferenceRun:
         self.timeline: list[Interval] | None = [] if trace else None
         self._wall_offset = time.time() - time.perf_counter()
 
-    def mark(self, resource: str, kind: str, start: float, end: float, label: str = "") -> None:
+    def mark(
+        self,
+        resource: str,
+        kind: str,
+        start: float,
+        end: float,
+        note: str = "",
+        block: FusedBlock | None = None,
+        region: TileRegion | None = None,
+    ) -> None:
         """Record an interval (``perf_counter`` times) if this request is traced."""
         if self.timeline is not None:
-            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, label))
+            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, block, region, note))
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
@@ -161,6 +170,7 @@ class InferenceRun:
         if block_plan.placement == "orchestrator":
             started = time.perf_counter()
             out_shape = self.shapes[block.stop]
+            whole_out = TileRegion.whole(out_shape.height, out_shape.width)
             with torch.inference_mode():
                 out = run_block_tile(
                     kernels,
@@ -168,14 +178,14 @@ class InferenceRun:
                     block,
                     x,
                     TileRegion.whole(x.shape[2], x.shape[3]),
-                    TileRegion.whole(out_shape.height, out_shape.width),
+                    whole_out,
                 )
             self.timings.gateway_s += time.perf_counter() - started
-            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block_label(block))
+            self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block=block, region=whole_out)
             return out
         out_shape = self.shapes[block.stop]
         if not tasks:
-            raise PlanningError(f"block {block_label(block)} is on devices but has no tasks")
+            raise PlanningError(f"block {block} is on devices but has no tasks")
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
         live = {d.name for d in self._candidates()}
         if self.auctioned and any(t.device not in live for t in tasks):  # a winner left since the auction
@@ -334,11 +344,10 @@ class InferenceRun:
         self.prepare(device, block)
         self.publish(Topics.device_tasks(device), encode(message))
         sent = time.perf_counter()
-        label = task_label(block, task.out_region)
-        pending[task_id] = _Pending(task, device, sent + allowed, task.out_region.cols, sent, label)
+        pending[task_id] = _Pending(task, device, sent + allowed, task.out_region.cols, sent, block)
         self.used.add(device)
         self.timings.scatter_s += sent - started
-        self.mark(ORCHESTRATOR, "prepare", started, sent, f"{device} {label}")
+        self.mark(ORCHESTRATOR, "prepare", started, sent, device, block, task.out_region)
 
     def _predict(self, view: DeviceView, block: FusedBlock, task: Task) -> float:
         rows = self.held.row_model(self.shapes[0].height, self.shapes[0].width)
@@ -384,7 +393,7 @@ class InferenceRun:
         out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = tile
         del pending[result.task]
         self.timings.merge_s += time.perf_counter() - started
-        self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), f"{result.device} {region}")
+        self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), result.device, entry.block, region)
         self._mark_device(result, entry, arrived)
         compute = result.timings.get("compute_s", 0.0)
         return float(compute) if isinstance(compute, int | float) and math.isfinite(compute) else 0.0
@@ -408,9 +417,10 @@ class InferenceRun:
             log.warning("%s: %s reported its task instants out of order: %s", self.request, result.device, instants)
             return
         received, started, computed = (min(max(t - self._wall_offset, entry.sent), arrived) for t in instants)
-        self.mark(entry.device, "receive", entry.sent, received, entry.label)
-        self.mark(entry.device, "compute", started, computed, entry.label)
-        self.mark(entry.device, "send", computed, arrived, entry.label)
+        block, region = entry.block, entry.task.out_region
+        self.mark(entry.device, "receive", entry.sent, received, "", block, region)
+        self.mark(entry.device, "compute", started, computed, "", block, region)
+        self.mark(entry.device, "send", computed, arrived, "", block, region)
 
     def _lost(self, pending: dict[str, _Pending]) -> list[tuple[str, _Pending]]:
         """Tasks whose device went offline, failed, or is silent past its deadline."""

@@ -36,7 +36,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, reduce
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
@@ -49,6 +49,9 @@ from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 __all__ = ["SimResult", "WorkOf", "simulate"]
 
 WorkOf = Callable[[FusedBlock, TileRegion], Sequence[OpWork]]
+Tile = tuple[FusedBlock | None, TileRegion | None]
+"""Which task's tile an interval is for (block, output region), if any."""
+_NO_TILE: Tile = (None, None)
 AUCTION_ROUND_OPS = 25
 AWARD_OPS_PER_BID = 15
 _CALL_BYTES, _BID_BYTES_PER_ITEM = 200, 20  # a call lists items; a bid prices each twice
@@ -97,12 +100,16 @@ class _State:
             _, _, action = heapq.heappop(self.events)
             action()
 
-    def busy(self, resource: str, kind: str, ready: float, seconds: float, label: str = "") -> float:
+    def busy(
+        self, resource: str, kind: str, ready: float, seconds: float, tile: Tile = _NO_TILE, note: str = ""
+    ) -> float:
         start, end = self.cpu[resource].reserve(ready, seconds)
-        self.timeline.append(Interval(resource, kind, start, end, label))
+        self.timeline.append(Interval(resource, kind, start, end, *tile, note))
         return end
 
-    def transfer(self, device: str, ready: float, nbytes: int, downward: bool, label: str) -> float:
+    def transfer(
+        self, device: str, ready: float, nbytes: int, downward: bool, tile: Tile = _NO_TILE, note: str = ""
+    ) -> float:
         """Arrival time of a message between the orchestrator and ``device``."""
         size = nbytes + MESSAGE_OVERHEAD_BYTES
         first, second = (self.broker_down, self.down[device]) if downward else (self.up[device], self.broker_up)
@@ -110,7 +117,7 @@ class _State:
         second_start = max(start, second.free)
         second.free = second_start + size / second.rate  # busy for its own time only: a slow first
         end = max(first_end, second.free)  # hop trickling bytes in does not block the second for others
-        self.timeline.append(Interval(device, "receive" if downward else "send", start, end, label))
+        self.timeline.append(Interval(device, "receive" if downward else "send", start, end, *tile, note))
         latency = self.env.device(device).link.latency_s + self.env.broker_link.latency_s
         return end + latency
 
@@ -125,7 +132,6 @@ class _BlockRun:
 
     def __init__(self, state: _State, plan: BlockPlan, work: WorkOf, done: Callable[[float], None]) -> None:
         self.state, self.plan, self.done, self._work = state, plan, done, work
-        self.label = f"block {plan.block}"
         self.pending = len(plan.tasks)
         self.queue = list(plan.tasks)
 
@@ -136,7 +142,8 @@ class _BlockRun:
         state = self.state
         if self.plan.placement == "orchestrator":
             seconds = sum(state.env.orchestrator.work_seconds(self.work(task)) for task in self.plan.tasks)
-            self.done(state.busy(ORCHESTRATOR, "gateway", t, seconds, self.label))
+            whole = reduce(TileRegion.hull, (task.out_region for task in self.plan.tasks))
+            self.done(state.busy(ORCHESTRATOR, "gateway", t, seconds, (self.plan.block, whole)))
         elif self.plan.dispatch == "static":
             for task in self.queue:
                 self.send(t, task, task.device)
@@ -152,25 +159,27 @@ class _BlockRun:
 
     def send(self, t: float, task: Task, device: str) -> None:
         state = self.state
-        ready = state.busy(ORCHESTRATOR, "prepare", t, _copy_seconds(state.env, task.in_bytes), self.label)
-        arrival = state.transfer(device, ready, task.in_bytes, True, self.label)
+        tile = (self.plan.block, task.out_region)
+        ready = state.busy(ORCHESTRATOR, "prepare", t, _copy_seconds(state.env, task.in_bytes), tile, device)
+        arrival = state.transfer(device, ready, task.in_bytes, True, tile)
         state.at(arrival, lambda: self.compute(arrival, task, device))
 
     def compute(self, t: float, task: Task, device: str) -> None:
         state = self.state
         seconds = state.env.device(device).profile.work_seconds(self.work(task))
-        end = state.busy(device, "compute", t, seconds, self.label)
+        end = state.busy(device, "compute", t, seconds, (self.plan.block, task.out_region))
         state.at(end, lambda: self.reply(end, task, device))
 
     def reply(self, t: float, task: Task, device: str) -> None:
-        arrival = self.state.transfer(device, t, task.out_bytes, False, self.label)
+        arrival = self.state.transfer(device, t, task.out_bytes, False, (self.plan.block, task.out_region))
         self.state.at(arrival, lambda: self.stitch(arrival, task, device))
 
     def stitch(self, t: float, task: Task, device: str) -> None:
         state = self.state
         if self.plan.dispatch == "pull":
             self.next_for(device, t)
-        end = state.busy(ORCHESTRATOR, "merge", t, _copy_seconds(state.env, task.out_bytes), self.label)
+        tile = (self.plan.block, task.out_region)
+        end = state.busy(ORCHESTRATOR, "merge", t, _copy_seconds(state.env, task.out_bytes), tile, device)
         self.pending -= 1
         if self.pending == 0:
             state.at(end, lambda: self.done(end))
@@ -195,22 +204,22 @@ def _auction(state: _State, plan: Plan, then: Callable[[float], None]) -> None:
             return
         waiting.discard(device)
         if not waiting:
-            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, "waiting for bids"))
+            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, note="waiting for bids"))
             seconds = len(lots) * AWARD_OPS_PER_BID * len(env.devices) * env.orchestrator.op_overhead_s
-            end = state.busy(ORCHESTRATOR, "auction", t, seconds, "award")
+            end = state.busy(ORCHESTRATOR, "auction", t, seconds, note="award")
             state.at(end, lambda: then(end))
 
     def priced(device: str, t: float) -> None:
-        arrival = state.transfer(device, t, items * _BID_BYTES_PER_ITEM, False, "bids")
+        arrival = state.transfer(device, t, items * _BID_BYTES_PER_ITEM, False, note="bids")
         state.at(arrival, partial(arrived, device, arrival))
 
     def called(device: str, t: float) -> None:
         seconds = len(lots) * AUCTION_ROUND_OPS * env.device(device).profile.op_overhead_s
-        end = state.busy(device, "auction", t, seconds, "bids")
+        end = state.busy(device, "auction", t, seconds, note="bids")
         state.at(end, partial(priced, device, end))
 
     for view in env.devices:
-        calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, "auction calls")
+        calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, note="auction calls")
         state.at(calls, partial(called, view.name, calls))
 
 
@@ -224,7 +233,7 @@ def simulate(plan: Plan, env: Environment, work: WorkOf) -> SimResult:
 
     def start_block(index: int, t: float) -> None:
         if index == len(plan.blocks):
-            ends.append(state.busy(ORCHESTRATOR, "tail", t, env.orchestrator.work_seconds(plan.tail_work), "tail"))
+            ends.append(state.busy(ORCHESTRATOR, "tail", t, env.orchestrator.work_seconds(plan.tail_work)))
             return
         block = plan.blocks[index]
 
