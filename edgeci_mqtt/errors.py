@@ -13,6 +13,7 @@ __all__ = [
     "GeometryError",
     "InputError",
     "ModelError",
+    "PlanningError",
     "WeightsError",
     "WireError",
 ]
@@ -40,6 +41,10 @@ class GeometryError(EdgeCIError):
 
 class ClusterError(EdgeCIError):
     """A cluster description that cannot be read or is invalid."""
+
+
+class PlanningError(EdgeCIError):
+    """No plan is possible (no capable device bid, an empty cluster, ...), or a plan is inconsistent."""
 
 
 class WireError(EdgeCIError):

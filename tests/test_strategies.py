@@ -8,9 +8,9 @@ import torch
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.execute import run_plan
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.awas import PlanningError
 from edgeci_mqtt.planner.strategies import (
     DEEPTHINGS_GRID,
     STRATEGIES,

@@ -24,7 +24,8 @@ from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
-from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award, award_tasks, make_bid
+from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import Environment

@@ -24,8 +24,8 @@ from torch import Tensor
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award
+from edgeci_mqtt.errors import PlanningError, WireError
+from edgeci_mqtt.planner.awas import Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
