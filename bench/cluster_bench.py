@@ -36,7 +36,7 @@ from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, PlanningContext, context_for, make_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
-from edgeci_mqtt.timeline import intervals_from_rows, parse_task_label
+from edgeci_mqtt.timeline import intervals_from_rows
 
 BASELINES = ("modnn", "deepthings", "aofl")
 RAW = DOCS / "bench" / "cluster_bench.json"
@@ -98,12 +98,11 @@ def compute_ratio(work: TaskWork, env: Environment, runs: list[dict]) -> float |
     """Median over a strategy's tasks of measured compute time / the device profile's price."""
     ratios = []
     for run in runs:
-        for resource, kind, start, end, label in run["timeline"]:
-            task = parse_task_label(label)
-            if kind != "compute" or task is None:
+        for interval in intervals_from_rows(run["timeline"]):
+            if interval.kind != "compute" or interval.block is None or interval.region is None:
                 continue
-            predicted = env.device(resource).profile.work_seconds(work(*task))
-            ratios.append((end - start) / predicted)
+            predicted = env.device(interval.resource).profile.work_seconds(work(interval.block, interval.region))
+            ratios.append((interval.end - interval.start) / predicted)
     return statistics.median(ratios) if ratios else None
 
 
@@ -163,8 +162,8 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     rows, charts = [], []
     env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
-        ctx = context_for(skeleton_chain(model), env)  # geometry and costs only: no weights needed
-        work = TaskWork(ctx.stages, ctx.shapes)
+        ctx = context_for(skeleton_chain(model).spec(224, 224), env)  # geometry and costs only: no weights needed
+        work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
         results, ideal = predicted(ctx, work, free)
         charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
         medians = {s: statistics.median(r["latency_s"] for r in v) for s, v in runs.items()}

@@ -27,7 +27,7 @@ TARGET_MS = 50.0
 
 
 def plan_once(strategy: str, chain: StageChain, env: Environment, rows: RowModel | None) -> None:
-    make_plan(strategy, context_for(chain, env, rows=rows))
+    make_plan(strategy, context_for(chain.spec(224, 224), env, rows=rows))
 
 
 def median_ms(fn: Callable[[], None], repeats: int) -> float:
@@ -62,7 +62,7 @@ def main() -> int:
             for strategy in STRATEGIES:
                 print(f"{model} {cluster_name} {strategy} ...", file=sys.stderr, flush=True)
                 cold = median_ms(partial(plan_once, strategy, chain, env, None), args.repeats)
-                warm = context_for(chain, env)
+                warm = context_for(chain.spec(224, 224), env)
                 make_plan(strategy, warm)
                 replan = median_ms(partial(plan_once, strategy, chain, smaller, warm.rows), args.repeats)
                 cells.append(f"{cold:.1f} / {replan:.1f}")

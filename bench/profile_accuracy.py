@@ -21,11 +21,12 @@ from functools import partial
 import torch
 
 from bench.report import machine_line, median_seconds, write_section
-from edgeci_mqtt.core.fused import FusedBlock, run_block_tile
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.models import load_chain
 from edgeci_mqtt.planner.costs import TaskWork, make_task
-from edgeci_mqtt.planner.profile import measure_profile
+from edgeci_mqtt.profiling import measure_profile
 
 
 def main() -> int:
@@ -54,12 +55,13 @@ def main() -> int:
         total_m = total_p = 0.0
         errors = []
         with torch.inference_mode():
-            for k, stage in enumerate(chain.stages):
+            for k, kernel in enumerate(chain.kernels):
+                stage = kernel.stage
                 print(f"{name} stage {k} ...", file=sys.stderr, flush=True)
                 x = torch.randn(1, shapes[k].channels, shapes[k].height, shapes[k].width, generator=gen)
                 whole_in = TileRegion.whole(shapes[k].height, shapes[k].width)
                 out = TileRegion.whole(shapes[k + 1].height, shapes[k + 1].width)
-                measured = median_seconds(lambda s=stage, x=x, i=whole_in, o=out, sh=shapes[k]: s.run(x, i, o, sh),
+                measured = median_seconds(lambda s=kernel, x=x, i=whole_in, o=out, sh=shapes[k]: s.run(x, i, o, sh),
                                     args.repeats)  # fmt: skip
                 predicted = profile.work_seconds(stage.ops(out, shapes[k]))
                 total_m, total_p = total_m + measured, total_p + predicted
@@ -81,7 +83,7 @@ def main() -> int:
                 task = make_task(chain.stages, shapes, block, TileRegion(Span(a, b), Span(0, shapes[j].width)), "")
                 x = torch.randn(1, shapes[i].channels, task.in_region.height, task.in_region.width, generator=gen)
                 measured = median_seconds(
-                    partial(run_block_tile, chain.stages, shapes, block, x, task.in_region, task.out_region),
+                    partial(run_block_tile, chain.kernels, shapes, block, x, task.in_region, task.out_region),
                     args.repeats,
                 )
                 predicted = profile.work_seconds(work(block, task.out_region))

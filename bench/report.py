@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from edgeci_mqtt.cli.common import load_profile
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.profiling import measure_profile
 
 __all__ = ["DOCS", "host_profile", "machine_line", "median_seconds", "write_section"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.report import DOCS, host_profile, machine_line, write_section
 from edgeci_mqtt.cli.simulate_cmd import summary_rows
-from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
@@ -39,13 +39,13 @@ def main() -> int:
         "faster than every baseline).",
     ]
     for model in ("vgg16", "resnet34"):
-        chain = load_chain(model)
+        chain = skeleton_chain(model).spec(224, 224)
         for name in REFERENCE_CLUSTERS:
             print(f"{model} on {name} ...", file=sys.stderr, flush=True)
             cluster = load_cluster(name)
             env = environment_from_cluster(cluster, host)
             ctx = context_for(chain, env)
-            work = TaskWork(ctx.stages, ctx.shapes)
+            work = TaskWork(chain.stages, chain.shapes)
             results = {s: simulate(make_plan(s, ctx), env, work) for s in STRATEGIES}
             lines += ["", f"### {model} on {name} ({len(cluster.devices)} devices)", "",
                       "| strategy | makespan (ms) | speed-up vs local | ratio vs best baseline |",

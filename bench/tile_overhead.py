@@ -16,8 +16,9 @@ from functools import partial
 import torch
 
 from bench.report import machine_line, median_seconds, write_section
+from edgeci_mqtt.core.blocks import FusedBlock, TileGrid, balanced_blocks, block_tile_flops, parse_blocks
 from edgeci_mqtt.core.chain import whole_map_flops
-from edgeci_mqtt.core.fused import FusedBlock, TileGrid, balanced_blocks, block_tile_flops, parse_blocks, run_fused
+from edgeci_mqtt.core.fused import run_fused
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.models import StageChain, load_chain
 
@@ -25,7 +26,7 @@ GRID = TileGrid(3, 3)
 
 
 def tiled_run(chain: StageChain, shapes: list[FeatureShape], blocks: list[FusedBlock], x: torch.Tensor) -> object:
-    return chain.tail(run_fused(chain.stages, shapes, blocks, GRID, x))
+    return chain.tail(run_fused(chain.kernels, shapes, blocks, GRID, x))
 
 
 def choices(chain: StageChain, shapes: list[FeatureShape]) -> dict[str, list[FusedBlock]]:

@@ -15,6 +15,7 @@ __all__ = [
     "InferenceError",
     "InputError",
     "ModelError",
+    "PlanningError",
     "TransportError",
     "WeightsError",
     "WireError",
@@ -43,6 +44,10 @@ class GeometryError(EdgeCIError):
 
 class ClusterError(EdgeCIError):
     """A cluster description that cannot be read or is invalid."""
+
+
+class PlanningError(EdgeCIError):
+    """No plan is possible (no capable device bid, an empty cluster, ...), or a plan is inconsistent."""
 
 
 class WireError(EdgeCIError):

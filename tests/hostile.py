@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.runtime.models_held import weights_digest

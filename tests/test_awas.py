@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
+from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.awas import (
     Award,
     Bid,
-    PlanningError,
     _Pricing,
     _runs_in_order,
     auction_items,

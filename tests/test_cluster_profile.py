@@ -11,7 +11,8 @@ from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ClusterError, EdgeCIError
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, Link, load_cluster
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.profile import DeviceProfile, measure_profile
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.profiling import measure_profile
 from tests.planning import flat_profile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,16 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeci_mqtt.core.chain import run_chain
-from edgeci_mqtt.core.fused import (
+from edgeci_mqtt.core.blocks import (
     FusedBlock,
     TileGrid,
     balanced_blocks,
     parse_blocks,
-    run_fused,
     tile_input_region,
 )
+from edgeci_mqtt.core.fused import run_fused
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.models import StageChain
 
@@ -66,7 +66,7 @@ def test_random_blocks_and_grids_stitch_to_the_whole_model(chains: dict[str, Sta
     @given(blocks=partitions(len(chain)), grid=grids)
     def check(blocks: list[FusedBlock], grid: TileGrid) -> None:
         with torch.inference_mode():
-            got = run_fused(chain.stages, shapes, blocks, grid, x)
+            got = run_fused(chain.kernels, shapes, blocks, grid, x)
             assert torch.allclose(got, expected, atol=ATOL, rtol=RTOL), f"{blocks} {grid}"
             assert torch.allclose(chain.tail(got), expected_logits, atol=ATOL, rtol=RTOL)
 
@@ -79,7 +79,7 @@ def test_one_pixel_tiles_in_every_block(chains: dict[str, StageChain]) -> None:
     shapes = chain.check_input(x)
     blocks = [FusedBlock(0, 4), FusedBlock(4, 7), FusedBlock(7, 12)]
     with torch.inference_mode():
-        got = run_fused(chain.stages, shapes, blocks, TileGrid(1000, 1000), x)
+        got = run_fused(chain.kernels, shapes, blocks, TileGrid(1000, 1000), x)
         assert torch.allclose(got, plain_features(chain, x), atol=ATOL, rtol=RTOL)
 
 
@@ -91,14 +91,14 @@ def test_every_tile_of_a_block_matches_the_whole_block_output(chains: dict[str, 
     block = FusedBlock(2, 9)
     with torch.inference_mode():
         block_in = run_chain(
-            chain.stages[:2],
+            chain.kernels[:2],
             shapes[0],
             x,
             TileRegion.whole(61, 83),
             TileRegion.whole(shapes[2].height, shapes[2].width),
         )
         whole = run_chain(
-            chain.stages[2:9],
+            chain.kernels[2:9],
             shapes[2],
             block_in,
             TileRegion.whole(shapes[2].height, shapes[2].width),
@@ -107,7 +107,7 @@ def test_every_tile_of_a_block_matches_the_whole_block_output(chains: dict[str, 
         for region in TileGrid(3, 4).regions(shapes[9]):
             need = tile_input_region(chain.stages, shapes, block, region)
             tile = block_in[:, :, need.rows.start : need.rows.stop, need.cols.start : need.cols.stop]
-            got = run_chain(chain.stages[2:9], shapes[2], tile, need, region)
+            got = run_chain(chain.kernels[2:9], shapes[2], tile, need, region)
             want = whole[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop]
             assert torch.allclose(got, want, atol=ATOL, rtol=RTOL), str(region)
 
@@ -121,7 +121,7 @@ def test_full_size_models_with_3x3_tiles(chains: dict[str, StageChain], name: st
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
     shapes = chain.check_input(x)
     with torch.inference_mode():
-        got = chain.tail(run_fused(chain.stages, shapes, parse_blocks(blocks, len(chain)), TileGrid(3, 3), x))
+        got = chain.tail(run_fused(chain.kernels, shapes, parse_blocks(blocks, len(chain)), TileGrid(3, 3), x))
         assert torch.allclose(got, chain.model(x), atol=ATOL, rtol=RTOL)
 
 

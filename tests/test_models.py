@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeci_mqtt.core.chain import run_chain
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import ModelError, WeightsError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
 
@@ -109,7 +109,7 @@ def test_stage_chain_and_tail_equal_the_plain_model(chains: dict[str, StageChain
     last = shapes[-1]
     with torch.inference_mode():
         features = run_chain(
-            chain.stages, shapes[0], x, TileRegion.whole(*size), TileRegion.whole(last.height, last.width)
+            chain.kernels, shapes[0], x, TileRegion.whole(*size), TileRegion.whole(last.height, last.width)
         )
         assert torch.allclose(chain.tail(features), chain.model(x), atol=1e-4, rtol=1e-4)
     assert not chain.model.training

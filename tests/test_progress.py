@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.planner.plan import Task
+from edgeci_mqtt.planner.plan import Task, TaskInput
 from edgeci_mqtt.runtime.progress import (
     Awarded,
     BlockProgress,
@@ -17,11 +17,12 @@ from edgeci_mqtt.runtime.progress import (
     Stitch,
     Tick,
 )
+from edgeci_mqtt.timeline import ORCHESTRATOR
 
 
 def task(device: str, rows: tuple[int, int]) -> Task:
     region = TileRegion.of(rows[0], rows[1], 0, 8)
-    return Task(device, region, region, 0, 0)
+    return Task(device, region, 0, 0, (TaskInput(0, region, ORCHESTRATOR),))
 
 
 def progress(*tasks: Task, pull: bool = False) -> BlockProgress:

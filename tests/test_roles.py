@@ -95,7 +95,8 @@ def test_a_traced_request_returns_the_measured_timeline(
     assert len(by_kind["receive"]) == len(by_kind["compute"]) == len(by_kind["send"]) == len(by_kind["merge"]) == tasks
     assert {i.resource for i in by_kind["compute"]} == set(result.devices)
     for down, work, up in zip(by_kind["receive"], by_kind["compute"], by_kind["send"], strict=True):
-        assert down.resource == work.resource == up.resource and down.label == work.label == up.label
+        assert down.resource == work.resource == up.resource
+        assert (down.block, down.region) == (work.block, work.region) == (up.block, up.region) != (None, None)
         assert down.end <= work.start <= work.end <= up.start
 
 

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput
 from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -39,10 +39,15 @@ def tile(i: int) -> TileRegion:
     return TileRegion.of(i, i + 1, 0, 1)
 
 
+def gathered(device: str, i: int, in_bytes: int, out_bytes: int) -> Task:
+    """Row ``i`` of a one-stage block, fed by the orchestrator and stitched there."""
+    return Task(device, tile(i), in_bytes, out_bytes, (TaskInput(0, tile(i), ORCHESTRATOR),))
+
+
 def test_one_task_timeline_is_exact() -> None:
     view = DeviceView("a", flat_profile(), Link(8.0, 1.0))  # 1e6 B/s, 1 ms
     env = Environment((view,), flat_profile(), Link(80.0, 0.5))  # 1e7 B/s, 0.5 ms
-    plan = one_block_plan([Task("a", tile(0), tile(0), 1000, 500)], tail_s=0.02)
+    plan = one_block_plan([gathered("a", 0, 1000, 500)], tail_s=0.02)
     result = simulate(plan, env, lambda block, region: relu_work(0.01))
     prepare = 2 * 1000 / RELU_RATE
     down = prepare + (1000 + 256) / 1e6 + 1.5e-3  # the device link is the slower hop
@@ -67,7 +72,7 @@ def test_an_auctioned_plan_first_waits_for_every_bid() -> None:
     slow = DeviceView("slow", flat_profile(), Link(8.0, 10.0))  # 1e6 B/s, 10 ms
     fast = DeviceView("fast", flat_profile(), Link(80.0, 1.0))
     env = Environment((fast, slow), flat_profile(), Link(800.0, 0.0))
-    tasks = [Task("fast", tile(0), tile(0), 1000, 500), Task("slow", tile(1), tile(1), 1000, 500)]
+    tasks = [gathered("fast", 0, 1000, 500), gathered("slow", 1, 1000, 500)]
     plain = one_block_plan(tasks)
     auctioned = dataclasses.replace(plain, auctioned=True)
     work = lambda block, region: relu_work(0.01)  # noqa: E731
@@ -88,7 +93,7 @@ def test_the_auction_waits_only_for_devices_the_plan_uses() -> None:
     """As the runtime: a far-away device the plan leaves idle does not delay the first block."""
     fast = DeviceView("fast", flat_profile(), Link(80.0, 1.0))
     ghost = DeviceView("ghost", flat_profile(0.001), Link(0.1, 500.0))
-    plan = dataclasses.replace(one_block_plan([Task("fast", tile(0), tile(0), 1000, 500)]), auctioned=True)
+    plan = dataclasses.replace(one_block_plan([gathered("fast", 0, 1000, 500)]), auctioned=True)
     work = lambda block, region: relu_work(0.01)  # noqa: E731
     alone = simulate(plan, Environment((fast,), flat_profile(), Link(800.0, 0.0)), work)
     with_ghost = simulate(plan, Environment((fast, ghost), flat_profile(), Link(800.0, 0.0)), work)
@@ -96,7 +101,7 @@ def test_the_auction_waits_only_for_devices_the_plan_uses() -> None:
 
 
 def test_nothing_to_auction_costs_nothing() -> None:
-    block = BlockPlan(FusedBlock(0, 1), (Task("", tile(0), tile(0), 0, 0),), placement="orchestrator")
+    block = BlockPlan(FusedBlock(0, 1), (gathered("", 0, 0, 0),), placement="orchestrator")
     plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
     env = Environment((DeviceView("a", flat_profile(), Link(8.0, 10.0)),), flat_profile(), Link(80.0, 0.0))
     work = lambda block, region: relu_work(0.01)  # noqa: E731
@@ -108,7 +113,7 @@ def test_the_broker_link_is_shared() -> None:
     """Two inputs through a broker link as slow as the device links: the second waits."""
     views = tuple(DeviceView(n, flat_profile(), Link(8.0, 0.0)) for n in "ab")
     env = Environment(views, flat_profile(), Link(8.0, 0.0))
-    plan = one_block_plan([Task(n, tile(i), tile(i), 744, 0) for i, n in enumerate("ab")])
+    plan = one_block_plan([gathered(n, i, 744, 0) for i, n in enumerate("ab")])
     result = simulate(plan, env, lambda block, region: relu_work(0.0))
     receive = {i.resource: i for i in result.timeline if i.kind == "receive"}
     assert receive["a"].end - receive["a"].start == pytest.approx(1e-3)
@@ -121,7 +126,7 @@ def test_pulled_tiles_go_to_whoever_is_idle() -> None:
     link = Link(1e6, 0.0)
     views = (DeviceView("fast", flat_profile(), link), DeviceView("slow", flat_profile().scaled(0.5), link))
     env = Environment(views, flat_profile(), link)
-    plan = one_block_plan([Task("", tile(i), tile(i), 8, 8) for i in range(3)], dispatch="pull")
+    plan = one_block_plan([gathered("", i, 8, 8) for i in range(3)], dispatch="pull")
     result = simulate(plan, env, lambda block, region: relu_work(1.0))
     computed = [i.resource for i in result.timeline if i.kind == "compute"]
     assert computed.count("fast") == 2 and computed.count("slow") == 1
@@ -130,7 +135,7 @@ def test_pulled_tiles_go_to_whoever_is_idle() -> None:
 
 def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
     env = environment(device("a"))
-    block = BlockPlan(FusedBlock(0, 1), (Task("", tile(0), tile(0), 0, 0),), placement="orchestrator")
+    block = BlockPlan(FusedBlock(0, 1), (gathered("", 0, 0, 0),), placement="orchestrator")
     plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
     result = simulate(plan, env, lambda b, r: relu_work(0.5))
     assert [i.kind for i in result.timeline] == ["gateway", "tail"]
@@ -140,8 +145,8 @@ def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
 def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> None:
     chain = chains["smallcnn"]
     env = environment(device("only", 10.0, mbit=100.0, latency_ms=2.0), broker_mbit=1000.0)
-    ctx = context_for(chain, env, 64, 64)
-    work = TaskWork(ctx.stages, ctx.shapes)
+    ctx = context_for(chain.spec(64, 64), env)
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     local = simulate(make_plan("local", ctx), env, work)
     for strategy in ("edgeci", "aofl", "modnn"):
         plan = make_plan(strategy, ctx)
@@ -152,3 +157,37 @@ def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> Non
             assert simulate(unauctioned, env, work).makespan_s == pytest.approx(local.makespan_s, rel=1e-9)
     edgeci = simulate(make_plan("edgeci", ctx), env, work).makespan_s
     assert edgeci > local.makespan_s + 2 * 2e-3  # its auction: one round trip before the block
+
+
+def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
+    """Rows kept on the devices: no barrier between the blocks.
+
+    Block 0: ``a`` computes row 0 quickly and ``b`` row 1 slowly, each keeping its row.
+    Block 1: ``a`` needs only its own row, so it goes on at once; ``b`` needs row 0 from
+    ``a`` (device -> broker -> device, two messages' worth of time) and its own row 1."""
+    views = tuple(DeviceView(n, flat_profile(), Link(8.0, 1.0)) for n in "ab")  # 1e6 B/s, 1 ms
+    env = Environment(views, flat_profile(), Link(80.0, 0.5))  # 1e7 B/s, 0.5 ms
+    first, second = FusedBlock(0, 1), FusedBlock(1, 2)
+    kept_a = Task("a", tile(0), 1000, 500, (TaskInput(0, tile(0), ORCHESTRATOR),), output="a")
+    kept_b = Task("b", tile(1), 1000, 500, (TaskInput(0, tile(1), ORCHESTRATOR),), output="b")
+    own = Task("a", tile(0), 500, 500, (TaskInput(1, tile(0), "a"),))
+    halo = Task("b", tile(1), 1000, 500, (TaskInput(1, tile(0), "a"), TaskInput(1, tile(1), "b")))
+    blocks = (BlockPlan(first, (kept_a, kept_b)), BlockPlan(second, (own, halo)))
+    plan = Plan("test", "none", FeatureShape(1, 2, 1), blocks, ())
+    slow = {(first, tile(1))}
+    result = simulate(plan, env, lambda block, region: relu_work(1.0 if (block, region) in slow else 0.01))
+    compute = {(i.resource, i.block): i for i in result.timeline if i.kind == "compute"}
+    a0, a1, b0, b1 = compute["a", first], compute["a", second], compute["b", first], compute["b", second]
+    assert a1.start == a0.end < 0.1 < b0.end  # a's own row: no transfer, no waiting for b
+    send = next(i for i in result.timeline if i.resource == "a" and i.kind == "send" and i.block == second)
+    receive = next(i for i in result.timeline if i.resource == "b" and i.kind == "receive" and i.block == second)
+    message = (500 + 256) / 1e6  # the device links are the slower hop both ways
+    assert (send.start, send.note, receive.note) == (a0.end, "to b", "from a")
+    assert send.end == pytest.approx(a0.end + message, rel=1e-12)
+    assert receive.start == pytest.approx(send.end + 1.5e-3, rel=1e-12)  # stored at the broker, then sent on
+    assert b1.start == b0.end > receive.end + 1.5e-3  # b waits for its own slow row, not for a barrier
+    merges = [i for i in result.timeline if i.kind == "merge"]
+    assert [(i.block, i.region) for i in merges] == [(second, tile(0)), (second, tile(1))]  # block 0 stays put
+    assert not any(i.kind == "prepare" and i.block == second for i in result.timeline)
+    assert result.block_ends_s == (b0.end, merges[-1].end)
+    assert result.makespan_s == merges[-1].end  # then the (empty) tail

@@ -15,11 +15,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from edgeci_mqtt.core.chain import chain_regions, chain_shapes, run_chain
+from edgeci_mqtt.core.chain import chain_regions, chain_shapes
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.core.stages import Stage
+from edgeci_mqtt.core.kernels import Kernel, run_chain
 from edgeci_mqtt.models.resnet import BasicBlock
-from edgeci_mqtt.models.stage_chain import stage_of
+from edgeci_mqtt.models.stage_chain import kernel_of
 
 CHANNELS = 2
 
@@ -93,8 +93,9 @@ def sub_region(draw: st.DrawFn, shape: FeatureShape) -> TileRegion:
     return TileRegion.of(y0, draw(st.integers(y0 + 1, shape.height)), x0, draw(st.integers(x0 + 1, shape.width)))
 
 
-def check_chain(data: st.DataObject, layers: Sequence[nn.Module], stages: Sequence[Stage], h: int, w: int) -> None:
+def check_chain(data: st.DataObject, layers: Sequence[nn.Module], kernels: Sequence[Kernel], h: int, w: int) -> None:
     """Brute-force region and exact tile output for one random output region."""
+    stages = [k.stage for k in kernels]
     seed = data.draw(st.integers(0, 2**16))
     x = torch.randn(1, CHANNELS, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     shapes = chain_shapes(stages, FeatureShape(CHANNELS, h, w))
@@ -106,19 +107,19 @@ def check_chain(data: st.DataObject, layers: Sequence[nn.Module], stages: Sequen
         assert need == box if box is not None else need.area == 0  # None: only padding is read
         expected = full(x)[:, :, out.rows.start : out.rows.stop, out.cols.start : out.cols.stop]
         tile = x[:, :, need.rows.start : need.rows.stop, need.cols.start : need.cols.stop]
-        assert torch.allclose(run_chain(stages, shapes[0], tile, need, out), expected, atol=1e-9)
+        assert torch.allclose(run_chain(kernels, shapes[0], tile, need, out), expected, atol=1e-9)
         whole = TileRegion.whole(h, w)
-        assert torch.allclose(run_chain(stages, shapes[0], x, whole, out), expected, atol=1e-9)
+        assert torch.allclose(run_chain(kernels, shapes[0], x, whole, out), expected, atol=1e-9)
 
 
-def sized(layers: Sequence[nn.Module], h: int, w: int) -> list[Stage] | None:
-    stages = [stage_of(f"s{i}", m) for i, m in enumerate(layers)]
+def sized(layers: Sequence[nn.Module], h: int, w: int) -> list[Kernel] | None:
+    kernels = [kernel_of(f"s{i}", m) for i, m in enumerate(layers)]
     shape = FeatureShape(CHANNELS, h, w)
-    for stage in stages:
-        shape = stage.output_shape(shape)
+    for kernel in kernels:
+        shape = kernel.stage.output_shape(shape)
         if shape.height < 1 or shape.width < 1:
             return None
-    return stages
+    return kernels
 
 
 @settings(max_examples=300, deadline=None)
@@ -166,8 +167,9 @@ def test_residual_block_region_is_exact_and_tile_matches_torch(
 ) -> None:
     """``widen`` adds a 1x1 downsample shortcut even at stride 1."""
     block = randomise(BasicBlock(CHANNELS, CHANNELS + int(widen), stride), seed)
-    stage = stage_of("block", block)
-    check_chain(data, [block], [stage], h, w)
+    kernel = kernel_of("block", block)
+    check_chain(data, [block], [kernel], h, w)
+    stage = kernel.stage
     in_shape = FeatureShape(CHANNELS, h, w)
     out_shape = stage.output_shape(in_shape)
     out = data.draw(sub_region(out_shape))
@@ -178,6 +180,6 @@ def test_residual_block_region_is_exact_and_tile_matches_torch(
 def test_dilated_border_tile_skips_unread_pixels() -> None:
     """k3 d2 p3: output 0 reads -3, -1, 1 -- only pixel 1 is real, so the region is [1, 2)."""
     conv = randomise(nn.Conv2d(CHANNELS, CHANNELS, 3, padding=3, dilation=2), 0)
-    stage = stage_of("c", conv)
+    stage = kernel_of("c", conv).stage
     need = stage.input_region(TileRegion.of(0, 1, 0, 1), FeatureShape(CHANNELS, 8, 8))
     assert need == TileRegion(Span(1, 2), Span(1, 2))

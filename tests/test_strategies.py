@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.chain import ChainSpec
+from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.execute import run_plan
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.awas import PlanningError
-from edgeci_mqtt.planner.execute import run_plan
 from edgeci_mqtt.planner.strategies import (
     DEEPTHINGS_GRID,
     STRATEGIES,
@@ -39,7 +41,7 @@ def hetero_env():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def contexts(chains: dict[str, StageChain]) -> dict[str, PlanningContext]:
     env = hetero_env()
-    return {name: context_for(chains[name], env, SIZE[name], SIZE[name]) for name in SIZE}
+    return {name: context_for(chains[name].spec(SIZE[name], SIZE[name]), env) for name in SIZE}
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -51,7 +53,7 @@ def test_every_plan_gives_the_whole_models_logits(
     plan = make_plan(strategy, ctx)
     x = torch.randn(1, 3, SIZE[model], SIZE[model], generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
-        logits = chain.tail(run_plan(plan, ctx.stages, ctx.shapes, x))
+        logits = chain.tail(run_plan(plan, chain.kernels, ctx.chain.shapes, x))
         assert torch.allclose(logits, chain.model(x), atol=1e-4, rtol=1e-4)
     assert plan.blocks[0].block.start == 0 and plan.blocks[-1].block.stop == len(chain)
 
@@ -60,7 +62,7 @@ def test_deepthings_fuses_16_layers_into_a_pulled_3x3_grid(contexts: dict[str, P
     vgg = make_plan("deepthings", contexts["vgg16"])
     fused, gateway = vgg.blocks
     # VGG-16: 12 convolutions and 4 pools are the first 16 layers, through features.26 and its ReLU
-    assert darknet_layers(contexts["vgg16"].stages)[26] == 16
+    assert darknet_layers(contexts["vgg16"].chain.stages)[26] == 16
     assert fused.block == FusedBlock(0, 28) and fused.dispatch == "pull" and len(fused.tasks) == 9
     assert {t.device for t in fused.tasks} == {""}
     assert gateway.block == FusedBlock(28, 31) and gateway.placement == "orchestrator"
@@ -72,7 +74,7 @@ def test_deepthings_fuses_16_layers_into_a_pulled_3x3_grid(contexts: dict[str, P
 def test_modnn_syncs_after_every_layer_with_rows_by_speed(contexts: dict[str, PlanningContext]) -> None:
     ctx = contexts["vgg16"]
     plan = make_plan("modnn", ctx)
-    assert [b.block for b in plan.blocks] == layer_groups(ctx.stages)
+    assert [b.block for b in plan.blocks] == layer_groups(ctx.chain.stages)
     assert len(plan.blocks) == 13  # one per convolution, with its ReLU and pooling
     first = {t.device: t.out_region.rows.size for t in plan.blocks[0].tasks}
     assert set(first) == {"jetson", "pi4-a", "pi4-b", "pi3"}  # static: every device, links ignored
@@ -100,7 +102,7 @@ def test_edgeci_drops_devices_that_slow_it_down(contexts: dict[str, PlanningCont
 
 def test_replanning_after_a_device_leaves(chains: dict[str, StageChain], contexts: dict[str, PlanningContext]) -> None:
     ctx = contexts["vgg16"]
-    smaller = context_for(chains["vgg16"], ctx.env.without("jetson"), 224, 224, ctx.rows)
+    smaller = context_for(chains["vgg16"].spec(224, 224), ctx.env.without("jetson"), ctx.rows)
     assert smaller.rows is ctx.rows  # stage prices are reused
     for strategy in STRATEGIES:
         assert "jetson" not in make_plan(strategy, smaller).devices
@@ -125,4 +127,4 @@ def test_errors() -> None:
     with pytest.raises(PlanningError, match="unknown strategy"):
         make_plan("magic", None)  # type: ignore[arg-type]
     with pytest.raises(PlanningError, match="no devices"):
-        PlanningContext("m", (), (), (), environment(), None)  # type: ignore[arg-type]
+        PlanningContext(ChainSpec("m", (), (FeatureShape(3, 1, 1),), ()), environment(), None)  # type: ignore[arg-type]

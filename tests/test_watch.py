@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.runtime.watch import TrafficView

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
 from edgeci_mqtt.runtime.weights import WeightCache, install, stage_state, verify, weights_message
-from edgeci_mqtt.wire import WireError, decode, encode
+from edgeci_mqtt.wire import decode, encode
 
 
 def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageChain], tmp_path: Path) -> None:
@@ -28,8 +29,8 @@ def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageCh
     region = TileRegion.whole(20, 20)
     shape = source.shapes(20, 20)[0]
     with torch.inference_mode():
-        got = skeleton.stages[0].run(x, region, region, shape)
-        assert torch.equal(got, source.stages[0].run(x, region, region, shape))
+        got = skeleton.kernels[0].run(x, region, region, shape)
+        assert torch.equal(got, source.kernels[0].run(x, region, region, shape))
     assert cache.listing() == {"abc": ["features.0", "features.1", "features.6"]}
     assert cache.load("abc", "features.6") is not None and cache.load("abc", "features.9") is None
 

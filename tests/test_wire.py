@@ -9,12 +9,12 @@ import msgpack
 import numpy as np
 import pytest
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.runtime.broker_config import acl_text
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows, parse_task_label, task_label
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,
@@ -61,7 +61,7 @@ MESSAGES: list[Message] = [
     InferRequest("q", "vgg16", ARRAY, "edgeci"),
     InferRequest("q", "vgg16", ARRAY, "edgeci", trace=True),
     InferResponse("q", ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
-    InferResponse("q", ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, "edgeci"),)),
+    InferResponse("q", ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
     Chunk("c1", 0, 2, b"abc"),
 ]
 
@@ -144,7 +144,7 @@ def task(**changes: object) -> bytes:
         (task(input_hw=[224, 0]), "not in"),
         (task(input_hw=[224]), "expected 2 items"),
         (task(input={"dtype": "float16", "shape": [1], "data": b"\x00\x00"}), "unknown dtype"),
-        (raw(v=1, type="response", request="q", timeline=[["d", "dance", 0.0, 1.0, ""]]), "malformed"),
+        (raw(v=1, type="response", request="q", timeline=[["d", "dance", 0.0, 1.0, None, None, ""]]), "timeline row 0"),
         (raw(v=1, type="award", round="r", runs=[["d", 0, 2]]), "expected a map"),
     ],
 )
@@ -235,35 +235,3 @@ def test_the_acl_is_generated_from_the_topic_declarations() -> None:
     for role in ("device", "orchestrator", "client"):
         assert all(line in text for line in acl_lines(role))
     assert CLIENT_RESPONSES.filter.replace("+", "%c") in text
-
-
-def test_timelines_round_trip_through_their_rows() -> None:
-    intervals = (Interval(ORCHESTRATOR, "plan", 0.0, 0.002, "edgeci"), Interval("dev-1", "compute", 0.01, 0.05, "x"))
-    response = decode(encode(InferResponse("q", ARRAY, timeline=intervals)))
-    assert isinstance(response, InferResponse) and response.timeline == intervals
-
-
-@pytest.mark.parametrize(
-    ("rows", "message"),
-    [
-        ("nope", "list of at most"),
-        ([[0] * 5] * 100_001, "list of at most"),
-        ([["d", "compute", 0.0, 1.0]], "row 0 is not"),
-        ([["d", "compute", 0.0, 1.0, "", 1]], "row 0 is not"),
-        ([["d", "dance", 0.0, 1.0, ""]], "row 0 is malformed"),
-        ([["d", "compute", "0", 1.0, ""]], "row 0 is malformed"),
-        ([["d", "compute", True, 1.0, ""]], "row 0 is malformed"),
-        ([["d", "compute", 0.0, float("nan"), ""]], "row 0 is malformed"),
-        ([["d", "compute", 0.0, 1.0, ""], [7, "compute", 0.0, 1.0, ""]], "row 1 is malformed"),
-        ([["d", "compute", 2.0, 1.0, ""]], "ends before it starts"),
-    ],
-)
-def test_malformed_timelines_raise_one_clear_error(rows: object, message: str) -> None:
-    with pytest.raises(WireError, match=message):
-        intervals_from_rows(rows)
-
-
-def test_task_labels_say_which_tile_an_interval_belongs_to() -> None:
-    block, region = FusedBlock(3, 17), TileRegion.of(4, 9, 0, 28)
-    assert parse_task_label(task_label(block, region)) == (block, region)
-    assert parse_task_label("stages 3-17") is None and parse_task_label("waiting for bids") is None

@@ -16,7 +16,7 @@ import yaml
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
-from edgeci_mqtt.planner.profile import measure_profile
+from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.transport import MqttBus

@@ -12,8 +12,9 @@ import torch
 
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.cli.table import format_table, human_count
+from edgeci_mqtt.core.blocks import TileGrid, balanced_blocks, block_tile_flops, parse_blocks
 from edgeci_mqtt.core.chain import whole_map_flops
-from edgeci_mqtt.core.fused import TileGrid, balanced_blocks, block_tile_flops, parse_blocks, run_fused
+from edgeci_mqtt.core.fused import run_fused
 from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         whole_s = time.perf_counter() - started
         print(f"running {len(blocks)} fused blocks as {args.tiles} tiles ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        logits = chain.tail(run_fused(chain.stages, shapes, blocks, args.tiles, x))
+        logits = chain.tail(run_fused(chain.kernels, shapes, blocks, args.tiles, x))
         tiled_s = time.perf_counter() - started
 
     stage_flops = whole_map_flops(chain.stages, shapes)

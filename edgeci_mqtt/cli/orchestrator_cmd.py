@@ -12,8 +12,8 @@ from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.profile import measure_profile
 from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from edgeci_mqtt.runtime.transport import MqttBus

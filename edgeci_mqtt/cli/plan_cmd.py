@@ -6,7 +6,7 @@ import argparse
 
 from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile
 from edgeci_mqtt.cli.table import format_table, human_bytes
-from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
@@ -34,17 +34,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
-    chain = load_chain(args.model)
-    ctx = context_for(chain, env, args.size, args.size)
+    ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
     plan = make_plan(args.strategy, ctx)
-    replay = simulate(plan, env, TaskWork(ctx.stages, ctx.shapes))
+    replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
     print(f"{args.strategy} plan of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)")
     for index, block in enumerate(plan.blocks):
-        first, last = ctx.stages[block.block.start], ctx.stages[block.block.stop - 1]
+        first, last = ctx.chain.stages[block.block.start], ctx.chain.stages[block.block.stop - 1]
         where = "orchestrator" if block.placement == "orchestrator" else f"{block.dispatch} dispatch"
         print(
             f"\nblock {index}: stages {block.block} ({first.name} .. {last.name}), "
-            f"{ctx.shapes[block.block.start]} -> {ctx.shapes[block.block.stop]}, {where}"
+            f"{ctx.chain.shapes[block.block.start]} -> {ctx.chain.shapes[block.block.stop]}, {where}"
         )
         rows = [
             [

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from edgeci_mqtt.cli.table import format_table
-from edgeci_mqtt.planner.profile import measure_profile
+from edgeci_mqtt.profiling import measure_profile
 
 __all__ = ["register", "run"]
 

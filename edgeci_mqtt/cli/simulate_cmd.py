@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile
 from edgeci_mqtt.cli.table import format_table
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
@@ -63,9 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeCIError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
-    chain = load_chain(args.model)
-    ctx = context_for(chain, env, args.size, args.size)
-    work = TaskWork(ctx.stages, ctx.shapes)
+    ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     results = {}
     for name in names:
         print(f"planning and simulating {name} ...", file=sys.stderr, flush=True)

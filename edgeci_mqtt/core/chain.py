@@ -1,21 +1,21 @@
-"""Shapes, regions and execution over a run of consecutive stages.
+"""A run of consecutive stages: its shapes, its regions, and the chain as the planner sees it.
 
-These three functions are the whole fused-tile algorithm: walk shapes forward,
-walk the needed regions backward from the output tile, then run forward on the
+Shapes are walked forward from the input, the regions an output tile needs backward
+from that tile; :func:`edgeci_mqtt.core.kernels.run_chain` then runs forward on the
 shrinking regions. A fused block and the inside of a residual block both use them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from torch import Tensor
+from dataclasses import dataclass
 
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.stages import Stage
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import GeometryError
 
-__all__ = ["chain_regions", "chain_shapes", "run_chain", "whole_map_flops"]
+__all__ = ["ChainSpec", "chain_regions", "chain_shapes", "whole_map_flops"]
 
 
 def chain_shapes(stages: Sequence[Stage], in_shape: FeatureShape) -> list[FeatureShape]:
@@ -49,32 +49,28 @@ def chain_regions(stages: Sequence[Stage], shapes: Sequence[FeatureShape], out_r
     return regions
 
 
-def run_chain(
-    stages: Sequence[Stage],
-    in_shape: FeatureShape,
-    x: Tensor,
-    x_region: TileRegion,
-    out_region: TileRegion,
-) -> Tensor:
-    """Compute ``out_region`` of the last stage from ``x`` holding ``x_region`` of the input."""
-    shapes = chain_shapes(stages, in_shape)
-    regions = chain_regions(stages, shapes, out_region)
-    if not x_region.contains(regions[0]):
-        raise GeometryError(f"input tile {x_region} does not cover the needed region {regions[0]}")
-    if tuple(x.shape[-2:]) != (x_region.height, x_region.width):
-        raise GeometryError(f"input tensor {tuple(x.shape)} does not match its region {x_region}")
-    if not stages:  # an identity path (a residual shortcut): just the crop
-        rows, cols = out_region.within(x_region)
-        return x[:, :, rows, cols]
-    for k, stage in enumerate(stages):
-        x = stage.run(x, x_region, regions[k + 1], shapes[k])
-        x_region = regions[k + 1]
-    return x
-
-
 def whole_map_flops(stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> list[int]:
     """FLOPs of each stage computing its whole output map in one piece (no halo)."""
     return [
         stage.flops(TileRegion.whole(shapes[k + 1].height, shapes[k + 1].width), shapes[k])
         for k, stage in enumerate(stages)
     ]
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """A model's chain at one input size, as planning and simulation need it: no weights, no torch.
+
+    ``shapes[k]`` is stage ``k``'s input shape (``shapes[-1]`` the last output);
+    ``tail_work`` is what the non-spatial tail costs after the last stage. The models
+    package builds it (:meth:`edgeci_mqtt.models.StageChain.spec`).
+    """
+
+    model: str
+    stages: tuple[Stage, ...]
+    shapes: tuple[FeatureShape, ...]
+    tail_work: tuple[OpWork, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shapes) != len(self.stages) + 1:
+            raise GeometryError(f"{self.model}: {len(self.stages)} stages need {len(self.stages) + 1} shapes")

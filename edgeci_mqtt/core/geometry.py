@@ -106,6 +106,12 @@ class TileRegion:
     def hull(self, other: TileRegion) -> TileRegion:
         return TileRegion(self.rows.hull(other.rows), self.cols.hull(other.cols))
 
+    def intersection(self, other: TileRegion) -> TileRegion | None:
+        """The pixels both regions hold, or None when they share none."""
+        top, bottom = max(self.rows.start, other.rows.start), min(self.rows.stop, other.rows.stop)
+        left, right = max(self.cols.start, other.cols.start), min(self.cols.stop, other.cols.stop)
+        return TileRegion.of(top, bottom, left, right) if top < bottom and left < right else None
+
     def within(self, outer: TileRegion) -> tuple[slice, slice]:
         """Index slices selecting this region from a tensor that holds ``outer``."""
         if not outer.contains(self):

@@ -1,20 +1,18 @@
-"""A residual block as one atomic stage.
+"""A residual block as one atomic stage (its geometry; :mod:`edgeci_mqtt.core.kernels` runs it).
 
 Fused blocks never cut through a skip connection, so the whole block (main path,
-shortcut, add, ReLU) is a single stage. Inside, each path is an ordinary stage chain
-run with :func:`run_chain`, so padding inside the block is applied at the border of
-each intermediate map, exactly as the unfused module would.
+shortcut, add, ReLU) is a single stage. Inside, each path is an ordinary stage chain,
+so the regions and work inside the block are those of its layers at the border of
+each intermediate map, exactly as the unfused module computes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import reduce
+from typing import ClassVar
 
-import torch
-from torch import Tensor
-
-from edgeci_mqtt.core.chain import chain_regions, chain_shapes, run_chain
+from edgeci_mqtt.core.chain import chain_regions, chain_shapes
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion, Window
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage, Windows
 from edgeci_mqtt.core.work import OpWork
@@ -23,22 +21,22 @@ from edgeci_mqtt.errors import ModelError
 __all__ = ["ResidualStage"]
 
 
-def _walk(path: Sequence[Stage], in_shape: FeatureShape) -> FeatureShape:
+def _walk(path: tuple[Stage, ...], in_shape: FeatureShape) -> FeatureShape:
     """Output shape of a path, possibly empty (the outer chain reports emptiness)."""
     return reduce(lambda shape, stage: stage.output_shape(shape), path, in_shape)
 
 
+@dataclass(frozen=True, kw_only=True)
 class ResidualStage(Stage):
     """``relu(main(x) + shortcut(x))``; an empty shortcut is the identity."""
 
-    kind = "residual"
+    kind: ClassVar[str] = "residual"
+    main: tuple[Stage, ...]
+    shortcut: tuple[Stage, ...] = ()
 
-    def __init__(self, name: str, main: Sequence[Stage], shortcut: Sequence[Stage] = ()) -> None:
-        super().__init__(name)
-        if not main:
-            raise ModelError(f"{name}: a residual block needs a main path")
-        self.main = tuple(main)
-        self.shortcut = tuple(shortcut)
+    def __post_init__(self) -> None:
+        if not self.main:
+            raise ModelError(f"{self.name}: a residual block needs a main path")
 
     @property
     def windows(self) -> Windows:
@@ -57,11 +55,6 @@ class ResidualStage(Stage):
         main = chain_regions(self.main, chain_shapes(self.main, in_shape), out_region)[0]
         short = chain_regions(self.shortcut, chain_shapes(self.shortcut, in_shape), out_region)[0]
         return main.hull(short)
-
-    def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
-        main = run_chain(self.main, in_shape, x, x_region, out_region)
-        short = run_chain(self.shortcut, in_shape, x, x_region, out_region)
-        return torch.relu(main + short)
 
     def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
         work = []

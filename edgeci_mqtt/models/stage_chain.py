@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from torch import Tensor, nn
 
-from edgeci_mqtt.core.chain import chain_shapes
+from edgeci_mqtt.core.chain import ChainSpec, chain_shapes
 from edgeci_mqtt.core.geometry import FeatureShape
-from edgeci_mqtt.core.residual import ResidualStage
-from edgeci_mqtt.core.stages import (
-    BYTES_PER_ELEMENT,
-    AvgPoolStage,
-    BatchNormStage,
-    ConvStage,
-    MaxPoolStage,
-    ReLUStage,
-    Stage,
+from edgeci_mqtt.core.kernels import (
+    AvgPoolKernel,
+    BatchNormKernel,
+    ConvKernel,
+    Kernel,
+    MaxPoolKernel,
+    ReLUKernel,
+    ResidualKernel,
 )
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import GeometryError, InputError, ModelError
 from edgeci_mqtt.models.resnet import BasicBlock
 
-__all__ = ["SpatialModel", "StageChain", "stage_chain", "stage_of"]
+__all__ = ["SpatialModel", "StageChain", "kernel_of", "stage_chain"]
 
 
 class SpatialModel(Protocol):
@@ -36,15 +37,23 @@ class SpatialModel(Protocol):
 
 @dataclass(frozen=True)
 class StageChain:
-    """A model as stages ``0..n-1`` (spatial, tileable) followed by ``tail``."""
+    """A model as stages ``0..n-1`` (spatial, tileable) followed by ``tail``.
+
+    ``kernels`` run the stages with the model's weights; :attr:`stages` is their
+    geometry, and :meth:`spec` all the planner needs at one input size.
+    """
 
     model_name: str
     model: nn.Module
-    stages: tuple[Stage, ...]
+    kernels: tuple[Kernel, ...]
     in_channels: int
 
     def __len__(self) -> int:
-        return len(self.stages)
+        return len(self.kernels)
+
+    @cached_property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(k.stage for k in self.kernels)
 
     def tail(self, x: Tensor) -> Tensor:
         """The non-spatial rest of the model (global pool, flatten, FC)."""
@@ -62,6 +71,11 @@ class StageChain:
             return chain_shapes(self.stages, FeatureShape(self.in_channels, height, width))
         except GeometryError as exc:
             raise InputError(f"{self.model_name}: {exc}") from exc
+
+    def spec(self, height: int, width: int) -> ChainSpec:
+        """The chain at a ``height`` x ``width`` input, as the planner and simulator take it."""
+        shapes = tuple(self.shapes(height, width))
+        return ChainSpec(self.model_name, self.stages, shapes, tuple(self.tail_ops(shapes[-1])))
 
     def tail_ops(self, features: FeatureShape) -> list[OpWork]:
         """The tail's work for a final feature map of shape ``features``.
@@ -102,24 +116,24 @@ def _pair_of(size: object, features: FeatureShape) -> tuple[int, int]:
     return (features.height if rows is None else int(rows)), (features.width if cols is None else int(cols))
 
 
-def stage_of(name: str, module: nn.Module) -> Stage:
-    """The stage for one spatial layer of a model."""
+def kernel_of(name: str, module: nn.Module) -> Kernel:
+    """The stage (and what runs it) for one spatial layer of a model."""
     if isinstance(module, nn.Conv2d):
-        return ConvStage(name, module)
+        return ConvKernel(name, module)
     if isinstance(module, nn.BatchNorm2d):
-        return BatchNormStage(name, module)
+        return BatchNormKernel(name, module)
     if isinstance(module, nn.ReLU):
-        return ReLUStage(name)
+        return ReLUKernel(name)
     if isinstance(module, nn.MaxPool2d):
-        return MaxPoolStage(name, module)
+        return MaxPoolKernel(name, module)
     if isinstance(module, nn.AvgPool2d):
-        return AvgPoolStage(name, module)
+        return AvgPoolKernel(name, module)
     if isinstance(module, BasicBlock):
-        main = [stage_of(f"{name}.{part}", getattr(module, part)) for part in ("conv1", "bn1", "relu", "conv2", "bn2")]
+        main = [kernel_of(f"{name}.{part}", getattr(module, part)) for part in ("conv1", "bn1", "relu", "conv2", "bn2")]
         shortcut = []
         if module.downsample is not None:
-            shortcut = [stage_of(f"{name}.downsample.{i}", m) for i, m in enumerate(module.downsample)]
-        return ResidualStage(name, main, shortcut)
+            shortcut = [kernel_of(f"{name}.downsample.{i}", m) for i, m in enumerate(module.downsample)]
+        return ResidualKernel(name, main, shortcut)
     raise ModelError(f"{name}: layer type {type(module).__name__} is not a supported spatial stage")
 
 
@@ -128,8 +142,8 @@ def stage_chain(model: nn.Module, name: str) -> StageChain:
     if not hasattr(model, "spatial_layers") or not hasattr(model, "tail"):
         raise ModelError(f"{name}: the model does not expose spatial_layers() and tail()")
     spatial: SpatialModel = model  # type: ignore[assignment]
-    stages = tuple(stage_of(n, m) for n, m in spatial.spatial_layers())
-    first = next((s for s in stages if isinstance(s, ConvStage)), None)
+    kernels = tuple(kernel_of(n, m) for n, m in spatial.spatial_layers())
+    first = next((k for k in kernels if isinstance(k, ConvKernel)), None)
     if first is None:
         raise ModelError(f"{name}: no convolution found to fix the input channels")
-    return StageChain(name, model, stages, first.module.in_channels)
+    return StageChain(name, model, kernels, first.stage.in_channels)

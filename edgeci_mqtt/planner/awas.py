@@ -26,10 +26,10 @@ from itertools import accumulate
 
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, split_span
 from edgeci_mqtt.core.stages import Stage
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import Task
@@ -38,7 +38,6 @@ __all__ = [
     "MAX_ITEMS",
     "Award",
     "Bid",
-    "PlanningError",
     "auction_item_count",
     "auction_items",
     "award",
@@ -48,10 +47,6 @@ __all__ = [
 
 MAX_ITEMS = 128
 """Items per auction at most; taller maps get items of several rows."""
-
-
-class PlanningError(EdgeCIError):
-    """No plan is possible (no capable device bid, an empty cluster, ...)."""
 
 
 def auction_item_count(height: int, max_items: int = MAX_ITEMS) -> int:

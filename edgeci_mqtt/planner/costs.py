@@ -22,14 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.chain import chain_regions
-from edgeci_mqtt.core.fused import FusedBlock, tile_input_region
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView
-from edgeci_mqtt.planner.plan import Task
+from edgeci_mqtt.planner.plan import Task, TaskInput
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = ["RowModel", "TaskWork", "link_seconds", "make_task"]
 
@@ -40,11 +41,12 @@ Floats = NDArray[np.float64]
 def make_task(
     stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion, device: str
 ) -> Task:
-    """The task computing ``out_region`` of ``block``."""
+    """The task computing ``out_region`` of ``block`` on ``device``, gathered: its input
+    comes from the orchestrator and its output goes back there."""
     in_region = tile_input_region(stages, shapes, block, out_region)
     in_bytes = shapes[block.start].channels * in_region.area * BYTES_PER_ELEMENT
     out_bytes = shapes[block.stop].channels * out_region.area * BYTES_PER_ELEMENT
-    return Task(device, out_region, in_region, in_bytes, out_bytes)
+    return Task(device, out_region, in_bytes, out_bytes, (TaskInput(block.start, in_region, ORCHESTRATOR),))
 
 
 class TaskWork:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, link_seconds

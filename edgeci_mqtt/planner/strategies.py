@@ -19,17 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from edgeci_mqtt.core.fused import FusedBlock, TileGrid
-from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.core.blocks import FusedBlock, TileGrid
+from edgeci_mqtt.core.chain import ChainSpec
+from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
-from edgeci_mqtt.core.work import OpWork
-from edgeci_mqtt.models.stage_chain import StageChain
-from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award, award_tasks, make_bid
+from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import Environment
-from edgeci_mqtt.planner.plan import BlockPlan, Plan
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 
 __all__ = [
     "DEEPTHINGS_GRID",
@@ -50,16 +50,13 @@ DEEPTHINGS_GRID = TileGrid(3, 3)
 
 @dataclass(frozen=True)
 class PlanningContext:
-    """Everything a strategy needs: the model's stages and shapes, its tail, the cluster.
+    """Everything a strategy needs: the model's chain at one input size, and the cluster.
 
     ``rows`` prices strips; keep one per model and input size and pass it to every
     re-plan, since it caches each device profile's stage prices.
     """
 
-    model: str
-    stages: tuple[Stage, ...]
-    shapes: tuple[FeatureShape, ...]
-    tail_work: tuple[OpWork, ...]
+    chain: ChainSpec
     env: Environment
     rows: RowModel
 
@@ -71,18 +68,19 @@ class PlanningContext:
     def estimator(self) -> BlockEstimator:
         return BlockEstimator(self.rows, self.env)
 
+    def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
+        return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
+
     def plan(self, strategy: str, blocks: Sequence[BlockPlan], predicted_s: float, auctioned: bool = False) -> Plan:
-        return Plan(strategy, self.model, self.shapes[0], tuple(blocks), self.tail_work, predicted_s, auctioned)
+        chain = self.chain
+        return Plan(strategy, chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, predicted_s, auctioned)
 
 
-def context_for(
-    chain: StageChain, env: Environment, height: int = 224, width: int = 224, rows: RowModel | None = None
-) -> PlanningContext:
-    """A planning context for ``chain`` at one input size (reusing ``rows`` if given)."""
-    shapes = tuple(chain.shapes(height, width))
-    if rows is None or tuple(rows.shapes) != shapes:
-        rows = RowModel(chain.stages, shapes)
-    return PlanningContext(chain.model_name, chain.stages, shapes, tuple(chain.tail_ops(shapes[-1])), env, rows)
+def context_for(chain: ChainSpec, env: Environment, rows: RowModel | None = None) -> PlanningContext:
+    """A planning context for ``chain`` (reusing ``rows`` if it prices the same chain)."""
+    if rows is None or tuple(rows.stages) != chain.stages or tuple(rows.shapes) != chain.shapes:
+        rows = RowModel(chain.stages, chain.shapes)
+    return PlanningContext(chain, env, rows)
 
 
 def proportional_rows(height: int, weights: dict[str, float]) -> list[tuple[str, Span]]:
@@ -101,16 +99,13 @@ def proportional_rows(height: int, weights: dict[str, float]) -> list[tuple[str,
 
 
 def _strips(ctx: PlanningContext, block: FusedBlock, runs: Sequence[tuple[str, Span]]) -> BlockPlan:
-    width = ctx.shapes[block.stop].width
-    return BlockPlan(
-        block,
-        tuple(make_task(ctx.stages, ctx.shapes, block, TileRegion(rows, Span(0, width)), d) for d, rows in runs),
-    )
+    width = ctx.chain.shapes[block.stop].width
+    return BlockPlan(block, tuple(ctx.task(block, TileRegion(rows, Span(0, width)), d) for d, rows in runs))
 
 
 def plan_local(ctx: PlanningContext) -> Plan:
-    block = FusedBlock(0, len(ctx.stages))
-    whole = [(view.name, Span(0, ctx.shapes[-1].height)) for view in ctx.env.devices]
+    block = FusedBlock(0, len(ctx.chain.stages))
+    whole = [(view.name, Span(0, ctx.chain.shapes[-1].height)) for view in ctx.env.devices]
     seconds = {name: ctx.estimator.runs_seconds(block, [(name, rows)]) for name, rows in whole}
     best = min(seconds, key=seconds.__getitem__)
     return ctx.plan("local", [_strips(ctx, block, [(best, whole[0][1])])], seconds[best])
@@ -125,7 +120,7 @@ def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
 
 
 def _proportional_runs(ctx: PlanningContext, block: FusedBlock) -> list[tuple[str, Span]]:
-    return proportional_rows(ctx.shapes[block.stop].height, ctx.estimator.speeds(block))
+    return proportional_rows(ctx.chain.shapes[block.stop].height, ctx.estimator.speeds(block))
 
 
 def _proportional_plan(ctx: PlanningContext, name: str, blocks: Sequence[FusedBlock]) -> Plan:
@@ -135,7 +130,7 @@ def _proportional_plan(ctx: PlanningContext, name: str, blocks: Sequence[FusedBl
 
 
 def plan_modnn(ctx: PlanningContext) -> Plan:
-    return _proportional_plan(ctx, "modnn", layer_groups(ctx.stages))
+    return _proportional_plan(ctx, "modnn", layer_groups(ctx.chain.stages))
 
 
 def plan_aofl(ctx: PlanningContext) -> Plan:
@@ -145,7 +140,7 @@ def plan_aofl(ctx: PlanningContext) -> Plan:
         block = FusedBlock(i, j)
         return est.runs_seconds(block, _proportional_runs(ctx, block))
 
-    _, blocks = best_segmentation(len(ctx.stages), cost)
+    _, blocks = best_segmentation(len(ctx.chain.stages), cost)
     return _proportional_plan(ctx, "aofl", blocks)
 
 
@@ -163,20 +158,18 @@ def darknet_layers(stages: Sequence[Stage]) -> list[int]:
 
 
 def plan_deepthings(ctx: PlanningContext) -> Plan:
-    counts = darknet_layers(ctx.stages)
-    depth = next((k + 1 for k, c in enumerate(counts) if c >= DEEPTHINGS_LAYERS), len(ctx.stages))
+    stages, shapes = ctx.chain.stages, ctx.chain.shapes
+    counts = darknet_layers(stages)
+    depth = next((k + 1 for k, c in enumerate(counts) if c >= DEEPTHINGS_LAYERS), len(stages))
     # the fused block ends after the activation/pooling that follow its last layer
-    while depth < len(ctx.stages) and not isinstance(ctx.stages[depth], ConvStage | ResidualStage):
+    while depth < len(stages) and not isinstance(stages[depth], ConvStage | ResidualStage):
         depth += 1
     fused = FusedBlock(0, depth)
-    tasks = tuple(
-        make_task(ctx.stages, ctx.shapes, fused, region, "") for region in DEEPTHINGS_GRID.regions(ctx.shapes[depth])
-    )
+    tasks = tuple(ctx.task(fused, region, "") for region in DEEPTHINGS_GRID.regions(shapes[depth]))
     blocks = [BlockPlan(fused, tasks, dispatch="pull")]
-    if depth < len(ctx.stages):
-        rest = FusedBlock(depth, len(ctx.stages))
-        out = ctx.shapes[-1]
-        gateway = make_task(ctx.stages, ctx.shapes, rest, TileRegion.whole(out.height, out.width), "")
+    if depth < len(stages):
+        rest = FusedBlock(depth, len(stages))
+        gateway = ctx.task(rest, TileRegion.whole(shapes[-1].height, shapes[-1].width), "")
         blocks.append(BlockPlan(rest, (gateway,), placement="orchestrator"))
     return ctx.plan("deepthings", blocks, 0.0)
 
@@ -196,12 +189,12 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span]) -> lis
 
 def plan_edgeci(ctx: PlanningContext) -> Plan:
     est = ctx.estimator
-    predicted, blocks = best_segmentation(len(ctx.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    predicted, blocks = best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
     plans = []
     for block in blocks:
-        items = auction_items(ctx.shapes[block.stop])
+        items = auction_items(ctx.chain.shapes[block.stop])
         won = award(_bids(ctx, block, items), len(items))
-        plans.append(BlockPlan(block, award_tasks(ctx.stages, ctx.shapes, block, items, won)))
+        plans.append(BlockPlan(block, award_tasks(ctx.chain.stages, ctx.chain.shapes, block, items, won)))
     return ctx.plan("edgeci", plans, predicted, auctioned=True)
 
 

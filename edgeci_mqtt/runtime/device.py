@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from edgeci_mqtt import __version__
-from edgeci_mqtt.core.fused import FusedBlock, run_block_tile, tile_input_region
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.awas import make_bid
@@ -344,7 +345,12 @@ class DeviceAgent:
                     raise WireError(f"weights of stage {missing[0]} were rejected")
             with torch.inference_mode():
                 out = run_block_tile(
-                    task.held.chain.stages, task.shapes, message.block, task.tile, message.in_region, message.out_region
+                    task.held.chain.kernels,
+                    task.shapes,
+                    message.block,
+                    task.tile,
+                    message.in_region,
+                    message.out_region,
                 )
             computed = time.perf_counter()
             output = out.contiguous().numpy()

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.core.fused import FusedBlock, run_block_tile
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.planner.awas import Bid, PlanningError, auction_items, award
+from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.awas import Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
@@ -40,7 +42,7 @@ from edgeci_mqtt.runtime.progress import (
     Stitch,
     Tick,
 )
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, block_label, task_label
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_CALL,
@@ -137,12 +139,21 @@ class InferenceRun:
         self.origin = origin
         self.timeline: list[Interval] | None = [] if trace else None
         self._wall_offset = time.time() - time.perf_counter()
-        self._sent: dict[str, tuple[float, str]] = {}  # task id -> (sent at, label), for the timeline
+        self._sent: dict[str, tuple[float, FusedBlock]] = {}  # task id -> (sent at, block), for the timeline
 
-    def mark(self, resource: str, kind: str, start: float, end: float, label: str = "") -> None:
+    def mark(
+        self,
+        resource: str,
+        kind: str,
+        start: float,
+        end: float,
+        note: str = "",
+        block: FusedBlock | None = None,
+        region: TileRegion | None = None,
+    ) -> None:
         """Record an interval (``perf_counter`` times) if this request is traced."""
         if self.timeline is not None:
-            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, label))
+            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, block, region, note))
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
@@ -178,24 +189,20 @@ class InferenceRun:
         """A block the plan keeps on the orchestrator (DeepThings' gateway layers)."""
         started = time.perf_counter()
         out_shape = self.shapes[block.stop]
+        whole_out = TileRegion.whole(out_shape.height, out_shape.width)
         with torch.inference_mode():
             out = run_block_tile(
-                self.held.chain.stages,
-                self.shapes,
-                block,
-                x,
-                TileRegion.whole(x.shape[2], x.shape[3]),
-                TileRegion.whole(out_shape.height, out_shape.width),
+                self.held.chain.kernels, self.shapes, block, x, TileRegion.whole(x.shape[2], x.shape[3]), whole_out
             )
         self.timings.gateway_s += time.perf_counter() - started
-        self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block_label(block))
+        self.mark(ORCHESTRATOR, "gateway", started, time.perf_counter(), block=block, region=whole_out)
         return out
 
     def _block(self, block_plan: BlockPlan, x: Tensor, tasks: list[Task]) -> Tensor:
         """Run one block on devices; ``tasks`` are its awarded (or planned) tasks."""
         block = block_plan.block
         if not tasks:
-            raise PlanningError(f"block {block_label(block)} is on devices but has no tasks")
+            raise PlanningError(f"block {block} is on devices but has no tasks")
         out_shape = self.shapes[block.stop]
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
         if self.auctioned and any(t.device not in self._online() or t.device in self.failed for t in tasks):
@@ -354,11 +361,22 @@ class InferenceRun:
         ]
 
     # ------------------------------------------------------------ tasks
+    def _input(self, task: Task, x: Tensor) -> Tensor:
+        """The task's input tile, assembled from the pieces its graph names. Under a gather
+        strategy every piece comes from the orchestrator, which holds the block's whole input."""
+        region, whole = task.in_region, TileRegion.whole(x.shape[2], x.shape[3])
+        tile = torch.empty(1, x.shape[1], region.height, region.width)
+        for piece in task.inputs:
+            if piece.source != ORCHESTRATOR:
+                raise PlanningError(f"piece {piece.region} is held by {piece.source}: this runtime gathers every block")
+            (rows, cols), (src_rows, src_cols) = piece.region.within(region), piece.region.within(whole)
+            tile[:, :, rows, cols] = x[:, :, src_rows, src_cols]
+        return tile
+
     def _send(self, block: FusedBlock, action: Send, x: Tensor) -> None:
         started = time.perf_counter()
         task, device = action.task, action.device
-        r, c = task.in_region.rows, task.in_region.cols
-        tile = x[:, :, r.start : r.stop, c.start : c.stop].contiguous()
+        tile = self._input(task, x)
         message = TaskMessage(
             self.request,
             action.task_id,
@@ -374,11 +392,10 @@ class InferenceRun:
         self.prepare(device, block)
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
         sent = time.perf_counter()
-        label = task_label(block, task.out_region)
-        self._sent[action.task_id] = (sent, label)
+        self._sent[action.task_id] = (sent, block)
         self.used.add(device)
         self.timings.scatter_s += sent - started
-        self.mark(ORCHESTRATOR, "prepare", started, sent, f"{device} {label}")
+        self.mark(ORCHESTRATOR, "prepare", started, sent, device, block, task.out_region)
 
     def _stitch(self, action: Stitch, result: ResultMessage, arrived: float, out: Tensor) -> None:
         started = time.perf_counter()
@@ -388,17 +405,18 @@ class InferenceRun:
             result.output
         )
         self.timings.merge_s += time.perf_counter() - started
-        self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), f"{result.device} {region}")
-        self._mark_device(result, action.task_id, arrived)
+        block = self._sent[action.task_id][1]
+        self.mark(ORCHESTRATOR, "merge", started, time.perf_counter(), result.device, block, region)
+        self._mark_device(result, action.task_id, region, arrived)
 
-    def _mark_device(self, result: ResultMessage, task_id: str, arrived: float) -> None:
+    def _mark_device(self, result: ResultMessage, task_id: str, region: TileRegion, arrived: float) -> None:
         """The device's link and CPU intervals of a task, from the times it reported.
 
         Its clock is only trusted between our send and our receipt: on real boards
         clocks drift by milliseconds, so its instants are clamped into that window.
         Instants out of order are a device bug, logged and not drawn.
         """
-        sent, label = self._sent.pop(task_id, (arrived, ""))
+        sent, block = self._sent.pop(task_id)
         if self.timeline is None or result.timings is None:
             return
         t = result.timings
@@ -407,9 +425,9 @@ class InferenceRun:
             log.warning("%s: %s reported its task instants out of order: %s", self.request, result.device, instants)
             return
         received, begun, computed = (min(max(i - self._wall_offset, sent), arrived) for i in instants)
-        self.mark(result.device, "receive", sent, received, label)
-        self.mark(result.device, "compute", begun, computed, label)
-        self.mark(result.device, "send", computed, arrived, label)
+        self.mark(result.device, "receive", sent, received, "", block, region)
+        self.mark(result.device, "compute", begun, computed, "", block, region)
+        self.mark(result.device, "send", computed, arrived, "", block, region)
 
 
 def _take_bid(message: BidMessage, count: int, candidates: set[str], into: dict[str, Bid]) -> None:

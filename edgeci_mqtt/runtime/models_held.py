@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
@@ -225,7 +225,7 @@ class Orchestrator:
         if cached is not None and cached[0] == self.table.generation:
             return cached[1]
         env = Environment(tuple(devices), self.profile, self.broker_link)
-        ctx = context_for(held.chain, env, height, width, rows=self._rows.get((model, height, width)))
+        ctx = context_for(held.chain.spec(height, width), env, rows=self._rows.get((model, height, width)))
         self._rows[(model, height, width)] = ctx.rows
         plan = make_plan(strategy, ctx)
         self._plans[key] = (self.table.generation, plan)

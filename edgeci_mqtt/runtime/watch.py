@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.wire import (
     DEVICE_STATE,
@@ -30,7 +31,6 @@ from edgeci_mqtt.wire import (
     Reassembler,
     ResultMessage,
     TaskMessage,
-    WireError,
     decode,
 )
 

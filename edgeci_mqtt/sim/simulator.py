@@ -12,9 +12,19 @@ Each message pays both links' one-way latencies and a fixed envelope
 
 Compute model. Each device runs one task at a time in arrival order, for the time its
 profile prices the task's ops. The orchestrator is one CPU too (its cluster share): it
-prepares every task message (copying the input rows), stitches every result into the
+prepares every input piece it sends (copying the rows), stitches every result into the
 block's output, runs blocks placed on it (DeepThings' gateway layers) and the tail.
-Blocks are sequential: block k+1 is scattered once block k is fully stitched.
+
+Data dependencies. The plan is a task graph (:mod:`edgeci_mqtt.planner.plan`) and a task
+runs as soon as all its input pieces are on its device. A piece from the orchestrator
+is sent once the orchestrator holds the block's whole input map, i.e. once the previous
+block is fully stitched (a gather strategy's barrier is just that dependency). A piece
+held by a device is ready once the tasks that make it have finished there, and then
+travels device -> broker -> device: up the source's link and into the broker host, then,
+once the broker has it, out of the broker host and down the target's link (two messages'
+worth of latency and envelope; nothing when source and target are the same device).
+Assembling pieces on a device costs nothing here. A tile kept on another device than the
+one computing it travels the same way.
 
 Auction. An auctioned plan (EdgeCI) first holds every block's round at once, as the
 runtime does: a call to every device, each device prices the rounds, its bids come
@@ -25,30 +35,37 @@ a host whose per-op overhead is 9 µs); awarding one costs the orchestrator
 :data:`AWARD_OPS_PER_BID` per bid (measured: 0.3-0.9 ms for 4-8 bids, median 12 per bid,
 2-52 over VGG-16 and ResNet-34 rounds with 4 to 64 bidders).
 
-Dispatch. ``static`` blocks send every task at once in plan order; ``pull`` blocks
-keep tiles in a queue on the orchestrator and send the next one to whichever device
-asks (its previous result carries the request), as DeepThings' work stealing does.
+Dispatch. ``static`` tasks are sent in plan order as their inputs become ready;
+``pull`` blocks keep tiles in a queue on the orchestrator and send the next one to
+whichever device asks (its previous result carries the request), as DeepThings' work
+stealing does.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.awas import auction_item_count
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
-from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 
 __all__ = ["SimResult", "WorkOf", "simulate"]
 
 WorkOf = Callable[[FusedBlock, TileRegion], Sequence[OpWork]]
+Tile = tuple[FusedBlock | None, TileRegion | None]
+"""Which task's tile an interval is for (block, output region), if any."""
+_NO_TILE: Tile = (None, None)
+TaskId = tuple[int, int]
+"""A task by its block's index in the plan and its own index in that block."""
 AUCTION_ROUND_OPS = 25
 AWARD_OPS_PER_BID = 15
 _CALL_BYTES, _BID_BYTES_PER_ITEM = 200, 20  # a call lists items; a bid prices each twice
@@ -97,20 +114,24 @@ class _State:
             _, _, action = heapq.heappop(self.events)
             action()
 
-    def busy(self, resource: str, kind: str, ready: float, seconds: float, label: str = "") -> float:
+    def busy(
+        self, resource: str, kind: str, ready: float, seconds: float, tile: Tile = _NO_TILE, note: str = ""
+    ) -> float:
         start, end = self.cpu[resource].reserve(ready, seconds)
-        self.timeline.append(Interval(resource, kind, start, end, label))
+        self.timeline.append(Interval(resource, kind, start, end, *tile, note))
         return end
 
-    def transfer(self, device: str, ready: float, nbytes: int, downward: bool, label: str) -> float:
-        """Arrival time of a message between the orchestrator and ``device``."""
+    def transfer(
+        self, device: str, ready: float, nbytes: int, downward: bool, tile: Tile = _NO_TILE, note: str = ""
+    ) -> float:
+        """Arrival time of a message between the broker host (and the orchestrator on it) and ``device``."""
         size = nbytes + MESSAGE_OVERHEAD_BYTES
         first, second = (self.broker_down, self.down[device]) if downward else (self.up[device], self.broker_up)
         start, first_end = first.reserve(ready, size)
         second_start = max(start, second.free)
         second.free = second_start + size / second.rate  # busy for its own time only: a slow first
         end = max(first_end, second.free)  # hop trickling bytes in does not block the second for others
-        self.timeline.append(Interval(device, "receive" if downward else "send", start, end, label))
+        self.timeline.append(Interval(device, "receive" if downward else "send", start, end, *tile, note))
         latency = self.env.device(device).link.latency_s + self.env.broker_link.latency_s
         return end + latency
 
@@ -120,60 +141,129 @@ def _copy_seconds(env: Environment, nbytes: int) -> float:
     return 2 * nbytes / env.orchestrator.rates["relu"]
 
 
-class _BlockRun:
-    """Runs one block from ``start``; calls ``done(end)`` when every tile is stitched."""
+class _Replay:
+    """The plan's tasks, each run once its inputs are on its device (see the module docstring)."""
 
-    def __init__(self, state: _State, plan: BlockPlan, work: WorkOf, done: Callable[[float], None]) -> None:
-        self.state, self.plan, self.done, self._work = state, plan, done, work
-        self.label = f"block {plan.block}"
-        self.pending = len(plan.tasks)
-        self.queue = list(plan.tasks)
+    def __init__(self, state: _State, plan: Plan, work: WorkOf) -> None:
+        self.state, self.env, self.plan, self.work = state, state.env, plan, work
+        self.reading = {b.block.start: k for k, b in enumerate(plan.blocks)}  # the block that reads each boundary
+        self.ends = [0.0] * len(plan.blocks)
+        self.tail_end: float | None = None
+        self.unmerged = [sum(t.output == ORCHESTRATOR for t in b.tasks) for b in plan.blocks]
+        self.missing = {(k, i): len(t.inputs) for k, b in enumerate(plan.blocks) for i, t in enumerate(b.tasks)}
+        self.unmade: dict[tuple[TaskId, int], int] = {}  # device-held pieces: producing tasks not yet done
+        self.readers: dict[TaskId, list[tuple[TaskId, int]]] = {}
+        for k, block in enumerate(plan.blocks):
+            for i, task in enumerate(block.tasks):
+                for p, piece in enumerate(task.inputs):
+                    if piece.source != ORCHESTRATOR:
+                        made_by = producers(plan.blocks[k - 1] if k else None, piece)
+                        self.unmade[((k, i), p)] = len(made_by)
+                        for j in made_by:
+                            self.readers.setdefault((k - 1, j), []).append(((k, i), p))
+        self.pulls: dict[int, deque[int]] = {}  # tiles of a pulled block not yet handed out
 
-    def work(self, task: Task) -> Sequence[OpWork]:
-        return self._work(self.plan.block, task.out_region)
+    def task(self, tid: TaskId) -> Task:
+        return self.plan.blocks[tid[0]].tasks[tid[1]]
 
-    def start(self, t: float) -> None:
-        state = self.state
-        if self.plan.placement == "orchestrator":
-            seconds = sum(state.env.orchestrator.work_seconds(self.work(task)) for task in self.plan.tasks)
-            self.done(state.busy(ORCHESTRATOR, "gateway", t, seconds, self.label))
-        elif self.plan.dispatch == "static":
-            for task in self.queue:
-                self.send(t, task, task.device)
-            self.queue = []
-        else:  # pull: every device asks for a first tile
-            for view in state.env.devices:
-                ask = t + view.link.latency_s + state.env.broker_link.latency_s
-                state.at(ask, partial(self.next_for, view.name, ask))
+    def tile(self, tid: TaskId) -> tuple[FusedBlock, TileRegion]:
+        return self.plan.blocks[tid[0]].block, self.task(tid).out_region
 
-    def next_for(self, device: str, t: float) -> None:
-        if self.queue:
-            self.send(t, self.queue.pop(0), device)
+    def gathered(self, boundary: int, t: float) -> None:
+        """The orchestrator holds the whole map at ``boundary`` from ``t``: start what reads it there."""
+        state, k = self.state, self.reading.get(boundary)
+        if k is None:  # the last block's output: the tail
+            self.tail_end = state.busy(ORCHESTRATOR, "tail", t, self.env.orchestrator.work_seconds(self.plan.tail_work))
+            return
+        block = self.plan.blocks[k]
+        if block.placement == "orchestrator":
+            end = t
+            for i in range(len(block.tasks)):
+                seconds = self.env.orchestrator.work_seconds(self.work(*self.tile((k, i))))
+                end = state.busy(ORCHESTRATOR, "gateway", t, seconds, self.tile((k, i)))
+            self.ends[k] = end
+            self.gathered(block.block.stop, end)
+        elif block.dispatch == "pull":  # every device asks for a first tile
+            self.pulls[k] = deque(range(len(block.tasks)))
+            for view in self.env.devices:
+                ask = t + view.link.latency_s + self.env.broker_link.latency_s
+                state.at(ask, partial(self.pull, k, view.name, ask))
+        else:
+            for i, task in enumerate(block.tasks):
+                for piece in task.inputs:
+                    if piece.source == ORCHESTRATOR:
+                        self.scatter((k, i), piece, task.device, t)
 
-    def send(self, t: float, task: Task, device: str) -> None:
-        state = self.state
-        ready = state.busy(ORCHESTRATOR, "prepare", t, _copy_seconds(state.env, task.in_bytes), self.label)
-        arrival = state.transfer(device, ready, task.in_bytes, True, self.label)
-        state.at(arrival, lambda: self.compute(arrival, task, device))
+    def pull(self, k: int, device: str, t: float) -> None:
+        """``device`` asks for the next tile of pulled block ``k``."""
+        if self.pulls[k]:
+            tid = (k, self.pulls[k].popleft())
+            for piece in self.task(tid).inputs:
+                self.scatter(tid, piece, device, t)
 
-    def compute(self, t: float, task: Task, device: str) -> None:
-        state = self.state
-        seconds = state.env.device(device).profile.work_seconds(self.work(task))
-        end = state.busy(device, "compute", t, seconds, self.label)
-        state.at(end, lambda: self.reply(end, task, device))
+    def scatter(self, tid: TaskId, piece: TaskInput, device: str, t: float) -> None:
+        """The orchestrator cuts ``piece`` out of its map and sends it to ``device``."""
+        state, nbytes = self.state, self.task(tid).input_bytes(piece)
+        ready = state.busy(ORCHESTRATOR, "prepare", t, _copy_seconds(self.env, nbytes), self.tile(tid), device)
+        arrival = state.transfer(device, ready, nbytes, True, self.tile(tid))
+        state.at(arrival, partial(self.arrived, tid, device, arrival))
 
-    def reply(self, t: float, task: Task, device: str) -> None:
-        arrival = self.state.transfer(device, t, task.out_bytes, False, self.label)
-        self.state.at(arrival, lambda: self.stitch(arrival, task, device))
+    def arrived(self, tid: TaskId, device: str, t: float) -> None:
+        """One input piece of ``tid`` is on ``device``; the last one starts the task."""
+        self.missing[tid] -= 1
+        if self.missing[tid] == 0:
+            seconds = self.env.device(device).profile.work_seconds(self.work(*self.tile(tid)))
+            end = self.state.busy(device, "compute", t, seconds, self.tile(tid))
+            self.state.at(end, partial(self.deliver, tid, device, end))
 
-    def stitch(self, t: float, task: Task, device: str) -> None:
-        state = self.state
-        if self.plan.dispatch == "pull":
-            self.next_for(device, t)
-        end = state.busy(ORCHESTRATOR, "merge", t, _copy_seconds(state.env, task.out_bytes), self.label)
-        self.pending -= 1
-        if self.pending == 0:
-            state.at(end, lambda: self.done(end))
+    def deliver(self, tid: TaskId, device: str, t: float) -> None:
+        """``device`` computed ``tid``'s tile: it goes where the task's output says."""
+        task = self.task(tid)
+        if task.output == ORCHESTRATOR:
+            arrival = self.state.transfer(device, t, task.out_bytes, False, self.tile(tid))
+            self.state.at(arrival, partial(self.merge, tid, device, arrival))
+        elif task.output == device:
+            self.kept(tid, t)
+        else:
+            self.forward(device, task.output, t, task.out_bytes, self.tile(tid), partial(self.kept, tid))
+
+    def merge(self, tid: TaskId, device: str, t: float) -> None:
+        """The orchestrator stitches a result; the last one of a gathering block completes its map."""
+        k, block = tid[0], self.plan.blocks[tid[0]]
+        if block.dispatch == "pull":  # the result carries the device's request for more
+            self.pull(k, device, t)
+        copy = _copy_seconds(self.env, self.task(tid).out_bytes)
+        end = self.state.busy(ORCHESTRATOR, "merge", t, copy, self.tile(tid), device)
+        self.ends[k] = max(self.ends[k], end)
+        self.unmerged[k] -= 1
+        if self.unmerged[k] == 0 and block.gathers:
+            self.state.at(end, partial(self.gathered, block.block.stop, end))
+
+    def kept(self, tid: TaskId, t: float) -> None:
+        """``tid``'s tile is on the device that keeps it from ``t``: pieces made of it may move."""
+        self.ends[tid[0]] = max(self.ends[tid[0]], t)
+        for reader, p in self.readers.get(tid, ()):
+            self.unmade[(reader, p)] -= 1
+            if self.unmade[(reader, p)] == 0:
+                task = self.task(reader)
+                piece = task.inputs[p]
+                if piece.source == task.device:
+                    self.arrived(reader, task.device, t)
+                else:
+                    then = partial(self.arrived, reader, task.device)
+                    self.forward(piece.source, task.device, t, task.input_bytes(piece), self.tile(reader), then)
+
+    def forward(
+        self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Callable[[float], None]
+    ) -> None:
+        """Device to device through the broker, stored and forwarded there; ``then(arrival)``."""
+        at_broker = self.state.transfer(source, t, nbytes, False, tile, f"to {target}")
+
+        def onwards() -> None:
+            arrival = self.state.transfer(target, at_broker, nbytes, True, tile, f"from {source}")
+            self.state.at(arrival, partial(then, arrival))
+
+        self.state.at(at_broker, onwards)
 
 
 def _auction(state: _State, plan: Plan, then: Callable[[float], None]) -> None:
@@ -195,22 +285,22 @@ def _auction(state: _State, plan: Plan, then: Callable[[float], None]) -> None:
             return
         waiting.discard(device)
         if not waiting:
-            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, "waiting for bids"))
+            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, note="waiting for bids"))
             seconds = len(lots) * AWARD_OPS_PER_BID * len(env.devices) * env.orchestrator.op_overhead_s
-            end = state.busy(ORCHESTRATOR, "auction", t, seconds, "award")
+            end = state.busy(ORCHESTRATOR, "auction", t, seconds, note="award")
             state.at(end, lambda: then(end))
 
     def priced(device: str, t: float) -> None:
-        arrival = state.transfer(device, t, items * _BID_BYTES_PER_ITEM, False, "bids")
+        arrival = state.transfer(device, t, items * _BID_BYTES_PER_ITEM, False, note="bids")
         state.at(arrival, partial(arrived, device, arrival))
 
     def called(device: str, t: float) -> None:
         seconds = len(lots) * AUCTION_ROUND_OPS * env.device(device).profile.op_overhead_s
-        end = state.busy(device, "auction", t, seconds, "bids")
+        end = state.busy(device, "auction", t, seconds, note="bids")
         state.at(end, partial(priced, device, end))
 
     for view in env.devices:
-        calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, "auction calls")
+        calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, note="auction calls")
         state.at(calls, partial(called, view.name, calls))
 
 
@@ -220,24 +310,12 @@ def simulate(plan: Plan, env: Environment, work: WorkOf) -> SimResult:
     ``work`` gives the ops of a tile (e.g. :class:`edgeci_mqtt.planner.costs.TaskWork`).
     """
     state = _State(env)
-    ends: list[float] = []
-
-    def start_block(index: int, t: float) -> None:
-        if index == len(plan.blocks):
-            ends.append(state.busy(ORCHESTRATOR, "tail", t, env.orchestrator.work_seconds(plan.tail_work), "tail"))
-            return
-        block = plan.blocks[index]
-
-        def finished(end: float) -> None:
-            ends.append(end)
-            start_block(index + 1, end)
-
-        _BlockRun(state, block, work, finished).start(t)
-
-    if plan.auctioned:
-        _auction(state, plan, lambda t: start_block(0, t))
+    replay = _Replay(state, plan, work)
+    if plan.auctioned:  # the tasks are what the award says: nothing moves before it
+        _auction(state, plan, partial(replay.gathered, 0))
     else:
-        state.at(0.0, lambda: start_block(0, 0.0))
+        state.at(0.0, partial(replay.gathered, 0, 0.0))
     state.run()
+    assert replay.tail_end is not None, "a valid plan always reaches its tail"
     timeline = tuple(sorted(state.timeline, key=lambda i: (i.start, i.resource)))
-    return SimResult(ends[-1], timeline, tuple(ends[:-1]))
+    return SimResult(replay.tail_end, timeline, tuple(replay.ends))

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire.framing import BROKER_MAX_PACKET_BYTES, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Reassembler, frames
 from edgeci_mqtt.wire.messages import (
     CONTENT_TYPE,
@@ -83,7 +82,6 @@ __all__ = [
     "TaskTimings",
     "TopicPattern",
     "WeightsMessage",
-    "WireError",
     "decode",
     "decode_array",
     "encode",

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import msgpack
 from numpy.typing import NDArray
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link

@@ -21,7 +21,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 import numpy as np
 
-from edgeci_mqtt.core.fused import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
