@@ -21,6 +21,7 @@ from typing import Any
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.text import brief
 
 __all__ = ["KINDS", "ORCHESTRATOR", "Interval", "intervals_from_rows"]
 
@@ -79,17 +80,17 @@ def _interval(row: object, index: int) -> Interval:
         raise WireError(f"timeline row {index} is not [resource, kind, start, end, block, region, note]")
     resource, kind, start, end, block, region, note = row
     if not (_text(resource, empty=False) and kind in KINDS and _text(note, empty=True)):
-        raise WireError(f"timeline row {index} is malformed: {row!r:.200}")
+        raise WireError(f"timeline row {index} is malformed: {brief(row, 200)}")
     if not (_time(start) and _time(end)):
-        raise WireError(f"timeline row {index}: times must be finite seconds >= 0, got {start!r} and {end!r}")
+        raise WireError(f"timeline row {index}: times must be finite seconds >= 0, got {brief(start)} and {brief(end)}")
     if end < start:
         raise WireError(f"timeline row {index} ends before it starts")
     span = None if block is None else _ints(block, 2)
     if block is not None and span is None:
-        raise WireError(f"timeline row {index}: block {block!r:.60} is not [start, stop] with 0 <= start < stop")
+        raise WireError(f"timeline row {index}: block {brief(block)} is not [start, stop] with 0 <= start < stop")
     area = None if region is None else _ints(region, 4)
     if region is not None and area is None:
-        raise WireError(f"timeline row {index}: region {region!r:.80} is not a non-empty [y0, y1, x0, x1]")
+        raise WireError(f"timeline row {index}: region {brief(region)} is not a non-empty [y0, y1, x0, x1]")
     return Interval(
         resource,
         kind,

@@ -48,6 +48,7 @@ ORCHESTRATOR_COMPLAINTS = (
     "longer than allowed",
     "more than allowed",
     "no client response topic",
+    "is not 1-128 printable characters",
     "frame limit",
 )
 """What an orchestrator logs for these payloads on the state, bids, results and requests topics."""
@@ -70,8 +71,13 @@ def hostile_payloads() -> list[bytes]:
 
     profile = flat_profile().to_dict()
     state = {"v": 1, "type": "state", "device": "dev-9", "online": True, "link": Link(1.0, 1.0).to_dict()}
+    deep: list[object] = []
+    for _ in range(1000):  # msgpack nests up to 1024 levels; a naive repr or decoder recurses through them
+        deep = [deep]
     return [
         b"\x00\xffgarbage",
+        msgpack.packb({"v": deep, "type": "task"}),
+        mangled(request=deep),
         encode(DeviceState("dev-9", True))[:-3],
         encode(DeviceState("dev-1", False)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
         mangled(input=dict(good, data=good["data"][:-4])),
@@ -93,5 +99,6 @@ def hostile_payloads() -> list[bytes]:
         msgpack.packb({**state, "profile": {**profile, "conv_depths": [0, 8]}}, use_bin_type=True),
         msgpack.packb({**state, "profile": {**profile, "threads": float("inf")}}, use_bin_type=True),
         msgpack.packb({**state, "profile": profile, "link": {"bandwidth_mbit": 0, "latency_ms": 1}}),
+        msgpack.packb({**state, "profile": profile, "models": {"a\nforged log line": "x"}}),
         b"\x01" * (MAX_PAYLOAD_BYTES + 20_000),  # one raw frame over our limit, under the broker's
     ]

@@ -77,10 +77,30 @@ def test_pulled_tiles_go_to_whoever_is_idle_and_come_back_when_lost() -> None:
     assert p.handle(ResultArrived("r-2", "b", "device error: boom", 0.2)) == [Lost("r-2", "b", "device error: boom")]
     assert list(p.waiting)[:1] == [tiles[1]]
     assert sends(p.handle(Tick(0.3, ("a", "b", "c")))) == [Send("r-4", tiles[1], "c")]
-    for task_id, device in (("r-3", "a"), ("r-4", "c")):
-        p.handle(ResultArrived(task_id, device, "", 0.4))
-    assert sends(p.handle(Tick(0.5, ("a", "b", "c")))) == [Send("r-7", tiles[4], "a")] or not p.waiting
-    assert "b" not in {e.device for e in p.pending.values()}
+    assert sends(p.handle(ResultArrived("r-3", "a", "", 0.4))) == [Send("r-5", tiles[3], "a")]
+    assert sends(p.handle(ResultArrived("r-4", "c", "", 0.4))) == [Send("r-6", tiles[4], "c")]
+    assert not p.waiting and sends(p.handle(Tick(0.5, ("a", "b", "c")))) == []  # b is never used again
+    for task_id, device in (("r-5", "a"), ("r-6", "c")):
+        p.handle(ResultArrived(task_id, device, "", 0.6))
+    assert p.done and p.recovered == 1
+
+
+def test_a_static_task_whose_device_is_gone_is_reauctioned_not_sent() -> None:
+    failed = {"b"}
+    p = BlockProgress(
+        (task("a", (0, 2)), task("b", (2, 5)), task("c", (5, 8))),
+        pull=False,
+        allowance=lambda t, d: 2.0,
+        prefix="r-",
+        failed=failed,
+    )
+    actions = p.handle(Start(0.0, ("a", "b")))  # b failed an earlier block, c has left
+    assert [a for a in actions if isinstance(a, Send)] == [Send("r-1", task("a", (0, 2)), "a")]
+    assert [a for a in actions if isinstance(a, Reauction)] == [
+        Reauction(Span(2, 5), Span(0, 8)),
+        Reauction(Span(5, 8), Span(0, 8)),
+    ]
+    assert p.recovered == 2 and set(p.pending) == {"r-1"}
 
 
 def test_pulled_tiles_with_no_device_left_fail_clearly() -> None:

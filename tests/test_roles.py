@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from edgeci_mqtt.errors import InferenceError
+from edgeci_mqtt.errors import InferenceError, WireError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import Link
@@ -25,6 +25,7 @@ from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.models_held import ModelStore, weights_digest
+from edgeci_mqtt.runtime.orchestrator import DeviceTable
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
@@ -43,6 +44,7 @@ from tests.inprocess import MemoryCluster, memory_cluster
 from tests.planning import flat_profile
 
 MODELS = ("smallcnn", "vgg16", "resnet34")
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no thread may die
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +140,16 @@ class ResultEcho:
 def test_duplicate_and_late_results_are_ignored(
     cluster: MemoryCluster, client: EdgeCIClient, chains: dict[str, StageChain]
 ) -> None:
+    """A duplicate is not stitched twice (one merge per task sent); a result of a finished
+    request is dropped by its request id; neither counts as a recovery or harms the next one."""
     x = load_input(SAMPLE_IMAGE, 64)
     with ResultEcho(cluster) as echo:
         echo.live = True  # every result arrives twice
-        result = client.infer(x, "smallcnn", "modnn", timeout=60)
+        result = client.infer(x, "smallcnn", "modnn", timeout=60, trace=True)
         assert echo.copies >= 3 and result.timings["recovered_tasks"] == 0
         assert exact(result.logits, chains["smallcnn"], x)
+        kinds = [i.kind for i in result.timeline]
+        assert kinds.count("merge") == kinds.count("prepare") == echo.copies
         echo.live = False
         for event in list(echo.seen):  # every result of finished requests, again: late
             echo.replay(event)
@@ -258,3 +264,17 @@ def test_errors_reach_the_client(client: EdgeCIClient) -> None:
         client.infer(torch.zeros(1, 3, 8, 8), "vgg16", timeout=30)
     with pytest.raises(InferenceError, match="unknown strategy"):
         client.infer(torch.zeros(1, 3, 64, 64), "smallcnn", "teleport", timeout=30)
+
+
+def test_the_device_table_follows_births_and_wills() -> None:
+    table = DeviceTable()
+    digest = weights_digest("smallcnn", None, 0)
+    born = DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"smallcnn": digest})
+    table.update(born)
+    assert table.online() == ["dev-1"] and table.generation == 1 and table.births == 1
+    table.update(DeviceState("dev-1", False, flat_profile(), Link(100.0, 1.0)))  # offline, profile or not
+    assert table.online() == [] and table.generation == 2
+    table.update(born)
+    assert table.online() == ["dev-1"] and table.generation == 3 and table.births == 2
+    with pytest.raises(WireError, match="without a profile"):
+        table.update(DeviceState("dev-2", True))

@@ -142,6 +142,7 @@ class DeviceAgent:
         self.link = Link(100.0, 1.0)
         self.tasks: queue.Queue[ValidTask | _WeightsJob | None] = queue.Queue()
         self._backlog_s = 0.0  # predicted seconds of queued and running work
+        self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_bytes=512 << 20)
         bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
@@ -164,7 +165,10 @@ class DeviceAgent:
                 self._handle(event)
         self.tasks.put(None)
         offline = DeviceState(self.device_id, False, version=__version__)
-        bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
+        try:
+            bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
+        except EdgeCIError as exc:  # the broker is gone: our will says it instead
+            log.warning("%s: cannot announce going offline: %s", self.device_id, exc)
         bus.stop()
         worker.join(timeout=5)
         log.info("%s: offline", self.device_id)
@@ -326,23 +330,33 @@ class DeviceAgent:
                 self.cache.save(message)
             materialise(module, local)
         except (EdgeCIError, OSError) as exc:
-            with self._lock:
-                if job.held.loaded is not None:
-                    job.held.loaded.discard(job.stage)
+            self._rebook(job, held=False)
             log.warning("%s: weights of stage %s rejected: %s", self.device_id, job.stage, exc)
             return
+        self._installed[(job.held.chain.model_name, job.stage)] = job.digest
+        self._rebook(job, held=True)
         size = sum(a.nbytes for a in message.tensors.values())
         log.info("%s: loaded %s stage %s (%.1f MB)", self.device_id, message.model, job.stage, size / 1e6)
+
+    def _rebook(self, job: _WeightsJob, held: bool) -> None:
+        """After the worker tried a stage's weights: held (again) or not, if they are still the digest in use."""
+        with self._lock:
+            if job.held.loaded is not None and job.held.fetched == job.digest:
+                (job.held.loaded.add if held else job.held.loaded.discard)(job.stage)
 
     def _run_task(self, task: ValidTask) -> None:
         started = time.perf_counter()
         message = task.message
         try:
-            if task.held.loaded is not None:
-                with self._lock:
-                    missing = [s for s in task.held.weighted_stages(message.block) if s not in task.held.loaded]
-                if missing:
-                    raise WireError(f"weights of stage {missing[0]} were rejected")
+            if task.held.loaded is not None:  # the weights this task needs are the ones materialised now
+                model = task.held.chain.model_name
+                stale = [
+                    s
+                    for s in task.held.weighted_stages(message.block)
+                    if self._installed.get((model, s)) != message.digest
+                ]
+                if stale:
+                    raise WireError(f"weights of stage {stale[0]} ({message.digest}) are not installed")
             with torch.inference_mode():
                 out = run_block_tile(
                     task.held.chain.kernels,

@@ -419,6 +419,7 @@ class InferenceRun:
         sent, block = self._sent.pop(task_id)
         if self.timeline is None or result.timings is None:
             return
+        arrived = max(arrived, sent)  # the result can beat the end of our own publish call
         t = result.timings
         instants = [t.received_at, t.started_at, t.computed_at]
         if instants != sorted(instants):

@@ -13,7 +13,8 @@ and deterministic, without Mosquitto. What it keeps of MQTT, and nothing more:
 - a maximum packet size: an oversize publish ends the sender's session, as Mosquitto does;
 - a taken-over client id ends the older session;
 - an ACL hook ``acl(client_id, access, topic) -> bool``: denied publishes are dropped,
-  denied subscriptions deliver nothing.
+  a denied subscription is not made, and every delivery (retained ones too) is checked
+  against the receiver's read access.
 
 What only a real broker can show (its ACL file, limits, restarts, wills over TCP)
 is tested against Mosquitto.
@@ -87,10 +88,15 @@ class MemoryBroker:
 
     def _subscribe(self, session: MemoryBus, topic_filter: str) -> None:
         with self._lock:
-            if not self._allowed(session.client_id, "read", topic_filter) or topic_filter.startswith("$share/"):
-                return
+            if not self._allowed(session.client_id, "read", topic_filter):
+                return  # Mosquitto refuses the subscription
+            session.granted.append(topic_filter)
+            if topic_filter.startswith("$share/"):
+                return  # retained messages are not sent to shared subscriptions
             for message in list(self._retained.values()):
-                if topic_matches(topic_filter, message.topic):
+                if topic_matches(topic_filter, message.topic) and self._allowed(
+                    session.client_id, "read", message.topic
+                ):
                     session._deliver(message, retain=True)
 
     def publish(self, sender: str, message: _Message, retain: bool, checked: bool = True) -> None:
@@ -106,7 +112,7 @@ class MemoryBroker:
             groups: dict[str, list[MemoryBus]] = {}
             for session in list(self._sessions.values()):
                 delivered = False
-                for topic_filter in session.filters:
+                for topic_filter in session.granted:
                     if topic_filter.startswith("$share/"):
                         _, group, inner = topic_filter.split("/", 2)
                         if topic_matches(inner, message.topic):
@@ -116,10 +122,12 @@ class MemoryBroker:
                             session._deliver(message, retain=False)
                         delivered = True  # one copy per session, however many filters match
             for key, members in groups.items():
-                turn = next(self._turns.setdefault(key, itertools.count()))
-                chosen = sorted(members, key=lambda s: s.client_id)[turn % len(members)]
-                if self._allowed(chosen.client_id, "read", message.topic):
-                    chosen._deliver(message, retain=False)
+                allowed = sorted(
+                    (s for s in members if self._allowed(s.client_id, "read", message.topic)), key=lambda s: s.client_id
+                )
+                if allowed:
+                    turn = next(self._turns.setdefault(key, itertools.count()))
+                    allowed[turn % len(allowed)]._deliver(message, retain=False)
 
 
 class MemoryBus:
@@ -128,7 +136,8 @@ class MemoryBus:
     def __init__(self, broker: MemoryBroker, client_id: str) -> None:
         self.broker, self.client_id = broker, client_id
         self.events: queue.Queue[Event] = queue.Queue()
-        self.filters: list[str] = []
+        self.filters: list[str] = []  # asked for, kept over reconnections
+        self.granted: list[str] = []  # what the broker accepted in this session
         self.connected = False
         self._will: _Message | None = None
 
@@ -140,6 +149,7 @@ class MemoryBus:
             self._will = None  # Mosquitto checks the will's topic when the client connects
         self.broker._connect(self)
         self.connected = True
+        self.granted = []
         self.events.put(Connected())
         for topic_filter in self.filters:
             self.broker._subscribe(self, topic_filter)
@@ -152,10 +162,11 @@ class MemoryBus:
         self._end("connection lost", abnormal=True)
 
     def _end(self, reason: str, abnormal: bool) -> None:
-        if not self.connected:
-            return
-        self.connected = False
-        self.broker._disconnect(self)
+        with self.broker._lock:  # ends once, even when a takeover and a crash race
+            if not self.connected:
+                return
+            self.connected = False
+            self.broker._disconnect(self)
         self.events.put(Disconnected(reason))
         if abnormal and self._will is not None:
             self.broker.publish(self.client_id, self._will, retain=True, checked=False)

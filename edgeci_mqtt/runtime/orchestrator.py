@@ -38,14 +38,19 @@ from edgeci_mqtt.wire import (
     DEVICE_STATE,
     DEVICE_TASKS,
     INFER_REQUESTS,
+    MAX_FRAME_BYTES,
+    MAX_INPUT_SIDE,
     RESULTS,
     SHARED_REQUESTS,
     BidMessage,
+    Chunk,
     DeviceState,
     InferRequest,
     InferResponse,
+    Message,
     Reassembler,
     ResultMessage,
+    decode,
     encode,
 )
 
@@ -71,7 +76,7 @@ class DeviceTable:
             raise WireError(f"device {state.device} is online without a profile and a link")
         with self._lock:
             before = self._states.get(state.device)
-            if profile is not None and link is not None:
+            if state.online and profile is not None and link is not None:
                 self._states[state.device], self._profiles[state.device] = state, profile
                 self._links[state.device] = link
             else:
@@ -177,7 +182,12 @@ class Orchestrator:
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
         try:
-            message = self._reassembler.feed(event.topic, event.payload)
+            if event.topic == INFER_REQUESTS.filter:  # a request fits one frame: a chunk there is hostile
+                message: Message | None = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
+                if message is None or isinstance(message, Chunk):
+                    raise WireError("a request must fit in one frame")
+            else:
+                message = self._reassembler.feed(event.topic, event.payload)
             if message is None:
                 return
             if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
@@ -259,6 +269,8 @@ class Orchestrator:
         if message.image.dtype != np.float32:
             raise EdgeCIError(f"request image is {message.image.dtype}, expected float32")
         image = torch.from_numpy(message.image)
+        if max(image.shape[-2:], default=0) > MAX_INPUT_SIDE:
+            raise EdgeCIError(f"the image is {tuple(image.shape)}; sides up to {MAX_INPUT_SIDE} can travel to devices")
         shapes = held.chain.check_input(image)
         devices = self.table.views(message.model, held.digest)
         if not devices:

@@ -175,9 +175,17 @@ class BlockProgress:
 
     def _start(self, event: Start) -> list[Action]:
         if not self.pull:
-            return [self._send(task, task.device, event.now) for task in self.tasks]
+            actions: list[Action] = []
+            for task in self.tasks:
+                if task.device in event.online and task.device not in self.failed:
+                    actions.append(self._send(task, task.device, event.now))
+                else:  # its device left or failed since the plan was made: never send it there
+                    self.recovered += 1
+                    rows, cols = task.out_region.rows, task.out_region.cols
+                    actions += [Lost("", task.device, "unavailable before it was sent"), Reauction(rows, cols)]
+            return actions
         self.waiting.extend(self.tasks)
-        actions: list[Action] = []
+        actions = []
         for device in event.online:
             if self.waiting and device not in self.failed:
                 actions.append(self._send(self.waiting.popleft(), device, event.now))

@@ -72,6 +72,7 @@ class MqttBus:
         self.events: queue.Queue[Event] = queue.Queue()
         self.connected = threading.Event()
         self._filters: dict[str, int] = {}
+        self._lock = threading.Lock()
         self._refused: str | None = None
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if address.username:
@@ -95,9 +96,10 @@ class MqttBus:
             self._refused = str(reason)
             log.error("%s: broker %s refused the connection: %s", self.client_id, self.address, reason)
             return
-        for topic, qos in self._filters.items():
-            client.subscribe(topic, options=SubscribeOptions(qos=qos))
-        self.connected.set()
+        with self._lock:  # a subscribe() meanwhile is either in this list or sees connected set
+            for topic, qos in self._filters.items():
+                client.subscribe(topic, options=SubscribeOptions(qos=qos))
+            self.connected.set()
         self.events.put(Connected())
 
     def _on_disconnect(
@@ -142,9 +144,10 @@ class MqttBus:
         self._client.loop_stop()
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self._filters[topic] = qos
-        if self.connected.is_set():
-            self._client.subscribe(topic, options=SubscribeOptions(qos=qos))
+        with self._lock:
+            self._filters[topic] = qos
+            if self.connected.is_set():
+                self._client.subscribe(topic, options=SubscribeOptions(qos=qos))
 
     def publish(
         self,
@@ -158,6 +161,9 @@ class MqttBus:
     ) -> None:
         """Publish, split into chunk frames if over the limit; retained payloads must fit one frame."""
         for part in checked_frames(topic, payload, retain):
-            info = self._client.publish(topic, part, qos, retain, self._properties(response_topic, correlation))
-            if wait is not None:
-                info.wait_for_publish(wait)
+            try:
+                info = self._client.publish(topic, part, qos, retain, self._properties(response_topic, correlation))
+                if wait is not None:
+                    info.wait_for_publish(wait)
+            except (RuntimeError, ValueError) as exc:  # paho: not connected, or a topic it refuses
+                raise TransportError(f"{self.client_id}: cannot publish on {topic[:200]}: {exc}") from exc

@@ -20,6 +20,7 @@ from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire.topics import SCHEMA_VERSION
 from edgeci_mqtt.wire.values import Id, MaxLen, Range, decode_record, encode_record
@@ -254,12 +255,15 @@ def decode(payload: bytes, expected: type[M] | None = None) -> Message:
         raise WireError("payload is not a msgpack map with string keys")
     version = data.pop("v", None)
     if version != SCHEMA_VERSION:
-        raise WireError(f"unknown schema version {version!r:.40} (this side speaks {SCHEMA_VERSION})")
+        raise WireError(f"unknown schema version {brief(version)} (this side speaks {SCHEMA_VERSION})")
     kind = data.pop("type", None)
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise WireError(f"unknown message type {kind!r:.40}")
+        raise WireError(f"unknown message type {brief(kind)}")
     if expected is not None and cls is not expected:
         raise WireError(f"expected a {expected.kind} message, got {kind!r}")
-    message: Message = decode_record(cls, data, kind)
+    try:
+        message: Message = decode_record(cls, data, kind)
+    except RecursionError as exc:  # msgpack nests up to 1024 levels; no field of ours is that deep
+        raise WireError(f"{kind}: nested too deeply") from exc
     return message

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.text import brief
 
 __all__ = ["DTYPES", "MAX_ELEMENTS", "decode_array", "encode_array"]
 
@@ -42,13 +43,13 @@ def decode_array(value: Any, where: str = "tensor") -> NDArray[Any]:
         raise WireError(f"{where}: expected a map with exactly dtype, shape and data")
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise WireError(f"{where}: unknown dtype {dtype!r:.40}")
+        raise WireError(f"{where}: unknown dtype {brief(dtype)}")
     if (
         not isinstance(shape, list)
         or len(shape) > _MAX_DIMS
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise WireError(f"{where}: shape must be a list of at most {_MAX_DIMS} non-negative ints, got {shape!r:.80}")
+        raise WireError(f"{where}: shape must be a list of at most {_MAX_DIMS} non-negative ints, got {brief(shape)}")
     count = math.prod(shape)  # Python ints: no overflow
     if count > MAX_ELEMENTS:
         raise WireError(f"{where}: {count} elements is more than allowed")

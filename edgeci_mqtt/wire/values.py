@@ -26,6 +26,7 @@ from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval, intervals_from_rows
 from edgeci_mqtt.wire.tensors import decode_array, encode_array
 from edgeci_mqtt.wire.topics import check_segment
@@ -34,6 +35,7 @@ __all__ = ["Id", "MaxLen", "Range", "decode_record", "decode_value", "encode_rec
 
 MAX_STRING = 4096
 MAX_ITEMS = 65_536
+MAX_KEY = 128
 MAX_INDEX = 1 << 20
 """Largest row, column or stage index a region, span or block may name."""
 
@@ -69,7 +71,7 @@ def _number(data: Any, where: str, integer: bool) -> int | float:
 
 def _index_pair(data: Any, where: str) -> tuple[int, int]:
     if not isinstance(data, list) or len(data) != 2:
-        raise WireError(f"{where}: expected [start, stop], got {data!r:.80}")
+        raise WireError(f"{where}: expected [start, stop], got {brief(data)}")
     start, stop = (_number(v, where, integer=True) for v in data)
     if not 0 <= start < stop <= MAX_INDEX:
         raise WireError(f"{where}: [{start}, {stop}) is not a non-empty range within [0, {MAX_INDEX}]")
@@ -82,7 +84,7 @@ def _span(data: Any, where: str) -> Span:
 
 def _region(data: Any, where: str) -> TileRegion:
     if not isinstance(data, list) or len(data) != 4:
-        raise WireError(f"{where}: expected [y0, y1, x0, x1], got {data!r:.80}")
+        raise WireError(f"{where}: expected [y0, y1, x0, x1], got {brief(data)}")
     return TileRegion(_span(data[:2], f"{where} rows"), _span(data[2:], f"{where} cols"))
 
 
@@ -114,8 +116,12 @@ def _window(data: Any, where: str) -> int:
 
 
 def _map(data: Any, where: str, limit: int = 64) -> Mapping[str, Any]:
-    if not isinstance(data, dict) or len(data) > limit or not all(isinstance(k, str) for k in data):
-        raise WireError(f"{where}: expected a map of at most {limit} string keys")
+    """A map of at most ``limit`` entries whose keys are short printable strings (they end up in logs)."""
+    if not isinstance(data, dict) or len(data) > limit:
+        raise WireError(f"{where}: expected a map of at most {limit} entries")
+    bad = next((k for k in data if not (isinstance(k, str) and 0 < len(k) <= MAX_KEY and k.isprintable())), None)
+    if bad is not None:
+        raise WireError(f"{where}: key {brief(bad)} is not 1-{MAX_KEY} printable characters")
     return data
 
 
