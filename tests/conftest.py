@@ -1,5 +1,5 @@
 """Shared fixtures, built once per session and only when used (VGG-16 is ~550 MB of
-weights, and its float64 run takes seconds)."""
+weights, and its float64 run takes seconds), and the test tiers (:mod:`tests.tiers`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ from hypothesis import settings
 
 from edgeci_mqtt.models import StageChain, load_chain
 from tests.exactness import Reference, float64_chain, whole_model_reference
+from tests.tiers import item_tier
 
 # Reproducible property tests: the same examples on every run and in CI. Explore more
 # with e.g. `pytest --hypothesis-seed=N` or HYPOTHESIS_PROFILE=explore.
 settings.register_profile("default", derandomize=True, deadline=None)
 settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, so that ``-m pure`` and friends select it."""
+    for item in items:
+        item.add_marker(item_tier(item))
 
 
 K = TypeVar("K", bound=Hashable)

@@ -410,6 +410,7 @@ def test_infer_command_asks_the_cluster(cluster: LocalCluster, tmp_path: Path, c
     assert torch.allclose(torch.from_numpy(np.load(out_file)), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.broker  # the demo starts Mosquitto in a subprocess, out of tests/tiers.py's sight
 def test_demo_command_runs_a_whole_cluster() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgeci_mqtt", "demo", "--models", "smallcnn", "--devices", "2"],
