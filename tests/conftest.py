@@ -21,6 +21,12 @@ settings.register_profile("default", derandomize=True, deadline=None)
 settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# One torch thread, as each device agent runs. On a 2-core machine shared with other work a
+# second OpenMP thread waits for a busy core at every op: the README example took 25 s with
+# two threads and 4.5 s with one while other suites ran. (`edgeci infer --threads 1` in
+# test_cli.py also left one thread for the rest of a whole-suite run, by accident.)
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test with its tier, so that ``-m pure`` and friends select it."""

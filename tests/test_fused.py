@@ -114,6 +114,7 @@ def test_every_tile_of_a_block_matches_the_whole_block_output(chains64: dict[str
             assert_geometry_exact(got, want, region)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "blocks"),
     [("vgg16", "0-10,10-23,23-31"), ("resnet34", "0-4,4-11,11-20")],

@@ -44,7 +44,7 @@ def contexts(chains: dict[str, StageChain]) -> dict[str, PlanningContext]:
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-@pytest.mark.parametrize("model", list(SIZE))
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if SIZE[m] == 224 else m for m in SIZE])
 def test_every_plan_gives_the_whole_models_logits(
     chains64: dict[str, StageChain],
     contexts: dict[str, PlanningContext],
