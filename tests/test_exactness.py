@@ -124,6 +124,19 @@ def test_rounding_that_depends_on_the_batch_size_is_no_dependence() -> None:
     assert dependency_box(by_batch, x, TileRegion.of(2, 3, 2, 3)) == TileRegion.of(1, 4, 1, 4)
 
 
+def test_outputs_that_read_only_padding_do_not_hide_the_others() -> None:
+    """A max pool reading only padding gives -inf there; the rest of the tile still counts."""
+    x = randn(1, 1, 5, 5)
+
+    def first_column_padding_only(t: Tensor) -> Tensor:
+        out = conv(t)
+        out[..., 0] = -torch.inf
+        return out
+
+    assert dependency_box(first_column_padding_only, x, TileRegion.of(2, 3, 0, 2)) == TileRegion.of(1, 4, 0, 3)
+    assert dependency_box(first_column_padding_only, x, TileRegion.of(2, 3, 0, 1)) is None
+
+
 def test_a_weak_dependence_is_still_one() -> None:
     x = randn(1, 1, 4, 4)
     weights = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
