@@ -80,6 +80,7 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
 
 
 @needs_root
+@pytest.mark.emulated  # `edgeci cluster up` reaches the namespaces through the CLI, out of tests/tiers.py's sight
 def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> None:
     from edgeci_mqtt.cli import main
 

@@ -1,4 +1,7 @@
-"""Fused blocks cut into tiles give the same feature maps and logits as the whole model."""
+"""Fused blocks cut into tiles give the same feature maps and logits as the whole model.
+
+Geometry is checked in float64 (``chains64``), where only rounding is left; the float32
+path is checked as faithful to the float64 oracle (see tests/exactness.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,7 @@ from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.models import StageChain
-
-ATOL = RTOL = 1e-4
+from tests.exactness import Reference, assert_float32_faithful, assert_geometry_exact
 
 # (model, height, width): non-square sizes other than 224 keep the search fast and
 # exercise odd map sizes at every stride-2 stage.
@@ -53,10 +55,10 @@ def partitions(draw: st.DrawFn, num_stages: int) -> list[FusedBlock]:
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_random_blocks_and_grids_stitch_to_the_whole_model(chains: dict[str, StageChain], name: str) -> None:
-    chain = chains[name]
+def test_random_blocks_and_grids_stitch_to_the_whole_model(chains64: dict[str, StageChain], name: str) -> None:
+    chain = chains64[name]
     h, w = SIZES[name]
-    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     shapes = chain.check_input(x)
     with torch.inference_mode():
         expected = plain_features(chain, x)
@@ -67,26 +69,26 @@ def test_random_blocks_and_grids_stitch_to_the_whole_model(chains: dict[str, Sta
     def check(blocks: list[FusedBlock], grid: TileGrid) -> None:
         with torch.inference_mode():
             got = run_fused(chain.kernels, shapes, blocks, grid, x)
-            assert torch.allclose(got, expected, atol=ATOL, rtol=RTOL), f"{blocks} {grid}"
-            assert torch.allclose(chain.tail(got), expected_logits, atol=ATOL, rtol=RTOL)
+            assert_geometry_exact(got, expected, f"{blocks} {grid}")
+            assert_geometry_exact(chain.tail(got), expected_logits, f"logits {blocks} {grid}")
 
     check()
 
 
-def test_one_pixel_tiles_in_every_block(chains: dict[str, StageChain]) -> None:
-    chain = chains["smallcnn"]
-    x = torch.randn(1, 3, 19, 14, generator=torch.Generator().manual_seed(2))
+def test_one_pixel_tiles_in_every_block(chains64: dict[str, StageChain]) -> None:
+    chain = chains64["smallcnn"]
+    x = torch.randn(1, 3, 19, 14, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     shapes = chain.check_input(x)
     blocks = [FusedBlock(0, 4), FusedBlock(4, 7), FusedBlock(7, 12)]
     with torch.inference_mode():
         got = run_fused(chain.kernels, shapes, blocks, TileGrid(1000, 1000), x)
-        assert torch.allclose(got, plain_features(chain, x), atol=ATOL, rtol=RTOL)
+        assert_geometry_exact(got, plain_features(chain, x))
 
 
-def test_every_tile_of_a_block_matches_the_whole_block_output(chains: dict[str, StageChain]) -> None:
+def test_every_tile_of_a_block_matches_the_whole_block_output(chains64: dict[str, StageChain]) -> None:
     """Each tile on its own (not only the stitched map), at every border and corner."""
-    chain = chains["resnet34"]
-    x = torch.randn(1, 3, 61, 83, generator=torch.Generator().manual_seed(3))
+    chain = chains64["resnet34"]
+    x = torch.randn(1, 3, 61, 83, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     shapes = chain.check_input(x)
     block = FusedBlock(2, 9)
     with torch.inference_mode():
@@ -109,20 +111,30 @@ def test_every_tile_of_a_block_matches_the_whole_block_output(chains: dict[str, 
             tile = block_in[:, :, need.rows.start : need.rows.stop, need.cols.start : need.cols.stop]
             got = run_chain(chain.kernels[2:9], shapes[2], tile, need, region)
             want = whole[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop]
-            assert torch.allclose(got, want, atol=ATOL, rtol=RTOL), str(region)
+            assert_geometry_exact(got, want, region)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "blocks"),
     [("vgg16", "0-10,10-23,23-31"), ("resnet34", "0-4,4-11,11-20")],
 )
-def test_full_size_models_with_3x3_tiles(chains: dict[str, StageChain], name: str, blocks: str) -> None:
-    chain = chains[name]
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
-    shapes = chain.check_input(x)
+def test_full_size_models_with_3x3_tiles(
+    chains: dict[str, StageChain],
+    chains64: dict[str, StageChain],
+    references: dict[tuple[str, int, int], Reference],
+    name: str,
+    blocks: str,
+) -> None:
+    """Exact in float64; in float32, as the runtime runs it, as good as the float32 model."""
+    chain, chain64, ref = chains[name], chains64[name], references[name, 224, 224]
+    shapes = chain.check_input(ref.x)
+    fused = parse_blocks(blocks, len(chain))
     with torch.inference_mode():
-        got = chain.tail(run_fused(chain.kernels, shapes, parse_blocks(blocks, len(chain)), TileGrid(3, 3), x))
-        assert torch.allclose(got, chain.model(x), atol=ATOL, rtol=RTOL)
+        got64 = chain64.tail(run_fused(chain64.kernels, shapes, fused, TileGrid(3, 3), ref.x.double()))
+        assert_geometry_exact(got64, ref.logits64)
+        got32 = chain.tail(run_fused(chain.kernels, shapes, fused, TileGrid(3, 3), ref.x))
+        assert_float32_faithful(got32, ref.logits32, ref.logits64)
 
 
 def test_balanced_blocks_cover_the_chain(chains: dict[str, StageChain]) -> None:

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from edgeci_mqtt.errors import InferenceError, WireError
-from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
-from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
@@ -38,7 +37,7 @@ from edgeci_mqtt.wire import (
     DeviceState,
     encode,
 )
-from tests.cluster import exact
+from tests.exactness import References, assert_float32_faithful
 from tests.hostile import DEVICE_COMPLAINTS, ORCHESTRATOR_COMPLAINTS, WILDCARD_RESPONSE_TOPIC, hostile_payloads
 from tests.inprocess import MemoryCluster, memory_cluster
 from tests.planning import flat_profile
@@ -67,25 +66,27 @@ def client(cluster: MemoryCluster) -> Iterator[EdgeCIClient]:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_and_strategy_gives_the_models_result(
-    client: EdgeCIClient, chains: dict[str, StageChain], model: str
+    client: EdgeCIClient, references: References, model: str
 ) -> None:
     # 96x96: every block, tile and halo rule is exercised as at 224 (the float64 geometry tests
     # cover 224), at a ninth of the compute, so the whole in-process tier stays fast.
-    x = load_input(SAMPLE_IMAGE, 64 if model == "smallcnn" else 96)
+    size = 64 if model == "smallcnn" else 96
+    ref = references[(model, size, size)]
     for strategy in STRATEGIES:
-        result = client.infer(x, model, strategy, timeout=120)
-        assert exact(result.logits, chains[model], x), (model, strategy)
+        result = client.infer(ref.x, model, strategy, timeout=120)
+        assert_float32_faithful(result.logits, ref.logits32, ref.logits64, f"{model} {strategy}")
         assert result.strategy == strategy and result.orchestrator == "o1" and result.devices
 
 
 @pytest.mark.parametrize("strategy", ["deepthings", "edgeci"])
 def test_a_traced_request_returns_the_measured_timeline(
-    client: EdgeCIClient, chains: dict[str, StageChain], strategy: str
+    client: EdgeCIClient, references: References, strategy: str
 ) -> None:
-    x = load_input(SAMPLE_IMAGE, 64)
+    ref = references[("smallcnn", 64, 64)]
+    x = ref.x
     assert client.infer(x, "smallcnn", strategy, timeout=60).timeline == ()
     result = client.infer(x, "smallcnn", strategy, timeout=60, trace=True)
-    assert exact(result.logits, chains["smallcnn"], x)
+    assert faithful(result.logits, ref.logits32, ref.logits64)
     by_kind: dict[str, list[Interval]] = {}
     for interval in result.timeline:
         assert 0.0 <= interval.start <= interval.end <= result.latency_s, interval
@@ -138,32 +139,32 @@ class ResultEcho:
 
 
 def test_duplicate_and_late_results_are_ignored(
-    cluster: MemoryCluster, client: EdgeCIClient, chains: dict[str, StageChain]
+    cluster: MemoryCluster, client: EdgeCIClient, references: References
 ) -> None:
     """A duplicate is not stitched twice (one merge per task sent); a result of a finished
     request is dropped by its request id; neither counts as a recovery or harms the next one."""
-    x = load_input(SAMPLE_IMAGE, 64)
+    ref = references[("smallcnn", 64, 64)]
+    x = ref.x
     with ResultEcho(cluster) as echo:
         echo.live = True  # every result arrives twice
         result = client.infer(x, "smallcnn", "modnn", timeout=60, trace=True)
         assert echo.copies >= 3 and result.timings["recovered_tasks"] == 0
-        assert exact(result.logits, chains["smallcnn"], x)
+        assert faithful(result.logits, ref.logits32, ref.logits64)
         kinds = [i.kind for i in result.timeline]
         assert kinds.count("merge") == kinds.count("prepare") == echo.copies
         echo.live = False
         for event in list(echo.seen):  # every result of finished requests, again: late
             echo.replay(event)
         again = client.infer(x, "smallcnn", "aofl", timeout=60)
-    assert exact(again.logits, chains["smallcnn"], x) and again.timings["recovered_tasks"] == 0
+    assert faithful(again.logits, ref.logits32, ref.logits64) and again.timings["recovered_tasks"] == 0
     assert sorted(cluster.alive()) == sorted([*cluster.agents, "o1"])
 
 
-def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(
-    store: ModelStore, chains: dict[str, StageChain]
-) -> None:
+def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: ModelStore, references: References) -> None:
     """A ghost device that announces itself but never bids: far too slow to be given work,
     it must not hold every auction to the end of its window."""
-    x = load_input(SAMPLE_IMAGE, 64)
+    ref = references[("smallcnn", 64, 64)]
+    x = ref.x
     window_s = 4.0
     with memory_cluster(store, devices=2, auction_s=window_s) as small, small.client() as own:
         digest = weights_digest("smallcnn", None, 0)
@@ -173,17 +174,18 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(
         announcer.publish(DEVICE_STATE.build(device="dev-9"), encode(ghost), retain=True)
         small.wait_for_table({"dev-1", "dev-2", "dev-9"})
         result = own.infer(x, "smallcnn", "edgeci", timeout=60, trace=True)
-        assert exact(result.logits, chains["smallcnn"], x) and "dev-9" not in result.devices
+        assert faithful(result.logits, ref.logits32, ref.logits64) and "dev-9" not in result.devices
         assert result.timings["auction_s"] < window_s / 4, result.timings
         auction = [i for i in result.timeline if i.kind == "auction"]
         assert auction and "dev-9" not in {i.resource for i in result.timeline}
 
 
 @pytest.mark.parametrize("strategy", ["aofl", "deepthings"])
-def test_a_device_lost_mid_inference(store: ModelStore, chains: dict[str, StageChain], strategy: str) -> None:
+def test_a_device_lost_mid_inference(store: ModelStore, references: References, strategy: str) -> None:
     """dev-2 goes silent while it holds work, then its connection drops: the broker
     publishes its will, its tasks are recovered on the others, and the result is exact."""
-    x = load_input(SAMPLE_IMAGE, 96)
+    ref = references[("smallcnn", 96, 96)]
+    x = ref.x
     with memory_cluster(store, devices=3, strategy=strategy) as small, small.client() as own:
         own.infer(x, "smallcnn", timeout=60)
         small.muted.add("edgeci-device-dev-2")
@@ -193,39 +195,46 @@ def test_a_device_lost_mid_inference(store: ModelStore, chains: dict[str, StageC
             result = own.infer(x, "smallcnn", timeout=60)
         finally:
             killer.join()
-        assert exact(result.logits, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
+        assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] >= 1
         assert "dev-2" not in small.orchestrator.table.online()
         after = own.infer(x, "smallcnn", timeout=60)
-        assert "dev-2" not in after.devices and exact(after.logits, chains["smallcnn"], x)
+        assert "dev-2" not in after.devices and faithful(after.logits, ref.logits32, ref.logits64)
 
 
-def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, chains: dict[str, StageChain]) -> None:
-    x = load_input(SAMPLE_IMAGE, 96)
+def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, references: References) -> None:
+    ref = references[("smallcnn", 96, 96)]
+    x = ref.x
     with memory_cluster(store, devices=2, strategy="modnn") as small, small.client() as own:
         own.infer(x, "smallcnn", timeout=60)
         small.muted.add("edgeci-device-dev-1")  # connected, no will, never answers
         started = time.perf_counter()
         result = own.infer(x, "smallcnn", timeout=60)
-        assert exact(result.logits, chains["smallcnn"], x) and result.timings["recovered_tasks"] >= 1
+        assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] >= 1
         assert time.perf_counter() - started >= 3.0  # the minimum task allowance, not the client's timeout
         assert result.devices == ["dev-1", "dev-2"]  # dev-1 was sent work before it was given up
 
 
-def test_a_device_that_joins_is_used_from_the_next_plan(store: ModelStore, chains: dict[str, StageChain]) -> None:
-    x = load_input(SAMPLE_IMAGE, 96)
+def test_a_device_that_joins_is_used_from_the_next_plan(store: ModelStore, references: References) -> None:
+    ref = references[("smallcnn", 96, 96)]
+    x = ref.x
     with memory_cluster(store, devices=2, strategy="modnn") as small, small.client() as own:
         assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
         small.add_device("dev-3")
         small.wait_for_table({"dev-1", "dev-2", "dev-3"})
         result = own.infer(x, "smallcnn", timeout=60)
-        assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and exact(result.logits, chains["smallcnn"], x)
+        assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and faithful(
+            result.logits, ref.logits32, ref.logits64
+        )
         small.stops["dev-3"].set()  # a clean stop announces the device offline
         small.wait_for_table({"dev-1", "dev-2"})
         assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
 
 
 def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
-    cluster: MemoryCluster, client: EdgeCIClient, chains: dict[str, StageChain], caplog: pytest.LogCaptureFixture
+    cluster: MemoryCluster,
+    client: EdgeCIClient,
+    references: References,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     topics = [DEVICE_TASKS.build(device=d) for d in cluster.agents] + [
         DEVICE_PROBE.build(device="dev-1"),
@@ -246,9 +255,11 @@ def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
         time.sleep(0.5)
         assert sorted(cluster.alive()) == sorted([*cluster.agents, "o1"])
         assert set(cluster.orchestrator.table.online()) == set(cluster.agents)
-        x = load_input(SAMPLE_IMAGE, 64)
+        ref = references[("smallcnn", 64, 64)]
+
+        x = ref.x
         for strategy in ("edgeci", "deepthings"):
-            assert exact(client.infer(x, "smallcnn", strategy, timeout=60).logits, chains["smallcnn"], x)
+            assert faithful(client.infer(x, "smallcnn", strategy, timeout=60).logits, ref.logits32, ref.logits64)
     text = caplog.text
     for complaint in (*DEVICE_COMPLAINTS, *ORCHESTRATOR_COMPLAINTS):
         assert complaint in text, complaint

@@ -3,51 +3,27 @@
 The needed input region of an output tile must be exactly the bounding box of the
 input pixels whose change alters that tile; found here by perturbing every input
 pixel of a small map. Running a stage on the needed tile must equal the plain
-module's output on that region, at every border and corner.
+module's output on that region, at every border and corner. Everything runs in float64
+(see tests/exactness.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from torch import Tensor, nn
+from torch import nn
 
 from edgeci_mqtt.core.chain import chain_regions, chain_shapes
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.core.kernels import Kernel, run_chain
 from edgeci_mqtt.models.resnet import BasicBlock
 from edgeci_mqtt.models.stage_chain import kernel_of
+from tests.exactness import assert_geometry_exact, dependency_box
 
 CHANNELS = 2
-
-
-PROBES = 8  # random large changes per pixel and base input
-BASES = 4  # base inputs: a ReLU may hide a dependence at one input, not at all of them
-
-
-def dependency_box(f: Callable[[Tensor], Tensor], x: Tensor, out: TileRegion) -> TileRegion | None:
-    """Bounding box of the input pixels whose change alters ``f`` on ``out``, near ``x``
-    or near other random inputs."""
-    _, c, h, w = x.shape
-    gen = torch.Generator().manual_seed(7)
-    bases = torch.cat([x, 3 * torch.randn(BASES - 1, c, h, w, generator=gen, dtype=x.dtype)])
-    n = BASES * PROBES
-    batch = bases.repeat_interleave(PROBES, dim=0).repeat(h * w, 1, 1, 1)
-    kicks = 1000.0 * torch.randn(n * h * w, c, generator=gen, dtype=x.dtype)
-    for i in range(h * w):
-        batch[n * i : n * (i + 1), :, i // w, i % w] += kicks[n * i : n * (i + 1)]
-    rows, cols = out.rows, out.cols
-    base = f(bases)[:, :, rows.start : rows.stop, cols.start : cols.stop].repeat_interleave(PROBES, dim=0)
-    moved = f(batch)[:, :, rows.start : rows.stop, cols.start : cols.stop]
-    changed = (moved != base.repeat(h * w, 1, 1, 1)).flatten(1).any(dim=1).view(h * w, n).any(dim=1)
-    idx = changed.nonzero().flatten()
-    if idx.numel() == 0:
-        return None
-    ys, xs = idx // w, idx % w
-    return TileRegion.of(int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
 
 
 def randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -107,9 +83,9 @@ def check_chain(data: st.DataObject, layers: Sequence[nn.Module], kernels: Seque
         assert need == box if box is not None else need.area == 0  # None: only padding is read
         expected = full(x)[:, :, out.rows.start : out.rows.stop, out.cols.start : out.cols.stop]
         tile = x[:, :, need.rows.start : need.rows.stop, need.cols.start : need.cols.stop]
-        assert torch.allclose(run_chain(kernels, shapes[0], tile, need, out), expected, atol=1e-9)
+        assert_geometry_exact(run_chain(kernels, shapes[0], tile, need, out), expected, f"tile {need} -> {out}")
         whole = TileRegion.whole(h, w)
-        assert torch.allclose(run_chain(kernels, shapes[0], x, whole, out), expected, atol=1e-9)
+        assert_geometry_exact(run_chain(kernels, shapes[0], x, whole, out), expected, f"whole map -> {out}")
 
 
 def sized(layers: Sequence[nn.Module], h: int, w: int) -> list[Kernel] | None:

@@ -21,6 +21,7 @@ from edgeci_mqtt.planner.strategies import (
     make_plan,
     proportional_rows,
 )
+from tests.exactness import Reference, assert_geometry_exact
 from tests.planning import device, environment
 
 SIZE = {"smallcnn": 61, "vgg16": 224, "resnet34": 224}
@@ -45,16 +46,20 @@ def contexts(chains: dict[str, StageChain]) -> dict[str, PlanningContext]:
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-@pytest.mark.parametrize("model", list(SIZE))
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if SIZE[m] == 224 else m for m in SIZE])
 def test_every_plan_gives_the_whole_models_logits(
-    chains: dict[str, StageChain], contexts: dict[str, PlanningContext], model: str, strategy: str
+    chains64: dict[str, StageChain],
+    contexts: dict[str, PlanningContext],
+    references: dict[tuple[str, int, int], Reference],
+    model: str,
+    strategy: str,
 ) -> None:
-    chain, ctx = chains[model], contexts[model]
+    """Run in float64, where only rounding is left (tests/exactness.py)."""
+    chain, ctx, ref = chains64[model], contexts[model], references[model, SIZE[model], SIZE[model]]
     plan = make_plan(strategy, ctx)
-    x = torch.randn(1, 3, SIZE[model], SIZE[model], generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
-        logits = chain.tail(run_plan(plan, chain.kernels, ctx.chain.shapes, x))
-        assert torch.allclose(logits, chain.model(x), atol=1e-4, rtol=1e-4)
+        logits = chain.tail(run_plan(plan, chain.kernels, ctx.chain.shapes, ref.x.double()))
+        assert_geometry_exact(logits, ref.logits64, f"{model} {strategy}")
     assert plan.blocks[0].block.start == 0 and plan.blocks[-1].block.stop == len(chain)
 
 
