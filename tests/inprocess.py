@@ -74,11 +74,18 @@ def memory_cluster(
     devices: int = 3,
     strategy: str = "edgeci",
     auction_s: float = 0.5,
+    min_allowance_s: float = 3.0,
 ) -> Iterator[MemoryCluster]:
     muted: set[str] = set()
     broker = MemoryBroker(acl=lambda client, access, topic: access == "read" or client not in muted)
     orchestrator = Orchestrator(
-        "o1", broker.bus("edgeci-orchestrator-o1"), store, flat_profile(), strategy, auction_s=auction_s
+        "o1",
+        broker.bus("edgeci-orchestrator-o1"),
+        store,
+        flat_profile(),
+        strategy,
+        auction_s=auction_s,
+        min_allowance_s=min_allowance_s,
     )
     cluster = MemoryCluster(broker, store, {}, orchestrator, muted)
     try:

@@ -204,13 +204,17 @@ def test_a_device_lost_mid_inference(store: ModelStore, references: References, 
 def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, references: References) -> None:
     ref = references[("smallcnn", 96, 96)]
     x = ref.x
-    with memory_cluster(store, devices=2, strategy="modnn") as small, small.client() as own:
+    allowance = 0.5
+    with (
+        memory_cluster(store, devices=2, strategy="modnn", min_allowance_s=allowance) as small,
+        small.client() as own,
+    ):
         own.infer(x, "smallcnn", timeout=60)
         small.muted.add("edgeci-device-dev-1")  # connected, no will, never answers
         started = time.perf_counter()
         result = own.infer(x, "smallcnn", timeout=60)
         assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] >= 1
-        assert time.perf_counter() - started >= 3.0  # the minimum task allowance, not the client's timeout
+        assert allowance <= time.perf_counter() - started < 30  # given up after its allowance, not the 60 s timeout
         assert result.devices == ["dev-1", "dev-2"]  # dev-1 was sent work before it was given up
 
 

@@ -129,10 +129,11 @@ class InferenceRun:
         auctioned: bool,
         origin: float,
         trace: bool = False,
+        min_allowance_s: float = MIN_TASK_DEADLINE_S,
     ) -> None:
         self.orchestrator, self.request, self.held, self.plan, self.shapes = orchestrator, request, held, plan, shapes
         self.devices, self.publish, self.prepare, self.mail = devices, publish, prepare, mail
-        self.auction_window_s, self.auctioned = auction_s, auctioned
+        self.auction_window_s, self.auctioned, self.min_allowance_s = auction_s, auctioned, min_allowance_s
         self.timings = Timings()
         self.failed: set[str] = set()
         self.used: set[str] = set()
@@ -245,7 +246,7 @@ class InferenceRun:
             predicted = (
                 float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
             )
-            return min(MAX_TASK_DEADLINE_S, max(MIN_TASK_DEADLINE_S, DEADLINE_FACTOR * predicted))
+            return min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * predicted))
 
         return allowance
 

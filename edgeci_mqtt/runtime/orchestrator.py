@@ -28,7 +28,7 @@ from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
-from edgeci_mqtt.runtime.inference import InferenceRun, Mailboxes
+from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -144,13 +144,16 @@ class Orchestrator:
         strategy: str = "edgeci",
         broker_link: Link | None = None,
         auction_s: float = 0.5,
+        min_allowance_s: float = MIN_TASK_DEADLINE_S,
     ) -> None:
+        """``min_allowance_s``: the least time a device gets for a task before it is given up
+        (it gets ``5 x`` its own predicted time when that is longer)."""
         if strategy not in STRATEGIES:
             raise EdgeCIError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         self.results_topic = RESULTS.build(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self.broker_link = broker_link or Link(1000.0, 0.1)
-        self.auction_s = auction_s
+        self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
         self.table = DeviceTable()
         self.mail = Mailboxes()
         self.requests: queue.Queue[_Request | None] = queue.Queue()
@@ -294,6 +297,7 @@ class Orchestrator:
             auctioned=plan.auctioned,
             origin=request.received,
             trace=message.trace,
+            min_allowance_s=self.min_allowance_s,
         )
         run.mark(ORCHESTRATOR, "plan", started, planned, strategy)
         logits = run.run(image)
