@@ -31,7 +31,9 @@ torch.set_num_threads(1)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test with its tier, so that ``-m pure`` and friends select it."""
     for item in items:
-        item.add_marker(item_tier(item))
+        tier = item_tier(item)
+        if tier not in {m.name for m in item.iter_markers()}:  # an explicit marker already says it
+            item.add_marker(tier)
 
 
 K = TypeVar("K", bound=Hashable)
