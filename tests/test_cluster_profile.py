@@ -105,6 +105,15 @@ def test_malformed_profiles_are_rejected() -> None:
         DeviceProfile.from_dict(data)
     with pytest.raises(EdgeCIError, match="malformed device profile"):
         DeviceProfile.from_dict({"conv_depths": "x"})
+    # the same rules for a profile file as for a profile on the wire: nothing the planner divides by is 0 or inf
+    for changes, message in (
+        ({"conv_depths": [0, 8]}, "not increasing positive"),
+        ({"conv_sides": [7, 7]}, "not increasing positive"),
+        ({"threads": float("inf")}, "malformed device profile"),
+        ({"threads": 0}, "at least one thread"),
+    ):
+        with pytest.raises(EdgeCIError, match=message):
+            DeviceProfile.from_dict({**flat_profile().to_dict(), **changes})
 
 
 def test_links_round_trip_and_malformed_ones_are_refused() -> None:

@@ -11,8 +11,13 @@ import torch
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
+from edgeci_mqtt.runtime.bus import Inbound
+from edgeci_mqtt.runtime.device import DeviceAgent
+from edgeci_mqtt.runtime.memory_bus import MemoryBroker
+from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, install, stage_state, verify, weights_message
 from edgeci_mqtt.wire import decode, encode
+from tests.planning import flat_profile
 
 
 def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageChain], tmp_path: Path) -> None:
@@ -48,3 +53,23 @@ def test_tampered_or_mismatched_weights_are_refused(chains: dict[str, StageChain
     for digest, stage in (("../etc", "passwd"), ("..", "x"), (".", "x"), ("a" * 300, "x")):
         with pytest.raises(WireError, match="unsafe cache name"):
             WeightCache(tmp_path).load(digest, stage)
+
+
+def test_the_device_loop_only_books_weights_its_worker_verifies_caches_and_installs(
+    chains: dict[str, StageChain], tmp_path: Path
+) -> None:
+    """Issue 10, item 9: the sha256 and the disk write happen on the worker, not on the loop
+    that answers auction calls; weights that fail there are un-booked again."""
+    store = ModelStore({"smallcnn": None}, fetch=True)
+    cache = WeightCache(tmp_path)
+    agent = DeviceAgent("dev-1", MemoryBroker().bus("edgeci-device-dev-1"), store, flat_profile(), cache=cache)
+    held = store.get("smallcnn")
+    state = stage_state(chains["smallcnn"].model, "features.0")
+    good = weights_message("smallcnn", "abc", "features.0", state)
+    for message, held_after in ((replace(good, sha256="0" * 64), set()), (good, {"features.0"})):
+        agent._handle(Inbound(agent.tasks_topic, encode(message)))
+        assert held.loaded == {"features.0"} and cache.listing() == {}  # booked, not checked, not written
+        agent._install(agent.tasks.get_nowait())  # what the worker does between tasks
+        assert held.loaded == held_after
+    assert cache.listing() == {"abc": ["features.0"]}
+    assert not held.chain.model.features[0].weight.is_meta

@@ -11,6 +11,7 @@ speed everywhere.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from edgeci_mqtt.errors import EdgeCIError
 Floats = NDArray[np.float64]
 
 __all__ = ["ELEMENTWISE_KINDS", "POOL_KINDS", "DeviceProfile"]
+
+MAX_PROBE = 1 << 30
+"""Largest probe depth or side a profile may name."""
 
 ELEMENTWISE_KINDS: tuple[str, ...] = ("bn", "relu", "add", "fc")
 """Priced by bytes read and written (``fc``: a batch-one fully connected layer, bound by
@@ -71,6 +75,12 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if len(self.conv_depths) < 2 or len(self.conv_sides) < 2:
             raise EdgeCIError("a device profile needs at least two probe depths and sides")
+        for name, probes in (("conv_depths", self.conv_depths), ("conv_sides", self.conv_sides)):
+            # interpolation takes their logarithms and divides by their gaps
+            if not (probes[0] > 0 and all(a < b <= MAX_PROBE for a, b in itertools.pairwise(probes))):
+                raise EdgeCIError(f"{name} {probes} is not increasing positive (at most {MAX_PROBE})")
+        if self.threads < 1:
+            raise EdgeCIError(f"a device profile needs at least one thread, not {self.threads}")
         if len(self.conv_rates) != len(self.conv_depths) or any(
             len(row) != len(self.conv_sides) or not all(math.isfinite(v) and v > 0 for v in row)
             for row in self.conv_rates
@@ -160,5 +170,5 @@ class DeviceProfile:
                 op_overhead_s=float(data["op_overhead_s"]),
                 threads=int(data["threads"]),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # int(inf): OverflowError
             raise EdgeCIError(f"malformed device profile: {exc!r}") from exc

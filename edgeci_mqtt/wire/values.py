@@ -11,7 +11,6 @@ and never parse a list of ints again.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import types
 import typing
@@ -92,13 +91,11 @@ def _block(data: Any, where: str) -> FusedBlock:
     return FusedBlock(*_index_pair(data, where))
 
 
-def _positive_ints(data: Any, where: str) -> tuple[int, ...]:
+def _probe_sizes(data: Any, where: str) -> tuple[int, ...]:
+    """2 to 64 ints (``DeviceProfile`` checks that they increase from a positive start)."""
     if not isinstance(data, list) or not 2 <= len(data) <= 64:
         raise WireError(f"{where}: expected 2 to 64 ints")
-    values = tuple(int(_number(v, where, integer=True)) for v in data)
-    if not all(0 < a < b <= 1 << 30 for a, b in itertools.pairwise(values)) or values[0] < 1:
-        raise WireError(f"{where}: {values} is not increasing positive")
-    return values
+    return tuple(int(_number(v, where, integer=True)) for v in data)
 
 
 def _rate(data: Any, where: str) -> float:
@@ -131,8 +128,8 @@ def _profile(data: Any, where: str) -> DeviceProfile:
     expected = {"conv_depths", "conv_sides", "conv_rates", "rates", "pool_rates", "op_overhead_s", "threads"}
     if set(data) != expected:
         raise WireError(f"{where}: expected exactly the fields {', '.join(sorted(expected))}")
-    depths = _positive_ints(data["conv_depths"], f"{where}.conv_depths")
-    sides = _positive_ints(data["conv_sides"], f"{where}.conv_sides")
+    depths = _probe_sizes(data["conv_depths"], f"{where}.conv_depths")
+    sides = _probe_sizes(data["conv_sides"], f"{where}.conv_sides")
     rows = data["conv_rates"]
     if not isinstance(rows, list) or len(rows) != len(depths):
         raise WireError(f"{where}.conv_rates: expected one row per depth")
