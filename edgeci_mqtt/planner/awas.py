@@ -20,7 +20,7 @@ bid gets nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -38,6 +38,7 @@ __all__ = [
     "MAX_ITEMS",
     "Award",
     "Bid",
+    "Discount",
     "auction_item_count",
     "auction_items",
     "award",
@@ -71,33 +72,41 @@ class Bid:
             raise PlanningError(f"bid of {self.device}: {len(self.alone_s)} alone vs {len(self.extend_s)} extend")
 
 
-def make_bid(view: DeviceView, model: RowModel, block: FusedBlock, items: Sequence[Span]) -> Bid:
+def make_bid(view: DeviceView, model: RowModel, block: FusedBlock, items: Sequence[Span], flow: bool = False) -> Bid:
     """A device's bid from its own profile, link and queue (computed on the device).
 
     ``alone[i]``: item ``i`` as a task of its own. ``extend[i]``: the extra time of
     item ``i`` joining the run that ends at item ``i-1`` (for item 0, the run that
     starts at item 1), i.e. the time of the pair minus the time of the neighbour.
+    ``flow``: the output stays on the device (see :meth:`RowModel.moved_bytes`).
     """
     a = np.array([s.start for s in items], dtype=np.int64)
     b = np.array([s.stop for s in items], dtype=np.int64)
-    alone = model.strip_seconds(view, block, a, b) - view.queue_s
+    alone = model.strip_seconds(view, block, a, b, flow) - view.queue_s
     if len(items) == 1:
         return Bid(view.name, view.queue_s, (float(alone[0]),), (float(alone[0]),))
-    pairs = model.strip_seconds(view, block, a[:-1], b[1:]) - view.queue_s
+    pairs = model.strip_seconds(view, block, a[:-1], b[1:], flow) - view.queue_s
     extend = np.concatenate([[pairs[0] - alone[1]], pairs - alone[:-1]])
     return Bid(view.name, view.queue_s, tuple(alone.tolist()), tuple(np.maximum(extend, 0.0).tolist()))
 
 
-class _Pricing:
-    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b])``."""
+Discount = Callable[[str, int, int], float]
+"""``discount(device, start, stop)``: seconds that the bid for items ``[start, stop)``
+overstates, e.g. for input rows the device already holds (``flow``)."""
 
-    def __init__(self, bids: Sequence[Bid]) -> None:
+
+class _Pricing:
+    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - discount``."""
+
+    def __init__(self, bids: Sequence[Bid], discount: Discount | None = None) -> None:
         self.bids = {b.device: b for b in bids}
         self.prefix = {b.device: [0.0, *accumulate(b.extend_s)] for b in bids}
+        self.discount = discount
 
     def run(self, device: str, start: int, stop: int) -> float:
         bid, prefix = self.bids[device], self.prefix[device]
-        return bid.queue_s + bid.alone_s[start] + prefix[stop] - prefix[start + 1]
+        cost = bid.queue_s + bid.alone_s[start] + prefix[stop] - prefix[start + 1]
+        return cost - self.discount(device, start, stop) if self.discount is not None else cost
 
 
 @dataclass(frozen=True)
@@ -211,27 +220,31 @@ def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[
     return _improve(pricing, best, order)
 
 
-def _orders(pricing: _Pricing, names: Sequence[str], count: int) -> list[list[str]]:
+def _orders(pricing: _Pricing, names: Sequence[str], count: int, first: Sequence[str] = ()) -> list[list[str]]:
     """Device orders worth sweeping, from the bids alone (not from when they arrived).
 
     Which device takes the top, the middle or the bottom rows matters: an edge strip
-    has a halo on one side only, so it suits a slow device best. Tried: by name, fastest
+    has a halo on one side only, so it suits a slow device best. Tried: ``first`` (the
+    previous block's order, top to bottom, when rows stay on devices), by name, fastest
     first, slowest first, and the slowest devices at both edges with the fastest in the
     middle.
     """
     slowest_first = sorted(names, key=lambda d: (-pricing.run(d, 0, count), d))
     edges = slowest_first[0::2] + slowest_first[1::2][::-1]
+    kept = [d for d in first if d in names]
+    previous = kept + [d for d in slowest_first[::-1] if d not in kept] if kept else []
     orders: list[list[str]] = []
-    for order in (sorted(names), slowest_first[::-1], slowest_first, edges):
-        if order not in orders:
+    for order in (previous, sorted(names), slowest_first[::-1], slowest_first, edges):
+        if order and order not in orders:
             orders.append(order)
     return orders
 
 
-def award(bids: Sequence[Bid], count: int) -> Award:
+def award(bids: Sequence[Bid], count: int, discount: Discount | None = None, first: Sequence[str] = ()) -> Award:
     """Award ``count`` items to the bidders, minimising the block's makespan.
 
-    The result depends on the bids only, never on their order (bids arrive in any order).
+    The result depends on the bids (and ``discount`` and ``first``, see :func:`_orders`)
+    only, never on the bids' order (bids arrive in any order).
     """
     bids = [
         b
@@ -242,12 +255,13 @@ def award(bids: Sequence[Bid], count: int) -> Award:
         raise PlanningError("no device bid for this block")
     if len({b.device for b in bids}) < len(bids):
         raise PlanningError("two bids for one device: which one counts would depend on their order")
-    pricing = _Pricing(bids)
+    pricing = _Pricing(bids, discount)
 
     def makespan(runs: list[tuple[str, Span]]) -> float:
         return max(pricing.run(d, s.start, s.stop) for d, s in runs)
 
-    candidates = [_runs_in_order(pricing, order, count) for order in _orders(pricing, list(pricing.bids), count)]
+    orders = _orders(pricing, list(pricing.bids), count, first)
+    candidates = [_runs_in_order(pricing, order, count) for order in orders]
     runs = min(candidates, key=makespan)  # the first of equals: orders are deterministic
     return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})
 

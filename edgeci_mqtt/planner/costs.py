@@ -148,20 +148,39 @@ class RowModel:
         return self.table(profile)[self.indices(block, a, b)].sum(axis=0)
 
     def input_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
-        shape = self.shapes[block.start]
-        return shape.channels * shape.width * BYTES_PER_ELEMENT * self._reach[(block.start - 1, block.stop)].rows(a, b)
+        return self.row_bytes(block.start) * self._reach[(block.start - 1, block.stop)].rows(a, b)
+
+    def row_bytes(self, boundary: int) -> int:
+        """Bytes of one full-width row of the map at ``boundary``."""
+        shape = self.shapes[boundary]
+        return shape.channels * shape.width * BYTES_PER_ELEMENT
+
+    def input_rows(self, block: FusedBlock, a: int, b: int) -> tuple[int, int]:
+        """The rows ``[lo, hi)`` of the block's input map that its output rows ``[a, b)`` need."""
+        reach = self._reach[(block.start - 1, block.stop)]
+        w = reach.window
+        return max(a * w.stride - w.padding, 0), min((b - 1) * w.stride - w.padding + w.extent, reach.height)
 
     def output_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         shape = self.shapes[block.stop]
         return shape.channels * shape.width * BYTES_PER_ELEMENT * (b - a)
 
-    def moved_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
-        """Bytes of the task and result messages of strips ``[a, b)``."""
-        return self.input_bytes(block, a, b) + self.output_bytes(block, a, b) + 2 * MESSAGE_OVERHEAD_BYTES
+    def moved_bytes(self, block: FusedBlock, a: Ints, b: Ints, flow: bool = False) -> Ints:
+        """Bytes of the task and result messages of strips ``[a, b)``.
 
-    def strip_seconds(self, view: DeviceView, block: FusedBlock, a: Ints, b: Ints) -> Floats:
+        With ``flow`` a strip's output stays on its device (only the last block's
+        leaves it, for the tail); its whole input is priced as arriving, and the
+        auctioneer takes off what the device already holds (:func:`~edgeci_mqtt.planner.awas.award`).
+        """
+        out = self.output_bytes(block, a, b)
+        if flow and block.stop < len(self.stages):
+            out = np.zeros_like(out)
+        return self.input_bytes(block, a, b) + out + 2 * MESSAGE_OVERHEAD_BYTES
+
+    def strip_seconds(self, view: DeviceView, block: FusedBlock, a: Ints, b: Ints, flow: bool = False) -> Floats:
         """Completion time on ``view`` of strips ``[a, b)`` as tasks of their own."""
-        return link_seconds(view, self.moved_bytes(block, a, b)) + self.compute_seconds(view.profile, block, a, b)
+        moved = self.moved_bytes(block, a, b, flow)
+        return link_seconds(view, moved) + self.compute_seconds(view.profile, block, a, b)
 
 
 def link_seconds(view: DeviceView, moved: Ints) -> Floats:

@@ -52,16 +52,25 @@ class BlockEstimate:
 class BlockEstimator:
     """Block costs from the row model (see :mod:`edgeci_mqtt.planner.costs`).
 
-    A block costs the devices' makespan on their strips, plus the scatter and gather
-    of every byte through the broker host's link (serialised there, so it adds to the
-    makespan of equally loaded devices), plus the orchestrator's copies (slicing each
-    strip's input, stitching each result). Devices with the same profile, link and
-    queue are priced once.
+    Gathering (``flow`` false): a block costs the devices' makespan on their strips,
+    plus the scatter and gather of every byte through the broker host's link
+    (serialised there, so it adds to the makespan of equally loaded devices), plus the
+    orchestrator's copies (slicing each strip's input, stitching each result).
+
+    ``flow`` (rows stay on the devices): a strip receives only the input rows beyond its
+    own share of the block's input map (its halo, assuming every device keeps about the
+    same share from block to block), twice over links like its own (up the neighbour's,
+    down its own, stored and forwarded by the broker), and keeps its output; only the
+    first block's input comes from the orchestrator and only the last block's output
+    goes back to it. The broker host's link carries the halo of every strip once.
+
+    Devices with the same profile, link and queue are priced once.
     """
 
-    def __init__(self, model: RowModel, env: Environment) -> None:
+    def __init__(self, model: RowModel, env: Environment, flow: bool = False) -> None:
         self.model = model
         self.env = env
+        self.flow = flow
         kinds: dict[tuple[DeviceProfile, Link, float], list[DeviceView]] = {}
         for view in env.devices:
             kinds.setdefault((view.profile, view.link, view.queue_s), []).append(view)
@@ -91,7 +100,7 @@ class BlockEstimator:
         """Rows shared so the block finishes earliest (what the AWAS auction finds)."""
         a, b = self._strips(block)
         height = len(a)
-        moved = self.model.moved_bytes(block, a, b)
+        moved = self._moved(block, a, b)
         compute = self._compute_to(block.stop)
         costs = np.stack(
             [
@@ -114,6 +123,20 @@ class BlockEstimator:
         rows = {k: v for k, v in rows.items() if v}
         return BlockEstimate(finish + self.overhead(block, rows), rows)
 
+    def _halo_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        """Input bytes of strips ``[a, b)`` beyond their own share of the input map (flow)."""
+        inner = self.model.shapes[block.start].height / self.model.shapes[block.stop].height
+        held = np.floor((b - a) * inner).astype(np.int64) * self.model.row_bytes(block.start)
+        return np.maximum(self.model.input_bytes(block, a, b) - held, 0)
+
+    def _moved(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
+        """Bytes over a strip's own link (both directions together)."""
+        if not self.flow or block.start == 0:
+            return self.model.moved_bytes(block, a, b, self.flow)
+        last = block.stop == len(self.model.stages)
+        out = self.model.output_bytes(block, a, b) if last else 0
+        return 2 * self._halo_bytes(block, a, b) + out + 2 * MESSAGE_OVERHEAD_BYTES
+
     def speeds(self, block: FusedBlock) -> dict[str, float]:
         """Each device's compute speed on this block (whole maps per second; links ignored)."""
         where = self.model.indices(block, np.array([0]), np.array([self.model.shapes[block.stop].height]))
@@ -133,13 +156,19 @@ class BlockEstimator:
         return finish + self.overhead(block, {d: s.size for d, s in runs})
 
     def overhead(self, block: FusedBlock, rows: dict[str, int]) -> float:
-        """Broker-link scatter and gather and the orchestrator's copies for these strips."""
+        """Broker-link traffic and the orchestrator's copies for these strips: scatter and
+        gather, or under ``flow`` the image, the halo and the last block's output."""
         height = self.model.shapes[block.stop].height
         sizes = np.array(list(rows.values()), dtype=np.int64)
-        a = (height - sizes) // 2
-        sent = float(self.model.input_bytes(block, a, a + sizes).sum())
-        returned = float(self.model.output_bytes(block, a, a + sizes).sum())
+        a, b = (height - sizes) // 2, (height - sizes) // 2 + sizes
+        scattered = float(self.model.input_bytes(block, a, b).sum())
+        gathered = float(self.model.output_bytes(block, a, b).sum())
+        copied = through = scattered + gathered
+        if self.flow:
+            first, last = block.start == 0, block.stop == len(self.model.stages)
+            copied = (scattered if first else 0.0) + (gathered if last else 0.0)
+            through = copied + (0.0 if first else float(self._halo_bytes(block, a, b).sum()))
         messages = 2 * len(sizes) * MESSAGE_OVERHEAD_BYTES
         link = self.env.broker_link
-        copies = 2 * (sent + returned) / self.env.orchestrator.rates["relu"]
-        return (sent + returned + messages) / link.bytes_per_s + 2 * link.latency_s + copies
+        copies = 2 * copied / self.env.orchestrator.rates["relu"]
+        return (through + messages) / link.bytes_per_s + 2 * link.latency_s + copies

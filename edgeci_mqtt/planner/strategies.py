@@ -11,6 +11,10 @@ The baselines follow their papers (docs/PLANNER.md lists each parameter and sour
   layers run on the gateway (the orchestrator).
 * ``aofl`` (AOFL, SEC'19): dynamic programming over fusion points with 1-D rows in
   proportion to device speed on every device, static.
+
+``flow``: EdgeCI with the rows kept on the devices (:mod:`edgeci_mqtt.planner.flow`):
+DPFL over the flow estimate (halo, not scatter and gather), then AWAS auctions whose
+bids price the input as arriving, minus what a device already holds.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, mak
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import Environment
+from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 
 __all__ = [
@@ -67,6 +72,10 @@ class PlanningContext:
     @cached_property
     def estimator(self) -> BlockEstimator:
         return BlockEstimator(self.rows, self.env)
+
+    @cached_property
+    def flow_estimator(self) -> BlockEstimator:
+        return BlockEstimator(self.rows, self.env, flow=True)
 
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
@@ -174,7 +183,7 @@ def plan_deepthings(ctx: PlanningContext) -> Plan:
     return ctx.plan("deepthings", blocks, 0.0)
 
 
-def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span]) -> list[Bid]:
+def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: bool = False) -> list[Bid]:
     """Every device's bid. Each device prices items itself; here, in one process,
     devices alike in profile, link and queue share one pricing."""
     priced: dict[tuple[object, ...], Bid] = {}
@@ -182,7 +191,7 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span]) -> lis
     for view in ctx.env.devices:
         key = (view.profile, view.link, view.queue_s)
         if key not in priced:
-            priced[key] = make_bid(view, ctx.rows, block, items)
+            priced[key] = make_bid(view, ctx.rows, block, items, flow)
         bids.append(replace(priced[key], device=view.name))
     return bids
 
@@ -198,12 +207,24 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
     return ctx.plan("edgeci", plans, predicted, auctioned=True)
 
 
+def plan_flow(ctx: PlanningContext) -> Plan:
+    est = ctx.flow_estimator
+    predicted, blocks = best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    lots = []
+    for block in blocks:
+        items = auction_items(ctx.chain.shapes[block.stop])
+        lots.append((block, items, _bids(ctx, block, items, flow=True)))
+    plans, _ = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots)
+    return ctx.plan("flow", plans, predicted, auctioned=True)
+
+
 STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
     "local": plan_local,
     "modnn": plan_modnn,
     "deepthings": plan_deepthings,
     "aofl": plan_aofl,
     "edgeci": plan_edgeci,
+    "flow": plan_flow,
 }
 
 

@@ -30,20 +30,27 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
+from edgeci_mqtt.runtime.device_flow import ValidProgram, run_step, validate_program
+from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
+from edgeci_mqtt.text import brief
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,
     DEVICE_PROBE,
+    DEVICE_ROWS,
     DEVICE_STATE,
     DEVICE_TASKS,
     RESULTS,
     AuctionCall,
     BidMessage,
     DeviceState,
+    ProgramMessage,
     Reassembler,
+    ReleaseMessage,
     ResultMessage,
+    RowsMessage,
     TaskMessage,
     TaskTimings,
     WeightsMessage,
@@ -53,6 +60,9 @@ from edgeci_mqtt.wire import (
 __all__ = ["DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
 
 log = logging.getLogger("edgeci.device")
+
+_NOWHERE = TileRegion.whole(1, 1)
+"""The region a refusal names when the refused program has no step to name."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,13 @@ def validate_task(
 
 
 @dataclass(frozen=True)
+class _FlowJob:
+    """Run a ``flow`` request's ready steps (the store hands each request to one job at a time)."""
+
+    request: str
+
+
+@dataclass(frozen=True)
 class _WeightsJob:
     """Weights of one stage for the worker: from the wire (to verify and cache) or from the cache."""
 
@@ -140,7 +157,9 @@ class DeviceAgent:
         self.threads, self.cache = threads, cache
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
-        self.tasks: queue.Queue[ValidTask | _WeightsJob | None] = queue.Queue()
+        self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
+        self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
+        self._flow_backlog: dict[str, float] = {}  # request -> predicted seconds of its steps
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
@@ -150,7 +169,8 @@ class DeviceAgent:
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
-        for topic in (self.tasks_topic, AUCTION_CALL.filter, DEVICE_PROBE.build(device=self.device_id)):
+        rows = DEVICE_ROWS.filter_with(device=self.device_id)
+        for topic in (self.tasks_topic, rows, AUCTION_CALL.filter, DEVICE_PROBE.build(device=self.device_id)):
             bus.subscribe(topic)
         bus.start()
         self.link = self._measure_link()
@@ -224,6 +244,14 @@ class DeviceAgent:
                 self._bid(message)
             elif isinstance(message, WeightsMessage) and event.topic == self.tasks_topic:
                 self._accept_weights(message)
+            elif isinstance(message, RowsMessage):
+                self._accept_rows(message, event.topic)
+            elif isinstance(message, ProgramMessage) and event.topic == self.tasks_topic:
+                self._accept_program(message)
+            elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
+                if self.flow.release(message.request, f"released: {message.reason}"):
+                    log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
+                self._unbook(message.request)
             elif isinstance(message, TaskMessage) and event.topic == self.tasks_topic:
                 try:
                     task = validate_task(message, self.models, self._has_weights)
@@ -242,6 +270,43 @@ class DeviceAgent:
             log.warning(
                 "%s: rejected %s on %s: %s: %s", self.device_id, message.kind, event.topic, type(exc).__name__, exc
             )
+
+    def _accept_rows(self, message: RowsMessage, topic: str) -> None:
+        ids = DEVICE_ROWS.parse(topic)
+        if ids is None or ids["device"] != self.device_id or ids["sender"] != message.sender:
+            raise WireError(f"rows from {message.sender} do not belong on {topic}")
+        if self.flow.add_rows(message, message.sender, time.perf_counter()):
+            self.tasks.put(_FlowJob(message.request))
+
+    def _accept_program(self, message: ProgramMessage) -> None:
+        try:
+            program = validate_program(message, self.device_id, self.models, self._has_weights)
+            ready = self.flow.install(message, program.shapes, program, time.perf_counter())
+        except EdgeCIError as exc:
+            self._refuse_program(message, exc)
+            raise
+        predicted = sum(self._seconds(program.held, message.input_hw, s.block, s.out_region) for s in message.steps)
+        with self._lock:
+            self._backlog_s += predicted
+            self._flow_backlog[message.request] = predicted
+        if ready:
+            self.tasks.put(_FlowJob(message.request))
+
+    def _unbook(self, request: str, seconds: float | None = None) -> None:
+        """Take a request's work (``seconds`` of it, or all that is left) out of the backlog we bid with."""
+        with self._lock:
+            left = self._flow_backlog.pop(request, 0.0)
+            done = left if seconds is None else min(seconds, left)
+            if seconds is not None and left - done > 0:
+                self._flow_backlog[request] = left - done
+            self._backlog_s = max(0.0, self._backlog_s - done)
+
+    def _refuse_program(self, message: ProgramMessage, reason: Exception) -> None:
+        """Tell the orchestrator at once, so it re-plans without us instead of waiting."""
+        region = message.steps[0].out_region if message.steps else _NOWHERE
+        refusal = ResultMessage(message.request, "program", self.device_id, region, error=f"refused: {reason}"[:4000])
+        with contextlib.suppress(EdgeCIError):
+            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(refusal))
 
     def _refuse(self, message: TaskMessage, reason: Exception) -> None:
         """Tell the orchestrator at once, so it re-auctions instead of waiting for a deadline."""
@@ -302,17 +367,34 @@ class DeviceAgent:
         self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
 
     def _predict(self, task: ValidTask) -> float:
-        rows = task.held.row_model(task.shapes[0].height, task.shapes[0].width)
-        r = task.message.out_region.rows
-        a, b = np.array([r.start]), np.array([r.stop])
-        return float(rows.compute_seconds(self.profile, task.message.block, a, b)[0])
+        return self._seconds(task.held, task.message.input_hw, task.message.block, task.message.out_region)
+
+    def _seconds(self, held: HeldModel, input_hw: tuple[int, int], block: FusedBlock, region: TileRegion) -> float:
+        """This device's own estimate of computing ``region`` of ``block`` (counted in its bids' queue)."""
+        rows = held.row_model(*input_hw)
+        a, b = np.array([region.rows.start]), np.array([region.rows.stop])
+        return float(rows.compute_seconds(self.profile, block, a, b)[0])
 
     # ------------------------------------------------------------ work
     def _work(self) -> None:
         torch.set_num_threads(self.threads)
-        while (job := self.tasks.get()) is not None:
+        while True:
+            try:
+                job = self.tasks.get(timeout=1.0)
+            except queue.Empty:
+                for request in self.flow.expire(time.perf_counter()):
+                    log.warning("%s: request %s expired; its rows are dropped", self.device_id, request)
+                live = set(self.flow.requests())
+                for request in [r for r in list(self._flow_backlog) if r not in live]:
+                    self._unbook(request)  # over here (expired, released, failed) before all its steps ran
+                continue
+            if job is None:
+                break
             if isinstance(job, _WeightsJob):
                 self._install(job)
+            elif isinstance(job, _FlowJob):
+                while (ready := self.flow.next_step(job.request)) is not None:
+                    self._run_step(ready)
             else:
                 self._run_task(job)
 
@@ -344,19 +426,75 @@ class DeviceAgent:
             if job.held.loaded is not None and job.held.fetched == job.digest:
                 (job.held.loaded.add if held else job.held.loaded.discard)(job.stage)
 
+    def _check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
+        """For a fetching device: the weights a block needs are the ones materialised now."""
+        if held.loaded is None:
+            return
+        model = held.chain.model_name
+        stale = [s for s in held.weighted_stages(block) if self._installed.get((model, s)) != digest]
+        if stale:
+            raise WireError(f"weights of stage {stale[0]} ({digest}) are not installed")
+
+    def _run_step(self, ready: ReadyStep[ValidProgram]) -> None:
+        """One ``flow`` step: compute, send each part of the output where the program says,
+        keep what our own later steps read. A failure ends the request here and tells the
+        orchestrator, which re-plans without us."""
+        started = time.perf_counter()
+        program, step = ready.context, ready.step
+        message = program.message
+        results = RESULTS.build(orchestrator=message.orchestrator)
+        try:
+            self._check_installed(program.held, step.block, message.digest)
+            output = run_step(ready)
+            computed = time.perf_counter()
+            for send in step.sends:
+                rows, cols = send.region.within(step.out_region)
+                part = np.ascontiguousarray(output[:, :, rows, cols])
+                if send.to == message.orchestrator:
+                    wall = time.time() - time.perf_counter()
+                    timings = TaskTimings(
+                        0.0,
+                        computed - started,
+                        time.perf_counter() - computed,
+                        wall + started,
+                        wall + started,
+                        wall + computed,
+                    )
+                    result = ResultMessage(
+                        message.request, str(ready.index), self.device_id, send.region, part, timings
+                    )
+                    self.bus.publish(results, encode(result))
+                else:
+                    rows_message = RowsMessage(message.request, self.device_id, step.block.stop, send.region, part)
+                    self.bus.publish(DEVICE_ROWS.build(device=send.to, sender=self.device_id), encode(rows_message))
+            self.flow.computed(message.request, ready.index, output)
+        except Exception as exc:  # a bad step must not kill the worker
+            log.exception("%s: step %d of %s failed", self.device_id, ready.index, message.request)
+            self.flow.release(message.request, "failed")
+            error = ResultMessage(
+                message.request,
+                str(ready.index),
+                self.device_id,
+                step.out_region,
+                error=f"{type(exc).__name__}: {exc}"[:4000],
+            )
+            with contextlib.suppress(EdgeCIError):
+                self.bus.publish(results, encode(error))
+        finally:
+            self._unbook(message.request, self._seconds(program.held, message.input_hw, step.block, step.out_region))
+        log.debug(
+            "%s: step %d of %s done in %.1f ms",
+            self.device_id,
+            ready.index,
+            message.request,
+            1e3 * (time.perf_counter() - started),
+        )
+
     def _run_task(self, task: ValidTask) -> None:
         started = time.perf_counter()
         message = task.message
         try:
-            if task.held.loaded is not None:  # the weights this task needs are the ones materialised now
-                model = task.held.chain.model_name
-                stale = [
-                    s
-                    for s in task.held.weighted_stages(message.block)
-                    if self._installed.get((model, s)) != message.digest
-                ]
-                if stale:
-                    raise WireError(f"weights of stage {stale[0]} ({message.digest}) are not installed")
+            self._check_installed(task.held, message.block, message.digest)
             with torch.inference_mode():
                 out = run_block_tile(
                     task.held.chain.kernels,

@@ -38,7 +38,13 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "Message",
+    "ProgramMessage",
+    "ProgramStep",
+    "ReleaseMessage",
     "ResultMessage",
+    "RowsMessage",
+    "StepInput",
+    "StepSend",
     "TaskMessage",
     "TaskTimings",
     "WeightsMessage",
@@ -100,6 +106,7 @@ class AuctionCall(Message):
     block: FusedBlock
     items: Annotated[tuple[Span, ...], MaxLen(MAX_ITEMS_PER_ROUND)]
     deadline_ms: Annotated[float, Range(0.0, 600_000.0)]
+    flow: bool = False  # price for ``flow``: the output stays on the device (but the last block's)
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,76 @@ class TaskMessage(Message):
     in_region: TileRegion
     out_region: TileRegion
     input: Array = field(compare=False)
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """Rows and columns ``region`` of a step's input map, held by ``source``: the device
+    itself, another device (which sends them on its rows topic), or the orchestrator
+    (they come in the program's ``image``)."""
+
+    region: TileRegion
+    source: Ident
+
+
+@dataclass(frozen=True)
+class StepSend:
+    """Once the step is computed, send ``region`` of its output to ``to`` (a device's rows
+    topic, or the orchestrator's results topic for the last block)."""
+
+    region: TileRegion
+    to: Ident
+
+
+@dataclass(frozen=True)
+class ProgramStep:
+    """Compute ``out_region`` of ``block`` once every input piece is here."""
+
+    block: FusedBlock
+    out_region: TileRegion
+    inputs: Annotated[tuple[StepInput, ...], MaxLen(4096)]
+    sends: Annotated[tuple[StepSend, ...], MaxLen(4096)] = ()
+
+
+@dataclass(frozen=True)
+class ProgramMessage(Message):
+    """A device's whole part of one ``flow`` request on ``devices/<id>/tasks``: its steps in
+    block order, and the image rows its first step reads from the orchestrator. The device
+    drops everything of the request ``expires_s`` after receiving it, or on a release."""
+
+    kind: ClassVar[str] = "program"
+    request: Ident
+    orchestrator: Ident
+    model: Name
+    digest: Name
+    input_hw: ImageSize
+    steps: Annotated[tuple[ProgramStep, ...], MaxLen(1024)]
+    expires_s: Seconds
+    image_region: TileRegion | None = None
+    image: Array | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RowsMessage(Message):
+    """Rows of the map at stage boundary ``boundary`` for a step of ``request``, on
+    ``devices/<dst>/rows/<sender>``."""
+
+    kind: ClassVar[str] = "rows"
+    request: Ident
+    sender: Ident
+    boundary: Annotated[int, Range(0, 1 << 20)]
+    region: TileRegion
+    rows: Array = field(compare=False)
+
+
+@dataclass(frozen=True)
+class ReleaseMessage(Message):
+    """The request is over (answered, failed or restarted): drop its program and rows."""
+
+    kind: ClassVar[str] = "release"
+    request: Ident
+    orchestrator: Ident
+    reason: Text = ""
 
 
 @dataclass(frozen=True)
@@ -234,6 +311,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InferRequest,
         InferResponse,
         WeightsMessage,
+        ProgramMessage,
+        RowsMessage,
+        ReleaseMessage,
         Chunk,
     )
 }

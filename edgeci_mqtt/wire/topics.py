@@ -22,6 +22,7 @@ __all__ = [
     "AUCTION_CALL",
     "CLIENT_RESPONSES",
     "DEVICE_PROBE",
+    "DEVICE_ROWS",
     "DEVICE_STATE",
     "DEVICE_TASKS",
     "EVERYTHING",
@@ -92,6 +93,15 @@ class TopicPattern:
         """The subscription filter for every topic of this kind (``+`` for each id)."""
         return f"{ROOT}/{_PLACEHOLDER.sub('+', self.template)}"
 
+    def filter_with(self, **ids: str) -> str:
+        """The subscription filter for these ids, ``+`` for the others (e.g. one device's rows from anyone)."""
+        unknown = set(ids) - set(self.ids)
+        if unknown:
+            raise WireError(f"topic {self.template} has no id {', '.join(sorted(unknown))}")
+        return f"{ROOT}/" + _PLACEHOLDER.sub(
+            lambda m: check_segment(ids[m.group(1)], m.group(1)) if m.group(1) in ids else "+", self.template
+        )
+
     def build(self, **ids: str) -> str:
         if set(ids) != set(self.ids):
             raise WireError(f"topic {self.template} needs ids {', '.join(self.ids)}, got {', '.join(ids)}")
@@ -137,7 +147,13 @@ DEVICE_TASKS = TopicPattern(
     "devices/{device}/tasks",
     (Grant("device", "read", own="device"), Grant("orchestrator", "write")),
 )
-"""Tile tasks and stage weights for one device."""
+"""Tile tasks, ``flow`` programs and releases, and stage weights for one device."""
+DEVICE_ROWS = TopicPattern(
+    "devices/{device}/rows/{sender}",
+    (Grant("device", "read", own="device"), Grant("device", "write", own="sender")),
+)
+"""Feature-map rows from one device to another (``flow``). The topic names the sender and
+the ACL lets a device write only its own ``rows/<id>``, so the broker proves who sent them."""
 AUCTION_CALL = TopicPattern("auctions/{round}/call", (Grant("device", "read"), Grant("orchestrator", "write")))
 AUCTION_BIDS = TopicPattern(
     "auctions/{round}/bids/{device}",
@@ -162,6 +178,7 @@ TOPICS: tuple[TopicPattern, ...] = (
     DEVICE_STATE,
     DEVICE_PROBE,
     DEVICE_TASKS,
+    DEVICE_ROWS,
     AUCTION_CALL,
     AUCTION_BIDS,
     AUCTION_AWARD,

@@ -1,0 +1,105 @@
+"""Task graphs that keep rows on the devices (strategy ``flow``, DESIGN.md section 8).
+
+Each block's output rows are auctioned as full-width strips, as in ``edgeci``, but a
+strip's output stays on the device that computed it. A task of the next block then
+reads its input from whoever holds each part of it: its own rows from itself, the halo
+(or rows the partition moved) from the devices that computed them. Only the first
+block reads from the orchestrator (the image) and only the last block's tiles go back
+to it (for the tail).
+
+How partitions stay consistent from block to block: a device's bid prices its whole
+input as arriving over its own link, and the auctioneer takes off the rows it already
+holds (:func:`holdings_discount`), so keeping its band of the map is cheaper than
+taking another's. The award also tries the previous block's top-to-bottom device order
+first. A band's edges still move where the devices' relative speeds differ between
+blocks (a pooling block and a convolution block do not favour the same devices
+equally); then only the rows that changed hands move, from the device that holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.chain import ChainSpec
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.planner.awas import Award, Bid, Discount, award
+from edgeci_mqtt.planner.costs import RowModel, make_task
+from edgeci_mqtt.planner.environment import Environment
+from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
+from edgeci_mqtt.timeline import ORCHESTRATOR
+
+__all__ = ["flow_block", "flow_blocks", "holdings", "holdings_discount"]
+
+
+def holdings(previous: BlockPlan | None) -> dict[str, Span]:
+    """Rows of the next block's input map each device holds after ``previous`` (one band each)."""
+    if previous is None:
+        return {}
+    return {t.output: t.out_region.rows for t in previous.tasks if t.output != ORCHESTRATOR}
+
+
+def holdings_discount(
+    rows: RowModel, env: Environment, block: FusedBlock, items: Sequence[Span], held: Mapping[str, Span]
+) -> Discount:
+    """What a run of items costs a device less for the input rows it already holds:
+    those rows' bytes over its own link (its bid priced them as arriving)."""
+    row_bytes = rows.row_bytes(block.start)
+    speed = {view.name: view.link.bytes_per_s for view in env.devices}
+
+    def discount(device: str, start: int, stop: int) -> float:
+        band = held.get(device)
+        if band is None or device not in speed:
+            return 0.0
+        lo, hi = rows.input_rows(block, items[start].start, items[stop - 1].stop)
+        return max(0, min(hi, band.stop) - max(lo, band.start)) * row_bytes / speed[device]
+
+    return discount
+
+
+def flow_block(
+    chain: ChainSpec, block: FusedBlock, runs: Sequence[tuple[str, Span]], previous: BlockPlan | None
+) -> BlockPlan:
+    """The tasks of ``block`` when device ``d`` computes rows ``span`` for each run.
+
+    Each task's input is cut into pieces by who holds them after ``previous`` (the
+    orchestrator before the first block); its output stays on its device, unless the
+    block is the chain's last.
+    """
+    width = chain.shapes[block.stop].width
+    last = block.stop == len(chain.stages)
+    tasks = []
+    for device, span in runs:
+        task = make_task(chain.stages, chain.shapes, block, TileRegion(span, Span(0, width)), device)
+        if previous is not None:
+            need = task.in_region
+            pieces = tuple(
+                TaskInput(block.start, part, t.output)
+                for t in previous.tasks
+                if (part := t.out_region.intersection(need)) is not None
+            )
+            task = replace(task, inputs=pieces)
+        tasks.append(task if last else replace(task, output=device))
+    return BlockPlan(block, tuple(tasks))
+
+
+def flow_blocks(
+    chain: ChainSpec,
+    rows: RowModel,
+    env: Environment,
+    lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
+) -> tuple[list[BlockPlan], list[Award]]:
+    """Award every block's items in order, each knowing who holds what after the one
+    before (see the module docstring), and build their tasks."""
+    plans: list[BlockPlan] = []
+    awards = []
+    for block, items, bids in lots:
+        previous = plans[-1] if plans else None
+        held = holdings(previous)
+        first = [t.device for t in previous.tasks] if previous else []
+        won = award(bids, len(items), holdings_discount(rows, env, block, items, held), first)
+        runs = [(d, Span(items[s.start].start, items[s.stop - 1].stop)) for d, s in won.runs]
+        plans.append(flow_block(chain, block, runs, previous))
+        awards.append(won)
+    return plans, awards

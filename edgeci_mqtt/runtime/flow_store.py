@@ -1,0 +1,250 @@
+"""A device's ``flow`` programs and the rows they read, bounded and expiring (no I/O).
+
+Keyed by request. A program's steps run in order; a step is ready when every input
+piece is here: image rows from the program, rows other devices sent (each must be a
+piece a step names, from the device the step names: the topic proves the sender), and
+rows this device computed itself. Rows that arrive before their program wait in a
+holding area bounded in bytes and age. Everything is counted against one byte budget;
+a request's data goes when it is released, expires, or its last step is done, and its
+id is remembered for a while so that its late rows are dropped, not held.
+
+Thread-safe: the message loop adds programs and rows, the worker takes and completes
+steps. :meth:`add_rows` and :meth:`next_step` hand a request to exactly one worker job
+at a time (``queued``), so a step is never run twice nor a wake-up lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.wire import ProgramMessage, ProgramStep, RowsMessage
+
+__all__ = ["FlowStore", "ReadyStep", "step_input_region"]
+
+Rows = NDArray[Any]
+C = TypeVar("C")
+PieceKey = tuple[int, TileRegion, str]
+"""(boundary, region, source) of one input piece."""
+
+DEFAULT_BUDGET_BYTES = 512 << 20
+DEFAULT_HOLDING_BYTES = 64 << 20
+HOLDING_S = 10.0
+REMEMBERED = 4096
+
+
+def step_input_region(step: ProgramStep) -> TileRegion:
+    """The rectangle a step's input pieces make up together."""
+    return reduce(TileRegion.hull, (p.region for p in step.inputs))
+
+
+@dataclass(frozen=True)
+class ReadyStep(Generic[C]):
+    request: str
+    index: int
+    step: ProgramStep
+    tile: Rows  # the step's whole input region, assembled
+    context: C  # what the device keeps with the program (its model and shapes)
+
+
+@dataclass
+class _Program(Generic[C]):
+    message: ProgramMessage
+    shapes: Sequence[FeatureShape]
+    context: C
+    expires: float
+    pieces: dict[PieceKey, Rows] = field(default_factory=dict)
+    next: int = 0
+    queued: bool = False
+
+    def wanted(self, key: PieceKey) -> bool:
+        """A step of ours names this piece and it is not here yet."""
+        boundary, region, source = key
+        return key not in self.pieces and any(
+            step.block.start == boundary and any(p.region == region and p.source == source for p in step.inputs)
+            for step in self.message.steps[self.next :]
+        )
+
+    def ready(self) -> bool:
+        if self.next >= len(self.message.steps):
+            return False
+        step = self.message.steps[self.next]
+        return all((step.block.start, p.region, p.source) in self.pieces for p in step.inputs)
+
+
+class FlowStore(Generic[C]):
+    """Programs and rows of the ``flow`` requests on one device; ``C`` is what the device
+    keeps with each program and gets back with each ready step."""
+
+    def __init__(
+        self,
+        device: str,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        holding_bytes: int = DEFAULT_HOLDING_BYTES,
+        holding_s: float = HOLDING_S,
+    ) -> None:
+        self.device = device
+        self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
+        self._programs: dict[str, _Program[C]] = {}
+        self._held: list[tuple[float, str, str, RowsMessage]] = []  # (arrived, request, sender, rows)
+        self._ended: OrderedDict[str, str] = OrderedDict()  # request -> why, most recent last
+        self._lock = threading.Lock()
+        self.counts = {"dropped_ended": 0, "dropped_unknown": 0, "refused": 0, "over_budget": 0}
+
+    # ------------------------------------------------------------ accounting
+    @property
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return self._bytes()
+
+    def _bytes(self) -> int:
+        held = sum(r.rows.nbytes for _, _, _, r in self._held)
+        return held + sum(a.nbytes for p in self._programs.values() for a in p.pieces.values())
+
+    def requests(self) -> list[str]:
+        with self._lock:
+            return sorted(self._programs)
+
+    def _end(self, request: str, why: str) -> None:
+        self._programs.pop(request, None)
+        self._held = [h for h in self._held if h[1] != request]
+        self._ended[request] = why
+        self._ended.move_to_end(request)
+        while len(self._ended) > REMEMBERED:
+            self._ended.popitem(last=False)
+
+    # ------------------------------------------------------------ message loop
+    def install(self, program: ProgramMessage, shapes: Sequence[FeatureShape], context: C, now: float) -> bool:
+        """Accept a validated program; True if its first step is ready (hand it to the worker)."""
+        with self._lock:
+            self._expire(now)
+            request = program.request
+            if request in self._programs or request in self._ended:
+                raise WireError(f"program {request}: this request was already given to {self.device}")
+            entry = _Program(program, shapes, context, now + program.expires_s)
+            if program.image is not None and program.image_region is not None:
+                entry.pieces[(0, program.image_region, program.orchestrator)] = program.image
+            if self._bytes() + sum(a.nbytes for a in entry.pieces.values()) > self.budget_bytes:
+                self.counts["over_budget"] += 1
+                raise WireError(f"program {request}: no room for its rows on {self.device}")
+            self._programs[request] = entry
+            waiting = [h for h in self._held if h[1] == request]
+            self._held = [h for h in self._held if h[1] != request]
+        for _, _, sender, rows in waiting:  # validated against the program like any other rows
+            with contextlib.suppress(WireError):  # counted by _add
+                self._add(rows, sender, now)
+        return self._claim(request)
+
+    def add_rows(self, rows: RowsMessage, sender: str, now: float) -> bool:
+        """Store rows from ``sender`` (the topic's sender id); True if they make the request's
+        next step ready (hand it to the worker). Raises :class:`WireError` on refusal."""
+        self._add(rows, sender, now)
+        return self._claim(rows.request)
+
+    def _add(self, rows: RowsMessage, sender: str, now: float) -> None:
+        with self._lock:
+            self._expire(now)
+            request = rows.request
+            if request in self._ended:
+                self.counts["dropped_ended"] += 1
+                raise WireError(f"rows for request {request}, which is over here ({self._ended[request]})")
+            entry = self._programs.get(request)
+            room = self.budget_bytes - self._bytes()
+            if entry is None:
+                held = sum(h[3].rows.nbytes for h in self._held)
+                if rows.rows.nbytes > min(room, self.holding_bytes - held):
+                    self.counts["dropped_unknown"] += 1
+                    raise WireError(f"rows for unknown request {request}: the holding area is full")
+                self._held.append((now, request, sender, rows))
+                return
+            key = (rows.boundary, rows.region, sender)
+            if not entry.wanted(key):
+                self.counts["refused"] += 1
+                raise WireError(f"request {request}: no step of {self.device} reads {rows.region} from {sender}")
+            expected = (1, entry.shapes[rows.boundary].channels, rows.region.height, rows.region.width)
+            if rows.rows.shape != expected or rows.rows.dtype != np.float32:
+                self.counts["refused"] += 1
+                raise WireError(f"request {request}: rows are {rows.rows.dtype}{list(rows.rows.shape)}, not {expected}")
+            if rows.rows.nbytes > room:
+                self.counts["over_budget"] += 1
+                raise WireError(f"request {request}: no room for {rows.rows.nbytes} bytes of rows")
+            entry.pieces[key] = rows.rows
+
+    def _claim(self, request: str) -> bool:
+        with self._lock:
+            entry = self._programs.get(request)
+            if entry is None or entry.queued or not entry.ready():
+                return False
+            entry.queued = True
+            return True
+
+    def release(self, request: str, why: str) -> bool:
+        """Drop everything of ``request``; True if there was anything."""
+        with self._lock:
+            known = request in self._programs or any(h[1] == request for h in self._held)
+            self._end(request, why)
+            return known
+
+    def expire(self, now: float) -> list[str]:
+        with self._lock:
+            return self._expire(now)
+
+    def _expire(self, now: float) -> list[str]:
+        gone = [r for r, p in self._programs.items() if now > p.expires]
+        for request in gone:
+            self._end(request, "expired")
+        kept = [h for h in self._held if now - h[0] <= self.holding_s]
+        self.counts["dropped_unknown"] += len(self._held) - len(kept)
+        self._held = kept
+        return gone
+
+    # ------------------------------------------------------------ worker
+    def next_step(self, request: str) -> ReadyStep[C] | None:
+        """The request's next step with its input assembled (its pieces leave the store),
+        or None, which also ends the worker's claim on the request."""
+        with self._lock:
+            entry = self._programs.get(request)
+            if entry is None:
+                return None
+            if not entry.ready():
+                entry.queued = False
+                return None
+            index = entry.next
+            step = entry.message.steps[index]
+            region = step_input_region(step)
+            channels = entry.shapes[step.block.start].channels
+            tile = np.empty((1, channels, region.height, region.width), dtype=np.float32)
+            for piece in step.inputs:
+                rows, cols = piece.region.within(region)
+                tile[:, :, rows, cols] = entry.pieces.pop((step.block.start, piece.region, piece.source))
+            entry.next += 1
+            return ReadyStep(request, index, step, tile, entry.context)
+
+    def computed(self, request: str, index: int, output: Rows) -> None:
+        """Keep the rows of a step's output that this device's later steps read; end the
+        request here after its last step."""
+        with self._lock:
+            entry = self._programs.get(request)
+            if entry is None:
+                return
+            steps = entry.message.steps
+            step = steps[index]
+            for later in steps[index + 1 :]:
+                if later.block.start != step.block.stop:
+                    continue
+                for piece in later.inputs:
+                    if piece.source == self.device and step.out_region.contains(piece.region):
+                        rows, cols = piece.region.within(step.out_region)
+                        entry.pieces[(step.block.stop, piece.region, self.device)] = output[:, :, rows, cols].copy()
+            if entry.next >= len(steps):
+                self._end(request, "done")
