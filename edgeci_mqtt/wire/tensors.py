@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.text import brief
 
-__all__ = ["DTYPES", "MAX_ELEMENTS", "decode_array", "encode_array"]
+__all__ = ["DTYPES", "MAX_ELEMENTS", "decode_array", "decode_header", "encode_array", "wire_array"]
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
@@ -29,19 +29,23 @@ _MAX_DIMS = 4
 MAX_ELEMENTS = 512 * 1024 * 1024 // 4
 
 
-def encode_array(array: NDArray[Any]) -> dict[str, Any]:
+def wire_array(array: NDArray[Any]) -> tuple[str, NDArray[Any]]:
+    """``array``'s dtype name and the array as C-ordered little-endian data, or :class:`WireError`."""
     name = str(array.dtype)
     if name not in DTYPES:
         raise WireError(f"dtype {name} cannot travel")
-    array = np.asarray(array, dtype=DTYPES[name], order="C")  # keeps 0-d shapes
+    return name, np.asarray(array, dtype=DTYPES[name], order="C")  # keeps 0-d shapes
+
+
+def encode_array(array: NDArray[Any]) -> dict[str, Any]:
+    name, array = wire_array(array)
     return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
 
 
-def decode_array(value: Any, where: str = "tensor") -> NDArray[Any]:
-    """A writable native-endian array from ``{dtype, shape, data}``, every field checked."""
-    if not isinstance(value, Mapping) or set(value) != {"dtype", "shape", "data"}:
-        raise WireError(f"{where}: expected a map with exactly dtype, shape and data")
-    dtype, shape, data = value["dtype"], value["shape"], value["data"]
+def decode_header(value: Mapping[str, Any], where: str) -> tuple[np.dtype[Any], list[int], int]:
+    """The checked ``dtype`` and ``shape`` of an encoded array and its element count (at most
+    :data:`MAX_ELEMENTS`), so that a receiver knows what it would allocate before it does."""
+    dtype, shape = value["dtype"], value["shape"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WireError(f"{where}: unknown dtype {brief(dtype)}")
     if (
@@ -53,9 +57,17 @@ def decode_array(value: Any, where: str = "tensor") -> NDArray[Any]:
     count = math.prod(shape)  # Python ints: no overflow
     if count > MAX_ELEMENTS:
         raise WireError(f"{where}: {count} elements is more than allowed")
-    need = count * DTYPES[dtype].itemsize
+    return DTYPES[dtype], shape, count
+
+
+def decode_array(value: Any, where: str = "tensor") -> NDArray[Any]:
+    """A writable native-endian array from ``{dtype, shape, data}``, every field checked."""
+    if not isinstance(value, Mapping) or set(value) != {"dtype", "shape", "data"}:
+        raise WireError(f"{where}: expected a map with exactly dtype, shape and data")
+    dtype, shape, count = decode_header(value, where)
+    data, need = value["data"], count * dtype.itemsize
     if not isinstance(data, bytes) or len(data) != need:
         size = len(data) if isinstance(data, bytes) else type(data).__name__
-        raise WireError(f"{where}: shape {shape} of {dtype} needs {need} bytes, got {size}")
-    array = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)
+        raise WireError(f"{where}: shape {shape} of {value['dtype']} needs {need} bytes, got {size}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return array.astype(array.dtype.newbyteorder("="), copy=True)

@@ -27,6 +27,7 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval, intervals_from_rows
+from edgeci_mqtt.wire.compression import PackedArray, decode_packed, encode_packed
 from edgeci_mqtt.wire.tensors import decode_array, encode_array
 from edgeci_mqtt.wire.topics import check_segment
 
@@ -186,6 +187,7 @@ _CODECS: dict[type, tuple[Encoder, Decoder]] = {
     DeviceProfile: (lambda p: p.to_dict(), _profile),
     Link: (lambda link: link.to_dict(), _link),
     np.ndarray: (encode_array, decode_array),
+    PackedArray: (encode_packed, decode_packed),
     Interval: (lambda i: i.to_row(), lambda data, where: intervals_from_rows([data])[0]),
 }
 
