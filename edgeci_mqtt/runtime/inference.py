@@ -8,11 +8,12 @@ messages, checks result tiles and stitches them, and records the traced timeline
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +24,11 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.awas import Bid, auction_items, award
+from edgeci_mqtt.planner.awas import auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.runtime.auction import Auctioneer
 from edgeci_mqtt.runtime.models_held import HeldModel
 from edgeci_mqtt.runtime.progress import (
     Action,
@@ -44,19 +46,14 @@ from edgeci_mqtt.runtime.progress import (
 )
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
-    AUCTION_AWARD,
-    AUCTION_CALL,
     DEVICE_TASKS,
-    AuctionCall,
-    Award,
-    AwardRun,
     BidMessage,
     ResultMessage,
     TaskMessage,
     encode,
 )
 
-__all__ = ["InferenceRun", "Mailboxes", "Timings", "result_problem"]
+__all__ = ["InferenceRun", "Mailboxes", "RunSetup", "Timings", "result_problem"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -84,12 +81,36 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
+Arrival = tuple[float, ResultMessage]
+"""A result and when it arrived (``perf_counter``), for traces."""
+
+
 @dataclass
 class Mailboxes:
-    """Where the orchestrator's dispatcher drops bids and results for the running inference."""
+    """Where the orchestrator's dispatcher drops bids (by round) and results (by request)
+    for the inferences in flight; anything for a request not in flight is dropped."""
 
-    results: queue.Queue[tuple[float, ResultMessage]] = field(default_factory=queue.Queue)  # (arrived, result)
+    results: dict[str, queue.Queue[Arrival]] = field(default_factory=dict)
     bids: dict[str, queue.Queue[BidMessage]] = field(default_factory=dict)
+    dropped: int = 0
+
+    @contextlib.contextmanager
+    def open(self, request: str) -> Iterator[queue.Queue[Arrival]]:
+        """A result box for ``request`` while the block runs."""
+        box: queue.Queue[Arrival] = queue.Queue()
+        self.results[request] = box
+        try:
+            yield box
+        finally:
+            self.results.pop(request, None)
+
+    def deliver(self, result: ResultMessage, arrived: float) -> None:
+        box = self.results.get(result.request)
+        if box is None:
+            self.dropped += 1
+            log.debug("dropped a result of %s, which is not in flight", result.request)
+        else:
+            box.put((arrived, result))
 
 
 def result_problem(result: ResultMessage, task: Task, channels: int) -> str:
@@ -107,38 +128,48 @@ def result_problem(result: ResultMessage, task: Task, channels: int) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run of one request gets from its orchestrator. ``devices()`` gives the live
+    candidate devices; ``prepare(device, block)`` runs before work is sent (weights for
+    fetching devices). With ``trace`` the run records what every resource did, in seconds
+    from ``origin`` (a ``perf_counter`` value: when the request arrived)."""
+
+    orchestrator: str
+    request: str
+    held: HeldModel
+    plan: Plan
+    shapes: list[FeatureShape]
+    devices: Callable[[], list[DeviceView]]
+    publish: Callable[[str, bytes], None]
+    prepare: Callable[[str, FusedBlock], None]
+    mail: Mailboxes
+    auction_s: float
+    origin: float
+    trace: bool = False
+    min_allowance_s: float = MIN_TASK_DEADLINE_S
+
+
 class InferenceRun:
     """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices;
     ``prepare(device, block)`` runs before a task is sent (weights for fetching devices).
     With ``trace``, ``timeline`` collects what every resource did, in seconds from
     ``origin`` (a ``perf_counter`` value: when the request arrived)."""
 
-    def __init__(
-        self,
-        *,
-        orchestrator: str,
-        request: str,
-        held: HeldModel,
-        plan: Plan,
-        shapes: list[FeatureShape],
-        devices: Callable[[], list[DeviceView]],
-        publish: Callable[[str, bytes], None],
-        prepare: Callable[[str, FusedBlock], None],
-        mail: Mailboxes,
-        auction_s: float,
-        auctioned: bool,
-        origin: float,
-        trace: bool = False,
-        min_allowance_s: float = MIN_TASK_DEADLINE_S,
-    ) -> None:
-        self.orchestrator, self.request, self.held, self.plan, self.shapes = orchestrator, request, held, plan, shapes
-        self.devices, self.publish, self.prepare, self.mail = devices, publish, prepare, mail
-        self.auction_window_s, self.auctioned, self.min_allowance_s = auction_s, auctioned, min_allowance_s
+    def __init__(self, setup: RunSetup, auctioned: bool) -> None:
+        self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
+        self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
+        self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
+        self.auctioned = auctioned
+        input_hw = (self.shapes[0].height, self.shapes[0].width)
+        self.auctioneer = Auctioneer(
+            self.orchestrator, self.held.chain.model_name, input_hw, self.publish, self.mail.bids, setup.auction_s
+        )
         self.timings = Timings()
         self.failed: set[str] = set()
         self.used: set[str] = set()
-        self.origin = origin
-        self.timeline: list[Interval] | None = [] if trace else None
+        self.origin = setup.origin
+        self.timeline: list[Interval] | None = [] if setup.trace else None
         self._wall_offset = time.time() - time.perf_counter()
         self._sent: dict[str, tuple[float, FusedBlock]] = {}  # task id -> (sent at, block), for the timeline
 
@@ -216,11 +247,22 @@ class InferenceRun:
             failed=self.failed,
         )
         started = time.perf_counter()
-        block_compute = 0.0
-        self._perform(progress, block, x, out, progress.handle(Start(started, self._online())))
+        with self.mail.open(self.request) as box:
+            self._perform(progress, block, x, out, progress.handle(Start(started, self._online())))
+            self.timings.compute_s += self._follow(progress, block, x, out, box)
+        self.timings.recovered_tasks += progress.recovered
+        self.timings.wait_s += time.perf_counter() - started
+        return out
+
+    def _follow(
+        self, progress: BlockProgress, block: FusedBlock, x: Tensor, out: Tensor, box: queue.Queue[Arrival]
+    ) -> float:
+        """Results and ticks into the block's progress until every tile is stitched; the
+        longest compute time a stitched result reported."""
+        out_shape, block_compute = self.shapes[block.stop], 0.0
         while not progress.done:
             try:
-                arrived, result = self.mail.results.get(timeout=POLL_S)
+                arrived, result = box.get(timeout=POLL_S)
             except queue.Empty:
                 result = None
             if result is not None and result.request == self.request:
@@ -231,10 +273,7 @@ class InferenceRun:
                     block_compute = max(block_compute, result.timings.compute_s)
                 self._perform(progress, block, x, out, actions, result, arrived)
             self._perform(progress, block, x, out, progress.handle(Tick(time.perf_counter(), self._online())))
-        self.timings.recovered_tasks += progress.recovered
-        self.timings.wait_s += time.perf_counter() - started
-        self.timings.compute_s += block_compute
-        return out
+        return block_compute
 
     def _allowance(self, block: FusedBlock) -> Callable[[Task, str], float]:
         """How long a device may take for a task: a multiple of its own predicted time."""
@@ -285,81 +324,34 @@ class InferenceRun:
 
     # ------------------------------------------------------------ auction
     def _auctions(self, lots: list[tuple[FusedBlock, list[Span], Span]]) -> list[list[Task]]:
-        """Real auction rounds, one per lot (a block's rows and columns), held at once.
-
-        Every call goes out to every candidate first. Each round then waits, until
-        the window closes, for the bids of the devices the plan expects to win work
-        (all candidates if it expects none of them); bids that others have sent by
-        then count as well. Waiting for a device the plan leaves idle would cost
-        every inference its slowest bidder's reply time (on hetero8, a 2 % CPU device
-        answers 100+ ms after the rest) for a bid that almost never wins.
-        """
+        """Real auction rounds, one per lot (a block's rows and columns), held at once
+        (see :meth:`Auctioneer.rounds`), each awarded from its bids (no bid, no work)."""
         if not lots:
             return []
         started = time.perf_counter()
         candidates = set(self._online()) - self.failed
-        if not candidates:
-            raise PlanningError("no capable device remains for this inference")
         awaited = (set(self.plan.devices) & candidates) or candidates
-        rounds: list[tuple[str, queue.Queue[BidMessage]]] = []
-        bids: list[dict[str, Bid]] = [{} for _ in lots]
-        deadline = started + self.auction_window_s
-        try:
-            for block, items, _ in lots:  # registered one by one: a failed publish leaks no mailbox
-                rounds.append(self._call(block, items))
-            for (_, box), (_, items, _), received in zip(rounds, lots, bids, strict=True):
-                while awaited - received.keys() and (remaining := deadline - time.perf_counter()) > 0:
-                    try:
-                        message = box.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                    _take_bid(message, len(items), candidates, received)
-                for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
-                    _take_bid(box.get_nowait(), len(items), candidates, received)
-        finally:
-            for round_id, _ in rounds:
-                self.mail.bids.pop(round_id, None)
-        awarded = [
-            self._award(round_id, block, items, cols, received)
-            for (round_id, _), (block, items, cols), received in zip(rounds, lots, bids, strict=True)
-        ]
+        rounds = self.auctioneer.rounds([(block, items) for block, items, _ in lots], candidates, awaited)
+        awarded = []
+        for held_round, (block, items, cols) in zip(rounds, lots, strict=True):
+            won = award(list(held_round.bids.values()), len(items))
+            self.auctioneer.announce(held_round.id, won)
+            awarded.append(
+                [
+                    make_task(
+                        self.held.chain.stages,
+                        self.shapes,
+                        block,
+                        TileRegion(Span(items[s.start].start, items[s.stop - 1].stop), cols),
+                        d,
+                    )
+                    for d, s in won.runs
+                ]
+            )
         self.timings.auction_s += time.perf_counter() - started
-        answered = min(len(b) for b in bids)
+        answered = min(len(r.bids) for r in rounds)
         self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds, >= {answered} bids")
         return awarded
-
-    def _call(self, block: FusedBlock, items: list[Span]) -> tuple[str, queue.Queue[BidMessage]]:
-        round_id = uuid.uuid4().hex[:12]
-        box: queue.Queue[BidMessage] = queue.Queue()
-        self.mail.bids[round_id] = box
-        call = AuctionCall(
-            round_id,
-            self.orchestrator,
-            self.held.chain.model_name,
-            (self.shapes[0].height, self.shapes[0].width),
-            block,
-            tuple(items),
-            self.auction_window_s * 1e3,
-        )
-        self.publish(AUCTION_CALL.build(round=round_id), encode(call))
-        return round_id, box
-
-    def _award(
-        self, round_id: str, block: FusedBlock, items: list[Span], cols: Span, bids: dict[str, Bid]
-    ) -> list[Task]:
-        won = award(list(bids.values()), len(items))  # no bid, no work
-        runs = tuple(AwardRun(d, s) for d, s in won.runs)
-        self.publish(AUCTION_AWARD.build(round=round_id), encode(Award(round_id, runs)))
-        return [
-            make_task(
-                self.held.chain.stages,
-                self.shapes,
-                block,
-                TileRegion(Span(items[s.start].start, items[s.stop - 1].stop), cols),
-                d,
-            )
-            for d, s in won.runs
-        ]
 
     # ------------------------------------------------------------ tasks
     def _input(self, task: Task, x: Tensor) -> Tensor:
@@ -430,18 +422,3 @@ class InferenceRun:
         self.mark(result.device, "receive", sent, received, "", block, region)
         self.mark(result.device, "compute", begun, computed, "", block, region)
         self.mark(result.device, "send", computed, arrived, "", block, region)
-
-
-def _take_bid(message: BidMessage, count: int, candidates: set[str], into: dict[str, Bid]) -> None:
-    """Count a bid (its prices are finite and in range: the wire checked) if it prices every item."""
-    if len(message.alone_s) != count or len(message.extend_s) != count:
-        log.warning(
-            "bid from %s has %d/%d prices for %d items: ignored",
-            message.device,
-            len(message.alone_s),
-            len(message.extend_s),
-            count,
-        )
-        return
-    if message.device in candidates:
-        into[message.device] = Bid(message.device, message.queue_s, message.alone_s, message.extend_s)

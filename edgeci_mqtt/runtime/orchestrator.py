@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
-from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes
+from edgeci_mqtt.runtime.flow_run import FlowRun
+from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -57,6 +59,9 @@ from edgeci_mqtt.wire import (
 __all__ = ["DeviceTable", "Orchestrator"]
 
 log = logging.getLogger("edgeci.orchestrator")
+
+IN_FLIGHT = 4
+"""Requests an orchestrator serves at once by default."""
 
 
 class DeviceTable:
@@ -145,9 +150,11 @@ class Orchestrator:
         broker_link: Link | None = None,
         auction_s: float = 0.5,
         min_allowance_s: float = MIN_TASK_DEADLINE_S,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         """``min_allowance_s``: the least time a device gets for a task before it is given up
-        (it gets ``5 x`` its own predicted time when that is longer)."""
+        (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
+        served at once (each by a worker thread)."""
         if strategy not in STRATEGIES:
             raise EdgeCIError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         self.results_topic = RESULTS.build(orchestrator=orchestrator_id)
@@ -157,6 +164,8 @@ class Orchestrator:
         self.table = DeviceTable()
         self.mail = Mailboxes()
         self.requests: queue.Queue[_Request | None] = queue.Queue()
+        self.in_flight = max(1, in_flight)
+        self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=1 << 30)
         self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
@@ -167,8 +176,12 @@ class Orchestrator:
         for topic in (DEVICE_STATE.filter, self.results_topic, AUCTION_BIDS.filter, SHARED_REQUESTS):
             bus.subscribe(topic)
         bus.start()
-        worker = threading.Thread(target=self._serve, name=f"{self.id}-worker", daemon=True)
-        worker.start()
+        workers = [
+            threading.Thread(target=self._serve, name=f"{self.id}-worker-{i}", daemon=True)
+            for i in range(self.in_flight)
+        ]
+        for worker in workers:
+            worker.start()
         log.info(
             "orchestrator %s ready, serving %s (default strategy %s)",
             self.id,
@@ -178,8 +191,10 @@ class Orchestrator:
         for event in events_until(bus, stop):
             if isinstance(event, Inbound):
                 self._dispatch(event)
-        self.requests.put(None)
-        worker.join(timeout=5)
+        for _ in workers:
+            self.requests.put(None)
+        for worker in workers:
+            worker.join(timeout=5)
         bus.stop()
 
     # ------------------------------------------------------------ dispatcher
@@ -203,7 +218,7 @@ class Orchestrator:
                 if box is not None:
                     box.put(message)
             elif isinstance(message, ResultMessage) and event.topic == self.results_topic:
-                self.mail.results.put((time.perf_counter(), message))  # arrival, for traces
+                self.mail.deliver(message, time.perf_counter())  # arrival, for traces
             elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
                 if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:
                     raise WireError(f"request {message.request} has no client response topic")
@@ -234,15 +249,17 @@ class Orchestrator:
         """The cached plan, re-planned whenever the device table changed."""
         held = self.models.get(model)
         key = (model, height, width, strategy)
-        cached = self._plans.get(key)
-        if cached is not None and cached[0] == self.table.generation:
-            return cached[1]
-        env = Environment(tuple(devices), self.profile, self.broker_link)
-        ctx = context_for(held.chain.spec(height, width), env, rows=self._rows.get((model, height, width)))
-        self._rows[(model, height, width)] = ctx.rows
-        plan = make_plan(strategy, ctx)
-        self._plans[key] = (self.table.generation, plan)
-        return plan
+        with self._lock:
+            generation = self.table.generation
+            cached = self._plans.get(key)
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+            env = Environment(tuple(devices), self.profile, self.broker_link)
+            ctx = context_for(held.chain.spec(height, width), env, rows=self._rows.get((model, height, width)))
+            self._rows[(model, height, width)] = ctx.rows
+            plan = make_plan(strategy, ctx)
+            self._plans[key] = (generation, plan)
+            return plan
 
     def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
         """Before a fetching device's task: the weights of the block's stages it lacks,
@@ -251,17 +268,18 @@ class Orchestrator:
             return
         held = self.models.get(model)
         key = (device, held.digest)
-        births, sent = self._weights_sent.get(key, (-1, set()))
-        if births != self.table.births:  # a (re)birth: trust only what it has on disk
-            sent = self.table.cached(device, held.digest)
-        for stage in held.weighted_stages(block):
-            if stage not in sent:
-                state = stage_state(held.chain.model, stage)
-                self.bus.publish(
-                    DEVICE_TASKS.build(device=device), encode(weights_message(model, held.digest, stage, state))
-                )
-                sent.add(stage)
-        self._weights_sent[key] = (self.table.births, sent)
+        with self._lock:  # one worker sends a stage; the others' tasks queue behind it on the topic
+            births, sent = self._weights_sent.get(key, (-1, set()))
+            if births != self.table.births:  # a (re)birth: trust only what it has on disk
+                sent = self.table.cached(device, held.digest)
+            for stage in held.weighted_stages(block):
+                if stage not in sent:
+                    state = stage_state(held.chain.model, stage)
+                    self.bus.publish(
+                        DEVICE_TASKS.build(device=device), encode(weights_message(model, held.digest, stage, state))
+                    )
+                    sent.add(stage)
+            self._weights_sent[key] = (self.table.births, sent)
 
     def _infer(self, request: _Request) -> InferResponse:
         message = request.message
@@ -281,11 +299,9 @@ class Orchestrator:
         started = time.perf_counter()
         plan = self._plan(message.model, shapes[0].height, shapes[0].width, strategy, devices)
         planned = time.perf_counter()
-        while not self.mail.results.empty():  # stale results of an earlier request
-            self.mail.results.get_nowait()
-        run = InferenceRun(
+        setup = RunSetup(
             orchestrator=self.id,
-            request=message.request,
+            request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
             held=held,
             plan=plan,
             shapes=shapes,
@@ -294,11 +310,15 @@ class Orchestrator:
             prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
             auction_s=self.auction_s,
-            auctioned=plan.auctioned,
             origin=request.received,
             trace=message.trace,
             min_allowance_s=self.min_allowance_s,
         )
+        run: InferenceRun | FlowRun
+        if strategy == "flow":
+            run = FlowRun(setup, self.profile, self.broker_link)
+        else:
+            run = InferenceRun(setup, plan.auctioned)
         run.mark(ORCHESTRATOR, "plan", started, planned, strategy)
         logits = run.run(image)
         run.timings.plan_s = planned - started

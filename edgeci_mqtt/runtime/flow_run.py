@@ -1,0 +1,264 @@
+"""One ``flow`` inference: auction, one program per device, collect the last block, tail.
+
+The orchestrator holds every block's round at once (bids priced with the output kept
+on the device), awards the blocks in order with what each device holds after the block
+before (:func:`edgeci_mqtt.planner.flow.flow_blocks`), and sends each device its
+program with its image rows. From then on rows move between the devices; the
+orchestrator only waits for the last block's tiles, stitches them and runs the tail.
+
+Faults (:class:`FlowAttempt`, pure): a device that goes offline, reports an error or
+refuses its program, or (with every device that still owes a tile) stays silent past the
+attempt's deadline, fails the attempt. Its devices are told to drop the attempt's rows,
+and the request is re-planned without the failed devices and restarted from the image,
+under a new attempt id so that no stale row can mix in; after :data:`MAX_ATTEMPTS` the
+request fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import InferenceError, PlanningError
+from edgeci_mqtt.planner.awas import auction_items
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.flow import flow_blocks
+from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.runtime.auction import Auctioneer
+from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, RunSetup, Timings
+from edgeci_mqtt.runtime.programs import device_programs
+from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
+from edgeci_mqtt.wire import DEVICE_TASKS, ProgramMessage, ProgramStep, ReleaseMessage, ResultMessage, encode
+
+__all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun"]
+
+log = logging.getLogger("edgeci.orchestrator")
+
+MAX_ATTEMPTS = 3
+PROGRAM_TTL_S = 120.0
+"""A device drops an attempt's rows this long after its program arrived, released or not."""
+
+
+@dataclass
+class FlowAttempt:
+    """What one attempt still waits for, as a pure state machine.
+
+    ``owed`` maps each last-block tile (device, region) to nothing yet; results fill
+    ``tiles``. :meth:`result` and :meth:`tick` return the devices to give up on (empty:
+    carry on); a non-empty answer ends the attempt.
+    """
+
+    devices: frozenset[str]
+    owed: set[tuple[str, TileRegion]]
+    deadline: float
+    channels: int
+    tiles: dict[tuple[str, TileRegion], ResultMessage] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return not self.owed
+
+    def result(self, result: ResultMessage) -> tuple[set[str], str]:
+        """Take a result: a tile owed (kept), an error (its device failed), or anything else (ignored)."""
+        if result.device not in self.devices:
+            return set(), ""
+        if result.error:
+            return {result.device}, f"{result.device}: {result.error[:300]}"
+        key = (result.device, result.out_region)
+        region = result.out_region
+        expected = (1, self.channels, region.height, region.width)
+        if key not in self.owed:
+            return set(), ""
+        output = result.output
+        if output is None or output.shape != expected or output.dtype.name != "float32":
+            got = "nothing" if output is None else f"{output.dtype}{list(output.shape)}"
+            return {result.device}, f"{result.device} sent a {got} tile for {region}, expected float32{list(expected)}"
+        self.owed.discard(key)
+        self.tiles[key] = result
+        return set(), ""
+
+    def tick(self, now: float, online: set[str]) -> tuple[set[str], str]:
+        gone = set(self.devices) - online
+        if gone:
+            return gone, f"{', '.join(sorted(gone))} went offline"
+        if now > self.deadline and self.owed:
+            silent = {d for d, _ in self.owed}
+            return silent, f"{', '.join(sorted(silent))} still owed tiles at the deadline"
+        return set(), ""
+
+
+class FlowRun:
+    """Runs ``plan`` (a ``flow`` plan: its blocks and who it expects to work) for one request."""
+
+    def __init__(self, setup: RunSetup, profile: DeviceProfile, broker_link: Link) -> None:
+        """``profile`` and ``broker_link``: the orchestrator's own, for the awards' environment."""
+        self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
+        self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
+        self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
+        self.profile, self.broker_link = profile, broker_link
+        self.input_hw = (self.shapes[0].height, self.shapes[0].width)
+        self.auctioneer = Auctioneer(
+            self.orchestrator, self.held.chain.model_name, self.input_hw, self.publish, self.mail.bids, setup.auction_s
+        )
+        self.timings = Timings()
+        self.failed: set[str] = set()
+        self.used: set[str] = set()
+        self.origin = setup.origin
+        self.timeline: list[Interval] | None = [] if setup.trace else None
+
+    def mark(self, resource: str, kind: str, start: float, end: float, note: str = "") -> None:
+        if self.timeline is not None:
+            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, note=note))
+
+    # ------------------------------------------------------------ public
+    def run(self, x: Tensor) -> Tensor:
+        reasons = []
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            run_id = f"{self.request}.{attempt}"
+            try:
+                features = self._attempt(run_id, x)
+            except _AttemptFailed as failure:
+                self.failed |= failure.devices
+                self.timings.recovered_tasks += 1
+                reasons.append(failure.why)
+                log.warning(
+                    "%s: attempt %d failed (%s); re-planning without %s",
+                    self.request,
+                    attempt,
+                    failure.why,
+                    ", ".join(sorted(failure.devices)),
+                )
+                continue
+            started = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.held.chain.tail(features)
+            self.timings.tail_s = time.perf_counter() - started
+            self.mark(ORCHESTRATOR, "tail", started, started + self.timings.tail_s)
+            return logits
+        raise InferenceError(f"flow gave up after {MAX_ATTEMPTS} attempts: {'; '.join(reasons)}")
+
+    # ------------------------------------------------------------ one attempt
+    def _attempt(self, run_id: str, x: Tensor) -> Tensor:
+        views = [v for v in self.devices() if v.name not in self.failed]
+        if not views:
+            raise InferenceError("no capable device remains for this inference")
+        plan = self._award(views)
+        programs = device_programs(plan, self.orchestrator)
+        last = plan.blocks[-1]
+        out_shape = self.shapes[last.block.stop]
+        allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * self.plan.predicted_s))
+        with self.mail.open(run_id) as box:
+            started = time.perf_counter()
+            state = FlowAttempt(
+                frozenset(programs),
+                {(t.device, t.out_region) for t in last.tasks},
+                started + allowance,
+                out_shape.channels,
+            )
+            try:
+                for device, steps in programs.items():
+                    self._send_program(run_id, device, steps, x)
+                self.timings.scatter_s += time.perf_counter() - started
+                self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
+                self._wait(state, box)
+            except BaseException:
+                self._release(run_id, programs, "attempt failed")
+                raise
+        self.timings.wait_s += time.perf_counter() - started
+        merged = time.perf_counter()
+        out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
+        for (_, region), result in state.tiles.items():
+            assert result.output is not None  # FlowAttempt checked it
+            out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = torch.from_numpy(
+                result.output
+            )
+        self.timings.merge_s += time.perf_counter() - merged
+        self.mark(ORCHESTRATOR, "merge", merged, time.perf_counter(), f"{len(state.tiles)} tiles")
+        return out
+
+    def _award(self, views: list[DeviceView]) -> Plan:
+        """Every block's round at once, then the flow awards in block order."""
+        started = time.perf_counter()
+        lots = [(b.block, list(auction_items(self.shapes[b.block.stop]))) for b in self.plan.blocks]
+        candidates = {v.name for v in views}
+        awaited = (set(self.plan.devices) & candidates) or candidates
+        rounds = self.auctioneer.rounds(lots, candidates, awaited, flow=True)
+        env = Environment(tuple(views), self.profile, self.broker_link)
+        chain = self.held.chain.spec(*self.input_hw)
+        rows = self.held.row_model(*self.input_hw)
+        try:
+            blocks, awards = flow_blocks(
+                chain,
+                rows,
+                env,
+                [(block, items, list(r.bids.values())) for (block, items), r in zip(lots, rounds, strict=True)],
+            )
+        except PlanningError as exc:
+            raise InferenceError(f"flow cannot be awarded: {exc}") from exc
+        for held_round, won in zip(rounds, awards, strict=True):
+            self.auctioneer.announce(held_round.id, won)
+        self.timings.auction_s += time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
+        plan = Plan("flow", chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, self.plan.predicted_s, True)
+        self.used |= set(plan.devices)
+        return plan
+
+    def _send_program(self, run_id: str, device: str, steps: tuple[ProgramStep, ...], x: Tensor) -> None:
+        image_region = next((p.region for s in steps for p in s.inputs if p.source == self.orchestrator), None)
+        image = None
+        if image_region is not None:
+            rows, cols = image_region.within(TileRegion.whole(x.shape[2], x.shape[3]))
+            image = x[:, :, rows, cols].contiguous().numpy()
+        for step in steps:
+            self.prepare(device, step.block)
+        message = ProgramMessage(
+            run_id,
+            self.orchestrator,
+            self.held.chain.model_name,
+            self.held.digest,
+            self.input_hw,
+            steps,
+            PROGRAM_TTL_S,
+            image_region,
+            image,
+        )
+        self.publish(DEVICE_TASKS.build(device=device), encode(message))
+
+    def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival]) -> None:
+        while not state.done:
+            lost, why = state.tick(time.perf_counter(), {v.name for v in self.devices()})
+            if not lost:
+                try:
+                    _, result = box.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                lost, why = state.result(result)
+                if not lost and result.timings is not None:
+                    self.timings.compute_s = max(self.timings.compute_s, result.timings.compute_s)
+            if lost:
+                raise _AttemptFailed(lost, why)
+
+    def _release(self, run_id: str, programs: dict[str, tuple[ProgramStep, ...]], reason: str) -> None:
+        """Tell every device of the attempt to drop its rows (a device that is gone drops them
+        when they expire)."""
+        for device in programs:
+            try:
+                self.publish(
+                    DEVICE_TASKS.build(device=device), encode(ReleaseMessage(run_id, self.orchestrator, reason))
+                )
+            except Exception as exc:  # the broker may be gone too; expiry covers it
+                log.warning("%s: cannot release %s on %s: %s", self.request, run_id, device, exc)
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, devices: set[str], why: str) -> None:
+        super().__init__(why)
+        self.devices, self.why = devices, why
