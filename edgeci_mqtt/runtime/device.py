@@ -46,6 +46,7 @@ from edgeci_mqtt.wire import (
     AuctionCall,
     BidMessage,
     DeviceState,
+    PackedArray,
     ProgramMessage,
     Reassembler,
     ReleaseMessage,
@@ -54,6 +55,7 @@ from edgeci_mqtt.wire import (
     TaskMessage,
     TaskTimings,
     WeightsMessage,
+    choose_codec,
     encode,
 )
 
@@ -151,10 +153,12 @@ class DeviceAgent:
         profile: DeviceProfile,
         threads: int = 1,
         cache: WeightCache | None = None,
+        compress: bool = True,
     ) -> None:
+        """``compress``: send ``flow`` rows compressed when that pays (off: always raw)."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models, self.profile = device_id, bus, models, profile
-        self.threads, self.cache = threads, cache
+        self.threads, self.cache, self.compress = threads, cache, compress
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
         self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
@@ -446,27 +450,20 @@ class DeviceAgent:
         try:
             self._check_installed(program.held, step.block, message.digest)
             output = run_step(ready)
-            computed = time.perf_counter()
             for send in step.sends:
                 rows, cols = send.region.within(step.out_region)
                 part = np.ascontiguousarray(output[:, :, rows, cols])
-                if send.to == message.orchestrator:
-                    wall = time.time() - time.perf_counter()
-                    timings = TaskTimings(
-                        0.0,
-                        computed - started,
-                        time.perf_counter() - computed,
-                        wall + started,
-                        wall + started,
-                        wall + computed,
-                    )
-                    result = ResultMessage(
-                        message.request, str(ready.index), self.device_id, send.region, part, timings
-                    )
-                    self.bus.publish(results, encode(result))
+                codec = (
+                    choose_codec(part, self.link.bytes_per_s, self.profile.rates["relu"]) if self.compress else "raw"
+                )
+                packed = RowsMessage(
+                    message.request, self.device_id, step.block.stop, send.region, PackedArray(part, codec)
+                )
+                if send.to == message.orchestrator:  # the last block's tile, for the tail
+                    topic = results
                 else:
-                    rows_message = RowsMessage(message.request, self.device_id, step.block.stop, send.region, part)
-                    self.bus.publish(DEVICE_ROWS.build(device=send.to, sender=self.device_id), encode(rows_message))
+                    topic = DEVICE_ROWS.build(device=send.to, sender=self.device_id)
+                self.bus.publish(topic, encode(packed))
             self.flow.computed(message.request, ready.index, output)
         except Exception as exc:  # a bad step must not kill the worker
             log.exception("%s: step %d of %s failed", self.device_id, ready.index, message.request)

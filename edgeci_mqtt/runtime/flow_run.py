@@ -21,7 +21,9 @@ import queue
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from edgeci_mqtt.core.geometry import TileRegion
@@ -35,8 +37,17 @@ from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.auction import Auctioneer
 from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, RunSetup, Timings
 from edgeci_mqtt.runtime.programs import device_programs
+from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
-from edgeci_mqtt.wire import DEVICE_TASKS, ProgramMessage, ProgramStep, ReleaseMessage, ResultMessage, encode
+from edgeci_mqtt.wire import (
+    DEVICE_TASKS,
+    ProgramMessage,
+    ProgramStep,
+    ReleaseMessage,
+    ResultMessage,
+    RowsMessage,
+    encode,
+)
 
 __all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun"]
 
@@ -51,38 +62,37 @@ PROGRAM_TTL_S = 120.0
 class FlowAttempt:
     """What one attempt still waits for, as a pure state machine.
 
-    ``owed`` maps each last-block tile (device, region) to nothing yet; results fill
-    ``tiles``. :meth:`result` and :meth:`tick` return the devices to give up on (empty:
-    carry on); a non-empty answer ends the attempt.
+    ``owed`` holds each last-block tile (device, region) not here yet; arrived tiles are
+    in ``tiles``. :meth:`result` and :meth:`tick` return the devices to give up on and why
+    (empty: carry on); a non-empty answer ends the attempt.
     """
 
     devices: frozenset[str]
     owed: set[tuple[str, TileRegion]]
     deadline: float
     channels: int
-    tiles: dict[tuple[str, TileRegion], ResultMessage] = field(default_factory=dict)
+    tiles: dict[tuple[str, TileRegion], NDArray[np.float32]] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
         return not self.owed
 
-    def result(self, result: ResultMessage) -> tuple[set[str], str]:
-        """Take a result: a tile owed (kept), an error (its device failed), or anything else (ignored)."""
-        if result.device not in self.devices:
+    def result(self, result: ResultMessage | RowsMessage) -> tuple[set[str], str]:
+        """Take a message: a tile owed (kept), an error (its device failed), or anything else (ignored)."""
+        if isinstance(result, ResultMessage):
+            if result.device in self.devices and result.error:
+                return {result.device}, f"{result.device}: {brief(result.error, 300)}"
             return set(), ""
-        if result.error:
-            return {result.device}, f"{result.device}: {result.error[:300]}"
-        key = (result.device, result.out_region)
-        region = result.out_region
-        expected = (1, self.channels, region.height, region.width)
+        key = (result.sender, result.region)
         if key not in self.owed:
             return set(), ""
-        output = result.output
-        if output is None or output.shape != expected or output.dtype.name != "float32":
-            got = "nothing" if output is None else f"{output.dtype}{list(output.shape)}"
-            return {result.device}, f"{result.device} sent a {got} tile for {region}, expected float32{list(expected)}"
+        region, output = result.region, result.rows.array
+        expected = (1, self.channels, region.height, region.width)
+        if output.shape != expected or output.dtype != np.float32:
+            got = f"{output.dtype}{list(output.shape)}"
+            return {result.sender}, f"{result.sender} sent a {got} tile for {region}, expected float32{list(expected)}"
         self.owed.discard(key)
-        self.tiles[key] = result
+        self.tiles[key] = output
         return set(), ""
 
     def tick(self, now: float, online: set[str]) -> tuple[set[str], str]:
@@ -175,10 +185,9 @@ class FlowRun:
         self.timings.wait_s += time.perf_counter() - started
         merged = time.perf_counter()
         out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
-        for (_, region), result in state.tiles.items():
-            assert result.output is not None  # FlowAttempt checked it
+        for (_, region), tile in state.tiles.items():
             out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = torch.from_numpy(
-                result.output
+                tile
             )
         self.timings.merge_s += time.perf_counter() - merged
         self.mark(ORCHESTRATOR, "merge", merged, time.perf_counter(), f"{len(state.tiles)} tiles")
@@ -241,8 +250,6 @@ class FlowRun:
                 except queue.Empty:
                     continue
                 lost, why = state.result(result)
-                if not lost and result.timings is not None:
-                    self.timings.compute_s = max(self.timings.compute_s, result.timings.compute_s)
             if lost:
                 raise _AttemptFailed(lost, why)
 

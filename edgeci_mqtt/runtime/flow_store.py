@@ -108,7 +108,7 @@ class FlowStore(Generic[C]):
             return self._bytes()
 
     def _bytes(self) -> int:
-        held = sum(r.rows.nbytes for _, _, _, r in self._held)
+        held = sum(r.rows.array.nbytes for _, _, _, r in self._held)
         return held + sum(a.nbytes for p in self._programs.values() for a in p.pieces.values())
 
     def requests(self) -> list[str]:
@@ -161,8 +161,8 @@ class FlowStore(Generic[C]):
             entry = self._programs.get(request)
             room = self.budget_bytes - self._bytes()
             if entry is None:
-                held = sum(h[3].rows.nbytes for h in self._held)
-                if rows.rows.nbytes > min(room, self.holding_bytes - held):
+                held = sum(h[3].rows.array.nbytes for h in self._held)
+                if rows.rows.array.nbytes > min(room, self.holding_bytes - held):
                     self.counts["dropped_unknown"] += 1
                     raise WireError(f"rows for unknown request {request}: the holding area is full")
                 self._held.append((now, request, sender, rows))
@@ -171,14 +171,15 @@ class FlowStore(Generic[C]):
             if not entry.wanted(key):
                 self.counts["refused"] += 1
                 raise WireError(f"request {request}: no step of {self.device} reads {rows.region} from {sender}")
+            array = rows.rows.array
             expected = (1, entry.shapes[rows.boundary].channels, rows.region.height, rows.region.width)
-            if rows.rows.shape != expected or rows.rows.dtype != np.float32:
+            if array.shape != expected or array.dtype != np.float32:
                 self.counts["refused"] += 1
-                raise WireError(f"request {request}: rows are {rows.rows.dtype}{list(rows.rows.shape)}, not {expected}")
-            if rows.rows.nbytes > room:
+                raise WireError(f"request {request}: rows are {array.dtype}{list(array.shape)}, not {expected}")
+            if array.nbytes > room:
                 self.counts["over_budget"] += 1
-                raise WireError(f"request {request}: no room for {rows.rows.nbytes} bytes of rows")
-            entry.pieces[key] = rows.rows
+                raise WireError(f"request {request}: no room for {array.nbytes} bytes of rows")
+            entry.pieces[key] = array
 
     def _claim(self, request: str) -> bool:
         with self._lock:

@@ -49,6 +49,7 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     BidMessage,
     ResultMessage,
+    RowsMessage,
     TaskMessage,
     encode,
 )
@@ -81,7 +82,7 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-Arrival = tuple[float, ResultMessage]
+Arrival = tuple[float, ResultMessage | RowsMessage]
 """A result and when it arrived (``perf_counter``), for traces."""
 
 
@@ -104,7 +105,7 @@ class Mailboxes:
         finally:
             self.results.pop(request, None)
 
-    def deliver(self, result: ResultMessage, arrived: float) -> None:
+    def deliver(self, result: ResultMessage | RowsMessage, arrived: float) -> None:
         box = self.results.get(result.request)
         if box is None:
             self.dropped += 1
@@ -265,7 +266,7 @@ class InferenceRun:
                 arrived, result = box.get(timeout=POLL_S)
             except queue.Empty:
                 result = None
-            if result is not None and result.request == self.request:
+            if isinstance(result, ResultMessage) and result.request == self.request:
                 expected = progress.expected(result.task)
                 problem = "" if expected is None else result_problem(result, expected[0], out_shape.channels)
                 actions = progress.handle(ResultArrived(result.task, result.device, problem, arrived))

@@ -52,6 +52,7 @@ from edgeci_mqtt.wire import (
     Message,
     Reassembler,
     ResultMessage,
+    RowsMessage,
     decode,
     encode,
 )
@@ -217,7 +218,7 @@ class Orchestrator:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage) and event.topic == self.results_topic:
+            elif isinstance(message, ResultMessage | RowsMessage) and event.topic == self.results_topic:
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
             elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
                 if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:

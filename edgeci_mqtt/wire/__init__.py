@@ -3,6 +3,7 @@
 - :mod:`~edgeci_mqtt.wire.topics`: the topic tree, built and parsed from one set of
   declarations, which also generate the broker's ACL;
 - :mod:`~edgeci_mqtt.wire.tensors`: tensors as ``{dtype, shape, data}`` (NumPy, no torch);
+- :mod:`~edgeci_mqtt.wire.compression`: feature maps as a zero bitmap and packed values, when it pays;
 - :mod:`~edgeci_mqtt.wire.values` and :mod:`~edgeci_mqtt.wire.messages`: typed messages,
   validated once in :func:`decode`;
 - :mod:`~edgeci_mqtt.wire.framing`: payloads over one frame travel as chunks.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from edgeci_mqtt.wire.compression import CODECS, PackedArray, choose_codec
 from edgeci_mqtt.wire.framing import BROKER_MAX_PACKET_BYTES, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Reassembler, frames
 from edgeci_mqtt.wire.messages import (
     CONTENT_TYPE,
@@ -61,6 +63,7 @@ __all__ = [
     "AUCTION_CALL",
     "BROKER_MAX_PACKET_BYTES",
     "CLIENT_RESPONSES",
+    "CODECS",
     "CONTENT_TYPE",
     "DEVICE_PROBE",
     "DEVICE_ROWS",
@@ -84,6 +87,7 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "Message",
+    "PackedArray",
     "ProgramMessage",
     "ProgramStep",
     "Reassembler",
@@ -96,6 +100,7 @@ __all__ = [
     "TaskTimings",
     "TopicPattern",
     "WeightsMessage",
+    "choose_codec",
     "decode",
     "decode_array",
     "encode",

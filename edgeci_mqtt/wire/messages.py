@@ -22,6 +22,7 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval
+from edgeci_mqtt.wire.compression import PackedArray
 from edgeci_mqtt.wire.topics import SCHEMA_VERSION
 from edgeci_mqtt.wire.values import Id, MaxLen, Range, decode_record, encode_record
 
@@ -203,14 +204,15 @@ class ProgramMessage(Message):
 @dataclass(frozen=True)
 class RowsMessage(Message):
     """Rows of the map at stage boundary ``boundary`` for a step of ``request``, on
-    ``devices/<dst>/rows/<sender>``."""
+    ``devices/<dst>/rows/<sender>`` (or, the last block's, on the orchestrator's results
+    topic), compressed when that pays (:func:`~edgeci_mqtt.wire.compression.choose_codec`)."""
 
     kind: ClassVar[str] = "rows"
     request: Ident
     sender: Ident
     boundary: Annotated[int, Range(0, 1 << 20)]
     region: TileRegion
-    rows: Array = field(compare=False)
+    rows: PackedArray = field(compare=False)
 
 
 @dataclass(frozen=True)
