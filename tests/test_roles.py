@@ -35,6 +35,7 @@ from edgeci_mqtt.wire import (
     INFER_REQUESTS,
     RESULTS,
     DeviceState,
+    ProgramMessage,
     encode,
 )
 from tests.exactness import References, assert_float32_faithful
@@ -180,25 +181,72 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
         assert auction and "dev-9" not in {i.resource for i in result.timeline}
 
 
-@pytest.mark.parametrize("strategy", ["aofl", "deepthings"])
+@pytest.mark.parametrize("strategy", ["aofl", "deepthings", "flow"])
 def test_a_device_lost_mid_inference(store: ModelStore, references: References, strategy: str) -> None:
-    """dev-2 goes silent while it holds work, then its connection drops: the broker
-    publishes its will, its tasks are recovered on the others, and the result is exact."""
+    """A device the plan uses goes silent while it holds work, then its connection drops:
+    the broker publishes its will, its work is recovered on the others, and the result is exact."""
     ref = references[("smallcnn", 96, 96)]
     x = ref.x
     with memory_cluster(store, devices=3, strategy=strategy) as small, small.client() as own:
-        own.infer(x, "smallcnn", timeout=60)
-        small.muted.add("edgeci-device-dev-2")
-        killer = threading.Timer(0.3, small.bus_of("dev-2").crash)
-        killer.start()
+        used = own.infer(x, "smallcnn", timeout=60).devices
+        victim = "dev-2" if "dev-2" in used else used[0]
+        killer = threading.Timer(0.3, small.bus_of(victim).crash)
+        if strategy == "flow":  # a silent device does not bid: it falls silent once it holds its program
+            agent = small.agents[victim]
+            accept = agent._accept_program
+
+            def accept_then_fall_silent(message: ProgramMessage) -> None:
+                accept(message)
+                small.muted.add(f"edgeci-device-{victim}")
+                if not killer.is_alive():
+                    killer.start()
+
+            agent._accept_program = accept_then_fall_silent  # type: ignore[method-assign]
+        else:
+            small.muted.add(f"edgeci-device-{victim}")
+            killer.start()
         try:
             result = own.infer(x, "smallcnn", timeout=60)
         finally:
             killer.join()
         assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] >= 1
-        assert "dev-2" not in small.orchestrator.table.online()
+        assert victim not in small.orchestrator.table.online()
         after = own.infer(x, "smallcnn", timeout=60)
-        assert "dev-2" not in after.devices and faithful(after.logits, ref.logits32, ref.logits64)
+        assert victim not in after.devices and faithful(after.logits, ref.logits32, ref.logits64)
+
+
+def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references: References) -> None:
+    """Four clients at once, twice each, under ``flow``: the orchestrator does not serialise
+    them (their times overlap), no device store keeps rows afterwards, every answer is exact."""
+    ref = references[("smallcnn", 96, 96)]
+    spans: list[tuple[float, float]] = []
+    failures: list[BaseException] = []
+    with memory_cluster(store, devices=3, strategy="flow") as small:
+
+        def ask(name: str) -> None:
+            try:
+                with small.client(name) as own:
+                    for _ in range(2):
+                        started = time.perf_counter()
+                        result = own.infer(ref.x, "smallcnn", timeout=60)
+                        spans.append((started, time.perf_counter()))
+                        assert faithful(result.logits, ref.logits32, ref.logits64)
+            except BaseException as exc:  # reported below, from the test's own thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(f"client-{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not failures, failures
+        assert len(spans) == 8
+        most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+        assert most >= 2, "requests were served one at a time"
+        deadline = time.perf_counter() + 5
+        while any(agent.flow.stored_bytes for agent in small.agents.values()) and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        assert all(agent.flow.stored_bytes == 0 and not agent.flow.requests() for agent in small.agents.values())
 
 
 def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, references: References) -> None:

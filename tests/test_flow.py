@@ -1,0 +1,300 @@
+"""``flow``: plans whose rows stay on the devices, their programs, the device store, and faults.
+
+The core test runs hand-made flow plans (random blocks, random partitions that move
+between blocks, 1-row strips, devices idle in some blocks) through the devices' real
+code (program check, store, step kernels) with every message through the wire codec in
+a random order, and judges the model's answer against the float64 oracle.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.planner.costs import TaskWork
+from edgeci_mqtt.planner.flow import flow_block
+from edgeci_mqtt.planner.plan import BlockPlan, Plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.runtime.device_flow import ValidProgram, run_step, validate_program
+from edgeci_mqtt.runtime.flow_run import FlowAttempt
+from edgeci_mqtt.runtime.flow_store import FlowStore
+from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.programs import device_programs
+from edgeci_mqtt.sim.simulator import simulate
+from edgeci_mqtt.timeline import ORCHESTRATOR
+from edgeci_mqtt.wire import (
+    CODECS,
+    PackedArray,
+    ProgramMessage,
+    ProgramStep,
+    ResultMessage,
+    RowsMessage,
+    StepInput,
+    StepSend,
+    decode,
+    encode,
+)
+from tests.exactness import References, assert_float32_faithful
+from tests.planning import device, environment
+
+ORCH = "orch-1"
+DEVICES = ("a", "b", "c", "d")
+
+
+@pytest.fixture(scope="module")
+def store() -> ModelStore:
+    return ModelStore(dict.fromkeys(("smallcnn", "vgg16", "resnet34")), seed=0)
+
+
+def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Random) -> Plan:
+    """Random blocks, each cut into 1-4 random row bands among random devices."""
+    chain = store.get(model).chain.spec(size, size)
+    n = len(chain.stages)
+    cuts = sorted(rng.sample(range(1, n), k=min(n - 1, rng.randint(1, 6))))
+    blocks = [FusedBlock(a, b) for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    plans: list[BlockPlan] = []
+    for block in blocks:
+        height = chain.shapes[block.stop].height
+        count = rng.randint(1, min(4, height))
+        bounds = sorted(rng.sample(range(1, height), k=count - 1)) if count > 1 else []
+        names = rng.sample(DEVICES, k=count)
+        runs = [(d, Span(a, b)) for d, a, b in zip(names, [0, *bounds], [*bounds, height], strict=True)]
+        plans.append(flow_block(chain, block, runs, plans[-1] if plans else None))
+    return Plan("flow", model, chain.shapes[0], tuple(plans), chain.tail_work)
+
+
+def wire(message: object) -> object:
+    return decode(encode(message))  # type: ignore[arg-type]
+
+
+def run_programs(plan: Plan, store: ModelStore, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Every device's program through the real device code; messages in a random order."""
+    held = store.get(plan.model)
+    programs = device_programs(plan, ORCH)
+    stores: dict[str, FlowStore[ValidProgram]] = {d: FlowStore(d) for d in programs}
+    whole = TileRegion.whole(x.shape[2], x.shape[3])
+    runnable: list[str] = []
+    for name, steps in programs.items():
+        region = next((p.region for s in steps for p in s.inputs if p.source == ORCH), None)
+        image = None
+        if region is not None:
+            rows, cols = region.within(whole)
+            image = x[:, :, rows, cols].contiguous().numpy()
+        message = wire(
+            ProgramMessage("r1", ORCH, plan.model, held.digest, (x.shape[2], x.shape[3]), steps, 60.0, region, image)
+        )
+        assert isinstance(message, ProgramMessage)
+        valid = validate_program(message, name, store, lambda *_: True)
+        if stores[name].install(message, valid.shapes, valid, 0.0):
+            runnable.append(name)
+    in_flight: list[tuple[str, RowsMessage]] = []
+    last = plan.blocks[-1].block
+    out_shape = held.chain.shapes(x.shape[2], x.shape[3])[last.stop]
+    out = torch.full((1, out_shape.channels, out_shape.height, out_shape.width), float("nan"))
+    while runnable or in_flight:
+        if in_flight and (not runnable or rng.random() < 0.5):
+            target, rows_message = in_flight.pop(rng.randrange(len(in_flight)))
+            if target == ORCH:
+                region = rows_message.region
+                out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = (
+                    torch.from_numpy(rows_message.rows.array)
+                )
+            elif stores[target].add_rows(rows_message, rows_message.sender, 0.0):
+                runnable.append(target)
+            continue
+        name = runnable.pop(rng.randrange(len(runnable)))
+        while (ready := stores[name].next_step("r1")) is not None:
+            output = run_step(ready)
+            for send in ready.step.sends:
+                rows, cols = send.region.within(ready.step.out_region)
+                part = PackedArray(np.ascontiguousarray(output[:, :, rows, cols]), rng.choice(CODECS))
+                message = wire(RowsMessage("r1", name, ready.step.block.stop, send.region, part))
+                assert isinstance(message, RowsMessage)
+                in_flight.append((send.to, message))
+            stores[name].computed("r1", ready.index, output)
+    assert all(not s.requests() and s.stored_bytes == 0 for s in stores.values()), "a store kept rows"
+    assert not torch.isnan(out).any(), "a tile of the last block never arrived"
+    with torch.inference_mode():
+        return held.chain.tail(out)
+
+
+@pytest.mark.parametrize(("model", "size", "seeds"), [("smallcnn", 64, 6), ("vgg16", 64, 3), ("resnet34", 64, 3)])
+def test_random_flow_partitions_give_the_models_result(
+    store: ModelStore, references: References, model: str, size: int, seeds: int
+) -> None:
+    ref = references[(model, size, size)]
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        plan = random_flow_plan(store, model, size, rng)
+        logits = run_programs(plan, store, ref.x, rng)
+        assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} seed {seed}")
+
+
+def test_random_plans_cover_the_cases_that_matter(store: ModelStore) -> None:
+    """The seeds above include bands that move between blocks, 1-row strips and idle devices."""
+    moved = one_row = idle = False
+    for seed in range(6):
+        plan = random_flow_plan(store, "smallcnn", 64, random.Random(seed))
+        for previous, block in zip(plan.blocks, plan.blocks[1:], strict=False):
+            moved |= any(p.source not in (t.device, ORCHESTRATOR) for t in block.tasks for p in t.inputs)
+            idle |= set(previous.devices) != set(block.devices)
+        one_row |= any(t.out_region.height == 1 for b in plan.blocks for t in b.tasks)
+    assert moved and one_row and idle
+
+
+def test_the_flow_plan_keeps_rows_on_devices_and_simulates(store: ModelStore) -> None:
+    chain = store.get("vgg16").chain.spec(96, 96)
+    env = environment(device("a", 100), device("b", 50), device("c", 25, mbit=20))
+    ctx = context_for(chain, env)
+    plan = make_plan("flow", ctx)
+    assert plan.auctioned and len(plan.devices) >= 2
+    for k, block in enumerate(plan.blocks):
+        last = k == len(plan.blocks) - 1
+        for task in block.tasks:
+            assert task.output == (ORCHESTRATOR if last else task.device)
+            sources = {p.source for p in task.inputs}
+            assert sources == {ORCHESTRATOR} if k == 0 else ORCHESTRATOR not in sources
+    result = simulate(plan, env, TaskWork(chain.stages, chain.shapes))
+    assert 0 < result.makespan_s < 60
+
+
+def test_a_device_keeps_its_band_from_block_to_block(store: ModelStore) -> None:
+    """Identical devices: the held-rows discount and the previous order keep each band put,
+    so a block's input is mostly the device's own rows."""
+    chain = store.get("vgg16").chain.spec(224, 224)
+    env = environment(*(device(n, 5, mbit=100) for n in DEVICES))
+    plan = make_plan("flow", context_for(chain, env))
+    orders = [[t.device for t in b.tasks] for b in plan.blocks if len(b.tasks) == len(DEVICES)]
+    assert len(orders) >= 2 and all(order == orders[0] for order in orders)
+    for block in plan.blocks[1:]:
+        for task in block.tasks:
+            own = sum(p.region.area for p in task.inputs if p.source == task.device)
+            assert own >= 0.5 * task.in_region.area, (block.block, task)
+
+
+# ---------------------------------------------------------------- the device store
+def _program(steps: tuple[ProgramStep, ...], request: str = "r1", image: np.ndarray | None = None) -> ProgramMessage:
+    region = TileRegion(Span(0, 4), Span(0, 4)) if image is not None else None
+    return ProgramMessage(request, ORCH, "smallcnn", "d", (64, 64), steps, 5.0, region, image)
+
+
+def _rows(request: str, sender: str, region: TileRegion, channels: int = 8) -> RowsMessage:
+    data = np.ones((1, channels, region.height, region.width), dtype=np.float32)
+    return RowsMessage(request, sender, 1, region, PackedArray(data))
+
+
+def _store_with_program(store: ModelStore) -> tuple[FlowStore[ValidProgram], ProgramMessage, TileRegion]:
+    held = store.get("smallcnn")
+    shapes = held.shapes(64, 64)
+    piece = TileRegion(Span(0, 2), Span(0, shapes[1].width))
+    step = ProgramStep(FusedBlock(1, 2), TileRegion(Span(0, 1), Span(0, shapes[2].width)), (StepInput(piece, "b"),))
+    program = _program((step,))
+    flow: FlowStore[ValidProgram] = FlowStore("a", holding_bytes=1 << 20)
+    return flow, program, piece
+
+
+def test_rows_before_their_program_wait_and_late_rows_are_dropped(store: ModelStore) -> None:
+    flow, program, piece = _store_with_program(store)
+    shapes = store.get("smallcnn").shapes(64, 64)
+    channels = shapes[1].channels
+    assert not flow.add_rows(_rows("r1", "b", piece, channels), "b", 0.0)  # held: no program yet
+    assert flow.install(program, shapes, None, 0.1)  # type: ignore[arg-type]
+    ready = flow.next_step("r1")
+    assert ready is not None and ready.tile.shape == (1, channels, 2, piece.width)
+    flow.computed("r1", 0, np.zeros((1, 1, 1, 1), dtype=np.float32))
+    assert flow.requests() == [] and flow.stored_bytes == 0
+    with pytest.raises(WireError, match="over here"):
+        flow.add_rows(_rows("r1", "b", piece, channels), "b", 0.2)
+    assert flow.counts["dropped_ended"] == 1
+
+
+def test_the_store_refuses_rows_nobody_asked_for(store: ModelStore) -> None:
+    flow, program, piece = _store_with_program(store)
+    shapes = store.get("smallcnn").shapes(64, 64)
+    channels = shapes[1].channels
+    flow.install(program, shapes, None, 0.0)  # type: ignore[arg-type]
+    with pytest.raises(WireError, match="no step"):
+        flow.add_rows(_rows("r1", "c", piece, channels), "c", 0.0)  # right rows, wrong sender
+    with pytest.raises(WireError, match="no step"):
+        flow.add_rows(_rows("r1", "b", TileRegion(Span(0, 3), piece.cols), channels), "b", 0.0)
+    with pytest.raises(WireError, match="not"):
+        flow.add_rows(_rows("r1", "b", piece, channels + 1), "b", 0.0)  # wrong shape
+    assert flow.counts["refused"] == 3 and flow.next_step("r1") is None
+
+
+def test_unknown_rows_are_bounded_and_expire(store: ModelStore) -> None:
+    flow, _, piece = _store_with_program(store)
+    big = _rows("ghost", "b", piece, 256)  # 256 x 2 x 64 floats = 128 KiB: 8 fill the 1 MiB holding area
+    assert big.rows.array.nbytes == 128 << 10
+    for _ in range(8):
+        flow.add_rows(big, "b", 0.0)
+    with pytest.raises(WireError, match="holding area is full"):
+        flow.add_rows(big, "b", 0.0)
+    assert flow.counts["dropped_unknown"] == 1 and flow.stored_bytes == 8 * big.rows.array.nbytes
+    flow.expire(100.0)
+    assert flow.stored_bytes == 0 and flow.counts["dropped_unknown"] == 9
+
+
+def test_a_program_expires_and_a_release_drops_everything(store: ModelStore) -> None:
+    flow, program, piece = _store_with_program(store)
+    shapes = store.get("smallcnn").shapes(64, 64)
+    flow.install(program, shapes, None, 0.0)  # type: ignore[arg-type]
+    assert flow.expire(program.expires_s + 1.0) == ["r1"] and flow.requests() == []
+    other = _program(program.steps, "r2")
+    flow.install(other, shapes, None, 0.0)  # type: ignore[arg-type]
+    flow.add_rows(_rows("r2", "b", piece, shapes[1].channels), "b", 0.0)
+    assert flow.stored_bytes > 0 and flow.release("r2", "failed") and flow.stored_bytes == 0
+    with pytest.raises(WireError, match="already given"):
+        flow.install(other, shapes, None, 0.0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- program checks
+def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
+    held = store.get("smallcnn")
+    shapes = held.shapes(64, 64)
+    width, out_width = shapes[1].width, shapes[2].width
+    whole_in = TileRegion(Span(0, shapes[1].height), Span(0, width))
+    out = TileRegion(Span(0, 4), Span(0, out_width))
+
+    def check(*steps: ProgramStep) -> None:
+        program = _program(steps)
+        validate_program(replace(program, digest=held.digest), "a", store, lambda *_: True)
+
+    check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),)))  # fine
+    cases = {
+        "do not tile": (
+            StepInput(TileRegion(Span(0, 3), whole_in.cols), "b"),
+            StepInput(TileRegion(Span(2, 9), whole_in.cols), "c"),
+        ),
+        "covering": (StepInput(TileRegion(Span(0, 1), whole_in.cols), "b"),),
+        "only the image": (StepInput(whole_in, ORCH),),
+        "no earlier step": (StepInput(whole_in, "a"),),
+    }
+    for why, inputs in cases.items():
+        with pytest.raises(WireError, match=why):
+            check(ProgramStep(FusedBlock(1, 2), out, inputs))
+    with pytest.raises(WireError, match="cannot send"):
+        check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),), (StepSend(whole_in, "c"),)))
+    with pytest.raises(WireError, match="block order"):
+        step = ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),))
+        check(step, step)
+
+
+# ---------------------------------------------------------------- the orchestrator's side
+def test_an_attempt_takes_owed_tiles_and_gives_up_on_failed_devices() -> None:
+    region = TileRegion(Span(0, 2), Span(0, 2))
+    tile = PackedArray(np.zeros((1, 3, 2, 2), dtype=np.float32))
+    state = FlowAttempt(frozenset({"a", "b"}), {("a", region)}, 10.0, 3)
+    assert state.result(RowsMessage("r", "b", 5, region, tile)) == (set(), "")  # not owed by b: ignored
+    assert state.result(RowsMessage("r", "a", 5, region, PackedArray(np.zeros((1, 4, 2, 2), np.float32))))[0] == {"a"}
+    assert state.result(ResultMessage("r", "0", "b", region, error="boom"))[0] == {"b"}
+    assert state.tick(1.0, {"a"})[0] == {"b"}  # b went offline
+    assert state.tick(11.0, {"a", "b"})[0] == {"a"}  # a still owes a tile at the deadline
+    assert state.result(RowsMessage("r", "a", 5, region, tile)) == (set(), "") and state.done
