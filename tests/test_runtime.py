@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,25 @@ from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_BIDS,
     AUCTION_CALL,
+    DEVICE_ROWS,
     DEVICE_STATE,
     DEVICE_TASKS,
     EVERYTHING,
     INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
     RESULTS,
+    PackedArray,
+    ProgramMessage,
+    RowsMessage,
+    decode,
+    encode,
 )
 from tests.cluster import LocalCluster, collect, local_cluster, start_device
 from tests.exactness import References, assert_float32_faithful, whole_model_reference
@@ -93,23 +100,29 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
         AUCTION_BIDS.build(round="forged", device="dev-2"),
         DEVICE_STATE.build(device="dev-2"),
         AUCTION_CALL.build(round="forged"),
+        DEVICE_ROWS.build(device="dev-2", sender="dev-3"),  # rows posing as another device
     ]
+    own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-1")
     watcher = MqttBus(cluster.broker.address("watcher"), "acl-watcher")
     watcher.subscribe(EVERYTHING)
     watcher.start()
     intruder = MqttBus(cluster.broker.address("dev-1"), "acl-intruder")
+    intruder.subscribe(DEVICE_ROWS.filter)  # every device's rows: the broker delivers only its own
     intruder.start()
     try:
         collect(watcher, 0.5)  # retained states
         for topic in forged:
             intruder.publish(topic, b"forged", wait=2)
         intruder.publish(AUCTION_BIDS.build(round="fine", device="dev-1"), b"own bid", wait=2)  # allowed: a control
+        intruder.publish(own_rows, b"own rows", wait=2)  # allowed: rows under its own name
         seen = {m.topic for m in collect(watcher, 1.5)}
+        overheard = {m.topic for m in collect(intruder, 0.5)}
     finally:
         intruder.stop()
         watcher.stop()
-    assert AUCTION_BIDS.build(round="fine", device="dev-1") in seen
+    assert {AUCTION_BIDS.build(round="fine", device="dev-1"), own_rows} <= seen
     assert not seen & set(forged)
+    assert own_rows not in overheard, "a device read another device's rows"
 
 
 def raw_publish(cluster: LocalCluster, user: str, topic: str, payload_file: Path) -> None:
@@ -157,6 +170,77 @@ def test_hostile_messages_change_nothing(
     assert "rejected message" in orchestrator_log and "Traceback" not in orchestrator_log
     for complaint in ORCHESTRATOR_COMPLAINTS:
         assert complaint in orchestrator_log, complaint
+
+
+def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, references: References) -> None:
+    """Under ``flow`` a device is frozen as soon as it has bid (so it wins rows and gets its
+    program), then SIGKILLed: its will fires, the request is re-planned without it, the answer
+    is exact. Rows sent afterwards for the finished request are dropped by the device, with a
+    log line; rows for a request it never heard of wait in its holding area, then are dropped."""
+    ref = references[("smallcnn", 96, 96)]
+    with (
+        local_cluster(tmp_path, devices=3, models="smallcnn", strategy="flow") as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        used = own.infer(ref.x, "smallcnn", timeout=60).devices
+        victim = "dev-2" if "dev-2" in used else used[0]
+        process = small.group.processes[victim]
+        spy = MqttBus(small.broker.address("watcher"), "flow-spy")
+        spy.subscribe(AUCTION_BIDS.filter)
+        spy.start()
+        frozen = threading.Event()
+
+        def freeze_after_its_bid() -> None:
+            for event in events_until(spy, deadline=time.perf_counter() + 30, poll_s=0.01):
+                if isinstance(event, Inbound) and event.topic.endswith(f"/bids/{victim}"):
+                    process.send_signal(signal.SIGSTOP)
+                    frozen.set()
+                    return
+
+        spying = threading.Thread(target=freeze_after_its_bid)
+        spying.start()
+        killer = threading.Timer(1.0, lambda: frozen.wait(30) and process.kill())
+        killer.start()
+        try:
+            result = own.infer(ref.x, "smallcnn", timeout=60)
+        finally:
+            spying.join()
+            killer.join()
+            spy.stop()
+        assert frozen.is_set()
+        assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "flow after a kill")
+        assert result.timings["recovered_tasks"] >= 1 and victim in result.devices  # it was sent work first
+        survivor = next(d for d in small.devices if d != victim)
+        sender = next(d for d in small.devices if d not in (victim, survivor))
+        program = _last_program(small, survivor, lambda: own.infer(ref.x, "smallcnn", timeout=60).devices)
+        forger = MqttBus(small.broker.address(sender), "late-rows")
+        forger.start()
+        try:
+            for request in (program.request, "never-heard-of"):
+                late = RowsMessage(
+                    request, sender, 1, program.steps[0].out_region, PackedArray(np.zeros((1, 1, 1, 1), np.float32))
+                )
+                forger.publish(DEVICE_ROWS.build(device=survivor, sender=sender), encode(late), wait=2)
+        finally:
+            forger.stop()
+        small.group.wait_for_log(survivor, "over here", timeout=10)
+        small.group.wait_for_log(survivor, "for unknown requests", timeout=20)
+
+
+def _last_program(small: LocalCluster, device: str, ask: Callable[[], object]) -> ProgramMessage:
+    """The program ``device`` got for the request ``ask`` makes (read off the broker)."""
+    spy = MqttBus(small.broker.address("watcher"), "program-spy")
+    spy.subscribe(DEVICE_TASKS.build(device=device))
+    spy.start()
+    try:
+        ask()
+        for event in collect(spy, 1.0):
+            message = decode(event.payload)
+            if isinstance(message, ProgramMessage):
+                return message
+    finally:
+        spy.stop()
+    raise AssertionError(f"{device} got no program")
 
 
 def test_a_device_killed_mid_inference(tmp_path: Path, references: References) -> None:

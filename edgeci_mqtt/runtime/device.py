@@ -164,6 +164,7 @@ class DeviceAgent:
         self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, float] = {}  # request -> predicted seconds of its steps
+        self._unknown_logged = 0
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
@@ -388,6 +389,15 @@ class DeviceAgent:
             except queue.Empty:
                 for request in self.flow.expire(time.perf_counter()):
                     log.warning("%s: request %s expired; its rows are dropped", self.device_id, request)
+                unknown = self.flow.counts["dropped_unknown"]
+                if unknown > self._unknown_logged:
+                    log.warning(
+                        "%s: dropped %d rows messages for unknown requests (%d in all)",
+                        self.device_id,
+                        unknown - self._unknown_logged,
+                        unknown,
+                    )
+                    self._unknown_logged = unknown
                 live = set(self.flow.requests())
                 for request in [r for r in list(self._flow_backlog) if r not in live]:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
