@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import zlib
 from collections.abc import Callable
 from functools import partial
@@ -23,7 +22,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from bench.report import DOCS, machine_line
+from bench.report import DOCS, machine_line, run_seconds
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import build_model
 from edgeci_mqtt.wire.compression import CODECS, PackedArray, decode_packed, encode_packed
@@ -34,13 +33,7 @@ BOUNDARIES = (2, 5, 10, 16, 23, 30, 31)
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Best of ``repeats`` (after a warm-up): the codec's speed, not the machine's noise."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return min(run_seconds(fn, repeats))
 
 
 def boundary_maps(x: torch.Tensor) -> dict[int, np.ndarray]:

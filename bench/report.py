@@ -20,20 +20,25 @@ from edgeci_mqtt.cli.common import load_profile
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 
-__all__ = ["DOCS", "host_profile", "machine_line", "median_seconds", "write_section"]
+__all__ = ["DOCS", "host_profile", "machine_line", "median_seconds", "run_seconds", "write_section"]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one warm-up (allocator, kernel choice)."""
+def run_seconds(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` runs after one warm-up (allocator, kernel choice)."""
     fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` runs after one warm-up."""
+    return statistics.median(run_seconds(fn, repeats))
 
 
 def host_profile(path: Path | None) -> DeviceProfile:

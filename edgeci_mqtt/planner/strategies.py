@@ -196,9 +196,13 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: 
     return bids
 
 
+def _dpfl(ctx: PlanningContext, est: BlockEstimator) -> tuple[float, list[FusedBlock]]:
+    """DPFL over ``est``'s balanced block costs."""
+    return best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+
+
 def plan_edgeci(ctx: PlanningContext) -> Plan:
-    est = ctx.estimator
-    predicted, blocks = best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    predicted, blocks = _dpfl(ctx, ctx.estimator)
     plans = []
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
@@ -208,8 +212,7 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
 
 
 def plan_flow(ctx: PlanningContext) -> Plan:
-    est = ctx.flow_estimator
-    predicted, blocks = best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    predicted, blocks = _dpfl(ctx, ctx.flow_estimator)
     lots = []
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
