@@ -18,6 +18,7 @@ import torch
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.flow import flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
@@ -298,3 +299,15 @@ def test_an_attempt_takes_owed_tiles_and_gives_up_on_failed_devices() -> None:
     assert state.tick(1.0, {"a"})[0] == {"b"}  # b went offline
     assert state.tick(11.0, {"a", "b"})[0] == {"a"}  # a still owes a tile at the deadline
     assert state.result(RowsMessage("r", "a", 5, region, tile)) == (set(), "") and state.done
+
+
+def test_a_flow_bid_prices_no_output_leaving_but_for_the_last_block(store: ModelStore) -> None:
+    chain = store.get("vgg16").chain.spec(64, 64)
+    rows = context_for(chain, environment(device("a"))).rows
+    slow_link = device("a", 100, mbit=10)
+    for block, leaves in ((FusedBlock(0, 4), False), (FusedBlock(28, len(chain.stages)), True)):
+        items = list(auction_items(chain.shapes[block.stop]))
+        gather, flow = (make_bid(slow_link, rows, block, items, f) for f in (False, True))
+        out_bytes = rows.output_bytes(block, np.array([0]), np.array([items[0].stop]))[0]
+        saved = gather.alone_s[0] - flow.alone_s[0]
+        assert saved == pytest.approx(0.0 if leaves else out_bytes / slow_link.link.bytes_per_s)

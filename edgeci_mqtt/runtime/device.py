@@ -284,16 +284,19 @@ class DeviceAgent:
             self.tasks.put(_FlowJob(message.request))
 
     def _accept_program(self, message: ProgramMessage) -> None:
+        if self.flow.knows(message.request):
+            return  # delivered again (QoS 1): the first copy is in hand
         try:
             program = validate_program(message, self.device_id, self.models, self._has_weights)
+            predicted = sum(self._seconds(program.held, message.input_hw, s.block, s.out_region) for s in message.steps)
+            with self._lock:  # booked before the store may hand the request to the worker
+                self._backlog_s += predicted
+                self._flow_backlog[message.request] = predicted
             ready = self.flow.install(message, program.shapes, program, time.perf_counter())
         except EdgeCIError as exc:
+            self._unbook(message.request)
             self._refuse_program(message, exc)
             raise
-        predicted = sum(self._seconds(program.held, message.input_hw, s.block, s.out_region) for s in message.steps)
-        with self._lock:
-            self._backlog_s += predicted
-            self._flow_backlog[message.request] = predicted
         if ready:
             self.tasks.put(_FlowJob(message.request))
 
@@ -367,7 +370,7 @@ class DeviceAgent:
         if outside:
             raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
         rows = held.row_model(shapes[0].height, shapes[0].width)
-        bid = make_bid(self._view(), rows, block, list(call.items))
+        bid = make_bid(self._view(), rows, block, list(call.items), call.flow)
         message = BidMessage(call.round, self.device_id, bid.queue_s, bid.alone_s, bid.extend_s)
         self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
 
@@ -398,8 +401,9 @@ class DeviceAgent:
                         unknown,
                     )
                     self._unknown_logged = unknown
+                booked = list(self._flow_backlog)  # before the store's list: a program is stored before it is booked
                 live = set(self.flow.requests())
-                for request in [r for r in list(self._flow_backlog) if r not in live]:
+                for request in [r for r in booked if r not in live]:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
                 continue
             if job is None:

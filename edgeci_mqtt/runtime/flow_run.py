@@ -54,8 +54,9 @@ __all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun"]
 log = logging.getLogger("edgeci.orchestrator")
 
 MAX_ATTEMPTS = 3
-PROGRAM_TTL_S = 120.0
-"""A device drops an attempt's rows this long after its program arrived, released or not."""
+EXPIRY_MARGIN_S = 30.0
+"""A device drops an attempt's rows this long after the attempt's deadline (counted from when
+its program arrived), released or not: never while the orchestrator still waits for it."""
 
 
 @dataclass
@@ -175,7 +176,7 @@ class FlowRun:
             )
             try:
                 for device, steps in programs.items():
-                    self._send_program(run_id, device, steps, x)
+                    self._send_program(run_id, device, steps, x, allowance + EXPIRY_MARGIN_S)
                 self.timings.scatter_s += time.perf_counter() - started
                 self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
                 self._wait(state, box)
@@ -220,7 +221,9 @@ class FlowRun:
         self.used |= set(plan.devices)
         return plan
 
-    def _send_program(self, run_id: str, device: str, steps: tuple[ProgramStep, ...], x: Tensor) -> None:
+    def _send_program(
+        self, run_id: str, device: str, steps: tuple[ProgramStep, ...], x: Tensor, expires_s: float
+    ) -> None:
         image_region = next((p.region for s in steps for p in s.inputs if p.source == self.orchestrator), None)
         image = None
         if image_region is not None:
@@ -235,7 +238,7 @@ class FlowRun:
             self.held.digest,
             self.input_hw,
             steps,
-            PROGRAM_TTL_S,
+            expires_s,
             image_region,
             image,
         )

@@ -115,6 +115,11 @@ class FlowStore(Generic[C]):
         with self._lock:
             return sorted(self._programs)
 
+    def knows(self, request: str) -> bool:
+        """The request's program is here or was (a second delivery of it changes nothing)."""
+        with self._lock:
+            return request in self._programs or request in self._ended
+
     def _end(self, request: str, why: str) -> None:
         self._programs.pop(request, None)
         self._held = [h for h in self._held if h[1] != request]
