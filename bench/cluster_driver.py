@@ -11,8 +11,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.runtime.watch import device_states
@@ -28,13 +30,21 @@ def published_states(url: str, count: int, timeout: float = 30.0) -> dict[str, d
     }
 
 
+def link_bytes(interface: str) -> tuple[int, int]:
+    """Bytes the broker host has received from and sent to the devices so far (the link's
+    own counters: every byte a strategy moves through the broker, headers included)."""
+    stats = Path("/sys/class/net") / interface / "statistics"
+    return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--client", required=True)
     parser.add_argument("--watcher", required=True)
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--models", default="vgg16,resnet34")
-    parser.add_argument("--strategies", default="local,modnn,deepthings,aofl,edgeci")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--link", required=True, help="the broker host's interface to the devices")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", required=True)
@@ -48,7 +58,9 @@ def main() -> int:
             for round_index in range(args.warmup + args.runs):
                 order = strategies[round_index % len(strategies) :] + strategies[: round_index % len(strategies)]
                 for strategy in order:
+                    before = link_bytes(args.link)
                     answer = client.infer(x, model, strategy, timeout=600, trace=True)
+                    after = link_bytes(args.link)
                     print(
                         f"{model} {strategy} round {round_index}: {answer.latency_s * 1e3:.0f} ms",
                         file=sys.stderr,
@@ -58,6 +70,8 @@ def main() -> int:
                         runs[strategy].append(
                             {
                                 "latency_s": answer.latency_s,
+                                "broker_in_bytes": after[0] - before[0],
+                                "broker_out_bytes": after[1] - before[1],
                                 "timings": answer.timings,
                                 "devices": answer.devices,
                                 "timeline": [i.to_row() for i in answer.timeline],

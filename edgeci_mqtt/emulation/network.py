@@ -139,6 +139,12 @@ class EmulatedCluster:
     def hub_address(self) -> str:
         return f"10.{self.net}.0.1"
 
+    @property
+    def bridge(self) -> str:
+        """The broker host's link to every device (in the hub namespace): its byte counters
+        are what crosses the broker host's link, both directions."""
+        return f"{self.prefix}-br"
+
     def namespace(self, index: int) -> str:
         return f"{self.prefix}-{index}"
 
@@ -172,7 +178,7 @@ def up(spec: ClusterSpec, prefix: str = "ecx", net: int = 77) -> EmulatedCluster
     try:
         _run("ip", "netns", "add", hub)
         _run("ip", "-n", hub, "link", "set", "lo", "up")
-        bridge = f"{prefix}-br"
+        bridge = cluster.bridge
         _run("ip", "-n", hub, "link", "add", bridge, "type", "bridge")
         _run("ip", "-n", hub, "addr", "add", f"{cluster.hub_address}/16", "dev", bridge)
         _run("ip", "-n", hub, "link", "set", bridge, "up")
