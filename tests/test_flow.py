@@ -19,12 +19,15 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.awas import auction_items, make_bid
+from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork
+from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.strategies import context_for, make_plan
-from edgeci_mqtt.runtime.device_flow import ValidProgram, run_step, validate_program
-from edgeci_mqtt.runtime.flow_run import FlowAttempt
+from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
+from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
+from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, finish_logits
 from edgeci_mqtt.runtime.flow_store import FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.programs import device_programs
@@ -39,11 +42,12 @@ from edgeci_mqtt.wire import (
     RowsMessage,
     StepInput,
     StepSend,
+    VectorMessage,
     decode,
     encode,
 )
 from tests.exactness import References, assert_float32_faithful
-from tests.planning import device, environment
+from tests.planning import device, environment, flat_profile
 
 ORCH = "orch-1"
 DEVICES = ("a", "b", "c", "d")
@@ -54,12 +58,28 @@ def store() -> ModelStore:
     return ModelStore(dict.fromkeys(("smallcnn", "vgg16", "resnet34")), seed=0)
 
 
+def random_tail(features: int, devices: list[str], rng: random.Random) -> TailPlan:
+    """The orchestrator, one device, or the first layer split over 2-3 devices and finished
+    on the orchestrator or on one of them."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        return TailPlan()
+    if choice == 1:
+        return TailPlan(rng.choice(devices))
+    names = rng.sample(devices, k=min(len(devices), rng.randint(2, 3)))
+    cuts = sorted(rng.sample(range(1, features), k=len(names) - 1))
+    parts = tuple((d, Span(a, b)) for d, a, b in zip(names, [0, *cuts], [*cuts, features], strict=True))
+    return TailPlan(rng.choice([ORCHESTRATOR, *names]), parts)
+
+
 def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Random) -> Plan:
-    """Random blocks, each cut into 1-4 random row bands among random devices."""
-    chain = store.get(model).chain.spec(size, size)
+    """Random blocks, each cut into 1-4 random row bands among random devices, and a random tail."""
+    held = store.get(model)
+    chain = held.chain.spec(size, size)
     n = len(chain.stages)
     cuts = sorted(rng.sample(range(1, n), k=min(n - 1, rng.randint(1, 6))))
     blocks = [FusedBlock(a, b) for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    tail = random_tail(held.chain.tail_parts.features, list(DEVICES), rng)
     plans: list[BlockPlan] = []
     for block in blocks:
         height = chain.shapes[block.stop].height
@@ -67,8 +87,9 @@ def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Rando
         bounds = sorted(rng.sample(range(1, height), k=count - 1)) if count > 1 else []
         names = rng.sample(DEVICES, k=count)
         runs = [(d, Span(a, b)) for d, a, b in zip(names, [0, *bounds], [*bounds, height], strict=True)]
-        plans.append(flow_block(chain, block, runs, plans[-1] if plans else None))
-    return Plan("flow", model, chain.shapes[0], tuple(plans), chain.tail_work)
+        gather = block.stop == n and tail.on_orchestrator
+        plans.append(flow_block(chain, block, runs, plans[-1] if plans else None, gather=gather))
+    return Plan("flow", model, chain.shapes[0], tuple(plans), chain.tail_work, tail=tail)
 
 
 def wire(message: object) -> object:
@@ -76,54 +97,52 @@ def wire(message: object) -> object:
 
 
 def run_programs(plan: Plan, store: ModelStore, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    """Every device's program through the real device code; messages in a random order."""
+    """Every device's program through the real device code, messages through the wire in a
+    random order, and the orchestrator's finish."""
     held = store.get(plan.model)
     programs = device_programs(plan, ORCH)
     stores: dict[str, FlowStore[ValidProgram]] = {d: FlowStore(d) for d in programs}
     whole = TileRegion.whole(x.shape[2], x.shape[3])
     runnable: list[str] = []
-    for name, steps in programs.items():
+    for name, program in programs.items():
+        steps = program.steps
         region = next((p.region for s in steps for p in s.inputs if p.source == ORCH), None)
         image = None
         if region is not None:
             rows, cols = region.within(whole)
             image = x[:, :, rows, cols].contiguous().numpy()
+        hw = (x.shape[2], x.shape[3])
         message = wire(
-            ProgramMessage("r1", ORCH, plan.model, held.digest, (x.shape[2], x.shape[3]), steps, 60.0, region, image)
+            ProgramMessage(
+                "r1", ORCH, plan.model, held.digest, hw, steps, 60.0, region, image, program.tail, program.finish
+            )
         )
         assert isinstance(message, ProgramMessage)
         valid = validate_program(message, name, store, lambda *_: True)
         if stores[name].install(message, valid.shapes, valid, 0.0):
             runnable.append(name)
-    in_flight: list[tuple[str, RowsMessage]] = []
-    last = plan.blocks[-1].block
-    out_shape = held.chain.shapes(x.shape[2], x.shape[3])[last.stop]
-    out = torch.full((1, out_shape.channels, out_shape.height, out_shape.width), float("nan"))
+    in_flight: list[tuple[str, RowsMessage | VectorMessage]] = []
+    arrived: dict[Owed, np.ndarray] = {}
     while runnable or in_flight:
         if in_flight and (not runnable or rng.random() < 0.5):
-            target, rows_message = in_flight.pop(rng.randrange(len(in_flight)))
+            target, message = in_flight.pop(rng.randrange(len(in_flight)))
             if target == ORCH:
-                region = rows_message.region
-                out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = (
-                    torch.from_numpy(rows_message.rows.array)
-                )
-            elif stores[target].add_rows(rows_message, rows_message.sender, 0.0):
+                key = (message.sender, message.region if isinstance(message, RowsMessage) else message.features)
+                arrived[key] = message.rows.array if isinstance(message, RowsMessage) else message.values.array
+            elif stores[target].add_rows(message, message.sender, 0.0):
                 runnable.append(target)
             continue
         name = runnable.pop(rng.randrange(len(runnable)))
         while (ready := stores[name].next_step("r1")) is not None:
             output = run_step(ready)
-            for send in ready.step.sends:
-                rows, cols = send.region.within(ready.step.out_region)
-                part = PackedArray(np.ascontiguousarray(output[:, :, rows, cols]), rng.choice(CODECS))
-                message = wire(RowsMessage("r1", name, ready.step.block.stop, send.region, part))
-                assert isinstance(message, RowsMessage)
-                in_flight.append((send.to, message))
+            for to, sent in outgoing(ready.context.message, ready.item, output, name, lambda _: rng.choice(CODECS)):
+                received = wire(sent)
+                assert isinstance(received, RowsMessage | VectorMessage)
+                in_flight.append((to, received))
             stores[name].computed("r1", ready.index, output)
     assert all(not s.requests() and s.stored_bytes == 0 for s in stores.values()), "a store kept rows"
-    assert not torch.isnan(out).any(), "a tile of the last block never arrived"
-    with torch.inference_mode():
-        return held.chain.tail(out)
+    out_shape = held.chain.shapes(x.shape[2], x.shape[3])[-1]
+    return finish_logits(plan.tail, arrived, held.chain, out_shape)
 
 
 @pytest.mark.parametrize(("model", "size", "seeds"), [("smallcnn", 64, 6), ("vgg16", 64, 3), ("resnet34", 64, 3)])
@@ -139,15 +158,41 @@ def test_random_flow_partitions_give_the_models_result(
 
 
 def test_random_plans_cover_the_cases_that_matter(store: ModelStore) -> None:
-    """The seeds above include bands that move between blocks, 1-row strips and idle devices."""
+    """The seeds above include bands that move between blocks, 1-row strips, idle devices,
+    and every kind of tail placement."""
     moved = one_row = idle = False
+    tails = set()
     for seed in range(6):
         plan = random_flow_plan(store, "smallcnn", 64, random.Random(seed))
+        tail = plan.tail
+        tails.add("orchestrator" if tail.on_orchestrator else "split" if tail.parts else "device")
         for previous, block in zip(plan.blocks, plan.blocks[1:], strict=False):
             moved |= any(p.source not in (t.device, ORCHESTRATOR) for t in block.tasks for p in t.inputs)
             idle |= set(previous.devices) != set(block.devices)
         one_row |= any(t.out_region.height == 1 for b in plan.blocks for t in b.tasks)
-    assert moved and one_row and idle
+    assert moved and one_row and idle and tails == {"orchestrator", "split", "device"}
+
+
+def test_the_tail_goes_where_it_is_cheapest(store: ModelStore) -> None:
+    """VGG-16's classifier (411 MB in its first layer) leaves a slow orchestrator for a fast
+    device; on devices as slow as the orchestrator it is split; a device without room for
+    the weights never gets them."""
+    vgg = TailWork.of(store.get("vgg16").chain.spec(224, 224).tail_work)
+    final = 512 * 7 * 7 * 4
+    link = Link(100.0, 1.0)
+
+    def cluster(*shares: float, orchestrator: float = 0.1) -> Environment:
+        views = tuple(DeviceView(n, flat_profile().scaled(c), link) for n, c in zip(DEVICES, shares, strict=False))
+        return Environment(views, flat_profile().scaled(orchestrator), Link(1000.0, 0.1))
+
+    plan, _ = place_tail(cluster(1.0, 0.01), vgg, final, {"a": final // 2, "b": final // 2}, orchestrator_holds=False)
+    assert plan == TailPlan("a")
+    plan, _ = place_tail(cluster(0.1, 0.1, 0.1, 0.1), vgg, final, dict.fromkeys(DEVICES, final // 4), False)
+    assert len(plan.parts) >= 2 and plan.parts[-1][1].stop == vgg.features
+    tight = cluster(1.0, 0.01)
+    tight = replace(tight, devices=(replace(tight.devices[0], memory_bytes=1 << 20), tight.devices[1]))
+    plan, _ = place_tail(tight, vgg, final, {"a": final}, orchestrator_holds=False)
+    assert "a" not in plan.devices
 
 
 def test_the_flow_plan_keeps_rows_on_devices_and_simulates(store: ModelStore) -> None:
@@ -159,7 +204,7 @@ def test_the_flow_plan_keeps_rows_on_devices_and_simulates(store: ModelStore) ->
     for k, block in enumerate(plan.blocks):
         last = k == len(plan.blocks) - 1
         for task in block.tasks:
-            assert task.output == (ORCHESTRATOR if last else task.device)
+            assert task.output == (ORCHESTRATOR if last and plan.tail.on_orchestrator else task.device)
             sources = {p.source for p in task.inputs}
             assert sources == {ORCHESTRATOR} if k == 0 else ORCHESTRATOR not in sources
     result = simulate(plan, env, TaskWork(chain.stages, chain.shapes))

@@ -11,9 +11,20 @@ from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
 from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.sim.simulator import simulate
 
 __all__ = ["register", "run"]
+
+
+def tail_line(tail: TailPlan) -> str:
+    """Where the plan runs the tail, in words."""
+    if tail.on_orchestrator:
+        return "tail on the orchestrator"
+    if not tail.parts:
+        return f"tail on {tail.finisher}"
+    split = ", ".join(f"{d} {s.start}-{s.stop}" for d, s in tail.parts)
+    return f"tail: first layer's features split over {split}; finished on {tail.finisher}"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             for t in block.tasks
         ]
         print(format_table(["device", "output region", "input region", "in", "out"], rows))
-    print(f"\ntail on the orchestrator; devices used: {', '.join(plan.devices) or '(pulled tiles)'}")
+    print(f"\n{tail_line(plan.tail)}; devices used: {', '.join(plan.devices) or '(pulled tiles)'}")
     estimate = f"planner estimate {plan.predicted_s * 1e3:.1f} ms, " if plan.predicted_s else ""
     print(f"predicted time: {estimate}simulated {replay.makespan_s * 1e3:.1f} ms")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from edgeci_mqtt.models.tail_parts import TailParts
+
 __all__ = ["BasicBlock", "ResNet", "resnet34"]
 
 
@@ -55,6 +57,12 @@ class ResNet(nn.Module):
         stem = [(name, getattr(self, name)) for name in ("conv1", "bn1", "relu", "maxpool")]
         blocks = [(f"layer{i}.{j}", block) for i in range(1, 5) for j, block in enumerate(getattr(self, f"layer{i}"))]
         return stem + blocks
+
+    def tail_parts(self) -> TailParts:
+        """The tail as head, first fully connected layer, rest (for splitting it across devices)."""
+        first = self.fc
+        assert isinstance(first, nn.Linear)
+        return TailParts(lambda x: self.avgpool(x).flatten(1), first, nn.Identity())
 
     def tail(self, x: Tensor) -> Tensor:
         return self.fc(self.avgpool(x).flatten(1))

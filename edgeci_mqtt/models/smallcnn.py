@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from edgeci_mqtt.models.resnet import BasicBlock
+from edgeci_mqtt.models.tail_parts import TailParts
 
 __all__ = ["SmallCNN", "smallcnn"]
 
@@ -37,6 +38,12 @@ class SmallCNN(nn.Module):
 
     def spatial_layers(self) -> list[tuple[str, nn.Module]]:
         return [(f"features.{i}", m) for i, m in enumerate(self.features)]
+
+    def tail_parts(self) -> TailParts:
+        """The tail as head, first fully connected layer, rest (for splitting it across devices)."""
+        first = self.fc
+        assert isinstance(first, nn.Linear)
+        return TailParts(lambda x: self.avgpool(x).flatten(1), first, nn.Identity())
 
     def tail(self, x: Tensor) -> Tensor:
         return self.fc(self.avgpool(x).flatten(1))

@@ -23,6 +23,7 @@ from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import GeometryError, InputError, ModelError
 from edgeci_mqtt.models.resnet import BasicBlock
+from edgeci_mqtt.models.tail_parts import TailParts
 
 __all__ = ["SpatialModel", "StageChain", "kernel_of", "stage_chain"]
 
@@ -33,6 +34,8 @@ class SpatialModel(Protocol):
     def spatial_layers(self) -> list[tuple[str, nn.Module]]: ...
 
     def tail(self, x: Tensor) -> Tensor: ...
+
+    def tail_parts(self) -> TailParts: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class StageChain:
         """The non-spatial rest of the model (global pool, flatten, FC)."""
         spatial: SpatialModel = self.model  # type: ignore[assignment]
         return spatial.tail(x)
+
+    @cached_property
+    def tail_parts(self) -> TailParts:
+        """The tail as head, first fully connected layer and rest (:mod:`edgeci_mqtt.planner.tail`)."""
+        spatial: SpatialModel = self.model  # type: ignore[assignment]
+        return spatial.tail_parts()
 
     def tail_modules(self) -> list[str]:
         """Top-level modules that belong to the tail rather than to any stage."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from edgeci_mqtt.models.tail_parts import TailParts
+
 __all__ = ["VGG", "vgg16"]
 
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -56,6 +58,12 @@ class VGG(nn.Module):
 
     def spatial_layers(self) -> list[tuple[str, nn.Module]]:
         return [(f"features.{i}", m) for i, m in enumerate(self.features)]
+
+    def tail_parts(self) -> TailParts:
+        """The tail as head, first fully connected layer, rest (for splitting it across devices)."""
+        first = self.classifier[0]
+        assert isinstance(first, nn.Linear)
+        return TailParts(lambda x: self.avgpool(x).flatten(1), first, self.classifier[1:])
 
     def tail(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(x).flatten(1))

@@ -21,12 +21,14 @@ MESSAGE_OVERHEAD_BYTES = 256
 
 @dataclass(frozen=True)
 class DeviceView:
-    """One device as the planner sees it: speed, link to the broker, work already queued."""
+    """One device as the planner sees it: speed, link to the broker, work already queued, and
+    the bytes of tail weights it can take on (None: not announced, no limit)."""
 
     name: str
     profile: DeviceProfile
     link: Link
     queue_s: float = 0.0
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from edgeci_mqtt.planner.awas import Award, Bid, Discount, award
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
+from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = ["flow_block", "flow_blocks", "holdings", "holdings_discount"]
@@ -59,16 +60,20 @@ def holdings_discount(
 
 
 def flow_block(
-    chain: ChainSpec, block: FusedBlock, runs: Sequence[tuple[str, Span]], previous: BlockPlan | None
+    chain: ChainSpec,
+    block: FusedBlock,
+    runs: Sequence[tuple[str, Span]],
+    previous: BlockPlan | None,
+    gather: bool | None = None,
 ) -> BlockPlan:
     """The tasks of ``block`` when device ``d`` computes rows ``span`` for each run.
 
     Each task's input is cut into pieces by who holds them after ``previous`` (the
-    orchestrator before the first block); its output stays on its device, unless the
-    block is the chain's last.
+    orchestrator before the first block); its output stays on its device, or with
+    ``gather`` goes to the orchestrator (default: for the chain's last block).
     """
     width = chain.shapes[block.stop].width
-    last = block.stop == len(chain.stages)
+    last = block.stop == len(chain.stages) if gather is None else gather
     tasks = []
     for device, span in runs:
         task = make_task(chain.stages, chain.shapes, block, TileRegion(span, Span(0, width)), device)
@@ -89,17 +94,24 @@ def flow_blocks(
     rows: RowModel,
     env: Environment,
     lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
-) -> tuple[list[BlockPlan], list[Award]]:
+) -> tuple[list[BlockPlan], list[Award], TailPlan]:
     """Award every block's items in order, each knowing who holds what after the one
-    before (see the module docstring), and build their tasks."""
+    before (see the module docstring), build their tasks, and place the tail where the
+    final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`);
+    the last block's tiles go to the orchestrator only if the tail runs there."""
     plans: list[BlockPlan] = []
     awards = []
+    runs: list[tuple[str, Span]] = []
     for block, items, bids in lots:
         previous = plans[-1] if plans else None
         held = holdings(previous)
         first = [t.device for t in previous.tasks] if previous else []
         won = award(bids, len(items), holdings_discount(rows, env, block, items, held), first)
         runs = [(d, Span(items[s.start].start, items[s.stop - 1].stop)) for d, s in won.runs]
-        plans.append(flow_block(chain, block, runs, previous))
+        plans.append(flow_block(chain, block, runs, previous, gather=False))
         awards.append(won)
-    return plans, awards
+    final = {t.device: t.out_bytes for t in plans[-1].tasks}
+    tail, _ = place_tail(env, TailWork.of(chain.tail_work), sum(final.values()), final, orchestrator_holds=False)
+    if tail.on_orchestrator:
+        plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)
+    return plans, awards, tail

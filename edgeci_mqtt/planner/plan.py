@@ -26,7 +26,7 @@ Today every strategy gathers: one input from the orchestrator, output to it.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Literal
 
@@ -34,6 +34,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = ["BlockPlan", "Dispatch", "Placement", "Plan", "Task", "TaskInput", "producers"]
@@ -149,6 +150,8 @@ class Plan:
     ``predicted_s`` is the planner's own estimate (the simulator's replay may differ).
     ``auctioned``: at run time the devices bid for each block's rows (AWAS) and the
     award replaces the planned tasks, which are then what the planner expects it to be.
+    ``tail``: where the tail runs (:mod:`edgeci_mqtt.planner.tail`); off the orchestrator,
+    its readers fetch the final map's tiles from whoever holds them.
     """
 
     strategy: str
@@ -158,6 +161,7 @@ class Plan:
     tail_work: tuple[OpWork, ...]
     predicted_s: float = 0.0
     auctioned: bool = False
+    tail: TailPlan = field(default_factory=TailPlan)
 
     def __post_init__(self) -> None:
         previous: BlockPlan | None = None
@@ -173,9 +177,9 @@ class Plan:
                         f"block {block_plan.block} reads boundary {start} from the orchestrator, which does not hold it"
                     )
             previous = block_plan
-        if previous is not None and not previous.gathers:
+        if previous is not None and self.tail.on_orchestrator and not previous.gathers:
             raise PlanningError("the tail runs on the orchestrator: the last block must send its tiles there")
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return tuple(sorted({d for b in self.blocks for d in b.devices}))
+        return tuple(sorted({d for b in self.blocks for d in b.devices} | set(self.tail.devices)))

@@ -35,6 +35,7 @@ from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.tail import TailPlan
 
 __all__ = [
     "DEEPTHINGS_GRID",
@@ -80,9 +81,25 @@ class PlanningContext:
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
 
-    def plan(self, strategy: str, blocks: Sequence[BlockPlan], predicted_s: float, auctioned: bool = False) -> Plan:
+    def plan(
+        self,
+        strategy: str,
+        blocks: Sequence[BlockPlan],
+        predicted_s: float,
+        auctioned: bool = False,
+        tail: TailPlan | None = None,
+    ) -> Plan:
         chain = self.chain
-        return Plan(strategy, chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, predicted_s, auctioned)
+        return Plan(
+            strategy,
+            chain.model,
+            chain.shapes[0],
+            tuple(blocks),
+            chain.tail_work,
+            predicted_s,
+            auctioned,
+            tail or TailPlan(),
+        )
 
 
 def context_for(chain: ChainSpec, env: Environment, rows: RowModel | None = None) -> PlanningContext:
@@ -217,8 +234,8 @@ def plan_flow(ctx: PlanningContext) -> Plan:
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
-    plans, _ = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots)
-    return ctx.plan("flow", plans, predicted, auctioned=True)
+    plans, _, tail = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots)
+    return ctx.plan("flow", plans, predicted, auctioned=True, tail=tail)
 
 
 STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {

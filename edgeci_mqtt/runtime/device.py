@@ -30,8 +30,8 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.runtime.device_flow import ValidProgram, run_step, validate_program
-from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep
+from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
+from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
@@ -46,14 +46,15 @@ from edgeci_mqtt.wire import (
     AuctionCall,
     BidMessage,
     DeviceState,
-    PackedArray,
     ProgramMessage,
+    ProgramStep,
     Reassembler,
     ReleaseMessage,
     ResultMessage,
     RowsMessage,
     TaskMessage,
     TaskTimings,
+    VectorMessage,
     WeightsMessage,
     choose_codec,
     encode,
@@ -249,7 +250,7 @@ class DeviceAgent:
                 self._bid(message)
             elif isinstance(message, WeightsMessage) and event.topic == self.tasks_topic:
                 self._accept_weights(message)
-            elif isinstance(message, RowsMessage):
+            elif isinstance(message, RowsMessage | VectorMessage):
                 self._accept_rows(message, event.topic)
             elif isinstance(message, ProgramMessage) and event.topic == self.tasks_topic:
                 self._accept_program(message)
@@ -276,7 +277,7 @@ class DeviceAgent:
                 "%s: rejected %s on %s: %s: %s", self.device_id, message.kind, event.topic, type(exc).__name__, exc
             )
 
-    def _accept_rows(self, message: RowsMessage, topic: str) -> None:
+    def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
         ids = DEVICE_ROWS.parse(topic)
         if ids is None or ids["device"] != self.device_id or ids["sender"] != message.sender:
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
@@ -444,6 +445,20 @@ class DeviceAgent:
             if job.held.loaded is not None and job.held.fetched == job.digest:
                 (job.held.loaded.add if held else job.held.loaded.discard)(job.stage)
 
+    def _codec(self, array: np.ndarray) -> str:
+        """The codec that sends ``array`` soonest over our link (raw if compression is off)."""
+        return choose_codec(array, self.link.bytes_per_s, self.profile.rates["relu"]) if self.compress else "raw"
+
+    def _outgoing(
+        self, message: ProgramMessage, item: WorkItem, output: np.ndarray
+    ) -> list[tuple[str, RowsMessage | VectorMessage]]:
+        def topic(to: str) -> str:
+            if to == message.orchestrator:
+                return RESULTS.build(orchestrator=message.orchestrator)
+            return DEVICE_ROWS.build(device=to, sender=self.device_id)
+
+        return [(topic(to), out) for to, out in outgoing(message, item, output, self.device_id, self._codec)]
+
     def _check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
         """For a fetching device: the weights a block needs are the ones materialised now."""
         if held.loaded is None:
@@ -454,45 +469,33 @@ class DeviceAgent:
             raise WireError(f"weights of stage {stale[0]} ({digest}) are not installed")
 
     def _run_step(self, ready: ReadyStep[ValidProgram]) -> None:
-        """One ``flow`` step: compute, send each part of the output where the program says,
-        keep what our own later steps read. A failure ends the request here and tells the
-        orchestrator, which re-plans without us."""
+        """One ``flow`` work item: compute, send each part of the output where the program
+        says, keep what our own later items read. A failure ends the request here and tells
+        the orchestrator, which re-plans without us."""
         started = time.perf_counter()
-        program, step = ready.context, ready.step
+        program, item = ready.context, ready.item
         message = program.message
         results = RESULTS.build(orchestrator=message.orchestrator)
         try:
-            self._check_installed(program.held, step.block, message.digest)
+            if isinstance(item, ProgramStep):
+                self._check_installed(program.held, item.block, message.digest)
             output = run_step(ready)
-            for send in step.sends:
-                rows, cols = send.region.within(step.out_region)
-                part = np.ascontiguousarray(output[:, :, rows, cols])
-                codec = (
-                    choose_codec(part, self.link.bytes_per_s, self.profile.rates["relu"]) if self.compress else "raw"
-                )
-                packed = RowsMessage(
-                    message.request, self.device_id, step.block.stop, send.region, PackedArray(part, codec)
-                )
-                if send.to == message.orchestrator:  # the last block's tile, for the tail
-                    topic = results
-                else:
-                    topic = DEVICE_ROWS.build(device=send.to, sender=self.device_id)
-                self.bus.publish(topic, encode(packed))
+            for topic, outgoing in self._outgoing(message, item, output):
+                self.bus.publish(topic, encode(outgoing))
             self.flow.computed(message.request, ready.index, output)
         except Exception as exc:  # a bad step must not kill the worker
             log.exception("%s: step %d of %s failed", self.device_id, ready.index, message.request)
             self.flow.release(message.request, "failed")
-            error = ResultMessage(
-                message.request,
-                str(ready.index),
-                self.device_id,
-                step.out_region,
-                error=f"{type(exc).__name__}: {exc}"[:4000],
-            )
+            region = item.out_region if isinstance(item, ProgramStep) else _NOWHERE
+            error = f"{type(exc).__name__}: {exc}"[:4000]
             with contextlib.suppress(EdgeCIError):
-                self.bus.publish(results, encode(error))
+                failure = ResultMessage(message.request, str(ready.index), self.device_id, region, error=error)
+                self.bus.publish(results, encode(failure))
         finally:
-            self._unbook(message.request, self._seconds(program.held, message.input_hw, step.block, step.out_region))
+            if isinstance(item, ProgramStep):
+                self._unbook(
+                    message.request, self._seconds(program.held, message.input_hw, item.block, item.out_region)
+                )
         log.debug(
             "%s: step %d of %s done in %.1f ms",
             self.device_id,

@@ -18,13 +18,13 @@ import torch
 
 from edgeci_mqtt.core.blocks import tile_input_region
 from edgeci_mqtt.core.fused import run_block_tile
-from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.runtime.flow_store import ReadyStep, Rows, step_input_region
+from edgeci_mqtt.runtime.flow_store import ReadyStep, Rows, WorkItem, step_input_region
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
-from edgeci_mqtt.wire import ProgramMessage, ProgramStep
+from edgeci_mqtt.wire import PackedArray, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
 
-__all__ = ["ValidProgram", "run_step", "validate_program"]
+__all__ = ["ValidProgram", "outgoing", "run_step", "validate_program"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,42 @@ def _check_step(
             raise WireError(f"{where}: cannot send {send.region} of {step.out_region} to {send.to}")
 
 
+def _check_tail(message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape]) -> None:
+    """The tail part reads the whole final map once, and the features it or the finish
+    name are within the first layer's; slices cut the features in order."""
+    features = held.chain.tail_parts.features
+    final = shapes[-1]
+    if held.loaded is not None and (message.tail is not None or message.finish is not None):
+        raise WireError(f"{device} fetches stage weights only: it has none for the tail")
+    if message.tail is not None:
+        role = message.tail
+        whole = TileRegion.whole(final.height, final.width)
+        disjoint = not any(a.region.intersection(b.region) for a, b in itertools.combinations(role.inputs, 2))
+        if not role.inputs or not disjoint or sum(p.region.area for p in role.inputs) != whole.area:
+            raise WireError(f"the tail's input pieces do not tile the {final} final map")
+        if not whole.contains(step_input_region(role)):
+            raise WireError(f"the tail's input pieces reach outside the {final} final map")
+        for piece in role.inputs:
+            if piece.source == device and not any(
+                s.block.stop == len(shapes) - 1 and s.out_region.contains(piece.region) for s in message.steps
+            ):
+                raise WireError(f"no step of {device} makes {piece.region} of the final map")
+        if role.features is not None and role.features.stop > features:
+            raise WireError(f"tail features {role.features} are beyond the first layer's {features}")
+    if message.finish is not None:
+        slices = message.finish.slices
+        stops = [0] + [s.features.stop for s in slices]
+        if (
+            not slices
+            or any(s.features.start != stop for s, stop in zip(slices, stops, strict=False))
+            or stops[-1] != features
+        ):
+            raise WireError(f"the slices to finish the tail do not cut its {features} features in order")
+        own = message.tail.features if message.tail is not None else None
+        if any(s.source == device and s.features != own for s in slices):
+            raise WireError(f"{device} is to finish with a slice of its own that it does not compute")
+
+
 def validate_program(
     message: ProgramMessage,
     device: str,
@@ -74,8 +110,8 @@ def validate_program(
     held = models.get(message.model)
     if held.loaded is None and message.digest != held.digest:
         raise WireError(f"program {message.request}: weights digest {message.digest} is not ours ({held.digest})")
-    if not message.steps:
-        raise WireError(f"program {message.request} has no steps")
+    if not message.steps and message.tail is None and message.finish is None:
+        raise WireError(f"program {message.request} has nothing to do")
     try:
         shapes = held.shapes(*message.input_hw)
         for step in message.steps:
@@ -97,6 +133,10 @@ def validate_program(
             _check_step(step, index, message, device, held, shapes)
         except EdgeCIError as exc:
             raise WireError(str(exc)) from exc
+    try:
+        _check_tail(message, device, held, shapes)
+    except EdgeCIError as exc:
+        raise WireError(f"program {message.request}: {exc}") from exc
     if held.loaded is not None:
         for step in message.steps:
             for stage in held.weighted_stages(step.block):
@@ -106,16 +146,43 @@ def validate_program(
 
 
 def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
-    """Compute one step's output tile from its assembled input."""
-    step, program = ready.step, ready.context
-    in_region = step_input_region(step)
+    """Compute one work item from its assembled input: a block's output tile, the tail's
+    part (a slice of the first layer, or the logits), or the tail's finish (the logits)."""
+    item, program = ready.item, ready.context
+    tile = torch.from_numpy(ready.tile)
+    parts = program.held.chain.tail_parts
     with torch.inference_mode():
-        out = run_block_tile(
-            program.held.chain.kernels,
-            program.shapes,
-            step.block,
-            torch.from_numpy(ready.tile),
-            in_region,
-            step.out_region,
-        )
+        if isinstance(item, ProgramStep):
+            out = run_block_tile(
+                program.held.chain.kernels, program.shapes, item.block, tile, step_input_region(item), item.out_region
+            )
+        elif isinstance(item, TailRole):
+            out = parts.whole(tile) if item.features is None else parts.part(tile, item.features)
+        else:
+            out = parts.finish(tile)
     return out.contiguous().numpy()
+
+
+def outgoing(
+    message: ProgramMessage, item: WorkItem, output: Rows, me: str, codec: Callable[[Rows], str]
+) -> list[tuple[str, RowsMessage | VectorMessage]]:
+    """Where a work item's output goes, as (recipient, message): a block's rows to the
+    devices (or the orchestrator) the program names, a tail slice to the finisher (nothing
+    when that is us: the store keeps it), logits to the orchestrator. ``codec`` picks how
+    each array travels."""
+
+    def packed(array: Rows) -> PackedArray:
+        array = np.ascontiguousarray(array)
+        return PackedArray(array, codec(array))
+
+    request = message.request
+    if isinstance(item, ProgramStep):
+        out: list[tuple[str, RowsMessage | VectorMessage]] = []
+        for send in item.sends:
+            rows, cols = send.region.within(item.out_region)
+            part = packed(output[:, :, rows, cols])
+            out.append((send.to, RowsMessage(request, me, item.block.stop, send.region, part)))
+        return out
+    if isinstance(item, TailRole) and item.features is not None:
+        return [] if item.to == me else [(item.to, VectorMessage(request, me, item.features, packed(output)))]
+    return [(item.to, VectorMessage(request, me, Span(0, output.shape[1]), PackedArray(output), logits=True))]

@@ -26,30 +26,32 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import InferenceError, PlanningError
+from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.awas import auction_items
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.auction import Auctioneer
 from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, RunSetup, Timings
-from edgeci_mqtt.runtime.programs import device_programs
+from edgeci_mqtt.runtime.programs import DeviceProgram, device_programs
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     ProgramMessage,
-    ProgramStep,
     ReleaseMessage,
     ResultMessage,
     RowsMessage,
+    VectorMessage,
     encode,
 )
 
-__all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun"]
+__all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun", "finish_logits"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -59,41 +61,49 @@ EXPIRY_MARGIN_S = 30.0
 its program arrived), released or not: never while the orchestrator still waits for it."""
 
 
+Owed = tuple[str, TileRegion | Span]
+"""What the orchestrator waits for, by sender: a final tile (its region), a slice of the
+tail's first layer or the logits (their features)."""
+
+
 @dataclass
 class FlowAttempt:
     """What one attempt still waits for, as a pure state machine.
 
-    ``owed`` holds each last-block tile (device, region) not here yet; arrived tiles are
-    in ``tiles``. :meth:`result` and :meth:`tick` return the devices to give up on and why
-    (empty: carry on); a non-empty answer ends the attempt.
+    ``owed`` holds what has not arrived yet, by sender; what has is in ``arrived``.
+    :meth:`result` and :meth:`tick` return the devices to give up on and why (empty:
+    carry on); a non-empty answer ends the attempt.
     """
 
     devices: frozenset[str]
-    owed: set[tuple[str, TileRegion]]
+    owed: set[Owed]
     deadline: float
     channels: int
-    tiles: dict[tuple[str, TileRegion], NDArray[np.float32]] = field(default_factory=dict)
+    arrived: dict[Owed, NDArray[np.float32]] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
         return not self.owed
 
-    def result(self, result: ResultMessage | RowsMessage) -> tuple[set[str], str]:
-        """Take a message: a tile owed (kept), an error (its device failed), or anything else (ignored)."""
+    def result(self, result: ResultMessage | RowsMessage | VectorMessage) -> tuple[set[str], str]:
+        """Take a message: something owed (kept), an error (its device failed), or anything else (ignored)."""
         if isinstance(result, ResultMessage):
             if result.device in self.devices and result.error:
                 return {result.device}, f"{result.device}: {brief(result.error, 300)}"
             return set(), ""
-        key = (result.sender, result.region)
+        key: Owed
+        if isinstance(result, RowsMessage):
+            key, array = (result.sender, result.region), result.rows.array
+            expected: tuple[int, ...] = (1, self.channels, result.region.height, result.region.width)
+        else:
+            key, array, expected = (result.sender, result.features), result.values.array, (1, result.features.size)
         if key not in self.owed:
             return set(), ""
-        region, output = result.region, result.rows.array
-        expected = (1, self.channels, region.height, region.width)
-        if output.shape != expected or output.dtype != np.float32:
-            got = f"{output.dtype}{list(output.shape)}"
-            return {result.sender}, f"{result.sender} sent a {got} tile for {region}, expected float32{list(expected)}"
+        if array.shape != expected or array.dtype != np.float32:
+            got = f"{array.dtype}{list(array.shape)}"
+            return {result.sender}, f"{result.sender} sent {got} for {key[1]}, expected float32{list(expected)}"
         self.owed.discard(key)
-        self.tiles[key] = output
+        self.arrived[key] = array
         return set(), ""
 
     def tick(self, now: float, online: set[str]) -> tuple[set[str], str]:
@@ -102,8 +112,28 @@ class FlowAttempt:
             return gone, f"{', '.join(sorted(gone))} went offline"
         if now > self.deadline and self.owed:
             silent = {d for d, _ in self.owed}
-            return silent, f"{', '.join(sorted(silent))} still owed tiles at the deadline"
+            return silent, f"{', '.join(sorted(silent))} still owed results at the deadline"
         return set(), ""
+
+
+def finish_logits(
+    tail: TailPlan, arrived: dict[Owed, NDArray[np.float32]], chain: StageChain, out_shape: FeatureShape
+) -> Tensor:
+    """The logits from what reached the orchestrator: the final tiles (stitched, then the
+    whole tail here), the first layer's slices (the rest of the tail here), or the logits."""
+    with torch.inference_mode():
+        if tail.on_orchestrator:
+            whole = TileRegion.whole(out_shape.height, out_shape.width)
+            out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
+            for (_, region), tile in arrived.items():
+                assert isinstance(region, TileRegion)
+                rows, cols = region.within(whole)
+                out[:, :, rows, cols] = torch.from_numpy(tile)
+            return chain.tail(out)
+        if tail.finisher == ORCHESTRATOR:
+            ordered = sorted(arrived.items(), key=lambda item: item[0][1].start)  # type: ignore[union-attr]
+            return chain.tail_parts.finish(torch.from_numpy(np.concatenate([a for _, a in ordered], axis=1)))
+        return torch.from_numpy(next(iter(arrived.values())))
 
 
 class FlowRun:
@@ -135,7 +165,7 @@ class FlowRun:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             run_id = f"{self.request}.{attempt}"
             try:
-                features = self._attempt(run_id, x)
+                return self._attempt(run_id, x)
             except _AttemptFailed as failure:
                 self.failed |= failure.devices
                 self.timings.recovered_tasks += 1
@@ -147,17 +177,11 @@ class FlowRun:
                     failure.why,
                     ", ".join(sorted(failure.devices)),
                 )
-                continue
-            started = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.held.chain.tail(features)
-            self.timings.tail_s = time.perf_counter() - started
-            self.mark(ORCHESTRATOR, "tail", started, started + self.timings.tail_s)
-            return logits
         raise InferenceError(f"flow gave up after {MAX_ATTEMPTS} attempts: {'; '.join(reasons)}")
 
     # ------------------------------------------------------------ one attempt
     def _attempt(self, run_id: str, x: Tensor) -> Tensor:
+        """One attempt, to the logits (raises :class:`_AttemptFailed` to re-plan)."""
         views = [v for v in self.devices() if v.name not in self.failed]
         if not views:
             raise InferenceError("no capable device remains for this inference")
@@ -165,18 +189,20 @@ class FlowRun:
         programs = device_programs(plan, self.orchestrator)
         last = plan.blocks[-1]
         out_shape = self.shapes[last.block.stop]
+        owed: set[Owed]
+        if plan.tail.on_orchestrator:
+            owed = {(t.device, t.out_region) for t in last.tasks}
+        elif plan.tail.parts and plan.tail.finisher == ORCHESTRATOR:
+            owed = set(plan.tail.parts)
+        else:
+            owed = {(plan.tail.finisher, Span(0, self._classes()))}
         allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * self.plan.predicted_s))
         with self.mail.open(run_id) as box:
             started = time.perf_counter()
-            state = FlowAttempt(
-                frozenset(programs),
-                {(t.device, t.out_region) for t in last.tasks},
-                started + allowance,
-                out_shape.channels,
-            )
+            state = FlowAttempt(frozenset(programs), owed, started + allowance, out_shape.channels)
             try:
-                for device, steps in programs.items():
-                    self._send_program(run_id, device, steps, x, allowance + EXPIRY_MARGIN_S)
+                for device, program in programs.items():
+                    self._send_program(run_id, device, program, x, allowance + EXPIRY_MARGIN_S)
                 self.timings.scatter_s += time.perf_counter() - started
                 self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
                 self._wait(state, box)
@@ -184,15 +210,27 @@ class FlowRun:
                 self._release(run_id, programs, "attempt failed")
                 raise
         self.timings.wait_s += time.perf_counter() - started
-        merged = time.perf_counter()
-        out = torch.empty(1, out_shape.channels, out_shape.height, out_shape.width)
-        for (_, region), tile in state.tiles.items():
-            out[:, :, region.rows.start : region.rows.stop, region.cols.start : region.cols.stop] = torch.from_numpy(
-                tile
-            )
-        self.timings.merge_s += time.perf_counter() - merged
-        self.mark(ORCHESTRATOR, "merge", merged, time.perf_counter(), f"{len(state.tiles)} tiles")
-        return out
+        return self._finish(plan, state, out_shape)
+
+    def _finish(self, plan: Plan, state: FlowAttempt, out_shape: FeatureShape) -> Tensor:
+        started = time.perf_counter()
+        logits = finish_logits(plan.tail, state.arrived, self.held.chain, out_shape)
+        self.timings.tail_s = time.perf_counter() - started
+        self.mark(ORCHESTRATOR, "tail", started, time.perf_counter(), self._tail_note(plan))
+        return logits
+
+    def _classes(self) -> int:
+        with torch.inference_mode():
+            return int(self.held.chain.tail_parts.finish(torch.zeros(1, self.held.chain.tail_parts.features)).shape[1])
+
+    @staticmethod
+    def _tail_note(plan: Plan) -> str:
+        tail = plan.tail
+        if tail.on_orchestrator:
+            return ""
+        if tail.parts:
+            return f"first layer split over {', '.join(d for d, _ in tail.parts)}, finished on {tail.finisher}"
+        return f"tail on {tail.finisher}"
 
     def _award(self, views: list[DeviceView]) -> Plan:
         """Every block's round at once, then the flow awards in block order."""
@@ -205,7 +243,7 @@ class FlowRun:
         chain = self.held.chain.spec(*self.input_hw)
         rows = self.held.row_model(*self.input_hw)
         try:
-            blocks, awards = flow_blocks(
+            blocks, awards, tail = flow_blocks(
                 chain,
                 rows,
                 env,
@@ -217,13 +255,14 @@ class FlowRun:
             self.auctioneer.announce(held_round.id, won)
         self.timings.auction_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
-        plan = Plan("flow", chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, self.plan.predicted_s, True)
+        plan = Plan(
+            "flow", chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, self.plan.predicted_s, True, tail
+        )
         self.used |= set(plan.devices)
         return plan
 
-    def _send_program(
-        self, run_id: str, device: str, steps: tuple[ProgramStep, ...], x: Tensor, expires_s: float
-    ) -> None:
+    def _send_program(self, run_id: str, device: str, program: DeviceProgram, x: Tensor, expires_s: float) -> None:
+        steps = program.steps
         image_region = next((p.region for s in steps for p in s.inputs if p.source == self.orchestrator), None)
         image = None
         if image_region is not None:
@@ -241,6 +280,8 @@ class FlowRun:
             expires_s,
             image_region,
             image,
+            program.tail,
+            program.finish,
         )
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
 
@@ -256,7 +297,7 @@ class FlowRun:
             if lost:
                 raise _AttemptFailed(lost, why)
 
-    def _release(self, run_id: str, programs: dict[str, tuple[ProgramStep, ...]], reason: str) -> None:
+    def _release(self, run_id: str, programs: dict[str, DeviceProgram], reason: str) -> None:
         """Tell every device of the attempt to drop its rows (a device that is gone drops them
         when they expire)."""
         for device in programs:

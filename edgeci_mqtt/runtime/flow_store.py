@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.wire import ProgramMessage, ProgramStep, RowsMessage
+from edgeci_mqtt.wire import FinishRole, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
 
 __all__ = ["FlowStore", "ReadyStep", "step_input_region"]
 
@@ -43,17 +43,39 @@ HOLDING_S = 10.0
 REMEMBERED = 4096
 
 
-def step_input_region(step: ProgramStep) -> TileRegion:
-    """The rectangle a step's input pieces make up together."""
+def step_input_region(step: ProgramStep | TailRole) -> TileRegion:
+    """The rectangle a step's (or the tail's) input pieces make up together."""
     return reduce(TileRegion.hull, (p.region for p in step.inputs))
+
+
+WorkItem = ProgramStep | TailRole | FinishRole
+"""What a program asks of a device, in order: its block steps, then its part of the tail,
+then finishing the tail."""
+Key = tuple[Any, ...]
+"""A piece of input: ``(boundary, region, source)`` for rows, ``(source, features)`` for a slice."""
+
+
+def _payload(message: RowsMessage | VectorMessage) -> Rows:
+    return message.rows.array if isinstance(message, RowsMessage) else message.values.array
+
+
+def _needs(item: WorkItem, final: int) -> list[Key]:
+    if isinstance(item, ProgramStep):
+        return [(item.block.start, p.region, p.source) for p in item.inputs]
+    if isinstance(item, TailRole):
+        return [(final, p.region, p.source) for p in item.inputs]
+    return [(s.source, s.features) for s in item.slices]
 
 
 @dataclass(frozen=True)
 class ReadyStep(Generic[C]):
+    """A work item whose inputs are all here: ``tile`` is its input assembled (a block's
+    input rectangle, the whole final map for the tail, the first layer's output to finish)."""
+
     request: str
     index: int
-    step: ProgramStep
-    tile: Rows  # the step's whole input region, assembled
+    item: WorkItem
+    tile: Rows
     context: C  # what the device keeps with the program (its model and shapes)
 
 
@@ -63,23 +85,38 @@ class _Program(Generic[C]):
     shapes: Sequence[FeatureShape]
     context: C
     expires: float
-    pieces: dict[PieceKey, Rows] = field(default_factory=dict)
+    pieces: dict[Key, Rows] = field(default_factory=dict)
     next: int = 0
     queued: bool = False
 
-    def wanted(self, key: PieceKey) -> bool:
-        """A step of ours names this piece and it is not here yet."""
-        boundary, region, source = key
-        return key not in self.pieces and any(
-            step.block.start == boundary and any(p.region == region and p.source == source for p in step.inputs)
-            for step in self.message.steps[self.next :]
-        )
+    @property
+    def items(self) -> list[WorkItem]:
+        tail, finish = self.message.tail, self.message.finish
+        return [*self.message.steps, *([tail] if tail else []), *([finish] if finish else [])]
+
+    @property
+    def final(self) -> int:
+        return len(self.shapes) - 1
+
+    def wanted(self, key: Key) -> bool:
+        """An item of ours not done yet names this piece and it is not here yet."""
+        return key not in self.pieces and any(key in _needs(item, self.final) for item in self.items[self.next :])
 
     def ready(self) -> bool:
-        if self.next >= len(self.message.steps):
-            return False
-        step = self.message.steps[self.next]
-        return all((step.block.start, p.region, p.source) in self.pieces for p in step.inputs)
+        items = self.items
+        return self.next < len(items) and all(k in self.pieces for k in _needs(items[self.next], self.final))
+
+    def assemble(self, item: WorkItem) -> Rows:
+        """The item's input from its pieces (which leave the store)."""
+        if isinstance(item, FinishRole):
+            return np.concatenate([self.pieces.pop((s.source, s.features)) for s in item.slices], axis=1)
+        region = step_input_region(item)
+        boundary = item.block.start if isinstance(item, ProgramStep) else self.final
+        tile = np.empty((1, self.shapes[boundary].channels, region.height, region.width), dtype=np.float32)
+        for piece in item.inputs:
+            rows, cols = piece.region.within(region)
+            tile[:, :, rows, cols] = self.pieces.pop((boundary, piece.region, piece.source))
+        return tile
 
 
 class FlowStore(Generic[C]):
@@ -96,7 +133,7 @@ class FlowStore(Generic[C]):
         self.device = device
         self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
         self._programs: dict[str, _Program[C]] = {}
-        self._held: list[tuple[float, str, str, RowsMessage]] = []  # (arrived, request, sender, rows)
+        self._held: list[tuple[float, str, str, RowsMessage | VectorMessage]] = []  # (arrived, request, sender, rows)
         self._ended: OrderedDict[str, str] = OrderedDict()  # request -> why, most recent last
         self._lock = threading.Lock()
         self.counts = {"dropped_ended": 0, "dropped_unknown": 0, "refused": 0, "over_budget": 0}
@@ -108,7 +145,7 @@ class FlowStore(Generic[C]):
             return self._bytes()
 
     def _bytes(self) -> int:
-        held = sum(r.rows.array.nbytes for _, _, _, r in self._held)
+        held = sum(_payload(r).nbytes for _, _, _, r in self._held)
         return held + sum(a.nbytes for p in self._programs.values() for a in p.pieces.values())
 
     def requests(self) -> list[str]:
@@ -150,34 +187,39 @@ class FlowStore(Generic[C]):
                 self._add(rows, sender, now)
         return self._claim(request)
 
-    def add_rows(self, rows: RowsMessage, sender: str, now: float) -> bool:
-        """Store rows from ``sender`` (the topic's sender id); True if they make the request's
-        next step ready (hand it to the worker). Raises :class:`WireError` on refusal."""
+    def add_rows(self, rows: RowsMessage | VectorMessage, sender: str, now: float) -> bool:
+        """Store rows (or a slice of the tail) from ``sender`` (the topic's sender id); True if
+        they make the request's next item ready (hand it to the worker). Raises
+        :class:`WireError` on refusal."""
         self._add(rows, sender, now)
         return self._claim(rows.request)
 
-    def _add(self, rows: RowsMessage, sender: str, now: float) -> None:
+    def _add(self, message: RowsMessage | VectorMessage, sender: str, now: float) -> None:
+        array = _payload(message)
         with self._lock:
             self._expire(now)
-            request = rows.request
+            request = message.request
             if request in self._ended:
                 self.counts["dropped_ended"] += 1
                 raise WireError(f"rows for request {request}, which is over here ({self._ended[request]})")
             entry = self._programs.get(request)
             room = self.budget_bytes - self._bytes()
             if entry is None:
-                held = sum(h[3].rows.array.nbytes for h in self._held)
-                if rows.rows.array.nbytes > min(room, self.holding_bytes - held):
+                held = sum(_payload(h[3]).nbytes for h in self._held)
+                if array.nbytes > min(room, self.holding_bytes - held):
                     self.counts["dropped_unknown"] += 1
                     raise WireError(f"rows for unknown request {request}: the holding area is full")
-                self._held.append((now, request, sender, rows))
+                self._held.append((now, request, sender, message))
                 return
-            key = (rows.boundary, rows.region, sender)
-            if not entry.wanted(key):
+            if isinstance(message, RowsMessage):
+                key: Key = (message.boundary, message.region, sender)
+                shape = entry.shapes[min(message.boundary, entry.final)]
+                expected: tuple[int, ...] = (1, shape.channels, message.region.height, message.region.width)
+            else:
+                key, expected = (sender, message.features), (1, message.features.size)
+            if (isinstance(message, VectorMessage) and message.logits) or not entry.wanted(key):
                 self.counts["refused"] += 1
-                raise WireError(f"request {request}: no step of {self.device} reads {rows.region} from {sender}")
-            array = rows.rows.array
-            expected = (1, entry.shapes[rows.boundary].channels, rows.region.height, rows.region.width)
+                raise WireError(f"request {request}: no step of {self.device} reads {key[-2]} from {sender}")
             if array.shape != expected or array.dtype != np.float32:
                 self.counts["refused"] += 1
                 raise WireError(f"request {request}: rows are {array.dtype}{list(array.shape)}, not {expected}")
@@ -216,8 +258,8 @@ class FlowStore(Generic[C]):
 
     # ------------------------------------------------------------ worker
     def next_step(self, request: str) -> ReadyStep[C] | None:
-        """The request's next step with its input assembled (its pieces leave the store),
-        or None, which also ends the worker's claim on the request."""
+        """The request's next work item with its input assembled (its pieces leave the
+        store), or None, which also ends the worker's claim on the request."""
         with self._lock:
             entry = self._programs.get(request)
             if entry is None:
@@ -226,31 +268,31 @@ class FlowStore(Generic[C]):
                 entry.queued = False
                 return None
             index = entry.next
-            step = entry.message.steps[index]
-            region = step_input_region(step)
-            channels = entry.shapes[step.block.start].channels
-            tile = np.empty((1, channels, region.height, region.width), dtype=np.float32)
-            for piece in step.inputs:
-                rows, cols = piece.region.within(region)
-                tile[:, :, rows, cols] = entry.pieces.pop((step.block.start, piece.region, piece.source))
+            item = entry.items[index]
             entry.next += 1
-            return ReadyStep(request, index, step, tile, entry.context)
+            return ReadyStep(request, index, item, entry.assemble(item), entry.context)
 
     def computed(self, request: str, index: int, output: Rows) -> None:
-        """Keep the rows of a step's output that this device's later steps read; end the
-        request here after its last step."""
+        """Keep what of an item's output this device's later items read (rows of a block's
+        output, its own slice of the tail); end the request here after its last item."""
         with self._lock:
             entry = self._programs.get(request)
             if entry is None:
                 return
-            steps = entry.message.steps
-            step = steps[index]
-            for later in steps[index + 1 :]:
-                if later.block.start != step.block.stop:
-                    continue
-                for piece in later.inputs:
-                    if piece.source == self.device and step.out_region.contains(piece.region):
-                        rows, cols = piece.region.within(step.out_region)
-                        entry.pieces[(step.block.stop, piece.region, self.device)] = output[:, :, rows, cols].copy()
-            if entry.next >= len(steps):
+            items = entry.items
+            item = items[index]
+            later_needs = {k for later in items[index + 1 :] for k in _needs(later, entry.final)}
+            if isinstance(item, ProgramStep):
+                for key in later_needs:
+                    if len(key) != 3 or (key[0], key[2]) != (item.block.stop, self.device):
+                        continue
+                    region: TileRegion = key[1]
+                    if item.out_region.contains(region):
+                        rows, cols = region.within(item.out_region)
+                        entry.pieces[key] = output[:, :, rows, cols].copy()
+            elif isinstance(item, TailRole) and item.features is not None:
+                key = (self.device, item.features)
+                if key in later_needs:
+                    entry.pieces[key] = output
+            if entry.next >= len(items):
                 self._end(request, "done")

@@ -51,6 +51,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     RowsMessage,
     TaskMessage,
+    VectorMessage,
     encode,
 )
 
@@ -82,7 +83,7 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-Arrival = tuple[float, ResultMessage | RowsMessage]
+Arrival = tuple[float, ResultMessage | RowsMessage | VectorMessage]
 """A result and when it arrived (``perf_counter``), for traces."""
 
 
@@ -105,7 +106,7 @@ class Mailboxes:
         finally:
             self.results.pop(request, None)
 
-    def deliver(self, result: ResultMessage | RowsMessage, arrived: float) -> None:
+    def deliver(self, result: ResultMessage | RowsMessage | VectorMessage, arrived: float) -> None:
         box = self.results.get(result.request)
         if box is None:
             self.dropped += 1

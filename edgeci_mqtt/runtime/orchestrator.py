@@ -53,6 +53,7 @@ from edgeci_mqtt.wire import (
     Reassembler,
     ResultMessage,
     RowsMessage,
+    VectorMessage,
     decode,
     encode,
 )
@@ -105,10 +106,16 @@ class DeviceTable:
             return sorted(self._states)
 
     def views(self, model: str, digest: str) -> list[DeviceView]:
-        """Online devices that hold ``model`` with these weights, or fetch them."""
+        """Online devices that hold ``model`` with these weights, or fetch them (a fetching
+        device gets the weights of stages only, so no room for the tail's)."""
         with self._lock:
             return [
-                DeviceView(name, self._profiles[name], self._links[name])
+                DeviceView(
+                    name,
+                    self._profiles[name],
+                    self._links[name],
+                    memory_bytes=0 if s.models.get(model) == FETCH else s.memory_bytes,
+                )
                 for name, s in sorted(self._states.items())
                 if s.models.get(model) in (digest, FETCH)
             ]
@@ -218,7 +225,7 @@ class Orchestrator:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage | RowsMessage) and event.topic == self.results_topic:
+            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage) and event.topic == self.results_topic:
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
             elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
                 if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:

@@ -9,17 +9,37 @@ and a last-block step sends its whole tile to the orchestrator, where the tail r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.plan import Plan, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
-from edgeci_mqtt.wire import ProgramStep, StepInput, StepSend
+from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole
 
-__all__ = ["device_programs"]
+__all__ = ["DeviceProgram", "device_programs"]
 
 
-def device_programs(plan: Plan, orchestrator: str) -> dict[str, tuple[ProgramStep, ...]]:
-    """Every device's steps, in block order. Raises :class:`PlanningError` if a piece is
-    not made by exactly one task (a flow plan cuts pieces by producer) or a task has no device."""
+@dataclass(frozen=True)
+class DeviceProgram:
+    """A device's part of one request: block steps in order, its part of the tail, finishing it."""
+
+    steps: tuple[ProgramStep, ...] = ()
+    tail: TailRole | None = None
+    finish: FinishRole | None = None
+
+
+def device_programs(plan: Plan, orchestrator: str) -> dict[str, DeviceProgram]:
+    """Every device's program. Raises :class:`PlanningError` if a piece is not made by
+    exactly one task (a flow plan cuts pieces by producer) or a task has no device.
+
+    A tail off the orchestrator: every final tile goes to each device reading the tail
+    (unless it holds it), which runs the whole tail and answers, or its share of the first
+    fully connected layer, sent to the finisher (the orchestrator, or a device that runs
+    the rest and answers)."""
+
+    def name(holder: str) -> str:
+        return orchestrator if holder == ORCHESTRATOR else holder
+
     sends: dict[tuple[int, int], list[StepSend]] = {}
     for k, block_plan in enumerate(plan.blocks):
         for i, task in enumerate(block_plan.tasks):
@@ -36,12 +56,30 @@ def device_programs(plan: Plan, orchestrator: str) -> dict[str, tuple[ProgramSte
                 sends.setdefault((k - 1, made_by[0]), []).append(StepSend(piece.region, task.device))
             if task.output == ORCHESTRATOR:
                 sends.setdefault((k, i), []).append(StepSend(task.out_region, orchestrator))
-    programs: dict[str, list[ProgramStep]] = {}
+    tail, last = plan.tail, len(plan.blocks) - 1
+    roles: dict[str, TailRole] = {}
+    if not tail.on_orchestrator:
+        final = plan.blocks[last].tasks
+        for reader in tail.readers:
+            for i, task in enumerate(final):
+                if task.output != reader:
+                    sends.setdefault((last, i), []).append(StepSend(task.out_region, name(reader)))
+        pieces = tuple(StepInput(t.out_region, name(t.output)) for t in final)
+        parts = dict(tail.parts)
+        for reader in tail.readers:
+            features = parts.get(reader)
+            roles[reader] = TailRole(pieces, name(tail.finisher) if features is not None else orchestrator, features)
+    steps: dict[str, list[ProgramStep]] = {}
     for k, block_plan in enumerate(plan.blocks):
         for i, task in enumerate(block_plan.tasks):
-            inputs = tuple(
-                StepInput(p.region, orchestrator if p.source == ORCHESTRATOR else p.source) for p in task.inputs
-            )
+            inputs = tuple(StepInput(p.region, name(p.source)) for p in task.inputs)
             step = ProgramStep(block_plan.block, task.out_region, inputs, tuple(sends.get((k, i), ())))
-            programs.setdefault(task.device, []).append(step)
-    return {device: tuple(steps) for device, steps in programs.items()}
+            steps.setdefault(task.device, []).append(step)
+    finish = None
+    if tail.parts and tail.finisher != ORCHESTRATOR:
+        finish = FinishRole(tuple(SliceFrom(name(d), s) for d, s in tail.parts), orchestrator)
+    devices = (set(steps) | set(roles) | ({tail.finisher} if finish else set())) - {ORCHESTRATOR}
+    return {
+        d: DeviceProgram(tuple(steps.get(d, ())), roles.get(d), finish if d == tail.finisher else None)
+        for d in sorted(devices)
+    }

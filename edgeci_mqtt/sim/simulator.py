@@ -56,6 +56,8 @@ from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.awas import auction_item_count
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.planner.tail import TailWork
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 
 __all__ = ["SimResult", "WorkOf", "simulate"]
@@ -162,6 +164,11 @@ class _Replay:
                         for j in made_by:
                             self.readers.setdefault((k - 1, j), []).append(((k, i), p))
         self.pulls: dict[int, deque[int]] = {}  # tiles of a pulled block not yet handed out
+        last = plan.blocks[-1].tasks if plan.blocks else ()
+        self.tail = plan.tail
+        self.tail_work = TailWork.of(plan.tail_work) if not plan.tail.on_orchestrator else None
+        self.tail_missing = dict.fromkeys(plan.tail.readers, len(last))  # final tiles not yet with each reader
+        self.slices_missing = len(plan.tail.parts)
 
     def task(self, tid: TaskId) -> Task:
         return self.plan.blocks[tid[0]].tasks[tid[1]]
@@ -242,6 +249,8 @@ class _Replay:
     def kept(self, tid: TaskId, t: float) -> None:
         """``tid``'s tile is on the device that keeps it from ``t``: pieces made of it may move."""
         self.ends[tid[0]] = max(self.ends[tid[0]], t)
+        if tid[0] == len(self.plan.blocks) - 1 and self.tail_work is not None:
+            self.to_tail(tid, t)
         for reader, p in self.readers.get(tid, ()):
             self.unmade[(reader, p)] -= 1
             if self.unmade[(reader, p)] == 0:
@@ -252,6 +261,54 @@ class _Replay:
                 else:
                     then = partial(self.arrived, reader, task.device)
                     self.forward(piece.source, task.device, t, task.input_bytes(piece), self.tile(reader), then)
+
+    # ------------------------------------------------------------ a tail off the orchestrator
+    def profile(self, resource: str) -> DeviceProfile:
+        return self.env.orchestrator if resource == ORCHESTRATOR else self.env.device(resource).profile
+
+    def send(self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Callable[[float], None]) -> None:
+        """``nbytes`` from ``source`` to ``target`` (either may be the orchestrator), then ``then(arrival)``."""
+        if source == target:
+            then(t)
+        elif target == ORCHESTRATOR:
+            arrival = self.state.transfer(source, t, nbytes, False, tile, "to the tail")
+            self.state.at(arrival, partial(then, arrival))
+        elif source == ORCHESTRATOR:
+            arrival = self.state.transfer(target, t, nbytes, True, tile, "to the tail")
+            self.state.at(arrival, partial(then, arrival))
+        else:
+            self.forward(source, target, t, nbytes, tile, then)
+
+    def to_tail(self, tid: TaskId, t: float) -> None:
+        """A final tile is ready on its device: it goes to every reader of the tail."""
+        task = self.task(tid)
+        for reader in self.tail.readers:
+            self.send(task.output, reader, t, task.out_bytes, self.tile(tid), partial(self.tail_input, reader))
+
+    def tail_input(self, reader: str, t: float) -> None:
+        assert self.tail_work is not None
+        self.tail_missing[reader] -= 1
+        if self.tail_missing[reader]:
+            return
+        work = self.tail_work
+        span = dict(self.tail.parts).get(reader)
+        ops = work.part(span) if span is not None else (*work.head, work.first, *work.rest)
+        end = self.state.busy(reader, "tail", t, self.profile(reader).work_seconds(ops))
+        if span is None:
+            self.send(reader, ORCHESTRATOR, end, 4096, _NO_TILE, self.answered)
+        else:
+            self.send(reader, self.tail.finisher, end, work.slice_bytes(span), _NO_TILE, self.slice_input)
+
+    def slice_input(self, t: float) -> None:
+        assert self.tail_work is not None
+        self.slices_missing -= 1
+        if not self.slices_missing:
+            finisher = self.tail.finisher
+            end = self.state.busy(finisher, "tail", t, self.profile(finisher).work_seconds(self.tail_work.rest))
+            self.send(finisher, ORCHESTRATOR, end, 4096, _NO_TILE, self.answered)
+
+    def answered(self, t: float) -> None:
+        self.tail_end = t
 
     def forward(
         self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Callable[[float], None]

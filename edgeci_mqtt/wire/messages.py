@@ -36,6 +36,7 @@ __all__ = [
     "BidMessage",
     "Chunk",
     "DeviceState",
+    "FinishRole",
     "InferRequest",
     "InferResponse",
     "Message",
@@ -44,10 +45,13 @@ __all__ = [
     "ReleaseMessage",
     "ResultMessage",
     "RowsMessage",
+    "SliceFrom",
     "StepInput",
     "StepSend",
+    "TailRole",
     "TaskMessage",
     "TaskTimings",
+    "VectorMessage",
     "WeightsMessage",
     "decode",
     "encode",
@@ -93,6 +97,7 @@ class DeviceState(Message):
     models: dict[str, Name] = field(default_factory=dict)  # model name -> weights digest
     version: Name = ""
     weights: dict[str, tuple[Name, ...]] = field(default_factory=dict)  # cached on disk: digest -> stage names
+    memory_bytes: Annotated[int, Range(0, 1 << 50)] | None = None  # tail weights it can take on (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,33 @@ class ProgramStep:
 
 
 @dataclass(frozen=True)
+class TailRole:
+    """The tail part of a program: once every piece of the final map (``inputs``) is here,
+    run the whole tail and send the logits to ``to`` (``features`` None), or the head and
+    the first fully connected layer's output ``features``, and send that slice to ``to``."""
+
+    inputs: Annotated[tuple[StepInput, ...], MaxLen(4096)]
+    to: Ident
+    features: Span | None = None
+
+
+@dataclass(frozen=True)
+class SliceFrom:
+    """``source`` sends the first fully connected layer's output ``features``."""
+
+    source: Ident
+    features: Span
+
+
+@dataclass(frozen=True)
+class FinishRole:
+    """Gather the first layer's slices, run the rest of the tail, send the logits to ``to``."""
+
+    slices: Annotated[tuple[SliceFrom, ...], MaxLen(4096)]
+    to: Ident
+
+
+@dataclass(frozen=True)
 class ProgramMessage(Message):
     """A device's whole part of one ``flow`` request on ``devices/<id>/tasks``: its steps in
     block order, and the image rows its first step reads from the orchestrator. The device
@@ -199,6 +231,8 @@ class ProgramMessage(Message):
     expires_s: Seconds
     image_region: TileRegion | None = None
     image: Array | None = field(default=None, compare=False)
+    tail: TailRole | None = None
+    finish: FinishRole | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +247,19 @@ class RowsMessage(Message):
     boundary: Annotated[int, Range(0, 1 << 20)]
     region: TileRegion
     rows: PackedArray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class VectorMessage(Message):
+    """Output ``features`` of the tail's first fully connected layer (a slice for the
+    finisher), or the logits (for the orchestrator), from ``sender`` for ``request``."""
+
+    kind: ClassVar[str] = "vector"
+    request: Ident
+    sender: Ident
+    features: Span
+    values: PackedArray = field(compare=False)
+    logits: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,6 +362,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         WeightsMessage,
         ProgramMessage,
         RowsMessage,
+        VectorMessage,
         ReleaseMessage,
         Chunk,
     )

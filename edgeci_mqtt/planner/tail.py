@@ -1,0 +1,162 @@
+"""Where the tail runs: the orchestrator, one device, or its first fully connected layer
+split by output features across devices (DESIGN.md section 8).
+
+The tail is a head (global pooling, flatten), a first fully connected layer and the rest
+(activations and later layers). A batch of one makes every fully connected layer a
+matrix-vector product bound by reading its weights, so the first layer (VGG-16's holds
+411 MB of its 554 MB) is worth cutting: each part computes some of its output features
+from the whole final map, on its own device, and sends that slice to the ``finisher``,
+which runs the rest and answers. A part must fit its share of the layer's weights (and
+the finisher the rest's) in the memory budget its device announced.
+
+:func:`place_tail` prices every placement from where the final map's tiles are (their
+bytes over each participant's own link), each participant's profile, and the slices
+and logits sent on, and keeps the cheapest: the orchestrator, each device alone, and the
+first layer split by fc speed over the k fastest devices (k = 2..n), finished by the
+fastest of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeci_mqtt.core.geometry import Span
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT
+from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
+from edgeci_mqtt.timeline import ORCHESTRATOR
+
+__all__ = ["TailPlan", "TailWork", "place_tail"]
+
+
+@dataclass(frozen=True)
+class TailPlan:
+    """``parts``: who computes which output features of the tail's first fully connected
+    layer (empty: ``finisher`` runs the whole tail); ``finisher`` gathers the parts' slices,
+    runs the rest of the tail and answers. Either may be :data:`ORCHESTRATOR`."""
+
+    finisher: str = ORCHESTRATOR
+    parts: tuple[tuple[str, Span], ...] = ()
+
+    def __post_init__(self) -> None:
+        stops = [0] + [s.stop for _, s in self.parts]
+        if any(s.start != stop for (_, s), stop in zip(self.parts, stops, strict=False)):
+            raise PlanningError(f"tail parts {self.parts} do not cut the first layer's features in order")
+
+    @property
+    def on_orchestrator(self) -> bool:
+        return self.finisher == ORCHESTRATOR and all(d == ORCHESTRATOR for d, _ in self.parts)
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """Who needs the whole final map: the parts, or the finisher running it all."""
+        return tuple(d for d, _ in self.parts) if self.parts else (self.finisher,)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.readers, self.finisher} - {ORCHESTRATOR}))
+
+
+@dataclass(frozen=True)
+class TailWork:
+    """The tail's ops as head, first fully connected layer, rest (see the module docstring)."""
+
+    head: tuple[OpWork, ...]
+    first: OpWork
+    rest: tuple[OpWork, ...]
+    features: int
+    """Output features of the first layer."""
+
+    @classmethod
+    def of(cls, ops: Sequence[OpWork]) -> TailWork:
+        index = next((k for k, op in enumerate(ops) if op.kind == "fc"), None)
+        if index is None:
+            raise PlanningError("the tail has no fully connected layer")
+        first = ops[index]
+        return cls(tuple(ops[:index]), first, tuple(ops[index + 1 :]), first.flops // 2 // max(first.depth, 1))
+
+    def part(self, features: Span) -> tuple[OpWork, ...]:
+        """The head and a share of the first layer (its weight rows scale everything)."""
+        share = features.size / self.features
+        first = self.first
+        scaled = OpWork("fc", round(first.flops * share), round(first.bytes * share), first.depth, 1)
+        return (*self.head, scaled)
+
+    def part_weight_bytes(self, features: Span) -> int:
+        return features.size * (self.first.depth + 1) * BYTES_PER_ELEMENT
+
+    @property
+    def rest_weight_bytes(self) -> int:
+        return sum(op.flops // 2 * BYTES_PER_ELEMENT for op in self.rest if op.kind == "fc")
+
+    def slice_bytes(self, features: Span) -> int:
+        return features.size * BYTES_PER_ELEMENT
+
+
+def _fits(view: DeviceView, weight_bytes: int) -> bool:
+    return view.memory_bytes is None or weight_bytes <= view.memory_bytes
+
+
+def _split(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[tuple[str, Span], ...]:
+    """Contiguous feature runs in proportion to speed (the last one takes the remainder)."""
+    total, parts, start = sum(s for _, s in speeds), [], 0
+    for k, (name, speed) in enumerate(speeds):
+        stop = features if k == len(speeds) - 1 else start + round(features * speed / total)
+        if stop > start:
+            parts.append((name, Span(start, stop)))
+        start = stop
+    return tuple(parts)
+
+
+def place_tail(
+    env: Environment, work: TailWork, map_bytes: int, held: dict[str, int], orchestrator_holds: bool
+) -> tuple[TailPlan, float]:
+    """The cheapest placement and its estimated seconds from the final map's last tile.
+
+    ``held``: bytes of the final map each device holds; ``orchestrator_holds``: the whole
+    map is on the orchestrator already (a gathering strategy), else it is fetched there too.
+    """
+    logits = MESSAGE_OVERHEAD_BYTES + 4096
+    options: list[tuple[float, TailPlan]] = []
+
+    def fetch(view: DeviceView) -> float:
+        """The map's tiles this device lacks, over its own link, each from another device or the orchestrator."""
+        missing = map_bytes - held.get(view.name, 0)
+        return (missing / view.link.bytes_per_s + 2 * view.link.latency_s) if missing else 0.0
+
+    broker = env.broker_link
+    gather = 0.0 if orchestrator_holds else map_bytes / broker.bytes_per_s + 2 * broker.latency_s
+    everything = (*work.head, work.first, *work.rest)
+    options.append((gather + env.orchestrator.work_seconds(everything), TailPlan()))
+    whole = Span(0, work.features)
+    for view in env.devices:
+        if _fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
+            answer = logits / view.link.bytes_per_s + view.link.latency_s
+            options.append((fetch(view) + view.profile.work_seconds(everything) + answer, TailPlan(view.name)))
+    fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
+    ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
+    for k in range(2, len(ranked) + 1):
+        chosen = ranked[:k]
+        parts = _split(work.features, [(v.name, fc_speed[v.name]) for v in chosen])
+        views = {v.name: v for v in chosen}
+        finisher = views[parts[0][0]]
+        if not all(_fits(views[d], work.part_weight_bytes(s)) for d, s in parts) or not _fits(
+            finisher, work.part_weight_bytes(parts[0][1]) + work.rest_weight_bytes
+        ):
+            continue
+        ready = max(
+            fetch(views[d])
+            + views[d].profile.work_seconds(work.part(s))
+            + (
+                0.0
+                if d == finisher.name
+                else work.slice_bytes(s) / finisher.link.bytes_per_s + 2 * finisher.link.latency_s
+            )
+            for d, s in parts
+        )
+        seconds = ready + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+        options.append((seconds, TailPlan(finisher.name, parts)))
+    seconds, plan = min(options, key=lambda o: o[0])
+    return plan, seconds
