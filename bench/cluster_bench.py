@@ -86,6 +86,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
             *("--client", run.url("client"), "--watcher", run.url("watcher"), "--link", run.cluster.bridge),
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),
+            *("--stream", str(args.stream if name in args.stream_clusters.split(",") else 0)),
         ]
         subprocess.run(run.in_hub(*driver), check=True, cwd=Path(__file__).resolve().parent.parent)
         data = dict(json.loads(out.read_text()))
@@ -260,6 +261,38 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
+def stream_lines(raw: dict[str, dict]) -> list[str]:
+    """Streams: throughput and latency per strategy, and issue 11's stream target."""
+    lines = [
+        "| cluster | model | strategy | requests | throughput (req/s) | p50 (ms) | p90 (ms) | served whole | failed |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for cluster, data in raw.items():
+        for model, by_strategy in data.get("streams", {}).items():
+            figures = {}
+            for strategy, run in by_strategy.items():
+                done = run["latencies_s"]
+                rate = len(done) / run["wall_s"]
+                p50 = statistics.median(done) if done else float("nan")
+                figures[strategy] = (rate, p50)
+                lines.append(
+                    f"| {cluster} | {model} | {strategy} | {len(done)} | {rate:.2f} | {p50 * 1e3:.0f} | "
+                    f"{p90(done) * 1e3 if done else float('nan'):.0f} | {run['whole']:.0f} | {len(run['failures'])} |"
+                )
+            if "flow" in figures and "replicas" in figures:
+                (flow_rate, flow_p50), (rep_rate, rep_p50) = figures["flow"], figures["replicas"]
+                ok = flow_rate >= 0.95 * rep_rate and flow_p50 < rep_p50
+                verdicts.append(
+                    f"| flow throughput >= 0.95 x replicas' and a lower p50 | {cluster} {model} | "
+                    f"{flow_rate / rep_rate:.2f} x, p50 {flow_p50 * 1e3:.0f} vs {rep_p50 * 1e3:.0f} ms | "
+                    f"{'yes' if ok else 'no'} |"
+                )
+    if len(lines) == 2:
+        return []
+    return ["### Streams", "", *lines, "", "| target | where | measured | met |", "|---|---|---|---|", *verdicts, ""]
+
+
 def report(raw: dict[str, dict], command: str) -> list[str]:
     rows, charts = [], []
     for name, data in raw.items():
@@ -290,6 +323,7 @@ def report(raw: dict[str, dict], command: str) -> list[str]:
         "",
         *targets(rows),
         "",
+        *stream_lines(raw),
         "### Gantt charts",
         "",
         *charts,
@@ -302,11 +336,16 @@ def main() -> int:
     parser.add_argument("--models", default="vgg16,resnet34")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--stream", type=int, default=20, help="requests per stream, 4 in flight (0: none)")
+    parser.add_argument("--stream-clusters", default="homo4,hetero4")
     parser.add_argument(
         "--report-only", action="store_true", help=f"no measuring: redraw the docs from {RAW.relative_to(DOCS.parent)}"
     )
     args = parser.parse_args()
-    command = f"sudo python -m bench.cluster_bench --clusters {args.clusters} --runs {args.runs}"
+    command = (
+        f"sudo python -m bench.cluster_bench --clusters {args.clusters} --runs {args.runs} "
+        f"--stream {args.stream} --stream-clusters {args.stream_clusters}"
+    )
     if args.report_only:
         stored = json.loads(RAW.read_text())
         raw, command = stored["clusters"], stored["command"]

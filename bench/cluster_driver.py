@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,44 @@ def link_bytes(interface: str) -> tuple[int, int]:
     return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
 
 
+def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> dict[str, object]:
+    """``count`` requests, ``in_flight`` at a time (one client each), as a stream would come:
+    every latency, the wall time, and how many were served whole on one device."""
+    x = load_input(SAMPLE_IMAGE)
+    latencies: list[float] = []
+    whole: list[float] = []
+    failures: list[str] = []
+    left = list(range(count))
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with EdgeCIClient(BrokerAddress.parse(url), client_id=f"stream-{index}-{int(time.time())}") as own:
+            while True:
+                with lock:
+                    if not left:
+                        return
+                    left.pop()
+                try:
+                    answer = own.infer(x, model, strategy, timeout=600)
+                except Exception as exc:  # a failed request is counted, not fatal to the run
+                    with lock:
+                        failures.append(str(exc)[:200])
+                    continue
+                with lock:
+                    latencies.append(answer.latency_s)
+                    whole.append(answer.timings.get("whole_request", 0.0))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(in_flight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    print(f"{model} {strategy} stream: {count} in {wall:.1f} s", file=sys.stderr, flush=True)
+    return {"latencies_s": latencies, "wall_s": wall, "whole": sum(whole), "failures": failures}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--client", required=True)
@@ -48,6 +87,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--stream", type=int, default=0, help="requests per stream (0: no streams)")
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--stream-models", default="vgg16")
+    parser.add_argument("--stream-strategies", default="local,replicas,edgeci,flow")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
     result: dict[str, object] = {"devices": published_states(args.watcher, args.devices), "runs": {}}
@@ -78,6 +121,14 @@ def main() -> int:
                             }
                         )
             result["runs"][model] = runs  # type: ignore[index]
+    if args.stream:
+        result["streams"] = {
+            model: {
+                strategy: stream(args.client, model, strategy, args.stream, args.in_flight)
+                for strategy in args.stream_strategies.split(",")
+            }
+            for model in args.stream_models.split(",")
+        }
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)
     return 0

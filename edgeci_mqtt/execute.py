@@ -67,7 +67,8 @@ def _check_cover(block_plan: BlockPlan, out_shape: FeatureShape) -> None:
 
 
 def run_plan(plan: Plan, kernels: Sequence[Kernel], shapes: Sequence[FeatureShape], x: Tensor) -> Tensor:
-    """The feature map after the last stage, computed task by task as ``plan``'s graph says.
+    """The feature map after the last stage, computed task by task as ``plan``'s graph says,
+    and put together from wherever the last block left its tiles (the tail's input).
 
     Raises :class:`GeometryError` if a block's tasks do not cover its output exactly once.
     """
@@ -81,4 +82,7 @@ def run_plan(plan: Plan, kernels: Sequence[Kernel], shapes: Sequence[FeatureShap
             holdings.keep(task.output, block.stop, task.out_region, tile)
     last = shapes[-1]
     whole = TileRegion.whole(last.height, last.width)
-    return holdings.assemble([TaskInput(len(shapes) - 1, whole, ORCHESTRATOR)], whole)
+    final = len(shapes) - 1
+    if not plan.blocks:
+        return holdings.assemble([TaskInput(final, whole, ORCHESTRATOR)], whole)
+    return holdings.assemble([TaskInput(final, t.out_region, t.output) for t in plan.blocks[-1].tasks], whole)

@@ -215,13 +215,16 @@ def test_a_device_lost_mid_inference(store: ModelStore, references: References, 
         assert victim not in after.devices and faithful(after.logits, ref.logits32, ref.logits64)
 
 
-def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references: References) -> None:
-    """Four clients at once, twice each, under ``flow``: the orchestrator does not serialise
-    them (their times overlap), no device store keeps rows afterwards, every answer is exact."""
+@pytest.mark.parametrize("strategy", ["flow", "replicas"])
+def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references: References, strategy: str) -> None:
+    """Four clients at once, twice each: the orchestrator does not serialise them (their
+    times overlap), no device store keeps rows afterwards, every answer is exact; whole
+    requests (``replicas``) spread over the devices by the work already handed out."""
     ref = references[("smallcnn", 96, 96)]
     spans: list[tuple[float, float]] = []
+    used: set[str] = set()
     failures: list[BaseException] = []
-    with memory_cluster(store, devices=3, strategy="flow") as small:
+    with memory_cluster(store, devices=3, strategy=strategy) as small:
 
         def ask(name: str) -> None:
             try:
@@ -230,6 +233,7 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
                         started = time.perf_counter()
                         result = own.infer(ref.x, "smallcnn", timeout=60)
                         spans.append((started, time.perf_counter()))
+                        used.update(result.devices)
                         assert faithful(result.logits, ref.logits32, ref.logits64)
             except BaseException as exc:  # reported below, from the test's own thread
                 failures.append(exc)
@@ -243,6 +247,7 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
         assert len(spans) == 8
         most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
         assert most >= 2, "requests were served one at a time"
+        assert strategy != "replicas" or len(used) >= 2, f"every whole request went to {used}"
         deadline = time.perf_counter() + 5
         while any(agent.flow.stored_bytes for agent in small.agents.values()) and time.perf_counter() < deadline:
             time.sleep(0.05)

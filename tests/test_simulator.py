@@ -16,6 +16,7 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput
 from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
@@ -142,21 +143,32 @@ def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
     assert result.makespan_s == pytest.approx(0.5 + OVERHEAD)  # no tail work
 
 
-def test_a_one_device_cluster_equals_local(chains: dict[str, StageChain]) -> None:
+def test_a_one_device_cluster_prices_every_strategy_alike(chains: dict[str, StageChain]) -> None:
+    """One device: every gathering plan is one block on it (MoDNN's one per layer), priced
+    the same without its auction; ``local`` runs the tail there too, so it only differs by
+    the final map going to the orchestrator (and the tail running there) versus the logits."""
     chain = chains["smallcnn"]
     env = environment(device("only", 10.0, mbit=100.0, latency_ms=2.0), broker_mbit=1000.0)
     ctx = context_for(chain.spec(64, 64), env)
     work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
-    local = simulate(make_plan("local", ctx), env, work)
+    local = make_plan("local", ctx)
+    assert local.tail == TailPlan("only") and local.devices == ("only",)
+    gathered = []
     for strategy in ("edgeci", "aofl", "modnn"):
         plan = make_plan(strategy, ctx)
         assert {t.device for b in plan.blocks for t in b.tasks} == {"only"}
         if strategy != "modnn":  # MoDNN syncs after every layer by design
             assert len(plan.blocks) == 1
-            unauctioned = dataclasses.replace(plan, auctioned=False)
-            assert simulate(unauctioned, env, work).makespan_s == pytest.approx(local.makespan_s, rel=1e-9)
+            gathered.append(simulate(dataclasses.replace(plan, auctioned=False), env, work).makespan_s)
+    assert gathered[0] == pytest.approx(gathered[1], rel=1e-9)
     edgeci = simulate(make_plan("edgeci", ctx), env, work).makespan_s
-    assert edgeci > local.makespan_s + 2 * 2e-3  # its auction: one round trip before the block
+    assert edgeci > gathered[0] + 2 * 2e-3  # its auction: one round trip before the block
+    kept = dataclasses.replace(
+        make_plan("aofl", ctx),
+        blocks=local.blocks,
+        tail=TailPlan("only"),
+    )
+    assert simulate(kept, env, work).makespan_s == pytest.approx(simulate(local, env, work).makespan_s, rel=1e-9)
 
 
 def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:

@@ -12,6 +12,7 @@ from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_BIDS,
     AUCTION_CALL,
+    DEVICE_ROWS,
     DEVICE_STATE,
     DEVICE_TASKS,
     RESULTS,
@@ -20,9 +21,16 @@ from edgeci_mqtt.wire import (
     AwardRun,
     BidMessage,
     DeviceState,
+    PackedArray,
+    ProgramMessage,
+    ProgramStep,
+    ReleaseMessage,
     ResultMessage,
+    RowsMessage,
+    StepInput,
     TaskMessage,
     TaskTimings,
+    VectorMessage,
     encode,
     frames,
 )
@@ -71,3 +79,29 @@ def test_invalid_chunked_and_foreign_traffic() -> None:
     parts = frames(encode(ResultMessage("q", "t", "d", TileRegion.of(0, 1, 0, 1), tile)))
     assert view.feed(RESULTS.build(orchestrator="o1"), parts[0], 0.0) is None
     assert "result t from d" in (view.feed(RESULTS.build(orchestrator="o1"), parts[1], 0.0) or "")
+
+
+def test_flow_messages_are_described() -> None:
+    view = TrafficView()
+    region = TileRegion.of(0, 2, 0, 5)
+    rows = np.zeros((1, 3, 2, 5), dtype=np.float32)
+    step = ProgramStep(FusedBlock(0, 5), region, (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
+    program = ProgramMessage("q1.1", "o1", "vgg16", "ab", (224, 224), (step,), 30.0)
+    lines = [
+        view.feed(DEVICE_TASKS.build(device="dev-1"), encode(program), 0.0),
+        view.feed(
+            DEVICE_ROWS.build(device="dev-2", sender="dev-1"),
+            encode(RowsMessage("q1.1", "dev-1", 5, region, PackedArray(rows, "zeros"))),
+            0.1,
+        ),
+        view.feed(
+            RESULTS.build(orchestrator="o1"),
+            encode(VectorMessage("q1.1", "dev-2", Span(0, 10), PackedArray(np.zeros((1, 10), np.float32)), True)),
+            0.2,
+        ),
+        view.feed(DEVICE_TASKS.build(device="dev-1"), encode(ReleaseMessage("q1.1", "o1", "done")), 0.3),
+    ]
+    assert lines[0] is not None and "program q1.1 for dev-1: 1 steps" in lines[0]
+    assert lines[1] is not None and "rows q1.1 from dev-1: boundary 5" in lines[1] and "as zeros" in lines[1]
+    assert lines[2] is not None and "results  logits q1.1 from dev-2" in lines[2]
+    assert lines[3] is not None and lines[3].endswith("tasks  release q1.1 by o1: done")

@@ -3,7 +3,9 @@
 ``edgeci``: DPFL over the AWAS estimate, then real AWAS auctions on the chosen blocks.
 The baselines follow their papers (docs/PLANNER.md lists each parameter and source):
 
-* ``local``: the whole model as one task on the single device that finishes it first.
+* ``local``: the whole model, tail included, on the single device that finishes it first.
+* ``replicas``: data parallelism for streams: each request whole on one device, the one
+  that would finish it first given the work already handed out.
 * ``modnn`` (MoDNN, DATE'17): no fusion, a sync after every layer (a weight layer with
   the BN/ReLU/pooling that follow it); 1-D rows in proportion to device speed, static.
 * ``deepthings`` (DeepThings, TCAD'18): the first 16 layers fused and cut into an equal
@@ -23,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import numpy as np
+
 from edgeci_mqtt.core.blocks import FusedBlock, TileGrid
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
@@ -30,12 +34,12 @@ from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
-from edgeci_mqtt.planner.costs import RowModel, make_task
+from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
-from edgeci_mqtt.planner.environment import Environment
-from edgeci_mqtt.planner.flow import flow_blocks
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
+from edgeci_mqtt.planner.flow import flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
-from edgeci_mqtt.planner.tail import TailPlan
+from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork
 
 __all__ = [
     "DEEPTHINGS_GRID",
@@ -46,6 +50,8 @@ __all__ = [
     "darknet_layers",
     "make_plan",
     "proportional_rows",
+    "whole_model_plan",
+    "whole_model_seconds",
 ]
 
 DEEPTHINGS_LAYERS = 16
@@ -129,12 +135,44 @@ def _strips(ctx: PlanningContext, block: FusedBlock, runs: Sequence[tuple[str, S
     return BlockPlan(block, tuple(ctx.task(block, TileRegion(rows, Span(0, width)), d) for d, rows in runs))
 
 
-def plan_local(ctx: PlanningContext) -> Plan:
+def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
+    """Each device's time for a whole request on its own: the image in, every stage, the
+    tail, the logits out (what ``local`` and ``replicas`` cost per request)."""
     block = FusedBlock(0, len(ctx.chain.stages))
-    whole = [(view.name, Span(0, ctx.chain.shapes[-1].height)) for view in ctx.env.devices]
-    seconds = {name: ctx.estimator.runs_seconds(block, [(name, rows)]) for name, rows in whole}
-    best = min(seconds, key=seconds.__getitem__)
-    return ctx.plan("local", [_strips(ctx, block, [(best, whole[0][1])])], seconds[best])
+    a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
+    image = float(ctx.rows.input_bytes(block, a, b)[0])
+    tail = TailWork.of(ctx.chain.tail_work)
+    everything = (*tail.head, tail.first, *tail.rest)
+    broker = ctx.env.broker_link
+    moved = np.array([image + LOGITS_BYTES + 2 * MESSAGE_OVERHEAD_BYTES])
+    return {
+        view.name: float(link_seconds(view, moved)[0])
+        + image / broker.bytes_per_s
+        + 2 * broker.latency_s
+        + float(ctx.rows.compute_seconds(view.profile, block, a, b)[0])
+        + view.profile.work_seconds(everything)
+        for view in ctx.env.devices
+    }
+
+
+def whole_model_plan(ctx: PlanningContext, strategy: str, device: str, seconds: float) -> Plan:
+    """The whole model, tail included, on ``device``: the image goes there, the logits come back."""
+    block = FusedBlock(0, len(ctx.chain.stages))
+    height = ctx.chain.shapes[-1].height
+    tasks = flow_block(ctx.chain, block, [(device, Span(0, height))], None, gather=False)
+    return ctx.plan(strategy, [tasks], seconds, tail=TailPlan(device))
+
+
+def plan_local(ctx: PlanningContext) -> Plan:
+    seconds = whole_model_seconds(ctx)
+    best = min(seconds, key=lambda d: (seconds[d], d))
+    return whole_model_plan(ctx, "local", best, seconds[best])
+
+
+def plan_replicas(ctx: PlanningContext) -> Plan:
+    """Whole requests, each on one device: which one is chosen per request, by load, at run
+    time (:func:`~edgeci_mqtt.runtime.load.choose`); the plan names the fastest."""
+    return replace(plan_local(ctx), strategy="replicas")
 
 
 def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
@@ -240,6 +278,7 @@ def plan_flow(ctx: PlanningContext) -> Plan:
 
 STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
     "local": plan_local,
+    "replicas": plan_replicas,
     "modnn": plan_modnn,
     "deepthings": plan_deepthings,
     "aofl": plan_aofl,

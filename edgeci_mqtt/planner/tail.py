@@ -28,7 +28,10 @@ from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["TailPlan", "TailWork", "place_tail"]
+__all__ = ["LOGITS_BYTES", "TailPlan", "TailWork", "place_tail"]
+
+LOGITS_BYTES = 4096
+"""About 1000 float32 scores: what a tail finished on a device sends back."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def place_tail(
     ``held``: bytes of the final map each device holds; ``orchestrator_holds``: the whole
     map is on the orchestrator already (a gathering strategy), else it is fetched there too.
     """
-    logits = MESSAGE_OVERHEAD_BYTES + 4096
+    logits = MESSAGE_OVERHEAD_BYTES + LOGITS_BYTES
     options: list[tuple[float, TailPlan]] = []
 
     def fetch(view: DeviceView) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,11 +140,21 @@ def finish_logits(
 class FlowRun:
     """Runs ``plan`` (a ``flow`` plan: its blocks and who it expects to work) for one request."""
 
-    def __init__(self, setup: RunSetup, profile: DeviceProfile, broker_link: Link) -> None:
-        """``profile`` and ``broker_link``: the orchestrator's own, for the awards' environment."""
+    def __init__(
+        self,
+        setup: RunSetup,
+        profile: DeviceProfile,
+        broker_link: Link,
+        replan: Callable[[list[DeviceView]], Plan] | None = None,
+    ) -> None:
+        """``profile`` and ``broker_link``: the orchestrator's own, for the awards' environment.
+        ``replan(devices)``: a fixed plan for the devices left (whole requests); None: hold
+        auctions for the plan's blocks (``flow``)."""
+        self.replan = replan
         self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
         self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
         self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
+        self.backlog_s = setup.backlog_s
         self.profile, self.broker_link = profile, broker_link
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
@@ -185,7 +196,8 @@ class FlowRun:
         views = [v for v in self.devices() if v.name not in self.failed]
         if not views:
             raise InferenceError("no capable device remains for this inference")
-        plan = self._award(views)
+        plan = self._award(views) if self.replan is None else self.replan(views)
+        self.used |= set(plan.devices)
         programs = device_programs(plan, self.orchestrator)
         last = plan.blocks[-1]
         out_shape = self.shapes[last.block.stop]
@@ -196,7 +208,8 @@ class FlowRun:
             owed = set(plan.tail.parts)
         else:
             owed = {(plan.tail.finisher, Span(0, self._classes()))}
-        allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * self.plan.predicted_s))
+        expected = plan.predicted_s + self.backlog_s
+        allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * expected))
         with self.mail.open(run_id) as box:
             started = time.perf_counter()
             state = FlowAttempt(frozenset(programs), owed, started + allowance, out_shape.channels)

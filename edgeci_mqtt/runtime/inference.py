@@ -150,6 +150,8 @@ class RunSetup:
     origin: float
     trace: bool = False
     min_allowance_s: float = MIN_TASK_DEADLINE_S
+    backlog_s: float = 0.0
+    """Predicted seconds of work already handed to the devices this run uses (it may queue behind it)."""
 
 
 class InferenceRun:

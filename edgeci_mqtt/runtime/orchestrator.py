@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +28,18 @@ from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import (
+    STRATEGIES,
+    PlanningContext,
+    context_for,
+    make_plan,
+    whole_model_plan,
+    whole_model_seconds,
+)
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.flow_run import FlowRun
 from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
+from edgeci_mqtt.runtime.load import Choice, Commitments, choose
 from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -64,6 +73,8 @@ log = logging.getLogger("edgeci.orchestrator")
 
 IN_FLIGHT = 4
 """Requests an orchestrator serves at once by default."""
+SERVED_BY_FLOW = ("flow", "local", "replicas")
+"""Strategies whose data stays on the devices, down to the logits (:class:`FlowRun`)."""
 
 
 class DeviceTable:
@@ -177,7 +188,8 @@ class Orchestrator:
         self._reassembler = Reassembler(max_bytes=1 << 30)
         self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
-        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
+        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}
+        self.commitments = Commitments()  # (device, digest) -> (births, stages)
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
@@ -269,6 +281,49 @@ class Orchestrator:
             self._plans[key] = (generation, plan)
             return plan
 
+    def _serving(
+        self, model: str, height: int, width: int, strategy: str, plan: Plan, devices: list[DeviceView]
+    ) -> tuple[Callable[[list[DeviceView]], Plan] | None, dict[str, float], str]:
+        """How to serve one request: a fixed plan maker for whole requests (None: auction the
+        plan's blocks), the predicted seconds it hands each device, and the mode.
+
+        ``replicas`` and ``flow`` pick, given the work already handed out, whichever finishes
+        first: ``flow`` between its split plan and a whole request on one device
+        (:func:`~edgeci_mqtt.runtime.load.choose`) when there is work out (with none, its
+        plan is the fastest way), ``replicas`` among whole requests."""
+        if strategy not in SERVED_BY_FLOW:
+            return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
+        spec = self.models.get(model).chain.spec(height, width)
+        with self._lock:
+            rows = self._rows.get((model, height, width))
+
+        def context(views: list[DeviceView]) -> PlanningContext:
+            return context_for(spec, Environment(tuple(views), self.profile, self.broker_link), rows=rows)
+
+        whole = whole_model_seconds(context(devices))
+        outstanding = self.commitments.snapshot()
+        if strategy == "local":
+            choice = Choice("whole", plan.predicted_s, plan.devices[0])
+        elif strategy == "flow" and not outstanding:  # sparse requests: the latency plan
+            choice = Choice("split", plan.predicted_s)
+        else:
+            choice = choose(plan.predicted_s if strategy == "flow" else None, plan.devices, whole, outstanding)
+        if choice.mode == "split":
+            return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
+        first = choice.device
+
+        def replan(views: list[DeviceView]) -> Plan:
+            """The chosen device, or after a failure the one that finishes first among those left."""
+            ctx = context(views)
+            seconds = whole_model_seconds(ctx)
+            if first in seconds:
+                return whole_model_plan(ctx, strategy, first, seconds[first])
+            outstanding = self.commitments.snapshot()
+            device = min(seconds, key=lambda d: (outstanding.get(d, 0.0) + seconds[d], d))
+            return whole_model_plan(ctx, strategy, device, seconds[device])
+
+        return replan, {first: whole[first]}, "whole"
+
     def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
         """Before a fetching device's task: the weights of the block's stages it lacks,
         on its tasks topic, so they arrive first."""
@@ -305,7 +360,9 @@ class Orchestrator:
         if not devices:
             raise EdgeCIError(f"no online device holds {message.model} ({held.digest})")
         started = time.perf_counter()
-        plan = self._plan(message.model, shapes[0].height, shapes[0].width, strategy, devices)
+        height, width = shapes[0].height, shapes[0].width
+        plan = self._plan(message.model, height, width, strategy, devices)
+        replan, work, mode = self._serving(message.model, height, width, strategy, plan, devices)
         planned = time.perf_counter()
         setup = RunSetup(
             orchestrator=self.id,
@@ -321,16 +378,19 @@ class Orchestrator:
             origin=request.received,
             trace=message.trace,
             min_allowance_s=self.min_allowance_s,
+            backlog_s=max((self.commitments.snapshot().get(d, 0.0) for d in work), default=0.0),
         )
         run: InferenceRun | FlowRun
-        if strategy == "flow":
-            run = FlowRun(setup, self.profile, self.broker_link)
+        if strategy in SERVED_BY_FLOW:
+            run = FlowRun(setup, self.profile, self.broker_link, replan)
         else:
             run = InferenceRun(setup, plan.auctioned)
-        run.mark(ORCHESTRATOR, "plan", started, planned, strategy)
-        logits = run.run(image)
+        run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
+        with self.commitments.holding(work):
+            logits = run.run(image)
         run.timings.plan_s = planned - started
         timings = run.timings.as_dict()
+        timings["whole_request"] = float(mode == "whole")
         timings["total_s"] = time.perf_counter() - request.received
         log.info(
             "request %s (%s, %s) done in %.1f ms on %s",

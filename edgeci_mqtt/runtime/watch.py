@@ -28,9 +28,13 @@ from edgeci_mqtt.wire import (
     InferRequest,
     InferResponse,
     Message,
+    ProgramMessage,
     Reassembler,
+    ReleaseMessage,
     ResultMessage,
+    RowsMessage,
     TaskMessage,
+    VectorMessage,
     decode,
 )
 
@@ -139,6 +143,23 @@ class TrafficView:
                 f"result {message.task} from {message.device}: {describe_tensor(message.output)} "
                 f"({_size(size)}), compute {compute:.1f} ms{after}"
             )
+        if isinstance(message, ProgramMessage):
+            tail = " + tail" if message.tail else ""
+            finish = " + finish" if message.finish else ""
+            return (
+                f"program {message.request[:12]} for {topic.split('/')[3]}: {len(message.steps)} steps{tail}{finish}"
+                f"{', image ' + describe_tensor(message.image) if message.image is not None else ''} ({_size(size)})"
+            )
+        if isinstance(message, RowsMessage):
+            return (
+                f"rows {message.request[:12]} from {message.sender}: boundary {message.boundary} {message.region} "
+                f"{describe_tensor(message.rows.array)} as {message.rows.codec} ({_size(size)})"
+            )
+        if isinstance(message, VectorMessage):
+            what = "logits" if message.logits else f"features {message.features.start}-{message.features.stop}"
+            return f"{what} {message.request[:12]} from {message.sender} ({_size(size)})"
+        if isinstance(message, ReleaseMessage):
+            return f"release {message.request[:12]} by {message.orchestrator}: {message.reason}"
         if isinstance(message, InferRequest):
             return (
                 f"request {message.request[:8]}: {message.model} {message.strategy or '(default strategy)'} "

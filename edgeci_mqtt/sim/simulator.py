@@ -57,7 +57,7 @@ from edgeci_mqtt.planner.awas import auction_item_count
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.tail import TailWork
+from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailWork
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 
 __all__ = ["SimResult", "WorkOf", "simulate"]
@@ -295,7 +295,7 @@ class _Replay:
         ops = work.part(span) if span is not None else (*work.head, work.first, *work.rest)
         end = self.state.busy(reader, "tail", t, self.profile(reader).work_seconds(ops))
         if span is None:
-            self.send(reader, ORCHESTRATOR, end, 4096, _NO_TILE, self.answered)
+            self.send(reader, ORCHESTRATOR, end, LOGITS_BYTES, _NO_TILE, self.answered)
         else:
             self.send(reader, self.tail.finisher, end, work.slice_bytes(span), _NO_TILE, self.slice_input)
 
@@ -305,7 +305,7 @@ class _Replay:
         if not self.slices_missing:
             finisher = self.tail.finisher
             end = self.state.busy(finisher, "tail", t, self.profile(finisher).work_seconds(self.tail_work.rest))
-            self.send(finisher, ORCHESTRATOR, end, 4096, _NO_TILE, self.answered)
+            self.send(finisher, ORCHESTRATOR, end, LOGITS_BYTES, _NO_TILE, self.answered)
 
     def answered(self, t: float) -> None:
         self.tail_end = t

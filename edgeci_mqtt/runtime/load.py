@@ -1,0 +1,76 @@
+"""Serving a stream: split a request across devices, or run it whole on one (pure choice).
+
+When requests are sparse, splitting (``flow``) gives the lowest latency. When they queue,
+every device is busy anyway, and a split request waits for the busiest device it uses,
+while a whole request on one device (``replicas``) pays no halo, no messages between
+devices and no tail transfer. The orchestrator keeps the predicted seconds of work it has
+handed each device and not seen finish (:class:`Commitments`), and :func:`choose` takes
+whichever finishes the request first: a split plan starts when the busiest of its devices
+is free; a whole request runs on the device that would finish it first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Choice", "Commitments", "choose"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    mode: Literal["split", "whole"]
+    finish_s: float
+    """Predicted seconds from now to the answer."""
+    device: str = ""
+    """For ``whole``: the device that runs it."""
+
+
+def choose(
+    split_s: float | None,
+    split_devices: Sequence[str],
+    whole_s: Mapping[str, float],
+    outstanding: Mapping[str, float],
+) -> Choice:
+    """The earliest predicted finish; ``split_s`` None: splitting is not an option."""
+    options = []
+    if split_s is not None:
+        start = max((outstanding.get(d, 0.0) for d in split_devices), default=0.0)
+        options.append(Choice("split", start + split_s))
+    for device, seconds in sorted(whole_s.items()):
+        options.append(Choice("whole", outstanding.get(device, 0.0) + seconds, device))
+    if not options:
+        raise ValueError("no way to serve the request: no split plan and no device")
+    return min(options, key=lambda c: (c.finish_s, c.mode != "split"))
+
+
+class Commitments:
+    """Predicted seconds of work handed to each device and not yet finished (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
+
+    @contextmanager
+    def holding(self, work: Mapping[str, float]) -> Iterator[None]:
+        """Count ``work`` (seconds by device) as handed out until the block ends."""
+        with self._lock:
+            for device, seconds in work.items():
+                self._seconds[device] = self._seconds.get(device, 0.0) + seconds
+        try:
+            yield
+        finally:
+            with self._lock:
+                for device, seconds in work.items():
+                    left = self._seconds.get(device, 0.0) - seconds
+                    if left > 1e-9:
+                        self._seconds[device] = left
+                    else:
+                        self._seconds.pop(device, None)

@@ -1,0 +1,32 @@
+"""Serving a stream: split or whole, from the work already handed out (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeci_mqtt.runtime.load import Choice, Commitments, choose
+
+
+def test_an_idle_cluster_splits_and_a_busy_one_runs_whole_requests() -> None:
+    whole = {"a": 1.0, "b": 2.0}
+    assert choose(0.4, ["a", "b"], whole, {}) == Choice("split", 0.4)
+    # both busy for 0.8 s: split finishes at 1.2; whole on a at 1.8; still split
+    assert choose(0.4, ["a", "b"], whole, {"a": 0.8, "b": 0.8}).mode == "split"
+    # a busy for 3 s, b idle: split waits for a (3.4), whole on b finishes at 2.0
+    assert choose(0.4, ["a", "b"], whole, {"a": 3.0}) == Choice("whole", 2.0, "b")
+    # replicas (no split): the device that finishes first, ties by name
+    assert choose(None, [], {"a": 1.0, "b": 1.0}, {}) == Choice("whole", 1.0, "a")
+    with pytest.raises(ValueError):
+        choose(None, [], {}, {})
+
+
+def test_commitments_count_work_until_it_is_done() -> None:
+    load = Commitments()
+    with load.holding({"a": 1.0, "b": 0.5}):
+        with load.holding({"a": 2.0}):
+            assert load.snapshot() == {"a": 3.0, "b": 0.5}
+        assert load.snapshot() == {"a": 1.0, "b": 0.5}
+    assert load.snapshot() == {}
+    with pytest.raises(RuntimeError), load.holding({"a": 1.0}):
+        raise RuntimeError("a failed request")
+    assert load.snapshot() == {}
