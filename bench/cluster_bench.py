@@ -16,6 +16,7 @@ Needs root.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -28,17 +29,21 @@ import yaml
 
 from bench.report import DOCS, machine_line, write_section
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
-from edgeci_mqtt.models import skeleton_chain
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import load_chain, skeleton_chain
 from edgeci_mqtt.planner.cluster import Link, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, PlanningContext, context_for, make_plan
+from edgeci_mqtt.profiling import map_densities
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import intervals_from_rows
 
 BASELINES = ("modnn", "deepthings", "aofl")
+ABLATION = ("flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", "flow:orchestrator-tail")
+"""``flow`` built up: rows kept on the devices only; + no barrier; + compression; (+ tail placement = ``flow``)."""
 RAW = DOCS / "bench" / "cluster_bench.json"
 IDEAL_LINK = Link(1e6, 0.0)
 
@@ -57,10 +62,10 @@ def environment(data: dict, broker: Link, ideal: bool = False) -> Environment:
 
 
 def predicted(
-    ctx: PlanningContext, work: TaskWork, ideal: Environment
+    ctx: PlanningContext, work: TaskWork, ideal: Environment, strategies: list[str]
 ) -> tuple[dict[str, SimResult], dict[str, float]]:
     """Each strategy's plan replayed on the cluster, and (same plan) on ``ideal``, every link free."""
-    plans = {s: make_plan(s, ctx) for s in STRATEGIES}
+    plans = {s: make_plan(s, ctx) for s in strategies}
     return (
         {s: simulate(p, ctx.env, work) for s, p in plans.items()},
         {s: simulate(p, ideal, work).makespan_s for s, p in plans.items()},
@@ -87,6 +92,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),
             *("--stream", str(args.stream if name in args.stream_clusters.split(",") else 0)),
+            *("--strategies", ",".join([*STRATEGIES, *ABLATION])),
         ]
         subprocess.run(run.in_hub(*driver), check=True, cwd=Path(__file__).resolve().parent.parent)
         data = dict(json.loads(out.read_text()))
@@ -165,15 +171,23 @@ def broker_mb(runs: list[dict]) -> float | None:
     return statistics.median(moved) / 1e6 if moved else None
 
 
+@functools.cache
+def densities(model: str) -> tuple[float, ...]:
+    """Shares of non-zeros at each boundary on the benchmark's image, with the devices' weights
+    (seeded random, seed 0): what the simulator prices compression with."""
+    return map_densities(load_chain(model, seed=0), load_input(SAMPLE_IMAGE))
+
+
 def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     """Table rows and Gantt chart markdown of one measured cluster."""
     spec = load_cluster(name)
     rows, charts = [], []
     env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
-        ctx = context_for(skeleton_chain(model).spec(224, 224), env)  # geometry and costs only: no weights needed
+        spec = skeleton_chain(model).spec(224, 224, densities(model))  # geometry and costs: no weights needed
+        ctx = context_for(spec, env)
         work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
-        results, ideal = predicted(ctx, work, free)
+        results, ideal = predicted(ctx, work, free, list(runs))
         charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
         medians = {s: statistics.median(r["latency_s"] for r in v) for s, v in runs.items()}
         best = min(medians[b] for b in BASELINES if b in medians)

@@ -12,12 +12,16 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.kernels import ReLUKernel
+from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.profile import DeviceProfile
 
-__all__ = ["measure_profile"]
+__all__ = ["map_densities", "measure_profile"]
 
 # Convolution probes as (in channels, out channels, kernel): reduction depths from a
 # 3-channel stem through a 1x1 downsample to 512-channel 3x3 layers, each run at
@@ -136,3 +140,22 @@ def _sustained(shape: DeviceProfile) -> DeviceProfile:
     sustained_rate = runs * flops / elapsed
     factor = sustained_rate / shape.conv_rate(128 * 9, 28 * 28)
     return shape.scaled(factor) if factor < 0.9 else shape
+
+
+def map_densities(chain: StageChain, x: Tensor) -> tuple[float, ...]:
+    """Share of non-zero values in the map at every stage boundary for input ``x``: what
+    compressing maps on the wire saves there (see :mod:`edgeci_mqtt.wire.compression`).
+    Bit patterns count, as the codec counts them (``-0.0`` is a value)."""
+    shapes = chain.shapes(int(x.shape[2]), int(x.shape[3]))
+    densities = [_nonzero_share(x)]
+    with torch.inference_mode():
+        for k in range(len(chain.kernels)):
+            whole_in = TileRegion.whole(shapes[k].height, shapes[k].width)
+            whole_out = TileRegion.whole(shapes[k + 1].height, shapes[k + 1].width)
+            x = run_block_tile(chain.kernels, shapes, FusedBlock(k, k + 1), x, whole_in, whole_out)
+            densities.append(_nonzero_share(x))
+    return tuple(densities)
+
+
+def _nonzero_share(x: Tensor) -> float:
+    return float(torch.count_nonzero(x.contiguous().view(torch.int32))) / x.numel()

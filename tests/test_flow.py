@@ -17,14 +17,14 @@ import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.errors import PlanningError, WireError
 from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.flow import flow_block
+from edgeci_mqtt.planner.flow import FlowOptions, flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
-from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan, split_strategy
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, finish_logits
@@ -40,6 +40,7 @@ from edgeci_mqtt.wire import (
     ProgramStep,
     ResultMessage,
     RowsMessage,
+    StepDone,
     StepInput,
     StepSend,
     VectorMessage,
@@ -72,7 +73,7 @@ def random_tail(features: int, devices: list[str], rng: random.Random) -> TailPl
     return TailPlan(rng.choice([ORCHESTRATOR, *names]), parts)
 
 
-def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Random) -> Plan:
+def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Random, barrier: bool = False) -> Plan:
     """Random blocks, each cut into 1-4 random row bands among random devices, and a random tail."""
     held = store.get(model)
     chain = held.chain.spec(size, size)
@@ -89,7 +90,9 @@ def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Rando
         runs = [(d, Span(a, b)) for d, a, b in zip(names, [0, *bounds], [*bounds, height], strict=True)]
         gather = block.stop == n and tail.on_orchestrator
         plans.append(flow_block(chain, block, runs, plans[-1] if plans else None, gather=gather))
-    return Plan("flow", model, chain.shapes[0], tuple(plans), chain.tail_work, tail=tail)
+    return Plan(
+        "flow", model, chain.shapes[0], tuple(plans), chain.tail_work, tail=tail, barrier=barrier, compress=True
+    )
 
 
 def wire(message: object) -> object:
@@ -114,19 +117,26 @@ def run_programs(plan: Plan, store: ModelStore, x: torch.Tensor, rng: random.Ran
         hw = (x.shape[2], x.shape[3])
         message = wire(
             ProgramMessage(
-                "r1", ORCH, plan.model, held.digest, hw, steps, 60.0, region, image, program.tail, program.finish
+                *("r1", ORCH, plan.model, held.digest, hw, steps, 60.0, region, image),
+                *(program.tail, program.finish, plan.barrier, plan.compress),
             )
         )
         assert isinstance(message, ProgramMessage)
         valid = validate_program(message, name, store, lambda *_: True)
         if stores[name].install(message, valid.shapes, valid, 0.0):
             runnable.append(name)
-    in_flight: list[tuple[str, RowsMessage | VectorMessage]] = []
+    in_flight: list[tuple[str, RowsMessage | VectorMessage | StepDone]] = []
     arrived: dict[Owed, np.ndarray] = {}
+    barrier = FlowAttempt(frozenset(programs), set(), 0.0, 0)
+    barrier.unfinished = {b.block.stop: set(b.devices) for b in plan.blocks[:-1]} if plan.barrier else {}
     while runnable or in_flight:
         if in_flight and (not runnable or rng.random() < 0.5):
             target, message = in_flight.pop(rng.randrange(len(in_flight)))
-            if target == ORCH:
+            if isinstance(message, StepDone):  # the orchestrator's side of the barrier
+                for boundary in barrier.step_done(message):
+                    readers = next(b.devices for b in plan.blocks if b.block.start == boundary)
+                    runnable += [d for d in readers if stores[d].go("r1", boundary)]
+            elif target == ORCH:
                 key = (message.sender, message.region if isinstance(message, RowsMessage) else message.features)
                 arrived[key] = message.rows.array if isinstance(message, RowsMessage) else message.values.array
             elif stores[target].add_rows(message, message.sender, 0.0):
@@ -137,7 +147,7 @@ def run_programs(plan: Plan, store: ModelStore, x: torch.Tensor, rng: random.Ran
             output = run_step(ready)
             for to, sent in outgoing(ready.context.message, ready.item, output, name, lambda _: rng.choice(CODECS)):
                 received = wire(sent)
-                assert isinstance(received, RowsMessage | VectorMessage)
+                assert isinstance(received, RowsMessage | VectorMessage | StepDone)
                 in_flight.append((to, received))
             stores[name].computed("r1", ready.index, output)
     assert all(not s.requests() and s.stored_bytes == 0 for s in stores.values()), "a store kept rows"
@@ -152,7 +162,7 @@ def test_random_flow_partitions_give_the_models_result(
     ref = references[(model, size, size)]
     for seed in range(seeds):
         rng = random.Random(seed)
-        plan = random_flow_plan(store, model, size, rng)
+        plan = random_flow_plan(store, model, size, rng, barrier=seed % 2 == 1)
         logits = run_programs(plan, store, ref.x, rng)
         assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} seed {seed}")
 
@@ -356,3 +366,36 @@ def test_a_flow_bid_prices_no_output_leaving_but_for_the_last_block(store: Model
         out_bytes = rows.output_bytes(block, np.array([0]), np.array([items[0].stop]))[0]
         saved = gather.alone_s[0] - flow.alone_s[0]
         assert saved == pytest.approx(0.0 if leaves else out_bytes / slow_link.link.bytes_per_s)
+
+
+def test_flow_options_switch_what_flow_adds(store: ModelStore) -> None:
+    assert FlowOptions.parse("") == FlowOptions()
+    assert FlowOptions.parse("barrier+raw+orchestrator-tail") == FlowOptions(True, False, False)
+    with pytest.raises(PlanningError, match="unknown flow option"):
+        FlowOptions.parse("turbo")
+    with pytest.raises(PlanningError, match="takes no options"):
+        split_strategy("edgeci:barrier")
+    chain = store.get("vgg16").chain.spec(224, 224)
+    ctx = context_for(chain, environment(*(device(n, 5, mbit=100) for n in DEVICES)))
+    bare = make_plan("flow:barrier+raw+orchestrator-tail", ctx)
+    assert bare.strategy == "flow:barrier+raw+orchestrator-tail" and bare.barrier and not bare.compress
+    assert bare.tail.on_orchestrator and bare.blocks[-1].gathers
+    full = make_plan("flow", ctx)
+    assert not full.barrier and full.compress
+    work = TaskWork(chain.stages, chain.shapes)
+    env = ctx.env
+    assert simulate(bare, env, work).makespan_s > simulate(replace(bare, barrier=False), env, work).makespan_s
+
+
+def test_the_simulator_prices_compressed_rows(store: ModelStore) -> None:
+    """Half-zero maps on slow links: compressed rows arrive sooner (fewer bytes, some CPU)."""
+    chain = store.get("vgg16").chain.spec(224, 224, densities=(0.5,) * 32)
+    env = environment(*(device(n, 5, mbit=20) for n in DEVICES))
+    ctx = context_for(chain, env)
+    work = TaskWork(chain.stages, chain.shapes)
+    plan = make_plan("flow", ctx)
+    assert plan.compress and plan.densities
+    timeline = simulate(plan, env, work).timeline
+    assert {"encode", "decode"} <= {i.kind for i in timeline}
+    raw = simulate(replace(plan, compress=False), env, work)
+    assert simulate(plan, env, work).makespan_s < raw.makespan_s

@@ -346,3 +346,18 @@ def test_the_device_table_follows_births_and_wills() -> None:
     assert table.online() == ["dev-1"] and table.generation == 3 and table.births == 2
     with pytest.raises(WireError, match="without a profile"):
         table.update(DeviceState("dev-2", True))
+
+
+@pytest.mark.parametrize(
+    "strategy", ["flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", "flow:orchestrator-tail"]
+)
+def test_every_step_of_the_flow_ablation_gives_the_models_result(
+    client: EdgeCIClient, references: References, strategy: str
+) -> None:
+    """The ablation's variants run the same code with a switch off: a barrier (go messages),
+    raw rows, the tail on the orchestrator."""
+    for model, size in (("smallcnn", 64), ("vgg16", 96)):
+        ref = references[(model, size, size)]
+        result = client.infer(ref.x, model, strategy, timeout=120)
+        assert_float32_faithful(result.logits, ref.logits32, ref.logits64, f"{model} {strategy}")
+        assert result.strategy == strategy

@@ -70,6 +70,9 @@ class ChainSpec:
     stages: tuple[Stage, ...]
     shapes: tuple[FeatureShape, ...]
     tail_work: tuple[OpWork, ...]
+    densities: tuple[float, ...] = ()
+    """Share of non-zero values at each boundary on a typical input (measured with the
+    model's weights: :func:`edgeci_mqtt.profiling.map_densities`); empty when unknown."""
 
     def __post_init__(self) -> None:
         if len(self.shapes) != len(self.stages) + 1:

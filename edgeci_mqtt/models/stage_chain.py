@@ -81,10 +81,11 @@ class StageChain:
         except GeometryError as exc:
             raise InputError(f"{self.model_name}: {exc}") from exc
 
-    def spec(self, height: int, width: int) -> ChainSpec:
-        """The chain at a ``height`` x ``width`` input, as the planner and simulator take it."""
+    def spec(self, height: int, width: int, densities: tuple[float, ...] = ()) -> ChainSpec:
+        """The chain at a ``height`` x ``width`` input, as the planner and simulator take it
+        (``densities``: measured shares of non-zeros, :func:`edgeci_mqtt.profiling.map_densities`)."""
         shapes = tuple(self.shapes(height, width))
-        return ChainSpec(self.model_name, self.stages, shapes, tuple(self.tail_ops(shapes[-1])))
+        return ChainSpec(self.model_name, self.stages, shapes, tuple(self.tail_ops(shapes[-1])), densities)
 
     def tail_ops(self, features: FeatureShape) -> list[OpWork]:
         """The tail's work for a final feature map of shape ``features``.

@@ -19,11 +19,12 @@ equally); then only the rows that changed hands move, from the device that holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, Discount, award
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.environment import Environment
@@ -31,7 +32,35 @@ from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["flow_block", "flow_blocks", "holdings", "holdings_discount"]
+__all__ = ["FlowOptions", "flow_block", "flow_blocks", "holdings", "holdings_discount"]
+
+
+FLOW_WORDS = {"barrier": ("barrier", True), "raw": ("compress", False), "orchestrator-tail": ("place_tail", False)}
+"""Option words after ``flow:``: which field each sets, to what."""
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """What ``flow`` adds over keeping rows on the devices, each switchable for the ablation:
+    ``flow:barrier+raw+orchestrator-tail`` is rows on devices only; ``flow`` has everything."""
+
+    barrier: bool = False
+    """Every device finishes a block before any starts the next (the orchestrator says go)."""
+    compress: bool = True
+    """Rows travel compressed when that pays."""
+    place_tail: bool = True
+    """The tail runs where it is cheapest (else on the orchestrator)."""
+
+    @classmethod
+    def parse(cls, text: str) -> FlowOptions:
+        """``"barrier+raw"`` -> the options those words switch (unknown words: :class:`PlanningError`)."""
+        changes = {}
+        for word in filter(None, (w.strip() for w in text.split("+"))):
+            if word not in FLOW_WORDS:
+                raise PlanningError(f"unknown flow option {word!r}; choose from {', '.join(FLOW_WORDS)}")
+            field_name, value = FLOW_WORDS[word]
+            changes[field_name] = value
+        return cls(**changes)
 
 
 def holdings(previous: BlockPlan | None) -> dict[str, Span]:
@@ -94,11 +123,13 @@ def flow_blocks(
     rows: RowModel,
     env: Environment,
     lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
+    place: bool = True,
 ) -> tuple[list[BlockPlan], list[Award], TailPlan]:
     """Award every block's items in order, each knowing who holds what after the one
     before (see the module docstring), build their tasks, and place the tail where the
     final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`);
-    the last block's tiles go to the orchestrator only if the tail runs there."""
+    the last block's tiles go to the orchestrator only if the tail runs there (always
+    without ``place``)."""
     plans: list[BlockPlan] = []
     awards = []
     runs: list[tuple[str, Span]] = []
@@ -111,7 +142,9 @@ def flow_blocks(
         plans.append(flow_block(chain, block, runs, previous, gather=False))
         awards.append(won)
     final = {t.device: t.out_bytes for t in plans[-1].tasks}
-    tail, _ = place_tail(env, TailWork.of(chain.tail_work), sum(final.values()), final, orchestrator_holds=False)
+    tail = TailPlan()
+    if place:
+        tail, _ = place_tail(env, TailWork.of(chain.tail_work), sum(final.values()), final, orchestrator_holds=False)
     if tail.on_orchestrator:
         plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)
     return plans, awards, tail

@@ -151,7 +151,9 @@ class Plan:
     ``auctioned``: at run time the devices bid for each block's rows (AWAS) and the
     award replaces the planned tasks, which are then what the planner expects it to be.
     ``tail``: where the tail runs (:mod:`edgeci_mqtt.planner.tail`); off the orchestrator,
-    its readers fetch the final map's tiles from whoever holds them.
+    its readers fetch the final map's tiles from whoever holds them. ``barrier``: a block
+    starts only once every device finished the one before (``flow``'s ablation);
+    ``compress``: maps from devices travel compressed when that pays.
     """
 
     strategy: str
@@ -162,6 +164,10 @@ class Plan:
     predicted_s: float = 0.0
     auctioned: bool = False
     tail: TailPlan = field(default_factory=TailPlan)
+    barrier: bool = False
+    compress: bool = False
+    densities: tuple[float, ...] = ()
+    """Share of non-zero values in the map at each boundary, if measured (prices compression)."""
 
     def __post_init__(self) -> None:
         previous: BlockPlan | None = None

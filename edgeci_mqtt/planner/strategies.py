@@ -37,7 +37,7 @@ from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, mak
 from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
-from edgeci_mqtt.planner.flow import flow_block, flow_blocks
+from edgeci_mqtt.planner.flow import FlowOptions, flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork
 
@@ -50,6 +50,7 @@ __all__ = [
     "darknet_layers",
     "make_plan",
     "proportional_rows",
+    "split_strategy",
     "whole_model_plan",
     "whole_model_seconds",
 ]
@@ -97,14 +98,9 @@ class PlanningContext:
     ) -> Plan:
         chain = self.chain
         return Plan(
-            strategy,
-            chain.model,
-            chain.shapes[0],
-            tuple(blocks),
-            chain.tail_work,
-            predicted_s,
-            auctioned,
-            tail or TailPlan(),
+            *(strategy, chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, predicted_s, auctioned),
+            tail=tail or TailPlan(),
+            densities=chain.densities,
         )
 
 
@@ -266,14 +262,27 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
     return ctx.plan("edgeci", plans, predicted, auctioned=True)
 
 
-def plan_flow(ctx: PlanningContext) -> Plan:
+def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None) -> Plan:
+    options = options or FlowOptions()
     predicted, blocks = _dpfl(ctx, ctx.flow_estimator)
     lots = []
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
-    plans, _, tail = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots)
-    return ctx.plan("flow", plans, predicted, auctioned=True, tail=tail)
+    plans, _, tail = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, options.place_tail)
+    plan = ctx.plan("flow", plans, predicted, auctioned=True, tail=tail)
+    return replace(plan, barrier=options.barrier, compress=options.compress)
+
+
+def split_strategy(text: str) -> tuple[str, FlowOptions]:
+    """``"flow:barrier+raw"`` -> ``("flow", its options)``; other strategies take no options.
+    Raises :class:`PlanningError` for an unknown strategy or option."""
+    base, _, words = text.partition(":")
+    if base not in STRATEGIES:
+        raise PlanningError(f"unknown strategy {base!r}; choose one of {', '.join(STRATEGIES)}")
+    if words and base != "flow":
+        raise PlanningError(f"strategy {base} takes no options (only flow does: flow:barrier+raw+orchestrator-tail)")
+    return base, FlowOptions.parse(words)
 
 
 STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
@@ -288,6 +297,8 @@ STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
 
 
 def make_plan(strategy: str, ctx: PlanningContext) -> Plan:
-    if strategy not in STRATEGIES:
-        raise PlanningError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[strategy](ctx)
+    """The plan of ``strategy`` (a name, or ``flow:`` with options for the ablation)."""
+    base, options = split_strategy(strategy)
+    if base == "flow":
+        return replace(plan_flow(ctx, options), strategy=strategy)
+    return STRATEGIES[base](ctx)

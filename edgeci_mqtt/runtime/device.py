@@ -46,12 +46,14 @@ from edgeci_mqtt.wire import (
     AuctionCall,
     BidMessage,
     DeviceState,
+    GoMessage,
     ProgramMessage,
     ProgramStep,
     Reassembler,
     ReleaseMessage,
     ResultMessage,
     RowsMessage,
+    StepDone,
     TaskMessage,
     TaskTimings,
     VectorMessage,
@@ -254,6 +256,9 @@ class DeviceAgent:
                 self._accept_rows(message, event.topic)
             elif isinstance(message, ProgramMessage) and event.topic == self.tasks_topic:
                 self._accept_program(message)
+            elif isinstance(message, GoMessage) and event.topic == self.tasks_topic:
+                if self.flow.go(message.request, message.boundary):
+                    self.tasks.put(_FlowJob(message.request))
             elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
                 if self.flow.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
@@ -451,7 +456,7 @@ class DeviceAgent:
 
     def _outgoing(
         self, message: ProgramMessage, item: WorkItem, output: np.ndarray
-    ) -> list[tuple[str, RowsMessage | VectorMessage]]:
+    ) -> list[tuple[str, RowsMessage | VectorMessage | StepDone]]:
         def topic(to: str) -> str:
             if to == message.orchestrator:
                 return RESULTS.build(orchestrator=message.orchestrator)

@@ -22,7 +22,15 @@ from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.runtime.flow_store import ReadyStep, Rows, WorkItem, step_input_region
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
-from edgeci_mqtt.wire import PackedArray, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
+from edgeci_mqtt.wire import (
+    PackedArray,
+    ProgramMessage,
+    ProgramStep,
+    RowsMessage,
+    StepDone,
+    TailRole,
+    VectorMessage,
+)
 
 __all__ = ["ValidProgram", "outgoing", "run_step", "validate_program"]
 
@@ -165,23 +173,26 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
 
 def outgoing(
     message: ProgramMessage, item: WorkItem, output: Rows, me: str, codec: Callable[[Rows], str]
-) -> list[tuple[str, RowsMessage | VectorMessage]]:
+) -> list[tuple[str, RowsMessage | VectorMessage | StepDone]]:
     """Where a work item's output goes, as (recipient, message): a block's rows to the
-    devices (or the orchestrator) the program names, a tail slice to the finisher (nothing
-    when that is us: the store keeps it), logits to the orchestrator. ``codec`` picks how
-    each array travels."""
+    devices (or the orchestrator) the program names (and, behind a barrier, word to the
+    orchestrator that the step is done), a tail slice to the finisher (nothing when that is
+    us: the store keeps it), logits to the orchestrator. ``codec`` picks how each array
+    travels (raw when the program says so)."""
 
     def packed(array: Rows) -> PackedArray:
         array = np.ascontiguousarray(array)
-        return PackedArray(array, codec(array))
+        return PackedArray(array, codec(array) if message.compress else "raw")
 
     request = message.request
     if isinstance(item, ProgramStep):
-        out: list[tuple[str, RowsMessage | VectorMessage]] = []
+        out: list[tuple[str, RowsMessage | VectorMessage | StepDone]] = []
         for send in item.sends:
             rows, cols = send.region.within(item.out_region)
             part = packed(output[:, :, rows, cols])
             out.append((send.to, RowsMessage(request, me, item.block.stop, send.region, part)))
+        if message.barrier:
+            out.append((message.orchestrator, StepDone(request, me, item.block.stop)))
         return out
     if isinstance(item, TailRole) and item.features is not None:
         return [] if item.to == me else [(item.to, VectorMessage(request, me, item.features, packed(output)))]

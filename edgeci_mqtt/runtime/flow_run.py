@@ -36,6 +36,7 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.auction import Auctioneer
 from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, RunSetup, Timings
@@ -44,10 +45,12 @@ from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     DEVICE_TASKS,
+    GoMessage,
     ProgramMessage,
     ReleaseMessage,
     ResultMessage,
     RowsMessage,
+    StepDone,
     VectorMessage,
     encode,
 )
@@ -81,10 +84,23 @@ class FlowAttempt:
     deadline: float
     channels: int
     arrived: dict[Owed, NDArray[np.float32]] = field(default_factory=dict)
+    unfinished: dict[int, set[str]] = field(default_factory=dict)
+    """Behind a barrier: by boundary, the devices whose step ending there is not done yet."""
 
     @property
     def done(self) -> bool:
         return not self.owed
+
+    def step_done(self, message: StepDone) -> list[int]:
+        """A device finished a step: the boundaries every device is now done with (say go)."""
+        waiting = self.unfinished.get(message.boundary)
+        if waiting is None or message.device not in waiting:
+            return []
+        waiting.discard(message.device)
+        if waiting:
+            return []
+        del self.unfinished[message.boundary]
+        return [message.boundary]
 
     def result(self, result: ResultMessage | RowsMessage | VectorMessage) -> tuple[set[str], str]:
         """Take a message: something owed (kept), an error (its device failed), or anything else (ignored)."""
@@ -213,12 +229,15 @@ class FlowRun:
         with self.mail.open(run_id) as box:
             started = time.perf_counter()
             state = FlowAttempt(frozenset(programs), owed, started + allowance, out_shape.channels)
+            if plan.barrier:
+                state.unfinished = {b.block.stop: set(b.devices) for b in plan.blocks[:-1]}
+            readers = {b.block.start: set(b.devices) for b in plan.blocks[1:]}
             try:
                 for device, program in programs.items():
-                    self._send_program(run_id, device, program, x, allowance + EXPIRY_MARGIN_S)
+                    self._send_program(run_id, device, program, plan, x, allowance + EXPIRY_MARGIN_S)
                 self.timings.scatter_s += time.perf_counter() - started
                 self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
-                self._wait(state, box)
+                self._wait(state, box, lambda boundary: self._go(run_id, readers[boundary], boundary))
             except BaseException:
                 self._release(run_id, programs, "attempt failed")
                 raise
@@ -261,6 +280,7 @@ class FlowRun:
                 rows,
                 env,
                 [(block, items, list(r.bids.values())) for (block, items), r in zip(lots, rounds, strict=True)],
+                place=split_strategy(self.plan.strategy)[1].place_tail,
             )
         except PlanningError as exc:
             raise InferenceError(f"flow cannot be awarded: {exc}") from exc
@@ -269,12 +289,23 @@ class FlowRun:
         self.timings.auction_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
         plan = Plan(
-            "flow", chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, self.plan.predicted_s, True, tail
+            self.plan.strategy,
+            chain.model,
+            chain.shapes[0],
+            tuple(blocks),
+            chain.tail_work,
+            self.plan.predicted_s,
+            True,
+            tail,
+            self.plan.barrier,
+            self.plan.compress,
         )
         self.used |= set(plan.devices)
         return plan
 
-    def _send_program(self, run_id: str, device: str, program: DeviceProgram, x: Tensor, expires_s: float) -> None:
+    def _send_program(
+        self, run_id: str, device: str, program: DeviceProgram, plan: Plan, x: Tensor, expires_s: float
+    ) -> None:
         steps = program.steps
         image_region = next((p.region for s in steps for p in s.inputs if p.source == self.orchestrator), None)
         image = None
@@ -295,10 +326,12 @@ class FlowRun:
             image,
             program.tail,
             program.finish,
+            plan.barrier,
+            plan.compress,
         )
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
 
-    def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival]) -> None:
+    def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival], go: Callable[[int], None]) -> None:
         while not state.done:
             lost, why = state.tick(time.perf_counter(), {v.name for v in self.devices()})
             if not lost:
@@ -306,9 +339,18 @@ class FlowRun:
                     _, result = box.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
+                if isinstance(result, StepDone):
+                    for boundary in state.step_done(result):
+                        go(boundary)
+                    continue
                 lost, why = state.result(result)
             if lost:
                 raise _AttemptFailed(lost, why)
+
+    def _go(self, run_id: str, devices: set[str], boundary: int) -> None:
+        """Behind a barrier: every device finished the blocks ending at ``boundary``."""
+        for device in sorted(devices):
+            self.publish(DEVICE_TASKS.build(device=device), encode(GoMessage(run_id, self.orchestrator, boundary)))
 
     def _release(self, run_id: str, programs: dict[str, DeviceProgram], reason: str) -> None:
         """Tell every device of the attempt to drop its rows (a device that is gone drops them

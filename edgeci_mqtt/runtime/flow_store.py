@@ -59,9 +59,11 @@ def _payload(message: RowsMessage | VectorMessage) -> Rows:
     return message.rows.array if isinstance(message, RowsMessage) else message.values.array
 
 
-def _needs(item: WorkItem, final: int) -> list[Key]:
+def _needs(item: WorkItem, final: int, barrier: bool = False) -> list[Key]:
+    """What an item waits for: its pieces (and, behind a barrier, the go for its block)."""
     if isinstance(item, ProgramStep):
-        return [(item.block.start, p.region, p.source) for p in item.inputs]
+        go: list[Key] = [("go", item.block.start)] if barrier and item.block.start > 0 else []
+        return [(item.block.start, p.region, p.source) for p in item.inputs] + go
     if isinstance(item, TailRole):
         return [(final, p.region, p.source) for p in item.inputs]
     return [(s.source, s.features) for s in item.slices]
@@ -100,11 +102,14 @@ class _Program(Generic[C]):
 
     def wanted(self, key: Key) -> bool:
         """An item of ours not done yet names this piece and it is not here yet."""
-        return key not in self.pieces and any(key in _needs(item, self.final) for item in self.items[self.next :])
+        return key not in self.pieces and any(key in self.needs(item) for item in self.items[self.next :])
+
+    def needs(self, item: WorkItem) -> list[Key]:
+        return _needs(item, self.final, self.message.barrier)
 
     def ready(self) -> bool:
         items = self.items
-        return self.next < len(items) and all(k in self.pieces for k in _needs(items[self.next], self.final))
+        return self.next < len(items) and all(k in self.pieces for k in self.needs(items[self.next]))
 
     def assemble(self, item: WorkItem) -> Rows:
         """The item's input from its pieces (which leave the store)."""
@@ -116,6 +121,7 @@ class _Program(Generic[C]):
         for piece in item.inputs:
             rows, cols = piece.region.within(region)
             tile[:, :, rows, cols] = self.pieces.pop((boundary, piece.region, piece.source))
+        self.pieces.pop(("go", boundary), None)
         return tile
 
 
@@ -228,6 +234,17 @@ class FlowStore(Generic[C]):
                 raise WireError(f"request {request}: no room for {array.nbytes} bytes of rows")
             entry.pieces[key] = array
 
+    def go(self, request: str, boundary: int) -> bool:
+        """The orchestrator's go for the steps reading ``boundary``; True if that makes the
+        next step ready. A go nobody waits for is refused (:class:`WireError`)."""
+        with self._lock:
+            entry = self._programs.get(request)
+            if entry is None or not entry.wanted(("go", boundary)):
+                self.counts["refused"] += 1
+                raise WireError(f"request {request}: no step of {self.device} waits for a go at {boundary}")
+            entry.pieces[("go", boundary)] = np.zeros(0, dtype=np.float32)
+        return self._claim(request)
+
     def _claim(self, request: str) -> bool:
         with self._lock:
             entry = self._programs.get(request)
@@ -281,7 +298,7 @@ class FlowStore(Generic[C]):
                 return
             items = entry.items
             item = items[index]
-            later_needs = {k for later in items[index + 1 :] for k in _needs(later, entry.final)}
+            later_needs = {k for later in items[index + 1 :] for k in entry.needs(later)}
             if isinstance(item, ProgramStep):
                 for key in later_needs:
                     if len(key) != 3 or (key[0], key[2]) != (item.block.stop, self.device):

@@ -50,6 +50,7 @@ from edgeci_mqtt.wire import (
     BidMessage,
     ResultMessage,
     RowsMessage,
+    StepDone,
     TaskMessage,
     VectorMessage,
     encode,
@@ -83,7 +84,7 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-Arrival = tuple[float, ResultMessage | RowsMessage | VectorMessage]
+Arrival = tuple[float, ResultMessage | RowsMessage | VectorMessage | StepDone]
 """A result and when it arrived (``perf_counter``), for traces."""
 
 
@@ -106,7 +107,7 @@ class Mailboxes:
         finally:
             self.results.pop(request, None)
 
-    def deliver(self, result: ResultMessage | RowsMessage | VectorMessage, arrived: float) -> None:
+    def deliver(self, result: ResultMessage | RowsMessage | VectorMessage | StepDone, arrived: float) -> None:
         box = self.results.get(result.request)
         if box is None:
             self.dropped += 1

@@ -29,10 +29,10 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import (
-    STRATEGIES,
     PlanningContext,
     context_for,
     make_plan,
+    split_strategy,
     whole_model_plan,
     whole_model_seconds,
 )
@@ -62,6 +62,7 @@ from edgeci_mqtt.wire import (
     Reassembler,
     ResultMessage,
     RowsMessage,
+    StepDone,
     VectorMessage,
     decode,
     encode,
@@ -174,8 +175,7 @@ class Orchestrator:
         """``min_allowance_s``: the least time a device gets for a task before it is given up
         (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
         served at once (each by a worker thread)."""
-        if strategy not in STRATEGIES:
-            raise EdgeCIError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
         self.results_topic = RESULTS.build(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self.broker_link = broker_link or Link(1000.0, 0.1)
@@ -237,7 +237,10 @@ class Orchestrator:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage) and event.topic == self.results_topic:
+            elif (
+                isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone)
+                and event.topic == self.results_topic
+            ):
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
             elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
                 if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:
@@ -291,7 +294,8 @@ class Orchestrator:
         first: ``flow`` between its split plan and a whole request on one device
         (:func:`~edgeci_mqtt.runtime.load.choose`) when there is work out (with none, its
         plan is the fastest way), ``replicas`` among whole requests."""
-        if strategy not in SERVED_BY_FLOW:
+        base, _ = split_strategy(strategy)
+        if base not in SERVED_BY_FLOW:
             return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
         spec = self.models.get(model).chain.spec(height, width)
         with self._lock:
@@ -302,12 +306,12 @@ class Orchestrator:
 
         whole = whole_model_seconds(context(devices))
         outstanding = self.commitments.snapshot()
-        if strategy == "local":
+        if base == "local":
             choice = Choice("whole", plan.predicted_s, plan.devices[0])
-        elif strategy == "flow" and not outstanding:  # sparse requests: the latency plan
+        elif base == "flow" and (not outstanding or strategy != base):  # sparse requests, or an ablation
             choice = Choice("split", plan.predicted_s)
         else:
-            choice = choose(plan.predicted_s if strategy == "flow" else None, plan.devices, whole, outstanding)
+            choice = choose(plan.predicted_s if base == "flow" else None, plan.devices, whole, outstanding)
         if choice.mode == "split":
             return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
         first = choice.device
@@ -347,8 +351,7 @@ class Orchestrator:
     def _infer(self, request: _Request) -> InferResponse:
         message = request.message
         strategy = message.strategy or self.strategy
-        if strategy not in STRATEGIES:
-            raise EdgeCIError(f"unknown strategy {strategy!r}")
+        base, _ = split_strategy(strategy)
         held = self.models.get(message.model)
         if message.image.dtype != np.float32:
             raise EdgeCIError(f"request image is {message.image.dtype}, expected float32")
@@ -381,7 +384,7 @@ class Orchestrator:
             backlog_s=max((self.commitments.snapshot().get(d, 0.0) for d in work), default=0.0),
         )
         run: InferenceRun | FlowRun
-        if strategy in SERVED_BY_FLOW:
+        if base in SERVED_BY_FLOW:
             run = FlowRun(setup, self.profile, self.broker_link, replan)
         else:
             run = InferenceRun(setup, plan.auctioned)

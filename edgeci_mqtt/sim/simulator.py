@@ -59,6 +59,13 @@ from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailWork
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
+from edgeci_mqtt.wire.compression import (
+    CODECS,
+    ZEROS_DECODE_PASSES,
+    ZEROS_ENCODE_PASSES,
+    compressed_size,
+    send_seconds,
+)
 
 __all__ = ["SimResult", "WorkOf", "simulate"]
 
@@ -169,6 +176,12 @@ class _Replay:
         self.tail_work = TailWork.of(plan.tail_work) if not plan.tail.on_orchestrator else None
         self.tail_missing = dict.fromkeys(plan.tail.readers, len(last))  # final tiles not yet with each reader
         self.slices_missing = len(plan.tail.parts)
+        self.final = plan.blocks[-1].block.stop if plan.blocks else 0
+        self.unkept = [len(b.tasks) for b in plan.blocks]  # behind a barrier: tiles of a block not done yet
+        if plan.barrier:
+            for k, block in enumerate(plan.blocks[1:], start=1):
+                for i in range(len(block.tasks)):
+                    self.missing[(k, i)] += 1  # the orchestrator's go
 
     def task(self, tid: TaskId) -> Task:
         return self.plan.blocks[tid[0]].tasks[tid[1]]
@@ -227,8 +240,11 @@ class _Replay:
         """``device`` computed ``tid``'s tile: it goes where the task's output says."""
         task = self.task(tid)
         if task.output == ORCHESTRATOR:
-            arrival = self.state.transfer(device, t, task.out_bytes, False, self.tile(tid))
-            self.state.at(arrival, partial(self.merge, tid, device, arrival))
+            boundary = self.plan.blocks[tid[0]].block.stop
+            merge = partial(self.merge, tid, device)
+            ready, nbytes, then = self.coded(device, ORCHESTRATOR, t, task.out_bytes, self.tile(tid), merge, boundary)
+            arrival = self.state.transfer(device, ready, nbytes, False, self.tile(tid))
+            self.state.at(arrival, partial(then, arrival))
         elif task.output == device:
             self.kept(tid, t)
         else:
@@ -251,6 +267,10 @@ class _Replay:
         self.ends[tid[0]] = max(self.ends[tid[0]], t)
         if tid[0] == len(self.plan.blocks) - 1 and self.tail_work is not None:
             self.to_tail(tid, t)
+        if self.plan.barrier and tid[0] < len(self.plan.blocks) - 1:
+            self.unkept[tid[0]] -= 1
+            if not self.unkept[tid[0]]:
+                self.go(tid[0] + 1, t)
         for reader, p in self.readers.get(tid, ()):
             self.unmade[(reader, p)] -= 1
             if self.unmade[(reader, p)] == 0:
@@ -260,30 +280,50 @@ class _Replay:
                     self.arrived(reader, task.device, t)
                 else:
                     then = partial(self.arrived, reader, task.device)
-                    self.forward(piece.source, task.device, t, task.input_bytes(piece), self.tile(reader), then)
+                    nbytes, tile = task.input_bytes(piece), self.tile(reader)
+                    self.forward(piece.source, task.device, t, nbytes, tile, then, piece.boundary)
+
+    def go(self, k: int, t: float) -> None:
+        """Behind a barrier: the last device's word that block ``k - 1`` is done reaches the
+        orchestrator, whose go reaches every device of block ``k`` (small messages: latency)."""
+        heard = t + max(v.link.latency_s for v in self.env.devices) + self.env.broker_link.latency_s
+        for i, task in enumerate(self.plan.blocks[k].tasks):
+            arrival = heard + self.env.broker_link.latency_s + self.env.device(task.device).link.latency_s
+            self.state.at(arrival, partial(self.arrived, (k, i), task.device, arrival))
 
     # ------------------------------------------------------------ a tail off the orchestrator
     def profile(self, resource: str) -> DeviceProfile:
         return self.env.orchestrator if resource == ORCHESTRATOR else self.env.device(resource).profile
 
-    def send(self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Callable[[float], None]) -> None:
+    def send(
+        self,
+        source: str,
+        target: str,
+        t: float,
+        nbytes: int,
+        tile: Tile,
+        then: Callable[[float], None],
+        boundary: int | None = None,
+    ) -> None:
         """``nbytes`` from ``source`` to ``target`` (either may be the orchestrator), then ``then(arrival)``."""
         if source == target:
             then(t)
         elif target == ORCHESTRATOR:
+            t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
             arrival = self.state.transfer(source, t, nbytes, False, tile, "to the tail")
             self.state.at(arrival, partial(then, arrival))
         elif source == ORCHESTRATOR:
             arrival = self.state.transfer(target, t, nbytes, True, tile, "to the tail")
             self.state.at(arrival, partial(then, arrival))
         else:
-            self.forward(source, target, t, nbytes, tile, then)
+            self.forward(source, target, t, nbytes, tile, then, boundary)
 
     def to_tail(self, tid: TaskId, t: float) -> None:
         """A final tile is ready on its device: it goes to every reader of the tail."""
         task = self.task(tid)
         for reader in self.tail.readers:
-            self.send(task.output, reader, t, task.out_bytes, self.tile(tid), partial(self.tail_input, reader))
+            then = partial(self.tail_input, reader)
+            self.send(task.output, reader, t, task.out_bytes, self.tile(tid), then, self.final)
 
     def tail_input(self, reader: str, t: float) -> None:
         assert self.tail_work is not None
@@ -310,10 +350,50 @@ class _Replay:
     def answered(self, t: float) -> None:
         self.tail_end = t
 
+    def coded(
+        self,
+        source: str,
+        target: str,
+        t: float,
+        nbytes: int,
+        tile: Tile,
+        then: Callable[[float], None],
+        boundary: int | None,
+    ) -> tuple[float, int, Callable[[float], None]]:
+        """A map at ``boundary`` of a plan that compresses goes as the sender would send it
+        (:func:`~edgeci_mqtt.wire.compression.choose_codec` from the boundary's share of
+        non-zeros): encoded on the sender's CPU, fewer bytes, decoded on the receiver's.
+        Returns when the bytes can leave, how many, and what to do on arrival."""
+        density = self.plan.densities[boundary] if boundary is not None and self.plan.densities else 1.0
+        if not self.plan.compress or density >= 1.0:
+            return t, nbytes, then
+        view = self.env.device(source)
+        rate = view.profile.rates["relu"]
+        codec = min(CODECS, key=lambda c: send_seconds(nbytes // 4, density, c, view.link.bytes_per_s, rate))
+        if codec == "raw":
+            return t, nbytes, then
+        relu = 2 * nbytes
+        ready = self.state.busy(source, "encode", t, ZEROS_ENCODE_PASSES * relu / rate, tile)
+        decode = ZEROS_DECODE_PASSES * relu / self.profile(target).rates["relu"]
+
+        def decoded(arrival: float) -> None:
+            then(self.state.busy(target, "decode", arrival, decode, tile))
+
+        return ready, compressed_size(nbytes // 4, density, codec), decoded
+
     def forward(
-        self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Callable[[float], None]
+        self,
+        source: str,
+        target: str,
+        t: float,
+        nbytes: int,
+        tile: Tile,
+        then: Callable[[float], None],
+        boundary: int | None = None,
     ) -> None:
-        """Device to device through the broker, stored and forwarded there; ``then(arrival)``."""
+        """Device to device through the broker, stored and forwarded there; ``then(arrival)``
+        (compressed as :meth:`coded` says)."""
+        t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
         at_broker = self.state.transfer(source, t, nbytes, False, tile, f"to {target}")
 
         def onwards() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "Chunk",
     "DeviceState",
     "FinishRole",
+    "GoMessage",
     "InferRequest",
     "InferResponse",
     "Message",
@@ -46,6 +47,7 @@ __all__ = [
     "ResultMessage",
     "RowsMessage",
     "SliceFrom",
+    "StepDone",
     "StepInput",
     "StepSend",
     "TailRole",
@@ -233,6 +235,8 @@ class ProgramMessage(Message):
     image: Array | None = field(default=None, compare=False)
     tail: TailRole | None = None
     finish: FinishRole | None = None
+    barrier: bool = False  # report each step done; start a step after the first block only on a go
+    compress: bool = True  # rows may travel compressed
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,26 @@ class VectorMessage(Message):
     features: Span
     values: PackedArray = field(compare=False)
     logits: bool = False
+
+
+@dataclass(frozen=True)
+class StepDone(Message):
+    """A device finished its step of the block ending at ``boundary`` (``flow`` with a barrier)."""
+
+    kind: ClassVar[str] = "done"
+    request: Ident
+    device: Ident
+    boundary: Annotated[int, Range(0, 1 << 20)]
+
+
+@dataclass(frozen=True)
+class GoMessage(Message):
+    """Every device finished the blocks ending at ``boundary``: steps reading it may start."""
+
+    kind: ClassVar[str] = "go"
+    request: Ident
+    orchestrator: Ident
+    boundary: Annotated[int, Range(0, 1 << 20)]
 
 
 @dataclass(frozen=True)
@@ -363,6 +387,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ProgramMessage,
         RowsMessage,
         VectorMessage,
+        StepDone,
+        GoMessage,
         ReleaseMessage,
         Chunk,
     )
