@@ -26,6 +26,7 @@ from edgeci_mqtt.emulation.processes import emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import parse_cluster
+from tests.exactness import assert_float32_faithful, whole_model_reference
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
@@ -46,8 +47,9 @@ SPEC = parse_cluster(
 
 @needs_root
 def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
-    tmp_path: Path, chains: dict[str, StageChain]
+    tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
 ) -> None:
+    """``flow`` on shaped, delayed links and CPU quotas: the model's answer, nothing left behind."""
     out = tmp_path / "logits.npy"
     with emulated_run(SPEC, tmp_path, "smallcnn", prefix=PREFIX, net=88) as run:
         assert set(leftovers(PREFIX)) >= {f"{PREFIX}-hub", f"{PREFIX}-0", f"{PREFIX}-1"}
@@ -66,14 +68,16 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
             str(out),
             "--timeout",
             "120",
+            "--strategy",
+            "flow",
         ]
         answer = subprocess.run(run.in_hub(*client), capture_output=True, text=True, timeout=180)
         assert answer.returncode == 0, answer.stderr[-2000:] + run.group.log_text("orchestrator")[-2000:]
         # the agents measured their shaped, delayed links through the relays
         assert "link" in run.group.log_text("a") and "link" in run.group.log_text("b")
-    with torch.inference_mode():
-        expected = chains["smallcnn"].model(load_input(SAMPLE_IMAGE, 96))
-    assert torch.allclose(torch.from_numpy(np.load(out)), expected, atol=1e-4, rtol=1e-4)
+    reference = whole_model_reference(chains["smallcnn"], chains64["smallcnn"], load_input(SAMPLE_IMAGE, 96))
+    logits = torch.from_numpy(np.load(out))
+    assert_float32_faithful(logits, reference.logits32, reference.logits64, "flow on the emulated cluster")
     assert leftovers(PREFIX) == []
     down(PREFIX)  # idempotent
     assert leftovers(PREFIX) == []

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--weights", type=Path, help="weights file for a single --model")
     parser.add_argument(
-        "--strategy", choices=list(STRATEGIES), default="edgeci", help="default strategy (a request may name another)"
+        "--strategy", choices=list(STRATEGIES), default="flow", help="default strategy (a request may name another)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (must match the devices')")
     parser.add_argument("--auction-ms", type=float, default=500.0, help="bid deadline of an auction round")

@@ -40,7 +40,7 @@ def emulated_run(
     models: str,
     prefix: str = "ecx",
     net: int = 77,
-    strategy: str = "edgeci",
+    strategy: str = "flow",
     timeout: float = 600.0,
 ) -> Iterator[EmulatedRun]:
     """Bring the cluster up, start everything in its namespace and cgroup, wait until the

@@ -166,7 +166,7 @@ class Orchestrator:
         bus: Bus,
         models: ModelStore,
         profile: DeviceProfile,
-        strategy: str = "edgeci",
+        strategy: str = "flow",
         broker_link: Link | None = None,
         auction_s: float = 0.5,
         min_allowance_s: float = MIN_TASK_DEADLINE_S,
