@@ -184,8 +184,8 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     rows, charts = [], []
     env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
-        spec = skeleton_chain(model).spec(224, 224, densities(model))  # geometry and costs: no weights needed
-        ctx = context_for(spec, env)
+        chain = skeleton_chain(model).spec(224, 224, densities(model))  # geometry and costs: no weights needed
+        ctx = context_for(chain, env)
         work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
         results, ideal = predicted(ctx, work, free, list(runs))
         charts.append(gantts(name, model, runs, results, [d.name for d in spec.devices]))
@@ -296,10 +296,13 @@ def stream_lines(raw: dict[str, dict]) -> list[str]:
                 )
             if "flow" in figures and "replicas" in figures:
                 (flow_rate, flow_p50), (rep_rate, rep_p50) = figures["flow"], figures["replicas"]
+                target = f"| flow throughput >= 0.95 x replicas' and a lower p50 | {cluster} {model} |"
+                if not (flow_rate and rep_rate):
+                    verdicts.append(f"{target} a stream had no answer | no |")
+                    continue
                 ok = flow_rate >= 0.95 * rep_rate and flow_p50 < rep_p50
                 verdicts.append(
-                    f"| flow throughput >= 0.95 x replicas' and a lower p50 | {cluster} {model} | "
-                    f"{flow_rate / rep_rate:.2f} x, p50 {flow_p50 * 1e3:.0f} vs {rep_p50 * 1e3:.0f} ms | "
+                    f"{target} {flow_rate / rep_rate:.2f} x, p50 {flow_p50 * 1e3:.0f} vs {rep_p50 * 1e3:.0f} ms | "
                     f"{'yes' if ok else 'no'} |"
                 )
     if len(lines) == 2:
