@@ -43,6 +43,7 @@ from edgeci_mqtt.wire import (
     StepDone,
     StepInput,
     StepSend,
+    TailRole,
     VectorMessage,
     decode,
     encode,
@@ -399,3 +400,14 @@ def test_the_simulator_prices_compressed_rows(store: ModelStore) -> None:
     assert {"encode", "decode"} <= {i.kind for i in timeline}
     raw = simulate(replace(plan, compress=False), env, work)
     assert simulate(plan, env, work).makespan_s < raw.makespan_s
+
+
+def test_a_device_refuses_a_tail_beyond_the_memory_it_announced(store: ModelStore) -> None:
+    held = store.get("smallcnn")
+    final = held.shapes(64, 64)[-1]
+    role = TailRole((StepInput(TileRegion.whole(final.height, final.width), "b"),), ORCH)
+    program = replace(_program(()), digest=held.digest, tail=role)
+    validate_program(program, "a", store, lambda *_: True)  # no budget announced: no limit
+    validate_program(program, "a", store, lambda *_: True, tail_budget=10**9)
+    with pytest.raises(WireError, match="exceed"):
+        validate_program(program, "a", store, lambda *_: True, tail_budget=100)

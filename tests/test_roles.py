@@ -361,3 +361,17 @@ def test_every_step_of_the_flow_ablation_gives_the_models_result(
         result = client.infer(ref.x, model, strategy, timeout=120)
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, f"{model} {strategy}")
         assert result.strategy == strategy
+
+
+def test_a_traced_flow_request_shows_every_devices_steps(client: EdgeCIClient, references: References) -> None:
+    """Under ``flow`` the devices report when they ran each item: the timeline shows every
+    used device's block steps (tiles named), within the request's time."""
+    ref = references[("vgg16", 96, 96)]
+    result = client.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)
+    assert faithful(result.logits, ref.logits32, ref.logits64)
+    computes = [i for i in result.timeline if i.kind == "compute"]
+    assert {i.resource for i in computes} == set(result.devices)
+    assert all(i.block is not None and i.region is not None for i in computes)
+    assert all(0.0 <= i.start <= i.end <= result.latency_s for i in result.timeline)
+    orchestrator = {i.kind for i in result.timeline if i.resource == ORCHESTRATOR}
+    assert {"plan", "auction", "prepare", "tail"} <= orchestrator

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="YAML with any of: id, broker, credentials, models, threads, seed, fetch_weights, cache_dir",
+        help="YAML with any of: id, broker, credentials, models, threads, seed, fetch_weights, cache_dir, "
+        "tail_memory_mb",
     )
     parser.add_argument(
         "--models", help=f"comma-separated models to hold, NAME or NAME=weights.pth (default: {','.join(MODEL_NAMES)})"
@@ -53,6 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="hold no weights: fetch each stage's weights from the orchestrator over the broker",
     )
     parser.add_argument("--cache-dir", type=Path, help="where fetched weights are cached (default ~/.cache/edgeci)")
+    parser.add_argument(
+        "--tail-memory-mb",
+        type=float,
+        help="MB of fully connected weights this device may be asked to use for a model's tail "
+        "(announced in its birth; default: no limit; 0: never run a tail)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -85,7 +92,8 @@ def stop_on_signals() -> threading.Event:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = merged(args, ("id", "broker", "credentials", "models", "threads", "seed", "fetch_weights", "cache_dir"))
+    keys = ("id", "broker", "credentials", "models", "threads", "seed", "fetch_weights", "cache_dir", "tail_memory_mb")
+    config = merged(args, keys)
     if not config.get("id") or not config.get("broker"):
         raise EdgeCIError("a device needs --id and --broker (or id and broker in --config)")
     args.broker = config["broker"]
@@ -100,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     bus = MqttBus(broker_address(args, device), f"edgeci-device-{device}", ca_file=args.ca_file)
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
-    agent = DeviceAgent(device, bus, store, measure_profile(threads), threads, cache)
+    memory = config.get("tail_memory_mb")
+    tail_bytes = None if memory is None else int(float(memory) * 1e6)
+    agent = DeviceAgent(device, bus, store, measure_profile(threads), threads, cache, tail_memory_bytes=tail_bytes)
     agent.run(stop_on_signals())
     return 0

@@ -20,7 +20,7 @@ bid gets nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -38,7 +38,7 @@ __all__ = [
     "MAX_ITEMS",
     "Award",
     "Bid",
-    "Discount",
+    "HeldRows",
     "auction_item_count",
     "auction_items",
     "award",
@@ -90,23 +90,41 @@ def make_bid(view: DeviceView, model: RowModel, block: FusedBlock, items: Sequen
     return Bid(view.name, view.queue_s, tuple(alone.tolist()), tuple(np.maximum(extend, 0.0).tolist()))
 
 
-Discount = Callable[[str, int, int], float]
-"""``discount(device, start, stop)``: seconds that the bid for items ``[start, stop)``
-overstates, e.g. for input rows the device already holds (``flow``)."""
+@dataclass(frozen=True)
+class HeldRows:
+    """What a run of items costs a device less for the input rows it already holds
+    (``flow``): its bid priced them as arriving. A run of items ``[start, stop)`` needs input
+    rows ``[lo[start], hi[stop])``; a device holding rows ``[a, b)`` saves ``per_row``
+    seconds for each of them in that range."""
+
+    lo: tuple[int, ...]
+    """By first item: the first input row a run starting there needs."""
+    hi: tuple[int, ...]
+    """By end item (index ``stop``, 1..count): the end of the input rows a run needs."""
+    bands: Mapping[str, tuple[int, int, float]]
+    """By device: its rows ``a``, ``b`` and the seconds one row costs it."""
+
+    def saved(self, device: str, start: int, stop: int) -> float:
+        """Seconds the run ``[start, stop)`` costs ``device`` less (plain Python: the award's inner loop)."""
+        band = self.bands.get(device)
+        if band is None:
+            return 0.0
+        a, b, per_row = band
+        return max(0, min(self.hi[stop], b) - max(self.lo[start], a)) * per_row
 
 
 class _Pricing:
-    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - discount``."""
+    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - held``."""
 
-    def __init__(self, bids: Sequence[Bid], discount: Discount | None = None) -> None:
+    def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
         self.bids = {b.device: b for b in bids}
         self.prefix = {b.device: [0.0, *accumulate(b.extend_s)] for b in bids}
-        self.discount = discount
+        self.held = held
 
     def run(self, device: str, start: int, stop: int) -> float:
         bid, prefix = self.bids[device], self.prefix[device]
         cost = bid.queue_s + bid.alone_s[start] + prefix[stop] - prefix[start + 1]
-        return cost - self.discount(device, start, stop) if self.discount is not None else cost
+        return cost - self.held.saved(device, start, stop) if self.held is not None else cost
 
 
 @dataclass(frozen=True)
@@ -122,14 +140,22 @@ class Award:
 
 
 def _sweep(pricing: _Pricing, order: Sequence[str], count: int, limit: float) -> list[tuple[str, Span]] | None:
-    """Runs in device order, each as long as fits within ``limit``; None if items remain."""
+    """Runs in device order, each as long as fits within ``limit``; None if items remain.
+
+    A run's price never falls as it grows (an item's extension prices its compute and the
+    input rows it adds, and held rows take off at most those rows' transfer), so each run's
+    end is found by bisection."""
     runs, pos = [], 0
     for device in order:
         if pos == count:
             break
-        stop = pos
-        while stop < count and pricing.run(device, pos, stop + 1) <= limit:
-            stop += 1
+        stop, high = pos, count  # the longest run from pos within the limit: runs only grow dearer
+        while stop < high:
+            middle = (stop + high + 1) // 2
+            if pricing.run(device, pos, middle) <= limit:
+                stop = middle
+            else:
+                high = middle - 1
         if stop > pos:
             runs.append((device, Span(pos, stop)))
             pos = stop
@@ -209,7 +235,7 @@ def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[
     hi, lo = alone[cheapest], 0.0
     best = [(cheapest, Span(0, count))]  # one device alone: always feasible
     for _ in range(60):
-        if hi - lo <= 1e-9 * hi:
+        if hi - lo <= 1e-7 * hi:  # within 1e-7 of the best makespan: finer costs sweeps, not time
             break
         mid = (lo + hi) / 2
         runs = _sweep(pricing, order, count, mid)
@@ -240,10 +266,10 @@ def _orders(pricing: _Pricing, names: Sequence[str], count: int, first: Sequence
     return orders
 
 
-def award(bids: Sequence[Bid], count: int, discount: Discount | None = None, first: Sequence[str] = ()) -> Award:
+def award(bids: Sequence[Bid], count: int, held: HeldRows | None = None, first: Sequence[str] = ()) -> Award:
     """Award ``count`` items to the bidders, minimising the block's makespan.
 
-    The result depends on the bids (and ``discount`` and ``first``, see :func:`_orders`)
+    The result depends on the bids (and ``held`` and ``first``, see :func:`_orders`)
     only, never on the bids' order (bids arrive in any order).
     """
     bids = [
@@ -255,7 +281,7 @@ def award(bids: Sequence[Bid], count: int, discount: Discount | None = None, fir
         raise PlanningError("no device bid for this block")
     if len({b.device for b in bids}) < len(bids):
         raise PlanningError("two bids for one device: which one counts would depend on their order")
-    pricing = _Pricing(bids, discount)
+    pricing = _Pricing(bids, held)
 
     def makespan(runs: list[tuple[str, Span]]) -> float:
         return max(pricing.run(d, s.start, s.stop) for d, s in runs)

@@ -16,6 +16,7 @@ vectorised over strips with NumPy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,12 +39,21 @@ Ints = NDArray[np.int64]
 Floats = NDArray[np.float64]
 
 
+@functools.lru_cache(maxsize=8192)
+def _input_region(
+    stages: tuple[Stage, ...], shapes: tuple[FeatureShape, ...], block: FusedBlock, out_region: TileRegion
+) -> TileRegion:
+    """:func:`tile_input_region`, remembered: every re-plan and every award asks again for
+    the same strips, and a residual block's regions take a while to walk."""
+    return tile_input_region(stages, shapes, block, out_region)
+
+
 def make_task(
     stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion, device: str
 ) -> Task:
     """The task computing ``out_region`` of ``block`` on ``device``, gathered: its input
     comes from the orchestrator and its output goes back there."""
-    in_region = tile_input_region(stages, shapes, block, out_region)
+    in_region = _input_region(tuple(stages), tuple(shapes), block, out_region)
     in_bytes = shapes[block.start].channels * in_region.area * BYTES_PER_ELEMENT
     out_bytes = shapes[block.stop].channels * out_region.area * BYTES_PER_ELEMENT
     return Task(device, out_region, in_bytes, out_bytes, (TaskInput(block.start, in_region, ORCHESTRATOR),))

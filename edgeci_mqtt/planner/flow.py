@@ -9,7 +9,7 @@ to it (for the tail).
 
 How partitions stay consistent from block to block: a device's bid prices its whole
 input as arriving over its own link, and the auctioneer takes off the rows it already
-holds (:func:`holdings_discount`), so keeping its band of the map is cheaper than
+holds (:func:`held_rows`), so keeping its band of the map is cheaper than
 taking another's. The award also tries the previous block's top-to-bottom device order
 first. A band's edges still move where the devices' relative speeds differ between
 blocks (a pooling block and a convolution block do not favour the same devices
@@ -25,14 +25,14 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.awas import Award, Bid, Discount, award
+from edgeci_mqtt.planner.awas import Award, Bid, HeldRows, award
 from edgeci_mqtt.planner.costs import RowModel, make_task
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["FlowOptions", "flow_block", "flow_blocks", "holdings", "holdings_discount"]
+__all__ = ["FlowOptions", "flow_block", "flow_blocks", "held_rows", "holdings"]
 
 
 FLOW_WORDS = {"barrier": ("barrier", True), "raw": ("compress", False), "orchestrator-tail": ("place_tail", False)}
@@ -70,22 +70,17 @@ def holdings(previous: BlockPlan | None) -> dict[str, Span]:
     return {t.output: t.out_region.rows for t in previous.tasks if t.output != ORCHESTRATOR}
 
 
-def holdings_discount(
+def held_rows(
     rows: RowModel, env: Environment, block: FusedBlock, items: Sequence[Span], held: Mapping[str, Span]
-) -> Discount:
-    """What a run of items costs a device less for the input rows it already holds:
-    those rows' bytes over its own link (its bid priced them as arriving)."""
+) -> HeldRows:
+    """What a run of items costs a device less for the input rows it already holds: those
+    rows' bytes over its own link (its bid priced them as arriving)."""
     row_bytes = rows.row_bytes(block.start)
     speed = {view.name: view.link.bytes_per_s for view in env.devices}
-
-    def discount(device: str, start: int, stop: int) -> float:
-        band = held.get(device)
-        if band is None or device not in speed:
-            return 0.0
-        lo, hi = rows.input_rows(block, items[start].start, items[stop - 1].stop)
-        return max(0, min(hi, band.stop) - max(lo, band.start)) * row_bytes / speed[device]
-
-    return discount
+    reach = [rows.input_rows(block, item.start, item.stop) for item in items]
+    lo, hi = tuple(r[0] for r in reach), (0, *(r[1] for r in reach))
+    bands = {d: (band.start, band.stop, row_bytes / speed[d]) for d, band in held.items() if d in speed}
+    return HeldRows(lo, hi, bands)
 
 
 def flow_block(
@@ -137,7 +132,7 @@ def flow_blocks(
         previous = plans[-1] if plans else None
         held = holdings(previous)
         first = [t.device for t in previous.tasks] if previous else []
-        won = award(bids, len(items), holdings_discount(rows, env, block, items, held), first)
+        won = award(bids, len(items), held_rows(rows, env, block, items, held), first)
         runs = [(d, Span(items[s.start].start, items[s.stop - 1].stop)) for d, s in won.runs]
         plans.append(flow_block(chain, block, runs, previous, gather=False))
         awards.append(won)

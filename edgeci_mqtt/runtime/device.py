@@ -54,6 +54,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     RowsMessage,
     StepDone,
+    StepReport,
     TaskMessage,
     TaskTimings,
     VectorMessage,
@@ -157,11 +158,17 @@ class DeviceAgent:
         threads: int = 1,
         cache: WeightCache | None = None,
         compress: bool = True,
+        tail_memory_bytes: int | None = None,
     ) -> None:
-        """``compress``: send ``flow`` rows compressed when that pays (off: always raw)."""
+        """``compress``: send ``flow`` rows compressed when that pays (off: always raw).
+        ``tail_memory_bytes``: fully connected weights it may be asked to use for a tail
+        (announced in its birth message; None: no limit)."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models, self.profile = device_id, bus, models, profile
         self.threads, self.cache, self.compress = threads, cache, compress
+        if tail_memory_bytes is not None and tail_memory_bytes < 0:
+            raise EdgeCIError(f"tail memory {tail_memory_bytes} B is negative")
+        self.tail_memory_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
         self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
@@ -210,6 +217,7 @@ class DeviceAgent:
             models=self.models.digests,
             version=__version__,
             weights={d: tuple(stages) for d, stages in self.cache.listing().items()} if self.cache else {},
+            memory_bytes=self.tail_memory_bytes,
         )
         self.bus.publish(self.state_topic, encode(state), retain=True)
 
@@ -293,7 +301,7 @@ class DeviceAgent:
         if self.flow.knows(message.request):
             return  # delivered again (QoS 1): the first copy is in hand
         try:
-            program = validate_program(message, self.device_id, self.models, self._has_weights)
+            program = validate_program(message, self.device_id, self.models, self._has_weights, self.tail_memory_bytes)
             predicted = sum(self._seconds(program.held, message.input_hw, s.block, s.out_region) for s in message.steps)
             with self._lock:  # booked before the store may hand the request to the worker
                 self._backlog_s += predicted
@@ -464,6 +472,18 @@ class DeviceAgent:
 
         return [(topic(to), out) for to, out in outgoing(message, item, output, self.device_id, self._codec)]
 
+    def _report(
+        self, message: ProgramMessage, index: int, item: WorkItem, started: float, computed: float, sent: float
+    ) -> None:
+        """When we ran an item, on our wall clock, for a traced request's timeline."""
+        wall = time.time() - time.perf_counter()
+        block, region = (item.block, item.out_region) if isinstance(item, ProgramStep) else (None, None)
+        report = StepReport(
+            message.request, self.device_id, index, wall + started, wall + computed, wall + sent, block, region
+        )
+        with contextlib.suppress(EdgeCIError):
+            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(report))
+
     def _check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
         """For a fetching device: the weights a block needs are the ones materialised now."""
         if held.loaded is None:
@@ -485,8 +505,15 @@ class DeviceAgent:
             if isinstance(item, ProgramStep):
                 self._check_installed(program.held, item.block, message.digest)
             output = run_step(ready)
-            for topic, outgoing in self._outgoing(message, item, output):
-                self.bus.publish(topic, encode(outgoing))
+            computed = time.perf_counter()
+            outgoing = self._outgoing(message, item, output)
+            final = any(topic == results for topic, _ in outgoing)
+            if message.trace and final:  # before what ends the request, or it comes too late to count
+                self._report(message, ready.index, item, started, computed, computed)
+            for topic, out in outgoing:
+                self.bus.publish(topic, encode(out))
+            if message.trace and not final:
+                self._report(message, ready.index, item, started, computed, time.perf_counter())
             self.flow.computed(message.request, ready.index, output)
         except Exception as exc:  # a bad step must not kill the worker
             log.exception("%s: step %d of %s failed", self.device_id, ready.index, message.request)

@@ -72,10 +72,29 @@ def _check_step(
             raise WireError(f"{where}: cannot send {send.region} of {step.out_region} to {send.to}")
 
 
-def _check_tail(message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape]) -> None:
+def _tail_weight_bytes(message: ProgramMessage, held: HeldModel) -> int:
+    """Bytes of fully connected weights the program's tail part and finish use."""
+    parts = held.chain.tail_parts
+    used = 0
+    if message.tail is not None:
+        share = message.tail.features.size if message.tail.features is not None else parts.features
+        used += share * (parts.first.in_features + 1) * 4
+    if message.finish is not None or (message.tail is not None and message.tail.features is None):
+        used += sum(p.numel() * p.element_size() for p in parts.rest.parameters())
+    return used
+
+
+def _check_tail(
+    message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape], budget: int | None
+) -> None:
     """The tail part reads the whole final map once, and the features it or the finish
-    name are within the first layer's; slices cut the features in order."""
+    name are within the first layer's; slices cut the features in order; the weights fit
+    the budget the device announced."""
     features = held.chain.tail_parts.features
+    if budget is not None and (message.tail is not None or message.finish is not None):
+        used = _tail_weight_bytes(message, held)
+        if used > budget:
+            raise WireError(f"the tail's {used} B of weights exceed the {budget} B {device} announced")
     final = shapes[-1]
     if held.loaded is not None and (message.tail is not None or message.finish is not None):
         raise WireError(f"{device} fetches stage weights only: it has none for the tail")
@@ -113,6 +132,7 @@ def validate_program(
     device: str,
     models: ModelStore,
     has_weights: Callable[[HeldModel, str, str], bool],
+    tail_budget: int | None = None,
 ) -> ValidProgram:
     """Check a program against the model it names; every inconsistency is a :class:`WireError`."""
     held = models.get(message.model)
@@ -142,7 +162,7 @@ def validate_program(
         except EdgeCIError as exc:
             raise WireError(str(exc)) from exc
     try:
-        _check_tail(message, device, held, shapes)
+        _check_tail(message, device, held, shapes, tail_budget)
     except EdgeCIError as exc:
         raise WireError(f"program {message.request}: {exc}") from exc
     if held.loaded is not None:

@@ -51,6 +51,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     RowsMessage,
     StepDone,
+    StepReport,
     VectorMessage,
     encode,
 )
@@ -181,6 +182,7 @@ class FlowRun:
         self.used: set[str] = set()
         self.origin = setup.origin
         self.timeline: list[Interval] | None = [] if setup.trace else None
+        self._wall_offset = time.time() - time.perf_counter()
 
     def mark(self, resource: str, kind: str, start: float, end: float, note: str = "") -> None:
         if self.timeline is not None:
@@ -272,7 +274,7 @@ class FlowRun:
         awaited = (set(self.plan.devices) & candidates) or candidates
         rounds = self.auctioneer.rounds(lots, candidates, awaited, flow=True)
         env = Environment(tuple(views), self.profile, self.broker_link)
-        chain = self.held.chain.spec(*self.input_hw)
+        chain = self.held.spec(*self.input_hw)
         rows = self.held.row_model(*self.input_hw)
         try:
             blocks, awards, tail = flow_blocks(
@@ -328,6 +330,7 @@ class FlowRun:
             program.finish,
             plan.barrier,
             plan.compress,
+            self.timeline is not None,
         )
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
 
@@ -343,9 +346,32 @@ class FlowRun:
                     for boundary in state.step_done(result):
                         go(boundary)
                     continue
+                if isinstance(result, StepReport):
+                    self._mark_report(result, state)
+                    continue
                 lost, why = state.result(result)
             if lost:
                 raise _AttemptFailed(lost, why)
+
+    def _mark_report(self, report: StepReport, state: FlowAttempt) -> None:
+        """A device's item on the timeline: its clock is trusted only between the request's
+        arrival and now (clocks on boards drift), instants out of order are dropped."""
+        if self.timeline is None or report.device not in state.devices:
+            return
+        now = time.perf_counter()
+        instants = [report.started_at, report.computed_at, report.sent_at]
+        if instants != sorted(instants):
+            log.warning("%s: %s reported its step instants out of order: %s", self.request, report.device, instants)
+            return
+        started, computed, sent = (min(max(i - self._wall_offset, self.origin), now) for i in instants)
+        kind = "compute" if report.block is not None else "tail"
+        self.timeline.append(
+            Interval(report.device, kind, started - self.origin, computed - self.origin, report.block, report.region)
+        )
+        if sent > computed:
+            self.timeline.append(
+                Interval(report.device, "send", computed - self.origin, sent - self.origin, report.block, report.region)
+            )
 
     def _go(self, run_id: str, devices: set[str], boundary: int) -> None:
         """Behind a barrier: every device finished the blocks ending at ``boundary``."""

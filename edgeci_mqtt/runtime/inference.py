@@ -51,6 +51,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     RowsMessage,
     StepDone,
+    StepReport,
     TaskMessage,
     VectorMessage,
     encode,
@@ -84,7 +85,9 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-Arrival = tuple[float, ResultMessage | RowsMessage | VectorMessage | StepDone]
+Inbox = ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport
+"""What a device sends an orchestrator about a request."""
+Arrival = tuple[float, Inbox]
 """A result and when it arrived (``perf_counter``), for traces."""
 
 
@@ -107,7 +110,7 @@ class Mailboxes:
         finally:
             self.results.pop(request, None)
 
-    def deliver(self, result: ResultMessage | RowsMessage | VectorMessage | StepDone, arrived: float) -> None:
+    def deliver(self, result: Inbox, arrived: float) -> None:
         box = self.results.get(result.request)
         if box is None:
             self.dropped += 1

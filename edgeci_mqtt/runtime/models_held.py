@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
@@ -42,6 +43,7 @@ class HeldModel:
     chain: StageChain
     digest: str
     rows: dict[tuple[int, int], RowModel] = field(default_factory=dict)
+    specs: dict[tuple[int, int], ChainSpec] = field(default_factory=dict)
     loaded: set[str] | None = None
     fetched: str = ""
     _weighted: set[str] | None = field(default=None, repr=False)
@@ -55,6 +57,13 @@ class HeldModel:
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
         return self.chain.shapes(height, width)
+
+    def spec(self, height: int, width: int) -> ChainSpec:
+        """The chain as the planner sees it at this input size (remembered: every request asks)."""
+        key = (height, width)
+        if key not in self.specs:
+            self.specs[key] = self.chain.spec(height, width)
+        return self.specs[key]
 
     def row_model(self, height: int, width: int) -> RowModel:
         key = (height, width)

@@ -63,6 +63,7 @@ from edgeci_mqtt.wire import (
     ResultMessage,
     RowsMessage,
     StepDone,
+    StepReport,
     VectorMessage,
     decode,
     encode,
@@ -238,7 +239,7 @@ class Orchestrator:
                 if box is not None:
                     box.put(message)
             elif (
-                isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone)
+                isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport)
                 and event.topic == self.results_topic
             ):
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
@@ -278,7 +279,7 @@ class Orchestrator:
             if cached is not None and cached[0] == generation:
                 return cached[1]
             env = Environment(tuple(devices), self.profile, self.broker_link)
-            ctx = context_for(held.chain.spec(height, width), env, rows=self._rows.get((model, height, width)))
+            ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
             self._rows[(model, height, width)] = ctx.rows
             plan = make_plan(strategy, ctx)
             self._plans[key] = (generation, plan)
@@ -297,7 +298,7 @@ class Orchestrator:
         base, _ = split_strategy(strategy)
         if base not in SERVED_BY_FLOW:
             return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
-        spec = self.models.get(model).chain.spec(height, width)
+        spec = self.models.get(model).spec(height, width)
         with self._lock:
             rows = self._rows.get((model, height, width))
 

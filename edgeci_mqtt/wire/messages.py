@@ -49,6 +49,7 @@ __all__ = [
     "SliceFrom",
     "StepDone",
     "StepInput",
+    "StepReport",
     "StepSend",
     "TailRole",
     "TaskMessage",
@@ -237,6 +238,7 @@ class ProgramMessage(Message):
     finish: FinishRole | None = None
     barrier: bool = False  # report each step done; start a step after the first block only on a go
     compress: bool = True  # rows may travel compressed
+    trace: bool = False  # report when each item ran, for the request's timeline
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,23 @@ class StepDone(Message):
     request: Ident
     device: Ident
     boundary: Annotated[int, Range(0, 1 << 20)]
+
+
+@dataclass(frozen=True)
+class StepReport(Message):
+    """When a device ran work item ``item`` of ``request`` (a traced ``flow`` request), on its
+    own wall clock: started, computed, its outputs sent. ``block``/``region`` name a block
+    step's tile (none for the tail)."""
+
+    kind: ClassVar[str] = "report"
+    request: Ident
+    device: Ident
+    item: Annotated[int, Range(0, 1 << 20)]
+    started_at: WallClock
+    computed_at: WallClock
+    sent_at: WallClock
+    block: FusedBlock | None = None
+    region: TileRegion | None = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +407,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         RowsMessage,
         VectorMessage,
         StepDone,
+        StepReport,
         GoMessage,
         ReleaseMessage,
         Chunk,
