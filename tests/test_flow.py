@@ -17,6 +17,7 @@ import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError, WireError
 from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.cluster import Link
@@ -24,8 +25,14 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import FlowOptions, flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
-from edgeci_mqtt.planner.strategies import context_for, make_plan, split_strategy
-from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
+from edgeci_mqtt.planner.strategies import (
+    context_for,
+    make_plan,
+    split_strategy,
+    whole_model_plan,
+    whole_model_seconds,
+)
+from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail, split_features
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, finish_logits
 from edgeci_mqtt.runtime.flow_store import FlowStore
@@ -411,3 +418,25 @@ def test_a_device_refuses_a_tail_beyond_the_memory_it_announced(store: ModelStor
     validate_program(program, "a", store, lambda *_: True, tail_budget=10**9)
     with pytest.raises(WireError, match="exceed"):
         validate_program(program, "a", store, lambda *_: True, tail_budget=100)
+
+
+def test_tail_splits_stay_within_the_first_layers_features() -> None:
+    """Rounded shares of a small layer (10 features) once overshot it; cumulative rounding cannot."""
+    shares = list(zip("abcd", (3.6, 3.6, 2.6, 0.2), strict=True))
+    for k in (2, 3, 4):
+        parts = split_features(10, shares[:k])
+        assert parts[-1][1].stop == 10 and all(s.start < s.stop <= 10 for _, s in parts)
+    work = TailWork(head=(), first=OpWork("fc", 2 * 32 * 10, 0, 32, 1), rest=(), features=10)
+    views = tuple(DeviceView(n, flat_profile().scaled(c), Link(100.0, 1.0)) for n, c in shares)
+    plan, _ = place_tail(Environment(views, flat_profile().scaled(0.01), Link(1000.0, 0.1)), work, 4096, {}, False)
+    assert all(s.stop <= 10 for _, s in plan.parts)
+
+
+def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStore) -> None:
+    chain = store.get("vgg16").chain.spec(224, 224)
+    roomy, tight = device("a", 10), replace(device("b", 10), memory_bytes=0)
+    ctx = context_for(chain, environment(roomy, tight))
+    seconds = whole_model_seconds(ctx)
+    assert whole_model_plan(ctx, "replicas", "a", seconds["a"]).tail == TailPlan("a")
+    on_b = whole_model_plan(ctx, "replicas", "b", seconds["b"])
+    assert on_b.tail.on_orchestrator and on_b.blocks[-1].gathers

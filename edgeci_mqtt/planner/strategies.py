@@ -39,7 +39,7 @@ from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.flow import FlowOptions, flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
-from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork
+from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork, fits
 
 __all__ = [
     "DEEPTHINGS_GRID",
@@ -133,30 +133,41 @@ def _strips(ctx: PlanningContext, block: FusedBlock, runs: Sequence[tuple[str, S
 
 def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
     """Each device's time for a whole request on its own: the image in, every stage, the
-    tail, the logits out (what ``local`` and ``replicas`` cost per request)."""
+    tail and the logits out, or (a device without room for the tail's weights) the final
+    map out and the tail on the orchestrator. What ``local`` and ``replicas`` cost per request."""
     block = FusedBlock(0, len(ctx.chain.stages))
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
     image = float(ctx.rows.input_bytes(block, a, b)[0])
+    final = float(ctx.rows.output_bytes(block, a, b)[0])
     tail = TailWork.of(ctx.chain.tail_work)
     everything = (*tail.head, tail.first, *tail.rest)
     broker = ctx.env.broker_link
-    moved = np.array([image + LOGITS_BYTES + 2 * MESSAGE_OVERHEAD_BYTES])
-    return {
-        view.name: float(link_seconds(view, moved)[0])
-        + image / broker.bytes_per_s
-        + 2 * broker.latency_s
-        + float(ctx.rows.compute_seconds(view.profile, block, a, b)[0])
-        + view.profile.work_seconds(everything)
-        for view in ctx.env.devices
-    }
+    seconds = {}
+    for view in ctx.env.devices:
+        if fits(view, tail.weight_bytes):
+            back, finish = float(LOGITS_BYTES), view.profile.work_seconds(everything)
+        else:
+            back = final
+            finish = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything)
+        moved = np.array([image + back + 2 * MESSAGE_OVERHEAD_BYTES])
+        seconds[view.name] = (
+            float(link_seconds(view, moved)[0])
+            + image / broker.bytes_per_s
+            + 2 * broker.latency_s
+            + float(ctx.rows.compute_seconds(view.profile, block, a, b)[0])
+            + finish
+        )
+    return seconds
 
 
 def whole_model_plan(ctx: PlanningContext, strategy: str, device: str, seconds: float) -> Plan:
-    """The whole model, tail included, on ``device``: the image goes there, the logits come back."""
+    """The whole model on ``device``, the tail too if it has room for its weights: the image
+    goes there, the logits (or the final map, for the orchestrator's tail) come back."""
     block = FusedBlock(0, len(ctx.chain.stages))
     height = ctx.chain.shapes[-1].height
-    tasks = flow_block(ctx.chain, block, [(device, Span(0, height))], None, gather=False)
-    return ctx.plan(strategy, [tasks], seconds, tail=TailPlan(device))
+    here = fits(ctx.env.device(device), TailWork.of(ctx.chain.tail_work).weight_bytes)
+    tasks = flow_block(ctx.chain, block, [(device, Span(0, height))], None, gather=not here)
+    return ctx.plan(strategy, [tasks], seconds, tail=TailPlan(device) if here else TailPlan())
 
 
 def plan_local(ctx: PlanningContext) -> Plan:

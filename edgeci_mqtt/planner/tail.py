@@ -28,7 +28,7 @@ from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["LOGITS_BYTES", "TailPlan", "TailWork", "place_tail"]
+__all__ = ["LOGITS_BYTES", "TailPlan", "TailWork", "fits", "place_tail", "split_features"]
 
 LOGITS_BYTES = 4096
 """About 1000 float32 scores: what a tail finished on a device sends back."""
@@ -47,6 +47,10 @@ class TailPlan:
         stops = [0] + [s.stop for _, s in self.parts]
         if any(s.start != stop for (_, s), stop in zip(self.parts, stops, strict=False)):
             raise PlanningError(f"tail parts {self.parts} do not cut the first layer's features in order")
+        if any(d == ORCHESTRATOR for d, _ in self.parts):
+            raise PlanningError(
+                "a part of the tail runs on a device (the orchestrator runs the whole tail or finishes it)"
+            )
 
     @property
     def on_orchestrator(self) -> bool:
@@ -92,24 +96,37 @@ class TailWork:
 
     @property
     def rest_weight_bytes(self) -> int:
-        return sum(op.flops // 2 * BYTES_PER_ELEMENT for op in self.rest if op.kind == "fc")
+        """Weights and biases of the fully connected layers after the first."""
+        return sum(
+            (op.flops // 2 + op.flops // 2 // max(op.depth, 1)) * BYTES_PER_ELEMENT
+            for op in self.rest
+            if op.kind == "fc"
+        )
+
+    @property
+    def weight_bytes(self) -> int:
+        """Of the whole tail: what a device running all of it must hold."""
+        return self.part_weight_bytes(Span(0, self.features)) + self.rest_weight_bytes
 
     def slice_bytes(self, features: Span) -> int:
         return features.size * BYTES_PER_ELEMENT
 
 
-def _fits(view: DeviceView, weight_bytes: int) -> bool:
+def fits(view: DeviceView, weight_bytes: int) -> bool:
+    """The device announced room for these tail weights (or no limit)."""
     return view.memory_bytes is None or weight_bytes <= view.memory_bytes
 
 
-def _split(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[tuple[str, Span], ...]:
-    """Contiguous feature runs in proportion to speed (the last one takes the remainder)."""
-    total, parts, start = sum(s for _, s in speeds), [], 0
-    for k, (name, speed) in enumerate(speeds):
-        stop = features if k == len(speeds) - 1 else start + round(features * speed / total)
+def split_features(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[tuple[str, Span], ...]:
+    """Contiguous feature runs in proportion to speed: cumulative shares rounded, so the
+    runs stay in order, within the features and end exactly at the last one."""
+    total, parts, start, running = sum(s for _, s in speeds), [], 0, 0.0
+    for name, speed in speeds:
+        running += speed
+        stop = min(features, round(features * running / total))
         if stop > start:
             parts.append((name, Span(start, stop)))
-        start = stop
+        start = max(start, stop)
     return tuple(parts)
 
 
@@ -135,17 +152,17 @@ def place_tail(
     options.append((gather + env.orchestrator.work_seconds(everything), TailPlan()))
     whole = Span(0, work.features)
     for view in env.devices:
-        if _fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
+        if fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
             answer = logits / view.link.bytes_per_s + view.link.latency_s
             options.append((fetch(view) + view.profile.work_seconds(everything) + answer, TailPlan(view.name)))
     fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
     ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
     for k in range(2, len(ranked) + 1):
         chosen = ranked[:k]
-        parts = _split(work.features, [(v.name, fc_speed[v.name]) for v in chosen])
+        parts = split_features(work.features, [(v.name, fc_speed[v.name]) for v in chosen])
         views = {v.name: v for v in chosen}
         finisher = views[parts[0][0]]
-        if not all(_fits(views[d], work.part_weight_bytes(s)) for d, s in parts) or not _fits(
+        if not all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts) or not fits(
             finisher, work.part_weight_bytes(parts[0][1]) + work.rest_weight_bytes
         ):
             continue
