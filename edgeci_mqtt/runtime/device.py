@@ -67,6 +67,8 @@ __all__ = ["DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
 
 log = logging.getLogger("edgeci.device")
 
+PRICED_LOTS = 1024
+"""Auction lots whose prices a device remembers (a request asks for one per block)."""
 _NOWHERE = TileRegion.whole(1, 1)
 """The region a refusal names when the refused program has no step to name."""
 
@@ -175,6 +177,7 @@ class DeviceAgent:
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, float] = {}  # request -> predicted seconds of its steps
         self._unknown_logged = 0
+        self._prices: dict[tuple[object, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}  # lot -> prices
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
@@ -383,9 +386,16 @@ class DeviceAgent:
         outside = [item for item in call.items if item.stop > out_height]
         if outside:
             raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
-        rows = held.row_model(shapes[0].height, shapes[0].width)
-        bid = make_bid(self._view(), rows, block, list(call.items), call.flow)
-        message = BidMessage(call.round, self.device_id, bid.queue_s, bid.alone_s, bid.extend_s)
+        key = (call.model, call.input_hw, block, call.items, call.flow)
+        prices = self._prices.get(key)
+        if prices is None:  # a bid's prices do not depend on the queue: price each lot once
+            rows = held.row_model(shapes[0].height, shapes[0].width)
+            idle = DeviceView(self.device_id, self.profile, self.link)
+            bid = make_bid(idle, rows, block, list(call.items), call.flow)
+            prices = self._prices[key] = (bid.alone_s, bid.extend_s)
+            if len(self._prices) > PRICED_LOTS:
+                self._prices.pop(next(iter(self._prices)))
+        message = BidMessage(call.round, self.device_id, self._view().queue_s, *prices)
         self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
 
     def _predict(self, task: ValidTask) -> float:

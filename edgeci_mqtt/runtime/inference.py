@@ -9,6 +9,7 @@ messages, checks result tiles and stitches them, and records the traced timeline
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import time
@@ -24,7 +25,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.awas import auction_items, award
+from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
@@ -65,6 +66,13 @@ MIN_TASK_DEADLINE_S = 3.0
 MAX_TASK_DEADLINE_S = 300.0
 DEADLINE_FACTOR = 5.0
 POLL_S = 0.05
+
+
+@functools.lru_cache(maxsize=256)
+def _award(bids: tuple[Bid, ...], count: int) -> Award:
+    """:func:`award`, remembered: it depends on the bids only, and idle devices bid the same
+    for every request (a 0.25-CPU orchestrator takes tens of ms per block)."""
+    return award(bids, count)
 
 
 @dataclass
@@ -342,7 +350,7 @@ class InferenceRun:
         rounds = self.auctioneer.rounds([(block, items) for block, items, _ in lots], candidates, awaited)
         awarded = []
         for held_round, (block, items, cols) in zip(rounds, lots, strict=True):
-            won = award(list(held_round.bids.values()), len(items))
+            won = _award(tuple(sorted(held_round.bids.values(), key=lambda b: b.device)), len(items))
             self.auctioneer.announce(held_round.id, won)
             awarded.append(
                 [

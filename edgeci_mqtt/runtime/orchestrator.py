@@ -285,6 +285,21 @@ class Orchestrator:
             self._plans[key] = (generation, plan)
             return plan
 
+    def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
+        """Predicted compute seconds a split plan hands each device (its load, for choosing)."""
+        rows = self.models.get(plan.model).row_model(height, width)
+        profiles = {v.name: v.profile for v in devices}
+        shares: dict[str, float] = {}
+        for block_plan in plan.blocks:
+            for task in block_plan.tasks:
+                if task.device in profiles:
+                    r = task.out_region.rows
+                    seconds = rows.compute_seconds(
+                        profiles[task.device], block_plan.block, np.array([r.start]), np.array([r.stop])
+                    )
+                    shares[task.device] = shares.get(task.device, 0.0) + float(seconds[0])
+        return shares
+
     def _serving(
         self, model: str, height: int, width: int, strategy: str, plan: Plan, devices: list[DeviceView]
     ) -> tuple[Callable[[list[DeviceView]], Plan] | None, dict[str, float], str]:
@@ -297,7 +312,7 @@ class Orchestrator:
         plan is the fastest way), ``replicas`` among whole requests."""
         base, _ = split_strategy(strategy)
         if base not in SERVED_BY_FLOW:
-            return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
+            return None, self._shares(plan, devices, height, width), "split"
         spec = self.models.get(model).spec(height, width)
         with self._lock:
             rows = self._rows.get((model, height, width))
@@ -314,7 +329,7 @@ class Orchestrator:
         else:
             choice = choose(plan.predicted_s if base == "flow" else None, plan.devices, whole, outstanding)
         if choice.mode == "split":
-            return None, dict.fromkeys(plan.devices, plan.predicted_s), "split"
+            return None, self._shares(plan, devices, height, width), "split"
         first = choice.device
 
         def replan(views: list[DeviceView]) -> Plan:
