@@ -42,11 +42,10 @@ from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan
-from edgeci_mqtt.runtime.auction import Auctioneer
-from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, RunSetup, Timings
+from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, Run, RunSetup
 from edgeci_mqtt.runtime.programs import DeviceProgram, device_programs
 from edgeci_mqtt.text import brief
-from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
+from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     GoMessage,
@@ -173,7 +172,7 @@ def _awarded(
     return tuple(blocks), tuple(awards), tail
 
 
-class FlowRun:
+class FlowRun(Run):
     """Runs ``plan`` (a ``flow`` plan: its blocks and who it expects to work) for one request."""
 
     def __init__(
@@ -186,26 +185,9 @@ class FlowRun:
         """``profile`` and ``broker_link``: the orchestrator's own, for the awards' environment.
         ``replan(devices)``: a fixed plan for the devices left (whole requests); None: hold
         auctions for the plan's blocks (``flow``)."""
+        super().__init__(setup)
         self.replan = replan
-        self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
-        self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
-        self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
-        self.backlog_s = setup.backlog_s
         self.profile, self.broker_link = profile, broker_link
-        self.input_hw = (self.shapes[0].height, self.shapes[0].width)
-        self.auctioneer = Auctioneer(
-            self.orchestrator, self.held.chain.model_name, self.input_hw, self.publish, self.mail.bids, setup.auction_s
-        )
-        self.timings = Timings()
-        self.failed: set[str] = set()
-        self.used: set[str] = set()
-        self.origin = setup.origin
-        self.timeline: list[Interval] | None = [] if setup.trace else None
-        self._wall_offset = time.time() - time.perf_counter()
-
-    def mark(self, resource: str, kind: str, start: float, end: float, note: str = "") -> None:
-        if self.timeline is not None:
-            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, note=note))
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
@@ -388,13 +370,9 @@ class FlowRun:
             return
         started, computed, sent = (min(max(i - self._wall_offset, self.origin), now) for i in instants)
         kind = "compute" if report.block is not None else "tail"
-        self.timeline.append(
-            Interval(report.device, kind, started - self.origin, computed - self.origin, report.block, report.region)
-        )
+        self.mark(report.device, kind, started, computed, "", report.block, report.region)
         if sent > computed:
-            self.timeline.append(
-                Interval(report.device, "send", computed - self.origin, sent - self.origin, report.block, report.region)
-            )
+            self.mark(report.device, "send", computed, sent, "", report.block, report.region)
 
     def _go(self, run_id: str, devices: set[str], boundary: int) -> None:
         """Behind a barrier: every device finished the blocks ending at ``boundary``."""

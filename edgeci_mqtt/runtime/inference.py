@@ -58,7 +58,7 @@ from edgeci_mqtt.wire import (
     encode,
 )
 
-__all__ = ["InferenceRun", "Mailboxes", "RunSetup", "Timings", "result_problem"]
+__all__ = ["InferenceRun", "Mailboxes", "Run", "RunSetup", "Timings", "result_problem"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -166,20 +166,19 @@ class RunSetup:
     """Predicted seconds of work already handed to the devices this run uses (it may queue behind it)."""
 
 
-class InferenceRun:
-    """Runs ``plan`` for one request. ``devices()`` gives the live candidate devices;
-    ``prepare(device, block)`` runs before a task is sent (weights for fetching devices).
-    With ``trace``, ``timeline`` collects what every resource did, in seconds from
-    ``origin`` (a ``perf_counter`` value: when the request arrived)."""
+class Run:
+    """What every run of one request shares: its setup, its auctioneer, its timings and,
+    with ``trace``, the timeline of what every resource did, in seconds from ``origin`` (a
+    ``perf_counter`` value: when the request arrived)."""
 
-    def __init__(self, setup: RunSetup, auctioned: bool) -> None:
+    def __init__(self, setup: RunSetup) -> None:
         self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
         self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
         self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
-        self.auctioned = auctioned
-        input_hw = (self.shapes[0].height, self.shapes[0].width)
+        self.backlog_s = setup.backlog_s
+        self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
-            self.orchestrator, self.held.chain.model_name, input_hw, self.publish, self.mail.bids, setup.auction_s
+            self.orchestrator, self.held.chain.model_name, self.input_hw, self.publish, self.mail.bids, setup.auction_s
         )
         self.timings = Timings()
         self.failed: set[str] = set()
@@ -187,7 +186,6 @@ class InferenceRun:
         self.origin = setup.origin
         self.timeline: list[Interval] | None = [] if setup.trace else None
         self._wall_offset = time.time() - time.perf_counter()
-        self._sent: dict[str, tuple[float, FusedBlock]] = {}  # task id -> (sent at, block), for the timeline
 
     def mark(
         self,
@@ -202,6 +200,17 @@ class InferenceRun:
         """Record an interval (``perf_counter`` times) if this request is traced."""
         if self.timeline is not None:
             self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, block, region, note))
+
+
+class InferenceRun(Run):
+    """Runs a gathering ``plan`` for one request: block by block, every tile to and from
+    the orchestrator. ``devices()`` gives the live candidate devices; ``prepare(device,
+    block)`` runs before a task is sent (weights for fetching devices)."""
+
+    def __init__(self, setup: RunSetup, auctioned: bool) -> None:
+        super().__init__(setup)
+        self.auctioned = auctioned
+        self._sent: dict[str, tuple[float, FusedBlock]] = {}  # task id -> (sent at, block), for the timeline
 
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
