@@ -370,8 +370,10 @@ class DeviceAgent:
         return True
 
     def _view(self) -> DeviceView:
+        """Us as a bidder: the backlog to 0.1 ms (what is left of finished work after float
+        sums is noise, and equal bids let the orchestrator reuse its awards)."""
         with self._lock:
-            backlog = self._backlog_s
+            backlog = round(self._backlog_s, 4)
         return DeviceView(self.device_id, self.profile, self.link, backlog)
 
     def _bid(self, call: AuctionCall) -> None:
