@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import statistics
 import subprocess
@@ -44,7 +45,8 @@ from edgeci_mqtt.timeline import intervals_from_rows
 BASELINES = ("modnn", "deepthings", "aofl")
 ABLATION = ("flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", "flow:orchestrator-tail")
 """``flow`` built up: rows kept on the devices only; + no barrier; + compression; (+ tail placement = ``flow``)."""
-RAW = DOCS / "bench" / "cluster_bench.json"
+RAW = DOCS / "bench" / "cluster_bench.json.gz"
+"""Every measured run, compact and gzipped (the timelines make it megabytes as plain JSON)."""
 IDEAL_LINK = Link(1e6, 0.0)
 
 
@@ -364,12 +366,14 @@ def main() -> int:
         f"--stream {args.stream} --stream-clusters {args.stream_clusters}"
     )
     if args.report_only:
-        stored = json.loads(RAW.read_text())
+        stored = json.loads(gzip.decompress(RAW.read_bytes()))
         raw, command = stored["clusters"], stored["command"]
     else:
         raw = {name: measure(name, args) for name in args.clusters.split(",")}
         RAW.parent.mkdir(exist_ok=True)
-        RAW.write_text(json.dumps({"command": command, "clusters": raw}, indent=1))
+        RAW.write_bytes(
+            gzip.compress(json.dumps({"command": command, "clusters": raw}, separators=(",", ":")).encode())
+        )
     lines = report(raw, command)
     write_section("cluster_bench", "\n".join(lines))
     print("\n".join(lines[: lines.index("### Gantt charts")]))

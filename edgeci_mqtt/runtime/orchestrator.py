@@ -320,13 +320,13 @@ class Orchestrator:
         def context(views: list[DeviceView]) -> PlanningContext:
             return context_for(spec, Environment(tuple(views), self.profile, self.broker_link), rows=rows)
 
-        whole = whole_model_seconds(context(devices))
         outstanding = self.commitments.snapshot()
         if base == "local":
             choice = Choice("whole", plan.predicted_s, plan.devices[0])
         elif base == "flow" and (not outstanding or strategy != base):  # sparse requests, or an ablation
             choice = Choice("split", plan.predicted_s)
         else:
+            whole = whole_model_seconds(context(devices))
             choice = choose(plan.predicted_s if base == "flow" else None, plan.devices, whole, outstanding)
         if choice.mode == "split":
             return None, self._shares(plan, devices, height, width), "split"
@@ -342,7 +342,7 @@ class Orchestrator:
             device = min(seconds, key=lambda d: (outstanding.get(d, 0.0) + seconds[d], d))
             return whole_model_plan(ctx, strategy, device, seconds[device])
 
-        return replan, {first: whole[first]}, "whole"
+        return replan, {first: choice.finish_s - outstanding.get(first, 0.0)}, "whole"
 
     def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
         """Before a fetching device's task: the weights of the block's stages it lacks,
