@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.memory_bus import MemoryBroker, MemoryBus
@@ -40,8 +41,9 @@ class MemoryCluster:
         self.threads[name] = threading.Thread(target=runnable.run, args=(self.stops[name],), name=name, daemon=True)
         self.threads[name].start()
 
-    def add_device(self, name: str) -> DeviceAgent:
-        agent = DeviceAgent(name, self.broker.bus(f"edgeci-device-{name}"), self.store, flat_profile())
+    def add_device(self, name: str, profile: DeviceProfile | None = None, calibrate: bool = False) -> DeviceAgent:
+        bus = self.broker.bus(f"edgeci-device-{name}")
+        agent = DeviceAgent(name, bus, self.store, profile or flat_profile(), calibrate=calibrate)
         self.agents[name] = agent
         self.start(name, agent)
         return agent

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--config",
         type=Path,
         help="YAML with any of: id, broker, credentials, models, threads, seed, fetch_weights, cache_dir, "
-        "tail_memory_mb",
+        "tail_memory_mb, calibrate",
     )
     parser.add_argument(
         "--models", help=f"comma-separated models to hold, NAME or NAME=weights.pth (default: {','.join(MODEL_NAMES)})"
@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         help="MB of fully connected weights this device may be asked to use for a model's tail "
         "(announced in its birth; default: no limit; 0: never run a tail)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="correct the announced speed by the time this device's work really takes (default: on)",
     )
     parser.set_defaults(run=run)
 
@@ -92,7 +98,18 @@ def stop_on_signals() -> threading.Event:
 
 
 def run(args: argparse.Namespace) -> int:
-    keys = ("id", "broker", "credentials", "models", "threads", "seed", "fetch_weights", "cache_dir", "tail_memory_mb")
+    keys = (
+        "id",
+        "broker",
+        "credentials",
+        "models",
+        "threads",
+        "seed",
+        "fetch_weights",
+        "cache_dir",
+        "tail_memory_mb",
+        "calibrate",
+    )
     config = merged(args, keys)
     if not config.get("id") or not config.get("broker"):
         raise EdgeCIError("a device needs --id and --broker (or id and broker in --config)")
@@ -110,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: profiling (%d thread(s))", device, threads)
     memory = config.get("tail_memory_mb")
     tail_bytes = None if memory is None else int(float(memory) * 1e6)
-    agent = DeviceAgent(device, bus, store, measure_profile(threads), threads, cache, tail_memory_bytes=tail_bytes)
+    profile = measure_profile(threads)
+    calibrate = bool(config.get("calibrate", True))
+    agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)
     agent.run(stop_on_signals())
     return 0

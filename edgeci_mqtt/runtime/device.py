@@ -26,6 +26,7 @@ from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.awas import make_bid
+from edgeci_mqtt.planner.calibration import SpeedCalibration
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.profile import DeviceProfile
@@ -161,12 +162,16 @@ class DeviceAgent:
         cache: WeightCache | None = None,
         compress: bool = True,
         tail_memory_bytes: int | None = None,
+        calibrate: bool = False,
     ) -> None:
         """``compress``: send ``flow`` rows compressed when that pays (off: always raw).
         ``tail_memory_bytes``: fully connected weights it may be asked to use for a tail
-        (announced in its birth message; None: no limit)."""
+        (announced in its birth message; None: no limit). ``calibrate``: correct the
+        announced profile by the time our work really takes (:mod:`edgeci_mqtt.planner.calibration`)."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models, self.profile = device_id, bus, models, profile
+        self.boot_profile = profile  # what the boot micro-benchmarks measured; ``profile`` is what we announce
+        self.calibration = SpeedCalibration() if calibrate else None
         self.threads, self.cache, self.compress = threads, cache, compress
         if tail_memory_bytes is not None and tail_memory_bytes < 0:
             raise EdgeCIError(f"tail memory {tail_memory_bytes} B is negative")
@@ -178,6 +183,7 @@ class DeviceAgent:
         self._flow_backlog: dict[str, float] = {}  # request -> predicted seconds of its steps
         self._unknown_logged = 0
         self._prices: dict[tuple[object, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}  # lot -> prices
+        self._profile_version = 0  # in the prices' keys: a corrected profile prices every lot anew
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
@@ -388,11 +394,12 @@ class DeviceAgent:
         outside = [item for item in call.items if item.stop > out_height]
         if outside:
             raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
-        key = (call.model, call.input_hw, block, call.items, call.flow)
+        profile = self.profile  # one profile for the whole bid, whatever the worker announces meanwhile
+        key = (self._profile_version, call.model, call.input_hw, block, call.items, call.flow)
         prices = self._prices.get(key)
         if prices is None:  # a bid's prices do not depend on the queue: price each lot once
             rows = held.row_model(shapes[0].height, shapes[0].width)
-            idle = DeviceView(self.device_id, self.profile, self.link)
+            idle = DeviceView(self.device_id, profile, self.link)
             bid = make_bid(idle, rows, block, list(call.items), call.flow)
             prices = self._prices[key] = (bid.alone_s, bid.extend_s)
             if len(self._prices) > PRICED_LOTS:
@@ -403,11 +410,39 @@ class DeviceAgent:
     def _predict(self, task: ValidTask) -> float:
         return self._seconds(task.held, task.message.input_hw, task.message.block, task.message.out_region)
 
-    def _seconds(self, held: HeldModel, input_hw: tuple[int, int], block: FusedBlock, region: TileRegion) -> float:
+    def _seconds(
+        self,
+        held: HeldModel,
+        input_hw: tuple[int, int],
+        block: FusedBlock,
+        region: TileRegion,
+        profile: DeviceProfile | None = None,
+    ) -> float:
         """This device's own estimate of computing ``region`` of ``block`` (counted in its bids' queue)."""
         rows = held.row_model(*input_hw)
         a, b = np.array([region.rows.start]), np.array([region.rows.stop])
-        return float(rows.compute_seconds(self.profile, block, a, b)[0])
+        return float(rows.compute_seconds(profile or self.profile, block, a, b)[0])
+
+    def _learn(
+        self, held: HeldModel, input_hw: tuple[int, int], block: FusedBlock, region: TileRegion, measured_s: float
+    ) -> None:
+        """Compare a block's compute time with the boot profile's prediction; announce a
+        corrected profile when the running ratio has moved (worker thread)."""
+        if self.calibration is None:
+            return
+        predicted = self._seconds(held, input_hw, block, region, self.boot_profile)
+        factor = self.calibration.observe(predicted, measured_s)
+        if factor is None:
+            return
+        self.profile = self.boot_profile.scaled(1.0 / factor)
+        self._profile_version += 1
+        log.info(
+            "%s: work takes %.2fx the boot profile's time; announcing the corrected profile", self.device_id, factor
+        )
+        try:
+            self._birth()
+        except EdgeCIError as exc:
+            log.warning("%s: cannot announce the corrected profile: %s", self.device_id, exc)
 
     # ------------------------------------------------------------ work
     def _work(self) -> None:
@@ -518,6 +553,8 @@ class DeviceAgent:
                 self._check_installed(program.held, item.block, message.digest)
             output = run_step(ready)
             computed = time.perf_counter()
+            if isinstance(item, ProgramStep):
+                self._learn(program.held, message.input_hw, item.block, item.out_region, computed - started)
             outgoing = self._outgoing(message, item, output)
             final = any(topic == results for topic, _ in outgoing)
             if message.trace and final:  # before what ends the request, or it comes too late to count
@@ -563,6 +600,7 @@ class DeviceAgent:
                     message.out_region,
                 )
             computed = time.perf_counter()
+            self._learn(task.held, message.input_hw, message.block, message.out_region, computed - started)
             output = out.contiguous().numpy()
             wall = time.time() - time.perf_counter()  # for the orchestrator's timeline
             timings = TaskTimings(
