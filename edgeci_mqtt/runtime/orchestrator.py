@@ -1,8 +1,8 @@
 """The orchestrator (auctioneer): device table, planning, inference, answers.
 
 A dispatcher loop reads the bus's events: retained device states keep the live
-device table (every membership or profile change bumps its generation, so the next
-request is re-planned), bids and results go to the running inference's mailboxes,
+device table (every membership change bumps its generation, so the next request is
+re-planned), bids and results go to the running inference's mailboxes,
 requests to a queue served by ``IN_FLIGHT`` worker threads. Requests arrive through the MQTT v5 shared
 subscription, so several orchestrators share the load; each answers on the request's
 response topic with its correlation data.
@@ -105,13 +105,12 @@ class DeviceTable:
                 self._links.pop(state.device, None)
             if state.online and before is None:
                 self.births += 1
-            joined_or_left = (before is None) != (not state.online)
-            if joined_or_left or (before is not None and (before.models, before.profile) != (state.models, profile)):
-                self.generation += 1  # a corrected profile too: plans priced with the old one are stale
+            if (before is None) != (not state.online) or (before is not None and before.models != state.models):
+                self.generation += 1  # not for a corrected speed: bids carry it, and planning anew costs ~1 s
                 log.info(
                     "device %s is %s (generation %d)",
                     state.device,
-                    ("online" if state.online else "offline") if joined_or_left else "updated",
+                    "online" if state.online else "offline",
                     self.generation,
                 )
 
