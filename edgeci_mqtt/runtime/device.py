@@ -180,7 +180,7 @@ class DeviceAgent:
         self.link = Link(100.0, 1.0)
         self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
-        self._flow_backlog: dict[str, float] = {}  # request -> predicted seconds of its steps
+        self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
         self._prices: dict[tuple[object, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}  # lot -> prices
         self._profile_version = 0  # in the prices' keys: a corrected profile prices every lot anew
@@ -311,9 +311,12 @@ class DeviceAgent:
             return  # delivered again (QoS 1): the first copy is in hand
         try:
             program = validate_program(message, self.device_id, self.models, self._has_weights, self.tail_memory_bytes)
-            predicted = sum(self._seconds(program.held, message.input_hw, s.block, s.out_region) for s in message.steps)
+            predicted = {
+                i: self._seconds(program.held, message.input_hw, s.block, s.out_region)
+                for i, s in enumerate(message.steps)
+            }
             with self._lock:  # booked before the store may hand the request to the worker
-                self._backlog_s += predicted
+                self._backlog_s += sum(predicted.values())
                 self._flow_backlog[message.request] = predicted
             ready = self.flow.install(message, program.shapes, program, time.perf_counter())
         except EdgeCIError as exc:
@@ -323,13 +326,17 @@ class DeviceAgent:
         if ready:
             self.tasks.put(_FlowJob(message.request))
 
-    def _unbook(self, request: str, seconds: float | None = None) -> None:
-        """Take a request's work (``seconds`` of it, or all that is left) out of the backlog we bid with."""
+    def _unbook(self, request: str, step: int | None = None) -> None:
+        """Take a request's work (one step, or all that is left) out of the backlog we bid with.
+
+        Each step leaves with the seconds it was booked with: a speed corrected in
+        between must not leave crumbs in the backlog (they made every bid differ and
+        the orchestrator award every request afresh)."""
         with self._lock:
-            left = self._flow_backlog.pop(request, 0.0)
-            done = left if seconds is None else min(seconds, left)
-            if seconds is not None and left - done > 0:
-                self._flow_backlog[request] = left - done
+            left = self._flow_backlog.get(request, {})
+            done = sum(left.values()) if step is None else left.pop(step, 0.0)
+            if step is None or not left:
+                self._flow_backlog.pop(request, None)
             self._backlog_s = max(0.0, self._backlog_s - done)
 
     def _refuse_program(self, message: ProgramMessage, reason: Exception) -> None:
@@ -574,9 +581,7 @@ class DeviceAgent:
                 self.bus.publish(results, encode(failure))
         finally:
             if isinstance(item, ProgramStep):
-                self._unbook(
-                    message.request, self._seconds(program.held, message.input_hw, item.block, item.out_region)
-                )
+                self._unbook(message.request, ready.index)  # steps come first among a program's items
         log.debug(
             "%s: step %d of %s done in %.1f ms",
             self.device_id,

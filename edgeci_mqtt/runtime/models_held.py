@@ -33,6 +33,8 @@ def weights_digest(name: str, weights: Path | None, seed: int) -> str:
 
 FETCH = "fetch"
 """The digest a device announces for a model whose weights it fetches over the broker."""
+SHAPE_SIZES = 16
+"""Input sizes whose shapes a held model remembers."""
 
 
 @dataclass
@@ -47,6 +49,7 @@ class HeldModel:
     loaded: set[str] | None = None
     fetched: str = ""
     _weighted: set[str] | None = field(default=None, repr=False)
+    _shapes: dict[tuple[int, int], tuple[FeatureShape, ...]] = field(default_factory=dict, repr=False)
 
     def weighted_stages(self, block: FusedBlock) -> list[str]:
         """Stages of ``block`` that have parameters or buffers (asked for every task)."""
@@ -56,7 +59,14 @@ class HeldModel:
         return [s.name for s in block.stages(self.chain.stages) if s.name in self._weighted]
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
-        return self.chain.shapes(height, width)
+        """The chain's shapes at this input size, remembered for a few sizes (a device asks on
+        every auction call, and working them out took most of a bid's time)."""
+        key = (height, width)
+        if key not in self._shapes:
+            if len(self._shapes) >= SHAPE_SIZES:  # sizes come from the wire: keep a few, not all
+                self._shapes.pop(next(iter(self._shapes)))
+            self._shapes[key] = tuple(self.chain.shapes(height, width))
+        return list(self._shapes[key])
 
     def spec(self, height: int, width: int) -> ChainSpec:
         """The chain as the planner sees it at this input size (remembered: every request asks)."""
