@@ -235,7 +235,7 @@ def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[
     hi, lo = alone[cheapest], 0.0
     best = [(cheapest, Span(0, count))]  # one device alone: always feasible
     for _ in range(60):
-        if hi - lo <= 1e-7 * hi:  # within 1e-7 of the best makespan: finer costs sweeps, not time
+        if hi - lo <= 1e-4 * hi:  # within 0.01 % of the best makespan (then _improve): finer costs sweeps, not time
             break
         mid = (lo + hi) / 2
         runs = _sweep(pricing, order, count, mid)
