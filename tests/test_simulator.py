@@ -13,7 +13,7 @@ from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork
-from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.environment import MESSAGE_OPS, DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput
 from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.planner.tail import TailPlan
@@ -190,14 +190,19 @@ def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
     result = simulate(plan, env, lambda block, region: relu_work(1.0 if (block, region) in slow else 0.01))
     compute = {(i.resource, i.block): i for i in result.timeline if i.kind == "compute"}
     a0, a1, b0, b1 = compute["a", first], compute["a", second], compute["b", first], compute["b", second]
-    assert a1.start == a0.end < 0.1 < b0.end  # a's own row: no transfer, no waiting for b
+    cpu = MESSAGE_OPS * flat_profile().op_overhead_s  # a message's CPU on each end
+    encode = next(i for i in result.timeline if i.resource == "a" and i.kind == "encode")
+    assert (encode.start, encode.end) == (a0.end, pytest.approx(a0.end + cpu, rel=1e-12))  # rows out first
+    assert a1.start == encode.end < 0.1 < b0.end  # then a's own row: no transfer, no waiting for b
     send = next(i for i in result.timeline if i.resource == "a" and i.kind == "send" and i.block == second)
     receive = next(i for i in result.timeline if i.resource == "b" and i.kind == "receive" and i.block == second)
     message = (500 + 256) / 1e6  # the device links are the slower hop both ways
-    assert (send.start, send.note, receive.note) == (a0.end, "to b", "from a")
-    assert send.end == pytest.approx(a0.end + message, rel=1e-12)
+    assert (send.start, send.note, receive.note) == (encode.end, "to b", "from a")
+    assert send.end == pytest.approx(encode.end + message, rel=1e-12)
     assert receive.start == pytest.approx(send.end + 1.5e-3, rel=1e-12)  # stored at the broker, then sent on
-    assert b1.start == b0.end > receive.end + 1.5e-3  # b waits for its own slow row, not for a barrier
+    decode = next(i for i in result.timeline if i.resource == "b" and i.kind == "decode")
+    assert decode.start == b0.end > receive.end + 1.5e-3  # b's CPU was busy with its own slow row
+    assert b1.start == decode.end  # b waits for its own slow row, not for a barrier
     merges = [i for i in result.timeline if i.kind == "merge"]
     assert [(i.block, i.region) for i in merges] == [(second, tile(0)), (second, tile(1))]  # block 0 stays put
     assert not any(i.kind == "prepare" and i.block == second for i in result.timeline)

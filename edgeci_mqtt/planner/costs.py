@@ -28,7 +28,7 @@ from edgeci_mqtt.core.chain import chain_regions
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView
+from edgeci_mqtt.planner.environment import FLOW_STEP_MESSAGES, MESSAGE_OPS, MESSAGE_OVERHEAD_BYTES, DeviceView
 from edgeci_mqtt.planner.plan import Task, TaskInput
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -188,9 +188,18 @@ class RowModel:
         return self.input_bytes(block, a, b) + out + 2 * MESSAGE_OVERHEAD_BYTES
 
     def strip_seconds(self, view: DeviceView, block: FusedBlock, a: Ints, b: Ints, flow: bool = False) -> Floats:
-        """Completion time on ``view`` of strips ``[a, b)`` as tasks of their own."""
+        """Completion time on ``view`` of strips ``[a, b)`` as tasks of their own (``flow``:
+        with the CPU of the halo messages, :func:`handoff_seconds`)."""
         moved = self.moved_bytes(block, a, b, flow)
-        return link_seconds(view, moved) + self.compute_seconds(view.profile, block, a, b)
+        handoff = handoff_seconds(view) if flow else 0.0
+        return link_seconds(view, moved) + self.compute_seconds(view.profile, block, a, b) + handoff
+
+
+def handoff_seconds(view: DeviceView) -> float:
+    """The CPU a ``flow`` strip spends on its block's messages, on ``view``: a block more
+    is this much more per device, whatever its size (so DPFL does not cut VGG-16 into
+    eleven blocks that each wait for their neighbours' halo)."""
+    return FLOW_STEP_MESSAGES * MESSAGE_OPS * view.profile.op_overhead_s
 
 
 def link_seconds(view: DeviceView, moved: Ints) -> Floats:

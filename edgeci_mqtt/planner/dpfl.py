@@ -18,7 +18,7 @@ import numpy as np
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, link_seconds
+from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, handoff_seconds, link_seconds
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
 
@@ -62,7 +62,8 @@ class BlockEstimator:
     same share from block to block), twice over links like its own (up the neighbour's,
     down its own, stored and forwarded by the broker), and keeps its output; only the
     first block's input comes from the orchestrator and only the last block's output
-    goes back to it. The broker host's link carries the halo of every strip once.
+    goes back to it. The broker host's link carries the halo of every strip once, and
+    each strip's messages cost its device CPU (:func:`~edgeci_mqtt.planner.costs.handoff_seconds`).
 
     Devices with the same profile, link and queue are priced once.
     """
@@ -104,7 +105,9 @@ class BlockEstimator:
         compute = self._compute_to(block.stop)
         costs = np.stack(
             [
-                np.maximum.accumulate(link_seconds(group[0], moved) + compute[kind][block.start])
+                np.maximum.accumulate(
+                    link_seconds(group[0], moved) + compute[kind][block.start] + self._handoff(group[0])
+                )
                 for kind, group in enumerate(self._kinds)
             ]
         )
@@ -122,6 +125,9 @@ class BlockEstimator:
             rows[name] -= 1
         rows = {k: v for k, v in rows.items() if v}
         return BlockEstimate(finish + self.overhead(block, rows), rows)
+
+    def _handoff(self, view: DeviceView) -> float:
+        return handoff_seconds(view) if self.flow else 0.0
 
     def _halo_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         """Input bytes of strips ``[a, b)`` beyond their own share of the input map (flow)."""

@@ -22,7 +22,8 @@ block is fully stitched (a gather strategy's barrier is just that dependency). A
 held by a device is ready once the tasks that make it have finished there, and then
 travels device -> broker -> device: up the source's link and into the broker host, then,
 once the broker has it, out of the broker host and down the target's link (two messages'
-worth of latency and envelope; nothing when source and target are the same device).
+worth of latency and envelope, and :data:`~edgeci_mqtt.planner.environment.MESSAGE_OPS`
+of CPU on each end; nothing when source and target are the same device).
 Assembling pieces on a device costs nothing here. A tile kept on another device than the
 one computing it travels the same way.
 
@@ -54,7 +55,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.awas import auction_item_count
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
+from edgeci_mqtt.planner.environment import MESSAGE_OPS, MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailWork
@@ -271,17 +272,21 @@ class _Replay:
             self.unkept[tid[0]] -= 1
             if not self.unkept[tid[0]]:
                 self.go(tid[0] + 1, t)
+        complete = []
         for reader, p in self.readers.get(tid, ()):
             self.unmade[(reader, p)] -= 1
             if self.unmade[(reader, p)] == 0:
-                task = self.task(reader)
-                piece = task.inputs[p]
-                if piece.source == task.device:
-                    self.arrived(reader, task.device, t)
-                else:
-                    then = partial(self.arrived, reader, task.device)
-                    nbytes, tile = task.input_bytes(piece), self.tile(reader)
-                    self.forward(piece.source, task.device, t, nbytes, tile, then, piece.boundary)
+                complete.append((reader, self.task(reader).inputs[p]))
+        # what leaves first, as a device publishes a step's rows before it starts its next step
+        complete.sort(key=lambda done: done[1].source == self.task(done[0]).device)
+        for reader, piece in complete:
+            task = self.task(reader)
+            if piece.source == task.device:
+                self.arrived(reader, task.device, t)
+            else:
+                then = partial(self.arrived, reader, task.device)
+                nbytes, tile = task.input_bytes(piece), self.tile(reader)
+                self.forward(piece.source, task.device, t, nbytes, tile, then, piece.boundary)
 
     def go(self, k: int, t: float) -> None:
         """Behind a barrier: the last device's word that block ``k - 1`` is done reaches the
@@ -294,6 +299,10 @@ class _Replay:
     # ------------------------------------------------------------ a tail off the orchestrator
     def profile(self, resource: str) -> DeviceProfile:
         return self.env.orchestrator if resource == ORCHESTRATOR else self.env.device(resource).profile
+
+    def message_cpu(self, resource: str) -> float:
+        """CPU one device-to-device message costs ``resource`` (sending or receiving it)."""
+        return MESSAGE_OPS * self.profile(resource).op_overhead_s
 
     def send(
         self,
@@ -392,13 +401,16 @@ class _Replay:
         boundary: int | None = None,
     ) -> None:
         """Device to device through the broker, stored and forwarded there; ``then(arrival)``
-        (compressed as :meth:`coded` says)."""
+        (compressed as :meth:`coded` says). The message costs the sender's CPU before it
+        leaves and the receiver's after it lands (:data:`MESSAGE_OPS`)."""
         t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
+        t = self.state.busy(source, "encode", t, self.message_cpu(source), tile)
         at_broker = self.state.transfer(source, t, nbytes, False, tile, f"to {target}")
 
         def onwards() -> None:
             arrival = self.state.transfer(target, at_broker, nbytes, True, tile, f"from {source}")
-            self.state.at(arrival, partial(then, arrival))
+            handled = self.state.busy(target, "decode", arrival, self.message_cpu(target), tile)
+            self.state.at(handled, partial(then, handled))
 
         self.state.at(at_broker, onwards)
 
