@@ -50,15 +50,17 @@ RAW = DOCS / "bench" / "cluster_bench.json.gz"
 IDEAL_LINK = Link(1e6, 0.0)
 
 
-def environment(data: dict, broker: Link, ideal: bool = False) -> Environment:
-    """The environment the devices and orchestrator published; ``ideal``: every link free."""
+def environment(data: dict, broker: Link, model: str, ideal: bool = False) -> Environment:
+    """The environment the devices and orchestrator published after ``model``'s runs (a
+    device corrects its profile by its work); ``ideal``: every link free."""
+    devices = data.get("devices_by_model", {}).get(model, data["devices"])
     views = tuple(
         DeviceView(
             name,
             DeviceProfile.from_dict(s["profile"]),
             IDEAL_LINK if ideal else Link.from_dict(s["link"]),
         )
-        for name, s in sorted(data["devices"].items())
+        for name, s in sorted(devices.items())
     )
     return Environment(views, DeviceProfile.from_dict(data["orchestrator_profile"]), IDEAL_LINK if ideal else broker)
 
@@ -184,8 +186,8 @@ def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     """Table rows and Gantt chart markdown of one measured cluster."""
     spec = load_cluster(name)
     rows, charts = [], []
-    env, free = environment(data, spec.broker.link), environment(data, spec.broker.link, ideal=True)
     for model, runs in data["runs"].items():
+        env, free = environment(data, spec.broker.link, model), environment(data, spec.broker.link, model, True)
         chain = skeleton_chain(model).spec(224, 224, densities(model))  # geometry and costs: no weights needed
         ctx = context_for(chain, env)
         work = TaskWork(ctx.chain.stages, ctx.chain.shapes)

@@ -122,8 +122,9 @@ def main() -> int:
                             }
                         )
             result["runs"][model] = runs  # type: ignore[index]
-    # read after the runs: a device corrects its announced speed by the work it did (calibration)
-    result["devices"] = published_states(args.watcher, args.devices)
+            # read after each model's runs: a device corrects its announced speed by the work it did
+            by_model = result.setdefault("devices_by_model", {})
+            by_model[model] = result["devices"] = published_states(args.watcher, args.devices)  # type: ignore[index]
     if args.stream:
         result["streams"] = {
             model: {

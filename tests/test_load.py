@@ -20,6 +20,17 @@ def test_an_idle_cluster_splits_and_a_busy_one_runs_whole_requests() -> None:
         choose(None, [], {}, {})
 
 
+def test_with_every_device_busy_a_split_must_cost_fewer_device_seconds() -> None:
+    whole = {"a": 1.0, "b": 1.0}
+    busy = {"a": 0.8, "b": 0.8}
+    # finishing first would split (1.3 against 1.8), but the split takes 1.1 device-seconds
+    # where a whole request takes 1.0: with everyone busy, that only lengthens the queue
+    assert choose(0.5, ["a", "b"], whole, busy, split_cost_s=1.1) == Choice("whole", 1.8, "a")
+    assert choose(0.5, ["a", "b"], whole, busy, split_cost_s=0.9) == Choice("split", 1.3)
+    # one device idle: not saturated, the earliest finish decides (split 1.3, whole on b 2.0)
+    assert choose(0.5, ["a", "b"], {"a": 2.0, "b": 2.0}, {"a": 0.8}, split_cost_s=2.2) == Choice("split", 1.3)
+
+
 def test_commitments_count_work_until_it_is_done() -> None:
     load = Commitments()
     with load.holding({"a": 1.0, "b": 0.5}):

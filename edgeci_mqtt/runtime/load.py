@@ -7,6 +7,13 @@ devices and no tail transfer. The orchestrator keeps the predicted seconds of wo
 handed each device and not seen finish (:class:`Commitments`), and :func:`choose` takes
 whichever finishes the request first: a split plan starts when the busiest of its devices
 is free; a whole request runs on the device that would finish it first.
+
+Except when every device is busy. Then the requests queue, and what bounds the latency
+of all of them is throughput: a split that costs the devices more seconds in all (its
+halo, its messages) than one device takes for the whole request only makes the queue
+longer, however soon it would finish alone. Measured on homo4 with 4 VGG-16 requests in
+flight, choosing by finish time alone split every request and served 0.6x the requests
+per second of whole ones.
 """
 
 from __future__ import annotations
@@ -34,8 +41,15 @@ def choose(
     split_devices: Sequence[str],
     whole_s: Mapping[str, float],
     outstanding: Mapping[str, float],
+    split_cost_s: float = 0.0,
 ) -> Choice:
-    """The earliest predicted finish; ``split_s`` None: splitting is not an option."""
+    """The earliest predicted finish; ``split_s`` None: splitting is not an option.
+
+    ``split_cost_s``: the device-seconds a split takes from all its devices together; when
+    every device has work out, a split dearer than the cheapest whole request is no option."""
+    saturated = bool(whole_s) and all(outstanding.get(d, 0.0) > 0 for d in whole_s)
+    if saturated and split_s is not None and split_cost_s >= min(whole_s.values()):
+        split_s = None
     options = []
     if split_s is not None:
         start = max((outstanding.get(d, 0.0) for d in split_devices), default=0.0)

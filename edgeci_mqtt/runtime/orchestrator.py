@@ -24,7 +24,7 @@ import torch
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.costs import RowModel
+from edgeci_mqtt.planner.costs import RowModel, handoff_seconds
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
@@ -286,18 +286,22 @@ class Orchestrator:
             return plan
 
     def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
-        """Predicted compute seconds a split plan hands each device (its load, for choosing)."""
+        """Predicted seconds a split plan takes from each device (its load, for choosing):
+        its compute, and under ``flow`` its messages."""
         rows = self.models.get(plan.model).row_model(height, width)
-        profiles = {v.name: v.profile for v in devices}
+        views = {v.name: v for v in devices}
+        flow = split_strategy(plan.strategy)[0] == "flow"
         shares: dict[str, float] = {}
         for block_plan in plan.blocks:
             for task in block_plan.tasks:
-                if task.device in profiles:
+                if task.device in views:
                     r = task.out_region.rows
+                    view = views[task.device]
                     seconds = rows.compute_seconds(
-                        profiles[task.device], block_plan.block, np.array([r.start]), np.array([r.stop])
+                        view.profile, block_plan.block, np.array([r.start]), np.array([r.stop])
                     )
-                    shares[task.device] = shares.get(task.device, 0.0) + float(seconds[0])
+                    handoff = handoff_seconds(view) if flow else 0.0
+                    shares[task.device] = shares.get(task.device, 0.0) + float(seconds[0]) + handoff
         return shares
 
     def _serving(
@@ -309,7 +313,8 @@ class Orchestrator:
         ``replicas`` and ``flow`` pick, given the work already handed out, whichever finishes
         first: ``flow`` between its split plan and a whole request on one device
         (:func:`~edgeci_mqtt.runtime.load.choose`) when there is work out (with none, its
-        plan is the fastest way), ``replicas`` among whole requests."""
+        plan is the fastest way), ``replicas`` among whole requests. With every device
+        busy, ``flow`` splits only if that costs the devices fewer seconds in all."""
         base, _ = split_strategy(strategy)
         if base not in SERVED_BY_FLOW:
             return None, self._shares(plan, devices, height, width), "split"
@@ -327,7 +332,11 @@ class Orchestrator:
             choice = Choice("split", plan.predicted_s)
         else:
             whole = whole_model_seconds(context(devices))
-            choice = choose(plan.predicted_s if base == "flow" else None, plan.devices, whole, outstanding)
+            shares = self._shares(plan, devices, height, width) if base == "flow" else {}
+            split_s = plan.predicted_s if base == "flow" else None
+            choice = choose(split_s, plan.devices, whole, outstanding, sum(shares.values()))
+            if choice.mode == "split":
+                return None, shares, "split"
         if choice.mode == "split":
             return None, self._shares(plan, devices, height, width), "split"
         first = choice.device
