@@ -16,10 +16,12 @@ from edgeci_mqtt.runtime.models_held import weights_digest
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     AuctionCall,
+    AuctionLot,
     BidMessage,
     Chunk,
     DeviceState,
     InferRequest,
+    LotPrices,
     ResultMessage,
     TaskMessage,
     WeightsMessage,
@@ -91,9 +93,12 @@ def hostile_payloads() -> list[bytes]:
         encode(Chunk("c", 0, 100, b"x")),
         encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
         msgpack.packb({b"binary": 1}, use_bin_type=True),
-        encode(AuctionCall("huge", "o1", "smallcnn", (8192, 8192), FusedBlock(0, 1), (Span(0, 1),), 100.0)),
-        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), FusedBlock(0, 1), (Span(0, 999),), 100.0)),
-        encode(BidMessage("r", "dev-1", 0.0, (0.1,) * 5000, ())),
+        encode(
+            AuctionCall("huge", "o1", "smallcnn", (8192, 8192), (AuctionLot(FusedBlock(0, 1), (Span(0, 1),)),), 100.0)
+        ),
+        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 100.0)),
+        encode(AuctionCall("none", "o1", "smallcnn", (64, 64), (), 100.0)),
+        encode(BidMessage("r", "dev-1", 0.0, (LotPrices((0.1,) * 5000, ()),))),
         encode(ResultMessage("q", "t", "dev-1", TileRegion.of(0, 1, 0, 1), error="x" * 5000)),
         encode(InferRequest("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard
         msgpack.packb({**state, "profile": {**profile, "conv_depths": [0, 8]}}, use_bin_type=True),

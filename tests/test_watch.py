@@ -17,10 +17,12 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     RESULTS,
     AuctionCall,
+    AuctionLot,
     Award,
     AwardRun,
     BidMessage,
     DeviceState,
+    LotPrices,
     PackedArray,
     ProgramMessage,
     ProgramStep,
@@ -41,7 +43,9 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     view = TrafficView()
     tile = np.zeros((1, 3, 4, 5), dtype=np.float32)
     state = DeviceState("dev-1", True, flat_profile(), Link(100.0, 2.0), models={"vgg16": "ab"})
-    call = AuctionCall("r1", "o1", "vgg16", (224, 224), FusedBlock(0, 5), (Span(0, 1), Span(1, 2)), 500.0)
+    call = AuctionCall(
+        "r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 500.0
+    )
     task = TaskMessage(
         "q" * 8, "t1", "o1", "vgg16", "ab", (224, 224), FusedBlock(0, 5), TileRegion.of(0, 4, 0, 5),
         TileRegion.of(0, 2, 0, 5), tile,
@@ -51,15 +55,15 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
         view.feed(AUCTION_CALL.build(round="r1"), encode(call), 0.1),
         view.feed(
             AUCTION_BIDS.build(round="r1", device="dev-1"),
-            encode(BidMessage("r1", "dev-1", 0.0, (0.01, 0.02), (0.01, 0.01))),
+            encode(BidMessage("r1", "dev-1", 0.0, (LotPrices((0.01, 0.02), (0.01, 0.01)),))),
             0.2,
         ),
-        view.feed(AUCTION_AWARD.build(round="r1"), encode(Award("r1", (AwardRun("dev-1", Span(0, 2)),))), 0.3),
+        view.feed(AUCTION_AWARD.build(round="r1"), encode(Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3),
         view.feed(DEVICE_TASKS.build(device="dev-1"), encode(task), 1.0),
     ]
     assert "dev-1 ONLINE" in lines[0] and "100 Mbit/s" in lines[0]
     assert "CALL by o1" in lines[1] and "2 items" in lines[1]
-    assert "BID from dev-1" in lines[2] and "AWARD: dev-1: items 0-2" in lines[3]
+    assert "BID from dev-1" in lines[2] and "AWARD of lot 0: dev-1: items 0-2" in lines[3]
     assert "float32[1, 3, 4, 5] 240 B" in lines[4]
     assert "busy: task t1" in view.table()
     timings = TaskTimings(0.0, 0.005, 0.0, 1.0, 1.0, 1.005)

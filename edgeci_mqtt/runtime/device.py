@@ -45,9 +45,11 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     RESULTS,
     AuctionCall,
+    AuctionLot,
     BidMessage,
     DeviceState,
     GoMessage,
+    LotPrices,
     ProgramMessage,
     ProgramStep,
     Reassembler,
@@ -182,7 +184,7 @@ class DeviceAgent:
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
-        self._prices: dict[tuple[object, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}  # lot -> prices
+        self._prices: dict[tuple[object, ...], LotPrices] = {}  # lot -> prices
         self._profile_version = 0  # in the prices' keys: a corrected profile prices every lot anew
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
@@ -390,29 +392,37 @@ class DeviceAgent:
         return DeviceView(self.device_id, self.profile, self.link, backlog)
 
     def _bid(self, call: AuctionCall) -> None:
+        """One bid for every lot of the call (a call we cannot price whole gets no bid)."""
         if call.model not in self.models.held:
             return  # we cannot run it: no bid
+        if not call.lots:
+            raise WireError(f"auction {call.round}: no lots")
+        profile = self.profile  # one profile for the whole bid, whatever the worker announces meanwhile
+        version = self._profile_version
+        prices = tuple(self._lot_prices(call, lot, profile, version) for lot in call.lots)
+        message = BidMessage(call.round, self.device_id, self._view().queue_s, prices)
+        self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
+
+    def _lot_prices(self, call: AuctionCall, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:
+        """Our prices for one lot, computed once per lot and profile (they do not depend on the queue)."""
         held = self.models.get(call.model)
-        block = call.block
+        block = lot.block
         shapes = block_geometry(held, call.input_hw, block, f"auction {call.round}")
         out_height = shapes[block.stop].height
-        if not call.items:
-            raise WireError(f"auction {call.round}: no items")
-        outside = [item for item in call.items if item.stop > out_height]
+        if not lot.items:
+            raise WireError(f"auction {call.round}: block {block} has no items")
+        outside = [item for item in lot.items if item.stop > out_height]
         if outside:
             raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
-        profile = self.profile  # one profile for the whole bid, whatever the worker announces meanwhile
-        key = (self._profile_version, call.model, call.input_hw, block, call.items, call.flow)
+        key = (version, call.model, call.input_hw, block, lot.items, call.flow)
         prices = self._prices.get(key)
-        if prices is None:  # a bid's prices do not depend on the queue: price each lot once
+        if prices is None:
             rows = held.row_model(shapes[0].height, shapes[0].width)
-            idle = DeviceView(self.device_id, profile, self.link)
-            bid = make_bid(idle, rows, block, list(call.items), call.flow)
-            prices = self._prices[key] = (bid.alone_s, bid.extend_s)
+            bid = make_bid(DeviceView(self.device_id, profile, self.link), rows, block, list(lot.items), call.flow)
+            prices = self._prices[key] = LotPrices(bid.alone_s, bid.extend_s)
             if len(self._prices) > PRICED_LOTS:
                 self._prices.pop(next(iter(self._prices)))
-        message = BidMessage(call.round, self.device_id, self._view().queue_s, *prices)
-        self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
+        return prices
 
     def _predict(self, task: ValidTask) -> float:
         return self._seconds(task.held, task.message.input_hw, task.message.block, task.message.out_region)

@@ -292,7 +292,7 @@ class FlowRun(Run):
         except PlanningError as exc:
             raise InferenceError(f"flow cannot be awarded: {exc}") from exc
         for held_round, won in zip(rounds, awards, strict=True):
-            self.auctioneer.announce(held_round.id, won)
+            self.auctioneer.announce(held_round, won)
         self.timings.auction_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
         plan = Plan(

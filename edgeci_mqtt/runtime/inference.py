@@ -360,7 +360,7 @@ class InferenceRun(Run):
         awarded = []
         for held_round, (block, items, cols) in zip(rounds, lots, strict=True):
             won = _award(tuple(sorted(held_round.bids.values(), key=lambda b: b.device)), len(items))
-            self.auctioneer.announce(held_round.id, won)
+            self.auctioneer.announce(held_round, won)
             awarded.append(
                 [
                     make_task(

@@ -112,20 +112,20 @@ class TrafficView:
             link = f"{message.link.bandwidth_mbit:.0f} Mbit/s {message.link.latency_ms:.2f} ms" if message.link else "?"
             return f"device {message.device} ONLINE v{message.version}: link {link}, models {', '.join(message.models)}"
         if isinstance(message, AuctionCall):
+            blocks = ", ".join(f"{lot.block.start}-{lot.block.stop} ({len(lot.items)} items)" for lot in message.lots)
             return (
-                f"auction {message.round} CALL by {message.orchestrator}: {message.model} block "
-                f"{message.block.start}-{message.block.stop}, {len(message.items)} items, "
+                f"auction {message.round} CALL by {message.orchestrator}: {message.model} blocks {blocks}, "
                 f"deadline {message.deadline_ms:.0f} ms"
             )
         if isinstance(message, BidMessage):
-            best = min(message.alone_s) if message.alone_s else float("nan")
+            best = [min(p.alone_s) * 1e3 for p in message.lots if p.alone_s]
             return (
                 f"auction {message.round} BID from {message.device}: queue {message.queue_s * 1e3:.1f} ms, "
-                f"best item {best * 1e3:.1f} ms"
+                f"best item by lot {', '.join(f'{b:.1f}' for b in best)} ms"
             )
         if isinstance(message, Award):
             runs = ", ".join(f"{r.device}: items {r.items.start}-{r.items.stop}" for r in message.runs)
-            return f"auction {message.round} AWARD: {runs}"
+            return f"auction {message.round} AWARD of lot {message.lot}: {runs}"
         if isinstance(message, TaskMessage):
             self.in_flight[message.task] = (topic.split("/")[3], now)
             return (
