@@ -286,7 +286,7 @@ def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClien
     seen.append(line)
     watch.terminate()
     out = "".join(seen) + watch.communicate(timeout=60)[0]
-    for expected in ("ONLINE", "CALL by", "BID from", "AWARD:", "task ", "float32[1, ", "compute ", "response "):
+    for expected in ("ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "float32[1, ", "compute ", "response "):
         assert expected in out, expected
 
 
