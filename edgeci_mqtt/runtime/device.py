@@ -185,7 +185,7 @@ class DeviceAgent:
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
         self._prices: dict[tuple[object, ...], LotPrices] = {}  # lot -> prices
-        self._profile_version = 0  # in the prices' keys: a corrected profile prices every lot anew
+        self._pricing = (0, profile)  # (version, profile), swapped whole: the version keys the prices
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
@@ -317,10 +317,10 @@ class DeviceAgent:
                 i: self._seconds(program.held, message.input_hw, s.block, s.out_region)
                 for i, s in enumerate(message.steps)
             }
-            with self._lock:  # booked before the store may hand the request to the worker
+            with self._lock:  # booked and stored at once (the worker's sweep reads both under this lock)
                 self._backlog_s += sum(predicted.values())
                 self._flow_backlog[message.request] = predicted
-            ready = self.flow.install(message, program.shapes, program, time.perf_counter())
+                ready = self.flow.install(message, program.shapes, program, time.perf_counter())
         except EdgeCIError as exc:
             self._unbook(message.request)
             self._refuse_program(message, exc)
@@ -397,27 +397,31 @@ class DeviceAgent:
             return  # we cannot run it: no bid
         if not call.lots:
             raise WireError(f"auction {call.round}: no lots")
-        profile = self.profile  # one profile for the whole bid, whatever the worker announces meanwhile
-        version = self._profile_version
+        version, profile = self._pricing  # one profile for the whole bid, whatever the worker announces meanwhile
+        for lot in call.lots:  # every lot checked before any is priced
+            self._check_lot(call, lot)
         prices = tuple(self._lot_prices(call, lot, profile, version) for lot in call.lots)
         message = BidMessage(call.round, self.device_id, self._view().queue_s, prices)
         self.bus.publish(AUCTION_BIDS.build(round=call.round, device=self.device_id), encode(message))
+
+    def _check_lot(self, call: AuctionCall, lot: AuctionLot) -> None:
+        held = self.models.get(call.model)
+        shapes = block_geometry(held, call.input_hw, lot.block, f"auction {call.round}")
+        out_height = shapes[lot.block.stop].height
+        if not lot.items:
+            raise WireError(f"auction {call.round}: block {lot.block} has no items")
+        outside = [item for item in lot.items if item.stop > out_height]
+        if outside:
+            raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
 
     def _lot_prices(self, call: AuctionCall, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:
         """Our prices for one lot, computed once per lot and profile (they do not depend on the queue)."""
         held = self.models.get(call.model)
         block = lot.block
-        shapes = block_geometry(held, call.input_hw, block, f"auction {call.round}")
-        out_height = shapes[block.stop].height
-        if not lot.items:
-            raise WireError(f"auction {call.round}: block {block} has no items")
-        outside = [item for item in lot.items if item.stop > out_height]
-        if outside:
-            raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
         key = (version, call.model, call.input_hw, block, lot.items, call.flow)
         prices = self._prices.get(key)
         if prices is None:
-            rows = held.row_model(shapes[0].height, shapes[0].width)
+            rows = held.row_model(*call.input_hw)
             bid = make_bid(DeviceView(self.device_id, profile, self.link), rows, block, list(lot.items), call.flow)
             prices = self._prices[key] = LotPrices(bid.alone_s, bid.extend_s)
             if len(self._prices) > PRICED_LOTS:
@@ -452,13 +456,13 @@ class DeviceAgent:
         if factor is None:
             return
         self.profile = self.boot_profile.scaled(1.0 / factor)
-        self._profile_version += 1
+        self._pricing = (self._pricing[0] + 1, self.profile)
         log.info(
             "%s: work takes %.2fx the boot profile's time; announcing the corrected profile", self.device_id, factor
         )
         try:
             self._birth()
-        except EdgeCIError as exc:
+        except Exception as exc:  # a failed announcement must not cost the work that measured it
             log.warning("%s: cannot announce the corrected profile: %s", self.device_id, exc)
 
     # ------------------------------------------------------------ work
@@ -479,9 +483,9 @@ class DeviceAgent:
                         unknown,
                     )
                     self._unknown_logged = unknown
-                booked = list(self._flow_backlog)  # before the store's list: a program is stored before it is booked
-                live = set(self.flow.requests())
-                for request in [r for r in booked if r not in live]:
+                with self._lock:  # a program is booked and stored under this lock: both lists agree
+                    gone = [r for r in self._flow_backlog if r not in set(self.flow.requests())]
+                for request in gone:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
                 continue
             if job is None:

@@ -8,8 +8,10 @@ orchestrator knows.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
@@ -33,8 +35,9 @@ def weights_digest(name: str, weights: Path | None, seed: int) -> str:
 
 FETCH = "fetch"
 """The digest a device announces for a model whose weights it fetches over the broker."""
+T = TypeVar("T")
 SHAPE_SIZES = 16
-"""Input sizes whose shapes a held model remembers."""
+"""Input sizes whose shapes, planner view and row prices a held model remembers."""
 
 
 @dataclass
@@ -59,27 +62,31 @@ class HeldModel:
         return [s.name for s in block.stages(self.chain.stages) if s.name in self._weighted]
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
-        """The chain's shapes at this input size, remembered for a few sizes (a device asks on
-        every auction call, and working them out took most of a bid's time)."""
-        key = (height, width)
-        if key not in self._shapes:
-            if len(self._shapes) >= SHAPE_SIZES:  # sizes come from the wire: keep a few, not all
-                self._shapes.pop(next(iter(self._shapes)))
-            self._shapes[key] = tuple(self.chain.shapes(height, width))
-        return list(self._shapes[key])
+        """The chain's shapes at this input size (a device asks on every auction call, and
+        working them out took most of a bid's time)."""
+        shapes: tuple[FeatureShape, ...] = _remember(
+            self._shapes, (height, width), lambda: tuple(self.chain.shapes(height, width))
+        )
+        return list(shapes)
 
     def spec(self, height: int, width: int) -> ChainSpec:
-        """The chain as the planner sees it at this input size (remembered: every request asks)."""
-        key = (height, width)
-        if key not in self.specs:
-            self.specs[key] = self.chain.spec(height, width)
-        return self.specs[key]
+        """The chain as the planner sees it at this input size (every request asks)."""
+        return _remember(self.specs, (height, width), lambda: self.chain.spec(height, width))
 
     def row_model(self, height: int, width: int) -> RowModel:
-        key = (height, width)
-        if key not in self.rows:
-            self.rows[key] = RowModel(self.chain.stages, self.chain.shapes(height, width))
-        return self.rows[key]
+        return _remember(
+            self.rows, (height, width), lambda: RowModel(self.chain.stages, self.chain.shapes(height, width))
+        )
+
+
+def _remember(cache: dict[tuple[int, int], T], key: tuple[int, int], make: Callable[[], T]) -> T:
+    """``cache[key]``, made on first use; input sizes come from the wire, so only the
+    :data:`SHAPE_SIZES` most recent are kept."""
+    if key not in cache:
+        if len(cache) >= SHAPE_SIZES:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, Path | None]:

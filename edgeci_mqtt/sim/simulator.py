@@ -409,6 +409,9 @@ class _Replay:
 
         def onwards() -> None:
             arrival = self.state.transfer(target, at_broker, nbytes, True, tile, f"from {source}")
+            self.state.at(arrival, partial(landed, arrival))
+
+        def landed(arrival: float) -> None:  # the receiver's CPU is booked once the message is there
             handled = self.state.busy(target, "decode", arrival, self.message_cpu(target), tile)
             self.state.at(handled, partial(then, handled))
 

@@ -67,8 +67,8 @@ CONTENT_TYPE = "application/vnd.edgeci.v1+msgpack"
 
 MAX_INPUT_SIDE = 8192
 MAX_ITEMS_PER_ROUND = 4096
-MAX_LOTS = 256
-"""Blocks in one auction round (a plan has at most one per stage)."""
+MAX_LOTS = 64
+"""Blocks in one auction round (a plan has at most one per stage: VGG-16 has 31)."""
 
 Ident = Annotated[str, Id]
 """Ids travel in topics and logs: one topic segment of printable characters."""
