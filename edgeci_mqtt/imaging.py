@@ -12,7 +12,32 @@ from torch import Tensor
 
 from edgeci_mqtt.errors import InputError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SAMPLE_IMAGE", "load_input", "preprocess"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_NORMALISED", "SAMPLE_IMAGE", "check_image", "load_input", "preprocess"]
+
+MAX_NORMALISED = 100.0
+"""The largest magnitude a normalised input may hold. ImageNet-normalised pixels lie within
+about ±3; a float image of raw 0-255 pixels is refused rather than silently misread."""
+
+
+def check_image(image: np.ndarray, where: str = "image") -> None:
+    """Refuse, with a clear :class:`InputError`, what cannot be a normalised float32 image:
+    another dtype (no silent casts: a uint8 image would be read un-normalised, a complex one
+    would lose its imaginary part), NaN or infinite values (they would come back as NaN
+    scores, as a success), or values far outside a normalised range."""
+    if image.dtype != np.float32:
+        raise InputError(
+            f"{where} is {image.dtype}; EdgeCI takes normalised float32 arrays "
+            "(normalise, then .astype(np.float32)) or image files"
+        )
+    if image.size and not np.isfinite(image).all():
+        raise InputError(f"{where} holds NaN or infinite values")
+    peak = float(np.abs(image).max()) if image.size else 0.0
+    if peak > MAX_NORMALISED:
+        raise InputError(
+            f"{where} holds values up to {peak:.4g}: not normalised (expected within ±{MAX_NORMALISED:g}; "
+            "image files are normalised for you)"
+        )
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,13 +72,12 @@ def _load_array(path: Path) -> Tensor:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise InputError(f"{path} is not a NumPy .npy array: {exc}") from exc
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"{path} holds {array.dtype} values; a normalised float array is expected")
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[0] != 1:
         raise InputError(f"{path} has shape {array.shape}; expected (C, H, W) or (1, C, H, W)")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    check_image(array, str(path))
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def load_input(path: Path, size: int = 224) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from edgeci_mqtt.errors import InputError
-from edgeci_mqtt.imaging import IMAGENET_MEAN, IMAGENET_STD, SAMPLE_IMAGE, load_input
+from edgeci_mqtt.imaging import IMAGENET_MEAN, IMAGENET_STD, MAX_NORMALISED, SAMPLE_IMAGE, check_image, load_input
 from edgeci_mqtt.labels import imagenet_labels, top_k
 from edgeci_mqtt.models import StageChain
 
@@ -71,7 +71,10 @@ def test_files_that_are_not_images(tmp_path: Path, write, message: str) -> None:
 @pytest.mark.parametrize(
     ("array", "message"),
     [
-        (np.zeros((3, 8, 8), dtype=np.int64), "int64 values"),
+        (np.zeros((3, 8, 8), dtype=np.int64), "int64"),
+        (np.zeros((3, 8, 8), dtype=np.float64), "float64"),
+        (np.full((3, 8, 8), np.nan, dtype=np.float32), "NaN or infinite"),
+        (np.full((3, 8, 8), 200.0, dtype=np.float32), "not normalised"),
         (np.zeros((8, 8), dtype=np.float32), r"shape \(8, 8\)"),
         (np.zeros((2, 3, 8, 8), dtype=np.float32), r"shape \(2, 3, 8, 8\)"),
     ],
@@ -80,6 +83,28 @@ def test_unusable_arrays(tmp_path: Path, array: np.ndarray, message: str) -> Non
     np.save(tmp_path / "a.npy", array)
     with pytest.raises(InputError, match=message):
         load_input(tmp_path / "a.npy")
+
+
+@pytest.mark.parametrize(
+    ("image", "complaint"),
+    [
+        (np.zeros((1, 3, 4, 4), np.float64), "float64"),
+        (np.zeros((1, 3, 4, 4), np.uint8), "uint8"),
+        (np.zeros((1, 3, 4, 4), np.complex64), "complex64"),
+        (np.array([[[[0.0, np.nan]]]], np.float32), "NaN or infinite"),
+        (np.array([[[[0.0, -np.inf]]]], np.float32), "NaN or infinite"),
+        (np.array([[[[0.0, 101.0]]]], np.float32), "not normalised"),
+    ],
+)
+def test_check_image_refuses_what_is_not_a_normalised_float32_image(image: np.ndarray, complaint: str) -> None:
+    with pytest.raises(InputError, match=complaint):
+        check_image(image)
+
+
+def test_check_image_takes_normalised_float32() -> None:
+    check_image(np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    check_image(np.full((1, 3, 2, 2), MAX_NORMALISED, np.float32))  # the bound itself is in
+    check_image(np.zeros((1, 3, 0, 0), np.float32))  # empty: the model's own check says why
 
 
 def test_missing_file_and_broken_array(tmp_path: Path) -> None:

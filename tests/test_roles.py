@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
-from edgeci_mqtt.errors import InferenceError, WireError
+from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategies import STRATEGIES
@@ -332,6 +333,38 @@ def test_errors_reach_the_client(client: EdgeCIClient) -> None:
         client.infer(torch.zeros(1, 3, 8, 8), "vgg16", timeout=30)
     with pytest.raises(InferenceError, match="unknown strategy"):
         client.infer(torch.zeros(1, 3, 64, 64), "smallcnn", "teleport", timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("image", "complaint"),
+    [
+        (np.full((1, 3, 64, 64), np.nan, np.float32), "NaN or infinite"),
+        (np.full((1, 3, 64, 64), np.inf, np.float32), "NaN or infinite"),
+        (np.zeros((1, 3, 64, 64), np.float64), "float64"),
+        (np.full((1, 3, 64, 64), 255.0, np.float32), "not normalised"),
+    ],
+)
+def test_the_orchestrator_refuses_what_a_careless_client_sends(
+    client: EdgeCIClient, monkeypatch: pytest.MonkeyPatch, image: np.ndarray, complaint: str
+) -> None:
+    """A client that skips its own check (anyone's code can publish a request) gets a clear
+    error from the orchestrator, not NaN scores or a silently cast image."""
+    monkeypatch.setattr("edgeci_mqtt.runtime.client.check_image", lambda *_: None)
+    with pytest.raises(InferenceError, match=complaint):
+        client.infer(torch.from_numpy(image), "smallcnn", timeout=30)
+
+
+def test_the_client_refuses_bad_images_before_sending(client: EdgeCIClient) -> None:
+    for image, complaint in (
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN or infinite"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), "float64"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "uint8"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.complex64), "complex64"),
+    ):
+        started = time.perf_counter()
+        with pytest.raises(InputError, match=complaint):
+            client.infer(image, "smallcnn", timeout=30)
+        assert time.perf_counter() - started < 1.0  # refused here, not waited out
 
 
 def test_the_device_table_follows_births_and_wills() -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from edgeci_mqtt.errors import InferenceError, WireError
-from edgeci_mqtt.imaging import load_input
+from edgeci_mqtt.imaging import check_image, load_input
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.timeline import Interval
@@ -94,7 +94,8 @@ class EdgeCIClient:
         if x.dim() == 3:
             x = x[None]
         request_id = uuid.uuid4().hex
-        image_array = x.detach().to(torch.float32).contiguous().numpy()
+        image_array = x.detach().cpu().contiguous().numpy()
+        check_image(image_array)  # here, before anything travels: no silent cast, no NaN
         payload = encode(InferRequest(request_id, model, image_array, strategy, trace))
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")

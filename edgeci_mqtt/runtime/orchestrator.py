@@ -23,6 +23,7 @@ import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.imaging import check_image
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel, handoff_seconds
 from edgeci_mqtt.planner.environment import DeviceView, Environment
@@ -378,8 +379,7 @@ class Orchestrator:
         strategy = message.strategy or self.strategy
         base, _ = split_strategy(strategy)
         held = self.models.get(message.model)
-        if message.image.dtype != np.float32:
-            raise EdgeCIError(f"request image is {message.image.dtype}, expected float32")
+        check_image(message.image, "the request's image")  # clients may be anyone's code
         image = torch.from_numpy(message.image)
         if max(image.shape[-2:], default=0) > MAX_INPUT_SIDE:
             raise EdgeCIError(f"the image is {tuple(image.shape)}; sides up to {MAX_INPUT_SIDE} can travel to devices")
