@@ -22,6 +22,7 @@ from edgeci_mqtt.cli import (
     watch_cmd,
 )
 from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.text import SafeFormatter
 
 __all__ = ["build_parser", "main"]
 
@@ -55,11 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return int(args.run(args))
     except EdgeCIError as exc:
