@@ -1,13 +1,16 @@
-"""Deployment files: the committed broker config matches the generator."""
+"""Deployment files: the committed broker config matches the generator; secrets are private."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgeci_mqtt.cli import build_parser
-from edgeci_mqtt.runtime.broker_config import acl_text, mosquitto_conf
+from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.runtime.broker_config import Credentials, acl_text, mosquitto_conf, write_broker_config, write_secret
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,3 +53,28 @@ def test_dockerfile_installs_the_cpu_torch_and_the_package() -> None:
     assert "torch==2.13.0" in dockerfile and "pip install --no-cache-dir ." in dockerfile
     for copied in ("pyproject.toml", "README.md", "edgeci_mqtt"):
         assert (REPO / copied).exists()
+
+
+def test_broker_credentials_are_private_from_creation_and_never_silently_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "broker"
+    first = write_broker_config(out, ["dev-1", "dev-2"])
+    for name in ("passwd", "credentials.yaml"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+    with pytest.raises(EdgeCIError, match="--force"):
+        write_broker_config(out, ["dev-1", "dev-2"])
+    assert Credentials.load(out / "credentials.yaml") == first  # untouched by the refusal
+    second = write_broker_config(out, ["dev-1", "dev-2"], force=True)
+    assert second != first and Credentials.load(out / "credentials.yaml") == second
+    assert stat.S_IMODE((out / "passwd").stat().st_mode) == 0o600
+    write_broker_config(out, ["dev-1"], passwords=False)  # config and ACL only: no secret touched
+    assert Credentials.load(out / "credentials.yaml") == second
+
+
+def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / "secret").symlink_to(target)
+    with pytest.raises(EdgeCIError, match="exists"):
+        write_secret(tmp_path / "secret", "s3cret")
+    write_secret(tmp_path / "secret", "s3cret", force=True)  # replaces the link itself
+    assert target.read_text() == "keep" and not (tmp_path / "secret").is_symlink()

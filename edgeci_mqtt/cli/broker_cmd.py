@@ -23,13 +23,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--config-dir", help="where the broker will see these files (e.g. /mosquitto/config)")
     parser.add_argument("--no-passwords", action="store_true", help="write only mosquitto.conf and acl")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing passwd and credentials.yaml (every password)"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     devices = args.device or [f"dev-{i}" for i in range(1, args.devices + 1)]
     creds = write_broker_config(
-        args.out, devices, port=args.port, config_dir=args.config_dir, passwords=not args.no_passwords
+        args.out, devices, port=args.port, config_dir=args.config_dir, passwords=not args.no_passwords, force=args.force
     )
     print(f"wrote {args.out}/mosquitto.conf and {args.out}/acl")
     if creds.passwords:

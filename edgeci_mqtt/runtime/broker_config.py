@@ -103,9 +103,8 @@ class Credentials:
 
     passwords: dict[str, str]
 
-    def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump({"users": self.passwords}, sort_keys=True))
-        os.chmod(path, 0o600)
+    def save(self, path: Path, force: bool = False) -> None:
+        write_secret(path, yaml.safe_dump({"users": self.passwords}, sort_keys=True), force)
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -116,6 +115,20 @@ class Credentials:
             raise EdgeCIError(f"cannot read credentials {path}: {exc}") from exc
 
 
+def write_secret(path: Path, text: str, force: bool = False) -> None:
+    """Write ``text`` to a file only its owner can read, from its creation on (no moment
+    at 0666 before a chmod). An existing file is an error unless ``force``: replacing a
+    broker's credentials silently locks every device out."""
+    if force:
+        path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError as exc:
+        raise EdgeCIError(f"{path} exists; pass --force to replace it (and every password in it)") from exc
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def write_broker_config(
     out: Path,
     devices: Sequence[str],
@@ -124,12 +137,17 @@ def write_broker_config(
     config_dir: str | None = None,
     passwords: bool = True,
     run_as: str | None = None,
+    force: bool = False,
 ) -> Credentials:
-    """Write mosquitto.conf and acl (and, with ``passwords``, passwd and credentials.yaml)."""
+    """Write mosquitto.conf and acl (and, with ``passwords``, passwd and credentials.yaml,
+    0600 from creation; existing ones only with ``force``)."""
     for name in devices:
         DEVICE_STATE.build(device=name)  # rejects names that cannot be topic segments
         if name in ROLE_USERS:
             raise EdgeCIError(f"{name!r} is a role name and cannot be a device id")
+    secrets_there = [p for p in (out / "passwd", out / "credentials.yaml") if passwords and p.exists()]
+    if secrets_there and not force:  # before writing anything: no half-replaced configuration
+        raise EdgeCIError(f"{secrets_there[0]} exists; pass --force to replace every password")
     out.mkdir(parents=True, exist_ok=True)
     where = config_dir or str(out.resolve())
     (out / "mosquitto.conf").write_text(mosquitto_conf(where, port, bind, run_as))
@@ -137,8 +155,7 @@ def write_broker_config(
     if not passwords:
         return Credentials({})
     creds = Credentials({user: secrets.token_urlsafe(18) for user in (*ROLE_USERS, *devices)})
-    (out / "passwd").write_text("".join(password_line(u, p) + "\n" for u, p in creds.passwords.items()))
-    os.chmod(out / "passwd", 0o600)
+    write_secret(out / "passwd", "".join(password_line(u, p) + "\n" for u, p in creds.passwords.items()), force)
     (out / "data").mkdir(exist_ok=True)
-    creds.save(out / "credentials.yaml")
+    creds.save(out / "credentials.yaml", force)
     return creds

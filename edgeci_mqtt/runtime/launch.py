@@ -53,8 +53,8 @@ class BrokerProcess:
         """``wrap`` runs the broker elsewhere (a network namespace); readiness is then probed
         from there too."""
         self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
-        self.credentials: Credentials = write_broker_config(
-            workdir, devices, port=self.port, bind=bind, run_as=getpass.getuser()
+        self.credentials: Credentials = write_broker_config(  # a private broker: fresh credentials every time
+            workdir, devices, port=self.port, bind=bind, run_as=getpass.getuser(), force=True
         )
         self.log_path = workdir / "mosquitto.log"
         self._log: IO[bytes] = self.log_path.open("ab")
