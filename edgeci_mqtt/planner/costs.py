@@ -199,7 +199,12 @@ def handoff_seconds(view: DeviceView) -> float:
     """The CPU a ``flow`` strip spends on its block's messages, on ``view``: a block more
     is this much more per device, whatever its size (so DPFL does not cut VGG-16 into
     eleven blocks that each wait for their neighbours' halo)."""
-    return FLOW_STEP_MESSAGES * MESSAGE_OPS * view.profile.op_overhead_s
+    return FLOW_STEP_MESSAGES * message_seconds(view.profile)
+
+
+def message_seconds(profile: DeviceProfile) -> float:
+    """CPU one device-to-device message costs a device with ``profile``, to send or to receive."""
+    return MESSAGE_OPS * profile.op_overhead_s
 
 
 def link_seconds(view: DeviceView, moved: Ints) -> Floats:

@@ -34,6 +34,10 @@ class Round:
     lot: int
     bids: dict[str, Bid]
 
+    def ordered(self) -> tuple[Bid, ...]:
+        """The bids by device: what an award depends on, whatever order they came in (a cache key)."""
+        return tuple(sorted(self.bids.values(), key=lambda b: b.device))
+
 
 class Auctioneer:
     """Holds rounds for one model and input size; ``bid_boxes`` is where the dispatcher drops

@@ -171,7 +171,7 @@ class DeviceAgent:
         (announced in its birth message; None: no limit). ``calibrate``: correct the
         announced profile by the time our work really takes (:mod:`edgeci_mqtt.planner.calibration`)."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
-        self.device_id, self.bus, self.models, self.profile = device_id, bus, models, profile
+        self.device_id, self.bus, self.models = device_id, bus, models
         self.boot_profile = profile  # what the boot micro-benchmarks measured; ``profile`` is what we announce
         self.calibration = SpeedCalibration() if calibrate else None
         self.threads, self.cache, self.compress = threads, cache, compress
@@ -191,6 +191,11 @@ class DeviceAgent:
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_bytes=512 << 20)
         bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
+
+    @property
+    def profile(self) -> DeviceProfile:
+        """The speed we announce: the boot profile, corrected by our work when calibrating."""
+        return self._pricing[1]
 
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -455,8 +460,7 @@ class DeviceAgent:
         factor = self.calibration.observe(predicted, measured_s)
         if factor is None:
             return
-        self.profile = self.boot_profile.scaled(1.0 / factor)
-        self._pricing = (self._pricing[0] + 1, self.profile)
+        self._pricing = (self._pricing[0] + 1, self.boot_profile.scaled(1.0 / factor))
         log.info(
             "%s: work takes %.2fx the boot profile's time; announcing the corrected profile", self.device_id, factor
         )
@@ -484,7 +488,8 @@ class DeviceAgent:
                     )
                     self._unknown_logged = unknown
                 with self._lock:  # a program is booked and stored under this lock: both lists agree
-                    gone = [r for r in self._flow_backlog if r not in set(self.flow.requests())]
+                    live = set(self.flow.requests())
+                    gone = [r for r in self._flow_backlog if r not in live]
                 for request in gone:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
                 continue

@@ -283,10 +283,7 @@ class FlowRun(Run):
                     "%s: no bid for block %s in time; pricing it from the devices' profiles", self.request, block
                 )
                 held_round.bids.update({v.name: make_bid(v, rows, block, items, flow=True) for v in views})
-        bids = tuple(
-            (block, tuple(items), tuple(sorted(r.bids.values(), key=lambda b: b.device)))
-            for (block, items), r in zip(lots, rounds, strict=True)
-        )
+        bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
         try:
             blocks, awards, tail = _awarded(chain, rows, env, bids, split_strategy(self.plan.strategy)[1].place_tail)
         except PlanningError as exc:

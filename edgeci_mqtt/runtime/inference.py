@@ -359,7 +359,7 @@ class InferenceRun(Run):
         rounds = self.auctioneer.rounds([(block, items) for block, items, _ in lots], candidates, awaited)
         awarded = []
         for held_round, (block, items, cols) in zip(rounds, lots, strict=True):
-            won = _award(tuple(sorted(held_round.bids.values(), key=lambda b: b.device)), len(items))
+            won = _award(held_round.ordered(), len(items))
             self.auctioneer.announce(held_round, won)
             awarded.append(
                 [

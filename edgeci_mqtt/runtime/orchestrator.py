@@ -2,8 +2,8 @@
 
 A dispatcher loop reads the bus's events: retained device states keep the live
 device table (every membership change bumps its generation, so the next request is
-re-planned), bids and results go to the running inference's mailboxes,
-requests to a queue served by ``IN_FLIGHT`` worker threads. Requests arrive through the MQTT v5 shared
+re-planned), bids and results go to the running inference's mailboxes, requests to a
+queue served by ``IN_FLIGHT`` worker threads. Requests arrive through the MQTT v5 shared
 subscription, so several orchestrators share the load; each answers on the request's
 response topic with its correlation data.
 """
@@ -327,6 +327,7 @@ class Orchestrator:
             return context_for(spec, Environment(tuple(views), self.profile, self.broker_link), rows=rows)
 
         outstanding = self.commitments.snapshot()
+        shares: dict[str, float] | None = None
         if base == "local":
             choice = Choice("whole", plan.predicted_s, plan.devices[0])
         elif base == "flow" and (not outstanding or strategy != base):  # sparse requests, or an ablation
@@ -336,10 +337,8 @@ class Orchestrator:
             shares = self._shares(plan, devices, height, width) if base == "flow" else {}
             split_s = plan.predicted_s if base == "flow" else None
             choice = choose(split_s, plan.devices, whole, outstanding, sum(shares.values()))
-            if choice.mode == "split":
-                return None, shares, "split"
         if choice.mode == "split":
-            return None, self._shares(plan, devices, height, width), "split"
+            return None, shares if shares is not None else self._shares(plan, devices, height, width), "split"
         first = choice.device
 
         def replan(views: list[DeviceView]) -> Plan:

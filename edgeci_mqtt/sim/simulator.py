@@ -55,7 +55,8 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.awas import auction_item_count
-from edgeci_mqtt.planner.environment import MESSAGE_OPS, MESSAGE_OVERHEAD_BYTES, Environment
+from edgeci_mqtt.planner.costs import message_seconds
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailWork
@@ -302,7 +303,7 @@ class _Replay:
 
     def message_cpu(self, resource: str) -> float:
         """CPU one device-to-device message costs ``resource`` (sending or receiving it)."""
-        return MESSAGE_OPS * self.profile(resource).op_overhead_s
+        return message_seconds(self.profile(resource))
 
     def send(
         self,
@@ -402,7 +403,7 @@ class _Replay:
     ) -> None:
         """Device to device through the broker, stored and forwarded there; ``then(arrival)``
         (compressed as :meth:`coded` says). The message costs the sender's CPU before it
-        leaves and the receiver's after it lands (:data:`MESSAGE_OPS`)."""
+        leaves and the receiver's after it lands (:func:`~edgeci_mqtt.planner.costs.message_seconds`)."""
         t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
         t = self.state.busy(source, "encode", t, self.message_cpu(source), tile)
         at_broker = self.state.transfer(source, t, nbytes, False, tile, f"to {target}")
