@@ -92,7 +92,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         out = Path(tmp) / "runs.json"
         driver = [
             *(sys.executable, "-m", "bench.cluster_driver"),
-            *("--client", run.url("client"), "--watcher", run.url("watcher"), "--link", run.cluster.bridge),
+            *("--client", run.url("client"), "--stream-client", run.url("stream"), "--watcher", run.url("watcher")),
+            *("--link", run.cluster.bridge),
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),
             *("--stream", str(args.stream if name in args.stream_clusters.split(",") else 0)),

@@ -24,7 +24,7 @@ from edgeci_mqtt.runtime.watch import device_states
 
 def published_states(url: str, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:
     """The profiles and links the devices announce now, for the report and the simulator."""
-    watcher = MqttBus(BrokerAddress.parse(url), f"bench-watcher-{int(time.time())}")
+    watcher = MqttBus(BrokerAddress.parse(url))
     states = device_states(watcher, lambda online: len(online) >= count, timeout)
     return {
         name: {"profile": s.profile.to_dict() if s.profile else {}, "link": s.link.to_dict() if s.link else {}}
@@ -40,8 +40,8 @@ def link_bytes(interface: str) -> tuple[int, int]:
 
 
 def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> dict[str, object]:
-    """``count`` requests, ``in_flight`` at a time (one client each), as a stream would come:
-    every latency, the wall time, and how many were served whole on one device."""
+    """``count`` requests, ``in_flight`` at a time (threads sharing one client session), as a
+    stream would come: every latency, the wall time, and how many were served whole on one device."""
     x = load_input(SAMPLE_IMAGE)
     latencies: list[float] = []
     whole: list[float] = []
@@ -49,30 +49,30 @@ def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> d
     left = list(range(count))
     lock = threading.Lock()
 
-    def client(index: int) -> None:
-        with EdgeCIClient(BrokerAddress.parse(url), client_id=f"stream-{index}-{int(time.time())}") as own:
-            while True:
+    def client(own: EdgeCIClient) -> None:
+        while True:
+            with lock:
+                if not left:
+                    return
+                left.pop()
+            try:
+                answer = own.infer(x, model, strategy, timeout=600)
+            except Exception as exc:  # a failed request is counted, not fatal to the run
                 with lock:
-                    if not left:
-                        return
-                    left.pop()
-                try:
-                    answer = own.infer(x, model, strategy, timeout=600)
-                except Exception as exc:  # a failed request is counted, not fatal to the run
-                    with lock:
-                        failures.append(str(exc)[:200])
-                    continue
-                with lock:
-                    latencies.append(answer.latency_s)
-                    whole.append(answer.timings.get("whole_request", 0.0))
+                    failures.append(str(exc)[:200])
+                continue
+            with lock:
+                latencies.append(answer.latency_s)
+                whole.append(answer.timings.get("whole_request", 0.0))
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(in_flight)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    with EdgeCIClient(BrokerAddress.parse(url)) as shared:
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(shared,)) for _ in range(in_flight)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
     print(f"{model} {strategy} stream: {count} in {wall:.1f} s", file=sys.stderr, flush=True)
     return {"latencies_s": latencies, "wall_s": wall, "whole": sum(whole), "failures": failures}
 
@@ -81,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--client", required=True)
     parser.add_argument("--watcher", required=True)
+    parser.add_argument("--stream-client", help="a second client login, for the streams (default: --client)")
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--models", default="vgg16,resnet34")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -96,7 +97,7 @@ def main() -> int:
     strategies = args.strategies.split(",")
     result: dict[str, object] = {"runs": {}}
     x = load_input(SAMPLE_IMAGE)
-    with EdgeCIClient(BrokerAddress.parse(args.client), client_id=f"bench-{int(time.time())}") as client:
+    with EdgeCIClient(BrokerAddress.parse(args.client)) as client:
         for model in args.models.split(","):
             runs: dict[str, list[dict[str, object]]] = {s: [] for s in strategies}
             for round_index in range(args.warmup + args.runs):
@@ -128,7 +129,7 @@ def main() -> int:
     if args.stream:
         result["streams"] = {
             model: {
-                strategy: stream(args.client, model, strategy, args.stream, args.in_flight)
+                strategy: stream(args.stream_client or args.client, model, strategy, args.stream, args.in_flight)
                 for strategy in args.stream_strategies.split(",")
             }
             for model in args.stream_models.split(",")

@@ -35,21 +35,19 @@ def local_cluster(
 ) -> Iterator[LocalCluster]:
     """Credentials for ``devices`` devices; the first ``start`` (default all) are started."""
     names = [f"dev-{i}" for i in range(1, devices + 1)]
-    broker = BrokerProcess(workdir / "broker", names)
+    oids = [f"o{i}" for i in range(1, orchestrators + 1)]
+    broker = BrokerProcess(workdir / "broker", names, orchestrators=oids)
     group = ProcessGroup(workdir)
     names = names[:start]
     try:
         for name in names:
             start_device(group, broker, name, models, *device_args)
-        oids = [f"o{i}" for i in range(1, orchestrators + 1)]
         for oid in oids:
             group.start(
                 oid,
                 "orchestrator",
                 "--broker",
-                broker.url("orchestrator"),
-                "--id",
-                oid,
+                broker.url(oid),
                 "--strategy",
                 strategy,
                 *(a for m in models.split(",") for a in ("--model", m)),
@@ -66,7 +64,7 @@ def local_cluster(
 
 
 def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str, *extra: str) -> None:
-    group.start(name, "-v", "device", "--broker", broker.url(name), "--id", name, "--models", models, *extra)
+    group.start(name, "-v", "device", "--broker", broker.url(name), "--models", models, *extra)
 
 
 def collect(bus: Bus, seconds: float) -> list[Inbound]:

@@ -49,7 +49,7 @@ ORCHESTRATOR_COMPLAINTS = (
     "is not a link",
     "longer than allowed",
     "more than allowed",
-    "no client response topic",
+    "must be answered on",
     "is not 1-128 printable characters",
     "frame limit",
 )

@@ -10,15 +10,25 @@ import yaml
 
 from edgeci_mqtt.cli import build_parser
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials, acl_text, mosquitto_conf, write_broker_config, write_secret
+from edgeci_mqtt.runtime.broker_config import (
+    DYNSEC_FILE,
+    Credentials,
+    credentials_path,
+    mosquitto_conf,
+    write_broker_config,
+    write_secret,
+)
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER
+from edgeci_mqtt.runtime.mosquitto import DOCKER_PLUGIN
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_committed_broker_files_match_the_generator() -> None:
-    assert (REPO / "broker" / "acl").read_text() == acl_text()
-    assert (REPO / "broker" / "mosquitto.conf").read_text() == mosquitto_conf("/mosquitto/config", 1883)
-    assert not (REPO / "broker" / "passwd").exists(), "credentials must not be committed"
+    conf = mosquitto_conf("/mosquitto/config", 1883, plugin=DOCKER_PLUGIN)
+    assert (REPO / "broker" / "mosquitto.conf").read_text() == conf
+    for secret in (DYNSEC_FILE, "credentials", "passwd", "acl"):
+        assert not (REPO / "broker" / secret).exists(), f"{secret} must not be committed"
 
 
 def test_compose_file_names_real_services_files_and_commands() -> None:
@@ -26,10 +36,17 @@ def test_compose_file_names_real_services_files_and_commands() -> None:
     services = compose["services"]
     assert {"broker", "orchestrator", "device-1", "device-4"} <= set(services)
     assert services["broker"]["image"].startswith("eclipse-mosquitto:2")
+    generated = {  # by `edgeci broker-config`, as the file's header says
+        "./broker/dynamic-security.json",
+        "./broker/data",
+        *(f"./broker/credentials/{user}.yaml" for user in ("orchestrator", "dev-1", "dev-2", "dev-3", "dev-4")),
+    }
     parser = build_parser()
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
+            if source in generated:
+                continue
             assert (REPO / source).exists(), f"{name} mounts missing {source}"
         if "build" in service:
             assert (REPO / service["build"] / "Dockerfile").is_file()
@@ -39,6 +56,9 @@ def test_compose_file_names_real_services_files_and_commands() -> None:
             parser.parse_args(command[1:])  # exits on an unknown option or subcommand
     device_config = yaml.safe_load((REPO / "devices" / "device.example.yaml").read_text())
     assert set(device_config) <= {"id", "broker", "credentials", "models", "threads", "seed"}
+    for name in ("orchestrator", "device-1", "device-4"):  # each process gets only its own secret
+        secrets = [v for v in services[name]["volumes"] if v.startswith("./broker/")]
+        assert len(secrets) == 1 and "/credentials/" in secrets[0], name
 
 
 def test_systemd_unit_runs_the_agent_with_restart() -> None:
@@ -56,18 +76,29 @@ def test_dockerfile_installs_the_cpu_torch_and_the_package() -> None:
 
 
 def test_broker_credentials_are_private_from_creation_and_never_silently_replaced(tmp_path: Path) -> None:
+    """One file per user holding only its own secret, 0600 like the plugin's file; a second
+    run refuses to replace them without --force."""
     out = tmp_path / "broker"
-    first = write_broker_config(out, ["dev-1", "dev-2"])
-    for name in ("passwd", "credentials.yaml"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+    users = {"dev-1": "device", "dev-2": "device", "orchestrator": "orchestrator", "client": "client"}
+    first = write_broker_config(out, users)  # type: ignore[arg-type]
+    assert set(first.passwords) == {*users, ADMIN_USER}
+    for user, password in first.passwords.items():
+        path = credentials_path(out, user)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, user
+        assert Credentials.load(path).passwords == {user: password}  # its own secret, nothing else
+    dynsec = (out / DYNSEC_FILE).read_text()
+    assert stat.S_IMODE((out / DYNSEC_FILE).stat().st_mode) == 0o600
+    assert not any(password in dynsec for password in first.passwords.values())  # hashed by Mosquitto
     with pytest.raises(EdgeCIError, match="--force"):
-        write_broker_config(out, ["dev-1", "dev-2"])
-    assert Credentials.load(out / "credentials.yaml") == first  # untouched by the refusal
-    second = write_broker_config(out, ["dev-1", "dev-2"], force=True)
-    assert second != first and Credentials.load(out / "credentials.yaml") == second
-    assert stat.S_IMODE((out / "passwd").stat().st_mode) == 0o600
-    write_broker_config(out, ["dev-1"], passwords=False)  # config and ACL only: no secret touched
-    assert Credentials.load(out / "credentials.yaml") == second
+        write_broker_config(out, users)  # type: ignore[arg-type]
+    assert Credentials.load(credentials_path(out, "dev-1")) == first.only("dev-1")  # untouched by the refusal
+    second = write_broker_config(out, users, force=True)  # type: ignore[arg-type]
+    assert second.passwords["dev-1"] != first.passwords["dev-1"]
+    assert Credentials.load(credentials_path(out, "dev-1")) == second.only("dev-1")
+    write_broker_config(out, users, passwords=False)  # type: ignore[arg-type]  # config only: no secret touched
+    assert Credentials.load(credentials_path(out, "dev-1")) == second.only("dev-1")
+    with pytest.raises(EdgeCIError, match="reserved"):
+        write_broker_config(tmp_path / "other", {"edgeci-admin": "device"})
 
 
 def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:

@@ -301,7 +301,7 @@ def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
         AUCTION_CALL.build(round="hostile"),
         AUCTION_BIDS.build(round="hostile", device="dev-1"),
         RESULTS.build(orchestrator="o1"),
-        INFER_REQUESTS.filter,
+        INFER_REQUESTS.build(client="attacker"),
     ]
     attacker = cluster.broker.bus("attacker")
     attacker.start()

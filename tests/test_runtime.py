@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def client(cluster: LocalCluster) -> Iterator[EdgeCIClient]:
-    with EdgeCIClient(cluster.broker.address("client"), client_id="test-client") as connected:
+    with EdgeCIClient(cluster.broker.address("client")) as connected:
         yield connected
 
 
@@ -79,8 +80,10 @@ def test_two_orchestrators_share_concurrent_requests(cluster: LocalCluster, refe
     x = ref.x
     results: list[InferenceResult] = []
 
+    logins = [cluster.broker.add_user("client", f"parallel-{index}") for index in range(3)]
+
     def ask(index: int) -> None:
-        with EdgeCIClient(cluster.broker.address("client"), client_id=f"parallel-{index}") as own:
+        with EdgeCIClient(logins[index]) as own:
             for _ in range(3):
                 results.append(own.infer(x, "smallcnn", timeout=60))
 
@@ -102,25 +105,27 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
         AUCTION_CALL.build(round="forged"),
         DEVICE_ROWS.build(device="dev-2", sender="dev-3"),  # rows posing as another device
     ]
-    own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-1")
-    watcher = MqttBus(cluster.broker.address("watcher"), "acl-watcher")
+    own_bid = AUCTION_BIDS.build(round="fine", device="dev-9")
+    own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9")
+    watcher = MqttBus(cluster.broker.add_user("watcher", "acl-watcher"))
     watcher.subscribe(EVERYTHING)
     watcher.start()
-    intruder = MqttBus(cluster.broker.address("dev-1"), "acl-intruder")
-    intruder.subscribe(DEVICE_ROWS.filter)  # every device's rows: the broker delivers only its own
+    intruder = MqttBus(cluster.broker.add_user("device", "dev-9"))  # a device of the cluster, not running
+    intruder.subscribe(DEVICE_ROWS.filter)  # every device's rows: the broker refuses the filter
+    intruder.subscribe(DEVICE_ROWS.filter_with(device="dev-9"))  # its own: allowed
     intruder.start()
     try:
         collect(watcher, 0.5)  # retained states
         for topic in forged:
             intruder.publish(topic, b"forged", wait=2)
-        intruder.publish(AUCTION_BIDS.build(round="fine", device="dev-1"), b"own bid", wait=2)  # allowed: a control
+        intruder.publish(own_bid, b"own bid", wait=2)  # allowed: a control
         intruder.publish(own_rows, b"own rows", wait=2)  # allowed: rows under its own name
         seen = {m.topic for m in collect(watcher, 1.5)}
         overheard = {m.topic for m in collect(intruder, 0.5)}
     finally:
         intruder.stop()
         watcher.stop()
-    assert {AUCTION_BIDS.build(round="fine", device="dev-1"), own_rows} <= seen
+    assert {own_bid, own_rows} <= seen
     assert not seen & set(forged)
     assert own_rows not in overheard, "a device read another device's rows"
 
@@ -128,7 +133,19 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
 def raw_publish(cluster: LocalCluster, user: str, topic: str, payload_file: Path) -> None:
     """One raw frame, not split or checked by our code: the real mosquitto_pub."""
     password = cluster.broker.credentials.passwords[user]
-    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(cluster.broker.port), "-u", user, "-P", password]
+    command = [
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.broker.port),
+        "-u",
+        user,
+        "-P",
+        password,
+        "-i",
+        user,
+    ]
     subprocess.run([*command, "-q", "1", "-t", topic, "-f", str(payload_file)], check=True, timeout=30)
 
 
@@ -138,23 +155,27 @@ def test_hostile_messages_change_nothing(
     """Every hostile payload on every topic the processes subscribe to, each sent with a
     credential that may write there: the orchestrators' for tasks and calls, a device's
     for its state and bids, the client's for results and requests."""
+    for role, user in (("orchestrator", "o-hostile"), ("device", "dev-8"), ("client", "mallory")):
+        cluster.broker.add_user(role, user)  # stolen credentials of each role
     attacks = {
-        "orchestrator": [DEVICE_TASKS.build(device=d) for d in cluster.devices] + [AUCTION_CALL.build(round="x")],
-        "dev-1": [DEVICE_STATE.build(device="dev-1"), AUCTION_BIDS.build(round="x", device="dev-1")],
-        "client": [RESULTS.build(orchestrator=o) for o in cluster.orchestrators] + [INFER_REQUESTS.filter],
+        "o-hostile": [DEVICE_TASKS.build(device=d) for d in cluster.devices] + [AUCTION_CALL.build(round="x")],
+        "dev-8": [DEVICE_STATE.build(device="dev-8"), AUCTION_BIDS.build(round="x", device="dev-8")],
+        "mallory": [RESULTS.build(orchestrator=o) for o in cluster.orchestrators]
+        + [INFER_REQUESTS.build(client="mallory")],
     }
     oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
     oversize.write_bytes(b"\x01" * (MAX_PAYLOAD_BYTES + 20_000))
     for user, topics in attacks.items():
-        attacker = MqttBus(cluster.broker.address(user), f"hostile-{user}")
+        attacker = MqttBus(cluster.broker.address(user))
         attacker.start()
         try:
             for topic in topics:
                 for payload in hostile_payloads()[:-1]:  # the last one is the oversize frame
                     attacker.publish(topic, payload, wait=5, response_topic=WILDCARD_RESPONSE_TOPIC)
-                raw_publish(cluster, user, topic, oversize)
         finally:
             attacker.stop()
+        for topic in topics:  # once the attacker's session is over: one session per user
+            raw_publish(cluster, user, topic, oversize)
     time.sleep(1.0)
     for name in (*cluster.devices, *cluster.orchestrators):
         assert cluster.group.processes[name].poll() is None, f"{name} died:\n{cluster.group.log_text(name)}"
@@ -185,7 +206,7 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
         used = own.infer(ref.x, "smallcnn", timeout=60).devices
         victim = "dev-2" if "dev-2" in used else used[0]
         process = small.group.processes[victim]
-        spy = MqttBus(small.broker.address("watcher"), "flow-spy")
+        spy = MqttBus(small.broker.add_user("watcher", "flow-spy"))
         spy.subscribe(AUCTION_BIDS.filter)
         spy.start()
         frozen = threading.Event()
@@ -213,7 +234,8 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
         left = [d for d in small.devices if d != victim]
         survivor, program = _a_program(small, left, lambda: own.infer(ref.x, "smallcnn", timeout=60).devices)
         sender = next(d for d in left if d != survivor)  # it may have had no work: it may still send rows
-        forger = MqttBus(small.broker.address(sender), "late-rows")
+        small.group.stop(sender)  # its credential, now free: one session per user
+        forger = MqttBus(small.broker.address(sender))
         forger.start()
         try:
             for request in (program.request, "never-heard-of"):
@@ -230,7 +252,7 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
 def _a_program(small: LocalCluster, devices: list[str], ask: Callable[[], object]) -> tuple[str, ProgramMessage]:
     """A device of ``devices`` and the program it got for the request ``ask`` makes (read off
     the broker; with a small model the planner may give all the work to one of them)."""
-    spy = MqttBus(small.broker.address("watcher"), "program-spy")
+    spy = MqttBus(small.broker.add_user("watcher", f"program-spy-{uuid.uuid4().hex[:6]}"))
     for device in devices:
         spy.subscribe(DEVICE_TASKS.build(device=device))
     spy.start()
@@ -271,8 +293,10 @@ def test_a_device_killed_mid_inference(tmp_path: Path, references: References) -
 
 
 def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClient) -> None:
+    """Everything but the clients' own data: the watcher may not read requests or answers."""
+    watcher = cluster.broker.url("watcher")
     watch = subprocess.Popen(
-        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher"), "--duration", "20"],
+        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", watcher, "--duration", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -283,13 +307,14 @@ def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClien
         assert line, watch.stderr.read() if watch.stderr else "watch exited"
         seen.append(line)
     client.infer(load_input(SAMPLE_IMAGE, 64), "smallcnn", "edgeci", timeout=60)
-    while "response " not in (line := watch.stdout.readline()) and line:  # the watcher may lag the client
+    while "compute " not in (line := watch.stdout.readline()) and line:  # the watcher may lag the client
         seen.append(line)
     seen.append(line)
     watch.terminate()
     out = "".join(seen) + watch.communicate(timeout=60)[0]
-    for expected in ("ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "float32[1, ", "compute ", "response "):
+    for expected in ("ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "float32[1, ", "compute "):
         assert expected in out, expected
+    assert " request " not in out and " response " not in out
 
 
 def test_a_device_that_joins_is_used_from_the_next_plan(tmp_path: Path, references: References) -> None:
@@ -357,6 +382,8 @@ def test_infer_command_asks_the_cluster(
     cluster: LocalCluster, tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
 ) -> None:
     out_file = tmp_path / "logits.npy"
+    cluster.broker.add_user("client", "cli-user")
+    cli_user = cluster.broker.url("cli-user")
     result = subprocess.run(
         [
             sys.executable,
@@ -364,7 +391,7 @@ def test_infer_command_asks_the_cluster(
             "edgeci_mqtt",
             "infer",
             "--broker",
-            cluster.broker.url("client"),
+            cli_user,
             "--model",
             "smallcnn",
             "--size",

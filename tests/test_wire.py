@@ -13,12 +13,10 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.runtime.broker_config import acl_text
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,
-    CLIENT_RESPONSES,
     DEVICE_STATE,
     DEVICE_TASKS,
     MAX_PAYLOAD_BYTES,
@@ -45,7 +43,8 @@ from edgeci_mqtt.wire import (
     encode_array,
     frames,
 )
-from edgeci_mqtt.wire.topics import TOPICS, acl_lines
+from edgeci_mqtt.wire.access import AclRule, own_rules, shared_rules
+from edgeci_mqtt.wire.topics import TOPICS
 from tests.planning import flat_profile
 
 ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
@@ -220,7 +219,7 @@ def test_topics_are_built_parsed_and_filtered_from_one_declaration() -> None:
     assert AUCTION_BIDS.build(round="r1", device="dev-1") == "edgeci/v1/auctions/r1/bids/dev-1"
     assert AUCTION_BIDS.parse("edgeci/v1/auctions/r1/bids/dev-1") == {"round": "r1", "device": "dev-1"}
     assert AUCTION_BIDS.filter == "edgeci/v1/auctions/+/bids/+"
-    assert SHARED_REQUESTS == "$share/edgeci-orchestrators/edgeci/v1/infer/requests"
+    assert SHARED_REQUESTS == "$share/edgeci-orchestrators/edgeci/v1/infer/requests/+"
     for topic in ("edgeci/v1/auctions/r1/bids", "edgeci/v1/auctions/r1/bids/+", "edgeci/v2/auctions/r/bids/d"):
         assert AUCTION_BIDS.parse(topic) is None
     assert AUCTION_CALL.parse(AUCTION_BIDS.build(round="r", device="d")) is None
@@ -235,12 +234,33 @@ def test_topics_are_built_parsed_and_filtered_from_one_declaration() -> None:
         RESULTS.build(device="d")
 
 
-def test_the_acl_is_generated_from_the_topic_declarations() -> None:
-    text = acl_text()
-    assert "pattern write edgeci/v1/devices/%u/state" in acl_lines("device")
-    assert "pattern write edgeci/v1/auctions/+/bids/%u" in acl_lines("device")
-    assert "pattern read edgeci/v1/clients/%c/responses" in acl_lines("client")
-    assert acl_lines("orchestrator")[-1] == f"topic read {SHARED_REQUESTS}"
-    for role in ("device", "orchestrator", "client"):
-        assert all(line in text for line in acl_lines(role))
-    assert CLIENT_RESPONSES.filter.replace("+", "%c") in text
+def test_the_roles_are_generated_from_the_topic_declarations() -> None:
+    """Grants on a user's own id go to its own role, with its name in the topic; the others
+    to the shared role with ``+``; nothing outside the declarations is granted."""
+    device = own_rules("device", "dev-7")
+    assert AclRule("publishClientSend", "edgeci/v1/devices/dev-7/state") in device
+    assert AclRule("publishClientSend", "edgeci/v1/auctions/+/bids/dev-7") in device
+    assert AclRule("publishClientSend", "edgeci/v1/devices/+/rows/dev-7") in device
+    assert AclRule("subscribePattern", "edgeci/v1/devices/dev-7/rows/+") in device
+    assert AclRule("publishClientReceive", "edgeci/v1/devices/dev-7/tasks") in device
+    assert all("dev-7" in rule.topic for rule in device)
+    assert AclRule("publishClientSend", "edgeci/v1/orchestrators/+/results") in shared_rules("device")
+    assert not any("devices/" in rule.topic for rule in shared_rules("device"))
+    client = own_rules("client", "alice")
+    assert set(client) == {
+        AclRule("publishClientSend", "edgeci/v1/infer/requests/alice"),
+        AclRule("subscribePattern", "edgeci/v1/clients/alice/responses"),
+        AclRule("publishClientReceive", "edgeci/v1/clients/alice/responses"),
+    }
+    assert shared_rules("client") == ()
+    orchestrator = shared_rules("orchestrator")
+    assert AclRule("subscribeLiteral", SHARED_REQUESTS) in orchestrator
+    assert not any(r.kind == "subscribePattern" and "infer" in r.topic for r in orchestrator)  # only via $share
+    assert own_rules("orchestrator", "o1") == (
+        AclRule("subscribePattern", RESULTS.build(orchestrator="o1")),
+        AclRule("publishClientReceive", RESULTS.build(orchestrator="o1")),
+    )
+    denied = {r.topic for r in shared_rules("watcher") if not r.allow}
+    assert {"$share/#", "$CONTROL/#", "edgeci/v1/clients/#", "edgeci/v1/infer/#"} <= denied
+    with pytest.raises(WireError):
+        own_rules("device", "dev/+")

@@ -18,6 +18,7 @@ import pytest
 
 from edgeci_mqtt.emulation.network import CgroupRoot, down, up
 from edgeci_mqtt.emulation.processes import emulated_run
+from edgeci_mqtt.runtime.broker_config import write_broker_config
 from edgeci_mqtt.runtime.launch import BrokerProcess
 
 TIERS = ("pure", "broker", "emulated")
@@ -25,6 +26,7 @@ TIERS = ("pure", "broker", "emulated")
 
 ENTRY_POINTS: dict[object, str] = {
     BrokerProcess: "broker",
+    write_broker_config: "broker",  # it creates the users through a short-lived Mosquitto
     inspect.unwrap(emulated_run): "emulated",
     CgroupRoot: "emulated",
     up: "emulated",

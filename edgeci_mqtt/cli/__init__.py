@@ -18,6 +18,7 @@ from edgeci_mqtt.cli import (
     orchestrator_cmd,
     plan_cmd,
     profile_cmd,
+    provision_cmd,
     simulate_cmd,
     watch_cmd,
 )
@@ -34,6 +35,7 @@ _COMMANDS = (
     plan_cmd,
     simulate_cmd,
     broker_cmd,
+    provision_cmd,
     device_cmd,
     orchestrator_cmd,
     watch_cmd,

@@ -1,11 +1,13 @@
-"""``edgeci broker-config``: Mosquitto configuration, ACL and credentials for N devices."""
+"""``edgeci broker-config``: Mosquitto configuration, roles and one credentials file per user."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from edgeci_mqtt.runtime.broker_config import ROLE_USERS, write_broker_config
+from edgeci_mqtt.runtime.broker_config import credentials_path, write_broker_config
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER
+from edgeci_mqtt.wire.topics import Role
 
 __all__ = ["register", "run"]
 
@@ -13,31 +15,50 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "broker-config",
-        help="write a Mosquitto config, ACL and credentials",
-        description="Write mosquitto.conf, acl, passwd and credentials.yaml for devices dev-1..dev-N "
-        f"(or --device names) and the {', '.join(ROLE_USERS)} roles.",
+        help="write a Mosquitto config with its users and roles",
+        description="Write mosquitto.conf and the Dynamic Security plugin's file (dynamic-security.json) with "
+        "the device, orchestrator, client and watcher roles and a user for each device dev-1..dev-N (or --device "
+        "names), orchestrator, client and watcher; each user's secret goes to credentials/<user>.yaml (0600), "
+        "the admin's (for 'edgeci provision') to credentials/edgeci-admin.yaml. Needs mosquitto and mosquitto_ctrl: "
+        "Mosquitto itself hashes the passwords.",
     )
     parser.add_argument("--out", type=Path, default=Path("broker"), help="output directory (default broker/)")
     parser.add_argument("--devices", type=int, default=4, help="number of devices dev-1..dev-N (default 4)")
     parser.add_argument("--device", action="append", help="device id (repeatable; overrides --devices)")
+    parser.add_argument("--orchestrator", action="append", help="orchestrator user (repeatable; default orchestrator)")
+    parser.add_argument("--client", action="append", help="client user (repeatable; default client)")
+    parser.add_argument("--watcher", action="append", help="watcher user (repeatable; default watcher)")
     parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--bind", default="", help="the listener's address (default: every interface)")
     parser.add_argument("--config-dir", help="where the broker will see these files (e.g. /mosquitto/config)")
-    parser.add_argument("--no-passwords", action="store_true", help="write only mosquitto.conf and acl")
-    parser.add_argument(
-        "--force", action="store_true", help="replace an existing passwd and credentials.yaml (every password)"
-    )
+    parser.add_argument("--plugin", default="", help="path of mosquitto_dynamic_security.so as the broker sees it")
+    parser.add_argument("--no-passwords", action="store_true", help="write only mosquitto.conf")
+    parser.add_argument("--force", action="store_true", help="replace existing users and credentials (every password)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    devices = args.device or [f"dev-{i}" for i in range(1, args.devices + 1)]
+    users: dict[str, Role] = {}
+    for role, names in (
+        ("device", args.device or [f"dev-{i}" for i in range(1, args.devices + 1)]),
+        ("orchestrator", args.orchestrator or ["orchestrator"]),
+        ("client", args.client or ["client"]),
+        ("watcher", args.watcher or ["watcher"]),
+    ):
+        users.update(dict.fromkeys(names, role))
     creds = write_broker_config(
-        args.out, devices, port=args.port, config_dir=args.config_dir, passwords=not args.no_passwords, force=args.force
+        args.out,
+        users,
+        port=args.port,
+        bind=args.bind,
+        config_dir=args.config_dir,
+        passwords=not args.no_passwords,
+        force=args.force,
+        plugin=args.plugin,
     )
-    print(f"wrote {args.out}/mosquitto.conf and {args.out}/acl")
+    print(f"wrote {args.out}/mosquitto.conf")
     if creds.passwords:
-        print(
-            f"wrote {args.out}/passwd and {args.out}/credentials.yaml (keep it secret) for "
-            f"{len(devices)} devices and {', '.join(ROLE_USERS)}"
-        )
+        print(f"wrote {args.out}/dynamic-security.json with {len(users)} users and their roles")
+        print(f"wrote one secret per user in {credentials_path(args.out, '*')} (0600): hand each process its own")
+        print(f"the admin's, for 'edgeci provision', is {credentials_path(args.out, ADMIN_USER)}")
     return 0

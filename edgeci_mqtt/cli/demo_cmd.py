@@ -52,7 +52,7 @@ def wait_for_devices(
         if dead and group is not None:
             raise EdgeCIError(f"{', '.join(dead)} exited: {group.log_text(dead[0])[-800:]}")
 
-    watcher = MqttBus(broker.address("watcher"), "edgeci-demo-watcher")
+    watcher = MqttBus(broker.address("watcher"))
     online = device_states(watcher, lambda states: names <= states.keys(), timeout, check)
     if not names <= online.keys():
         raise EdgeCIError(f"devices {', '.join(sorted(names - online.keys()))} did not come online")
@@ -69,21 +69,19 @@ def run(args: argparse.Namespace) -> int:
     group = ProcessGroup(workdir)
     try:
         for name in devices:
-            group.start(name, "device", "--broker", broker.url(name), "--id", name, "--models", ",".join(models))
+            group.start(name, "device", "--broker", broker.url(name), "--models", ",".join(models))
         group.start(
             "orchestrator",
             "orchestrator",
             "--broker",
             broker.url("orchestrator"),
-            "--id",
-            "demo",
             *(a for m in models for a in ("--model", m)),
         )
         wait_for_devices(broker, set(devices), group=group)
         group.wait_for_log("orchestrator", "ready")
         time.sleep(0.5)
         rows = []
-        with EdgeCIClient(broker.address("client"), client_id="edgeci-demo-client") as client:
+        with EdgeCIClient(broker.address("client")) as client:
             for model in models:
                 chain = load_chain(model)
                 x = load_input(args.input)

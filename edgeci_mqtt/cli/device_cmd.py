@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "until SIGTERM/SIGINT (then announce it offline). Options override the --config YAML file.",
     )
     add_broker(parser, required=False)
-    parser.add_argument("--id", help="device id (its broker user name; letters, digits, '-', '_')")
+    parser.add_argument("--id", help="device id: its broker user name (default: the user of --credentials)")
     parser.add_argument(
         "--config",
         type=Path,
@@ -111,18 +111,21 @@ def run(args: argparse.Namespace) -> int:
         "calibrate",
     )
     config = merged(args, keys)
-    if not config.get("id") or not config.get("broker"):
-        raise EdgeCIError("a device needs --id and --broker (or id and broker in --config)")
+    if not config.get("broker"):
+        raise EdgeCIError("a device needs --broker (or broker in --config)")
     args.broker = config["broker"]
     args.credentials = Path(config["credentials"]) if config.get("credentials") else None
+    address = broker_address(args, config.get("id"))
+    if config.get("id") and config["id"] != address.username:
+        raise EdgeCIError(f"device id {config['id']!r} is not its broker user {address.username!r}")
     models = config.get("models") or ",".join(MODEL_NAMES)
     specs = models.split(",") if isinstance(models, str) else list(models)
     fetch = bool(config.get("fetch_weights", False))
     store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
-    device, threads = config["id"], int(config.get("threads", 1))
-    bus = MqttBus(broker_address(args, device), f"edgeci-device-{device}", ca_file=args.ca_file)
+    device, threads = str(address.username), int(config.get("threads", 1))
+    bus = MqttBus(address, ca_file=args.ca_file)
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
     memory = config.get("tail_memory_mb")

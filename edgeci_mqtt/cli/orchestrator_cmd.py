@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import uuid
 from pathlib import Path
 
 import torch
@@ -29,7 +28,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "gather and stitch results, run the tail and answer inference requests.",
     )
     add_broker(parser)
-    parser.add_argument("--id", default=None, help="orchestrator id (default: random)")
     parser.add_argument(
         "--model",
         action="append",
@@ -51,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None and len(specs) == 1 and "=" not in specs[0]:
         specs = [f"{specs[0]}={args.weights}"]
     store = ModelStore(parse_model_specs(specs), args.seed)
-    oid = args.id or uuid.uuid4().hex[:8]
+    address = broker_address(args)  # its user name is its id
     torch.set_num_threads(args.threads)
     orchestrator = Orchestrator(
-        oid,
-        MqttBus(broker_address(args, "orchestrator"), f"edgeci-orchestrator-{oid}", ca_file=args.ca_file),
+        str(address.username),
+        MqttBus(address, ca_file=args.ca_file),
         store,
         measure_profile(args.threads),
         args.strategy,

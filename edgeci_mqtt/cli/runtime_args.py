@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
 from edgeci_mqtt.runtime.transport import BrokerAddress
 
@@ -17,17 +18,26 @@ def add_broker(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--credentials",
         type=Path,
-        help="credentials.yaml from 'edgeci broker-config' (or set EDGECI_USERNAME/EDGECI_PASSWORD)",
+        help="this process's credentials file from 'edgeci broker-config' or 'edgeci provision add' "
+        "(or set EDGECI_USERNAME/EDGECI_PASSWORD)",
     )
     parser.add_argument("--ca-file", help="CA certificate for mqtts://")
 
 
-def broker_address(args: argparse.Namespace, user: str) -> BrokerAddress:
-    """The broker address with a login: from the URL, the credentials file, or the environment."""
+def broker_address(args: argparse.Namespace, user: str | None = None) -> BrokerAddress:
+    """The broker address with a login: from the URL, the credentials file (its only user,
+    or ``user``), or the environment. The user name is also the session's client id."""
     address = BrokerAddress.parse(args.broker)
     if address.username and address.password:
         return address
     if args.credentials is not None:
-        password = Credentials.load(args.credentials).passwords.get(user)
-        return address.with_login(user, password)
-    return address.with_login(os.environ.get("EDGECI_USERNAME", user), os.environ.get("EDGECI_PASSWORD"))
+        passwords = Credentials.load(args.credentials).passwords
+        if user is None and len(passwords) == 1:
+            user = next(iter(passwords))
+        if user not in passwords:
+            raise EdgeCIError(f"{args.credentials} holds no password for {user or 'one user'}")
+        return address.with_login(user, passwords[user])
+    user = os.environ.get("EDGECI_USERNAME", user or address.username or "")
+    if not user:
+        raise EdgeCIError("no broker user: give one in --broker, --credentials or EDGECI_USERNAME")
+    return address.with_login(user, os.environ.get("EDGECI_PASSWORD"))

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bus = MqttBus(broker_address(args, "watcher"), f"edgeci-watch-{int(time.time())}", ca_file=args.ca_file)
+    bus = MqttBus(broker_address(args, "watcher"), ca_file=args.ca_file)
     bus.subscribe("#", qos=0)
     bus.start()
     view, stop = TrafficView(), stop_on_signals()

@@ -51,7 +51,13 @@ def emulated_run(
     broker = None
     try:
         broker = BrokerProcess(
-            workdir / "broker", names, port=BROKER_PORT, bind="0.0.0.0", wrap=lambda cmd: [*_hub(cluster), *cmd]
+            workdir / "broker",
+            names,
+            port=BROKER_PORT,
+            bind="0.0.0.0",
+            wrap=lambda cmd: [*_hub(cluster), *cmd],
+            orchestrators=(prefix,),
+            clients=("client", "stream"),
         )
         for index, device in enumerate(spec.devices):
             relay = [
@@ -71,8 +77,6 @@ def emulated_run(
                 "device",
                 "--broker",
                 broker.url(device.name, "127.0.0.1", RELAY_PORT),
-                "--id",
-                device.name,
                 "--models",
                 models,
                 wrap=partial(_inside, cluster, index),
@@ -81,9 +85,7 @@ def emulated_run(
             "orchestrator",
             "orchestrator",
             "--broker",
-            broker.url("orchestrator", cluster.hub_address),
-            "--id",
-            prefix,
+            broker.url(prefix, cluster.hub_address),
             "--strategy",
             strategy,
             "--broker-mbit",

@@ -40,7 +40,11 @@ class Connected:
 
 @dataclass(frozen=True)
 class Disconnected:
+    """The session ended; ``final``: it will not come back (another connection took its
+    client id over), so :func:`events_until` raises instead of waiting."""
+
     reason: str
+    final: bool = False
 
 
 Event = Inbound | Connected | Disconnected
@@ -90,7 +94,8 @@ def checked_frames(topic: str, payload: bytes, retain: bool) -> list[bytes]:
 def events_until(
     bus: Bus, stop: threading.Event | None = None, deadline: float | None = None, poll_s: float = 0.2
 ) -> Iterator[Event]:
-    """The bus's events until ``stop`` is set or ``deadline`` (a ``perf_counter`` time) passes."""
+    """The bus's events until ``stop`` is set or ``deadline`` (a ``perf_counter`` time) passes;
+    :class:`TransportError` once the session is over for good."""
     while not (stop is not None and stop.is_set()):
         wait = poll_s
         if deadline is not None:
@@ -98,6 +103,10 @@ def events_until(
             if wait <= 0:
                 return
         try:
-            yield bus.events.get(timeout=wait)
+            event = bus.events.get(timeout=wait)
         except queue.Empty:
             continue
+        if isinstance(event, Disconnected) and event.final:
+            bus.events.put(event)  # every later reader learns it too
+            raise TransportError(f"{bus.client_id}: {event.reason}")
+        yield event

@@ -1,12 +1,16 @@
 """The client API: ``EdgeCIClient(broker).infer(image)`` -> scores.
 
-Requests go to the orchestrators' shared subscription with an MQTT v5 response topic
-of this client's own and a correlation id; the answer is matched by that id.
+Requests go on this client's own request topic (the orchestrators read it through their
+shared subscription) with an MQTT v5 response topic of its own and a correlation id; the
+answer is matched by that id. The broker lets a client write only its own request topic
+and read only its own responses, and binds its client id to its user name.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.errors import InferenceError, WireError
+from edgeci_mqtt.errors import InferenceError, TransportError, WireError
 from edgeci_mqtt.imaging import check_image, load_input
-from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
+from edgeci_mqtt.runtime.bus import Bus, Disconnected, Inbound, events_until
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
@@ -27,6 +31,7 @@ from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     InferRequest,
     InferResponse,
+    Message,
     Reassembler,
     encode,
 )
@@ -51,29 +56,66 @@ class InferenceResult:
 class EdgeCIClient:
     """A session with the cluster's broker; use as a context manager.
 
-    ``broker`` is a URL (``mqtt://user:password@host:port``), a :class:`BrokerAddress`,
-    or any :class:`~edgeci_mqtt.runtime.bus.Bus` (whose client id then names the
-    response topic).
+    ``broker`` is a URL (``mqtt://user:password@host:port``), a :class:`BrokerAddress`
+    (the user name is the client id), or any :class:`~edgeci_mqtt.runtime.bus.Bus` (whose
+    client id then names the request and response topics). One client is one session:
+    concurrent ``infer`` calls from several threads share it.
     """
 
-    def __init__(
-        self, broker: Bus | BrokerAddress | str, client_id: str | None = None, ca_file: str | None = None
-    ) -> None:
+    def __init__(self, broker: Bus | BrokerAddress | str, ca_file: str | None = None) -> None:
         if isinstance(broker, str | BrokerAddress):
             address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker
-            broker = MqttBus(address, client_id or f"client-{uuid.uuid4().hex[:8]}", ca_file=ca_file)
+            broker = MqttBus(address, ca_file=ca_file)
         self.bus: Bus = broker
         self.client_id = broker.client_id
+        self.requests = INFER_REQUESTS.build(client=self.client_id)
         self.responses = CLIENT_RESPONSES.build(client=self.client_id)
         self.bus.subscribe(self.responses)
         self._reassembler = Reassembler()
+        self._waiting: dict[bytes, queue.Queue[Message | InferenceError]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._router = threading.Thread(target=self._route, name=f"{self.client_id}-responses", daemon=True)
 
     def __enter__(self) -> EdgeCIClient:
         self.bus.start()
+        self._router.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._router.join(timeout=2)
         self.bus.stop()
+
+    def _route(self) -> None:
+        """One reader of the session: each answer goes to the call waiting for its
+        correlation id; a lost session fails every call in flight at once (an answer
+        published while the session was down is gone, so waiting could only time out)."""
+        try:
+            for event in events_until(self.bus, self._stop):
+                if isinstance(event, Disconnected):
+                    self._fail_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
+                    continue
+                if not isinstance(event, Inbound) or event.correlation is None:
+                    continue
+                with self._lock:
+                    waiter = self._waiting.get(event.correlation)
+                if waiter is None:
+                    continue  # an answer nobody waits for (any more)
+                try:
+                    message = self._reassembler.feed(event.topic, event.payload)
+                except WireError as exc:
+                    waiter.put(InferenceError(f"malformed response: {exc}"))
+                    continue
+                if message is not None:
+                    waiter.put(message)
+        except TransportError as exc:  # the session is over for good
+            self._fail_all(InferenceError(str(exc)))
+
+    def _fail_all(self, error: InferenceError) -> None:
+        with self._lock:
+            for waiter in self._waiting.values():
+                waiter.put(error)
 
     def infer(
         self,
@@ -101,29 +143,33 @@ class EdgeCIClient:
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
         correlation = request_id.encode()
-        self.bus.publish(INFER_REQUESTS.filter, payload, response_topic=self.responses, correlation=correlation)
-        for event in events_until(self.bus, deadline=started + timeout):
-            if not isinstance(event, Inbound) or event.correlation != correlation:
-                continue
-            try:
-                response = self._reassembler.feed(event.topic, event.payload)
-            except WireError as exc:
-                raise InferenceError(f"malformed response: {exc}") from exc
-            if response is None:
-                continue
-            if not isinstance(response, InferResponse):
-                raise InferenceError(f"unexpected {response.kind} message as a response")
-            if response.error:
-                raise InferenceError(response.error)
-            if response.logits is None or response.logits.dtype != np.float32:
-                raise InferenceError("the response carries no float32 scores")
-            return InferenceResult(
-                torch.from_numpy(response.logits),
-                time.perf_counter() - started,
-                response.orchestrator,
-                response.strategy,
-                list(response.devices),
-                dict(response.timings),
-                response.timeline if trace else (),
-            )
-        raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)")
+        answers: queue.Queue[Message | InferenceError] = queue.Queue()
+        with self._lock:
+            self._waiting[correlation] = answers
+        try:
+            self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
+            response = answers.get(timeout=timeout)
+        except queue.Empty:
+            raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)") from None
+        except TransportError as exc:
+            raise InferenceError(str(exc)) from exc
+        finally:
+            with self._lock:
+                del self._waiting[correlation]
+        if isinstance(response, InferenceError):
+            raise response
+        if not isinstance(response, InferResponse):
+            raise InferenceError(f"unexpected {response.kind} message as a response")
+        if response.error:
+            raise InferenceError(response.error)
+        if response.logits is None or response.logits.dtype != np.float32:
+            raise InferenceError("the response carries no float32 scores")
+        return InferenceResult(
+            torch.from_numpy(response.logits),
+            time.perf_counter() - started,
+            response.orchestrator,
+            response.strategy,
+            list(response.devices),
+            dict(response.timings),
+            response.timeline if trace else (),
+        )

@@ -9,86 +9,65 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials, write_broker_config
-from edgeci_mqtt.runtime.transport import BrokerAddress
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin
+from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.wire.topics import Role
 
-__all__ = ["BrokerProcess", "ProcessGroup", "free_port", "mosquitto_binary"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
-    if found is None:
-        raise EdgeCIError("mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)")
-    return found
+__all__ = ["BrokerProcess", "ProcessGroup", "free_port"]
 
 
 class BrokerProcess:
-    """A private Mosquitto with the project's configuration, ACL and fresh credentials."""
+    """A private Mosquitto with the project's configuration, roles and fresh credentials:
+    a user for each device, orchestrator, client and watcher named here (more with
+    :meth:`add_user` while it runs)."""
 
     def __init__(
         self,
         workdir: Path,
-        devices: list[str],
+        devices: Sequence[str],
         port: int | None = None,
         bind: str = "127.0.0.1",
         wrap: Callable[[list[str]], list[str]] | None = None,
+        orchestrators: Sequence[str] = ("orchestrator",),
+        clients: Sequence[str] = ("client",),
+        watchers: Sequence[str] = ("watcher",),
     ) -> None:
         """``wrap`` runs the broker elsewhere (a network namespace); readiness is then probed
         from there too."""
         self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
+        roles: tuple[tuple[Role, Sequence[str]], ...] = (
+            ("device", devices),
+            ("orchestrator", orchestrators),
+            ("client", clients),
+            ("watcher", watchers),
+        )
+        users = {name: role for role, names in roles for name in names}
         self.credentials: Credentials = write_broker_config(  # a private broker: fresh credentials every time
-            workdir, devices, port=self.port, bind=bind, run_as=getpass.getuser(), force=True
+            workdir, users, port=self.port, bind=bind, run_as=getpass.getuser(), force=True
         )
         self.log_path = workdir / "mosquitto.log"
         self._log: IO[bytes] = self.log_path.open("ab")
         self._launch()
 
     def _launch(self) -> None:
-        command = [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")]
-        self.process = subprocess.Popen(
-            self.wrap(command) if self.wrap else command, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise EdgeCIError(f"mosquitto exited: {self.log_path.read_text()[-500:]}")
-            if self._listening():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise EdgeCIError("mosquitto did not start listening within 10 s")
-
-    def _listening(self) -> bool:
         host = "127.0.0.1" if self.bind in ("", "0.0.0.0") else self.bind
-        if self.wrap is None:
-            try:
-                socket.create_connection((host, self.port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        probe = [sys.executable, "-c", f"import socket; socket.create_connection(({host!r}, {self.port}), 0.2)"]
-        return subprocess.run(self.wrap(probe), capture_output=True).returncode == 0
+        self.mosquitto = MosquittoProcess(self.workdir / "mosquitto.conf", self._log, host, self.port, self.wrap)
+        self.process = self.mosquitto.process
 
     def restart(self) -> None:
-        """Stop and start the same broker (same port, credentials and persisted retained state)."""
-        self._halt()
+        """Stop and start the same broker (same port, users and persisted retained state)."""
+        self.mosquitto.stop()
         self._launch()
 
     def url(self, user: str, host: str | None = None, port: int | None = None) -> str:
@@ -97,17 +76,24 @@ class BrokerProcess:
     def address(self, user: str) -> BrokerAddress:
         return BrokerAddress.parse(self.url(user))
 
-    def _halt(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def admin(self) -> DynsecAdmin:
+        """A Dynamic Security session as the admin (stop its ``bus`` when done)."""
+        bus = MqttBus(self.address(ADMIN_USER))
+        admin = DynsecAdmin(bus)
+        bus.start()
+        return admin
+
+    def add_user(self, role: Role, name: str) -> BrokerAddress:
+        """A new user while the broker runs (as ``edgeci provision add`` does); its address."""
+        admin = self.admin()
+        try:
+            self.credentials.passwords[name] = admin.add_user(role, name)
+        finally:
+            admin.bus.stop()
+        return self.address(name)
 
     def stop(self) -> None:
-        self._halt()
+        self.mosquitto.stop()
         self._log.close()
 
 

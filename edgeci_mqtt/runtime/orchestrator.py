@@ -222,7 +222,8 @@ class Orchestrator:
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
         try:
-            if event.topic == INFER_REQUESTS.filter:  # a request fits one frame: a chunk there is hostile
+            asker = INFER_REQUESTS.parse(event.topic)
+            if asker is not None:  # a request fits one frame: a chunk there is hostile
                 message: Message | None = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
                 if message is None or isinstance(message, Chunk):
                     raise WireError("a request must fit in one frame")
@@ -244,9 +245,10 @@ class Orchestrator:
                 and event.topic == self.results_topic
             ):
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
-            elif isinstance(message, InferRequest) and event.topic == INFER_REQUESTS.filter:
-                if not event.response_topic or CLIENT_RESPONSES.parse(event.response_topic) is None:
-                    raise WireError(f"request {message.request} has no client response topic")
+            elif isinstance(message, InferRequest) and asker is not None:
+                own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
+                if event.response_topic != own:
+                    raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
                 self.requests.put(_Request(message, event.response_topic, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")

@@ -4,8 +4,10 @@ paho's callbacks run on its network thread; here they only put small values
 (:class:`Inbound`, :class:`Connected`, :class:`Disconnected`) on a queue, so model
 code never runs on the network thread and the rest of the project never sees a paho
 type. MQTT v5, ``CallbackAPIVersion.VERSION2``, automatic reconnection with back-off
-and re-subscription. Every publish is checked against the size limit first and split
-into chunk frames when needed.
+and re-subscription, except after a refusal (bad login, id not allowed) or a takeover
+(another connection used this client id): those end the session with a clear error
+rather than a reconnection loop that would take the id back and forth. Every publish is
+checked against the size limit first and split into chunk frames when needed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -31,6 +34,12 @@ from edgeci_mqtt.wire import CONTENT_TYPE
 __all__ = ["BrokerAddress", "MqttBus"]
 
 log = logging.getLogger(__name__)
+
+_SESSION_TAKEN_OVER = 0x8E
+_SHORT_SESSION_S, _TAKEOVERS = 5.0, 3
+"""A session cut within 5 s of starting, three times in a row, is taken to be a takeover loop."""
+_REFUSED_FOR_GOOD = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+"""CONNACK codes a retry cannot change: protocol, client id, login, not authorised, banned, auth method."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +76,19 @@ class BrokerAddress:
 class MqttBus:
     """One MQTT v5 session with a real broker. Read :attr:`events`; call :meth:`publish` from any thread."""
 
-    def __init__(self, address: BrokerAddress, client_id: str, ca_file: str | None = None) -> None:
+    def __init__(self, address: BrokerAddress, client_id: str | None = None, ca_file: str | None = None) -> None:
+        """``client_id`` defaults to the user name: the broker binds every user to a client id of its name."""
+        client_id = client_id or address.username
+        if not client_id:
+            raise TransportError(f"a session with {address} needs a user name or a client id")
         self.address, self.client_id = address, client_id
         self.events: queue.Queue[Event] = queue.Queue()
         self.connected = threading.Event()
+        self._settled = threading.Event()  # connected, or refused for good
         self._filters: dict[str, int] = {}
         self._lock = threading.Lock()
         self._refused: str | None = None
+        self._session_started, self._short_sessions = 0.0, 0
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if address.username:
             self._client.username_pw_set(address.username, address.password)
@@ -93,20 +108,50 @@ class MqttBus:
         if isinstance(sock, socket.socket):  # paho leaves Nagle on: small messages would wait ~40 ms
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if getattr(reason, "is_failure", False):
-            self._refused = str(reason)
-            log.error("%s: broker %s refused the connection: %s", self.client_id, self.address, reason)
+            why = f"broker {self.address} refused the connection: {reason}"
+            if getattr(reason, "value", None) in _REFUSED_FOR_GOOD:
+                self._end(client, why)
+            else:  # busy, unavailable, ...: paho retries
+                self._refused = why
+                log.warning("%s: %s", self.client_id, why)
             return
         with self._lock:  # a subscribe() meanwhile is either in this list or sees connected set
             for topic, qos in self._filters.items():
                 client.subscribe(topic, options=SubscribeOptions(qos=qos))
             self.connected.set()
+        self._session_started = time.monotonic()
+        self._settled.set()
         self.events.put(Connected())
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         self.connected.clear()
-        self.events.put(Disconnected(str(reason)))
+        code = getattr(reason, "value", None)
+        if code == 0:  # our own stop()
+            return
+        # Mosquitto 2.0 closes a taken-over session without telling why, so a takeover
+        # shows as sessions cut short one after another, each connection kicking the other.
+        short = time.monotonic() - self._session_started < _SHORT_SESSION_S
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        if code == _SESSION_TAKEN_OVER or self._short_sessions >= _TAKEOVERS:
+            self._end(
+                client,
+                f"another connection keeps logging in with client id {self.client_id!r} and taking this session "
+                "over (each process needs a credential of its own)",
+            )
+        else:
+            self.events.put(Disconnected(str(reason)))
+
+    def _end(self, client: paho.Client, why: str) -> None:
+        """No reconnection: the same login would be refused again, or would take the id back."""
+        self._refused = why
+        log.error("%s: %s", self.client_id, why)
+        # paho's own thread cannot stop itself (its reconnect state is set after this callback):
+        # another thread ends its loop, which checks before each retry.
+        threading.Thread(target=client.loop_stop, name=f"{self.client_id}-end", daemon=True).start()
+        self._settled.set()
+        self.events.put(Disconnected(why, final=True))
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         props = message.properties
@@ -134,8 +179,9 @@ class MqttBus:
         """Connect (in the background, retrying) and wait up to ``timeout`` for the first session."""
         self._client.connect_async(self.address.host, self.address.port, keepalive=15)
         self._client.loop_start()
-        if not self.connected.wait(timeout):
-            reason = self._refused or "no answer"
+        self._settled.wait(timeout)  # a refusal ends the wait at once
+        if not self.connected.is_set():
+            reason = self._refused or f"no answer within {timeout:.0f} s"
             self.stop()
             raise TransportError(f"{self.client_id}: cannot connect to {self.address}: {reason}")
 

@@ -4,8 +4,8 @@ Each :class:`TopicPattern` names its id segments (``{device}``, ``{round}``, ...
 may read or write it (:class:`Grant`). The builders refuse ids that cannot be a topic
 segment, :meth:`TopicPattern.parse` gives a received topic's ids back (so a receiver
 checks that a message's sender field agrees with the topic it came on), and the broker's
-ACL is generated from the grants (:func:`acl_lines`), so the tree and its access rules
-cannot drift apart.
+broker's roles are generated from the grants (:mod:`edgeci_mqtt.wire.access`), so the
+tree and its access rules cannot drift apart.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "INFER_REQUESTS",
     "ORCHESTRATORS_SHARE",
     "RESULTS",
+    "ROLES",
     "ROOT",
     "SCHEMA_VERSION",
     "SHARED_REQUESTS",
@@ -36,7 +37,6 @@ __all__ = [
     "Grant",
     "Role",
     "TopicPattern",
-    "acl_lines",
     "check_segment",
 ]
 
@@ -45,7 +45,8 @@ ROOT = f"edgeci/v{SCHEMA_VERSION}"
 EVERYTHING = f"{ROOT}/#"
 ORCHESTRATORS_SHARE = "edgeci-orchestrators"
 
-Role = Literal["device", "orchestrator", "client"]
+Role = Literal["device", "orchestrator", "client", "watcher"]
+ROLES: tuple[Role, ...] = ("device", "orchestrator", "client", "watcher")
 Access = Literal["read", "write", "readwrite"]
 
 _MAX_SEGMENT = 128
@@ -69,12 +70,13 @@ def check_segment(value: str, what: str = "id") -> str:
 @dataclass(frozen=True)
 class Grant:
     """``role`` may ``access`` the topic; ``own`` names the id segment that must be the
-    user's own name (``%u``) or, with ``by_client_id``, its client id (``%c``)."""
+    user's own name (every user's client id is bound to its name, so this is also the
+    client id). ``shared``: read only through the orchestrators' shared subscription."""
 
     role: Role
     access: Access
     own: str = ""
-    by_client_id: bool = False
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,11 @@ class TopicPattern:
                     return None
         return ids
 
-    def acl_filter(self, grant: Grant) -> str:
-        """The ACL line's topic: the granted id as ``%u``/``%c``, the other ids as ``+``."""
-
-        def segment(match: re.Match[str]) -> str:
-            if match.group(1) == grant.own:
-                return "%c" if grant.by_client_id else "%u"
-            return "+"
-
-        return f"{ROOT}/{_PLACEHOLDER.sub(segment, self.template)}"
+    def granted_filter(self, grant: Grant, user: str) -> str:
+        """The topic filter ``grant`` opens to ``user``: its own id segment as ``user``, the others ``+``."""
+        return f"{ROOT}/" + _PLACEHOLDER.sub(
+            lambda m: check_segment(user, m.group(1)) if m.group(1) == grant.own else "+", self.template
+        )
 
 
 DEVICE_STATE = TopicPattern(
@@ -162,15 +160,20 @@ AUCTION_BIDS = TopicPattern(
 AUCTION_AWARD = TopicPattern("auctions/{round}/award", (Grant("device", "read"), Grant("orchestrator", "write")))
 RESULTS = TopicPattern(
     "orchestrators/{orchestrator}/results",
-    (Grant("device", "write"), Grant("orchestrator", "read")),
+    (Grant("device", "write"), Grant("orchestrator", "read", own="orchestrator")),
 )
 """Output tiles (or errors) for one orchestrator."""
-INFER_REQUESTS = TopicPattern("infer/requests", (Grant("client", "write"), Grant("orchestrator", "read")))
-"""Read by the orchestrators through :data:`SHARED_REQUESTS` (Mosquitto checks both the
-``$share`` filter at subscribe and the plain topic at delivery)."""
+INFER_REQUESTS = TopicPattern(
+    "infer/requests/{client}",
+    (Grant("client", "write", own="client"), Grant("orchestrator", "read", shared=True)),
+)
+"""A client's requests, under its own name: the broker proves who asked, so the answer
+may go only to that client's :data:`CLIENT_RESPONSES`. Read by the orchestrators through
+:data:`SHARED_REQUESTS` (Mosquitto checks the ``$share`` filter at subscribe and the plain
+topic at delivery)."""
 CLIENT_RESPONSES = TopicPattern(
     "clients/{client}/responses",
-    (Grant("client", "read", own="client", by_client_id=True), Grant("orchestrator", "write")),
+    (Grant("client", "read", own="client"), Grant("orchestrator", "write")),
 )
 SHARED_REQUESTS = f"$share/{ORCHESTRATORS_SHARE}/{INFER_REQUESTS.filter}"
 
@@ -186,22 +189,3 @@ TOPICS: tuple[TopicPattern, ...] = (
     INFER_REQUESTS,
     CLIENT_RESPONSES,
 )
-
-
-def acl_lines(role: Role) -> list[str]:
-    """Mosquitto ACL lines granting ``role`` what the declarations say.
-
-    Every device has a user of its own (its id), so the device role's grants are
-    ``pattern`` lines (Mosquitto applies them to every user; ``%u`` pins a topic to the
-    user's own id). The other roles are one user each: ``topic`` lines, except a grant
-    bound to the client id, which only a ``pattern`` can express.
-    """
-    lines = []
-    for topic in TOPICS:
-        for grant in topic.grants:
-            if grant.role == role:
-                kind = "pattern" if role == "device" or grant.own else "topic"
-                lines.append(f"{kind} {grant.access} {topic.acl_filter(grant)}")
-    if role == "orchestrator":
-        lines.append(f"topic read {SHARED_REQUESTS}")
-    return lines
