@@ -13,8 +13,9 @@ TORCH_PIN=${EDGECI_TORCH:-torch==2.13.0}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "setup: installing mosquitto from apt" >&2
+# mosquitto_ctrl (mosquitto-clients) creates the broker's admin; the plugin comes with mosquitto.
+if { ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; } || ! command -v mosquitto_ctrl >/dev/null 2>&1; then
+    echo "setup: installing mosquitto and mosquitto-clients from apt" >&2
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients
 fi

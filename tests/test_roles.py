@@ -30,12 +30,14 @@ from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,
+    CLIENT_RESPONSES,
     DEVICE_PROBE,
     DEVICE_STATE,
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
     DeviceState,
+    InferRequest,
     ProgramMessage,
     encode,
 )
@@ -322,6 +324,30 @@ def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
     for complaint in (*DEVICE_COMPLAINTS, *ORCHESTRATOR_COMPLAINTS):
         assert complaint in text, complaint
     assert "Traceback" not in text
+
+
+def test_an_answer_goes_only_to_the_client_who_asked(
+    cluster: MemoryCluster, references: References, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request on alice's topic that asks for the answer on bob's is refused: an answer
+    (bob's to see, or a flood of them) can only go to the requester, whom the topic names."""
+    ref = references[("smallcnn", 64, 64)]
+    bob = cluster.broker.bus("bob")
+    bob.subscribe(CLIENT_RESPONSES.build(client="bob"))
+    bob.start()
+    alice = cluster.broker.bus("alice")
+    alice.start()
+    request = encode(InferRequest("r-forged", "smallcnn", ref.x.numpy()))
+    with caplog.at_level(logging.WARNING):
+        alice.publish(
+            INFER_REQUESTS.build(client="alice"), request, response_topic=CLIENT_RESPONSES.build(client="bob")
+        )
+        answered = [e for e in events_until(bob, deadline=time.perf_counter() + 1.0) if isinstance(e, Inbound)]
+    bob.stop()
+    alice.stop()
+    assert answered == [] and "must be answered on edgeci/v1/clients/alice/responses" in caplog.text
+    with cluster.client("alice") as own:  # its own response topic: served
+        assert faithful(own.infer(ref.x, "smallcnn", timeout=60).logits, ref.logits32, ref.logits64)
 
 
 def test_errors_reach_the_client(client: EdgeCIClient) -> None:

@@ -14,6 +14,7 @@ TORCH_FREE = (
     "edgeci_mqtt.sim.simulator",
     "edgeci_mqtt.timeline",
     "edgeci_mqtt.wire",
+    "edgeci_mqtt.wire.access",
     "edgeci_mqtt.runtime.progress",
 )
 
