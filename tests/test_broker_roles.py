@@ -69,7 +69,11 @@ def test_every_role_writes_and_reads_only_what_it_is_granted(broker: BrokerProce
     sink = session(broker, ADMIN_USER, "edgeci/#")
     allowed = {
         "alice": [INFER_REQUESTS.build(client="alice")],
-        "dev-1": [DEVICE_PROBE.build(device="dev-1"), AUCTION_BIDS.build(round="r", device="dev-1")],
+        "dev-1": [
+            DEVICE_PROBE.build(device="dev-1"),
+            AUCTION_BIDS.build(round="r", device="dev-1"),
+            RESULTS.build(orchestrator="o1", device="dev-1", request="r"),
+        ],
         "o1": [CLIENT_RESPONSES.build(client="alice"), DEVICE_TASKS.build(device="dev-1")],
     }
     refused = {
@@ -77,7 +81,7 @@ def test_every_role_writes_and_reads_only_what_it_is_granted(broker: BrokerProce
             DEVICE_STATE.build(device="alice"),
             AUCTION_BIDS.build(round="r", device="alice"),
             DEVICE_ROWS.build(device="dev-1", sender="alice"),
-            RESULTS.build(orchestrator="o1"),
+            RESULTS.build(orchestrator="o1", device="dev-1", request="hostile"),
             DEVICE_TASKS.build(device="dev-1"),
             AUCTION_CALL.build(round="r"),
             AUCTION_AWARD.build(round="r"),
@@ -92,6 +96,7 @@ def test_every_role_writes_and_reads_only_what_it_is_granted(broker: BrokerProce
             AUCTION_AWARD.build(round="r"),
             CLIENT_RESPONSES.build(client="alice"),
             INFER_REQUESTS.build(client="dev-1"),
+            RESULTS.build(orchestrator="o1", device="dev-2", request="r"),  # results posing as another device
         ],
     }
     try:

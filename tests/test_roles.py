@@ -302,17 +302,22 @@ def test_hostile_payloads_on_every_subscribed_topic_change_nothing(
         DEVICE_STATE.build(device="dev-1"),
         AUCTION_CALL.build(round="hostile"),
         AUCTION_BIDS.build(round="hostile", device="dev-1"),
-        RESULTS.build(orchestrator="o1"),
         INFER_REQUESTS.build(client="attacker"),
     ]
+    not_in_flight = RESULTS.build(orchestrator="o1", device="dev-1", request="hostile")
     attacker = cluster.broker.bus("attacker")
     attacker.start()
     payloads = hostile_payloads()
+    dropped = cluster.orchestrator.mail.dropped
     with caplog.at_level(logging.WARNING):
         for topic in topics:
             for payload in payloads:
                 attacker.publish_frame(topic, payload, response_topic=WILDCARD_RESPONSE_TOPIC)
+        for payload in payloads:  # results for no request in flight: dropped unread, silently
+            attacker.publish_frame(not_in_flight, payload)
         time.sleep(0.5)
+        assert cluster.orchestrator.mail.dropped - dropped >= len(payloads)
+        assert not_in_flight not in caplog.text
         assert sorted(cluster.alive()) == sorted([*cluster.agents, "o1"])
         assert set(cluster.orchestrator.table.online()) == set(cluster.agents)
         ref = references[("smallcnn", 64, 64)]

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
@@ -40,8 +41,10 @@ from edgeci_mqtt.wire import (
     INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
     RESULTS,
+    Chunk,
     PackedArray,
     ProgramMessage,
+    ResultMessage,
     RowsMessage,
     decode,
     encode,
@@ -160,7 +163,7 @@ def test_hostile_messages_change_nothing(
     attacks = {
         "o-hostile": [DEVICE_TASKS.build(device=d) for d in cluster.devices] + [AUCTION_CALL.build(round="x")],
         "dev-8": [DEVICE_STATE.build(device="dev-8"), AUCTION_BIDS.build(round="x", device="dev-8")],
-        "mallory": [RESULTS.build(orchestrator=o) for o in cluster.orchestrators]
+        "mallory": [RESULTS.build(orchestrator=o, device="mallory", request="x") for o in cluster.orchestrators]
         + [INFER_REQUESTS.build(client="mallory")],
     }
     oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
@@ -191,6 +194,50 @@ def test_hostile_messages_change_nothing(
     assert "rejected message" in orchestrator_log and "Traceback" not in orchestrator_log
     for complaint in ORCHESTRATOR_COMPLAINTS:
         assert complaint in orchestrator_log, complaint
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_a_flood_of_forged_results_costs_an_orchestrator_no_memory(
+    cluster: LocalCluster, client: EdgeCIClient, references: References
+) -> None:
+    """150 forged 4 MB results and 150 chunk frames of a huge payload, from a device
+    credential, on an orchestrator's results topic: it reads from the topic that no such
+    request is in flight and drops them unread. Its RSS, sampled throughout, stays within
+    +50 MB, and it goes on answering exactly."""
+    pid = cluster.group.processes["o1"].pid
+    flooder = MqttBus(cluster.broker.add_user("device", "dev-flood"))
+    flooder.start()
+    before = _rss_mb(pid)
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak.append(_rss_mb(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    tile = np.zeros((1, 1024, 1023, 1), np.float32)  # a valid 4 MB result
+    whole = encode(ResultMessage("forged", "t", "dev-flood", TileRegion.of(0, 1023, 0, 1), tile))
+    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
+    try:
+        for index in range(150):
+            topic = RESULTS.build(orchestrator="o1", device="dev-flood", request=f"forged-{index}")
+            flooder.publish(topic, whole, wait=30)
+            # the first frame of a 16-frame payload: 64 MB that would be held for a minute
+            flooder.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+        time.sleep(1.0)
+    finally:
+        done.set()
+        sampler.join()
+        flooder.stop()
+    print(f"orchestrator RSS under the flood: {before:.0f} MB -> peak {max(peak):.0f} MB")
+    assert max(peak) - before <= 50, f"RSS {before:.0f} MB -> peak {max(peak):.0f} MB"
+    ref = references[("smallcnn", 64, 64)]
+    assert faithful(client.infer(ref.x, "smallcnn", "edgeci", timeout=60).logits, ref.logits32, ref.logits64)
 
 
 def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, references: References) -> None:

@@ -68,7 +68,7 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     assert "busy: task t1" in view.table()
     timings = TaskTimings(0.0, 0.005, 0.0, 1.0, 1.0, 1.005)
     result = ResultMessage("q", "t1", "dev-1", TileRegion.of(0, 2, 0, 5), tile, timings)
-    line = view.feed(RESULTS.build(orchestrator="o1"), encode(result), 1.25)
+    line = view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), encode(result), 1.25)
     assert line is not None and "compute 5.0 ms after 250.0 ms" in line and "idle" in view.table()
     offline = encode(DeviceState("dev-1", False))
     assert "OFFLINE" in (view.feed(DEVICE_STATE.build(device="dev-1"), offline, 2.0) or "")
@@ -81,8 +81,10 @@ def test_invalid_chunked_and_foreign_traffic() -> None:
     assert "(not edgeci)" in (view.feed("home/kitchen/temp", b"21.5", 0.0) or "")
     tile = np.random.default_rng(0).standard_normal((1, 64, 150, 150)).astype(np.float32)
     parts = frames(encode(ResultMessage("q", "t", "d", TileRegion.of(0, 1, 0, 1), tile)))
-    assert view.feed(RESULTS.build(orchestrator="o1"), parts[0], 0.0) is None
-    assert "result t from d" in (view.feed(RESULTS.build(orchestrator="o1"), parts[1], 0.0) or "")
+    assert view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), parts[0], 0.0) is None
+    assert "result t from d" in (
+        view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), parts[1], 0.0) or ""
+    )
 
 
 def test_flow_messages_are_described() -> None:
@@ -99,7 +101,7 @@ def test_flow_messages_are_described() -> None:
             0.1,
         ),
         view.feed(
-            RESULTS.build(orchestrator="o1"),
+            RESULTS.build(orchestrator="o1", device="dev-2", request="q1.1"),
             encode(VectorMessage("q1.1", "dev-2", Span(0, 10), PackedArray(np.zeros((1, 10), np.float32)), True)),
             0.2,
         ),
@@ -107,5 +109,5 @@ def test_flow_messages_are_described() -> None:
     ]
     assert lines[0] is not None and "program q1.1 for dev-1: 1 steps" in lines[0]
     assert lines[1] is not None and "rows q1.1 from dev-1: boundary 5" in lines[1] and "as zeros" in lines[1]
-    assert lines[2] is not None and "results  logits q1.1 from dev-2" in lines[2]
+    assert lines[2] is not None and "results/dev-2/q1.1  logits q1.1 from dev-2" in lines[2]
     assert lines[3] is not None and lines[3].endswith("tasks  release q1.1 by o1: done")

@@ -244,7 +244,7 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
     assert AclRule("subscribePattern", "edgeci/v1/devices/dev-7/rows/+") in device
     assert AclRule("publishClientReceive", "edgeci/v1/devices/dev-7/tasks") in device
     assert all("dev-7" in rule.topic for rule in device)
-    assert AclRule("publishClientSend", "edgeci/v1/orchestrators/+/results") in shared_rules("device")
+    assert AclRule("publishClientSend", "edgeci/v1/orchestrators/+/results/dev-7/+") in device
     assert not any("devices/" in rule.topic for rule in shared_rules("device"))
     client = own_rules("client", "alice")
     assert set(client) == {
@@ -257,8 +257,8 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
     assert AclRule("subscribeLiteral", SHARED_REQUESTS) in orchestrator
     assert not any(r.kind == "subscribePattern" and "infer" in r.topic for r in orchestrator)  # only via $share
     assert own_rules("orchestrator", "o1") == (
-        AclRule("subscribePattern", RESULTS.build(orchestrator="o1")),
-        AclRule("publishClientReceive", RESULTS.build(orchestrator="o1")),
+        AclRule("subscribePattern", "edgeci/v1/orchestrators/o1/results/+/+"),
+        AclRule("publishClientReceive", "edgeci/v1/orchestrators/o1/results/+/+"),
     )
     denied = {r.topic for r in shared_rules("watcher") if not r.allow}
     assert {"$share/#", "$CONTROL/#", "edgeci/v1/clients/#", "edgeci/v1/infer/#"} <= denied

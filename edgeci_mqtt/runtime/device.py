@@ -346,12 +346,16 @@ class DeviceAgent:
                 self._flow_backlog.pop(request, None)
             self._backlog_s = max(0.0, self._backlog_s - done)
 
+    def _results(self, message: ProgramMessage | TaskMessage) -> str:
+        """Our results topic for ``message``'s request at its orchestrator."""
+        return RESULTS.build(orchestrator=message.orchestrator, device=self.device_id, request=message.request)
+
     def _refuse_program(self, message: ProgramMessage, reason: Exception) -> None:
         """Tell the orchestrator at once, so it re-plans without us instead of waiting."""
         region = message.steps[0].out_region if message.steps else _NOWHERE
         refusal = ResultMessage(message.request, "program", self.device_id, region, error=f"refused: {reason}"[:4000])
         with contextlib.suppress(EdgeCIError):
-            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(refusal))
+            self.bus.publish(self._results(message), encode(refusal))
 
     def _refuse(self, message: TaskMessage, reason: Exception) -> None:
         """Tell the orchestrator at once, so it re-auctions instead of waiting for a deadline."""
@@ -359,7 +363,7 @@ class DeviceAgent:
             message.request, message.task, self.device_id, message.out_region, error=f"refused: {reason}"[:4000]
         )
         with contextlib.suppress(EdgeCIError):
-            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(refusal))
+            self.bus.publish(self._results(message), encode(refusal))
 
     def _book(self, held: HeldModel, digest: str, stage: str) -> None:
         """Count the stage as held from now on (tasks are validated here, in order, and the
@@ -540,7 +544,7 @@ class DeviceAgent:
     ) -> list[tuple[str, RowsMessage | VectorMessage | StepDone]]:
         def topic(to: str) -> str:
             if to == message.orchestrator:
-                return RESULTS.build(orchestrator=message.orchestrator)
+                return self._results(message)
             return DEVICE_ROWS.build(device=to, sender=self.device_id)
 
         return [(topic(to), out) for to, out in outgoing(message, item, output, self.device_id, self._codec)]
@@ -555,7 +559,7 @@ class DeviceAgent:
             message.request, self.device_id, index, wall + started, wall + computed, wall + sent, block, region
         )
         with contextlib.suppress(EdgeCIError):
-            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(report))
+            self.bus.publish(self._results(message), encode(report))
 
     def _check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
         """For a fetching device: the weights a block needs are the ones materialised now."""
@@ -573,7 +577,7 @@ class DeviceAgent:
         started = time.perf_counter()
         program, item = ready.context, ready.item
         message = program.message
-        results = RESULTS.build(orchestrator=message.orchestrator)
+        results = self._results(message)
         try:
             if isinstance(item, ProgramStep):
                 self._check_installed(program.held, item.block, message.digest)
@@ -641,7 +645,7 @@ class DeviceAgent:
             error = f"{type(exc).__name__}: {exc}"[:4000]
             result = ResultMessage(message.request, message.task, self.device_id, message.out_region, error=error)
         try:
-            self.bus.publish(RESULTS.build(orchestrator=message.orchestrator), encode(result))
+            self.bus.publish(self._results(message), encode(result))
         except EdgeCIError as exc:
             log.error("%s: cannot publish result of %s: %s", self.device_id, message.task, exc)
         finally:

@@ -78,6 +78,9 @@ IN_FLIGHT = 4
 """Requests an orchestrator serves at once by default."""
 SERVED_BY_FLOW = ("flow", "local", "replicas")
 """Strategies whose data stays on the devices, down to the logits (:class:`FlowRun`)."""
+REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
+"""Chunked results held at once: in all, and in one payload (a whole 224x224x64 float32
+map, the largest a device sends, is 12.8 MB)."""
 
 
 class DeviceTable:
@@ -178,7 +181,7 @@ class Orchestrator:
         (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
         served at once (each by a worker thread)."""
         split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
-        self.results_topic = RESULTS.build(orchestrator=orchestrator_id)
+        self.results_topic = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self.broker_link = broker_link or Link(1000.0, 0.1)
         self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
@@ -187,7 +190,7 @@ class Orchestrator:
         self.requests: queue.Queue[_Request | None] = queue.Queue()
         self.in_flight = max(1, in_flight)
         self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
-        self._reassembler = Reassembler(max_bytes=1 << 30)
+        self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
         self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}
@@ -222,6 +225,9 @@ class Orchestrator:
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
         try:
+            if self._unexpected(event.topic):
+                self.mail.dropped += 1  # before decoding or reassembling a byte of it
+                return
             asker = INFER_REQUESTS.parse(event.topic)
             if asker is not None:  # a request fits one frame: a chunk there is hostile
                 message: Message | None = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
@@ -240,10 +246,11 @@ class Orchestrator:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif (
-                isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport)
-                and event.topic == self.results_topic
-            ):
+            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport):
+                sent = RESULTS.parse(event.topic)
+                sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
+                if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
+                    raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
             elif isinstance(message, InferRequest) and asker is not None:
                 own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
@@ -254,6 +261,15 @@ class Orchestrator:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
         except Exception as exc:  # one message must never stop the dispatcher
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
+
+    def _unexpected(self, topic: str) -> bool:
+        """A result for a request not in flight here, or a bid for a round not open: its
+        topic says so, and it is dropped unread (a flood of them costs no memory)."""
+        result = RESULTS.parse(topic)
+        if result is not None:
+            return result["request"] not in self.mail.results
+        bid = AUCTION_BIDS.parse(topic)
+        return bid is not None and bid["round"] not in self.mail.bids
 
     # ------------------------------------------------------------ requests
     def _serve(self) -> None:

@@ -35,6 +35,8 @@ __all__ = ["BrokerAddress", "MqttBus"]
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED_BYTES = 256 << 20
+"""Payload bytes received and not yet read, at most (a reader slower than a flood drops the rest)."""
 _SESSION_TAKEN_OVER = 0x8E
 _SHORT_SESSION_S, _TAKEOVERS = 5.0, 3
 """A session cut within 5 s of starting, three times in a row, is taken to be a takeover loop."""
@@ -73,16 +75,48 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-class MqttBus:
-    """One MQTT v5 session with a real broker. Read :attr:`events`; call :meth:`publish` from any thread."""
+class _Inbox(queue.Queue[Event]):
+    """The events queue, counting the payload bytes it holds (under the queue's own lock)."""
 
-    def __init__(self, address: BrokerAddress, client_id: str | None = None, ca_file: str | None = None) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def _put(self, item: Event) -> None:
+        super()._put(item)
+        if isinstance(item, Inbound):
+            self.bytes += len(item.payload)
+
+    def _get(self) -> Event:
+        item = super()._get()
+        if isinstance(item, Inbound):
+            self.bytes -= len(item.payload)
+        return item
+
+
+class MqttBus:
+    """One MQTT v5 session with a real broker. Read :attr:`events`; call :meth:`publish` from any thread.
+
+    Payloads waiting to be read are bounded (``max_queued_bytes``): past it, messages are
+    dropped and counted (:attr:`dropped`), so a flood faster than the reader costs no more
+    memory than that.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str | None = None,
+        ca_file: str | None = None,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+    ) -> None:
         """``client_id`` defaults to the user name: the broker binds every user to a client id of its name."""
         client_id = client_id or address.username
         if not client_id:
             raise TransportError(f"a session with {address} needs a user name or a client id")
         self.address, self.client_id = address, client_id
-        self.events: queue.Queue[Event] = queue.Queue()
+        self._inbox = _Inbox()
+        self.events: queue.Queue[Event] = self._inbox
+        self.max_queued_bytes, self.dropped = max_queued_bytes, 0
         self.connected = threading.Event()
         self._settled = threading.Event()  # connected, or refused for good
         self._filters: dict[str, int] = {}
@@ -154,6 +188,17 @@ class MqttBus:
         self.events.put(Disconnected(why, final=True))
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if self._inbox.bytes + len(message.payload) > self.max_queued_bytes:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning(
+                    "%s: dropped %d message(s): over %d MB waiting to be read (the last on %s)",
+                    self.client_id,
+                    self.dropped,
+                    self.max_queued_bytes >> 20,
+                    message.topic[:200],
+                )
+            return
         props = message.properties
         self.events.put(
             Inbound(

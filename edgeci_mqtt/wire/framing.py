@@ -40,8 +40,10 @@ class Reassembler:
     raises :class:`WireError`.
     """
 
-    def __init__(self, max_bytes: int = 1 << 30, max_age_s: float = 60.0) -> None:
+    def __init__(self, max_bytes: int = 1 << 30, max_age_s: float = 60.0, max_message_bytes: int | None = None) -> None:
+        """``max_bytes``: held in all; ``max_message_bytes``: one payload (default ``max_bytes``)."""
         self.max_bytes, self.max_age_s = max_bytes, max_age_s
+        self.max_message_bytes = max_bytes if max_message_bytes is None else max_message_bytes
         self._parts: dict[tuple[str, str], dict[int, bytes]] = {}
         self._counts: dict[tuple[str, str], int] = {}
         self._born: dict[tuple[str, str], float] = {}
@@ -52,7 +54,7 @@ class Reassembler:
         message = decode(payload)
         if not isinstance(message, Chunk):
             return message
-        if not 0 <= message.index < message.count <= 1 + self.max_bytes // _CHUNK_DATA_BYTES:
+        if not 0 <= message.index < message.count <= 1 + self.max_message_bytes // _CHUNK_DATA_BYTES:
             raise WireError(f"chunk {message.index} of {message.count} is out of range")
         key = (topic, message.id)
         self._expire()

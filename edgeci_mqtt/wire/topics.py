@@ -159,10 +159,12 @@ AUCTION_BIDS = TopicPattern(
 )
 AUCTION_AWARD = TopicPattern("auctions/{round}/award", (Grant("device", "read"), Grant("orchestrator", "write")))
 RESULTS = TopicPattern(
-    "orchestrators/{orchestrator}/results",
-    (Grant("device", "write"), Grant("orchestrator", "read", own="orchestrator")),
+    "orchestrators/{orchestrator}/results/{device}/{request}",
+    (Grant("device", "write", own="device"), Grant("orchestrator", "read", own="orchestrator")),
 )
-"""Output tiles (or errors) for one orchestrator."""
+"""Output tiles, rows, reports (or errors) from one device for one request of one
+orchestrator. The topic names the sender (proved by the broker) and the request, so a
+payload for a request not in flight is dropped before it is decoded or reassembled."""
 INFER_REQUESTS = TopicPattern(
     "infer/requests/{client}",
     (Grant("client", "write", own="client"), Grant("orchestrator", "read", shared=True)),
