@@ -184,6 +184,31 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
         assert auction and "dev-9" not in {i.resource for i in result.timeline}
 
 
+@pytest.mark.parametrize("strategy", ["edgeci", "flow"])
+def test_a_device_that_misses_a_round_is_not_waited_for_until_it_bids_again(
+    store: ModelStore, references: References, strategy: str
+) -> None:
+    """A device the plan counts on stops answering (connected, announced online, silent):
+    it costs one round its whole window, then no more; once it bids again, it works again."""
+    ref = references[("smallcnn", 96, 96)]
+    window_s = 2.0
+    with memory_cluster(store, devices=3, strategy=strategy, auction_s=window_s) as small, small.client() as own:
+        assert "dev-3" in own.infer(ref.x, "smallcnn", timeout=60).devices  # the plan counts on it
+        small.muted.add(small.bus_of("dev-3").client_id)
+        first = own.infer(ref.x, "smallcnn", timeout=60)
+        assert first.timings["auction_s"] >= window_s * 0.9  # it waited for dev-3 once
+        assert faithful(first.logits, ref.logits32, ref.logits64) and "dev-3" in small.orchestrator.mail.silence
+        for _ in range(2):
+            later = own.infer(ref.x, "smallcnn", timeout=60)
+            assert faithful(later.logits, ref.logits32, ref.logits64) and "dev-3" not in later.devices
+            assert later.timings["auction_s"] < window_s / 4, later.timings
+        small.muted.clear()  # it answers again: its next bid counts
+        used = set()
+        for _ in range(3):
+            used |= set(own.infer(ref.x, "smallcnn", timeout=60).devices)
+        assert "dev-3" not in small.orchestrator.mail.silence and "dev-3" in used
+
+
 @pytest.mark.parametrize("strategy", ["aofl", "deepthings", "flow"])
 def test_a_device_lost_mid_inference(store: ModelStore, references: References, strategy: str) -> None:
     """A device the plan uses goes silent while it holds work, then its connection drops:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from edgeci_mqtt.planner.awas import Award as Won
 from edgeci_mqtt.planner.awas import Bid
 from edgeci_mqtt.wire import AUCTION_AWARD, AUCTION_CALL, AuctionCall, AuctionLot, Award, AwardRun, BidMessage, encode
 
-__all__ = ["Auctioneer", "Round"]
+__all__ = ["Auctioneer", "Round", "Silence"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -39,6 +40,42 @@ class Round:
         return tuple(sorted(self.bids.values(), key=lambda b: b.device))
 
 
+class Silence:
+    """Devices that did not bid in a round they were awaited in, until they bid again.
+
+    A device whose retained state says online but that does not run (or no longer hears
+    calls) would otherwise make every round wait out its whole window. A silent device
+    is still called and its bids still count; nobody waits for it, and ``flow`` does not
+    price work for it from its profile. Shared by every request of an orchestrator.
+    """
+
+    def __init__(self) -> None:
+        self._silent: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, device: object) -> bool:
+        with self._lock:
+            return device in self._silent
+
+    def devices(self) -> set[str]:
+        with self._lock:
+            return set(self._silent)
+
+    def missed(self, devices: set[str]) -> None:
+        with self._lock:
+            new = devices - self._silent
+            self._silent |= devices
+        for device in sorted(new):
+            log.warning("device %s did not bid in time: not waited for until it bids again", device)
+
+    def heard(self, device: str) -> None:
+        with self._lock:
+            if device not in self._silent:
+                return
+            self._silent.discard(device)
+        log.info("device %s bids again", device)
+
+
 class Auctioneer:
     """Holds rounds for one model and input size; ``bid_boxes`` is where the dispatcher drops
     bids by round id."""
@@ -51,9 +88,10 @@ class Auctioneer:
         publish: Callable[[str, bytes], None],
         bid_boxes: dict[str, queue.Queue[BidMessage]],
         window_s: float,
+        silence: Silence,
     ) -> None:
         self.orchestrator, self.model, self.input_hw = orchestrator, model, input_hw
-        self.publish, self.bid_boxes, self.window_s = publish, bid_boxes, window_s
+        self.publish, self.bid_boxes, self.window_s, self.silence = publish, bid_boxes, window_s, silence
 
     def rounds(
         self, lots: list[tuple[FusedBlock, list[Span]]], candidates: set[str], awaited: set[str], flow: bool = False
@@ -61,13 +99,15 @@ class Auctioneer:
         """Every lot (a block and its items) in one call, to every candidate; one round per lot back.
 
         The call waits, until the window closes, for the bids of ``awaited`` (the devices
-        the plan expects to win work); bids that others have sent by then count as well.
+        the plan expects to win work) but not of the silent ones; bids that others have
+        sent by then count as well. An awaited device that has not bid by then is silent.
         Waiting for a device the plan leaves idle would cost every inference its slowest
         bidder's reply time (on hetero8, a 2 % CPU device answers 100+ ms after the rest)
         for a bid that almost never wins.
         """
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
+        awaited = awaited - self.silence.devices()
         round_id = uuid.uuid4().hex[:12]
         box: queue.Queue[BidMessage] = queue.Queue()
         received: list[dict[str, Bid]] = [{} for _ in lots]
@@ -93,7 +133,8 @@ class Auctioneer:
                     break
                 answered |= _take_bid(message, counts, candidates, received)
             for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
-                _take_bid(box.get_nowait(), counts, candidates, received)
+                answered |= _take_bid(box.get_nowait(), counts, candidates, received)
+            self.silence.missed(awaited - answered)
         finally:
             self.bid_boxes.pop(round_id, None)
         return [Round(round_id, lot, bids) for lot, bids in enumerate(received)]

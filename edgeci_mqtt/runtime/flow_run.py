@@ -213,6 +213,7 @@ class FlowRun(Run):
     def _attempt(self, run_id: str, x: Tensor) -> Tensor:
         """One attempt, to the logits (raises :class:`_AttemptFailed` to re-plan)."""
         views = [v for v in self.devices() if v.name not in self.failed]
+        views = [v for v in views if v.name not in self.mail.silence] or views  # work for those who answer
         if not views:
             raise InferenceError("no capable device remains for this inference")
         plan = self._award(views) if self.replan is None else self.replan(views)

@@ -29,7 +29,7 @@ from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
-from edgeci_mqtt.runtime.auction import Auctioneer
+from edgeci_mqtt.runtime.auction import Auctioneer, Silence
 from edgeci_mqtt.runtime.models_held import HeldModel
 from edgeci_mqtt.runtime.progress import (
     Action,
@@ -106,6 +106,7 @@ class Mailboxes:
 
     results: dict[str, queue.Queue[Arrival]] = field(default_factory=dict)
     bids: dict[str, queue.Queue[BidMessage]] = field(default_factory=dict)
+    silence: Silence = field(default_factory=Silence)
     dropped: int = 0
 
     @contextlib.contextmanager
@@ -178,7 +179,13 @@ class Run:
         self.backlog_s = setup.backlog_s
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
-            self.orchestrator, self.held.chain.model_name, self.input_hw, self.publish, self.mail.bids, setup.auction_s
+            self.orchestrator,
+            self.held.chain.model_name,
+            self.input_hw,
+            self.publish,
+            self.mail.bids,
+            setup.auction_s,
+            self.mail.silence,
         )
         self.timings = Timings()
         self.failed: set[str] = set()

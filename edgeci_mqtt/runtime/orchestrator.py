@@ -243,6 +243,7 @@ class Orchestrator:
                 "round": message.round,
                 "device": message.device,
             }:
+                self.mail.silence.heard(message.device)
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
@@ -263,13 +264,14 @@ class Orchestrator:
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
     def _unexpected(self, topic: str) -> bool:
-        """A result for a request not in flight here, or a bid for a round not open: its
-        topic says so, and it is dropped unread (a flood of them costs no memory)."""
+        """A result for a request not in flight here, or a bid for a round not open (from a
+        device that is not silent): its topic says so, and it is dropped unread (a flood of
+        them costs no memory)."""
         result = RESULTS.parse(topic)
         if result is not None:
             return result["request"] not in self.mail.results
-        bid = AUCTION_BIDS.parse(topic)
-        return bid is not None and bid["round"] not in self.mail.bids
+        bid = AUCTION_BIDS.parse(topic)  # a late bid of a silent device still says it is back
+        return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
 
     # ------------------------------------------------------------ requests
     def _serve(self) -> None:
