@@ -77,6 +77,8 @@ def memory_cluster(
     strategy: str = "edgeci",
     auction_s: float = 0.5,
     min_allowance_s: float = 3.0,
+    in_flight: int = 4,
+    per_client: int = 16,
 ) -> Iterator[MemoryCluster]:
     muted: set[str] = set()
     broker = MemoryBroker(acl=lambda client, access, topic: access == "read" or client not in muted)
@@ -88,6 +90,8 @@ def memory_cluster(
         strategy,
         auction_s=auction_s,
         min_allowance_s=min_allowance_s,
+        in_flight=in_flight,
+        per_client=per_client,
     )
     cluster = MemoryCluster(broker, store, {}, orchestrator, muted)
     try:

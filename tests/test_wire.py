@@ -252,11 +252,15 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
         AclRule("subscribePattern", "edgeci/v1/clients/alice/responses"),
         AclRule("publishClientReceive", "edgeci/v1/clients/alice/responses"),
     }
-    assert shared_rules("client") == ()
+    assert shared_rules("client") == (  # whom to ask, and whether the one serving it died
+        AclRule("subscribePattern", "edgeci/v1/orchestrators/+/state"),
+        AclRule("publishClientReceive", "edgeci/v1/orchestrators/+/state"),
+    )
     orchestrator = shared_rules("orchestrator")
     assert AclRule("subscribeLiteral", SHARED_REQUESTS) in orchestrator
     assert not any(r.kind == "subscribePattern" and "infer" in r.topic for r in orchestrator)  # only via $share
     assert own_rules("orchestrator", "o1") == (
+        AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/state"),
         AclRule("subscribePattern", "edgeci/v1/orchestrators/o1/results/+/+"),
         AclRule("publishClientReceive", "edgeci/v1/orchestrators/o1/results/+/+"),
     )

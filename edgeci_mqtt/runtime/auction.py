@@ -107,7 +107,7 @@ class Auctioneer:
         """
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
-        awaited = awaited - self.silence.devices()
+        awaited = (awaited - self.silence.devices()) or awaited  # all silent: it is them or nobody
         round_id = uuid.uuid4().hex[:12]
         box: queue.Queue[BidMessage] = queue.Queue()
         received: list[dict[str, Bid]] = [{} for _ in lots]

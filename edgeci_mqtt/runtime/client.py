@@ -4,6 +4,11 @@ Requests go on this client's own request topic (the orchestrators read it throug
 shared subscription) with an MQTT v5 response topic of its own and a correlation id; the
 answer is matched by that id. The broker lets a client write only its own request topic
 and read only its own responses, and binds its client id to its user name.
+
+A client never waits out its timeout when the answer cannot come: it fails at once when
+no orchestrator is online, when the orchestrator says it is busy, or when the session to
+the broker drops; when the orchestrator serving a request dies (its will), the request is
+sent again to another one, or fails clearly if none is left.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
     INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
+    ORCHESTRATOR_STATE,
+    InferAccepted,
     InferRequest,
     InferResponse,
     Message,
+    OrchestratorState,
     Reassembler,
+    decode,
     encode,
 )
 
@@ -40,6 +49,19 @@ __all__ = ["EdgeCIClient", "InferenceResult"]
 
 
 log = logging.getLogger("edgeci.client")
+
+FIND_ORCHESTRATOR_S = 3.0
+"""How long a request waits for any orchestrator's birth before failing (their retained
+states arrive right after connecting)."""
+RESENDS = 1
+"""Times a request is sent again after the orchestrator serving it died."""
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """The orchestrator ``orchestrator`` went offline (its will or a clean stop)."""
+
+    orchestrator: str
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,12 @@ class EdgeCIClient:
         self.requests = INFER_REQUESTS.build(client=self.client_id)
         self.responses = CLIENT_RESPONSES.build(client=self.client_id)
         self.bus.subscribe(self.responses)
+        self.bus.subscribe(ORCHESTRATOR_STATE.filter)
+        self.orchestrators: set[str] = set()
+        """Online orchestrators, from their retained states."""
+        self._someone_serves = threading.Event()
         self._reassembler = Reassembler()
-        self._waiting: dict[bytes, queue.Queue[Message | InferenceError]] = {}
+        self._waiting: dict[bytes, queue.Queue[Message | InferenceError | _Lost]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._router = threading.Thread(target=self._route, name=f"{self.client_id}-responses", daemon=True)
@@ -87,36 +113,61 @@ class EdgeCIClient:
         self._router.join(timeout=2)
         self.bus.stop()
 
+    # ------------------------------------------------------------ the session's one reader
     def _route(self) -> None:
-        """One reader of the session: each answer goes to the call waiting for its
-        correlation id; a lost session fails every call in flight at once (an answer
+        """Each answer goes to the call waiting for its correlation id; an orchestrator's
+        death to every call; a lost session fails every call in flight at once (an answer
         published while the session was down is gone, so waiting could only time out)."""
         try:
             for event in events_until(self.bus, self._stop):
                 if isinstance(event, Disconnected):
-                    self._fail_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
-                    continue
-                if not isinstance(event, Inbound) or event.correlation is None:
-                    continue
-                with self._lock:
-                    waiter = self._waiting.get(event.correlation)
-                if waiter is None:
-                    continue  # an answer nobody waits for (any more)
-                try:
-                    message = self._reassembler.feed(event.topic, event.payload)
-                except WireError as exc:
-                    waiter.put(InferenceError(f"malformed response: {exc}"))
-                    continue
-                if message is not None:
-                    waiter.put(message)
+                    self._tell_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
+                elif isinstance(event, Inbound) and ORCHESTRATOR_STATE.parse(event.topic) is not None:
+                    self._orchestrator_state(event)
+                elif isinstance(event, Inbound) and event.correlation is not None:
+                    self._answer(event)
         except TransportError as exc:  # the session is over for good
-            self._fail_all(InferenceError(str(exc)))
+            self._tell_all(InferenceError(str(exc)))
 
-    def _fail_all(self, error: InferenceError) -> None:
+    def _orchestrator_state(self, event: Inbound) -> None:
+        try:
+            state = decode(event.payload)
+        except WireError as exc:
+            log.warning("%s: malformed orchestrator state on %s: %s", self.client_id, event.topic, exc)
+            return
+        if not isinstance(state, OrchestratorState) or ORCHESTRATOR_STATE.parse(event.topic) != {
+            "orchestrator": state.orchestrator
+        }:
+            return
+        with self._lock:
+            if state.online:
+                self.orchestrators.add(state.orchestrator)
+                self._someone_serves.set()
+                return
+            self.orchestrators.discard(state.orchestrator)
+            if not self.orchestrators:
+                self._someone_serves.clear()
+        self._tell_all(_Lost(state.orchestrator))
+
+    def _answer(self, event: Inbound) -> None:
+        with self._lock:
+            waiter = self._waiting.get(event.correlation or b"")
+        if waiter is None:
+            return  # an answer nobody waits for (any more)
+        try:
+            message = self._reassembler.feed(event.topic, event.payload)
+        except WireError as exc:
+            waiter.put(InferenceError(f"malformed response: {exc}"))
+            return
+        if message is not None:
+            waiter.put(message)
+
+    def _tell_all(self, news: InferenceError | _Lost) -> None:
         with self._lock:
             for waiter in self._waiting.values():
-                waiter.put(error)
+                waiter.put(news)
 
+    # ------------------------------------------------------------ asking
     def infer(
         self,
         image: Tensor | Path | str,
@@ -130,7 +181,8 @@ class EdgeCIClient:
 
         With ``trace`` the answer carries the orchestrator's measured timeline: its own
         planning, auctions, message preparation, merges and tail, and each device's
-        download, compute and upload of every task.
+        download, compute and upload of every task. The orchestrators drop the request
+        unstarted once ``timeout`` has passed.
         """
         x = load_input(Path(image), size) if isinstance(image, Path | str) else image
         if x.dim() == 3:
@@ -138,26 +190,21 @@ class EdgeCIClient:
         request_id = uuid.uuid4().hex
         image_array = x.detach().cpu().contiguous().numpy()
         check_image(image_array)  # here, before anything travels: no silent cast, no NaN
-        payload = encode(InferRequest(request_id, model, image_array, strategy, trace))
+        payload = encode(InferRequest(request_id, model, image_array, strategy, trace, deadline_s=timeout))
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
+        if not self._someone_serves.wait(min(timeout, FIND_ORCHESTRATOR_S)):
+            raise InferenceError("no orchestrator is online (none has announced itself to the broker)")
         correlation = request_id.encode()
-        answers: queue.Queue[Message | InferenceError] = queue.Queue()
+        answers: queue.Queue[Message | InferenceError | _Lost] = queue.Queue()
         with self._lock:
             self._waiting[correlation] = answers
         try:
-            self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
-            response = answers.get(timeout=timeout)
-        except queue.Empty:
-            raise InferenceError(f"no answer within {timeout:.0f} s (is an orchestrator running?)") from None
-        except TransportError as exc:
-            raise InferenceError(str(exc)) from exc
+            response = self._await(payload, correlation, answers, started + timeout)
         finally:
             with self._lock:
                 del self._waiting[correlation]
-        if isinstance(response, InferenceError):
-            raise response
         if not isinstance(response, InferResponse):
             raise InferenceError(f"unexpected {response.kind} message as a response")
         if response.error:
@@ -173,3 +220,38 @@ class EdgeCIClient:
             dict(response.timings),
             response.timeline if trace else (),
         )
+
+    def _await(
+        self,
+        payload: bytes,
+        correlation: bytes,
+        answers: queue.Queue[Message | InferenceError | _Lost],
+        deadline: float,
+    ) -> Message:
+        """Send the request and wait for its answer, sending it again if whoever took it
+        (or, before anyone said so, any orchestrator) dies."""
+        serving, sends, send = "", 0, True
+        while True:
+            if send:
+                try:
+                    self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
+                except TransportError as exc:
+                    raise InferenceError(str(exc)) from exc
+                sends, send = sends + 1, False
+            try:
+                news = answers.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                raise InferenceError("no answer in time (is an orchestrator running?)") from None
+            if isinstance(news, InferenceError):
+                raise news
+            if isinstance(news, InferAccepted):
+                serving = news.orchestrator
+            elif isinstance(news, _Lost):
+                if serving not in ("", news.orchestrator):
+                    continue  # not ours
+                if sends > RESENDS or not self.orchestrators:
+                    raise InferenceError(f"orchestrator {news.orchestrator} went offline while serving the request")
+                log.warning("%s: orchestrator %s went offline; asking another", self.client_id, news.orchestrator)
+                serving, send = "", True
+            else:
+                return news

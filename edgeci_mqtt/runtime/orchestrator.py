@@ -11,7 +11,6 @@ response topic with its correlation data.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -37,7 +36,8 @@ from edgeci_mqtt.planner.strategies import (
     whole_model_plan,
     whole_model_seconds,
 )
-from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
+from edgeci_mqtt.runtime.admission import FairQueue
+from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.flow_run import FlowRun
 from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
@@ -52,14 +52,17 @@ from edgeci_mqtt.wire import (
     INFER_REQUESTS,
     MAX_FRAME_BYTES,
     MAX_INPUT_SIDE,
+    ORCHESTRATOR_STATE,
     RESULTS,
     SHARED_REQUESTS,
     BidMessage,
     Chunk,
     DeviceState,
+    InferAccepted,
     InferRequest,
     InferResponse,
     Message,
+    OrchestratorState,
     Reassembler,
     ResultMessage,
     RowsMessage,
@@ -76,6 +79,8 @@ log = logging.getLogger("edgeci.orchestrator")
 
 IN_FLIGHT = 4
 """Requests an orchestrator serves at once by default."""
+PER_CLIENT = 16
+"""Requests one client may have waiting at one orchestrator by default."""
 SERVED_BY_FLOW = ("flow", "local", "replicas")
 """Strategies whose data stays on the devices, down to the logits (:class:`FlowRun`)."""
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
@@ -156,6 +161,11 @@ class _Request:
     correlation: bytes | None
     received: float
 
+    def expired(self, now: float) -> bool:
+        """Past the time the client said it would wait (from when it reached us)."""
+        deadline = self.message.deadline_s
+        return deadline > 0 and now > self.received + deadline
+
 
 class Orchestrator:
     """The auctioneer on ``bus``: call :meth:`run` until ``stop`` is set.
@@ -176,10 +186,12 @@ class Orchestrator:
         auction_s: float = 0.5,
         min_allowance_s: float = MIN_TASK_DEADLINE_S,
         in_flight: int = IN_FLIGHT,
+        per_client: int = PER_CLIENT,
     ) -> None:
         """``min_allowance_s``: the least time a device gets for a task before it is given up
         (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
-        served at once (each by a worker thread)."""
+        served at once (each by a worker thread). ``per_client``: requests one client may
+        have waiting (the next is refused as busy)."""
         split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
         self.results_topic = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
@@ -187,7 +199,8 @@ class Orchestrator:
         self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
         self.table = DeviceTable()
         self.mail = Mailboxes()
-        self.requests: queue.Queue[_Request | None] = queue.Queue()
+        self.requests: FairQueue[_Request] = FairQueue(per_client)
+        self.state_topic = ORCHESTRATOR_STATE.build(orchestrator=orchestrator_id)
         self.in_flight = max(1, in_flight)
         self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
@@ -200,6 +213,7 @@ class Orchestrator:
         bus = self.bus
         for topic in (DEVICE_STATE.filter, self.results_topic, AUCTION_BIDS.filter, SHARED_REQUESTS):
             bus.subscribe(topic)
+        bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
         bus.start()
         workers = [
             threading.Thread(target=self._serve, name=f"{self.id}-worker-{i}", daemon=True)
@@ -216,11 +230,21 @@ class Orchestrator:
         for event in events_until(bus, stop):
             if isinstance(event, Inbound):
                 self._dispatch(event)
-        for _ in workers:
-            self.requests.put(None)
+            elif isinstance(event, Connected):  # (re)born: clients know we serve
+                self._announce(True)
+        self.requests.close()
         for worker in workers:
             worker.join(timeout=5)
+        self._announce(False)
         bus.stop()
+
+    def _announce(self, online: bool) -> None:
+        try:
+            self.bus.publish(self.state_topic, encode(OrchestratorState(self.id, online)), retain=True, wait=5)
+        except EdgeCIError as exc:
+            log.warning(
+                "orchestrator %s: cannot announce itself %s: %s", self.id, "online" if online else "offline", exc
+            )
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
@@ -257,7 +281,7 @@ class Orchestrator:
                 own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
                 if event.response_topic != own:
                     raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
-                self.requests.put(_Request(message, event.response_topic, event.correlation, time.perf_counter()))
+                self._admit(asker["client"], _Request(message, own, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
         except Exception as exc:  # one message must never stop the dispatcher
@@ -274,9 +298,27 @@ class Orchestrator:
         return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
 
     # ------------------------------------------------------------ requests
+    def _admit(self, client: str, request: _Request) -> None:
+        """Queue it and tell the client who serves it, or answer "busy" at once."""
+        ahead = self.requests.put(client, request)
+        if ahead is None:
+            busy = f"busy: {self.requests.per_client} requests of {client} are already waiting at {self.id}"
+            self._reply(request, InferResponse(request.message.request, error=busy, orchestrator=self.id))
+        else:
+            self._reply(request, InferAccepted(request.message.request, self.id, ahead))
+
+    def _reply(self, request: _Request, message: InferResponse | InferAccepted) -> None:
+        try:
+            self.bus.publish(request.response_topic, encode(message), correlation=request.correlation)
+        except Exception as exc:  # never lose the thread
+            log.error("cannot answer request %s: %s", request.message.request, exc)
+
     def _serve(self) -> None:
         while (request := self.requests.get()) is not None:
             message = request.message
+            if request.expired(time.perf_counter()):  # nobody waits for it any more: do not start it
+                log.warning("request %s waited past its %.1f s deadline: dropped", message.request, message.deadline_s)
+                continue
             try:
                 response = self._infer(request)
             except EdgeCIError as exc:
@@ -285,10 +327,7 @@ class Orchestrator:
             except Exception as exc:  # never lose the worker: answer and carry on
                 log.exception("request %s failed unexpectedly", message.request)
                 response = InferResponse(message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id)
-            try:
-                self.bus.publish(request.response_topic, encode(response), correlation=request.correlation)
-            except Exception as exc:  # never lose the worker
-                log.error("cannot answer request %s: %s", message.request, exc)
+            self._reply(request, response)
 
     def _plan(self, model: str, height: int, width: int, strategy: str, devices: list[DeviceView]) -> Plan:
         """The cached plan, re-planned whenever the device table changed."""

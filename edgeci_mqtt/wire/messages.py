@@ -39,10 +39,12 @@ __all__ = [
     "DeviceState",
     "FinishRole",
     "GoMessage",
+    "InferAccepted",
     "InferRequest",
     "InferResponse",
     "LotPrices",
     "Message",
+    "OrchestratorState",
     "ProgramMessage",
     "ProgramStep",
     "ReleaseMessage",
@@ -365,6 +367,15 @@ class ResultMessage(Message):
 
 
 @dataclass(frozen=True)
+class OrchestratorState(Message):
+    """Retained on ``orchestrators/<id>/state``: the birth message, or the will (online false)."""
+
+    kind: ClassVar[str] = "orchestrator-state"
+    orchestrator: Ident
+    online: bool
+
+
+@dataclass(frozen=True)
 class InferRequest(Message):
     kind: ClassVar[str] = "infer"
     request: Ident
@@ -372,6 +383,18 @@ class InferRequest(Message):
     image: Array = field(compare=False)
     strategy: Name = ""
     trace: bool = False  # answer with the measured timeline
+    deadline_s: Seconds = 0.0  # the client waits this long from sending (0: no deadline); later, it is dropped
+
+
+@dataclass(frozen=True)
+class InferAccepted(Message):
+    """On the client's response topic: ``orchestrator`` queued the request (``ahead``
+    requests of this client before it), so the client knows whose will to watch."""
+
+    kind: ClassVar[str] = "accepted"
+    request: Ident
+    orchestrator: Ident
+    ahead: Annotated[int, Range(0, 1 << 20)] = 0
 
 
 @dataclass(frozen=True)
@@ -425,6 +448,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ResultMessage,
         InferRequest,
         InferResponse,
+        InferAccepted,
+        OrchestratorState,
         WeightsMessage,
         ProgramMessage,
         RowsMessage,

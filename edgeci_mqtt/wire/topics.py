@@ -28,6 +28,7 @@ __all__ = [
     "EVERYTHING",
     "INFER_REQUESTS",
     "ORCHESTRATORS_SHARE",
+    "ORCHESTRATOR_STATE",
     "RESULTS",
     "ROLES",
     "ROOT",
@@ -158,6 +159,12 @@ AUCTION_BIDS = TopicPattern(
     (Grant("device", "write", own="device"), Grant("orchestrator", "read")),
 )
 AUCTION_AWARD = TopicPattern("auctions/{round}/award", (Grant("device", "read"), Grant("orchestrator", "write")))
+ORCHESTRATOR_STATE = TopicPattern(
+    "orchestrators/{orchestrator}/state",
+    (Grant("orchestrator", "write", own="orchestrator"), Grant("client", "read")),
+)
+"""Retained birth of an orchestrator, or its will (offline): clients know whom to ask and
+whether the one serving them died."""
 RESULTS = TopicPattern(
     "orchestrators/{orchestrator}/results/{device}/{request}",
     (Grant("device", "write", own="device"), Grant("orchestrator", "read", own="orchestrator")),
@@ -187,6 +194,7 @@ TOPICS: tuple[TopicPattern, ...] = (
     AUCTION_CALL,
     AUCTION_BIDS,
     AUCTION_AWARD,
+    ORCHESTRATOR_STATE,
     RESULTS,
     INFER_REQUESTS,
     CLIENT_RESPONSES,

@@ -1,0 +1,66 @@
+"""Which request an orchestrator serves next: one bounded queue per client, served in turn.
+
+One client queueing 120 requests must not make another client's single request wait
+behind all of them, and must not make the orchestrator hold unbounded work: each client
+may have ``per_client`` requests waiting (the next one is refused at once, "busy"), and
+the workers take the clients' queues round-robin.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["FairQueue"]
+
+T = TypeVar("T")
+
+
+class FairQueue(Generic[T]):
+    """Per-client FIFO queues, taken from in turn; thread-safe."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._queues: dict[str, deque[T]] = {}
+        self._turn: deque[str] = deque()  # clients with work waiting, in serving order
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, client: str, item: T) -> int | None:
+        """Queue ``item``; how many of this client's requests are ahead of it, or None
+        (refused) when the client already has ``per_client`` waiting."""
+        with self._ready:
+            waiting = self._queues.setdefault(client, deque())
+            if len(waiting) >= self.per_client:
+                return None
+            waiting.append(item)
+            if client not in self._turn:
+                self._turn.append(client)
+            self._ready.notify()
+            return len(waiting) - 1
+
+    def get(self) -> T | None:
+        """The next client's oldest request (blocks); None once closed."""
+        with self._ready:
+            while not self._turn and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            client = self._turn.popleft()
+            waiting = self._queues[client]
+            item = waiting.popleft()
+            if waiting:
+                self._turn.append(client)  # its next one after every other client's
+            else:
+                del self._queues[client]
+            return item
+
+    def waiting(self) -> int:
+        with self._ready:
+            return sum(len(q) for q in self._queues.values())
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()

@@ -1,0 +1,111 @@
+"""Admission: per-client bounded queues served in turn; busy, deadline and no-orchestrator
+answers come at once (in-process, over the memory bus)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import pytest
+import torch
+
+from edgeci_mqtt.errors import InferenceError
+from edgeci_mqtt.runtime.admission import FairQueue
+from edgeci_mqtt.runtime.client import EdgeCIClient
+from edgeci_mqtt.runtime.memory_bus import MemoryBroker
+from edgeci_mqtt.runtime.models_held import ModelStore
+from tests.exactness import References
+from tests.inprocess import memory_cluster
+
+
+def test_clients_are_served_in_turn_and_each_queue_is_bounded() -> None:
+    fair: FairQueue[str] = FairQueue(per_client=3)
+    assert [fair.put("flood", f"f{i}") for i in range(4)] == [0, 1, 2, None]  # the fourth: busy
+    assert fair.put("honest", "h0") == 0
+    assert fair.put("other", "o0") == 0
+    # the flood's first, then each other client's before the flood's second
+    assert [fair.get() for _ in range(5)] == ["f0", "h0", "o0", "f1", "f2"]
+    assert fair.waiting() == 0
+    assert fair.put("flood", "f5") == 0  # room again
+    closed = threading.Thread(target=lambda: (time.sleep(0.1), fair.close()))
+    closed.start()
+    assert fair.get() == "f5" and fair.get() is None  # close wakes a waiting worker
+    closed.join()
+
+
+def test_with_no_orchestrator_online_a_request_fails_at_once() -> None:
+    broker = MemoryBroker()
+    started = time.perf_counter()
+    with EdgeCIClient(broker.bus("lonely")) as client, pytest.raises(InferenceError, match="no orchestrator"):
+        client.infer(torch.zeros(1, 3, 32, 32), "smallcnn", timeout=60)
+    assert time.perf_counter() - started < 10  # not the 60 s timeout
+
+
+def test_one_client_flooding_gets_busy_answers_and_cannot_starve_another(references: References) -> None:
+    """One client floods an orchestrator serving one request at a time with at most 2
+    waiting per client: its surplus is refused as busy at once, and another client's single
+    request is served before the flood's last waiting one. (The device is frozen while the
+    queues fill, so the first request holds the worker for its auction window.)"""
+    ref = references[("smallcnn", 64, 64)]
+    store = ModelStore(dict.fromkeys(["smallcnn"]), seed=0)
+    with memory_cluster(store, devices=1, in_flight=1, per_client=2, auction_s=1.0) as small:
+        outcomes: list[str] = []
+        finished: dict[str, float] = {}
+        with small.client("flood") as flood, small.client("honest") as honest:
+
+            def flood_one(index: int) -> None:
+                try:
+                    flood.infer(ref.x, "smallcnn", timeout=60)
+                    finished[f"flood-{index}"] = time.perf_counter()
+                    outcomes.append("served")
+                except InferenceError as exc:
+                    outcomes.append("busy" if "busy" in str(exc) else "other")
+
+            small.muted.add(small.bus_of("dev-1").client_id)
+            threads = [threading.Thread(target=flood_one, args=(i,)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.02)  # in order: the first holds the worker, two wait, five are busy
+            asked = time.perf_counter()
+            answer: list[float] = []
+            asking = threading.Thread(
+                target=lambda: answer.append(honest.infer(ref.x, "smallcnn", timeout=60).latency_s)
+            )
+            asking.start()
+            time.sleep(0.3)
+            small.muted.clear()
+            asking.join()
+            finished["honest"] = asked + answer[0]
+            for thread in threads:
+                thread.join()
+        # the first found no bid (frozen device), two were served, five were refused at once
+        assert sorted(outcomes) == ["busy"] * 5 + ["other"] + ["served"] * 2, outcomes
+        last_flood = max(t for name, t in finished.items() if name.startswith("flood"))
+        assert finished["honest"] < last_flood  # served in turn, not after the whole flood
+
+
+def test_a_request_past_its_deadline_is_dropped_unstarted(
+    references: References, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref = references[("smallcnn", 64, 64)]
+    store = ModelStore(dict.fromkeys(["smallcnn"]), seed=0)
+    with memory_cluster(store, devices=1, in_flight=1, auction_s=3.0) as small, small.client() as client:
+        small.muted.add(small.bus_of("dev-1").client_id)  # the one device is frozen: the worker waits for its bid
+
+        def blocked() -> None:
+            with contextlib.suppress(InferenceError):  # whatever becomes of it: it holds the worker
+                client.infer(ref.x, "smallcnn", timeout=8)
+
+        blocker = threading.Thread(target=blocked)
+        blocker.start()
+        time.sleep(0.2)
+        with caplog.at_level(logging.WARNING), pytest.raises(InferenceError, match="no answer"):
+            client.infer(ref.x, "smallcnn", timeout=0.5)  # queued behind the blocked one, gives up
+        small.muted.clear()
+        blocker.join()
+        deadline = time.monotonic() + 20
+        while "past its 0.5 s deadline: dropped" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert "past its 0.5 s deadline: dropped" in caplog.text
