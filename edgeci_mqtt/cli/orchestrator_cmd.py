@@ -14,7 +14,7 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
-from edgeci_mqtt.runtime.orchestrator import Orchestrator
+from edgeci_mqtt.runtime.orchestrator import IN_FLIGHT, PER_CLIENT, Orchestrator
 from edgeci_mqtt.runtime.transport import MqttBus
 
 __all__ = ["register", "run"]
@@ -41,6 +41,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--auction-ms", type=float, default=500.0, help="bid deadline of an auction round")
     parser.add_argument("--broker-mbit", type=float, default=1000.0, help="bandwidth of the broker host's link")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--in-flight", type=int, default=IN_FLIGHT, help=f"requests served at once (default {IN_FLIGHT})"
+    )
+    parser.add_argument(
+        "--per-client",
+        type=int,
+        default=PER_CLIENT,
+        help=f"requests one client may have waiting; more are refused as busy (default {PER_CLIENT})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         args.strategy,
         Link(args.broker_mbit, 0.1),
         args.auction_ms / 1e3,
+        in_flight=args.in_flight,
+        per_client=args.per_client,
     )
     orchestrator.run(stop_on_signals())
     return 0
