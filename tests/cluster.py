@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
+from edgeci_mqtt.runtime.broker_config import TlsListener
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 
@@ -32,11 +33,16 @@ def local_cluster(
     start: int | None = None,
     device_args: tuple[str, ...] = (),
     orchestrator_args: tuple[str, ...] = (),
+    tls: TlsListener | None = None,
+    tls_args: tuple[str, ...] = (),
 ) -> Iterator[LocalCluster]:
-    """Credentials for ``devices`` devices; the first ``start`` (default all) are started."""
+    """Credentials for ``devices`` devices; the first ``start`` (default all) are started.
+    With ``tls`` the devices and orchestrators connect to its listener, with ``tls_args``
+    (``--ca-file`` ...)."""
     names = [f"dev-{i}" for i in range(1, devices + 1)]
     oids = [f"o{i}" for i in range(1, orchestrators + 1)]
-    broker = BrokerProcess(workdir / "broker", names, orchestrators=oids)
+    broker = BrokerProcess(workdir / "broker", names, orchestrators=oids, tls=tls)
+    device_args = (*device_args, *tls_args)
     group = ProcessGroup(workdir)
     names = names[:start]
     try:
@@ -47,11 +53,12 @@ def local_cluster(
                 oid,
                 "orchestrator",
                 "--broker",
-                broker.url(oid),
+                broker.url(oid, tls=tls is not None),
                 "--strategy",
                 strategy,
                 *(a for m in models.split(",") for a in ("--model", m)),
                 *orchestrator_args,
+                *tls_args,
             )
         wait_for_devices(broker, set(names), timeout=180, group=group)
         for oid in oids:
@@ -64,7 +71,8 @@ def local_cluster(
 
 
 def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str, *extra: str) -> None:
-    group.start(name, "-v", "device", "--broker", broker.url(name), "--models", models, *extra)
+    url = broker.url(name, tls="--ca-file" in extra)
+    group.start(name, "-v", "device", "--broker", url, "--models", models, *extra)
 
 
 def collect(bus: Bus, seconds: float) -> list[Inbound]:

@@ -13,6 +13,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import (
     DYNSEC_FILE,
     Credentials,
+    TlsListener,
     credentials_path,
     mosquitto_conf,
     write_broker_config,
@@ -109,3 +110,19 @@ def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:
         write_secret(tmp_path / "secret", "s3cret")
     write_secret(tmp_path / "secret", "s3cret", force=True)  # replaces the link itself
     assert target.read_text() == "keep" and not (tmp_path / "secret").is_symlink()
+
+
+def test_broker_config_can_write_a_ready_tls_listener_bound_to_an_address() -> None:
+    tls = TlsListener.in_dir(8883, "/mosquitto/config/certs", require_certificate=True)
+    conf = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls)
+    assert "listener 1883 10.0.0.2\n" in conf and "listener 8883 10.0.0.2\n" in conf
+    for line in (
+        "cafile /mosquitto/config/certs/ca.crt",
+        "certfile /mosquitto/config/certs/server.crt",
+        "keyfile /mosquitto/config/certs/server.key",
+        "require_certificate true",
+        "tls_version tlsv1.2",
+    ):
+        assert f"\n{line}\n" in conf, line
+    args = build_parser().parse_args(["broker-config", "--tls-port", "8883", "--require-certificate", "--bind", "::1"])
+    assert args.tls_port == 8883 and args.require_certificate and args.bind == "::1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeci_mqtt.runtime.broker_config import credentials_path, write_broker_config
+from edgeci_mqtt.runtime.broker_config import TlsListener, credentials_path, write_broker_config
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
 from edgeci_mqtt.wire.topics import Role
 
@@ -29,7 +29,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--client", action="append", help="client user (repeatable; default client)")
     parser.add_argument("--watcher", action="append", help="watcher user (repeatable; default watcher)")
     parser.add_argument("--port", type=int, default=1883)
-    parser.add_argument("--bind", default="", help="the listener's address (default: every interface)")
+    parser.add_argument("--bind", default="", help="the listeners' address (default: every interface)")
+    parser.add_argument(
+        "--tls-port",
+        type=int,
+        default=0,
+        help="also listen with TLS on this port, with certs/ca.crt, certs/server.crt and certs/server.key "
+        "under the config dir (default: none, an example in comments)",
+    )
+    parser.add_argument(
+        "--require-certificate", action="store_true", help="TLS clients must show a certificate signed by the CA"
+    )
     parser.add_argument("--config-dir", help="where the broker will see these files (e.g. /mosquitto/config)")
     parser.add_argument("--plugin", default="", help="path of mosquitto_dynamic_security.so as the broker sees it")
     parser.add_argument("--no-passwords", action="store_true", help="write only mosquitto.conf")
@@ -46,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         ("watcher", args.watcher or ["watcher"]),
     ):
         users.update(dict.fromkeys(names, role))
+    where = args.config_dir or str(args.out.resolve())
+    tls = TlsListener.in_dir(args.tls_port, f"{where}/certs", args.require_certificate) if args.tls_port else None
     creds = write_broker_config(
         args.out,
         users,
@@ -55,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         passwords=not args.no_passwords,
         force=args.force,
         plugin=args.plugin,
+        tls=tls,
     )
     print(f"wrote {args.out}/mosquitto.conf")
     if creds.passwords:

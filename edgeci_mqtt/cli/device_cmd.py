@@ -13,13 +13,12 @@ from typing import Any
 import torch
 import yaml
 
-from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
-from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.runtime.weights import WeightCache
 
 __all__ = ["register", "run", "stop_on_signals"]
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
     device, threads = str(address.username), int(config.get("threads", 1))
-    bus = MqttBus(address, ca_file=args.ca_file)
+    bus = broker_bus(args, address=address)
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
     memory = config.get("tail_memory_mb")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table, human_count
 from edgeci_mqtt.core.blocks import TileGrid, balanced_blocks, block_tile_flops, parse_blocks
 from edgeci_mqtt.core.chain import whole_map_flops
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_remote(args: argparse.Namespace) -> int:
     """Ask the cluster behind ``--broker`` and print the answer."""
     x = load_input(args.input, args.size)
-    with EdgeCIClient(broker_address(args, "client"), ca_file=args.ca_file) as client:
+    with EdgeCIClient(broker_bus(args, "client")) as client:
         result = client.infer(x, args.model, args.strategy or "", args.timeout)
     print(
         f"model {args.model}, strategy {result.strategy}, orchestrator {result.orchestrator}, "

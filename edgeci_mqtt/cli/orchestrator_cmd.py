@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
-from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.orchestrator import IN_FLIGHT, PER_CLIENT, Orchestrator
-from edgeci_mqtt.runtime.transport import MqttBus
 
 __all__ = ["register", "run"]
 
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     orchestrator = Orchestrator(
         str(address.username),
-        MqttBus(address, ca_file=args.ca_file),
+        broker_bus(args, address=address),
         store,
         measure_profile(args.threads),
         args.strategy,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin
-from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire.topics import ROLES
 
 __all__ = ["register", "run"]
@@ -40,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bus = MqttBus(broker_address(args, ADMIN_USER), ca_file=args.ca_file)
+    bus = broker_bus(args, ADMIN_USER)
     admin = DynsecAdmin(bus)
     bus.start()
     try:

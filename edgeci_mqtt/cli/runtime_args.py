@@ -8,9 +8,9 @@ from pathlib import Path
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.transport import BrokerAddress
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 
-__all__ = ["add_broker", "broker_address"]
+__all__ = ["add_broker", "broker_address", "broker_bus"]
 
 
 def add_broker(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -21,7 +21,16 @@ def add_broker(parser: argparse.ArgumentParser, required: bool = True) -> None:
         help="this process's credentials file from 'edgeci broker-config' or 'edgeci provision add' "
         "(or set EDGECI_USERNAME/EDGECI_PASSWORD)",
     )
-    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
+    parser.add_argument("--ca-file", help="for mqtts://: the CA that signed the broker's certificate")
+    parser.add_argument("--cert-file", help="for mqtts://: this process's certificate, if the broker asks for one")
+    parser.add_argument("--key-file", help="for mqtts://: the key of --cert-file")
+
+
+def broker_bus(args: argparse.Namespace, user: str | None = None, address: BrokerAddress | None = None) -> MqttBus:
+    """A session with the broker of ``args`` (its login as :func:`broker_address` finds it,
+    unless ``address`` is given), with its TLS files."""
+    tls = TlsFiles(args.ca_file, args.cert_file, args.key_file)
+    return MqttBus(address or broker_address(args, user), tls=tls)
 
 
 def broker_address(args: argparse.Namespace, user: str | None = None) -> BrokerAddress:

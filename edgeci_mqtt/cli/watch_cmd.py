@@ -7,9 +7,8 @@ import sys
 import time
 
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
-from edgeci_mqtt.cli.runtime_args import add_broker, broker_address
+from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.runtime.watch import TrafficView
 
 __all__ = ["register", "run"]
@@ -29,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bus = MqttBus(broker_address(args, "watcher"), ca_file=args.ca_file)
+    bus = broker_bus(args, "watcher")
     bus.subscribe("#", qos=0)
     bus.start()
     view, stop = TrafficView(), stop_on_signals()

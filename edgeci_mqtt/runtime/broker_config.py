@@ -31,19 +31,71 @@ from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
 from edgeci_mqtt.wire.topics import Role, check_segment
 
-__all__ = ["DYNSEC_FILE", "Credentials", "credentials_path", "mosquitto_conf", "write_broker_config", "write_secret"]
+__all__ = [
+    "DYNSEC_FILE",
+    "Credentials",
+    "TlsListener",
+    "credentials_path",
+    "mosquitto_conf",
+    "write_broker_config",
+    "write_secret",
+]
 
 DYNSEC_FILE = "dynamic-security.json"
 _BROKER_USER = "mosquitto"
 """The user a Mosquitto started as root runs as (its default): it must own the plugin's file."""
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener; the files as the broker sees them. ``require_certificate``: clients
+    must show a certificate signed by ``ca_file`` (on top of their password)."""
+
+    port: int
+    ca_file: str
+    cert_file: str
+    key_file: str
+    require_certificate: bool = False
+
+    @classmethod
+    def in_dir(cls, port: int, certs: str, require_certificate: bool = False) -> TlsListener:
+        """The files under ``certs/`` as ca.crt, server.crt and server.key."""
+        return cls(port, f"{certs}/ca.crt", f"{certs}/server.crt", f"{certs}/server.key", require_certificate)
+
+
+def _tls_block(tls: TlsListener | None, bind: str, config_dir: str) -> str:
+    if tls is None:
+        return f"""# TLS listener (example): put the certificates next to this file and uncomment, or run
+# `edgeci broker-config --tls-port 8883`.
+#listener 8883
+#protocol mqtt
+#cafile {config_dir}/certs/ca.crt
+#certfile {config_dir}/certs/server.crt
+#keyfile {config_dir}/certs/server.key
+#tls_version tlsv1.2
+"""
+    return f"""# TLS listener: clients connect with mqtts://host:{tls.port} and the CA below.
+{f"listener {tls.port} {bind}".rstrip()}
+protocol mqtt
+cafile {tls.ca_file}
+certfile {tls.cert_file}
+keyfile {tls.key_file}
+tls_version tlsv1.2
+require_certificate {"true" if tls.require_certificate else "false"}
+"""
+
+
 def mosquitto_conf(
-    config_dir: str, port: int = 1883, bind: str = "", run_as: str | None = None, plugin: str = ""
+    config_dir: str,
+    port: int = 1883,
+    bind: str = "",
+    run_as: str | None = None,
+    plugin: str = "",
+    tls: TlsListener | None = None,
 ) -> str:
     """The broker configuration. ``run_as``: the user a broker started as root keeps (the
     project's own launchers use the current user; deployments leave Mosquitto's default,
-    the ``mosquitto`` user, who owns the plugin's file). ``bind``: the listener's address
+    the ``mosquitto`` user, who owns the plugin's file). ``bind``: the listeners' address
     (empty: every interface)."""
     listener = f"listener {port} {bind}".rstrip()
     user = f"user {run_as}\n" if run_as else ""
@@ -66,14 +118,7 @@ log_type notice
 {listener}
 protocol mqtt
 
-# TLS listener (example): put the certificates next to this file and uncomment.
-#listener 8883
-#protocol mqtt
-#cafile {config_dir}/certs/ca.crt
-#certfile {config_dir}/certs/server.crt
-#keyfile {config_dir}/certs/server.key
-#tls_version tlsv1.2
-"""
+{_tls_block(tls, bind, config_dir)}"""
 
 
 @dataclass(frozen=True)
@@ -168,6 +213,7 @@ def write_broker_config(
     run_as: str | None = None,
     force: bool = False,
     plugin: str = "",
+    tls: TlsListener | None = None,
 ) -> Credentials:
     """Write mosquitto.conf and (with ``passwords``) the plugin's file with ``users``
     and one credentials file per user plus the admin's; existing ones only with ``force``.
@@ -179,7 +225,7 @@ def write_broker_config(
         raise EdgeCIError(f"{there[0]} exists; pass --force to replace every password")
     out.mkdir(parents=True, exist_ok=True)
     where = config_dir or str(out.resolve())
-    (out / "mosquitto.conf").write_text(mosquitto_conf(where, port, bind, run_as, plugin))
+    (out / "mosquitto.conf").write_text(mosquitto_conf(where, port, bind, run_as, plugin, tls))
     if not passwords:
         return Credentials({})
     if force:

@@ -28,7 +28,7 @@ from torch import Tensor
 from edgeci_mqtt.errors import InferenceError, TransportError, WireError
 from edgeci_mqtt.imaging import check_image, load_input
 from edgeci_mqtt.runtime.bus import Bus, Disconnected, Inbound, events_until
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
@@ -84,10 +84,10 @@ class EdgeCIClient:
     concurrent ``infer`` calls from several threads share it.
     """
 
-    def __init__(self, broker: Bus | BrokerAddress | str, ca_file: str | None = None) -> None:
+    def __init__(self, broker: Bus | BrokerAddress | str, tls: TlsFiles | None = None) -> None:
         if isinstance(broker, str | BrokerAddress):
             address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker
-            broker = MqttBus(address, ca_file=ca_file)
+            broker = MqttBus(address, tls=tls)
         self.bus: Bus = broker
         self.client_id = broker.client_id
         self.requests = INFER_REQUESTS.build(client=self.client_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials, write_broker_config
+from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, write_broker_config
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
@@ -42,9 +42,11 @@ class BrokerProcess:
         orchestrators: Sequence[str] = ("orchestrator",),
         clients: Sequence[str] = ("client",),
         watchers: Sequence[str] = ("watcher",),
+        tls: TlsListener | None = None,
     ) -> None:
         """``wrap`` runs the broker elsewhere (a network namespace); readiness is then probed
-        from there too."""
+        from there too. ``tls``: a TLS listener besides the plain one."""
+        self.tls = tls
         self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
         roles: tuple[tuple[Role, Sequence[str]], ...] = (
             ("device", devices),
@@ -54,7 +56,7 @@ class BrokerProcess:
         )
         users = {name: role for role, names in roles for name in names}
         self.credentials: Credentials = write_broker_config(  # a private broker: fresh credentials every time
-            workdir, users, port=self.port, bind=bind, run_as=getpass.getuser(), force=True
+            workdir, users, port=self.port, bind=bind, run_as=getpass.getuser(), force=True, tls=tls
         )
         self.log_path = workdir / "mosquitto.log"
         self._log: IO[bytes] = self.log_path.open("ab")
@@ -70,7 +72,12 @@ class BrokerProcess:
         self.mosquitto.stop()
         self._launch()
 
-    def url(self, user: str, host: str | None = None, port: int | None = None) -> str:
+    def url(self, user: str, host: str | None = None, port: int | None = None, tls: bool = False) -> str:
+        """``user``'s URL; with ``tls``, of the TLS listener."""
+        if tls:
+            if self.tls is None:
+                raise EdgeCIError("this broker has no TLS listener")
+            return f"mqtts://{user}:{self.credentials.passwords[user]}@{host or self.bind}:{port or self.tls.port}"
         return f"mqtt://{user}:{self.credentials.passwords[user]}@{host or self.bind}:{port or self.port}"
 
     def address(self, user: str) -> BrokerAddress:

@@ -31,7 +31,7 @@ from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["BrokerAddress", "MqttBus"]
+__all__ = ["BrokerAddress", "MqttBus", "TlsFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """For ``mqtts://``: the CA that signed the broker's certificate (None: the system's),
+    and this process's own certificate and key when the broker requires one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 class _Inbox(queue.Queue[Event]):
     """The events queue, counting the payload bytes it holds (under the queue's own lock)."""
 
@@ -106,7 +116,7 @@ class MqttBus:
         self,
         address: BrokerAddress,
         client_id: str | None = None,
-        ca_file: str | None = None,
+        tls: TlsFiles | None = None,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         """``client_id`` defaults to the user name: the broker binds every user to a client id of its name."""
@@ -123,15 +133,25 @@ class MqttBus:
         self._lock = threading.Lock()
         self._refused: str | None = None
         self._session_started, self._short_sessions = 0.0, 0
+        self._ended = False
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if address.username:
             self._client.username_pw_set(address.username, address.password)
+        tls = tls or TlsFiles()
+        if (tls.cert_file or tls.key_file or tls.ca_file) and not address.tls:
+            raise TransportError(f"certificate files are for mqtts:// addresses, not {address}")
         if address.tls:
-            self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            try:
+                self._client.tls_set(
+                    ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, cert_reqs=ssl.CERT_REQUIRED
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise TransportError(f"{client_id}: cannot use the TLS files {tls}: {exc}") from exc
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_log = self._on_log
 
     def will(self, topic: str, payload: bytes) -> None:
         self._client.will_set(topic, payload, qos=1, retain=True, properties=self._properties())
@@ -177,9 +197,19 @@ class MqttBus:
         else:
             self.events.put(Disconnected(str(reason)))
 
+    def _on_log(self, client: paho.Client, userdata: object, level: int, text: str) -> None:
+        """paho reports a TLS alert after the handshake (a certificate the broker requires
+        and did not get, or one it does not trust) only as a socket error in its log. Only an
+        alert or a certificate error ends the session: a TLS connection cut by a broker
+        restart (an EOF, a reset) must still reconnect."""
+        upper = text.upper()
+        alert = "SSL" in upper and ("ALERT" in upper or "CERTIFICATE" in upper)
+        if level == paho.MQTT_LOG_ERR and alert and not self._ended:
+            self._end(client, f"TLS with broker {self.address} failed: {text}")
+
     def _end(self, client: paho.Client, why: str) -> None:
         """No reconnection: the same login would be refused again, or would take the id back."""
-        self._refused = why
+        self._refused, self._ended = why, True
         log.error("%s: %s", self.client_id, why)
         # paho's own thread cannot stop itself (its reconnect state is set after this callback):
         # another thread ends its loop, which checks before each retry.
@@ -221,8 +251,15 @@ class MqttBus:
         return props
 
     def start(self, timeout: float = 10.0) -> None:
-        """Connect (in the background, retrying) and wait up to ``timeout`` for the first session."""
-        self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+        """Connect and wait up to ``timeout`` for the first session. The first attempt is made
+        here, so a TLS failure (a certificate no retry can change) is an error at once; a
+        broker not listening yet is retried in the background."""
+        try:
+            self._client.connect(self.address.host, self.address.port, keepalive=15)
+        except ssl.SSLError as exc:
+            raise TransportError(f"{self.client_id}: TLS with {self.address} failed: {exc}") from exc
+        except OSError:
+            self._client.connect_async(self.address.host, self.address.port, keepalive=15)
         self._client.loop_start()
         self._settled.wait(timeout)  # a refusal ends the wait at once
         if not self.connected.is_set():

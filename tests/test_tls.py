@@ -1,0 +1,95 @@
+"""TLS with a CA made here: every process connects over mqtts:// with the CA and a client
+certificate the broker requires; without them, or trusting another CA, it is refused at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeci_mqtt.errors import TransportError
+from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.runtime.broker_config import TlsListener
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER
+from edgeci_mqtt.runtime.mosquitto import free_port
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
+from tests.cluster import LocalCluster, local_cluster
+from tests.exactness import assert_float32_faithful, whole_model_reference
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(where: Path, name: str) -> Path:
+    """A CA, and a server (for 127.0.0.1) and a client certificate it signed."""
+    where.mkdir(parents=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", f"/CN={name}", cwd=where)  # fmt: skip
+    for role, san in (("server", "IP:127.0.0.1"), ("client", "DNS:client")):
+        (where / f"{role}.ext").write_text(f"subjectAltName={san}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{role}.key", "-out", f"{role}.csr",
+                 "-subj", f"/CN={role}", cwd=where)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{role}.crt", "-days", "2", "-extfile", f"{role}.ext", cwd=where)  # fmt: skip
+    return where
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Path]]:
+    root = tmp_path_factory.mktemp("tls")
+    certs = make_ca(root / "certs", "edgeci-test-ca")
+    listener = TlsListener.in_dir(free_port(), str(certs), require_certificate=True)
+    args = ("--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "client.crt"), "--key-file",
+            str(certs / "client.key"))  # fmt: skip
+    with local_cluster(root / "run", devices=2, models="smallcnn", tls=listener, tls_args=args) as cluster:
+        yield cluster, certs
+
+
+def test_every_command_works_over_tls_with_a_client_certificate(
+    secured: tuple[LocalCluster, Path], tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
+) -> None:
+    cluster, certs = secured
+    assert "mqtts://" in " ".join(str(a) for a in cluster.group.processes["dev-1"].args)
+    files = ("--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "client.crt"), "--key-file",
+             str(certs / "client.key"))  # fmt: skip
+    out = tmp_path / "logits.npy"
+    url = cluster.broker.url("client", tls=True)
+    asked = subprocess.run(
+        [sys.executable, "-m", "edgeci_mqtt", "infer", "--broker", url, *files, "--model", "smallcnn", "--size", "64",
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    ref = whole_model_reference(chains["smallcnn"], chains64["smallcnn"], load_input(SAMPLE_IMAGE, 64))
+    assert_float32_faithful(torch.from_numpy(np.load(out)), ref.logits32, ref.logits64)
+    admin = cluster.broker.url(ADMIN_USER, tls=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "edgeci_mqtt", "provision", "--broker", admin, *files, "list"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert listed.returncode == 0 and "dev-2" in listed.stdout, listed.stderr[-2000:]
+
+
+def test_without_a_certificate_or_trusting_another_ca_a_client_is_refused_at_once(
+    secured: tuple[LocalCluster, Path], tmp_path: Path
+) -> None:
+    cluster, certs = secured
+    address = BrokerAddress.parse(cluster.broker.url("client", tls=True))
+    rogue = make_ca(tmp_path / "rogue", "someone-else")
+    for tls in (
+        TlsFiles(str(certs / "ca.crt")),  # no client certificate: the broker requires one
+        TlsFiles(str(rogue / "ca.crt"), str(certs / "client.crt"), str(certs / "client.key")),  # wrong CA
+        TlsFiles(str(certs / "ca.crt"), str(rogue / "client.crt"), str(rogue / "client.key")),  # not signed by it
+    ):
+        started = time.perf_counter()
+        with pytest.raises(TransportError, match=r"TLS with .* failed"):
+            MqttBus(address, tls=tls).start(timeout=30)
+        assert time.perf_counter() - started < 15, tls
