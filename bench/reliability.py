@@ -1,0 +1,547 @@
+"""Reliability under hostile and failing conditions, on loopback: one command, bounded.
+
+    python -m bench.reliability [--sequential 1000] [--clients 50] [--each 10] [--malformed 10000]
+
+Starts Mosquitto (the generated configuration: Dynamic Security roles), 4 device agents
+and 2 orchestrators serving ``smallcnn`` at 64x64 (what is measured is the runtime's
+behaviour, not model speed), then runs each scenario in turn: the role matrix by delivery,
+malformed payloads on every subscribed topic, sequential and concurrent requests, device
+kills, broker restarts (SIGTERM and SIGKILL), an orchestrator killed with requests running,
+and the floods. Writes docs/RELIABILITY.md and docs/bench/reliability.json.
+
+Columns: *attempted*; *refused* (turned away as intended: by the broker, as busy, or as
+malformed); *crashed* (processes that died); *hung* (requests that waited out the client's
+timeout); *wrong* (answers not faithful to the model, or a delivery the roles forbid);
+*lost* (requests that ended with a clear error although an answer was possible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.report import DOCS, machine_line
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.errors import EdgeCIError, InferenceError
+from edgeci_mqtt.exactness import faithful, float64_model
+from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.runtime.bus import Inbound, events_until
+from edgeci_mqtt.runtime.client import EdgeCIClient
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER
+from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.runtime.transport import MqttBus
+from edgeci_mqtt.wire import (
+    AUCTION_BIDS,
+    AUCTION_CALL,
+    DEVICE_PROBE,
+    DEVICE_ROWS,
+    DEVICE_STATE,
+    DEVICE_TASKS,
+    INFER_REQUESTS,
+    MAX_PAYLOAD_BYTES,
+    RESULTS,
+    SHARED_REQUESTS,
+    Chunk,
+    ResultMessage,
+    encode,
+)
+from edgeci_mqtt.wire.topics import ROOT, TOPICS, Role
+from tests.hostile import hostile_payloads
+
+DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
+ORCHESTRATORS = ("o1", "o2")
+SIDE = 64
+TIMEOUT_S = 30.0
+
+
+@dataclass
+class Row:
+    """One scenario's counts (see the module's docstring) and latencies."""
+
+    scenario: str
+    attempted: int = 0
+    refused: int = 0
+    crashed: int = 0
+    hung: int = 0
+    wrong: int = 0
+    lost: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        lat = sorted(self.latencies_s)
+        p50 = f"{1e3 * statistics.median(lat):.0f}" if lat else "-"
+        p99 = f"{1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]:.0f}" if lat else "-"
+        counts = (self.attempted, self.refused, self.crashed, self.hung, self.wrong, self.lost)
+        return [self.scenario, *map(str, counts), p50, p99, self.note]
+
+
+class Cluster:
+    """The broker, the agents and the orchestrators, and the oracle for their answers."""
+
+    def __init__(self, workdir: Path) -> None:
+        clients = ("client", "honest", "flood", *(f"c{i}" for i in range(64)))
+        self.broker = BrokerProcess(
+            workdir / "broker", [*DEVICES, "dev-x"], orchestrators=(*ORCHESTRATORS, "o-x"), clients=clients
+        )
+        self.group = ProcessGroup(workdir)
+        self.x = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+        chain = load_chain("smallcnn")
+        with torch.inference_mode():
+            self.ref32, self.ref64 = chain.model(self.x), float64_model(chain.model)(self.x.double())
+
+    def start_device(self, name: str) -> None:
+        self.group.start(name, "device", "--broker", self.broker.url(name), "--models", "smallcnn")
+        self.group.wait_for_log(name, "online, holding", timeout=120)
+
+    def start_orchestrator(self, name: str) -> None:
+        self.group.start(name, "orchestrator", "--broker", self.broker.url(name), "--model", "smallcnn")
+        self.group.wait_for_log(name, "ready", timeout=120)
+
+    def up(self) -> None:
+        for name in DEVICES:
+            self.group.start(name, "device", "--broker", self.broker.url(name), "--models", "smallcnn")
+        for name in ORCHESTRATORS:
+            self.start_orchestrator(name)
+        for name in DEVICES:
+            self.group.wait_for_log(name, "online, holding", timeout=120)
+        time.sleep(1.0)
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.group.processes.items() if p.poll() is not None]
+
+    def rss_mb(self) -> dict[str, float]:
+        pids = {name: p.pid for name, p in self.group.processes.items() if p.poll() is None}
+        pids["broker"] = self.broker.process.pid
+        return {name: _rss_mb(pid) for name, pid in pids.items()}
+
+    def ask(self, client: EdgeCIClient, row: Row, timeout: float = TIMEOUT_S, strategy: str = "") -> None:
+        """One request, counted in ``row``."""
+        row.attempted += 1
+        started = time.perf_counter()
+        try:
+            result = client.infer(self.x, "smallcnn", strategy, timeout=timeout)
+        except InferenceError as exc:
+            if "no answer in time" in str(exc):
+                row.hung += 1
+            elif "busy" in str(exc):
+                row.refused += 1
+            else:
+                row.lost += 1
+            return
+        row.latencies_s.append(time.perf_counter() - started)
+        if not faithful(result.logits, self.ref32, self.ref64):
+            row.wrong += 1
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def _parallel(work: Callable[[int], None], count: int) -> None:
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@contextmanager
+def session(cluster: Cluster, user: str, *filters: str) -> Iterator[MqttBus]:
+    bus = MqttBus(cluster.broker.address(user))
+    for topic_filter in filters:
+        bus.subscribe(topic_filter)
+    bus.start()
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
+def _drain(bus: MqttBus, seconds: float) -> list[Inbound]:
+    deadline = time.perf_counter() + seconds
+    return [e for e in events_until(bus, deadline=deadline, poll_s=0.05) if isinstance(e, Inbound)]
+
+
+# ---------------------------------------------------------------------------- scenarios
+ROLE_USERS: dict[Role, str] = {"device": "dev-x", "orchestrator": "o-x", "client": "c63", "watcher": "watcher"}
+
+
+def role_matrix(cluster: Cluster) -> Row:
+    """Every role writes every kind of topic, under its own name and another's; an admin
+    sink reads what the broker let through; expected: exactly what the grants say."""
+    row = Row("role matrix: writes by delivery (4 roles x 11 topics x own/other)")
+    with session(cluster, ADMIN_USER, "edgeci/#") as sink:
+        _drain(sink, 0.5)
+        expected: dict[tuple[str, str], bool] = {}
+        for role, user in ROLE_USERS.items():
+            with session(cluster, user) as bus:
+                for topic in TOPICS:
+                    for own in (True, False):
+                        ids = {name: (user if own else "someone") for name in topic.ids}
+                        built = topic.build(**ids)
+                        allowed = any(
+                            g.role == role and g.access in ("write", "readwrite") and (own or not g.own)
+                            for g in topic.grants
+                        )
+                        expected[(built, user)] = allowed
+                        row.attempted += 1
+                        bus.publish(built, f"matrix {user}".encode(), wait=5)
+        seen = {(m.topic, m.payload.decode(errors="replace").removeprefix("matrix ")) for m in _drain(sink, 1.5)}
+    for key, allowed in expected.items():
+        delivered = key in seen
+        row.refused += not delivered and not allowed
+        row.wrong += delivered != allowed
+    row.note = f"{sum(expected.values())} allowed by the grants, all others refused by the broker"
+    return row
+
+
+def read_matrix(cluster: Cluster) -> Row:
+    """Every role subscribes to every kind of topic, with its own name and another's (and the
+    orchestrators' shared subscription); an oracle user that may write anything publishes
+    on each; expected: each role receives exactly what its read grants say."""
+    admin = cluster.broker.admin()
+    try:
+        admin.run([
+            {"command": "createRole", "rolename": "bench-oracle",
+             "acls": [{"acltype": "publishClientSend", "topic": "edgeci/#", "allow": True}]},
+            {"command": "createClient", "username": "bench-oracle", "password": "bench-oracle-secret",
+             "clientid": "bench-oracle", "roles": [{"rolename": "bench-oracle"}]},
+        ])  # fmt: skip
+    finally:
+        admin.bus.stop()
+    cluster.broker.credentials.passwords["bench-oracle"] = "bench-oracle-secret"
+    row = Row("role matrix: reads by delivery (4 roles x 11 topics x own/other, and $share)")
+    wrong: list[str] = []
+    sessions = {}
+    for user in ROLE_USERS.values():
+        filters = [t.filter_with(**{n: user for n in t.ids}) for t in TOPICS]
+        filters += [t.filter_with(**{n: "someone" for n in t.ids}) for t in TOPICS] + [SHARED_REQUESTS]
+        sessions[user] = MqttBus(cluster.broker.address(user))
+        for topic_filter in filters:
+            sessions[user].subscribe(topic_filter)
+        sessions[user].start()
+    try:
+        time.sleep(0.5)
+        for bus in sessions.values():
+            _drain(bus, 0.2)  # retained states
+        published: list[tuple[str, str]] = []  # (topic, the name in it)
+        with session(cluster, "bench-oracle") as oracle:
+            for named in [*ROLE_USERS.values(), "someone"]:
+                for topic in TOPICS:
+                    built = topic.build(**{n: named for n in topic.ids})
+                    oracle.publish(built, b"oracle", wait=5)
+                    published.append((built, named))
+        got = {user: {m.topic for m in _drain(bus, 1.0) if m.payload == b"oracle"} for user, bus in sessions.items()}
+    finally:
+        for bus in sessions.values():
+            bus.stop()
+    for role, user in ROLE_USERS.items():
+        for built, named in published:
+            if named not in (user, "someone"):
+                continue  # it subscribed to its own name and another's only
+            topic = next(t for t in TOPICS if t.parse(built) is not None)
+            ids = topic.parse(built) or {}
+            if role == "orchestrator" and topic is INFER_REQUESTS:
+                continue  # the shared subscription hands each request to one of the orchestrators
+            if role == "watcher":
+                allowed = not built.startswith((f"{ROOT}/infer/", f"{ROOT}/clients/"))
+            else:
+                allowed = any(
+                    g.role == role and g.access in ("read", "readwrite") and (not g.own or ids.get(g.own) == user)
+                    for g in topic.grants
+                )
+            row.attempted += 1
+            delivered = built in got[user]
+            row.refused += not delivered and not allowed
+            if delivered != allowed:
+                row.wrong += 1
+                wrong.append(f"{user} {'got' if delivered else 'missed'} {built}")
+    row.note = "the orchestrator reads requests through $share only; the watcher no client data"
+    if wrong:
+        row.note += "; WRONG: " + ", ".join(wrong[:5])
+        print("\n".join(wrong), file=sys.stderr)
+    return row
+
+
+def malformed(cluster: Cluster, count: int) -> Row:
+    """Hostile payloads on every topic the processes read, each with a credential that may
+    write there (stolen credentials of every role); then the cluster must still answer."""
+    targets = {
+        "o-x": [DEVICE_TASKS.build(device=d) for d in DEVICES] + [AUCTION_CALL.build(round="bad")],
+        "dev-x": [
+            DEVICE_STATE.build(device="dev-x"),
+            AUCTION_BIDS.build(round="bad", device="dev-x"),
+            DEVICE_PROBE.build(device="dev-x"),
+            *(DEVICE_ROWS.build(device=d, sender="dev-x") for d in DEVICES),
+            *(RESULTS.build(orchestrator=o, device="dev-x", request="bad") for o in ORCHESTRATORS),
+        ],
+        "c63": [INFER_REQUESTS.build(client="c63")],
+    }
+    payloads = hostile_payloads()[:-1]  # the oversize frame would only be refused by our own publish check
+    per_topic = max(1, count // sum(len(t) for t in targets.values()))
+    row = Row(f"malformed payloads ({len(payloads)} kinds) on every subscribed topic")
+    for user, topics in targets.items():
+        with session(cluster, user) as bus:
+            for topic in topics:
+                for index in range(per_topic):
+                    bus.publish(topic, payloads[index % len(payloads)], wait=10)
+                    row.attempted += 1
+    time.sleep(2.0)
+    row.crashed = len(cluster.dead())
+    row.refused = row.attempted  # none of them may be acted on
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        check = Row("after")
+        for _ in range(5):
+            cluster.ask(client, check)
+    row.wrong, row.lost, row.hung = check.wrong, check.lost, check.hung
+    row.note = f"then 5 requests: {5 - check.wrong - check.lost - check.hung} exact"
+    return row
+
+
+def sequential(cluster: Cluster, count: int) -> Row:
+    row = Row(f"{count} sequential requests")
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        for index in range(count):
+            cluster.ask(client, row)
+            if index % 100 == 99:
+                print(f"  {index + 1}/{count}", file=sys.stderr, flush=True)
+    row.crashed = len(cluster.dead())
+    return row
+
+
+def concurrent(cluster: Cluster, clients: int, each: int) -> Row:
+    row = Row(f"{clients} clients x {each} requests at once")
+    lock = threading.Lock()
+
+    def one_client(index: int) -> None:
+        own = Row("")
+        with EdgeCIClient(cluster.broker.address(f"c{index}")) as client:
+            for _ in range(each):
+                cluster.ask(client, own, timeout=120)
+        with lock:
+            for name in ("attempted", "refused", "hung", "wrong", "lost"):
+                setattr(row, name, getattr(row, name) + getattr(own, name))
+            row.latencies_s += own.latencies_s
+
+    _parallel(one_client, clients)
+    row.crashed = len(cluster.dead())
+    return row
+
+
+def device_kills(cluster: Cluster, kills: int) -> Row:
+    """A device is SIGKILLed 0.3 s into a request, then restarted; every request must be exact."""
+    row = Row(f"a device SIGKILLed mid-request ({kills} times)")
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        for index in range(kills):
+            victim = DEVICES[index % len(DEVICES)]
+            killer = threading.Timer(0.3, cluster.group.processes[victim].kill)
+            killer.start()
+            cluster.ask(client, row, strategy="aofl")
+            killer.join()
+            cluster.start_device(victim)
+            time.sleep(0.5)
+    row.note = "each device restarted after its kill"
+    return row
+
+
+def broker_restarts(cluster: Cluster, sig: signal.Signals) -> Row:
+    """Requests in flight when the broker stops: each must fail clearly (none hang); after
+    the restart the cluster answers again (time to the first exact answer)."""
+    row = Row(f"broker {sig.name} and restart, 4 requests in flight")
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        frozen = [cluster.group.processes[o] for o in ORCHESTRATORS]
+        for process in frozen:  # the requests cannot finish before the broker goes
+            process.send_signal(signal.SIGSTOP)
+        stopper = threading.Timer(1.0, lambda: cluster.broker.process.send_signal(sig))
+        stopper.start()
+        _parallel(lambda _: cluster.ask(client, row), 4)
+        stopper.join()
+        cluster.broker.process.wait(10)
+        for process in frozen:
+            process.send_signal(signal.SIGCONT)
+    started = time.perf_counter()
+    cluster.broker.restart()
+    recovered = None
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        while time.perf_counter() - started < 90 and recovered is None:
+            probe = Row("")
+            cluster.ask(client, probe, timeout=10)
+            if probe.latencies_s and not probe.wrong:
+                recovered = time.perf_counter() - started
+            else:
+                time.sleep(1.0)
+    row.crashed = len(cluster.dead())
+    row.note = "every in-flight request failed clearly; " + (
+        f"exact answers again {recovered:.1f} s after the restart" if recovered else "no answer within 90 s"
+    )
+    return row
+
+
+def orchestrator_kill(cluster: Cluster) -> Row:
+    """o1 frozen, 6 requests shared between o1 and o2, o1 SIGKILLed 1 s later."""
+    row = Row("an orchestrator SIGKILLed with requests running (6)")
+    victim = cluster.group.processes["o1"]
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        victim.send_signal(signal.SIGSTOP)
+        killer = threading.Timer(1.0, victim.kill)
+        killer.start()
+        _parallel(lambda _: cluster.ask(client, row), 6)
+        killer.join()
+    victim.wait(10)
+    cluster.start_orchestrator("o1")
+    row.note = "answered by the other orchestrator"
+    return row
+
+
+def results_flood(cluster: Cluster) -> Row:
+    """150 forged 4 MB results and 150 first frames of 64 MB chunked payloads on o2's topic."""
+    row = Row("150 forged 4 MB results + 150 chunk frames at an orchestrator")
+    pid = cluster.group.processes["o2"].pid
+    before, peak, done = _rss_mb(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak.append(_rss_mb(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    tile = np.zeros((1, 1024, 1023, 1), np.float32)
+    whole = encode(ResultMessage("forged", "t", "dev-x", TileRegion.of(0, 1023, 0, 1), tile))
+    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
+    with session(cluster, "dev-x") as bus:
+        for index in range(150):
+            topic = RESULTS.build(orchestrator="o2", device="dev-x", request=f"forged-{index}")
+            bus.publish(topic, whole, wait=30)
+            bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+            row.attempted += 2
+    time.sleep(1.0)
+    done.set()
+    sampler.join()
+    row.refused = row.attempted
+    row.crashed = len(cluster.dead())
+    row.note = f"o2 RSS {before:.0f} MB, peak {max(peak):.0f} MB (+{max(peak) - before:.0f}; target +50)"
+    return row
+
+
+def request_flood(cluster: Cluster) -> Row:
+    """One client queues 120 requests; another's single request must still be served."""
+    row = Row("120 requests queued by one client, 1 by another")
+    honest = Row("")
+    with EdgeCIClient(cluster.broker.address("flood")) as flood, EdgeCIClient(cluster.broker.address("honest")) as own:
+        threads = [threading.Thread(target=cluster.ask, args=(flood, row, 120)) for _ in range(120)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        cluster.ask(own, honest, timeout=TIMEOUT_S)
+        for thread in threads:
+            thread.join()
+    row.wrong += honest.wrong
+    row.hung += honest.hung
+    row.lost += honest.lost
+    honest_ms = f"{1e3 * honest.latencies_s[0]:.0f} ms" if honest.latencies_s else "no answer"
+    row.note = f"the other client's request: {honest_ms}; the flood's surplus refused as busy at once"
+    return row
+
+
+# ---------------------------------------------------------------------------- report
+HEADERS = ["scenario", "attempted", "refused", "crashed", "hung", "wrong", "lost", "p50 ms", "p99 ms", "note"]
+
+
+def markdown(rows: list[Row], rss: dict[str, dict[str, float]], seconds: float) -> str:
+    lines = [
+        "# Reliability",
+        "",
+        f"`python -m bench.reliability` on loopback, {machine_line()}; {seconds / 60:.1f} min. The cluster:",
+        "Mosquitto with the generated configuration (Dynamic Security roles), 4 device agents, 2",
+        f"orchestrators, `smallcnn` at {SIDE}x{SIDE} (the runtime's behaviour is measured, not model speed).",
+        "Columns are defined in `bench/reliability.py`'s docstring: *refused* = turned away as intended,",
+        "*hung* = waited out the client's timeout, *wrong* = not faithful to the model (or a",
+        "forbidden delivery), *lost* = a clear error where an answer was possible.",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+        *("| " + " | ".join(row.cells()) + " |" for row in rows),
+        "",
+        "RSS per process (MB), before the first scenario and after the last:",
+        "",
+        "| process | before | after |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {rss['before'].get(name, 0):.0f} | {rss['after'].get(name, 0):.0f} |"
+            for name in sorted(rss["before"])
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequential", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--each", type=int, default=10)
+    parser.add_argument("--malformed", type=int, default=10_000)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=DOCS / "RELIABILITY.md")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeci-reliability-"))
+    cluster = Cluster(workdir)
+    rows: list[Row] = []
+    try:
+        cluster.up()
+        rss = {"before": cluster.rss_mb()}
+        scenarios: list[Callable[[], Row]] = [
+            lambda: role_matrix(cluster),
+            lambda: read_matrix(cluster),
+            lambda: malformed(cluster, args.malformed),
+            lambda: sequential(cluster, args.sequential),
+            lambda: concurrent(cluster, args.clients, args.each),
+            lambda: device_kills(cluster, args.kills),
+            lambda: orchestrator_kill(cluster),
+            lambda: results_flood(cluster),
+            lambda: request_flood(cluster),
+            lambda: broker_restarts(cluster, signal.SIGTERM),
+            lambda: broker_restarts(cluster, signal.SIGKILL),
+        ]
+        for scenario in scenarios:
+            row = scenario()
+            rows.append(row)
+            print(" | ".join(row.cells()), file=sys.stderr, flush=True)
+        rss["after"] = cluster.rss_mb()
+    except EdgeCIError as exc:
+        print(f"reliability: {exc}\n{workdir}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.group.close()
+        cluster.broker.stop()
+    seconds = time.perf_counter() - started
+    args.out.write_text(markdown(rows, rss, seconds))
+    (DOCS / "bench").mkdir(exist_ok=True)
+    (DOCS / "bench" / "reliability.json").write_text(
+        json.dumps({"rows": [asdict(r) for r in rows], "rss_mb": rss, "seconds": seconds}, indent=1)
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
