@@ -79,6 +79,7 @@ class Row:
     wrong: int = 0
     lost: int = 0
     latencies_s: list[float] = field(default_factory=list)
+    served_by: dict[str, int] = field(default_factory=dict)
     note: str = ""
 
     def cells(self) -> list[str]:
@@ -143,6 +144,7 @@ class Cluster:
                 row.lost += 1
             return
         row.latencies_s.append(time.perf_counter() - started)
+        row.served_by[result.orchestrator] = row.served_by.get(result.orchestrator, 0) + 1
         if not faithful(result.logits, self.ref32, self.ref64):
             row.wrong += 1
 
@@ -296,7 +298,7 @@ def malformed(cluster: Cluster, count: int) -> Row:
         "c63": [INFER_REQUESTS.build(client="c63")],
     }
     payloads = hostile_payloads()[:-1]  # the oversize frame would only be refused by our own publish check
-    per_topic = max(1, count // sum(len(t) for t in targets.values()))
+    per_topic = max(1, -(-count // sum(len(t) for t in targets.values())))  # at least ``count`` in all
     row = Row(f"malformed payloads ({len(payloads)} kinds) on every subscribed topic")
     for user, topics in targets.items():
         with session(cluster, user) as bus:
@@ -389,7 +391,8 @@ def broker_restarts(cluster: Cluster, sig: signal.Signals) -> Row:
             else:
                 time.sleep(1.0)
     row.crashed = len(cluster.dead())
-    row.note = "every in-flight request failed clearly; " + (
+    failed_clearly = row.lost + row.refused
+    row.note = f"{failed_clearly} of {row.attempted} in-flight requests failed with a clear error; " + (
         f"exact answers again {recovered:.1f} s after the restart" if recovered else "no answer within 90 s"
     )
     return row
@@ -407,7 +410,7 @@ def orchestrator_kill(cluster: Cluster) -> Row:
         killer.join()
     victim.wait(10)
     cluster.start_orchestrator("o1")
-    row.note = "answered by the other orchestrator"
+    row.note = "answered by " + ", ".join(f"{o}: {n}" for o, n in sorted(row.served_by.items()))
     return row
 
 
@@ -457,7 +460,7 @@ def request_flood(cluster: Cluster) -> Row:
     row.hung += honest.hung
     row.lost += honest.lost
     honest_ms = f"{1e3 * honest.latencies_s[0]:.0f} ms" if honest.latencies_s else "no answer"
-    row.note = f"the other client's request: {honest_ms}; the flood's surplus refused as busy at once"
+    row.note = f"the other client's request: {honest_ms}; {row.refused} of the flood's refused as busy"
     return row
 
 
