@@ -492,6 +492,9 @@ def markdown(rows: list[Row], rss: dict[str, dict[str, float]], seconds: float) 
             for name in sorted(rss["before"])
         ),
         "",
+        "Not in this run: TLS (`tests/test_tls.py`), and devices holding VGG-16 and ResNet-34",
+        "(their RSS is issue 12's lean-devices item).",
+        "",
     ]
     return "\n".join(lines)
 

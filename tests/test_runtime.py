@@ -359,7 +359,8 @@ def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClien
     seen.append(line)
     watch.terminate()
     out = "".join(seen) + watch.communicate(timeout=60)[0]
-    for expected in ("ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "float32[1, ", "compute "):
+    expectations = ("ONLINE", "orchestrator o1 ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "compute ")
+    for expected in (*expectations, "float32[1, "):
         assert expected in out, expected
     assert " request " not in out and " response " not in out
 

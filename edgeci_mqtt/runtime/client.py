@@ -120,12 +120,15 @@ class EdgeCIClient:
         published while the session was down is gone, so waiting could only time out)."""
         try:
             for event in events_until(self.bus, self._stop):
-                if isinstance(event, Disconnected):
-                    self._tell_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
-                elif isinstance(event, Inbound) and ORCHESTRATOR_STATE.parse(event.topic) is not None:
-                    self._orchestrator_state(event)
-                elif isinstance(event, Inbound) and event.correlation is not None:
-                    self._answer(event)
+                try:
+                    if isinstance(event, Disconnected):
+                        self._tell_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
+                    elif isinstance(event, Inbound) and ORCHESTRATOR_STATE.parse(event.topic) is not None:
+                        self._orchestrator_state(event)
+                    elif isinstance(event, Inbound) and event.correlation is not None:
+                        self._answer(event)
+                except Exception:  # one message must never stop the only reader
+                    log.exception("%s: cannot handle a message on %s", self.client_id, getattr(event, "topic", "?"))
         except TransportError as exc:  # the session is over for good
             self._tell_all(InferenceError(str(exc)))
 

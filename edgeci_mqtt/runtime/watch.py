@@ -28,6 +28,7 @@ from edgeci_mqtt.wire import (
     InferRequest,
     InferResponse,
     Message,
+    OrchestratorState,
     ProgramMessage,
     Reassembler,
     ReleaseMessage,
@@ -175,6 +176,8 @@ class TrafficView:
             )
         if isinstance(message, Chunk):
             return f"chunk {message.index + 1}/{message.count} of {message.id}"
+        if isinstance(message, OrchestratorState):
+            return f"orchestrator {message.orchestrator} {'ONLINE' if message.online else 'OFFLINE'}"
         return f"{message.kind} message"
 
     def table(self) -> str:
