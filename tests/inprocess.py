@@ -41,9 +41,23 @@ class MemoryCluster:
         self.threads[name] = threading.Thread(target=runnable.run, args=(self.stops[name],), name=name, daemon=True)
         self.threads[name].start()
 
-    def add_device(self, name: str, profile: DeviceProfile | None = None, calibrate: bool = False) -> DeviceAgent:
+    def add_device(
+        self,
+        name: str,
+        profile: DeviceProfile | None = None,
+        calibrate: bool = False,
+        store: ModelStore | None = None,
+        tail_memory_bytes: int | None = None,
+    ) -> DeviceAgent:
         bus = self.broker.bus(f"edgeci-device-{name}")
-        agent = DeviceAgent(name, bus, self.store, profile or flat_profile(), calibrate=calibrate)
+        agent = DeviceAgent(
+            name,
+            bus,
+            store or self.store,
+            profile or flat_profile(),
+            calibrate=calibrate,
+            tail_memory_bytes=tail_memory_bytes,
+        )
         self.agents[name] = agent
         self.start(name, agent)
         return agent

@@ -11,7 +11,7 @@ import torch
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import ModelError, WeightsError
-from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model, tail_separable
 from tests.exactness import Reference, assert_geometry_exact
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -131,6 +131,21 @@ def test_stage_counts_and_kinds(chains: dict[str, StageChain]) -> None:
     assert {s.kind for s in chains["smallcnn"].stages} == {"conv", "bn", "relu", "maxpool", "avgpool", "residual"}
     assert chains["vgg16"].tail_modules() == ["avgpool", "classifier"]
     assert chains["resnet34"].tail_modules() == ["avgpool", "fc"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_model_built_without_its_tail_keeps_every_other_weight(name: str) -> None:
+    """VGG-16's classifier (470 MB) is left on the meta device; a model whose tail cannot
+    be left out without changing the rest (batch norm calibrated through it) keeps it."""
+    full, lean = build_model(name).state_dict(), build_model(name, tail=False).state_dict()
+    assert full.keys() == lean.keys()
+    left_out = {k for k, v in lean.items() if v.is_meta}
+    assert all(torch.equal(full[k], lean[k]) for k in full if k not in left_out)
+    if name == "vgg16":
+        assert left_out == {k for k in full if k.startswith("classifier.")}
+        assert sum(full[k].numel() for k in left_out) * 4 > 450e6
+    else:
+        assert not left_out and not tail_separable(build_model(name))
 
 
 def test_random_weights_are_seeded() -> None:

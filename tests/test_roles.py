@@ -184,6 +184,24 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
         assert auction and "dev-9" not in {i.resource for i in result.timeline}
 
 
+def test_devices_without_the_classifier_serve_vgg16_exactly(references: References) -> None:
+    """Devices with no memory for a tail hold VGG-16 without its classifier (on the meta
+    device): every plan keeps the tail off them, and the answer is exact."""
+    ref = references[("vgg16", 64, 64)]
+    full = ModelStore({"vgg16": None}, seed=0)
+    lean = ModelStore({"vgg16": None}, seed=0, tail=False)
+    assert lean.get("vgg16").chain.model.classifier[0].weight.is_meta
+    with memory_cluster(full, devices=0, strategy="flow") as small:
+        for name in ("dev-1", "dev-2"):
+            small.add_device(name, store=lean, tail_memory_bytes=0)
+        small.wait_for_table({"dev-1", "dev-2"})
+        with small.client() as own:
+            for strategy in ("flow", "edgeci"):
+                result = own.infer(ref.x, "vgg16", strategy, timeout=120)
+                assert_float32_faithful(result.logits, ref.logits32, ref.logits64, strategy)
+                assert set(result.devices) <= {"dev-1", "dev-2"} and result.devices
+
+
 @pytest.mark.parametrize("strategy", ["edgeci", "flow"])
 def test_a_device_that_misses_a_round_is_not_waited_for_until_it_bids_again(
     store: ModelStore, references: References, strategy: str

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 
+from edgeci_mqtt.cli.common import release_heap
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
@@ -120,16 +121,18 @@ def run(args: argparse.Namespace) -> int:
     models = config.get("models") or ",".join(MODEL_NAMES)
     specs = models.split(",") if isinstance(models, str) else list(models)
     fetch = bool(config.get("fetch_weights", False))
-    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch)
+    memory = config.get("tail_memory_mb")
+    tail_bytes = None if memory is None else int(float(memory) * 1e6)
+    # a device with no memory for a tail is never given one: it need not hold one
+    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=tail_bytes != 0)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
     device, threads = str(address.username), int(config.get("threads", 1))
     bus = broker_bus(args, address=address)
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
-    memory = config.get("tail_memory_mb")
-    tail_bytes = None if memory is None else int(float(memory) * 1e6)
     profile = measure_profile(threads)
+    release_heap()
     calibrate = bool(config.get("calibrate", True))
     agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)
     agent.run(stop_on_signals())

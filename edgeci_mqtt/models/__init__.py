@@ -15,7 +15,7 @@ from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
 from edgeci_mqtt.models.vgg import vgg16
 from edgeci_mqtt.models.weights import init_weights, load_weights
 
-__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "skeleton_chain", "stage_chain"]
+__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "skeleton_chain", "stage_chain", "tail_separable"]
 
 _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "vgg16": vgg16,
@@ -25,22 +25,40 @@ _BUILDERS: dict[str, Callable[[], nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def build_model(name: str, weights: Path | None = None, seed: int = 0) -> nn.Module:
+def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: bool = True) -> nn.Module:
     """The model in eval mode: weights from ``weights`` or seeded random ones.
 
     Built on the meta device first so that the large VGG classifier is initialised
-    once, not twice.
+    once, not twice. Without ``tail``, its fully connected layers stay on the meta device
+    (no memory: VGG-16's classifier is 470 MB) when that leaves every other weight as it
+    would be (:func:`tail_separable`); the convolutions and the rest are unchanged.
     """
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     with torch.device("meta"):
         model = _BUILDERS[name]()
-    model = model.to_empty(device="cpu")
+    if tail or not tail_separable(model):
+        model = model.to_empty(device="cpu")
+    else:
+        for module in model.modules():
+            if not isinstance(module, nn.Linear):
+                module.to_empty(device="cpu", recurse=False)
     if weights is None:
         init_weights(model, seed)
     else:
         load_weights(model, weights, name)
     return model.eval()
+
+
+def tail_separable(model: nn.Module) -> bool:
+    """Whether the fully connected layers can be left out without changing anything else:
+    they come after every other weighted layer (the seeded initialisation draws in module
+    order) and no batch norm is calibrated by running the whole model afterwards."""
+    modules = list(model.modules())
+    linear = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
+    weighted = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
+    has_norm = any(isinstance(m, nn.BatchNorm2d) for m in modules)
+    return bool(linear) and not has_norm and (not weighted or min(linear) > max(weighted))
 
 
 def skeleton_chain(name: str) -> StageChain:
@@ -56,6 +74,6 @@ def skeleton_chain(name: str) -> StageChain:
     return stage_chain(model.eval(), name)
 
 
-def load_chain(name: str, weights: Path | None = None, seed: int = 0) -> StageChain:
-    """Build the model and cut it into its stage chain."""
-    return stage_chain(build_model(name, weights, seed), name)
+def load_chain(name: str, weights: Path | None = None, seed: int = 0, tail: bool = True) -> StageChain:
+    """Build the model and cut it into its stage chain (see :func:`build_model` for ``tail``)."""
+    return stage_chain(build_model(name, weights, seed, tail), name)

@@ -102,14 +102,17 @@ def parse_model_specs(specs: list[str]) -> dict[str, Path | None]:
 
 class ModelStore:
     """Models built once at start-up (building VGG-16 takes about a second), or, with
-    ``fetch``, skeletons whose stage weights arrive over the broker."""
+    ``fetch``, skeletons whose stage weights arrive over the broker; without ``tail``,
+    built without their fully connected layers where that changes nothing else."""
 
-    def __init__(self, models: dict[str, Path | None], seed: int = 0, fetch: bool = False) -> None:
+    def __init__(self, models: dict[str, Path | None], seed: int = 0, fetch: bool = False, tail: bool = True) -> None:
+        """``tail``: also hold the fully connected tail (False for a device that will never
+        run one: VGG-16's classifier is 470 MB)."""
         if fetch:
             self.held = {name: HeldModel(skeleton_chain(name), FETCH, loaded=set()) for name in models}
         else:
             self.held = {
-                name: HeldModel(load_chain(name, weights, seed), weights_digest(name, weights, seed))
+                name: HeldModel(load_chain(name, weights, seed, tail), weights_digest(name, weights, seed))
                 for name, weights in models.items()
             }
 
