@@ -466,18 +466,19 @@ def request_flood(cluster: Cluster) -> Row:
 
 def memory_per_role(workdir: Path) -> dict[str, dict[str, float]]:
     """RSS (MB) of each role serving VGG-16 and ResNet-34 at 224x224, idle and after two
-    requests of each: a device holding every weight, a device with no memory for a tail
-    (``--tail-memory-mb 0``: it holds no classifier), and an orchestrator."""
-    broker = BrokerProcess(workdir / "memory-broker", ["dev-full", "dev-lean"], orchestrators=("o-mem",))
+    requests of each: a device as started by default (it makes the part of a tail it is
+    given), a device with no memory for a tail (never given one), and an orchestrator."""
+    broker = BrokerProcess(workdir / "memory-broker", ["dev-tail", "dev-no-tail"], orchestrators=("o-mem",))
     (workdir / "memory").mkdir(exist_ok=True)
     group = ProcessGroup(workdir / "memory")
     both = "vgg16,resnet34"
     try:
-        group.start("dev-full", "device", "--broker", broker.url("dev-full"), "--models", both)
-        group.start("dev-lean", "device", "--broker", broker.url("dev-lean"), "--models", both, "--tail-memory-mb", "0")
+        group.start("dev-tail", "device", "--broker", broker.url("dev-tail"), "--models", both)
+        no_tail = ("--models", both, "--tail-memory-mb", "0")
+        group.start("dev-no-tail", "device", "--broker", broker.url("dev-no-tail"), *no_tail)
         models = ("--model", "vgg16", "--model", "resnet34")
         group.start("o-mem", "orchestrator", "--broker", broker.url("o-mem"), *models)
-        for name in ("dev-full", "dev-lean"):
+        for name in ("dev-tail", "dev-no-tail"):
             group.wait_for_log(name, "online, holding", timeout=300)
         group.wait_for_log("o-mem", "ready", timeout=300)
         time.sleep(1.0)
@@ -531,8 +532,9 @@ def markdown(
         ),
         "",
         "RSS per role serving VGG-16 and ResNet-34 at 224x224 (MB; `memory_per_role`): idle after start-up,",
-        "after two requests of each model, and the peak. *lean*: `--tail-memory-mb 0`, so it is never given",
-        "a tail and holds no classifier (VGG-16's is 470 MB). Target for a device: 450 MB.",
+        "after two requests of each model, and the peak. A device holds no classifier (VGG-16's is 470 MB)",
+        "until part of a tail is given to it; *dev-no-tail* (`--tail-memory-mb 0`) is never given one.",
+        "Target for a device: 450 MB.",
         "",
         "| role | idle | after serving | peak |",
         "|---|---|---|---|",

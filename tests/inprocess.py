@@ -107,7 +107,8 @@ def memory_cluster(
         in_flight=in_flight,
         per_client=per_client,
     )
-    cluster = MemoryCluster(broker, store, {}, orchestrator, muted)
+    devices_store = ModelStore(store.models, store.seed, tail=False)  # as devices hold them: no tail until given
+    cluster = MemoryCluster(broker, devices_store, {}, orchestrator, muted)
     try:
         for i in range(1, devices + 1):
             cluster.add_device(f"dev-{i}")

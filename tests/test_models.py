@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import ModelError, WeightsError
-from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model, tail_separable
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+from edgeci_mqtt.runtime.models_held import ModelStore
 from tests.exactness import Reference, assert_geometry_exact
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -134,18 +136,38 @@ def test_stage_counts_and_kinds(chains: dict[str, StageChain]) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_a_model_built_without_its_tail_keeps_every_other_weight(name: str) -> None:
-    """VGG-16's classifier (470 MB) is left on the meta device; a model whose tail cannot
-    be left out without changing the rest (batch norm calibrated through it) keeps it."""
-    full, lean = build_model(name).state_dict(), build_model(name, tail=False).state_dict()
-    assert full.keys() == lean.keys()
-    left_out = {k for k, v in lean.items() if v.is_meta}
-    assert all(torch.equal(full[k], lean[k]) for k in full if k not in left_out)
+def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name: str) -> None:
+    """A device holds a model without its fully connected layers (VGG-16's classifier:
+    470 MB); every other weight is the same, and a slice of the first layer, the layers
+    after it, or the whole tail are made on demand with exactly the full model's values."""
+    full = ModelStore({name: None}, seed=3).get(name)
+    lean = ModelStore({name: None}, seed=3, tail=False).get(name)
+    assert lean.digest == full.digest
+    whole, held = full.chain.model.state_dict(), lean.chain.model.state_dict()
+    left_out = {k for k, v in held.items() if v.is_meta}
+    assert left_out and all(
+        isinstance(lean.chain.model.get_submodule(k.rsplit(".", 1)[0]), nn.Linear) for k in left_out
+    )
+    assert all(torch.equal(whole[k], held[k]) for k in whole if k not in left_out)
+    first = full.chain.tail_parts.first
+    features = Span(first.out_features // 3, first.out_features // 3 + 300)  # across chunks of rows
+    rows = lean.first_rows(features)
+    assert rows is not None and full.first_rows(features) is None
+    assert torch.equal(rows[0], first.weight[features.start : features.stop])
+    lean.make_tail(first=False)
+    lean.make_tail(first=True)
+    assert all(torch.equal(whole[k], v) for k, v in lean.chain.model.state_dict().items())
     if name == "vgg16":
-        assert left_out == {k for k in full if k.startswith("classifier.")}
-        assert sum(full[k].numel() for k in left_out) * 4 > 450e6
-    else:
-        assert not left_out and not tail_separable(build_model(name))
+        assert sum(whole[k].numel() for k in left_out) * 4 > 450e6
+
+
+def test_a_tail_slice_comes_from_the_weights_file_when_there_is_one(tmp_path: Path) -> None:
+    path = tmp_path / "smallcnn.pth"
+    model = build_model("smallcnn", seed=9)
+    torch.save(model.state_dict(), path)
+    lean = ModelStore({"smallcnn": path}, tail=False).get("smallcnn")
+    rows = lean.first_rows(Span(2, 7))
+    assert rows is not None and torch.equal(rows[0], model.fc.weight[2:7]) and torch.equal(rows[1], model.fc.bias[2:7])
 
 
 def test_random_weights_are_seeded() -> None:

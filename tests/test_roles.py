@@ -184,9 +184,9 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
         assert auction and "dev-9" not in {i.resource for i in result.timeline}
 
 
-def test_devices_without_the_classifier_serve_vgg16_exactly(references: References) -> None:
+def test_devices_with_no_memory_for_a_tail_serve_vgg16_exactly(references: References) -> None:
     """Devices with no memory for a tail hold VGG-16 without its classifier (on the meta
-    device): every plan keeps the tail off them, and the answer is exact."""
+    device) and are never given a part of it; the answer is exact."""
     ref = references[("vgg16", 64, 64)]
     full = ModelStore({"vgg16": None}, seed=0)
     lean = ModelStore({"vgg16": None}, seed=0, tail=False)

@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
     tail_bytes = None if memory is None else int(float(memory) * 1e6)
-    # a device with no memory for a tail is never given one: it need not hold one
-    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=tail_bytes != 0)
+    # the tail's weights are made only when a part of it is given to this device
+    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
     device, threads = str(address.username), int(config.get("threads", 1))

@@ -30,8 +30,8 @@ def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: boo
 
     Built on the meta device first so that the large VGG classifier is initialised
     once, not twice. Without ``tail``, its fully connected layers stay on the meta device
-    (no memory: VGG-16's classifier is 470 MB) when that leaves every other weight as it
-    would be (:func:`tail_separable`); the convolutions and the rest are unchanged.
+    (no memory: VGG-16's classifier is 470 MB), to be made when needed
+    (:class:`~edgeci_mqtt.models.weights.TailSource`); every other weight is as with them.
     """
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -52,13 +52,11 @@ def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: boo
 
 def tail_separable(model: nn.Module) -> bool:
     """Whether the fully connected layers can be left out without changing anything else:
-    they come after every other weighted layer (the seeded initialisation draws in module
-    order) and no batch norm is calibrated by running the whole model afterwards."""
+    they come after every convolution and batch norm (which are calibrated without them)."""
     modules = list(model.modules())
     linear = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
     weighted = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
-    has_norm = any(isinstance(m, nn.BatchNorm2d) for m in modules)
-    return bool(linear) and not has_norm and (not weighted or min(linear) > max(weighted))
+    return bool(linear) and (not weighted or min(linear) > max(weighted))
 
 
 def skeleton_chain(name: str) -> StageChain:

@@ -6,15 +6,24 @@ naming what is missing, extra or mis-shaped, instead of torch's stack trace.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from edgeci_mqtt.errors import WeightsError
 
-__all__ = ["init_weights", "load_weights", "read_state_dict"]
+__all__ = ["LINEAR_CHUNK_ROWS", "TailSource", "fill_linear_rows", "init_weights", "load_weights", "read_state_dict"]
+
+LINEAR_CHUNK_ROWS = 256
+"""A fully connected weight is drawn in chunks of this many rows, each from a seed of its
+own, so that any rows can be made alone (a device given a slice of VGG-16's first
+classifier layer makes 26 MB per 256 rows, not the whole 411 MB layer)."""
 
 _SHOWN = 5  # keys listed per problem before "... and N more"
 
@@ -30,7 +39,7 @@ def init_weights(model: nn.Module, seed: int) -> None:
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
+        for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=gen)
                 if module.bias is not None:
@@ -39,9 +48,23 @@ def init_weights(model: nn.Module, seed: int) -> None:
                 nn.init.uniform_(module.weight, 0.5, 1.5, generator=gen)
                 nn.init.normal_(module.bias, 0.0, 0.1, generator=gen)
             elif isinstance(module, nn.Linear) and not module.weight.is_meta:  # meta: left out on purpose
-                nn.init.normal_(module.weight, 0.0, 0.01, generator=gen)
-                nn.init.zeros_(module.bias)
+                fill_linear_rows(module.weight, seed, name, 0)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
     _calibrate_batch_norm(model, gen)
+
+
+def fill_linear_rows(target: Tensor, seed: int, module: str, start: int) -> None:
+    """Fill ``target`` with rows ``start ..`` of the seeded weight of the fully connected
+    layer named ``module`` (the same values whichever rows are made, and in whatever order)."""
+    rows = target.shape[0]
+    for chunk in range(start // LINEAR_CHUNK_ROWS, (start + rows - 1) // LINEAR_CHUNK_ROWS + 1):
+        low, high = chunk * LINEAR_CHUNK_ROWS, (chunk + 1) * LINEAR_CHUNK_ROWS
+        digest = hashlib.sha256(f"{seed}:{module}:{chunk}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        drawn = torch.empty(LINEAR_CHUNK_ROWS, target.shape[1]).normal_(0.0, 0.01, generator=gen)
+        lo, hi = max(low, start), min(high, start + rows)
+        target[lo - start : hi - start] = drawn[lo - low : hi - low]
 
 
 def _calibrate_batch_norm(model: nn.Module, gen: torch.Generator) -> None:
@@ -53,13 +76,64 @@ def _calibrate_batch_norm(model: nn.Module, gen: torch.Generator) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative average: one batch sets the statistics
     model.train()
-    with torch.no_grad():
+    with torch.no_grad(), _without_linear(model):  # the statistics are set before any of them
         model(torch.randn(4, 3, 64, 64, generator=gen))
     model.eval()
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
         if m.num_batches_tracked is not None:
             m.num_batches_tracked.zero_()
+
+
+@dataclass(frozen=True)
+class TailSource:
+    """Where a model built without its fully connected layers gets them when part of the
+    tail is given to it: seeded like :func:`init_weights`, or from the weights file
+    (memory-mapped, so only the rows read are loaded)."""
+
+    seed: int = 0
+    path: Path | None = None
+
+    def rows(self, name: str, layer: nn.Linear, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias rows ``start .. stop`` of the layer ``name``."""
+        if self.path is None:
+            weight = torch.empty(stop - start, layer.in_features)
+            fill_linear_rows(weight, self.seed, name, start)
+            return weight, (torch.zeros(stop - start) if layer.bias is not None else None)
+        state = _mapped(self.path)
+        bias = state.get(f"{name}.bias")
+        return state[f"{name}.weight"][start:stop].clone(), (bias[start:stop].clone() if bias is not None else None)
+
+    def fill(self, name: str, layer: nn.Linear) -> None:
+        """Make the whole layer, in place."""
+        weight, bias = self.rows(name, layer, 0, layer.out_features)
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias, requires_grad=False)
+
+
+@functools.cache
+def _mapped(path: Path) -> dict[str, Tensor]:
+    return read_state_dict(path)
+
+
+@contextmanager
+def _without_linear(model: nn.Module) -> Iterator[None]:
+    """Fully connected layers replaced by identities for a while (a model built without
+    them, on the meta device, can still be run to calibrate its batch norms)."""
+    swapped = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    for parent, name, _ in swapped:
+        setattr(parent, name, nn.Identity())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def _listing(keys: list[str]) -> str:

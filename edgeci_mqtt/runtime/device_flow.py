@@ -184,9 +184,13 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
             out = run_block_tile(
                 program.held.chain.kernels, program.shapes, item.block, tile, step_input_region(item), item.out_region
             )
+        elif isinstance(item, TailRole) and item.features is not None:
+            out = parts.part(tile, item.features, program.held.first_rows(item.features))
         elif isinstance(item, TailRole):
-            out = parts.whole(tile) if item.features is None else parts.part(tile, item.features)
+            program.held.make_tail(first=True)
+            out = parts.whole(tile)
         else:
+            program.held.make_tail(first=False)
             out = parts.finish(tile)
     return out.contiguous().numpy()
 

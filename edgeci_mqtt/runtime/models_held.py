@@ -8,24 +8,28 @@ orchestrator knows.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from torch import Tensor, nn
+
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
-from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.core.geometry import FeatureShape, Span
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
+from edgeci_mqtt.models.weights import TailSource
 from edgeci_mqtt.planner.costs import RowModel
 
 __all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
 
 
 def weights_digest(name: str, weights: Path | None, seed: int) -> str:
-    if weights is None:
-        return hashlib.sha256(f"{name}:random:{seed}".encode()).hexdigest()[:16]
+    if weights is None:  # v2: fully connected layers drawn in seeded chunks of rows
+        return hashlib.sha256(f"{name}:random-v2:{seed}".encode()).hexdigest()[:16]
     sha = hashlib.sha256()
     with weights.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -38,6 +42,8 @@ FETCH = "fetch"
 T = TypeVar("T")
 SHAPE_SIZES = 16
 """Input sizes whose shapes, planner view and row prices a held model remembers."""
+TAIL_SLICES = 2
+"""Slices of the first tail layer a model held without its tail keeps made."""
 
 
 @dataclass
@@ -51,7 +57,11 @@ class HeldModel:
     specs: dict[tuple[int, int], ChainSpec] = field(default_factory=dict)
     loaded: set[str] | None = None
     fetched: str = ""
+    source: TailSource | None = None
+    """Where the tail's fully connected weights come from, for a model held without them."""
     _weighted: set[str] | None = field(default=None, repr=False)
+    _slices: dict[Span, tuple[Tensor, Tensor | None]] = field(default_factory=dict, repr=False)
+    _tail_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _shapes: dict[tuple[int, int], tuple[FeatureShape, ...]] = field(default_factory=dict, repr=False)
 
     def weighted_stages(self, block: FusedBlock) -> list[str]:
@@ -60,6 +70,38 @@ class HeldModel:
             keys = list(self.chain.model.state_dict())
             self._weighted = {s.name for s in self.chain.stages if any(k.startswith(s.name + ".") for k in keys)}
         return [s.name for s in block.stages(self.chain.stages) if s.name in self._weighted]
+
+    def first_rows(self, features: Span) -> tuple[Tensor, Tensor | None] | None:
+        """The first tail layer's weight and bias rows for ``features`` when this model is
+        held without its tail (made on first use; the last :data:`TAIL_SLICES` kept), or
+        None when it holds the layer."""
+        first = self.chain.tail_parts.first
+        if not first.weight.is_meta:
+            return None
+        with self._tail_lock:
+            if features not in self._slices:
+                if len(self._slices) >= TAIL_SLICES:
+                    self._slices.pop(next(iter(self._slices)))
+                self._slices[features] = self._source().rows(self._name(first), first, features.start, features.stop)
+            return self._slices[features]
+
+    def make_tail(self, first: bool) -> None:
+        """Make, in place, the tail's layers after the first (to finish it) and, with
+        ``first``, the first too (to run it whole)."""
+        parts = self.chain.tail_parts
+        layers = [m for m in parts.rest.modules() if isinstance(m, nn.Linear)] + ([parts.first] if first else [])
+        with self._tail_lock:
+            for layer in layers:
+                if layer.weight.is_meta:
+                    self._source().fill(self._name(layer), layer)
+
+    def _source(self) -> TailSource:
+        if self.source is None:
+            raise EdgeCIError(f"{self.chain.model_name} is held without its tail and nowhere to make it from")
+        return self.source
+
+    def _name(self, layer: nn.Module) -> str:
+        return next(name for name, module in self.chain.model.named_modules() if module is layer)
 
     def shapes(self, height: int, width: int) -> list[FeatureShape]:
         """The chain's shapes at this input size (a device asks on every auction call, and
@@ -106,13 +148,19 @@ class ModelStore:
     built without their fully connected layers where that changes nothing else."""
 
     def __init__(self, models: dict[str, Path | None], seed: int = 0, fetch: bool = False, tail: bool = True) -> None:
-        """``tail``: also hold the fully connected tail (False for a device that will never
-        run one: VGG-16's classifier is 470 MB)."""
+        """``tail``: hold the fully connected tail; without it (a device), its layers are
+        made only when a part of the tail is given to this process (VGG-16's classifier is
+        470 MB; a device given a slice of its first layer makes that slice)."""
+        self.models, self.seed = models, seed
         if fetch:
             self.held = {name: HeldModel(skeleton_chain(name), FETCH, loaded=set()) for name in models}
         else:
             self.held = {
-                name: HeldModel(load_chain(name, weights, seed, tail), weights_digest(name, weights, seed))
+                name: HeldModel(
+                    load_chain(name, weights, seed, tail),
+                    weights_digest(name, weights, seed),
+                    source=None if tail else TailSource(seed, weights),
+                )
                 for name, weights in models.items()
             }
 
