@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 
-__all__ = ["add_host_profile", "add_model", "host_profile", "load_profile", "release_heap"]
+__all__ = ["add_host_profile", "add_model", "host_profile", "load_profile"]
 
 
 def add_model(parser: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
@@ -47,10 +45,3 @@ def host_profile(args: argparse.Namespace) -> DeviceProfile:
         return load_profile(args.profile)
     print("profiling this machine (one thread) ...", file=sys.stderr, flush=True)
     return measure_profile(threads=1)
-
-
-def release_heap() -> None:
-    """Give the memory freed while starting up (building models, profiling) back to the
-    system (glibc keeps it otherwise: ~30 MB of a device agent's resident set)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 import yaml
 
-from edgeci_mqtt.cli.common import release_heap
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.device import DeviceAgent
+from edgeci_mqtt.runtime.heap import release_heap
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.weights import WeightCache
 
@@ -123,15 +123,16 @@ def run(args: argparse.Namespace) -> int:
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
     tail_bytes = None if memory is None else int(float(memory) * 1e6)
+    device, threads = str(address.username), int(config.get("threads", 1))
+    torch.set_num_threads(threads)
+    log.info("%s: profiling (%d thread(s))", device, threads)
+    profile = measure_profile(threads)  # before the models: their memory and its buffers never add up
+    release_heap()
     # the tail's weights are made only when a part of it is given to this device
     store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
-    device, threads = str(address.username), int(config.get("threads", 1))
     bus = broker_bus(args, address=address)
-    torch.set_num_threads(threads)
-    log.info("%s: profiling (%d thread(s))", device, threads)
-    profile = measure_profile(threads)
     release_heap()
     calibrate = bool(config.get("calibrate", True))
     agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)

@@ -33,6 +33,7 @@ from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
+from edgeci_mqtt.runtime.heap import release_heap
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
@@ -187,6 +188,7 @@ class DeviceAgent:
         self._prices: dict[tuple[object, ...], LotPrices] = {}  # lot -> prices
         self._pricing = (0, profile)  # (version, profile), swapped whole: the version keys the prices
         self._backlog_s = 0.0  # predicted seconds of queued and running work
+        self._worked = False  # since the worker last fell idle (worker only)
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_bytes=512 << 20)
@@ -480,6 +482,9 @@ class DeviceAgent:
             try:
                 job = self.tasks.get(timeout=1.0)
             except queue.Empty:
+                if self._worked:  # idle after work: what its activations took goes back
+                    self._worked = False
+                    release_heap()
                 for request in self.flow.expire(time.perf_counter()):
                     log.warning("%s: request %s expired; its rows are dropped", self.device_id, request)
                 unknown = self.flow.counts["dropped_unknown"]
@@ -497,6 +502,7 @@ class DeviceAgent:
                 for request in gone:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
                 continue
+            self._worked = True
             if job is None:
                 break
             if isinstance(job, _WeightsJob):
