@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional
 
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.kernels import run_chain
 from edgeci_mqtt.errors import ModelError, WeightsError
+from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
-from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from tests.exactness import Reference, assert_geometry_exact
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -151,9 +153,13 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
     assert all(torch.equal(whole[k], held[k]) for k in whole if k not in left_out)
     first = full.chain.tail_parts.first
     features = Span(first.out_features // 3, first.out_features // 3 + 300)  # across chunks of rows
-    rows = lean.first_rows(features)
-    assert rows is not None and full.first_rows(features) is None
-    assert torch.equal(rows[0], first.weight[features.start : features.stop])
+    x = torch.randn(2, *_final_map(full))
+    head64 = full.chain.tail_parts.head(x).double()
+    ref64 = functional.linear(head64, first.weight[features.start : features.stop].double(), None)
+    if first.bias is not None:
+        ref64 = ref64 + first.bias[features.start : features.stop].double()
+    ref32 = full.tail_part(x, features)
+    assert faithful(lean.tail_part(x, features), ref32, ref64)
     lean.make_tail(first=False)
     lean.make_tail(first=True)
     assert all(torch.equal(whole[k], v) for k, v in lean.chain.model.state_dict().items())
@@ -164,10 +170,17 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
 def test_a_tail_slice_comes_from_the_weights_file_when_there_is_one(tmp_path: Path) -> None:
     path = tmp_path / "smallcnn.pth"
     model = build_model("smallcnn", seed=9)
+    torch.nn.init.uniform_(model.fc.bias)  # the seeded bias is zero: make it tell
     torch.save(model.state_dict(), path)
     lean = ModelStore({"smallcnn": path}, tail=False).get("smallcnn")
-    rows = lean.first_rows(Span(2, 7))
-    assert rows is not None and torch.equal(rows[0], model.fc.weight[2:7]) and torch.equal(rows[1], model.fc.bias[2:7])
+    x = torch.randn(1, *_final_map(lean))
+    assert torch.equal(lean.tail_part(x, Span(2, 7)), model.tail_parts().part(x, Span(2, 7)))
+
+
+def _final_map(held: HeldModel) -> tuple[int, int, int]:
+    """The shape (without the batch) of the model's final map at 64x64."""
+    shape = held.chain.shapes(64, 64)[-1]
+    return (shape.channels, shape.height, shape.width)
 
 
 def test_random_weights_are_seeded() -> None:

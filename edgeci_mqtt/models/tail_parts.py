@@ -32,15 +32,12 @@ class TailParts:
     def whole(self, x: Tensor) -> Tensor:
         return self.rest(self.first(self.head(x)))
 
-    def part(self, x: Tensor, features: Span, rows: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
-        """The first layer's output ``features`` from the final map (its weight rows only:
-        ``rows`` when this model was built without them)."""
+    def part(self, x: Tensor, features: Span) -> Tensor:
+        """The first layer's output ``features`` from the final map (its weight rows only)."""
         if not 0 <= features.start < features.stop <= self.features:
             raise ModelError(f"features {features} are not within the first layer's {self.features}")
-        if rows is None:
-            bias = self.first.bias[features.start : features.stop] if self.first.bias is not None else None
-            rows = (self.first.weight[features.start : features.stop], bias)
-        return functional.linear(self.head(x), rows[0], rows[1])
+        bias = self.first.bias[features.start : features.stop] if self.first.bias is not None else None
+        return functional.linear(self.head(x), self.first.weight[features.start : features.stop], bias)
 
     def finish(self, first_out: Tensor) -> Tensor:
         """The logits from the first layer's whole output."""

@@ -179,6 +179,8 @@ class DeviceAgent:
         if tail_memory_bytes is not None and tail_memory_bytes < 0:
             raise EdgeCIError(f"tail memory {tail_memory_bytes} B is negative")
         self.tail_memory_bytes = tail_memory_bytes
+        for held in models.held.values():  # the tail rows it makes stay within what it announced
+            held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
         self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()

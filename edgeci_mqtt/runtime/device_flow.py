@@ -185,7 +185,7 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
                 program.held.chain.kernels, program.shapes, item.block, tile, step_input_region(item), item.out_region
             )
         elif isinstance(item, TailRole) and item.features is not None:
-            out = parts.part(tile, item.features, program.held.first_rows(item.features))
+            out = program.held.tail_part(tile, item.features)
         elif isinstance(item, TailRole):
             program.held.make_tail(first=True)
             out = parts.whole(tile)

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import FeatureShape, Span
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
-from edgeci_mqtt.models.weights import TailSource
+from edgeci_mqtt.models.weights import LINEAR_CHUNK_ROWS, TailSource
 from edgeci_mqtt.planner.costs import RowModel
 
 __all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
@@ -42,8 +44,6 @@ FETCH = "fetch"
 T = TypeVar("T")
 SHAPE_SIZES = 16
 """Input sizes whose shapes, planner view and row prices a held model remembers."""
-TAIL_SLICES = 2
-"""Slices of the first tail layer a model held without its tail keeps made."""
 
 
 @dataclass
@@ -60,7 +60,9 @@ class HeldModel:
     source: TailSource | None = None
     """Where the tail's fully connected weights come from, for a model held without them."""
     _weighted: set[str] | None = field(default=None, repr=False)
-    _slices: dict[Span, tuple[Tensor, Tensor | None]] = field(default_factory=dict, repr=False)
+    tail_bytes: int | None = None
+    """The most bytes of the first tail layer's rows kept made (None: up to the whole layer)."""
+    _chunks: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict, repr=False)
     _tail_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _shapes: dict[tuple[int, int], tuple[FeatureShape, ...]] = field(default_factory=dict, repr=False)
 
@@ -71,19 +73,39 @@ class HeldModel:
             self._weighted = {s.name for s in self.chain.stages if any(k.startswith(s.name + ".") for k in keys)}
         return [s.name for s in block.stages(self.chain.stages) if s.name in self._weighted]
 
-    def first_rows(self, features: Span) -> tuple[Tensor, Tensor | None] | None:
-        """The first tail layer's weight and bias rows for ``features`` when this model is
-        held without its tail (made on first use; the last :data:`TAIL_SLICES` kept), or
-        None when it holds the layer."""
+    def tail_part(self, x: Tensor, features: Span) -> Tensor:
+        """The first tail layer's output ``features`` from the final map ``x``. Held without
+        its tail, the layer's rows are made in chunks of :data:`LINEAR_CHUNK_ROWS` on first
+        use and kept (the least recently used dropped past :attr:`tail_bytes`), so a slice
+        that moves a little between requests costs only the rows it gained."""
+        parts = self.chain.tail_parts
+        if not parts.first.weight.is_meta:
+            return parts.part(x, features)
+        if not 0 <= features.start < features.stop <= parts.features:
+            raise EdgeCIError(f"features {features} are not within the first layer's {parts.features}")
+        head = parts.head(x)
+        outputs = []
+        for chunk in range(features.start // LINEAR_CHUNK_ROWS, (features.stop - 1) // LINEAR_CHUNK_ROWS + 1):
+            weight, bias = self._chunk(chunk)
+            low = chunk * LINEAR_CHUNK_ROWS
+            rows = slice(max(features.start, low) - low, min(features.stop, low + LINEAR_CHUNK_ROWS) - low)
+            outputs.append(functional.linear(head, weight[rows], bias[rows] if bias is not None else None))
+        return torch.cat(outputs, dim=1)
+
+    def _chunk(self, chunk: int) -> tuple[Tensor, Tensor | None]:
         first = self.chain.tail_parts.first
-        if not first.weight.is_meta:
-            return None
         with self._tail_lock:
-            if features not in self._slices:
-                if len(self._slices) >= TAIL_SLICES:
-                    self._slices.pop(next(iter(self._slices)))
-                self._slices[features] = self._source().rows(self._name(first), first, features.start, features.stop)
-            return self._slices[features]
+            made = self._chunks.pop(chunk, None)  # re-inserted: the dict is in order of use
+            if made is None:
+                low = chunk * LINEAR_CHUNK_ROWS
+                made = self._source().rows(
+                    self._name(first), first, low, min(low + LINEAR_CHUNK_ROWS, first.out_features)
+                )
+            self._chunks[chunk] = made
+            budget = self.tail_bytes if self.tail_bytes is not None else first.weight.numel() * 4
+            while len(self._chunks) > 1 and sum(w.numel() * 4 for w, _ in self._chunks.values()) > budget:
+                self._chunks.pop(next(iter(self._chunks)))
+            return made
 
     def make_tail(self, first: bool) -> None:
         """Make, in place, the tail's layers after the first (to finish it) and, with
