@@ -159,11 +159,15 @@ def place_tail(
     ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
     for k in range(2, len(ranked) + 1):
         chosen = ranked[:k]
-        parts = split_features(work.features, [(v.name, fc_speed[v.name]) for v in chosen])
+        # in name order: a device keeps about the same rows from one request to the next
+        # (a device holds only the rows it has been given, and making new ones costs time)
+        parts = split_features(
+            work.features, [(v.name, fc_speed[v.name]) for v in sorted(chosen, key=lambda v: v.name)]
+        )
         views = {v.name: v for v in chosen}
-        finisher = views[parts[0][0]]
+        finisher = chosen[0]  # the fastest
         if not all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts) or not fits(
-            finisher, work.part_weight_bytes(parts[0][1]) + work.rest_weight_bytes
+            finisher, work.part_weight_bytes(dict(parts)[finisher.name]) + work.rest_weight_bytes
         ):
             continue
         ready = max(

@@ -85,27 +85,32 @@ class HeldModel:
             raise EdgeCIError(f"features {features} are not within the first layer's {parts.features}")
         head = parts.head(x)
         outputs = []
-        for chunk in range(features.start // LINEAR_CHUNK_ROWS, (features.stop - 1) // LINEAR_CHUNK_ROWS + 1):
-            weight, bias = self._chunk(chunk)
+        chunks = range(features.start // LINEAR_CHUNK_ROWS, (features.stop - 1) // LINEAR_CHUNK_ROWS + 1)
+        for chunk, (weight, bias) in zip(chunks, self._chunks_for(chunks), strict=True):
             low = chunk * LINEAR_CHUNK_ROWS
             rows = slice(max(features.start, low) - low, min(features.stop, low + LINEAR_CHUNK_ROWS) - low)
             outputs.append(functional.linear(head, weight[rows], bias[rows] if bias is not None else None))
         return torch.cat(outputs, dim=1)
 
-    def _chunk(self, chunk: int) -> tuple[Tensor, Tensor | None]:
+    def _chunks_for(self, needed: range) -> list[tuple[Tensor, Tensor | None]]:
+        """The chunks of rows ``needed``, made if missing; others dropped, least recently
+        used first, while more than :attr:`tail_bytes` are kept (never the ones needed now)."""
         first = self.chain.tail_parts.first
+        name = self._name(first)
         with self._tail_lock:
-            made = self._chunks.pop(chunk, None)  # re-inserted: the dict is in order of use
-            if made is None:
-                low = chunk * LINEAR_CHUNK_ROWS
-                made = self._source().rows(
-                    self._name(first), first, low, min(low + LINEAR_CHUNK_ROWS, first.out_features)
-                )
-            self._chunks[chunk] = made
+            for chunk in needed:
+                made = self._chunks.pop(chunk, None)  # re-inserted: the dict is in order of use
+                if made is None:
+                    low = chunk * LINEAR_CHUNK_ROWS
+                    made = self._source().rows(name, first, low, min(low + LINEAR_CHUNK_ROWS, first.out_features))
+                self._chunks[chunk] = made
             budget = self.tail_bytes if self.tail_bytes is not None else first.weight.numel() * 4
-            while len(self._chunks) > 1 and sum(w.numel() * 4 for w, _ in self._chunks.values()) > budget:
-                self._chunks.pop(next(iter(self._chunks)))
-            return made
+            kept = sum(w.numel() * 4 for w, _ in self._chunks.values())
+            for chunk in [c for c in self._chunks if c not in needed]:
+                if kept <= budget:
+                    break
+                kept -= self._chunks.pop(chunk)[0].numel() * 4
+            return [self._chunks[chunk] for chunk in needed]
 
     def make_tail(self, first: bool) -> None:
         """Make, in place, the tail's layers after the first (to finish it) and, with
