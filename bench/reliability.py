@@ -414,6 +414,30 @@ def orchestrator_kill(cluster: Cluster) -> Row:
     return row
 
 
+def orchestrator_crash(cluster: Cluster) -> Row:
+    """12 requests at once, o1 SIGKILLed 50 ms later (no freeze: it dies while serving and
+    holding queued requests); the same burst without the kill gives the expected latency."""
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        expected = Row("")
+        _parallel(lambda _: cluster.ask(client, expected), 12)
+        row = Row("an orchestrator SIGKILLed under a burst of 12 requests")
+        victim = cluster.group.processes["o1"]
+        killer = threading.Timer(0.05, victim.kill)
+        killer.start()
+        _parallel(lambda _: cluster.ask(client, row), 12)
+        killer.join()
+    victim.wait(10)
+    cluster.start_orchestrator("o1")
+    slowest = max(row.latencies_s, default=0.0)
+    typical = max(expected.latencies_s, default=0.0)
+    row.note = (
+        f"answered by {', '.join(f'{o}: {n}' for o, n in sorted(row.served_by.items()))}; slowest "
+        f"{1e3 * slowest:.0f} ms, {slowest / typical:.1f}x the slowest of the same burst without a kill "
+        f"({1e3 * typical:.0f} ms)"
+    )
+    return row
+
+
 def results_flood(cluster: Cluster) -> Row:
     """150 forged 4 MB results and 150 first frames of 64 MB chunked payloads on o2's topic."""
     row = Row("150 forged 4 MB results + 150 chunk frames at an orchestrator")
@@ -575,6 +599,7 @@ def main() -> int:
             lambda: concurrent(cluster, args.clients, args.each),
             lambda: device_kills(cluster, args.kills),
             lambda: orchestrator_kill(cluster),
+            lambda: orchestrator_crash(cluster),
             lambda: results_flood(cluster),
             lambda: request_flood(cluster),
             lambda: broker_restarts(cluster, signal.SIGTERM),
