@@ -30,11 +30,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench.report import DOCS, machine_line
-from edgeci_mqtt.core.geometry import TileRegion
+from bench.report import DOCS, machine_line, resident_mb, sampled_rss
 from edgeci_mqtt.errors import EdgeCIError, InferenceError
 from edgeci_mqtt.exactness import faithful, float64_model
 from edgeci_mqtt.models import load_chain
@@ -51,15 +49,11 @@ from edgeci_mqtt.wire import (
     DEVICE_STATE,
     DEVICE_TASKS,
     INFER_REQUESTS,
-    MAX_PAYLOAD_BYTES,
     RESULTS,
     SHARED_REQUESTS,
-    Chunk,
-    ResultMessage,
-    encode,
 )
 from edgeci_mqtt.wire.topics import ROOT, TOPICS, Role
-from tests.hostile import hostile_payloads
+from tests.hostile import forged_results_flood, hostile_payloads
 
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
 ORCHESTRATORS = ("o1", "o2")
@@ -127,7 +121,7 @@ class Cluster:
     def rss_mb(self) -> dict[str, float]:
         pids = {name: p.pid for name, p in self.group.processes.items() if p.poll() is None}
         pids["broker"] = self.broker.process.pid
-        return {name: _rss_mb(pid) for name, pid in pids.items()}
+        return {name: resident_mb(pid) for name, pid in pids.items()}
 
     def ask(self, client: EdgeCIClient, row: Row, timeout: float = TIMEOUT_S, strategy: str = "") -> None:
         """One request, counted in ``row``."""
@@ -147,14 +141,6 @@ class Cluster:
         row.served_by[result.orchestrator] = row.served_by.get(result.orchestrator, 0) + 1
         if not faithful(result.logits, self.ref32, self.ref64):
             row.wrong += 1
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
 def _parallel(work: Callable[[int], None], count: int) -> None:
@@ -219,16 +205,13 @@ def read_matrix(cluster: Cluster) -> Row:
     """Every role subscribes to every kind of topic, with its own name and another's (and the
     orchestrators' shared subscription); an oracle user that may write anything publishes
     on each; expected: each role receives exactly what its read grants say."""
-    admin = cluster.broker.admin()
-    try:
+    with cluster.broker.admin() as admin:
         admin.run([
             {"command": "createRole", "rolename": "bench-oracle",
              "acls": [{"acltype": "publishClientSend", "topic": "edgeci/#", "allow": True}]},
             {"command": "createClient", "username": "bench-oracle", "password": "bench-oracle-secret",
              "clientid": "bench-oracle", "roles": [{"rolename": "bench-oracle"}]},
         ])  # fmt: skip
-    finally:
-        admin.bus.stop()
     cluster.broker.credentials.passwords["bench-oracle"] = "bench-oracle-secret"
     row = Row("role matrix: reads by delivery (4 roles x 11 topics x own/other, and $share)")
     wrong: list[str] = []
@@ -398,42 +381,45 @@ def broker_restarts(cluster: Cluster, sig: signal.Signals) -> Row:
     return row
 
 
+def _o1_dies(cluster: Cluster, client: EdgeCIClient, row: Row, requests: int, after_s: float, frozen: bool) -> None:
+    """``requests`` at once while o1 is SIGKILLed ``after_s`` in (``frozen``: stopped first,
+    so its will is all that tells); then o1 is started again."""
+    victim = cluster.group.processes["o1"]
+    if frozen:
+        victim.send_signal(signal.SIGSTOP)
+    killer = threading.Timer(after_s, victim.kill)
+    killer.start()
+    _parallel(lambda _: cluster.ask(client, row), requests)
+    killer.join()
+    victim.wait(10)
+    cluster.start_orchestrator("o1")
+
+
+def _served_by(row: Row) -> str:
+    return "answered by " + ", ".join(f"{o}: {n}" for o, n in sorted(row.served_by.items()))
+
+
 def orchestrator_kill(cluster: Cluster) -> Row:
     """o1 frozen, 6 requests shared between o1 and o2, o1 SIGKILLed 1 s later."""
     row = Row("an orchestrator SIGKILLed with requests running (6)")
-    victim = cluster.group.processes["o1"]
     with EdgeCIClient(cluster.broker.address("client")) as client:
-        victim.send_signal(signal.SIGSTOP)
-        killer = threading.Timer(1.0, victim.kill)
-        killer.start()
-        _parallel(lambda _: cluster.ask(client, row), 6)
-        killer.join()
-    victim.wait(10)
-    cluster.start_orchestrator("o1")
-    row.note = "answered by " + ", ".join(f"{o}: {n}" for o, n in sorted(row.served_by.items()))
+        _o1_dies(cluster, client, row, 6, after_s=1.0, frozen=True)
+    row.note = _served_by(row)
     return row
 
 
 def orchestrator_crash(cluster: Cluster) -> Row:
     """12 requests at once, o1 SIGKILLed 50 ms later (no freeze: it dies while serving and
     holding queued requests); the same burst without the kill gives the expected latency."""
+    row, expected = Row("an orchestrator SIGKILLed under a burst of 12 requests"), Row("")
     with EdgeCIClient(cluster.broker.address("client")) as client:
-        expected = Row("")
         _parallel(lambda _: cluster.ask(client, expected), 12)
-        row = Row("an orchestrator SIGKILLed under a burst of 12 requests")
-        victim = cluster.group.processes["o1"]
-        killer = threading.Timer(0.05, victim.kill)
-        killer.start()
-        _parallel(lambda _: cluster.ask(client, row), 12)
-        killer.join()
-    victim.wait(10)
-    cluster.start_orchestrator("o1")
+        _o1_dies(cluster, client, row, 12, after_s=0.05, frozen=False)
     slowest = max(row.latencies_s, default=0.0)
     typical = max(expected.latencies_s, default=0.0)
     row.note = (
-        f"answered by {', '.join(f'{o}: {n}' for o, n in sorted(row.served_by.items()))}; slowest "
-        f"{1e3 * slowest:.0f} ms, {slowest / typical:.1f}x the slowest of the same burst without a kill "
-        f"({1e3 * typical:.0f} ms)"
+        f"{_served_by(row)}; slowest {1e3 * slowest:.0f} ms, {slowest / typical:.1f}x the slowest of the same "
+        f"burst without a kill ({1e3 * typical:.0f} ms)"
     )
     return row
 
@@ -441,30 +427,12 @@ def orchestrator_crash(cluster: Cluster) -> Row:
 def results_flood(cluster: Cluster) -> Row:
     """150 forged 4 MB results and 150 first frames of 64 MB chunked payloads on o2's topic."""
     row = Row("150 forged 4 MB results + 150 chunk frames at an orchestrator")
-    pid = cluster.group.processes["o2"].pid
-    before, peak, done = _rss_mb(pid), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak.append(_rss_mb(pid))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    tile = np.zeros((1, 1024, 1023, 1), np.float32)
-    whole = encode(ResultMessage("forged", "t", "dev-x", TileRegion.of(0, 1023, 0, 1), tile))
-    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
-    with session(cluster, "dev-x") as bus:
-        for index in range(150):
-            topic = RESULTS.build(orchestrator="o2", device="dev-x", request=f"forged-{index}")
-            bus.publish(topic, whole, wait=30)
-            bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
-            row.attempted += 2
-    time.sleep(1.0)
-    done.set()
-    sampler.join()
+    with sampled_rss(cluster.group.processes["o2"].pid) as rss, session(cluster, "dev-x") as bus:
+        row.attempted = forged_results_flood(bus, "o2", "dev-x")
+        time.sleep(1.0)
     row.refused = row.attempted
     row.crashed = len(cluster.dead())
-    row.note = f"o2 RSS {before:.0f} MB, peak {max(peak):.0f} MB (+{max(peak) - before:.0f}; target +50)"
+    row.note = f"o2 RSS {rss.before:.0f} MB, peak {rss.peak:.0f} MB (+{rss.peak - rss.before:.0f}; target +50)"
     return row
 
 
@@ -507,23 +475,18 @@ def memory_per_role(workdir: Path) -> dict[str, dict[str, float]]:
         group.wait_for_log("o-mem", "ready", timeout=300)
         time.sleep(1.0)
         pids = {name: p.pid for name, p in group.processes.items()}
-        idle = {name: _rss_mb(pid) for name, pid in pids.items()}
+        idle = {name: resident_mb(pid) for name, pid in pids.items()}
         x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
         with EdgeCIClient(broker.address("client")) as client:
             for model in ("vgg16", "resnet34", "vgg16", "resnet34"):
                 client.infer(x, model, timeout=300)
         time.sleep(3.0)  # idle: a device gives back what the requests' activations took
-        served = {name: _rss_mb(pid) for name, pid in pids.items()}
-        peak = {name: _hwm_mb(pid) for name, pid in pids.items()}
+        served = {name: resident_mb(pid) for name, pid in pids.items()}
+        peak = {name: resident_mb(pid, "VmHWM") for name, pid in pids.items()}
     finally:
         group.close()
         broker.stop()
     return {"idle": idle, "served": served, "peak": peak}
-
-
-def _hwm_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 # ---------------------------------------------------------------------------- report
@@ -619,8 +582,9 @@ def main() -> int:
         cluster.broker.stop()
     seconds = time.perf_counter() - started
     args.out.write_text(markdown(rows, rss, roles, seconds))
-    (DOCS / "bench").mkdir(exist_ok=True)
-    (DOCS / "bench" / "reliability.json").write_text(
+    data = args.out.parent / "bench"  # beside the report: a trial run elsewhere leaves docs/ alone
+    data.mkdir(exist_ok=True)
+    (data / "reliability.json").write_text(
         json.dumps({"rows": [asdict(r) for r in rows], "rss_mb": rss, "roles_mb": roles, "seconds": seconds}, indent=1)
     )
     print(f"wrote {args.out}", file=sys.stderr)

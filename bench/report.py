@@ -10,8 +10,11 @@ from __future__ import annotations
 import platform
 import re
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,9 +23,53 @@ from edgeci_mqtt.cli.common import load_profile
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 
-__all__ = ["DOCS", "host_profile", "machine_line", "median_seconds", "run_seconds", "write_section"]
+__all__ = [
+    "DOCS",
+    "MemorySamples",
+    "host_profile",
+    "machine_line",
+    "median_seconds",
+    "resident_mb",
+    "run_seconds",
+    "sampled_rss",
+    "write_section",
+]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def resident_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmRSS``) or its peak so far (``VmHWM``) in MB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))) / 1024
+
+
+@dataclass
+class MemorySamples:
+    before: float
+    peak: float
+
+
+@contextmanager
+def sampled_rss(pid: int, every_s: float = 0.02) -> Iterator[MemorySamples]:
+    """``pid``'s RSS before the block and its highest sample (every 20 ms) while it runs."""
+    samples = MemorySamples(resident_mb(pid), resident_mb(pid))
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            samples.peak = max(samples.peak, resident_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
 
 
 def run_seconds(fn: Callable[[], object], repeats: int) -> list[float]:

@@ -12,9 +12,11 @@ import numpy as np
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.runtime.bus import Bus
 from edgeci_mqtt.runtime.models_held import weights_digest
 from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
+    RESULTS,
     AuctionCall,
     AuctionLot,
     BidMessage,
@@ -107,3 +109,17 @@ def hostile_payloads() -> list[bytes]:
         msgpack.packb({**state, "profile": profile, "models": {"a\nforged log line": "x"}}),
         b"\x01" * (MAX_PAYLOAD_BYTES + 20_000),  # one raw frame over our limit, under the broker's
     ]
+
+
+def forged_results_flood(bus: Bus, orchestrator: str, device: str, count: int = 150) -> int:
+    """``count`` valid 4 MB results and ``count`` first frames of 64 MB chunked payloads,
+    each for a request the orchestrator never ran, from ``device``'s credential; frames sent."""
+    tile = np.zeros((1, 1024, 1023, 1), np.float32)
+    whole = encode(ResultMessage("forged", "t", device, TileRegion.of(0, 1023, 0, 1), tile))
+    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
+    for index in range(count):
+        topic = RESULTS.build(orchestrator=orchestrator, device=device, request=f"forged-{index}")
+        bus.publish(topic, whole, wait=30)
+        # the first frame of a 16-frame payload: 64 MB that would be held for a minute
+        bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+    return 2 * count

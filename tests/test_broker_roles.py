@@ -24,7 +24,7 @@ import pytest
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path, write_broker_config
 from edgeci_mqtt.runtime.bus import events_until
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, CONTROL_TOPIC, DynsecAdmin
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER, CONTROL_TOPIC, administer
 from edgeci_mqtt.runtime.launch import BrokerProcess
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
@@ -252,13 +252,10 @@ def test_a_generated_deployment_broker_runs_as_the_mosquitto_user(tmp_path: Path
                 uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
                 assert pwd.getpwuid(uid).pw_name == "mosquitto"
                 admin = Credentials.load(credentials_path(out, ADMIN_USER)).passwords[ADMIN_USER]
-                bus = MqttBus(BrokerAddress("127.0.0.1", port, username=ADMIN_USER, password=admin))
-                dynsec = DynsecAdmin(bus)
-                bus.start()
-                try:
+                with administer(
+                    MqttBus(BrokerAddress("127.0.0.1", port, username=ADMIN_USER, password=admin))
+                ) as dynsec:
                     dynsec.add_user("device", "dev-2")
-                finally:
-                    bus.stop()
             finally:
                 broker.stop()
         assert "dev-2" in (out / "dynamic-security.json").read_text()  # saved by the broker's user

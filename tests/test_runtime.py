@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.report import sampled_rss
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
-from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
@@ -41,17 +41,21 @@ from edgeci_mqtt.wire import (
     INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
     RESULTS,
-    Chunk,
     PackedArray,
     ProgramMessage,
-    ResultMessage,
     RowsMessage,
     decode,
     encode,
 )
 from tests.cluster import LocalCluster, collect, local_cluster, start_device
 from tests.exactness import References, assert_float32_faithful, whole_model_reference
-from tests.hostile import DEVICE_COMPLAINTS, ORCHESTRATOR_COMPLAINTS, WILDCARD_RESPONSE_TOPIC, hostile_payloads
+from tests.hostile import (
+    DEVICE_COMPLAINTS,
+    ORCHESTRATOR_COMPLAINTS,
+    WILDCARD_RESPONSE_TOPIC,
+    forged_results_flood,
+    hostile_payloads,
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +200,6 @@ def test_hostile_messages_change_nothing(
         assert complaint in orchestrator_log, complaint
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-
 def test_a_flood_of_forged_results_costs_an_orchestrator_no_memory(
     cluster: LocalCluster, client: EdgeCIClient, references: References
 ) -> None:
@@ -208,34 +207,16 @@ def test_a_flood_of_forged_results_costs_an_orchestrator_no_memory(
     credential, on an orchestrator's results topic: it reads from the topic that no such
     request is in flight and drops them unread. Its RSS, sampled throughout, stays within
     +50 MB, and it goes on answering exactly."""
-    pid = cluster.group.processes["o1"].pid
     flooder = MqttBus(cluster.broker.add_user("device", "dev-flood"))
     flooder.start()
-    before = _rss_mb(pid)
-    peak, done = [before], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak.append(_rss_mb(pid))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    tile = np.zeros((1, 1024, 1023, 1), np.float32)  # a valid 4 MB result
-    whole = encode(ResultMessage("forged", "t", "dev-flood", TileRegion.of(0, 1023, 0, 1), tile))
-    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
     try:
-        for index in range(150):
-            topic = RESULTS.build(orchestrator="o1", device="dev-flood", request=f"forged-{index}")
-            flooder.publish(topic, whole, wait=30)
-            # the first frame of a 16-frame payload: 64 MB that would be held for a minute
-            flooder.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
-        time.sleep(1.0)
+        with sampled_rss(cluster.group.processes["o1"].pid) as rss:
+            forged_results_flood(flooder, "o1", "dev-flood")
+            time.sleep(1.0)
     finally:
-        done.set()
-        sampler.join()
         flooder.stop()
-    print(f"orchestrator RSS under the flood: {before:.0f} MB -> peak {max(peak):.0f} MB")
-    assert max(peak) - before <= 50, f"RSS {before:.0f} MB -> peak {max(peak):.0f} MB"
+    print(f"orchestrator RSS under the flood: {rss.before:.0f} MB -> peak {rss.peak:.0f} MB")
+    assert rss.peak - rss.before <= 50, f"RSS {rss.before:.0f} MB -> peak {rss.peak:.0f} MB"
     ref = references[("smallcnn", 64, 64)]
     assert faithful(client.infer(ref.x, "smallcnn", "edgeci", timeout=60).logits, ref.logits32, ref.logits64)
 

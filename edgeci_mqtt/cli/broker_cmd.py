@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeci_mqtt.runtime.broker_config import TlsListener, credentials_path, write_broker_config
+from edgeci_mqtt.runtime.broker_config import TlsListener, credentials_path, users_by_role, write_broker_config
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.wire.topics import Role
 
 __all__ = ["register", "run"]
 
@@ -48,14 +47,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    users: dict[str, Role] = {}
-    for role, names in (
-        ("device", args.device or [f"dev-{i}" for i in range(1, args.devices + 1)]),
-        ("orchestrator", args.orchestrator or ["orchestrator"]),
-        ("client", args.client or ["client"]),
-        ("watcher", args.watcher or ["watcher"]),
-    ):
-        users.update(dict.fromkeys(names, role))
+    users = users_by_role(
+        args.device or [f"dev-{i}" for i in range(1, args.devices + 1)],
+        args.orchestrator or ["orchestrator"],
+        args.client or ["client"],
+        args.watcher or ["watcher"],
+    )
     where = args.config_dir or str(args.out.resolve())
     tls = TlsListener.in_dir(args.tls_port, f"{where}/certs", args.require_certificate) if args.tls_port else None
     creds = write_broker_config(

@@ -9,7 +9,7 @@ from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER, administer
 from edgeci_mqtt.wire.topics import ROLES
 
 __all__ = ["register", "run"]
@@ -39,10 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bus = broker_bus(args, ADMIN_USER)
-    admin = DynsecAdmin(bus)
-    bus.start()
-    try:
+    with administer(broker_bus(args, ADMIN_USER)) as admin:
         if args.action == "add":
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{args.name}.yaml"
@@ -55,6 +52,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             users = admin.users()
             print(format_table(["user", "role"], [[name, users[name]] for name in sorted(users)]))
-    finally:
-        bus.stop()
     return 0

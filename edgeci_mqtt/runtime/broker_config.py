@@ -18,14 +18,14 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin, new_password, roles_commands, user_commands
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER, administer, new_password, roles_commands, user_commands
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, dynsec_plugin, free_port, mosquitto_binary
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
@@ -37,6 +37,7 @@ __all__ = [
     "TlsListener",
     "credentials_path",
     "mosquitto_conf",
+    "users_by_role",
     "write_broker_config",
     "write_secret",
 ]
@@ -182,18 +183,26 @@ def _create_users(dynsec_file: Path, users: Mapping[str, Role], passwords: Mappi
             broker = MosquittoProcess(config, log, "127.0.0.1", port)
             try:
                 address = BrokerAddress("127.0.0.1", port, username=ADMIN_USER, password=passwords[ADMIN_USER])
-                bus = MqttBus(address)
-                admin = DynsecAdmin(bus)
-                bus.start()
-                try:
+                with administer(MqttBus(address)) as admin:
                     commands = roles_commands()
                     for user, role in users.items():
                         commands += user_commands(role, user, passwords[user])
                     admin.run(commands)
-                finally:
-                    bus.stop()
             finally:
                 broker.stop()
+
+
+def users_by_role(
+    devices: Sequence[str], orchestrators: Sequence[str], clients: Sequence[str], watchers: Sequence[str]
+) -> dict[str, Role]:
+    """Every user name with its role."""
+    roles: tuple[tuple[Role, Sequence[str]], ...] = (
+        ("device", devices),
+        ("orchestrator", orchestrators),
+        ("client", clients),
+        ("watcher", watchers),
+    )
+    return {name: role for role, names in roles for name in names}
 
 
 def _check_names(users: Mapping[str, Role]) -> None:

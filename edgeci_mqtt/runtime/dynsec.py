@@ -13,6 +13,8 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from edgeci_mqtt.errors import EdgeCIError
@@ -25,6 +27,7 @@ __all__ = [
     "CONTROL_TOPIC",
     "DynsecAdmin",
     "DynsecError",
+    "administer",
     "new_password",
     "remove_user_commands",
     "roles_commands",
@@ -162,3 +165,14 @@ class DynsecAdmin:
                 if group_name(role) in groups:
                     found[str(client.get("username"))] = role
         return found
+
+
+@contextmanager
+def administer(bus: Bus) -> Iterator[DynsecAdmin]:
+    """An admin's session on ``bus`` (the admin's login) for the block: connected, then stopped."""
+    admin = DynsecAdmin(bus)
+    bus.start()
+    try:
+        yield admin
+    finally:
+        bus.stop()

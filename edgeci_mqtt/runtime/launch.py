@@ -14,12 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, write_broker_config
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin
+from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, users_by_role, write_broker_config
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin, administer
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire.topics import Role
@@ -48,13 +49,7 @@ class BrokerProcess:
         from there too. ``tls``: a TLS listener besides the plain one."""
         self.tls = tls
         self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
-        roles: tuple[tuple[Role, Sequence[str]], ...] = (
-            ("device", devices),
-            ("orchestrator", orchestrators),
-            ("client", clients),
-            ("watcher", watchers),
-        )
-        users = {name: role for role, names in roles for name in names}
+        users = users_by_role(devices, orchestrators, clients, watchers)
         self.credentials: Credentials = write_broker_config(  # a private broker: fresh credentials every time
             workdir, users, port=self.port, bind=bind, run_as=getpass.getuser(), force=True, tls=tls
         )
@@ -83,20 +78,14 @@ class BrokerProcess:
     def address(self, user: str) -> BrokerAddress:
         return BrokerAddress.parse(self.url(user))
 
-    def admin(self) -> DynsecAdmin:
-        """A Dynamic Security session as the admin (stop its ``bus`` when done)."""
-        bus = MqttBus(self.address(ADMIN_USER))
-        admin = DynsecAdmin(bus)
-        bus.start()
-        return admin
+    def admin(self) -> AbstractContextManager[DynsecAdmin]:
+        """A Dynamic Security session as the admin, for a ``with`` block."""
+        return administer(MqttBus(self.address(ADMIN_USER)))
 
     def add_user(self, role: Role, name: str) -> BrokerAddress:
         """A new user while the broker runs (as ``edgeci provision add`` does); its address."""
-        admin = self.admin()
-        try:
+        with self.admin() as admin:
             self.credentials.passwords[name] = admin.add_user(role, name)
-        finally:
-            admin.bus.stop()
         return self.address(name)
 
     def stop(self) -> None:

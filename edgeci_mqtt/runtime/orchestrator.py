@@ -193,7 +193,7 @@ class Orchestrator:
         served at once (each by a worker thread). ``per_client``: requests one client may
         have waiting (the next is refused as busy)."""
         split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
-        self.results_topic = RESULTS.filter_with(orchestrator=orchestrator_id)
+        self.results_filter = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self.broker_link = broker_link or Link(1000.0, 0.1)
         self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
@@ -211,7 +211,7 @@ class Orchestrator:
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
-        for topic in (DEVICE_STATE.filter, self.results_topic, AUCTION_BIDS.filter, SHARED_REQUESTS):
+        for topic in (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, SHARED_REQUESTS):
             bus.subscribe(topic)
         bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
         bus.start()
