@@ -58,10 +58,14 @@ def _probe_clock(threads: int) -> Callable[[], float]:
     return time.thread_time if threads == 1 else time.perf_counter
 
 
+def _conv_flops(cin: int, cout: int, k: int, side: int) -> int:
+    return 2 * cin * k * k * cout * side * side
+
+
 def _conv_probe(cin: int, cout: int, k: int, side: int, gen: torch.Generator) -> tuple[Callable[[], object], int]:
     x = torch.randn(1, cin, side + k - 1, side + k - 1, generator=gen)
     w = torch.randn(cout, cin, k, k, generator=gen)
-    return (lambda: F.conv2d(x, w)), 2 * cin * k * k * cout * side * side
+    return (lambda: F.conv2d(x, w)), _conv_flops(cin, cout, k, side)
 
 
 def measure_profile(threads: int = 1) -> DeviceProfile:
@@ -97,8 +101,11 @@ def _measure_shape(threads: int) -> DeviceProfile:
     for cin, cout, k in sorted(_CONV_PROBES, key=lambda p: p[0] * p[2] * p[2]):
         row: list[float] = []
         for side in _CONV_SIDES:
+            if row and _conv_flops(cin, cout, k, side) > largest:  # skipped before its tensors are made
+                row.append(row[-1])  # (512 channels at 224 px would take 100 MB)
+                continue
             fn, flops = _conv_probe(cin, cout, k, side, gen)
-            row.append(row[-1] if row and flops > largest else flops / best(fn))
+            row.append(flops / best(fn))
         depths.append(cin * k * k)
         rows.append(tuple(row))
     x = torch.randn(1, 64, 112, 112, generator=gen)

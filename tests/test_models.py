@@ -3,6 +3,9 @@ weights files checked key by key."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,6 +168,45 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
     assert all(torch.equal(whole[k], v) for k, v in lean.chain.model.state_dict().items())
     if name == "vgg16":
         assert sum(whole[k].numel() for k in left_out) * 4 > 450e6
+
+
+_MEMORY_PROBE = """
+import json, torch
+from edgeci_mqtt.models import build_model
+from edgeci_mqtt.profiling import measure_profile
+from edgeci_mqtt.runtime.heap import release_heap
+
+def anon():
+    status = open("/proc/self/status").read().splitlines()
+    return next(int(l.split()[1]) for l in status if l.startswith("RssAnon:")) * 1024
+
+def peak():
+    status = open("/proc/self/status").read().splitlines()
+    return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) * 1024
+
+torch.set_num_threads(1)
+start = peak()
+measure_profile(1)
+profile_peak = peak() - start
+release_heap()
+before = anon()
+model = build_model("vgg16", tail=False)
+release_heap()
+weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if not t.is_meta)
+print(json.dumps({"grown": anon() - before, "weights": weights, "profile_peak": profile_peak}))
+"""
+
+
+def test_a_device_pays_for_its_weights_and_a_bounded_profile_only() -> None:
+    """Resident memory, measured in a fresh process: building VGG-16 without its tail
+    grows the process by its weights (not the ~60 % more that ``Module.to_empty`` from
+    the meta device left), and measuring the profile never makes the probes it skips
+    (512 channels at 224 px alone is 100 MB). Both counted against a device's 450 MB."""
+    run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, timeout=120, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    assert measured["weights"] > 50e6
+    assert measured["grown"] < measured["weights"] * 1.1 + 4e6, measured
+    assert measured["profile_peak"] < 160e6, measured
 
 
 def test_a_tail_slice_comes_from_the_weights_file_when_there_is_one(tmp_path: Path) -> None:

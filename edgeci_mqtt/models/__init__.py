@@ -13,7 +13,7 @@ from edgeci_mqtt.models.resnet import resnet34
 from edgeci_mqtt.models.smallcnn import smallcnn
 from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
 from edgeci_mqtt.models.vgg import vgg16
-from edgeci_mqtt.models.weights import init_weights, load_weights
+from edgeci_mqtt.models.weights import allocate, init_weights, load_weights
 
 __all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "skeleton_chain", "stage_chain", "tail_separable"]
 
@@ -37,12 +37,7 @@ def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: boo
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     with torch.device("meta"):
         model = _BUILDERS[name]()
-    if tail or not tail_separable(model):
-        model = model.to_empty(device="cpu")
-    else:
-        for module in model.modules():
-            if not isinstance(module, nn.Linear):
-                module.to_empty(device="cpu", recurse=False)
+    allocate(model, leave=None if tail or not tail_separable(model) else nn.Linear)
     if weights is None:
         init_weights(model, seed)
     else:

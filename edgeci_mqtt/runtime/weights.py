@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.models.weights import allocate
 from edgeci_mqtt.wire import WeightsMessage, decode, encode
 
 __all__ = [
@@ -76,7 +77,7 @@ def checked_stage(model: nn.Module, stage: str, state: dict[str, Tensor]) -> tup
 
 def materialise(module: nn.Module, local: dict[str, Tensor]) -> None:
     """Give ``module`` real storage and load ``local`` (already checked) into it."""
-    module.to_empty(device="cpu")
+    allocate(module)
     with torch.no_grad():
         module.load_state_dict(local, strict=True)
     module.eval()
