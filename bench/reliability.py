@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import statistics
 import sys
@@ -483,10 +484,19 @@ def memory_per_role(workdir: Path) -> dict[str, dict[str, float]]:
         time.sleep(3.0)  # idle: a device gives back what the requests' activations took
         served = {name: resident_mb(pid) for name, pid in pids.items()}
         peak = {name: resident_mb(pid, "VmHWM") for name, pid in pids.items()}
+        tail = {name: tail_made_mb(group.log_text(name)) for name in ("dev-tail", "dev-no-tail")}
     finally:
         group.close()
         broker.stop()
-    return {"idle": idle, "served": served, "peak": peak}
+    return {"idle": idle, "served": served, "peak": peak, "tail": tail}
+
+
+def tail_made_mb(log_text: str) -> float:
+    """MB of fully connected weights a device made for the tail parts it was given, from
+    its log: the rows of a first layer it held last, per model, and whole layers made."""
+    rows = dict(re.findall(r"(\w+): made \d+ chunk\(s\) of \S+ rows; (\d+) MB of tail rows held", log_text))
+    layers = re.findall(r"made \d+ fully connected layer\(s\), (\d+) MB", log_text)
+    return sum(float(v) for v in rows.values()) + sum(float(v) for v in layers)
 
 
 # ---------------------------------------------------------------------------- report
@@ -521,14 +531,16 @@ def markdown(
         "",
         "RSS per role serving VGG-16 and ResNet-34 at 224x224 (MB; `memory_per_role`): idle after start-up,",
         "idle after two requests of each model, and the peak (start-up and requests included). A device",
-        "holds no classifier (VGG-16's is 470 MB)",
-        "until part of a tail is given to it; *dev-no-tail* (`--tail-memory-mb 0`) is never given one.",
-        "Target for a device: 450 MB.",
+        "holds no classifier (VGG-16's is 470 MB) until the planner gives it part of a tail, within the",
+        "memory it offers (default: half of what the machine has available); *tail made* is what it made",
+        "for that, from its log. *dev-no-tail* (`--tail-memory-mb 0`) is never given one. Target for a",
+        "device: 450 MB.",
         "",
-        "| role | idle | idle after serving | peak |",
-        "|---|---|---|---|",
+        "| role | idle | idle after serving | peak | tail made |",
+        "|---|---|---|---|---|",
         *(
-            f"| {name} | {roles['idle'][name]:.0f} | {roles['served'][name]:.0f} | {roles['peak'][name]:.0f} |"
+            f"| {name} | {roles['idle'][name]:.0f} | {roles['served'][name]:.0f} | {roles['peak'][name]:.0f} "
+            f"| {_tail_cell(roles['tail'].get(name))} |"
             for name in sorted(roles["idle"])
         ),
         "",
@@ -536,6 +548,10 @@ def markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _tail_cell(made_mb: float | None) -> str:
+    return "whole model" if made_mb is None else f"{made_mb:.0f}"
 
 
 def main() -> int:

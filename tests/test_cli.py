@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgeci_mqtt.cli import build_parser, main
+from edgeci_mqtt.cli.device_cmd import default_tail_memory
 from edgeci_mqtt.exactness import float64_model, max_abs_diff
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import build_model
@@ -119,3 +120,15 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str], monkeypat
     with pytest.raises(SystemExit) as exc:
         runpy.run_module("edgeci_mqtt", run_name="__main__")
     assert exc.value.code == 0 and "usage: edgeci infer" in capsys.readouterr().out
+
+
+def test_a_device_offers_half_the_available_memory_for_tails_unless_told(tmp_path: Path) -> None:
+    """A board is never handed more fully connected weights than it can hold by default."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        1000000 kB\nMemAvailable:     500000 kB\nMemFree: 100 kB\n")
+    assert default_tail_memory(meminfo) == 500000 * 1024 // 2
+    meminfo.write_text("MemTotal:        1000000 kB\n")  # an old kernel: no limit, as before
+    assert default_tail_memory(meminfo) is None
+    assert default_tail_memory(tmp_path / "absent") is None
+    here = default_tail_memory()
+    assert here is None or here > 0

@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tail-memory-mb",
         type=float,
         help="MB of fully connected weights this device may be asked to use for a model's tail "
-        "(announced in its birth; default: no limit; 0: never run a tail)",
+        "(announced in its birth; default: half the memory available once its models are built; "
+        "0: never run a tail)",
     )
     parser.add_argument(
         "--calibrate",
@@ -122,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
     specs = models.split(",") if isinstance(models, str) else list(models)
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
-    tail_bytes = None if memory is None else int(float(memory) * 1e6)
     device, threads = str(address.username), int(config.get("threads", 1))
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
@@ -134,7 +134,23 @@ def run(args: argparse.Namespace) -> int:
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
     bus = broker_bus(args, address=address)
     release_heap()
+    tail_bytes = default_tail_memory() if memory is None else int(float(memory) * 1e6)
+    if tail_bytes is not None:
+        log.info("%s: up to %.0f MB of tail weights may be given to it", device, tail_bytes / 1e6)
     calibrate = bool(config.get("calibrate", True))
     agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)
     agent.run(stop_on_signals())
     return 0
+
+
+def default_tail_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Half the memory this machine has available now (its models built): what a device
+    offers for fully connected weights unless told. Without a limit, a board would be
+    handed VGG-16's whole 411 MB first classifier layer whatever its RAM (a Raspberry Pi 3
+    has 1 GB); without any, it would never help with a tail. None where the kernel does
+    not say (no limit)."""
+    try:
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError, IndexError):
+        return None

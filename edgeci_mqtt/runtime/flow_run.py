@@ -193,6 +193,7 @@ class FlowRun(Run):
     def run(self, x: Tensor) -> Tensor:
         reasons = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            self.check_wanted()
             run_id = f"{self.request}.{attempt}"
             try:
                 return self._attempt(run_id, x)
@@ -339,6 +340,7 @@ class FlowRun(Run):
 
     def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival], go: Callable[[int], None]) -> None:
         while not state.done:
+            self.check_wanted()  # raises: the attempt's rows are released
             lost, why = state.tick(time.perf_counter(), {v.name for v in self.devices()})
             if not lost:
                 try:

@@ -24,7 +24,7 @@ from torch import Tensor
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
@@ -165,6 +165,9 @@ class RunSetup:
     min_allowance_s: float = MIN_TASK_DEADLINE_S
     backlog_s: float = 0.0
     """Predicted seconds of work already handed to the devices this run uses (it may queue behind it)."""
+    give_up_at: float | None = None
+    """When nobody waits for the answer any more (a ``perf_counter`` time: the client's
+    deadline); the run stops there instead of computing for no one. None: never."""
 
 
 class Run:
@@ -176,7 +179,7 @@ class Run:
         self.orchestrator, self.request, self.held = setup.orchestrator, setup.request, setup.held
         self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
         self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
-        self.backlog_s = setup.backlog_s
+        self.backlog_s, self.give_up_at = setup.backlog_s, setup.give_up_at
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
             self.orchestrator,
@@ -193,6 +196,12 @@ class Run:
         self.origin = setup.origin
         self.timeline: list[Interval] | None = [] if setup.trace else None
         self._wall_offset = time.time() - time.perf_counter()
+
+    def check_wanted(self) -> None:
+        """Raise if the client stopped waiting (its deadline passed): the caller's cleanup
+        (releasing the devices' rows) runs, and no more work is handed out for it."""
+        if self.give_up_at is not None and time.perf_counter() > self.give_up_at:
+            raise InferenceError(f"{self.request}: the client's deadline passed; stopped unfinished")
 
     def mark(
         self,
@@ -228,6 +237,7 @@ class InferenceRun(Run):
             awarded = [list(b.tasks) for b in on_devices]
         awards = iter(awarded)
         for block_plan in self.plan.blocks:
+            self.check_wanted()
             if block_plan.placement == "orchestrator":
                 x = self._gateway(block_plan.block, x)
             else:
@@ -293,6 +303,7 @@ class InferenceRun(Run):
         longest compute time a stitched result reported."""
         out_shape, block_compute = self.shapes[block.stop], 0.0
         while not progress.done:
+            self.check_wanted()
             try:
                 arrived, result = box.get(timeout=POLL_S)
             except queue.Empty:

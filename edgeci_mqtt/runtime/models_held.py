@@ -8,6 +8,7 @@ orchestrator knows.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from edgeci_mqtt.models.weights import LINEAR_CHUNK_ROWS, TailSource
 from edgeci_mqtt.planner.costs import RowModel
 
 __all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
+
+log = logging.getLogger("edgeci.models")
 
 
 def weights_digest(name: str, weights: Path | None, seed: int) -> str:
@@ -98,11 +101,13 @@ class HeldModel:
         first = self.chain.tail_parts.first
         name = self._name(first)
         with self._tail_lock:
+            made_now = 0
             for chunk in needed:
                 made = self._chunks.pop(chunk, None)  # re-inserted: the dict is in order of use
                 if made is None:
                     low = chunk * LINEAR_CHUNK_ROWS
                     made = self._source().rows(name, first, low, min(low + LINEAR_CHUNK_ROWS, first.out_features))
+                    made_now += 1
                 self._chunks[chunk] = made
             budget = self.tail_bytes if self.tail_bytes is not None else first.weight.numel() * 4
             kept = sum(w.numel() * 4 for w, _ in self._chunks.values())
@@ -110,6 +115,14 @@ class HeldModel:
                 if kept <= budget:
                     break
                 kept -= self._chunks.pop(chunk)[0].numel() * 4
+            if made_now:
+                log.info(
+                    "%s: made %d chunk(s) of %s's rows; %.0f MB of tail rows held",
+                    self.chain.model_name,
+                    made_now,
+                    name,
+                    kept / 1e6,
+                )
             return [self._chunks[chunk] for chunk in needed]
 
     def make_tail(self, first: bool) -> None:
@@ -118,9 +131,12 @@ class HeldModel:
         parts = self.chain.tail_parts
         layers = [m for m in parts.rest.modules() if isinstance(m, nn.Linear)] + ([parts.first] if first else [])
         with self._tail_lock:
-            for layer in layers:
-                if layer.weight.is_meta:
-                    self._source().fill(self._name(layer), layer)
+            missing = [layer for layer in layers if layer.weight.is_meta]
+            for layer in missing:
+                self._source().fill(self._name(layer), layer)
+        if missing:
+            size = sum(layer.weight.numel() * 4 for layer in missing)
+            log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)
 
     def _source(self) -> TailSource:
         if self.source is None:

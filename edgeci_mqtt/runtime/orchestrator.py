@@ -161,10 +161,15 @@ class _Request:
     correlation: bytes | None
     received: float
 
+    def give_up_at(self) -> float | None:
+        """When the client stops waiting (a ``perf_counter`` time; None: it said nothing)."""
+        deadline = self.message.deadline_s
+        return self.received + deadline if deadline > 0 else None
+
     def expired(self, now: float) -> bool:
         """Past the time the client said it would wait (from when it reached us)."""
-        deadline = self.message.deadline_s
-        return deadline > 0 and now > self.received + deadline
+        give_up_at = self.give_up_at()
+        return give_up_at is not None and now > give_up_at
 
 
 class Orchestrator:
@@ -465,6 +470,7 @@ class Orchestrator:
             trace=message.trace,
             min_allowance_s=self.min_allowance_s,
             backlog_s=max((self.commitments.snapshot().get(d, 0.0) for d in work), default=0.0),
+            give_up_at=request.give_up_at(),
         )
         run: InferenceRun | FlowRun
         if base in SERVED_BY_FLOW:
