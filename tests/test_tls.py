@@ -76,6 +76,13 @@ def test_every_command_works_over_tls_with_a_client_certificate(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0 and "dev-2" in listed.stdout, listed.stderr[-2000:]
+    watched = subprocess.run(
+        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher", tls=True), *files,
+         "--duration", "3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr[-2000:]
+    assert "dev-1" in watched.stdout and "dev-2" in watched.stdout, watched.stdout[-2000:]  # their retained births
 
 
 def test_without_a_certificate_or_trusting_another_ca_a_client_is_refused_at_once(
