@@ -18,7 +18,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.device import DeviceAgent
-from edgeci_mqtt.runtime.heap import release_heap
+from edgeci_mqtt.runtime.heap import keep_heap_small, release_heap
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.weights import WeightCache
 
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     specs = models.split(",") if isinstance(models, str) else list(models)
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
+    keep_heap_small()  # before torch starts its threads and paho its own
     device, threads = str(address.username), int(config.get("threads", 1))
     torch.set_num_threads(threads)
     log.info("%s: profiling (%d thread(s))", device, threads)
