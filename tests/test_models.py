@@ -290,3 +290,14 @@ def test_unreadable_weights_files(tmp_path: Path) -> None:
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(ModelError, match=r"unknown model 'alexnet'.*vgg16"):
         build_model("alexnet")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_tail_knows_its_classes_without_running(name: str, chains: dict[str, StageChain]) -> None:
+    """What a flow run waits for from a tail's finisher: as many logits as the model makes,
+    read from the layers, also when they are on the meta device (a device's lean model)."""
+    chain = chains[name]
+    with torch.inference_mode():
+        made = chain.model(torch.randn(1, 3, 64, 64)).shape[1]
+    assert chain.tail_parts.classes == made
+    assert ModelStore({name: None}, tail=False).get(name).chain.tail_parts.classes == made

@@ -138,6 +138,14 @@ def task(**changes: object) -> bytes:
             "finite",
         ),
         (raw(v=1, type="bid", round="r", device="d", queue_s=0, lots=[{"alone_s": [0.1]}] * 300), "more than"),
+        (  # every item a float, one of them infinite: the fast check refuses, the slow one names it
+            raw(v=1, type="bid", round="r", device="d", queue_s=0, lots=[{"alone_s": [0.5, math.inf], "extend_s": []}]),
+            r"alone_s\[1\]: inf is not finite",
+        ),
+        (
+            raw(v=1, type="bid", round="r", device="d", queue_s=0, lots=[{"alone_s": [0.5, 1e300], "extend_s": []}]),
+            r"alone_s\[1\]: 1e\+300 is not in",
+        ),
         (state(conv_depths=[0, 8]), "not increasing positive"),
         (state(conv_depths=[1, 2**64 - 1]), "not increasing positive"),
         (state(conv_depths=[1, math.inf]), "expected an int"),

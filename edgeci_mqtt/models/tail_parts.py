@@ -29,6 +29,13 @@ class TailParts:
     def features(self) -> int:
         return self.first.out_features
 
+    @property
+    def classes(self) -> int:
+        """How many logits the tail makes: the last fully connected layer's outputs (known
+        without running anything, even for layers left on the meta device)."""
+        linear = [m for m in self.rest.modules() if isinstance(m, nn.Linear)]
+        return (linear[-1] if linear else self.first).out_features
+
     def whole(self, x: Tensor) -> Tensor:
         return self.rest(self.first(self.head(x)))
 

@@ -228,7 +228,7 @@ class FlowRun(Run):
         elif plan.tail.parts and plan.tail.finisher == ORCHESTRATOR:
             owed = set(plan.tail.parts)
         else:
-            owed = {(plan.tail.finisher, Span(0, self._classes()))}
+            owed = {(plan.tail.finisher, Span(0, self.held.chain.tail_parts.classes))}
         expected = plan.predicted_s + self.backlog_s
         allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * expected))
         with self.mail.open(run_id) as box:
@@ -255,10 +255,6 @@ class FlowRun(Run):
         self.timings.tail_s = time.perf_counter() - started
         self.mark(ORCHESTRATOR, "tail", started, time.perf_counter(), self._tail_note(plan))
         return logits
-
-    def _classes(self) -> int:
-        with torch.inference_mode():
-            return int(self.held.chain.tail_parts.finish(torch.zeros(1, self.held.chain.tail_parts.features)).shape[1])
 
     @staticmethod
     def _tail_note(plan: Plan) -> str:

@@ -60,7 +60,8 @@ def check_segment(value: str, what: str = "id") -> str:
         not value
         or len(value) > _MAX_SEGMENT
         or value.startswith("$")
-        or any(c in "+#/" or not c.isprintable() or c.isspace() for c in value)
+        or not value.isprintable()  # in C: this runs for every segment of every message
+        or any(c in value for c in "+#/ ")  # (the only printable space is " ")
     ):
         raise WireError(
             f"{value[:_MAX_SEGMENT]!r} cannot be a {what} (1-{_MAX_SEGMENT} printable characters, no + # / or space)"

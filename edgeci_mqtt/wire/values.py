@@ -289,15 +289,36 @@ def _dict_decoder(value: Decoder, limit: int, segment_keys: bool) -> Decoder:
     return decode
 
 
+def _float_ranges(hint: Any) -> tuple[Range, ...] | None:
+    """The ranges of a ``float`` item type (None: not a float)."""
+    base, meta = (get_args(hint)[0], get_args(hint)[1:]) if get_origin(hint) is Annotated else (hint, ())
+    return tuple(m for m in meta if isinstance(m, Range)) if base is float else None
+
+
+def _all_fine_floats(data: list[Any], ranges: tuple[Range, ...]) -> bool:
+    """Every item a finite float within ``ranges``, checked in C: a bid carries thousands of
+    prices, which one by one took a 0.25-CPU orchestrator tens of ms per request. False:
+    decode item by item, which names the one at fault."""
+    if set(map(type, data)) - {float}:
+        return False
+    values = np.fromiter(data, dtype=np.float64, count=len(data))
+    fine = bool(np.isfinite(values).all())
+    return fine and all(bool(((values >= r.low) & (values <= r.high)).all()) for r in ranges)
+
+
 def _tuple_decoder(args: tuple[Any, ...], meta: tuple[Any, ...]) -> Decoder:
     if len(args) == 2 and args[1] is Ellipsis:
         item, limit = _decoder(args[0]), _limit(meta, MAX_ITEMS)
+
+        floats = _float_ranges(args[0])
 
         def decode_items(data: Any, where: str) -> tuple[Any, ...]:
             if not isinstance(data, list):
                 raise WireError(f"{where}: expected a list, got {type(data).__name__}")
             if len(data) > limit:
                 raise WireError(f"{where}: {len(data)} items is more than allowed")
+            if floats is not None and _all_fine_floats(data, floats):
+                return tuple(data)
             try:
                 return tuple([item(v, where) for v in data])
             except WireError:  # decode again, naming each position, to say which item failed
