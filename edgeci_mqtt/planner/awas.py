@@ -118,17 +118,35 @@ class HeldRows:
 
 
 class _Pricing:
-    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - held``."""
+    """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - held``.
+
+    Everything one run's price needs sits in one tuple per device, and the held rows'
+    saving is inlined: the award's sweeps price runs hundreds of thousands of times on
+    swarm64, so each lookup and call there is a share of planning time."""
 
     def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
         self.bids = {b.device: b for b in bids}
-        self.prefix = {b.device: [0.0, *accumulate(b.extend_s)] for b in bids}
         self.held = held
+        self._terms: dict[str, tuple[float, tuple[float, ...], list[float], tuple[int, int, float] | None]] = {
+            b.device: (
+                b.queue_s,
+                b.alone_s,
+                [0.0, *accumulate(b.extend_s)],
+                held.bands.get(b.device) if held is not None else None,
+            )
+            for b in bids
+        }
+        self._lo: tuple[int, ...] = held.lo if held is not None else ()
+        self._hi: tuple[int, ...] = held.hi if held is not None else ()
 
     def run(self, device: str, start: int, stop: int) -> float:
-        bid, prefix = self.bids[device], self.prefix[device]
-        cost = bid.queue_s + bid.alone_s[start] + prefix[stop] - prefix[start + 1]
-        return cost - self.held.saved(device, start, stop) if self.held is not None else cost
+        queue, alone, prefix, band = self._terms[device]
+        cost = queue + alone[start] + prefix[stop] - prefix[start + 1]
+        if band is None:
+            return cost
+        a, b, per_row = band  # HeldRows.saved, inlined
+        lo, hi = self._lo[start], self._hi[stop]
+        return cost - (min(hi, b) - max(lo, a)) * per_row if min(hi, b) > max(lo, a) else cost
 
 
 @dataclass(frozen=True)
@@ -143,26 +161,52 @@ class Award:
         return max(self.loads.values())
 
 
-def _sweep(pricing: _Pricing, order: Sequence[str], count: int, limit: float) -> list[tuple[str, Span]] | None:
+def _sweep(
+    pricing: _Pricing, order: Sequence[str], count: int, limit: float, hints: dict[str, int] | None = None
+) -> list[tuple[str, Span]] | None:
     """Runs in device order, each as long as fits within ``limit``; None if items remain.
 
     A run's price never falls as it grows (an item's extension prices its compute and the
     input rows it adds, and held rows take off at most those rows' transfer), so each run's
-    end is found by bisection."""
+    end is found by search: from ``hints`` (each device's run length in the previous sweep,
+    updated here; the limits of a bisection change little between sweeps) by doubling steps,
+    then by bisection, which finds the same end as bisecting the whole range."""
     runs, pos = [], 0
+    run = pricing.run
     for device in order:
         if pos == count:
             break
-        stop, high = pos, count  # the longest run from pos within the limit: runs only grow dearer
-        while stop < high:
-            middle = (stop + high + 1) // 2
-            if pricing.run(device, pos, middle) <= limit:
-                stop = middle
+        guess = min(pos + max(hints.get(device, 1), 1) if hints is not None else pos + 1, count)
+        if run(device, pos, guess) <= limit:  # fits: step up until it does not (or all fit)
+            low, step = guess, 1
+            high = count
+            while low < count:
+                probe = min(low + step, count)
+                if run(device, pos, probe) <= limit:
+                    low, step = probe, step * 2
+                else:
+                    high = probe - 1
+                    break
+        else:  # too long: step down until it fits (or nothing does)
+            high, step = guess - 1, 1
+            low = pos
+            while high > pos:
+                probe = max(high - step + 1, pos + 1)
+                if run(device, pos, probe) <= limit:
+                    low = probe
+                    break
+                high, step = probe - 1, step * 2
+        while low < high:  # the longest run within the limit lies in [low, high]
+            middle = (low + high + 1) // 2
+            if run(device, pos, middle) <= limit:
+                low = middle
             else:
                 high = middle - 1
-        if stop > pos:
-            runs.append((device, Span(pos, stop)))
-            pos = stop
+        if hints is not None:
+            hints[device] = low - pos
+        if low > pos:
+            runs.append((device, Span(pos, low)))
+            pos = low
     return runs if pos == count else None
 
 
@@ -208,15 +252,20 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
         top = max(values)
         return top, sum(v >= top * (1 - 1e-9) for v in values)
 
-    def cheapest_idle(idle: list[str], item: int) -> list[str]:
+    ranked: dict[int, list[str]] = {}
+
+    def cheapest_idle(idle: set[str], item: int) -> list[str]:
         """The idle bidders that would take ``item`` alone cheapest (a few: on swarm64 trying all
-        60 idle devices on both sides of every crowded run made awarding most of planning)."""
-        return sorted(idle, key=lambda d: (pricing.run(d, item, item + 1), d))[:IDLE_TRIED]
+        60 idle devices on both sides of every crowded run made awarding most of planning).
+        Every bidder's rank for an item is worked out once per award."""
+        if item not in ranked:
+            ranked[item] = sorted(bidders, key=lambda d: (pricing.run(d, item, item + 1), d))
+        return [d for d in ranked[item] if d in idle][:IDLE_TRIED]
 
     current = loads(runs)
     for _ in range(2 * sum(s.size for _, s in runs)):
         top, crowd = score(current)
-        idle = [d for d in bidders if d not in {r[0] for r in runs}]
+        idle = set(bidders) - {r[0] for r in runs}
         candidates = []
         for m in (i for i, v in enumerate(current) if v >= top * (1 - 1e-9) and runs[i][1].size > 1):
             low = min(range(len(runs)), key=current.__getitem__)
@@ -245,11 +294,12 @@ def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[
     cheapest = min(alone, key=alone.__getitem__)
     hi, lo = alone[cheapest], 0.0
     best = [(cheapest, Span(0, count))]  # one device alone: always feasible
+    hints: dict[str, int] = {}
     for _ in range(60):
         if hi - lo <= 1e-4 * hi:  # within 0.01 % of the best makespan (then _improve): finer costs sweeps, not time
             break
         mid = (lo + hi) / 2
-        runs = _sweep(pricing, order, count, mid)
+        runs = _sweep(pricing, order, count, mid, hints)
         if runs is None:
             lo = mid
         else:

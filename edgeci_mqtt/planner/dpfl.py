@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, handoff_seconds, l
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
 
-__all__ = ["BlockEstimate", "BlockEstimator", "best_segmentation"]
+__all__ = ["BlockEstimator", "best_segmentation"]
 
 
 def best_segmentation(n: int, cost: Callable[[int, int], float]) -> tuple[float, list[FusedBlock]]:
@@ -39,14 +38,6 @@ def best_segmentation(n: int, cost: Callable[[int, int], float]) -> tuple[float,
         blocks.append(FusedBlock(back[j], j))
         j = back[j]
     return best[n], blocks[::-1]
-
-
-@dataclass(frozen=True)
-class BlockEstimate:
-    """Predicted seconds of one block and the rows each device would get."""
-
-    seconds: float
-    rows: dict[str, int]
 
 
 class BlockEstimator:
@@ -78,6 +69,7 @@ class BlockEstimator:
         self._kinds = list(kinds.values())
         self._kind_of = {view.name: i for i, group in enumerate(self._kinds) for view in group}
         self._by_stop: dict[int, list[Floats]] = {}
+        self._seconds_to: dict[int, Floats] = {}
 
     def _strips(self, block: FusedBlock) -> tuple[Ints, Ints]:
         """Centred strips of 1..H rows: the interior halo a typical strip pays."""
@@ -97,34 +89,68 @@ class BlockEstimator:
             ]
         return self._by_stop[stop]
 
-    def balanced(self, block: FusedBlock) -> BlockEstimate:
-        """Rows shared so the block finishes earliest (what the AWAS auction finds)."""
-        a, b = self._strips(block)
+    def seconds_to(self, stop: int) -> Floats:
+        """Seconds of every block ``[i, stop)``, by ``i``, with its rows shared so that it
+        finishes earliest (what the AWAS auction finds): DPFL's costs, all blocks ending at
+        ``stop`` at once (one by one they were most of a plan's time on swarm64).
+
+        A device of kind ``k`` given ``r`` rows finishes at ``cost[k, r]`` (non-decreasing in
+        ``r``); the block finishes at the least time by which the devices can take every
+        row, and the rows each then takes are priced for the broker link
+        (:meth:`overhead`), the most loaded giving back any rows beyond the map's height."""
+        if stop not in self._seconds_to:
+            self._seconds_to[stop] = self._price_blocks_to(stop)
+        return self._seconds_to[stop]
+
+    def _price_blocks_to(self, stop: int) -> Floats:
+        a, b = self._strips(FusedBlock(0, stop))
         height = len(a)
-        moved = self._moved(block, a, b)
-        compute = self._compute_to(block.stop)
-        costs = np.stack(
+        starts = range(stop)
+        # bytes of the centred strips of 1..height rows (row r - 1), by block start
+        inputs = np.stack([self.model.input_bytes(FusedBlock(i, stop), a, b) for i in starts])
+        outputs = self.model.output_bytes(FusedBlock(0, stop), a, b)
+        halo = self._halo_matrix(stop, a, b, inputs) if self.flow else np.zeros_like(inputs)
+        out = outputs if not self.flow or stop == len(self.model.stages) else np.zeros_like(outputs)
+        # bytes over a strip's own link, both ways: its input and output (gathering, and a flow's
+        # first block), or its halo up a neighbour's link and down its own and the last output
+        moved = inputs + out + 2 * MESSAGE_OVERHEAD_BYTES
+        if self.flow:
+            moved[1:] = 2 * halo[1:] + out + 2 * MESSAGE_OVERHEAD_BYTES
+        compute = self._compute_to(stop)
+        counts = np.array([len(g) for g in self._kinds])
+        costs = np.stack(  # (start, kind, rows - 1)
             [
-                np.maximum.accumulate(
-                    link_seconds(group[0], moved) + compute[kind][block.start] + self._handoff(group[0])
-                )
-                for kind, group in enumerate(self._kinds)
-            ]
+                np.maximum.accumulate(link_seconds(g[0], moved) + compute[k] + self._handoff(g[0]), axis=1)
+                for k, g in enumerate(self._kinds)
+            ],
+            axis=1,
         )
-        counts = np.repeat(np.array([len(g) for g in self._kinds]), height)
-        flat = costs.ravel()
-        order = np.argsort(flat, kind="stable")
-        reached = np.searchsorted(np.cumsum(counts[order]), height)
-        finish = float(flat[order[reached]])
-        rows = {}
-        for group, line in zip(self._kinds, costs, strict=True):
-            taken = int(np.searchsorted(line, finish, side="right"))
-            rows.update({view.name: taken for view in group if taken})
-        excess = sum(rows.values()) - height
-        for name in sorted(rows, key=rows.__getitem__, reverse=True)[: max(excess, 0)]:
-            rows[name] -= 1
-        rows = {k: v for k, v in rows.items() if v}
-        return BlockEstimate(finish + self.overhead(block, rows), rows)
+        flat = costs.reshape(stop, -1)
+        order = np.argsort(flat, axis=1, kind="stable")
+        reached = (np.cumsum(np.repeat(counts, height)[order], axis=1) < height).sum(axis=1)
+        everyone = np.arange(stop)
+        finish = flat[everyone, order[everyone, reached]]
+        taken = (costs <= finish[:, None, None]).sum(axis=2)  # (start, kind): rows each device of the kind takes
+        seconds = np.empty(stop)
+        for i in starts:
+            sizes, weights = _trimmed(taken[i], counts, height)
+            rows = sizes - 1
+            seconds[i] = finish[i] + self._link_overhead(
+                FusedBlock(i, stop),
+                int((weights * inputs[i, rows]).sum()),
+                int((weights * outputs[rows]).sum()),
+                int((weights * halo[i, rows]).sum()),
+                int(weights.sum()),
+            )
+        return seconds
+
+    def _halo_matrix(self, stop: int, a: Ints, b: Ints, inputs: Ints) -> Ints:
+        """:meth:`_halo_bytes` of the strips ``[a, b)`` of every block ending at ``stop``, by start."""
+        shapes = self.model.shapes
+        inner = np.array([shapes[i].height / shapes[stop].height for i in range(stop)])
+        row_bytes = np.array([self.model.row_bytes(i) for i in range(stop)], dtype=np.int64)
+        held = np.floor((b - a)[None, :] * inner[:, None]).astype(np.int64) * row_bytes[:, None]
+        return np.maximum(inputs - held, 0)
 
     def _handoff(self, view: DeviceView) -> float:
         return handoff_seconds(view) if self.flow else 0.0
@@ -134,14 +160,6 @@ class BlockEstimator:
         inner = self.model.shapes[block.start].height / self.model.shapes[block.stop].height
         held = np.floor((b - a) * inner).astype(np.int64) * self.model.row_bytes(block.start)
         return np.maximum(self.model.input_bytes(block, a, b) - held, 0)
-
-    def _moved(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
-        """Bytes over a strip's own link (both directions together)."""
-        if not self.flow or block.start == 0:
-            return self.model.moved_bytes(block, a, b, self.flow)
-        last = block.stop == len(self.model.stages)
-        out = self.model.output_bytes(block, a, b) if last else 0
-        return 2 * self._halo_bytes(block, a, b) + out + 2 * MESSAGE_OVERHEAD_BYTES
 
     def speeds(self, block: FusedBlock) -> dict[str, float]:
         """Each device's compute speed on this block (whole maps per second; links ignored)."""
@@ -164,17 +182,45 @@ class BlockEstimator:
     def overhead(self, block: FusedBlock, rows: dict[str, int]) -> float:
         """Broker-link traffic and the orchestrator's copies for these strips: scatter and
         gather, or under ``flow`` the image, the halo and the last block's output."""
-        height = self.model.shapes[block.stop].height
         sizes = np.array(list(rows.values()), dtype=np.int64)
+        return self._overhead(block, sizes, np.ones_like(sizes))
+
+    def _overhead(self, block: FusedBlock, sizes: Ints, weights: Ints) -> float:
+        """:meth:`overhead` of ``weights[m]`` strips of ``sizes[m]`` rows each."""
+        height = self.model.shapes[block.stop].height
         a, b = (height - sizes) // 2, (height - sizes) // 2 + sizes
-        scattered = float(self.model.input_bytes(block, a, b).sum())
-        gathered = float(self.model.output_bytes(block, a, b).sum())
-        copied = through = scattered + gathered
+        halo = int((weights * self._halo_bytes(block, a, b)).sum()) if self.flow else 0
+        return self._link_overhead(
+            block,
+            int((weights * self.model.input_bytes(block, a, b)).sum()),
+            int((weights * self.model.output_bytes(block, a, b)).sum()),
+            halo,
+            int(weights.sum()),
+        )
+
+    def _link_overhead(self, block: FusedBlock, scattered: int, gathered: int, halo: int, strips: int) -> float:
+        """:meth:`overhead` from the strips' total bytes in, out and (``flow``) of halo."""
+        copied = through = float(scattered + gathered)
         if self.flow:
             first, last = block.start == 0, block.stop == len(self.model.stages)
             copied = (scattered if first else 0.0) + (gathered if last else 0.0)
-            through = copied + (0.0 if first else float(self._halo_bytes(block, a, b).sum()))
-        messages = 2 * len(sizes) * MESSAGE_OVERHEAD_BYTES
+            through = copied + (0.0 if first else float(halo))
+        messages = 2 * strips * MESSAGE_OVERHEAD_BYTES
         link = self.env.broker_link
         copies = 2 * copied / self.env.orchestrator.rates["relu"]
         return (through + messages) / link.bytes_per_s + 2 * link.latency_s + copies
+
+
+def _trimmed(taken: Ints, counts: Ints, height: int) -> tuple[Ints, Ints]:
+    """Strip sizes (and how many devices have each) when each of ``counts[k]`` devices of
+    kind ``k`` takes ``taken[k]`` rows: the most loaded give one back each until they
+    cover exactly ``height`` rows (ties: the earlier kind first); empty strips left out."""
+    excess = int((taken * counts).sum()) - height
+    sizes, weights = [], []
+    for kind in sorted(range(len(taken)), key=lambda k: -taken[k]):  # stable: kind order among equals
+        back = min(int(counts[kind]), max(excess, 0))
+        excess -= back
+        sizes += [int(taken[kind]), int(taken[kind]) - 1]
+        weights += [int(counts[kind]) - back, back]
+    kept = [(s, w) for s, w in zip(sizes, weights, strict=True) if s > 0 and w > 0]
+    return np.array([s for s, _ in kept], dtype=np.int64), np.array([w for _, w in kept], dtype=np.int64)

@@ -260,7 +260,7 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: 
 
 def _dpfl(ctx: PlanningContext, est: BlockEstimator) -> tuple[float, list[FusedBlock]]:
     """DPFL over ``est``'s balanced block costs."""
-    return best_segmentation(len(ctx.chain.stages), lambda i, j: est.balanced(FusedBlock(i, j)).seconds)
+    return best_segmentation(len(ctx.chain.stages), lambda i, j: float(est.seconds_to(j)[i]))
 
 
 def plan_edgeci(ctx: PlanningContext) -> Plan:
