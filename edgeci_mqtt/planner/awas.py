@@ -108,14 +108,6 @@ class HeldRows:
     bands: Mapping[str, tuple[int, int, float]]
     """By device: its rows ``a``, ``b`` and the seconds one row costs it."""
 
-    def saved(self, device: str, start: int, stop: int) -> float:
-        """Seconds the run ``[start, stop)`` costs ``device`` less (plain Python: the award's inner loop)."""
-        band = self.bands.get(device)
-        if band is None:
-            return 0.0
-        a, b, per_row = band
-        return max(0, min(self.hi[stop], b) - max(self.lo[start], a)) * per_row
-
 
 class _Pricing:
     """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - held``.
@@ -126,7 +118,6 @@ class _Pricing:
 
     def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
         self.bids = {b.device: b for b in bids}
-        self.held = held
         self._terms: dict[str, tuple[float, tuple[float, ...], list[float], tuple[int, int, float] | None]] = {
             b.device: (
                 b.queue_s,
@@ -144,7 +135,7 @@ class _Pricing:
         cost = queue + alone[start] + prefix[stop] - prefix[start + 1]
         if band is None:
             return cost
-        a, b, per_row = band  # HeldRows.saved, inlined
+        a, b, per_row = band  # held rows [a, b) that the run's input rows overlap cost it less
         lo, hi = self._lo[start], self._hi[stop]
         return cost - (min(hi, b) - max(lo, a)) * per_row if min(hi, b) > max(lo, a) else cost
 
