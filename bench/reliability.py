@@ -37,7 +37,6 @@ from bench.report import DOCS, machine_line, resident_mb, sampled_rss
 from edgeci_mqtt.errors import EdgeCIError, InferenceError
 from edgeci_mqtt.exactness import faithful, float64_model
 from edgeci_mqtt.models import load_chain
-from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
@@ -54,6 +53,7 @@ from edgeci_mqtt.wire import (
     SHARED_REQUESTS,
 )
 from edgeci_mqtt.wire.topics import ROOT, TOPICS, Role
+from tests.cluster import collect
 from tests.hostile import forged_results_flood, hostile_payloads
 
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
@@ -94,6 +94,7 @@ class Cluster:
             workdir / "broker", [*DEVICES, "dev-x"], orchestrators=(*ORCHESTRATORS, "o-x"), clients=clients
         )
         self.group = ProcessGroup(workdir)
+        self._counting = threading.Lock()  # scenarios count one row from many threads
         self.x = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
         chain = load_chain("smallcnn")
         with torch.inference_mode():
@@ -125,23 +126,22 @@ class Cluster:
         return {name: resident_mb(pid) for name, pid in pids.items()}
 
     def ask(self, client: EdgeCIClient, row: Row, timeout: float = TIMEOUT_S, strategy: str = "") -> None:
-        """One request, counted in ``row``."""
-        row.attempted += 1
+        """One request, counted in ``row`` (safely from any number of threads)."""
         started = time.perf_counter()
         try:
             result = client.infer(self.x, "smallcnn", strategy, timeout=timeout)
         except InferenceError as exc:
-            if "no answer in time" in str(exc):
-                row.hung += 1
-            elif "busy" in str(exc):
-                row.refused += 1
-            else:
-                row.lost += 1
+            outcome = "hung" if "no answer in time" in str(exc) else "refused" if "busy" in str(exc) else "lost"
+            with self._counting:
+                row.attempted += 1
+                setattr(row, outcome, getattr(row, outcome) + 1)
             return
-        row.latencies_s.append(time.perf_counter() - started)
-        row.served_by[result.orchestrator] = row.served_by.get(result.orchestrator, 0) + 1
-        if not faithful(result.logits, self.ref32, self.ref64):
-            row.wrong += 1
+        exact = faithful(result.logits, self.ref32, self.ref64)
+        with self._counting:
+            row.attempted += 1
+            row.latencies_s.append(time.perf_counter() - started)
+            row.served_by[result.orchestrator] = row.served_by.get(result.orchestrator, 0) + 1
+            row.wrong += not exact
 
 
 def _parallel(work: Callable[[int], None], count: int) -> None:
@@ -164,11 +164,6 @@ def session(cluster: Cluster, user: str, *filters: str) -> Iterator[MqttBus]:
         bus.stop()
 
 
-def _drain(bus: MqttBus, seconds: float) -> list[Inbound]:
-    deadline = time.perf_counter() + seconds
-    return [e for e in events_until(bus, deadline=deadline, poll_s=0.05) if isinstance(e, Inbound)]
-
-
 # ---------------------------------------------------------------------------- scenarios
 ROLE_USERS: dict[Role, str] = {"device": "dev-x", "orchestrator": "o-x", "client": "c63", "watcher": "watcher"}
 
@@ -178,7 +173,7 @@ def role_matrix(cluster: Cluster) -> Row:
     sink reads what the broker let through; expected: exactly what the grants say."""
     row = Row("role matrix: writes by delivery (4 roles x 11 topics x own/other)")
     with session(cluster, ADMIN_USER, "edgeci/#") as sink:
-        _drain(sink, 0.5)
+        collect(sink, 0.5)
         expected: dict[tuple[str, str], bool] = {}
         for role, user in ROLE_USERS.items():
             with session(cluster, user) as bus:
@@ -193,7 +188,7 @@ def role_matrix(cluster: Cluster) -> Row:
                         expected[(built, user)] = allowed
                         row.attempted += 1
                         bus.publish(built, f"matrix {user}".encode(), wait=5)
-        seen = {(m.topic, m.payload.decode(errors="replace").removeprefix("matrix ")) for m in _drain(sink, 1.5)}
+        seen = {(m.topic, m.payload.decode(errors="replace").removeprefix("matrix ")) for m in collect(sink, 1.5)}
     for key, allowed in expected.items():
         delivered = key in seen
         row.refused += not delivered and not allowed
@@ -227,7 +222,7 @@ def read_matrix(cluster: Cluster) -> Row:
     try:
         time.sleep(0.5)
         for bus in sessions.values():
-            _drain(bus, 0.2)  # retained states
+            collect(bus, 0.2)  # retained states
         published: list[tuple[str, str]] = []  # (topic, the name in it)
         with session(cluster, "bench-oracle") as oracle:
             for named in [*ROLE_USERS.values(), "someone"]:
@@ -235,7 +230,7 @@ def read_matrix(cluster: Cluster) -> Row:
                     built = topic.build(**{n: named for n in topic.ids})
                     oracle.publish(built, b"oracle", wait=5)
                     published.append((built, named))
-        got = {user: {m.topic for m in _drain(bus, 1.0) if m.payload == b"oracle"} for user, bus in sessions.items()}
+        got = {user: {m.topic for m in collect(bus, 1.0) if m.payload == b"oracle"} for user, bus in sessions.items()}
     finally:
         for bus in sessions.values():
             bus.stop()
@@ -315,17 +310,11 @@ def sequential(cluster: Cluster, count: int) -> Row:
 
 def concurrent(cluster: Cluster, clients: int, each: int) -> Row:
     row = Row(f"{clients} clients x {each} requests at once")
-    lock = threading.Lock()
 
     def one_client(index: int) -> None:
-        own = Row("")
         with EdgeCIClient(cluster.broker.address(f"c{index}")) as client:
             for _ in range(each):
-                cluster.ask(client, own, timeout=120)
-        with lock:
-            for name in ("attempted", "refused", "hung", "wrong", "lost"):
-                setattr(row, name, getattr(row, name) + getattr(own, name))
-            row.latencies_s += own.latencies_s
+                cluster.ask(client, row, timeout=120)
 
     _parallel(one_client, clients)
     row.crashed = len(cluster.dead())
@@ -418,8 +407,9 @@ def orchestrator_crash(cluster: Cluster) -> Row:
         _o1_dies(cluster, client, row, 12, after_s=0.05, frozen=False)
     slowest = max(row.latencies_s, default=0.0)
     typical = max(expected.latencies_s, default=0.0)
+    ratio = f"{slowest / typical:.1f}x" if typical > 0 else "no answer in"
     row.note = (
-        f"{_served_by(row)}; slowest {1e3 * slowest:.0f} ms, {slowest / typical:.1f}x the slowest of the same "
+        f"{_served_by(row)}; slowest {1e3 * slowest:.0f} ms, {ratio} the slowest of the same "
         f"burst without a kill ({1e3 * typical:.0f} ms)"
     )
     return row

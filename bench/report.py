@@ -44,7 +44,8 @@ def resident_mb(pid: int, field: str = "VmRSS") -> float:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))) / 1024
+    line = next((line for line in status.splitlines() if line.startswith(f"{field}:")), None)
+    return int(line.split()[1]) / 1024 if line is not None else 0.0  # an exited, unreaped process has none
 
 
 @dataclass

@@ -135,9 +135,10 @@ def test_a_request_whose_client_gave_up_is_stopped_mid_run_and_its_rows_released
         while "deadline passed; stopped unfinished" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "deadline passed; stopped unfinished" in caplog.text
-        while any(a.flow.requests() for a in small.agents.values()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(a.flow.requests() for a in small.agents.values())  # released, not left to expire
+        if strategy == "flow":  # (gathering runs keep no rows on the devices)
+            while any(a.flow.requests() for a in small.agents.values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(a.flow.requests() for a in small.agents.values())  # released, not left to expire
         small.broker.acl = None
         result = client.infer(ref.x, "smallcnn", timeout=15)
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "served after the abandoned one")

@@ -61,6 +61,7 @@ MESSAGES: list[Message] = [
     ResultMessage("q", "t", "dev-1", REGION, error="boom"),
     InferRequest("q", "vgg16", ARRAY, "edgeci"),
     InferRequest("q", "vgg16", ARRAY, "edgeci", trace=True),
+    InferRequest("q", "vgg16", ARRAY, deadline_s=12.5),
     InferResponse("q", ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
     InferResponse("q", ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
     Chunk("c1", 0, 2, b"abc"),
@@ -127,6 +128,8 @@ def task(**changes: object) -> bytes:
         (raw(v=1, type="state", device="d/+", online=True), "cannot be a state.device"),
         (raw(v=1, type="state", device="a\nb", online=True), "cannot be a state.device"),
         (raw(v=1, type="state", device="d" * 129, online=True), "cannot be a state.device"),
+        (raw(v=1, type="infer", request="q", model="m", image=encode_array(ARRAY), deadline_s=-1.0), "not in"),
+        (raw(v=1, type="infer", request="q", model="m", image=encode_array(ARRAY), deadline_s=math.inf), "finite"),
         (raw(v=1, type="bid", round="r", device="d", queue_s=True, lots=[]), "boolean|number"),
         (raw(v=1, type="bid", round="r", device="d", queue_s=math.inf, lots=[]), "not finite"),
         (

@@ -135,9 +135,9 @@ class TailSource:
     def fill(self, name: str, layer: nn.Linear) -> None:
         """Make the whole layer, in place."""
         weight, bias = self.rows(name, layer, 0, layer.out_features)
-        layer.weight = nn.Parameter(weight, requires_grad=False)
-        if bias is not None:
+        if bias is not None:  # the bias first: readers take a real weight as the layer being made
             layer.bias = nn.Parameter(bias, requires_grad=False)
+        layer.weight = nn.Parameter(weight, requires_grad=False)
 
 
 @functools.cache

@@ -117,7 +117,6 @@ class _Pricing:
     swarm64, so each lookup and call there is a share of planning time."""
 
     def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
-        self.bids = {b.device: b for b in bids}
         self._terms: dict[str, tuple[float, tuple[float, ...], list[float], tuple[int, int, float] | None]] = {
             b.device: (
                 b.queue_s,
@@ -338,7 +337,7 @@ def award(bids: Sequence[Bid], count: int, held: HeldRows | None = None, first: 
     def makespan(runs: list[tuple[str, Span]]) -> float:
         return max(pricing.run(d, s.start, s.stop) for d, s in runs)
 
-    orders = _orders(pricing, list(pricing.bids), count, first)
+    orders = _orders(pricing, [b.device for b in bids], count, first)
     candidates = [_runs_in_order(pricing, order, count) for order in orders]
     runs = min(candidates, key=makespan)  # the first of equals: orders are deterministic
     return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})

@@ -145,21 +145,25 @@ class BlockEstimator:
         return seconds
 
     def _halo_matrix(self, stop: int, a: Ints, b: Ints, inputs: Ints) -> Ints:
-        """:meth:`_halo_bytes` of the strips ``[a, b)`` of every block ending at ``stop``, by start."""
-        shapes = self.model.shapes
-        inner = np.array([shapes[i].height / shapes[stop].height for i in range(stop)])
-        row_bytes = np.array([self.model.row_bytes(i) for i in range(stop)], dtype=np.int64)
-        held = np.floor((b - a)[None, :] * inner[:, None]).astype(np.int64) * row_bytes[:, None]
-        return np.maximum(inputs - held, 0)
+        """:meth:`_halo_bytes` of the strips ``[a, b)`` of every block ending at ``stop``, by start
+        (``inputs``: their input bytes, by start)."""
+        return np.maximum(inputs - self._own_share(range(stop), stop, a, b), 0)
 
     def _handoff(self, view: DeviceView) -> float:
         return handoff_seconds(view) if self.flow else 0.0
 
     def _halo_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         """Input bytes of strips ``[a, b)`` beyond their own share of the input map (flow)."""
-        inner = self.model.shapes[block.start].height / self.model.shapes[block.stop].height
-        held = np.floor((b - a) * inner).astype(np.int64) * self.model.row_bytes(block.start)
-        return np.maximum(self.model.input_bytes(block, a, b) - held, 0)
+        own = self._own_share([block.start], block.stop, a, b)[0]
+        return np.maximum(self.model.input_bytes(block, a, b) - own, 0)
+
+    def _own_share(self, starts: Sequence[int], stop: int, a: Ints, b: Ints) -> Ints:
+        """Bytes of each block input map (by start) that strips ``[a, b)`` of the output hold
+        already, if every device keeps about the same share of the map from block to block."""
+        shapes = self.model.shapes
+        inner = np.array([shapes[i].height / shapes[stop].height for i in starts])
+        row_bytes = np.array([self.model.row_bytes(i) for i in starts], dtype=np.int64)
+        return np.floor((b - a)[None, :] * inner[:, None]).astype(np.int64) * row_bytes[:, None]
 
     def speeds(self, block: FusedBlock) -> dict[str, float]:
         """Each device's compute speed on this block (whole maps per second; links ignored)."""
@@ -182,21 +186,12 @@ class BlockEstimator:
     def overhead(self, block: FusedBlock, rows: dict[str, int]) -> float:
         """Broker-link traffic and the orchestrator's copies for these strips: scatter and
         gather, or under ``flow`` the image, the halo and the last block's output."""
-        sizes = np.array(list(rows.values()), dtype=np.int64)
-        return self._overhead(block, sizes, np.ones_like(sizes))
-
-    def _overhead(self, block: FusedBlock, sizes: Ints, weights: Ints) -> float:
-        """:meth:`overhead` of ``weights[m]`` strips of ``sizes[m]`` rows each."""
         height = self.model.shapes[block.stop].height
+        sizes = np.array(list(rows.values()), dtype=np.int64)
         a, b = (height - sizes) // 2, (height - sizes) // 2 + sizes
-        halo = int((weights * self._halo_bytes(block, a, b)).sum()) if self.flow else 0
-        return self._link_overhead(
-            block,
-            int((weights * self.model.input_bytes(block, a, b)).sum()),
-            int((weights * self.model.output_bytes(block, a, b)).sum()),
-            halo,
-            int(weights.sum()),
-        )
+        halo = int(self._halo_bytes(block, a, b).sum()) if self.flow else 0
+        scattered, gathered = self.model.input_bytes(block, a, b), self.model.output_bytes(block, a, b)
+        return self._link_overhead(block, int(scattered.sum()), int(gathered.sum()), halo, len(sizes))
 
     def _link_overhead(self, block: FusedBlock, scattered: int, gathered: int, halo: int, strips: int) -> float:
         """:meth:`overhead` from the strips' total bytes in, out and (``flow``) of halo."""

@@ -166,8 +166,11 @@ def place_tail(
         )
         views = {v.name: v for v in chosen}
         finisher = chosen[0]  # the fastest
-        if not all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts) or not fits(
-            finisher, work.part_weight_bytes(dict(parts)[finisher.name]) + work.rest_weight_bytes
+        finisher_part = dict(parts).get(finisher.name)
+        if (
+            finisher_part is None  # its share rounded to nothing
+            or not all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts)
+            or not fits(finisher, work.part_weight_bytes(finisher_part) + work.rest_weight_bytes)
         ):
             continue
         ready = max(

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
     INFER_REQUESTS,
     MAX_PAYLOAD_BYTES,
+    MAX_SECONDS,
     ORCHESTRATOR_STATE,
     InferAccepted,
     InferRequest,
@@ -193,7 +195,14 @@ class EdgeCIClient:
         request_id = uuid.uuid4().hex
         image_array = x.detach().cpu().contiguous().numpy()
         check_image(image_array)  # here, before anything travels: no silent cast, no NaN
-        payload = encode(InferRequest(request_id, model, image_array, strategy, trace, deadline_s=timeout))
+
+        def request(wait_s: float) -> bytes:
+            """The request, telling orchestrators to drop it after ``wait_s`` (0: never; past
+            what the wire carries, the client's timeout is as good as none)."""
+            deadline_s = wait_s if 0 < wait_s <= MAX_SECONDS else 0.0
+            return encode(InferRequest(request_id, model, image_array, strategy, trace, deadline_s=deadline_s))
+
+        payload = request(timeout)
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
@@ -204,7 +213,7 @@ class EdgeCIClient:
         with self._lock:
             self._waiting[correlation] = answers
         try:
-            response = self._await(payload, correlation, answers, started + timeout)
+            response = self._await(payload, request, correlation, answers, started + timeout)
         finally:
             with self._lock:
                 del self._waiting[correlation]
@@ -227,15 +236,19 @@ class EdgeCIClient:
     def _await(
         self,
         payload: bytes,
+        request: Callable[[float], bytes],
         correlation: bytes,
         answers: queue.Queue[Message | InferenceError | _Lost],
         deadline: float,
     ) -> Message:
         """Send the request and wait for its answer, sending it again if whoever took it
-        (or, before anyone said so, any orchestrator) dies."""
+        (or, before anyone said so, any orchestrator) dies: then with only the time left, so
+        the other orchestrator does not work on past the client's own timeout."""
         serving, sends, send = "", 0, True
         while True:
             if send:
+                if sends:
+                    payload = request(max(deadline - time.perf_counter(), 1e-3))
                 try:
                     self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
                 except TransportError as exc:

@@ -99,12 +99,12 @@ class HeldModel:
         """The chunks of rows ``needed``, made if missing; others dropped, least recently
         used first, while more than :attr:`tail_bytes` are kept (never the ones needed now)."""
         first = self.chain.tail_parts.first
-        name = self._name(first)
         with self._tail_lock:
             made_now = 0
             for chunk in needed:
                 made = self._chunks.pop(chunk, None)  # re-inserted: the dict is in order of use
                 if made is None:
+                    name = self._name(first)  # only when rows are made: it walks every module
                     low = chunk * LINEAR_CHUNK_ROWS
                     made = self._source().rows(name, first, low, min(low + LINEAR_CHUNK_ROWS, first.out_features))
                     made_now += 1
@@ -120,7 +120,7 @@ class HeldModel:
                     "%s: made %d chunk(s) of %s's rows; %.0f MB of tail rows held",
                     self.chain.model_name,
                     made_now,
-                    name,
+                    self._name(first),
                     kept / 1e6,
                 )
             return [self._chunks[chunk] for chunk in needed]
@@ -134,6 +134,8 @@ class HeldModel:
             missing = [layer for layer in layers if layer.weight.is_meta]
             for layer in missing:
                 self._source().fill(self._name(layer), layer)
+            if first:
+                self._chunks.clear()  # the whole layer is made: its rows in chunks are no longer read
         if missing:
             size = sum(layer.weight.numel() * 4 for layer in missing)
             log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)

@@ -155,6 +155,15 @@ class DeviceTable:
 
 
 @dataclass
+class _Planned:
+    """A plan cached for the device table's ``generation``, and what it hands each device."""
+
+    generation: int
+    plan: Plan
+    shares: dict[str, float] | None = None
+
+
+@dataclass
 class _Request:
     message: InferRequest
     response_topic: str
@@ -209,8 +218,7 @@ class Orchestrator:
         self.in_flight = max(1, in_flight)
         self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
-        self._plans: dict[tuple[str, int, int, str], tuple[int, Plan]] = {}
-        self._shares_of: dict[int, tuple[Plan, list[DeviceView], dict[str, float]]] = {}
+        self._plans: dict[tuple[str, int, int, str], _Planned] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}
         self.commitments = Commitments()  # (device, digest) -> (births, stages)
@@ -255,10 +263,11 @@ class Orchestrator:
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
         try:
-            if self._unexpected(event.topic):
+            sent, bid = RESULTS.parse(event.topic), AUCTION_BIDS.parse(event.topic)  # once per message
+            if self._unexpected(sent, bid):
                 self.mail.dropped += 1  # before decoding or reassembling a byte of it
                 return
-            asker = INFER_REQUESTS.parse(event.topic)
+            asker = INFER_REQUESTS.parse(event.topic) if sent is None and bid is None else None
             if asker is not None:  # a request fits one frame: a chunk there is hostile
                 message: Message | None = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
                 if message is None or isinstance(message, Chunk):
@@ -269,16 +278,12 @@ class Orchestrator:
                 return
             if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
                 self.table.update(message)
-            elif isinstance(message, BidMessage) and AUCTION_BIDS.parse(event.topic) == {
-                "round": message.round,
-                "device": message.device,
-            }:
+            elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
                 self.mail.silence.heard(message.device)
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
             elif isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport):
-                sent = RESULTS.parse(event.topic)
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
@@ -293,14 +298,13 @@ class Orchestrator:
         except Exception as exc:  # one message must never stop the dispatcher
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
-    def _unexpected(self, topic: str) -> bool:
+    def _unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
         """A result for a request not in flight here, or a bid for a round not open (from a
-        device that is not silent): its topic says so, and it is dropped unread (a flood of
-        them costs no memory)."""
-        result = RESULTS.parse(topic)
+        device that is not silent), by the ids its topic carries: it is dropped unread (a
+        flood of them costs no memory)."""
         if result is not None:
             return result["request"] not in self.mail.results
-        bid = AUCTION_BIDS.parse(topic)  # a late bid of a silent device still says it is back
+        # a late bid of a silent device still says it is back
         return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
 
     # ------------------------------------------------------------ requests
@@ -342,28 +346,26 @@ class Orchestrator:
         with self._lock:
             generation = self.table.generation
             cached = self._plans.get(key)
-            if cached is not None and cached[0] == generation:
-                return cached[1]
+            if cached is not None and cached.generation == generation:
+                return cached.plan
             env = Environment(tuple(devices), self.profile, self.broker_link)
             ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
             self._rows[(model, height, width)] = ctx.rows
             plan = make_plan(strategy, ctx)
-            self._plans[key] = (generation, plan)
+            self._plans[key] = _Planned(generation, plan)
             return plan
 
     def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
         """Predicted seconds a split plan takes from each device (its load, for choosing):
-        its compute, and under ``flow`` its messages. Remembered with the plan (pricing
+        its compute, and under ``flow`` its messages. Kept with the cached plan (pricing
         every task took a 0.25-CPU orchestrator ~30 ms of every request)."""
         with self._lock:
-            known = self._shares_of.get(id(plan))
-        if known is not None and known[0] is plan and known[1] == devices:
-            return dict(known[2])
+            planned = next((p for p in self._plans.values() if p.plan is plan), None)
+            if planned is not None and planned.shares is not None:
+                return planned.shares
         shares = self._price_shares(plan, devices, height, width)
-        with self._lock:
-            if len(self._shares_of) >= len(self._plans) + 8:  # only plans still cached, and a few more
-                self._shares_of.pop(next(iter(self._shares_of)))
-            self._shares_of[id(plan)] = (plan, list(devices), shares)
+        if planned is not None:
+            planned.shares = shares
         return shares
 
     def _price_shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:

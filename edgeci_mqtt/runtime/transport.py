@@ -151,7 +151,8 @@ class MqttBus:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._client.on_log = self._on_log
+        if address.tls:  # with a log callback paho formats a line for every packet: TLS alerts only
+            self._client.on_log = self._on_log
 
     def will(self, topic: str, payload: bytes) -> None:
         self._client.will_set(topic, payload, qos=1, retain=True, properties=self._properties())
@@ -202,9 +203,7 @@ class MqttBus:
         and did not get, or one it does not trust) only as a socket error in its log. Only an
         alert or a certificate error ends the session: a TLS connection cut by a broker
         restart (an EOF, a reset) must still reconnect."""
-        upper = text.upper()
-        alert = "SSL" in upper and ("ALERT" in upper or "CERTIFICATE" in upper)
-        if level == paho.MQTT_LOG_ERR and alert and not self._ended:
+        if level == paho.MQTT_LOG_ERR and _tls_for_good(text) and not self._ended:
             self._end(client, f"TLS with broker {self.address} failed: {text}")
 
     def _end(self, client: paho.Client, why: str) -> None:
@@ -251,15 +250,21 @@ class MqttBus:
         return props
 
     def start(self, timeout: float = 10.0) -> None:
-        """Connect and wait up to ``timeout`` for the first session. The first attempt is made
-        here, so a TLS failure (a certificate no retry can change) is an error at once; a
-        broker not listening yet is retried in the background."""
-        try:
-            self._client.connect(self.address.host, self.address.port, keepalive=15)
-        except ssl.SSLError as exc:
-            raise TransportError(f"{self.client_id}: TLS with {self.address} failed: {exc}") from exc
-        except OSError:
-            self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+        """Connect and wait up to ``timeout`` for the first session. Over TLS the first attempt
+        is made here, so a certificate no retry can change is an error at once; anything else
+        (a broker not listening yet) is retried in the background."""
+        host, port = self.address.host, self.address.port
+        if self.address.tls:
+            try:
+                self._client.connect(host, port, keepalive=15)
+            except ssl.SSLError as exc:
+                if _tls_for_good(f"SSL {exc!r}"):
+                    raise TransportError(f"{self.client_id}: TLS with {self.address} failed: {exc}") from exc
+                self._client.connect_async(host, port, keepalive=15)
+            except OSError:
+                self._client.connect_async(host, port, keepalive=15)
+        else:
+            self._client.connect_async(host, port, keepalive=15)
         self._client.loop_start()
         self._settled.wait(timeout)  # a refusal ends the wait at once
         if not self.connected.is_set():
@@ -295,3 +300,10 @@ class MqttBus:
                     info.wait_for_publish(wait)
             except (RuntimeError, ValueError) as exc:  # paho: not connected, or a topic it refuses
                 raise TransportError(f"{self.client_id}: cannot publish on {topic[:200]}: {exc}") from exc
+
+
+def _tls_for_good(text: str) -> bool:
+    """Whether a TLS error (as paho logs it) is one no retry can change: an alert from the
+    broker or a certificate error. An EOF or a reset (a broker restarting) is not."""
+    upper = text.upper()
+    return "SSL" in upper and ("ALERT" in upper or "CERTIFICATE" in upper)

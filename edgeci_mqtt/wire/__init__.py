@@ -16,6 +16,7 @@ from edgeci_mqtt.wire.framing import BROKER_MAX_PACKET_BYTES, MAX_FRAME_BYTES, M
 from edgeci_mqtt.wire.messages import (
     CONTENT_TYPE,
     MAX_INPUT_SIDE,
+    MAX_SECONDS,
     AuctionCall,
     AuctionLot,
     Award,
@@ -86,6 +87,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_INPUT_SIDE",
     "MAX_PAYLOAD_BYTES",
+    "MAX_SECONDS",
     "ORCHESTRATOR_STATE",
     "RESULTS",
     "ROOT",

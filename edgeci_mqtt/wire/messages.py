@@ -29,6 +29,7 @@ from edgeci_mqtt.wire.values import Id, MaxLen, Range, decode_record, encode_rec
 __all__ = [
     "CONTENT_TYPE",
     "MAX_INPUT_SIDE",
+    "MAX_SECONDS",
     "MESSAGE_TYPES",
     "AuctionCall",
     "AuctionLot",
@@ -76,7 +77,9 @@ Ident = Annotated[str, Id]
 """Ids travel in topics and logs: one topic segment of printable characters."""
 Name = Annotated[str, MaxLen(128)]
 Text = Annotated[str, MaxLen(4096)]
-Seconds = Annotated[float, Range(0.0, 1e6)]
+MAX_SECONDS = 1e6
+"""The longest duration a message may carry (about 11.6 days)."""
+Seconds = Annotated[float, Range(0.0, MAX_SECONDS)]
 WallClock = Annotated[float, Range(0.0, 1e11)]
 Side = Annotated[int, Range(1, MAX_INPUT_SIDE)]
 ImageSize = tuple[Side, Side]
