@@ -14,10 +14,14 @@ from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.awas import (
+    PRUNE_FROM,
+    TOLERANCE,
     Award,
     Bid,
+    _improve,
+    _orders,
     _Pricing,
-    _runs_in_order,
+    _search,
     auction_items,
     award,
     make_bid,
@@ -178,10 +182,30 @@ def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
     named = [("a-fast", 20.0), ("b-mid", 10.0), ("c-slow", 12.0), ("d-mid", 10.0), ("e-fast", 20.0)]
     bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in named]
     pricing = _Pricing(bids)
-    in_name_order = _runs_in_order(pricing, [n for n, _ in named], len(items))
+    order = [n for n, _ in named]
+    searched = _search(pricing, order, len(items))
+    assert searched is not None
+    in_name_order = _improve(pricing, searched[1], order)
     won = award(bids, len(items))
     assert_partition(won, len(items))
     assert won.makespan_s < 0.95 * max(pricing.run(d, s.start, s.stop) for d, s in in_name_order)
+
+
+def test_with_many_bidders_an_order_that_cannot_win_is_dropped_without_losing_the_best(vgg_rows: RowModel) -> None:
+    """From PRUNE_FROM bidders on, an order whose first sweep cannot beat the best so far
+    is not searched further: the award still comes within the search's precision of the
+    best search over every order."""
+    block = FusedBlock(17, 24)
+    items = auction_items(vgg_rows.shapes[block.stop])
+    speeds = [4.0, 6.0, 9.0, 12.0, 20.0]
+    named = [(f"d{i:02d}", speeds[i % len(speeds)] * (1 + i / 50)) for i in range(PRUNE_FROM + 4)]
+    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in named]
+    pricing = _Pricing(bids)
+    searched = [_search(pricing, order, len(items)) for order in _orders(pricing, [n for n, _ in named], len(items))]
+    best = min(found[0] for found in searched if found is not None)
+    won = award(bids, len(items))
+    assert_partition(won, len(items))
+    assert won.makespan_s <= best * (1 + 2 * TOLERANCE)
 
 
 def test_two_bids_for_one_device_are_refused() -> None:

@@ -27,6 +27,9 @@ from edgeci_mqtt.models.tail_parts import TailParts
 
 __all__ = ["SpatialModel", "StageChain", "kernel_of", "stage_chain"]
 
+SPECS_KEPT = 16
+"""Input sizes a chain remembers its spec for."""
+
 
 class SpatialModel(Protocol):
     """What a model offers to be split: its spatial layers in order, and its tail."""
@@ -83,9 +86,22 @@ class StageChain:
 
     def spec(self, height: int, width: int, densities: tuple[float, ...] = ()) -> ChainSpec:
         """The chain at a ``height`` x ``width`` input, as the planner and simulator take it
-        (``densities``: measured shares of non-zeros, :func:`edgeci_mqtt.profiling.map_densities`)."""
-        shapes = tuple(self.shapes(height, width))
-        return ChainSpec(self.model_name, self.stages, shapes, tuple(self.tail_ops(shapes[-1])), densities)
+        (``densities``: measured shares of non-zeros, :func:`edgeci_mqtt.profiling.map_densities`).
+
+        Remembered per size: the planner remembers work by the spec's parts, which are
+        then the same objects from one request to the next."""
+        key = (height, width, densities)
+        if key not in self._specs:
+            if len(self._specs) >= SPECS_KEPT:
+                self._specs.clear()
+            shapes = tuple(self.shapes(height, width))
+            tail = tuple(self.tail_ops(shapes[-1]))
+            self._specs[key] = ChainSpec(self.model_name, self.stages, shapes, tail, densities)
+        return self._specs[key]
+
+    @cached_property
+    def _specs(self) -> dict[tuple[int, int, tuple[float, ...]], ChainSpec]:
+        return {}
 
     def tail_ops(self, features: FeatureShape) -> list[OpWork]:
         """The tail's work for a final feature map of shape ``features``.

@@ -12,9 +12,10 @@ A device bids, for every item, the completion time of that item as a task of its
 extra time when the item extends a run of items it already holds (``extend``: the
 halo is then shared), plus its current queue. The auctioneer awards contiguous runs
 so that the block's makespan is minimal (a binary search over the makespan with a
-greedy sweep), then re-auctions the boundary items of the most loaded device to a
-neighbour or an idle bidder while that lowers the makespan. A device that did not
-bid gets nothing.
+greedy sweep, for each of a few device orders), then re-auctions the boundary items of
+the most loaded device to a neighbour or an idle bidder while that lowers the makespan.
+With many bidders, an order whose first sweep cannot beat the best order's makespan is
+not searched further. A device that did not bid gets nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def auction_items(out_shape: FeatureShape, max_items: int = MAX_ITEMS) -> tuple[
     """The row strips auctioned for a block whose output has ``out_shape``."""
     return tuple(split_span(Span(0, out_shape.height), auction_item_count(out_shape.height, max_items)))
 
+
+TOLERANCE = 1e-3
+"""Relative precision of the makespan the award's search settles for, before its final
+moves: the estimates behind the bids are not nearly this precise, and each halving of
+it costs every device order one sweep more."""
+
+PRUNE_FROM = 16
+"""Bidders from which a device order whose first sweep cannot beat the best order's
+makespan is dropped. With fewer, every order is searched and improved: each search is
+cheap, and the re-auction moves, which shift whole items among few devices, can still
+make a worse sweep the best award."""
 
 IDLE_TRIED = 3
 """Idle bidders an award tries giving an item of a crowded run to, cheapest first."""
@@ -232,11 +244,9 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
     A move takes one item from a device at the makespan and hands it, through the runs
     in between, to the least loaded device, or to an idle bidder next to it. It is kept
     when no device ends at or above the old makespan, or when fewer devices sit at it
-    (the makespan can only fall then), so identical devices end within one row.
+    (the makespan can only fall then), so identical devices end within one row. A move
+    reprices only the runs it changes.
     """
-
-    def loads(rs: list[tuple[str, Span]]) -> list[float]:
-        return [pricing.run(d, s.start, s.stop) for d, s in rs]
 
     def score(values: list[float]) -> tuple[float, int]:
         top = max(values)
@@ -252,21 +262,29 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
             ranked[item] = sorted(bidders, key=lambda d: (pricing.run(d, item, item + 1), d))
         return [d for d in ranked[item] if d in idle][:IDLE_TRIED]
 
-    current = loads(runs)
+    def repriced(candidate: list[tuple[str, Span]], first: int, last: int, current: list[float]) -> list[float]:
+        """Loads of ``candidate``, which differs from the runs priced in ``current`` in its runs
+        ``first..last`` (one run more than them if it is one longer)."""
+        tail = current[last + 1 - (len(candidate) - len(current)) :]
+        return [*current[:first], *(pricing.run(d, s.start, s.stop) for d, s in candidate[first : last + 1]), *tail]
+
+    current = [pricing.run(d, s.start, s.stop) for d, s in runs]
     for _ in range(2 * sum(s.size for _, s in runs)):
         top, crowd = score(current)
         idle = set(bidders) - {r[0] for r in runs}
+        low = min(range(len(runs)), key=current.__getitem__)
         candidates = []
         for m in (i for i, v in enumerate(current) if v >= top * (1 - 1e-9) and runs[i][1].size > 1):
-            low = min(range(len(runs)), key=current.__getitem__)
             if current[low] < top * (1 - 1e-9):
-                candidates.append(_shift(runs, m, low))
+                shifted = _shift(runs, m, low)
+                candidates.append((shifted, repriced(shifted, min(m, low), max(m, low), current)))
             span = runs[m][1]
             for left, item in ((True, span.start), (False, span.stop - 1)):
-                candidates += [_give_to_idle(runs, m, d, left) for d in cheapest_idle(idle, item)]
+                for d in cheapest_idle(idle, item):
+                    moved = _give_to_idle(runs, m, d, left)
+                    candidates.append((moved, repriced(moved, m, m + 1, current)))
         improved = None
-        for candidate in candidates:
-            values = loads(candidate)
+        for candidate, values in candidates:
             new_top, new_crowd = score(values)
             helps = new_top < top * (1 - 1e-9) or (new_top <= top * (1 + 1e-12) and new_crowd < crowd)
             if helps and (improved is None or score(values) < score(improved[1])):
@@ -277,24 +295,30 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
     return runs
 
 
-def _runs_in_order(pricing: _Pricing, order: Sequence[str], count: int) -> list[tuple[str, Span]]:
-    """The best contiguous runs with devices in ``order``: binary search on the makespan
-    (each sweep is feasible or not), then re-auction moves."""
+def _search(
+    pricing: _Pricing, order: Sequence[str], count: int, beat: float = math.inf
+) -> tuple[float, list[tuple[str, Span]]] | None:
+    """The makespan and runs of the best sweep with devices in ``order``: a binary search
+    on the makespan (each sweep is feasible or not). None, after one sweep, when no runs in
+    this order beat ``beat`` (another order's) by the search's precision."""
     alone = {d: pricing.run(d, 0, count) for d in order}
     cheapest = min(alone, key=alone.__getitem__)
     hi, lo = alone[cheapest], 0.0
     best = [(cheapest, Span(0, count))]  # one device alone: always feasible
     hints: dict[str, int] = {}
-    for _ in range(60):
-        if hi - lo <= 1e-4 * hi:  # within 0.01 % of the best makespan (then _improve): finer costs sweeps, not time
-            break
+    if beat < hi:
+        runs = _sweep(pricing, order, count, beat * (1 - TOLERANCE), hints)
+        if runs is None:
+            return None
+        hi, best = max(pricing.run(d, s.start, s.stop) for d, s in runs), runs
+    while hi - lo > TOLERANCE * hi:
         mid = (lo + hi) / 2
         runs = _sweep(pricing, order, count, mid, hints)
         if runs is None:
             lo = mid
-        else:
-            hi, best = mid, runs
-    return _improve(pricing, best, order)
+        else:  # what the runs really take, at most mid
+            hi, best = max(pricing.run(d, s.start, s.stop) for d, s in runs), runs
+    return hi, best
 
 
 def _orders(pricing: _Pricing, names: Sequence[str], count: int, first: Sequence[str] = ()) -> list[list[str]]:
@@ -323,10 +347,8 @@ def award(bids: Sequence[Bid], count: int, held: HeldRows | None = None, first: 
     The result depends on the bids (and ``held`` and ``first``, see :func:`_orders`)
     only, never on the bids' order (bids arrive in any order).
     """
-    bids = [
-        b
-        for b in bids
-        if len(b.alone_s) == count and all(math.isfinite(v) for v in (*b.alone_s, *b.extend_s, b.queue_s))
+    bids = [  # a sum is finite only if every price is (and none is absurdly large)
+        b for b in bids if len(b.alone_s) == count and math.isfinite(sum(b.alone_s) + sum(b.extend_s) + b.queue_s)
     ]
     if not bids or count < 1:
         raise PlanningError("no device bid for this block")
@@ -337,8 +359,13 @@ def award(bids: Sequence[Bid], count: int, held: HeldRows | None = None, first: 
     def makespan(runs: list[tuple[str, Span]]) -> float:
         return max(pricing.run(d, s.start, s.stop) for d, s in runs)
 
-    orders = _orders(pricing, [b.device for b in bids], count, first)
-    candidates = [_runs_in_order(pricing, order, count) for order in orders]
+    searched, best = [], math.inf
+    for order in _orders(pricing, [b.device for b in bids], count, first):
+        found = _search(pricing, order, count, best if len(bids) >= PRUNE_FROM else math.inf)
+        if found is not None:
+            searched.append((order, found[1]))
+            best = min(best, found[0])
+    candidates = [_improve(pricing, runs, order) for order, runs in searched]
     runs = min(candidates, key=makespan)  # the first of equals: orders are deterministic
     return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})
 

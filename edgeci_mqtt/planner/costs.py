@@ -16,7 +16,6 @@ vectorised over strips with NumPy.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,30 +32,61 @@ from edgeci_mqtt.planner.plan import Task, TaskInput
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["RowModel", "TaskWork", "link_seconds", "make_task"]
+__all__ = ["RowModel", "TaskWork", "input_region", "link_seconds", "make_task"]
 
 Ints = NDArray[np.int64]
 Floats = NDArray[np.float64]
 
 
-@functools.lru_cache(maxsize=8192)
-def _input_region(
-    stages: tuple[Stage, ...], shapes: tuple[FeatureShape, ...], block: FusedBlock, out_region: TileRegion
+_REGION_CHAINS = 8
+"""Chains (at one input size) whose tiles' input regions are remembered."""
+_REGIONS_PER_CHAIN = 8192
+_regions: dict[
+    tuple[int, int], tuple[Sequence[Stage], Sequence[FeatureShape], dict[tuple[FusedBlock, TileRegion], TileRegion]]
+] = {}
+
+
+def input_region(
+    stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion
 ) -> TileRegion:
     """:func:`tile_input_region`, remembered: every re-plan and every award asks again for
-    the same strips, and a residual block's regions take a while to walk."""
-    return tile_input_region(stages, shapes, block, out_region)
+    the same strips, and a residual block's regions take a while to walk. Remembered by the
+    identity of the chain's stages and shapes (:meth:`StageChain.spec` hands out the same
+    ones): hashing them, nested frozen dataclasses hashed anew each time, cost more than
+    the walk."""
+    chain = (id(stages), id(shapes))
+    entry = _regions.get(chain)
+    if entry is None or entry[0] is not stages or entry[1] is not shapes:
+        if len(_regions) >= _REGION_CHAINS:
+            _regions.pop(next(iter(_regions)))
+        entry = _regions[chain] = (stages, shapes, {})
+    known = entry[2]
+    key = (block, out_region)
+    region = known.get(key)
+    if region is None:
+        if len(known) >= _REGIONS_PER_CHAIN:
+            known.clear()
+        region = known[key] = tile_input_region(stages, shapes, block, out_region)
+    return region
 
 
 def make_task(
-    stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion, device: str
+    stages: Sequence[Stage],
+    shapes: Sequence[FeatureShape],
+    block: FusedBlock,
+    out_region: TileRegion,
+    device: str,
+    inputs: tuple[TaskInput, ...] | None = None,
+    output: str = ORCHESTRATOR,
 ) -> Task:
-    """The task computing ``out_region`` of ``block`` on ``device``, gathered: its input
-    comes from the orchestrator and its output goes back there."""
-    in_region = _input_region(tuple(stages), tuple(shapes), block, out_region)
+    """The task computing ``out_region`` of ``block`` on ``device``: its input pieces
+    (default: the whole input region from the orchestrator) and who keeps its output
+    (default: the orchestrator)."""
+    in_region = input_region(stages, shapes, block, out_region)
     in_bytes = shapes[block.start].channels * in_region.area * BYTES_PER_ELEMENT
     out_bytes = shapes[block.stop].channels * out_region.area * BYTES_PER_ELEMENT
-    return Task(device, out_region, in_bytes, out_bytes, (TaskInput(block.start, in_region, ORCHESTRATOR),))
+    pieces = inputs if inputs is not None else (TaskInput(block.start, in_region, ORCHESTRATOR),)
+    return Task(device, out_region, in_bytes, out_bytes, pieces, output)
 
 
 class TaskWork:
@@ -80,15 +110,31 @@ class TaskWork:
 
 @dataclass(frozen=True)
 class _Reach:
-    """Composed row window from some map to a block's output rows, and that map's height."""
+    """Composed row windows from every map ``m <= stop`` to the rows of map ``stop``, by
+    ``m`` (arrays, so one call prices every block ending at ``stop``), and those maps' heights."""
 
-    window: Window
-    height: int
+    stride: Ints
+    padding: Ints
+    extent: Ints
+    height: Ints
 
-    def rows(self, a: Ints, b: Ints) -> Ints:
-        w = self.window
-        lo = np.maximum(a * w.stride - w.padding, 0)
-        hi = np.minimum((b - 1) * w.stride - w.padding + w.extent, self.height)
+    @classmethod
+    def of(cls, windows: Sequence[Window], heights: Sequence[int]) -> _Reach:
+        def column(values: list[int]) -> Ints:
+            return np.array(values, dtype=np.int64)[:, None]
+
+        return cls(
+            column([w.stride for w in windows]),
+            column([w.padding for w in windows]),
+            column([w.extent for w in windows]),
+            column(list(heights)),
+        )
+
+    def rows(self, a: Ints, b: Ints, maps: slice) -> Ints:
+        """Rows of each map in ``maps`` that the output rows ``[a, b)`` need: (maps, strips)."""
+        stride, padding = self.stride[maps], self.padding[maps]
+        lo = np.maximum(a * stride - padding, 0)
+        hi = np.minimum((b - 1) * stride - padding + self.extent[maps], self.height[maps])
         return np.maximum(hi - lo, 0)
 
 
@@ -97,16 +143,16 @@ class RowModel:
 
     def __init__(self, stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> None:
         self.stages, self.shapes = stages, shapes
-        self._reach: dict[tuple[int, int], _Reach] = {}
-        for j in range(1, len(stages) + 1):
-            window = Window()
-            self._reach[(j - 1, j)] = _Reach(window, shapes[j].height)
-            for k in range(j - 1, -1, -1):  # stage k's output feeds stage k+1 ... j-1
-                window = stages[k].windows[0].then(window)
-                self._reach[(k - 1, j)] = _Reach(window, shapes[k].height)
+        self._reach: list[_Reach] = [_Reach.of([Window()], [shapes[0].height])]  # by stop
+        for stop in range(1, len(stages) + 1):
+            windows = [Window()]  # map k's window onto map stop's rows, for k = stop .. 0
+            for k in range(stop - 1, -1, -1):
+                windows.append(stages[k].windows[0].then(windows[-1]))
+            self._reach.append(_Reach.of(windows[::-1], [shapes[k].height for k in range(stop + 1)]))
         self._tables: dict[DeviceProfile, Floats] = {}
         self._ops: dict[int, tuple[list[OpWork], list[OpWork]]] = {}
         self._offsets = np.cumsum([0] + [shapes[k + 1].height + 1 for k in range(len(stages) - 1)])
+        self._map_bytes = np.array([self.row_bytes(m) for m in range(len(shapes))], dtype=np.int64)
 
     def _stage_ops(self, k: int) -> tuple[list[OpWork], list[OpWork]]:
         """Ops of stage ``k`` for one and for two interior full-width output rows."""
@@ -149,16 +195,19 @@ class RowModel:
 
     def indices(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         """Positions in :meth:`table` of every stage of ``block`` for strips ``[a, b)``."""
-        return np.stack(
-            [self._offsets[k] + self._reach[(k, block.stop)].rows(a, b) for k in range(block.start, block.stop)]
-        )
+        rows = self._reach[block.stop].rows(a, b, slice(block.start + 1, block.stop + 1))
+        return self._offsets[block.start : block.stop, None] + rows
 
     def compute_seconds(self, profile: DeviceProfile, block: FusedBlock, a: Ints, b: Ints) -> Floats:
         """Compute time of strips ``[a, b)`` of ``block`` on ``profile``."""
         return self.table(profile)[self.indices(block, a, b)].sum(axis=0)
 
     def input_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
-        return self.row_bytes(block.start) * self._reach[(block.start - 1, block.stop)].rows(a, b)
+        return self.row_bytes(block.start) * self._reach[block.stop].rows(a, b, slice(block.start, block.start + 1))[0]
+
+    def input_bytes_to(self, stop: int, a: Ints, b: Ints) -> Ints:
+        """:meth:`input_bytes` of strips ``[a, b)`` of every block ``[i, stop)``, by ``i``."""
+        return self._map_bytes[:stop, None] * self._reach[stop].rows(a, b, slice(0, stop))
 
     def row_bytes(self, boundary: int) -> int:
         """Bytes of one full-width row of the map at ``boundary``."""
@@ -167,9 +216,9 @@ class RowModel:
 
     def input_rows(self, block: FusedBlock, a: int, b: int) -> tuple[int, int]:
         """The rows ``[lo, hi)`` of the block's input map that its output rows ``[a, b)`` need."""
-        reach = self._reach[(block.start - 1, block.stop)]
-        w = reach.window
-        return max(a * w.stride - w.padding, 0), min((b - 1) * w.stride - w.padding + w.extent, reach.height)
+        reach, m = self._reach[block.stop], block.start
+        stride, padding, extent = int(reach.stride[m, 0]), int(reach.padding[m, 0]), int(reach.extent[m, 0])
+        return max(a * stride - padding, 0), min((b - 1) * stride - padding + extent, int(reach.height[m, 0]))
 
     def output_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         shape = self.shapes[block.stop]

@@ -107,7 +107,7 @@ class BlockEstimator:
         height = len(a)
         starts = range(stop)
         # bytes of the centred strips of 1..height rows (row r - 1), by block start
-        inputs = np.stack([self.model.input_bytes(FusedBlock(i, stop), a, b) for i in starts])
+        inputs = self.model.input_bytes_to(stop, a, b)
         outputs = self.model.output_bytes(FusedBlock(0, stop), a, b)
         halo = self._halo_matrix(stop, a, b, inputs) if self.flow else np.zeros_like(inputs)
         out = outputs if not self.flow or stop == len(self.model.stages) else np.zeros_like(outputs)
@@ -131,18 +131,21 @@ class BlockEstimator:
         everyone = np.arange(stop)
         finish = flat[everyone, order[everyone, reached]]
         taken = (costs <= finish[:, None, None]).sum(axis=2)  # (start, kind): rows each device of the kind takes
-        seconds = np.empty(stop)
-        for i in starts:
-            sizes, weights = _trimmed(taken[i], counts, height)
-            rows = sizes - 1
-            seconds[i] = finish[i] + self._link_overhead(
-                FusedBlock(i, stop),
-                int((weights * inputs[i, rows]).sum()),
-                int((weights * outputs[rows]).sum()),
-                int((weights * halo[i, rows]).sum()),
-                int(weights.sum()),
-            )
-        return seconds
+        sizes, weights = _trimmed(taken, counts, height)
+        rows = np.maximum(sizes - 1, 0)
+        scattered = (weights * np.take_along_axis(inputs, rows, axis=1)).sum(axis=1)
+        gathered = (weights * outputs[rows]).sum(axis=1)
+        halos = (weights * np.take_along_axis(halo, rows, axis=1)).sum(axis=1)
+        strips = weights.sum(axis=1)
+        return np.array(
+            [
+                finish[i]
+                + self._link_overhead(
+                    FusedBlock(i, stop), int(scattered[i]), int(gathered[i]), int(halos[i]), int(strips[i])
+                )
+                for i in starts
+            ]
+        )
 
     def _halo_matrix(self, stop: int, a: Ints, b: Ints, inputs: Ints) -> Ints:
         """:meth:`_halo_bytes` of the strips ``[a, b)`` of every block ending at ``stop``, by start
@@ -207,15 +210,16 @@ class BlockEstimator:
 
 
 def _trimmed(taken: Ints, counts: Ints, height: int) -> tuple[Ints, Ints]:
-    """Strip sizes (and how many devices have each) when each of ``counts[k]`` devices of
-    kind ``k`` takes ``taken[k]`` rows: the most loaded give one back each until they
-    cover exactly ``height`` rows (ties: the earlier kind first); empty strips left out."""
-    excess = int((taken * counts).sum()) - height
-    sizes, weights = [], []
-    for kind in sorted(range(len(taken)), key=lambda k: -taken[k]):  # stable: kind order among equals
-        back = min(int(counts[kind]), max(excess, 0))
-        excess -= back
-        sizes += [int(taken[kind]), int(taken[kind]) - 1]
-        weights += [int(counts[kind]) - back, back]
-    kept = [(s, w) for s, w in zip(sizes, weights, strict=True) if s > 0 and w > 0]
-    return np.array([s for s, _ in kept], dtype=np.int64), np.array([w for _, w in kept], dtype=np.int64)
+    """Strip sizes and how many devices have each, by row of ``taken`` (one per block
+    start), when each of ``counts[k]`` devices of kind ``k`` takes ``taken[:, k]`` rows:
+    the most loaded give one back each until they cover exactly ``height`` rows (ties:
+    the earlier kind first). Columns ``2k`` and ``2k + 1`` are kind ``k``'s devices that
+    keep their rows and those that gave one back; a size of 0 has weight 0."""
+    excess = (taken * counts).sum(axis=1, keepdims=True) - height
+    order = np.argsort(-taken, axis=1, kind="stable")
+    before = np.cumsum(counts[order], axis=1) - counts[order]  # devices of kinds more loaded, by rank
+    back = np.empty_like(taken)
+    np.put_along_axis(back, order, np.clip(excess - before, 0, counts[order]), axis=1)
+    sizes = np.stack([taken, taken - 1], axis=2).reshape(len(taken), -1)
+    weights = np.stack([counts - back, back], axis=2).reshape(len(taken), -1)
+    return sizes, np.where(sizes > 0, weights, 0)

@@ -19,14 +19,14 @@ equally); then only the rows that changed hands move, from the device that holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, HeldRows, award
-from edgeci_mqtt.planner.costs import RowModel, make_task
+from edgeci_mqtt.planner.costs import RowModel, input_region, make_task
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
@@ -100,16 +100,17 @@ def flow_block(
     last = block.stop == len(chain.stages) if gather is None else gather
     tasks = []
     for device, span in runs:
-        task = make_task(chain.stages, chain.shapes, block, TileRegion(span, Span(0, width)), device)
+        out_region = TileRegion(span, Span(0, width))
+        pieces: tuple[TaskInput, ...] | None = None
         if previous is not None:
-            need = task.in_region
+            need = input_region(chain.stages, chain.shapes, block, out_region)
             pieces = tuple(
                 TaskInput(block.start, part, t.output)
                 for t in previous.tasks
                 if (part := t.out_region.intersection(need)) is not None
             )
-            task = replace(task, inputs=pieces)
-        tasks.append(task if last else replace(task, output=device))
+        output = ORCHESTRATOR if last else device
+        tasks.append(make_task(chain.stages, chain.shapes, block, out_region, device, pieces, output))
     return BlockPlan(block, tuple(tasks))
 
 

@@ -113,7 +113,12 @@ class DeviceProfile:
             return self.op_overhead_s + op.flops / self.conv_rate(op.depth, op.pixels)
         if op.kind in POOL_KINDS:
             return self.op_overhead_s + op.flops / self.pool_rate(op.kind, op.depth)
-        return self.op_overhead_s + op.bytes / self.rates[op.kind]
+        return self.moving_seconds(op.kind, op.bytes)
+
+    def moving_seconds(self, kind: str, moved: int) -> float:
+        """Seconds of an elementwise op (or a batch-one fully connected layer) that reads and
+        writes ``moved`` bytes."""
+        return self.op_overhead_s + moved / self.rates[kind]
 
     def op_seconds_array(self, kind: str, depth: int, flops: Floats, moved: Floats, pixels: Floats) -> Floats:
         """:meth:`op_seconds` for many sizes of one op at once (NumPy arrays)."""

@@ -95,11 +95,15 @@ class PlanningContext:
         predicted_s: float,
         auctioned: bool = False,
         tail: TailPlan | None = None,
+        barrier: bool = False,
+        compress: bool = False,
     ) -> Plan:
         chain = self.chain
         return Plan(
             *(strategy, chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, predicted_s, auctioned),
             tail=tail or TailPlan(),
+            barrier=barrier,
+            compress=compress,
             densities=chain.densities,
         )
 
@@ -254,7 +258,8 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: 
         key = (view.profile, view.link, view.queue_s)
         if key not in priced:
             priced[key] = make_bid(view, ctx.rows, block, items, flow)
-        bids.append(replace(priced[key], device=view.name))
+        bid = priced[key]
+        bids.append(Bid(view.name, bid.queue_s, bid.alone_s, bid.extend_s))
     return bids
 
 
@@ -273,7 +278,8 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
     return ctx.plan("edgeci", plans, predicted, auctioned=True)
 
 
-def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None) -> Plan:
+def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None, name: str = "flow") -> Plan:
+    """``name``: the strategy as asked for (``flow`` with its ablation options)."""
     options = options or FlowOptions()
     predicted, blocks = _dpfl(ctx, ctx.flow_estimator)
     lots = []
@@ -281,8 +287,7 @@ def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None) -> Plan:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
     plans, _, tail = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, options.place_tail)
-    plan = ctx.plan("flow", plans, predicted, auctioned=True, tail=tail)
-    return replace(plan, barrier=options.barrier, compress=options.compress)
+    return ctx.plan(name, plans, predicted, True, tail, options.barrier, options.compress)
 
 
 def split_strategy(text: str) -> tuple[str, FlowOptions]:
@@ -311,5 +316,5 @@ def make_plan(strategy: str, ctx: PlanningContext) -> Plan:
     """The plan of ``strategy`` (a name, or ``flow:`` with options for the ablation)."""
     base, options = split_strategy(strategy)
     if base == "flow":
-        return replace(plan_flow(ctx, options), strategy=strategy)
+        return plan_flow(ctx, options, strategy)
     return STRATEGIES[base](ctx)

@@ -18,6 +18,8 @@ fastest of them.
 
 from __future__ import annotations
 
+import math
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,11 +87,18 @@ class TailWork:
         return cls(tuple(ops[:index]), first, tuple(ops[index + 1 :]), first.flops // 2 // max(first.depth, 1))
 
     def part(self, features: Span) -> tuple[OpWork, ...]:
-        """The head and a share of the first layer (its weight rows scale everything)."""
+        """The head and a share of the first layer."""
+        return (*self.head, self.part_of_first(features))
+
+    def part_of_first(self, features: Span) -> OpWork:
+        """The first layer's ops for these output features (its weight rows scale everything)."""
         share = features.size / self.features
         first = self.first
-        scaled = OpWork("fc", round(first.flops * share), round(first.bytes * share), first.depth, 1)
-        return (*self.head, scaled)
+        return OpWork("fc", round(first.flops * share), self.first_bytes(features), first.depth, 1)
+
+    def first_bytes(self, features: Span) -> int:
+        """Bytes the first layer moves for these output features."""
+        return round(self.first.bytes * (features.size / self.features))
 
     def part_weight_bytes(self, features: Span) -> int:
         return features.size * (self.first.depth + 1) * BYTES_PER_ELEMENT
@@ -157,33 +166,40 @@ def place_tail(
             options.append((fetch(view) + view.profile.work_seconds(everything) + answer, TailPlan(view.name)))
     fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
     ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
-    for k in range(2, len(ranked) + 1):
-        chosen = ranked[:k]
+    if not ranked:
+        return TailPlan(), options[0][0]
+    # Splits over the k fastest (k = 2..n), finished by the fastest: O(n) each, n up to 64.
+    finisher = ranked[0]
+    head = {v.name: fetch(v) + v.profile.work_seconds(work.head) for v in env.devices}
+    send = 2 * finisher.link.latency_s
+    finish = finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+    by_name: list[DeviceView] = []
+    floor = -math.inf  # every participant fetches the map and runs the head: no split of more devices is faster
+    for view in ranked:
+        floor = max(floor, head[view.name] + finish)
+        if floor >= min(seconds for seconds, _ in options):
+            break
         # in name order: a device keeps about the same rows from one request to the next
         # (a device holds only the rows it has been given, and making new ones costs time)
-        parts = split_features(
-            work.features, [(v.name, fc_speed[v.name]) for v in sorted(chosen, key=lambda v: v.name)]
-        )
-        views = {v.name: v for v in chosen}
-        finisher = chosen[0]  # the fastest
-        finisher_part = dict(parts).get(finisher.name)
+        insort(by_name, view, key=lambda v: v.name)
+        if len(by_name) < 2:
+            continue
+        parts = split_features(work.features, [(v.name, fc_speed[v.name]) for v in by_name])
+        share = dict(parts)
+        finisher_part = share.get(finisher.name)
         if (
             finisher_part is None  # its share rounded to nothing
-            or not all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts)
+            or not all(fits(v, work.part_weight_bytes(share[v.name])) for v in by_name if v.name in share)
             or not fits(finisher, work.part_weight_bytes(finisher_part) + work.rest_weight_bytes)
         ):
             continue
         ready = max(
-            fetch(views[d])
-            + views[d].profile.work_seconds(work.part(s))
-            + (
-                0.0
-                if d == finisher.name
-                else work.slice_bytes(s) / finisher.link.bytes_per_s + 2 * finisher.link.latency_s
-            )
-            for d, s in parts
+            head[v.name]
+            + v.profile.moving_seconds("fc", work.first_bytes(s))
+            + (0.0 if v is finisher else work.slice_bytes(s) / finisher.link.bytes_per_s + send)
+            for v in by_name
+            if (s := share.get(v.name)) is not None
         )
-        seconds = ready + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
-        options.append((seconds, TailPlan(finisher.name, parts)))
+        options.append((ready + finish, TailPlan(finisher.name, parts)))
     seconds, plan = min(options, key=lambda o: o[0])
     return plan, seconds
