@@ -16,6 +16,7 @@ vectorised over strips with NumPy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,6 +139,51 @@ class _Reach:
         return np.maximum(hi - lo, 0)
 
 
+@dataclass(frozen=True)
+class _OpGrid:
+    """Every op of every stage at every row count of its output, as flat arrays (what
+    pricing them on a profile needs, the same for every profile): ops one after another,
+    in stage order, each over rows ``0..height``; ``positions`` is where each entry goes in
+    :meth:`RowModel.table`."""
+
+    flops: Floats
+    moved: Floats
+    pixels: Floats
+    positions: Ints
+    groups: dict[tuple[str, int], Ints]
+    """Entries by op kind and depth (ops priced alike)."""
+    empty: Ints
+    """Table positions of no rows (stage ``k``, ``r = 0``)."""
+    size: int
+
+    @classmethod
+    def of(cls, model: RowModel) -> _OpGrid:
+        flops, moved, pixels, positions = [], [], [], []
+        groups: dict[tuple[str, int], list[Ints]] = {}
+        entries = 0
+        for k in range(len(model.stages)):
+            one, two = model._stage_ops(k)
+            rows = np.arange(model.shapes[k + 1].height + 1, dtype=np.float64)
+            step = rows - 1
+            for op1, op2 in zip(one, two, strict=True):
+                flops.append(op1.flops + (op2.flops - op1.flops) * step)
+                moved.append(op1.bytes + (op2.bytes - op1.bytes) * step)
+                pixels.append(op1.pixels + (op2.pixels - op1.pixels) * step)
+                positions.append(model._offsets[k] + np.arange(len(rows), dtype=np.int64))
+                groups.setdefault((op1.kind, op1.depth), []).append(np.arange(entries, entries + len(rows)))
+                entries += len(rows)
+        last = len(model.stages) - 1
+        return cls(
+            flops=np.concatenate(flops),
+            moved=np.concatenate(moved),
+            pixels=np.concatenate(pixels),
+            positions=np.concatenate(positions).astype(np.int64),
+            groups={kind: np.concatenate(where).astype(np.int64) for kind, where in groups.items()},
+            empty=np.asarray(model._offsets, dtype=np.int64),
+            size=int(model._offsets[last] + model.shapes[last + 1].height + 1),
+        )
+
+
 class RowModel:
     """Costs of full-width row strips of any block of one chain at one input size."""
 
@@ -174,24 +220,21 @@ class RowModel:
         price is not linear, since small tiles run convolutions less efficiently.
         """
         if profile not in self._tables:
-            parts = []
-            for k in range(len(self.stages)):
-                one, two = self._stage_ops(k)
-                rows = np.arange(self.shapes[k + 1].height + 1, dtype=np.float64)
-                total = np.zeros_like(rows)
-                step = rows - 1
-                for op1, op2 in zip(one, two, strict=True):
-                    total += profile.op_seconds_array(
-                        op1.kind,
-                        op1.depth,
-                        op1.flops + (op2.flops - op1.flops) * step,
-                        op1.bytes + (op2.bytes - op1.bytes) * step,
-                        op1.pixels + (op2.pixels - op1.pixels) * step,
-                    )
-                total[0] = 0.0
-                parts.append(total)
-            self._tables[profile] = np.concatenate(parts)
+            grid = self._grid
+            seconds = np.empty(len(grid.positions))
+            for (kind, depth), where in grid.groups.items():  # one priced array per kind of op
+                seconds[where] = profile.op_seconds_array(
+                    kind, depth, grid.flops[where], grid.moved[where], grid.pixels[where]
+                )
+            # summed op by op, in order, as a stage runs them; no rows cost nothing
+            table: Floats = np.bincount(grid.positions, weights=seconds, minlength=grid.size).astype(np.float64)
+            table[grid.empty] = 0.0
+            self._tables[profile] = table
         return self._tables[profile]
+
+    @functools.cached_property
+    def _grid(self) -> _OpGrid:
+        return _OpGrid.of(self)
 
     def indices(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         """Positions in :meth:`table` of every stage of ``block`` for strips ``[a, b)``."""
