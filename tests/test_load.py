@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
@@ -40,4 +43,35 @@ def test_commitments_count_work_until_it_is_done() -> None:
     assert load.snapshot() == {}
     with pytest.raises(RuntimeError), load.holding({"a": 1.0}):
         raise RuntimeError("a failed request")
+    assert load.snapshot() == {}
+
+
+def test_a_burst_is_decided_one_request_after_another() -> None:
+    """Four requests deciding at once each see the work the ones before them claimed, not
+    an idle cluster four times (the decision is slowed down to widen any gap)."""
+    load = Commitments()
+    seen: list[float] = []
+    start = threading.Barrier(4)
+    release = threading.Event()
+
+    def decide(outstanding: dict[str, float]) -> tuple[None, dict[str, float]]:
+        seen.append(outstanding.get("a", 0.0))
+        time.sleep(0.02)
+        return None, {"a": 1.0}
+
+    def request() -> None:
+        start.wait()
+        with load.claiming(decide):
+            release.wait(timeout=10)
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while load.snapshot() != {"a": 4.0} and time.monotonic() < deadline:  # all four claimed
+        time.sleep(0.01)
+    assert sorted(seen) == [0.0, 1.0, 2.0, 3.0]
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
     assert load.snapshot() == {}

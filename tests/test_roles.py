@@ -302,6 +302,37 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
         assert all(agent.flow.stored_bytes == 0 and not agent.flow.requests() for agent in small.agents.values())
 
 
+def test_a_burst_of_flow_requests_sees_its_own_load(store: ModelStore, references: References) -> None:
+    """Four requests at once: the first finds the cluster idle and splits; the others find
+    every device busy with it and run whole, each on one device (decided one after another:
+    decided side by side, all four split and each ran at a quarter of its predicted speed)."""
+    ref = references[("smallcnn", 96, 96)]
+    modes: list[float] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(4)
+    with memory_cluster(store, devices=3, strategy="flow") as small:
+        with small.client("warm") as own:
+            own.infer(ref.x, "smallcnn", timeout=60)  # plans and weights ready: the burst decides fast
+
+        def ask(name: str) -> None:
+            try:
+                with small.client(name) as own:
+                    start.wait(timeout=30)
+                    result = own.infer(ref.x, "smallcnn", timeout=60)
+                    modes.append(result.timings["whole_request"])
+                    assert faithful(result.logits, ref.logits32, ref.logits64)
+            except BaseException as exc:  # reported below, from the test's own thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(f"burst-{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not failures, failures
+    assert sorted(modes) == [0.0, 1.0, 1.0, 1.0]
+
+
 def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, references: References) -> None:
     ref = references[("smallcnn", 96, 96)]
     x = ref.x

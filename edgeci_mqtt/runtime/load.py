@@ -19,12 +19,14 @@ per second of whole ones.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 __all__ = ["Choice", "Commitments", "choose"]
+
+D = TypeVar("D")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Commitments:
     def __init__(self) -> None:
         self._seconds: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._deciding = threading.Lock()
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
@@ -75,16 +78,32 @@ class Commitments:
     @contextmanager
     def holding(self, work: Mapping[str, float]) -> Iterator[None]:
         """Count ``work`` (seconds by device) as handed out until the block ends."""
-        with self._lock:
-            for device, seconds in work.items():
-                self._seconds[device] = self._seconds.get(device, 0.0) + seconds
+        self._add(work, 1.0)
         try:
             yield
         finally:
-            with self._lock:
-                for device, seconds in work.items():
-                    left = self._seconds.get(device, 0.0) - seconds
-                    if left > 1e-9:
-                        self._seconds[device] = left
-                    else:
-                        self._seconds.pop(device, None)
+            self._add(work, -1.0)
+
+    @contextmanager
+    def claiming(self, decide: Callable[[dict[str, float]], tuple[D, Mapping[str, float]]]) -> Iterator[D]:
+        """Decide from the work handed out so far and count the work decided on, as one step,
+        until the block ends. Requests that arrive together are decided one after another,
+        each seeing the others' work: apart, a burst of four saw an idle cluster four times,
+        split all four requests and ran each at a quarter of the speed its deadline assumed.
+        ``decide`` gets the snapshot and returns its decision and the work it hands out."""
+        with self._deciding:
+            decision, work = decide(self.snapshot())
+            self._add(work, 1.0)
+        try:
+            yield decision
+        finally:
+            self._add(work, -1.0)
+
+    def _add(self, work: Mapping[str, float], sign: float) -> None:
+        with self._lock:
+            for device, seconds in work.items():
+                left = self._seconds.get(device, 0.0) + sign * seconds
+                if left > 1e-9:
+                    self._seconds[device] = left
+                else:
+                    self._seconds.pop(device, None)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
 from edgeci_mqtt.planner.cluster import Link
@@ -41,7 +42,7 @@ from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.flow_run import FlowRun
 from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
-from edgeci_mqtt.runtime.models_held import FETCH, ModelStore
+from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
@@ -386,10 +387,18 @@ class Orchestrator:
         return shares
 
     def _serving(
-        self, model: str, height: int, width: int, strategy: str, plan: Plan, devices: list[DeviceView]
+        self,
+        model: str,
+        height: int,
+        width: int,
+        strategy: str,
+        plan: Plan,
+        devices: list[DeviceView],
+        outstanding: dict[str, float],
     ) -> tuple[Callable[[list[DeviceView]], Plan] | None, dict[str, float], str]:
-        """How to serve one request: a fixed plan maker for whole requests (None: auction the
-        plan's blocks), the predicted seconds it hands each device, and the mode.
+        """How to serve one request, given the work ``outstanding`` on each device: a fixed
+        plan maker for whole requests (None: auction the plan's blocks), the predicted seconds
+        it hands each device, and the mode.
 
         ``replicas`` and ``flow`` pick, given the work already handed out, whichever finishes
         first: ``flow`` between its split plan and a whole request on one device
@@ -406,7 +415,6 @@ class Orchestrator:
         def context(views: list[DeviceView]) -> PlanningContext:
             return context_for(spec, Environment(tuple(views), self.profile, self.broker_link), rows=rows)
 
-        outstanding = self.commitments.snapshot()
         shares: dict[str, float] | None = None
         if base == "local":
             choice = Choice("whole", plan.predicted_s, plan.devices[0])
@@ -427,8 +435,8 @@ class Orchestrator:
             seconds = whole_model_seconds(ctx)
             if first in seconds:
                 return whole_model_plan(ctx, strategy, first, seconds[first])
-            outstanding = self.commitments.snapshot()
-            device = min(seconds, key=lambda d: (outstanding.get(d, 0.0) + seconds[d], d))
+            now = self.commitments.snapshot()
+            device = min(seconds, key=lambda d: (now.get(d, 0.0) + seconds[d], d))
             return whole_model_plan(ctx, strategy, device, seconds[device])
 
         return replan, {first: choice.finish_s - outstanding.get(first, 0.0)}, "whole"
@@ -456,7 +464,6 @@ class Orchestrator:
     def _infer(self, request: _Request) -> InferResponse:
         message = request.message
         strategy = message.strategy or self.strategy
-        base, _ = split_strategy(strategy)
         held = self.models.get(message.model)
         check_image(message.image, "the request's image")  # clients may be anyone's code
         image = torch.from_numpy(message.image)
@@ -469,32 +476,18 @@ class Orchestrator:
         started = time.perf_counter()
         height, width = shapes[0].height, shapes[0].width
         plan = self._plan(message.model, height, width, strategy, devices)
-        replan, work, mode = self._serving(message.model, height, width, strategy, plan, devices)
-        planned = time.perf_counter()
-        setup = RunSetup(
-            orchestrator=self.id,
-            request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
-            held=held,
-            plan=plan,
-            shapes=shapes,
-            devices=lambda: self.table.views(message.model, held.digest),
-            publish=lambda topic, payload: self.bus.publish(topic, payload),
-            prepare=lambda device, block: self._send_weights(device, message.model, block),
-            mail=self.mail,
-            auction_s=self.auction_s,
-            origin=request.received,
-            trace=message.trace,
-            min_allowance_s=self.min_allowance_s,
-            backlog_s=max((self.commitments.snapshot().get(d, 0.0) for d in work), default=0.0),
-            give_up_at=request.give_up_at(),
-        )
-        run: InferenceRun | FlowRun
-        if base in SERVED_BY_FLOW:
-            run = FlowRun(setup, self.profile, self.broker_link, replan)
-        else:
-            run = InferenceRun(setup, plan.auctioned)
-        run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
-        with self.commitments.holding(work):
+
+        def decide(
+            outstanding: dict[str, float],
+        ) -> tuple[tuple[Callable[[list[DeviceView]], Plan] | None, str, float], dict[str, float]]:
+            replan, work, mode = self._serving(message.model, height, width, strategy, plan, devices, outstanding)
+            backlog_s = max((outstanding.get(d, 0.0) for d in work), default=0.0)
+            return (replan, mode, backlog_s), work
+
+        with self.commitments.claiming(decide) as (replan, mode, backlog_s):  # counted as handed out until done
+            planned = time.perf_counter()
+            run = self._start(request, held, plan, shapes, strategy, replan, backlog_s)
+            run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
             logits = run.run(image)
         run.timings.plan_s = planned - started
         timings = run.timings.as_dict()
@@ -517,3 +510,36 @@ class Orchestrator:
             devices=tuple(sorted(run.used)),
             timeline=tuple(run.timeline or ()),
         )
+
+    def _start(
+        self,
+        request: _Request,
+        held: HeldModel,
+        plan: Plan,
+        shapes: list[FeatureShape],
+        strategy: str,
+        replan: Callable[[list[DeviceView]], Plan] | None,
+        backlog_s: float,
+    ) -> InferenceRun | FlowRun:
+        """The run that serves ``request`` as decided."""
+        message = request.message
+        setup = RunSetup(
+            orchestrator=self.id,
+            request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
+            held=held,
+            plan=plan,
+            shapes=shapes,
+            devices=lambda: self.table.views(message.model, held.digest),
+            publish=lambda topic, payload: self.bus.publish(topic, payload),
+            prepare=lambda device, block: self._send_weights(device, message.model, block),
+            mail=self.mail,
+            auction_s=self.auction_s,
+            origin=request.received,
+            trace=message.trace,
+            min_allowance_s=self.min_allowance_s,
+            backlog_s=backlog_s,
+            give_up_at=request.give_up_at(),
+        )
+        if split_strategy(strategy)[0] in SERVED_BY_FLOW:
+            return FlowRun(setup, self.profile, self.broker_link, replan)
+        return InferenceRun(setup, plan.auctioned)
