@@ -451,3 +451,21 @@ def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStor
     assert whole_model_plan(ctx, "replicas", "a", seconds["a"]).tail == TailPlan("a")
     on_b = whole_model_plan(ctx, "replicas", "b", seconds["b"])
     assert on_b.tail.on_orchestrator and on_b.blocks[-1].gathers
+
+
+def test_a_whole_request_runs_in_steps_that_keep_its_rows_on_its_device(store: ModelStore) -> None:
+    """Cut into the split plan's blocks, a whole request is one device's chain of steps: each
+    reads only what that device computed, and only the last output leaves it (for the tail)."""
+    chain = store.get("vgg16").chain.spec(224, 224)
+    roomy, tight = device("a", 10), replace(device("b", 10), memory_bytes=0)
+    ctx = context_for(chain, environment(roomy, tight))
+    cuts = [b.block for b in make_plan("flow", ctx).blocks]
+    assert len(cuts) > 1
+    seconds = whole_model_seconds(ctx)
+    for name, kept in (("a", True), ("b", False)):
+        plan = whole_model_plan(ctx, "flow", name, seconds[name], cuts)
+        assert [b.block for b in plan.blocks] == cuts and plan.devices == (name,)
+        for k, step in enumerate(plan.blocks):
+            (task,) = step.tasks
+            assert all(p.source == (name if k else ORCHESTRATOR) for p in task.inputs)
+            assert task.output == (name if kept or step is not plan.blocks[-1] else ORCHESTRATOR)

@@ -164,14 +164,23 @@ def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
     return seconds
 
 
-def whole_model_plan(ctx: PlanningContext, strategy: str, device: str, seconds: float) -> Plan:
+def whole_model_plan(
+    ctx: PlanningContext, strategy: str, device: str, seconds: float, blocks: Sequence[FusedBlock] = ()
+) -> Plan:
     """The whole model on ``device``, the tail too if it has room for its weights: the image
-    goes there, the logits (or the final map, for the orchestrator's tail) come back."""
-    block = FusedBlock(0, len(ctx.chain.stages))
-    height = ctx.chain.shapes[-1].height
+    goes there, the logits (or the final map, for the orchestrator's tail) come back.
+
+    ``blocks``: steps to run it in (consecutive, the whole chain; default one). Between
+    steps the device turns to an older request whose step is ready (``flow`` serves whole
+    requests beside split ones), so a whole request never holds it for longer than a step."""
+    cuts = list(blocks) or [FusedBlock(0, len(ctx.chain.stages))]
     here = fits(ctx.env.device(device), TailWork.of(ctx.chain.tail_work).weight_bytes)
-    tasks = flow_block(ctx.chain, block, [(device, Span(0, height))], None, gather=not here)
-    return ctx.plan(strategy, [tasks], seconds, tail=TailPlan(device) if here else TailPlan())
+    steps: list[BlockPlan] = []
+    for block in cuts:
+        last = block is cuts[-1]
+        whole = [(device, Span(0, ctx.chain.shapes[block.stop].height))]
+        steps.append(flow_block(ctx.chain, block, whole, steps[-1] if steps else None, gather=last and not here))
+    return ctx.plan(strategy, steps, seconds, tail=TailPlan(device) if here else TailPlan())
 
 
 def plan_local(ctx: PlanningContext) -> Plan:

@@ -34,6 +34,7 @@ from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.runtime.heap import release_heap
+from edgeci_mqtt.runtime.jobs import JobQueue
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
@@ -133,7 +134,8 @@ def validate_task(
 
 @dataclass(frozen=True)
 class _FlowJob:
-    """Run a ``flow`` request's ready steps (the store hands each request to one job at a time)."""
+    """Run a ``flow`` request's next ready step (the store hands each request to one job at a
+    time; the job queues itself again for the step after)."""
 
     request: str
 
@@ -183,7 +185,7 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
-        self.tasks: queue.Queue[ValidTask | _WeightsJob | _FlowJob | None] = queue.Queue()
+        self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | None] = JobQueue()
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
@@ -286,7 +288,7 @@ class DeviceAgent:
                 self._accept_program(message)
             elif isinstance(message, GoMessage) and event.topic == self.tasks_topic:
                 if self.flow.go(message.request, message.boundary):
-                    self.tasks.put(_FlowJob(message.request))
+                    self._queue_steps(message.request)
             elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
                 if self.flow.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
@@ -315,7 +317,7 @@ class DeviceAgent:
         if ids is None or ids["device"] != self.device_id or ids["sender"] != message.sender:
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
         if self.flow.add_rows(message, message.sender, time.perf_counter()):
-            self.tasks.put(_FlowJob(message.request))
+            self._queue_steps(message.request)
 
     def _accept_program(self, message: ProgramMessage) -> None:
         if self.flow.knows(message.request):
@@ -329,13 +331,20 @@ class DeviceAgent:
             with self._lock:  # booked and stored at once (the worker's sweep reads both under this lock)
                 self._backlog_s += sum(predicted.values())
                 self._flow_backlog[message.request] = predicted
-                ready = self.flow.install(message, program.shapes, program, time.perf_counter())
+                ticket = self.tasks.ticket()
+                ready = self.flow.install(message, program.shapes, program, time.perf_counter(), ticket)
         except EdgeCIError as exc:
             self._unbook(message.request)
             self._refuse_program(message, exc)
             raise
         if ready:
-            self.tasks.put(_FlowJob(message.request))
+            self.tasks.put(_FlowJob(message.request), ticket)
+
+    def _queue_steps(self, request: str) -> None:
+        """The worker is to run the request's ready steps, in the place of its program's arrival."""
+        ticket = self.flow.ticket(request)
+        if ticket is not None:
+            self.tasks.put(_FlowJob(request), ticket)
 
     def _unbook(self, request: str, step: int | None = None) -> None:
         """Take a request's work (one step, or all that is left) out of the backlog we bid with.
@@ -509,9 +518,11 @@ class DeviceAgent:
                 break
             if isinstance(job, _WeightsJob):
                 self._install(job)
-            elif isinstance(job, _FlowJob):
-                while (ready := self.flow.next_step(job.request)) is not None:
+            elif isinstance(job, _FlowJob):  # one step, then whichever request is oldest with one ready
+                ready = self.flow.next_step(job.request)
+                if ready is not None:
                     self._run_step(ready)
+                    self._queue_steps(job.request)
             else:
                 self._run_task(job)
 

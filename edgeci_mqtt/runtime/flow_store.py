@@ -87,6 +87,7 @@ class _Program(Generic[C]):
     shapes: Sequence[FeatureShape]
     context: C
     expires: float
+    ticket: int = 0
     pieces: dict[Key, Rows] = field(default_factory=dict)
     next: int = 0
     queued: bool = False
@@ -172,14 +173,17 @@ class FlowStore(Generic[C]):
             self._ended.popitem(last=False)
 
     # ------------------------------------------------------------ message loop
-    def install(self, program: ProgramMessage, shapes: Sequence[FeatureShape], context: C, now: float) -> bool:
-        """Accept a validated program; True if its first step is ready (hand it to the worker)."""
+    def install(
+        self, program: ProgramMessage, shapes: Sequence[FeatureShape], context: C, now: float, ticket: int = 0
+    ) -> bool:
+        """Accept a validated program; True if its first step is ready (hand it to the worker).
+        ``ticket``: its place in the worker's queue (:meth:`ticket`)."""
         with self._lock:
             self._expire(now)
             request = program.request
             if request in self._programs or request in self._ended:
                 raise WireError(f"program {request}: this request was already given to {self.device}")
-            entry = _Program(program, shapes, context, now + program.expires_s)
+            entry = _Program(program, shapes, context, now + program.expires_s, ticket)
             if program.image is not None and program.image_region is not None:
                 entry.pieces[(0, program.image_region, program.orchestrator)] = program.image
             if self._bytes() + sum(a.nbytes for a in entry.pieces.values()) > self.budget_bytes:
@@ -244,6 +248,12 @@ class FlowStore(Generic[C]):
                 raise WireError(f"request {request}: no step of {self.device} waits for a go at {boundary}")
             entry.pieces[("go", boundary)] = np.zeros(0, dtype=np.float32)
         return self._claim(request)
+
+    def ticket(self, request: str) -> int | None:
+        """The ticket the request's program was installed with (None: not here)."""
+        with self._lock:
+            entry = self._programs.get(request)
+            return None if entry is None else entry.ticket
 
     def _claim(self, request: str) -> bool:
         with self._lock:

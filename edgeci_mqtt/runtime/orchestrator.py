@@ -428,16 +428,17 @@ class Orchestrator:
         if choice.mode == "split":
             return None, shares if shares is not None else self._shares(plan, devices, height, width), "split"
         first = choice.device
+        steps = [b.block for b in plan.blocks] if base == "flow" else []  # the split plan's blocks, one step each
 
         def replan(views: list[DeviceView]) -> Plan:
             """The chosen device, or after a failure the one that finishes first among those left."""
             ctx = context(views)
             seconds = whole_model_seconds(ctx)
-            if first in seconds:
-                return whole_model_plan(ctx, strategy, first, seconds[first])
-            now = self.commitments.snapshot()
-            device = min(seconds, key=lambda d: (now.get(d, 0.0) + seconds[d], d))
-            return whole_model_plan(ctx, strategy, device, seconds[device])
+            if first not in seconds:
+                now = self.commitments.snapshot()
+                device = min(seconds, key=lambda d: (now.get(d, 0.0) + seconds[d], d))
+                return whole_model_plan(ctx, strategy, device, seconds[device], steps)
+            return whole_model_plan(ctx, strategy, first, seconds[first], steps)
 
         return replan, {first: choice.finish_s - outstanding.get(first, 0.0)}, "whole"
 
