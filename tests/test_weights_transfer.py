@@ -69,7 +69,7 @@ def test_the_device_loop_only_books_weights_its_worker_verifies_caches_and_insta
     for message, held_after in ((replace(good, sha256="0" * 64), set()), (good, {"features.0"})):
         agent._handle(Inbound(agent.tasks_topic, encode(message)))
         assert held.loaded == {"features.0"} and cache.listing() == {}  # booked, not checked, not written
-        agent._install(agent.tasks.get_nowait())  # what the worker does between tasks
+        agent._install(agent.tasks.get(timeout=1))  # what the worker does between tasks
         assert held.loaded == held_after
     assert cache.listing() == {"abc": ["features.0"]}
     assert not held.chain.model.features[0].weight.is_meta
