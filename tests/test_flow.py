@@ -34,7 +34,7 @@ from edgeci_mqtt.planner.strategies import (
 )
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail, split_features
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
-from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, finish_logits
+from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, attempt_allowance, finish_logits
 from edgeci_mqtt.runtime.flow_store import FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.programs import device_programs
@@ -469,3 +469,12 @@ def test_a_whole_request_runs_in_steps_that_keep_its_rows_on_its_device(store: M
             (task,) = step.tasks
             assert all(p.source == (name if k else ORCHESTRATOR) for p in task.inputs)
             assert task.output == (name if kept or step is not plan.blocks[-1] else ORCHESTRATOR)
+
+
+def test_an_attempt_after_a_missed_deadline_waits_twice_as_long() -> None:
+    """Five times the prediction, at least the minimum, at most the cap; doubled for each
+    earlier attempt whose devices were late (busy, perhaps, rather than lost)."""
+    assert attempt_allowance(1.0, 3.0, 0) == pytest.approx(5.0)
+    assert attempt_allowance(0.1, 3.0, 0) == pytest.approx(3.0)
+    assert [attempt_allowance(1.2, 3.0, late) for late in (0, 1, 2)] == pytest.approx([6.0, 12.0, 24.0])
+    assert attempt_allowance(100.0, 3.0, 2) == pytest.approx(300.0)

@@ -305,8 +305,9 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
 def test_a_burst_of_flow_requests_sees_its_own_load(store: ModelStore, references: References) -> None:
     """Four requests at once: the first finds the cluster idle and splits; the others find
     every device busy with it and run whole, each on one device (decided one after another:
-    decided side by side, all four split and each ran at a quarter of its predicted speed)."""
-    ref = references[("smallcnn", 96, 96)]
+    decided side by side, all four split and each ran at a quarter of its predicted speed).
+    A large image keeps the first split busy while the others decide."""
+    ref = references[("smallcnn", 320, 320)]
     modes: list[float] = []
     failures: list[BaseException] = []
     start = threading.Barrier(4)

@@ -91,13 +91,14 @@ class StageChain:
         Remembered per size: the planner remembers work by the spec's parts, which are
         then the same objects from one request to the next."""
         key = (height, width, densities)
-        if key not in self._specs:
+        spec = self._specs.get(key)
+        if spec is None:
+            shapes = tuple(self.shapes(height, width))
+            spec = ChainSpec(self.model_name, self.stages, shapes, tuple(self.tail_ops(shapes[-1])), densities)
             if len(self._specs) >= SPECS_KEPT:
                 self._specs.clear()
-            shapes = tuple(self.shapes(height, width))
-            tail = tuple(self.tail_ops(shapes[-1]))
-            self._specs[key] = ChainSpec(self.model_name, self.stages, shapes, tail, densities)
-        return self._specs[key]
+            self._specs[key] = spec
+        return spec
 
     @cached_property
     def _specs(self) -> dict[tuple[int, int, tuple[float, ...]], ChainSpec]:

@@ -17,6 +17,7 @@ vectorised over strips with NumPy.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,34 +41,35 @@ Floats = NDArray[np.float64]
 
 
 _REGION_CHAINS = 8
-"""Chains (at one input size) whose tiles' input regions are remembered."""
+"""Chains whose tiles' input regions are remembered (a process plans a few models)."""
 _REGIONS_PER_CHAIN = 8192
-_regions: dict[
-    tuple[int, int], tuple[Sequence[Stage], Sequence[FeatureShape], dict[tuple[FusedBlock, TileRegion], TileRegion]]
-] = {}
+_Regions = dict[tuple[tuple[FeatureShape, ...], FusedBlock, TileRegion], TileRegion]
+_regions: dict[int, tuple[Sequence[Stage], _Regions]] = {}
+_regions_lock = threading.Lock()  # orchestrator workers plan side by side
 
 
 def input_region(
     stages: Sequence[Stage], shapes: Sequence[FeatureShape], block: FusedBlock, out_region: TileRegion
 ) -> TileRegion:
     """:func:`tile_input_region`, remembered: every re-plan and every award asks again for
-    the same strips, and a residual block's regions take a while to walk. Remembered by the
-    identity of the chain's stages and shapes (:meth:`StageChain.spec` hands out the same
-    ones): hashing them, nested frozen dataclasses hashed anew each time, cost more than
-    the walk."""
-    chain = (id(stages), id(shapes))
-    entry = _regions.get(chain)
-    if entry is None or entry[0] is not stages or entry[1] is not shapes:
-        if len(_regions) >= _REGION_CHAINS:
-            _regions.pop(next(iter(_regions)))
-        entry = _regions[chain] = (stages, shapes, {})
-    known = entry[2]
-    key = (block, out_region)
-    region = known.get(key)
+    the same strips, and a residual block's regions take a while to walk. Remembered per
+    chain by the identity of its stages (built once per model; hashing them, nested frozen
+    dataclasses hashed anew each time, cost more than the walk), then by the shapes, the
+    block and the region."""
+    key = (tuple(shapes), block, out_region)
+    with _regions_lock:
+        entry = _regions.get(id(stages))
+        if entry is None or entry[0] is not stages:  # the entry holds its stages: their id is not reused
+            if len(_regions) >= _REGION_CHAINS:
+                _regions.pop(next(iter(_regions)), None)
+            entry = _regions[id(stages)] = (stages, {})
+        region = entry[1].get(key)
     if region is None:
-        if len(known) >= _REGIONS_PER_CHAIN:
-            known.clear()
-        region = known[key] = tile_input_region(stages, shapes, block, out_region)
+        region = tile_input_region(stages, shapes, block, out_region)
+        with _regions_lock:
+            if len(entry[1]) >= _REGIONS_PER_CHAIN:
+                entry[1].clear()
+            entry[1][key] = region
     return region
 
 

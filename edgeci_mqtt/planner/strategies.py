@@ -172,7 +172,8 @@ def whole_model_plan(
 
     ``blocks``: steps to run it in (consecutive, the whole chain; default one). Between
     steps the device turns to an older request whose step is ready (``flow`` serves whole
-    requests beside split ones), so a whole request never holds it for longer than a step."""
+    requests beside split ones), so a whole request that came later holds it for one step
+    at most, not for the whole model."""
     cuts = list(blocks) or [FusedBlock(0, len(ctx.chain.stages))]
     here = fits(ctx.env.device(device), TailWork.of(ctx.chain.tail_work).weight_bytes)
     steps: list[BlockPlan] = []

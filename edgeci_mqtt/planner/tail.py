@@ -174,10 +174,14 @@ def place_tail(
     send = 2 * finisher.link.latency_s
     finish = finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
     by_name: list[DeviceView] = []
-    floor = -math.inf  # every participant fetches the map and runs the head: no split of more devices is faster
+    # When every device's share is at least two features, every device of every split gets
+    # some (cumulative rounding moves a share by one at most), fetches the map and runs the
+    # head: a split over more devices cannot end before the slowest of those ends.
+    bounded = work.features * min(fc_speed.values()) >= 2 * sum(fc_speed.values())
+    floor = -math.inf
     for view in ranked:
         floor = max(floor, head[view.name] + finish)
-        if floor >= min(seconds for seconds, _ in options):
+        if bounded and floor >= min(seconds for seconds, _ in options):
             break
         # in name order: a device keeps about the same rows from one request to the next
         # (a device holds only the rows it has been given, and making new ones costs time)

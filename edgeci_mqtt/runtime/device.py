@@ -341,7 +341,7 @@ class DeviceAgent:
             self.tasks.put(_FlowJob(message.request), ticket)
 
     def _queue_steps(self, request: str) -> None:
-        """The worker is to run the request's ready steps, in the place of its program's arrival."""
+        """The worker is to run the request's next ready step, in the place of its program's arrival."""
         ticket = self.flow.ticket(request)
         if ticket is not None:
             self.tasks.put(_FlowJob(request), ticket)

@@ -10,8 +10,9 @@ Faults (:class:`FlowAttempt`, pure): a device that goes offline, reports an erro
 refuses its program, or (with every device that still owes a tile) stays silent past the
 attempt's deadline, fails the attempt. Its devices are told to drop the attempt's rows,
 and the request is re-planned without the failed devices and restarted from the image,
-under a new attempt id so that no stale row can mix in; after :data:`MAX_ATTEMPTS` the
-request fails with a clear error.
+under a new attempt id so that no stale row can mix in (after a missed deadline, with
+twice the time: :func:`attempt_allowance`); after :data:`MAX_ATTEMPTS` the request fails
+with a clear error.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from edgeci_mqtt.wire import (
     encode,
 )
 
-__all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun", "finish_logits"]
+__all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun", "attempt_allowance", "finish_logits"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -192,12 +193,14 @@ class FlowRun(Run):
     # ------------------------------------------------------------ public
     def run(self, x: Tensor) -> Tensor:
         reasons = []
+        late = 0  # attempts whose deadline passed
         for attempt in range(1, MAX_ATTEMPTS + 1):
             self.check_wanted()
             run_id = f"{self.request}.{attempt}"
             try:
-                return self._attempt(run_id, x)
+                return self._attempt(run_id, x, late)
             except _AttemptFailed as failure:
+                late += failure.late
                 self.failed |= failure.devices
                 self.timings.recovered_tasks += 1
                 reasons.append(failure.why)
@@ -211,8 +214,9 @@ class FlowRun(Run):
         raise InferenceError(f"flow gave up after {MAX_ATTEMPTS} attempts: {'; '.join(reasons)}")
 
     # ------------------------------------------------------------ one attempt
-    def _attempt(self, run_id: str, x: Tensor) -> Tensor:
-        """One attempt, to the logits (raises :class:`_AttemptFailed` to re-plan)."""
+    def _attempt(self, run_id: str, x: Tensor, late: int) -> Tensor:
+        """One attempt, to the logits (raises :class:`_AttemptFailed` to re-plan); ``late``:
+        how many attempts before it ran past their deadline."""
         views = [v for v in self.devices() if v.name not in self.failed]
         views = [v for v in views if v.name not in self.mail.silence] or views  # work for those who answer
         if not views:
@@ -229,8 +233,7 @@ class FlowRun(Run):
             owed = set(plan.tail.parts)
         else:
             owed = {(plan.tail.finisher, Span(0, self.held.chain.tail_parts.classes))}
-        expected = plan.predicted_s + self.backlog_s
-        allowance = min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * expected))
+        allowance = attempt_allowance(plan.predicted_s + self.backlog_s, self.min_allowance_s, late)
         with self.mail.open(run_id) as box:
             started = time.perf_counter()
             state = FlowAttempt(frozenset(programs), owed, started + allowance, out_shape.channels)
@@ -352,7 +355,7 @@ class FlowRun(Run):
                     continue
                 lost, why = state.result(result)
             if lost:
-                raise _AttemptFailed(lost, why)
+                raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline)
 
     def _mark_report(self, report: StepReport, state: FlowAttempt) -> None:
         """A device's item on the timeline: its clock is trusted only between the request's
@@ -388,6 +391,19 @@ class FlowRun(Run):
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, devices: set[str], why: str) -> None:
+    def __init__(self, devices: set[str], why: str, late: bool = False) -> None:
         super().__init__(why)
-        self.devices, self.why = devices, why
+        self.devices, self.why, self.late = devices, why, late
+
+
+def attempt_allowance(expected_s: float, min_allowance_s: float, late: int) -> float:
+    """How long an attempt waits for what it is owed: :data:`DEADLINE_FACTOR` times the
+    seconds predicted for it (its plan and the work already handed out), at least
+    ``min_allowance_s``, doubled for each earlier attempt that ran past its deadline.
+
+    A deadline is a prediction; the devices that missed it were online, so they may have
+    been busy rather than lost (making tail rows they had never held, or behind other
+    requests' work: seen on hetero4 streams, where a request then lost all three attempts
+    at the same six seconds). The next attempt, re-planned without them, allows more."""
+    first = min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * expected_s))
+    return min(MAX_TASK_DEADLINE_S, first * 2**late)
