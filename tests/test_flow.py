@@ -478,3 +478,23 @@ def test_an_attempt_after_a_missed_deadline_waits_twice_as_long() -> None:
     assert attempt_allowance(0.1, 3.0, 0) == pytest.approx(3.0)
     assert [attempt_allowance(1.2, 3.0, late) for late in (0, 1, 2)] == pytest.approx([6.0, 12.0, 24.0])
     assert attempt_allowance(100.0, 3.0, 2) == pytest.approx(300.0)
+
+
+def test_a_tail_split_in_use_is_kept_until_another_is_clearly_cheaper(store: ModelStore) -> None:
+    """Its devices hold its classifier rows; a speed re-announced a little differently would
+    move the split's edges and make them draw rows they lack."""
+    work = TailWork.of(store.get("vgg16").chain.spec(224, 224).tail_work)
+
+    def place(speeds: dict[str, float], keep: TailPlan | None = None) -> TailPlan:
+        views = tuple(DeviceView(n, flat_profile().scaled(c), Link(100.0, 1.0)) for n, c in speeds.items())
+        env = Environment(views, flat_profile().scaled(0.01), Link(1000.0, 0.1))
+        return place_tail(env, work, 100_000, {}, False, keep=keep)[0]
+
+    speeds = {"a": 0.3, "b": 0.25, "c": 0.2}
+    first = place(speeds)
+    assert len(first.parts) == 3
+    nudged = {**speeds, "b": 0.27}
+    assert place(nudged) != first  # without it, the edges move
+    assert place(nudged, keep=first) == first
+    assert place({**speeds, "c": 1.0}, keep=first) != first  # clearly cheaper: a new split
+    assert place({"a": 0.3, "b": 0.25}, keep=first).devices == ("a", "b")  # its device left

@@ -120,12 +120,14 @@ def flow_blocks(
     env: Environment,
     lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
     place: bool = True,
+    keep: TailPlan | None = None,
 ) -> tuple[list[BlockPlan], list[Award], TailPlan]:
     """Award every block's items in order, each knowing who holds what after the one
     before (see the module docstring), build their tasks, and place the tail where the
-    final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`);
-    the last block's tiles go to the orchestrator only if the tail runs there (always
-    without ``place``)."""
+    final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`;
+    ``keep``: the placement in use, kept unless another is clearly cheaper); the last
+    block's tiles go to the orchestrator only if the tail runs there (always without
+    ``place``)."""
     plans: list[BlockPlan] = []
     awards = []
     runs: list[tuple[str, Span]] = []
@@ -140,7 +142,8 @@ def flow_blocks(
     final = {t.device: t.out_bytes for t in plans[-1].tasks}
     tail = TailPlan()
     if place:
-        tail, _ = place_tail(env, TailWork.of(chain.tail_work), sum(final.values()), final, orchestrator_holds=False)
+        work = TailWork.of(chain.tail_work)
+        tail, _ = place_tail(env, work, sum(final.values()), final, orchestrator_holds=False, keep=keep)
     if tail.on_orchestrator:
         plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)
     return plans, awards, tail

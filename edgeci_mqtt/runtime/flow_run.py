@@ -165,11 +165,12 @@ def _awarded(
     env: Environment,
     lots: tuple[tuple[FusedBlock, tuple[Span, ...], tuple[Bid, ...]], ...],
     place: bool,
+    keep: TailPlan | None,
 ) -> tuple[tuple[BlockPlan, ...], tuple[Award, ...], TailPlan]:
     """:func:`flow_blocks`, remembered: the awards depend on the bids and the cluster only,
     and idle devices bid the same for every request (awarding VGG-16's eight blocks takes a
     0.25-CPU orchestrator over 100 ms)."""
-    blocks, awards, tail = flow_blocks(chain, rows, env, lots, place)
+    blocks, awards, tail = flow_blocks(chain, rows, env, lots, place, keep)
     return tuple(blocks), tuple(awards), tail
 
 
@@ -286,9 +287,11 @@ class FlowRun(Run):
                 held_round.bids.update({v.name: make_bid(v, rows, block, items, flow=True) for v in views})
         bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
         try:
-            blocks, awards, tail = _awarded(chain, rows, env, bids, split_strategy(self.plan.strategy)[1].place_tail)
+            place = split_strategy(self.plan.strategy)[1].place_tail
+            blocks, awards, tail = _awarded(chain, rows, env, bids, place, self.tails.get(self.held.digest))
         except PlanningError as exc:
             raise InferenceError(f"flow cannot be awarded: {exc}") from exc
+        self.tails[self.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
         for held_round, won in zip(rounds, awards, strict=True):
             self.auctioneer.announce(held_round, won)
         self.timings.auction_s += time.perf_counter() - started

@@ -29,6 +29,7 @@ from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.auction import Auctioneer, Silence
 from edgeci_mqtt.runtime.models_held import HeldModel
 from edgeci_mqtt.runtime.progress import (
@@ -168,6 +169,9 @@ class RunSetup:
     give_up_at: float | None = None
     """When nobody waits for the answer any more (a ``perf_counter`` time: the client's
     deadline); the run stops there instead of computing for no one. None: never."""
+    tails: dict[str, TailPlan] = field(default_factory=dict)
+    """The orchestrator's tail placement in use, by model digest (``flow``): shared by its
+    runs, so that devices keep the classifier rows they were given."""
 
 
 class Run:
@@ -180,6 +184,7 @@ class Run:
         self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
         self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
         self.backlog_s, self.give_up_at = setup.backlog_s, setup.give_up_at
+        self.tails = setup.tails
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
             self.orchestrator,

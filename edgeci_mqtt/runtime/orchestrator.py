@@ -37,6 +37,7 @@ from edgeci_mqtt.planner.strategies import (
     whole_model_plan,
     whole_model_seconds,
 )
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.admission import FairQueue
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.flow_run import FlowRun
@@ -222,7 +223,10 @@ class Orchestrator:
         self._plans: dict[tuple[str, int, int, str], _Planned] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}
-        self.commitments = Commitments()  # (device, digest) -> (births, stages)
+        self.commitments = Commitments()
+        self._tails: dict[
+            str, TailPlan
+        ] = {}  # flow's tail placement in use, by model digest  # (device, digest) -> (births, stages)
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
@@ -540,6 +544,7 @@ class Orchestrator:
             min_allowance_s=self.min_allowance_s,
             backlog_s=backlog_s,
             give_up_at=request.give_up_at(),
+            tails=self._tails,
         )
         if split_strategy(strategy)[0] in SERVED_BY_FLOW:
             return FlowRun(setup, self.profile, self.broker_link, replan)
