@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -263,6 +263,26 @@ def test_a_device_lost_mid_inference(store: ModelStore, references: References, 
         assert victim not in after.devices and faithful(after.logits, ref.logits32, ref.logits64)
 
 
+def side_by_side(cluster: MemoryCluster, count: int, ask: Callable[[EdgeCIClient], None]) -> None:
+    """``ask`` from ``count`` clients at once, each in a thread with a session of its own;
+    fails with what any of them raised."""
+    failures: list[BaseException] = []
+
+    def client(name: str) -> None:
+        try:
+            with cluster.client(name) as own:
+                ask(own)
+        except BaseException as exc:  # reported below, from the test's own thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(f"client-{i}",)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+
+
 @pytest.mark.parametrize("strategy", ["flow", "replicas"])
 def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references: References, strategy: str) -> None:
     """Four clients at once, twice each: the orchestrator does not serialise them (their
@@ -271,27 +291,17 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
     ref = references[("smallcnn", 96, 96)]
     spans: list[tuple[float, float]] = []
     used: set[str] = set()
-    failures: list[BaseException] = []
     with memory_cluster(store, devices=3, strategy=strategy) as small:
 
-        def ask(name: str) -> None:
-            try:
-                with small.client(name) as own:
-                    for _ in range(2):
-                        started = time.perf_counter()
-                        result = own.infer(ref.x, "smallcnn", timeout=60)
-                        spans.append((started, time.perf_counter()))
-                        used.update(result.devices)
-                        assert faithful(result.logits, ref.logits32, ref.logits64)
-            except BaseException as exc:  # reported below, from the test's own thread
-                failures.append(exc)
+        def ask(own: EdgeCIClient) -> None:
+            for _ in range(2):
+                started = time.perf_counter()
+                result = own.infer(ref.x, "smallcnn", timeout=60)
+                spans.append((started, time.perf_counter()))
+                used.update(result.devices)
+                assert faithful(result.logits, ref.logits32, ref.logits64)
 
-        threads = [threading.Thread(target=ask, args=(f"client-{i}",)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert not failures, failures
+        side_by_side(small, 4, ask)
         assert len(spans) == 8
         most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
         assert most >= 2, "requests were served one at a time"
@@ -309,28 +319,18 @@ def test_a_burst_of_flow_requests_sees_its_own_load(store: ModelStore, reference
     A large image keeps the first split busy while the others decide."""
     ref = references[("smallcnn", 320, 320)]
     modes: list[float] = []
-    failures: list[BaseException] = []
     start = threading.Barrier(4)
     with memory_cluster(store, devices=3, strategy="flow") as small:
         with small.client("warm") as own:
             own.infer(ref.x, "smallcnn", timeout=60)  # plans and weights ready: the burst decides fast
 
-        def ask(name: str) -> None:
-            try:
-                with small.client(name) as own:
-                    start.wait(timeout=30)
-                    result = own.infer(ref.x, "smallcnn", timeout=60)
-                    modes.append(result.timings["whole_request"])
-                    assert faithful(result.logits, ref.logits32, ref.logits64)
-            except BaseException as exc:  # reported below, from the test's own thread
-                failures.append(exc)
+        def ask(own: EdgeCIClient) -> None:
+            start.wait(timeout=30)
+            result = own.infer(ref.x, "smallcnn", timeout=60)
+            modes.append(result.timings["whole_request"])
+            assert faithful(result.logits, ref.logits32, ref.logits64)
 
-        threads = [threading.Thread(target=ask, args=(f"burst-{i}",)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-    assert not failures, failures
+        side_by_side(small, 4, ask)
     assert sorted(modes) == [0.0, 1.0, 1.0, 1.0]
 
 
