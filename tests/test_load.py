@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -36,12 +37,16 @@ def test_with_every_device_busy_a_split_must_cost_fewer_device_seconds() -> None
 
 def test_commitments_count_work_until_it_is_done() -> None:
     load = Commitments()
-    with load.holding({"a": 1.0, "b": 0.5}):
-        with load.holding({"a": 2.0}):
+
+    def handing(work: dict[str, float]) -> Callable[[dict[str, float]], tuple[None, dict[str, float]]]:
+        return lambda _: (None, work)
+
+    with load.claiming(handing({"a": 1.0, "b": 0.5})):
+        with load.claiming(handing({"a": 2.0})):
             assert load.snapshot() == {"a": 3.0, "b": 0.5}
         assert load.snapshot() == {"a": 1.0, "b": 0.5}
     assert load.snapshot() == {}
-    with pytest.raises(RuntimeError), load.holding({"a": 1.0}):
+    with pytest.raises(RuntimeError), load.claiming(handing({"a": 1.0})):
         raise RuntimeError("a failed request")
     assert load.snapshot() == {}
 

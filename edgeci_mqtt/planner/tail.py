@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeci_mqtt.core.geometry import Span
@@ -186,6 +186,9 @@ def place_tail(
     head = {v.name: fetch(v) + v.profile.work_seconds(work.head) for v in env.devices}
     views = {v.name: v for v in env.devices}
 
+    def finish_seconds(finisher: DeviceView) -> float:
+        return finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+
     def split_seconds(finisher: DeviceView, parts: Sequence[tuple[str, Span]]) -> float:
         """The first layer's parts on their devices, sent on to ``finisher``, which runs the rest."""
         send = 2 * finisher.link.latency_s
@@ -195,11 +198,29 @@ def place_tail(
             + (0.0 if d == finisher.name else work.slice_bytes(s) / finisher.link.bytes_per_s + send)
             for d, s in parts
         )
-        return ready + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+        return ready + finish_seconds(finisher)
+
+    def split_fits(finisher: DeviceView, parts: Sequence[tuple[str, Span]]) -> bool:
+        """Every part's device has room for its rows, the finisher (which has a part) for the rest's too."""
+        own = dict(parts).get(finisher.name)
+        return (
+            own is not None
+            and fits(finisher, work.part_weight_bytes(own) + work.rest_weight_bytes)
+            and all(fits(views[d], work.part_weight_bytes(s)) for d, s in parts)
+        )
+
+    def kept_seconds(kept: TailPlan) -> float | None:
+        """The placement in use, if it can still run: its devices are here, with room for its rows."""
+        if not kept.parts:  # the orchestrator, or one device: priced among the options
+            return next((seconds for seconds, plan in options if plan == kept), None)
+        if kept.finisher not in views or any(d not in views for d, _ in kept.parts):
+            return None
+        finisher = views[kept.finisher]
+        return split_seconds(finisher, kept.parts) if split_fits(finisher, kept.parts) else None
 
     # Splits over the k fastest (k = 2..n), finished by the fastest: O(n) each, n up to 64.
     finisher = ranked[0]
-    finish = finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+    finish = finish_seconds(finisher)
     by_name: list[DeviceView] = []
     # When every device's share is at least two features, every device of every split gets
     # some (cumulative rounding moves a share by one at most), fetches the map and runs the
@@ -216,40 +237,10 @@ def place_tail(
         if len(by_name) < 2:
             continue
         parts = split_features(work.features, [(v.name, fc_speed[v.name]) for v in by_name])
-        share = dict(parts)
-        finisher_part = share.get(finisher.name)
-        if (
-            finisher_part is None  # its share rounded to nothing
-            or not all(fits(v, work.part_weight_bytes(share[v.name])) for v in by_name if v.name in share)
-            or not fits(finisher, work.part_weight_bytes(finisher_part) + work.rest_weight_bytes)
-        ):
-            continue
-        options.append((split_seconds(finisher, parts), TailPlan(finisher.name, parts)))
+        if split_fits(finisher, parts):  # not if the finisher's share rounded to nothing
+            options.append((split_seconds(finisher, parts), TailPlan(finisher.name, parts)))
     seconds, plan = min(options, key=lambda o: o[0])
-    kept = _kept_seconds(keep, options, views, work, split_seconds)
+    kept = kept_seconds(keep) if keep is not None else None
     if keep is not None and kept is not None and kept <= seconds * (1 + KEEP_MARGIN):
         return keep, kept
     return plan, seconds
-
-
-def _kept_seconds(
-    keep: TailPlan | None,
-    options: Sequence[tuple[float, TailPlan]],
-    views: dict[str, DeviceView],
-    work: TailWork,
-    split_seconds: Callable[[DeviceView, Sequence[tuple[str, Span]]], float],
-) -> float | None:
-    """The estimated seconds of the placement in use, if it can still run: its devices are
-    here and have room for its rows (None: it cannot, or there is none)."""
-    if keep is None:
-        return None
-    if not keep.parts:  # the orchestrator, or one device: priced among the options
-        return next((seconds for seconds, plan in options if plan == keep), None)
-    if keep.finisher not in views or any(d not in views for d, _ in keep.parts):
-        return None
-    shares = dict(keep.parts)
-    finisher = views[keep.finisher]
-    rest = work.rest_weight_bytes + (work.part_weight_bytes(shares[finisher.name]) if finisher.name in shares else 0)
-    if not fits(finisher, rest) or not all(fits(views[d], work.part_weight_bytes(s)) for d, s in keep.parts):
-        return None
-    return split_seconds(finisher, keep.parts)

@@ -43,7 +43,7 @@ from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan
-from edgeci_mqtt.runtime.inference import DEADLINE_FACTOR, MAX_TASK_DEADLINE_S, POLL_S, Arrival, Run, RunSetup
+from edgeci_mqtt.runtime.inference import MAX_TASK_DEADLINE_S, POLL_S, Arrival, Run, RunSetup, task_allowance
 from edgeci_mqtt.runtime.programs import DeviceProgram, device_programs
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -400,13 +400,12 @@ class _AttemptFailed(Exception):
 
 
 def attempt_allowance(expected_s: float, min_allowance_s: float, late: int) -> float:
-    """How long an attempt waits for what it is owed: :data:`DEADLINE_FACTOR` times the
-    seconds predicted for it (its plan and the work already handed out), at least
-    ``min_allowance_s``, doubled for each earlier attempt that ran past its deadline.
+    """How long an attempt waits for what it is owed: the :func:`task_allowance` of the
+    seconds predicted for it (its plan and the work already handed out), doubled for each
+    earlier attempt that ran past its deadline.
 
     A deadline is a prediction; the devices that missed it were online, so they may have
     been busy rather than lost (making tail rows they had never held, or behind other
     requests' work: seen on hetero4 streams, where a request then lost all three attempts
     at the same six seconds). The next attempt, re-planned without them, allows more."""
-    first = min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * expected_s))
-    return min(MAX_TASK_DEADLINE_S, first * 2**late)
+    return min(MAX_TASK_DEADLINE_S, task_allowance(expected_s, min_allowance_s) * 2**late)

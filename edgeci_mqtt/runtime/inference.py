@@ -76,6 +76,13 @@ def _award(bids: tuple[Bid, ...], count: int) -> Award:
     return award(bids, count)
 
 
+def task_allowance(predicted_s: float, min_allowance_s: float) -> float:
+    """How long work predicted to take ``predicted_s`` may take before it is given up:
+    :data:`DEADLINE_FACTOR` times that, at least ``min_allowance_s``, at most
+    :data:`MAX_TASK_DEADLINE_S`."""
+    return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s))
+
+
 @dataclass
 class Timings:
     """Where one inference's time went (seconds, on the orchestrator's clock)."""
@@ -333,7 +340,7 @@ class InferenceRun(Run):
             predicted = (
                 float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
             )
-            return min(MAX_TASK_DEADLINE_S, max(self.min_allowance_s, DEADLINE_FACTOR * predicted))
+            return task_allowance(predicted, self.min_allowance_s)
 
         return allowance
 

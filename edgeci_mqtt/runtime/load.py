@@ -76,15 +76,6 @@ class Commitments:
             return dict(self._seconds)
 
     @contextmanager
-    def holding(self, work: Mapping[str, float]) -> Iterator[None]:
-        """Count ``work`` (seconds by device) as handed out until the block ends."""
-        self._add(work, 1.0)
-        try:
-            yield
-        finally:
-            self._add(work, -1.0)
-
-    @contextmanager
     def claiming(self, decide: Callable[[dict[str, float]], tuple[D, Mapping[str, float]]]) -> Iterator[D]:
         """Decide from the work handed out so far and count the work decided on, as one step,
         until the block ends. Requests that arrive together are decided one after another,

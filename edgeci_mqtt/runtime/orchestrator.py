@@ -222,11 +222,9 @@ class Orchestrator:
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
         self._plans: dict[tuple[str, int, int, str], _Planned] = {}
         self._rows: dict[tuple[str, int, int], RowModel] = {}
-        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}
+        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self.commitments = Commitments()
-        self._tails: dict[
-            str, TailPlan
-        ] = {}  # flow's tail placement in use, by model digest  # (device, digest) -> (births, stages)
+        self._tails: dict[str, TailPlan] = {}  # flow's tail placement in use, by model digest
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
