@@ -18,8 +18,10 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.kernels import ReLUKernel
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.models.weights import fill_linear_rows
+from edgeci_mqtt.planner.profile import MADE_KIND, DeviceProfile
 
 __all__ = ["map_densities", "measure_profile"]
 
@@ -118,6 +120,8 @@ def _measure_shape(threads: int) -> DeviceProfile:
     }
     vec, weights = torch.randn(1, 4096, generator=gen), torch.randn(4096, 4096, generator=gen)
     elementwise["fc"] = (lambda: F.linear(vec, weights), weights.numel() * 4)
+    chunk = (LINEAR_CHUNK_ROWS, 4096)  # tail rows as a device makes them: fresh memory, seeded (the default)
+    elementwise[MADE_KIND] = (lambda: fill_linear_rows(torch.empty(chunk), 0, "probe", 0), math.prod(chunk) * 4)
     rates = {kind: moved / best(fn) for kind, (fn, moved) in elementwise.items()}
     quarter = x.numel() // 4  # outputs of a stride-2 pool
     pool_rates = {  # VGG's 2x2/2 and ResNet's 3x3/2 windows

@@ -3,6 +3,7 @@ weights files checked key by key."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from torch.nn import functional
 
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.kernels import run_chain
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.errors import ModelError, WeightsError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from tests.exactness import Reference, assert_geometry_exact
 
@@ -163,9 +166,27 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
         ref64 = ref64 + first.bias[features.start : features.stop].double()
     ref32 = full.tail_part(x, features)
     assert faithful(lean.tail_part(x, features), ref32, ref64)
-    lean.make_tail(first=False)
-    lean.make_tail(first=True)
-    assert all(torch.equal(whole[k], v) for k, v in lean.chain.model.state_dict().items())
+    chunk = LINEAR_CHUNK_ROWS
+    touched = Span(features.start // chunk * chunk, min(first.out_features, -(-features.stop // chunk) * chunk))
+    no_rest = not any(isinstance(m, nn.Linear) for m in lean.chain.tail_parts.rest.modules())
+    assert lean.tail_rows() == TailRows((touched,), rest=no_rest)  # what it announces it holds
+    lean.make_rest()
+    linear = [
+        (a, b)
+        for a, b in zip(lean.chain.tail_parts.rest.modules(), full.chain.tail_parts.rest.modules(), strict=True)
+        if isinstance(a, nn.Linear)
+    ]
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in linear)
+    made = 0
+    while lean.prepare_tail(TailRows((Span(0, first.out_features),), rest=True)):  # one chunk per call
+        made += 1
+    assert made == -(-first.out_features // chunk) - -(-touched.size // chunk)
+    assert lean.tail_rows() == TailRows((Span(0, first.out_features),), rest=True)
+    assert lean.chain.tail_parts.first.weight.is_meta  # made in chunks, not as the whole layer
+    logits64 = copy.deepcopy(full.chain.tail_parts.rest).double()(
+        copy.deepcopy(first).double()(full.chain.tail_parts.head(x).double())
+    )
+    assert faithful(lean.tail_whole(x), full.chain.tail(x), logits64)
     if name == "vgg16":
         assert sum(whole[k].numel() for k in left_out) * 4 > 450e6
 

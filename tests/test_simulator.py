@@ -145,10 +145,12 @@ def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
 
 def test_a_one_device_cluster_prices_every_strategy_alike(chains: dict[str, StageChain]) -> None:
     """One device: every gathering plan is one block on it (MoDNN's one per layer), priced
-    the same without its auction; ``local`` runs the tail there too, so it only differs by
-    the final map going to the orchestrator (and the tail running there) versus the logits."""
+    the same without its auction; ``local`` runs the tail there too (the orchestrator is slower),
+    so it only differs by the final map going to the orchestrator (and the tail
+    running there) versus the logits."""
     chain = chains["smallcnn"]
     env = environment(device("only", 10.0, mbit=100.0, latency_ms=2.0), broker_mbit=1000.0)
+    env = dataclasses.replace(env, orchestrator=env.orchestrator.scaled(0.1))
     ctx = context_for(chain.spec(64, 64), env)
     work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     local = make_plan("local", ctx)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.errors import WeightsError
 
 __all__ = [
@@ -28,10 +29,6 @@ __all__ = [
     "read_state_dict",
 ]
 
-LINEAR_CHUNK_ROWS = 256
-"""A fully connected weight is drawn in chunks of this many rows, each from a seed of its
-own, so that any rows can be made alone (a device given a slice of VGG-16's first
-classifier layer makes 26 MB per 256 rows, not the whole 411 MB layer)."""
 
 _SHOWN = 5  # keys listed per problem before "... and N more"
 

@@ -19,7 +19,7 @@ equally); then only the rows that changed hands move, from the device that holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
@@ -29,7 +29,7 @@ from edgeci_mqtt.planner.awas import Award, Bid, HeldRows, award
 from edgeci_mqtt.planner.costs import RowModel, input_region, make_task
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
-from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail
+from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail, tail_to_prepare
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = ["FlowOptions", "flow_block", "flow_blocks", "held_rows", "holdings"]
@@ -125,7 +125,8 @@ def flow_blocks(
     """Award every block's items in order, each knowing who holds what after the one
     before (see the module docstring), build their tasks, and place the tail where the
     final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`;
-    ``keep``: the placement in use, kept unless another is clearly cheaper); the last
+    ``keep``: the placement in use, kept unless another is clearly cheaper; with the rows
+    devices are to make when idle for a cheaper one); the last
     block's tiles go to the orchestrator only if the tail runs there (always without
     ``place``)."""
     plans: list[BlockPlan] = []
@@ -144,6 +145,8 @@ def flow_blocks(
     if place:
         work = TailWork.of(chain.tail_work)
         tail, _ = place_tail(env, work, sum(final.values()), final, orchestrator_holds=False, keep=keep)
+        prepare = tail_to_prepare(env, work, sum(final.values()), final, False, tail, keep)
+        tail = replace(tail, prepare=prepare) if prepare else tail
     if tail.on_orchestrator:
         plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)
     return plans, awards, tail

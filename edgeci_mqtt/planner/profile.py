@@ -25,7 +25,7 @@ from edgeci_mqtt.errors import EdgeCIError
 
 Floats = NDArray[np.float64]
 
-__all__ = ["ELEMENTWISE_KINDS", "POOL_KINDS", "DeviceProfile"]
+__all__ = ["ELEMENTWISE_KINDS", "MADE_KIND", "POOL_KINDS", "DeviceProfile"]
 
 MAX_PROBE = 1 << 30
 """Largest probe depth or side a profile may name."""
@@ -33,6 +33,9 @@ MAX_PROBE = 1 << 30
 ELEMENTWISE_KINDS: tuple[str, ...] = ("bn", "relu", "add", "fc")
 """Priced by bytes read and written (``fc``: a batch-one fully connected layer, bound by
 reading its weights)."""
+MADE_KIND = "made"
+"""Bytes/s at which the device makes fully connected weight rows it lacks (optional: a
+profile measured before it was priced leaves making free)."""
 POOL_KINDS: tuple[str, ...] = ("maxpool", "avgpool")
 """Priced by window elements read, at a rate that depends on the window's area."""
 
@@ -119,6 +122,11 @@ class DeviceProfile:
         """Seconds of an elementwise op (or a batch-one fully connected layer) that reads and
         writes ``moved`` bytes."""
         return self.op_overhead_s + moved / self.rates[kind]
+
+    def making_seconds(self, made: int) -> float:
+        """Seconds to make ``made`` bytes of fully connected weight rows (0 if not measured)."""
+        rate = self.rates.get(MADE_KIND)
+        return made / rate if made and rate else 0.0
 
     def op_seconds_array(self, kind: str, depth: int, flops: Floats, moved: Floats, pixels: Floats) -> Floats:
         """:meth:`op_seconds` for many sizes of one op at once (NumPy arrays)."""

@@ -36,10 +36,10 @@ from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
 from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment, TailRows
 from edgeci_mqtt.planner.flow import FlowOptions, flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
-from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork, fits
+from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork, fits, making_seconds
 
 __all__ = [
     "DEEPTHINGS_GRID",
@@ -135,31 +135,56 @@ def _strips(ctx: PlanningContext, block: FusedBlock, runs: Sequence[tuple[str, S
     return BlockPlan(block, tuple(ctx.task(block, TileRegion(rows, Span(0, width)), d) for d, rows in runs))
 
 
+@dataclass(frozen=True)
+class _WholeTail:
+    """Where a whole request on one device runs its tail, and what that costs."""
+
+    here: bool
+    """On the device (else the final map goes to the orchestrator, which runs it)."""
+    back: float
+    """Bytes the device sends back: the logits, or the final map."""
+    seconds: float
+    prepare: tuple[tuple[str, TailRows], ...] = ()
+    """The device's tail weights to make when idle, where holding them would put it here."""
+
+
+def _whole_tail(ctx: PlanningContext, view: DeviceView, final: float) -> _WholeTail:
+    """The tail on the device if it has room for its weights and runs it, making what it
+    lacks of them, sooner than the orchestrator gets the final map and runs it there."""
+    tail = TailWork.of(ctx.chain.tail_work)
+    everything = (*tail.head, tail.first, *tail.rest)
+    broker, speed = ctx.env.broker_link, view.link.bytes_per_s
+    there = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything) + final / speed
+    if not fits(view, tail.weight_bytes):
+        return _WholeTail(False, final, there - final / speed)
+    whole = Span(0, tail.features)
+    run = view.profile.work_seconds(everything) + LOGITS_BYTES / speed
+    made = making_seconds(view, tail, whole, rest=True)
+    if run + made <= there:
+        return _WholeTail(True, float(LOGITS_BYTES), run + made - LOGITS_BYTES / speed)
+    prepare = ((view.name, TailRows((whole,), True)),) if run <= there else ()
+    return _WholeTail(False, final, there - final / speed, prepare)
+
+
 def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
     """Each device's time for a whole request on its own: the image in, every stage, the
-    tail and the logits out, or (a device without room for the tail's weights) the final
-    map out and the tail on the orchestrator. What ``local`` and ``replicas`` cost per request."""
+    tail and the logits out, or the final map out and the tail on the orchestrator
+    (:func:`_whole_tail`). What ``local`` and ``replicas`` cost per request."""
     block = FusedBlock(0, len(ctx.chain.stages))
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
     image = float(ctx.rows.input_bytes(block, a, b)[0])
     final = float(ctx.rows.output_bytes(block, a, b)[0])
-    tail = TailWork.of(ctx.chain.tail_work)
-    everything = (*tail.head, tail.first, *tail.rest)
     broker = ctx.env.broker_link
     seconds = {}
     for view in ctx.env.devices:
-        if fits(view, tail.weight_bytes):
-            back, finish = float(LOGITS_BYTES), view.profile.work_seconds(everything)
-        else:
-            back = final
-            finish = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything)
-        moved = np.array([image + back + 2 * MESSAGE_OVERHEAD_BYTES])
+        tail = _whole_tail(ctx, view, final)
+        moved = np.array([image + tail.back + 2 * MESSAGE_OVERHEAD_BYTES])
         seconds[view.name] = (
             float(link_seconds(view, moved)[0])
             + image / broker.bytes_per_s
             + 2 * broker.latency_s
             + float(ctx.rows.compute_seconds(view.profile, block, a, b)[0])
-            + finish
+            + tail.seconds
         )
     return seconds
 
@@ -167,21 +192,24 @@ def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
 def whole_model_plan(
     ctx: PlanningContext, strategy: str, device: str, seconds: float, blocks: Sequence[FusedBlock] = ()
 ) -> Plan:
-    """The whole model on ``device``, the tail too if it has room for its weights: the image
-    goes there, the logits (or the final map, for the orchestrator's tail) come back.
+    """The whole model on ``device``, the tail too where :func:`_whole_tail` puts it: the
+    image goes there, the logits (or the final map, for the orchestrator's tail) come back.
 
     ``blocks``: steps to run it in (consecutive, the whole chain; default one). Between
     steps the device turns to an older request whose step is ready (``flow`` serves whole
     requests beside split ones), so a whole request that came later holds it for one step
     at most, not for the whole model."""
     cuts = list(blocks) or [FusedBlock(0, len(ctx.chain.stages))]
-    here = fits(ctx.env.device(device), TailWork.of(ctx.chain.tail_work).weight_bytes)
+    block = FusedBlock(0, len(ctx.chain.stages))
+    final = float(ctx.rows.output_bytes(block, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
+    tail = _whole_tail(ctx, ctx.env.device(device), final)
     steps: list[BlockPlan] = []
-    for block in cuts:
-        last = block is cuts[-1]
-        whole = [(device, Span(0, ctx.chain.shapes[block.stop].height))]
-        steps.append(flow_block(ctx.chain, block, whole, steps[-1] if steps else None, gather=last and not here))
-    return ctx.plan(strategy, steps, seconds, tail=TailPlan(device) if here else TailPlan())
+    for cut in cuts:
+        last = cut is cuts[-1]
+        whole = [(device, Span(0, ctx.chain.shapes[cut.stop].height))]
+        steps.append(flow_block(ctx.chain, cut, whole, steps[-1] if steps else None, gather=last and not tail.here))
+    placed = TailPlan(device) if tail.here else TailPlan(prepare=tail.prepare)
+    return ctx.plan(strategy, steps, seconds, tail=placed)
 
 
 def plan_local(ctx: PlanningContext) -> Plan:

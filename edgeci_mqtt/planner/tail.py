@@ -14,6 +14,12 @@ bytes over each participant's own link), each participant's profile, and the sli
 and logits sent on, and keeps the cheapest: the orchestrator, each device alone, and the
 first layer split by fc speed over the k fastest devices (k = 2..n), finished by the
 fastest of them.
+
+What each device has made of the classifier is part of the price: a device holds none of
+it at boot and makes the chunks of rows a placement gives it (:class:`TailRows`), which
+costs a slow board more than the layer itself does. So a cold cluster's tail runs where
+its weights are (the orchestrator), and :func:`tail_to_prepare` names the rows devices
+should make while idle, for the placement that would be cheapest once they hold them.
 """
 
 from __future__ import annotations
@@ -21,16 +27,26 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment, TailRows
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["LOGITS_BYTES", "TailPlan", "TailWork", "fits", "place_tail", "split_features"]
+__all__ = [
+    "LOGITS_BYTES",
+    "TailPlan",
+    "TailWork",
+    "fits",
+    "making_seconds",
+    "place_tail",
+    "placement_making_seconds",
+    "split_features",
+    "tail_to_prepare",
+]
 
 LOGITS_BYTES = 4096
 """About 1000 float32 scores: what a tail finished on a device sends back."""
@@ -44,6 +60,9 @@ class TailPlan:
 
     finisher: str = ORCHESTRATOR
     parts: tuple[tuple[str, Span], ...] = ()
+    prepare: tuple[tuple[str, TailRows], ...] = field(default=(), compare=False)
+    """Tail weights devices are to make when idle, for a placement cheaper once they hold
+    them (:func:`tail_to_prepare`); not part of where the tail runs."""
 
     def __post_init__(self) -> None:
         stops = [0] + [s.stop for _, s in self.parts]
@@ -101,7 +120,11 @@ class TailWork:
         return round(self.first.bytes * (features.size / self.features))
 
     def part_weight_bytes(self, features: Span) -> int:
-        return features.size * (self.first.depth + 1) * BYTES_PER_ELEMENT
+        return self.rows_weight_bytes(features.size)
+
+    def rows_weight_bytes(self, rows: int) -> int:
+        """Weights and biases of this many rows of the first layer."""
+        return rows * (self.first.depth + 1) * BYTES_PER_ELEMENT
 
     @property
     def rest_weight_bytes(self) -> int:
@@ -124,6 +147,30 @@ class TailWork:
 def fits(view: DeviceView, weight_bytes: int) -> bool:
     """The device announced room for these tail weights (or no limit)."""
     return view.memory_bytes is None or weight_bytes <= view.memory_bytes
+
+
+def making_seconds(view: DeviceView, work: TailWork, features: Span, rest: bool) -> float:
+    """Seconds ``view`` takes to make what it lacks of the first layer's rows ``features``
+    and, with ``rest``, of the layers after it."""
+    held = view.tail
+    if held is None:
+        return 0.0
+    made = work.rows_weight_bytes(held.missing_rows(features, work.features)) if features.size else 0
+    if rest and not held.rest:
+        made += work.rest_weight_bytes
+    return view.profile.making_seconds(made)
+
+
+def placement_making_seconds(env: Environment, work: TailWork, tail: TailPlan) -> float:
+    """Seconds before the placement's devices have made the weights they lack (side by side)."""
+    views = {v.name: v for v in env.devices}
+    wanted = dict(tail.parts) if tail.parts else {tail.finisher: Span(0, work.features)}
+    if tail.finisher not in wanted:
+        wanted[tail.finisher] = Span(0, 0)
+    return max(
+        (making_seconds(views[d], work, s, rest=d == tail.finisher) for d, s in wanted.items() if d in views),
+        default=0.0,
+    )
 
 
 def split_features(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[tuple[str, Span], ...]:
@@ -178,7 +225,8 @@ def place_tail(
     for view in env.devices:
         if fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
             answer = logits / view.link.bytes_per_s + view.link.latency_s
-            options.append((fetch(view) + view.profile.work_seconds(everything) + answer, TailPlan(view.name)))
+            alone = view.profile.work_seconds(everything) + making_seconds(view, work, whole, rest=True)
+            options.append((fetch(view) + alone + answer, TailPlan(view.name)))
     fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
     ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
     if not ranked:
@@ -187,13 +235,15 @@ def place_tail(
     views = {v.name: v for v in env.devices}
 
     def finish_seconds(finisher: DeviceView) -> float:
-        return finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+        made = making_seconds(finisher, work, Span(0, 0), rest=True)
+        return made + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
 
     def split_seconds(finisher: DeviceView, parts: Sequence[tuple[str, Span]]) -> float:
         """The first layer's parts on their devices, sent on to ``finisher``, which runs the rest."""
         send = 2 * finisher.link.latency_s
         ready = max(
             head[d]
+            + making_seconds(views[d], work, s, rest=False)
             + views[d].profile.moving_seconds("fc", work.first_bytes(s))
             + (0.0 if d == finisher.name else work.slice_bytes(s) / finisher.link.bytes_per_s + send)
             for d, s in parts
@@ -244,3 +294,31 @@ def place_tail(
     if keep is not None and kept is not None and kept <= seconds * (1 + KEEP_MARGIN):
         return keep, kept
     return plan, seconds
+
+
+def tail_to_prepare(
+    env: Environment,
+    work: TailWork,
+    map_bytes: int,
+    held: dict[str, int],
+    orchestrator_holds: bool,
+    chosen: TailPlan,
+    keep: TailPlan | None = None,
+) -> tuple[tuple[str, TailRows], ...]:
+    """The tail weights each device lacks for the placement :func:`place_tail` would choose
+    if every device held every row, when that is not ``chosen``: made while the device is
+    idle, they make it the cheapest for a later request (without them, a cluster that
+    starts cold would keep its tail where the weights are)."""
+    if all(v.tail is None for v in env.devices):
+        return ()
+    warm = replace(env, devices=tuple(replace(v, tail=None) for v in env.devices))
+    best, _ = place_tail(warm, work, map_bytes, held, orchestrator_holds, keep)
+    if best == chosen:
+        return ()
+    wanted = dict(best.parts) if best.parts else {best.finisher: Span(0, work.features)}
+    prepare = []
+    for name, features in wanted.items():
+        view = env.device(name) if name != ORCHESTRATOR else None
+        if view is not None and making_seconds(view, work, features, rest=name == best.finisher) > 0:
+            prepare.append((name, TailRows((features,), name == best.finisher)))
+    return tuple(prepare)

@@ -28,13 +28,13 @@ from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.calibration import SpeedCalibration
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.environment import DeviceView, TailRows
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.runtime.heap import release_heap
-from edgeci_mqtt.runtime.jobs import JobQueue
+from edgeci_mqtt.runtime.jobs import IDLE, JobQueue
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
@@ -141,6 +141,13 @@ class _FlowJob:
 
 
 @dataclass(frozen=True)
+class _PrepareJob:
+    """Make one more chunk of the tail weights last asked for of a model, when idle."""
+
+    model: str
+
+
+@dataclass(frozen=True)
 class _WeightsJob:
     """Weights of one stage for the worker: from the wire (to verify and cache) or from the cache."""
 
@@ -185,7 +192,9 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
-        self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | None] = JobQueue()
+        self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | _PrepareJob | None] = JobQueue()
+        self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
+        self._announced: dict[str, TailRows] = {}  # tail weights made, as last announced
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
@@ -231,6 +240,8 @@ class DeviceAgent:
         log.info("%s: offline", self.device_id)
 
     def _birth(self) -> None:
+        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
+        self._announced = tails
         state = DeviceState(
             self.device_id,
             True,
@@ -240,6 +251,7 @@ class DeviceAgent:
             version=__version__,
             weights={d: tuple(stages) for d, stages in self.cache.listing().items()} if self.cache else {},
             memory_bytes=self.tail_memory_bytes,
+            tails=tails,
         )
         self.bus.publish(self.state_topic, encode(state), retain=True)
 
@@ -339,6 +351,16 @@ class DeviceAgent:
             raise
         if ready:
             self.tasks.put(_FlowJob(message.request), ticket)
+        if message.prepare is not None:
+            self._want(message.model, message.prepare)
+
+    def _want(self, model: str, wanted: TailRows) -> None:
+        """Make these tail weights when nothing else waits (the last asked for wins)."""
+        with self._lock:
+            queued = model in self._prepare
+            self._prepare[model] = wanted
+        if not queued:
+            self.tasks.put(_PrepareJob(model), IDLE)
 
     def _queue_steps(self, request: str) -> None:
         """The worker is to run the request's next ready step, in the place of its program's arrival."""
@@ -518,6 +540,8 @@ class DeviceAgent:
                 break
             if isinstance(job, _WeightsJob):
                 self._install(job)
+            elif isinstance(job, _PrepareJob):
+                self._prepare_tail(job)
             elif isinstance(job, _FlowJob):  # one step, then whichever request is oldest with one ready
                 ready = self.flow.next_step(job.request)
                 if ready is not None:
@@ -525,6 +549,33 @@ class DeviceAgent:
                     self._queue_steps(job.request)
             else:
                 self._run_task(job)
+            self._announce_tails()
+
+    def _prepare_tail(self, job: _PrepareJob) -> None:
+        """One chunk of the tail weights wanted, then queued again behind everything while
+        more are missing; the planner learns what we hold from our state message."""
+        with self._lock:
+            wanted = self._prepare.get(job.model)
+        try:
+            more = wanted is not None and self.models.get(job.model).prepare_tail(wanted)
+        except Exception:  # making weights must not kill the worker
+            log.exception("%s: cannot make the tail weights of %s", self.device_id, job.model)
+            more = False
+        with self._lock:
+            if not more:
+                self._prepare.pop(job.model, None)
+        if more:
+            self.tasks.put(job, IDLE)
+
+    def _announce_tails(self) -> None:
+        """A new state message when the tail weights we hold changed (made for a request,
+        made when idle, or dropped for newer ones), so that placements price them."""
+        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
+        if tails != self._announced:
+            try:
+                self._birth()
+            except EdgeCIError as exc:
+                log.warning("%s: cannot announce the tail weights held: %s", self.device_id, exc)
 
     def _install(self, job: _WeightsJob) -> None:
         """Verify (sha256, keys, shapes), cache and materialise one stage's weights; if

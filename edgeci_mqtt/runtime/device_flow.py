@@ -91,6 +91,15 @@ def _check_tail(
     name are within the first layer's; slices cut the features in order; the weights fit
     the budget the device announced."""
     features = held.chain.tail_parts.features
+    prepare = message.prepare
+    if prepare is not None:
+        if held.loaded is not None:
+            raise WireError(f"{device} fetches stage weights only: it makes no tail weights")
+        if any(run.stop > features for run in prepare.first):
+            raise WireError(f"tail rows {prepare.first} to make are beyond the first layer's {features}")
+        wanted = sum(run.size for run in prepare.first) * (held.chain.tail_parts.first.in_features + 1) * 4
+        if budget is not None and wanted > budget:
+            raise WireError(f"the {wanted} B of tail rows to make exceed the {budget} B {device} announced")
     if budget is not None and (message.tail is not None or message.finish is not None):
         used = _tail_weight_bytes(message, held)
         if used > budget:
@@ -187,10 +196,9 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
         elif isinstance(item, TailRole) and item.features is not None:
             out = program.held.tail_part(tile, item.features)
         elif isinstance(item, TailRole):
-            program.held.make_tail(first=True)
-            out = parts.whole(tile)
+            out = program.held.tail_whole(tile)
         else:
-            program.held.make_tail(first=False)
+            program.held.make_rest()
             out = parts.finish(tile)
     return out.contiguous().numpy()
 

@@ -42,7 +42,7 @@ from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import split_strategy
-from edgeci_mqtt.planner.tail import TailPlan
+from edgeci_mqtt.planner.tail import TailPlan, TailWork, placement_making_seconds
 from edgeci_mqtt.runtime.inference import MAX_TASK_DEADLINE_S, POLL_S, Arrival, Run, RunSetup, task_allowance
 from edgeci_mqtt.runtime.programs import DeviceProgram, device_programs
 from edgeci_mqtt.text import brief
@@ -296,13 +296,14 @@ class FlowRun(Run):
             self.auctioneer.announce(held_round, won)
         self.timings.auction_s += time.perf_counter() - started
         self.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
+        making = placement_making_seconds(env, TailWork.of(chain.tail_work), tail) if place else 0.0
         plan = Plan(
             self.plan.strategy,
             chain.model,
             chain.shapes[0],
             tuple(blocks),
             chain.tail_work,
-            self.plan.predicted_s,
+            self.plan.predicted_s + making,  # the plan's, and the tail weights its devices must make
             True,
             tail,
             self.plan.barrier,
@@ -337,6 +338,7 @@ class FlowRun(Run):
             plan.barrier,
             plan.compress,
             self.timeline is not None,
+            program.prepare,
         )
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
 

@@ -8,6 +8,9 @@ on devices that were busy, not lost. Here every job carries a ticket, the order 
 came in; a ``flow`` request's jobs all carry the ticket of its program, and its worker
 runs one step per job and queues the next, so a device always goes on with the oldest
 request that has a step ready.
+
+Work nobody waits for (making tail weights ahead of a placement) takes the ticket
+:data:`IDLE`: it runs only when nothing else is queued, one short piece per job.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import itertools
 import queue
 from typing import Generic, TypeVar
 
-__all__ = ["JobQueue"]
+__all__ = ["IDLE", "JobQueue"]
 
 J = TypeVar("J")
+
+IDLE = 1 << 62
+"""A ticket later than any request's: the job waits until nothing else is queued."""
 
 
 class JobQueue(Generic[J]):

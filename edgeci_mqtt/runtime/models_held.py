@@ -26,6 +26,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
 from edgeci_mqtt.models.weights import LINEAR_CHUNK_ROWS, TailSource
 from edgeci_mqtt.planner.costs import RowModel
+from edgeci_mqtt.planner.environment import TailRows
 
 __all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
 
@@ -125,20 +126,52 @@ class HeldModel:
                 )
             return [self._chunks[chunk] for chunk in needed]
 
-    def make_tail(self, first: bool) -> None:
-        """Make, in place, the tail's layers after the first (to finish it) and, with
-        ``first``, the first too (to run it whole)."""
-        parts = self.chain.tail_parts
-        layers = [m for m in parts.rest.modules() if isinstance(m, nn.Linear)] + ([parts.first] if first else [])
+    def make_rest(self) -> None:
+        """Make, in place, the tail's layers after the first (to finish it or run it whole)."""
+        layers = [m for m in self.chain.tail_parts.rest.modules() if isinstance(m, nn.Linear)]
         with self._tail_lock:
             missing = [layer for layer in layers if layer.weight.is_meta]
             for layer in missing:
                 self._source().fill(self._name(layer), layer)
-            if first:
-                self._chunks.clear()  # the whole layer is made: its rows in chunks are no longer read
         if missing:
             size = sum(layer.weight.numel() * 4 for layer in missing)
             log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)
+
+    def tail_whole(self, x: Tensor) -> Tensor:
+        """The logits from the final map ``x``: the first layer in its chunks of rows (those
+        made ahead of time count), then the rest."""
+        self.make_rest()
+        parts = self.chain.tail_parts
+        return parts.finish(self.tail_part(x, Span(0, parts.features)))
+
+    def tail_rows(self) -> TailRows:
+        """What this process has made of the tail (announced, so the planner prices the rest)."""
+        parts = self.chain.tail_parts
+        rest = not any(m.weight.is_meta for m in parts.rest.modules() if isinstance(m, nn.Linear))
+        if not parts.first.weight.is_meta:
+            return TailRows((Span(0, parts.features),), rest)
+        with self._tail_lock:
+            chunks = set(self._chunks)
+        return TailRows.of_chunks(chunks, parts.features, rest)
+
+    def prepare_tail(self, wanted: TailRows) -> bool:
+        """Make one missing chunk of the first layer's rows ``wanted`` (or else, if wanted,
+        the layers after it), so that an idle device yields to new work between chunks;
+        False once nothing wanted is missing."""
+        parts = self.chain.tail_parts
+        if parts.first.weight.is_meta:
+            total = parts.features
+            with self._tail_lock:
+                held = set(self._chunks)
+            for run in wanted.first:
+                for chunk in range(run.start // LINEAR_CHUNK_ROWS, (min(run.stop, total) - 1) // LINEAR_CHUNK_ROWS + 1):
+                    if chunk not in held:
+                        self._chunks_for(range(chunk, chunk + 1))
+                        return True
+        if wanted.rest and any(m.weight.is_meta for m in parts.rest.modules() if isinstance(m, nn.Linear)):
+            self.make_rest()
+            return True
+        return False
 
     def _source(self) -> TailSource:
         if self.source is None:

@@ -131,7 +131,8 @@ class DeviceTable:
 
     def views(self, model: str, digest: str) -> list[DeviceView]:
         """Online devices that hold ``model`` with these weights, or fetch them (a fetching
-        device gets the weights of stages only, so no room for the tail's)."""
+        device gets the weights of stages only, so no room for the tail's), with the tail
+        weights each has made."""
         with self._lock:
             return [
                 DeviceView(
@@ -139,6 +140,7 @@ class DeviceTable:
                     self._profiles[name],
                     self._links[name],
                     memory_bytes=0 if s.models.get(model) == FETCH else s.memory_bytes,
+                    tail=s.tails.get(model),
                 )
                 for name, s in sorted(self._states.items())
                 if s.models.get(model) in (digest, FETCH)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.plan import Plan, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole
@@ -26,6 +27,8 @@ class DeviceProgram:
     steps: tuple[ProgramStep, ...] = ()
     tail: TailRole | None = None
     finish: FinishRole | None = None
+    prepare: TailRows | None = None
+    """Tail weights to make when idle (a device with no other part gets none: no program)."""
 
 
 def device_programs(plan: Plan, orchestrator: str) -> dict[str, DeviceProgram]:
@@ -79,7 +82,8 @@ def device_programs(plan: Plan, orchestrator: str) -> dict[str, DeviceProgram]:
     if tail.parts and tail.finisher != ORCHESTRATOR:
         finish = FinishRole(tuple(SliceFrom(name(d), s) for d, s in tail.parts), orchestrator)
     devices = (set(steps) | set(roles) | ({tail.finisher} if finish else set())) - {ORCHESTRATOR}
+    prepare = dict(tail.prepare)
     return {
-        d: DeviceProgram(tuple(steps.get(d, ())), roles.get(d), finish if d == tail.finisher else None)
+        d: DeviceProgram(tuple(steps.get(d, ())), roles.get(d), finish if d == tail.finisher else None, prepare.get(d))
         for d in sorted(devices)
     }

@@ -19,6 +19,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval
@@ -110,6 +111,7 @@ class DeviceState(Message):
     version: Name = ""
     weights: dict[str, tuple[Name, ...]] = field(default_factory=dict)  # cached on disk: digest -> stage names
     memory_bytes: Annotated[int, Range(0, 1 << 50)] | None = None  # tail weights it can take on (None: no limit)
+    tails: Annotated[dict[Name, TailRows], MaxLen(64)] = field(default_factory=dict)  # model name -> tail weights made
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ class ProgramMessage(Message):
     barrier: bool = False  # report each step done; start a step after the first block only on a go
     compress: bool = True  # rows may travel compressed
     trace: bool = False  # report when each item ran, for the request's timeline
+    prepare: TailRows | None = None  # tail weights to make when idle, for a cheaper placement later
 
 
 @dataclass(frozen=True)
