@@ -93,6 +93,7 @@ def memory_cluster(
     min_allowance_s: float = 3.0,
     in_flight: int = 4,
     per_client: int = 16,
+    orchestrator_profile: DeviceProfile | None = None,
 ) -> Iterator[MemoryCluster]:
     muted: set[str] = set()
     broker = MemoryBroker(acl=lambda client, access, topic: access == "read" or client not in muted)
@@ -100,7 +101,7 @@ def memory_cluster(
         "o1",
         broker.bus("edgeci-orchestrator-o1"),
         store,
-        flat_profile(),
+        orchestrator_profile or flat_profile(),
         strategy,
         auction_s=auction_s,
         min_allowance_s=min_allowance_s,

@@ -22,17 +22,26 @@ from edgeci_mqtt.errors import PlanningError, WireError
 from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
-from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.environment import DeviceView, Environment, TailRows
 from edgeci_mqtt.planner.flow import FlowOptions, flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.strategies import (
+    PlanningContext,
     context_for,
     make_plan,
     split_strategy,
     whole_model_plan,
     whole_model_seconds,
 )
-from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail, split_features
+from edgeci_mqtt.planner.tail import (
+    TailPlan,
+    TailWork,
+    making_seconds,
+    place_tail,
+    placement_making_seconds,
+    split_features,
+    tail_to_prepare,
+)
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, attempt_allowance, finish_logits
 from edgeci_mqtt.runtime.flow_store import FlowStore
@@ -421,6 +430,8 @@ def test_the_simulator_prices_compressed_rows(store: ModelStore) -> None:
 
 
 def test_a_device_refuses_a_tail_beyond_the_memory_it_announced(store: ModelStore) -> None:
+    """Its part of the tail, and the tail rows it is asked to make ahead, within its budget
+    and the first layer's features."""
     held = store.get("smallcnn")
     final = held.shapes(64, 64)[-1]
     role = TailRole((StepInput(TileRegion.whole(final.height, final.width), "b"),), ORCH)
@@ -429,6 +440,17 @@ def test_a_device_refuses_a_tail_beyond_the_memory_it_announced(store: ModelStor
     validate_program(program, "a", store, lambda *_: True, tail_budget=10**9)
     with pytest.raises(WireError, match="exceed"):
         validate_program(program, "a", store, lambda *_: True, tail_budget=100)
+    features = held.chain.tail_parts.features
+    ahead = replace(program, tail=None, prepare=TailRows((Span(0, features),), rest=True))
+    with pytest.raises(WireError, match="nothing to do"):  # rows to make come with work, never alone
+        validate_program(ahead, "a", store, lambda *_: True)
+    ahead = replace(ahead, tail=role)
+    assert decode(encode(ahead)) == ahead
+    validate_program(ahead, "a", store, lambda *_: True, tail_budget=10**9)
+    with pytest.raises(WireError, match="tail rows to make exceed"):
+        validate_program(ahead, "a", store, lambda *_: True, tail_budget=features * 4)
+    with pytest.raises(WireError, match="beyond the first layer"):
+        validate_program(replace(ahead, prepare=TailRows((Span(0, features + 1),))), "a", store, lambda *_: True)
 
 
 def test_tail_splits_stay_within_the_first_layers_features() -> None:
@@ -441,6 +463,83 @@ def test_tail_splits_stay_within_the_first_layers_features() -> None:
     views = tuple(DeviceView(n, flat_profile().scaled(c), Link(100.0, 1.0)) for n, c in shares)
     plan, _ = place_tail(Environment(views, flat_profile().scaled(0.01), Link(1000.0, 0.1)), work, 4096, {}, False)
     assert all(s.stop <= 10 for _, s in plan.parts)
+
+
+def whole_chunks(rows: Span, total: int) -> Span:
+    """The chunks of 256 rows a device makes to hold ``rows``."""
+    return Span(rows.start // 256 * 256, min(total, -(-rows.stop // 256) * 256))
+
+
+def test_held_tail_rows_are_counted_by_whole_chunks() -> None:
+    """A device makes rows in chunks of 256: what it lacks for some features is the chunks
+    they touch that no run it holds covers; runs must come in order and apart."""
+    held = TailRows.of_chunks({0, 1, 3}, 1000, rest=False)
+    assert held.first == (Span(0, 512), Span(768, 1000))
+    assert held.missing_rows(Span(0, 512), 1000) == 0
+    assert held.missing_rows(Span(500, 520), 1000) == 256  # chunk 2 (512-767)
+    assert held.missing_rows(Span(0, 1000), 1000) == 256
+    assert TailRows().missing_rows(Span(900, 1000), 1000) == 232  # the last chunk is short
+    assert TailRows((Span(0, 100),)).missing_rows(Span(0, 50), 1000) == 256  # part of a chunk is not a chunk
+    for bad in ((Span(0, 256), Span(256, 512)), (Span(300, 400), Span(0, 10)), (Span(-1, 3),), (Span(5, 5),)):
+        with pytest.raises(PlanningError):
+            TailRows(bad)
+
+
+def test_tail_weights_a_device_lacks_are_priced_and_made_ahead(store: ModelStore) -> None:
+    """Four devices as slow as the orchestrator split VGG-16's classifier when they hold its
+    rows; cold, making them (a quarter of 411 MB each) costs more than the orchestrator
+    running it all, so the tail stays there and the devices are told which rows to make
+    when idle; holding them, they get the split. One chunk lacking costs one chunk."""
+    work = TailWork.of(store.get("vgg16").chain.spec(224, 224).tail_work)
+    final = 512 * 7 * 7 * 4
+    held = dict.fromkeys(DEVICES, final // 4)
+
+    def cluster(tails: dict[str, TailRows | None]) -> Environment:
+        views = tuple(
+            DeviceView(n, flat_profile(made=1e9).scaled(0.1), Link(100.0, 1.0), tail=tails.get(n)) for n in DEVICES
+        )
+        return Environment(views, flat_profile().scaled(0.1), Link(1000.0, 0.1))
+
+    warm, _ = place_tail(cluster({}), work, final, held, False)
+    assert len(warm.parts) == len(DEVICES)
+    cold = cluster(dict.fromkeys(DEVICES, TailRows()))
+    chosen, seconds = place_tail(cold, work, final, held, False)
+    assert chosen.on_orchestrator
+    prepare = tail_to_prepare(cold, work, final, held, False, chosen)
+    assert prepare == tuple((d, TailRows((s,), rest=d == warm.finisher)) for d, s in warm.parts)
+    made = {d: TailRows((whole_chunks(rows.first[0], work.features),), rows.rest) for d, rows in prepare}
+    ready, ready_s = place_tail(cluster(made), work, final, held, False)
+    assert ready == warm and ready_s < seconds
+    assert tail_to_prepare(cluster(made), work, final, held, False, ready) == ()
+    finisher, own = warm.finisher, dict(warm.parts)[warm.finisher]
+    assert own.start == 0
+    lacking = {**made, finisher: TailRows((Span(256, made[finisher].first[0].stop),), rest=True)}  # not chunk 0
+    view = cluster(lacking).device(finisher)
+    chunk = 256 * (work.first.depth + 1) * 4
+    assert making_seconds(view, work, own, rest=True) == pytest.approx(chunk / view.profile.rates["made"])
+    assert placement_making_seconds(cluster(lacking), work, warm) == pytest.approx(chunk / view.profile.rates["made"])
+
+
+def test_a_whole_request_sends_its_tail_where_it_ends_sooner(store: ModelStore) -> None:
+    """A fast device holding the classifier runs it; cold, making 495 MB takes longer than
+    the final map going to the orchestrator, so the tail runs there and the device is told to
+    make it when idle; a slow device's tail runs on a faster orchestrator, holding it or not."""
+    chain = store.get("vgg16").chain.spec(224, 224)
+    whole = TailRows((Span(0, 4096),), rest=True)
+
+    def ctx_with(tail: TailRows | None, gflops: float = 100.0) -> PlanningContext:
+        view = replace(device("a", gflops), profile=flat_profile(gflops, made=1e9), tail=tail)
+        return context_for(chain, environment(view, orchestrator_gflops=10.0))
+
+    def placed(ctx: PlanningContext) -> TailPlan:
+        return whole_model_plan(ctx, "replicas", "a", whole_model_seconds(ctx)["a"]).tail
+
+    assert placed(ctx_with(whole)) == TailPlan("a")
+    cold = placed(ctx_with(TailRows()))
+    assert cold.on_orchestrator and cold.prepare == (("a", whole),)
+    assert whole_model_seconds(ctx_with(TailRows()))["a"] > whole_model_seconds(ctx_with(whole))["a"]
+    slow = replace(ctx_with(whole), env=replace(ctx_with(whole).env, orchestrator=flat_profile().scaled(50.0)))
+    assert placed(slow).on_orchestrator and not placed(slow).prepare
 
 
 def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStore) -> None:

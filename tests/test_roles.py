@@ -21,9 +21,10 @@ import torch
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.client import EdgeCIClient
+from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.runtime.models_held import ModelStore, weights_digest
 from edgeci_mqtt.runtime.orchestrator import DeviceTable
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
@@ -227,6 +228,47 @@ def test_a_device_that_misses_a_round_is_not_waited_for_until_it_bids_again(
         for _ in range(3):
             used |= set(own.infer(ref.x, "smallcnn", timeout=60).devices)
         assert "dev-3" not in small.orchestrator.mail.silence and "dev-3" in used
+
+
+def test_a_cold_cluster_makes_the_tail_weights_ahead_and_then_splits_the_tail(
+    store: ModelStore, references: References
+) -> None:
+    """Devices start without VGG-16's classifier. Making their shares of it (as priced by
+    their profiles) costs more than the slow orchestrator running it, so the first request's
+    tail runs there, and its programs ask the devices to make those rows when idle. They do,
+    announce them, and the next request splits the first layer over them, making nothing:
+    both answers exact."""
+    ref = references[("vgg16", 64, 64)]
+    digest = store.get("vgg16").digest
+    slow_fc = flat_profile().scaled(0.05)  # runs the 411 MB layer in 0.4 s
+    with memory_cluster(store, devices=0, strategy="flow", orchestrator_profile=slow_fc) as cold:
+        for name in ("dev-1", "dev-2"):  # each its own weights: what one makes, the other lacks
+            cold.add_device(name, flat_profile(made=0.2e9), store=ModelStore({"vgg16": None}, seed=0, tail=False))
+        cold.wait_for_table({"dev-1", "dev-2"})
+
+        def tail_note(result: InferenceResult) -> str:
+            (tail,) = [i for i in result.timeline if i.resource == ORCHESTRATOR and i.kind == "tail"]
+            return tail.note
+
+        with cold.client() as own:
+            first = own.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)
+            assert_float32_faithful(first.logits, ref.logits32, ref.logits64, "cold")
+            assert tail_note(first) == ""  # on the orchestrator
+            deadline = time.monotonic() + 60
+
+            def announced() -> list[TailRows]:
+                return [v.tail or TailRows() for v in cold.orchestrator.table.views("vgg16", digest)]
+
+            # the split's rows between them, and the layers after the first on its finisher
+            while sum(run.size for t in announced() for run in t.first) < 4096 or not any(t.rest for t in announced()):
+                assert time.monotonic() < deadline, f"the devices announced only {announced()}"
+                time.sleep(0.05)
+            held = {n: a.models.get("vgg16").tail_rows() for n, a in cold.agents.items()}
+            assert all(len(t.first) == 1 for t in held.values())  # each its own run, no more
+            second = own.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)
+            assert_float32_faithful(second.logits, ref.logits32, ref.logits64, "warm")
+            assert tail_note(second).startswith("first layer split over dev-1, dev-2")
+            assert {n: a.models.get("vgg16").tail_rows() for n, a in cold.agents.items()} == held  # nothing made
 
 
 @pytest.mark.parametrize("strategy", ["aofl", "deepthings", "flow"])

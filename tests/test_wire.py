@@ -13,6 +13,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
@@ -53,6 +54,9 @@ TIMINGS = TaskTimings(0.001, 0.1, 0.002, 1.7e9, 1.7e9 + 0.001, 1.7e9 + 0.101)
 MESSAGES: list[Message] = [
     DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"vgg16": "ab"}, "0.1", {"ab": ("features.0",)}),
     DeviceState("dev-1", False),
+    DeviceState(
+        "dev-1", True, flat_profile(made=1e9), Link(10.0, 2.0), tails={"vgg16": TailRows((Span(0, 512),), True)}
+    ),
     AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 500.0),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
     Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
@@ -157,6 +161,13 @@ def task(**changes: object) -> bytes:
         (state(conv_rates=[[1.0, 1.0], [1.0, 0.0]]), "not positive"),
         (state(rates={"relu": math.inf}), "not finite"),
         (state(pool_rates={"max": [[0, 1e9]]}), "window 0"),
+        (
+            raw(v=1, type="state", device="d", online=False, tails={"m": {"first": [[0, 9], [5, 20]]}}),
+            "in order and apart",
+        ),
+        (raw(v=1, type="state", device="d", online=False, tails={"m": {"first": [[3, 3]]}}), "not a non-empty range"),
+        (raw(v=1, type="state", device="d", online=False, tails={"m": {"rest": 1}}), "state.tails.m.rest"),
+        (raw(v=1, type="state", device="d", online=False, tails={f"m{i}": {} for i in range(65)}), "state.tails"),
         (task(block=[4, 4]), "not a non-empty range"),
         (task(block=[0, 2**40]), "not a non-empty range"),
         (task(out_region=[0, 1, 0]), r"expected \[y0, y1, x0, x1\]"),
