@@ -25,6 +25,9 @@ from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
+from edgeci_mqtt.runtime.device_flow import ValidProgram
+from edgeci_mqtt.runtime.flow_run import EXPIRY_MARGIN_S
+from edgeci_mqtt.runtime.flow_store import ReadyStep
 from edgeci_mqtt.runtime.models_held import ModelStore, weights_digest
 from edgeci_mqtt.runtime.orchestrator import DeviceTable
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
@@ -391,6 +394,42 @@ def test_a_silent_device_is_replaced_after_its_deadline(store: ModelStore, refer
         assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] >= 1
         assert allowance <= time.perf_counter() - started < 30  # given up after its allowance, not the 60 s timeout
         assert result.devices == ["dev-1", "dev-2"]  # dev-1 was sent work before it was given up
+
+
+def test_after_a_late_flow_attempt_the_next_allows_twice_as_long(store: ModelStore, references: References) -> None:
+    """A device that bid and works, only slowly (busy, not lost), holds back its last item of
+    the first attempt past the deadline; the attempt fails as late, and the next one, planned
+    without whoever still owed it, allows twice as long (a deadline is a prediction). Exact."""
+    ref = references[("smallcnn", 96, 96)]
+    allowance = 0.5  # above five times any prediction here: every attempt gets it, or its double
+    with (
+        memory_cluster(store, devices=3, strategy="flow", min_allowance_s=allowance) as small,
+        small.client() as own,
+    ):
+        own.infer(ref.x, "smallcnn", timeout=60)
+        expiries: dict[str, set[float]] = {}
+        for agent in small.agents.values():
+
+            def spy(message: ProgramMessage, accept: Callable[[ProgramMessage], None] = agent._accept_program) -> None:
+                expiries.setdefault(message.request.rsplit(".", 1)[1], set()).add(message.expires_s)
+                accept(message)
+
+            agent._accept_program = spy  # type: ignore[method-assign]
+        slow, run_step = small.agents["dev-1"], small.agents["dev-1"]._run_step
+
+        def late_last_item(ready: ReadyStep[ValidProgram]) -> None:
+            message = ready.context.message
+            items = len(message.steps) + (message.tail is not None) + (message.finish is not None)
+            if message.request.endswith(".1") and ready.index == items - 1:
+                time.sleep(1.5 * allowance)  # late, yet free again well within the next attempt's allowance
+            run_step(ready)
+
+        slow._run_step = late_last_item  # type: ignore[method-assign]
+        result = own.infer(ref.x, "smallcnn", timeout=60)
+        assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] == 1
+        assert expiries.keys() == {"1", "2"}
+        assert sorted(expiries["1"]) == pytest.approx([allowance + EXPIRY_MARGIN_S])
+        assert sorted(expiries["2"]) == pytest.approx([2 * allowance + EXPIRY_MARGIN_S])
 
 
 def test_a_device_that_joins_is_used_from_the_next_plan(store: ModelStore, references: References) -> None:

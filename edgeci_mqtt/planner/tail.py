@@ -187,11 +187,10 @@ def split_features(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[
 
 
 KEEP_MARGIN = 0.10
-"""A placement in use is kept unless another is estimated this much faster: its devices
-hold its rows of the classifier, and a new split makes its devices draw rows they lack
-(26 MB per 256 rows of VGG-16's first layer, about a second on a 0.2-CPU board, which no
-estimate here prices), while each speed a device re-announces moves the split's edges a
-little. Measured on hetero8 VGG-16: 0.9-1.1 s of rows made in three of five requests."""
+"""A placement in use is kept unless another is estimated this much faster: estimates
+move a little with each speed a device re-announces, and a placement that changes has its
+devices make rows and drop others. Measured on hetero8 VGG-16 before making was priced:
+0.9-1.1 s of rows made in three of five requests, without it."""
 
 
 def place_tail(
