@@ -21,6 +21,10 @@ from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from tests.planning import flat_profile
 
+DEVICE_GFLOPS = 5.0
+"""Devices announce about a small board's speed (whatever this host's real speed): slow
+enough that ``flow`` splits the small test images rather than running them whole."""
+
 
 @dataclass
 class MemoryCluster:
@@ -54,7 +58,7 @@ class MemoryCluster:
             name,
             bus,
             store or self.store,
-            profile or flat_profile(),
+            profile or flat_profile(DEVICE_GFLOPS),
             calibrate=calibrate,
             tail_memory_bytes=tail_memory_bytes,
         )

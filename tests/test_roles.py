@@ -214,7 +214,7 @@ def test_a_device_that_misses_a_round_is_not_waited_for_until_it_bids_again(
 ) -> None:
     """A device the plan counts on stops answering (connected, announced online, silent):
     it costs one round its whole window, then no more; once it bids again, it works again."""
-    ref = references[("smallcnn", 96, 96)]
+    ref = references[("smallcnn", 160, 160)]  # big enough that ``flow`` splits it
     window_s = 2.0
     with memory_cluster(store, devices=3, strategy=strategy, auction_s=window_s) as small, small.client() as own:
         assert "dev-3" in own.infer(ref.x, "smallcnn", timeout=60).devices  # the plan counts on it

@@ -406,9 +406,11 @@ class Orchestrator:
 
         ``replicas`` and ``flow`` pick, given the work already handed out, whichever finishes
         first: ``flow`` between its split plan and a whole request on one device
-        (:func:`~edgeci_mqtt.runtime.load.choose`) when there is work out (with none, its
-        plan is the fastest way), ``replicas`` among whole requests. With every device
-        busy, ``flow`` splits only if that costs the devices fewer seconds in all."""
+        (:func:`~edgeci_mqtt.runtime.load.choose`; on an idle cluster too: a split that ends
+        no sooner than one device alone, as ResNet-34's did on homo4 where every block's
+        messages cost a 0.25-CPU device more than its rows save, is no way to serve it),
+        ``replicas`` among whole requests. With every device busy, ``flow`` splits only if
+        that costs the devices fewer seconds in all. ``flow``'s ablation always splits."""
         base, _ = split_strategy(strategy)
         if base not in SERVED_BY_FLOW:
             return None, self._shares(plan, devices, height, width), "split"
@@ -422,7 +424,7 @@ class Orchestrator:
         shares: dict[str, float] | None = None
         if base == "local":
             choice = Choice("whole", plan.predicted_s, plan.devices[0])
-        elif base == "flow" and (not outstanding or strategy != base):  # sparse requests, or an ablation
+        elif base == "flow" and strategy != base:
             choice = Choice("split", plan.predicted_s)
         else:
             whole = whole_model_seconds(context(devices))
