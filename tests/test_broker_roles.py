@@ -23,7 +23,7 @@ import pytest
 
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path, write_broker_config
-from edgeci_mqtt.runtime.bus import events_until
+from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER, CONTROL_TOPIC, administer
 from edgeci_mqtt.runtime.launch import BrokerProcess
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
@@ -213,7 +213,8 @@ def test_provision_adds_and_removes_a_device_while_the_broker_runs(broker: Broke
     device.start()
     try:
         device.publish(DEVICE_PROBE.build(device="dev-5"), b"new device", wait=5)
-        assert any(m.payload == b"new device" for m in collect(sink, 1.0))
+        arrived = events_until(sink, deadline=time.perf_counter() + 10, poll_s=0.1)  # as soon as it is there
+        assert any(isinstance(m, Inbound) and m.payload == b"new device" for m in arrived)
         removed = _edgeci("provision", *admin, "remove", "dev-5")
         assert removed.returncode == 0 and "removed device dev-5" in removed.stdout, removed.stderr
         with pytest.raises(TransportError, match=r"[Nn]ot authori[sz]ed"):  # kicked, and not let back in

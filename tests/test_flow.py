@@ -516,14 +516,15 @@ def test_tail_weights_a_device_lacks_are_priced_and_made_ahead(store: ModelStore
     lacking = {**made, finisher: TailRows((Span(256, made[finisher].first[0].stop),), rest=True)}  # not chunk 0
     view = cluster(lacking).device(finisher)
     chunk = 256 * (work.first.depth + 1) * 4
-    assert making_seconds(view, work, own, rest=True) == pytest.approx(chunk / view.profile.rates["made"])
+    assert making_seconds(view, work, TailRows((own,), rest=True)) == pytest.approx(chunk / view.profile.rates["made"])
     assert placement_making_seconds(cluster(lacking), work, warm) == pytest.approx(chunk / view.profile.rates["made"])
 
 
 def test_a_whole_request_sends_its_tail_where_it_ends_sooner(store: ModelStore) -> None:
     """A fast device holding the classifier runs it; cold, making 495 MB takes longer than
     the final map going to the orchestrator, so the tail runs there and the device is told to
-    make it when idle; a slow device's tail runs on a faster orchestrator, holding it or not."""
+    make it when idle; a slow device's tail runs on a faster orchestrator, holding it or not.
+    ``local`` keeps it on its device whatever."""
     chain = store.get("vgg16").chain.spec(224, 224)
     whole = TailRows((Span(0, 4096),), rest=True)
 
@@ -540,6 +541,9 @@ def test_a_whole_request_sends_its_tail_where_it_ends_sooner(store: ModelStore) 
     assert whole_model_seconds(ctx_with(TailRows()))["a"] > whole_model_seconds(ctx_with(whole))["a"]
     slow = replace(ctx_with(whole), env=replace(ctx_with(whole).env, orchestrator=flat_profile().scaled(50.0)))
     assert placed(slow).on_orchestrator and not placed(slow).prepare
+    for ctx in (slow, ctx_with(TailRows())):  # ``local`` is one device alone, the baseline: its tail stays there
+        local = whole_model_plan(ctx, "local", "a", whole_model_seconds(ctx, alone=True)["a"])
+        assert local.tail == TailPlan("a") and make_plan("local", ctx).tail == TailPlan("a")
 
 
 def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStore) -> None:

@@ -183,6 +183,9 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
     assert made == -(-first.out_features // chunk) - -(-touched.size // chunk)
     assert lean.tail_rows() == TailRows((Span(0, first.out_features),), rest=True)
     assert lean.chain.tail_parts.first.weight.is_meta  # made in chunks, not as the whole layer
+    chunk_bytes = chunk * first.in_features * 4
+    lean.tail_bytes = 2 * chunk_bytes  # rows wanted beyond the budget are not made (they would drop each other)
+    assert not lean.prepare_tail(TailRows((Span(0, min(3 * chunk, first.out_features)),)))
     logits64 = copy.deepcopy(full.chain.tail_parts.rest).double()(
         copy.deepcopy(first).double()(full.chain.tail_parts.head(x).double())
     )

@@ -167,6 +167,16 @@ def task(**changes: object) -> bytes:
         ),
         (raw(v=1, type="state", device="d", online=False, tails={"m": {"first": [[3, 3]]}}), "not a non-empty range"),
         (raw(v=1, type="state", device="d", online=False, tails={"m": {"rest": 1}}), "state.tails.m.rest"),
+        (
+            raw(
+                v=1,
+                type="state",
+                device="d",
+                online=False,
+                tails={"m": {"first": [[2 * i, 2 * i + 1] for i in range(257)]}},
+            ),
+            "257 items is more than allowed",
+        ),
         (raw(v=1, type="state", device="d", online=False, tails={f"m{i}": {} for i in range(65)}), "state.tails"),
         (task(block=[4, 4]), "not a non-empty range"),
         (task(block=[0, 2**40]), "not a non-empty range"),

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LINEAR_CHUNK_ROWS", "OpWork"]
+from edgeci_mqtt.core.geometry import Span
+
+__all__ = ["LINEAR_CHUNK_ROWS", "OpWork", "chunks_of"]
 
 LINEAR_CHUNK_ROWS = 256
 """A fully connected weight is made in chunks of this many rows, each from a seed of its
 own (or read from its file), so that any rows can be made alone: a device given a slice
 of VGG-16's first classifier layer makes 26 MB per 256 rows, not the whole 411 MB layer.
 The planner prices the chunks a device lacks; devices make and keep whole chunks."""
+
+
+def chunks_of(rows: Span) -> range:
+    """Indexes of the chunks of :data:`LINEAR_CHUNK_ROWS` rows that ``rows`` touch."""
+    return range(rows.start // LINEAR_CHUNK_ROWS, (rows.stop - 1) // LINEAR_CHUNK_ROWS + 1) if rows.size else range(0)
 
 
 @dataclass(frozen=True)

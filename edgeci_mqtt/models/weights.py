@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
+from edgeci_mqtt.core.geometry import Span
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import WeightsError
 
 __all__ = [
@@ -83,7 +84,7 @@ def fill_linear_rows(target: Tensor, seed: int, module: str, start: int) -> None
     """Fill ``target`` with rows ``start ..`` of the seeded weight of the fully connected
     layer named ``module`` (the same values whichever rows are made, and in whatever order)."""
     rows = target.shape[0]
-    for chunk in range(start // LINEAR_CHUNK_ROWS, (start + rows - 1) // LINEAR_CHUNK_ROWS + 1):
+    for chunk in chunks_of(Span(start, start + rows)):
         low, high = chunk * LINEAR_CHUNK_ROWS, (chunk + 1) * LINEAR_CHUNK_ROWS
         digest = hashlib.sha256(f"{seed}:{module}:{chunk}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)

@@ -11,9 +11,11 @@ import bisect
 import itertools
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Annotated
 
+from edgeci_mqtt.core.bounds import MaxLen
 from edgeci_mqtt.core.geometry import Span
-from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import ClusterError, PlanningError
 from edgeci_mqtt.planner.cluster import ClusterSpec, Link
 from edgeci_mqtt.planner.profile import DeviceProfile
@@ -36,6 +38,10 @@ FLOW_STEP_MESSAGES = 4
 below, and its own edge rows to them."""
 
 
+MAX_TAIL_RUNS = 256
+"""Runs of held rows a device announces at most (it holds rows in chunks, and on a budget)."""
+
+
 @dataclass(frozen=True)
 class TailRows:
     """The tail's fully connected weights a device has made for one model: runs of the
@@ -46,7 +52,7 @@ class TailRows:
     placement costs: the planner prices the chunks of :data:`LINEAR_CHUNK_ROWS` rows a
     device lacks (:meth:`missing_rows`)."""
 
-    first: tuple[Span, ...] = ()
+    first: Annotated[tuple[Span, ...], MaxLen(MAX_TAIL_RUNS)] = ()
     rest: bool = False
 
     def __post_init__(self) -> None:
@@ -59,7 +65,7 @@ class TailRows:
         """Rows a device holding these must make to compute ``features`` of a first layer
         of ``total`` features: the whole chunks they touch that it does not hold."""
         missing = 0
-        for chunk in range(features.start // LINEAR_CHUNK_ROWS, (features.stop - 1) // LINEAR_CHUNK_ROWS + 1):
+        for chunk in chunks_of(features):
             rows = Span(chunk * LINEAR_CHUNK_ROWS, min(total, (chunk + 1) * LINEAR_CHUNK_ROWS))
             at = bisect.bisect_right(self._starts, rows.start) - 1  # the one run that could hold it
             if at < 0 or not self.first[at].contains(rows):
@@ -72,7 +78,8 @@ class TailRows:
 
     @classmethod
     def of_chunks(cls, chunks: set[int] | frozenset[int], total: int, rest: bool) -> TailRows:
-        """From the indexes of the chunks held, merged into runs."""
+        """From the indexes of the chunks held, merged into runs (the first
+        :data:`MAX_TAIL_RUNS`: announcing fewer rows than held only costs a price too high)."""
         runs: list[Span] = []
         for chunk in sorted(chunks):
             start, stop = chunk * LINEAR_CHUNK_ROWS, min(total, (chunk + 1) * LINEAR_CHUNK_ROWS)
@@ -80,7 +87,7 @@ class TailRows:
                 runs[-1] = Span(runs[-1].start, stop)
             else:
                 runs.append(Span(start, stop))
-        return cls(tuple(runs), rest)
+        return cls(tuple(runs[:MAX_TAIL_RUNS]), rest)
 
 
 @dataclass(frozen=True)

@@ -121,14 +121,14 @@ def flow_blocks(
     lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
     place: bool = True,
     keep: TailPlan | None = None,
-) -> tuple[list[BlockPlan], list[Award], TailPlan]:
+) -> tuple[list[BlockPlan], list[Award], TailPlan, float]:
     """Award every block's items in order, each knowing who holds what after the one
     before (see the module docstring), build their tasks, and place the tail where the
     final map's tiles are cheapest to use (:func:`~edgeci_mqtt.planner.tail.place_tail`;
     ``keep``: the placement in use, kept unless another is clearly cheaper; with the rows
     devices are to make when idle for a cheaper one); the last
     block's tiles go to the orchestrator only if the tail runs there (always without
-    ``place``)."""
+    ``place``). Last: the tail's estimated seconds from the final map (0 without ``place``)."""
     plans: list[BlockPlan] = []
     awards = []
     runs: list[tuple[str, Span]] = []
@@ -141,12 +141,12 @@ def flow_blocks(
         plans.append(flow_block(chain, block, runs, previous, gather=False))
         awards.append(won)
     final = {t.device: t.out_bytes for t in plans[-1].tasks}
-    tail = TailPlan()
+    tail, tail_s = TailPlan(), 0.0
     if place:
         work = TailWork.of(chain.tail_work)
-        tail, _ = place_tail(env, work, sum(final.values()), final, orchestrator_holds=False, keep=keep)
+        tail, tail_s = place_tail(env, work, sum(final.values()), final, orchestrator_holds=False, keep=keep)
         prepare = tail_to_prepare(env, work, sum(final.values()), final, False, tail, keep)
         tail = replace(tail, prepare=prepare) if prepare else tail
     if tail.on_orchestrator:
         plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)
-    return plans, awards, tail
+    return plans, awards, tail, tail_s

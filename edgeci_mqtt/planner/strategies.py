@@ -22,7 +22,7 @@ bids price the input as arriving, minus what a device already holds.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -148,9 +148,11 @@ class _WholeTail:
     """The device's tail weights to make when idle, where holding them would put it here."""
 
 
-def _whole_tail(ctx: PlanningContext, view: DeviceView, final: float) -> _WholeTail:
+def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool) -> _WholeTail:
     """The tail on the device if it has room for its weights and runs it, making what it
-    lacks of them, sooner than the orchestrator gets the final map and runs it there."""
+    lacks of them, sooner than the orchestrator gets the final map and runs it there;
+    ``alone`` (``local``: one device, the baseline), on the device whenever it has room."""
+    final = _final_map_bytes(ctx)
     tail = TailWork.of(ctx.chain.tail_work)
     everything = (*tail.head, tail.first, *tail.rest)
     broker, speed = ctx.env.broker_link, view.link.bytes_per_s
@@ -159,25 +161,30 @@ def _whole_tail(ctx: PlanningContext, view: DeviceView, final: float) -> _WholeT
         return _WholeTail(False, final, there - final / speed)
     whole = Span(0, tail.features)
     run = view.profile.work_seconds(everything) + LOGITS_BYTES / speed
-    made = making_seconds(view, tail, whole, rest=True)
-    if run + made <= there:
+    made = making_seconds(view, tail, TailRows((whole,), rest=True))
+    if alone or run + made <= there:
         return _WholeTail(True, float(LOGITS_BYTES), run + made - LOGITS_BYTES / speed)
     prepare = ((view.name, TailRows((whole,), True)),) if run <= there else ()
     return _WholeTail(False, final, there - final / speed, prepare)
 
 
-def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
+def _final_map_bytes(ctx: PlanningContext) -> float:
+    block = FusedBlock(0, len(ctx.chain.stages))
+    return float(ctx.rows.output_bytes(block, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
+
+
+def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, float]:
     """Each device's time for a whole request on its own: the image in, every stage, the
     tail and the logits out, or the final map out and the tail on the orchestrator
-    (:func:`_whole_tail`). What ``local`` and ``replicas`` cost per request."""
+    (:func:`_whole_tail`; ``alone``: as ``local`` runs it). What ``local`` and ``replicas``
+    cost per request."""
     block = FusedBlock(0, len(ctx.chain.stages))
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
     image = float(ctx.rows.input_bytes(block, a, b)[0])
-    final = float(ctx.rows.output_bytes(block, a, b)[0])
     broker = ctx.env.broker_link
     seconds = {}
     for view in ctx.env.devices:
-        tail = _whole_tail(ctx, view, final)
+        tail = _whole_tail(ctx, view, alone)
         moved = np.array([image + tail.back + 2 * MESSAGE_OVERHEAD_BYTES])
         seconds[view.name] = (
             float(link_seconds(view, moved)[0])
@@ -192,17 +199,16 @@ def whole_model_seconds(ctx: PlanningContext) -> dict[str, float]:
 def whole_model_plan(
     ctx: PlanningContext, strategy: str, device: str, seconds: float, blocks: Sequence[FusedBlock] = ()
 ) -> Plan:
-    """The whole model on ``device``, the tail too where :func:`_whole_tail` puts it: the
-    image goes there, the logits (or the final map, for the orchestrator's tail) come back.
+    """The whole model on ``device``, the tail too where :func:`_whole_tail` puts it (for
+    ``local``, one device alone, there whenever it has room): the image goes there, the
+    logits (or the final map, for the orchestrator's tail) come back.
 
     ``blocks``: steps to run it in (consecutive, the whole chain; default one). Between
     steps the device turns to an older request whose step is ready (``flow`` serves whole
     requests beside split ones), so a whole request that came later holds it for one step
     at most, not for the whole model."""
     cuts = list(blocks) or [FusedBlock(0, len(ctx.chain.stages))]
-    block = FusedBlock(0, len(ctx.chain.stages))
-    final = float(ctx.rows.output_bytes(block, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
-    tail = _whole_tail(ctx, ctx.env.device(device), final)
+    tail = _whole_tail(ctx, ctx.env.device(device), alone=strategy == "local")
     steps: list[BlockPlan] = []
     for cut in cuts:
         last = cut is cuts[-1]
@@ -212,16 +218,21 @@ def whole_model_plan(
     return ctx.plan(strategy, steps, seconds, tail=placed)
 
 
-def plan_local(ctx: PlanningContext) -> Plan:
-    seconds = whole_model_seconds(ctx)
+def _fastest_whole(ctx: PlanningContext, strategy: str) -> Plan:
+    seconds = whole_model_seconds(ctx, alone=strategy == "local")
     best = min(seconds, key=lambda d: (seconds[d], d))
-    return whole_model_plan(ctx, "local", best, seconds[best])
+    return whole_model_plan(ctx, strategy, best, seconds[best])
+
+
+def plan_local(ctx: PlanningContext) -> Plan:
+    """The whole model on the one device that ends it first, tail included (the baseline)."""
+    return _fastest_whole(ctx, "local")
 
 
 def plan_replicas(ctx: PlanningContext) -> Plan:
     """Whole requests, each on one device: which one is chosen per request, by load, at run
     time (:func:`~edgeci_mqtt.runtime.load.choose`); the plan names the fastest."""
-    return replace(plan_local(ctx), strategy="replicas")
+    return _fastest_whole(ctx, "replicas")
 
 
 def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
@@ -324,8 +335,9 @@ def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None, name: st
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
-    plans, _, tail = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, options.place_tail)
-    return ctx.plan(name, plans, predicted, True, tail, options.barrier, options.compress)
+    plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, options.place_tail)
+    # the tail counts: a split is weighed against one device running everything, tail included
+    return ctx.plan(name, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
 
 
 def split_strategy(text: str) -> tuple[str, FlowOptions]:

@@ -86,6 +86,16 @@ class TailPlan:
     def devices(self) -> tuple[str, ...]:
         return tuple(sorted({*self.readers, self.finisher} - {ORCHESTRATOR}))
 
+    def weights_wanted(self, features: int) -> dict[str, TailRows]:
+        """What each device of the placement uses of the tail's weights (of a first layer of
+        ``features``): its part's rows, every row to run it whole, the later layers to finish."""
+        if self.parts:
+            wanted = {d: TailRows((s,), rest=d == self.finisher) for d, s in self.parts}
+        else:
+            wanted = {self.finisher: TailRows((Span(0, features),), rest=True)}
+        wanted.setdefault(self.finisher, TailRows(rest=True))
+        return {d: rows for d, rows in wanted.items() if d != ORCHESTRATOR}
+
 
 @dataclass(frozen=True)
 class TailWork:
@@ -149,14 +159,13 @@ def fits(view: DeviceView, weight_bytes: int) -> bool:
     return view.memory_bytes is None or weight_bytes <= view.memory_bytes
 
 
-def making_seconds(view: DeviceView, work: TailWork, features: Span, rest: bool) -> float:
-    """Seconds ``view`` takes to make what it lacks of the first layer's rows ``features``
-    and, with ``rest``, of the layers after it."""
+def making_seconds(view: DeviceView, work: TailWork, wanted: TailRows) -> float:
+    """Seconds ``view`` takes to make what it lacks of the tail weights ``wanted``."""
     held = view.tail
     if held is None:
         return 0.0
-    made = work.rows_weight_bytes(held.missing_rows(features, work.features)) if features.size else 0
-    if rest and not held.rest:
+    made = sum(work.rows_weight_bytes(held.missing_rows(run, work.features)) for run in wanted.first)
+    if wanted.rest and not held.rest:
         made += work.rest_weight_bytes
     return view.profile.making_seconds(made)
 
@@ -164,13 +173,8 @@ def making_seconds(view: DeviceView, work: TailWork, features: Span, rest: bool)
 def placement_making_seconds(env: Environment, work: TailWork, tail: TailPlan) -> float:
     """Seconds before the placement's devices have made the weights they lack (side by side)."""
     views = {v.name: v for v in env.devices}
-    wanted = dict(tail.parts) if tail.parts else {tail.finisher: Span(0, work.features)}
-    if tail.finisher not in wanted:
-        wanted[tail.finisher] = Span(0, 0)
-    return max(
-        (making_seconds(views[d], work, s, rest=d == tail.finisher) for d, s in wanted.items() if d in views),
-        default=0.0,
-    )
+    wanted = tail.weights_wanted(work.features)
+    return max((making_seconds(views[d], work, rows) for d, rows in wanted.items() if d in views), default=0.0)
 
 
 def split_features(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[tuple[str, Span], ...]:
@@ -224,7 +228,7 @@ def place_tail(
     for view in env.devices:
         if fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
             answer = logits / view.link.bytes_per_s + view.link.latency_s
-            alone = view.profile.work_seconds(everything) + making_seconds(view, work, whole, rest=True)
+            alone = view.profile.work_seconds(everything) + making_seconds(view, work, TailRows((whole,), rest=True))
             options.append((fetch(view) + alone + answer, TailPlan(view.name)))
     fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
     ranked = sorted(env.devices, key=lambda v: (-fc_speed[v.name], v.name))
@@ -234,7 +238,7 @@ def place_tail(
     views = {v.name: v for v in env.devices}
 
     def finish_seconds(finisher: DeviceView) -> float:
-        made = making_seconds(finisher, work, Span(0, 0), rest=True)
+        made = making_seconds(finisher, work, TailRows(rest=True))
         return made + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
 
     def split_seconds(finisher: DeviceView, parts: Sequence[tuple[str, Span]]) -> float:
@@ -242,7 +246,7 @@ def place_tail(
         send = 2 * finisher.link.latency_s
         ready = max(
             head[d]
-            + making_seconds(views[d], work, s, rest=False)
+            + making_seconds(views[d], work, TailRows((s,)))
             + views[d].profile.moving_seconds("fc", work.first_bytes(s))
             + (0.0 if d == finisher.name else work.slice_bytes(s) / finisher.link.bytes_per_s + send)
             for d, s in parts
@@ -314,10 +318,5 @@ def tail_to_prepare(
     best, _ = place_tail(warm, work, map_bytes, held, orchestrator_holds, keep)
     if best == chosen:
         return ()
-    wanted = dict(best.parts) if best.parts else {best.finisher: Span(0, work.features)}
-    prepare = []
-    for name, features in wanted.items():
-        view = env.device(name) if name != ORCHESTRATOR else None
-        if view is not None and making_seconds(view, work, features, rest=name == best.finisher) > 0:
-            prepare.append((name, TailRows((features,), name == best.finisher)))
-    return tuple(prepare)
+    wanted = best.weights_wanted(work.features)
+    return tuple((d, rows) for d, rows in wanted.items() if making_seconds(env.device(d), work, rows) > 0)

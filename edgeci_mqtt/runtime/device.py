@@ -195,6 +195,7 @@ class DeviceAgent:
         self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | _PrepareJob | None] = JobQueue()
         self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
         self._announced: dict[str, TailRows] = {}  # tail weights made, as last announced
+        self._announcing = threading.Lock()
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
         self._unknown_logged = 0
@@ -239,8 +240,15 @@ class DeviceAgent:
         worker.join(timeout=5)
         log.info("%s: offline", self.device_id)
 
+    def _tails_held(self) -> dict[str, TailRows]:
+        return {name: held.tail_rows() for name, held in self.models.held.items()}
+
     def _birth(self) -> None:
-        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
+        with self._announcing:  # from the event thread (a new session) and the worker: the last sent is the latest
+            self._announce()
+
+    def _announce(self) -> None:
+        tails = self._tails_held()
         self._announced = tails
         state = DeviceState(
             self.device_id,
@@ -553,7 +561,8 @@ class DeviceAgent:
 
     def _prepare_tail(self, job: _PrepareJob) -> None:
         """One chunk of the tail weights wanted, then queued again behind everything while
-        more are missing; the planner learns what we hold from our state message."""
+        more are missing (or others were asked for meanwhile); the planner learns what we
+        hold from our state message."""
         with self._lock:
             wanted = self._prepare.get(job.model)
         try:
@@ -562,18 +571,19 @@ class DeviceAgent:
             log.exception("%s: cannot make the tail weights of %s", self.device_id, job.model)
             more = False
         with self._lock:
-            if not more:
+            if not more and self._prepare.get(job.model) is wanted:
                 self._prepare.pop(job.model, None)
-        if more:
-            self.tasks.put(job, IDLE)
+                return
+        self.tasks.put(job, IDLE)
 
     def _announce_tails(self) -> None:
         """A new state message when the tail weights we hold changed (made for a request,
         made when idle, or dropped for newer ones), so that placements price them."""
-        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
-        if tails != self._announced:
+        with self._announcing:
+            if self._tails_held() == self._announced:
+                return
             try:
-                self._birth()
+                self._announce()
             except EdgeCIError as exc:
                 log.warning("%s: cannot announce the tail weights held: %s", self.device_id, exc)
 

@@ -72,13 +72,17 @@ def _check_step(
             raise WireError(f"{where}: cannot send {send.region} of {step.out_region} to {send.to}")
 
 
+def _rows_bytes(held: HeldModel, rows: int) -> int:
+    """Weights and biases of this many rows of the tail's first layer."""
+    return rows * (held.chain.tail_parts.first.in_features + 1) * 4
+
+
 def _tail_weight_bytes(message: ProgramMessage, held: HeldModel) -> int:
     """Bytes of fully connected weights the program's tail part and finish use."""
     parts = held.chain.tail_parts
     used = 0
     if message.tail is not None:
-        share = message.tail.features.size if message.tail.features is not None else parts.features
-        used += share * (parts.first.in_features + 1) * 4
+        used += _rows_bytes(held, message.tail.features.size if message.tail.features is not None else parts.features)
     if message.finish is not None or (message.tail is not None and message.tail.features is None):
         used += sum(p.numel() * p.element_size() for p in parts.rest.parameters())
     return used
@@ -97,7 +101,7 @@ def _check_tail(
             raise WireError(f"{device} fetches stage weights only: it makes no tail weights")
         if any(run.stop > features for run in prepare.first):
             raise WireError(f"tail rows {prepare.first} to make are beyond the first layer's {features}")
-        wanted = sum(run.size for run in prepare.first) * (held.chain.tail_parts.first.in_features + 1) * 4
+        wanted = _rows_bytes(held, sum(run.size for run in prepare.first))
         if budget is not None and wanted > budget:
             raise WireError(f"the {wanted} B of tail rows to make exceed the {budget} B {device} announced")
     if budget is not None and (message.tail is not None or message.finish is not None):

@@ -170,7 +170,7 @@ def _awarded(
     """:func:`flow_blocks`, remembered: the awards depend on the bids and the cluster only,
     and idle devices bid the same for every request (awarding VGG-16's eight blocks takes a
     0.25-CPU orchestrator over 100 ms)."""
-    blocks, awards, tail = flow_blocks(chain, rows, env, lots, place, keep)
+    blocks, awards, tail, _ = flow_blocks(chain, rows, env, lots, place, keep)
     return tuple(blocks), tuple(awards), tail
 
 

@@ -22,9 +22,10 @@ from torch.nn import functional
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import FeatureShape, Span
+from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
-from edgeci_mqtt.models.weights import LINEAR_CHUNK_ROWS, TailSource
+from edgeci_mqtt.models.weights import TailSource
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import TailRows
 
@@ -89,16 +90,17 @@ class HeldModel:
             raise EdgeCIError(f"features {features} are not within the first layer's {parts.features}")
         head = parts.head(x)
         outputs = []
-        chunks = range(features.start // LINEAR_CHUNK_ROWS, (features.stop - 1) // LINEAR_CHUNK_ROWS + 1)
+        chunks = chunks_of(features)
         for chunk, (weight, bias) in zip(chunks, self._chunks_for(chunks), strict=True):
             low = chunk * LINEAR_CHUNK_ROWS
             rows = slice(max(features.start, low) - low, min(features.stop, low + LINEAR_CHUNK_ROWS) - low)
             outputs.append(functional.linear(head, weight[rows], bias[rows] if bias is not None else None))
         return torch.cat(outputs, dim=1)
 
-    def _chunks_for(self, needed: range) -> list[tuple[Tensor, Tensor | None]]:
+    def _chunks_for(self, needed: range, keep: frozenset[int] = frozenset()) -> list[tuple[Tensor, Tensor | None]]:
         """The chunks of rows ``needed``, made if missing; others dropped, least recently
-        used first, while more than :attr:`tail_bytes` are kept (never the ones needed now)."""
+        used first, while more than :attr:`tail_bytes` are kept (never the ones needed now,
+        nor those in ``keep``)."""
         first = self.chain.tail_parts.first
         with self._tail_lock:
             made_now = 0
@@ -112,7 +114,7 @@ class HeldModel:
                 self._chunks[chunk] = made
             budget = self.tail_bytes if self.tail_bytes is not None else first.weight.numel() * 4
             kept = sum(w.numel() * 4 for w, _ in self._chunks.values())
-            for chunk in [c for c in self._chunks if c not in needed]:
+            for chunk in [c for c in self._chunks if c not in needed and c not in keep]:
                 if kept <= budget:
                     break
                 kept -= self._chunks.pop(chunk)[0].numel() * 4
@@ -128,14 +130,16 @@ class HeldModel:
 
     def make_rest(self) -> None:
         """Make, in place, the tail's layers after the first (to finish it or run it whole)."""
-        layers = [m for m in self.chain.tail_parts.rest.modules() if isinstance(m, nn.Linear)]
         with self._tail_lock:
-            missing = [layer for layer in layers if layer.weight.is_meta]
+            missing = [layer for layer in self._rest_layers() if layer.weight.is_meta]
             for layer in missing:
                 self._source().fill(self._name(layer), layer)
         if missing:
             size = sum(layer.weight.numel() * 4 for layer in missing)
             log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)
+
+    def _rest_layers(self) -> list[nn.Linear]:
+        return [m for m in self.chain.tail_parts.rest.modules() if isinstance(m, nn.Linear)]
 
     def tail_whole(self, x: Tensor) -> Tensor:
         """The logits from the final map ``x``: the first layer in its chunks of rows (those
@@ -147,7 +151,7 @@ class HeldModel:
     def tail_rows(self) -> TailRows:
         """What this process has made of the tail (announced, so the planner prices the rest)."""
         parts = self.chain.tail_parts
-        rest = not any(m.weight.is_meta for m in parts.rest.modules() if isinstance(m, nn.Linear))
+        rest = not any(layer.weight.is_meta for layer in self._rest_layers())
         if not parts.first.weight.is_meta:
             return TailRows((Span(0, parts.features),), rest)
         with self._tail_lock:
@@ -157,18 +161,18 @@ class HeldModel:
     def prepare_tail(self, wanted: TailRows) -> bool:
         """Make one missing chunk of the first layer's rows ``wanted`` (or else, if wanted,
         the layers after it), so that an idle device yields to new work between chunks;
-        False once nothing wanted is missing."""
+        False once nothing wanted is missing, or when the chunks wanted would not all fit
+        in :attr:`tail_bytes` (making them would drop one another, round and round)."""
         parts = self.chain.tail_parts
         if parts.first.weight.is_meta:
-            total = parts.features
+            want = frozenset(c for run in wanted.first for c in chunks_of(run.clip(parts.features)))
             with self._tail_lock:
-                held = set(self._chunks)
-            for run in wanted.first:
-                for chunk in range(run.start // LINEAR_CHUNK_ROWS, (min(run.stop, total) - 1) // LINEAR_CHUNK_ROWS + 1):
-                    if chunk not in held:
-                        self._chunks_for(range(chunk, chunk + 1))
-                        return True
-        if wanted.rest and any(m.weight.is_meta for m in parts.rest.modules() if isinstance(m, nn.Linear)):
+                missing = sorted(want - self._chunks.keys())
+            chunk_bytes = LINEAR_CHUNK_ROWS * parts.first.in_features * 4
+            if missing and (self.tail_bytes is None or len(want) * chunk_bytes <= self.tail_bytes):
+                self._chunks_for(range(missing[0], missing[0] + 1), keep=want)
+                return True
+        if wanted.rest and any(layer.weight.is_meta for layer in self._rest_layers()):
             self.make_rest()
             return True
         return False

@@ -439,7 +439,7 @@ class Orchestrator:
         def replan(views: list[DeviceView]) -> Plan:
             """The chosen device, or after a failure the one that finishes first among those left."""
             ctx = context(views)
-            seconds = whole_model_seconds(ctx)
+            seconds = whole_model_seconds(ctx, alone=base == "local")
             if first not in seconds:
                 now = self.commitments.snapshot()
                 device = min(seconds, key=lambda d: (now.get(d, 0.0) + seconds[d], d))

@@ -111,7 +111,7 @@ class DeviceState(Message):
     version: Name = ""
     weights: dict[str, tuple[Name, ...]] = field(default_factory=dict)  # cached on disk: digest -> stage names
     memory_bytes: Annotated[int, Range(0, 1 << 50)] | None = None  # tail weights it can take on (None: no limit)
-    tails: Annotated[dict[Name, TailRows], MaxLen(64)] = field(default_factory=dict)  # model name -> tail weights made
+    tails: Annotated[dict[Name, TailRows], MaxLen(16)] = field(default_factory=dict)  # model name -> tail weights made
 
 
 @dataclass(frozen=True)

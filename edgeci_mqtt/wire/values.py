@@ -16,12 +16,12 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin
 
 import numpy as np
 
 from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.bounds import Id, MaxLen, Range
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.cluster import Link
@@ -39,25 +39,6 @@ MAX_ITEMS = 65_536
 MAX_KEY = 128
 MAX_INDEX = 1 << 20
 """Largest row, column or stage index a region, span or block may name."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """A number in ``[low, high]``."""
-
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class MaxLen:
-    """At most ``n`` characters, bytes, items or entries."""
-
-    n: int
-
-
-class Id:
-    """A string that must be usable as one topic segment (and so is safe to log)."""
 
 
 def _number(data: Any, where: str, integer: bool) -> int | float:
