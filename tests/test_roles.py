@@ -13,11 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.planner.cluster import Link
@@ -36,13 +39,19 @@ from edgeci_mqtt.wire import (
     AUCTION_CALL,
     CLIENT_RESPONSES,
     DEVICE_PROBE,
+    DEVICE_ROWS,
     DEVICE_STATE,
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
     DeviceState,
     InferRequest,
+    PackedArray,
     ProgramMessage,
+    ProgramStep,
+    RowsMessage,
+    StepInput,
+    StepSend,
     encode,
 )
 from tests.exactness import References, assert_float32_faithful
@@ -432,6 +441,74 @@ def test_after_a_late_flow_attempt_the_next_allows_twice_as_long(store: ModelSto
         assert expiries.keys() == {"1", "2"}
         assert sorted(expiries["1"]) == pytest.approx([allowance + EXPIRY_MARGIN_S])
         assert sorted(expiries["2"]) == pytest.approx([2 * allowance + EXPIRY_MARGIN_S])
+
+
+def test_a_device_goes_on_with_the_oldest_request_that_has_a_step_ready(
+    store: ModelStore, references: References
+) -> None:
+    """Programs A, B and C reach a device in that order. A's step waits for rows from
+    another device; B and C are whole requests in two steps each. A's rows arrive while B's
+    first step runs: next comes A's step (the oldest request), then B's second, then C's
+    (in arrival order alone C's first step, queued before A's rows came, would go first)."""
+    held = store.get("smallcnn")
+    shapes = held.shapes(64, 64)
+    last, cut = len(held.chain.stages), 2
+    whole = [TileRegion.whole(shape.height, shape.width) for shape in shapes]
+    image = np.asarray(references[("smallcnn", 64, 64)].x, dtype=np.float32)
+
+    def program(request: str, steps: tuple[ProgramStep, ...], with_image: bool) -> ProgramMessage:
+        region, pixels = (whole[0], image) if with_image else (None, None)
+        return ProgramMessage(request, "o1", "smallcnn", held.digest, (64, 64), steps, 30.0, region, pixels)
+
+    piece = TileRegion(Span(0, 2), Span(0, shapes[1].width))  # what A's row 0 of block 1-2 reads
+    waiting = ProgramStep(FusedBlock(1, 2), TileRegion(Span(0, 1), whole[2].cols), (StepInput(piece, "dev-9"),))
+    waiting = replace(waiting, sends=(StepSend(waiting.out_region, "o1"),))
+    first = ProgramStep(FusedBlock(0, cut), whole[cut], (StepInput(whole[0], "o1"),))
+    second = ProgramStep(
+        FusedBlock(cut, last), whole[last], (StepInput(whole[cut], "dev-1"),), (StepSend(whole[last], "o1"),)
+    )
+    ran: list[tuple[str, int]] = []
+    with memory_cluster(store, devices=1) as small:
+        agent, other = small.agents["dev-1"], small.broker.bus("edgeci-device-dev-9")
+        other.start()
+        run_step = agent._run_step
+
+        def recorded(ready: ReadyStep[ValidProgram]) -> None:
+            request = ready.context.message.request
+            if (request, ready.index) == ("B", 0):  # A's rows come while B's first step runs
+                deadline = time.monotonic() + 10
+                while not agent.flow.knows("C"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                rows = np.ones((1, shapes[1].channels, piece.height, piece.width), dtype=np.float32)
+                other.publish(
+                    DEVICE_ROWS.build(device="dev-1", sender="dev-9"),
+                    encode(RowsMessage("A", "dev-9", 1, piece, PackedArray(rows))),
+                )
+                while len(agent.tasks) < 2:  # C's first step, and now A's
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            ran.append((request, ready.index))
+            run_step(ready)
+
+        agent._run_step = recorded  # type: ignore[method-assign]
+        try:
+            publisher = small.broker.bus("edgeci-orchestrator-o9")
+            publisher.start()
+            for request, steps, with_image in (
+                ("A", (waiting,), False),
+                ("B", (first, second), True),
+                ("C", (first, second), True),
+            ):
+                publisher.publish(DEVICE_TASKS.build(device="dev-1"), encode(program(request, steps, with_image)))
+            deadline = time.monotonic() + 20
+            while len(ran) < 5:
+                assert time.monotonic() < deadline, ran
+                time.sleep(0.01)
+        finally:
+            other.stop()
+            publisher.stop()
+    assert ran == [("B", 0), ("A", 0), ("B", 1), ("C", 0), ("C", 1)]
 
 
 def test_a_device_that_joins_is_used_from_the_next_plan(store: ModelStore, references: References) -> None:

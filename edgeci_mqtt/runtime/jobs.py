@@ -43,6 +43,10 @@ class JobQueue(Generic[J]):
         arrival = next(self._count)
         self._queue.put((arrival if ticket is None else ticket, arrival, job))
 
+    def __len__(self) -> int:
+        """Jobs waiting (approximately, as another thread may be taking one)."""
+        return self._queue.qsize()
+
     def get(self, timeout: float) -> J:
         """The job with the lowest ticket (ties: the earliest queued); :class:`queue.Empty`
         after ``timeout`` seconds without one."""
