@@ -1,6 +1,8 @@
 """Serving a stream: split a request across devices, or run it whole on one (pure choice).
 
-When requests are sparse, splitting (``flow``) gives the lowest latency. When they queue,
+When requests are sparse, splitting (``flow``) gives the lowest latency, where its halo
+and messages cost less than the devices it adds save (ResNet-34's split on the reference
+clusters does not: it is served whole even on an idle cluster). When they queue,
 every device is busy anyway, and a split request waits for the busiest device it uses,
 while a whole request on one device (``replicas``) pays no halo, no messages between
 devices and no tail transfer. The orchestrator keeps the predicted seconds of work it has
