@@ -166,6 +166,9 @@ def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name:
         ref64 = ref64 + first.bias[features.start : features.stop].double()
     ref32 = full.tail_part(x, features)
     assert faithful(lean.tail_part(x, features), ref32, ref64)
+    version = lean.tail_version
+    assert version > 0 and faithful(lean.tail_part(x, features), ref32, ref64)
+    assert lean.tail_version == version  # held rows used again: nothing new to announce
     chunk = LINEAR_CHUNK_ROWS
     touched = Span(features.start // chunk * chunk, min(first.out_features, -(-features.stop // chunk) * chunk))
     no_rest = not any(isinstance(m, nn.Linear) for m in lean.chain.tail_parts.rest.modules())

@@ -21,7 +21,6 @@ from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import WeightsError
 
 __all__ = [
-    "LINEAR_CHUNK_ROWS",
     "TailSource",
     "allocate",
     "fill_linear_rows",
@@ -29,7 +28,6 @@ __all__ = [
     "load_weights",
     "read_state_dict",
 ]
-
 
 _SHOWN = 5  # keys listed per problem before "... and N more"
 

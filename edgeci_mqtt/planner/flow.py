@@ -143,9 +143,9 @@ def flow_blocks(
     final = {t.device: t.out_bytes for t in plans[-1].tasks}
     tail, tail_s = TailPlan(), 0.0
     if place:
-        work = TailWork.of(chain.tail_work)
-        tail, tail_s = place_tail(env, work, sum(final.values()), final, orchestrator_holds=False, keep=keep)
-        prepare = tail_to_prepare(env, work, sum(final.values()), final, False, tail, keep)
+        work, map_bytes = TailWork.of(chain.tail_work), sum(final.values())
+        tail, tail_s = place_tail(env, work, map_bytes, final, orchestrator_holds=False, keep=keep)
+        prepare = tail_to_prepare(env, work, map_bytes, final, False, tail, keep)
         tail = replace(tail, prepare=prepare) if prepare else tail
     if tail.on_orchestrator:
         plans[-1] = flow_block(chain, plans[-1].block, runs, plans[-2] if len(plans) > 1 else None, gather=True)

@@ -148,12 +148,11 @@ class _WholeTail:
     """The device's tail weights to make when idle, where holding them would put it here."""
 
 
-def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool) -> _WholeTail:
+def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool, final: float, tail: TailWork) -> _WholeTail:
     """The tail on the device if it has room for its weights and runs it, making what it
-    lacks of them, sooner than the orchestrator gets the final map and runs it there;
-    ``alone`` (``local``: one device, the baseline), on the device whenever it has room."""
-    final = _final_map_bytes(ctx)
-    tail = TailWork.of(ctx.chain.tail_work)
+    lacks of them, sooner than the orchestrator gets the final map (``final`` bytes) and
+    runs it there; ``alone`` (``local``: one device, the baseline), on the device whenever
+    it has room."""
     everything = (*tail.head, tail.first, *tail.rest)
     broker, speed = ctx.env.broker_link, view.link.bytes_per_s
     there = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything) + final / speed
@@ -168,11 +167,6 @@ def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool) -> _WholeTa
     return _WholeTail(False, final, there - final / speed, prepare)
 
 
-def _final_map_bytes(ctx: PlanningContext) -> float:
-    block = FusedBlock(0, len(ctx.chain.stages))
-    return float(ctx.rows.output_bytes(block, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
-
-
 def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, float]:
     """Each device's time for a whole request on its own: the image in, every stage, the
     tail and the logits out, or the final map out and the tail on the orchestrator
@@ -181,10 +175,12 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
     block = FusedBlock(0, len(ctx.chain.stages))
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
     image = float(ctx.rows.input_bytes(block, a, b)[0])
+    final = float(ctx.rows.output_bytes(block, a, b)[0])
+    work = TailWork.of(ctx.chain.tail_work)
     broker = ctx.env.broker_link
     seconds = {}
     for view in ctx.env.devices:
-        tail = _whole_tail(ctx, view, alone)
+        tail = _whole_tail(ctx, view, alone, final, work)
         moved = np.array([image + tail.back + 2 * MESSAGE_OVERHEAD_BYTES])
         seconds[view.name] = (
             float(link_seconds(view, moved)[0])
@@ -207,8 +203,10 @@ def whole_model_plan(
     steps the device turns to an older request whose step is ready (``flow`` serves whole
     requests beside split ones), so a whole request that came later holds it for one step
     at most, not for the whole model."""
-    cuts = list(blocks) or [FusedBlock(0, len(ctx.chain.stages))]
-    tail = _whole_tail(ctx, ctx.env.device(device), alone=strategy == "local")
+    whole_chain = FusedBlock(0, len(ctx.chain.stages))
+    cuts = list(blocks) or [whole_chain]
+    final = float(ctx.rows.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
+    tail = _whole_tail(ctx, ctx.env.device(device), strategy == "local", final, TailWork.of(ctx.chain.tail_work))
     steps: list[BlockPlan] = []
     for cut in cuts:
         last = cut is cuts[-1]

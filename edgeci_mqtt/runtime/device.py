@@ -194,7 +194,7 @@ class DeviceAgent:
         self.link = Link(100.0, 1.0)
         self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | _PrepareJob | None] = JobQueue()
         self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
-        self._announced: dict[str, TailRows] = {}  # tail weights made, as last announced
+        self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
         self.flow: FlowStore[ValidProgram] = FlowStore(device_id)
         self._flow_backlog: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
@@ -240,16 +240,16 @@ class DeviceAgent:
         worker.join(timeout=5)
         log.info("%s: offline", self.device_id)
 
-    def _tails_held(self) -> dict[str, TailRows]:
-        return {name: held.tail_rows() for name, held in self.models.held.items()}
+    def _tail_versions(self) -> dict[str, int]:
+        return {name: held.tail_version for name, held in self.models.held.items()}
 
     def _birth(self) -> None:
         with self._announcing:  # from the event thread (a new session) and the worker: the last sent is the latest
             self._announce()
 
     def _announce(self) -> None:
-        tails = self._tails_held()
-        self._announced = tails
+        self._announced = self._tail_versions()  # before reading them: a change meanwhile is announced again
+        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
         state = DeviceState(
             self.device_id,
             True,
@@ -580,7 +580,7 @@ class DeviceAgent:
         """A new state message when the tail weights we hold changed (made for a request,
         made when idle, or dropped for newer ones), so that placements price them."""
         with self._announcing:
-            if self._tails_held() == self._announced:
+            if self._tail_versions() == self._announced:  # after every job: a few integers compared
                 return
             try:
                 self._announce()

@@ -68,6 +68,9 @@ class HeldModel:
     tail_bytes: int | None = None
     """The most bytes of the first tail layer's rows kept made (None: up to the whole layer)."""
     _chunks: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict, repr=False)
+    tail_version: int = 0
+    """Counts the changes to the tail weights made (chunks made or dropped, later layers
+    made): a device announces what it holds again only when this moved, not after every job."""
     _tail_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _shapes: dict[tuple[int, int], tuple[FeatureShape, ...]] = field(default_factory=dict, repr=False)
 
@@ -118,7 +121,9 @@ class HeldModel:
                 if kept <= budget:
                     break
                 kept -= self._chunks.pop(chunk)[0].numel() * 4
+                self.tail_version += 1
             if made_now:
+                self.tail_version += 1
                 log.info(
                     "%s: made %d chunk(s) of %s's rows; %.0f MB of tail rows held",
                     self.chain.model_name,
@@ -134,12 +139,16 @@ class HeldModel:
             missing = [layer for layer in self._rest_layers() if layer.weight.is_meta]
             for layer in missing:
                 self._source().fill(self._name(layer), layer)
+            self.tail_version += bool(missing)
         if missing:
             size = sum(layer.weight.numel() * 4 for layer in missing)
             log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)
 
     def _rest_layers(self) -> list[nn.Linear]:
         return [m for m in self.chain.tail_parts.rest.modules() if isinstance(m, nn.Linear)]
+
+    def _rest_made(self) -> bool:
+        return not any(layer.weight.is_meta for layer in self._rest_layers())
 
     def tail_whole(self, x: Tensor) -> Tensor:
         """The logits from the final map ``x``: the first layer in its chunks of rows (those
@@ -151,7 +160,7 @@ class HeldModel:
     def tail_rows(self) -> TailRows:
         """What this process has made of the tail (announced, so the planner prices the rest)."""
         parts = self.chain.tail_parts
-        rest = not any(layer.weight.is_meta for layer in self._rest_layers())
+        rest = self._rest_made()
         if not parts.first.weight.is_meta:
             return TailRows((Span(0, parts.features),), rest)
         with self._tail_lock:
@@ -172,7 +181,7 @@ class HeldModel:
             if missing and (self.tail_bytes is None or len(want) * chunk_bytes <= self.tail_bytes):
                 self._chunks_for(range(missing[0], missing[0] + 1), keep=want)
                 return True
-        if wanted.rest and any(layer.weight.is_meta for layer in self._rest_layers()):
+        if wanted.rest and not self._rest_made():
             self.make_rest()
             return True
         return False
