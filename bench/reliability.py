@@ -271,7 +271,7 @@ def malformed(cluster: Cluster, count: int) -> Row:
             DEVICE_STATE.build(device="dev-x"),
             AUCTION_BIDS.build(round="bad", device="dev-x"),
             DEVICE_PROBE.build(device="dev-x"),
-            *(DEVICE_ROWS.build(device=d, sender="dev-x") for d in DEVICES),
+            *(DEVICE_ROWS.build(device=d, sender="dev-x", request="bad") for d in DEVICES),
             *(RESULTS.build(orchestrator=o, device="dev-x", request="bad") for o in ORCHESTRATORS),
         ],
         "c63": [INFER_REQUESTS.build(client="c63")],

@@ -85,7 +85,7 @@ def test_every_role_writes_and_reads_only_what_it_is_granted(broker: BrokerProce
         "alice": [  # a client posing as a device, an orchestrator or another client
             DEVICE_STATE.build(device="alice"),
             AUCTION_BIDS.build(round="r", device="alice"),
-            DEVICE_ROWS.build(device="dev-1", sender="alice"),
+            DEVICE_ROWS.build(device="dev-1", sender="alice", request="r"),
             RESULTS.build(orchestrator="o1", device="dev-1", request="hostile"),
             DEVICE_TASKS.build(device="dev-1"),
             AUCTION_CALL.build(round="r"),
@@ -97,7 +97,7 @@ def test_every_role_writes_and_reads_only_what_it_is_granted(broker: BrokerProce
         "dev-1": [
             DEVICE_STATE.build(device="dev-2"),
             AUCTION_BIDS.build(round="r", device="dev-2"),
-            DEVICE_ROWS.build(device="dev-2", sender="dev-3"),
+            DEVICE_ROWS.build(device="dev-2", sender="dev-3", request="r"),
             AUCTION_AWARD.build(round="r"),
             CLIENT_RESPONSES.build(client="alice"),
             INFER_REQUESTS.build(client="dev-1"),
@@ -141,7 +141,7 @@ def test_no_one_reads_another_ones_data_or_joins_the_orchestrators(broker: Broke
         bob.publish(INFER_REQUESTS.build(client="bob"), b"bob's image", wait=5)
         o1.publish(CLIENT_RESPONSES.build(client="bob"), b"bob's answer", wait=5)
         o1.publish(DEVICE_TASKS.build(device="dev-2"), b"dev-2's program", wait=5)
-        dev1.publish(DEVICE_ROWS.build(device="dev-2", sender="dev-1"), b"dev-2's rows", wait=5)
+        dev1.publish(DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="r"), b"dev-2's rows", wait=5)
         dev1.publish(DEVICE_PROBE.build(device="dev-1"), b"a device topic", wait=5)
         broker.add_user("device", "dev-new")  # an admin command on $CONTROL carries a password
         got = {user: {m.payload for m in collect(bus, 1.0)} for user, bus in sessions.items()}

@@ -482,7 +482,7 @@ def test_a_device_goes_on_with_the_oldest_request_that_has_a_step_ready(
                     time.sleep(0.01)
                 rows = np.ones((1, shapes[1].channels, piece.height, piece.width), dtype=np.float32)
                 other.publish(
-                    DEVICE_ROWS.build(device="dev-1", sender="dev-9"),
+                    DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="A"),
                     encode(RowsMessage("A", "dev-9", 1, piece, PackedArray(rows))),
                 )
                 while len(agent.tasks) < 2:  # C's first step, and now A's

@@ -110,10 +110,10 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
         AUCTION_BIDS.build(round="forged", device="dev-2"),
         DEVICE_STATE.build(device="dev-2"),
         AUCTION_CALL.build(round="forged"),
-        DEVICE_ROWS.build(device="dev-2", sender="dev-3"),  # rows posing as another device
+        DEVICE_ROWS.build(device="dev-2", sender="dev-3", request="r"),  # rows posing as another device
     ]
     own_bid = AUCTION_BIDS.build(round="fine", device="dev-9")
-    own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9")
+    own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9", request="r")
     watcher = MqttBus(cluster.broker.add_user("watcher", "acl-watcher"))
     watcher.subscribe(EVERYTHING)
     watcher.start()
@@ -272,7 +272,7 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
                 late = RowsMessage(
                     request, sender, 1, program.steps[0].out_region, PackedArray(np.zeros((1, 1, 1, 1), np.float32))
                 )
-                forger.publish(DEVICE_ROWS.build(device=survivor, sender=sender), encode(late), wait=2)
+                forger.publish(DEVICE_ROWS.build(device=survivor, sender=sender, request=request), encode(late), wait=2)
         finally:
             forger.stop()
         small.group.wait_for_log(survivor, "over here", timeout=10)

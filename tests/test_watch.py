@@ -96,7 +96,7 @@ def test_flow_messages_are_described() -> None:
     lines = [
         view.feed(DEVICE_TASKS.build(device="dev-1"), encode(program), 0.0),
         view.feed(
-            DEVICE_ROWS.build(device="dev-2", sender="dev-1"),
+            DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="q1.1"),
             encode(RowsMessage("q1.1", "dev-1", 5, region, PackedArray(rows, "zeros"))),
             0.1,
         ),

@@ -334,7 +334,11 @@ class DeviceAgent:
 
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
         ids = DEVICE_ROWS.parse(topic)
-        if ids is None or ids["device"] != self.device_id or ids["sender"] != message.sender:
+        if ids is None or (ids["device"], ids["sender"], ids["request"]) != (
+            self.device_id,
+            message.sender,
+            message.request,
+        ):
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
         if self.flow.add_rows(message, message.sender, time.perf_counter()):
             self._queue_steps(message.request)
@@ -625,7 +629,7 @@ class DeviceAgent:
         def topic(to: str) -> str:
             if to == message.orchestrator:
                 return self._results(message)
-            return DEVICE_ROWS.build(device=to, sender=self.device_id)
+            return DEVICE_ROWS.build(device=to, sender=self.device_id, request=message.request)
 
         return [(topic(to), out) for to, out in outgoing(message, item, output, self.device_id, self._codec)]
 

@@ -275,7 +275,7 @@ class ProgramMessage(Message):
 @dataclass(frozen=True)
 class RowsMessage(Message):
     """Rows of the map at stage boundary ``boundary`` for a step of ``request``, on
-    ``devices/<dst>/rows/<sender>`` (or, the last block's, on the orchestrator's results
+    ``devices/<dst>/rows/<sender>/<request>`` (or, the last block's, on the orchestrator's results
     topic), compressed when that pays (:func:`~edgeci_mqtt.wire.compression.choose_codec`)."""
 
     kind: ClassVar[str] = "rows"

@@ -149,11 +149,13 @@ DEVICE_TASKS = TopicPattern(
 )
 """Tile tasks, ``flow`` programs and releases, and stage weights for one device."""
 DEVICE_ROWS = TopicPattern(
-    "devices/{device}/rows/{sender}",
+    "devices/{device}/rows/{sender}/{request}",
     (Grant("device", "read", own="device"), Grant("device", "write", own="sender")),
 )
-"""Feature-map rows from one device to another (``flow``). The topic names the sender and
-the ACL lets a device write only its own ``rows/<id>``, so the broker proves who sent them."""
+"""Feature-map rows from one device to another (``flow``) for one request. The topic names
+the sender and the ACL lets a device write only its own ``rows/<id>``, so the broker proves
+who sent them; it names the request, so that a receiver knows from the topic alone (before
+it buffers a frame) whether a program of its own reads rows from that sender, and how many."""
 AUCTION_CALL = TopicPattern("auctions/{round}/call", (Grant("device", "read"), Grant("orchestrator", "write")))
 AUCTION_BIDS = TopicPattern(
     "auctions/{round}/bids/{device}",
