@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from edgeci_mqtt.runtime.heap import keep_heap_small, release_heap
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.weights import WeightCache
 
-__all__ = ["register", "run", "stop_on_signals"]
+__all__ = ["held_models", "register", "run", "stop_on_signals"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -43,8 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "tail_memory_mb, calibrate",
     )
     parser.add_argument(
-        "--models", help=f"comma-separated models to hold, NAME or NAME=weights.pth (default: {','.join(MODEL_NAMES)})"
+        "--model",
+        action="append",
+        help=f"model to hold, NAME or NAME=weights.pth (repeatable, as for the orchestrator; default: "
+        f"{', '.join(MODEL_NAMES)})",
     )
+    parser.add_argument("--models", help="the same, comma-separated (NAME,NAME=weights.pth,...)")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, help="seed of random weights (default 0)")
     parser.add_argument(
@@ -119,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     address = broker_address(args, config.get("id"))
     if config.get("id") and config["id"] != address.username:
         raise EdgeCIError(f"device id {config['id']!r} is not its broker user {address.username!r}")
-    models = config.get("models") or ",".join(MODEL_NAMES)
-    specs = models.split(",") if isinstance(models, str) else list(models)
+    specs = held_models(args.model, args.models if args.model else config.get("models"))  # the command line wins
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
     keep_heap_small()  # before torch starts its threads and paho its own
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
-    bus = broker_bus(args, address=address)
+    bus = broker_bus(args, address=address, in_role=True)
     release_heap()
     tail_bytes = default_tail_memory() if memory is None else int(float(memory) * 1e6)
     if tail_bytes is not None:
@@ -142,6 +146,18 @@ def run(args: argparse.Namespace) -> int:
     agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)
     agent.run(stop_on_signals())
     return 0
+
+
+def held_models(
+    repeated: list[str] | None, listed: str | list[str] | None, default: Sequence[str] = MODEL_NAMES
+) -> list[str]:
+    """The models a device holds: every ``--model``, plus ``--models`` or the config's
+    ``models`` (comma-separated or a list); ``default`` when none is named. ``--model`` is
+    repeatable as the orchestrator's is; ``--models a,b`` keeps working."""
+    specs = list(repeated or [])
+    if listed:
+        specs += [m.strip() for m in listed.split(",")] if isinstance(listed, str) else [str(m) for m in listed]
+    return list(dict.fromkeys(specs)) or list(default)
 
 
 def default_tail_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_remote(args: argparse.Namespace) -> int:
     """Ask the cluster behind ``--broker`` and print the answer."""
     x = load_input(args.input, args.size)
-    with EdgeCIClient(broker_bus(args, "client")) as client:
+    with EdgeCIClient(broker_bus(args, "client", in_role=True)) as client:
         result = client.infer(x, args.model, args.strategy or "", args.timeout)
     print(
         f"model {args.model}, strategy {result.strategy}, orchestrator {result.orchestrator}, "

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     orchestrator = Orchestrator(
         str(address.username),
-        broker_bus(args, address=address),
+        broker_bus(args, address=address, in_role=True),
         store,
         measure_profile(args.threads),
         args.strategy,

@@ -35,11 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--force", action="store_true", help="replace an existing credentials file")
     remove = actions.add_parser("remove", help="delete a user (and disconnect it)")
     remove.add_argument("name")
-    actions.add_parser("list", help="every user and its role")
+    listing = actions.add_parser("list", help="every user and its role")
+    for action in (add, remove, listing):  # `provision add dev-5 --broker URL` as well as `provision --broker URL add`
+        add_broker(action, required=False, inherit=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    with administer(broker_bus(args, ADMIN_USER)) as admin:
+    with administer(broker_bus(args, ADMIN_USER, in_role=True)) as admin:
         if args.action == "add":
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{args.name}.yaml"

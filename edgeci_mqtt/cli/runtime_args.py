@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
@@ -13,24 +14,37 @@ from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 __all__ = ["add_broker", "broker_address", "broker_bus"]
 
 
-def add_broker(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--broker", required=required, help="mqtt://[user:password@]host[:port] or mqtts://... (TLS)")
+def add_broker(parser: argparse.ArgumentParser, required: bool = True, inherit: bool = False) -> None:
+    """The broker and login options. ``inherit``: on a sub-subcommand (``provision add``),
+    so they may follow it as well as precede it; when absent there they leave the parent
+    command's values alone (no defaults of their own)."""
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if inherit else {}
+    parser.add_argument(
+        "--broker", required=required, help="mqtt://[user:password@]host[:port] or mqtts://... (TLS)", **keep
+    )
     parser.add_argument(
         "--credentials",
         type=Path,
         help="this process's credentials file from 'edgeci broker-config' or 'edgeci provision add' "
         "(or set EDGECI_USERNAME/EDGECI_PASSWORD)",
+        **keep,
     )
-    parser.add_argument("--ca-file", help="for mqtts://: the CA that signed the broker's certificate")
-    parser.add_argument("--cert-file", help="for mqtts://: this process's certificate, if the broker asks for one")
-    parser.add_argument("--key-file", help="for mqtts://: the key of --cert-file")
+    parser.add_argument("--ca-file", help="for mqtts://: the CA that signed the broker's certificate", **keep)
+    parser.add_argument(
+        "--cert-file", help="for mqtts://: this process's certificate, if the broker asks for one", **keep
+    )
+    parser.add_argument("--key-file", help="for mqtts://: the key of --cert-file", **keep)
 
 
-def broker_bus(args: argparse.Namespace, user: str | None = None, address: BrokerAddress | None = None) -> MqttBus:
+def broker_bus(
+    args: argparse.Namespace, user: str | None = None, address: BrokerAddress | None = None, in_role: bool = False
+) -> MqttBus:
     """A session with the broker of ``args`` (its login as :func:`broker_address` finds it,
-    unless ``address`` is given), with its TLS files."""
+    unless ``address`` is given), with its TLS files. ``in_role``: the process acts in a
+    role (device, orchestrator, client, admin), so starting fails with a clear error when
+    the broker refuses a subscription it needs rather than running deaf."""
     tls = TlsFiles(args.ca_file, args.cert_file, args.key_file)
-    return MqttBus(address or broker_address(args, user), tls=tls)
+    return MqttBus(address or broker_address(args, user), tls=tls, require_subscriptions=in_role)
 
 
 def broker_address(args: argparse.Namespace, user: str | None = None) -> BrokerAddress:

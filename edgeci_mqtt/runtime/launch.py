@@ -3,6 +3,9 @@
 Used by ``edgeci demo`` and by the integration tests: the broker gets a configuration
 from :mod:`broker_config` on a free loopback port; agents and orchestrators are separate
 ``python -m edgeci_mqtt`` processes; everything is stopped by PID, also on errors.
+No password is ever in a child's arguments, which every user of the machine can read
+(``ps``, ``/proc/PID/cmdline``): a ``--broker`` URL's login moves to the child's
+environment (``EDGECI_USERNAME``/``EDGECI_PASSWORD``), readable only by its own user.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, users_by_role, write_broker_config
+from edgeci_mqtt.runtime.broker_config import LOOPBACK, Credentials, TlsListener, users_by_role, write_broker_config
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin, administer
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire.topics import Role
 
-__all__ = ["BrokerProcess", "ProcessGroup", "free_port"]
+__all__ = ["BrokerProcess", "ProcessGroup", "free_port", "without_passwords"]
 
 
 class BrokerProcess:
@@ -46,12 +50,22 @@ class BrokerProcess:
         tls: TlsListener | None = None,
     ) -> None:
         """``wrap`` runs the broker elsewhere (a network namespace); readiness is then probed
-        from there too. ``tls``: a TLS listener besides the plain one."""
+        from there too. ``tls``: a TLS listener; the plain one is then kept on loopback only
+        (for the launcher's own checks and tools)."""
         self.tls = tls
         self.workdir, self.port, self.bind, self.wrap = workdir, port or free_port(), bind, wrap
+        if tls is not None and bind not in ("", LOOPBACK):
+            raise EdgeCIError(f"a private TLS broker keeps its plaintext listener on {LOOPBACK}: bind it there")
         users = users_by_role(devices, orchestrators, clients, watchers)
         self.credentials: Credentials = write_broker_config(  # a private broker: fresh credentials every time
-            workdir, users, port=self.port, bind=bind, run_as=getpass.getuser(), force=True, tls=tls
+            workdir,
+            users,
+            port=self.port,
+            bind=bind,
+            run_as=getpass.getuser(),
+            force=True,
+            tls=tls,
+            plain_local=tls is not None,
         )
         self.log_path = workdir / "mosquitto.log"
         self._log: IO[bytes] = self.log_path.open("ab")
@@ -93,6 +107,28 @@ class BrokerProcess:
         self._log.close()
 
 
+def without_passwords(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``command`` with the password taken out of its ``--broker`` URL, and the environment
+    that gives the login instead (``edgeci`` reads ``EDGECI_USERNAME``/``EDGECI_PASSWORD``
+    when the URL has no password and no ``--credentials`` is given)."""
+    out, env = list(command), dict[str, str]()
+    for i, arg in enumerate(out):
+        inline = arg.startswith("--broker=")
+        if not inline and not (i > 0 and out[i - 1] == "--broker"):
+            continue
+        address = BrokerAddress.parse(arg.removeprefix("--broker="))
+        if not address.password:
+            continue
+        login = {"EDGECI_USERNAME": str(address.username), "EDGECI_PASSWORD": address.password}
+        if env and env != login:
+            raise EdgeCIError("one process with two broker logins: give each --broker once")
+        env = login
+        user = quote(str(address.username), safe="")
+        bare = f"{'mqtts' if address.tls else 'mqtt'}://{user}@{address.host}:{address.port}"
+        out[i] = f"--broker={bare}" if inline else bare
+    return out, env
+
+
 class ProcessGroup:
     """Child ``edgeci`` processes, each logging to its own file, all stopped together."""
 
@@ -110,9 +146,11 @@ class ProcessGroup:
     def start_command(
         self, name: str, command: list[str], threads: int = 1, wrap: Callable[[list[str]], list[str]] | None = None
     ) -> subprocess.Popen[bytes]:
+        command, login = without_passwords(command)
         log = (self.logdir / f"{name}.log").open("wb")
         self._logs.append(log)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        env.update(login)
         process = subprocess.Popen(wrap(command) if wrap else command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.processes[name] = process
         return process

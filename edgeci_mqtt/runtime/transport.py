@@ -8,6 +8,14 @@ and re-subscription, except after a refusal (bad login, id not allowed) or a tak
 (another connection used this client id): those end the session with a clear error
 rather than a reconnection loop that would take the id back and forth. Every publish is
 checked against the size limit first and split into chunk frames when needed.
+
+A broker that denies a subscription says so only in its SUBACK (MQTT v5: 0x87 Not
+authorized under Mosquitto's Dynamic Security); the session itself stays up and every
+message is silently dropped. A process that must act in a role (a device, an
+orchestrator, a client) asks for ``require_subscriptions``: :meth:`MqttBus.start` then
+waits for the SUBACKs of what it subscribed to before starting and raises a
+:class:`TransportError` naming the refused filters, instead of announcing itself online
+to a broker that will deliver it nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeci_mqtt.errors import TransportError
@@ -118,8 +127,11 @@ class MqttBus:
         client_id: str | None = None,
         tls: TlsFiles | None = None,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
+        require_subscriptions: bool = False,
     ) -> None:
-        """``client_id`` defaults to the user name: the broker binds every user to a client id of its name."""
+        """``client_id`` defaults to the user name: the broker binds every user to a client id of its name.
+        ``require_subscriptions``: :meth:`start` fails when the broker refuses any filter
+        subscribed to before it (the credential may not act in the role that needs them)."""
         client_id = client_id or address.username
         if not client_id:
             raise TransportError(f"a session with {address} needs a user name or a client id")
@@ -130,6 +142,11 @@ class MqttBus:
         self.connected = threading.Event()
         self._settled = threading.Event()  # connected, or refused for good
         self._filters: dict[str, int] = {}
+        self.require_subscriptions = require_subscriptions
+        self._suback_pending: dict[int, str] = {}  # mid -> filter, SUBACK not in yet
+        self._subscribed = threading.Event()  # every subscription of the first session answered
+        self.refused: dict[str, str] = {}
+        """Filters the broker refused (in any session) and its reason."""
         self._lock = threading.Lock()
         self._refused: str | None = None
         self._session_started, self._short_sessions = 0.0, 0
@@ -151,6 +168,7 @@ class MqttBus:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         if address.tls:  # with a log callback paho formats a line for every packet: TLS alerts only
             self._client.on_log = self._on_log
 
@@ -172,7 +190,9 @@ class MqttBus:
             return
         with self._lock:  # a subscribe() meanwhile is either in this list or sees connected set
             for topic, qos in self._filters.items():
-                client.subscribe(topic, options=SubscribeOptions(qos=qos))
+                self._subscribe_now(topic, qos)
+            if not self._suback_pending:
+                self._subscribed.set()
             self.connected.set()
         self._session_started = time.monotonic()
         self._settled.set()
@@ -215,6 +235,25 @@ class MqttBus:
         threading.Thread(target=client.loop_stop, name=f"{self.client_id}-end", daemon=True).start()
         self._settled.set()
         self.events.put(Disconnected(why, final=True))
+
+    def _subscribe_now(self, topic: str, qos: int) -> None:
+        """Send a SUBSCRIBE and remember which filter its SUBACK answers (caller holds the lock)."""
+        result, mid = self._client.subscribe(topic, options=SubscribeOptions(qos=qos))
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._suback_pending[mid] = topic
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode], props: Properties | None
+    ) -> None:
+        with self._lock:
+            topic = self._suback_pending.pop(mid, None)
+            if topic is not None:
+                refusal = next((str(r) for r in reasons if r.is_failure), None)
+                if refusal is not None:
+                    self.refused[topic] = refusal
+                    log.error("%s: the broker refused the subscription to %s: %s", self.client_id, topic, refusal)
+            if not self._suback_pending:
+                self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if self._inbox.bytes + len(message.payload) > self.max_queued_bytes:
@@ -266,11 +305,33 @@ class MqttBus:
         else:
             self._client.connect_async(host, port, keepalive=15)
         self._client.loop_start()
+        started = time.monotonic()
         self._settled.wait(timeout)  # a refusal ends the wait at once
         if not self.connected.is_set():
             reason = self._refused or f"no answer within {timeout:.0f} s"
             self.stop()
             raise TransportError(f"{self.client_id}: cannot connect to {self.address}: {reason}")
+        if self.require_subscriptions:
+            self._check_subscriptions(max(0.0, timeout - (time.monotonic() - started)))
+
+    def _check_subscriptions(self, timeout: float) -> None:
+        """Wait for the first session's SUBACKs; :class:`TransportError` naming every refused filter."""
+        answered = self._subscribed.wait(timeout)
+        with self._lock:
+            refused, unanswered = dict(self.refused), sorted(self._suback_pending.values())
+        if refused:
+            self.stop()
+            named = ", ".join(f"{topic} ({why})" for topic, why in sorted(refused.items()))
+            raise TransportError(
+                f"{self.client_id}: the broker {self.address} refused the subscription(s) this process needs: "
+                f"{named}; its credential may not act in this role (is it the right user's file?)"
+            )
+        if not answered:
+            self.stop()
+            raise TransportError(
+                f"{self.client_id}: the broker {self.address} did not answer the subscription(s) "
+                f"{', '.join(unanswered)} within {timeout:.0f} s"
+            )
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -280,7 +341,7 @@ class MqttBus:
         with self._lock:
             self._filters[topic] = qos
             if self.connected.is_set():
-                self._client.subscribe(topic, options=SubscribeOptions(qos=qos))
+                self._subscribe_now(topic, qos)
 
     def publish(
         self,
