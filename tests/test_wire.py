@@ -272,8 +272,8 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
     device = own_rules("device", "dev-7")
     assert AclRule("publishClientSend", "edgeci/v1/devices/dev-7/state") in device
     assert AclRule("publishClientSend", "edgeci/v1/auctions/+/bids/dev-7") in device
-    assert AclRule("publishClientSend", "edgeci/v1/devices/+/rows/dev-7") in device
-    assert AclRule("subscribePattern", "edgeci/v1/devices/dev-7/rows/+") in device
+    assert AclRule("publishClientSend", "edgeci/v1/devices/+/rows/dev-7/+") in device
+    assert AclRule("subscribePattern", "edgeci/v1/devices/dev-7/rows/+/+") in device
     assert AclRule("publishClientReceive", "edgeci/v1/devices/dev-7/tasks") in device
     assert all("dev-7" in rule.topic for rule in device)
     assert AclRule("publishClientSend", "edgeci/v1/orchestrators/+/results/dev-7/+") in device

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,11 +92,20 @@ def checked_frames(topic: str, payload: bytes, retain: bool) -> list[bytes]:
 
 
 def events_until(
-    bus: Bus, stop: threading.Event | None = None, deadline: float | None = None, poll_s: float = 0.2
+    bus: Bus,
+    stop: threading.Event | None = None,
+    deadline: float | None = None,
+    poll_s: float = 0.2,
+    tick: Callable[[], None] | None = None,
 ) -> Iterator[Event]:
     """The bus's events until ``stop`` is set or ``deadline`` (a ``perf_counter`` time) passes;
-    :class:`TransportError` once the session is over for good."""
+    :class:`TransportError` once the session is over for good. ``tick`` runs on the reading
+    thread about every ``poll_s``, events or not (what must expire on a clock)."""
+    ticked = time.perf_counter()
     while not (stop is not None and stop.is_set()):
+        if tick is not None and time.perf_counter() - ticked >= poll_s:
+            ticked = time.perf_counter()
+            tick()
         wait = poll_s
         if deadline is not None:
             wait = min(wait, deadline - time.perf_counter())

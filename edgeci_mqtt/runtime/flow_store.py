@@ -38,7 +38,11 @@ PieceKey = tuple[int, TileRegion, str]
 """(boundary, region, source) of one input piece."""
 
 DEFAULT_BUDGET_BYTES = 512 << 20
-DEFAULT_HOLDING_BYTES = 64 << 20
+DEFAULT_HOLDING_BYTES = 16 << 20
+"""Rows for a request whose program is not here yet, in all. Rows overtake their program
+only when a neighbour's first step ends before the orchestrator's next publish reaches
+us, so a few halos; anything beyond that is rows nobody asked for, which any device
+credential could otherwise send."""
 HOLDING_S = 10.0
 REMEMBERED = 4096
 
@@ -108,6 +112,19 @@ class _Program(Generic[C]):
     def needs(self, item: WorkItem) -> list[Key]:
         return _needs(item, self.final, self.message.barrier)
 
+    def expected_bytes(self, sender: str) -> int:
+        """Bytes of the pieces from ``sender`` that our items not run yet still wait for."""
+        total = 0
+        for key in {k for item in self.items[self.next :] for k in self.needs(item)}:
+            if key in self.pieces or key[0] == "go":
+                continue
+            if len(key) == 3 and key[2] == sender:
+                shape, region = self.shapes[min(key[0], self.final)], key[1]
+                total += 4 * shape.channels * region.height * region.width
+            elif len(key) == 2 and key[0] == sender:
+                total += 4 * key[1].size
+        return total
+
     def ready(self) -> bool:
         items = self.items
         return self.next < len(items) and all(k in self.pieces for k in self.needs(items[self.next]))
@@ -163,6 +180,26 @@ class FlowStore(Generic[C]):
         """The request's program is here or was (a second delivery of it changes nothing)."""
         with self._lock:
             return request in self._programs or request in self._ended
+
+    def expects(self, request: str, sender: str) -> int | None:
+        """Float32 bytes of rows ``request``'s program still waits for from ``sender``: 0 if
+        none (or the request is over here), None if its program has not arrived."""
+        with self._lock:
+            if request in self._ended:
+                return 0
+            entry = self._programs.get(request)
+            return None if entry is None else entry.expected_bytes(sender)
+
+    def ended(self, request: str) -> str | None:
+        """Why the request is over here, or None."""
+        with self._lock:
+            return self._ended.get(request)
+
+    def holding_room(self) -> int:
+        """Bytes more that rows for requests whose program has not arrived may take."""
+        with self._lock:
+            held = sum(_payload(h[3]).nbytes for h in self._held)
+            return max(0, min(self.budget_bytes - self._bytes(), self.holding_bytes - held))
 
     def _end(self, request: str, why: str) -> None:
         self._programs.pop(request, None)

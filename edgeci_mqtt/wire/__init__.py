@@ -12,7 +12,14 @@
 from __future__ import annotations
 
 from edgeci_mqtt.wire.compression import CODECS, PackedArray, choose_codec
-from edgeci_mqtt.wire.framing import BROKER_MAX_PACKET_BYTES, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Reassembler, frames
+from edgeci_mqtt.wire.framing import (
+    BROKER_MAX_PACKET_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_PAYLOAD_BYTES,
+    Allowance,
+    Reassembler,
+    frames,
+)
 from edgeci_mqtt.wire.messages import (
     CONTENT_TYPE,
     MAX_INPUT_SIDE,
@@ -93,6 +100,7 @@ __all__ = [
     "ROOT",
     "SCHEMA_VERSION",
     "SHARED_REQUESTS",
+    "Allowance",
     "AuctionCall",
     "AuctionLot",
     "Award",

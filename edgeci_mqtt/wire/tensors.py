@@ -8,7 +8,9 @@ lists of floats, never pickle.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from numpy.typing import NDArray
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.text import brief
 
-__all__ = ["DTYPES", "MAX_ELEMENTS", "decode_array", "decode_header", "encode_array", "wire_array"]
+__all__ = ["DTYPES", "MAX_ELEMENTS", "arrays_within", "decode_array", "decode_header", "encode_array", "wire_array"]
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
@@ -27,6 +29,24 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 _MAX_DIMS = 4
 MAX_ELEMENTS = 512 * 1024 * 1024 // 4
+
+_left: ContextVar[list[int] | None] = ContextVar("array bytes left", default=None)
+
+
+@contextmanager
+def arrays_within(limit_bytes: int) -> Iterator[None]:
+    """Arrays decoded inside this block may take ``limit_bytes`` in all, counted from their
+    declared dtypes and shapes before any of them is allocated.
+
+    A receiver knows from the topic what a message may bring (rows a program of its own
+    waits for); a compressed map declaring far more elements than that is refused before
+    its bitmap is unpacked, whatever the payload's own size. Per thread (a context
+    variable), so the decoders deep inside a message need no extra argument."""
+    token = _left.set([limit_bytes])
+    try:
+        yield
+    finally:
+        _left.reset(token)
 
 
 def wire_array(array: NDArray[Any]) -> tuple[str, NDArray[Any]]:
@@ -57,6 +77,12 @@ def decode_header(value: Mapping[str, Any], where: str) -> tuple[np.dtype[Any], 
     count = math.prod(shape)  # Python ints: no overflow
     if count > MAX_ELEMENTS:
         raise WireError(f"{where}: {count} elements is more than allowed")
+    left = _left.get()
+    if left is not None:
+        size = count * DTYPES[dtype].itemsize
+        if size > left[0]:
+            raise WireError(f"{where}: {size} bytes of {dtype} is more than this topic may bring ({left[0]} left)")
+        left[0] -= size
     return DTYPES[dtype], shape, count
 
 

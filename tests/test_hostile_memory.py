@@ -1,0 +1,229 @@
+"""A device's memory under what a device credential can send it: rows for requests it does
+not hold, first frames of chunked messages nobody completes, compressed bombs.
+
+Pure tests of the reassembly rules and the decoders' size checks, then a device agent on
+the in-memory broker flooded on its rows topic (the real-process figures are in
+``bench.reliability`` and ``tests/test_failover.py``)."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Iterator
+
+import msgpack
+import numpy as np
+import pytest
+
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.runtime import device as device_module
+from edgeci_mqtt.runtime.device import EARLY, wire_bytes
+from edgeci_mqtt.runtime.flow_store import DEFAULT_HOLDING_BYTES, FlowStore
+from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.wire import (
+    DEVICE_ROWS,
+    DEVICE_TASKS,
+    MAX_PAYLOAD_BYTES,
+    Allowance,
+    Chunk,
+    PackedArray,
+    ProgramMessage,
+    ProgramStep,
+    Reassembler,
+    RowsMessage,
+    StepInput,
+    encode,
+    frames,
+    framing,
+)
+from edgeci_mqtt.wire.tensors import arrays_within
+from edgeci_mqtt.wire.values import encode_record
+from tests.inprocess import MemoryCluster, memory_cluster
+
+FRAME = MAX_PAYLOAD_BYTES - 8192
+"""Data of one full chunk frame."""
+
+
+def first_frame(ident: str, count: int = 2) -> bytes:
+    return encode(Chunk(ident, 0, count, b"\x00" * FRAME))
+
+
+def zeros_bomb(elements: int) -> bytes:
+    """A rows message whose ``zeros`` map declares ``elements`` float32 zeros: a bitmap of
+    ``elements / 8`` bytes inflating to 32 times that."""
+    data = b"\x00" * (elements // 8)
+    side = int(elements**0.5)
+    packed = {"dtype": "float32", "shape": [1, 1, side, elements // side], "codec": "zeros", "data": data}
+    message = RowsMessage("r", "dev-9", 1, TileRegion.of(0, 1, 0, 1), PackedArray(np.zeros((1, 1, 1, 1), np.float32)))
+    record = {"v": 1, "type": "rows", **encode_record(message)}
+    record["rows"] = packed
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def test_a_frame_over_its_topics_allowance_is_refused_before_it_is_held() -> None:
+    assembler = Reassembler()
+    small = Allowance("t", 1 << 20)
+    with pytest.raises(WireError, match="may bring"):
+        assembler.feed("t", first_frame("a"), small)
+    with pytest.raises(WireError, match="out of range"):  # its frame count alone says it is too big
+        assembler.feed("t", first_frame("b", count=9), Allowance("t", 8 * FRAME))
+    with pytest.raises(WireError, match="out of range"):
+        assembler.feed("t", first_frame("c", count=8), Allowance(EARLY, 3 * MAX_PAYLOAD_BYTES))
+    assert assembler.held_bytes == 0
+
+
+def test_incomplete_messages_of_one_pool_share_its_allowance() -> None:
+    assembler = Reassembler()
+    pool = Allowance(EARLY, 3 * MAX_PAYLOAD_BYTES)
+    for i in range(3):  # three first frames fit
+        assert assembler.feed(f"t{i}", first_frame(f"m{i}"), pool) is None
+    with pytest.raises(WireError, match="may bring"):  # the fourth, on yet another topic, does not
+        assembler.feed("t3", first_frame("m3"), pool)
+    assert assembler.pool_bytes(EARLY) == 3 * FRAME
+    # another pool has its own allowance
+    assert assembler.feed("other", first_frame("x"), Allowance("other", 2 * MAX_PAYLOAD_BYTES)) is None
+    assert assembler.held_bytes == 4 * FRAME
+
+
+def test_a_message_completes_within_its_allowance() -> None:
+    rows = np.arange(64 * 150 * 150, dtype=np.float32).reshape(1, 64, 150, 150)
+    message = RowsMessage("r", "dev-2", 3, TileRegion.of(0, 150, 0, 150), PackedArray(rows))
+    parts = frames(encode(message))
+    assert len(parts) == 2
+    assembler = Reassembler()
+    allowance = Allowance("t", wire_bytes(rows.nbytes))
+    assert assembler.feed("t", parts[0], allowance) is None
+    back = assembler.feed("t", parts[1], allowance)
+    assert isinstance(back, RowsMessage) and np.array_equal(back.rows.array, rows)
+
+
+def test_incomplete_messages_expire_on_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(framing.time, "monotonic", lambda: now[0])
+    assembler = Reassembler(max_age_s=10.0)
+    assert assembler.feed("t", first_frame("a")) is None
+    now[0] += 9.0
+    assert assembler.expire() == 0 and assembler.held_bytes == FRAME
+    now[0] += 2.0
+    assert assembler.expire() == 1 and assembler.held_bytes == 0  # no later frame was needed
+
+
+def test_a_compressed_bomb_is_refused_before_it_is_inflated() -> None:
+    payload = zeros_bomb(1 << 24)  # 2 MB of bitmap declaring 64 MB of float32
+    assert len(payload) < MAX_PAYLOAD_BYTES
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        with pytest.raises(WireError, match="more than this topic may bring"):
+            Reassembler().feed("t", payload, Allowance("t", 4 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MB allocated before the size was refused"
+    with arrays_within(64 << 20):  # within a large enough allowance it is just zeros
+        assert Reassembler().feed("t", payload) is not None
+
+
+def test_a_flow_store_knows_what_each_sender_still_owes() -> None:
+    store: FlowStore[None] = FlowStore("dev-1")
+    region = TileRegion.of(0, 4, 0, 10)
+    step = ProgramStep(FusedBlock(2, 3), TileRegion.of(0, 2, 0, 10), (StepInput(region, "dev-2"),))
+    program = ProgramMessage("r", "o1", "smallcnn", "ab", (64, 64), (step,), 30.0)
+    shapes = [FeatureShape(8, 10, 10)] * 4
+    assert store.expects("r", "dev-2") is None  # its program has not arrived
+    store.install(program, shapes, None, time.perf_counter())
+    assert store.expects("r", "dev-2") == 4 * 8 * 4 * 10
+    assert store.expects("r", "dev-3") == 0  # owes nothing
+    store.release("r", "released")
+    assert store.expects("r", "dev-2") == 0 and store.ended("r") == "released"
+    assert store.holding_room() == DEFAULT_HOLDING_BYTES
+
+
+@pytest.fixture
+def lone_device() -> Iterator[MemoryCluster]:
+    with memory_cluster(ModelStore({"smallcnn": None}, seed=0), devices=1) as cluster:
+        yield cluster
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_device_holds_no_more_than_its_programs_allow(
+    lone_device: MemoryCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another device's credential sends first frames of 4 MB chunked messages for 40
+    requests the device never heard of, then for one it is running: the device holds at
+    most its small area for rows that overtook their program, and what nobody completes
+    is gone on the clock, with no later frame."""
+    agent = lone_device.agents["dev-1"]
+    monkeypatch.setattr(agent._reassembler, "max_age_s", 0.5)
+    attacker = lone_device.broker.bus("edgeci-device-dev-9")
+    attacker.start()
+    try:
+        for i in range(40):
+            attacker.publish_frame(
+                DEVICE_ROWS.build(device="dev-1", sender="dev-9", request=f"r{i}"), first_frame(f"c{i}")
+            )
+        bomb = DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="bomb")
+        attacker.publish_frame(bomb, zeros_bomb(1 << 24))
+        wait_for(lambda: agent.bus.events.empty())
+        held = agent._reassembler.held_bytes + agent.flow.stored_bytes
+        assert 0 < held <= DEFAULT_HOLDING_BYTES
+        wait_for(lambda: agent._reassembler.held_bytes == 0, timeout=5.0)  # expired on the tick
+        # rows from a sender its program reads nothing from: refused from the topic alone
+        program = ProgramMessage(
+            "live",
+            "o1",
+            "smallcnn",
+            agent.models.get("smallcnn").digest,
+            (64, 64),
+            (
+                ProgramStep(
+                    FusedBlock(1, 2), TileRegion.of(0, 1, 0, 32), (StepInput(TileRegion.of(0, 2, 0, 32), "dev-2"),)
+                ),
+            ),
+            30.0,
+        )
+        orchestrator = lone_device.broker.bus("edgeci-orchestrator-o9")
+        orchestrator.start()
+        orchestrator.publish(DEVICE_TASKS.build(device="dev-1"), encode(program))
+        wait_for(lambda: agent.flow.knows("live"))
+        owed = agent.flow.expects("live", "dev-2")
+        assert owed is not None and 0 < owed < 1 << 20
+        before = agent._reassembler.held_bytes
+        attacker.publish_frame(DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="live"), first_frame("z"))
+        attacker.publish_frame(
+            DEVICE_ROWS.build(device="dev-1", sender="dev-2", request="live"), first_frame("y")
+        )  # even from the sender it waits for: one 4 MB frame is more than it owes
+        wait_for(lambda: agent.bus.events.empty())
+        assert agent._reassembler.held_bytes == before
+        orchestrator.stop()
+    finally:
+        attacker.stop()
+    assert "dev-1" in lone_device.alive()
+
+
+def test_the_device_gives_its_heap_back_after_a_burst(
+    lone_device: MemoryCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[float] = []
+    monkeypatch.setattr(device_module, "release_heap", lambda: released.append(time.perf_counter()))
+    monkeypatch.setattr(device_module, "QUIET_S", 0.3)
+    attacker = lone_device.broker.bus("edgeci-device-dev-9")
+    attacker.start()
+    try:
+        for i in range(4):  # 16 MB, refused or held: either way the heap took it
+            attacker.publish_frame(
+                DEVICE_ROWS.build(device="dev-1", sender="dev-9", request=f"q{i}"), first_frame(f"b{i}")
+            )
+        sent = time.perf_counter()
+        wait_for(lambda: bool(released), timeout=5.0)
+        assert released[0] - sent >= 0.3  # once quiet, not during the burst
+    finally:
+        attacker.stop()
