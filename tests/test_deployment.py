@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import pwd
+import shutil
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from edgeci_mqtt.cli import build_parser
+from edgeci_mqtt.cli import build_parser, main
 from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.runtime import broker_config
 from edgeci_mqtt.runtime.broker_config import (
     DYNSEC_FILE,
+    EVERY_INTERFACE,
     Credentials,
     TlsListener,
+    access_problems,
     credentials_path,
     mosquitto_conf,
     write_broker_config,
@@ -26,8 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_committed_broker_files_match_the_generator() -> None:
-    conf = mosquitto_conf("/mosquitto/config", 1883, plugin=DOCKER_PLUGIN)
-    assert (REPO / "broker" / "mosquitto.conf").read_text() == conf
+    conf = mosquitto_conf("/mosquitto/config", 1883, bind=EVERY_INTERFACE, plugin=DOCKER_PLUGIN)
+    assert (REPO / "broker" / "mosquitto.conf").read_text() == conf  # every interface of its container
     for secret in (DYNSEC_FILE, "credentials", "passwd", "acl"):
         assert not (REPO / "broker" / secret).exists(), f"{secret} must not be committed"
 
@@ -115,7 +125,7 @@ def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:
 def test_broker_config_can_write_a_ready_tls_listener_bound_to_an_address() -> None:
     tls = TlsListener.in_dir(8883, "/mosquitto/config/certs", require_certificate=True)
     conf = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls)
-    assert "listener 1883 10.0.0.2\n" in conf and "listener 8883 10.0.0.2\n" in conf
+    assert "listener 8883 10.0.0.2\n" in conf and "listener 1883" not in conf  # TLS only
     for line in (
         "cafile /mosquitto/config/certs/ca.crt",
         "certfile /mosquitto/config/certs/server.crt",
@@ -126,3 +136,67 @@ def test_broker_config_can_write_a_ready_tls_listener_bound_to_an_address() -> N
         assert f"\n{line}\n" in conf, line
     args = build_parser().parse_args(["broker-config", "--tls-port", "8883", "--require-certificate", "--bind", "::1"])
     assert args.tls_port == 8883 and args.require_certificate and args.bind == "::1"
+
+
+def test_with_tls_the_broker_listens_with_tls_only_unless_told_to_keep_loopback() -> None:
+    tls = TlsListener.in_dir(8883, "/mosquitto/config/certs")
+    only = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls)
+    assert [line for line in only.splitlines() if line.startswith("listener")] == ["listener 8883 10.0.0.2"]
+    kept = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls, plain_local=True)
+    listeners = [line for line in kept.splitlines() if line.startswith("listener")]
+    assert listeners == ["listener 1883 127.0.0.1", "listener 8883 10.0.0.2"]  # plaintext never leaves the host
+    plain = mosquitto_conf("/mosquitto/config", 1883, plugin=DOCKER_PLUGIN)
+    assert [line for line in plain.splitlines() if line.startswith("listener")] == ["listener 1883 127.0.0.1"]
+
+
+def test_access_problems_name_the_directory_the_broker_user_cannot_enter(tmp_path: Path) -> None:
+    """A 0700 parent (as `mktemp -d` makes) keeps another user out of everything below it."""
+    private = tmp_path / "private"
+    (private / "broker").mkdir(parents=True)
+    (private / "broker" / DYNSEC_FILE).write_text("{}")
+    (private / "broker" / DYNSEC_FILE).chmod(0o600)
+    private.chmod(0o700)
+    nobody = 65534
+    problems = access_problems({private / "broker" / DYNSEC_FILE: "rw"}, nobody, [nobody])
+    assert any(f"cannot enter {private} (drwx------): chmod o+x {private}" in p for p in problems), problems
+    assert any(f"cannot read/write {private / 'broker' / DYNSEC_FILE}" in p for p in problems), problems
+    private.chmod(0o711)
+    (private / "broker" / DYNSEC_FILE).chmod(0o666)
+    problems = access_problems({private / "broker" / DYNSEC_FILE: "rw"}, nobody, [nobody])
+    below = [p for p in problems if str(private) in p]
+    assert below == []  # (pytest's own temporary directories above it are 0700 too)
+    assert access_problems({private / "broker" / DYNSEC_FILE: "rw"}, 0, [0]) == []  # root reads anything
+
+
+def test_broker_config_refuses_an_out_dir_mosquittos_user_cannot_reach(capsys: pytest.CaptureFixture[str]) -> None:
+    """Run as root under a 0700 directory, the broker would log "File is not readable" for its
+    plugin file and refuse every login: broker-config says so and writes nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the files to the mosquitto user")
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no mosquitto user on this machine")
+    private = Path(tempfile.mkdtemp(prefix="edgeci-private-", dir="/tmp"))  # 0700, as mktemp -d makes
+    try:
+        assert main(["broker-config", "--out", str(private / "broker"), "--devices", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot enter {private}" in err and f"chmod o+x {private}" in err, err
+        assert not (private / "broker").exists()  # nothing written
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_no_password_in_mosquitto_ctrl_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin's password goes to mosquitto_ctrl on its prompt, not in its arguments (ps shows those)."""
+    seen: list[list[str]] = []
+    real = subprocess.run
+
+    def spy(command: list[str], *args: Any, **kwargs: Any) -> Any:
+        seen.append(list(command))
+        return real(command, *args, **kwargs)
+
+    monkeypatch.setattr(broker_config.subprocess, "run", spy)
+    creds = write_broker_config(tmp_path / "broker", {"dev-1": "device"}, run_as=getpass.getuser())
+    assert any("mosquitto_ctrl" in c[0] for c in seen)
+    assert not any(password in " ".join(c) for c in seen for password in creds.passwords.values())

@@ -325,14 +325,19 @@ def access_problems(needs: Mapping[Path, str], uid: int, gids: Collection[int]) 
         granted = (stat.S_IMODE(st.st_mode) >> shift) & 7
         return "".join(c for c in want if not granted & _BITS[c])
 
+    def enter(directory: Path) -> None:
+        if directory not in problems and lacks(directory, "x"):
+            mode = stat.filemode(directory.stat().st_mode)
+            problems[directory] = f"it cannot enter {directory} ({mode}): chmod o+x {directory}"
+
     for path, want in needs.items():
         path = Path(os.path.abspath(path))
         for parent in reversed(path.parents):
-            if parent not in problems and lacks(parent, "x"):
-                mode = stat.filemode(parent.stat().st_mode)
-                problems[parent] = f"it cannot enter {parent} ({mode}): chmod o+x {parent}"
+            enter(parent)
         if not path.exists():
             problems[path] = f"{path} does not exist"
+        elif want == "x":
+            enter(path)
         elif missing := lacks(path, want):
             problems[path] = f"it cannot {'/'.join(_VERBS[c] for c in missing)} {path}: chown it to that user"
     return list(problems.values())
