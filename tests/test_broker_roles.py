@@ -266,3 +266,28 @@ def test_a_generated_deployment_broker_runs_as_the_mosquitto_user(tmp_path: Path
         assert "Error saving" not in (out / "mosquitto.log").read_text()
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_the_admin_is_bound_to_its_client_id(broker: BrokerProcess) -> None:
+    """As every other user: the admin's credential cannot log in under another id."""
+    with pytest.raises(TransportError, match=r"refused.*[Nn]ot authori[sz]ed"):
+        MqttBus(broker.address(ADMIN_USER), "someone-else").start(timeout=20)
+    with administer(MqttBus(broker.address(ADMIN_USER))) as admin:  # under its own id it administers
+        assert "dev-1" in admin.users()
+
+
+def test_a_session_that_needs_its_role_fails_at_start_naming_what_the_broker_refused(broker: BrokerProcess) -> None:
+    """A client's credential used as a device: Mosquitto answers the subscription 0x87 and keeps
+    the session; with ``require_subscriptions`` starting fails instead of running deaf."""
+    bus = MqttBus(broker.address("alice"), require_subscriptions=True)
+    bus.subscribe(DEVICE_TASKS.build(device="alice"))
+    bus.subscribe(CLIENT_RESPONSES.build(client="alice"))  # its own: granted
+    with pytest.raises(TransportError, match=r"refused the subscription.*devices/alice/tasks \(Not authori[sz]ed\)"):
+        bus.start(timeout=20)
+    assert list(bus.refused) == [DEVICE_TASKS.build(device="alice")]
+    fine = MqttBus(broker.address("dev-1"), require_subscriptions=True)
+    fine.subscribe(DEVICE_TASKS.build(device="dev-1"))
+    fine.start(timeout=20)
+    fine.stop()
+    assert fine.refused == {}
+
