@@ -41,6 +41,7 @@ from edgeci_mqtt.wire import (
     RESULTS,
     SHARED_REQUESTS,
 )
+from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, TOPICS, WATCHER_STATE
 from tests.cluster import collect
 
 
@@ -142,6 +143,7 @@ def test_no_one_reads_another_ones_data_or_joins_the_orchestrators(broker: Broke
         o1.publish(CLIENT_RESPONSES.build(client="bob"), b"bob's answer", wait=5)
         o1.publish(DEVICE_TASKS.build(device="dev-2"), b"dev-2's program", wait=5)
         dev1.publish(DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="r"), b"dev-2's rows", wait=5)
+        dev1.publish(RESULTS.build(orchestrator="o1", device="dev-1", request="r"), b"o1's result", wait=5)
         dev1.publish(DEVICE_PROBE.build(device="dev-1"), b"a device topic", wait=5)
         broker.add_user("device", "dev-new")  # an admin command on $CONTROL carries a password
         got = {user: {m.payload for m in collect(bus, 1.0)} for user, bus in sessions.items()}
@@ -150,7 +152,7 @@ def test_no_one_reads_another_ones_data_or_joins_the_orchestrators(broker: Broke
             bus.stop()
     assert got["o1"] == {b"bob's image"}
     assert got["alice"] == got["bob"] == set()  # nor its own request through the orchestrators' share
-    assert got["watcher"] == {b"dev-2's program", b"dev-2's rows", b"a device topic"}
+    assert got["watcher"] == {b"a device topic"}  # no client data: no task, program, rows or result
     password = broker.credentials.passwords["dev-new"].encode()
     assert not any(password in payload for payloads in got.values() for payload in payloads)
     assert got["dev-1"] == set()
@@ -291,3 +293,50 @@ def test_a_session_that_needs_its_role_fails_at_start_naming_what_the_broker_ref
     fine.stop()
     assert fine.refused == {}
 
+
+def test_the_watcher_reads_metadata_and_reports_but_no_client_data(broker: BrokerProcess) -> None:
+    """Every data topic is closed to the watcher (whatever its filter), its reports and the
+    metadata topics are open; a watcher announces only itself, which devices and
+    orchestrators read, and a device or orchestrator reports only under its own name."""
+    data = [
+        ("o1", DEVICE_TASKS.build(device="dev-1")),
+        ("dev-1", DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="r")),
+        ("dev-1", RESULTS.build(orchestrator="o1", device="dev-1", request="r")),
+        ("alice", INFER_REQUESTS.build(client="alice")),
+        ("o1", CLIENT_RESPONSES.build(client="alice")),
+    ]
+    metadata = [
+        ("dev-1", DEVICE_TRAFFIC.build(device="dev-1")),
+        ("o1", ORCHESTRATOR_TRAFFIC.build(orchestrator="o1")),
+        ("dev-1", DEVICE_STATE.build(device="dev-1")),
+        ("o1", AUCTION_CALL.build(round="r")),
+    ]
+    forged = [
+        ("dev-1", DEVICE_TRAFFIC.build(device="dev-2")),
+        ("o1", DEVICE_TRAFFIC.build(device="dev-1")),
+        ("dev-1", ORCHESTRATOR_TRAFFIC.build(orchestrator="o1")),
+        ("dev-1", WATCHER_STATE.build(watcher="dev-1")),
+    ]
+    own_state = WATCHER_STATE.build(watcher="watcher")
+    filters = ["#", *(p.filter for p in TOPICS), *(topic for _, topic in data)]
+    watcher, sink = session(broker, "watcher", *filters), session(broker, ADMIN_USER, "edgeci/#")
+    users = {user: session(broker, user, WATCHER_STATE.filter) for user in ("dev-1", "dev-2", "o1", "alice")}
+    readers = {user: users[user] for user in ("dev-2", "o1")}  # (alice's filter is refused, dev-1's collected)
+    try:
+        collect(watcher, 0.3)
+        collect(sink, 0.3)
+        for user, topic in data + metadata + forged:
+            users[user].publish(topic, f"{user} on {topic}".encode(), wait=5)
+        watcher.publish(WATCHER_STATE.build(watcher="dev-1"), b"posing as another watcher", wait=5)
+        watcher.publish(own_state, b"watcher online", wait=5)
+        seen = {m.topic: m.payload for m in collect(watcher, 1.0)}
+        delivered = {(m.topic, m.payload) for m in collect(sink, 0.5)}
+        announced = {user: {m.payload for m in collect(bus, 0.5)} for user, bus in readers.items()}
+    finally:
+        for bus in (watcher, sink, *users.values()):
+            bus.stop()
+    assert not {topic for _, topic in data} & set(seen), "the watcher read client data"
+    assert {topic for _, topic in metadata} <= set(seen)
+    assert not {(topic, f"{user} on {topic}".encode()) for user, topic in forged} & delivered
+    assert WATCHER_STATE.build(watcher="dev-1") not in {topic for topic, _ in delivered}
+    assert announced == {"dev-2": {b"watcher online"}, "o1": {b"watcher online"}}

@@ -3,6 +3,8 @@ certificate the broker requires; without them, or trusting another CA, it is ref
 
 from __future__ import annotations
 
+import getpass
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +18,9 @@ import torch
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.runtime.broker_config import TlsListener
+from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, credentials_path, write_broker_config
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.mosquitto import free_port
+from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 from tests.cluster import LocalCluster, local_cluster
 from tests.exactness import assert_float32_faithful, whole_model_reference
@@ -61,24 +63,26 @@ def test_every_command_works_over_tls_with_a_client_certificate(
     files = ("--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "client.crt"), "--key-file",
              str(certs / "client.key"))  # fmt: skip
     out = tmp_path / "logits.npy"
-    url = cluster.broker.url("client", tls=True)
+
+    def login(user: str) -> tuple[str, ...]:  # no password in a process's arguments
+        url = f"mqtts://127.0.0.1:{cluster.broker.tls.port}" if cluster.broker.tls else ""
+        return ("--broker", url, "--credentials", str(credentials_path(cluster.broker.workdir, user)))
+
     asked = subprocess.run(
-        [sys.executable, "-m", "edgeci_mqtt", "infer", "--broker", url, *files, "--model", "smallcnn", "--size", "64",
+        [sys.executable, "-m", "edgeci_mqtt", "infer", *login("client"), *files, "--model", "smallcnn", "--size", "64",
          "--output", str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert asked.returncode == 0, asked.stderr[-2000:]
     ref = whole_model_reference(chains["smallcnn"], chains64["smallcnn"], load_input(SAMPLE_IMAGE, 64))
     assert_float32_faithful(torch.from_numpy(np.load(out)), ref.logits32, ref.logits64)
-    admin = cluster.broker.url(ADMIN_USER, tls=True)
     listed = subprocess.run(
-        [sys.executable, "-m", "edgeci_mqtt", "provision", "--broker", admin, *files, "list"],
+        [sys.executable, "-m", "edgeci_mqtt", "provision", *login(ADMIN_USER), *files, "list"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0 and "dev-2" in listed.stdout, listed.stderr[-2000:]
     watched = subprocess.run(
-        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", cluster.broker.url("watcher", tls=True), *files,
-         "--duration", "3"],
+        [sys.executable, "-m", "edgeci_mqtt", "watch", *login("watcher"), *files, "--duration", "3"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr[-2000:]
@@ -100,3 +104,24 @@ def test_without_a_certificate_or_trusting_another_ca_a_client_is_refused_at_onc
         with pytest.raises(TransportError, match=r"TLS with .* failed"):
             MqttBus(address, tls=tls).start(timeout=30)
         assert time.perf_counter() - started < 15, tls
+
+
+def test_a_tls_only_broker_has_no_plaintext_listener(tmp_path: Path) -> None:
+    """broker-config's production setup: with a TLS port, nothing listens in clear (before,
+    the plaintext listener stayed open beside TLS)."""
+    certs = make_ca(tmp_path / "certs", "edgeci-tls-only")
+    plain, tls_port = free_port(), free_port()
+    listener = TlsListener.in_dir(tls_port, str(certs))
+    write_broker_config(tmp_path / "broker", {"dev-1": "device"}, port=plain, run_as=getpass.getuser(), tls=listener)
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        broker = MosquittoProcess(tmp_path / "broker" / "mosquitto.conf", log, "127.0.0.1", tls_port)
+        try:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", plain), timeout=5).close()
+            password = Credentials.load(credentials_path(tmp_path / "broker", "dev-1")).passwords["dev-1"]
+            address = BrokerAddress("127.0.0.1", tls_port, tls=True, username="dev-1", password=password)
+            bus = MqttBus(address, tls=TlsFiles(str(certs / "ca.crt")))
+            bus.start(timeout=20)
+            bus.stop()
+        finally:
+            broker.stop()

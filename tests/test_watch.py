@@ -39,6 +39,11 @@ from edgeci_mqtt.wire import (
 from tests.planning import flat_profile
 
 
+def joined(view: TrafficView, topic: str, payload: bytes, now: float) -> str | None:
+    """One message's lines joined (None for none)."""
+    return "\n".join(view.feed(topic, payload, now)) or None
+
+
 def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     view = TrafficView()
     tile = np.zeros((1, 3, 4, 5), dtype=np.float32)
@@ -51,15 +56,16 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
         TileRegion.of(0, 2, 0, 5), tile,
     )  # fmt: skip
     lines = [
-        view.feed(DEVICE_STATE.build(device="dev-1"), encode(state), 0.0),
-        view.feed(AUCTION_CALL.build(round="r1"), encode(call), 0.1),
-        view.feed(
+        joined(view, DEVICE_STATE.build(device="dev-1"), encode(state), 0.0),
+        joined(view, AUCTION_CALL.build(round="r1"), encode(call), 0.1),
+        joined(
+            view,
             AUCTION_BIDS.build(round="r1", device="dev-1"),
             encode(BidMessage("r1", "dev-1", 0.0, (LotPrices((0.01, 0.02), (0.01, 0.01)),))),
             0.2,
         ),
-        view.feed(AUCTION_AWARD.build(round="r1"), encode(Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3),
-        view.feed(DEVICE_TASKS.build(device="dev-1"), encode(task), 1.0),
+        joined(view, AUCTION_AWARD.build(round="r1"), encode(Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3),
+        joined(view, DEVICE_TASKS.build(device="dev-1"), encode(task), 1.0),
     ]
     assert "dev-1 ONLINE" in lines[0] and "100 Mbit/s" in lines[0]
     assert "CALL by o1" in lines[1] and "2 items" in lines[1]
@@ -68,22 +74,22 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     assert "busy: task t1" in view.table()
     timings = TaskTimings(0.0, 0.005, 0.0, 1.0, 1.0, 1.005)
     result = ResultMessage("q", "t1", "dev-1", TileRegion.of(0, 2, 0, 5), tile, timings)
-    line = view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), encode(result), 1.25)
+    line = joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), encode(result), 1.25)
     assert line is not None and "compute 5.0 ms after 250.0 ms" in line and "idle" in view.table()
     offline = encode(DeviceState("dev-1", False))
-    assert "OFFLINE" in (view.feed(DEVICE_STATE.build(device="dev-1"), offline, 2.0) or "")
+    assert "OFFLINE" in (joined(view, DEVICE_STATE.build(device="dev-1"), offline, 2.0) or "")
     assert view.table().startswith("0 device(s) online")
 
 
 def test_invalid_chunked_and_foreign_traffic() -> None:
     view = TrafficView()
-    assert "INVALID" in (view.feed(DEVICE_TASKS.build(device="dev-1"), b"\x00garbage", 0.0) or "")
-    assert "(not edgeci)" in (view.feed("home/kitchen/temp", b"21.5", 0.0) or "")
+    assert "INVALID" in (joined(view, DEVICE_TASKS.build(device="dev-1"), b"\x00garbage", 0.0) or "")
+    assert "(not edgeci)" in (joined(view, "home/kitchen/temp", b"21.5", 0.0) or "")
     tile = np.random.default_rng(0).standard_normal((1, 64, 150, 150)).astype(np.float32)
     parts = frames(encode(ResultMessage("q", "t", "d", TileRegion.of(0, 1, 0, 1), tile)))
-    assert view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), parts[0], 0.0) is None
+    assert joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), parts[0], 0.0) is None
     assert "result t from d" in (
-        view.feed(RESULTS.build(orchestrator="o1", device="d", request="r"), parts[1], 0.0) or ""
+        joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), parts[1], 0.0) or ""
     )
 
 
@@ -94,18 +100,20 @@ def test_flow_messages_are_described() -> None:
     step = ProgramStep(FusedBlock(0, 5), region, (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
     program = ProgramMessage("q1.1", "o1", "vgg16", "ab", (224, 224), (step,), 30.0)
     lines = [
-        view.feed(DEVICE_TASKS.build(device="dev-1"), encode(program), 0.0),
-        view.feed(
+        joined(view, DEVICE_TASKS.build(device="dev-1"), encode(program), 0.0),
+        joined(
+            view,
             DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="q1.1"),
             encode(RowsMessage("q1.1", "dev-1", 5, region, PackedArray(rows, "zeros"))),
             0.1,
         ),
-        view.feed(
+        joined(
+            view,
             RESULTS.build(orchestrator="o1", device="dev-2", request="q1.1"),
             encode(VectorMessage("q1.1", "dev-2", Span(0, 10), PackedArray(np.zeros((1, 10), np.float32)), True)),
             0.2,
         ),
-        view.feed(DEVICE_TASKS.build(device="dev-1"), encode(ReleaseMessage("q1.1", "o1", "done")), 0.3),
+        joined(view, DEVICE_TASKS.build(device="dev-1"), encode(ReleaseMessage("q1.1", "o1", "done")), 0.3),
     ]
     assert lines[0] is not None and "program q1.1 for dev-1: 1 steps" in lines[0]
     assert lines[1] is not None and "rows q1.1 from dev-1: boundary 5" in lines[1] and "as zeros" in lines[1]

@@ -36,6 +36,7 @@ from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.runtime.heap import release_heap
 from edgeci_mqtt.runtime.jobs import IDLE, JobQueue
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
+from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
 from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.wire import (
@@ -67,6 +68,7 @@ from edgeci_mqtt.wire import (
     choose_codec,
     encode,
 )
+from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
 __all__ = ["DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
 
@@ -182,6 +184,7 @@ class DeviceAgent:
         announced profile by the time our work really takes (:mod:`edgeci_mqtt.planner.calibration`)."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models = device_id, bus, models
+        self._traffic = TrafficPublisher(bus, device_id, DEVICE_TRAFFIC.build(device=device_id))  # while watched
         self.boot_profile = profile  # what the boot micro-benchmarks measured; ``profile`` is what we announce
         self.calibration = SpeedCalibration() if calibrate else None
         self.threads, self.cache, self.compress = threads, cache, compress
@@ -221,6 +224,7 @@ class DeviceAgent:
             bus.subscribe(topic)
         bus.start()
         self.link = self._measure_link()
+        bus.subscribe(WATCHER_STATE.filter)  # after the probe (it reads past other events): retained states reach us
         self._birth()
         worker = threading.Thread(target=self._work, name=f"{self.device_id}-worker", daemon=True)
         worker.start()
@@ -236,6 +240,7 @@ class DeviceAgent:
             bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
         except EdgeCIError as exc:  # the broker is gone: our will says it instead
             log.warning("%s: cannot announce going offline: %s", self.device_id, exc)
+        self._traffic.stop()
         bus.stop()
         worker.join(timeout=5)
         log.info("%s: offline", self.device_id)
@@ -290,6 +295,8 @@ class DeviceAgent:
 
     # ------------------------------------------------------------ messages
     def _handle(self, event: Inbound) -> None:
+        if self._traffic.heard(event):  # a watcher's state: whether to report what we send
+            return
         try:
             message = self._reassembler.feed(event.topic, event.payload)
         except WireError as exc:
@@ -403,6 +410,7 @@ class DeviceAgent:
         refusal = ResultMessage(message.request, "program", self.device_id, region, error=f"refused: {reason}"[:4000])
         with contextlib.suppress(EdgeCIError):
             self.bus.publish(self._results(message), encode(refusal))
+            self._traffic.note(self._results(message), refusal)
 
     def _refuse(self, message: TaskMessage, reason: Exception) -> None:
         """Tell the orchestrator at once, so it re-auctions instead of waiting for a deadline."""
@@ -411,6 +419,7 @@ class DeviceAgent:
         )
         with contextlib.suppress(EdgeCIError):
             self.bus.publish(self._results(message), encode(refusal))
+            self._traffic.note(self._results(message), refusal)
 
     def _book(self, held: HeldModel, digest: str, stage: str) -> None:
         """Count the stage as held from now on (tasks are validated here, in order, and the
@@ -644,6 +653,7 @@ class DeviceAgent:
         )
         with contextlib.suppress(EdgeCIError):
             self.bus.publish(self._results(message), encode(report))
+            self._traffic.note(self._results(message), report)
 
     def _check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
         """For a fetching device: the weights a block needs are the ones materialised now."""
@@ -674,7 +684,8 @@ class DeviceAgent:
             if message.trace and final:  # before what ends the request, or it comes too late to count
                 self._report(message, ready.index, item, started, computed, computed)
             for topic, out in outgoing:
-                self.bus.publish(topic, encode(out))
+                self.bus.publish(topic, payload := encode(out))
+                self._traffic.note(topic, out, len(payload))
             if message.trace and not final:
                 self._report(message, ready.index, item, started, computed, time.perf_counter())
             self.flow.computed(message.request, ready.index, output)
@@ -686,6 +697,7 @@ class DeviceAgent:
             with contextlib.suppress(EdgeCIError):
                 failure = ResultMessage(message.request, str(ready.index), self.device_id, region, error=error)
                 self.bus.publish(results, encode(failure))
+                self._traffic.note(results, failure)
         finally:
             if isinstance(item, ProgramStep):
                 self._unbook(message.request, ready.index)  # steps come first among a program's items
@@ -729,7 +741,8 @@ class DeviceAgent:
             error = f"{type(exc).__name__}: {exc}"[:4000]
             result = ResultMessage(message.request, message.task, self.device_id, message.out_region, error=error)
         try:
-            self.bus.publish(self._results(message), encode(result))
+            self.bus.publish(self._results(message), payload := encode(result))
+            self._traffic.note(self._results(message), result, len(payload))
         except EdgeCIError as exc:
             log.error("%s: cannot publish result of %s: %s", self.device_id, message.task, exc)
         finally:

@@ -44,6 +44,7 @@ from edgeci_mqtt.runtime.flow_run import FlowRun
 from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
 from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
+from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
@@ -74,6 +75,7 @@ from edgeci_mqtt.wire import (
     decode,
     encode,
 )
+from edgeci_mqtt.wire.topics import ORCHESTRATOR_TRAFFIC, WATCHER_STATE
 
 __all__ = ["DeviceTable", "Orchestrator"]
 
@@ -213,6 +215,7 @@ class Orchestrator:
         split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
         self.results_filter = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
+        self._traffic = TrafficPublisher(bus, orchestrator_id, ORCHESTRATOR_TRAFFIC.build(orchestrator=orchestrator_id))
         self.broker_link = broker_link or Link(1000.0, 0.1)
         self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
         self.table = DeviceTable()
@@ -232,6 +235,7 @@ class Orchestrator:
         bus = self.bus
         for topic in (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, SHARED_REQUESTS):
             bus.subscribe(topic)
+        bus.subscribe(WATCHER_STATE.filter)  # whether to report what we send devices
         bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
         bus.start()
         workers = [
@@ -255,6 +259,7 @@ class Orchestrator:
         for worker in workers:
             worker.join(timeout=5)
         self._announce(False)
+        self._traffic.stop()
         bus.stop()
 
     def _announce(self, online: bool) -> None:
@@ -267,6 +272,8 @@ class Orchestrator:
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
+        if self._traffic.heard(event):  # a watcher's state: whether to report what we send devices
+            return
         try:
             sent, bid = RESULTS.parse(event.topic), AUCTION_BIDS.parse(event.topic)  # once per message
             if self._unexpected(sent, bid):
@@ -462,7 +469,7 @@ class Orchestrator:
             for stage in held.weighted_stages(block):
                 if stage not in sent:
                     state = stage_state(held.chain.model, stage)
-                    self.bus.publish(
+                    self._traffic.publish(
                         DEVICE_TASKS.build(device=device), encode(weights_message(model, held.digest, stage, state))
                     )
                     sent.add(stage)
@@ -537,7 +544,7 @@ class Orchestrator:
             plan=plan,
             shapes=shapes,
             devices=lambda: self.table.views(message.model, held.digest),
-            publish=lambda topic, payload: self.bus.publish(topic, payload),
+            publish=self._traffic.publish,  # and reported while a watcher is online
             prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
             auction_s=self.auction_s,

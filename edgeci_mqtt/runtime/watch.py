@@ -4,6 +4,8 @@
 ``edgeci watch`` and its tests. Tensors are shown as dtype/shape/bytes, never as
 numbers; the view keeps the device table and the tasks in flight, so a result line
 says how long its task took and the device table says what each device is doing.
+The watcher reads no data topic: tasks, programs, rows and results are shown from the
+metadata their senders report while it watches (:mod:`edgeci_mqtt.runtime.traffic`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from numpy.typing import NDArray
 
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
+from edgeci_mqtt.runtime.traffic import REPORTED, TrafficReporter, describe, reported_by, summarise
 from edgeci_mqtt.wire import (
     DEVICE_STATE,
     ROOT,
@@ -29,21 +32,16 @@ from edgeci_mqtt.wire import (
     InferResponse,
     Message,
     OrchestratorState,
-    ProgramMessage,
     Reassembler,
-    ReleaseMessage,
-    ResultMessage,
-    RowsMessage,
-    TaskMessage,
-    VectorMessage,
     decode,
 )
+from edgeci_mqtt.wire.messages import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
 
 __all__ = ["TrafficView", "describe_tensor", "device_states"]
 
 
 def describe_tensor(value: NDArray[np.generic] | None) -> str:
-    return "none" if value is None else f"{value.dtype}{list(value.shape)} {value.nbytes} B"
+    return _tensor(summarise(value))
 
 
 def device_states(
@@ -82,26 +80,108 @@ def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
 
 
+def _tensor(summary: TensorSummary | None) -> str:
+    return "none" if summary is None else f"{summary.dtype}{list(summary.shape)} {summary.nbytes} B"
+
+
+def _ms(seconds: float | None) -> float:
+    return 0.0 if seconds is None else seconds * 1e3
+
+
 @dataclass
 class TrafficView:
+    """Lines for what a watcher receives. The data topics (tasks, rows, results) reach it
+    only as their senders' :class:`TrafficMessage` batches; a data message fed directly (a
+    broker without the roles) is described the same way (:func:`describe`), so both read alike."""
+
     devices: dict[str, DeviceState] = field(default_factory=dict)
     in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)  # task -> (device, sent at)
     reassembler: Reassembler = field(default_factory=Reassembler)
 
-    def feed(self, topic: str, payload: bytes, now: float) -> str | None:
-        """One line for one message (None while a chunked payload is incomplete)."""
+    def feed(self, topic: str, payload: bytes, now: float) -> list[str]:
+        """The lines for one message (none while a chunked payload is incomplete; one per
+        record of a traffic batch)."""
         if not topic.startswith(ROOT + "/"):
             preview = payload[:60].decode("utf-8", errors="replace")
-            return f"{topic}  (not edgeci) {_size(len(payload))}: {preview!r}"
+            return [f"{topic}  (not edgeci) {_size(len(payload))}: {preview!r}"]
         try:
             message = self.reassembler.feed(topic, payload)
         except WireError as exc:
-            return f"{topic}  INVALID ({_size(len(payload))}): {exc}"
+            return [f"{topic}  INVALID ({_size(len(payload))}): {exc}"]
         if message is None:
-            return None
-        return f"{topic}  {self._describe(topic, message, len(payload), now)}"
+            return []
+        if isinstance(message, TrafficMessage):
+            return self._batch(topic, message, now)
+        if TrafficReporter.reports(topic):
+            return [self._record(describe(topic, message, len(payload)), now)]
+        return [f"{topic}  {self._describe(message, len(payload))}"]
 
-    def _describe(self, topic: str, message: Message, size: int, now: float) -> str:
+    def _batch(self, topic: str, batch: TrafficMessage, now: float) -> list[str]:
+        lines = []
+        for record in batch.records:
+            if reported_by(topic, batch, record):
+                lines.append(self._record(record, now - record.before_s))
+            else:
+                lines.append(f"{topic}  INVALID: {batch.sender} cannot have sent a {record.kind} on {record.topic}")
+        if batch.dropped:
+            lines.append(f"{topic}  {batch.dropped} more message(s) of {batch.sender} not reported (batch full)")
+        return lines
+
+    def _record(self, r: TrafficRecord, at: float) -> str:
+        """One line for a message sent on a data topic, from its record (``at``: when it was sent)."""
+        ids = next((ids for p in REPORTED if (ids := p.parse(r.topic)) is not None), {})
+        sender = ids.get("sender") or ids.get("device", "?")  # rows: who sent them; results: the device
+        request, size = (r.request or "?"), _size(r.size)
+        if r.kind == "task":
+            self.in_flight[r.task or "?"] = (ids.get("device", ""), at)
+            block = f"{r.block.start}-{r.block.stop}" if r.block else "?"
+            text = (
+                f"task {r.task} of {request[:8]}: {r.model} block {block} out {r.region} "
+                f"in {_tensor(r.tensor)} ({size})"
+            )
+        elif r.kind == "result":
+            sent = self.in_flight.pop(r.task or "?", None)
+            after = f" after {(at - sent[1]) * 1e3:.1f} ms" if sent else ""
+            if r.error:
+                text = f"result {r.task} from {sender}: ERROR {r.error}{after}"
+            else:
+                text = (
+                    f"result {r.task} from {sender}: {_tensor(r.tensor)} ({size}), "
+                    f"compute {_ms(r.compute_s):.1f} ms{after}"
+                )
+        elif r.kind == "program":
+            image = f", image {_tensor(r.tensor)}" if r.tensor is not None else ""
+            extra = (" + tail" if r.tail else "") + (" + finish" if r.finish else "")
+            text = f"program {request[:12]} for {ids.get('device')}: {r.steps} steps{extra}{image} ({size})"
+        elif r.kind == "rows":
+            text = (
+                f"rows {request[:12]} from {sender}: boundary {r.boundary} {r.region} "
+                f"{_tensor(r.tensor)} as {r.codec} ({size})"
+            )
+        elif r.kind == "vector":
+            what = "logits" if r.logits else f"features {r.features.start}-{r.features.stop}" if r.features else "?"
+            text = f"{what} {request[:12]} from {sender}: {_tensor(r.tensor)} as {r.codec} ({size})"
+        elif r.kind == "release":
+            text = f"release {request[:12]} by {r.orchestrator}: {r.reason}"
+        elif r.kind == "go":
+            text = f"go {request[:12]} by {r.orchestrator}: boundary {r.boundary}"
+        elif r.kind == "done":
+            text = f"done {request[:12]} from {sender}: boundary {r.boundary}"
+        elif r.kind == "report":
+            text = (
+                f"report {request[:12]} from {sender}: item {r.steps} {r.region or ''} "
+                f"compute {_ms(r.compute_s):.1f} ms, send {_ms(r.encode_s):.1f} ms"
+            )
+        elif r.kind == "weights":
+            text = (
+                f"weights {r.model} stage {r.stage} for {ids.get('device')}: {r.steps} tensors "
+                f"{_tensor(r.tensor).split(' ', 1)[-1]} ({size})"
+            )
+        else:
+            text = f"{r.kind} message ({size})"
+        return f"{r.topic}  {text}"
+
+    def _describe(self, message: Message, size: int) -> str:
         if isinstance(message, DeviceState):
             before = message.device in self.devices
             if message.online:
@@ -127,40 +207,6 @@ class TrafficView:
         if isinstance(message, Award):
             runs = ", ".join(f"{r.device}: items {r.items.start}-{r.items.stop}" for r in message.runs)
             return f"auction {message.round} AWARD of lot {message.lot}: {runs}"
-        if isinstance(message, TaskMessage):
-            self.in_flight[message.task] = (topic.split("/")[3], now)
-            return (
-                f"task {message.task} of {message.request[:8]}: {message.model} block "
-                f"{message.block.start}-{message.block.stop} out {message.out_region} in "
-                f"{describe_tensor(message.input)} ({_size(size)})"
-            )
-        if isinstance(message, ResultMessage):
-            sent = self.in_flight.pop(message.task, None)
-            after = f" after {(now - sent[1]) * 1e3:.1f} ms" if sent else ""
-            if message.error:
-                return f"result {message.task} from {message.device}: ERROR {message.error}{after}"
-            compute = message.timings.compute_s * 1e3 if message.timings else 0.0
-            return (
-                f"result {message.task} from {message.device}: {describe_tensor(message.output)} "
-                f"({_size(size)}), compute {compute:.1f} ms{after}"
-            )
-        if isinstance(message, ProgramMessage):
-            tail = " + tail" if message.tail else ""
-            finish = " + finish" if message.finish else ""
-            return (
-                f"program {message.request[:12]} for {topic.split('/')[3]}: {len(message.steps)} steps{tail}{finish}"
-                f"{', image ' + describe_tensor(message.image) if message.image is not None else ''} ({_size(size)})"
-            )
-        if isinstance(message, RowsMessage):
-            return (
-                f"rows {message.request[:12]} from {message.sender}: boundary {message.boundary} {message.region} "
-                f"{describe_tensor(message.rows.array)} as {message.rows.codec} ({_size(size)})"
-            )
-        if isinstance(message, VectorMessage):
-            what = "logits" if message.logits else f"features {message.features.start}-{message.features.stop}"
-            return f"{what} {message.request[:12]} from {message.sender} ({_size(size)})"
-        if isinstance(message, ReleaseMessage):
-            return f"release {message.request[:12]} by {message.orchestrator}: {message.reason}"
         if isinstance(message, InferRequest):
             return (
                 f"request {message.request[:8]}: {message.model} {message.strategy or '(default strategy)'} "
@@ -178,7 +224,9 @@ class TrafficView:
             return f"chunk {message.index + 1}/{message.count} of {message.id}"
         if isinstance(message, OrchestratorState):
             return f"orchestrator {message.orchestrator} {'ONLINE' if message.online else 'OFFLINE'}"
-        return f"{message.kind} message"
+        if isinstance(message, WatcherState):
+            return f"watcher {message.watcher} {'ONLINE' if message.online else 'OFFLINE'}"
+        return f"{message.kind} message ({_size(size)})"
 
     def table(self) -> str:
         """The device table: who is online and what it is doing."""

@@ -16,7 +16,16 @@ from typing import Literal
 
 from edgeci_mqtt.wire.topics import ORCHESTRATORS_SHARE, ROOT, TOPICS, Grant, Role, TopicPattern
 
-__all__ = ["AclKind", "AclRule", "group_name", "own_role_name", "own_rules", "shared_role_name", "shared_rules"]
+__all__ = [
+    "AclKind",
+    "AclRule",
+    "group_name",
+    "own_role_name",
+    "own_rules",
+    "shared_role_name",
+    "shared_rules",
+    "watcher_denied",
+]
 
 AclKind = Literal["publishClientSend", "publishClientReceive", "subscribePattern", "subscribeLiteral"]
 
@@ -63,27 +72,38 @@ def _rules(topic: TopicPattern, grant: Grant, user: str) -> list[AclRule]:
 def shared_rules(role: Role) -> tuple[AclRule, ...]:
     """The rules every user of ``role`` holds (grants not pinned to an id of its own).
 
-    A watcher reads everything but the clients' data (their requests and answers), the
+    A watcher reads everything but the topics that carry client data (every topic declared
+    with ``data``: tasks, rows, results, requests, answers; generated here, so a new data
+    topic is denied to it from its declaration on), the clients' whole namespaces, the
     broker's control topics (they carry new passwords) and the orchestrators' shared
-    subscription (joining it would swallow requests)."""
-    if role == "watcher":
-        private = (f"{ROOT}/infer/#", f"{ROOT}/clients/#", "$CONTROL/#")
-        return (
-            AclRule("subscribePattern", "#"),
-            AclRule("publishClientReceive", "#"),
-            AclRule("subscribePattern", "$SYS/#"),
-            AclRule("publishClientReceive", "$SYS/#"),
-            AclRule("subscribePattern", "$share/#", allow=False, priority=_DENY_FIRST),
-            *(AclRule("subscribePattern", t, allow=False, priority=_DENY_FIRST) for t in private),
-            *(AclRule("publishClientReceive", t, allow=False, priority=_DENY_FIRST) for t in private),
-        )
-    return tuple(
+    subscription (joining it would swallow requests). What it sees of the data topics is
+    what the senders report on their ``traffic`` topics (:mod:`edgeci_mqtt.runtime.traffic`)."""
+    granted = tuple(
         rule
         for topic in TOPICS
         for grant in topic.grants
         if grant.role == role and not grant.own
         for rule in _rules(topic, grant, "")
     )
+    if role != "watcher":
+        return granted
+    private = (*watcher_denied(), "$CONTROL/#")
+    return (
+        AclRule("subscribePattern", "#"),
+        AclRule("publishClientReceive", "#"),
+        AclRule("subscribePattern", "$SYS/#"),
+        AclRule("publishClientReceive", "$SYS/#"),
+        *granted,
+        AclRule("subscribePattern", "$share/#", allow=False, priority=_DENY_FIRST),
+        *(AclRule("subscribePattern", t, allow=False, priority=_DENY_FIRST) for t in private),
+        *(AclRule("publishClientReceive", t, allow=False, priority=_DENY_FIRST) for t in private),
+    )
+
+
+def watcher_denied() -> tuple[str, ...]:
+    """The edgeci topic filters a watcher may not read: every data topic's, and the clients'
+    namespaces whole (nothing but requests and answers may be there)."""
+    return (*(topic.filter for topic in TOPICS if topic.data), f"{ROOT}/infer/#", f"{ROOT}/clients/#")
 
 
 def own_rules(role: Role, user: str) -> tuple[AclRule, ...]:

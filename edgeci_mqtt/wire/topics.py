@@ -4,7 +4,7 @@ Each :class:`TopicPattern` names its id segments (``{device}``, ``{round}``, ...
 may read or write it (:class:`Grant`). The builders refuse ids that cannot be a topic
 segment, :meth:`TopicPattern.parse` gives a received topic's ids back (so a receiver
 checks that a message's sender field agrees with the topic it came on), and the broker's
-broker's roles are generated from the grants (:mod:`edgeci_mqtt.wire.access`), so the
+roles are generated from the grants (:mod:`edgeci_mqtt.wire.access`), so the
 tree and its access rules cannot drift apart.
 """
 
@@ -25,16 +25,19 @@ __all__ = [
     "DEVICE_ROWS",
     "DEVICE_STATE",
     "DEVICE_TASKS",
+    "DEVICE_TRAFFIC",
     "EVERYTHING",
     "INFER_REQUESTS",
     "ORCHESTRATORS_SHARE",
     "ORCHESTRATOR_STATE",
+    "ORCHESTRATOR_TRAFFIC",
     "RESULTS",
     "ROLES",
     "ROOT",
     "SCHEMA_VERSION",
     "SHARED_REQUESTS",
     "TOPICS",
+    "WATCHER_STATE",
     "Grant",
     "Role",
     "TopicPattern",
@@ -83,10 +86,16 @@ class Grant:
 
 @dataclass(frozen=True)
 class TopicPattern:
-    """One kind of topic, e.g. ``devices/{device}/state`` under :data:`ROOT`."""
+    """One kind of topic, e.g. ``devices/{device}/state`` under :data:`ROOT`.
+
+    ``data``: its messages carry client data (images, feature maps, logits) or anything
+    else only the parties to a request need (stage weights). The watcher is denied every
+    such topic (:func:`edgeci_mqtt.wire.access.shared_rules`); what it sees of them is the
+    metadata the senders report on their ``traffic`` topics while a watcher is online."""
 
     template: str
     grants: tuple[Grant, ...] = ()
+    data: bool = False
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -146,11 +155,13 @@ DEVICE_PROBE = TopicPattern("devices/{device}/probe", (Grant("device", "readwrit
 DEVICE_TASKS = TopicPattern(
     "devices/{device}/tasks",
     (Grant("device", "read", own="device"), Grant("orchestrator", "write")),
+    data=True,
 )
 """Tile tasks, ``flow`` programs and releases, and stage weights for one device."""
 DEVICE_ROWS = TopicPattern(
     "devices/{device}/rows/{sender}/{request}",
     (Grant("device", "read", own="device"), Grant("device", "write", own="sender")),
+    data=True,
 )
 """Feature-map rows from one device to another (``flow``) for one request. The topic names
 the sender and the ACL lets a device write only its own ``rows/<id>``, so the broker proves
@@ -171,6 +182,7 @@ whether the one serving them died."""
 RESULTS = TopicPattern(
     "orchestrators/{orchestrator}/results/{device}/{request}",
     (Grant("device", "write", own="device"), Grant("orchestrator", "read", own="orchestrator")),
+    data=True,
 )
 """Output tiles, rows, reports (or errors) from one device for one request of one
 orchestrator. The topic names the sender (proved by the broker) and the request, so a
@@ -178,6 +190,7 @@ payload for a request not in flight is dropped before it is decoded or reassembl
 INFER_REQUESTS = TopicPattern(
     "infer/requests/{client}",
     (Grant("client", "write", own="client"), Grant("orchestrator", "read", shared=True)),
+    data=True,
 )
 """A client's requests, under its own name: the broker proves who asked, so the answer
 may go only to that client's :data:`CLIENT_RESPONSES`. Read by the orchestrators through
@@ -186,7 +199,25 @@ topic at delivery)."""
 CLIENT_RESPONSES = TopicPattern(
     "clients/{client}/responses",
     (Grant("client", "read", own="client"), Grant("orchestrator", "write")),
+    data=True,
 )
+WATCHER_STATE = TopicPattern(
+    "watchers/{watcher}/state",
+    (Grant("watcher", "write", own="watcher"), Grant("device", "read"), Grant("orchestrator", "read")),
+)
+"""Retained: a watcher is watching (its will: it is not). Devices and orchestrators report
+their traffic only while some watcher is online, so watching costs nothing otherwise."""
+DEVICE_TRAFFIC = TopicPattern(
+    "devices/{device}/traffic",
+    (Grant("device", "write", own="device"), Grant("watcher", "read")),
+)
+"""What a device sent on data topics (kinds, sizes, regions, timings; never the data), in
+batches, while a watcher is online (:mod:`edgeci_mqtt.runtime.traffic`)."""
+ORCHESTRATOR_TRAFFIC = TopicPattern(
+    "orchestrators/{orchestrator}/traffic",
+    (Grant("orchestrator", "write", own="orchestrator"), Grant("watcher", "read")),
+)
+"""What an orchestrator sent to devices on data topics, as :data:`DEVICE_TRAFFIC`."""
 SHARED_REQUESTS = f"$share/{ORCHESTRATORS_SHARE}/{INFER_REQUESTS.filter}"
 
 TOPICS: tuple[TopicPattern, ...] = (
@@ -201,4 +232,7 @@ TOPICS: tuple[TopicPattern, ...] = (
     RESULTS,
     INFER_REQUESTS,
     CLIENT_RESPONSES,
+    WATCHER_STATE,
+    DEVICE_TRAFFIC,
+    ORCHESTRATOR_TRAFFIC,
 )
