@@ -22,9 +22,12 @@ from edgeci_mqtt.planner.awas import Award as Won
 from edgeci_mqtt.planner.awas import Bid
 from edgeci_mqtt.wire import AUCTION_AWARD, AUCTION_CALL, AuctionCall, AuctionLot, Award, AwardRun, BidMessage, encode
 
-__all__ = ["Auctioneer", "Round", "Silence"]
+__all__ = ["COOL_S", "Auctioneer", "Round", "Silence"]
 
 log = logging.getLogger("edgeci.orchestrator")
+
+COOL_S = 30.0
+"""After missing a round, a device is not waited for in rounds for this long, even once it bids again."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,22 @@ class Round:
 
 
 class Silence:
-    """Devices that did not bid in a round they were awaited in, until they bid again.
+    """Devices that did not bid in a round they were awaited in, until they bid in time again.
 
     A device whose retained state says online but that does not run (or no longer hears
     calls) would otherwise make every round wait out its whole window. A silent device
-    is still called and its bids still count; nobody waits for it, and ``flow`` does not
-    price work for it from its profile. Shared by every request of an orchestrator.
+    is still called and its bids still count if they come before a round closes; nobody
+    waits for it, and ``flow`` does not price work for it from its profile. A bid after
+    its round closed says nothing: a device that bids only late (as a ghost bidding on a
+    timer would) stays silent. Once back, a device that missed a round is not waited for
+    again for ``COOL_S`` (its bids still count): one that answers now and then cannot hold
+    every other round open. Shared by every request of an orchestrator.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cool_s: float = COOL_S) -> None:
+        self.cool_s = cool_s
         self._silent: set[str] = set()
+        self._missed: dict[str, float] = {}  # device -> when it last missed a round (perf_counter)
         self._lock = threading.Lock()
 
     def __contains__(self, device: object) -> bool:
@@ -61,14 +70,22 @@ class Silence:
         with self._lock:
             return set(self._silent)
 
-    def missed(self, devices: set[str]) -> None:
+    def unreliable(self, now: float) -> set[str]:
+        """Devices no round waits for: silent, or back for less than ``cool_s`` since their miss."""
+        with self._lock:
+            return self._silent | {d for d, at in self._missed.items() if now - at < self.cool_s}
+
+    def missed(self, devices: set[str], now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
         with self._lock:
             new = devices - self._silent
             self._silent |= devices
+            self._missed.update(dict.fromkeys(devices, now))
         for device in sorted(new):
             log.warning("device %s did not bid in time: not waited for until it bids again", device)
 
     def heard(self, device: str) -> None:
+        """``device`` bid in a round before it closed."""
         with self._lock:
             if device not in self._silent:
                 return
@@ -107,7 +124,7 @@ class Auctioneer:
         """
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
-        awaited = (awaited - self.silence.devices()) or awaited  # all silent: it is them or nobody
+        awaited = (awaited - self.silence.unreliable(time.perf_counter())) or awaited  # all silent: them or nobody
         round_id = uuid.uuid4().hex[:12]
         box: queue.Queue[BidMessage] = queue.Queue()
         received: list[dict[str, Bid]] = [{} for _ in lots]
@@ -131,9 +148,9 @@ class Auctioneer:
                     message = box.get(timeout=remaining)
                 except queue.Empty:
                     break
-                answered |= _take_bid(message, counts, candidates, received)
+                answered |= self._take_bid(message, counts, candidates, received)
             for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
-                answered |= _take_bid(box.get_nowait(), counts, candidates, received)
+                answered |= self._take_bid(box.get_nowait(), counts, candidates, received)
             self.silence.missed(awaited - answered)
         finally:
             self.bid_boxes.pop(round_id, None)
@@ -144,18 +161,21 @@ class Auctioneer:
         runs = tuple(AwardRun(d, s) for d, s in won.runs)
         self.publish(AUCTION_AWARD.build(round=held.id), encode(Award(held.id, held.lot, runs)))
 
-
-def _take_bid(message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]) -> set[str]:
-    """Count a bid (its prices are finite and in range: the wire checked) if it prices every
-    item of every lot; the device, if counted."""
-    shapes = [(len(p.alone_s), len(p.extend_s)) for p in message.lots]
-    if shapes != [(c, c) for c in counts]:  # counts: from our own call, short
-        log.warning(
-            "bid from %s prices %s items where the call has %s: ignored", message.device, shapes[:8], counts[:8]
-        )
-        return set()
-    if message.device not in candidates:
-        return set()
-    for bids, prices in zip(into, message.lots, strict=True):
-        bids[message.device] = Bid(message.device, message.queue_s, prices.alone_s, prices.extend_s)
-    return {message.device}
+    def _take_bid(
+        self, message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]
+    ) -> set[str]:
+        """Count a bid (its prices are finite and in range: the wire checked) if it prices every
+        item of every lot and comes from a candidate; the device, if counted. Any well-formed
+        bid in time says its device answers (a silent one that is no candidate included)."""
+        shapes = [(len(p.alone_s), len(p.extend_s)) for p in message.lots]
+        if shapes != [(c, c) for c in counts]:  # counts: from our own call, short
+            log.warning(
+                "bid from %s prices %s items where the call has %s: ignored", message.device, shapes[:8], counts[:8]
+            )
+            return set()
+        self.silence.heard(message.device)
+        if message.device not in candidates:
+            return set()
+        for bids, prices in zip(into, message.lots, strict=True):
+            bids[message.device] = Bid(message.device, message.queue_s, prices.alone_s, prices.extend_s)
+        return {message.device}

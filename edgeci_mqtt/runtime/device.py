@@ -47,6 +47,7 @@ from edgeci_mqtt.wire import (
     DEVICE_STATE,
     DEVICE_TASKS,
     RESULTS,
+    Allowance,
     AuctionCall,
     AuctionLot,
     BidMessage,
@@ -55,6 +56,7 @@ from edgeci_mqtt.wire import (
     LotPrices,
     ProgramMessage,
     ProgramStep,
+    Progress,
     Reassembler,
     ReleaseMessage,
     ResultMessage,
@@ -76,6 +78,25 @@ log = logging.getLogger("edgeci.device")
 
 PRICED_LOTS = 1024
 """Auction lots whose prices a device remembers (a request asks for one per block)."""
+REASSEMBLY_BYTES = 256 << 20
+"""Incomplete chunked messages held in all: stage weights and images from orchestrators
+(rows from devices are bounded far lower, by what our programs wait for)."""
+PARTIAL_S = 10.0
+"""An incomplete chunked message is dropped this long after its first frame (its frames
+are published back to back)."""
+EARLY = "rows before their program"
+"""The reassembly pool of rows for requests whose program has not arrived."""
+LOGGED_PER_WINDOW = 50
+TRIM_AFTER_BYTES, QUIET_S = 8 << 20, 1.0
+"""After this much inbound data, the heap is given back once nothing arrived for ``QUIET_S``."""
+
+
+def wire_bytes(float32_bytes: int) -> int:
+    """Most a rows message carrying this many float32 bytes may take on the wire: the
+    ``zeros`` codec's bitmap (1 bit per 32 data bits) and the message's own fields."""
+    return float32_bytes + float32_bytes // 32 + 4096 if float32_bytes else 0
+
+
 _NOWHERE = TileRegion.whole(1, 1)
 """The region a refusal names when the refused program has no step to name."""
 
@@ -208,7 +229,9 @@ class DeviceAgent:
         self._worked = False  # since the worker last fell idle (worker only)
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
-        self._reassembler = Reassembler(max_bytes=512 << 20)
+        self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
+        self._inbound = (0, time.perf_counter())  # bytes since the heap was last given back, last arrival
+        self._quiet: dict[str, tuple[float, int]] = {}  # kind of refusal -> (window started, refusals in it)
         bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
 
     @property
@@ -229,7 +252,7 @@ class DeviceAgent:
         worker = threading.Thread(target=self._work, name=f"{self.device_id}-worker", daemon=True)
         worker.start()
         log.info("%s: online, holding %s", self.device_id, ", ".join(self.models.held))
-        for event in events_until(bus, stop):
+        for event in events_until(bus, stop, tick=self._tick):
             if isinstance(event, Connected):
                 self._birth()  # a new session: the broker may have fired our will
             elif isinstance(event, Inbound):
@@ -294,13 +317,61 @@ class DeviceAgent:
         return link
 
     # ------------------------------------------------------------ messages
+    def _tick(self) -> None:
+        """On the message thread, about every 0.2 s: incomplete messages expire on the clock,
+        and after a burst of inbound data (hostile or not) the heap goes back to the system
+        once the burst is over, so an idle device returns to its idle size."""
+        self._reassembler.expire()
+        received, last = self._inbound
+        if received >= TRIM_AFTER_BYTES and time.perf_counter() - last >= QUIET_S:
+            self._inbound = (0, last)
+            release_heap()
+
+    def _warn(self, kind: str, text: str, *args: object) -> None:
+        """A refusal's warning: at most ``LOGGED_PER_WINDOW`` lines of each kind every 10 s,
+        then one line counting the rest (a flood's lines, formatted and written one by one,
+        would slow the device down as much as the flood itself)."""
+        now = time.perf_counter()
+        started, logged = self._quiet.get(kind, (-1e9, 0))
+        if now - started >= 10.0:
+            if logged > LOGGED_PER_WINDOW:
+                log.warning("%s: %d more refusals of %s in 10 s", self.device_id, logged - LOGGED_PER_WINDOW, kind)
+            started, logged = now, 0
+        self._quiet[kind] = (started, logged + 1)
+        if logged < LOGGED_PER_WINDOW:
+            log.warning(f"%s: {text}", self.device_id, *args)
+
+    def _allowance(self, topic: str) -> Allowance | None:
+        """What a message on ``topic`` may bring, known before a frame of it is held: rows
+        only what a program of ours still waits for from their sender, or a share of the
+        small area for rows that overtook their program; None (no allowance of its own)
+        for the orchestrators' topics. :class:`WireError` if the topic may bring nothing."""
+        ids = DEVICE_ROWS.parse(topic)
+        if ids is None:
+            return None
+        if ids["device"] != self.device_id:
+            raise WireError("rows for another device")
+        request, sender = ids["request"], ids["sender"]
+        expected = self.flow.expects(request, sender)
+        if expected is None:
+            return Allowance(EARLY, self.flow.holding_room())
+        if expected == 0:
+            why = self.flow.ended(request)
+            raise WireError(
+                f"rows for request {request}, which is over here ({why})"
+                if why
+                else f"request {request}: no step of {self.device_id} reads anything more from {sender}"
+            )
+        return Allowance(topic, wire_bytes(expected))
+
     def _handle(self, event: Inbound) -> None:
         if self._traffic.heard(event):  # a watcher's state: whether to report what we send
             return
+        self._inbound = (self._inbound[0] + len(event.payload), time.perf_counter())
         try:
-            message = self._reassembler.feed(event.topic, event.payload)
+            message = self._reassembler.feed(event.topic, event.payload, self._allowance(event.topic))
         except WireError as exc:
-            log.warning("%s: rejected message on %s: %s", self.device_id, event.topic, exc)
+            self._warn(event.topic.rsplit("/", 1)[0], "rejected message on %s: %s", event.topic, exc)
             return
         if message is None:
             return
@@ -317,6 +388,8 @@ class DeviceAgent:
                 if self.flow.go(message.request, message.boundary):
                     self._queue_steps(message.request)
             elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
+                if message.report:
+                    self._report_progress(message)
                 if self.flow.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
                 self._unbook(message.request)
@@ -331,13 +404,30 @@ class DeviceAgent:
                     self._backlog_s += task.predicted_s
                 self.tasks.put(task)
             else:
-                log.warning("%s: ignored a %s message on %s", self.device_id, message.kind, event.topic)
+                self._warn(f"ignored {message.kind}", "ignored a %s message on %s", message.kind, event.topic)
         except EdgeCIError as exc:
-            log.warning("%s: rejected %s on %s: %s", self.device_id, message.kind, event.topic, exc)
+            self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, exc)
         except Exception as exc:  # hostile input must never stop the agent
-            log.warning(
-                "%s: rejected %s on %s: %s: %s", self.device_id, message.kind, event.topic, type(exc).__name__, exc
+            self._warn(
+                f"rejected {message.kind}",
+                "rejected %s on %s: %s: %s",
+                message.kind,
+                event.topic,
+                type(exc).__name__,
+                exc,
             )
+
+    def _report_progress(self, release: ReleaseMessage) -> None:
+        """Before dropping a late request: how far we got, and whose rows we were waiting
+        for, so that the orchestrator holds out whoever held it up (not us for waiting)."""
+        progress = self.flow.progress(release.request)
+        if progress is None:
+            return
+        item, waiting_for = progress
+        report = Progress(release.request, self.device_id, item, waiting_for)
+        topic = RESULTS.build(orchestrator=release.orchestrator, device=self.device_id, request=release.request)
+        with contextlib.suppress(EdgeCIError):
+            self.bus.publish(topic, encode(report))
 
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
         ids = DEVICE_ROWS.parse(topic)

@@ -49,13 +49,17 @@ from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
     DEVICE_TASKS,
+    FinishRole,
     GoMessage,
     ProgramMessage,
+    ProgramStep,
+    Progress,
     ReleaseMessage,
     ResultMessage,
     RowsMessage,
     StepDone,
     StepReport,
+    TailRole,
     VectorMessage,
     encode,
 )
@@ -65,6 +69,9 @@ __all__ = ["MAX_ATTEMPTS", "FlowAttempt", "FlowRun", "attempt_allowance", "finis
 log = logging.getLogger("edgeci.orchestrator")
 
 MAX_ATTEMPTS = 3
+REPORTS_S = 0.5
+"""How long a late attempt waits for its devices to say how far they got (a device answers
+from its message thread, whatever its worker is doing)."""
 EXPIRY_MARGIN_S = 30.0
 """A device drops an attempt's rows this long after the attempt's deadline (counted from when
 its program arrived), released or not: never while the orchestrator still waits for it."""
@@ -138,6 +145,46 @@ class FlowAttempt:
         return set(), ""
 
 
+def program_items(program: DeviceProgram) -> list[ProgramStep | TailRole | FinishRole]:
+    """A program's items in the order a device runs them (the index a :class:`Progress` names)."""
+    tail, finish = program.tail, program.finish
+    return [*program.steps, *([tail] if tail else []), *([finish] if finish else [])]
+
+
+def _sources(item: ProgramStep | TailRole | FinishRole) -> set[str]:
+    if isinstance(item, FinishRole):
+        return {s.source for s in item.slices}
+    return {p.source for p in item.inputs}
+
+
+def blame(
+    programs: dict[str, DeviceProgram], reports: dict[str, Progress], orchestrator: str, barrier: bool
+) -> set[str]:
+    """Who held a late attempt up, from what each device said when it was released.
+
+    A device that did not answer (stopped, gone quiet, or hostile) is to blame, and so is
+    one that had every piece of its next item and had not finished it (slow, or never
+    computing). A device that was waiting for others is not, if its claim holds: the
+    senders it names are ones its next item reads (the orchestrator only for a go behind
+    a barrier: its image came in the program) and have not finished their own programs.
+    Rows lost on the way would blame their receiver, for a short hold."""
+    finished = {d for d, r in reports.items() if d in programs and r.item >= len(program_items(programs[d]))}
+    blamed = set()
+    for device, program in programs.items():
+        items, report = program_items(program), reports.get(device)
+        if report is None or report.item < 0:
+            blamed.add(device)  # silent, or its program never reached it
+            continue
+        if report.item >= len(items):
+            continue
+        claims = set(report.waiting_for)
+        readable = _sources(items[report.item]) - {device} | ({orchestrator} if barrier else set())
+        readable -= set() if barrier else {orchestrator}
+        if not claims or not claims <= readable or claims & finished:
+            blamed.add(device)
+    return blamed
+
+
 def finish_logits(
     tail: TailPlan, arrived: dict[Owed, NDArray[np.float32]], chain: StageChain, out_shape: FeatureShape
 ) -> Tensor:
@@ -202,7 +249,7 @@ class FlowRun(Run):
                 return self._attempt(run_id, x, late)
             except _AttemptFailed as failure:
                 late += failure.late
-                self.failed |= failure.devices
+                self.give_up_on(failure.devices, failure.why, gone=failure.gone)
                 self.timings.recovered_tasks += 1
                 reasons.append(failure.why)
                 log.warning(
@@ -247,6 +294,14 @@ class FlowRun(Run):
                 self.timings.scatter_s += time.perf_counter() - started
                 self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
                 self._wait(state, box, lambda boundary: self._go(run_id, readers[boundary], boundary))
+            except _AttemptFailed as failure:
+                if not failure.late:
+                    self._release(run_id, programs, "attempt failed")
+                    raise
+                self._release(run_id, programs, "late", report=True)
+                reports = self._reports(box, set(programs))
+                blamed = blame(programs, reports, self.orchestrator, plan.barrier) or failure.devices
+                raise _AttemptFailed(blamed, failure.why, late=True) from None
             except BaseException:
                 self._release(run_id, programs, "attempt failed")
                 raise
@@ -345,7 +400,8 @@ class FlowRun(Run):
     def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival], go: Callable[[int], None]) -> None:
         while not state.done:
             self.check_wanted()  # raises: the attempt's rows are released
-            lost, why = state.tick(time.perf_counter(), {v.name for v in self.devices()})
+            online = {v.name for v in self.devices()}
+            lost, why = state.tick(time.perf_counter(), online)
             if not lost:
                 try:
                     _, result = box.get(timeout=POLL_S)
@@ -358,9 +414,26 @@ class FlowRun(Run):
                 if isinstance(result, StepReport):
                     self._mark_report(result, state)
                     continue
+                if isinstance(result, Progress):  # answers a release: not for this attempt
+                    continue
                 lost, why = state.result(result)
             if lost:
-                raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline)
+                gone = not lost & online  # out of the table (offline, or held out since by a failure elsewhere)
+                raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline, gone=gone)
+
+    def _reports(self, box: queue.Queue[Arrival], devices: set[str]) -> dict[str, Progress]:
+        """The :class:`Progress` each device sends when a late attempt is released, for up to
+        :data:`REPORTS_S` (a device that does not answer by then is blamed)."""
+        reports: dict[str, Progress] = {}
+        deadline = time.perf_counter() + REPORTS_S
+        while devices - set(reports) and (left := deadline - time.perf_counter()) > 0:
+            try:
+                _, message = box.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(message, Progress) and message.device in devices:
+                reports[message.device] = message
+        return reports
 
     def _mark_report(self, report: StepReport, state: FlowAttempt) -> None:
         """A device's item on the timeline: its clock is trusted only between the request's
@@ -383,22 +456,21 @@ class FlowRun(Run):
         for device in sorted(devices):
             self.publish(DEVICE_TASKS.build(device=device), encode(GoMessage(run_id, self.orchestrator, boundary)))
 
-    def _release(self, run_id: str, programs: dict[str, DeviceProgram], reason: str) -> None:
+    def _release(self, run_id: str, programs: dict[str, DeviceProgram], reason: str, report: bool = False) -> None:
         """Tell every device of the attempt to drop its rows (a device that is gone drops them
-        when they expire)."""
+        when they expire); ``report``: and to say how far it got first."""
         for device in programs:
             try:
-                self.publish(
-                    DEVICE_TASKS.build(device=device), encode(ReleaseMessage(run_id, self.orchestrator, reason))
-                )
+                release = ReleaseMessage(run_id, self.orchestrator, reason, report)
+                self.publish(DEVICE_TASKS.build(device=device), encode(release))
             except Exception as exc:  # the broker may be gone too; expiry covers it
                 log.warning("%s: cannot release %s on %s: %s", self.request, run_id, device, exc)
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, devices: set[str], why: str, late: bool = False) -> None:
+    def __init__(self, devices: set[str], why: str, late: bool = False, gone: bool = False) -> None:
         super().__init__(why)
-        self.devices, self.why, self.late = devices, why, late
+        self.devices, self.why, self.late, self.gone = devices, why, late, gone
 
 
 def attempt_allowance(expected_s: float, min_allowance_s: float, late: int) -> float:

@@ -158,7 +158,7 @@ class FlowStore(Generic[C]):
         self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
         self._programs: dict[str, _Program[C]] = {}
         self._held: list[tuple[float, str, str, RowsMessage | VectorMessage]] = []  # (arrived, request, sender, rows)
-        self._ended: OrderedDict[str, str] = OrderedDict()  # request -> why, most recent last
+        self._ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request -> (why, items run), latest last
         self._lock = threading.Lock()
         self.counts = {"dropped_ended": 0, "dropped_unknown": 0, "refused": 0, "over_budget": 0}
 
@@ -193,7 +193,25 @@ class FlowStore(Generic[C]):
     def ended(self, request: str) -> str | None:
         """Why the request is over here, or None."""
         with self._lock:
-            return self._ended.get(request)
+            ended = self._ended.get(request)
+            return None if ended is None else ended[0]
+
+    def progress(self, request: str) -> tuple[int, tuple[str, ...]] | None:
+        """How far the request got here: the first item not run and the senders whose pieces
+        it still lacks (a go behind a barrier counts as the orchestrator's); ``(-1, ())`` if
+        its program never came; None if it ended here other than done (released, expired,
+        failed: whoever ended it knows why)."""
+        with self._lock:
+            entry = self._programs.get(request)
+            if entry is None:
+                why, run = self._ended.get(request, ("", -1))
+                return (run, ()) if why in ("", "done") else None
+            items = entry.items
+            if entry.next >= len(items):
+                return len(items), ()
+            missing = {k for k in entry.needs(items[entry.next]) if k not in entry.pieces}
+            senders = {entry.message.orchestrator if k[0] == "go" else k[-1] if len(k) == 3 else k[0] for k in missing}
+            return entry.next, tuple(sorted(senders))
 
     def holding_room(self) -> int:
         """Bytes more that rows for requests whose program has not arrived may take."""
@@ -202,9 +220,10 @@ class FlowStore(Generic[C]):
             return max(0, min(self.budget_bytes - self._bytes(), self.holding_bytes - held))
 
     def _end(self, request: str, why: str) -> None:
-        self._programs.pop(request, None)
+        entry = self._programs.pop(request, None)
         self._held = [h for h in self._held if h[1] != request]
-        self._ended[request] = why
+        run = entry.next if entry is not None else self._ended.get(request, ("", -1))[1]
+        self._ended[request] = (why, run)
         self._ended.move_to_end(request)
         while len(self._ended) > REMEMBERED:
             self._ended.popitem(last=False)
@@ -248,7 +267,7 @@ class FlowStore(Generic[C]):
             request = message.request
             if request in self._ended:
                 self.counts["dropped_ended"] += 1
-                raise WireError(f"rows for request {request}, which is over here ({self._ended[request]})")
+                raise WireError(f"rows for request {request}, which is over here ({self._ended[request][0]})")
             entry = self._programs.get(request)
             room = self.budget_bytes - self._bytes()
             if entry is None:

@@ -32,7 +32,10 @@ from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.auction import Auctioneer, Silence
 from edgeci_mqtt.runtime.models_held import HeldModel
+from edgeci_mqtt.runtime.penalties import Penalties
 from edgeci_mqtt.runtime.progress import (
+    FAILED_ELSEWHERE,
+    OFFLINE,
     Action,
     Awarded,
     BlockProgress,
@@ -50,6 +53,7 @@ from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     BidMessage,
+    Progress,
     ResultMessage,
     RowsMessage,
     StepDone,
@@ -101,7 +105,7 @@ class Timings:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-Inbox = ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport
+Inbox = ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport | Progress
 """What a device sends an orchestrator about a request."""
 Arrival = tuple[float, Inbox]
 """A result and when it arrived (``perf_counter``), for traces."""
@@ -179,6 +183,9 @@ class RunSetup:
     tails: dict[str, TailPlan] = field(default_factory=dict)
     """The orchestrator's tail placement in use, by model digest (``flow``): shared by its
     runs, so that devices keep the classifier rows they were given."""
+    penalties: Penalties = field(default_factory=Penalties)
+    """The orchestrator's record of devices that failed requests: a device this run gives
+    up on is held out of the next requests too."""
 
 
 class Run:
@@ -191,7 +198,7 @@ class Run:
         self.plan, self.shapes, self.devices, self.publish = setup.plan, setup.shapes, setup.devices, setup.publish
         self.prepare, self.mail, self.min_allowance_s = setup.prepare, setup.mail, setup.min_allowance_s
         self.backlog_s, self.give_up_at = setup.backlog_s, setup.give_up_at
-        self.tails = setup.tails
+        self.tails, self.penalties = setup.tails, setup.penalties
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
         self.auctioneer = Auctioneer(
             self.orchestrator,
@@ -208,6 +215,13 @@ class Run:
         self.origin = setup.origin
         self.timeline: list[Interval] | None = [] if setup.trace else None
         self._wall_offset = time.time() - time.perf_counter()
+
+    def give_up_on(self, devices: set[str], why: str, gone: bool = False) -> None:
+        """This run uses these devices no more; unless they left (``gone``: the device table
+        knows), the orchestrator's next requests hold them out as well (:class:`Penalties`)."""
+        self.failed |= devices
+        if devices and not gone:
+            self.penalties.failed(devices, time.perf_counter(), f"{self.request}: {why}")
 
     def check_wanted(self) -> None:
         """Raise if the client stopped waiting (its deadline passed): the caller's cleanup
@@ -361,6 +375,8 @@ class InferenceRun(Run):
                 assert result is not None and result.output is not None  # a Stitch answers a result
                 self._stitch(action, result, arrived, out)
             elif isinstance(action, Lost):
+                if action.why not in (OFFLINE, FAILED_ELSEWHERE):  # those are counted already
+                    self.give_up_on({action.device}, action.why)
                 log.warning(
                     "%s: task %s on %s lost (%s); recovering it",
                     self.request,

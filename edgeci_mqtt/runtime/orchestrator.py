@@ -44,6 +44,7 @@ from edgeci_mqtt.runtime.flow_run import FlowRun
 from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
 from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
+from edgeci_mqtt.runtime.penalties import Penalties
 from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -66,6 +67,7 @@ from edgeci_mqtt.wire import (
     InferResponse,
     Message,
     OrchestratorState,
+    Progress,
     Reassembler,
     ResultMessage,
     RowsMessage,
@@ -162,9 +164,11 @@ class DeviceTable:
 
 @dataclass
 class _Planned:
-    """A plan cached for the device table's ``generation``, and what it hands each device."""
+    """A plan cached for the device table's ``generation`` and the devices it was made for
+    (fewer while some are held out after failing), and what it hands each device."""
 
     generation: int
+    devices: frozenset[str]
     plan: Plan
     shares: dict[str, float] | None = None
 
@@ -229,6 +233,7 @@ class Orchestrator:
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self.commitments = Commitments()
+        self.penalties = Penalties()
         self._tails: dict[str, TailPlan] = {}  # flow's tail placement in use, by model digest
 
     def run(self, stop: threading.Event) -> None:
@@ -291,11 +296,10 @@ class Orchestrator:
             if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
                 self.table.update(message)
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
-                self.mail.silence.heard(message.device)
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport):
+            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport | Progress):
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
@@ -311,13 +315,12 @@ class Orchestrator:
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
     def _unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
-        """A result for a request not in flight here, or a bid for a round not open (from a
-        device that is not silent), by the ids its topic carries: it is dropped unread (a
-        flood of them costs no memory)."""
+        """A result for a request not in flight here, or a bid for a round not open, by the
+        ids its topic carries: it is dropped unread (a flood of them costs no memory; a late
+        bid says nothing, :class:`~edgeci_mqtt.runtime.auction.Silence`)."""
         if result is not None:
             return result["request"] not in self.mail.results
-        # a late bid of a silent device still says it is back
-        return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
+        return bid is not None and bid["round"] not in self.mail.bids
 
     # ------------------------------------------------------------ requests
     def _admit(self, client: str, request: _Request) -> None:
@@ -356,15 +359,15 @@ class Orchestrator:
         held = self.models.get(model)
         key = (model, height, width, strategy)
         with self._lock:
-            generation = self.table.generation
+            generation, names = self.table.generation, frozenset(v.name for v in devices)
             cached = self._plans.get(key)
-            if cached is not None and cached.generation == generation:
+            if cached is not None and (cached.generation, cached.devices) == (generation, names):
                 return cached.plan
             env = Environment(tuple(devices), self.profile, self.broker_link)
             ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
             self._rows[(model, height, width)] = ctx.rows
             plan = make_plan(strategy, ctx)
-            self._plans[key] = _Planned(generation, plan)
+            self._plans[key] = _Planned(generation, names, plan)
             return plan
 
     def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
@@ -477,16 +480,42 @@ class Orchestrator:
 
     def _infer(self, request: _Request) -> InferResponse:
         message = request.message
-        strategy = message.strategy or self.strategy
         held = self.models.get(message.model)
         check_image(message.image, "the request's image")  # clients may be anyone's code
         image = torch.from_numpy(message.image)
         if max(image.shape[-2:], default=0) > MAX_INPUT_SIDE:
             raise EdgeCIError(f"the image is {tuple(image.shape)}; sides up to {MAX_INPUT_SIDE} can travel to devices")
         shapes = held.chain.check_input(image)
-        devices = self.table.views(message.model, held.digest)
+        trials = self.penalties.take_trials(time.perf_counter())  # devices back on probation: ours to try
+        used: set[str] = set()
+        try:
+            return self._serve_with(request, held, image, shapes, trials, used)
+        finally:  # a trial that failed was counted as it failed
+            self.penalties.settle(trials, used, (), time.perf_counter())
+
+    def _serve_with(
+        self,
+        request: _Request,
+        held: HeldModel,
+        image: torch.Tensor,
+        shapes: list[FeatureShape],
+        trials: frozenset[str],
+        used: set[str],
+    ) -> InferResponse:
+        """Plan and run ``request`` on the devices not held out (and this request's
+        ``trials``); ``used`` gets the devices its run used, whatever happens."""
+        message, strategy = request.message, request.message.strategy or self.strategy
+
+        def live() -> list[DeviceView]:
+            """The devices this request may use now: online, holding the model, not held out."""
+            out = self.penalties.excluded(time.perf_counter(), trials)
+            return [v for v in self.table.views(message.model, held.digest) if v.name not in out]
+
+        devices = live()
         if not devices:
-            raise EdgeCIError(f"no online device holds {message.model} ({held.digest})")
+            held_out = self.penalties.penalised() & set(self.table.online())
+            why = f" ({', '.join(sorted(held_out))} held out after failing)" if held_out else ""
+            raise EdgeCIError(f"no online device holds {message.model} ({held.digest}){why}")
         started = time.perf_counter()
         height, width = shapes[0].height, shapes[0].width
         plan = self._plan(message.model, height, width, strategy, devices)
@@ -500,9 +529,12 @@ class Orchestrator:
 
         with self.commitments.claiming(decide) as (replan, mode, backlog_s):  # counted as handed out until done
             planned = time.perf_counter()
-            run = self._start(request, held, plan, shapes, strategy, replan, backlog_s)
+            run = self._start(request, held, plan, shapes, strategy, replan, backlog_s, live)
             run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
-            logits = run.run(image)
+            try:
+                logits = run.run(image)
+            finally:
+                used |= run.used
         run.timings.plan_s = planned - started
         timings = run.timings.as_dict()
         timings["whole_request"] = float(mode == "whole")
@@ -534,6 +566,7 @@ class Orchestrator:
         strategy: str,
         replan: Callable[[list[DeviceView]], Plan] | None,
         backlog_s: float,
+        devices: Callable[[], list[DeviceView]],
     ) -> InferenceRun | FlowRun:
         """The run that serves ``request`` as decided."""
         message = request.message
@@ -543,7 +576,7 @@ class Orchestrator:
             held=held,
             plan=plan,
             shapes=shapes,
-            devices=lambda: self.table.views(message.model, held.digest),
+            devices=devices,
             publish=self._traffic.publish,  # and reported while a watcher is online
             prepare=lambda device, block: self._send_weights(device, message.model, block),
             mail=self.mail,
@@ -554,6 +587,7 @@ class Orchestrator:
             backlog_s=backlog_s,
             give_up_at=request.give_up_at(),
             tails=self._tails,
+            penalties=self.penalties,
         )
         if split_strategy(strategy)[0] in SERVED_BY_FLOW:
             return FlowRun(setup, self.profile, self.broker_link, replan)

@@ -24,6 +24,8 @@ from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.planner.plan import Task
 
 __all__ = [
+    "FAILED_ELSEWHERE",
+    "OFFLINE",
     "Action",
     "Awarded",
     "BlockProgress",
@@ -38,6 +40,11 @@ __all__ = [
     "Stitch",
     "Tick",
 ]
+
+OFFLINE = "offline"
+FAILED_ELSEWHERE = "its device failed another task"
+"""Why a task is lost when nothing is wrong with the task itself (its device is gone, or
+it failed another task of the request already)."""
 
 
 # ---------------------------------------------------------------- events
@@ -210,9 +217,9 @@ class BlockProgress:
         actions: list[Action] = []
         for task_id, entry in list(self.pending.items()):
             if entry.device not in online:
-                why = "offline"
+                why = OFFLINE
             elif entry.device in self.failed:
-                why = "its device failed another task"
+                why = FAILED_ELSEWHERE
             elif event.now > entry.deadline:
                 why = "silent past its deadline"
             else:

@@ -50,6 +50,7 @@ __all__ = [
     "OrchestratorState",
     "ProgramMessage",
     "ProgramStep",
+    "Progress",
     "ReleaseMessage",
     "ResultMessage",
     "RowsMessage",
@@ -315,6 +316,20 @@ class StepDone(Message):
 
 
 @dataclass(frozen=True)
+class Progress(Message):
+    """How far ``device`` got with a request it was told to drop (a :class:`ReleaseMessage`
+    asking for a report): ``item``, the first item of its program it had not run (the
+    program's length: it ran them all; -1: its program never arrived), and the senders
+    whose pieces that item still lacked (none: it had everything, so it was slow itself)."""
+
+    kind: ClassVar[str] = "progress"
+    request: Ident
+    device: Ident
+    item: Annotated[int, Range(-1, 1 << 20)]
+    waiting_for: Annotated[tuple[Ident, ...], MaxLen(4096)] = ()
+
+
+@dataclass(frozen=True)
 class StepReport(Message):
     """When a device ran work item ``item`` of ``request`` (a traced ``flow`` request), on its
     own wall clock: started, computed, its outputs sent. ``block``/``region`` name a block
@@ -349,6 +364,7 @@ class ReleaseMessage(Message):
     request: Ident
     orchestrator: Ident
     reason: Text = ""
+    report: bool = False  # answer with a :class:`Progress` (an attempt ran late: who held it up?)
 
 
 @dataclass(frozen=True)
@@ -536,6 +552,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         VectorMessage,
         StepDone,
         StepReport,
+        Progress,
         GoMessage,
         ReleaseMessage,
         WatcherState,

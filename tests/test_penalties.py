@@ -1,0 +1,146 @@
+"""Devices that fail requests: held out with a decaying penalty, back on probation, and
+blamed only for what they held up; auctions that a device bidding late cannot hold open."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.runtime.auction import Silence
+from edgeci_mqtt.runtime.flow_run import blame
+from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.penalties import Penalties
+from edgeci_mqtt.runtime.programs import DeviceProgram
+from edgeci_mqtt.wire import ProgramStep, Progress, StepInput, StepSend, TailRole
+from tests.exactness import faithful
+from tests.inprocess import memory_cluster
+
+REGION = TileRegion.of(0, 4, 0, 4)
+
+
+def test_a_failed_device_is_held_out_then_tried_once_at_a_time() -> None:
+    penalties = Penalties(first_hold_s=5.0)
+    penalties.failed({"dev-1"}, now=100.0)
+    assert penalties.excluded(104.0) == {"dev-1"}
+    assert penalties.take_trials(104.0) == frozenset()  # still held
+    trial = penalties.take_trials(105.0)
+    assert trial == {"dev-1"}
+    assert penalties.excluded(105.0) == {"dev-1"}  # for every other request
+    assert penalties.excluded(105.0, trial) == set()  # but not the one on trial
+    assert penalties.take_trials(105.0) == frozenset()  # one trial at a time
+    penalties.settle(trial, used=(), failed=(), now=106.0)  # not used: free for the next request
+    again = penalties.take_trials(106.0)
+    assert again == {"dev-1"}
+    penalties.settle(again, used={"dev-1"}, failed=(), now=107.0)  # used, and it worked
+    assert penalties.penalised() == set() and penalties.excluded(107.0) == set()
+
+
+def test_each_failure_in_a_row_doubles_the_hold() -> None:
+    penalties = Penalties(first_hold_s=5.0, max_hold_s=12.0)
+    penalties.failed({"dev-1"}, now=0.0)
+    trial = penalties.take_trials(5.0)
+    penalties.failed(trial, now=6.0)  # failed its trial
+    penalties.settle(trial, used=trial, failed=trial, now=6.5)
+    assert penalties.excluded(15.9) == {"dev-1"}  # 10 s from its second failure
+    assert penalties.take_trials(16.0) == {"dev-1"}
+    penalties.failed({"dev-1"}, now=16.0)
+    assert penalties.excluded(27.9) == {"dev-1"} and penalties.excluded(28.0) == set()  # capped at 12 s
+
+
+def test_a_late_bid_does_not_bring_a_silent_device_back_and_a_returning_one_is_not_awaited_at_once() -> None:
+    silence = Silence(cool_s=30.0)
+    silence.missed({"ghost"}, now=0.0)
+    assert "ghost" in silence and silence.unreliable(1.0) == {"ghost"}
+    silence.heard("ghost")  # a bid in time
+    assert "ghost" not in silence
+    assert silence.unreliable(29.0) == {"ghost"}  # its bids count, nobody waits for them
+    assert silence.unreliable(31.0) == set()
+
+
+def step(block: int, *sources: str, out: str = "") -> ProgramStep:
+    sends = (StepSend(REGION, out),) if out else ()
+    return ProgramStep(FusedBlock(block, block + 1), REGION, tuple(StepInput(REGION, s) for s in sources), sends)
+
+
+def test_blame_falls_on_who_held_the_attempt_up() -> None:
+    """dev-1 runs block 0 from the image and sends to dev-2, which sends to dev-3 (tail)."""
+    programs = {
+        "dev-1": DeviceProgram((step(0, "o1", out="dev-2"),)),
+        "dev-2": DeviceProgram((step(1, "dev-1", out="dev-3"),)),
+        "dev-3": DeviceProgram((), TailRole((StepInput(REGION, "dev-2"),), "o1")),
+    }
+    waiting = {
+        "dev-2": Progress("r", "dev-2", 0, ("dev-1",)),
+        "dev-3": Progress("r", "dev-3", 0, ("dev-2",)),
+    }
+    # dev-1 never answered (stopped, or a ghost): only it
+    assert blame(programs, waiting, "o1", barrier=False) == {"dev-1"}
+    # dev-1 answered that it had everything and had not finished: slow (or never computing)
+    slow = {**waiting, "dev-1": Progress("r", "dev-1", 0, ())}
+    assert blame(programs, slow, "o1", barrier=False) == {"dev-1"}
+    # dev-1 says it waited for the image (it came in its program): not to be believed
+    lying = {**waiting, "dev-1": Progress("r", "dev-1", 0, ("o1",))}
+    assert blame(programs, lying, "o1", barrier=False) == {"dev-1"}
+    # dev-1 finished and sent; dev-2 claims to wait for it: dev-2's claim does not hold
+    done = {**waiting, "dev-1": Progress("r", "dev-1", 1, ())}
+    assert blame(programs, done, "o1", barrier=False) == {"dev-2"}
+    # its program never arrived
+    lost = {**waiting, "dev-1": Progress("r", "dev-1", -1, ())}
+    assert blame(programs, lost, "o1", barrier=False) == {"dev-1"}
+
+
+def test_a_flow_store_says_how_far_a_request_got() -> None:
+    from edgeci_mqtt.core.geometry import FeatureShape
+    from edgeci_mqtt.runtime.flow_store import FlowStore
+    from edgeci_mqtt.wire import ProgramMessage
+
+    store: FlowStore[None] = FlowStore("dev-2")
+    program = ProgramMessage("r", "o1", "smallcnn", "ab", (8, 8), (step(1, "dev-1"),), 30.0)
+    assert store.progress("r") == (-1, ())
+    store.install(program, [FeatureShape(1, 4, 4)] * 3, None, time.perf_counter())
+    assert store.progress("r") == (0, ("dev-1",))
+    store.release("r", "released: late")
+    assert store.progress("r") is None  # released: the orchestrator knows
+
+
+@pytest.fixture(scope="module")
+def store() -> ModelStore:
+    return ModelStore({"smallcnn": None}, seed=0)
+
+
+def test_a_device_that_bids_and_never_computes_costs_one_request(store: ModelStore, references: dict) -> None:
+    """A device whose worker does nothing (it still bids, from its message thread) wins work
+    under ``flow``: that request re-plans without it, and the requests after it neither
+    use it nor wait for it."""
+    ref = references[("smallcnn", 160, 160)]  # big enough that ``flow`` splits it
+    with memory_cluster(store, devices=3, strategy="flow", min_allowance_s=1.0) as small, small.client() as own:
+        assert "dev-3" in own.infer(ref.x, "smallcnn", timeout=60).devices  # the plan counts on it
+        small.agents["dev-3"]._run_step = lambda ready: None  # type: ignore[method-assign]
+        faulty = own.infer(ref.x, "smallcnn", timeout=60)
+        assert faithful(faulty.logits, ref.logits32, ref.logits64)
+        assert faulty.timings["recovered_tasks"] >= 1
+        assert "dev-3" in small.orchestrator.penalties.penalised()
+        assert not small.orchestrator.penalties.penalised() - {"dev-3"}  # those that waited for it are not blamed
+        for _ in range(3):
+            later = own.infer(ref.x, "smallcnn", timeout=60)
+            assert faithful(later.logits, ref.logits32, ref.logits64)
+            assert "dev-3" not in later.devices and later.timings["recovered_tasks"] == 0
+            assert later.timings["auction_s"] < 0.25, later.timings  # nobody waits for it either
+
+
+def test_a_frozen_device_is_not_handed_the_next_whole_requests(store: ModelStore, references: dict) -> None:
+    """``replicas`` runs each request whole on one device. The one it picks stops answering
+    (connected, silent): one request pays its deadline; the next go elsewhere at once."""
+    ref = references[("smallcnn", 64, 64)]
+    with memory_cluster(store, devices=3, strategy="replicas", min_allowance_s=1.0) as small, small.client() as own:
+        (chosen,) = own.infer(ref.x, "smallcnn", timeout=60).devices
+        small.muted.add(small.bus_of(chosen).client_id)
+        faulty = own.infer(ref.x, "smallcnn", timeout=60)
+        assert faithful(faulty.logits, ref.logits32, ref.logits64) and faulty.timings["recovered_tasks"] >= 1
+        for _ in range(3):
+            later = own.infer(ref.x, "smallcnn", timeout=60)
+            assert chosen not in later.devices and later.timings["recovered_tasks"] == 0
+        small.muted.clear()
