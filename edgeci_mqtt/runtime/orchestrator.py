@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
 import torch
 
@@ -77,7 +78,7 @@ from edgeci_mqtt.wire import (
     decode,
     encode,
 )
-from edgeci_mqtt.wire.topics import ORCHESTRATOR_TRAFFIC, WATCHER_STATE
+from edgeci_mqtt.wire.topics import ORCHESTRATOR_TRAFFIC, WATCHER_STATE, check_segment
 
 __all__ = ["DeviceTable", "Orchestrator"]
 
@@ -92,6 +93,17 @@ SERVED_BY_FLOW = ("flow", "local", "replicas")
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
 """Chunked results held at once: in all, and in one payload (a whole 224x224x64 float32
 map, the largest a device sends, is 12.8 MB)."""
+
+
+def _request_id(payload: bytes) -> str:
+    """The request id a malformed request names, if it names a usable one ("?" if not): read
+    from the raw map without decoding anything else (it is already known to be malformed)."""
+    try:
+        data = msgpack.unpackb(payload[:MAX_FRAME_BYTES], raw=False, strict_map_key=True)
+        request = data.get("request") if isinstance(data, dict) else None
+        return check_segment(request, "request") if isinstance(request, str) else "?"
+    except Exception:  # anything at all: it is hostile input
+        return "?"
 
 
 class DeviceTable:
@@ -285,10 +297,8 @@ class Orchestrator:
                 self.mail.dropped += 1  # before decoding or reassembling a byte of it
                 return
             asker = INFER_REQUESTS.parse(event.topic) if sent is None and bid is None else None
-            if asker is not None:  # a request fits one frame: a chunk there is hostile
-                message: Message | None = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
-                if message is None or isinstance(message, Chunk):
-                    raise WireError("a request must fit in one frame")
+            if asker is not None:
+                message: Message | None = self._request(event, asker["client"])
             else:
                 message = self._reassembler.feed(event.topic, event.payload)
             if message is None:
@@ -314,6 +324,25 @@ class Orchestrator:
         except Exception as exc:  # one message must never stop the dispatcher
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
+    def _request(self, event: Inbound, client: str) -> Message:
+        """A request, decoded; a malformed one is answered with why, when its client can read
+        the answer (on its own responses topic: no answer goes anywhere else), so that no
+        client waits out its timeout for an answer that cannot come."""
+        try:
+            if len(event.payload) > MAX_FRAME_BYTES:
+                raise WireError("a request must fit in one frame")
+            message = decode(event.payload)
+            if isinstance(message, Chunk):  # a request fits one frame: a chunk there is hostile
+                raise WireError("a request must fit in one frame")
+            return message
+        except WireError as exc:
+            own = CLIENT_RESPONSES.build(client=client)
+            if event.response_topic == own and event.correlation:
+                error = f"malformed request: {exc}"[:4000]
+                refusal = InferResponse(_request_id(event.payload), error=error, orchestrator=self.id)
+                self._answer(own, event.correlation, refusal)
+            raise
+
     def _unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
         """A result for a request not in flight here, or a bid for a round not open, by the
         ids its topic carries: it is dropped unread (a flood of them costs no memory; a late
@@ -333,10 +362,13 @@ class Orchestrator:
             self._reply(request, InferAccepted(request.message.request, self.id, ahead))
 
     def _reply(self, request: _Request, message: InferResponse | InferAccepted) -> None:
+        self._answer(request.response_topic, request.correlation, message)
+
+    def _answer(self, topic: str, correlation: bytes | None, message: InferResponse | InferAccepted) -> None:
         try:
-            self.bus.publish(request.response_topic, encode(message), correlation=request.correlation)
+            self.bus.publish(topic, encode(message), correlation=correlation)
         except Exception as exc:  # never lose the thread
-            log.error("cannot answer request %s: %s", request.message.request, exc)
+            log.error("cannot answer request %s: %s", message.request, exc)
 
     def _serve(self) -> None:
         while (request := self.requests.get()) is not None:
