@@ -27,7 +27,15 @@ from pathlib import Path
 import yaml
 
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, administer, new_password, roles_commands, user_commands
+from edgeci_mqtt.runtime.dynsec import (
+    ADMIN_ROLE,
+    ADMIN_USER,
+    administer,
+    new_password,
+    revocation_rules,
+    roles_commands,
+    user_commands,
+)
 from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, dynsec_plugin, free_port, mosquitto_binary
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
@@ -212,14 +220,20 @@ def _init_dynsec(path: Path, admin_password: str) -> None:
 def _bind_admin(dynsec_file: Path) -> None:
     """Bind the admin (``mosquitto_ctrl dynsec init`` sets no client id) to the client id of
     its name, as every other user is, so its credential cannot be used under another id nor
-    take over another component's session. Written into the plugin's file while no broker
-    runs: through the plugin, ``setClientId`` disconnects the admin's own session before it
-    answers."""
+    take over another component's session; and give its role the right to mark a removed
+    user offline (:func:`~edgeci_mqtt.runtime.dynsec.revocation_rules`). Written into the
+    plugin's file while no broker runs: through the plugin, ``setClientId`` disconnects the
+    admin's own session before it answers, and changing its role kicks it too."""
     data = json.loads(dynsec_file.read_text())
     admins = [c for c in data.get("clients", []) if c.get("username") == ADMIN_USER]
-    if len(admins) != 1:
-        raise EdgeCIError(f"{dynsec_file} does not hold the admin user {ADMIN_USER!r}")
+    roles = [r for r in data.get("roles", []) if r.get("rolename") == ADMIN_ROLE]
+    if len(admins) != 1 or len(roles) != 1:
+        raise EdgeCIError(f"{dynsec_file} does not hold the admin user {ADMIN_USER!r} with its role {ADMIN_ROLE!r}")
     admins[0]["clientid"] = ADMIN_USER
+    acls = roles[0].setdefault("acls", [])
+    acls += [
+        {"acltype": r.kind, "topic": r.topic, "allow": r.allow, "priority": r.priority} for r in revocation_rules()
+    ]
     write_secret(dynsec_file, json.dumps(data, indent=1), force=True)
 
 

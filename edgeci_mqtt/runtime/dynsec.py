@@ -19,10 +19,12 @@ from typing import Any
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
+from edgeci_mqtt.wire import DEVICE_STATE, ORCHESTRATOR_STATE, DeviceState, OrchestratorState, encode
 from edgeci_mqtt.wire.access import AclRule, group_name, own_role_name, own_rules, shared_role_name, shared_rules
 from edgeci_mqtt.wire.topics import ROLES, Role, check_segment
 
 __all__ = [
+    "ADMIN_ROLE",
     "ADMIN_USER",
     "CONTROL_TOPIC",
     "DynsecAdmin",
@@ -30,11 +32,14 @@ __all__ = [
     "administer",
     "new_password",
     "remove_user_commands",
+    "revocation_rules",
     "roles_commands",
     "user_commands",
 ]
 
 ADMIN_USER = "edgeci-admin"
+ADMIN_ROLE = "admin"
+"""The role ``mosquitto_ctrl dynsec init`` gives the admin (the plugin's commands, reading everything)."""
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 _RESPONSES = f"{CONTROL_TOPIC}/response"
 
@@ -51,6 +56,16 @@ def new_password() -> str:
 
 def _acl(rule: AclRule) -> Command:
     return {"acltype": rule.kind, "topic": rule.topic, "allow": rule.allow, "priority": rule.priority}
+
+
+def revocation_rules() -> tuple[AclRule, ...]:
+    """What the admin may write beyond the plugin's commands: the retained state of a user
+    it removes. The broker does not publish a deleted user's will, so without this a
+    removed device stayed "online" to every orchestrator, present and future."""
+    return (
+        AclRule("publishClientSend", DEVICE_STATE.filter),
+        AclRule("publishClientSend", ORCHESTRATOR_STATE.filter),
+    )
 
 
 def roles_commands() -> list[Command]:
@@ -151,9 +166,30 @@ class DynsecAdmin:
         raise DynsecError(f"{user!r} is not an edgeci user")
 
     def remove_user(self, user: str) -> Role:
+        """Delete ``user`` (the broker disconnects it) and, for a device or an orchestrator,
+        publish its retained state as offline: every orchestrator (or client) drops it at
+        once, and those started later never see it online."""
         role = self.role_of(user)
         self.run(remove_user_commands(user, role))
+        if role == "device":
+            self._retain(DEVICE_STATE.build(device=user), DeviceState(user, False))
+        elif role == "orchestrator":
+            self._retain(ORCHESTRATOR_STATE.build(orchestrator=user), OrchestratorState(user, False))
         return role
+
+    def _retain(self, topic: str, message: DeviceState | OrchestratorState) -> None:
+        """Publish ``message`` retained on ``topic`` and read it back (the admin reads
+        everything): a broker that does not let the admin write there says so here."""
+        payload = encode(message)
+        self.bus.subscribe(topic)
+        self.bus.publish(topic, payload, retain=True, wait=self.timeout)
+        for event in events_until(self.bus, deadline=time.perf_counter() + self.timeout):
+            if isinstance(event, Inbound) and event.topic == topic and event.payload == payload:
+                return
+        raise DynsecError(
+            f"removed, but {topic} still says online: this broker's admin may not write it (its role lacks "
+            f"{', '.join(r.topic for r in revocation_rules())}; regenerate it with `edgeci broker-config`)"
+        )
 
     def users(self) -> dict[str, Role]:
         """Every edgeci user and its role."""
