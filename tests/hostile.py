@@ -15,6 +15,7 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.runtime.bus import Bus
 from edgeci_mqtt.runtime.models_held import weights_digest
 from edgeci_mqtt.wire import (
+    DEVICE_ROWS,
     MAX_PAYLOAD_BYTES,
     RESULTS,
     AuctionCall,
@@ -24,7 +25,9 @@ from edgeci_mqtt.wire import (
     DeviceState,
     InferRequest,
     LotPrices,
+    PackedArray,
     ResultMessage,
+    RowsMessage,
     TaskMessage,
     WeightsMessage,
     encode,
@@ -123,3 +126,39 @@ def forged_results_flood(bus: Bus, orchestrator: str, device: str, count: int = 
         # the first frame of a 16-frame payload: 64 MB that would be held for a minute
         bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
     return 2 * count
+
+
+def zeros_bomb(request: str, sender: str, elements: int) -> bytes:
+    """A rows message whose ``zeros`` map declares ``elements`` float32 zeros: a bitmap of
+    ``elements / 8`` bytes that would inflate to 32 times its size."""
+    side = 1 << ((elements.bit_length() - 1) // 2)
+    packed = {
+        "dtype": "float32",
+        "shape": [1, 1, side, elements // side],
+        "codec": "zeros",
+        "data": bytes(elements // 8),
+    }
+    region = [0, side, 0, elements // side]
+    record = {"v": 1, "type": "rows", "request": request, "sender": sender, "boundary": 1, "region": region}
+    return msgpack.packb({**record, "rows": packed}, use_bin_type=True)
+
+
+def rows_flood(bus: Bus, device: str, sender: str, count: int = 150) -> int:
+    """What a device credential can throw at another device's rows topic, for requests it
+    never ran: ``count`` first frames of 64 MB chunked payloads, ``count`` whole 4 MB rows
+    messages, and one chunked ``zeros`` bomb declaring 2^27 elements (512 MB); frames sent."""
+    data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
+    rows = np.zeros((1, 1024, 1023, 1), np.float32)
+    sent = 0
+    for index in range(count):
+        topic = DEVICE_ROWS.build(device=device, sender=sender, request=f"forged-{index}")
+        bus.publish(
+            topic,
+            encode(RowsMessage(f"forged-{index}", sender, 1, TileRegion.of(0, 1023, 0, 1), PackedArray(rows))),
+            wait=30,
+        )
+        bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+        sent += 2
+    bomb = DEVICE_ROWS.build(device=device, sender=sender, request="bomb")
+    bus.publish(bomb, zeros_bomb("bomb", sender, 1 << 27), wait=30)  # chunked by the bus: 16 MB of bitmap
+    return sent + 1

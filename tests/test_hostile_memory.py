@@ -10,18 +10,22 @@ from __future__ import annotations
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
 
+from bench.report import resident_mb, sampled_rss
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.runtime import device as device_module
+from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.device import EARLY, wire_bytes
 from edgeci_mqtt.runtime.flow_store import DEFAULT_HOLDING_BYTES, FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
@@ -39,7 +43,9 @@ from edgeci_mqtt.wire import (
     framing,
 )
 from edgeci_mqtt.wire.tensors import arrays_within
-from edgeci_mqtt.wire.values import encode_record
+from tests.cluster import local_cluster
+from tests.exactness import References
+from tests.hostile import rows_flood, zeros_bomb
 from tests.inprocess import MemoryCluster, memory_cluster
 
 FRAME = MAX_PAYLOAD_BYTES - 8192
@@ -48,18 +54,6 @@ FRAME = MAX_PAYLOAD_BYTES - 8192
 
 def first_frame(ident: str, count: int = 2) -> bytes:
     return encode(Chunk(ident, 0, count, b"\x00" * FRAME))
-
-
-def zeros_bomb(elements: int) -> bytes:
-    """A rows message whose ``zeros`` map declares ``elements`` float32 zeros: a bitmap of
-    ``elements / 8`` bytes inflating to 32 times that."""
-    data = b"\x00" * (elements // 8)
-    side = int(elements**0.5)
-    packed = {"dtype": "float32", "shape": [1, 1, side, elements // side], "codec": "zeros", "data": data}
-    message = RowsMessage("r", "dev-9", 1, TileRegion.of(0, 1, 0, 1), PackedArray(np.zeros((1, 1, 1, 1), np.float32)))
-    record = {"v": 1, "type": "rows", **encode_record(message)}
-    record["rows"] = packed
-    return msgpack.packb(record, use_bin_type=True)
 
 
 def test_a_frame_over_its_topics_allowance_is_refused_before_it_is_held() -> None:
@@ -111,7 +105,7 @@ def test_incomplete_messages_expire_on_the_clock(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_compressed_bomb_is_refused_before_it_is_inflated() -> None:
-    payload = zeros_bomb(1 << 24)  # 2 MB of bitmap declaring 64 MB of float32
+    payload = zeros_bomb("r", "dev-9", 1 << 24)  # 2 MB of bitmap declaring 64 MB of float32
     assert len(payload) < MAX_PAYLOAD_BYTES
     tracemalloc.start()
     try:
@@ -171,7 +165,7 @@ def test_a_device_holds_no_more_than_its_programs_allow(
                 DEVICE_ROWS.build(device="dev-1", sender="dev-9", request=f"r{i}"), first_frame(f"c{i}")
             )
         bomb = DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="bomb")
-        attacker.publish_frame(bomb, zeros_bomb(1 << 24))
+        attacker.publish_frame(bomb, zeros_bomb("r", "dev-9", 1 << 24))
         wait_for(lambda: agent.bus.events.empty())
         held = agent._reassembler.held_bytes + agent.flow.stored_bytes
         assert 0 < held <= DEFAULT_HOLDING_BYTES
@@ -227,3 +221,36 @@ def test_the_device_gives_its_heap_back_after_a_burst(
         assert released[0] - sent >= 0.3  # once quiet, not during the burst
     finally:
         attacker.stop()
+
+
+def test_a_real_device_under_hostile_rows_stays_small_and_returns_to_idle(
+    tmp_path: Path, references: References
+) -> None:
+    """A device agent process (``smallcnn``), flooded on its rows topic by another device's
+    credential: 150 first frames of 64 MB chunked payloads, 150 whole 4 MB rows messages
+    and a chunked bomb declaring 512 MB, all for requests it never ran. Its resident memory
+    grows by no more than its small area for early rows and one message being decoded, it
+    is back within 20 MB of its idle size within 10 s of the flood, and it answers exactly."""
+    ref = references[("smallcnn", 64, 64)]
+    with (
+        local_cluster(tmp_path, devices=2, models="smallcnn", strategy="flow", start=1) as small,
+        EdgeCIClient(small.broker.address("client")) as own,
+    ):
+        own.infer(ref.x, "smallcnn", timeout=60)  # warm: what serving takes is part of its idle size
+        pid = small.group.processes["dev-1"].pid
+        time.sleep(2.0)  # idle: the heap given back after the request (the worker's idle second)
+        idle = resident_mb(pid)
+        attacker = MqttBus(small.broker.address("dev-2"))  # a device of the cluster, not running
+        attacker.start()
+        try:
+            with sampled_rss(pid) as rss:
+                rows_flood(attacker, "dev-1", "dev-2")
+        finally:
+            attacker.stop()
+        flooded = time.perf_counter()
+        while resident_mb(pid) > idle + 20 and time.perf_counter() - flooded < 10:
+            time.sleep(0.2)
+        back = resident_mb(pid)
+        assert rss.peak - idle < 64, f"peak {rss.peak:.0f} MB against {idle:.0f} MB idle"
+        assert back <= idle + 20, f"{back:.0f} MB 10 s after the flood against {idle:.0f} MB idle"
+        assert faithful(own.infer(ref.x, "smallcnn", timeout=60).logits, ref.logits32, ref.logits64)

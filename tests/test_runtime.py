@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.strategies import STRATEGIES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
+from edgeci_mqtt.runtime.dynsec import ADMIN_USER
 from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
@@ -114,7 +114,7 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
     ]
     own_bid = AUCTION_BIDS.build(round="fine", device="dev-9")
     own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9", request="r")
-    watcher = MqttBus(cluster.broker.add_user("watcher", "acl-watcher"))
+    watcher = MqttBus(cluster.broker.address(ADMIN_USER))  # the admin reads everything
     watcher.subscribe(EVERYTHING)
     watcher.start()
     intruder = MqttBus(cluster.broker.add_user("device", "dev-9"))  # a device of the cluster, not running
@@ -282,7 +282,7 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
 def _a_program(small: LocalCluster, devices: list[str], ask: Callable[[], object]) -> tuple[str, ProgramMessage]:
     """A device of ``devices`` and the program it got for the request ``ask`` makes (read off
     the broker; with a small model the planner may give all the work to one of them)."""
-    spy = MqttBus(small.broker.add_user("watcher", f"program-spy-{uuid.uuid4().hex[:6]}"))
+    spy = MqttBus(small.broker.address(ADMIN_USER))  # programs carry client data: no watcher reads them
     for device in devices:
         spy.subscribe(DEVICE_TASKS.build(device=device))
     spy.start()

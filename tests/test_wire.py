@@ -295,6 +295,7 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
         AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/state"),
         AclRule("subscribePattern", "edgeci/v1/orchestrators/o1/results/+/+"),
         AclRule("publishClientReceive", "edgeci/v1/orchestrators/o1/results/+/+"),
+        AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/traffic"),
     )
     denied = {r.topic for r in shared_rules("watcher") if not r.allow}
     assert {"$share/#", "$CONTROL/#", "edgeci/v1/clients/#", "edgeci/v1/infer/#"} <= denied

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.runtime.transport import MAX_QUEUED_BYTES, BrokerAddress, MqttBus, TlsFiles
 
 __all__ = ["add_broker", "broker_address", "broker_bus"]
 
@@ -37,14 +37,24 @@ def add_broker(parser: argparse.ArgumentParser, required: bool = True, inherit: 
 
 
 def broker_bus(
-    args: argparse.Namespace, user: str | None = None, address: BrokerAddress | None = None, in_role: bool = False
+    args: argparse.Namespace,
+    user: str | None = None,
+    address: BrokerAddress | None = None,
+    in_role: bool = False,
+    max_queued_bytes: int = MAX_QUEUED_BYTES,
 ) -> MqttBus:
     """A session with the broker of ``args`` (its login as :func:`broker_address` finds it,
     unless ``address`` is given), with its TLS files. ``in_role``: the process acts in a
     role (device, orchestrator, client, admin), so starting fails with a clear error when
-    the broker refuses a subscription it needs rather than running deaf."""
+    the broker refuses a subscription it needs rather than running deaf. ``max_queued_bytes``:
+    received and not yet read, at most."""
     tls = TlsFiles(args.ca_file, args.cert_file, args.key_file)
-    return MqttBus(address or broker_address(args, user), tls=tls, require_subscriptions=in_role)
+    return MqttBus(
+        address or broker_address(args, user),
+        tls=tls,
+        require_subscriptions=in_role,
+        max_queued_bytes=max_queued_bytes,
+    )
 
 
 def broker_address(args: argparse.Namespace, user: str | None = None) -> BrokerAddress:

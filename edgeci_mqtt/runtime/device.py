@@ -32,7 +32,7 @@ from edgeci_mqtt.planner.environment import DeviceView, TailRows
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
-from edgeci_mqtt.runtime.flow_store import FlowStore, ReadyStep, WorkItem
+from edgeci_mqtt.runtime.flow_store import HOLDING_S, FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.runtime.heap import release_heap
 from edgeci_mqtt.runtime.jobs import IDLE, JobQueue
 from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
@@ -72,12 +72,15 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
+__all__ = ["INBOX_BYTES", "DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
 
 log = logging.getLogger("edgeci.device")
 
 PRICED_LOTS = 1024
 """Auction lots whose prices a device remembers (a request asks for one per block)."""
+INBOX_BYTES = 32 << 20
+"""Payloads received and not yet read by a device's message loop, at most (its bus drops
+the rest): the loop reads faster than any link delivers, so only a flood fills it."""
 REASSEMBLY_BYTES = 256 << 20
 """Incomplete chunked messages held in all: stage weights and images from orchestrators
 (rows from devices are bounded far lower, by what our programs wait for)."""
@@ -231,6 +234,7 @@ class DeviceAgent:
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self._inbound = (0, time.perf_counter())  # bytes since the heap was last given back, last arrival
+        self._trim_at: float | None = None  # when to give the heap back once more after a burst
         self._quiet: dict[str, tuple[float, int]] = {}  # kind of refusal -> (window started, refusals in it)
         bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
 
@@ -323,8 +327,13 @@ class DeviceAgent:
         once the burst is over, so an idle device returns to its idle size."""
         self._reassembler.expire()
         received, last = self._inbound
-        if received >= TRIM_AFTER_BYTES and time.perf_counter() - last >= QUIET_S:
+        now = time.perf_counter()
+        if received >= TRIM_AFTER_BYTES and now - last >= QUIET_S:
             self._inbound = (0, last)
+            self._trim_at = last + HOLDING_S + QUIET_S  # again once what it left waiting has expired
+            release_heap()
+        elif self._trim_at is not None and now >= self._trim_at:
+            self._trim_at = None
             release_heap()
 
     def _warn(self, kind: str, text: str, *args: object) -> None:

@@ -38,12 +38,13 @@ PieceKey = tuple[int, TileRegion, str]
 """(boundary, region, source) of one input piece."""
 
 DEFAULT_BUDGET_BYTES = 512 << 20
-DEFAULT_HOLDING_BYTES = 16 << 20
+DEFAULT_HOLDING_BYTES = 8 << 20
 """Rows for a request whose program is not here yet, in all. Rows overtake their program
 only when a neighbour's first step ends before the orchestrator's next publish reaches
 us, so a few halos; anything beyond that is rows nobody asked for, which any device
 credential could otherwise send."""
-HOLDING_S = 10.0
+HOLDING_S = 5.0
+"""How long rows wait for their program (it is milliseconds behind them when they overtake it)."""
 REMEMBERED = 4096
 
 

@@ -40,7 +40,7 @@ from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["BrokerAddress", "MqttBus", "TlsFiles"]
+__all__ = ["MAX_QUEUED_BYTES", "BrokerAddress", "MqttBus", "TlsFiles"]
 
 log = logging.getLogger(__name__)
 
