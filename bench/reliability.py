@@ -28,33 +28,48 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import msgpack
 import torch
 
 from bench.report import DOCS, machine_line, resident_mb, sampled_rss
 from edgeci_mqtt.errors import EdgeCIError, InferenceError
 from edgeci_mqtt.exactness import faithful, float64_model
 from edgeci_mqtt.models import load_chain
+from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 from edgeci_mqtt.runtime.transport import MqttBus
+from edgeci_mqtt.runtime.watch import device_states
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,
+    CLIENT_RESPONSES,
     DEVICE_PROBE,
     DEVICE_ROWS,
     DEVICE_STATE,
     DEVICE_TASKS,
+    DEVICE_TRAFFIC,
     INFER_REQUESTS,
+    ORCHESTRATOR_TRAFFIC,
     RESULTS,
     SHARED_REQUESTS,
+    WATCHER_STATE,
+    AuctionCall,
+    BidMessage,
+    DeviceState,
+    InferResponse,
+    LotPrices,
+    WatcherState,
+    decode,
+    encode,
 )
 from edgeci_mqtt.wire.topics import TOPICS, Role
 from tests.cluster import collect
-from tests.hostile import forged_results_flood, hostile_payloads
+from tests.hostile import forged_results_flood, hostile_payloads, rows_flood
 
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
 ORCHESTRATORS = ("o1", "o2")
@@ -154,7 +169,13 @@ def _parallel(work: Callable[[int], None], count: int) -> None:
 
 @contextmanager
 def session(cluster: Cluster, user: str, *filters: str) -> Iterator[MqttBus]:
-    bus = MqttBus(cluster.broker.address(user))
+    with session_at(cluster.broker, user, *filters) as bus:
+        yield bus
+
+
+@contextmanager
+def session_at(broker: BrokerProcess, user: str, *filters: str) -> Iterator[MqttBus]:
+    bus = MqttBus(broker.address(user))
     for topic_filter in filters:
         bus.subscribe(topic_filter)
     bus.start()
@@ -447,11 +468,177 @@ def request_flood(cluster: Cluster) -> Row:
     return row
 
 
+def _p50_ms(row: Row) -> float:
+    return 1e3 * statistics.median(row.latencies_s) if row.latencies_s else float("nan")
+
+
+def _ratio(after: Row, before: Row) -> str:
+    return f"{_p50_ms(after) / _p50_ms(before):.2f}x" if after.latencies_s and before.latencies_s else "no answer"
+
+
+def revoked_device(cluster: Cluster, requests: int = 5) -> Row:
+    """A device joins, is removed with ``provision remove`` (the broker delivers no will for a
+    deleted user): the next requests run at the latency they had before it joined, and an
+    orchestrator's session started afterwards does not see it online."""
+    row, before = Row("a device removed while online (provision remove)"), Row("")
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        for _ in range(requests):
+            cluster.ask(client, before)
+        cluster.broker.add_user("device", "dev-6")
+        cluster.start_device("dev-6")
+        time.sleep(1.0)
+        for _ in range(2):
+            cluster.ask(client, Row(""))  # it takes work
+        with cluster.broker.admin() as admin:
+            admin.remove_user("dev-6")
+        for _ in range(requests):
+            cluster.ask(client, row)
+    cluster.group.stop("dev-6")  # refused by the broker from now on
+    cluster.group.processes.pop("dev-6", None)
+    later = device_states(MqttBus(cluster.broker.address("o-x")), lambda s: set(DEVICES) <= set(s), timeout=10)
+    row.wrong += "dev-6" in later
+    row.crashed = len(cluster.dead())
+    row.note = (
+        f"next {requests} requests p50 {_p50_ms(row):.0f} ms, {_ratio(row, before)} the p50 before it joined; "
+        f"an orchestrator started later sees {'it ONLINE' if 'dev-6' in later else 'it offline'}"
+    )
+    return row
+
+
+def frozen_device(cluster: Cluster, requests: int = 5) -> Row:
+    """The device that served the last request is stopped (SIGSTOP: connected, silent):
+    the first request after pays its deadline, the next ones go elsewhere."""
+    row, before, first = Row("a device frozen (SIGSTOP) under flow"), Row(""), Row("")
+    with EdgeCIClient(cluster.broker.address("client")) as client:
+        for _ in range(requests):
+            cluster.ask(client, before)
+        served = client.infer(cluster.x, "smallcnn", timeout=TIMEOUT_S).devices
+        victim = cluster.group.processes[served[0]]
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            cluster.ask(client, first)
+            for _ in range(requests):
+                cluster.ask(client, row)
+        finally:
+            victim.send_signal(signal.SIGCONT)
+    row.attempted += first.attempted
+    row.wrong += first.wrong
+    row.lost += first.lost
+    row.hung += first.hung
+    row.crashed = len(cluster.dead())
+    row.note = (
+        f"{served[0]} frozen: the first request {1e3 * max(first.latencies_s, default=float('nan')):.0f} ms, "
+        f"the next {requests} p50 {_p50_ms(row):.0f} ms, {_ratio(row, before)} the p50 before"
+    )
+    return row
+
+
+def bidding_ghost(cluster: Cluster, requests: int = 5, strategy: str = "flow:orchestrator-tail") -> Row:
+    """A device credential announces a real device's profile, bids at once in every round
+    (cheaper than anyone) and never computes. Split requests (``flow`` that always splits):
+    the first it wins fails over; the next run at the latency they had before it came."""
+    row, before, first = Row("a device that bids and never computes (split flow)"), Row(""), Row("")
+    with session(cluster, ADMIN_USER, DEVICE_STATE.build(device=DEVICES[0])) as admin:
+        real = next(decode(m.payload) for m in collect(admin, 1.0))
+    assert isinstance(real, DeviceState)
+    stop = threading.Event()
+    with session(cluster, "dev-x", AUCTION_CALL.filter) as ghost:
+        ghost.will(DEVICE_STATE.build(device="dev-x"), encode(DeviceState("dev-x", False)))
+
+        def bid() -> None:
+            for event in events_until(ghost, stop):
+                call = decode(event.payload) if isinstance(event, Inbound) else None
+                if isinstance(call, AuctionCall):
+                    lots = tuple(LotPrices((1e-4,) * len(lot.items), (1e-4,) * len(lot.items)) for lot in call.lots)
+                    bids = AUCTION_BIDS.build(round=call.round, device="dev-x")
+                    ghost.publish(bids, encode(BidMessage(call.round, "dev-x", 0.0, lots)))
+
+        bidder = threading.Thread(target=bid, daemon=True)
+        with EdgeCIClient(cluster.broker.address("client")) as client:
+            for _ in range(requests):
+                cluster.ask(client, before, strategy=strategy)
+            bidder.start()
+            online = replace(real, device="dev-x")
+            ghost.publish(DEVICE_STATE.build(device="dev-x"), encode(online), retain=True, wait=5)
+            time.sleep(0.5)
+            cluster.ask(client, first, strategy=strategy)
+            for _ in range(requests):
+                cluster.ask(client, row, strategy=strategy)
+        stop.set()
+        ghost.publish(DEVICE_STATE.build(device="dev-x"), encode(DeviceState("dev-x", False)), retain=True, wait=5)
+        bidder.join(timeout=5)
+    row.attempted += first.attempted
+    row.wrong += first.wrong
+    row.lost += first.lost
+    row.hung += first.hung
+    row.crashed = len(cluster.dead())
+    row.note = (
+        f"the first request {1e3 * max(first.latencies_s, default=float('nan')):.0f} ms; the next {requests} "
+        f"p50 {_p50_ms(row):.0f} ms, {_ratio(row, before)} the p50 before it came"
+    )
+    return row
+
+
+def watcher_reads(cluster: Cluster, requests: int = 3) -> Row:
+    """A watcher subscribed to everything while requests run: what it receives carries no
+    client data (no payload on a data topic), and the senders' reports describe the traffic."""
+    row = Row(f"a watcher during {requests} requests")
+    with session(cluster, "watcher", "#") as watcher, EdgeCIClient(cluster.broker.address("client")) as client:
+        collect(watcher, 0.5)
+        time.sleep(0.5)  # the agents hear the watcher's state (edgeci watch announces itself; this session too)
+        watcher.publish(WATCHER_STATE.build(watcher="watcher"), encode(WatcherState("watcher", True)), retain=True)
+        time.sleep(0.5)
+        for _ in range(requests):
+            cluster.ask(client, row, strategy="flow:orchestrator-tail")
+        got = collect(watcher, 1.0)
+        watcher.publish(WATCHER_STATE.build(watcher="watcher"), encode(WatcherState("watcher", False)), retain=True)
+    data = [m for m in got if any(t.data and t.parse(m.topic) is not None for t in TOPICS)]
+    reports = [m for m in got if DEVICE_TRAFFIC.parse(m.topic) or ORCHESTRATOR_TRAFFIC.parse(m.topic)]
+    row.wrong += len(data)
+    row.note = (
+        f"received {sum(len(m.payload) for m in got) / 1e3:.0f} kB in {len(got)} messages: "
+        f"{sum(len(m.payload) for m in data)} B of client data, {len(reports)} traffic reports"
+    )
+    return row
+
+
+def malformed_requests(cluster: Cluster, count: int = 30) -> Row:
+    """Requests whose image cannot be decoded (complex64, float16, a shape without data),
+    each with its client's own response topic: every one must be answered with why."""
+    row = Row(f"{count} malformed requests (complex64, float16, shape without data)")
+    images = [
+        {"dtype": "complex64", "shape": [1, 3, SIDE, SIDE], "data": bytes(8 * 3 * SIDE * SIDE)},
+        {"dtype": "float16", "shape": [1, 3, SIDE, SIDE], "data": bytes(2 * 3 * SIDE * SIDE)},
+        {"dtype": "float32", "shape": [1, 3, SIDE, SIDE], "data": b""},
+    ]
+    own = CLIENT_RESPONSES.build(client="c62")
+    with session(cluster, "c62", own) as bus:
+        started: dict[bytes, float] = {}
+        for index in range(count):
+            correlation = f"bad-{index}".encode()
+            request = {"v": 1, "type": "infer", "request": f"bad-{index}", "model": "smallcnn"}
+            payload = msgpack.packb({**request, "image": images[index % len(images)]}, use_bin_type=True)
+            started[correlation] = time.perf_counter()
+            bus.publish(INFER_REQUESTS.build(client="c62"), payload, response_topic=own, correlation=correlation)
+        for event in events_until(bus, deadline=time.perf_counter() + 10):
+            if isinstance(event, Inbound) and event.correlation in started:
+                answer = decode(event.payload)
+                if isinstance(answer, InferResponse) and "malformed request" in answer.error:
+                    row.latencies_s.append(time.perf_counter() - started.pop(event.correlation))
+            if not started:
+                break
+    row.attempted = count
+    row.refused = len(row.latencies_s)
+    row.hung = len(started)
+    row.note = "each answered with why (the orchestrator names what is malformed)"
+    return row
+
+
 def memory_per_role(workdir: Path) -> dict[str, dict[str, float]]:
     """RSS (MB) of each role serving VGG-16 and ResNet-34 at 224x224, idle and after two
     requests of each: a device as started by default (it makes the part of a tail it is
     given), a device with no memory for a tail (never given one), and an orchestrator."""
-    broker = BrokerProcess(workdir / "memory-broker", ["dev-tail", "dev-no-tail"], orchestrators=("o-mem",))
+    broker = BrokerProcess(workdir / "memory-broker", ["dev-tail", "dev-no-tail", "dev-x"], orchestrators=("o-mem",))
     (workdir / "memory").mkdir(exist_ok=True)
     group = ProcessGroup(workdir / "memory")
     both = "vgg16,resnet34"
@@ -475,10 +662,42 @@ def memory_per_role(workdir: Path) -> dict[str, dict[str, float]]:
         served = {name: resident_mb(pid) for name, pid in pids.items()}
         peak = {name: resident_mb(pid, "VmHWM") for name, pid in pids.items()}
         tail = {name: tail_made_mb(group.log_text(name)) for name in ("dev-tail", "dev-no-tail")}
+        flood = rows_flood_at(broker, group, "dev-no-tail", idle["dev-no-tail"], x)
     finally:
         group.close()
         broker.stop()
-    return {"idle": idle, "served": served, "peak": peak, "tail": tail}
+    return {"idle": idle, "served": served, "peak": peak, "tail": tail, "flood": flood}
+
+
+def rows_flood_at(
+    broker: BrokerProcess, group: ProcessGroup, victim: str, fresh_mb: float, x: torch.Tensor
+) -> dict[str, float]:
+    """Another device's credential floods ``victim``'s rows topic (``tests.hostile.rows_flood``);
+    its RSS before, at the peak, and how long until it is within 20 MB of its fresh idle
+    (``fresh_mb``); then it must still serve (VGG-16, exact by the model's own error)."""
+    pid = group.processes[victim].pid
+    with sampled_rss(pid) as rss, session_at(broker, "dev-x") as attacker:
+        started = time.perf_counter()
+        frames = rows_flood(attacker, victim, "dev-x")
+        sent_s = time.perf_counter() - started
+    flooded = time.perf_counter()
+    while resident_mb(pid) > fresh_mb + 20 and time.perf_counter() - flooded < 30:
+        time.sleep(0.1)
+    back_s = time.perf_counter() - flooded
+    with EdgeCIClient(broker.address("client")) as client:
+        served = client.infer(x, "vgg16", timeout=300)
+    chain = load_chain("vgg16")  # the devices' seeded weights
+    with torch.inference_mode():
+        ref32, ref64 = chain.model(x), float64_model(chain.model)(x.double())
+    return {
+        "frames": frames,
+        "sent_s": sent_s,
+        "before": rss.before,
+        "peak": rss.peak,
+        "back_s": back_s,
+        "after": resident_mb(pid),
+        "exact_after": float(faithful(served.logits, ref32, ref64)),
+    }
 
 
 def tail_made_mb(log_text: str) -> float:
@@ -534,10 +753,27 @@ def markdown(
             for name in sorted(roles["idle"])
         ),
         "",
+        *_flood_lines(roles["flood"]),
+        "",
         "Not in this run: TLS (`tests/test_tls.py`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _flood_lines(flood: dict[str, float]) -> list[str]:
+    """The rows flood at *dev-no-tail* (``rows_flood_at``), after it served."""
+    return [
+        f"Hostile rows at *dev-no-tail* after it served, from another device's credential "
+        f"(`tests.hostile.rows_flood`: {flood['frames']:.0f} frames in {flood['sent_s']:.1f} s: first frames of",
+        "64 MB chunked payloads, whole 4 MB rows messages and a chunked zeros bomb declaring 512 MB, all for",
+        "requests it never ran). Targets: peak under 450 MB; within 20 MB of its fresh idle within 10 s.",
+        "",
+        "| before | peak | back within 20 MB of fresh idle after | RSS then | next VGG-16 request |",
+        "|---|---|---|---|---|",
+        f"| {flood['before']:.0f} MB | {flood['peak']:.0f} MB | {flood['back_s']:.1f} s | {flood['after']:.0f} MB | "
+        f"{'exact' if flood['exact_after'] else 'NOT EXACT'} |",
+    ]
 
 
 def _tail_cell(made_mb: float | None) -> str:
@@ -571,6 +807,11 @@ def main() -> int:
             lambda: orchestrator_crash(cluster),
             lambda: results_flood(cluster),
             lambda: request_flood(cluster),
+            lambda: malformed_requests(cluster),
+            lambda: watcher_reads(cluster),
+            lambda: revoked_device(cluster),
+            lambda: frozen_device(cluster),
+            lambda: bidding_ghost(cluster),
             lambda: broker_restarts(cluster, signal.SIGTERM),
             lambda: broker_restarts(cluster, signal.SIGKILL),
         ]

@@ -114,10 +114,10 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
     ]
     own_bid = AUCTION_BIDS.build(round="fine", device="dev-9")
     own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9", request="r")
-    watcher = MqttBus(cluster.broker.address(ADMIN_USER))  # the admin reads everything
+    intruder = MqttBus(cluster.broker.add_user("device", "dev-9"))  # a device of the cluster, not running
+    watcher = MqttBus(cluster.broker.address(ADMIN_USER))  # the admin reads everything (after add_user's session)
     watcher.subscribe(EVERYTHING)
     watcher.start()
-    intruder = MqttBus(cluster.broker.add_user("device", "dev-9"))  # a device of the cluster, not running
     intruder.subscribe(DEVICE_ROWS.filter)  # every device's rows: the broker refuses the filter
     intruder.subscribe(DEVICE_ROWS.filter_with(device="dev-9"))  # its own: allowed
     intruder.start()
