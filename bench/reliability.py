@@ -476,6 +476,14 @@ def _ratio(after: Row, before: Row) -> str:
     return f"{_p50_ms(after) / _p50_ms(before):.2f}x" if after.latencies_s and before.latencies_s else "no answer"
 
 
+def _fold(first: Row, into: Row) -> None:
+    """Count the request that met the fault in the row of the ones after it."""
+    into.attempted += first.attempted
+    into.wrong += first.wrong
+    into.lost += first.lost
+    into.hung += first.hung
+
+
 def revoked_device(cluster: Cluster, requests: int = 5) -> Row:
     """A device joins, is removed with ``provision remove`` (the broker delivers no will for a
     deleted user): the next requests run at the latency they had before it joined, and an
@@ -521,10 +529,7 @@ def frozen_device(cluster: Cluster, requests: int = 5) -> Row:
                 cluster.ask(client, row)
         finally:
             victim.send_signal(signal.SIGCONT)
-    row.attempted += first.attempted
-    row.wrong += first.wrong
-    row.lost += first.lost
-    row.hung += first.hung
+    _fold(first, into=row)
     row.crashed = len(cluster.dead())
     row.note = (
         f"{served[0]} frozen: the first request {1e3 * max(first.latencies_s, default=float('nan')):.0f} ms, "
@@ -567,10 +572,7 @@ def bidding_ghost(cluster: Cluster, requests: int = 5, strategy: str = "flow:orc
         stop.set()
         ghost.publish(DEVICE_STATE.build(device="dev-x"), encode(DeviceState("dev-x", False)), retain=True, wait=5)
         bidder.join(timeout=5)
-    row.attempted += first.attempted
-    row.wrong += first.wrong
-    row.lost += first.lost
-    row.hung += first.hung
+    _fold(first, into=row)
     row.crashed = len(cluster.dead())
     row.note = (
         f"the first request {1e3 * max(first.latencies_s, default=float('nan')):.0f} ms; the next {requests} "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
 
 from bench.report import resident_mb, sampled_rss
@@ -22,10 +23,10 @@ from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.runtime import device as device_module
 from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.device import EARLY, wire_bytes
+from edgeci_mqtt.runtime.device import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
 from edgeci_mqtt.runtime.flow_store import DEFAULT_HOLDING_BYTES, FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.transport import MqttBus
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
@@ -251,6 +252,31 @@ def test_a_real_device_under_hostile_rows_stays_small_and_returns_to_idle(
         while resident_mb(pid) > idle + 20 and time.perf_counter() - flooded < 10:
             time.sleep(0.2)
         back = resident_mb(pid)
+        print(
+            f"MEASURED idle {idle:.0f} peak {rss.peak:.0f} back {back:.0f} after {time.perf_counter() - flooded:.1f} s"
+        )
         assert rss.peak - idle < 64, f"peak {rss.peak:.0f} MB against {idle:.0f} MB idle"
         assert back <= idle + 20, f"{back:.0f} MB 10 s after the flood against {idle:.0f} MB idle"
         assert faithful(own.infer(ref.x, "smallcnn", timeout=60).logits, ref.logits32, ref.logits64)
+
+
+def test_rows_waiting_unread_on_a_device_bus_are_bounded_apart_from_its_orchestrators_data() -> None:
+    """Another device's rows may leave 16 MB waiting unread on a device's bus; stage weights
+    from an orchestrator, which come in bursts of tens of MB, keep the bus's own bound."""
+    bus = MqttBus(BrokerAddress("127.0.0.1", 1, username="dev-1", password="x"), queued_limits=inbox_limits("dev-1"))
+
+    def arrive(topic: str, size: int) -> None:  # as paho's network thread hands a message over
+        message = paho.MQTTMessage(topic=topic.encode())
+        message.payload = bytes(size)
+        bus._on_message(bus._client, None, message)
+
+    rows = DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="r")
+    for _ in range(6):
+        arrive(rows, 4 << 20)
+    assert bus.events.qsize() == ROWS_INBOX_BYTES // (4 << 20) and bus.dropped == 2
+    for _ in range(10):
+        arrive(DEVICE_TASKS.build(device="dev-1"), 4 << 20)
+    assert bus.events.qsize() == 14 and bus.dropped == 2
+    bus.events.get_nowait()  # the reader takes one of the rows: room for one more
+    arrive(rows, 4 << 20)
+    assert bus.dropped == 2

@@ -12,11 +12,13 @@ from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.runtime.auction import Silence
 from edgeci_mqtt.runtime.flow_run import blame
 from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from edgeci_mqtt.runtime.penalties import Penalties
 from edgeci_mqtt.runtime.programs import DeviceProgram
 from edgeci_mqtt.wire import ProgramStep, Progress, StepInput, StepSend, TailRole
 from tests.exactness import faithful
 from tests.inprocess import memory_cluster
+from tests.planning import flat_profile
 
 REGION = TileRegion.of(0, 4, 0, 4)
 
@@ -144,3 +146,30 @@ def test_a_frozen_device_is_not_handed_the_next_whole_requests(store: ModelStore
             later = own.infer(ref.x, "smallcnn", timeout=60)
             assert chosen not in later.devices and later.timings["recovered_tasks"] == 0
         small.muted.clear()
+
+
+def test_orchestrators_hold_out_what_another_held_out(store: ModelStore) -> None:
+    """A failure at one orchestrator is announced; another sharing the requests holds the
+    device out as long, without counting the failure again."""
+    announced: list[tuple[str, float, int, str]] = []
+    here = Penalties(announce=lambda *penalty: announced.append(penalty))
+    here.failed({"dev-1"}, now=0.0, why="late")
+    assert announced == [("dev-1", 5.0, 1, "late")]
+    there = Penalties()
+    there.heard("dev-1", 5.0, 1, now=10.0)
+    assert there.excluded(14.0) == {"dev-1"} and there.excluded(15.0) == set()
+    there.heard("dev-1", 1.0, 1, now=11.0)  # a shorter hold does not shorten ours
+    assert there.excluded(14.0) == {"dev-1"}
+    with memory_cluster(store, devices=2) as small:
+        o2 = Orchestrator("o2", small.broker.bus("edgeci-orchestrator-o2"), store, flat_profile())
+        small.start("o2", o2)
+        deadline = time.monotonic() + 10
+        with small.client("watcher-of-o2") as client:  # o2 announces itself once subscribed
+            while "o2" not in client.orchestrators:
+                assert time.monotonic() < deadline, "o2 never came online"
+                time.sleep(0.01)
+        small.orchestrator.penalties.failed({"dev-2"}, time.perf_counter(), "late")
+        while "dev-2" not in o2.penalties.excluded(time.perf_counter()):
+            assert time.monotonic() < deadline, "o2 never heard"
+            time.sleep(0.01)
+        assert "dev-2" not in small.orchestrator.penalties.excluded(time.perf_counter() + 60)  # not doubled

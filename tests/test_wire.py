@@ -296,6 +296,7 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
         AclRule("subscribePattern", "edgeci/v1/orchestrators/o1/results/+/+"),
         AclRule("publishClientReceive", "edgeci/v1/orchestrators/o1/results/+/+"),
         AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/traffic"),
+        AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/penalties"),
     )
     denied = {r.topic for r in shared_rules("watcher") if not r.allow}
     assert {"$share/#", "$CONTROL/#", "edgeci/v1/clients/#", "edgeci/v1/infer/#"} <= denied

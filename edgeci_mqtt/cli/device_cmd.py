@@ -18,7 +18,7 @@ from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.profiling import measure_profile
-from edgeci_mqtt.runtime.device import INBOX_BYTES, DeviceAgent
+from edgeci_mqtt.runtime.device import DeviceAgent, inbox_limits
 from edgeci_mqtt.runtime.heap import keep_heap_small, release_heap
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.weights import WeightCache
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
-    bus = broker_bus(args, address=address, in_role=True, max_queued_bytes=INBOX_BYTES)
+    bus = broker_bus(args, address=address, in_role=True, queued_limits=inbox_limits(device))
     release_heap()
     tail_bytes = default_tail_memory() if memory is None else int(float(memory) * 1e6)
     if tail_bytes is not None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.transport import MAX_QUEUED_BYTES, BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 
 __all__ = ["add_broker", "broker_address", "broker_bus"]
 
@@ -41,19 +42,19 @@ def broker_bus(
     user: str | None = None,
     address: BrokerAddress | None = None,
     in_role: bool = False,
-    max_queued_bytes: int = MAX_QUEUED_BYTES,
+    queued_limits: Mapping[str, int] | None = None,
 ) -> MqttBus:
     """A session with the broker of ``args`` (its login as :func:`broker_address` finds it,
     unless ``address`` is given), with its TLS files. ``in_role``: the process acts in a
     role (device, orchestrator, client, admin), so starting fails with a clear error when
-    the broker refuses a subscription it needs rather than running deaf. ``max_queued_bytes``:
-    received and not yet read, at most."""
+    the broker refuses a subscription it needs rather than running deaf. ``queued_limits``:
+    bytes received and not yet read, at most, by topic filter."""
     tls = TlsFiles(args.ca_file, args.cert_file, args.key_file)
     return MqttBus(
         address or broker_address(args, user),
         tls=tls,
         require_subscriptions=in_role,
-        max_queued_bytes=max_queued_bytes,
+        queued_limits=queued_limits,
     )
 
 

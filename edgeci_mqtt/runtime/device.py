@@ -72,15 +72,24 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["INBOX_BYTES", "DeviceAgent", "ValidTask", "block_geometry", "validate_task"]
+__all__ = ["ROWS_INBOX_BYTES", "DeviceAgent", "ValidTask", "block_geometry", "inbox_limits", "validate_task"]
 
 log = logging.getLogger("edgeci.device")
 
 PRICED_LOTS = 1024
 """Auction lots whose prices a device remembers (a request asks for one per block)."""
-INBOX_BYTES = 32 << 20
-"""Payloads received and not yet read by a device's message loop, at most (its bus drops
-the rest): the loop reads faster than any link delivers, so only a flood fills it."""
+ROWS_INBOX_BYTES = 16 << 20
+"""Rows from other devices received and not yet read by a device's message loop, at most
+(its bus drops the rest): the loop refuses unwanted rows from their topic alone, faster
+than a link delivers them, so only a flood fills it. What orchestrators send (stage
+weights, in bursts of tens of MB) has the bus's own, larger bound."""
+
+
+def inbox_limits(device: str) -> dict[str, int]:
+    """What may wait unread on ``device``'s bus, by topic filter (``MqttBus(queued_limits=)``)."""
+    return {DEVICE_ROWS.filter_with(device=device): ROWS_INBOX_BYTES}
+
+
 REASSEMBLY_BYTES = 256 << 20
 """Incomplete chunked messages held in all: stage weights and images from orchestrators
 (rows from devices are bounded far lower, by what our programs wait for)."""

@@ -331,6 +331,7 @@ class FlowRun(Run):
         candidates = {v.name for v in views}
         awaited = (set(self.plan.devices) & candidates) or candidates
         rounds = self.auctioneer.rounds(lots, candidates, awaited, flow=True)
+        views = [v for v in views if v.name not in self.mail.silence] or views  # found silent now: no tail either
         env = Environment(tuple(views), self.profile, self.broker_link)
         chain = self.held.spec(*self.input_hw)
         rows = self.held.row_model(*self.input_hw)

@@ -38,7 +38,7 @@ PieceKey = tuple[int, TileRegion, str]
 """(boundary, region, source) of one input piece."""
 
 DEFAULT_BUDGET_BYTES = 512 << 20
-DEFAULT_HOLDING_BYTES = 8 << 20
+DEFAULT_HOLDING_BYTES = 4 << 20
 """Rows for a request whose program is not here yet, in all. Rows overtake their program
 only when a neighbour's first step ends before the orchestrator's next publish reaches
 us, so a few halos; anything beyond that is rows nobody asked for, which any device

@@ -57,6 +57,7 @@ from edgeci_mqtt.wire import (
     INFER_REQUESTS,
     MAX_FRAME_BYTES,
     MAX_INPUT_SIDE,
+    ORCHESTRATOR_PENALTIES,
     ORCHESTRATOR_STATE,
     RESULTS,
     SHARED_REQUESTS,
@@ -68,6 +69,7 @@ from edgeci_mqtt.wire import (
     InferResponse,
     Message,
     OrchestratorState,
+    PenaltyMessage,
     Progress,
     Reassembler,
     ResultMessage,
@@ -245,12 +247,13 @@ class Orchestrator:
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self.commitments = Commitments()
-        self.penalties = Penalties()
+        self.penalties = Penalties(announce=self._announce_penalty)
         self._tails: dict[str, TailPlan] = {}  # flow's tail placement in use, by model digest
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
-        for topic in (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, SHARED_REQUESTS):
+        filters = (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, ORCHESTRATOR_PENALTIES.filter)
+        for topic in (*filters, SHARED_REQUESTS):
             bus.subscribe(topic)
         bus.subscribe(WATCHER_STATE.filter)  # whether to report what we send devices
         bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
@@ -279,6 +282,14 @@ class Orchestrator:
         self._traffic.stop()
         bus.stop()
 
+    def _announce_penalty(self, device: str, hold_s: float, strikes: int, why: str) -> None:
+        """Tell the other orchestrators that ``device`` failed one of our requests."""
+        penalty = PenaltyMessage(self.id, device, hold_s, strikes, why[:4000])
+        try:
+            self.bus.publish(ORCHESTRATOR_PENALTIES.build(orchestrator=self.id), encode(penalty))
+        except EdgeCIError as exc:
+            log.warning("orchestrator %s: cannot tell the others that %s failed: %s", self.id, device, exc)
+
     def _announce(self, online: bool) -> None:
         try:
             self.bus.publish(self.state_topic, encode(OrchestratorState(self.id, online)), retain=True, wait=5)
@@ -305,6 +316,11 @@ class Orchestrator:
                 return
             if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
                 self.table.update(message)
+            elif isinstance(message, PenaltyMessage) and ORCHESTRATOR_PENALTIES.parse(event.topic) == {
+                "orchestrator": message.orchestrator
+            }:
+                if message.orchestrator != self.id:  # ours, back from the broker
+                    self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
                 box = self.mail.bids.get(message.round)
                 if box is not None:

@@ -6,7 +6,9 @@ excluded it for its own attempts, so every later request handed it work again an
 out a deadline. Here a failure holds the device out of every request for a while, the
 hold doubling with each failure in a row; when the hold is over the device is on
 *probation*: one request at a time may use it (its *trial*). A trial that ends well
-clears the record; one that fails holds it out again, twice as long.
+clears the record; one that fails holds it out again, twice as long. Orchestrators tell
+each other (``announce`` here, :meth:`heard` there), so a failure is paid once, not once
+per orchestrator sharing the requests.
 
 Pure (every call takes ``now``) and thread-safe: an orchestrator's request workers share one.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = ["FIRST_HOLD_S", "MAX_HOLD_S", "Penalties"]
@@ -36,27 +38,49 @@ class _Record:
     trial: bool = False  # a request holds its probation
 
 
+Announce = Callable[[str, float, int, str], None]
+"""``(device, hold_s, strikes, why)``: tell the other orchestrators."""
+
+
 class Penalties:
-    def __init__(self, first_hold_s: float = FIRST_HOLD_S, max_hold_s: float = MAX_HOLD_S) -> None:
-        self.first_hold_s, self.max_hold_s = first_hold_s, max_hold_s
+    def __init__(
+        self, first_hold_s: float = FIRST_HOLD_S, max_hold_s: float = MAX_HOLD_S, announce: Announce | None = None
+    ) -> None:
+        self.first_hold_s, self.max_hold_s, self.announce = first_hold_s, max_hold_s, announce
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
     def failed(self, devices: Iterable[str], now: float, why: str = "") -> None:
         """These devices failed a request: held out, twice as long as the last time."""
+        held = []
         with self._lock:
             for device in sorted(set(devices)):
                 record = self._records.get(device)
                 strikes = 1 if record is None else record.strikes + 1
                 hold = min(self.max_hold_s, self.first_hold_s * 2 ** (strikes - 1))
                 self._records[device] = _Record(strikes, now + hold)
-                log.warning(
-                    "device %s failed a request%s: no work for %.0f s, then on probation (failure %d in a row)",
-                    device,
-                    f" ({why})" if why else "",
-                    hold,
-                    strikes,
-                )
+                held.append((device, hold, strikes))
+        for device, hold, strikes in held:
+            log.warning(
+                "device %s failed a request%s: no work for %.0f s, then on probation (failure %d in a row)",
+                device,
+                f" ({why})" if why else "",
+                hold,
+                strikes,
+            )
+            if self.announce is not None:
+                self.announce(device, hold, strikes, why)
+
+    def heard(self, device: str, hold_s: float, strikes: int, now: float) -> None:
+        """Another orchestrator holds ``device`` out for ``hold_s``: so do we (unless we hold it
+        longer already); the failure is counted as its, not again as ours."""
+        until = now + min(max(hold_s, 0.0), self.max_hold_s)
+        with self._lock:
+            record = self._records.get(device)
+            if record is None:
+                self._records[device] = _Record(strikes, until)
+            elif until > record.held_until:
+                record.held_until, record.strikes = until, max(strikes, record.strikes)
 
     def excluded(self, now: float, trials: Iterable[str] = ()) -> set[str]:
         """Devices no request may use now, except the ``trials`` a request holds: held out,

@@ -26,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -40,7 +41,7 @@ from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["MAX_QUEUED_BYTES", "BrokerAddress", "MqttBus", "TlsFiles"]
+__all__ = ["BrokerAddress", "MqttBus", "TlsFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -95,30 +96,51 @@ class TlsFiles:
 
 
 class _Inbox(queue.Queue[Event]):
-    """The events queue, counting the payload bytes it holds (under the queue's own lock)."""
+    """The events queue, counting the payload bytes it holds (under the queue's own lock), in
+    all and by the first of ``limits``' filters each topic matches."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Mapping[str, int]) -> None:
         super().__init__()
         self.bytes = 0
+        self.limits = dict(limits)
+        self.by_filter = dict.fromkeys(self.limits, 0)
+
+    def filter_of(self, topic: str) -> str | None:
+        return next((f for f in self.limits if paho.topic_matches_sub(f, topic)), None)
+
+    def _count(self, item: Event, sign: int) -> None:
+        if isinstance(item, Inbound):
+            self.bytes += sign * len(item.payload)
+            matched = self.filter_of(item.topic) if self.limits else None
+            if matched is not None:
+                self.by_filter[matched] += sign * len(item.payload)
 
     def _put(self, item: Event) -> None:
         super()._put(item)
-        if isinstance(item, Inbound):
-            self.bytes += len(item.payload)
+        self._count(item, 1)
 
     def _get(self) -> Event:
         item = super()._get()
-        if isinstance(item, Inbound):
-            self.bytes -= len(item.payload)
+        self._count(item, -1)
         return item
+
+    def room(self, topic: str, size: int, total: int) -> bool:
+        """Whether ``size`` more bytes on ``topic`` stay within ``total`` and its filter's limit."""
+        with self.mutex:
+            if self.bytes + size > total:
+                return False
+            matched = self.filter_of(topic) if self.limits else None
+            return matched is None or self.by_filter[matched] + size <= self.limits[matched]
 
 
 class MqttBus:
     """One MQTT v5 session with a real broker. Read :attr:`events`; call :meth:`publish` from any thread.
 
-    Payloads waiting to be read are bounded (``max_queued_bytes``): past it, messages are
-    dropped and counted (:attr:`dropped`), so a flood faster than the reader costs no more
-    memory than that.
+    Payloads waiting to be read are bounded (``max_queued_bytes``, and ``queued_limits``
+    by topic filter): past it, messages are dropped and counted (:attr:`dropped`), so a
+    flood faster than the reader costs no more memory than that. (A device bounds what
+    other devices' credentials may leave waiting far below what its orchestrators may:
+    stage weights come in bursts of tens of MB.)
     """
 
     def __init__(
@@ -128,6 +150,7 @@ class MqttBus:
         tls: TlsFiles | None = None,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         require_subscriptions: bool = False,
+        queued_limits: Mapping[str, int] | None = None,
     ) -> None:
         """``client_id`` defaults to the user name: the broker binds every user to a client id of its name.
         ``require_subscriptions``: :meth:`start` fails when the broker refuses any filter
@@ -136,7 +159,7 @@ class MqttBus:
         if not client_id:
             raise TransportError(f"a session with {address} needs a user name or a client id")
         self.address, self.client_id = address, client_id
-        self._inbox = _Inbox()
+        self._inbox = _Inbox(queued_limits or {})
         self.events: queue.Queue[Event] = self._inbox
         self.max_queued_bytes, self.dropped = max_queued_bytes, 0
         self.connected = threading.Event()
@@ -256,14 +279,13 @@ class MqttBus:
                 self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        if self._inbox.bytes + len(message.payload) > self.max_queued_bytes:
+        if not self._inbox.room(message.topic, len(message.payload), self.max_queued_bytes):
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.warning(
-                    "%s: dropped %d message(s): over %d MB waiting to be read (the last on %s)",
+                    "%s: dropped %d message(s): over what may wait to be read (the last on %s)",
                     self.client_id,
                     self.dropped,
-                    self.max_queued_bytes >> 20,
                     message.topic[:200],
                 )
             return

@@ -48,6 +48,7 @@ __all__ = [
     "LotPrices",
     "Message",
     "OrchestratorState",
+    "PenaltyMessage",
     "ProgramMessage",
     "ProgramStep",
     "Progress",
@@ -465,6 +466,19 @@ class Chunk(Message):
 
 
 @dataclass(frozen=True)
+class PenaltyMessage(Message):
+    """``orchestrator`` holds ``device`` out for ``hold_s`` after its ``strikes``-th failure in
+    a row (``why``): the other orchestrators hold it out as long."""
+
+    kind: ClassVar[str] = "penalty"
+    orchestrator: Ident
+    device: Ident
+    hold_s: Seconds
+    strikes: Annotated[int, Range(1, 1 << 20)]
+    why: Text = ""
+
+
+@dataclass(frozen=True)
 class WatcherState(Message):
     """Retained on ``watchers/<id>/state``: a watcher is watching (its will: it is not)."""
 
@@ -553,6 +567,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         StepDone,
         StepReport,
         Progress,
+        PenaltyMessage,
         GoMessage,
         ReleaseMessage,
         WatcherState,

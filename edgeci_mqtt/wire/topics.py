@@ -29,6 +29,7 @@ __all__ = [
     "EVERYTHING",
     "INFER_REQUESTS",
     "ORCHESTRATORS_SHARE",
+    "ORCHESTRATOR_PENALTIES",
     "ORCHESTRATOR_STATE",
     "ORCHESTRATOR_TRAFFIC",
     "RESULTS",
@@ -218,6 +219,12 @@ ORCHESTRATOR_TRAFFIC = TopicPattern(
     (Grant("orchestrator", "write", own="orchestrator"), Grant("watcher", "read")),
 )
 """What an orchestrator sent to devices on data topics, as :data:`DEVICE_TRAFFIC`."""
+ORCHESTRATOR_PENALTIES = TopicPattern(
+    "orchestrators/{orchestrator}/penalties",
+    (Grant("orchestrator", "write", own="orchestrator"), Grant("orchestrator", "read"), Grant("watcher", "read")),
+)
+"""A device failed a request of this orchestrator: the others hold it out as well, so that
+each of them does not pay the same failure once (:mod:`edgeci_mqtt.runtime.penalties`)."""
 SHARED_REQUESTS = f"$share/{ORCHESTRATORS_SHARE}/{INFER_REQUESTS.filter}"
 
 TOPICS: tuple[TopicPattern, ...] = (
@@ -235,4 +242,5 @@ TOPICS: tuple[TopicPattern, ...] = (
     WATCHER_STATE,
     DEVICE_TRAFFIC,
     ORCHESTRATOR_TRAFFIC,
+    ORCHESTRATOR_PENALTIES,
 )
