@@ -27,6 +27,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     ("command", "credential", "refused"),
     [
         (["device", "--model", "smallcnn"], "client", "edgeci/v1/devices/client/tasks"),
+        (["device", "--model", "smallcnn"], "watcher", "edgeci/v1/devices/watcher/tasks"),  # reads no client data
         (["orchestrator", "--model", "smallcnn"], "dev-2", "$share/edgeci-orchestrators/"),
     ],
 )

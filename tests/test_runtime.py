@@ -7,6 +7,7 @@ restart, SIGTERM, the CLI. The roles' decisions are tested in-process (test_role
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -324,12 +325,12 @@ def test_a_device_killed_mid_inference(tmp_path: Path, references: References) -
 
 def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClient) -> None:
     """Everything but the clients' own data: the watcher may not read requests or answers."""
-    watcher = cluster.broker.url("watcher")
     watch = subprocess.Popen(
-        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", watcher, "--duration", "20"],
+        [sys.executable, "-m", "edgeci_mqtt", "watch", "--broker", plain_url(cluster), "--duration", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=login_env(cluster, "watcher"),  # never a password in a process's arguments
     )
     assert watch.stdout is not None
     seen = []
@@ -409,12 +410,21 @@ def test_devices_fetch_only_the_weights_of_their_stages(tmp_path: Path, referenc
     assert "loaded vgg16 stage features.0" in log and "classifier" not in log
 
 
+def plain_url(cluster: LocalCluster) -> str:
+    return f"mqtt://127.0.0.1:{cluster.broker.port}"
+
+
+def login_env(cluster: LocalCluster, user: str) -> dict[str, str]:
+    """The environment that logs a command in as ``user`` (its password out of ``ps``)."""
+    password = cluster.broker.credentials.passwords[user]
+    return {**os.environ, "EDGECI_USERNAME": user, "EDGECI_PASSWORD": password}
+
+
 def test_infer_command_asks_the_cluster(
     cluster: LocalCluster, tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
 ) -> None:
     out_file = tmp_path / "logits.npy"
     cluster.broker.add_user("client", "cli-user")
-    cli_user = cluster.broker.url("cli-user")
     result = subprocess.run(
         [
             sys.executable,
@@ -422,7 +432,7 @@ def test_infer_command_asks_the_cluster(
             "edgeci_mqtt",
             "infer",
             "--broker",
-            cli_user,
+            plain_url(cluster),
             "--model",
             "smallcnn",
             "--size",
@@ -436,6 +446,7 @@ def test_infer_command_asks_the_cluster(
         text=True,
         timeout=120,
         check=True,
+        env=login_env(cluster, "cli-user"),
     )
     assert "strategy aofl" in result.stdout and "latency" in result.stdout and "probability" in result.stdout
     ref = whole_model_reference(chains["smallcnn"], chains64["smallcnn"], load_input(SAMPLE_IMAGE, 64))  # its input
