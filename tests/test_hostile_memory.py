@@ -24,9 +24,11 @@ from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.runtime import device as device_module
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.device import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
-from edgeci_mqtt.runtime.flow_store import DEFAULT_HOLDING_BYTES, FlowStore
+from edgeci_mqtt.runtime.flow_run import downstream_first
+from edgeci_mqtt.runtime.flow_store import HOLDING_PER_SENDER, FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.runtime.programs import DeviceProgram
+from edgeci_mqtt.runtime.transport import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queued_cost
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
@@ -43,6 +45,7 @@ from edgeci_mqtt.wire import (
     frames,
     framing,
 )
+from edgeci_mqtt.wire.framing import FRAME_CHARGE, MAX_PARTIALS_PER_POOL
 from edgeci_mqtt.wire.tensors import arrays_within
 from tests.cluster import local_cluster
 from tests.exactness import References
@@ -80,6 +83,19 @@ def test_incomplete_messages_of_one_pool_share_its_allowance() -> None:
     # another pool has its own allowance
     assert assembler.feed("other", first_frame("x"), Allowance("other", 2 * MAX_PAYLOAD_BYTES)) is None
     assert assembler.held_bytes == 4 * FRAME
+
+
+def test_empty_frames_are_not_free_and_a_pool_holds_few_incomplete_messages() -> None:
+    assembler = Reassembler()
+    pool = Allowance(EARLY, 1 << 30)
+    for i in range(MAX_PARTIALS_PER_POOL):
+        assert assembler.feed(f"t{i}", encode(Chunk(f"m{i}", 0, 2, b"")), pool) is None
+    assert assembler.pool_bytes(EARLY) == MAX_PARTIALS_PER_POOL * FRAME_CHARGE
+    with pytest.raises(WireError, match="incomplete already"):
+        assembler.feed("t-more", encode(Chunk("more", 0, 2, b"")), pool)
+    with pytest.raises(WireError, match="not msgpack"):  # completes: two empty halves are no message
+        assembler.feed("t0", encode(Chunk("m0", 1, 2, b"")), pool)
+    assert assembler.pool_bytes(EARLY) == (MAX_PARTIALS_PER_POOL - 1) * FRAME_CHARGE
 
 
 def test_a_message_completes_within_its_allowance() -> None:
@@ -133,7 +149,7 @@ def test_a_flow_store_knows_what_each_sender_still_owes() -> None:
     assert store.expects("r", "dev-3") == 0  # owes nothing
     store.release("r", "released")
     assert store.expects("r", "dev-2") == 0 and store.ended("r") == "released"
-    assert store.holding_room() == DEFAULT_HOLDING_BYTES
+    assert store.holding_room("dev-9") == HOLDING_PER_SENDER
 
 
 @pytest.fixture
@@ -169,7 +185,7 @@ def test_a_device_holds_no_more_than_its_programs_allow(
         attacker.publish_frame(bomb, zeros_bomb("r", "dev-9", 1 << 24))
         wait_for(lambda: agent.bus.events.empty())
         held = agent._reassembler.held_bytes + agent.flow.stored_bytes
-        assert 0 < held <= DEFAULT_HOLDING_BYTES
+        assert 0 < held <= HOLDING_PER_SENDER  # one sender's share
         wait_for(lambda: agent._reassembler.held_bytes == 0, timeout=5.0)  # expired on the tick
         # rows from a sender its program reads nothing from: refused from the topic alone
         program = ProgramMessage(
@@ -271,12 +287,28 @@ def test_rows_waiting_unread_on_a_device_bus_are_bounded_apart_from_its_orchestr
         bus._on_message(bus._client, None, message)
 
     rows = DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="r")
-    for _ in range(6):
-        arrive(rows, 4 << 20)
-    assert bus.events.qsize() == ROWS_INBOX_BYTES // (4 << 20) and bus.dropped == 2
+    fit = ROWS_INBOX_BYTES // queued_cost(rows, 1 << 20)
+    for _ in range(fit + 2):
+        arrive(rows, 1 << 20)
+    assert bus.events.qsize() == fit and bus.dropped == 2
     for _ in range(10):
         arrive(DEVICE_TASKS.build(device="dev-1"), 4 << 20)
-    assert bus.events.qsize() == 14 and bus.dropped == 2
+    assert bus.events.qsize() == fit + 10 and bus.dropped == 2
     bus.events.get_nowait()  # the reader takes one of the rows: room for one more
-    arrive(rows, 4 << 20)
+    arrive(rows, 1 << 20)
     assert bus.dropped == 2
+    for _ in range(ROWS_INBOX_BYTES // MESSAGE_OVERHEAD):  # empty messages are not free
+        arrive(rows, 0)
+    assert bus.dropped > 2 and bus.events.qsize() < fit + 11 + ROWS_INBOX_BYTES // MESSAGE_OVERHEAD
+
+
+def test_programs_go_out_downstream_first() -> None:
+    """A device's program should be in hand before its upstream neighbours' rows: they send
+    as soon as they have theirs, and rows that overtake a program wait in a small area."""
+    region = TileRegion.of(0, 4, 0, 4)
+
+    def at(block: int) -> DeviceProgram:
+        return DeviceProgram((ProgramStep(FusedBlock(block, block + 1), region, (StepInput(region, "o1"),)),))
+
+    programs = {"dev-1": at(0), "dev-2": at(3), "dev-3": DeviceProgram(), "dev-4": at(3)}
+    assert downstream_first(programs) == ["dev-3", "dev-2", "dev-4", "dev-1"]

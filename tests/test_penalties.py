@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
@@ -15,7 +16,7 @@ from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from edgeci_mqtt.runtime.penalties import Penalties
 from edgeci_mqtt.runtime.programs import DeviceProgram
-from edgeci_mqtt.wire import ProgramStep, Progress, StepInput, StepSend, TailRole
+from edgeci_mqtt.wire import PackedArray, ProgramStep, Progress, RowsMessage, StepInput, StepSend, TailRole
 from tests.exactness import faithful
 from tests.inprocess import memory_cluster
 from tests.planning import flat_profile
@@ -52,14 +53,22 @@ def test_each_failure_in_a_row_doubles_the_hold() -> None:
     assert penalties.excluded(27.9) == {"dev-1"} and penalties.excluded(28.0) == set()  # capped at 12 s
 
 
-def test_a_late_bid_does_not_bring_a_silent_device_back_and_a_returning_one_is_not_awaited_at_once() -> None:
+def test_a_device_that_missed_a_round_is_not_waited_for_during_a_growing_cool_off() -> None:
+    """A device that bids late on a timer cannot hold every round open: once it missed a
+    round, it is not waited for during 30 s, then 60 s if it misses again right after."""
     silence = Silence(cool_s=30.0)
     silence.missed({"ghost"}, now=0.0)
     assert "ghost" in silence and silence.unreliable(1.0) == {"ghost"}
-    silence.heard("ghost")  # a bid in time
+    silence.heard("ghost")  # a bid, late or not: it gets work again
     assert "ghost" not in silence
     assert silence.unreliable(29.0) == {"ghost"}  # its bids count, nobody waits for them
     assert silence.unreliable(31.0) == set()
+    silence.missed({"ghost"}, now=40.0)  # awaited again, and late again
+    silence.heard("ghost")
+    assert silence.unreliable(99.0) == {"ghost"} and silence.unreliable(100.0) == set()
+    silence.missed({"ghost"}, now=1000.0)  # long after: back to the first cool-off
+    silence.heard("ghost")
+    assert silence.unreliable(1029.0) == {"ghost"} and silence.unreliable(1031.0) == set()
 
 
 def step(block: int, *sources: str, out: str = "") -> ProgramStep:
@@ -86,9 +95,12 @@ def test_blame_falls_on_who_held_the_attempt_up() -> None:
     # dev-1 says it waited for the image (it came in its program): not to be believed
     lying = {**waiting, "dev-1": Progress("r", "dev-1", 0, ("o1",))}
     assert blame(programs, lying, "o1", barrier=False) == {"dev-1"}
-    # dev-1 finished and sent; dev-2 claims to wait for it: dev-2's claim does not hold
+    # dev-1 says it finished and sent; dev-2 says it waits for it: one of them is wrong
     done = {**waiting, "dev-1": Progress("r", "dev-1", 1, ())}
-    assert blame(programs, done, "o1", barrier=False) == {"dev-2"}
+    assert blame(programs, done, "o1", barrier=False) == {"dev-1", "dev-2"}
+    # every device finished: the lateness was not theirs
+    finished = {d: Progress("r", d, 1, ()) for d in ("dev-1", "dev-2", "dev-3")}
+    assert blame(programs, finished, "o1", barrier=False) == set()
     # its program never arrived
     lost = {**waiting, "dev-1": Progress("r", "dev-1", -1, ())}
     assert blame(programs, lost, "o1", barrier=False) == {"dev-1"}
@@ -104,6 +116,10 @@ def test_a_flow_store_says_how_far_a_request_got() -> None:
     assert store.progress("r") == (-1, ())
     store.install(program, [FeatureShape(1, 4, 4)] * 3, None, time.perf_counter())
     assert store.progress("r") == (0, ("dev-1",))
+    rows = RowsMessage("r", "dev-1", 1, REGION, PackedArray(np.zeros((1, 1, 4, 4), np.float32)))
+    assert store.add_rows(rows, "dev-1", time.perf_counter())
+    assert store.next_step("r") is not None
+    assert store.progress("r") == (0, ())  # taken and running: it has its input, it is not done
     store.release("r", "released: late")
     assert store.progress("r") is None  # released: the orchestrator knows
 

@@ -13,7 +13,15 @@ import pytest
 from edgeci_mqtt.runtime.bus import Inbound
 from edgeci_mqtt.runtime.memory_bus import MemoryBus
 from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.wire import CLIENT_RESPONSES, INFER_REQUESTS, SCHEMA_VERSION, InferResponse, decode
+from edgeci_mqtt.wire import (
+    CLIENT_RESPONSES,
+    INFER_REQUESTS,
+    SCHEMA_VERSION,
+    InferResponse,
+    ReleaseMessage,
+    decode,
+    encode,
+)
 from tests.inprocess import MemoryCluster, memory_cluster
 
 
@@ -71,3 +79,21 @@ def test_a_malformed_request_is_answered_with_why(
         client.stop()
     assert "malformed request" in response.error and why in response.error
     assert response.request == (request_id if isinstance(request_id, str) else "?")
+
+
+def test_a_message_that_is_not_a_request_is_answered_too(cluster: MemoryCluster) -> None:
+    client = cluster.broker.bus("trudy")
+    own = CLIENT_RESPONSES.build(client="trudy")
+    client.subscribe(own)
+    client.start()
+    try:
+        client.publish_frame(
+            INFER_REQUESTS.build(client="trudy"),
+            encode(ReleaseMessage("r-9", "o1", "not a request")),
+            response_topic=own,
+            correlation=b"not-a-request",
+        )
+        response = answer(client, b"not-a-request")
+    finally:
+        client.stop()
+    assert "a release message is not a request" in response.error

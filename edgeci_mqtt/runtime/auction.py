@@ -22,11 +22,11 @@ from edgeci_mqtt.planner.awas import Award as Won
 from edgeci_mqtt.planner.awas import Bid
 from edgeci_mqtt.wire import AUCTION_AWARD, AUCTION_CALL, AuctionCall, AuctionLot, Award, AwardRun, BidMessage, encode
 
-__all__ = ["COOL_S", "Auctioneer", "Round", "Silence"]
+__all__ = ["COOL_S", "MAX_COOL_S", "Auctioneer", "Round", "Silence"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
-COOL_S = 30.0
+COOL_S, MAX_COOL_S = 30.0, 600.0
 """After missing a round, a device is not waited for in rounds for this long, even once it bids again."""
 
 
@@ -44,22 +44,23 @@ class Round:
 
 
 class Silence:
-    """Devices that did not bid in a round they were awaited in, until they bid in time again.
+    """Devices that did not bid in a round they were awaited in, until they bid again.
 
     A device whose retained state says online but that does not run (or no longer hears
     calls) would otherwise make every round wait out its whole window. A silent device
     is still called and its bids still count if they come before a round closes; nobody
-    waits for it, and ``flow`` does not price work for it from its profile. A bid after
-    its round closed says nothing: a device that bids only late (as a ghost bidding on a
-    timer would) stays silent. Once back, a device that missed a round is not waited for
-    again for ``COOL_S`` (its bids still count): one that answers now and then cannot hold
-    every other round open. Shared by every request of an orchestrator.
+    waits for it, and ``flow`` does not price work for it from its profile, until it bids
+    again (a late bid for a closed round says it is back). A device that missed a round is
+    not waited for during ``cool_s`` after, twice as long for each round it missed again
+    right after its cool-off: one that bids late on a timer (or stalls now and then) cannot
+    hold every round open, one window per cool-off at most. Shared by every request of an
+    orchestrator.
     """
 
-    def __init__(self, cool_s: float = COOL_S) -> None:
-        self.cool_s = cool_s
+    def __init__(self, cool_s: float = COOL_S, max_cool_s: float = MAX_COOL_S) -> None:
+        self.cool_s, self.max_cool_s = cool_s, max_cool_s
         self._silent: set[str] = set()
-        self._missed: dict[str, float] = {}  # device -> when it last missed a round (perf_counter)
+        self._cool: dict[str, tuple[float, float]] = {}  # device -> (not waited for until, that cool-off's length)
         self._lock = threading.Lock()
 
     def __contains__(self, device: object) -> bool:
@@ -71,21 +72,25 @@ class Silence:
             return set(self._silent)
 
     def unreliable(self, now: float) -> set[str]:
-        """Devices no round waits for: silent, or back for less than ``cool_s`` since their miss."""
+        """Devices no round waits for: silent, or in the cool-off after a miss."""
         with self._lock:
-            return self._silent | {d for d, at in self._missed.items() if now - at < self.cool_s}
+            return self._silent | {d for d, (until, _) in self._cool.items() if now < until}
 
     def missed(self, devices: set[str], now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         with self._lock:
             new = devices - self._silent
             self._silent |= devices
-            self._missed.update(dict.fromkeys(devices, now))
+            for device in devices:
+                until, length = self._cool.get(device, (0.0, 0.0))
+                again = length > 0 and now < until + length  # missed right after its last cool-off
+                length = min(self.max_cool_s, 2 * length) if again else self.cool_s
+                self._cool[device] = (now + length, length)
         for device in sorted(new):
             log.warning("device %s did not bid in time: not waited for until it bids again", device)
 
     def heard(self, device: str) -> None:
-        """``device`` bid in a round before it closed."""
+        """``device`` bid (in time or not): it answers again, and gets work again."""
         with self._lock:
             if device not in self._silent:
                 return
@@ -165,15 +170,13 @@ class Auctioneer:
         self, message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]
     ) -> set[str]:
         """Count a bid (its prices are finite and in range: the wire checked) if it prices every
-        item of every lot and comes from a candidate; the device, if counted. Any well-formed
-        bid in time says its device answers (a silent one that is no candidate included)."""
+        item of every lot and comes from a candidate; the device, if counted."""
         shapes = [(len(p.alone_s), len(p.extend_s)) for p in message.lots]
         if shapes != [(c, c) for c in counts]:  # counts: from our own call, short
             log.warning(
                 "bid from %s prices %s items where the call has %s: ignored", message.device, shapes[:8], counts[:8]
             )
             return set()
-        self.silence.heard(message.device)
         if message.device not in candidates:
             return set()
         for bids, prices in zip(into, message.lots, strict=True):

@@ -78,16 +78,20 @@ log = logging.getLogger("edgeci.device")
 
 PRICED_LOTS = 1024
 """Auction lots whose prices a device remembers (a request asks for one per block)."""
-ROWS_INBOX_BYTES = 16 << 20
+ROWS_INBOX_BYTES = 8 << 20
 """Rows from other devices received and not yet read by a device's message loop, at most
 (its bus drops the rest): the loop refuses unwanted rows from their topic alone, faster
 than a link delivers them, so only a flood fills it. What orchestrators send (stage
 weights, in bursts of tens of MB) has the bus's own, larger bound."""
 
 
+WATCHER_INBOX_BYTES = 1 << 20
+"""Watchers' states waiting unread (a watcher's credential may write its own as often as it likes)."""
+
+
 def inbox_limits(device: str) -> dict[str, int]:
     """What may wait unread on ``device``'s bus, by topic filter (``MqttBus(queued_limits=)``)."""
-    return {DEVICE_ROWS.filter_with(device=device): ROWS_INBOX_BYTES}
+    return {DEVICE_ROWS.filter_with(device=device): ROWS_INBOX_BYTES, WATCHER_STATE.filter: WATCHER_INBOX_BYTES}
 
 
 REASSEMBLY_BYTES = 256 << 20
@@ -372,7 +376,7 @@ class DeviceAgent:
         request, sender = ids["request"], ids["sender"]
         expected = self.flow.expects(request, sender)
         if expected is None:
-            return Allowance(EARLY, self.flow.holding_room())
+            return Allowance(f"{EARLY} from {sender}", self.flow.holding_room(sender))
         if expected == 0:
             why = self.flow.ended(request)
             raise WireError(

@@ -151,6 +151,14 @@ def program_items(program: DeviceProgram) -> list[ProgramStep | TailRole | Finis
     return [*program.steps, *([tail] if tail else []), *([finish] if finish else [])]
 
 
+def downstream_first(programs: dict[str, DeviceProgram]) -> list[str]:
+    """The devices in the order their programs should go out: the latest first step first
+    (the tail's and the finisher's, with no step, before all), so that a device's program
+    is in hand before the rows from its upstream neighbours, which start as soon as they
+    have theirs (rows that overtake their program wait in a small holding area)."""
+    return sorted(programs, key=lambda d: (-programs[d].steps[0].block.start if programs[d].steps else -(1 << 30), d))
+
+
 def _sources(item: ProgramStep | TailRole | FinishRole) -> set[str]:
     if isinstance(item, FinishRole):
         return {s.source for s in item.slices}
@@ -166,8 +174,10 @@ def blame(
     one that had every piece of its next item and had not finished it (slow, or never
     computing). A device that was waiting for others is not, if its claim holds: the
     senders it names are ones its next item reads (the orchestrator only for a go behind
-    a barrier: its image came in the program) and have not finished their own programs.
-    Rows lost on the way would blame their receiver, for a short hold."""
+    a barrier: its image came in the program). A claim on a sender that says it finished
+    cannot be settled from here (rows lost on the way, or one of them lying): both are
+    blamed, for a short hold. Nobody is blamed when every device finished: the lateness
+    was the orchestrator's or the broker's."""
     finished = {d for d, r in reports.items() if d in programs and r.item >= len(program_items(programs[d]))}
     blamed = set()
     for device, program in programs.items():
@@ -180,8 +190,10 @@ def blame(
         claims = set(report.waiting_for)
         readable = _sources(items[report.item]) - {device} | ({orchestrator} if barrier else set())
         readable -= set() if barrier else {orchestrator}
-        if not claims or not claims <= readable or claims & finished:
+        if not claims or not claims <= readable:
             blamed.add(device)
+        elif claims & finished:
+            blamed |= {device, *(claims & finished)}
     return blamed
 
 
@@ -289,8 +301,11 @@ class FlowRun(Run):
                 state.unfinished = {b.block.stop: set(b.devices) for b in plan.blocks[:-1]}
             readers = {b.block.start: set(b.devices) for b in plan.blocks[1:]}
             try:
-                for device, program in programs.items():
-                    self._send_program(run_id, device, program, plan, x, allowance + EXPIRY_MARGIN_S)
+                for device, program in programs.items():  # stage weights first: they are the long sends
+                    for step in program.steps:
+                        self.prepare(device, step.block)
+                for device in downstream_first(programs):  # a program ahead of the rows its device reads
+                    self._send_program(run_id, device, programs[device], plan, x, allowance + EXPIRY_MARGIN_S)
                 self.timings.scatter_s += time.perf_counter() - started
                 self.mark(ORCHESTRATOR, "prepare", started, time.perf_counter(), f"{len(programs)} programs")
                 self._wait(state, box, lambda boundary: self._go(run_id, readers[boundary], boundary))
@@ -300,8 +315,9 @@ class FlowRun(Run):
                     raise
                 self._release(run_id, programs, "late", report=True)
                 reports = self._reports(box, set(programs))
-                blamed = blame(programs, reports, self.orchestrator, plan.barrier) or failure.devices
-                raise _AttemptFailed(blamed, failure.why, late=True) from None
+                blamed = blame(programs, reports, self.orchestrator, plan.barrier)
+                why = failure.why if blamed else f"{failure.why}, though every device says it finished"
+                raise _AttemptFailed(blamed, why, late=True) from None
             except BaseException:
                 self._release(run_id, programs, "attempt failed")
                 raise
@@ -377,8 +393,6 @@ class FlowRun(Run):
         if image_region is not None:
             rows, cols = image_region.within(TileRegion.whole(x.shape[2], x.shape[3]))
             image = x[:, :, rows, cols].contiguous().numpy()
-        for step in steps:
-            self.prepare(device, step.block)
         message = ProgramMessage(
             run_id,
             self.orchestrator,
@@ -399,28 +413,31 @@ class FlowRun(Run):
         self.publish(DEVICE_TASKS.build(device=device), encode(message))
 
     def _wait(self, state: FlowAttempt, box: queue.Queue[Arrival], go: Callable[[int], None]) -> None:
+        """Until the attempt has all it is owed. What has arrived is taken before the clock is
+        read: a busy orchestrator must not call late what is already in its box."""
         while not state.done:
             self.check_wanted()  # raises: the attempt's rows are released
-            online = {v.name for v in self.devices()}
-            lost, why = state.tick(time.perf_counter(), online)
-            if not lost:
+            try:
+                _, result = box.get_nowait()
+            except queue.Empty:
+                online = {v.name for v in self.devices()}
+                lost, why = state.tick(time.perf_counter(), online)
+                if lost:
+                    gone = not lost & online  # out of the table (offline, or held out since by a failure elsewhere)
+                    raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline, gone=gone) from None
                 try:
                     _, result = box.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
-                if isinstance(result, StepDone):
-                    for boundary in state.step_done(result):
-                        go(boundary)
-                    continue
-                if isinstance(result, StepReport):
-                    self._mark_report(result, state)
-                    continue
-                if isinstance(result, Progress):  # answers a release: not for this attempt
-                    continue
+            if isinstance(result, StepDone):
+                for boundary in state.step_done(result):
+                    go(boundary)
+            elif isinstance(result, StepReport):
+                self._mark_report(result, state)
+            elif not isinstance(result, Progress):  # a progress answers a release: not for this attempt
                 lost, why = state.result(result)
-            if lost:
-                gone = not lost & online  # out of the table (offline, or held out since by a failure elsewhere)
-                raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline, gone=gone)
+                if lost:
+                    raise _AttemptFailed(lost, why, late=time.perf_counter() > state.deadline)
 
     def _reports(self, box: queue.Queue[Arrival], devices: set[str]) -> dict[str, Progress]:
         """The :class:`Progress` each device sends when a late attempt is released, for up to

@@ -38,11 +38,12 @@ PieceKey = tuple[int, TileRegion, str]
 """(boundary, region, source) of one input piece."""
 
 DEFAULT_BUDGET_BYTES = 512 << 20
-DEFAULT_HOLDING_BYTES = 4 << 20
-"""Rows for a request whose program is not here yet, in all. Rows overtake their program
-only when a neighbour's first step ends before the orchestrator's next publish reaches
-us, so a few halos; anything beyond that is rows nobody asked for, which any device
-credential could otherwise send."""
+DEFAULT_HOLDING_BYTES, HOLDING_PER_SENDER = 16 << 20, 4 << 20
+"""Rows for requests whose program is not here yet: in all, and from one sender. Rows
+overtake their program only when a neighbour's step ends before the orchestrator's
+publish of ours reaches us (it sends programs downstream first), so a few halos; anything
+beyond that is rows nobody asked for, which a device credential could otherwise send; one
+sender's share keeps one credential from filling the area for the others."""
 HOLDING_S = 5.0
 """How long rows wait for their program (it is milliseconds behind them when they overtake it)."""
 REMEMBERED = 4096
@@ -96,6 +97,7 @@ class _Program(Generic[C]):
     pieces: dict[Key, Rows] = field(default_factory=dict)
     next: int = 0
     queued: bool = False
+    running: int | None = None  # the item the worker took and has not finished
 
     @property
     def items(self) -> list[WorkItem]:
@@ -154,9 +156,11 @@ class FlowStore(Generic[C]):
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         holding_bytes: int = DEFAULT_HOLDING_BYTES,
         holding_s: float = HOLDING_S,
+        holding_per_sender: int = HOLDING_PER_SENDER,
     ) -> None:
         self.device = device
         self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
+        self.holding_per_sender = min(holding_per_sender, holding_bytes)
         self._programs: dict[str, _Program[C]] = {}
         self._held: list[tuple[float, str, str, RowsMessage | VectorMessage]] = []  # (arrived, request, sender, rows)
         self._ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request -> (why, items run), latest last
@@ -208,17 +212,24 @@ class FlowStore(Generic[C]):
                 why, run = self._ended.get(request, ("", -1))
                 return (run, ()) if why in ("", "done") else None
             items = entry.items
+            if entry.running is not None:  # taken, not finished: it has its input, it is slow itself
+                return entry.running, ()
             if entry.next >= len(items):
                 return len(items), ()
             missing = {k for k in entry.needs(items[entry.next]) if k not in entry.pieces}
             senders = {entry.message.orchestrator if k[0] == "go" else k[-1] if len(k) == 3 else k[0] for k in missing}
             return entry.next, tuple(sorted(senders))
 
-    def holding_room(self) -> int:
-        """Bytes more that rows for requests whose program has not arrived may take."""
+    def holding_room(self, sender: str) -> int:
+        """Bytes more that rows from ``sender`` for requests whose program has not arrived may take."""
         with self._lock:
-            held = sum(_payload(h[3]).nbytes for h in self._held)
-            return max(0, min(self.budget_bytes - self._bytes(), self.holding_bytes - held))
+            return self._holding_room(sender)
+
+    def _holding_room(self, sender: str) -> int:
+        held = sum(_payload(h[3]).nbytes for h in self._held)
+        own = sum(_payload(h[3]).nbytes for h in self._held if h[2] == sender)
+        room = min(self.budget_bytes - self._bytes(), self.holding_bytes - held, self.holding_per_sender - own)
+        return max(0, room)
 
     def _end(self, request: str, why: str) -> None:
         entry = self._programs.pop(request, None)
@@ -272,8 +283,7 @@ class FlowStore(Generic[C]):
             entry = self._programs.get(request)
             room = self.budget_bytes - self._bytes()
             if entry is None:
-                held = sum(_payload(h[3]).nbytes for h in self._held)
-                if array.nbytes > min(room, self.holding_bytes - held):
+                if array.nbytes > self._holding_room(sender):
                     self.counts["dropped_unknown"] += 1
                     raise WireError(f"rows for unknown request {request}: the holding area is full")
                 self._held.append((now, request, sender, message))
@@ -353,7 +363,7 @@ class FlowStore(Generic[C]):
                 return None
             index = entry.next
             item = entry.items[index]
-            entry.next += 1
+            entry.next, entry.running = index + 1, index
             return ReadyStep(request, index, item, entry.assemble(item), entry.context)
 
     def computed(self, request: str, index: int, output: Rows) -> None:
@@ -365,6 +375,7 @@ class FlowStore(Generic[C]):
                 return
             items = entry.items
             item = items[index]
+            entry.running = None
             later_needs = {k for later in items[index + 1 :] for k in entry.needs(later)}
             if isinstance(item, ProgramStep):
                 for key in later_needs:

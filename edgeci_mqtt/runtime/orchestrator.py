@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,8 @@ PER_CLIENT = 16
 """Requests one client may have waiting at one orchestrator by default."""
 SERVED_BY_FLOW = ("flow", "local", "replicas")
 """Strategies whose data stays on the devices, down to the logits (:class:`FlowRun`)."""
+PLANS_KEPT = 16
+"""Plans cached at once (by model, input size, strategy and the devices planned for)."""
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
 """Chunked results held at once: in all, and in one payload (a whole 224x224x64 float32
 map, the largest a device sends, is 12.8 MB)."""
@@ -243,7 +246,7 @@ class Orchestrator:
         self.in_flight = max(1, in_flight)
         self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
-        self._plans: dict[tuple[str, int, int, str], _Planned] = {}
+        self._plans: OrderedDict[tuple[str, int, int, str, frozenset[str]], _Planned] = OrderedDict()
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self.commitments = Commitments()
@@ -322,6 +325,7 @@ class Orchestrator:
                 if message.orchestrator != self.id:  # ours, back from the broker
                     self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
+                self.mail.silence.heard(message.device)
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
@@ -350,6 +354,8 @@ class Orchestrator:
             message = decode(event.payload)
             if isinstance(message, Chunk):  # a request fits one frame: a chunk there is hostile
                 raise WireError("a request must fit in one frame")
+            if not isinstance(message, InferRequest):
+                raise WireError(f"a {message.kind} message is not a request")
             return message
         except WireError as exc:
             own = CLIENT_RESPONSES.build(client=client)
@@ -360,12 +366,13 @@ class Orchestrator:
             raise
 
     def _unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
-        """A result for a request not in flight here, or a bid for a round not open, by the
-        ids its topic carries: it is dropped unread (a flood of them costs no memory; a late
-        bid says nothing, :class:`~edgeci_mqtt.runtime.auction.Silence`)."""
+        """A result for a request not in flight here, or a bid for a round not open (from a
+        device that is not silent), by the ids its topic carries: it is dropped unread (a
+        flood of them costs no memory)."""
         if result is not None:
             return result["request"] not in self.mail.results
-        return bid is not None and bid["round"] not in self.mail.bids
+        # a late bid of a silent device still says it is back
+        return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
 
     # ------------------------------------------------------------ requests
     def _admit(self, client: str, request: _Request) -> None:
@@ -403,19 +410,26 @@ class Orchestrator:
             self._reply(request, response)
 
     def _plan(self, model: str, height: int, width: int, strategy: str, devices: list[DeviceView]) -> Plan:
-        """The cached plan, re-planned whenever the device table changed."""
+        """The cached plan for these devices, re-planned whenever the device table changed.
+        A few device sets are kept (:data:`PLANS_KEPT`): while a device is on probation the
+        request holding its trial plans with it and the others without it, and each plan
+        costs a small orchestrator up to a second."""
         held = self.models.get(model)
-        key = (model, height, width, strategy)
+        generation, names = self.table.generation, frozenset(v.name for v in devices)
+        key = (model, height, width, strategy, names)
         with self._lock:
-            generation, names = self.table.generation, frozenset(v.name for v in devices)
             cached = self._plans.get(key)
-            if cached is not None and (cached.generation, cached.devices) == (generation, names):
+            if cached is not None and cached.generation == generation:
+                self._plans.move_to_end(key)
                 return cached.plan
             env = Environment(tuple(devices), self.profile, self.broker_link)
             ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
             self._rows[(model, height, width)] = ctx.rows
             plan = make_plan(strategy, ctx)
             self._plans[key] = _Planned(generation, names, plan)
+            self._plans.move_to_end(key)
+            while len(self._plans) > PLANS_KEPT:
+                self._plans.popitem(last=False)
             return plan
 
     def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:

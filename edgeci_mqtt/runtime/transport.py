@@ -41,7 +41,7 @@ from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["BrokerAddress", "MqttBus", "TlsFiles"]
+__all__ = ["MESSAGE_OVERHEAD", "BrokerAddress", "MqttBus", "TlsFiles", "queued_cost"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,16 @@ class TlsFiles:
     key_file: str | None = None
 
 
+MESSAGE_OVERHEAD = 512
+"""Bytes a queued message costs beyond its payload and topic (its Python objects): empty
+messages are not free, so a flood of them is bounded too."""
+
+
+def queued_cost(topic: str, payload_bytes: int) -> int:
+    """What one received message counts against the bounds of what may wait unread."""
+    return payload_bytes + len(topic) + MESSAGE_OVERHEAD
+
+
 class _Inbox(queue.Queue[Event]):
     """The events queue, counting the payload bytes it holds (under the queue's own lock), in
     all and by the first of ``limits``' filters each topic matches."""
@@ -110,10 +120,11 @@ class _Inbox(queue.Queue[Event]):
 
     def _count(self, item: Event, sign: int) -> None:
         if isinstance(item, Inbound):
-            self.bytes += sign * len(item.payload)
+            cost = sign * queued_cost(item.topic, len(item.payload))
+            self.bytes += cost
             matched = self.filter_of(item.topic) if self.limits else None
             if matched is not None:
-                self.by_filter[matched] += sign * len(item.payload)
+                self.by_filter[matched] += cost
 
     def _put(self, item: Event) -> None:
         super()._put(item)
@@ -124,8 +135,9 @@ class _Inbox(queue.Queue[Event]):
         self._count(item, -1)
         return item
 
-    def room(self, topic: str, size: int, total: int) -> bool:
-        """Whether ``size`` more bytes on ``topic`` stay within ``total`` and its filter's limit."""
+    def room(self, topic: str, payload_bytes: int, total: int) -> bool:
+        """Whether one more message on ``topic`` stays within ``total`` and its filter's limit."""
+        size = queued_cost(topic, payload_bytes)
         with self.mutex:
             if self.bytes + size > total:
                 return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire.messages import Chunk, Message, decode, encode
@@ -46,6 +46,23 @@ class Allowance:
     bytes: int
 
 
+@dataclass
+class _Partial:
+    """The frames of one chunked message so far."""
+
+    count: int
+    pool: str
+    born: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    held: int = 0  # its frames' data, each charged at least FRAME_CHARGE
+
+
+FRAME_CHARGE = 1024
+"""What a held frame costs at least, whatever its data: empty frames are not free."""
+MAX_PARTIALS_PER_POOL = 64
+"""Incomplete messages one pool may hold at once (a sender has a few in flight, not thousands)."""
+
+
 class Reassembler:
     """Decodes payloads, putting chunked ones back together with bounded memory and age.
 
@@ -54,25 +71,25 @@ class Reassembler:
     raises :class:`WireError`. Incomplete messages expire ``max_age_s`` after their first
     frame: :meth:`expire` is called on every frame and should also be called on a clock
     (a receiver's idle tick), or frames nobody completes would stay until the next one.
+    Totals are kept as frames come and go, so a frame costs the same however many are held.
     """
 
     def __init__(self, max_bytes: int = 1 << 30, max_age_s: float = 60.0, max_message_bytes: int | None = None) -> None:
         """``max_bytes``: held in all; ``max_message_bytes``: one payload (default ``max_bytes``)."""
         self.max_bytes, self.max_age_s = max_bytes, max_age_s
         self.max_message_bytes = max_bytes if max_message_bytes is None else max_message_bytes
-        self._parts: dict[tuple[str, str], dict[int, bytes]] = {}
-        self._counts: dict[tuple[str, str], int] = {}
-        self._born: dict[tuple[str, str], float] = {}
-        self._pools: dict[tuple[str, str], str] = {}
-        self._held: dict[tuple[str, str], int] = {}
+        self._partials: dict[tuple[str, str], _Partial] = {}  # in the order their first frames came
+        self._total = 0
+        self._pool_bytes: dict[str, int] = {}
+        self._pool_partials: dict[str, int] = {}
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of incomplete messages held."""
-        return sum(self._held.values())
+        """Bytes of incomplete messages held (as charged)."""
+        return self._total
 
     def pool_bytes(self, pool: str) -> int:
-        return sum(n for key, n in self._held.items() if self._pools.get(key) == pool)
+        return self._pool_bytes.get(pool, 0)
 
     def feed(self, topic: str, payload: bytes, allowance: Allowance | None = None) -> Message | None:
         """Decode ``payload``; with an ``allowance``, a frame that would take its pool over
@@ -90,29 +107,46 @@ class Reassembler:
             raise WireError(f"chunk {message.index} of {message.count} is out of range")
         key = (topic, message.id)
         self.expire()
-        if self._counts.setdefault(key, message.count) != message.count:
+        pool = topic if allowance is None else allowance.pool
+        partial = self._partials.get(key)
+        if partial is None:
+            if self._pool_partials.get(pool, 0) >= MAX_PARTIALS_PER_POOL:
+                raise WireError(f"chunked payload {message.id}: {MAX_PARTIALS_PER_POOL} are incomplete already")
+            partial = self._partials[key] = _Partial(message.count, pool, time.monotonic())
+            self._account(partial, 0, 1)
+        elif partial.count != message.count:
             self._drop(key)
             raise WireError(f"chunk {message.id}: frame counts disagree")
-        pool = topic if allowance is None else allowance.pool
-        self._pools[key] = pool  # a topic whose program arrived meanwhile moves to its own pool
-        size = len(message.data)
+        elif partial.pool != pool:  # a topic whose program arrived meanwhile moves to its own pool
+            self._account(partial, -partial.held, -1)
+            partial.pool = pool
+            self._account(partial, partial.held, 1)
+        size = max(len(message.data), FRAME_CHARGE)
         if allowance is not None and self.pool_bytes(pool) + size > allowance.bytes:
             self._drop(key)
             raise WireError(f"chunked payload {message.id} is more than {topic[:200]} may bring ({allowance.bytes})")
-        if self.held_bytes + size > self.max_bytes:
+        if self._total + size > self.max_bytes:
             self._drop(key)
             raise WireError(f"chunked payload {message.id} exceeds the reassembly budget")
-        self._born.setdefault(key, time.monotonic())
-        parts = self._parts.setdefault(key, {})
-        self._held[key] = self._held.get(key, 0) + size - len(parts.get(message.index, b""))
-        parts[message.index] = message.data
-        if len(parts) < message.count:
+        if message.index in partial.parts:  # delivered again (QoS 1): the first copy stays
+            return None
+        partial.parts[message.index] = message.data
+        partial.held += size
+        self._account(partial, size, 0)
+        if len(partial.parts) < partial.count:
             return None
         self._drop(key)
-        whole = self._decode(b"".join(parts[i] for i in range(message.count)), allowance)
+        whole = self._decode(b"".join(partial.parts[i] for i in range(partial.count)), allowance)
         if isinstance(whole, Chunk):
             raise WireError("a chunk cannot contain a chunk")
         return whole
+
+    def _account(self, partial: _Partial, size: int, partials: int) -> None:
+        self._total += size
+        self._pool_bytes[partial.pool] = self._pool_bytes.get(partial.pool, 0) + size
+        self._pool_partials[partial.pool] = self._pool_partials.get(partial.pool, 0) + partials
+        if not self._pool_partials[partial.pool]:
+            del self._pool_partials[partial.pool], self._pool_bytes[partial.pool]
 
     @staticmethod
     def _decode(payload: bytes, allowance: Allowance | None) -> Message:
@@ -122,16 +156,17 @@ class Reassembler:
             return decode(payload)
 
     def _drop(self, key: tuple[str, str]) -> None:
-        self._parts.pop(key, None)
-        self._counts.pop(key, None)
-        self._born.pop(key, None)
-        self._pools.pop(key, None)
-        self._held.pop(key, None)
+        partial = self._partials.pop(key, None)
+        if partial is not None:
+            self._account(partial, -partial.held, -1)
 
     def expire(self) -> int:
         """Drop incomplete messages older than ``max_age_s``; how many were dropped."""
-        now = time.monotonic()
-        old = [k for k, born in self._born.items() if now - born > self.max_age_s]
+        now, old = time.monotonic(), []
+        for key, partial in self._partials.items():  # oldest first: stop at the first young one
+            if now - partial.born <= self.max_age_s:
+                break
+            old.append(key)
         for key in old:
             self._drop(key)
         return len(old)
