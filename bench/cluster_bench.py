@@ -38,6 +38,7 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import STRATEGIES, PlanningContext, context_for, make_plan
 from edgeci_mqtt.profiling import map_densities
+from edgeci_mqtt.runtime.transport import BrokerAddress
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import intervals_from_rows
@@ -90,9 +91,15 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     print(f"== {name}: starting {len(spec.devices)} devices ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp, emulated_run(spec, Path(tmp), args.models) as run:
         out = Path(tmp) / "runs.json"
+
+        def login(user: str) -> str:
+            address = BrokerAddress.parse(run.url(user))
+            return f"mqtt://{user}@{address.host}:{address.port}"
+
         driver = [
             *(sys.executable, "-m", "bench.cluster_driver"),
-            *("--client", run.url("client"), "--stream-client", run.url("stream"), "--watcher", run.url("watcher")),
+            *("--client", login("client"), "--stream-client", login("stream"), "--watcher", login("watcher")),
+            *("--credentials", str(run.broker.workdir)),  # the passwords stay in its files, out of argv
             *("--link", run.cluster.bridge),
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),

@@ -17,14 +17,25 @@ from pathlib import Path
 
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.runtime.watch import device_states
 
 
-def published_states(url: str, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:
+def logged_in(url: str, credentials: Path | None) -> BrokerAddress:
+    """``mqtt://user@host:port`` with the user's password from its credentials file under
+    ``credentials`` (the broker's configuration directory): never a password in argv."""
+    address = BrokerAddress.parse(url)
+    if credentials is None or address.password or not address.username:
+        return address
+    user = address.username
+    return address.with_login(user, Credentials.load(credentials_path(credentials, user)).passwords[user])
+
+
+def published_states(address: BrokerAddress, count: int, timeout: float = 30.0) -> dict[str, dict[str, object]]:
     """The profiles and links the devices announce now, for the report and the simulator."""
-    watcher = MqttBus(BrokerAddress.parse(url))
+    watcher = MqttBus(address)
     states = device_states(watcher, lambda online: len(online) >= count, timeout)
     return {
         name: {"profile": s.profile.to_dict() if s.profile else {}, "link": s.link.to_dict() if s.link else {}}
@@ -39,7 +50,7 @@ def link_bytes(interface: str) -> tuple[int, int]:
     return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
 
 
-def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> dict[str, object]:
+def stream(address: BrokerAddress, model: str, strategy: str, count: int, in_flight: int) -> dict[str, object]:
     """``count`` requests, ``in_flight`` at a time (threads sharing one client session), as a
     stream would come: every latency, the wall time, and how many were served whole on one device."""
     x = load_input(SAMPLE_IMAGE)
@@ -65,7 +76,7 @@ def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> d
                 latencies.append(answer.latency_s)
                 whole.append(answer.timings.get("whole_request", 0.0))
 
-    with EdgeCIClient(BrokerAddress.parse(url)) as shared:
+    with EdgeCIClient(address) as shared:
         started = time.perf_counter()
         threads = [threading.Thread(target=client, args=(shared,)) for _ in range(in_flight)]
         for thread in threads:
@@ -79,9 +90,12 @@ def stream(url: str, model: str, strategy: str, count: int, in_flight: int) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--client", required=True)
+    parser.add_argument("--client", required=True, help="mqtt://user@host:port")
     parser.add_argument("--watcher", required=True)
     parser.add_argument("--stream-client", help="a second client login, for the streams (default: --client)")
+    parser.add_argument(
+        "--credentials", type=Path, help="the broker's configuration directory (its credentials/ hold the passwords)"
+    )
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--models", default="vgg16,resnet34")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -94,10 +108,12 @@ def main() -> int:
     parser.add_argument("--stream-models", default="vgg16")
     parser.add_argument("--stream-strategies", default="local,replicas,edgeci,flow")
     args = parser.parse_args()
+    own, watcher = logged_in(args.client, args.credentials), logged_in(args.watcher, args.credentials)
+    streams = logged_in(args.stream_client, args.credentials) if args.stream_client else own
     strategies = args.strategies.split(",")
     result: dict[str, object] = {"runs": {}}
     x = load_input(SAMPLE_IMAGE)
-    with EdgeCIClient(BrokerAddress.parse(args.client)) as client:
+    with EdgeCIClient(own) as client:
         for model in args.models.split(","):
             runs: dict[str, list[dict[str, object]]] = {s: [] for s in strategies}
             for round_index in range(args.warmup + args.runs):
@@ -125,11 +141,11 @@ def main() -> int:
             result["runs"][model] = runs  # type: ignore[index]
             # read after each model's runs: a device corrects its announced speed by the work it did
             by_model = result.setdefault("devices_by_model", {})
-            by_model[model] = result["devices"] = published_states(args.watcher, args.devices)  # type: ignore[index]
+            by_model[model] = result["devices"] = published_states(watcher, args.devices)  # type: ignore[index]
     if args.stream:
         result["streams"] = {
             model: {
-                strategy: stream(args.stream_client or args.client, model, strategy, args.stream, args.in_flight)
+                strategy: stream(streams, model, strategy, args.stream, args.in_flight)
                 for strategy in args.stream_strategies.split(",")
             }
             for model in args.stream_models.split(",")

@@ -26,6 +26,7 @@ from edgeci_mqtt.emulation.processes import emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import parse_cluster
+from edgeci_mqtt.runtime.launch import without_passwords
 from tests.exactness import assert_float32_faithful, whole_model_reference
 
 needs_root = pytest.mark.skipif(
@@ -71,7 +72,10 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
             "--strategy",
             "flow",
         ]
-        answer = subprocess.run(run.in_hub(*client), capture_output=True, text=True, timeout=180)
+        command, login = without_passwords(client)  # the password in the environment, not in argv
+        answer = subprocess.run(
+            run.in_hub(*command), capture_output=True, text=True, timeout=180, env={**os.environ, **login}
+        )
         assert answer.returncode == 0, answer.stderr[-2000:] + run.group.log_text("orchestrator")[-2000:]
         # the agents measured their shaped, delayed links through the relays
         assert "link" in run.group.log_text("a") and "link" in run.group.log_text("b")
