@@ -243,6 +243,7 @@ class DeviceAgent:
         self._pricing = (0, profile)  # (version, profile), swapped whole: the version keys the prices
         self._backlog_s = 0.0  # predicted seconds of queued and running work
         self._worked = False  # since the worker last fell idle (worker only)
+        self._resting = True  # the worker has had nothing to do for a second (written by it alone)
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
@@ -337,8 +338,11 @@ class DeviceAgent:
     def _tick(self) -> None:
         """On the message thread, about every 0.2 s: incomplete messages expire on the clock,
         and after a burst of inbound data (hostile or not) the heap goes back to the system
-        once the burst is over, so an idle device returns to its idle size."""
+        once the burst is over, so an idle device returns to its idle size. Never while the
+        worker computes: the activations it frees between layers would fault in anew."""
         self._reassembler.expire()
+        if not self._resting:
+            return
         received, last = self._inbound
         now = time.perf_counter()
         if received >= TRIM_AFTER_BYTES and now - last >= QUIET_S:
@@ -648,6 +652,7 @@ class DeviceAgent:
             try:
                 job = self.tasks.get(timeout=1.0)
             except queue.Empty:
+                self._resting = True
                 if self._worked:  # idle after work: what its activations took goes back
                     self._worked = False
                     release_heap()
@@ -668,7 +673,7 @@ class DeviceAgent:
                 for request in gone:
                     self._unbook(request)  # over here (expired, released, failed) before all its steps ran
                 continue
-            self._worked = True
+            self._worked, self._resting = True, False
             if job is None:
                 break
             if isinstance(job, _WeightsJob):

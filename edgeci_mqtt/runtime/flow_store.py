@@ -98,6 +98,7 @@ class _Program(Generic[C]):
     next: int = 0
     queued: bool = False
     running: int | None = None  # the item the worker took and has not finished
+    owed: dict[str, int] = field(default_factory=dict)  # sender -> float32 bytes still to come
 
     @property
     def items(self) -> list[WorkItem]:
@@ -115,18 +116,19 @@ class _Program(Generic[C]):
     def needs(self, item: WorkItem) -> list[Key]:
         return _needs(item, self.final, self.message.barrier)
 
-    def expected_bytes(self, sender: str) -> int:
-        """Bytes of the pieces from ``sender`` that our items not run yet still wait for."""
-        total = 0
-        for key in {k for item in self.items[self.next :] for k in self.needs(item)}:
+    def owed_at_install(self) -> dict[str, int]:
+        """Float32 bytes of the pieces each sender owes this program, none of them here yet
+        (kept up to date as pieces arrive: the device asks for every rows message)."""
+        owed: dict[str, int] = {}
+        for key in {k for item in self.items for k in self.needs(item)}:
             if key in self.pieces or key[0] == "go":
                 continue
-            if len(key) == 3 and key[2] == sender:
+            if len(key) == 3:
                 shape, region = self.shapes[min(key[0], self.final)], key[1]
-                total += 4 * shape.channels * region.height * region.width
-            elif len(key) == 2 and key[0] == sender:
-                total += 4 * key[1].size
-        return total
+                owed[key[2]] = owed.get(key[2], 0) + 4 * shape.channels * region.height * region.width
+            else:
+                owed[key[0]] = owed.get(key[0], 0) + 4 * key[1].size
+        return owed
 
     def ready(self) -> bool:
         items = self.items
@@ -193,7 +195,7 @@ class FlowStore(Generic[C]):
             if request in self._ended:
                 return 0
             entry = self._programs.get(request)
-            return None if entry is None else entry.expected_bytes(sender)
+            return None if entry is None else max(0, entry.owed.get(sender, 0))
 
     def ended(self, request: str) -> str | None:
         """Why the request is over here, or None."""
@@ -254,6 +256,8 @@ class FlowStore(Generic[C]):
             entry = _Program(program, shapes, context, now + program.expires_s, ticket)
             if program.image is not None and program.image_region is not None:
                 entry.pieces[(0, program.image_region, program.orchestrator)] = program.image
+            entry.owed = entry.owed_at_install()
+            entry.owed.pop(self.device, None)  # its own rows come from its own steps, not the wire
             if self._bytes() + sum(a.nbytes for a in entry.pieces.values()) > self.budget_bytes:
                 self.counts["over_budget"] += 1
                 raise WireError(f"program {request}: no room for its rows on {self.device}")
@@ -304,6 +308,7 @@ class FlowStore(Generic[C]):
                 self.counts["over_budget"] += 1
                 raise WireError(f"request {request}: no room for {array.nbytes} bytes of rows")
             entry.pieces[key] = array
+            entry.owed[sender] = entry.owed.get(sender, 0) - array.nbytes
 
     def go(self, request: str, boundary: int) -> bool:
         """The orchestrator's go for the steps reading ``boundary``; True if that makes the
