@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +73,14 @@ def local_cluster(
 def start_device(group: ProcessGroup, broker: BrokerProcess, name: str, models: str, *extra: str) -> None:
     url = broker.url(name, tls="--ca-file" in extra)
     group.start(name, "-v", "device", "--broker", url, "--models", models, *extra)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout:.0f} s"
+        time.sleep(0.01)
 
 
 def collect(bus: Bus, seconds: float) -> list[Inbound]:

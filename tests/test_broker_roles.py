@@ -65,6 +65,7 @@ def session(broker: BrokerProcess, user: str, *filters: str) -> MqttBus:
     for topic_filter in filters:
         bus.subscribe(topic_filter)
     bus.start()
+    assert bus.wait_subscribed(10), f"{user}: the broker did not answer its subscriptions"  # granted or refused
     return bus
 
 
@@ -138,7 +139,6 @@ def test_no_one_reads_another_ones_data_or_joins_the_orchestrators(broker: Broke
     sessions = {user: session(broker, user, *filters) for user, filters in readers.items()}
     bob, o1, dev1 = sessions["bob"], sessions["o1"], sessions["dev-1"]  # one session per user
     try:
-        time.sleep(0.3)
         bob.publish(INFER_REQUESTS.build(client="bob"), b"bob's image", wait=5)
         o1.publish(CLIENT_RESPONSES.build(client="bob"), b"bob's answer", wait=5)
         o1.publish(DEVICE_TASKS.build(device="dev-2"), b"dev-2's program", wait=5)
@@ -169,8 +169,7 @@ def test_a_client_id_is_bound_to_its_user(broker: BrokerProcess) -> None:
 def test_a_second_process_with_the_same_credential_gets_a_clear_error_not_a_takeover_loop(
     broker: BrokerProcess,
 ) -> None:
-    first = session(broker, "bob")
-    time.sleep(0.2)
+    first = session(broker, "bob")  # connected once start() returns
     second = session(broker, "bob")
     ended = []
     try:

@@ -47,7 +47,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.framing import FRAME_CHARGE, MAX_PARTIALS_PER_POOL
 from edgeci_mqtt.wire.tensors import arrays_within
-from tests.cluster import local_cluster
+from tests.cluster import local_cluster, wait_for
 from tests.exactness import References
 from tests.hostile import rows_flood, zeros_bomb
 from tests.inprocess import MemoryCluster, memory_cluster
@@ -156,13 +156,6 @@ def test_a_flow_store_knows_what_each_sender_still_owes() -> None:
 def lone_device() -> Iterator[MemoryCluster]:
     with memory_cluster(ModelStore({"smallcnn": None}, seed=0), devices=1) as cluster:
         yield cluster
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_a_device_holds_no_more_than_its_programs_allow(

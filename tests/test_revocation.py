@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.runtime.watch import device_states
 from edgeci_mqtt.wire import DEVICE_STATE, DeviceState, encode
+from tests.cluster import wait_for
 from tests.planning import flat_profile
 
 
@@ -31,13 +31,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         yield running
     finally:
         running.stop()
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_a_removed_device_leaves_every_orchestrators_table_at_once(broker: BrokerProcess) -> None:

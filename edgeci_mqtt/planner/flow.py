@@ -1,4 +1,4 @@
-"""Task graphs that keep rows on the devices (strategy ``flow``, DESIGN.md section 8).
+"""Task graphs that keep rows on the devices (strategy ``flow``, docs/RUNTIME.md).
 
 Each block's output rows are auctioned as full-width strips, as in ``edgeci``, but a
 strip's output stays on the device that computed it. A task of the next block then

@@ -1,4 +1,4 @@
-"""Every strategy of DESIGN.md section 6, each turning the same inputs into a :class:`Plan`.
+"""Every strategy of docs/PLANNER.md, each turning the same inputs into a :class:`Plan`.
 
 ``edgeci``: DPFL over the AWAS estimate, then real AWAS auctions on the chosen blocks.
 The baselines follow their papers (docs/PLANNER.md lists each parameter and source):

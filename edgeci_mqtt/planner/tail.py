@@ -1,5 +1,5 @@
 """Where the tail runs: the orchestrator, one device, or its first fully connected layer
-split by output features across devices (DESIGN.md section 8).
+split by output features across devices (docs/RUNTIME.md, `flow`).
 
 The tail is a head (global pooling, flatten), a first fully connected layer and the rest
 (activations and later layers). A batch of one makes every fully connected layer a

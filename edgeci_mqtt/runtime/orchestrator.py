@@ -181,11 +181,10 @@ class DeviceTable:
 
 @dataclass
 class _Planned:
-    """A plan cached for the device table's ``generation`` and the devices it was made for
-    (fewer while some are held out after failing), and what it hands each device."""
+    """A plan cached for the device table's ``generation`` (keyed by the devices it was made
+    for: fewer while some are held out after failing), and what it hands each device."""
 
     generation: int
-    devices: frozenset[str]
     plan: Plan
     shares: dict[str, float] | None = None
 
@@ -426,7 +425,7 @@ class Orchestrator:
             ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
             self._rows[(model, height, width)] = ctx.rows
             plan = make_plan(strategy, ctx)
-            self._plans[key] = _Planned(generation, names, plan)
+            self._plans[key] = _Planned(generation, plan)
             self._plans.move_to_end(key)
             while len(self._plans) > PLANS_KEPT:
                 self._plans.popitem(last=False)

@@ -348,9 +348,14 @@ class MqttBus:
         if self.require_subscriptions:
             self._check_subscriptions(max(0.0, timeout - (time.monotonic() - started)))
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the broker answered every subscription of the first session (granted or
+        refused: :attr:`refused` says which) within ``timeout``."""
+        return self._subscribed.wait(timeout)
+
     def _check_subscriptions(self, timeout: float) -> None:
         """Wait for the first session's SUBACKs; :class:`TransportError` naming every refused filter."""
-        answered = self._subscribed.wait(timeout)
+        answered = self.wait_subscribed(timeout)
         with self._lock:
             refused, unanswered = dict(self.refused), sorted(self._suback_pending.values())
         if refused:
