@@ -6,6 +6,8 @@ through Mosquitto (test_runtime.py); each payload is wrong in one way.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 
@@ -23,12 +25,15 @@ from edgeci_mqtt.wire import (
     BidMessage,
     Chunk,
     DeviceState,
+    Failure,
     InferRequest,
     LotPrices,
     PackedArray,
-    ResultMessage,
+    ProgramMessage,
+    ProgramStep,
     RowsMessage,
-    TaskMessage,
+    StepInput,
+    StepSend,
     WeightsMessage,
     encode,
     encode_array,
@@ -43,7 +48,7 @@ DEVICE_COMPLAINTS = (
     "not a non-empty range",
     "frame limit",
     "is not ours",
-    "cannot be a task.request",
+    "cannot be a program.request",
     "outside the",
     "is not in [1, 8192]",
 )
@@ -67,14 +72,19 @@ def hostile_payloads() -> list[bytes]:
     tile = np.zeros((1, 3, 4, 4), dtype=np.float32)
     good = encode_array(tile)
     digest = weights_digest("smallcnn", None, 0)
-    task = TaskMessage(
-        "q", "t", "o1", "smallcnn", digest, (64, 64), FusedBlock(0, 1), TileRegion.of(0, 4, 0, 4),
-        TileRegion.of(0, 2, 0, 2), tile,
+    region, out = TileRegion.of(0, 4, 0, 4), TileRegion.of(0, 2, 0, 2)
+    step = ProgramStep(FusedBlock(0, 1), out, (StepInput(region, "o1"),), (StepSend(out, "o1"),))
+    program = ProgramMessage(
+        request="q", orchestrator="o1", model="smallcnn", digest=digest, input_hw=(64, 64), steps=(step,),
+        expires_s=10.0, input_region=region, input=tile,
     )  # fmt: skip
-    fields = msgpack.unpackb(encode(task))
+    fields = msgpack.unpackb(encode(program))
 
     def mangled(**changes: object) -> bytes:
         return msgpack.packb({**fields, **changes}, use_bin_type=True)
+
+    def mangled_step(**changes: object) -> bytes:
+        return mangled(steps=[{**fields["steps"][0], **changes}])
 
     profile = flat_profile().to_dict()
     state = {"v": 1, "type": "state", "device": "dev-9", "online": True, "link": Link(1.0, 1.0).to_dict()}
@@ -83,18 +93,18 @@ def hostile_payloads() -> list[bytes]:
         deep = [deep]
     return [
         b"\x00\xffgarbage",
-        msgpack.packb({"v": deep, "type": "task"}),
+        msgpack.packb({"v": deep, "type": "program"}),
         mangled(request=deep),
         encode(DeviceState("dev-9", True))[:-3],
         encode(DeviceState("dev-1", False)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
         mangled(input=dict(good, data=good["data"][:-4])),
         mangled(input=dict(good, dtype="complex64")),
-        mangled(block=[5, 2]),
+        mangled_step(block=[5, 2]),
         mangled(input_hw=[2**36, 8]),
-        mangled(out_region=[0, 99, 0, 2]),
+        mangled_step(out_region=[0, 99, 0, 2]),
         mangled(request="a/+/#"),
-        encode(TaskMessage(**{**task.__dict__, "digest": "not-our-weights"})),
-        encode(TaskMessage(**{**task.__dict__, "input": np.full((1, 3, 4, 4), np.nan, np.float32)})),
+        encode(replace(program, digest="not-our-weights")),
+        encode(replace(program, input=np.full((1, 3, 4, 4), np.nan, np.float32))),
         encode(Chunk("c", 0, 100, b"x")),
         encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
         msgpack.packb({b"binary": 1}, use_bin_type=True),
@@ -104,7 +114,7 @@ def hostile_payloads() -> list[bytes]:
         encode(AuctionCall("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 100.0)),
         encode(AuctionCall("none", "o1", "smallcnn", (64, 64), (), 100.0)),
         encode(BidMessage("r", "dev-1", 0.0, (LotPrices((0.1,) * 5000, ()),))),
-        encode(ResultMessage("q", "t", "dev-1", TileRegion.of(0, 1, 0, 1), error="x" * 5000)),
+        encode(Failure("q", "dev-1", 0, "x" * 5000)),
         encode(InferRequest("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard
         msgpack.packb({**state, "profile": {**profile, "conv_depths": [0, 8]}}, use_bin_type=True),
         msgpack.packb({**state, "profile": {**profile, "threads": float("inf")}}, use_bin_type=True),
@@ -115,10 +125,10 @@ def hostile_payloads() -> list[bytes]:
 
 
 def forged_results_flood(bus: Bus, orchestrator: str, device: str, count: int = 150) -> int:
-    """``count`` valid 4 MB results and ``count`` first frames of 64 MB chunked payloads,
+    """``count`` valid 4 MB rows messages and ``count`` first frames of 64 MB chunked payloads,
     each for a request the orchestrator never ran, from ``device``'s credential; frames sent."""
     tile = np.zeros((1, 1024, 1023, 1), np.float32)
-    whole = encode(ResultMessage("forged", "t", device, TileRegion.of(0, 1023, 0, 1), tile))
+    whole = encode(RowsMessage("forged", device, 1, TileRegion.of(0, 1023, 0, 1), PackedArray(tile)))
     data = b"\x00" * (MAX_PAYLOAD_BYTES - 1024)
     for index in range(count):
         topic = RESULTS.build(orchestrator=orchestrator, device=device, request=f"forged-{index}")

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
@@ -42,32 +41,27 @@ from edgeci_mqtt.planner.tail import (
     split_features,
     tail_to_prepare,
 )
-from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
-from edgeci_mqtt.runtime.flow_run import FlowAttempt, Owed, attempt_allowance, finish_logits
+from edgeci_mqtt.runtime.device_flow import ValidProgram, validate_program
 from edgeci_mqtt.runtime.flow_store import FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.programs import device_programs
+from edgeci_mqtt.runtime.run import attempt_allowance
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (
-    CODECS,
     PackedArray,
     ProgramMessage,
     ProgramStep,
-    ResultMessage,
     RowsMessage,
-    StepDone,
     StepInput,
     StepSend,
     TailRole,
-    VectorMessage,
     decode,
     encode,
 )
 from tests.exactness import References, assert_float32_faithful
+from tests.executor import ORCH, run_attempt
 from tests.planning import device, environment, flat_profile
 
-ORCH = "orch-1"
 DEVICES = ("a", "b", "c", "d")
 
 
@@ -112,66 +106,6 @@ def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Rando
     )
 
 
-def wire(message: object) -> object:
-    return decode(encode(message))  # type: ignore[arg-type]
-
-
-def run_programs(plan: Plan, store: ModelStore, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    """Every device's program through the real device code, messages through the wire in a
-    random order, and the orchestrator's finish."""
-    held = store.get(plan.model)
-    programs = device_programs(plan, ORCH)
-    stores: dict[str, FlowStore[ValidProgram]] = {d: FlowStore(d) for d in programs}
-    whole = TileRegion.whole(x.shape[2], x.shape[3])
-    runnable: list[str] = []
-    for name, program in programs.items():
-        steps = program.steps
-        region = next((p.region for s in steps for p in s.inputs if p.source == ORCH), None)
-        image = None
-        if region is not None:
-            rows, cols = region.within(whole)
-            image = x[:, :, rows, cols].contiguous().numpy()
-        hw = (x.shape[2], x.shape[3])
-        message = wire(
-            ProgramMessage(
-                *("r1", ORCH, plan.model, held.digest, hw, steps, 60.0, region, image),
-                *(program.tail, program.finish, plan.barrier, plan.compress),
-            )
-        )
-        assert isinstance(message, ProgramMessage)
-        valid = validate_program(message, name, store, lambda *_: True)
-        if stores[name].install(message, valid.shapes, valid, 0.0):
-            runnable.append(name)
-    in_flight: list[tuple[str, RowsMessage | VectorMessage | StepDone]] = []
-    arrived: dict[Owed, np.ndarray] = {}
-    barrier = FlowAttempt(frozenset(programs), set(), 0.0, 0)
-    barrier.unfinished = {b.block.stop: set(b.devices) for b in plan.blocks[:-1]} if plan.barrier else {}
-    while runnable or in_flight:
-        if in_flight and (not runnable or rng.random() < 0.5):
-            target, message = in_flight.pop(rng.randrange(len(in_flight)))
-            if isinstance(message, StepDone):  # the orchestrator's side of the barrier
-                for boundary in barrier.step_done(message):
-                    readers = next(b.devices for b in plan.blocks if b.block.start == boundary)
-                    runnable += [d for d in readers if stores[d].go("r1", boundary)]
-            elif target == ORCH:
-                key = (message.sender, message.region if isinstance(message, RowsMessage) else message.features)
-                arrived[key] = message.rows.array if isinstance(message, RowsMessage) else message.values.array
-            elif stores[target].add_rows(message, message.sender, 0.0):
-                runnable.append(target)
-            continue
-        name = runnable.pop(rng.randrange(len(runnable)))
-        while (ready := stores[name].next_step("r1")) is not None:
-            output = run_step(ready)
-            for to, sent in outgoing(ready.context.message, ready.item, output, name, lambda _: rng.choice(CODECS)):
-                received = wire(sent)
-                assert isinstance(received, RowsMessage | VectorMessage | StepDone)
-                in_flight.append((to, received))
-            stores[name].computed("r1", ready.index, output)
-    assert all(not s.requests() and s.stored_bytes == 0 for s in stores.values()), "a store kept rows"
-    out_shape = held.chain.shapes(x.shape[2], x.shape[3])[-1]
-    return finish_logits(plan.tail, arrived, held.chain, out_shape)
-
-
 @pytest.mark.parametrize(("model", "size", "seeds"), [("smallcnn", 64, 6), ("vgg16", 64, 3), ("resnet34", 64, 3)])
 def test_random_flow_partitions_give_the_models_result(
     store: ModelStore, references: References, model: str, size: int, seeds: int
@@ -180,7 +114,7 @@ def test_random_flow_partitions_give_the_models_result(
     for seed in range(seeds):
         rng = random.Random(seed)
         plan = random_flow_plan(store, model, size, rng, barrier=seed % 2 == 1)
-        logits = run_programs(plan, store, ref.x, rng)
+        logits = run_attempt(plan, store, ref.x, rng)
         assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} seed {seed}")
 
 
@@ -253,9 +187,17 @@ def test_a_device_keeps_its_band_from_block_to_block(store: ModelStore) -> None:
 
 
 # ---------------------------------------------------------------- the device store
-def _program(steps: tuple[ProgramStep, ...], request: str = "r1", image: np.ndarray | None = None) -> ProgramMessage:
-    region = TileRegion(Span(0, 4), Span(0, 4)) if image is not None else None
-    return ProgramMessage(request, ORCH, "smallcnn", "d", (64, 64), steps, 5.0, region, image)
+def _program(steps: tuple[ProgramStep, ...], request: str = "r1", boundary: int = 0) -> ProgramMessage:
+    return ProgramMessage(
+        request=request,
+        orchestrator=ORCH,
+        model="smallcnn",
+        digest="d",
+        input_hw=(64, 64),
+        steps=steps,
+        expires_s=5.0,
+        input_boundary=boundary,
+    )
 
 
 def _rows(request: str, sender: str, region: TileRegion, channels: int = 8) -> RowsMessage:
@@ -336,8 +278,8 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
     whole_in = TileRegion(Span(0, shapes[1].height), Span(0, width))
     out = TileRegion(Span(0, 4), Span(0, out_width))
 
-    def check(*steps: ProgramStep) -> None:
-        program = _program(steps)
+    def check(*steps: ProgramStep, boundary: int = 0) -> None:
+        program = _program(steps, boundary=boundary)
         validate_program(replace(program, digest=held.digest), "a", store, lambda *_: True)
 
     check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),)))  # fine
@@ -347,7 +289,6 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
             StepInput(TileRegion(Span(2, 9), whole_in.cols), "c"),
         ),
         "covering": (StepInput(TileRegion(Span(0, 1), whole_in.cols), "b"),),
-        "only the image": (StepInput(whole_in, ORCH),),
         "no earlier step": (StepInput(whole_in, "a"),),
     }
     for why, inputs in cases.items():
@@ -355,22 +296,12 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
             check(ProgramStep(FusedBlock(1, 2), out, inputs))
     with pytest.raises(WireError, match="cannot send"):
         check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),), (StepSend(whole_in, "c"),)))
+    check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, ORCH),)), boundary=1)  # rows it forwards
+    with pytest.raises(WireError, match="before the attempt's start"):
+        check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, ORCH),)), boundary=2)
     with pytest.raises(WireError, match="block order"):
         step = ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),))
         check(step, step)
-
-
-# ---------------------------------------------------------------- the orchestrator's side
-def test_an_attempt_takes_owed_tiles_and_gives_up_on_failed_devices() -> None:
-    region = TileRegion(Span(0, 2), Span(0, 2))
-    tile = PackedArray(np.zeros((1, 3, 2, 2), dtype=np.float32))
-    state = FlowAttempt(frozenset({"a", "b"}), {("a", region)}, 10.0, 3)
-    assert state.result(RowsMessage("r", "b", 5, region, tile)) == (set(), "")  # not owed by b: ignored
-    assert state.result(RowsMessage("r", "a", 5, region, PackedArray(np.zeros((1, 4, 2, 2), np.float32))))[0] == {"a"}
-    assert state.result(ResultMessage("r", "0", "b", region, error="boom"))[0] == {"b"}
-    assert state.tick(1.0, {"a"})[0] == {"b"}  # b went offline
-    assert state.tick(11.0, {"a", "b"})[0] == {"a"}  # a still owes a tile at the deadline
-    assert state.result(RowsMessage("r", "a", 5, region, tile)) == (set(), "") and state.done
 
 
 def test_a_flow_bid_prices_no_output_leaving_but_for_the_last_block(store: ModelStore) -> None:

@@ -24,10 +24,9 @@ from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.runtime import device as device_module
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.device import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
-from edgeci_mqtt.runtime.flow_run import downstream_first
 from edgeci_mqtt.runtime.flow_store import HOLDING_PER_SENDER, FlowStore
 from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.programs import DeviceProgram
+from edgeci_mqtt.runtime.programs import DeviceProgram, downstream_first
 from edgeci_mqtt.runtime.transport import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queued_cost
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
@@ -141,7 +140,9 @@ def test_a_flow_store_knows_what_each_sender_still_owes() -> None:
     store: FlowStore[None] = FlowStore("dev-1")
     region = TileRegion.of(0, 4, 0, 10)
     step = ProgramStep(FusedBlock(2, 3), TileRegion.of(0, 2, 0, 10), (StepInput(region, "dev-2"),))
-    program = ProgramMessage("r", "o1", "smallcnn", "ab", (64, 64), (step,), 30.0)
+    program = ProgramMessage(
+        request="r", orchestrator="o1", model="smallcnn", digest="ab", input_hw=(64, 64), steps=(step,), expires_s=30.0
+    )
     shapes = [FeatureShape(8, 10, 10)] * 4
     assert store.expects("r", "dev-2") is None  # its program has not arrived
     store.install(program, shapes, None, time.perf_counter())
@@ -182,17 +183,17 @@ def test_a_device_holds_no_more_than_its_programs_allow(
         wait_for(lambda: agent._reassembler.held_bytes == 0, timeout=5.0)  # expired on the tick
         # rows from a sender its program reads nothing from: refused from the topic alone
         program = ProgramMessage(
-            "live",
-            "o1",
-            "smallcnn",
-            agent.models.get("smallcnn").digest,
-            (64, 64),
-            (
+            request="live",
+            orchestrator="o1",
+            model="smallcnn",
+            digest=agent.models.get("smallcnn").digest,
+            input_hw=(64, 64),
+            steps=(
                 ProgramStep(
                     FusedBlock(1, 2), TileRegion.of(0, 1, 0, 32), (StepInput(TileRegion.of(0, 2, 0, 32), "dev-2"),)
                 ),
             ),
-            30.0,
+            expires_s=30.0,
         )
         orchestrator = lone_device.broker.bus("edgeci-orchestrator-o9")
         orchestrator.start()

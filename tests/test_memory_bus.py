@@ -7,7 +7,7 @@ import numpy as np
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound
 from edgeci_mqtt.runtime.memory_bus import MemoryBroker, MemoryBus, topic_matches
-from edgeci_mqtt.wire import MAX_PAYLOAD_BYTES, Reassembler, ResultMessage, encode
+from edgeci_mqtt.wire import MAX_PAYLOAD_BYTES, PackedArray, Reassembler, RowsMessage, encode
 
 
 def drain(bus: MemoryBus) -> list[Event]:
@@ -84,7 +84,8 @@ def test_order_per_publisher_response_properties_and_chunks() -> None:
     sender = broker.bus("sender")
     sender.start()
     big = np.arange(MAX_PAYLOAD_BYTES * 3 // 8, dtype=np.float32)  # 1.5 frames of bytes: two frames
-    sender.publish("t", encode(ResultMessage("q", "t", "d", TileRegion.of(0, 1, 0, 1), big)))
+    rows = big.reshape(1, 1, -1, 8)
+    sender.publish("t", encode(RowsMessage("q", "d", 1, TileRegion.of(0, rows.shape[2], 0, 8), PackedArray(rows))))
     for i in range(50):
         sender.publish("t", bytes([i]), response_topic="r", correlation=b"id")
     events = [e for e in drain(receiver) if isinstance(e, Inbound)]
@@ -92,7 +93,7 @@ def test_order_per_publisher_response_properties_and_chunks() -> None:
     assembler = Reassembler()
     assert assembler.feed("t", frames[0].payload) is None
     whole = assembler.feed("t", frames[1].payload)
-    assert isinstance(whole, ResultMessage) and whole.output is not None and np.array_equal(whole.output, big)
+    assert isinstance(whole, RowsMessage) and np.array_equal(whole.rows.array, rows)
     assert [e.payload for e in rest] == [bytes([i]) for i in range(50)]
     assert all(e.response_topic == "r" and e.correlation == b"id" for e in rest)
 

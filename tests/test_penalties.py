@@ -10,12 +10,12 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.runtime.attempt import blame
 from edgeci_mqtt.runtime.auction import Silence
-from edgeci_mqtt.runtime.flow_run import blame
 from edgeci_mqtt.runtime.models_held import ModelStore
 from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from edgeci_mqtt.runtime.penalties import Penalties
-from edgeci_mqtt.runtime.programs import DeviceProgram
+from edgeci_mqtt.runtime.programs import Compiled, DeviceProgram, Forward
 from edgeci_mqtt.wire import PackedArray, ProgramStep, Progress, RowsMessage, StepInput, StepSend, TailRole
 from tests.exactness import faithful
 from tests.inprocess import memory_cluster
@@ -83,27 +83,32 @@ def test_blame_falls_on_who_held_the_attempt_up() -> None:
         "dev-2": DeviceProgram((step(1, "dev-1", out="dev-3"),)),
         "dev-3": DeviceProgram((), TailRole((StepInput(REGION, "dev-2"),), "o1")),
     }
+    work = Compiled(start=0, final=2, programs=programs, carried={"dev-1": Forward(0, REGION, "dev-1")})
+
+    def blamed(reports: dict[str, Progress]) -> set[str]:
+        return blame(work, {d: (p.item, p.waiting_for) for d, p in reports.items()}, "o1")
+
     waiting = {
         "dev-2": Progress("r", "dev-2", 0, ("dev-1",)),
         "dev-3": Progress("r", "dev-3", 0, ("dev-2",)),
     }
     # dev-1 never answered (stopped, or a ghost): only it
-    assert blame(programs, waiting, "o1", barrier=False) == {"dev-1"}
+    assert blamed(waiting) == {"dev-1"}
     # dev-1 answered that it had everything and had not finished: slow (or never computing)
     slow = {**waiting, "dev-1": Progress("r", "dev-1", 0, ())}
-    assert blame(programs, slow, "o1", barrier=False) == {"dev-1"}
+    assert blamed(slow) == {"dev-1"}
     # dev-1 says it waited for the image (it came in its program): not to be believed
     lying = {**waiting, "dev-1": Progress("r", "dev-1", 0, ("o1",))}
-    assert blame(programs, lying, "o1", barrier=False) == {"dev-1"}
+    assert blamed(lying) == {"dev-1"}
     # dev-1 says it finished and sent; dev-2 says it waits for it: one of them is wrong
     done = {**waiting, "dev-1": Progress("r", "dev-1", 1, ())}
-    assert blame(programs, done, "o1", barrier=False) == {"dev-1", "dev-2"}
+    assert blamed(done) == {"dev-1", "dev-2"}
     # every device finished: the lateness was not theirs
     finished = {d: Progress("r", d, 1, ()) for d in ("dev-1", "dev-2", "dev-3")}
-    assert blame(programs, finished, "o1", barrier=False) == set()
+    assert blamed(finished) == set()
     # its program never arrived
     lost = {**waiting, "dev-1": Progress("r", "dev-1", -1, ())}
-    assert blame(programs, lost, "o1", barrier=False) == {"dev-1"}
+    assert blamed(lost) == {"dev-1"}
 
 
 def test_a_flow_store_says_how_far_a_request_got() -> None:
@@ -112,7 +117,15 @@ def test_a_flow_store_says_how_far_a_request_got() -> None:
     from edgeci_mqtt.wire import ProgramMessage
 
     store: FlowStore[None] = FlowStore("dev-2")
-    program = ProgramMessage("r", "o1", "smallcnn", "ab", (8, 8), (step(1, "dev-1"),), 30.0)
+    program = ProgramMessage(
+        request="r",
+        orchestrator="o1",
+        model="smallcnn",
+        digest="ab",
+        input_hw=(8, 8),
+        steps=(step(1, "dev-1"),),
+        expires_s=30.0,
+    )
     assert store.progress("r") == (-1, ())
     store.install(program, [FeatureShape(1, 4, 4)] * 3, None, time.perf_counter())
     assert store.progress("r") == (0, ("dev-1",))

@@ -338,12 +338,12 @@ def test_watch_shows_the_live_traffic(cluster: LocalCluster, client: EdgeCIClien
         assert line, watch.stderr.read() if watch.stderr else "watch exited"
         seen.append(line)
     client.infer(load_input(SAMPLE_IMAGE, 64), "smallcnn", "edgeci", timeout=60)
-    while "compute " not in (line := watch.stdout.readline()) and line:  # the watcher may lag the client
+    while "/results/" not in (line := watch.stdout.readline()) and line:  # the watcher may lag the client
         seen.append(line)
     seen.append(line)
     watch.terminate()
     out = "".join(seen) + watch.communicate(timeout=60)[0]
-    expectations = ("ONLINE", "orchestrator o1 ONLINE", "CALL by", "BID from", "AWARD of lot", "task ", "compute ")
+    expectations = ("ONLINE", "orchestrator o1 ONLINE", "CALL by", "BID from", "AWARD of lot", "program ", "rows ")
     for expected in (*expectations, "float32[1, "):
         assert expected in out, expected
     assert " request " not in out and " response " not in out

@@ -15,7 +15,8 @@ TORCH_FREE = (
     "edgeci_mqtt.timeline",
     "edgeci_mqtt.wire",
     "edgeci_mqtt.wire.access",
-    "edgeci_mqtt.runtime.progress",
+    "edgeci_mqtt.runtime.attempt",
+    "edgeci_mqtt.runtime.programs",
 )
 
 

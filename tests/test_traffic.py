@@ -30,6 +30,7 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
+    Failure,
     FinishRole,
     GoMessage,
     Message,
@@ -37,15 +38,12 @@ from edgeci_mqtt.wire import (
     ProgramMessage,
     ProgramStep,
     ReleaseMessage,
-    ResultMessage,
     RowsMessage,
     SliceFrom,
     StepDone,
     StepInput,
     StepReport,
     TailRole,
-    TaskMessage,
-    TaskTimings,
     VectorMessage,
     WeightsMessage,
     decode,
@@ -67,20 +65,20 @@ def data_messages() -> list[tuple[str, Message]]:
     """One of every message sent on a data topic between devices and orchestrators, with data."""
     step = ProgramStep(FusedBlock(0, 5), REGION, (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
     program = ProgramMessage(
-        "q1.1", "o1", "vgg16", "ab", (8, 5), (step,), 30.0, TileRegion.of(0, 8, 0, 5), IMAGE,
-        TailRole((StepInput(REGION, "dev-1"),), "dev-2", Span(0, 10)),
-        FinishRole((SliceFrom("dev-1", Span(0, 10)),), "o1"),
+        request="q1.1", orchestrator="o1", model="vgg16", digest="ab", input_hw=(8, 5), steps=(step,),
+        expires_s=30.0, input_region=TileRegion.of(0, 8, 0, 5), input=IMAGE,
+        tail=TailRole((StepInput(REGION, "dev-1"),), "dev-2", Span(0, 10)),
+        finish=FinishRole((SliceFrom("dev-1", Span(0, 10)),), "o1"),
     )  # fmt: skip
-    task = TaskMessage(
-        "q2", "t1", "o1", "vgg16", "ab", (8, 5), FusedBlock(0, 5), TileRegion.of(0, 4, 0, 5), REGION, IMAGE[:, :, :4]
-    )
-    timings = TaskTimings(0.001, 0.005, 0.002, 1.0, 1.0, 1.005)
     results = RESULTS.build(orchestrator="o1", device="dev-1", request="q1.1")
     rows = DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="q1.1")
     tasks = DEVICE_TASKS.build(device="dev-1")
     return [
         (tasks, program),
-        (tasks, task),
+        (
+            DEVICE_ROWS.build(device="dev-1", sender="o1", request="q1.1"),
+            RowsMessage("q1.1", "o1", 3, REGION, PackedArray(ROWS)),
+        ),
         (tasks, GoMessage("q1.1", "o1", 5)),
         (tasks, ReleaseMessage("q1.1", "o1", "done")),
         (tasks, WeightsMessage("vgg16", "ab", "features.0", {"weight": ROWS, "bias": ROWS[0, 0, 0]}, "f" * 64)),
@@ -88,8 +86,7 @@ def data_messages() -> list[tuple[str, Message]]:
         (rows, VectorMessage("q1.1", "dev-1", Span(0, 10), PackedArray(ROWS[0, 0, :, :5].reshape(1, 10)))),
         (results, VectorMessage("q1.1", "dev-1", Span(0, 10), PackedArray(ROWS[0, 0, :, :5].reshape(1, 10)), True)),
         (results, RowsMessage("q1.1", "dev-1", 9, REGION, PackedArray(ROWS))),
-        (results, ResultMessage("q2", "t1", "dev-1", REGION, ROWS, timings)),
-        (results, ResultMessage("q2", "t1", "dev-1", REGION, error="refused: no")),
+        (results, Failure("q1.1", "dev-1", -1, "refused: no")),
         (results, StepDone("q1.1", "dev-1", 5)),
         (results, StepReport("q1.1", "dev-1", 0, 1.0, 1.004, 1.006, FusedBlock(0, 5), REGION)),
     ]
@@ -203,7 +200,8 @@ def test_watch_lines_from_reports_read_as_from_the_data_messages() -> None:
     expected = []
     for i, (topic, message) in enumerate(data_messages()):
         expected += direct.feed(topic, encode(message), now=10.0 + i * 0.01)
-        sender = orchestrator if DEVICE_TASKS.parse(topic) else device
+        from_orchestrator = DEVICE_TASKS.parse(topic) or (DEVICE_ROWS.parse(topic) or {}).get("sender") == "o1"
+        sender = orchestrator if from_orchestrator else device
         sender.note(topic, message, len(encode(message)), now=i * 0.01)
     lines = []
     for reporter, topic in (
@@ -216,15 +214,14 @@ def test_watch_lines_from_reports_read_as_from_the_data_messages() -> None:
     assert sorted(lines) == sorted(expected)
     text = "\n".join(lines)
     for today in (  # as edgeci watch showed them from the data messages
-        "program q1.1 for dev-1: 1 steps + tail + finish, image float32[1, 3, 8, 5] 480 B",
-        "task t1 of q2: vgg16 block 0-5 out",
+        "program q1.1 for dev-1: 1 steps + tail + finish, rows [0,8)x[0,5) of boundary 0 float32[1, 3, 8, 5] 480 B",
+        "rows q1.1 from o1: boundary 3",
         "rows q1.1 from dev-1: boundary 5",
         "as zeros",
         "results/dev-1/q1.1  logits q1.1 from dev-1",
         "tasks  release q1.1 by o1: done",
-        "result t1 from dev-1: float32[1, 4, 2, 5] 160 B",
-        "compute 5.0 ms after 80.0 ms",
-        "result t1 from dev-1: ERROR refused: no",
+        "failure q1.1 from dev-1: its program: refused: no",
+        "compute 4.0 ms, send 2.0 ms",
         "weights vgg16 stage features.0 for dev-1: 2 tensors",
     ):
         assert today in text, today

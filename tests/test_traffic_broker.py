@@ -67,7 +67,7 @@ def test_the_watcher_gets_no_client_data_and_watch_still_shows_each_request(
     assert on_data == [], "the watcher read client data"
     assert not any(row in e.payload for e in received for row in rows), "an image row reached the watcher"
     text = "".join(lines)
-    assert text.count("  program ") >= REQUESTS and "image float32[1, 3, " in text, text
+    assert text.count("  program ") >= REQUESTS and "of boundary 0 float32[1, 3, " in text, text
     assert "  rows " in text and " as raw " in text, text  # (smallcnn is one block: its rows go to the orchestrator)
     assert "INVALID" not in text, text
     states = [decode(e.payload) for e in received if WATCHER_STATE.parse(e.topic) is not None]

@@ -22,16 +22,14 @@ from edgeci_mqtt.wire import (
     AwardRun,
     BidMessage,
     DeviceState,
+    Failure,
     LotPrices,
     PackedArray,
     ProgramMessage,
     ProgramStep,
     ReleaseMessage,
-    ResultMessage,
     RowsMessage,
     StepInput,
-    TaskMessage,
-    TaskTimings,
     VectorMessage,
     encode,
     frames,
@@ -51,9 +49,10 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     call = AuctionCall(
         "r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 500.0
     )
-    task = TaskMessage(
-        "q" * 8, "t1", "o1", "vgg16", "ab", (224, 224), FusedBlock(0, 5), TileRegion.of(0, 4, 0, 5),
-        TileRegion.of(0, 2, 0, 5), tile,
+    step = ProgramStep(FusedBlock(0, 5), TileRegion.of(0, 2, 0, 5), (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
+    program = ProgramMessage(
+        request="q" * 8, orchestrator="o1", model="vgg16", digest="ab", input_hw=(224, 224), steps=(step,),
+        expires_s=30.0, input_region=TileRegion.of(0, 4, 0, 5), input=tile,
     )  # fmt: skip
     lines = [
         joined(view, DEVICE_STATE.build(device="dev-1"), encode(state), 0.0),
@@ -65,17 +64,19 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
             0.2,
         ),
         joined(view, AUCTION_AWARD.build(round="r1"), encode(Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3),
-        joined(view, DEVICE_TASKS.build(device="dev-1"), encode(task), 1.0),
+        joined(view, DEVICE_TASKS.build(device="dev-1"), encode(program), 1.0),
     ]
     assert "dev-1 ONLINE" in lines[0] and "100 Mbit/s" in lines[0]
     assert "CALL by o1" in lines[1] and "2 items" in lines[1]
     assert "BID from dev-1" in lines[2] and "AWARD of lot 0: dev-1: items 0-2" in lines[3]
     assert "float32[1, 3, 4, 5] 240 B" in lines[4]
-    assert "busy: task t1" in view.table()
-    timings = TaskTimings(0.0, 0.005, 0.0, 1.0, 1.0, 1.005)
-    result = ResultMessage("q", "t1", "dev-1", TileRegion.of(0, 2, 0, 5), tile, timings)
-    line = joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), encode(result), 1.25)
-    assert line is not None and "compute 5.0 ms after 250.0 ms" in line and "idle" in view.table()
+    assert "busy: program qqqqqqqq" in view.table()
+    rows = RowsMessage("q" * 8, "dev-1", 5, TileRegion.of(0, 2, 0, 5), PackedArray(tile[:, :, :2]))
+    line = joined(view, RESULTS.build(orchestrator="o1", device="dev-1", request="q" * 8), encode(rows), 1.25)
+    assert line is not None and "rows qqqqqqqq from dev-1: boundary 5" in line and "idle" in view.table()
+    failure = Failure("q" * 8, "dev-1", 0, "boom")
+    line = joined(view, RESULTS.build(orchestrator="o1", device="dev-1", request="q" * 8), encode(failure), 1.5)
+    assert line is not None and "failure qqqqqqqq from dev-1: item 0: boom" in line
     offline = encode(DeviceState("dev-1", False))
     assert "OFFLINE" in (joined(view, DEVICE_STATE.build(device="dev-1"), offline, 2.0) or "")
     assert view.table().startswith("0 device(s) online")
@@ -86,9 +87,9 @@ def test_invalid_chunked_and_foreign_traffic() -> None:
     assert "INVALID" in (joined(view, DEVICE_TASKS.build(device="dev-1"), b"\x00garbage", 0.0) or "")
     assert "(not edgeci)" in (joined(view, "home/kitchen/temp", b"21.5", 0.0) or "")
     tile = np.random.default_rng(0).standard_normal((1, 64, 150, 150)).astype(np.float32)
-    parts = frames(encode(ResultMessage("q", "t", "d", TileRegion.of(0, 1, 0, 1), tile)))
+    parts = frames(encode(RowsMessage("r", "d", 1, TileRegion.of(0, 150, 0, 150), PackedArray(tile))))
     assert joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), parts[0], 0.0) is None
-    assert "result t from d" in (
+    assert "rows r from d" in (
         joined(view, RESULTS.build(orchestrator="o1", device="d", request="r"), parts[1], 0.0) or ""
     )
 
@@ -98,7 +99,10 @@ def test_flow_messages_are_described() -> None:
     region = TileRegion.of(0, 2, 0, 5)
     rows = np.zeros((1, 3, 2, 5), dtype=np.float32)
     step = ProgramStep(FusedBlock(0, 5), region, (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
-    program = ProgramMessage("q1.1", "o1", "vgg16", "ab", (224, 224), (step,), 30.0)
+    program = ProgramMessage(
+        request="q1.1", orchestrator="o1", model="vgg16", digest="ab", input_hw=(224, 224), steps=(step,),
+        expires_s=30.0,
+    )  # fmt: skip
     lines = [
         joined(view, DEVICE_TASKS.build(device="dev-1"), encode(program), 0.0),
         joined(

@@ -30,14 +30,14 @@ from edgeci_mqtt.wire import (
     BidMessage,
     Chunk,
     DeviceState,
+    Failure,
     InferRequest,
     InferResponse,
     LotPrices,
     Message,
+    PackedArray,
     Reassembler,
-    ResultMessage,
-    TaskMessage,
-    TaskTimings,
+    RowsMessage,
     decode,
     decode_array,
     encode,
@@ -50,7 +50,6 @@ from tests.planning import flat_profile
 
 ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
 REGION = TileRegion.of(0, 1, 0, 1)
-TIMINGS = TaskTimings(0.001, 0.1, 0.002, 1.7e9, 1.7e9 + 0.001, 1.7e9 + 0.101)
 MESSAGES: list[Message] = [
     DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"vgg16": "ab"}, "0.1", {"ab": ("features.0",)}),
     DeviceState("dev-1", False),
@@ -60,9 +59,8 @@ MESSAGES: list[Message] = [
     AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 500.0),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
     Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
-    TaskMessage("q", "t", "o1", "vgg16", "ab", (224, 224), FusedBlock(0, 4), TileRegion.of(0, 3, 0, 2), REGION, ARRAY),
-    ResultMessage("q", "t", "dev-1", REGION, ARRAY, TIMINGS),
-    ResultMessage("q", "t", "dev-1", REGION, error="boom"),
+    Failure("q", "dev-1", -1, "refused: boom"),
+    Failure("q", "dev-1", 3, "boom"),
     InferRequest("q", "vgg16", ARRAY, "edgeci"),
     InferRequest("q", "vgg16", ARRAY, "edgeci", trace=True),
     InferRequest("q", "vgg16", ARRAY, deadline_s=12.5),
@@ -107,10 +105,12 @@ def state(**profile_changes: object) -> bytes:
     return raw(v=1, type="state", device="d", online=True, profile=profile, link=link)
 
 
-def task(**changes: object) -> bytes:
+def program(step: dict[str, object] | None = None, **changes: object) -> bytes:
+    """A program's fields, one of them (or of its step) changed."""
+    steps = [{"block": [0, 4], "out_region": [0, 1, 0, 1], "inputs": [{"region": [0, 3, 0, 2], "source": "o"}]}]
     fields = {
-        **dict(v=1, type="task", request="q", task="t", orchestrator="o", model="m", digest="d"),
-        **dict(input_hw=[224, 224], block=[0, 4], in_region=[0, 3, 0, 2], out_region=[0, 1, 0, 1]),
+        **dict(v=1, type="program", request="q", orchestrator="o", model="m", digest="d", input_hw=[224, 224]),
+        **dict(steps=[{**steps[0], **(step or {})}], expires_s=30.0, input_region=[0, 3, 0, 2]),
         "input": encode_array(ARRAY),
     }
     return raw(**{**fields, **changes})
@@ -178,12 +178,12 @@ def task(**changes: object) -> bytes:
             "257 items is more than allowed",
         ),
         (raw(v=1, type="state", device="d", online=False, tails={f"m{i}": {} for i in range(65)}), "state.tails"),
-        (task(block=[4, 4]), "not a non-empty range"),
-        (task(block=[0, 2**40]), "not a non-empty range"),
-        (task(out_region=[0, 1, 0]), r"expected \[y0, y1, x0, x1\]"),
-        (task(input_hw=[224, 0]), "not in"),
-        (task(input_hw=[224]), "expected 2 items"),
-        (task(input={"dtype": "float16", "shape": [1], "data": b"\x00\x00"}), "unknown dtype"),
+        (program({"block": [4, 4]}), "not a non-empty range"),
+        (program({"block": [0, 2**40]}), "not a non-empty range"),
+        (program({"out_region": [0, 1, 0]}), r"expected \[y0, y1, x0, x1\]"),
+        (program(input_hw=[224, 0]), "not in"),
+        (program(input_hw=[224]), "expected 2 items"),
+        (program(input={"dtype": "float16", "shape": [1], "data": b"\x00\x00"}), "unknown dtype"),
         (raw(v=1, type="response", request="q", timeline=[["d", "dance", 0.0, 1.0, None, None, ""]]), "timeline row 0"),
         (raw(v=1, type="award", round="r", lot=0, runs=[["d", 0, 2]]), "expected a map"),
     ],
@@ -214,14 +214,14 @@ def test_malformed_tensors(tensor: dict[str, Any], message: str) -> None:
 
 def test_big_payloads_travel_in_chunks_and_come_back() -> None:
     tile = np.random.default_rng(1).standard_normal((1, 64, 150, 150)).astype(np.float32)
-    big = ResultMessage("q", "t", "d", REGION, tile)
+    big = RowsMessage("q", "d", 1, TileRegion.of(0, 150, 0, 150), PackedArray(tile))
     parts = frames(encode(big))
     assert len(parts) == 2 and all(len(p) <= MAX_PAYLOAD_BYTES for p in parts)
     again = Reassembler()
     assert again.feed("t", parts[1]) is None  # any order
     back = again.feed("t", parts[0])
-    assert isinstance(back, ResultMessage) and back == big and back.output is not None
-    assert np.array_equal(back.output, tile)
+    assert isinstance(back, RowsMessage) and back == big
+    assert np.array_equal(back.rows.array, tile)
     assert frames(b"small") == [b"small"]
 
 
@@ -292,6 +292,7 @@ def test_the_roles_are_generated_from_the_topic_declarations() -> None:
     assert AclRule("subscribeLiteral", SHARED_REQUESTS) in orchestrator
     assert not any(r.kind == "subscribePattern" and "infer" in r.topic for r in orchestrator)  # only via $share
     assert own_rules("orchestrator", "o1") == (
+        AclRule("publishClientSend", "edgeci/v1/devices/+/rows/o1/+"),  # it forwards the maps it holds
         AclRule("publishClientSend", "edgeci/v1/orchestrators/o1/state"),
         AclRule("subscribePattern", "edgeci/v1/orchestrators/o1/results/+/+"),
         AclRule("publishClientReceive", "edgeci/v1/orchestrators/o1/results/+/+"),

@@ -14,15 +14,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from edgeci_mqtt import __version__
-from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
-from edgeci_mqtt.core.fused import run_block_tile
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.planner.awas import make_bid
@@ -52,6 +50,7 @@ from edgeci_mqtt.wire import (
     AuctionLot,
     BidMessage,
     DeviceState,
+    Failure,
     GoMessage,
     LotPrices,
     ProgramMessage,
@@ -59,12 +58,9 @@ from edgeci_mqtt.wire import (
     Progress,
     Reassembler,
     ReleaseMessage,
-    ResultMessage,
     RowsMessage,
     StepDone,
     StepReport,
-    TaskMessage,
-    TaskTimings,
     VectorMessage,
     WeightsMessage,
     choose_codec,
@@ -72,7 +68,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["ROWS_INBOX_BYTES", "DeviceAgent", "ValidTask", "block_geometry", "inbox_limits", "validate_task"]
+__all__ = ["ROWS_INBOX_BYTES", "DeviceAgent", "block_geometry", "inbox_limits"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -117,16 +113,6 @@ _NOWHERE = TileRegion.whole(1, 1)
 """The region a refusal names when the refused program has no step to name."""
 
 
-@dataclass(frozen=True)
-class ValidTask:
-    message: TaskMessage
-    held: HeldModel
-    shapes: list[FeatureShape]
-    tile: torch.Tensor
-    received: float
-    predicted_s: float = 0.0  # this device's estimate, counted in the queue it bids with
-
-
 def block_geometry(held: HeldModel, input_hw: tuple[int, int], block: FusedBlock, where: str) -> list[FeatureShape]:
     """The chain's shapes for a message's input size, checked against its block."""
     try:
@@ -135,40 +121,6 @@ def block_geometry(held: HeldModel, input_hw: tuple[int, int], block: FusedBlock
     except EdgeCIError as exc:
         raise WireError(f"{where}: {exc}") from exc
     return shapes
-
-
-def validate_task(
-    message: TaskMessage, models: ModelStore, has_weights: Callable[[HeldModel, str, str], bool]
-) -> ValidTask:
-    """Check a task against the model it names; every inconsistency is a :class:`WireError`.
-
-    A fetching device must also hold (or have on its way, or cached) the weights of
-    every stage of the block: ``has_weights(held, digest, stage)`` says whether it does.
-    """
-    held = models.get(message.model)
-    if held.loaded is None and message.digest != held.digest:
-        raise WireError(f"task {message.task}: weights digest {message.digest} is not ours ({held.digest})")
-    block, in_region, out_region = message.block, message.in_region, message.out_region
-    shapes = block_geometry(held, message.input_hw, block, f"task {message.task}")
-    out_shape = shapes[block.stop]
-    if not TileRegion.whole(out_shape.height, out_shape.width).contains(out_region):
-        raise WireError(f"task {message.task}: out_region {out_region} is outside the {out_shape} output")
-    expected = (1, shapes[block.start].channels, in_region.height, in_region.width)
-    if message.input.shape != expected or message.input.dtype != np.float32:
-        raise WireError(
-            f"task {message.task}: input {message.input.shape} {message.input.dtype} should be {expected} float32"
-        )
-    try:
-        need = tile_input_region(held.chain.stages, shapes, block, out_region)
-    except EdgeCIError as exc:
-        raise WireError(f"task {message.task}: {exc}") from exc
-    if not in_region.contains(need):
-        raise WireError(f"task {message.task}: in_region {in_region} does not cover the needed {need}")
-    if held.loaded is not None:
-        for stage in held.weighted_stages(block):
-            if not has_weights(held, message.digest, stage):
-                raise WireError(f"task {message.task}: weights of stage {stage} ({message.digest}) are not here")
-    return ValidTask(message, held, shapes, torch.from_numpy(message.input), time.perf_counter())
 
 
 @dataclass(frozen=True)
@@ -232,7 +184,7 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.link = Link(100.0, 1.0)
-        self.tasks: JobQueue[ValidTask | _WeightsJob | _FlowJob | _PrepareJob | None] = JobQueue()
+        self.tasks: JobQueue[_WeightsJob | _FlowJob | _PrepareJob | None] = JobQueue()
         self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
@@ -419,16 +371,6 @@ class DeviceAgent:
                 if self.flow.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
                 self._unbook(message.request)
-            elif isinstance(message, TaskMessage) and event.topic == self.tasks_topic:
-                try:
-                    task = validate_task(message, self.models, self._has_weights)
-                    task = replace(task, predicted_s=self._predict(task))
-                except EdgeCIError as exc:
-                    self._refuse(message, exc)
-                    raise
-                with self._lock:
-                    self._backlog_s += task.predicted_s
-                self.tasks.put(task)
             else:
                 self._warn(f"ignored {message.kind}", "ignored a %s message on %s", message.kind, event.topic)
         except EdgeCIError as exc:
@@ -516,26 +458,19 @@ class DeviceAgent:
                 self._flow_backlog.pop(request, None)
             self._backlog_s = max(0.0, self._backlog_s - done)
 
-    def _results(self, message: ProgramMessage | TaskMessage) -> str:
+    def _results(self, message: ProgramMessage) -> str:
         """Our results topic for ``message``'s request at its orchestrator."""
         return RESULTS.build(orchestrator=message.orchestrator, device=self.device_id, request=message.request)
 
     def _refuse_program(self, message: ProgramMessage, reason: Exception) -> None:
         """Tell the orchestrator at once, so it re-plans without us instead of waiting."""
-        region = message.steps[0].out_region if message.steps else _NOWHERE
-        refusal = ResultMessage(message.request, "program", self.device_id, region, error=f"refused: {reason}"[:4000])
-        with contextlib.suppress(EdgeCIError):
-            self.bus.publish(self._results(message), encode(refusal))
-            self._traffic.note(self._results(message), refusal)
+        self._fail(message, -1, f"refused: {reason}")
 
-    def _refuse(self, message: TaskMessage, reason: Exception) -> None:
-        """Tell the orchestrator at once, so it re-auctions instead of waiting for a deadline."""
-        refusal = ResultMessage(
-            message.request, message.task, self.device_id, message.out_region, error=f"refused: {reason}"[:4000]
-        )
+    def _fail(self, message: ProgramMessage, item: int, error: str) -> None:
+        failure = Failure(message.request, self.device_id, item, error[:4000])
         with contextlib.suppress(EdgeCIError):
-            self.bus.publish(self._results(message), encode(refusal))
-            self._traffic.note(self._results(message), refusal)
+            self.bus.publish(self._results(message), encode(failure))
+            self._traffic.note(self._results(message), failure)
 
     def _book(self, held: HeldModel, digest: str, stage: str) -> None:
         """Count the stage as held from now on (tasks are validated here, in order, and the
@@ -608,9 +543,6 @@ class DeviceAgent:
             if len(self._prices) > PRICED_LOTS:
                 self._prices.pop(next(iter(self._prices)))
         return prices
-
-    def _predict(self, task: ValidTask) -> float:
-        return self._seconds(task.held, task.message.input_hw, task.message.block, task.message.out_region)
 
     def _seconds(
         self,
@@ -685,8 +617,6 @@ class DeviceAgent:
                 if ready is not None:
                     self._run_step(ready)
                     self._queue_steps(job.request)
-            else:
-                self._run_task(job)
             self._announce_tails()
 
     def _prepare_tail(self, job: _PrepareJob) -> None:
@@ -809,12 +739,7 @@ class DeviceAgent:
         except Exception as exc:  # a bad step must not kill the worker
             log.exception("%s: step %d of %s failed", self.device_id, ready.index, message.request)
             self.flow.release(message.request, "failed")
-            region = item.out_region if isinstance(item, ProgramStep) else _NOWHERE
-            error = f"{type(exc).__name__}: {exc}"[:4000]
-            with contextlib.suppress(EdgeCIError):
-                failure = ResultMessage(message.request, str(ready.index), self.device_id, region, error=error)
-                self.bus.publish(results, encode(failure))
-                self._traffic.note(results, failure)
+            self._fail(message, ready.index, f"{type(exc).__name__}: {exc}")
         finally:
             if isinstance(item, ProgramStep):
                 self._unbook(message.request, ready.index)  # steps come first among a program's items
@@ -825,44 +750,3 @@ class DeviceAgent:
             message.request,
             1e3 * (time.perf_counter() - started),
         )
-
-    def _run_task(self, task: ValidTask) -> None:
-        started = time.perf_counter()
-        message = task.message
-        try:
-            self._check_installed(task.held, message.block, message.digest)
-            with torch.inference_mode():
-                out = run_block_tile(
-                    task.held.chain.kernels,
-                    task.shapes,
-                    message.block,
-                    task.tile,
-                    message.in_region,
-                    message.out_region,
-                )
-            computed = time.perf_counter()
-            self._learn(task.held, message.input_hw, message.block, message.out_region, computed - started)
-            output = out.contiguous().numpy()
-            wall = time.time() - time.perf_counter()  # for the orchestrator's timeline
-            timings = TaskTimings(
-                queue_s=started - task.received,
-                compute_s=computed - started,
-                encode_s=time.perf_counter() - computed,
-                received_at=wall + task.received,
-                started_at=wall + started,
-                computed_at=wall + computed,
-            )
-            result = ResultMessage(message.request, message.task, self.device_id, message.out_region, output, timings)
-        except Exception as exc:  # a bad task must not kill the worker
-            log.exception("%s: task %s failed", self.device_id, message.task)
-            error = f"{type(exc).__name__}: {exc}"[:4000]
-            result = ResultMessage(message.request, message.task, self.device_id, message.out_region, error=error)
-        try:
-            self.bus.publish(self._results(message), payload := encode(result))
-            self._traffic.note(self._results(message), result, len(payload))
-        except EdgeCIError as exc:
-            log.error("%s: cannot publish result of %s: %s", self.device_id, message.task, exc)
-        finally:
-            with self._lock:
-                self._backlog_s = max(0.0, self._backlog_s - task.predicted_s)
-        log.debug("%s: task %s done in %.1f ms", self.device_id, message.task, 1e3 * (time.perf_counter() - started))

@@ -1,9 +1,9 @@
-"""The device's side of ``flow``: check a program before anything of it is kept, and run a step.
+"""The device's side of a program: check it before anything of it is kept, and run a step.
 
 A program is checked whole on arrival, so that a step can never fail on geometry later:
-its steps are in block order; every step's input pieces are disjoint and together are
-exactly the rectangle its output needs; the image rows (boundary 0, from the
-orchestrator) match the program's image; a piece this device is to read from itself is
+its steps are in block order, none before the boundary the attempt starts from; every
+step's input pieces are disjoint and together are exactly the rectangle its output needs;
+the rows the program carries fit their map; a piece this device is to read from itself is
 made by one of its own earlier steps; every send is part of the step's output.
 """
 
@@ -60,9 +60,9 @@ def _check_step(
     in_shape = shapes[block.start]
     if not TileRegion.whole(in_shape.height, in_shape.width).contains(hull):
         raise WireError(f"{where}: input {hull} is outside the {in_shape} map")
+    if block.start < message.input_boundary:
+        raise WireError(f"{where}: block {block} is before the attempt's start {message.input_boundary}")
     for piece in step.inputs:
-        if piece.source == message.orchestrator and (block.start != 0 or piece.region != message.image_region):
-            raise WireError(f"{where}: only the image rows of the program come from the orchestrator")
         if piece.source == device and not any(
             s.block.stop == block.start and s.out_region.contains(piece.region) for s in message.steps[:index]
         ):
@@ -161,13 +161,19 @@ def validate_program(
         raise WireError(f"program {message.request}: {exc}") from exc
     if any(b.block.start < a.block.stop for a, b in itertools.pairwise(message.steps)):
         raise WireError(f"program {message.request}: steps are not in block order")
-    if (message.image is None) != (message.image_region is None):
-        raise WireError(f"program {message.request}: an image needs its region and a region its image")
-    if message.image is not None and message.image_region is not None:
-        expected = (1, shapes[0].channels, message.image_region.height, message.image_region.width)
-        if message.image.shape != expected or message.image.dtype != np.float32:
+    if (message.input is None) != (message.input_region is None):
+        raise WireError(f"program {message.request}: rows carried need their region and a region its rows")
+    if message.input is not None and message.input_region is not None:
+        if message.input_boundary >= len(shapes):
+            raise WireError(f"program {message.request}: boundary {message.input_boundary} is beyond the model")
+        shape, region = shapes[message.input_boundary], message.input_region
+        if not TileRegion.whole(shape.height, shape.width).contains(region):
+            raise WireError(f"program {message.request}: the rows carried, {region}, are outside the {shape} map")
+        expected = (1, shape.channels, region.height, region.width)
+        if message.input.shape != expected or message.input.dtype != np.float32:
             raise WireError(
-                f"program {message.request}: image is {message.image.dtype}{list(message.image.shape)}, not {expected}"
+                f"program {message.request}: rows carried are {message.input.dtype}{list(message.input.shape)},"
+                f" not {expected}"
             )
     for index, step in enumerate(message.steps):
         try:

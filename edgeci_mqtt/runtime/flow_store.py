@@ -1,9 +1,9 @@
-"""A device's ``flow`` programs and the rows they read, bounded and expiring (no I/O).
+"""A device's programs and the rows they read, bounded and expiring (no I/O).
 
-Keyed by request. A program's steps run in order; a step is ready when every input
-piece is here: image rows from the program, rows other devices sent (each must be a
-piece a step names, from the device the step names: the topic proves the sender), and
-rows this device computed itself. Rows that arrive before their program wait in a
+Keyed by request (a program's id). A program's steps run in order; a step is ready when
+every input piece is here: rows the program carries, rows other holders sent (each must
+be a piece a step names, from the holder the step names: the topic proves the sender),
+and rows this device computed itself. Rows that arrive before their program wait in a
 holding area bounded in bytes and age. Everything is counted against one byte budget;
 a request's data goes when it is released, expires, or its last step is done, and its
 id is remembered for a while so that its late rows are dropped, not held.
@@ -254,8 +254,8 @@ class FlowStore(Generic[C]):
             if request in self._programs or request in self._ended:
                 raise WireError(f"program {request}: this request was already given to {self.device}")
             entry = _Program(program, shapes, context, now + program.expires_s, ticket)
-            if program.image is not None and program.image_region is not None:
-                entry.pieces[(0, program.image_region, program.orchestrator)] = program.image
+            if program.input is not None and program.input_region is not None:
+                entry.pieces[(program.input_boundary, program.input_region, program.orchestrator)] = program.input
             entry.owed = entry.owed_at_install()
             entry.owed.pop(self.device, None)  # its own rows come from its own steps, not the wire
             if self._bytes() + sum(a.nbytes for a in entry.pieces.values()) > self.budget_bytes:

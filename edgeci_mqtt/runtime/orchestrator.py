@@ -42,11 +42,11 @@ from edgeci_mqtt.planner.strategies import (
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.admission import FairQueue
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.runtime.flow_run import FlowRun
-from edgeci_mqtt.runtime.inference import MIN_TASK_DEADLINE_S, InferenceRun, Mailboxes, RunSetup
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
+from edgeci_mqtt.runtime.mailboxes import Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
 from edgeci_mqtt.runtime.penalties import Penalties
+from edgeci_mqtt.runtime.run import MIN_TASK_DEADLINE_S, Run, RunSetup
 from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
 from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
@@ -65,6 +65,7 @@ from edgeci_mqtt.wire import (
     BidMessage,
     Chunk,
     DeviceState,
+    Failure,
     InferAccepted,
     InferRequest,
     InferResponse,
@@ -73,7 +74,6 @@ from edgeci_mqtt.wire import (
     PenaltyMessage,
     Progress,
     Reassembler,
-    ResultMessage,
     RowsMessage,
     StepDone,
     StepReport,
@@ -328,7 +328,7 @@ class Orchestrator:
                 box = self.mail.bids.get(message.round)
                 if box is not None:
                     box.put(message)
-            elif isinstance(message, ResultMessage | RowsMessage | VectorMessage | StepDone | StepReport | Progress):
+            elif isinstance(message, Failure | RowsMessage | VectorMessage | StepDone | StepReport | Progress):
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
@@ -593,7 +593,7 @@ class Orchestrator:
             run = self._start(request, held, plan, shapes, strategy, replan, backlog_s, live)
             run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
             try:
-                logits = run.run(image)
+                logits = run.run(message.image)
             finally:
                 used |= run.used
         run.timings.plan_s = planned - started
@@ -628,7 +628,7 @@ class Orchestrator:
         replan: Callable[[list[DeviceView]], Plan] | None,
         backlog_s: float,
         devices: Callable[[], list[DeviceView]],
-    ) -> InferenceRun | FlowRun:
+    ) -> Run:
         """The run that serves ``request`` as decided."""
         message = request.message
         setup = RunSetup(
@@ -643,6 +643,9 @@ class Orchestrator:
             mail=self.mail,
             auction_s=self.auction_s,
             origin=request.received,
+            profile=self.profile,
+            broker_link=self.broker_link,
+            replan=replan,
             trace=message.trace,
             min_allowance_s=self.min_allowance_s,
             backlog_s=backlog_s,
@@ -650,6 +653,4 @@ class Orchestrator:
             tails=self._tails,
             penalties=self.penalties,
         )
-        if split_strategy(strategy)[0] in SERVED_BY_FLOW:
-            return FlowRun(setup, self.profile, self.broker_link, replan)
-        return InferenceRun(setup, plan.auctioned)
+        return Run(setup)

@@ -1,23 +1,47 @@
-"""A ``flow`` plan as one program per device (pure: plan in, wire steps out).
+"""Any strategy's plan as the work of each holder (pure: plan in, programs out).
 
-Each task of the plan becomes a step on its device. A step's inputs are the task's
-pieces, with the orchestrator named by its real id; its sends are derived from who
-reads its output: every piece of a next-block task that the step produced goes to that
-task's device (nothing is sent to itself: a device reads its own rows from its store),
-and a last-block step sends its whole tile to the orchestrator, where the tail runs.
+Every holder of rows gets its part of the request:
+
+* a **device** gets one program: its tasks as steps in block order. A step reads its
+  pieces from their holders (itself, other devices, the orchestrator) and sends each part
+  of its output to whoever reads it; the tail's part and its finish follow the steps.
+* the **orchestrator** is a holder too. It stitches the tiles sent to it into whole maps
+  (the gathering strategies send every block's output there, as their papers do) and,
+  once it holds a boundary whole, forwards the pieces devices read from it, runs the
+  blocks the plan keeps on it (DeepThings' gateway layers), and hands out the pulled
+  tiles that read it (DeepThings' work stealing: each a one-step program for whichever
+  device is idle).
+
+The attempt starts from a boundary the orchestrator holds whole (the image, or a map it
+stitched before a failure): blocks before it are done; the first step of a program gets
+its pieces of that boundary inside the program.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.environment import TailRows
-from edgeci_mqtt.planner.plan import Plan, producers
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole
 
-__all__ = ["DeviceProgram", "device_programs"]
+__all__ = [
+    "Answer",
+    "Compiled",
+    "DeviceProgram",
+    "Forward",
+    "Handout",
+    "Logits",
+    "Slice",
+    "compile_plan",
+    "downstream_first",
+    "program_items",
+]
 
 
 @dataclass(frozen=True)
@@ -30,24 +54,100 @@ class DeviceProgram:
     prepare: TailRows | None = None
     """Tail weights to make when idle (a device with no other part gets none: no program)."""
 
+    @property
+    def items(self) -> list[ProgramStep | TailRole | FinishRole]:
+        """Its items in the order the device runs them (the index a report names)."""
+        return program_items(self)
 
-def device_programs(plan: Plan, orchestrator: str) -> dict[str, DeviceProgram]:
-    """Every device's program. Raises :class:`PlanningError` if a piece is not made by
-    exactly one task (a flow plan cuts pieces by producer) or a task has no device.
 
-    A tail off the orchestrator: every final tile goes to each device reading the tail
-    (unless it holds it), which runs the whole tail and answers, or its share of the first
-    fully connected layer, sent to the finisher (the orchestrator, or a device that runs
-    the rest and answers)."""
+def program_items(program: DeviceProgram) -> list[ProgramStep | TailRole | FinishRole]:
+    tail, finish = program.tail, program.finish
+    return [*program.steps, *([tail] if tail else []), *([finish] if finish else [])]
 
-    def name(holder: str) -> str:
-        return orchestrator if holder == ORCHESTRATOR else holder
 
+@dataclass(frozen=True)
+class Forward:
+    """Once the orchestrator holds ``boundary`` whole, it sends ``region`` of it to ``to``."""
+
+    boundary: int
+    region: TileRegion
+    to: str
+
+
+@dataclass(frozen=True)
+class Handout:
+    """A pulled tile: a one-step program for the first idle device, once its input is whole
+    here; it carries the first piece of its input, the others follow as rows."""
+
+    step: ProgramStep
+    pieces: tuple[TileRegion, ...]
+    boundary: int
+
+
+@dataclass(frozen=True)
+class Slice:
+    """``sender``'s slice ``features`` of the tail's first fully connected layer."""
+
+    sender: str
+    features: Span
+
+
+@dataclass(frozen=True)
+class Logits:
+    """The logits, from the device that finishes the tail."""
+
+    sender: str
+
+
+Answer = Slice | Logits
+"""What the orchestrator waits for to end a request whose tail is not its own alone."""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """Every holder's work for one attempt of a plan, from boundary ``start`` on.
+
+    ``collects[b]``: the tiles of boundary ``b`` sent to the orchestrator, each with its
+    sender ("" for a pulled tile: whoever ran it). ``answer``: what ends the request when
+    the tail is not the orchestrator's alone: the first layer's slices or the logits.
+    """
+
+    start: int
+    final: int
+    programs: Mapping[str, DeviceProgram]
+    collects: Mapping[int, Mapping[TileRegion, str]] = field(default_factory=dict)
+    carried: Mapping[str, Forward] = field(default_factory=dict)
+    """By device: the piece of the start boundary its program carries."""
+    forwards: Mapping[int, tuple[Forward, ...]] = field(default_factory=dict)
+    """By boundary: the pieces sent as rows once the orchestrator holds it whole."""
+    handouts: Mapping[int, tuple[Handout, ...]] = field(default_factory=dict)
+    local: Mapping[int, FusedBlock] = field(default_factory=dict)
+    answer: frozenset[Answer] = frozenset()
+    tail_here: bool = True
+    """The orchestrator runs the whole tail on the final map."""
+    finish_here: bool = False
+    """The orchestrator finishes the tail from the slices in ``answer``."""
+    barrier: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    """Behind a barrier: by boundary, the devices with a step ending there."""
+    readers: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    """Behind a barrier: by boundary, the devices with a step reading it."""
+
+    @property
+    def devices(self) -> frozenset[str]:
+        return frozenset(self.programs)
+
+
+def _name(holder: str, orchestrator: str) -> str:
+    return orchestrator if holder == ORCHESTRATOR else holder
+
+
+def _sends(plan: Plan, start: int, orchestrator: str) -> dict[tuple[int, int], list[StepSend]]:
+    """Where each static task's output goes, by (block index, task index)."""
     sends: dict[tuple[int, int], list[StepSend]] = {}
     for k, block_plan in enumerate(plan.blocks):
+        if block_plan.block.start < start:
+            continue
         for i, task in enumerate(block_plan.tasks):
-            if not task.device:
-                raise PlanningError(f"block {block_plan.block}: task {task.out_region} has no device to run on")
             for piece in task.inputs:
                 if piece.source in (ORCHESTRATOR, task.device):
                     continue
@@ -59,31 +159,131 @@ def device_programs(plan: Plan, orchestrator: str) -> dict[str, DeviceProgram]:
                 sends.setdefault((k - 1, made_by[0]), []).append(StepSend(piece.region, task.device))
             if task.output == ORCHESTRATOR:
                 sends.setdefault((k, i), []).append(StepSend(task.out_region, orchestrator))
+    return sends
+
+
+def _tail_roles(
+    plan: Plan, sends: dict[tuple[int, int], list[StepSend]], orchestrator: str
+) -> tuple[dict[str, TailRole], FinishRole | None]:
+    """The tail off the orchestrator: every final tile goes to each device reading the tail
+    (unless it holds it), which runs the whole tail and answers, or its share of the first
+    fully connected layer, sent to the finisher (the orchestrator, or a device)."""
     tail, last = plan.tail, len(plan.blocks) - 1
-    roles: dict[str, TailRole] = {}
-    if not tail.on_orchestrator:
-        final = plan.blocks[last].tasks
-        for reader in tail.readers:
-            for i, task in enumerate(final):
-                if task.output != reader:
-                    sends.setdefault((last, i), []).append(StepSend(task.out_region, name(reader)))
-        pieces = tuple(StepInput(t.out_region, name(t.output)) for t in final)
-        parts = dict(tail.parts)
-        for reader in tail.readers:
-            features = parts.get(reader)
-            roles[reader] = TailRole(pieces, name(tail.finisher) if features is not None else orchestrator, features)
-    steps: dict[str, list[ProgramStep]] = {}
-    for k, block_plan in enumerate(plan.blocks):
-        for i, task in enumerate(block_plan.tasks):
-            inputs = tuple(StepInput(p.region, name(p.source)) for p in task.inputs)
-            step = ProgramStep(block_plan.block, task.out_region, inputs, tuple(sends.get((k, i), ())))
-            steps.setdefault(task.device, []).append(step)
+    if tail.on_orchestrator:
+        return {}, None
+    final = plan.blocks[last].tasks
+    for reader in tail.readers:
+        for i, task in enumerate(final):
+            if task.output != reader:
+                sends.setdefault((last, i), []).append(StepSend(task.out_region, _name(reader, orchestrator)))
+    pieces = tuple(StepInput(t.out_region, _name(t.output, orchestrator)) for t in final)
+    parts = dict(tail.parts)
+    roles = {}
+    for reader in tail.readers:
+        features = parts.get(reader)
+        to = _name(tail.finisher, orchestrator) if features is not None else orchestrator
+        roles[reader] = TailRole(pieces, to, features)
     finish = None
     if tail.parts and tail.finisher != ORCHESTRATOR:
-        finish = FinishRole(tuple(SliceFrom(name(d), s) for d, s in tail.parts), orchestrator)
+        finish = FinishRole(tuple(SliceFrom(_name(d, orchestrator), s) for d, s in tail.parts), orchestrator)
+    return roles, finish
+
+
+def _step(task: Task, block: FusedBlock, sends: list[StepSend], orchestrator: str) -> ProgramStep:
+    inputs = tuple(StepInput(p.region, _name(p.source, orchestrator)) for p in task.inputs)
+    return ProgramStep(block, task.out_region, inputs, tuple(sends))
+
+
+def _answer(plan: Plan) -> frozenset[Answer]:
+    tail = plan.tail
+    if tail.on_orchestrator:
+        return frozenset()
+    if tail.parts and tail.finisher == ORCHESTRATOR:
+        return frozenset(Slice(d, s) for d, s in tail.parts)
+    return frozenset({Logits(tail.finisher)})
+
+
+def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
+    """Every holder's work for ``plan`` from boundary ``start`` (which the orchestrator holds
+    whole). Raises :class:`PlanningError` if a piece is not made by exactly one task (plans
+    cut pieces by producer), a static task has no device, or ``start`` is not a boundary the
+    orchestrator holds."""
+    final = plan.blocks[-1].block.stop if plan.blocks else 0
+    if start and not any(b.block.stop == start and b.gathers for b in plan.blocks):
+        raise PlanningError(f"the orchestrator does not hold boundary {start} whole: no attempt can start there")
+    sends = _sends(plan, start, orchestrator)
+    roles, finish = _tail_roles(plan, sends, orchestrator)
+    steps: dict[str, list[ProgramStep]] = {}
+    collects: dict[int, dict[TileRegion, str]] = {}
+    carried: dict[str, Forward] = {}
+    forwards: dict[int, list[Forward]] = {}
+    handouts: dict[int, list[Handout]] = {}
+    local: dict[int, FusedBlock] = {}
+    for k, block_plan in enumerate(plan.blocks):
+        block = block_plan.block
+        if block.start < start:
+            continue
+        if block_plan.placement == "orchestrator":
+            local[block.start] = block
+            continue
+        for i, task in enumerate(block_plan.tasks):
+            step = _step(task, block, sends.get((k, i), []), orchestrator)
+            if task.output == ORCHESTRATOR:
+                collects.setdefault(block.stop, {})[task.out_region] = task.device
+            if block_plan.dispatch == "pull":
+                pieces = tuple(p.region for p in task.inputs)
+                handouts.setdefault(block.start, []).append(Handout(step, pieces, block.start))
+                continue
+            if not task.device:
+                raise PlanningError(f"block {block}: task {task.out_region} has no device to run on")
+            steps.setdefault(task.device, []).append(step)
+            for piece in task.inputs:
+                if piece.source != ORCHESTRATOR:
+                    continue
+                forward = Forward(piece.boundary, piece.region, task.device)
+                if piece.boundary == start and task.device not in carried:
+                    carried[task.device] = forward
+                else:
+                    forwards.setdefault(piece.boundary, []).append(forward)
+    tail = plan.tail
     devices = (set(steps) | set(roles) | ({tail.finisher} if finish else set())) - {ORCHESTRATOR}
     prepare = dict(tail.prepare)
-    return {
+    programs = {
         d: DeviceProgram(tuple(steps.get(d, ())), roles.get(d), finish if d == tail.finisher else None, prepare.get(d))
         for d in sorted(devices)
     }
+    barrier: dict[int, frozenset[str]] = {}
+    readers: dict[int, frozenset[str]] = {}
+    if plan.barrier:
+        for block_plan in _static(plan.blocks, start):
+            barrier[block_plan.block.stop] = frozenset(block_plan.devices)
+            readers[block_plan.block.start] = frozenset(block_plan.devices)
+        barrier.pop(final, None)
+        readers.pop(start, None)
+    return Compiled(
+        start=start,
+        final=final,
+        programs=programs,
+        collects=collects,
+        carried=carried,
+        forwards={b: tuple(f) for b, f in forwards.items()},
+        handouts={b: tuple(h) for b, h in handouts.items()},
+        local=local,
+        answer=_answer(plan),
+        tail_here=tail.on_orchestrator,
+        finish_here=bool(tail.parts) and tail.finisher == ORCHESTRATOR,
+        barrier=barrier,
+        readers=readers,
+    )
+
+
+def _static(blocks: tuple[BlockPlan, ...], start: int) -> list[BlockPlan]:
+    return [b for b in blocks if b.block.start >= start and b.placement == "devices" and b.dispatch == "static"]
+
+
+def downstream_first(programs: Mapping[str, DeviceProgram]) -> list[str]:
+    """The devices in the order their programs should go out: the latest first step first
+    (the tail's and the finisher's, with no step, before all), so that a device's program
+    is in hand before the rows from its upstream neighbours, which start as soon as they
+    have theirs (rows that overtake their program wait in a small holding area)."""
+    return sorted(programs, key=lambda d: (-programs[d].steps[0].block.start if programs[d].steps else -(1 << 30), d))

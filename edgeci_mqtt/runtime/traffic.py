@@ -2,7 +2,7 @@
 
 The watcher role reads no topic that carries client data (:attr:`TopicPattern.data`:
 tasks, rows, results, requests, answers). So that ``edgeci watch`` still shows every
-program, task, rows message and result of a request, their senders describe each such
+program, rows message, report and failure of a request, their senders describe each such
 message in a :class:`~edgeci_mqtt.wire.TrafficRecord` (its topic, kind, size on the wire,
 blocks, regions, tensors as dtype/shape/bytes, codec, timings, errors; never a number of
 the data) and publish the records in batches on their own ``traffic`` topic, which only
@@ -27,15 +27,14 @@ from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire.messages import (
     MAX_SECONDS,
     MAX_TRAFFIC_RECORDS,
+    Failure,
     GoMessage,
     Message,
     ProgramMessage,
     ReleaseMessage,
-    ResultMessage,
     RowsMessage,
     StepDone,
     StepReport,
-    TaskMessage,
     TensorSummary,
     TrafficMessage,
     TrafficRecord,
@@ -85,17 +84,6 @@ def _seconds(value: float) -> float:
 def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> TrafficRecord:
     """The record of ``message`` (``size`` bytes on the wire) sent on ``topic``."""
     base: dict[str, Any] = {"topic": topic, "kind": message.kind, "size": size, "before_s": _seconds(before_s)}
-    if isinstance(message, TaskMessage):
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            task=message.task,
-            orchestrator=message.orchestrator,
-            model=message.model,
-            block=message.block,
-            region=message.out_region,
-            tensor=summarise(message.input),
-        )
     if isinstance(message, ProgramMessage):
         return TrafficRecord(
             **base,
@@ -105,8 +93,9 @@ def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> 
             steps=len(message.steps),
             tail=message.tail is not None,
             finish=message.finish is not None,
-            region=message.image_region,
-            tensor=summarise(message.image),
+            boundary=message.input_boundary if message.input is not None else None,
+            region=message.input_region,
+            tensor=summarise(message.input),
         )
     if isinstance(message, RowsMessage):
         return TrafficRecord(
@@ -126,19 +115,9 @@ def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> 
             tensor=summarise(message.values.array),
             codec=message.values.codec,
         )
-    if isinstance(message, ResultMessage):
-        timings = message.timings
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            task=message.task,
-            region=message.out_region,
-            tensor=summarise(message.output),
-            queue_s=timings.queue_s if timings else None,
-            compute_s=timings.compute_s if timings else None,
-            encode_s=timings.encode_s if timings else None,
-            error=message.error,
-        )
+    if isinstance(message, Failure):
+        item = message.item if message.item >= 0 else None  # -1: the program was refused
+        return TrafficRecord(**base, request=message.request, steps=item, error=message.error)
     if isinstance(message, StepReport):
         return TrafficRecord(
             **base,

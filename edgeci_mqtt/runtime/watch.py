@@ -2,9 +2,9 @@
 
 :class:`TrafficView` is pure (payloads in, lines out), so the same formatting serves
 ``edgeci watch`` and its tests. Tensors are shown as dtype/shape/bytes, never as
-numbers; the view keeps the device table and the tasks in flight, so a result line
-says how long its task took and the device table says what each device is doing.
-The watcher reads no data topic: tasks, programs, rows and results are shown from the
+numbers; the view keeps the device table and the programs in flight, so the device
+table says what each device is doing. The watcher reads no data topic: programs, rows,
+failures and reports are shown from the
 metadata their senders report while it watches (:mod:`edgeci_mqtt.runtime.traffic`).
 """
 
@@ -22,6 +22,7 @@ from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.runtime.traffic import REPORTED, TrafficReporter, describe, reported_by, summarise
 from edgeci_mqtt.wire import (
     DEVICE_STATE,
+    RESULTS,
     ROOT,
     AuctionCall,
     Award,
@@ -95,7 +96,7 @@ class TrafficView:
     broker without the roles) is described the same way (:func:`describe`), so both read alike."""
 
     devices: dict[str, DeviceState] = field(default_factory=dict)
-    in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)  # task -> (device, sent at)
+    in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)  # device -> (program, sent at)
     reassembler: Reassembler = field(default_factory=Reassembler)
 
     def feed(self, topic: str, payload: bytes, now: float) -> list[str]:
@@ -132,36 +133,28 @@ class TrafficView:
         ids = next((ids for p in REPORTED if (ids := p.parse(r.topic)) is not None), {})
         sender = ids.get("sender") or ids.get("device", "?")  # rows: who sent them; results: the device
         request, size = (r.request or "?"), _size(r.size)
-        if r.kind == "task":
-            self.in_flight[r.task or "?"] = (ids.get("device", ""), at)
-            block = f"{r.block.start}-{r.block.stop}" if r.block else "?"
-            text = (
-                f"task {r.task} of {request[:8]}: {r.model} block {block} out {r.region} "
-                f"in {_tensor(r.tensor)} ({size})"
-            )
-        elif r.kind == "result":
-            sent = self.in_flight.pop(r.task or "?", None)
+        if r.kind == "failure":
+            sent = self.in_flight.pop(sender, None)
             after = f" after {(at - sent[1]) * 1e3:.1f} ms" if sent else ""
-            if r.error:
-                text = f"result {r.task} from {sender}: ERROR {r.error}{after}"
-            else:
-                text = (
-                    f"result {r.task} from {sender}: {_tensor(r.tensor)} ({size}), "
-                    f"compute {_ms(r.compute_s):.1f} ms{after}"
-                )
+            what = f"item {r.steps}" if r.steps is not None else "its program"
+            text = f"failure {request[:12]} from {sender}: {what}: {r.error}{after}"
         elif r.kind == "program":
-            image = f", image {_tensor(r.tensor)}" if r.tensor is not None else ""
+            self.in_flight[ids.get("device", "")] = (request, at)
+            carried = f", rows {r.region} of boundary {r.boundary} {_tensor(r.tensor)}" if r.tensor is not None else ""
             extra = (" + tail" if r.tail else "") + (" + finish" if r.finish else "")
-            text = f"program {request[:12]} for {ids.get('device')}: {r.steps} steps{extra}{image} ({size})"
+            text = f"program {request[:12]} for {ids.get('device')}: {r.steps} steps{extra}{carried} ({size})"
         elif r.kind == "rows":
+            self._answered(r, sender, request)
             text = (
                 f"rows {request[:12]} from {sender}: boundary {r.boundary} {r.region} "
                 f"{_tensor(r.tensor)} as {r.codec} ({size})"
             )
         elif r.kind == "vector":
+            self._answered(r, sender, request)
             what = "logits" if r.logits else f"features {r.features.start}-{r.features.stop}" if r.features else "?"
             text = f"{what} {request[:12]} from {sender}: {_tensor(r.tensor)} as {r.codec} ({size})"
         elif r.kind == "release":
+            self.in_flight.pop(ids.get("device", ""), None)
             text = f"release {request[:12]} by {r.orchestrator}: {r.reason}"
         elif r.kind == "go":
             text = f"go {request[:12]} by {r.orchestrator}: boundary {r.boundary}"
@@ -180,6 +173,12 @@ class TrafficView:
         else:
             text = f"{r.kind} message ({size})"
         return f"{r.topic}  {text}"
+
+    def _answered(self, r: TrafficRecord, sender: str, request: str) -> None:
+        """A device's output reached its orchestrator: its program there is done (or at least
+        has stopped keeping it busy)."""
+        if RESULTS.parse(r.topic) is not None and self.in_flight.get(sender, ("",))[0] == request:
+            del self.in_flight[sender]
 
     def _describe(self, message: Message, size: int) -> str:
         if isinstance(message, DeviceState):
@@ -230,11 +229,10 @@ class TrafficView:
 
     def table(self) -> str:
         """The device table: who is online and what it is doing."""
-        busy = {device: task for task, (device, _) in self.in_flight.items() if device}
         lines = [f"{len(self.devices)} device(s) online"]
         for name, state in sorted(self.devices.items()):
             link = state.link
-            doing = f"busy: task {busy[name]}" if name in busy else "idle"
+            doing = f"busy: program {self.in_flight[name][0]}" if name in self.in_flight else "idle"
             speed = f"{link.bandwidth_mbit:7.0f} Mbit/s {link.latency_ms:6.2f} ms" if link else "?"
             lines.append(f"  {name:12s} {speed}  {doing}")
         return "\n".join(lines)

@@ -40,6 +40,7 @@ __all__ = [
     "BidMessage",
     "Chunk",
     "DeviceState",
+    "Failure",
     "FinishRole",
     "GoMessage",
     "InferAccepted",
@@ -53,7 +54,6 @@ __all__ = [
     "ProgramStep",
     "Progress",
     "ReleaseMessage",
-    "ResultMessage",
     "RowsMessage",
     "SliceFrom",
     "StepDone",
@@ -61,8 +61,6 @@ __all__ = [
     "StepReport",
     "StepSend",
     "TailRole",
-    "TaskMessage",
-    "TaskTimings",
     "TensorSummary",
     "TrafficMessage",
     "TrafficRecord",
@@ -183,23 +181,6 @@ class Award(Message):
 
 
 @dataclass(frozen=True)
-class TaskMessage(Message):
-    """One tile task on ``devices/<id>/tasks``: compute ``out_region`` of ``block`` from ``input``."""
-
-    kind: ClassVar[str] = "task"
-    request: Ident
-    task: Ident
-    orchestrator: Ident
-    model: Name
-    digest: Name
-    input_hw: ImageSize
-    block: FusedBlock
-    in_region: TileRegion
-    out_region: TileRegion
-    input: Array = field(compare=False)
-
-
-@dataclass(frozen=True)
 class StepInput:
     """Rows and columns ``region`` of a step's input map, held by ``source``: the device
     itself, another device (which sends them on its rows topic), or the orchestrator
@@ -257,9 +238,12 @@ class FinishRole:
 
 @dataclass(frozen=True)
 class ProgramMessage(Message):
-    """A device's whole part of one ``flow`` request on ``devices/<id>/tasks``: its steps in
-    block order, and the image rows its first step reads from the orchestrator. The device
-    drops everything of the request ``expires_s`` after receiving it, or on a release."""
+    """A device's whole part of one request on ``devices/<id>/tasks``: its steps in block
+    order, and the rows its first step reads from the orchestrator (``input``: the
+    ``input_region`` of the map at ``input_boundary``, where the attempt starts; the image
+    for a first attempt). Pieces the orchestrator holds at later boundaries come as rows
+    once it has them. The device drops everything of the request ``expires_s`` after
+    receiving it, or on a release."""
 
     kind: ClassVar[str] = "program"
     request: Ident
@@ -269,8 +253,9 @@ class ProgramMessage(Message):
     input_hw: ImageSize
     steps: Annotated[tuple[ProgramStep, ...], MaxLen(1024)]
     expires_s: Seconds
-    image_region: TileRegion | None = None
-    image: Array | None = field(default=None, compare=False)
+    input_boundary: Annotated[int, Range(0, 1 << 20)] = 0
+    input_region: TileRegion | None = None
+    input: Array | None = field(default=None, compare=False)
     tail: TailRole | None = None
     finish: FinishRole | None = None
     barrier: bool = False  # report each step done; start a step after the first block only on a go
@@ -369,29 +354,16 @@ class ReleaseMessage(Message):
 
 
 @dataclass(frozen=True)
-class TaskTimings:
-    """What a device did with a task: durations, and instants on its own wall clock."""
+class Failure(Message):
+    """``device`` could not run its program of ``request`` (refused on arrival: ``item`` -1)
+    or failed its item ``item``: the orchestrator gives the device up at once instead of
+    waiting for its deadline."""
 
-    queue_s: Seconds
-    compute_s: Seconds
-    encode_s: Seconds
-    received_at: WallClock
-    started_at: WallClock
-    computed_at: WallClock
-
-
-@dataclass(frozen=True)
-class ResultMessage(Message):
-    """One output tile (or an error) on ``orchestrators/<oid>/results``."""
-
-    kind: ClassVar[str] = "result"
+    kind: ClassVar[str] = "failure"
     request: Ident
-    task: Ident
     device: Ident
-    out_region: TileRegion
-    output: Array | None = field(default=None, compare=False)
-    timings: TaskTimings | None = None
-    error: Text = ""
+    item: Annotated[int, Range(-1, 1 << 20)]
+    error: Text
 
 
 @dataclass(frozen=True)
@@ -554,8 +526,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         AuctionCall,
         BidMessage,
         Award,
-        TaskMessage,
-        ResultMessage,
+        Failure,
         InferRequest,
         InferResponse,
         InferAccepted,

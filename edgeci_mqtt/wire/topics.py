@@ -158,15 +158,20 @@ DEVICE_TASKS = TopicPattern(
     (Grant("device", "read", own="device"), Grant("orchestrator", "write")),
     data=True,
 )
-"""Tile tasks, ``flow`` programs and releases, and stage weights for one device."""
+"""Programs, go-aheads and releases, and stage weights for one device."""
 DEVICE_ROWS = TopicPattern(
     "devices/{device}/rows/{sender}/{request}",
-    (Grant("device", "read", own="device"), Grant("device", "write", own="sender")),
+    (
+        Grant("device", "read", own="device"),
+        Grant("device", "write", own="sender"),
+        Grant("orchestrator", "write", own="sender"),
+    ),
     data=True,
 )
-"""Feature-map rows from one device to another (``flow``) for one request. The topic names
-the sender and the ACL lets a device write only its own ``rows/<id>``, so the broker proves
-who sent them; it names the request, so that a receiver knows from the topic alone (before
+"""Feature-map rows for one request, to one device from another or from the orchestrator
+(which forwards the maps it holds whole to the steps that read them). The topic names the
+sender and the ACL lets each write only its own ``rows/<id>``, so the broker proves who
+sent them; it names the request, so that a receiver knows from the topic alone (before
 it buffers a frame) whether a program of its own reads rows from that sender, and how many."""
 AUCTION_CALL = TopicPattern("auctions/{round}/call", (Grant("device", "read"), Grant("orchestrator", "write")))
 AUCTION_BIDS = TopicPattern(
@@ -185,8 +190,8 @@ RESULTS = TopicPattern(
     (Grant("device", "write", own="device"), Grant("orchestrator", "read", own="orchestrator")),
     data=True,
 )
-"""Output tiles, rows, reports (or errors) from one device for one request of one
-orchestrator. The topic names the sender (proved by the broker) and the request, so a
+"""Rows, tail slices and logits, reports and failures from one device for one request of
+one orchestrator. The topic names the sender (proved by the broker) and the request, so a
 payload for a request not in flight is dropped before it is decoded or reassembled."""
 INFER_REQUESTS = TopicPattern(
     "infer/requests/{client}",

@@ -1,0 +1,507 @@
+"""One attempt at one request, under any strategy, as a pure state machine.
+
+:meth:`Attempt.handle` takes one event (the attempt begins, rows or a vector reached the
+orchestrator, a device failed or finished a step behind a barrier, time passed, the
+orchestrator computed a block, the devices said how far they got) and returns the actions
+to take (send a program or rows, keep what arrived, compute a block here, say go, release,
+give devices up, restart, finish, fail). No clock, no I/O, no tensors: the edge
+(:mod:`edgeci_mqtt.runtime.run`) stamps the events and carries the actions out, so every
+decision is unit-tested event by event.
+
+The attempt runs the holders' work of :func:`~edgeci_mqtt.runtime.programs.compile_plan`:
+every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
+as each boundary becomes whole, forwards its pieces, computes its own blocks and hands
+out pulled tiles.
+
+Faults:
+
+* a **pulled tile** whose device went offline, failed, sent a bad tile or stayed silent
+  past its allowance goes back to the queue for the next idle device (its input is whole
+  here): DeepThings' own recovery;
+* a **program** whose device went offline, failed or sent a bad tile ends the attempt: every
+  device is told to drop it, and the request is re-planned without that device from the
+  last boundary the orchestrator holds whole (the image under ``flow``; the last stitched
+  map under a gathering strategy);
+* past the attempt's **deadline**, every device is asked how far it got as it is released,
+  and :func:`blame` says who held the attempt up; they are given up and the request restarts
+  the same way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.runtime.programs import Answer, Compiled, DeviceProgram, Forward, Handout, Logits, Slice
+from edgeci_mqtt.runtime.programs import downstream_first as _downstream_first
+from edgeci_mqtt.wire import FinishRole, ProgramStep, TailRole
+
+__all__ = [
+    "Action",
+    "Attempt",
+    "Begin",
+    "Compute",
+    "Computed",
+    "DeviceFailed",
+    "Event",
+    "Fail",
+    "Finish",
+    "GiveUp",
+    "Go",
+    "Ignore",
+    "Keep",
+    "Release",
+    "Reported",
+    "Restart",
+    "SendProgram",
+    "SendRows",
+    "StepFinished",
+    "Tick",
+    "TileArrived",
+    "VectorArrived",
+    "blame",
+]
+
+OFFLINE = "went offline"
+NO_DEVICE = "no capable device remains for this inference"
+
+
+# ---------------------------------------------------------------- events
+@dataclass(frozen=True)
+class Begin:
+    now: float
+    online: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TileArrived:
+    """Rows ``region`` of the map at ``boundary`` from ``sender`` for program ``program``,
+    an array of ``shape`` and ``dtype`` (checked here against what the plan says)."""
+
+    program: str
+    sender: str
+    boundary: int
+    region: TileRegion
+    shape: tuple[int, ...]
+    dtype: str
+    now: float
+
+
+@dataclass(frozen=True)
+class VectorArrived:
+    """A slice ``features`` of the tail's first layer, or the logits, from ``sender``."""
+
+    program: str
+    sender: str
+    features: Span
+    logits: bool
+    shape: tuple[int, ...]
+    dtype: str
+    now: float
+
+
+@dataclass(frozen=True)
+class DeviceFailed:
+    program: str
+    device: str
+    why: str
+    now: float
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """Behind a barrier: ``device`` finished its step ending at ``boundary``."""
+
+    program: str
+    device: str
+    boundary: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+    online: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """The orchestrator computed a block of its own: it holds ``boundary`` whole."""
+
+    boundary: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What the devices of a late attempt said as they were released, by device: the first
+    item they had not run (-1: no program) and the senders that item still waited for."""
+
+    reports: Mapping[str, tuple[int, tuple[str, ...]]]
+
+
+Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class SendProgram:
+    program: str
+    """The program's id (the request id the device keys it by and answers under)."""
+    device: str
+    work: DeviceProgram
+    carried: Forward | None = None
+    """The rows of the start boundary it carries."""
+
+
+@dataclass(frozen=True)
+class SendRows:
+    program: str
+    forward: Forward
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
+
+    sender: str
+    boundary: int = -1
+    region: TileRegion | None = None
+    answer: Answer | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The orchestrator runs ``block`` on the whole map it holds (then reports :class:`Computed`)."""
+
+    block: FusedBlock
+
+
+@dataclass(frozen=True)
+class Go:
+    program: str
+    devices: tuple[str, ...]
+    boundary: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """Tell these devices to drop these programs (``report``: and to say how far they got)."""
+
+    programs: tuple[tuple[str, str], ...]
+    """(program id, device) pairs."""
+    why: str
+    report: bool = False
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """This request uses these devices no more (``gone``: they left the device table, so
+    nothing else needs to hold them out)."""
+
+    devices: frozenset[str]
+    why: str
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class Ignore:
+    sender: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The attempt is over: re-plan without the devices given up, from ``boundary``."""
+
+    boundary: int
+    why: str
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Everything the request needs is here."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+
+
+Action = SendProgram | SendRows | Keep | Compute | Go | Release | GiveUp | Ignore | Restart | Finish | Fail
+
+
+@dataclass
+class _Out:
+    """A pulled tile handed out."""
+
+    device: str
+    handout: Handout
+    deadline: float
+
+
+@dataclass
+class Attempt:
+    """One attempt of a request: ``work`` (its holders' work), ``program`` (the id of its
+    device programs), ``deadline`` (for every program), ``channels`` (of the map at each
+    boundary) and ``classes`` (the logits' size), to check what arrives.
+    ``allowance(step, device)``: how long a pulled tile may take on a device."""
+
+    work: Compiled
+    program: str
+    orchestrator: str
+    deadline: float
+    channels: tuple[int, ...]
+    classes: int
+    allowance: Callable[[ProgramStep, str], float] = lambda step, device: 60.0
+    failed: set[str] = field(default_factory=set)
+    whole: set[int] = field(default_factory=set)
+    tiles: dict[int, set[TileRegion]] = field(default_factory=dict)
+    answered: set[Answer] = field(default_factory=set)
+    queue: deque[Handout] = field(default_factory=deque)
+    out: dict[str, _Out] = field(default_factory=dict)
+    unfinished: dict[int, set[str]] = field(default_factory=dict)
+    online: frozenset[str] = frozenset()
+    """The devices online at the last event that said (idle ones take pulled tiles)."""
+    recovered: int = 0
+    finished: bool = False
+    over: bool = False
+    late: bool = False
+    _handed: int = 0
+
+    def __post_init__(self) -> None:
+        self.unfinished = {b: set(d) for b, d in self.work.barrier.items()}
+
+    @property
+    def restart_from(self) -> int:
+        """The last boundary this attempt made whole here (where the next one may start)."""
+        return max(self.whole, default=self.work.start)
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, Reported):
+            return self._reported(event) if self.late and not self.over else []
+        if self.over or self.finished or self.late:
+            sender = getattr(event, "sender", getattr(event, "device", ""))
+            return [Ignore(sender, "the attempt is over")] if sender else []
+        if isinstance(event, Begin):
+            return self._begin(event)
+        if isinstance(event, TileArrived):
+            return self._tile(event)
+        if isinstance(event, VectorArrived):
+            return self._vector(event)
+        if isinstance(event, DeviceFailed):
+            return self._device_failed(event)
+        if isinstance(event, StepFinished):
+            return self._step_finished(event)
+        if isinstance(event, Computed):
+            return self._reached(event.boundary, event.now)
+        return self._tick(event)
+
+    # ------------------------------------------------------------ begin and whole maps
+    def _begin(self, event: Begin) -> list[Action]:
+        missing = set(self.work.programs) - event.online
+        if missing:  # left since the plan was made: never send it there
+            return self._lose(missing, OFFLINE, gone=True)
+        actions: list[Action] = [
+            SendProgram(self.program, d, self.work.programs[d], self.work.carried.get(d))
+            for d in _downstream_first(self.work.programs)
+        ]
+        self.online = event.online
+        return actions + self._reached(self.work.start, event.now)
+
+    def _reached(self, boundary: int, now: float) -> list[Action]:
+        """The orchestrator holds ``boundary`` whole: what reads it can go."""
+        self.whole.add(boundary)
+        work = self.work
+        if boundary == work.final and work.tail_here:
+            self.finished = True
+            return [Finish()]
+        actions: list[Action] = [SendRows(self.program, f) for f in work.forwards.get(boundary, ())]
+        if boundary in work.local:
+            actions.append(Compute(work.local[boundary]))
+        if boundary in work.handouts:
+            self.queue.extend(work.handouts[boundary])
+            actions += self._hand_out(now)
+        return actions
+
+    # ------------------------------------------------------------ arrivals
+    def _tile(self, event: TileArrived) -> list[Action]:
+        sender, boundary, region = event.sender, event.boundary, event.region
+        expected = self.work.collects.get(boundary, {}).get(region)
+        if expected is None or region in self.tiles.get(boundary, set()):
+            return [Ignore(sender, f"{region} of boundary {boundary} is not awaited")]
+        pulled = self.out.get(event.program) if expected == "" else None
+        if expected == "" and (pulled is None or (pulled.device, pulled.handout.step.out_region) != (sender, region)):
+            return [Ignore(sender, f"{region} was not handed to {sender} as {event.program}")]
+        if expected and (event.program, sender) != (self.program, expected):
+            return [Ignore(sender, f"{region} is {expected}'s to send")]
+        want = (1, self.channels[boundary], region.height, region.width)
+        if event.shape != want or event.dtype != "float32":
+            why = f"{sender} sent {event.dtype}{list(event.shape)} for {region}, expected float32{list(want)}"
+            return self._drop(event.program, sender, why, event.now) if pulled else self._lose({sender}, why)
+        self.tiles.setdefault(boundary, set()).add(region)
+        actions: list[Action] = [Keep(sender, boundary, region)]
+        if pulled is not None:
+            del self.out[event.program]
+        if len(self.tiles[boundary]) == len(self.work.collects[boundary]):
+            actions += self._reached(boundary, event.now)
+        elif pulled is not None:
+            actions += self._hand_out(event.now)  # the sender is idle again
+        return actions
+
+    def _vector(self, event: VectorArrived) -> list[Action]:
+        key: Answer = Logits(event.sender) if event.logits else Slice(event.sender, event.features)
+        if event.program != self.program or key not in self.work.answer or key in self.answered:
+            return [Ignore(event.sender, f"no {key} is awaited")]
+        want = (1, self.classes if event.logits else event.features.size)
+        if event.shape != want or event.dtype != "float32":
+            why = f"{event.sender} sent {event.dtype}{list(event.shape)} for {key}, expected float32{list(want)}"
+            return self._lose({event.sender}, why)
+        self.answered.add(key)
+        actions: list[Action] = [Keep(event.sender, answer=key)]
+        if self.answered == set(self.work.answer):
+            self.finished = True
+            actions.append(Finish())
+        return actions
+
+    def _device_failed(self, event: DeviceFailed) -> list[Action]:
+        pulled = self.out.get(event.program)
+        if pulled is not None and pulled.device == event.device:
+            return self._drop(event.program, event.device, event.why, event.now)
+        if event.program == self.program and event.device in self.work.programs:
+            return self._lose({event.device}, event.why)
+        return [Ignore(event.device, f"{event.program} is not its program here")]
+
+    def _step_finished(self, event: StepFinished) -> list[Action]:
+        waiting = self.unfinished.get(event.boundary)
+        if event.program != self.program or waiting is None or event.device not in waiting:
+            return []
+        waiting.discard(event.device)
+        if waiting:
+            return []
+        del self.unfinished[event.boundary]
+        readers = tuple(sorted(self.work.readers.get(event.boundary, ())))
+        return [Go(self.program, readers, event.boundary)] if readers else []
+
+    # ------------------------------------------------------------ time
+    def _tick(self, event: Tick) -> list[Action]:
+        self.online = event.online
+        gone = set(self.work.programs) - event.online
+        if gone:
+            return self._lose(gone, f"{', '.join(sorted(gone))} {OFFLINE}", gone=True)
+        actions: list[Action] = []
+        for program, out in list(self.out.items()):
+            if out.device not in event.online:
+                actions += self._drop(program, out.device, OFFLINE, event.now, gone=True, hand=False)
+            elif event.now > out.deadline:
+                actions += self._drop(program, out.device, "silent past its deadline", event.now, hand=False)
+        actions += self._hand_out(event.now)
+        if event.now > self.deadline and self.work.programs and not any(isinstance(a, Fail) for a in actions):
+            self.late = True
+            why = "the attempt ran past its deadline"
+            return [*actions, Release(self._programs_out(), why, report=True)]
+        return actions
+
+    # ------------------------------------------------------------ pulled tiles
+    def _hand_out(self, now: float) -> list[Action]:
+        """Queued tiles to idle devices; :class:`Fail` if tiles wait and nobody can take them."""
+        busy = {o.device for o in self.out.values()}
+        actions: list[Action] = []
+        for device in sorted(self.online - busy - self.failed):
+            if not self.queue:
+                break
+            handout = self.queue.popleft()
+            self._handed += 1
+            program = f"{self.program}-{self._handed}"
+            self.out[program] = _Out(device, handout, now + self.allowance(handout.step, device))
+            first, *rest = (Forward(handout.boundary, region, device) for region in handout.pieces)
+            actions.append(SendProgram(program, device, DeviceProgram(steps=(handout.step,)), first))
+            actions += [SendRows(program, forward) for forward in rest]
+        if self.queue and not self.out and not actions:
+            self.over = True
+            return [Fail(NO_DEVICE)]
+        return actions
+
+    def _drop(
+        self, program: str, device: str, why: str, now: float, gone: bool = False, hand: bool = True
+    ) -> list[Action]:
+        """A pulled tile lost with its device: back to the front of the queue."""
+        out = self.out.pop(program)
+        self.queue.appendleft(out.handout)
+        self.failed.add(device)
+        self.recovered += 1
+        actions: list[Action] = [GiveUp(frozenset({device}), why, gone)]
+        if not gone:
+            actions.append(Release(((program, device),), why))
+        return actions + (self._hand_out(now) if hand else [])
+
+    # ------------------------------------------------------------ the attempt ends
+    def _programs_out(self) -> tuple[tuple[str, str], ...]:
+        static = tuple((self.program, d) for d in sorted(self.work.programs))
+        return static + tuple((p, o.device) for p, o in sorted(self.out.items()))
+
+    def _lose(self, devices: set[str], why: str, gone: bool = False) -> list[Action]:
+        self.over = True
+        self.failed |= devices
+        return [
+            Release(self._programs_out(), why),
+            GiveUp(frozenset(devices), why, gone),
+            Restart(self.restart_from, why),
+        ]
+
+    def _reported(self, event: Reported) -> list[Action]:
+        self.over = True
+        blamed = blame(self.work, event.reports, self.orchestrator)
+        why = "the attempt ran past its deadline"
+        if not blamed:
+            why += ", though every device says it finished"
+        self.failed |= blamed
+        actions: list[Action] = [GiveUp(frozenset(blamed), why)] if blamed else []
+        return [*actions, Restart(self.restart_from, why, late=True)]
+
+
+def _sources(item: ProgramStep | TailRole | FinishRole) -> set[str]:
+    if isinstance(item, FinishRole):
+        return {s.source for s in item.slices}
+    return {p.source for p in item.inputs}
+
+
+def _forwarded(work: Compiled, device: str) -> bool:
+    """The orchestrator sends ``device`` rows after the attempt's start (it may wait for them)."""
+    return any(f.to == device for forwards in work.forwards.values() for f in forwards)
+
+
+def blame(work: Compiled, reports: Mapping[str, tuple[int, tuple[str, ...]]], orchestrator: str) -> set[str]:
+    """Who held a late attempt up, from what each device said when it was released.
+
+    A device that did not answer (stopped, gone quiet, or hostile) is to blame, and so is
+    one that had every piece of its next item and had not finished it (slow, or never
+    computing). A device that was waiting for others is not, if its claim holds: the
+    senders it names are ones its next item reads (the orchestrator only where it forwards
+    rows to that device, or says go behind a barrier). A claim on a sender that says it
+    finished cannot be settled from here (rows lost on the way, or one of them lying): both
+    are blamed, for a short hold. Nobody is blamed when every device finished: the
+    lateness was the orchestrator's or the broker's."""
+    programs = work.programs
+    finished = {d for d, r in reports.items() if d in programs and r[0] >= len(programs[d].items)}
+    blamed = set()
+    for device, program in programs.items():
+        items, report = program.items, reports.get(device)
+        if report is None or report[0] < 0:
+            blamed.add(device)  # silent, or its program never reached it
+            continue
+        item, waiting_for = report
+        if item >= len(items):
+            continue
+        claims = set(waiting_for)
+        readable = _sources(items[item]) - {device, orchestrator}
+        if work.barrier or _forwarded(work, device):
+            readable.add(orchestrator)
+        if not claims or not claims <= readable:
+            blamed.add(device)
+        elif claims & finished:
+            blamed |= {device, *(claims & finished)}
+    return blamed
