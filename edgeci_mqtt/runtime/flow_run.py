@@ -41,7 +41,6 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, placement_making_seconds
 from edgeci_mqtt.runtime.inference import MAX_TASK_DEADLINE_S, POLL_S, Arrival, Run, RunSetup, task_allowance
 from edgeci_mqtt.runtime.programs import DeviceProgram, device_programs
@@ -359,7 +358,7 @@ class FlowRun(Run):
                 held_round.bids.update({v.name: make_bid(v, rows, block, items, flow=True) for v in views})
         bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
         try:
-            place = split_strategy(self.plan.strategy)[1].place_tail
+            place = self.plan.strategy.places_tail
             blocks, awards, tail = _awarded(chain, rows, env, bids, place, self.tails.get(self.held.digest))
         except PlanningError as exc:
             raise InferenceError(f"flow cannot be awarded: {exc}") from exc
