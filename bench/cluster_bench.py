@@ -36,7 +36,8 @@ from edgeci_mqtt.planner.cluster import Link, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import STRATEGIES, PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import map_densities
 from edgeci_mqtt.runtime.transport import BrokerAddress
 from edgeci_mqtt.sim.gantt import write_gantt
@@ -70,7 +71,7 @@ def predicted(
     ctx: PlanningContext, work: TaskWork, ideal: Environment, strategies: list[str]
 ) -> tuple[dict[str, SimResult], dict[str, float]]:
     """Each strategy's plan replayed on the cluster, and (same plan) on ``ideal``, every link free."""
-    plans = {s: make_plan(s, ctx) for s in strategies}
+    plans = {s: make_plan(Strategy.parse(s), ctx) for s in strategies}
     return (
         {s: simulate(p, ctx.env, work) for s, p in plans.items()},
         {s: simulate(p, ideal, work).makespan_s for s, p in plans.items()},
@@ -104,7 +105,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),
             *("--stream", str(args.stream if name in args.stream_clusters.split(",") else 0)),
-            *("--strategies", ",".join([*STRATEGIES, *ABLATION])),
+            *("--strategies", ",".join([*STRATEGY_NAMES, *ABLATION])),
         ]
         subprocess.run(run.in_hub(*driver), check=True, cwd=Path(__file__).resolve().parent.parent)
         data = dict(json.loads(out.read_text()))

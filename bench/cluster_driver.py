@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
@@ -98,7 +98,7 @@ def main() -> int:
     )
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--models", default="vgg16,resnet34")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     parser.add_argument("--link", required=True, help="the broker host's interface to the devices")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)

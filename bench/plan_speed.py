@@ -21,12 +21,13 @@ from edgeci_mqtt.models import StageChain, load_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import Environment, environment_from_cluster
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 
 TARGET_MS = 50.0
 
 
-def plan_once(strategy: str, chain: StageChain, env: Environment, rows: RowModel | None) -> None:
+def plan_once(strategy: Strategy, chain: StageChain, env: Environment, rows: RowModel | None) -> None:
     make_plan(strategy, context_for(chain.spec(224, 224), env, rows=rows))
 
 
@@ -49,8 +50,8 @@ def main() -> int:
         f"{TARGET_MS:.0f} ms (issue 9); `flow` plans and re-plans VGG-16 and ResNet-34 on swarm64 within "
         f"{TARGET_MS:.0f} ms (issue 11).",
         "",
-        "| model | cluster | devices | " + " | ".join(f"{s} cold / re-plan" for s in STRATEGIES) + " |",
-        "|---|---|---:|" + "---:|" * len(STRATEGIES),
+        "| model | cluster | devices | " + " | ".join(f"{s} cold / re-plan" for s in STRATEGY_NAMES) + " |",
+        "|---|---|---:|" + "---:|" * len(STRATEGY_NAMES),
     ]
     verdicts = []
     for model in ("vgg16", "resnet34"):
@@ -60,17 +61,18 @@ def main() -> int:
             env = environment_from_cluster(cluster, host)
             smaller = env.without(cluster.devices[0].name)
             cells = []
-            for strategy in STRATEGIES:
-                print(f"{model} {cluster_name} {strategy} ...", file=sys.stderr, flush=True)
+            for name in STRATEGY_NAMES:
+                print(f"{model} {cluster_name} {name} ...", file=sys.stderr, flush=True)
+                strategy = Strategy(name)
                 cold = median_ms(partial(plan_once, strategy, chain, env, None), args.repeats)
                 warm = context_for(chain.spec(224, 224), env)
                 make_plan(strategy, warm)
                 replan = median_ms(partial(plan_once, strategy, chain, smaller, warm.rows), args.repeats)
                 cells.append(f"{cold:.1f} / {replan:.1f}")
-                if cluster_name == "swarm64" and (strategy == "flow" or (model, strategy) == ("resnet34", "edgeci")):
+                if cluster_name == "swarm64" and (name == "flow" or (model, name) == ("resnet34", "edgeci")):
                     met = "met" if max(cold, replan) <= TARGET_MS else "not met"
                     verdicts.append(
-                        f"- Target ({TARGET_MS:.0f} ms, {model} on swarm64, {strategy}): {met}, "
+                        f"- Target ({TARGET_MS:.0f} ms, {model} on swarm64, {name}): {met}, "
                         f"cold {cold:.1f} ms, re-plan {replan:.1f} ms."
                     )
             lines.append(f"| {model} | {cluster_name} | {len(cluster.devices)} | " + " | ".join(cells) + " |")

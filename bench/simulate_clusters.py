@@ -20,7 +20,8 @@ from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import simulate
 
@@ -46,7 +47,7 @@ def main() -> int:
             env = environment_from_cluster(cluster, host)
             ctx = context_for(chain, env)
             work = TaskWork(chain.stages, chain.shapes)
-            results = {s: simulate(make_plan(s, ctx), env, work) for s in STRATEGIES}
+            results = {s: simulate(make_plan(Strategy(s), ctx), env, work) for s in STRATEGY_NAMES}
             lines += ["", f"### {model} on {name} ({len(cluster.devices)} devices)", "",
                       "| strategy | makespan (ms) | speed-up vs local | ratio vs best baseline |",
                       "|---|---:|---:|---:|"]  # fmt: skip

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.device import DeviceAgent
 from edgeci_mqtt.runtime.memory_bus import MemoryBroker, MemoryBus
@@ -106,7 +107,7 @@ def memory_cluster(
         broker.bus("edgeci-orchestrator-o1"),
         store,
         orchestrator_profile or flat_profile(),
-        strategy,
+        Strategy.parse(strategy),
         auction_s=auction_s,
         min_allowance_s=min_allowance_s,
         in_flight=in_flight,

@@ -10,7 +10,8 @@ import pytest
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.runtime.attempt import (
     Attempt,
     Begin,
@@ -50,7 +51,7 @@ def store() -> ModelStore:
 def plan_of(store: ModelStore, strategy: str, model: str = "smallcnn", size: int = 64):  # type: ignore[no-untyped-def]
     chain = store.get(model).chain.spec(size, size)
     env = environment(device("a", 100), device("b", 60), device("c", 30, mbit=50))
-    return make_plan(strategy, context_for(chain, env)), chain
+    return make_plan(Strategy.parse(strategy), context_for(chain, env)), chain
 
 
 def machine(store: ModelStore, work: Compiled, deadline: float = 10.0) -> Attempt:
@@ -69,7 +70,7 @@ def test_every_strategys_plan_runs_exactly_through_the_one_executor(
     store: ModelStore, references: References, model: str, size: int
 ) -> None:
     ref = references[(model, size, size)]
-    for strategy in STRATEGIES:
+    for strategy in STRATEGY_NAMES:
         plan, _ = plan_of(store, strategy, model, size)
         logits = run_attempt(plan, store, ref.x, random.Random(strategy))
         assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} {strategy}")

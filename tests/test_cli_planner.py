@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from edgeci_mqtt.cli import main
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from tests.planning import flat_profile
 
 
@@ -65,7 +65,7 @@ def test_simulate_compares_every_strategy(
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = {m.group(1): m for m in re.finditer(r"^(\w+) +([\d.]+) +([\d.]+)x +([\d.]+)$", out, re.M)}
-    assert set(rows) == set(STRATEGIES)
+    assert set(rows) == set(STRATEGY_NAMES)
     assert rows["local"].group(3) == "1.00"
     assert min(float(rows[b].group(4)) for b in ("modnn", "deepthings", "aofl")) == 1.0
     assert gantt.stat().st_size > 10_000 and gantt.read_bytes()[:4] == b"\x89PNG"

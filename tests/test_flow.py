@@ -22,16 +22,16 @@ from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
 from edgeci_mqtt.planner.environment import DeviceView, Environment, TailRows
-from edgeci_mqtt.planner.flow import FlowOptions, flow_block
+from edgeci_mqtt.planner.flow import flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.strategies import (
     PlanningContext,
     context_for,
     make_plan,
-    split_strategy,
     whole_model_plan,
     whole_model_seconds,
 )
+from edgeci_mqtt.planner.strategy import FlowOptions, Strategy
 from edgeci_mqtt.planner.tail import (
     TailPlan,
     TailWork,
@@ -102,7 +102,14 @@ def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Rando
         gather = block.stop == n and tail.on_orchestrator
         plans.append(flow_block(chain, block, runs, plans[-1] if plans else None, gather=gather))
     return Plan(
-        "flow", model, chain.shapes[0], tuple(plans), chain.tail_work, tail=tail, barrier=barrier, compress=True
+        strategy=Strategy("flow"),
+        model=model,
+        input_shape=chain.shapes[0],
+        blocks=tuple(plans),
+        tail_work=chain.tail_work,
+        tail=tail,
+        barrier=barrier,
+        compress=True,
     )
 
 
@@ -160,7 +167,7 @@ def test_the_flow_plan_keeps_rows_on_devices_and_simulates(store: ModelStore) ->
     chain = store.get("vgg16").chain.spec(96, 96)
     env = environment(device("a", 100), device("b", 50), device("c", 25, mbit=20))
     ctx = context_for(chain, env)
-    plan = make_plan("flow", ctx)
+    plan = make_plan(Strategy.parse("flow"), ctx)
     assert plan.auctioned and len(plan.devices) >= 2
     for k, block in enumerate(plan.blocks):
         last = k == len(plan.blocks) - 1
@@ -177,7 +184,7 @@ def test_a_device_keeps_its_band_from_block_to_block(store: ModelStore) -> None:
     so a block's input is mostly the device's own rows."""
     chain = store.get("vgg16").chain.spec(224, 224)
     env = environment(*(device(n, 5, mbit=100) for n in DEVICES))
-    plan = make_plan("flow", context_for(chain, env))
+    plan = make_plan(Strategy.parse("flow"), context_for(chain, env))
     orders = [[t.device for t in b.tasks] for b in plan.blocks if len(b.tasks) == len(DEVICES)]
     assert len(orders) >= 2 and all(order == orders[0] for order in orders)
     for block in plan.blocks[1:]:
@@ -322,13 +329,13 @@ def test_flow_options_switch_what_flow_adds(store: ModelStore) -> None:
     with pytest.raises(PlanningError, match="unknown flow option"):
         FlowOptions.parse("turbo")
     with pytest.raises(PlanningError, match="takes no options"):
-        split_strategy("edgeci:barrier")
+        Strategy.parse("edgeci:barrier")
     chain = store.get("vgg16").chain.spec(224, 224)
     ctx = context_for(chain, environment(*(device(n, 5, mbit=100) for n in DEVICES)))
-    bare = make_plan("flow:barrier+raw+orchestrator-tail", ctx)
-    assert bare.strategy == "flow:barrier+raw+orchestrator-tail" and bare.barrier and not bare.compress
+    bare = make_plan(Strategy.parse("flow:barrier+raw+orchestrator-tail"), ctx)
+    assert str(bare.strategy) == "flow:barrier+raw+orchestrator-tail" and bare.barrier and not bare.compress
     assert bare.tail.on_orchestrator and bare.blocks[-1].gathers
-    full = make_plan("flow", ctx)
+    full = make_plan(Strategy.parse("flow"), ctx)
     assert not full.barrier and full.compress
     work = TaskWork(chain.stages, chain.shapes)
     env = ctx.env
@@ -352,7 +359,7 @@ def test_the_simulator_prices_compressed_rows(store: ModelStore) -> None:
     env = environment(*(device(n, 5, mbit=20) for n in DEVICES))
     ctx = context_for(chain, env)
     work = TaskWork(chain.stages, chain.shapes)
-    plan = make_plan("flow", ctx)
+    plan = make_plan(Strategy.parse("flow"), ctx)
     assert plan.compress and plan.densities
     timeline = simulate(plan, env, work).timeline
     assert {"encode", "decode"} <= {i.kind for i in timeline}
@@ -464,7 +471,7 @@ def test_a_whole_request_sends_its_tail_where_it_ends_sooner(store: ModelStore) 
         return context_for(chain, environment(view, orchestrator_gflops=10.0))
 
     def placed(ctx: PlanningContext) -> TailPlan:
-        return whole_model_plan(ctx, "replicas", "a", whole_model_seconds(ctx)["a"]).tail
+        return whole_model_plan(ctx, Strategy("replicas"), "a", whole_model_seconds(ctx)["a"]).tail
 
     assert placed(ctx_with(whole)) == TailPlan("a")
     cold = placed(ctx_with(TailRows()))
@@ -473,8 +480,8 @@ def test_a_whole_request_sends_its_tail_where_it_ends_sooner(store: ModelStore) 
     slow = replace(ctx_with(whole), env=replace(ctx_with(whole).env, orchestrator=flat_profile().scaled(50.0)))
     assert placed(slow).on_orchestrator and not placed(slow).prepare
     for ctx in (slow, ctx_with(TailRows())):  # ``local`` is one device alone, the baseline: its tail stays there
-        local = whole_model_plan(ctx, "local", "a", whole_model_seconds(ctx, alone=True)["a"])
-        assert local.tail == TailPlan("a") and make_plan("local", ctx).tail == TailPlan("a")
+        local = whole_model_plan(ctx, Strategy("local"), "a", whole_model_seconds(ctx, alone=True)["a"])
+        assert local.tail == TailPlan("a") and make_plan(Strategy.parse("local"), ctx).tail == TailPlan("a")
 
 
 def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStore) -> None:
@@ -482,8 +489,8 @@ def test_whole_requests_keep_the_tail_off_a_device_without_room(store: ModelStor
     roomy, tight = device("a", 10), replace(device("b", 10), memory_bytes=0)
     ctx = context_for(chain, environment(roomy, tight))
     seconds = whole_model_seconds(ctx)
-    assert whole_model_plan(ctx, "replicas", "a", seconds["a"]).tail == TailPlan("a")
-    on_b = whole_model_plan(ctx, "replicas", "b", seconds["b"])
+    assert whole_model_plan(ctx, Strategy("replicas"), "a", seconds["a"]).tail == TailPlan("a")
+    on_b = whole_model_plan(ctx, Strategy("replicas"), "b", seconds["b"])
     assert on_b.tail.on_orchestrator and on_b.blocks[-1].gathers
 
 
@@ -493,11 +500,11 @@ def test_a_whole_request_runs_in_steps_that_keep_its_rows_on_its_device(store: M
     chain = store.get("vgg16").chain.spec(224, 224)
     roomy, tight = device("a", 10), replace(device("b", 10), memory_bytes=0)
     ctx = context_for(chain, environment(roomy, tight))
-    cuts = [b.block for b in make_plan("flow", ctx).blocks]
+    cuts = [b.block for b in make_plan(Strategy.parse("flow"), ctx).blocks]
     assert len(cuts) > 1
     seconds = whole_model_seconds(ctx)
     for name, kept in (("a", True), ("b", False)):
-        plan = whole_model_plan(ctx, "flow", name, seconds[name], cuts)
+        plan = whole_model_plan(ctx, Strategy("flow"), name, seconds[name], cuts)
         assert [b.block for b in plan.blocks] == cuts and plan.devices == (name,)
         for k, step in enumerate(plan.blocks):
             (task,) = step.tasks

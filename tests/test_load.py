@@ -1,4 +1,4 @@
-"""Serving a stream: split or whole, from the work already handed out (pure)."""
+"""The work handed out: counted until done, and decided one request after another."""
 
 from __future__ import annotations
 
@@ -8,31 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edgeci_mqtt.runtime.load import Choice, Commitments, choose
-
-
-def test_an_idle_cluster_splits_and_a_busy_one_runs_whole_requests() -> None:
-    whole = {"a": 1.0, "b": 2.0}
-    assert choose(0.4, ["a", "b"], whole, {}) == Choice("split", 0.4)
-    # both busy for 0.8 s: split finishes at 1.2; whole on a at 1.8; still split
-    assert choose(0.4, ["a", "b"], whole, {"a": 0.8, "b": 0.8}).mode == "split"
-    # a busy for 3 s, b idle: split waits for a (3.4), whole on b finishes at 2.0
-    assert choose(0.4, ["a", "b"], whole, {"a": 3.0}) == Choice("whole", 2.0, "b")
-    # replicas (no split): the device that finishes first, ties by name
-    assert choose(None, [], {"a": 1.0, "b": 1.0}, {}) == Choice("whole", 1.0, "a")
-    with pytest.raises(ValueError):
-        choose(None, [], {}, {})
-
-
-def test_with_every_device_busy_a_split_must_cost_fewer_device_seconds() -> None:
-    whole = {"a": 1.0, "b": 1.0}
-    busy = {"a": 0.8, "b": 0.8}
-    # finishing first would split (1.3 against 1.8), but the split takes 1.1 device-seconds
-    # where a whole request takes 1.0: with everyone busy, that only lengthens the queue
-    assert choose(0.5, ["a", "b"], whole, busy, split_cost_s=1.1) == Choice("whole", 1.8, "a")
-    assert choose(0.5, ["a", "b"], whole, busy, split_cost_s=0.9) == Choice("split", 1.3)
-    # one device idle: not saturated, the earliest finish decides (split 1.3, whole on b 2.0)
-    assert choose(0.5, ["a", "b"], {"a": 2.0, "b": 2.0}, {"a": 0.8}, split_cost_s=2.2) == Choice("split", 1.3)
+from edgeci_mqtt.runtime.load import Commitments
 
 
 def test_commitments_count_work_until_it_is_done() -> None:

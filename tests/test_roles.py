@@ -25,7 +25,7 @@ from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import TailRows
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.runtime.device_flow import ValidProgram
@@ -89,7 +89,7 @@ def test_every_model_and_strategy_gives_the_models_result(
     # cover 224), at a ninth of the compute, so the whole in-process tier stays fast.
     size = 64 if model == "smallcnn" else 96
     ref = references[(model, size, size)]
-    for strategy in STRATEGIES:
+    for strategy in STRATEGY_NAMES:
         result = client.infer(ref.x, model, strategy, timeout=120)
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, f"{model} {strategy}")
         assert result.strategy == strategy and result.orchestrator == "o1" and result.devices

@@ -26,7 +26,7 @@ from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER
@@ -76,7 +76,7 @@ def test_every_strategy_gives_the_models_result_across_processes(
 ) -> None:
     ref = references[("smallcnn", 64, 64)]
     x = ref.x
-    for strategy in STRATEGIES:
+    for strategy in STRATEGY_NAMES:
         result = client.infer(x, "smallcnn", strategy, timeout=180)
         assert faithful(result.logits, ref.logits32, ref.logits64), strategy
         assert result.strategy == strategy and result.orchestrator in cluster.orchestrators
@@ -463,5 +463,5 @@ def test_demo_command_runs_a_whole_cluster() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("smallcnn")]
-    assert [r.split()[1] for r in rows] == list(STRATEGIES)
+    assert [r.split()[1] for r in rows] == list(STRATEGY_NAMES)
     assert "stopping" in result.stderr

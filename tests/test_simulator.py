@@ -16,11 +16,14 @@ from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import MESSAGE_OPS, DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput
 from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
 
+GATHERED = Strategy("edgeci")
+"""The strategy hand-made plans that gather on the orchestrator are labelled with (the simulator reads none)."""
 RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops
 OVERHEAD = 1e-5
 
@@ -33,7 +36,7 @@ def relu_work(seconds: float) -> tuple[OpWork, ...]:
 def one_block_plan(tasks: Sequence[Task], dispatch: str = "static", tail_s: float = 0.0) -> Plan:
     tail = (OpWork("fc", 0, round(tail_s * RELU_RATE)),) if tail_s else ()
     block = BlockPlan(FusedBlock(0, 1), tuple(tasks), dispatch=dispatch)  # type: ignore[arg-type]
-    return Plan("test", "none", FeatureShape(1, 1, 1), (block,), tail)
+    return Plan(strategy=GATHERED, model="none", input_shape=FeatureShape(1, 1, 1), blocks=(block,), tail_work=tail)
 
 
 def tile(i: int) -> TileRegion:
@@ -103,7 +106,7 @@ def test_the_auction_waits_only_for_devices_the_plan_uses() -> None:
 
 def test_nothing_to_auction_costs_nothing() -> None:
     block = BlockPlan(FusedBlock(0, 1), (gathered("", 0, 0, 0),), placement="orchestrator")
-    plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
+    plan = Plan(strategy=GATHERED, model="none", input_shape=FeatureShape(1, 1, 1), blocks=(block,), tail_work=())
     env = Environment((DeviceView("a", flat_profile(), Link(8.0, 10.0)),), flat_profile(), Link(80.0, 0.0))
     work = lambda block, region: relu_work(0.01)  # noqa: E731
     auctioned = simulate(dataclasses.replace(plan, auctioned=True), env, work)
@@ -137,7 +140,7 @@ def test_pulled_tiles_go_to_whoever_is_idle() -> None:
 def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
     env = environment(device("a"))
     block = BlockPlan(FusedBlock(0, 1), (gathered("", 0, 0, 0),), placement="orchestrator")
-    plan = Plan("test", "none", FeatureShape(1, 1, 1), (block,), ())
+    plan = Plan(strategy=GATHERED, model="none", input_shape=FeatureShape(1, 1, 1), blocks=(block,), tail_work=())
     result = simulate(plan, env, lambda b, r: relu_work(0.5))
     assert [i.kind for i in result.timeline] == ["gateway", "tail"]
     assert result.makespan_s == pytest.approx(0.5 + OVERHEAD)  # no tail work
@@ -153,20 +156,20 @@ def test_a_one_device_cluster_prices_every_strategy_alike(chains: dict[str, Stag
     env = dataclasses.replace(env, orchestrator=env.orchestrator.scaled(0.1))
     ctx = context_for(chain.spec(64, 64), env)
     work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
-    local = make_plan("local", ctx)
+    local = make_plan(Strategy.parse("local"), ctx)
     assert local.tail == TailPlan("only") and local.devices == ("only",)
     gathered = []
     for strategy in ("edgeci", "aofl", "modnn"):
-        plan = make_plan(strategy, ctx)
+        plan = make_plan(Strategy.parse(strategy), ctx)
         assert {t.device for b in plan.blocks for t in b.tasks} == {"only"}
         if strategy != "modnn":  # MoDNN syncs after every layer by design
             assert len(plan.blocks) == 1
             gathered.append(simulate(dataclasses.replace(plan, auctioned=False), env, work).makespan_s)
     assert gathered[0] == pytest.approx(gathered[1], rel=1e-9)
-    edgeci = simulate(make_plan("edgeci", ctx), env, work).makespan_s
+    edgeci = simulate(make_plan(Strategy.parse("edgeci"), ctx), env, work).makespan_s
     assert edgeci > gathered[0] + 2 * 2e-3  # its auction: one round trip before the block
     kept = dataclasses.replace(
-        make_plan("aofl", ctx),
+        make_plan(Strategy.parse("aofl"), ctx),
         blocks=local.blocks,
         tail=TailPlan("only"),
     )
@@ -187,7 +190,7 @@ def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
     own = Task("a", tile(0), 500, 500, (TaskInput(1, tile(0), "a"),))
     halo = Task("b", tile(1), 1000, 500, (TaskInput(1, tile(0), "a"), TaskInput(1, tile(1), "b")))
     blocks = (BlockPlan(first, (kept_a, kept_b)), BlockPlan(second, (own, halo)))
-    plan = Plan("test", "none", FeatureShape(1, 2, 1), blocks, ())
+    plan = Plan(strategy=Strategy("flow"), model="none", input_shape=FeatureShape(1, 2, 1), blocks=blocks, tail_work=())
     slow = {(first, tile(1))}
     result = simulate(plan, env, lambda block, region: relu_work(1.0 if (block, region) in slow else 0.01))
     compute = {(i.resource, i.block): i for i in result.timeline if i.kind == "compute"}

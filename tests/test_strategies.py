@@ -13,7 +13,6 @@ from edgeci_mqtt.execute import run_plan
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.strategies import (
     DEEPTHINGS_GRID,
-    STRATEGIES,
     PlanningContext,
     context_for,
     darknet_layers,
@@ -21,6 +20,7 @@ from edgeci_mqtt.planner.strategies import (
     make_plan,
     proportional_rows,
 )
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from tests.exactness import Reference, assert_geometry_exact
 from tests.planning import device, environment
 
@@ -48,7 +48,7 @@ def contexts(chains: dict[str, StageChain]) -> dict[str, PlanningContext]:
     return {name: context_for(chains[name].spec(SIZE[name], SIZE[name]), env) for name in SIZE}
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 @pytest.mark.parametrize(
     "model", [pytest.param(m, marks=pytest.mark.slow) if EXACT_SIZE[m] == 224 else m for m in SIZE]
 )
@@ -63,7 +63,7 @@ def test_every_plan_gives_the_whole_models_logits(
     size = EXACT_SIZE[model]
     chain, ref = chains64[model], references[model, size, size]
     ctx = contexts[model] if size == SIZE[model] else context_for(chain.spec(size, size), hetero_env())
-    plan = make_plan(strategy, ctx)
+    plan = make_plan(Strategy.parse(strategy), ctx)
     with torch.inference_mode():
         logits = chain.tail(run_plan(plan, chain.kernels, ctx.chain.shapes, ref.x.double()))
         assert_geometry_exact(logits, ref.logits64, f"{model} {strategy}")
@@ -71,7 +71,7 @@ def test_every_plan_gives_the_whole_models_logits(
 
 
 def test_deepthings_fuses_16_layers_into_a_pulled_3x3_grid(contexts: dict[str, PlanningContext]) -> None:
-    vgg = make_plan("deepthings", contexts["vgg16"])
+    vgg = make_plan(Strategy.parse("deepthings"), contexts["vgg16"])
     fused, gateway = vgg.blocks
     # VGG-16: 12 convolutions and 4 pools are the first 16 layers, through features.26 and its ReLU
     assert darknet_layers(contexts["vgg16"].chain.stages)[26] == 16
@@ -79,13 +79,13 @@ def test_deepthings_fuses_16_layers_into_a_pulled_3x3_grid(contexts: dict[str, P
     assert {t.device for t in fused.tasks} == {""}
     assert gateway.block == FusedBlock(28, 31) and gateway.placement == "orchestrator"
     assert DEEPTHINGS_GRID.rows == DEEPTHINGS_GRID.cols == 3
-    resnet = make_plan("deepthings", contexts["resnet34"])
+    resnet = make_plan(Strategy.parse("deepthings"), contexts["resnet34"])
     assert resnet.blocks[0].block == FusedBlock(0, 11)  # stem (2 layers) + 7 blocks of 2 convolutions
 
 
 def test_modnn_syncs_after_every_layer_with_rows_by_speed(contexts: dict[str, PlanningContext]) -> None:
     ctx = contexts["vgg16"]
-    plan = make_plan("modnn", ctx)
+    plan = make_plan(Strategy.parse("modnn"), ctx)
     assert [b.block for b in plan.blocks] == layer_groups(ctx.chain.stages)
     assert len(plan.blocks) == 13  # one per convolution, with its ReLU and pooling
     first = {t.device: t.out_region.rows.size for t in plan.blocks[0].tasks}
@@ -97,7 +97,7 @@ def test_modnn_syncs_after_every_layer_with_rows_by_speed(contexts: dict[str, Pl
 
 
 def test_aofl_fuses_by_dp_with_rows_by_speed(contexts: dict[str, PlanningContext]) -> None:
-    plan = make_plan("aofl", contexts["vgg16"])
+    plan = make_plan(Strategy.parse("aofl"), contexts["vgg16"])
     assert len(plan.blocks) < 13
     for block in plan.blocks:
         assert {t.device for t in block.tasks} == {"jetson", "pi4-a", "pi4-b", "pi3"}
@@ -105,7 +105,7 @@ def test_aofl_fuses_by_dp_with_rows_by_speed(contexts: dict[str, PlanningContext
 
 def test_edgeci_drops_devices_that_slow_it_down(contexts: dict[str, PlanningContext]) -> None:
     ctx = contexts["vgg16"]
-    plan = make_plan("edgeci", ctx)
+    plan = make_plan(Strategy.parse("edgeci"), ctx)
     used = set(plan.devices)
     assert "jetson" in used
     sizes = {t.device: t.out_region.rows.size for t in plan.blocks[0].tasks}
@@ -116,12 +116,12 @@ def test_replanning_after_a_device_leaves(chains: dict[str, StageChain], context
     ctx = contexts["vgg16"]
     smaller = context_for(chains["vgg16"].spec(224, 224), ctx.env.without("jetson"), ctx.rows)
     assert smaller.rows is ctx.rows  # stage prices are reused
-    for strategy in STRATEGIES:
-        assert "jetson" not in make_plan(strategy, smaller).devices
+    for strategy in STRATEGY_NAMES:
+        assert "jetson" not in make_plan(Strategy(strategy), smaller).devices
 
 
 def test_local_picks_the_device_that_finishes_first(contexts: dict[str, PlanningContext]) -> None:
-    plan = make_plan("local", contexts["resnet34"])
+    plan = make_plan(Strategy.parse("local"), contexts["resnet34"])
     assert plan.devices == ("jetson",) and len(plan.blocks) == 1
 
 
@@ -137,6 +137,6 @@ def test_proportional_rows() -> None:
 
 def test_errors() -> None:
     with pytest.raises(PlanningError, match="unknown strategy"):
-        make_plan("magic", None)  # type: ignore[arg-type]
+        Strategy.parse("magic")
     with pytest.raises(PlanningError, match="no devices"):
         PlanningContext(ChainSpec("m", (), (FeatureShape(3, 1, 1),), ()), environment(), None)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.costs import make_task
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput, producers
 from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment
 
@@ -33,7 +34,9 @@ def task(device: str, a: int, b: int, inputs: tuple[TaskInput, ...], output: str
 
 
 def plan(*blocks: BlockPlan) -> Plan:
-    return Plan("test", "none", FeatureShape(16, 4, 4), blocks, ())
+    return Plan(
+        strategy=Strategy("flow"), model="none", input_shape=FeatureShape(16, 4, 4), blocks=blocks, tail_work=()
+    )
 
 
 def test_make_task_gives_a_task_fed_by_the_orchestrator_and_stitched_there(chains: dict[str, StageChain]) -> None:
@@ -113,7 +116,7 @@ def test_the_executor_fetches_every_piece_from_its_source(chains: dict[str, Stag
     chain = chains["smallcnn"]
     env = environment(device("a", 30.0), device("b", 20.0), device("c", 10.0))
     ctx = context_for(chain.spec(45, 45), env)
-    gathered = make_plan("modnn", ctx)
+    gathered = make_plan(Strategy.parse("modnn"), ctx)
     kept = kept_on_devices(gathered)
     assert len(kept.blocks) > 2 and not any(t.gathered for b in kept.blocks for t in b.tasks)
     assert {p.source for t in kept.blocks[1].tasks for p in t.inputs} == {"a", "b", "c"}

@@ -10,6 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_FREE = (
     "edgeci_mqtt.planner.strategies",
+    "edgeci_mqtt.planner.strategy",
+    "edgeci_mqtt.planner.serving",
     "edgeci_mqtt.planner.dpfl",
     "edgeci_mqtt.sim.simulator",
     "edgeci_mqtt.timeline",

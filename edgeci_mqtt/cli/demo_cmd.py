@@ -19,7 +19,7 @@ from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.exactness import faithful, float64_model, max_abs_diff
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 from edgeci_mqtt.runtime.transport import MqttBus
@@ -84,7 +84,7 @@ def warm_then_time(strategies: Sequence[str], infer: Callable[[str], T]) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
+    strategies = list(STRATEGY_NAMES) if args.strategies == "all" else args.strategies.split(",")
     models = held_models(args.model, args.models, DEMO_MODELS)
     devices = [f"dev-{i}" for i in range(1, args.devices + 1)]
     workdir = Path(tempfile.mkdtemp(prefix="edgeci-demo-")) if args.logs is None else args.logs

@@ -19,7 +19,7 @@ from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.runtime.client import EdgeCIClient
 
 __all__ = ["register", "run"]
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="save the logits as .npy")
     add_broker(parser, required=False)
-    parser.add_argument("--strategy", choices=list(STRATEGIES), help="with --broker: ask for this strategy")
+    parser.add_argument("--strategy", choices=list(STRATEGY_NAMES), help="with --broker: ask for this strategy")
     parser.add_argument("--timeout", type=float, default=60.0, help="with --broker: seconds to wait (default 60)")
     parser.set_defaults(run=run)
 

@@ -11,7 +11,7 @@ from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.strategies import STRATEGIES
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
 from edgeci_mqtt.runtime.orchestrator import IN_FLIGHT, PER_CLIENT, Orchestrator
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--weights", type=Path, help="weights file for a single --model")
     parser.add_argument(
-        "--strategy", choices=list(STRATEGIES), default="flow", help="default strategy (a request may name another)"
+        "--strategy", choices=list(STRATEGY_NAMES), default="flow", help="default strategy (a request may name another)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (must match the devices')")
     parser.add_argument("--auction-ms", type=float, default=500.0, help="bid deadline of an auction round")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         broker_bus(args, address=address, in_role=True),
         store,
         measure_profile(args.threads),
-        args.strategy,
+        Strategy.parse(args.strategy),
         Link(args.broker_mbit, 0.1),
         args.auction_ms / 1e3,
         in_flight=args.in_flight,

@@ -10,7 +10,8 @@ from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.sim.simulator import simulate
 
@@ -37,18 +38,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_model(parser)
     parser.add_argument("--cluster", required=True, help="cluster YAML file or reference cluster name")
-    parser.add_argument("--strategy", choices=list(STRATEGIES), default="edgeci")
+    parser.add_argument("--strategy", choices=list(STRATEGY_NAMES), default="edgeci")
     add_host_profile(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    strategy = Strategy.parse(args.strategy)
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
     ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
-    plan = make_plan(args.strategy, ctx)
+    plan = make_plan(strategy, ctx)
     replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
-    print(f"{args.strategy} plan of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)")
+    print(f"{strategy} plan of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)")
     for index, block in enumerate(plan.blocks):
         first, last = ctx.chain.stages[block.block.start], ctx.chain.stages[block.block.stop - 1]
         where = "orchestrator" if block.placement == "orchestrator" else f"{block.dispatch} dispatch"

@@ -13,7 +13,8 @@ from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.strategies import STRATEGIES, context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 
@@ -57,18 +58,19 @@ def summary_rows(results: dict[str, SimResult]) -> list[list[object]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list(STRATEGIES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
-    unknown = [n for n in names if n not in STRATEGIES]
+    names = list(STRATEGY_NAMES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
+    unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown:
-        raise EdgeCIError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+        raise EdgeCIError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGY_NAMES)}")
+    strategies = [Strategy.parse(n) for n in names]
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
     ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
     work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     results = {}
-    for name in names:
-        print(f"planning and simulating {name} ...", file=sys.stderr, flush=True)
-        results[name] = simulate(make_plan(name, ctx), env, work)
+    for strategy in strategies:
+        print(f"planning and simulating {strategy} ...", file=sys.stderr, flush=True)
+        results[str(strategy)] = simulate(make_plan(strategy, ctx), env, work)
     print(f"{args.model} on {cluster.name} ({len(cluster.devices)} devices), simulated")
     print(
         format_table(

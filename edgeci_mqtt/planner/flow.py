@@ -19,12 +19,11 @@ equally); then only the rows that changed hands move, from the device that holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, HeldRows, award
 from edgeci_mqtt.planner.costs import RowModel, input_region, make_task
 from edgeci_mqtt.planner.environment import Environment
@@ -32,35 +31,7 @@ from edgeci_mqtt.planner.plan import BlockPlan, TaskInput
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, place_tail, tail_to_prepare
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["FlowOptions", "flow_block", "flow_blocks", "held_rows", "holdings"]
-
-
-FLOW_WORDS = {"barrier": ("barrier", True), "raw": ("compress", False), "orchestrator-tail": ("place_tail", False)}
-"""Option words after ``flow:``: which field each sets, to what."""
-
-
-@dataclass(frozen=True)
-class FlowOptions:
-    """What ``flow`` adds over keeping rows on the devices, each switchable for the ablation:
-    ``flow:barrier+raw+orchestrator-tail`` is rows on devices only; ``flow`` has everything."""
-
-    barrier: bool = False
-    """Every device finishes a block before any starts the next (the orchestrator says go)."""
-    compress: bool = True
-    """Rows travel compressed when that pays."""
-    place_tail: bool = True
-    """The tail runs where it is cheapest (else on the orchestrator)."""
-
-    @classmethod
-    def parse(cls, text: str) -> FlowOptions:
-        """``"barrier+raw"`` -> the options those words switch (unknown words: :class:`PlanningError`)."""
-        changes = {}
-        for word in filter(None, (w.strip() for w in text.split("+"))):
-            if word not in FLOW_WORDS:
-                raise PlanningError(f"unknown flow option {word!r}; choose from {', '.join(FLOW_WORDS)}")
-            field_name, value = FLOW_WORDS[word]
-            changes[field_name] = value
-        return cls(**changes)
+__all__ = ["flow_block", "flow_blocks", "held_rows", "holdings"]
 
 
 def holdings(previous: BlockPlan | None) -> dict[str, Span]:

@@ -34,6 +34,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
+from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
@@ -156,7 +157,7 @@ class Plan:
     ``compress``: maps from devices travel compressed when that pays.
     """
 
-    strategy: str
+    strategy: Strategy
     model: str
     input_shape: FeatureShape
     blocks: tuple[BlockPlan, ...]

@@ -37,20 +37,19 @@ from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, mak
 from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment, TailRows
-from edgeci_mqtt.planner.flow import FlowOptions, flow_block, flow_blocks
+from edgeci_mqtt.planner.flow import flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
+from edgeci_mqtt.planner.strategy import Strategy, StrategyName
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork, fits, making_seconds
 
 __all__ = [
     "DEEPTHINGS_GRID",
     "DEEPTHINGS_LAYERS",
-    "STRATEGIES",
     "PlanningContext",
     "context_for",
     "darknet_layers",
     "make_plan",
     "proportional_rows",
-    "split_strategy",
     "whole_model_plan",
     "whole_model_seconds",
 ]
@@ -90,7 +89,7 @@ class PlanningContext:
 
     def plan(
         self,
-        strategy: str,
+        strategy: Strategy,
         blocks: Sequence[BlockPlan],
         predicted_s: float,
         auctioned: bool = False,
@@ -100,7 +99,13 @@ class PlanningContext:
     ) -> Plan:
         chain = self.chain
         return Plan(
-            *(strategy, chain.model, chain.shapes[0], tuple(blocks), chain.tail_work, predicted_s, auctioned),
+            strategy=strategy,
+            model=chain.model,
+            input_shape=chain.shapes[0],
+            blocks=tuple(blocks),
+            tail_work=chain.tail_work,
+            predicted_s=predicted_s,
+            auctioned=auctioned,
             tail=tail or TailPlan(),
             barrier=barrier,
             compress=compress,
@@ -193,7 +198,7 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
 
 
 def whole_model_plan(
-    ctx: PlanningContext, strategy: str, device: str, seconds: float, blocks: Sequence[FusedBlock] = ()
+    ctx: PlanningContext, strategy: Strategy, device: str, seconds: float, blocks: Sequence[FusedBlock] = ()
 ) -> Plan:
     """The whole model on ``device``, the tail too where :func:`_whole_tail` puts it (for
     ``local``, one device alone, there whenever it has room): the image goes there, the
@@ -206,7 +211,7 @@ def whole_model_plan(
     whole_chain = FusedBlock(0, len(ctx.chain.stages))
     cuts = list(blocks) or [whole_chain]
     final = float(ctx.rows.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
-    tail = _whole_tail(ctx, ctx.env.device(device), strategy == "local", final, TailWork.of(ctx.chain.tail_work))
+    tail = _whole_tail(ctx, ctx.env.device(device), strategy.alone, final, TailWork.of(ctx.chain.tail_work))
     steps: list[BlockPlan] = []
     for cut in cuts:
         last = cut is cuts[-1]
@@ -216,21 +221,21 @@ def whole_model_plan(
     return ctx.plan(strategy, steps, seconds, tail=placed)
 
 
-def _fastest_whole(ctx: PlanningContext, strategy: str) -> Plan:
-    seconds = whole_model_seconds(ctx, alone=strategy == "local")
+def _fastest_whole(ctx: PlanningContext, strategy: Strategy) -> Plan:
+    seconds = whole_model_seconds(ctx, alone=strategy.alone)
     best = min(seconds, key=lambda d: (seconds[d], d))
     return whole_model_plan(ctx, strategy, best, seconds[best])
 
 
 def plan_local(ctx: PlanningContext) -> Plan:
     """The whole model on the one device that ends it first, tail included (the baseline)."""
-    return _fastest_whole(ctx, "local")
+    return _fastest_whole(ctx, Strategy("local"))
 
 
 def plan_replicas(ctx: PlanningContext) -> Plan:
     """Whole requests, each on one device: which one is chosen per request, by load, at run
-    time (:func:`~edgeci_mqtt.runtime.load.choose`); the plan names the fastest."""
-    return _fastest_whole(ctx, "replicas")
+    time (:func:`~edgeci_mqtt.planner.serving.choose_serving`); the plan names the fastest."""
+    return _fastest_whole(ctx, Strategy("replicas"))
 
 
 def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
@@ -245,14 +250,14 @@ def _proportional_runs(ctx: PlanningContext, block: FusedBlock) -> list[tuple[st
     return proportional_rows(ctx.chain.shapes[block.stop].height, ctx.estimator.speeds(block))
 
 
-def _proportional_plan(ctx: PlanningContext, name: str, blocks: Sequence[FusedBlock]) -> Plan:
+def _proportional_plan(ctx: PlanningContext, strategy: Strategy, blocks: Sequence[FusedBlock]) -> Plan:
     runs = [_proportional_runs(ctx, block) for block in blocks]
     total = sum(ctx.estimator.runs_seconds(block, r) for block, r in zip(blocks, runs, strict=True))
-    return ctx.plan(name, [_strips(ctx, block, r) for block, r in zip(blocks, runs, strict=True)], total)
+    return ctx.plan(strategy, [_strips(ctx, block, r) for block, r in zip(blocks, runs, strict=True)], total)
 
 
 def plan_modnn(ctx: PlanningContext) -> Plan:
-    return _proportional_plan(ctx, "modnn", layer_groups(ctx.chain.stages))
+    return _proportional_plan(ctx, Strategy("modnn"), layer_groups(ctx.chain.stages))
 
 
 def plan_aofl(ctx: PlanningContext) -> Plan:
@@ -263,7 +268,7 @@ def plan_aofl(ctx: PlanningContext) -> Plan:
         return est.runs_seconds(block, _proportional_runs(ctx, block))
 
     _, blocks = best_segmentation(len(ctx.chain.stages), cost)
-    return _proportional_plan(ctx, "aofl", blocks)
+    return _proportional_plan(ctx, Strategy("aofl"), blocks)
 
 
 def darknet_layers(stages: Sequence[Stage]) -> list[int]:
@@ -293,7 +298,7 @@ def plan_deepthings(ctx: PlanningContext) -> Plan:
         rest = FusedBlock(depth, len(stages))
         gateway = ctx.task(rest, TileRegion.whole(shapes[-1].height, shapes[-1].width), "")
         blocks.append(BlockPlan(rest, (gateway,), placement="orchestrator"))
-    return ctx.plan("deepthings", blocks, 0.0)
+    return ctx.plan(Strategy("deepthings"), blocks, 0.0)
 
 
 def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: bool = False) -> list[Bid]:
@@ -322,47 +327,34 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
         items = auction_items(ctx.chain.shapes[block.stop])
         won = award(_bids(ctx, block, items), len(items))
         plans.append(BlockPlan(block, award_tasks(ctx.chain.stages, ctx.chain.shapes, block, items, won)))
-    return ctx.plan("edgeci", plans, predicted, auctioned=True)
+    return ctx.plan(Strategy("edgeci"), plans, predicted, auctioned=True)
 
 
-def plan_flow(ctx: PlanningContext, options: FlowOptions | None = None, name: str = "flow") -> Plan:
-    """``name``: the strategy as asked for (``flow`` with its ablation options)."""
-    options = options or FlowOptions()
+def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
+    """``strategy``: ``flow`` as asked for, with its ablation options."""
+    options = strategy.options
     predicted, blocks = _dpfl(ctx, ctx.flow_estimator)
     lots = []
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
-    plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, options.place_tail)
+    plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, strategy.places_tail)
     # the tail counts: a split is weighed against one device running everything, tail included
-    return ctx.plan(name, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
+    return ctx.plan(strategy, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
 
 
-def split_strategy(text: str) -> tuple[str, FlowOptions]:
-    """``"flow:barrier+raw"`` -> ``("flow", its options)``; other strategies take no options.
-    Raises :class:`PlanningError` for an unknown strategy or option."""
-    base, _, words = text.partition(":")
-    if base not in STRATEGIES:
-        raise PlanningError(f"unknown strategy {base!r}; choose one of {', '.join(STRATEGIES)}")
-    if words and base != "flow":
-        raise PlanningError(f"strategy {base} takes no options (only flow does: flow:barrier+raw+orchestrator-tail)")
-    return base, FlowOptions.parse(words)
-
-
-STRATEGIES: dict[str, Callable[[PlanningContext], Plan]] = {
+_PLANNERS: dict[StrategyName, Callable[[PlanningContext], Plan]] = {
     "local": plan_local,
     "replicas": plan_replicas,
     "modnn": plan_modnn,
     "deepthings": plan_deepthings,
     "aofl": plan_aofl,
     "edgeci": plan_edgeci,
-    "flow": plan_flow,
 }
 
 
-def make_plan(strategy: str, ctx: PlanningContext) -> Plan:
-    """The plan of ``strategy`` (a name, or ``flow:`` with options for the ablation)."""
-    base, options = split_strategy(strategy)
-    if base == "flow":
-        return plan_flow(ctx, options, strategy)
-    return STRATEGIES[base](ctx)
+def make_plan(strategy: Strategy, ctx: PlanningContext) -> Plan:
+    """The plan of ``strategy`` (``flow`` with its options, for the ablation)."""
+    if strategy.name == "flow":  # the one planner that takes options
+        return plan_flow(ctx, strategy)
+    return _PLANNERS[strategy.name](ctx)

@@ -25,7 +25,6 @@ from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
-from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, placement_making_seconds
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
@@ -76,7 +75,7 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
             log.warning("%s: no bid for block %s in time; pricing it from the devices' profiles", run.request, block)
             held_round.bids.update({v.name: make_bid(v, rows, block, items, flow=True) for v in views})
     bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
-    place = split_strategy(plan.strategy)[1].place_tail
+    place = plan.strategy.places_tail
     try:
         blocks, awards, tail = _awarded(chain, rows, env, bids, place, run.tails.get(run.held.digest))
     except PlanningError as exc:

@@ -15,11 +15,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import msgpack
-import numpy as np
 import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
@@ -27,22 +27,17 @@ from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.costs import RowModel, handoff_seconds
+from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import (
-    PlanningContext,
-    context_for,
-    make_plan,
-    split_strategy,
-    whole_model_plan,
-    whole_model_seconds,
-)
+from edgeci_mqtt.planner.serving import Serving, WholeRequest, choose_serving, price_shares, whole_request_plan
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.admission import FairQueue
 from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.runtime.load import Choice, Commitments, choose
+from edgeci_mqtt.runtime.load import Commitments
 from edgeci_mqtt.runtime.mailboxes import Mailboxes
 from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
 from edgeci_mqtt.runtime.penalties import Penalties
@@ -91,8 +86,8 @@ IN_FLIGHT = 4
 """Requests an orchestrator serves at once by default."""
 PER_CLIENT = 16
 """Requests one client may have waiting at one orchestrator by default."""
-SERVED_BY_FLOW = ("flow", "local", "replicas")
-"""Strategies whose data stays on the devices, down to the logits (:class:`FlowRun`)."""
+DEFAULT_STRATEGY = Strategy("flow")
+"""The strategy of requests that name none, unless the orchestrator is given another."""
 PLANS_KEPT = 16
 """Plans cached at once (by model, input size, strategy and the devices planned for)."""
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
@@ -221,7 +216,7 @@ class Orchestrator:
         bus: Bus,
         models: ModelStore,
         profile: DeviceProfile,
-        strategy: str = "flow",
+        strategy: Strategy = DEFAULT_STRATEGY,
         broker_link: Link | None = None,
         auction_s: float = 0.5,
         min_allowance_s: float = MIN_TASK_DEADLINE_S,
@@ -232,7 +227,6 @@ class Orchestrator:
         (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
         served at once (each by a worker thread). ``per_client``: requests one client may
         have waiting (the next is refused as busy)."""
-        split_strategy(strategy)  # a PlanningError (an EdgeCIError) names what is wrong
         self.results_filter = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
         self._traffic = TrafficPublisher(bus, orchestrator_id, ORCHESTRATOR_TRAFFIC.build(orchestrator=orchestrator_id))
@@ -245,7 +239,7 @@ class Orchestrator:
         self.in_flight = max(1, in_flight)
         self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
-        self._plans: OrderedDict[tuple[str, int, int, str, frozenset[str]], _Planned] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, int, int, Strategy, frozenset[str]], _Planned] = OrderedDict()
         self._rows: dict[tuple[str, int, int], RowModel] = {}
         self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self.commitments = Commitments()
@@ -408,7 +402,7 @@ class Orchestrator:
                 response = InferResponse(message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id)
             self._reply(request, response)
 
-    def _plan(self, model: str, height: int, width: int, strategy: str, devices: list[DeviceView]) -> Plan:
+    def _plan(self, model: str, height: int, width: int, strategy: Strategy, devices: list[DeviceView]) -> Plan:
         """The cached plan for these devices, re-planned whenever the device table changed.
         A few device sets are kept (:data:`PLANS_KEPT`): while a device is on probation the
         request holding its trial plans with it and the others without it, and each plan
@@ -432,92 +426,24 @@ class Orchestrator:
             return plan
 
     def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
-        """Predicted seconds a split plan takes from each device (its load, for choosing):
-        its compute, and under ``flow`` its messages. Kept with the cached plan (pricing
-        every task took a 0.25-CPU orchestrator ~30 ms of every request)."""
+        """What a plan takes from each device (:func:`~edgeci_mqtt.planner.serving.price_shares`),
+        kept with the cached plan (pricing every task took a 0.25-CPU orchestrator ~30 ms of
+        every request)."""
         with self._lock:
             planned = next((p for p in self._plans.values() if p.plan is plan), None)
             if planned is not None and planned.shares is not None:
                 return planned.shares
-        shares = self._price_shares(plan, devices, height, width)
+        shares = price_shares(plan, self.models.get(plan.model).row_model(height, width), devices)
         if planned is not None:
             planned.shares = shares
         return shares
 
-    def _price_shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
-        rows = self.models.get(plan.model).row_model(height, width)
-        views = {v.name: v for v in devices}
-        flow = split_strategy(plan.strategy)[0] == "flow"
-        shares: dict[str, float] = {}
-        for block_plan in plan.blocks:
-            for task in block_plan.tasks:
-                if task.device in views:
-                    r = task.out_region.rows
-                    view = views[task.device]
-                    seconds = rows.compute_seconds(
-                        view.profile, block_plan.block, np.array([r.start]), np.array([r.stop])
-                    )
-                    handoff = handoff_seconds(view) if flow else 0.0
-                    shares[task.device] = shares.get(task.device, 0.0) + float(seconds[0]) + handoff
-        return shares
-
-    def _serving(
-        self,
-        model: str,
-        height: int,
-        width: int,
-        strategy: str,
-        plan: Plan,
-        devices: list[DeviceView],
-        outstanding: dict[str, float],
-    ) -> tuple[Callable[[list[DeviceView]], Plan] | None, dict[str, float], str]:
-        """How to serve one request, given the work ``outstanding`` on each device: a fixed
-        plan maker for whole requests (None: auction the plan's blocks), the predicted seconds
-        it hands each device, and the mode.
-
-        ``replicas`` and ``flow`` pick, given the work already handed out, whichever finishes
-        first: ``flow`` between its split plan and a whole request on one device
-        (:func:`~edgeci_mqtt.runtime.load.choose`; on an idle cluster too: a split that ends
-        no sooner than one device alone, as ResNet-34's did on homo4 where every block's
-        messages cost a 0.25-CPU device more than its rows save, is no way to serve it),
-        ``replicas`` among whole requests. With every device busy, ``flow`` splits only if
-        that costs the devices fewer seconds in all. ``flow``'s ablation always splits."""
-        base, _ = split_strategy(strategy)
-        if base not in SERVED_BY_FLOW:
-            return None, self._shares(plan, devices, height, width), "split"
-        spec = self.models.get(model).spec(height, width)
+    def _context(self, model: str, height: int, width: int, devices: list[DeviceView]) -> PlanningContext:
+        """A planning context for these devices, with the row model the plans priced."""
         with self._lock:
             rows = self._rows.get((model, height, width))
-
-        def context(views: list[DeviceView]) -> PlanningContext:
-            return context_for(spec, Environment(tuple(views), self.profile, self.broker_link), rows=rows)
-
-        shares: dict[str, float] | None = None
-        if base == "local":
-            choice = Choice("whole", plan.predicted_s, plan.devices[0])
-        elif base == "flow" and strategy != base:
-            choice = Choice("split", plan.predicted_s)
-        else:
-            whole = whole_model_seconds(context(devices))
-            shares = self._shares(plan, devices, height, width) if base == "flow" else {}
-            split_s = plan.predicted_s if base == "flow" else None
-            choice = choose(split_s, plan.devices, whole, outstanding, sum(shares.values()))
-        if choice.mode == "split":
-            return None, shares if shares is not None else self._shares(plan, devices, height, width), "split"
-        first = choice.device
-        steps = [b.block for b in plan.blocks] if base == "flow" else []  # the split plan's blocks, one step each
-
-        def replan(views: list[DeviceView]) -> Plan:
-            """The chosen device, or after a failure the one that finishes first among those left."""
-            ctx = context(views)
-            seconds = whole_model_seconds(ctx, alone=base == "local")
-            if first not in seconds:
-                now = self.commitments.snapshot()
-                device = min(seconds, key=lambda d: (now.get(d, 0.0) + seconds[d], d))
-                return whole_model_plan(ctx, strategy, device, seconds[device], steps)
-            return whole_model_plan(ctx, strategy, first, seconds[first], steps)
-
-        return replan, {first: choice.finish_s - outstanding.get(first, 0.0)}, "whole"
+        env = Environment(tuple(devices), self.profile, self.broker_link)
+        return context_for(self.models.get(model).spec(height, width), env, rows=rows)
 
     def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
         """Before a fetching device's task: the weights of the block's stages it lacks,
@@ -565,7 +491,8 @@ class Orchestrator:
     ) -> InferResponse:
         """Plan and run ``request`` on the devices not held out (and this request's
         ``trials``); ``used`` gets the devices its run used, whatever happens."""
-        message, strategy = request.message, request.message.strategy or self.strategy
+        message = request.message
+        strategy = Strategy.parse(message.strategy) if message.strategy else self.strategy
 
         def live() -> list[DeviceView]:
             """The devices this request may use now: online, holding the model, not held out."""
@@ -580,25 +507,27 @@ class Orchestrator:
         started = time.perf_counter()
         height, width = shapes[0].height, shapes[0].width
         plan = self._plan(message.model, height, width, strategy, devices)
+        ctx = self._context(message.model, height, width, devices)
+        shares = self._shares(plan, devices, height, width)
 
-        def decide(
-            outstanding: dict[str, float],
-        ) -> tuple[tuple[Callable[[list[DeviceView]], Plan] | None, str, float], dict[str, float]]:
-            replan, work, mode = self._serving(message.model, height, width, strategy, plan, devices, outstanding)
-            backlog_s = max((outstanding.get(d, 0.0) for d in work), default=0.0)
-            return (replan, mode, backlog_s), work
+        def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
+            serving = choose_serving(plan, ctx, shares, outstanding)
+            return serving, serving.work
 
-        with self.commitments.claiming(decide) as (replan, mode, backlog_s):  # counted as handed out until done
+        with self.commitments.claiming(decide) as serving:  # counted as handed out until done
             planned = time.perf_counter()
-            run = self._start(request, held, plan, shapes, strategy, replan, backlog_s, live)
-            run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({mode})")
+            replan = None
+            if serving.whole is not None:
+                replan = partial(self._replan_whole, message.model, height, width, serving.whole)
+            run = self._start(request, held, plan, shapes, replan, serving.backlog_s, live)
+            run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({serving.mode})")
             try:
                 logits = run.run(message.image)
             finally:
                 used |= run.used
         run.timings.plan_s = planned - started
         timings = run.timings.as_dict()
-        timings["whole_request"] = float(mode == "whole")
+        timings["whole_request"] = float(serving.mode == "whole")
         timings["total_s"] = time.perf_counter() - request.received
         log.info(
             "request %s (%s, %s) done in %.1f ms on %s",
@@ -613,7 +542,7 @@ class Orchestrator:
             logits.contiguous().numpy(),
             timings=timings,
             orchestrator=self.id,
-            strategy=strategy,
+            strategy=str(strategy),
             devices=tuple(sorted(run.used)),
             timeline=tuple(run.timeline or ()),
         )
@@ -624,7 +553,6 @@ class Orchestrator:
         held: HeldModel,
         plan: Plan,
         shapes: list[FeatureShape],
-        strategy: str,
         replan: Callable[[list[DeviceView]], Plan] | None,
         backlog_s: float,
         devices: Callable[[], list[DeviceView]],
@@ -654,3 +582,10 @@ class Orchestrator:
             penalties=self.penalties,
         )
         return Run(setup)
+
+    def _replan_whole(
+        self, model: str, height: int, width: int, whole: WholeRequest, devices: list[DeviceView]
+    ) -> Plan:
+        """A request served whole, for the devices left (after a failure, fewer)."""
+        ctx = self._context(model, height, width, devices)
+        return whole_request_plan(ctx, whole, self.commitments.snapshot())

@@ -30,7 +30,6 @@ from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.strategies import split_strategy
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.runtime.attempt import (
     Action,
@@ -194,7 +193,6 @@ class Run:
         self.origin = setup.origin
         self.timeline: list[Interval] | None = [] if setup.trace else None
         self._wall_offset = time.time() - time.perf_counter()
-        self._flow = split_strategy(self.plan.strategy)[0] == "flow"
 
     # ------------------------------------------------------------ shared with the awards
     def give_up_on(self, devices: set[str] | frozenset[str], why: str, gone: bool = False) -> None:
@@ -256,7 +254,7 @@ class Run:
         the gathering plan (auctioned for ``edgeci``, and for any restart)."""
         if self.setup.replan is not None:
             return self.setup.replan(views)
-        if self._flow:
+        if self.plan.strategy.keeps_rows:
             return flow_plan(self, views)
         names = {v.name for v in views}
         stale = any(d not in names for d in self.plan.devices)
