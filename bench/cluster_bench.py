@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench.report import DOCS, machine_line, write_section
+from edgeci_mqtt.bus.mqtt import BrokerAddress
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import load_chain, skeleton_chain
@@ -39,7 +40,6 @@ from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import map_densities
-from edgeci_mqtt.runtime.transport import BrokerAddress
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import intervals_from_rows

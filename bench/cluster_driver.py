@@ -15,12 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from edgeci_mqtt.broker.config import Credentials, credentials_path
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
-from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
-from edgeci_mqtt.runtime.watch import device_states
+from edgeci_mqtt.watch.view import device_states
 
 
 def logged_in(url: str, credentials: Path | None) -> BrokerAddress:

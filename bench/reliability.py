@@ -38,16 +38,16 @@ import msgpack
 import torch
 
 from bench.report import DOCS, machine_line, resident_mb, sampled_rss
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.bus.mqtt import MqttBus
+from edgeci_mqtt.bus.protocol import Inbound, events_until
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import EdgeCIError, InferenceError
 from edgeci_mqtt.exactness import faithful, float64_model
 from edgeci_mqtt.models import load_chain
-from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
-from edgeci_mqtt.runtime.penalties import FIRST_HOLD_S
-from edgeci_mqtt.runtime.transport import MqttBus
-from edgeci_mqtt.runtime.watch import device_states
+from edgeci_mqtt.orchestrator.penalties import FIRST_HOLD_S
+from edgeci_mqtt.watch.view import device_states
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,

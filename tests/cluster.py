@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeci_mqtt.broker.config import TlsListener
+from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
-from edgeci_mqtt.runtime.broker_config import TlsListener
-from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
-from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 
 
 class LocalCluster:

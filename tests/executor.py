@@ -8,8 +8,10 @@ import random
 
 import torch
 
-from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.runtime.attempt import (
+from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step, validate_program
+from edgeci_mqtt.device.store import FlowStore
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.attempt import (
     Action,
     Attempt,
     Begin,
@@ -25,11 +27,9 @@ from edgeci_mqtt.runtime.attempt import (
     TileArrived,
     VectorArrived,
 )
-from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
-from edgeci_mqtt.runtime.flow_store import FlowStore
-from edgeci_mqtt.runtime.holdings import Holdings
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.programs import compile_plan
+from edgeci_mqtt.orchestrator.holdings import Holdings
+from edgeci_mqtt.orchestrator.programs import compile_plan
+from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.wire import (
     CODECS,
     PackedArray,

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from edgeci_mqtt.bus.memory import MemoryBroker, MemoryBus
+from edgeci_mqtt.client import EdgeCIClient
+from edgeci_mqtt.device.agent import DeviceAgent
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategy import Strategy
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.device import DeviceAgent
-from edgeci_mqtt.runtime.memory_bus import MemoryBroker, MemoryBus
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.orchestrator import Orchestrator
 from tests.planning import flat_profile
 
 DEVICE_GFLOPS = 5.0

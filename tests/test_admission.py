@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
+from edgeci_mqtt.bus.memory import MemoryBroker
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
-from edgeci_mqtt.runtime.admission import FairQueue
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.memory_bus import MemoryBroker
-from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.admission import FairQueue
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
 

@@ -10,9 +10,8 @@ import pytest
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.strategies import context_for, make_plan
-from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
-from edgeci_mqtt.runtime.attempt import (
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.attempt import (
     Attempt,
     Begin,
     Compute,
@@ -31,8 +30,9 @@ from edgeci_mqtt.runtime.attempt import (
     Tick,
     TileArrived,
 )
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.programs import Compiled, compile_plan
+from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.exactness import References, assert_float32_faithful
 from tests.executor import ORCH, run_attempt

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from edgeci_mqtt.broker.config import Credentials, credentials_path, write_broker_config
+from edgeci_mqtt.broker.dynsec import ADMIN_USER, CONTROL_TOPIC, administer
+from edgeci_mqtt.broker.launch import BrokerProcess
+from edgeci_mqtt.broker.mosquitto import MosquittoProcess, free_port
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.errors import TransportError
-from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path, write_broker_config
-from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, CONTROL_TOPIC, administer
-from edgeci_mqtt.runtime.launch import BrokerProcess
-from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_BIDS,

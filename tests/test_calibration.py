@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.planner.calibration import MAX_FACTOR, SpeedCalibration
-from edgeci_mqtt.runtime.models_held import ModelStore
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
 from tests.planning import flat_profile

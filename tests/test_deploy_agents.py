@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeci_mqtt.runtime.broker_config import credentials_path
-from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.broker.config import credentials_path
+from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
 
 
 @pytest.fixture(scope="module")

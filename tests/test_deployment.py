@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edgeci_mqtt.cli import build_parser, main
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime import broker_config
-from edgeci_mqtt.runtime.broker_config import (
+from edgeci_mqtt.broker import config as broker_config
+from edgeci_mqtt.broker.config import (
     DYNSEC_FILE,
     EVERY_INTERFACE,
     Credentials,
@@ -29,8 +27,10 @@ from edgeci_mqtt.runtime.broker_config import (
     write_broker_config,
     write_secret,
 )
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.mosquitto import DOCKER_PLUGIN
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.broker.mosquitto import DOCKER_PLUGIN
+from edgeci_mqtt.cli import build_parser, main
+from edgeci_mqtt.errors import EdgeCIError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from edgeci_mqtt.broker.launch import without_passwords
 from edgeci_mqtt.emulation.network import (
     MIN_CFS_PERIOD_US,
     MIN_CFS_QUOTA_US,
@@ -26,7 +27,6 @@ from edgeci_mqtt.emulation.processes import emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import parse_cluster
-from edgeci_mqtt.runtime.launch import without_passwords
 from tests.exactness import assert_float32_faithful, whole_model_reference
 
 needs_root = pytest.mark.skipif(

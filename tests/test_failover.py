@@ -7,9 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
-from edgeci_mqtt.runtime.client import EdgeCIClient
 from tests.cluster import local_cluster
 from tests.exactness import References
 

@@ -17,7 +17,11 @@ import pytest
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.device.programs import ValidProgram, validate_program
+from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import PlanningError, WireError
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.run import attempt_allowance
 from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
@@ -41,10 +45,6 @@ from edgeci_mqtt.planner.tail import (
     split_features,
     tail_to_prepare,
 )
-from edgeci_mqtt.runtime.device_flow import ValidProgram, validate_program
-from edgeci_mqtt.runtime.flow_store import FlowStore
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.run import attempt_allowance
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import (

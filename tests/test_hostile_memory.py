@@ -17,17 +17,17 @@ import paho.mqtt.client as paho
 import pytest
 
 from bench.report import resident_mb, sampled_rss
+from edgeci_mqtt.bus.mqtt import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queued_cost
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.device import agent as device_module
+from edgeci_mqtt.device.agent import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
+from edgeci_mqtt.device.store import HOLDING_PER_SENDER, FlowStore
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.exactness import faithful
-from edgeci_mqtt.runtime import device as device_module
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.device import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
-from edgeci_mqtt.runtime.flow_store import HOLDING_PER_SENDER, FlowStore
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.programs import DeviceProgram, downstream_first
-from edgeci_mqtt.runtime.transport import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queued_cost
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.programs import DeviceProgram, downstream_first
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,

@@ -6,7 +6,7 @@ import queue
 
 import pytest
 
-from edgeci_mqtt.runtime.jobs import IDLE, JobQueue
+from edgeci_mqtt.device.jobs import IDLE, JobQueue
 
 
 def test_jobs_are_served_by_ticket_and_in_arrival_order_among_equals() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edgeci_mqtt.runtime.load import Commitments
+from edgeci_mqtt.orchestrator.load import Commitments
 
 
 def test_commitments_count_work_until_it_is_done() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeci_mqtt.bus.memory import MemoryBroker, MemoryBus, topic_matches
+from edgeci_mqtt.bus.protocol import Connected, Disconnected, Event, Inbound
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound
-from edgeci_mqtt.runtime.memory_bus import MemoryBroker, MemoryBus, topic_matches
 from edgeci_mqtt.wire import MAX_PAYLOAD_BYTES, PackedArray, Reassembler, RowsMessage, encode
 
 

@@ -20,8 +20,8 @@ from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.errors import ModelError, WeightsError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.planner.environment import TailRows
-from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
 from tests.exactness import Reference, assert_geometry_exact
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -201,7 +201,7 @@ _MEMORY_PROBE = """
 import json, torch
 from edgeci_mqtt.models import build_model
 from edgeci_mqtt.profiling import measure_profile
-from edgeci_mqtt.runtime.heap import release_heap
+from edgeci_mqtt.device.heap import release_heap
 
 def anon():
     status = open("/proc/self/status").read().splitlines()

@@ -10,12 +10,12 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.runtime.attempt import blame
-from edgeci_mqtt.runtime.auction import Silence
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.orchestrator import Orchestrator
-from edgeci_mqtt.runtime.penalties import Penalties
-from edgeci_mqtt.runtime.programs import Compiled, DeviceProgram, Forward
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.attempt import blame
+from edgeci_mqtt.orchestrator.auction import Silence
+from edgeci_mqtt.orchestrator.penalties import Penalties
+from edgeci_mqtt.orchestrator.programs import Compiled, DeviceProgram, Forward
+from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.wire import PackedArray, ProgramStep, Progress, RowsMessage, StepInput, StepSend, TailRole
 from tests.exactness import faithful
 from tests.inprocess import memory_cluster
@@ -113,7 +113,7 @@ def test_blame_falls_on_who_held_the_attempt_up() -> None:
 
 def test_a_flow_store_says_how_far_a_request_got() -> None:
     from edgeci_mqtt.core.geometry import FeatureShape
-    from edgeci_mqtt.runtime.flow_store import FlowStore
+    from edgeci_mqtt.device.store import FlowStore
     from edgeci_mqtt.wire import ProgramMessage
 
     store: FlowStore[None] = FlowStore("dev-2")

@@ -19,9 +19,9 @@ from typing import IO
 
 import pytest
 
-from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.mosquitto import free_port, mosquitto_binary
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.broker.config import Credentials
+from edgeci_mqtt.broker.mosquitto import free_port, mosquitto_binary
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
 from edgeci_mqtt.wire import DEVICE_TASKS
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -10,9 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from edgeci_mqtt.runtime.bus import Inbound
-from edgeci_mqtt.runtime.memory_bus import MemoryBus
-from edgeci_mqtt.runtime.models_held import ModelStore
+from edgeci_mqtt.bus.memory import MemoryBus
+from edgeci_mqtt.bus.protocol import Inbound
+from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
     INFER_REQUESTS,

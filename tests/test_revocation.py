@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.broker.launch import BrokerProcess
+from edgeci_mqtt.bus.mqtt import MqttBus
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.launch import BrokerProcess
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.orchestrator import Orchestrator
-from edgeci_mqtt.runtime.transport import MqttBus
-from edgeci_mqtt.runtime.watch import device_states
+from edgeci_mqtt.watch.view import device_states
 from edgeci_mqtt.wire import DEVICE_STATE, DeviceState, encode
 from tests.cluster import wait_for
 from tests.planning import flat_profile

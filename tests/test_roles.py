@@ -19,20 +19,20 @@ import numpy as np
 import pytest
 import torch
 
+from edgeci_mqtt.bus.protocol import Inbound, events_until
+from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.device.programs import ValidProgram
+from edgeci_mqtt.device.store import ReadyStep
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
+from edgeci_mqtt.models.held import ModelStore, weights_digest
+from edgeci_mqtt.orchestrator.run import EXPIRY_MARGIN_S
+from edgeci_mqtt.orchestrator.service import DeviceTable
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
-from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
-from edgeci_mqtt.runtime.device_flow import ValidProgram
-from edgeci_mqtt.runtime.flow_store import ReadyStep
-from edgeci_mqtt.runtime.models_held import ModelStore, weights_digest
-from edgeci_mqtt.runtime.orchestrator import DeviceTable
-from edgeci_mqtt.runtime.run import EXPIRY_MARGIN_S
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
@@ -637,7 +637,7 @@ def test_the_orchestrator_refuses_what_a_careless_client_sends(
 ) -> None:
     """A client that skips its own check (anyone's code can publish a request) gets a clear
     error from the orchestrator, not NaN scores or a silently cast image."""
-    monkeypatch.setattr("edgeci_mqtt.runtime.client.check_image", lambda *_: None)
+    monkeypatch.setattr("edgeci_mqtt.client.check_image", lambda *_: None)
     with pytest.raises(InferenceError, match=complaint):
         client.infer(torch.from_numpy(image), "smallcnn", timeout=30)
 

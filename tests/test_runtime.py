@@ -21,16 +21,16 @@ import pytest
 import torch
 
 from bench.report import sampled_rss
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.bus.mqtt import MqttBus
+from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
+from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
-from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.client import EdgeCIClient, InferenceResult
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_BIDS,

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from edgeci_mqtt.broker.config import Credentials, TlsListener, credentials_path, write_broker_config
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.broker.mosquitto import MosquittoProcess, free_port
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.runtime.broker_config import Credentials, TlsListener, credentials_path, write_broker_config
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
-from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 from tests.cluster import LocalCluster, local_cluster
 from tests.exactness import assert_float32_faithful, whole_model_reference
 

@@ -17,8 +17,8 @@ TORCH_FREE = (
     "edgeci_mqtt.timeline",
     "edgeci_mqtt.wire",
     "edgeci_mqtt.wire.access",
-    "edgeci_mqtt.runtime.attempt",
-    "edgeci_mqtt.runtime.programs",
+    "edgeci_mqtt.orchestrator.attempt",
+    "edgeci_mqtt.orchestrator.programs",
 )
 
 

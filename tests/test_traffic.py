@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.runtime.bus import Inbound
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.traffic import (
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.watch.traffic import (
     BATCH_INTERVAL_S,
     REPORTED,
     WATCHER_TTL_S,
@@ -24,7 +24,7 @@ from edgeci_mqtt.runtime.traffic import (
     describe,
     reported_by,
 )
-from edgeci_mqtt.runtime.watch import TrafficView
+from edgeci_mqtt.watch.view import TrafficView
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
@@ -281,8 +281,8 @@ def test_in_process_the_agents_report_only_while_a_watcher_is_online(
 
 
 def test_the_publisher_hands_watcher_states_over_and_leaves_other_events() -> None:
-    from edgeci_mqtt.runtime.memory_bus import MemoryBroker
-    from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
+    from edgeci_mqtt.bus.memory import MemoryBroker
+    from edgeci_mqtt.watch.publisher import TrafficPublisher
 
     publisher = TrafficPublisher(MemoryBroker().bus("dev-1"), "dev-1", DEVICE_TRAFFIC.build(device="dev-1"))
     assert not publisher.heard(Inbound(DEVICE_TASKS.build(device="dev-1"), b"x"))

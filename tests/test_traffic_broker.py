@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from edgeci_mqtt.runtime.bus import Inbound, events_until
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.transport import MqttBus
+from edgeci_mqtt.bus.mqtt import MqttBus
+from edgeci_mqtt.bus.protocol import Inbound, events_until
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.wire import decode
 from edgeci_mqtt.wire.messages import WatcherState
 from edgeci_mqtt.wire.topics import TOPICS, WATCHER_STATE

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeci_mqtt.bus.memory import MemoryBroker
+from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.device.agent import DeviceAgent
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
-from edgeci_mqtt.runtime.bus import Inbound
-from edgeci_mqtt.runtime.device import DeviceAgent
-from edgeci_mqtt.runtime.memory_bus import MemoryBroker
-from edgeci_mqtt.runtime.models_held import ModelStore
-from edgeci_mqtt.runtime.weights import WeightCache, install, stage_state, verify, weights_message
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.models.stage_weights import WeightCache, install, stage_state, verify, weights_message
 from edgeci_mqtt.wire import decode, encode
 from tests.planning import flat_profile
 

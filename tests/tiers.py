@@ -16,10 +16,10 @@ from types import CodeType, FunctionType
 
 import pytest
 
+from edgeci_mqtt.broker.config import write_broker_config
+from edgeci_mqtt.broker.launch import BrokerProcess
 from edgeci_mqtt.emulation.network import CgroupRoot, down, up
 from edgeci_mqtt.emulation.processes import emulated_run
-from edgeci_mqtt.runtime.broker_config import write_broker_config
-from edgeci_mqtt.runtime.launch import BrokerProcess
 
 TIERS = ("pure", "broker", "emulated")
 """In rising order: a test reaching two tiers' resources belongs to the higher one."""

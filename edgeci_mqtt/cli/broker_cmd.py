@@ -6,8 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import (
+from edgeci_mqtt.broker.config import (
     LOOPBACK,
     TlsListener,
     broker_user_problems,
@@ -15,7 +14,8 @@ from edgeci_mqtt.runtime.broker_config import (
     users_by_role,
     write_broker_config,
 )
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER
+from edgeci_mqtt.broker.dynsec import ADMIN_USER
+from edgeci_mqtt.errors import EdgeCIError
 
 __all__ = ["register", "run"]
 

@@ -13,17 +13,17 @@ from typing import TypeVar
 
 import torch
 
+from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.cli.device_cmd import held_models
 from edgeci_mqtt.cli.table import format_table
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.exactness import faithful, float64_model, max_abs_diff
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
-from edgeci_mqtt.runtime.client import EdgeCIClient
-from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
-from edgeci_mqtt.runtime.transport import MqttBus
-from edgeci_mqtt.runtime.watch import device_states
+from edgeci_mqtt.watch.view import device_states
 
 __all__ = ["DEMO_MODELS", "register", "run", "wait_for_devices", "warm_then_time"]
 

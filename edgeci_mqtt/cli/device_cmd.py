@@ -15,13 +15,13 @@ import torch
 import yaml
 
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
+from edgeci_mqtt.device.agent import DeviceAgent, inbox_limits
+from edgeci_mqtt.device.heap import keep_heap_small, release_heap
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.models.held import ModelStore, parse_model_specs
+from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.profiling import measure_profile
-from edgeci_mqtt.runtime.device import DeviceAgent, inbox_limits
-from edgeci_mqtt.runtime.heap import keep_heap_small, release_heap
-from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
-from edgeci_mqtt.runtime.weights import WeightCache
 
 __all__ = ["held_models", "register", "run", "stop_on_signals"]
 

@@ -12,6 +12,7 @@ import torch
 
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table, human_count
+from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.core.blocks import TileGrid, balanced_blocks, block_tile_flops, parse_blocks
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.fused import run_fused
@@ -20,7 +21,6 @@ from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
-from edgeci_mqtt.runtime.client import EdgeCIClient
 
 __all__ = ["register", "run"]
 

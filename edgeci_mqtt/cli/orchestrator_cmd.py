@@ -10,11 +10,11 @@ import torch
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.models.held import ModelStore, parse_model_specs
+from edgeci_mqtt.orchestrator.service import IN_FLIGHT, PER_CLIENT, Orchestrator
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import measure_profile
-from edgeci_mqtt.runtime.models_held import ModelStore, parse_model_specs
-from edgeci_mqtt.runtime.orchestrator import IN_FLIGHT, PER_CLIENT, Orchestrator
 
 __all__ = ["register", "run"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeci_mqtt.broker.config import Credentials
+from edgeci_mqtt.broker.dynsec import ADMIN_USER, administer
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, administer
 from edgeci_mqtt.wire.topics import ROLES
 
 __all__ = ["register", "run"]

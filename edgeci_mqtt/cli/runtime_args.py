@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeci_mqtt.broker.config import Credentials
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import Credentials
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 
 __all__ = ["add_broker", "broker_address", "broker_bus"]
 

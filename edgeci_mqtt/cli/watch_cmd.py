@@ -7,11 +7,11 @@ import contextlib
 import sys
 import time
 
+from edgeci_mqtt.bus.protocol import Connected, Inbound, events_until
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.bus import Connected, Inbound, events_until
-from edgeci_mqtt.runtime.watch import TrafficView
+from edgeci_mqtt.watch.view import TrafficView
 from edgeci_mqtt.wire.messages import WatcherState, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 ANNOUNCE_S = 20.0
 """How often the watcher says again that it is online (devices and orchestrators forget a
-watcher not heard of for :data:`~edgeci_mqtt.runtime.traffic.WATCHER_TTL_S`)."""
+watcher not heard of for :data:`~edgeci_mqtt.watch.traffic.WATCHER_TTL_S`)."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
 from edgeci_mqtt.emulation.network import EmulatedCluster, down, up
 from edgeci_mqtt.planner.cluster import ClusterSpec
-from edgeci_mqtt.runtime.launch import BrokerProcess, ProcessGroup
 
 __all__ = ["EmulatedRun", "emulated_run"]
 

@@ -77,7 +77,7 @@ def shared_rules(role: Role) -> tuple[AclRule, ...]:
     topic is denied to it from its declaration on), the clients' whole namespaces, the
     broker's control topics (they carry new passwords) and the orchestrators' shared
     subscription (joining it would swallow requests). What it sees of the data topics is
-    what the senders report on their ``traffic`` topics (:mod:`edgeci_mqtt.runtime.traffic`)."""
+    what the senders report on their ``traffic`` topics (:mod:`edgeci_mqtt.watch.traffic`)."""
     granted = tuple(
         rule
         for topic in TOPICS

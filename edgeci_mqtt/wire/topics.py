@@ -218,7 +218,7 @@ DEVICE_TRAFFIC = TopicPattern(
     (Grant("device", "write", own="device"), Grant("watcher", "read")),
 )
 """What a device sent on data topics (kinds, sizes, regions, timings; never the data), in
-batches, while a watcher is online (:mod:`edgeci_mqtt.runtime.traffic`)."""
+batches, while a watcher is online (:mod:`edgeci_mqtt.watch.traffic`)."""
 ORCHESTRATOR_TRAFFIC = TopicPattern(
     "orchestrators/{orchestrator}/traffic",
     (Grant("orchestrator", "write", own="orchestrator"), Grant("watcher", "read")),
@@ -229,7 +229,7 @@ ORCHESTRATOR_PENALTIES = TopicPattern(
     (Grant("orchestrator", "write", own="orchestrator"), Grant("orchestrator", "read"), Grant("watcher", "read")),
 )
 """A device failed a request of this orchestrator: the others hold it out as well, so that
-each of them does not pay the same failure once (:mod:`edgeci_mqtt.runtime.penalties`)."""
+each of them does not pay the same failure once (:mod:`edgeci_mqtt.orchestrator.penalties`)."""
 SHARED_REQUESTS = f"$share/{ORCHESTRATORS_SHARE}/{INFER_REQUESTS.filter}"
 
 TOPICS: tuple[TopicPattern, ...] = (

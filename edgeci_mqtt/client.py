@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.bus.protocol import Bus, Disconnected, Inbound, events_until
 from edgeci_mqtt.errors import InferenceError, TransportError, WireError
 from edgeci_mqtt.imaging import check_image, load_input
-from edgeci_mqtt.runtime.bus import Bus, Disconnected, Inbound, events_until
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus, TlsFiles
 from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
@@ -81,7 +81,7 @@ class EdgeCIClient:
     """A session with the cluster's broker; use as a context manager.
 
     ``broker`` is a URL (``mqtt://user:password@host:port``), a :class:`BrokerAddress`
-    (the user name is the client id), or any :class:`~edgeci_mqtt.runtime.bus.Bus` (whose
+    (the user name is the client id), or any :class:`~edgeci_mqtt.bus.protocol.Bus` (whose
     client id then names the request and response topics). One client is one session:
     concurrent ``infer`` calls from several threads share it.
     """

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
+from edgeci_mqtt.broker.config import LOOPBACK, Credentials, TlsListener, users_by_role, write_broker_config
+from edgeci_mqtt.broker.dynsec import ADMIN_USER, DynsecAdmin, administer
+from edgeci_mqtt.broker.mosquitto import MosquittoProcess, free_port
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.broker_config import LOOPBACK, Credentials, TlsListener, users_by_role, write_broker_config
-from edgeci_mqtt.runtime.dynsec import ADMIN_USER, DynsecAdmin, administer
-from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
 from edgeci_mqtt.wire.topics import Role
 
 __all__ = ["BrokerProcess", "ProcessGroup", "free_port", "without_passwords"]

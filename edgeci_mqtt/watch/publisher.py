@@ -1,4 +1,4 @@
-"""The edge of :mod:`edgeci_mqtt.runtime.traffic`: notes data messages, publishes the batches.
+"""The edge of :mod:`edgeci_mqtt.watch.traffic`: notes data messages, publishes the batches.
 
 A device or orchestrator holds one :class:`TrafficPublisher`: it hands it the watcher
 states it reads (:meth:`~TrafficPublisher.heard`) and each data message it sends
@@ -13,9 +13,9 @@ import logging
 import threading
 import time
 
+from edgeci_mqtt.bus.protocol import Bus, Inbound
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.runtime.bus import Bus, Inbound
-from edgeci_mqtt.runtime.traffic import BATCH_INTERVAL_S, TrafficReporter
+from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter
 from edgeci_mqtt.wire.messages import Message, decode, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 

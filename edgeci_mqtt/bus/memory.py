@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
+from edgeci_mqtt.bus.protocol import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
 
 __all__ = ["Acl", "MemoryBroker", "MemoryBus", "topic_matches"]
@@ -131,7 +131,7 @@ class MemoryBroker:
 
 
 class MemoryBus:
-    """One client session on a :class:`MemoryBroker` (a :class:`~edgeci_mqtt.runtime.bus.Bus`)."""
+    """One client session on a :class:`MemoryBroker` (a :class:`~edgeci_mqtt.bus.protocol.Bus`)."""
 
     def __init__(self, broker: MemoryBroker, client_id: str) -> None:
         self.broker, self.client_id = broker, client_id

@@ -18,7 +18,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.runtime.programs import Answer, Compiled, Logits, Slice
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits, Slice
 
 __all__ = ["Holdings"]
 

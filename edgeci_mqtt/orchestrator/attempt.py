@@ -5,10 +5,10 @@ orchestrator, a device failed or finished a step behind a barrier, time passed, 
 orchestrator computed a block, the devices said how far they got) and returns the actions
 to take (send a program or rows, keep what arrived, compute a block here, say go, release,
 give devices up, restart, finish, fail). No clock, no I/O, no tensors: the edge
-(:mod:`edgeci_mqtt.runtime.run`) stamps the events and carries the actions out, so every
+(:mod:`edgeci_mqtt.orchestrator.run`) stamps the events and carries the actions out, so every
 decision is unit-tested event by event.
 
-The attempt runs the holders' work of :func:`~edgeci_mqtt.runtime.programs.compile_plan`:
+The attempt runs the holders' work of :func:`~edgeci_mqtt.orchestrator.programs.compile_plan`:
 every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
 as each boundary becomes whole, forwards its pieces, computes its own blocks and hands
 out pulled tiles.
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.runtime.programs import Answer, Compiled, DeviceProgram, Forward, Handout, Logits, Slice
-from edgeci_mqtt.runtime.programs import downstream_first as _downstream_first
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, DeviceProgram, Forward, Handout, Logits, Slice
+from edgeci_mqtt.orchestrator.programs import downstream_first as _downstream_first
 from edgeci_mqtt.wire import FinishRole, ProgramStep, TailRole
 
 __all__ = [

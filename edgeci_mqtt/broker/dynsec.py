@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
 from edgeci_mqtt.wire import DEVICE_STATE, ORCHESTRATOR_STATE, DeviceState, OrchestratorState, encode
 from edgeci_mqtt.wire.access import AclRule, group_name, own_role_name, own_rules, shared_role_name, shared_rules
 from edgeci_mqtt.wire.topics import ROLES, Role, check_segment

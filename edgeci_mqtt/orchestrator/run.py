@@ -1,11 +1,11 @@
 """One request on the cluster, under any strategy: attempts of its plan until the answer.
 
 Each attempt compiles the plan into every holder's work
-(:func:`~edgeci_mqtt.runtime.programs.compile_plan`), and the pure
-:class:`~edgeci_mqtt.runtime.attempt.Attempt` decides what happens; this module is its
+(:func:`~edgeci_mqtt.orchestrator.programs.compile_plan`), and the pure
+:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides what happens; this module is its
 edge: it stamps events with the clock and the devices online, publishes programs, rows,
 go-aheads and releases, keeps what arrives in the request's
-:class:`~edgeci_mqtt.runtime.holdings.Holdings`, computes what the plan keeps on the
+:class:`~edgeci_mqtt.orchestrator.holdings.Holdings`, computes what the plan keeps on the
 orchestrator, and records the traced timeline. An attempt that ends in a restart is
 re-planned without the devices it gave up, from the boundary it says, under a new program
 id so that no stale row can mix in (after a missed deadline, with twice the time:
@@ -26,12 +26,8 @@ import torch
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import InferenceError, PlanningError
-from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.planner.tail import TailPlan
-from edgeci_mqtt.runtime.attempt import (
+from edgeci_mqtt.models.held import HeldModel
+from edgeci_mqtt.orchestrator.attempt import (
     Action,
     Attempt,
     Begin,
@@ -55,13 +51,17 @@ from edgeci_mqtt.runtime.attempt import (
     TileArrived,
     VectorArrived,
 )
-from edgeci_mqtt.runtime.auction import Auctioneer
-from edgeci_mqtt.runtime.awarding import flow_plan, gather_plan
-from edgeci_mqtt.runtime.holdings import Holdings
-from edgeci_mqtt.runtime.mailboxes import Box, Inbox, Mailboxes
-from edgeci_mqtt.runtime.models_held import HeldModel
-from edgeci_mqtt.runtime.penalties import Penalties
-from edgeci_mqtt.runtime.programs import Compiled, Forward, compile_plan
+from edgeci_mqtt.orchestrator.auction import Auctioneer
+from edgeci_mqtt.orchestrator.awarding import flow_plan, gather_plan
+from edgeci_mqtt.orchestrator.holdings import Holdings
+from edgeci_mqtt.orchestrator.mailboxes import Box, Inbox, Mailboxes
+from edgeci_mqtt.orchestrator.penalties import Penalties
+from edgeci_mqtt.orchestrator.programs import Compiled, Forward, compile_plan
+from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,

@@ -22,10 +22,18 @@ from functools import partial
 import msgpack
 import torch
 
+from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
+from edgeci_mqtt.models.held import FETCH, HeldModel, ModelStore
+from edgeci_mqtt.models.stage_weights import stage_state, weights_message
+from edgeci_mqtt.orchestrator.admission import FairQueue
+from edgeci_mqtt.orchestrator.load import Commitments
+from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
+from edgeci_mqtt.orchestrator.penalties import Penalties
+from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunSetup
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
@@ -35,16 +43,8 @@ from edgeci_mqtt.planner.serving import Serving, WholeRequest, choose_serving, p
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.planner.tail import TailPlan
-from edgeci_mqtt.runtime.admission import FairQueue
-from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.runtime.load import Commitments
-from edgeci_mqtt.runtime.mailboxes import Mailboxes
-from edgeci_mqtt.runtime.models_held import FETCH, HeldModel, ModelStore
-from edgeci_mqtt.runtime.penalties import Penalties
-from edgeci_mqtt.runtime.run import MIN_TASK_DEADLINE_S, Run, RunSetup
-from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
-from edgeci_mqtt.runtime.weights import stage_state, weights_message
 from edgeci_mqtt.timeline import ORCHESTRATOR
+from edgeci_mqtt.watch.publisher import TrafficPublisher
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     CLIENT_RESPONSES,

@@ -5,7 +5,7 @@
 numbers; the view keeps the device table and the programs in flight, so the device
 table says what each device is doing. The watcher reads no data topic: programs, rows,
 failures and reports are shown from the
-metadata their senders report while it watches (:mod:`edgeci_mqtt.runtime.traffic`).
+metadata their senders report while it watches (:mod:`edgeci_mqtt.watch.traffic`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.runtime.bus import Bus, Inbound, events_until
-from edgeci_mqtt.runtime.traffic import REPORTED, TrafficReporter, describe, reported_by, summarise
+from edgeci_mqtt.watch.traffic import REPORTED, TrafficReporter, describe, reported_by, summarise
 from edgeci_mqtt.wire import (
     DEVICE_STATE,
     RESULTS,

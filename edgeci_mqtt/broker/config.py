@@ -26,8 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.runtime.dynsec import (
+from edgeci_mqtt.broker.dynsec import (
     ADMIN_ROLE,
     ADMIN_USER,
     administer,
@@ -36,8 +35,9 @@ from edgeci_mqtt.runtime.dynsec import (
     roles_commands,
     user_commands,
 )
-from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, dynsec_plugin, free_port, mosquitto_binary
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.broker.mosquitto import MosquittoProcess, dynsec_plugin, free_port, mosquitto_binary
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
 from edgeci_mqtt.wire.topics import Role, check_segment
 
@@ -221,7 +221,7 @@ def _bind_admin(dynsec_file: Path) -> None:
     """Bind the admin (``mosquitto_ctrl dynsec init`` sets no client id) to the client id of
     its name, as every other user is, so its credential cannot be used under another id nor
     take over another component's session; and give its role the right to mark a removed
-    user offline (:func:`~edgeci_mqtt.runtime.dynsec.revocation_rules`). Written into the
+    user offline (:func:`~edgeci_mqtt.broker.dynsec.revocation_rules`). Written into the
     plugin's file while no broker runs: through the plugin, ``setClientId`` disconnects the
     admin's own session before it answers, and changing its role kicks it too."""
     data = json.loads(dynsec_file.read_text())

@@ -2,8 +2,8 @@
 
 Device agents, orchestrators and clients talk to a :class:`Bus`: connect, publish,
 subscribe, and a queue of small events (:class:`Inbound`, :class:`Connected`,
-:class:`Disconnected`). :class:`~edgeci_mqtt.runtime.transport.MqttBus` is the real
-one (paho, MQTT v5); :class:`~edgeci_mqtt.runtime.memory_bus.MemoryBroker` gives
+:class:`Disconnected`). :class:`~edgeci_mqtt.bus.mqtt.MqttBus` is the real
+one (paho, MQTT v5); :class:`~edgeci_mqtt.bus.memory.MemoryBroker` gives
 in-process buses with the broker semantics the runtime relies on, so the roles'
 decisions are tested without a broker. Payloads over one frame are split into chunk
 frames by :func:`checked_frames`, the same on every bus.

@@ -8,7 +8,7 @@ import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from edgeci_mqtt.runtime.auction import Silence
+from edgeci_mqtt.orchestrator.auction import Silence
 from edgeci_mqtt.wire import BidMessage, Failure, Progress, RowsMessage, StepDone, StepReport, VectorMessage
 
 __all__ = ["Arrival", "Box", "Inbox", "Mailboxes"]

@@ -13,7 +13,7 @@ Only while a watcher is online: ``edgeci watch`` keeps a retained
 devices and orchestrators read those states, and with none online noting a message is one
 comparison. This module is pure (no clock, no bus, no threads): :func:`describe` builds a
 record, :class:`TrafficReporter` knows who watches and hands back a batch when one is due;
-:mod:`edgeci_mqtt.runtime.traffic_publisher` is its edge.
+:mod:`edgeci_mqtt.watch.publisher` is its edge.
 """
 
 from __future__ import annotations

@@ -20,23 +20,23 @@ import numpy as np
 import torch
 
 from edgeci_mqtt import __version__
+from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.device.heap import release_heap
+from edgeci_mqtt.device.jobs import IDLE, JobQueue
+from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step, validate_program
+from edgeci_mqtt.device.store import HOLDING_S, FlowStore, ReadyStep, WorkItem
 from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.models.held import HeldModel, ModelStore
+from edgeci_mqtt.models.stage_weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.calibration import SpeedCalibration
 from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView, TailRows
 from edgeci_mqtt.planner.profile import DeviceProfile
-from edgeci_mqtt.runtime.bus import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.runtime.device_flow import ValidProgram, outgoing, run_step, validate_program
-from edgeci_mqtt.runtime.flow_store import HOLDING_S, FlowStore, ReadyStep, WorkItem
-from edgeci_mqtt.runtime.heap import release_heap
-from edgeci_mqtt.runtime.jobs import IDLE, JobQueue
-from edgeci_mqtt.runtime.models_held import HeldModel, ModelStore
-from edgeci_mqtt.runtime.traffic_publisher import TrafficPublisher
-from edgeci_mqtt.runtime.weights import WeightCache, checked_stage, materialise, verify
 from edgeci_mqtt.text import brief
+from edgeci_mqtt.watch.publisher import TrafficPublisher
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     AUCTION_CALL,

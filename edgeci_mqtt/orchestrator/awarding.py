@@ -29,7 +29,7 @@ from edgeci_mqtt.planner.tail import TailPlan, TailWork, placement_making_second
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 if TYPE_CHECKING:
-    from edgeci_mqtt.runtime.run import Run
+    from edgeci_mqtt.orchestrator.run import Run
 
 __all__ = ["flow_plan", "gather_plan"]
 

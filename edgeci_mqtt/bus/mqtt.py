@@ -1,4 +1,4 @@
-"""The only module that touches paho-mqtt: the real :class:`~edgeci_mqtt.runtime.bus.Bus`.
+"""The only module that touches paho-mqtt: the real :class:`~edgeci_mqtt.bus.protocol.Bus`.
 
 paho's callbacks run on its network thread; here they only put small values
 (:class:`Inbound`, :class:`Connected`, :class:`Disconnected`) on a queue, so model
@@ -37,8 +37,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edgeci_mqtt.bus.protocol import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.errors import TransportError
-from edgeci_mqtt.runtime.bus import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.wire import CONTENT_TYPE
 
 __all__ = ["MESSAGE_OVERHEAD", "BrokerAddress", "MqttBus", "TlsFiles", "queued_cost"]

@@ -1,0 +1,1 @@
+"""Broker administration: Mosquitto configuration, Dynamic Security roles and users, provisioning, launching."""

@@ -1,0 +1,2 @@
+"""The orchestrator wing: serving requests (admission, plan cache), the run of one request,
+its attempts, auctions and programs."""

@@ -1,1 +1,0 @@
-"""The MQTT runtime: broker configuration, transport, device agent, orchestrator, client."""
