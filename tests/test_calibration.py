@@ -79,10 +79,10 @@ def test_a_device_announces_the_speed_its_work_shows(references: References) -> 
             while time.monotonic() < deadline:
                 answer = client.infer(ref.x, "resnet34", "local", timeout=60)
                 assert_float32_faithful(answer.logits, ref.logits32, ref.logits64, "calibrating")
-                assert agent.calibration is not None
-                if agent.calibration.announced > 1.5:
+                assert agent.bidder.calibration is not None
+                if agent.bidder.calibration.announced > 1.5:
                     break
-        assert agent.calibration.announced > 1.5
+        assert agent.bidder.calibration.announced > 1.5
         announced = running.orchestrator.table.views("resnet34", store.digests["resnet34"])[0].profile
         assert announced.conv_rates[0][0] < boot.conv_rates[0][0] / 1.5
         assert running.orchestrator.table.generation == generation  # bids carry the speed: no new plan

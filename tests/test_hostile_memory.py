@@ -167,7 +167,7 @@ def test_a_device_holds_no_more_than_its_programs_allow(
     most its small area for rows that overtook their program, and what nobody completes
     is gone on the clock, with no later frame."""
     agent = lone_device.agents["dev-1"]
-    monkeypatch.setattr(agent._reassembler, "max_age_s", 0.5)
+    monkeypatch.setattr(agent.reassembler, "max_age_s", 0.5)
     attacker = lone_device.broker.bus("edgeci-device-dev-9")
     attacker.start()
     try:
@@ -178,9 +178,9 @@ def test_a_device_holds_no_more_than_its_programs_allow(
         bomb = DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="bomb")
         attacker.publish_frame(bomb, zeros_bomb("r", "dev-9", 1 << 24))
         wait_for(lambda: agent.bus.events.empty())
-        held = agent._reassembler.held_bytes + agent.flow.stored_bytes
+        held = agent.reassembler.held_bytes + agent.store.stored_bytes
         assert 0 < held <= HOLDING_PER_SENDER  # one sender's share
-        wait_for(lambda: agent._reassembler.held_bytes == 0, timeout=5.0)  # expired on the tick
+        wait_for(lambda: agent.reassembler.held_bytes == 0, timeout=5.0)  # expired on the tick
         # rows from a sender its program reads nothing from: refused from the topic alone
         program = ProgramMessage(
             request="live",
@@ -198,16 +198,16 @@ def test_a_device_holds_no_more_than_its_programs_allow(
         orchestrator = lone_device.broker.bus("edgeci-orchestrator-o9")
         orchestrator.start()
         orchestrator.publish(DEVICE_TASKS.build(device="dev-1"), encode(program))
-        wait_for(lambda: agent.flow.knows("live"))
-        owed = agent.flow.expects("live", "dev-2")
+        wait_for(lambda: agent.store.knows("live"))
+        owed = agent.store.expects("live", "dev-2")
         assert owed is not None and 0 < owed < 1 << 20
-        before = agent._reassembler.held_bytes
+        before = agent.reassembler.held_bytes
         attacker.publish_frame(DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="live"), first_frame("z"))
         attacker.publish_frame(
             DEVICE_ROWS.build(device="dev-1", sender="dev-2", request="live"), first_frame("y")
         )  # even from the sender it waits for: one 4 MB frame is more than it owes
         wait_for(lambda: agent.bus.events.empty())
-        assert agent._reassembler.held_bytes == before
+        assert agent.reassembler.held_bytes == before
         orchestrator.stop()
     finally:
         attacker.stop()

@@ -3,6 +3,7 @@ blamed only for what they held up; auctions that a device bidding late cannot ho
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.device.programs import ValidProgram, run_step
+from edgeci_mqtt.device.store import ReadyStep
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.attempt import blame
 from edgeci_mqtt.orchestrator.auction import Silence
@@ -147,19 +150,29 @@ def test_a_device_that_bids_and_never_computes_costs_one_request(store: ModelSto
     under ``flow``: that request re-plans without it, and the requests after it neither
     use it nor wait for it."""
     ref = references[("smallcnn", 160, 160)]  # big enough that ``flow`` splits it
-    with memory_cluster(store, devices=3, strategy="flow", min_allowance_s=1.0) as small, small.client() as own:
-        assert "dev-3" in own.infer(ref.x, "smallcnn", timeout=60).devices  # the plan counts on it
-        small.agents["dev-3"]._run_step = lambda ready: None  # type: ignore[method-assign]
-        faulty = own.infer(ref.x, "smallcnn", timeout=60)
-        assert faithful(faulty.logits, ref.logits32, ref.logits64)
-        assert faulty.timings["recovered_tasks"] >= 1
-        assert "dev-3" in small.orchestrator.penalties.penalised()
-        assert not small.orchestrator.penalties.penalised() - {"dev-3"}  # those that waited for it are not blamed
-        for _ in range(3):
-            later = own.infer(ref.x, "smallcnn", timeout=60)
-            assert faithful(later.logits, ref.logits32, ref.logits64)
-            assert "dev-3" not in later.devices and later.timings["recovered_tasks"] == 0
-            assert later.timings["auction_s"] < 0.25, later.timings  # nobody waits for it either
+    never = threading.Event()  # set when the test is over: the stalled worker may end
+
+    def stalled(ready: ReadyStep[ValidProgram]) -> np.ndarray:
+        never.wait()
+        return run_step(ready)
+
+    try:
+        with memory_cluster(store, devices=3, strategy="flow", min_allowance_s=1.0) as small, small.client() as own:
+            assert "dev-3" in own.infer(ref.x, "smallcnn", timeout=60).devices  # the plan counts on it
+            small.agents["dev-3"].worker.compute = stalled  # it takes its steps and never finishes one
+            faulty = own.infer(ref.x, "smallcnn", timeout=60)
+            assert faithful(faulty.logits, ref.logits32, ref.logits64)
+            assert faulty.timings["recovered_tasks"] >= 1
+            assert "dev-3" in small.orchestrator.penalties.penalised()
+            assert not small.orchestrator.penalties.penalised() - {"dev-3"}  # those that waited for it are not blamed
+            for _ in range(3):
+                later = own.infer(ref.x, "smallcnn", timeout=60)
+                assert faithful(later.logits, ref.logits32, ref.logits64)
+                assert "dev-3" not in later.devices and later.timings["recovered_tasks"] == 0
+                assert later.timings["auction_s"] < 0.25, later.timings  # nobody waits for it either
+
+    finally:
+        never.set()
 
 
 def test_a_frozen_device_is_not_handed_the_next_whole_requests(store: ModelStore, references: dict) -> None:

@@ -23,7 +23,7 @@ from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.device.programs import ValidProgram
+from edgeci_mqtt.device.programs import ValidProgram, run_step
 from edgeci_mqtt.device.store import ReadyStep
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
@@ -52,6 +52,7 @@ from edgeci_mqtt.wire import (
     RowsMessage,
     StepInput,
     StepSend,
+    decode,
     encode,
 )
 from tests.exactness import References, assert_float32_faithful
@@ -300,17 +301,17 @@ def test_a_device_lost_mid_inference(store: ModelStore, references: References, 
         used = own.infer(x, "smallcnn", timeout=60).devices
         victim = "dev-2" if "dev-2" in used else used[0]
         killer = threading.Timer(0.3, small.bus_of(victim).crash)
-        if strategy == "flow":  # a silent device does not bid: it falls silent once it holds its program
-            agent = small.agents[victim]
-            accept = agent._accept_program
+        if strategy == "flow":  # a silent device does not bid: it falls silent once it holds its work
+            fell = threading.Event()
 
-            def accept_then_fall_silent(message: ProgramMessage) -> None:
-                accept(message)
+            def fall_silent(ready: ReadyStep[ValidProgram]) -> np.ndarray:
                 small.muted.add(f"edgeci-device-{victim}")
-                if not killer.is_alive():
+                if not fell.is_set():
+                    fell.set()
                     killer.start()
+                return run_step(ready)
 
-            agent._accept_program = accept_then_fall_silent  # type: ignore[method-assign]
+            small.agents[victim].worker.compute = fall_silent
         else:
             small.muted.add(f"edgeci-device-{victim}")
             killer.start()
@@ -368,9 +369,9 @@ def test_requests_run_side_by_side_and_stay_exact(store: ModelStore, references:
         assert most >= 2, "requests were served one at a time"
         assert strategy != "replicas" or len(used) >= 2, f"every whole request went to {used}"
         deadline = time.perf_counter() + 5
-        while any(agent.flow.stored_bytes for agent in small.agents.values()) and time.perf_counter() < deadline:
+        while any(agent.store.stored_bytes for agent in small.agents.values()) and time.perf_counter() < deadline:
             time.sleep(0.05)
-        assert all(agent.flow.stored_bytes == 0 and not agent.flow.requests() for agent in small.agents.values())
+        assert all(agent.store.stored_bytes == 0 and not agent.store.requests() for agent in small.agents.values())
 
 
 def test_a_burst_of_flow_requests_sees_its_own_load(store: ModelStore, references: References) -> None:
@@ -423,25 +424,26 @@ def test_after_a_late_flow_attempt_the_next_allows_twice_as_long(store: ModelSto
         small.client() as own,
     ):
         own.infer(ref.x, "smallcnn", timeout=60)
-        expiries: dict[str, set[float]] = {}
-        for agent in small.agents.values():
+        spy = small.broker.bus("spy")  # sees every program as the devices do
+        spy.subscribe(DEVICE_TASKS.filter)
+        spy.start()
 
-            def spy(message: ProgramMessage, accept: Callable[[ProgramMessage], None] = agent._accept_program) -> None:
-                expiries.setdefault(message.request.rsplit(".", 1)[1], set()).add(message.expires_s)
-                accept(message)
-
-            agent._accept_program = spy  # type: ignore[method-assign]
-        slow, run_step = small.agents["dev-1"], small.agents["dev-1"]._run_step
-
-        def late_last_item(ready: ReadyStep[ValidProgram]) -> None:
+        def late_last_item(ready: ReadyStep[ValidProgram]) -> np.ndarray:
             message = ready.context.message
             items = len(message.steps) + (message.tail is not None) + (message.finish is not None)
             if message.request.endswith(".1") and ready.index == items - 1:
                 time.sleep(1.5 * allowance)  # late, yet free again well within the next attempt's allowance
-            run_step(ready)
+            return run_step(ready)
 
-        slow._run_step = late_last_item  # type: ignore[method-assign]
+        small.agents["dev-1"].worker.compute = late_last_item
         result = own.infer(ref.x, "smallcnn", timeout=60)
+        expiries: dict[str, set[float]] = {}
+        while not spy.events.empty():  # the broker delivered each program to the spy as it did to its device
+            event = spy.events.get_nowait()
+            message = decode(event.payload) if isinstance(event, Inbound) else None
+            if isinstance(message, ProgramMessage):
+                expiries.setdefault(message.request.rsplit(".", 1)[1], set()).add(message.expires_s)
+        spy.stop()
         assert faithful(result.logits, ref.logits32, ref.logits64) and result.timings["recovered_tasks"] == 1
         assert result.timings["whole_request"] == 0 and "dev-1" in result.devices
         assert expiries.keys() == {"1", "2"}
@@ -487,13 +489,12 @@ def test_a_device_goes_on_with_the_oldest_request_that_has_a_step_ready(
     with memory_cluster(store, devices=1) as small:
         agent, other = small.agents["dev-1"], small.broker.bus("edgeci-device-dev-9")
         other.start()
-        run_step = agent._run_step
 
-        def recorded(ready: ReadyStep[ValidProgram]) -> None:
+        def recorded(ready: ReadyStep[ValidProgram]) -> np.ndarray:
             request = ready.context.message.request
             if (request, ready.index) == ("B", 0):  # A's rows come while B's first step runs
                 deadline = time.monotonic() + 10
-                while not agent.flow.knows("C"):
+                while not agent.store.knows("C"):
                     assert time.monotonic() < deadline
                     time.sleep(0.01)
                 rows = np.ones((1, shapes[1].channels, piece.height, piece.width), dtype=np.float32)
@@ -501,13 +502,13 @@ def test_a_device_goes_on_with_the_oldest_request_that_has_a_step_ready(
                     DEVICE_ROWS.build(device="dev-1", sender="dev-9", request="A"),
                     encode(RowsMessage("A", "dev-9", 1, piece, PackedArray(rows))),
                 )
-                while len(agent.tasks) < 2:  # C's first step, and now A's
+                while len(agent.worker.jobs) < 2:  # C's first step, and now A's
                     assert time.monotonic() < deadline
                     time.sleep(0.01)
             ran.append((request, ready.index))
-            run_step(ready)
+            return run_step(ready)
 
-        agent._run_step = recorded  # type: ignore[method-assign]
+        agent.worker.compute = recorded
         try:
             publisher = small.broker.bus("edgeci-orchestrator-o9")
             publisher.start()

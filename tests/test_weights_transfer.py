@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from edgeci_mqtt.bus.memory import MemoryBroker
-from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.device.agent import DeviceAgent
+from edgeci_mqtt.device.ledger import WeightsJob
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
 from edgeci_mqtt.models.held import ModelStore
@@ -67,9 +67,11 @@ def test_the_device_loop_only_books_weights_its_worker_verifies_caches_and_insta
     state = stage_state(chains["smallcnn"].model, "features.0")
     good = weights_message("smallcnn", "abc", "features.0", state)
     for message, held_after in ((replace(good, sha256="0" * 64), set()), (good, {"features.0"})):
-        agent._handle(Inbound(agent.tasks_topic, encode(message)))
+        agent.ledger.accept(message)  # what the message loop does with it
         assert held.loaded == {"features.0"} and cache.listing() == {}  # booked, not checked, not written
-        agent._install(agent.tasks.get(timeout=1))  # what the worker does between tasks
+        job = agent.worker.jobs.get(timeout=1)
+        assert isinstance(job, WeightsJob)
+        agent.ledger.install(job)  # what the worker does between steps
         assert held.loaded == held_after
     assert cache.listing() == {"abc": ["features.0"]}
     assert not held.chain.model.features[0].weight.is_meta
