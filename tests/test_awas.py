@@ -13,7 +13,6 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner import awas
 from edgeci_mqtt.planner.awas import (
     PRUNE_FROM,
     TOLERANCE,
@@ -193,7 +192,7 @@ def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
 
 
 def test_with_many_bidders_an_order_that_cannot_win_is_dropped_without_losing_the_best(
-    vgg_rows: RowModel, monkeypatch: pytest.MonkeyPatch
+    vgg_rows: RowModel,
 ) -> None:
     """From PRUNE_FROM bidders on, an order whose first sweep cannot beat the best so far
     is not searched further: the award still comes within the search's precision of the
@@ -206,16 +205,8 @@ def test_with_many_bidders_an_order_that_cannot_win_is_dropped_without_losing_th
     pricing = _Pricing(bids)
     searched = [_search(pricing, order, len(items)) for order in _orders(pricing, [n for n, _ in named], len(items))]
     best = min(found[0] for found in searched if found is not None)
-    dropped = []
-
-    def search(*args: object) -> object:
-        found = _search(*args)  # type: ignore[arg-type]
-        dropped.append(found is None)
-        return found
-
-    monkeypatch.setattr(awas, "_search", search)
     won = award(bids, len(items))
-    assert any(dropped), "no order was dropped: the case does not exercise pruning"
+    assert won.pruned > 0, "no order was dropped: the case does not exercise pruning"
     assert_partition(won, len(items))
     assert won.makespan_s <= best * (1 + 2 * TOLERANCE)
 

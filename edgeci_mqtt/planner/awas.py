@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 import numpy as np
@@ -157,6 +157,8 @@ class Award:
 
     runs: tuple[tuple[str, Span], ...]
     loads: Mapping[str, float]
+    pruned: int = field(default=0, compare=False)
+    """Device orders dropped after one sweep could not beat the best so far (many bidders)."""
 
     @property
     def makespan_s(self) -> float:
@@ -359,15 +361,17 @@ def award(bids: Sequence[Bid], count: int, held: HeldRows | None = None, first: 
     def makespan(runs: list[tuple[str, Span]]) -> float:
         return max(pricing.run(d, s.start, s.stop) for d, s in runs)
 
-    searched, best = [], math.inf
+    searched, best, pruned = [], math.inf, 0
     for order in _orders(pricing, [b.device for b in bids], count, first):
         found = _search(pricing, order, count, best if len(bids) >= PRUNE_FROM else math.inf)
         if found is not None:
             searched.append((order, found[1]))
             best = min(best, found[0])
+        else:
+            pruned += 1
     candidates = [_improve(pricing, runs, order) for order, runs in searched]
     runs = min(candidates, key=makespan)  # the first of equals: orders are deterministic
-    return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs})
+    return Award(tuple(runs), {d: pricing.run(d, s.start, s.stop) for d, s in runs}, pruned)
 
 
 def award_tasks(
