@@ -150,7 +150,7 @@ class _Cluster:
     def compute(self) -> None:
         device, program = self.runnable.pop(self.rng.randrange(len(self.runnable)))
         store = self.stores[device]
-        while (ready := store.next_step(program)) is not None:
+        while (ready := store.next_step(program, 0.0)) is not None:
             output = run_step(ready)
             message = ready.context.message
             for to, sent in outgoing(message, ready.item, output, device, lambda _: self.rng.choice(CODECS)):

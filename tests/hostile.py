@@ -109,10 +109,10 @@ def hostile_payloads() -> list[bytes]:
         encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
         msgpack.packb({b"binary": 1}, use_bin_type=True),
         encode(
-            AuctionCall("huge", "o1", "smallcnn", (8192, 8192), (AuctionLot(FusedBlock(0, 1), (Span(0, 1),)),), 100.0)
+            AuctionCall("huge", "o1", "smallcnn", (8192, 8192), (AuctionLot(FusedBlock(0, 1), (Span(0, 1),)),), 0.1)
         ),
-        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 100.0)),
-        encode(AuctionCall("none", "o1", "smallcnn", (64, 64), (), 100.0)),
+        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 0.1)),
+        encode(AuctionCall("none", "o1", "smallcnn", (64, 64), (), 0.1)),
         encode(BidMessage("r", "dev-1", 0.0, (LotPrices((0.1,) * 5000, ()),))),
         encode(Failure("q", "dev-1", 0, "x" * 5000)),
         encode(InferRequest("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.deadline import NEVER, Deadline
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.device.programs import ValidProgram, validate_program
@@ -228,7 +229,7 @@ def test_rows_before_their_program_wait_and_late_rows_are_dropped(store: ModelSt
     channels = shapes[1].channels
     assert not flow.add_rows(_rows("r1", "b", piece, channels), "b", 0.0)  # held: no program yet
     assert flow.install(program, shapes, None, 0.1)  # type: ignore[arg-type]
-    ready = flow.next_step("r1")
+    ready = flow.next_step("r1", 0.1)
     assert ready is not None and ready.tile.shape == (1, channels, 2, piece.width)
     flow.computed("r1", 0, np.zeros((1, 1, 1, 1), dtype=np.float32))
     assert flow.requests() == [] and flow.stored_bytes == 0
@@ -248,7 +249,7 @@ def test_the_store_refuses_rows_nobody_asked_for(store: ModelStore) -> None:
         flow.add_rows(_rows("r1", "b", TileRegion(Span(0, 3), piece.cols), channels), "b", 0.0)
     with pytest.raises(WireError, match="not"):
         flow.add_rows(_rows("r1", "b", piece, channels + 1), "b", 0.0)  # wrong shape
-    assert flow.counts["refused"] == 3 and flow.next_step("r1") is None
+    assert flow.counts["refused"] == 3 and flow.next_step("r1", 0.1) is None
 
 
 def test_unknown_rows_are_bounded_and_expire(store: ModelStore) -> None:
@@ -275,6 +276,27 @@ def test_a_program_expires_and_a_release_drops_everything(store: ModelStore) -> 
     assert flow.stored_bytes > 0 and flow.release("r2", "failed") and flow.stored_bytes == 0
     with pytest.raises(WireError, match="already given"):
         flow.install(other, shapes, None, 0.0)  # type: ignore[arg-type]
+
+
+def test_a_device_drops_work_whose_clients_deadline_passed(store: ModelStore) -> None:
+    """The client's deadline travels with the program, as seconds left; the device turns it
+    into an instant on its own clock and drops the request there, ready step or not."""
+    flow, program, piece = _store_with_program(store)
+    shapes = store.get("smallcnn").shapes(64, 64)
+    late = replace(program, request="late", deadline_s=0.5)  # expires_s is 5 s: the deadline comes first
+    flow.install(late, shapes, None, 10.0)  # type: ignore[arg-type]
+    assert flow.add_rows(_rows("late", "b", piece, shapes[1].channels), "b", 10.1)  # its step is ready
+    assert flow.next_step("late", 10.6) is None and flow.ended("late") == "expired" and flow.stored_bytes == 0
+    flow.install(replace(program, request="soon", deadline_s=0.5), shapes, None, 20.0)  # type: ignore[arg-type]
+    assert flow.expire(20.4) == [] and flow.expire(20.6) == ["soon"]
+
+
+def test_a_deadline_travels_as_seconds_left() -> None:
+    assert Deadline.within(0.0, 5.0) == NEVER and NEVER.wire(5.0) == 0.0 and not NEVER.passed(1e12)
+    soon = Deadline.within(2.0, 5.0)
+    assert soon.left(6.0) == pytest.approx(1.0) and soon.wire(6.0) == pytest.approx(1.0)
+    assert soon.passed(7.5) and soon.wire(7.5) > 0  # passed, yet not "none" on the wire
+    assert soon.sooner(NEVER) == soon and Deadline.within(1.0, 5.0).sooner(soon) == Deadline(6.0)
 
 
 # ---------------------------------------------------------------- program checks

@@ -134,7 +134,7 @@ def test_a_flow_store_says_how_far_a_request_got() -> None:
     assert store.progress("r") == (0, ("dev-1",))
     rows = RowsMessage("r", "dev-1", 1, REGION, PackedArray(np.zeros((1, 1, 4, 4), np.float32)))
     assert store.add_rows(rows, "dev-1", time.perf_counter())
-    assert store.next_step("r") is not None
+    assert store.next_step("r", time.perf_counter()) is not None
     assert store.progress("r") == (0, ())  # taken and running: it has its input, it is not done
     store.release("r", "released: late")
     assert store.progress("r") is None  # released: the orchestrator knows

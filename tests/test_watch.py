@@ -46,9 +46,7 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     view = TrafficView()
     tile = np.zeros((1, 3, 4, 5), dtype=np.float32)
     state = DeviceState("dev-1", True, flat_profile(), Link(100.0, 2.0), models={"vgg16": "ab"})
-    call = AuctionCall(
-        "r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 500.0
-    )
+    call = AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 0.5)
     step = ProgramStep(FusedBlock(0, 5), TileRegion.of(0, 2, 0, 5), (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
     program = ProgramMessage(
         request="q" * 8, orchestrator="o1", model="vgg16", digest="ab", input_hw=(224, 224), steps=(step,),

@@ -56,7 +56,7 @@ MESSAGES: list[Message] = [
     DeviceState(
         "dev-1", True, flat_profile(made=1e9), Link(10.0, 2.0), tails={"vgg16": TailRows((Span(0, 512),), True)}
     ),
-    AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 500.0),
+    AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 0.5),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
     Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
     Failure("q", "dev-1", -1, "refused: boom"),

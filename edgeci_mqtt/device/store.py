@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeci_mqtt.core.deadline import Deadline
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire import FinishRole, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
@@ -92,7 +93,8 @@ class _Program(Generic[C]):
     message: ProgramMessage
     shapes: Sequence[FeatureShape]
     context: C
-    expires: float
+    expires: Deadline
+    """Its expiry, or the client's deadline if that is sooner: then everything of it goes."""
     ticket: int = 0
     pieces: dict[Key, Rows] = field(default_factory=dict)
     next: int = 0
@@ -253,7 +255,8 @@ class FlowStore(Generic[C]):
             request = program.request
             if request in self._programs or request in self._ended:
                 raise WireError(f"program {request}: this request was already given to {self.device}")
-            entry = _Program(program, shapes, context, now + program.expires_s, ticket)
+            until = Deadline.within(program.expires_s, now).sooner(Deadline.within(program.deadline_s, now))
+            entry = _Program(program, shapes, context, until, ticket)
             if program.input is not None and program.input_region is not None:
                 entry.pieces[(program.input_boundary, program.input_region, program.orchestrator)] = program.input
             entry.owed = entry.owed_at_install()
@@ -347,7 +350,7 @@ class FlowStore(Generic[C]):
             return self._expire(now)
 
     def _expire(self, now: float) -> list[str]:
-        gone = [r for r, p in self._programs.items() if now > p.expires]
+        gone = [r for r, p in self._programs.items() if p.expires.passed(now)]
         for request in gone:
             self._end(request, "expired")
         kept = [h for h in self._held if now - h[0] <= self.holding_s]
@@ -356,11 +359,15 @@ class FlowStore(Generic[C]):
         return gone
 
     # ------------------------------------------------------------ worker
-    def next_step(self, request: str) -> ReadyStep[C] | None:
+    def next_step(self, request: str, now: float) -> ReadyStep[C] | None:
         """The request's next work item with its input assembled (its pieces leave the
-        store), or None, which also ends the worker's claim on the request."""
+        store), or None, which also ends the worker's claim on the request. A request past
+        its expiry or its client's deadline ends here instead: nobody waits for its work."""
         with self._lock:
             entry = self._programs.get(request)
+            if entry is not None and entry.expires.passed(now):
+                self._end(request, "expired")
+                return None
             if entry is None:
                 return None
             if not entry.ready():

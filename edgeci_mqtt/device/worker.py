@@ -135,7 +135,7 @@ class Worker:
             elif isinstance(job, _PrepareJob):
                 self._prepare_tail(job)
             else:  # one step, then whichever request is oldest with one ready
-                ready = self.store.next_step(job.request)
+                ready = self.store.next_step(job.request, time.perf_counter())
                 if ready is not None:
                     self.run_step(ready)
                     self.queue_steps(job.request)

@@ -143,7 +143,7 @@ class Auctioneer:
                 self.model,
                 self.input_hw,
                 tuple(AuctionLot(block, tuple(items)) for block, items in lots),
-                self.window_s * 1e3,
+                self.window_s,
                 flow,
             )
             self.publish(AUCTION_CALL.build(round=round_id), encode(call))

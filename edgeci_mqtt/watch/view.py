@@ -195,7 +195,7 @@ class TrafficView:
             blocks = ", ".join(f"{lot.block.start}-{lot.block.stop} ({len(lot.items)} items)" for lot in message.lots)
             return (
                 f"auction {message.round} CALL by {message.orchestrator}: {message.model} blocks {blocks}, "
-                f"deadline {message.deadline_ms:.0f} ms"
+                f"window {message.window_s * 1e3:.0f} ms"
             )
         if isinstance(message, BidMessage):
             best = [min(p.alone_s) * 1e3 for p in message.lots if p.alone_s]

@@ -139,7 +139,7 @@ class AuctionCall(Message):
     model: Name
     input_hw: ImageSize
     lots: Annotated[tuple[AuctionLot, ...], MaxLen(MAX_LOTS)]
-    deadline_ms: Annotated[float, Range(0.0, 600_000.0)]
+    window_s: Annotated[float, Range(0.0, 600.0)]  # how long the orchestrator waits for bids
     flow: bool = False  # price for ``flow``: the output stays on the device (but the last block's)
 
 
@@ -243,7 +243,8 @@ class ProgramMessage(Message):
     ``input_region`` of the map at ``input_boundary``, where the attempt starts; the image
     for a first attempt). Pieces the orchestrator holds at later boundaries come as rows
     once it has them. The device drops everything of the request ``expires_s`` after
-    receiving it, or on a release."""
+    receiving it, on a release, or once the client's deadline (``deadline_s`` after
+    receiving it) has passed."""
 
     kind: ClassVar[str] = "program"
     request: Ident
@@ -253,6 +254,7 @@ class ProgramMessage(Message):
     input_hw: ImageSize
     steps: Annotated[tuple[ProgramStep, ...], MaxLen(1024)]
     expires_s: Seconds
+    deadline_s: Seconds = 0.0  # the client's deadline, seconds left when sent (0: none): past it, work is dropped
     input_boundary: Annotated[int, Range(0, 1 << 20)] = 0
     input_region: TileRegion | None = None
     input: Array | None = field(default=None, compare=False)
@@ -383,7 +385,7 @@ class InferRequest(Message):
     image: Array = field(compare=False)
     strategy: Name = ""
     trace: bool = False  # answer with the measured timeline
-    deadline_s: Seconds = 0.0  # the client waits this long from sending (0: no deadline); later, it is dropped
+    deadline_s: Seconds = 0.0  # seconds the client waits from sending (0: no deadline); later, it is dropped
 
 
 @dataclass(frozen=True)
