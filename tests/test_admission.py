@@ -19,6 +19,8 @@ from edgeci_mqtt.runtime.models_held import ModelStore
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
 
+pytestmark = pytest.mark.pure
+
 
 def test_clients_are_served_in_turn_and_each_queue_is_bounded() -> None:
     fair: FairQueue[str] = FairQueue(per_client=3)

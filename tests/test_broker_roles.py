@@ -8,13 +8,9 @@ broker runs here (no agents): what it delivers is what the roles allow.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from edgeci_mqtt.errors import TransportError
-from edgeci_mqtt.runtime.broker_config import Credentials, credentials_path, write_broker_config
+from edgeci_mqtt.runtime.broker_config import Credentials
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.dynsec import ADMIN_USER, CONTROL_TOPIC, administer
 from edgeci_mqtt.runtime.launch import BrokerProcess
-from edgeci_mqtt.runtime.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.runtime.transport import BrokerAddress, MqttBus
+from edgeci_mqtt.runtime.transport import MqttBus
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_BIDS,
@@ -43,6 +38,8 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, TOPICS, WATCHER_STATE
 from tests.cluster import collect
+
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
@@ -234,39 +231,6 @@ def test_the_plugin_file_holds_no_password(broker: BrokerProcess) -> None:
     text = (broker.workdir / "dynamic-security.json").read_text()
     json.loads(text)
     assert not any(password in text for password in broker.credentials.passwords.values())
-
-
-@pytest.mark.broker
-def test_a_generated_deployment_broker_runs_as_the_mosquitto_user(tmp_path: Path) -> None:
-    """Run as root, broker-config hands the plugin's file and the data directory to the
-    ``mosquitto`` user; a broker started from that config drops to it and can still save
-    users added while it runs."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: only root can start a broker that drops to another user")
-    out = Path(tempfile.mkdtemp(prefix="edgeci-deploy-", dir="/tmp"))
-    try:
-        out.chmod(0o711)  # the broker's user must reach its files
-        port = free_port()
-        write_broker_config(out, {"dev-1": "device"}, port=port, bind="127.0.0.1")
-        owner = pwd.getpwuid((out / "dynamic-security.json").stat().st_uid).pw_name
-        assert owner == "mosquitto" and stat.S_IMODE((out / "dynamic-security.json").stat().st_mode) == 0o600
-        with (out / "mosquitto.log").open("wb") as log:
-            broker = MosquittoProcess(out / "mosquitto.conf", log, "127.0.0.1", port)
-            try:
-                status = Path(f"/proc/{broker.process.pid}/status").read_text()
-                uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
-                assert pwd.getpwuid(uid).pw_name == "mosquitto"
-                admin = Credentials.load(credentials_path(out, ADMIN_USER)).passwords[ADMIN_USER]
-                with administer(
-                    MqttBus(BrokerAddress("127.0.0.1", port, username=ADMIN_USER, password=admin))
-                ) as dynsec:
-                    dynsec.add_user("device", "dev-2")
-            finally:
-                broker.stop()
-        assert "dev-2" in (out / "dynamic-security.json").read_text()  # saved by the broker's user
-        assert "Error saving" not in (out / "mosquitto.log").read_text()
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_the_admin_is_bound_to_its_client_id(broker: BrokerProcess) -> None:

@@ -7,11 +7,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from tests.cluster import local_cluster
 from tests.exactness import References
+
+pytestmark = pytest.mark.broker
 
 
 def _ask_many(client: EdgeCIClient, x: object, count: int, timeout: float) -> list[tuple[object, float]]:

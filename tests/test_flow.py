@@ -67,6 +67,8 @@ from edgeci_mqtt.wire import (
 from tests.exactness import References, assert_float32_faithful
 from tests.planning import device, environment, flat_profile
 
+pytestmark = pytest.mark.pure
+
 ORCH = "orch-1"
 DEVICES = ("a", "b", "c", "d")
 

@@ -10,6 +10,8 @@ import pytest
 
 from edgeci_mqtt.runtime.load import Choice, Commitments, choose
 
+pytestmark = pytest.mark.pure
+
 
 def test_an_idle_cluster_splits_and_a_busy_one_runs_whole_requests() -> None:
     whole = {"a": 1.0, "b": 2.0}

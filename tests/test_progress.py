@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.planner.plan import Task, TaskInput
 from edgeci_mqtt.runtime.progress import (
@@ -18,6 +20,8 @@ from edgeci_mqtt.runtime.progress import (
     Tick,
 )
 from edgeci_mqtt.timeline import ORCHESTRATOR
+
+pytestmark = pytest.mark.pure
 
 
 def task(device: str, rows: tuple[int, int]) -> Task:

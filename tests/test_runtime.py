@@ -58,6 +58,8 @@ from tests.hostile import (
     hostile_payloads,
 )
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -453,7 +455,7 @@ def test_infer_command_asks_the_cluster(
     assert_float32_faithful(torch.from_numpy(np.load(out_file)), ref.logits32, ref.logits64)
 
 
-@pytest.mark.broker  # the demo starts Mosquitto in a subprocess, out of tests/tiers.py's sight
+@pytest.mark.broker(reason="the demo starts Mosquitto in a subprocess, out of the analysis' sight")
 def test_demo_command_runs_a_whole_cluster() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgeci_mqtt", "demo", "--models", "smallcnn", "--devices", "2"],

@@ -21,6 +21,8 @@ from edgeci_mqtt.sim.simulator import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, simu
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment, flat_profile
 
+pytestmark = pytest.mark.pure
+
 RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops
 OVERHEAD = 1e-5
 

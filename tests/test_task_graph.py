@@ -19,6 +19,8 @@ from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment
 
+pytestmark = pytest.mark.pure
+
 
 def rows(a: int, b: int) -> TileRegion:
     return TileRegion.of(a, b, 0, 4)

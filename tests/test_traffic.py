@@ -57,6 +57,8 @@ from tests.cluster import collect
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
 
+pytestmark = pytest.mark.pure
+
 RNG = np.random.default_rng(7)
 IMAGE = RNG.standard_normal((1, 3, 8, 5)).astype(np.float32)
 ROWS = RNG.standard_normal((1, 4, 2, 5)).astype(np.float32)

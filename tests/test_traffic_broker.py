@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edgeci_mqtt.runtime.bus import Inbound, events_until
 from edgeci_mqtt.runtime.client import EdgeCIClient
 from edgeci_mqtt.runtime.transport import MqttBus
@@ -16,6 +18,8 @@ from edgeci_mqtt.wire.messages import WatcherState
 from edgeci_mqtt.wire.topics import TOPICS, WATCHER_STATE
 from tests.cluster import local_cluster
 from tests.exactness import References, assert_float32_faithful
+
+pytestmark = pytest.mark.broker
 
 REQUESTS = 3
 
