@@ -271,7 +271,8 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
         ]
         with on_traffic(small.broker, steps) as done:
             result = own.infer(ref.x, "vgg16", timeout=60)
-        assert len(done) == 2, done
+        # (no bid at all: flow ran the request whole, as it may when a split would end no sooner)
+        assert len(done) == 2, (done, used, result.devices, result.timings.get("whole_request"))
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "flow after a kill")
         assert result.timings["recovered_tasks"] >= 1 and victim in result.devices  # it was sent work first
         left = [d for d in small.devices if d != victim]
