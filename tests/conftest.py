@@ -13,7 +13,9 @@ from hypothesis import settings
 
 from edgeci_mqtt.models import StageChain, load_chain
 from tests.exactness import Reference, float64_chain, whole_model_reference
-from tests.tiers import item_tier
+from tests.tiers import check_tiers
+
+pytest_plugins = ("pytester",)  # tests/test_tiers.py runs the tier guard on sample modules
 
 # Reproducible property tests: the same examples on every run and in CI. Explore more
 # with e.g. `pytest --hypothesis-seed=N` or HYPOTHESIS_PROFILE=explore.
@@ -29,11 +31,10 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier, so that ``-m pure`` and friends select it."""
-    for item in items:
-        tier = item_tier(item)
-        if tier not in {m.name for m in item.iter_markers()}:  # an explicit marker already says it
-            item.add_marker(tier)
+    """The guard of the test tiers: every test declares one, and it agrees with what the
+    test's code reaches (tests/tiers.py), or collection fails. (It runs before ``-m``
+    deselects anything: every test is checked whichever tier runs.)"""
+    check_tiers(items)
 
 
 K = TypeVar("K", bound=Hashable)

@@ -8,7 +8,6 @@ Mosquitto. Profiles are injected (flat, deterministic), nothing is measured.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategy import Strategy
+from edgeci_mqtt.wire import AUCTION_BIDS
+from tests.cluster import wait_for
 from tests.planning import flat_profile
 
 DEVICE_GFLOPS = 5.0
@@ -35,6 +36,8 @@ class MemoryCluster:
     orchestrator: Orchestrator
     muted: set[str]
     """Client ids whose publishes the broker drops (a frozen device: connected, silent)."""
+    dropped: list[tuple[str, str]]
+    """The client id and topic of each publish dropped so."""
     stops: dict[str, threading.Event] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
 
@@ -73,11 +76,14 @@ class MemoryCluster:
         return bus
 
     def wait_for_table(self, names: set[str], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while set(self.orchestrator.table.online()) != names:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the orchestrator never saw exactly {sorted(names)}")
-            time.sleep(0.01)
+        wait_for(
+            lambda: set(self.orchestrator.table.online()) == names, timeout, f"the orchestrator seeing {sorted(names)}"
+        )
+
+    def bids_dropped(self, name: str) -> int:
+        """How many bids of device ``name`` the broker dropped (while it was muted)."""
+        client = self.bus_of(name).client_id
+        return sum(1 for who, topic in self.dropped if who == client and AUCTION_BIDS.parse(topic) is not None)
 
     def alive(self) -> list[str]:
         return [name for name, thread in self.threads.items() if thread.is_alive()]
@@ -101,7 +107,15 @@ def memory_cluster(
     orchestrator_profile: DeviceProfile | None = None,
 ) -> Iterator[MemoryCluster]:
     muted: set[str] = set()
-    broker = MemoryBroker(acl=lambda client, access, topic: access == "read" or client not in muted)
+    dropped: list[tuple[str, str]] = []
+
+    def acl(client: str, access: str, topic: str) -> bool:
+        if access == "read" or client not in muted:
+            return True
+        dropped.append((client, topic))
+        return False
+
+    broker = MemoryBroker(acl=acl)
     orchestrator = Orchestrator(
         "o1",
         broker.bus("edgeci-orchestrator-o1"),
@@ -114,7 +128,7 @@ def memory_cluster(
         per_client=per_client,
     )
     devices_store = ModelStore(store.models, store.seed, tail=False)  # as devices hold them: no tail until given
-    cluster = MemoryCluster(broker, devices_store, {}, orchestrator, muted)
+    cluster = MemoryCluster(broker, devices_store, {}, orchestrator, muted, dropped)
     try:
         for i in range(1, devices + 1):
             cluster.add_device(f"dev-{i}")

@@ -16,8 +16,11 @@ from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.admission import FairQueue
+from tests.cluster import wait_for
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
+
+pytestmark = pytest.mark.pure
 
 
 def test_clients_are_served_in_turn_and_each_queue_is_bounded() -> None:
@@ -29,10 +32,17 @@ def test_clients_are_served_in_turn_and_each_queue_is_bounded() -> None:
     assert [fair.get() for _ in range(5)] == ["f0", "h0", "o0", "f1", "f2"]
     assert fair.waiting() == 0
     assert fair.put("flood", "f5") == 0  # room again
-    closed = threading.Thread(target=lambda: (time.sleep(0.1), fair.close()))
-    closed.start()
-    assert fair.get() == "f5" and fair.get() is None  # close wakes a waiting worker
-    closed.join()
+    assert fair.get() == "f5"
+    got: list[str | None] = []
+    worker = threading.Thread(target=lambda: got.append(fair.get()))
+    worker.start()
+    # A negative check: with nothing queued, get() waits. 0.2 s is no proof it would wait
+    # forever, but a get() that returned at once (None, or anything) shows here.
+    worker.join(timeout=0.2)
+    assert worker.is_alive() and got == []
+    fair.close()  # wakes the waiting worker
+    worker.join(timeout=10)
+    assert not worker.is_alive() and got == [None]
 
 
 def test_with_no_orchestrator_online_a_request_fails_at_once() -> None:
@@ -65,17 +75,19 @@ def test_one_client_flooding_gets_busy_answers_and_cannot_starve_another(referen
 
             small.muted.add(small.bus_of("dev-1").client_id)
             threads = [threading.Thread(target=flood_one, args=(i,)) for i in range(8)]
-            for thread in threads:
+            threads[0].start()
+            # the first holds the worker: it called its auction, and the frozen device's bid was lost
+            wait_for(lambda: small.bids_dropped("dev-1") > 0, what="the frozen device's bid dropped")
+            for thread in threads[1:]:
                 thread.start()
-                time.sleep(0.02)  # in order: the first holds the worker, two wait, five are busy
+            wait_for(lambda: outcomes.count("busy") == 5, what="five busy answers")  # so two wait
             asked = time.perf_counter()
             answer: list[float] = []
             asking = threading.Thread(
                 target=lambda: answer.append(honest.infer(ref.x, "smallcnn", timeout=60).latency_s)
             )
             asking.start()
-            time.sleep(0.3)
-            small.muted.clear()
+            small.muted.clear()  # the first is lost already; the others wait for the worker
             asking.join()
             finished["honest"] = asked + answer[0]
             for thread in threads:
@@ -100,15 +112,12 @@ def test_a_request_past_its_deadline_is_dropped_unstarted(
 
         blocker = threading.Thread(target=blocked)
         blocker.start()
-        time.sleep(0.2)
+        wait_for(lambda: small.bids_dropped("dev-1") > 0, what="the frozen device's bid dropped")  # worker held
         with caplog.at_level(logging.WARNING), pytest.raises(InferenceError, match="no answer"):
             client.infer(ref.x, "smallcnn", timeout=0.5)  # queued behind the blocked one, gives up
         small.muted.clear()
         blocker.join()
-        deadline = time.monotonic() + 20
-        while "past its 0.5 s deadline: dropped" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert "past its 0.5 s deadline: dropped" in caplog.text
+        wait_for(lambda: "past its 0.5 s deadline: dropped" in caplog.text, 20, "the late request dropped")
 
 
 @pytest.mark.parametrize("strategy", ["flow", "edgeci"])
@@ -131,14 +140,9 @@ def test_a_request_whose_client_gave_up_is_stopped_mid_run_and_its_rows_released
         small.broker.acl = results_held
         with caplog.at_level(logging.WARNING), pytest.raises(InferenceError):
             client.infer(ref.x, "smallcnn", timeout=1.0)
-        deadline = time.monotonic() + 10
-        while "deadline passed; stopped unfinished" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "deadline passed; stopped unfinished" in caplog.text
-        if strategy == "flow":  # (gathering runs keep no rows on the devices)
-            while any(a.flow.requests() for a in small.agents.values()) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not any(a.flow.requests() for a in small.agents.values())  # released, not left to expire
+        wait_for(lambda: "deadline passed; stopped unfinished" in caplog.text, 10, "the run stopped")
+        if strategy == "flow":  # (gathering runs keep no rows on the devices), released, not left to expire:
+            wait_for(lambda: not any(a.flow.requests() for a in small.agents.values()), 10, "the rows released")
         small.broker.acl = None
         result = client.infer(ref.x, "smallcnn", timeout=15)
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "served after the abandoned one")

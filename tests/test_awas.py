@@ -30,6 +30,8 @@ from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView
 from tests.planning import device
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.fixture(scope="module")
 def vgg_rows(chains: dict[str, StageChain]) -> RowModel:

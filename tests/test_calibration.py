@@ -19,6 +19,8 @@ from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 
 def test_learns_the_ratio_and_announces_it_once_warm() -> None:
     calibration = SpeedCalibration(half_life_s=1.0, warmup_s=0.5, threshold=0.05)

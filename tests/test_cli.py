@@ -19,6 +19,8 @@ from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import MODEL_NAMES, build_model
 from tests.exactness import assert_float32_faithful
 
+pytestmark = pytest.mark.pure
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ from edgeci_mqtt.cli import main
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.fixture()
 def profile_file(tmp_path: Path) -> Path:

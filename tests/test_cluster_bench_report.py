@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.cluster_bench import Row, median_run, p90, targets
+
+pytestmark = pytest.mark.pure
 
 
 def row(

@@ -15,6 +15,8 @@ from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -25,6 +25,8 @@ from edgeci_mqtt.wire.compression import (
 from edgeci_mqtt.wire.tensors import DTYPES, encode_array
 from edgeci_mqtt.wire.values import decode_record, encode_record
 
+pytestmark = pytest.mark.pure
+
 RNG = np.random.default_rng(0)
 MBIT = 1e6 / 8
 RELU_RATE = 20e9

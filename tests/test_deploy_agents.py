@@ -13,6 +13,8 @@ import pytest
 from edgeci_mqtt.broker.config import credentials_path
 from edgeci_mqtt.broker.launch import BrokerProcess, ProcessGroup
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:

@@ -1,4 +1,5 @@
-"""Deployment files: the committed broker config matches the generator; secrets are private."""
+"""Deployment files: the committed broker config matches the generator; secrets are private;
+as root, a generated broker runs as the ``mosquitto`` user. (Tiers mixed: each test is marked.)"""
 
 from __future__ import annotations
 
@@ -27,14 +28,16 @@ from edgeci_mqtt.broker.config import (
     write_broker_config,
     write_secret,
 )
-from edgeci_mqtt.broker.dynsec import ADMIN_USER
-from edgeci_mqtt.broker.mosquitto import DOCKER_PLUGIN
+from edgeci_mqtt.broker.dynsec import ADMIN_USER, administer
+from edgeci_mqtt.broker.mosquitto import DOCKER_PLUGIN, MosquittoProcess, free_port
+from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
 from edgeci_mqtt.cli import build_parser, main
 from edgeci_mqtt.errors import EdgeCIError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.pure
 def test_committed_broker_files_match_the_generator() -> None:
     conf = mosquitto_conf("/mosquitto/config", 1883, bind=EVERY_INTERFACE, plugin=DOCKER_PLUGIN)
     assert (REPO / "broker" / "mosquitto.conf").read_text() == conf  # every interface of its container
@@ -42,6 +45,7 @@ def test_committed_broker_files_match_the_generator() -> None:
         assert not (REPO / "broker" / secret).exists(), f"{secret} must not be committed"
 
 
+@pytest.mark.pure
 def test_compose_file_names_real_services_files_and_commands() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -72,6 +76,7 @@ def test_compose_file_names_real_services_files_and_commands() -> None:
         assert len(secrets) == 1 and "/credentials/" in secrets[0], name
 
 
+@pytest.mark.pure
 def test_systemd_unit_runs_the_agent_with_restart() -> None:
     unit = (REPO / "devices" / "edgeci-device.service").read_text()
     assert "ExecStart=/opt/edgeci/.venv/bin/edgeci device --config /etc/edgeci/device.yaml" in unit
@@ -79,6 +84,7 @@ def test_systemd_unit_runs_the_agent_with_restart() -> None:
     build_parser().parse_args(["device", "--config", "/etc/edgeci/device.yaml"])
 
 
+@pytest.mark.pure
 def test_dockerfile_installs_the_cpu_torch_and_the_package() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "torch==2.13.0" in dockerfile and "pip install --no-cache-dir ." in dockerfile
@@ -86,6 +92,7 @@ def test_dockerfile_installs_the_cpu_torch_and_the_package() -> None:
         assert (REPO / copied).exists()
 
 
+@pytest.mark.broker
 def test_broker_credentials_are_private_from_creation_and_never_silently_replaced(tmp_path: Path) -> None:
     """One file per user holding only its own secret, 0600 like the plugin's file; a second
     run refuses to replace them without --force."""
@@ -112,6 +119,7 @@ def test_broker_credentials_are_private_from_creation_and_never_silently_replace
         write_broker_config(tmp_path / "other", {"edgeci-admin": "device"})
 
 
+@pytest.mark.pure
 def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text("keep")
@@ -122,6 +130,7 @@ def test_a_secret_is_never_written_through_a_symlink(tmp_path: Path) -> None:
     assert target.read_text() == "keep" and not (tmp_path / "secret").is_symlink()
 
 
+@pytest.mark.pure
 def test_broker_config_can_write_a_ready_tls_listener_bound_to_an_address() -> None:
     tls = TlsListener.in_dir(8883, "/mosquitto/config/certs", require_certificate=True)
     conf = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls)
@@ -138,6 +147,7 @@ def test_broker_config_can_write_a_ready_tls_listener_bound_to_an_address() -> N
     assert args.tls_port == 8883 and args.require_certificate and args.bind == "::1"
 
 
+@pytest.mark.pure
 def test_with_tls_the_broker_listens_with_tls_only_unless_told_to_keep_loopback() -> None:
     tls = TlsListener.in_dir(8883, "/mosquitto/config/certs")
     only = mosquitto_conf("/mosquitto/config", 1883, bind="10.0.0.2", plugin=DOCKER_PLUGIN, tls=tls)
@@ -149,6 +159,7 @@ def test_with_tls_the_broker_listens_with_tls_only_unless_told_to_keep_loopback(
     assert [line for line in plain.splitlines() if line.startswith("listener")] == ["listener 1883 127.0.0.1"]
 
 
+@pytest.mark.pure
 def test_access_problems_name_the_directory_the_broker_user_cannot_enter(tmp_path: Path) -> None:
     """A 0700 parent (as `mktemp -d` makes) keeps another user out of everything below it."""
     private = tmp_path / "private"
@@ -168,6 +179,7 @@ def test_access_problems_name_the_directory_the_broker_user_cannot_enter(tmp_pat
     assert access_problems({private / "broker" / DYNSEC_FILE: "rw"}, 0, [0]) == []  # root reads anything
 
 
+@pytest.mark.emulated(reason="needs root (skipped without): only root hands the files to the mosquitto user")
 def test_broker_config_refuses_an_out_dir_mosquittos_user_cannot_reach(capsys: pytest.CaptureFixture[str]) -> None:
     """Run as root under a 0700 directory, the broker would log "File is not readable" for its
     plugin file and refuse every login: broker-config says so and writes nothing."""
@@ -187,6 +199,40 @@ def test_broker_config_refuses_an_out_dir_mosquittos_user_cannot_reach(capsys: p
         shutil.rmtree(private, ignore_errors=True)
 
 
+@pytest.mark.emulated(reason="needs root (skipped without): only root starts a broker that drops to another user")
+def test_a_generated_deployment_broker_runs_as_the_mosquitto_user(tmp_path: Path) -> None:
+    """Run as root, broker-config hands the plugin's file and the data directory to the
+    ``mosquitto`` user; a broker started from that config drops to it and can still save
+    users added while it runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: only root can start a broker that drops to another user")
+    out = Path(tempfile.mkdtemp(prefix="edgeci-deploy-", dir="/tmp"))
+    try:
+        out.chmod(0o711)  # the broker's user must reach its files
+        port = free_port()
+        write_broker_config(out, {"dev-1": "device"}, port=port, bind="127.0.0.1")
+        owner = pwd.getpwuid((out / "dynamic-security.json").stat().st_uid).pw_name
+        assert owner == "mosquitto" and stat.S_IMODE((out / "dynamic-security.json").stat().st_mode) == 0o600
+        with (out / "mosquitto.log").open("wb") as log:
+            broker = MosquittoProcess(out / "mosquitto.conf", log, "127.0.0.1", port)
+            try:
+                status = Path(f"/proc/{broker.process.pid}/status").read_text()
+                uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+                assert pwd.getpwuid(uid).pw_name == "mosquitto"
+                admin = Credentials.load(credentials_path(out, ADMIN_USER)).passwords[ADMIN_USER]
+                with administer(
+                    MqttBus(BrokerAddress("127.0.0.1", port, username=ADMIN_USER, password=admin))
+                ) as dynsec:
+                    dynsec.add_user("device", "dev-2")
+            finally:
+                broker.stop()
+        assert "dev-2" in (out / "dynamic-security.json").read_text()  # saved by the broker's user
+        assert "Error saving" not in (out / "mosquitto.log").read_text()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.broker
 def test_no_password_in_mosquitto_ctrl_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The admin's password goes to mosquitto_ctrl on its prompt, not in its arguments (ps shows those)."""
     seen: list[list[str]] = []

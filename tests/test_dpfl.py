@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.planner.dpfl import best_segmentation
+
+pytestmark = pytest.mark.pure
 
 
 def exhaustive(n: int, cost: dict[tuple[int, int], float]) -> float:

@@ -46,6 +46,7 @@ SPEC = parse_cluster(
 )
 
 
+@pytest.mark.emulated
 @needs_root
 def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
     tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
@@ -88,7 +89,7 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
 
 
 @needs_root
-@pytest.mark.emulated  # `edgeci cluster up` reaches the namespaces through the CLI, out of tests/tiers.py's sight
+@pytest.mark.emulated(reason="`edgeci cluster up` makes the namespaces through the CLI, out of the analysis' sight")
 def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> None:
     from edgeci_mqtt.cli import main
 
@@ -103,6 +104,7 @@ def test_cluster_command_up_status_down(capsys: pytest.CaptureFixture[str]) -> N
     assert "nothing named ectcli-*" in capsys.readouterr().out
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("share", [0.02, 0.06, 0.1, 0.25, 0.4, 1.0, 2.0])
 def test_cfs_period_is_as_short_as_the_minimum_quota_allows(share: float) -> None:
     period, quota = cfs_period_quota(share)
@@ -111,12 +113,14 @@ def test_cfs_period_is_as_short_as_the_minimum_quota_allows(share: float) -> Non
     assert period == MIN_CFS_PERIOD_US or quota == MIN_CFS_QUOTA_US
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("share", [0.0, -1.0, 0.0005, 100.0])
 def test_impossible_cpu_shares_are_refused(share: float) -> None:
     with pytest.raises(EmulationError, match="cpu share"):
         cfs_period_quota(share)
 
 
+@pytest.mark.emulated
 @needs_root
 def test_profile_under_a_quarter_cpu_is_the_full_profile_scaled_evenly(tmp_path: Path) -> None:
     """Short probes under a quota must not come out jagged (2x here, 20x there)."""

@@ -17,6 +17,8 @@ from tests.exactness import (
     float64_chain,
 )
 
+pytestmark = pytest.mark.pure
+
 
 def randn(*shape: int, seed: int = 0) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

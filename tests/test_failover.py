@@ -5,13 +5,19 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.exactness import faithful
-from tests.cluster import local_cluster
+from edgeci_mqtt.wire import INFER_REQUESTS
+from tests.cluster import local_cluster, on_traffic
 from tests.exactness import References
+
+pytestmark = pytest.mark.broker
 
 
 def _ask_many(client: EdgeCIClient, x: object, count: int, timeout: float) -> list[tuple[object, float]]:
@@ -36,6 +42,11 @@ def _ask_many(client: EdgeCIClient, x: object, count: int, timeout: float) -> li
     return outcomes
 
 
+def _all_sent(count: int, then: Callable[[], object]) -> list[tuple[str, Callable[[], object]]]:
+    """Steps for :func:`on_traffic`: ``then`` once the broker has carried ``count`` requests."""
+    return [(INFER_REQUESTS.filter, lambda: None)] * (count - 1) + [(INFER_REQUESTS.filter, then)]
+
+
 def test_requests_of_an_orchestrator_killed_mid_way_are_answered_by_another(
     tmp_path: Path, references: References
 ) -> None:
@@ -48,10 +59,9 @@ def test_requests_of_an_orchestrator_killed_mid_way_are_answered_by_another(
         with EdgeCIClient(cluster.broker.address("client")) as client:
             client.infer(ref.x, "smallcnn", timeout=60)  # warm
             victim.send_signal(signal.SIGSTOP)
-            killer = threading.Timer(1.0, victim.kill)
-            killer.start()
-            outcomes = _ask_many(client, ref.x, 6, timeout=60)
-            killer.join()
+            with on_traffic(cluster.broker, _all_sent(6, victim.kill)) as done:
+                outcomes = _ask_many(client, ref.x, 6, timeout=60)
+            assert len(done) == 6, "o1 was killed once all six requests were out (its share waiting for it)"
         log = "".join(cluster.group.log_text(name) for name in cluster.group.processes)
     for outcome, latency in outcomes:
         assert not isinstance(outcome, Exception), outcome
@@ -69,10 +79,9 @@ def test_requests_in_flight_when_the_broker_dies_fail_at_once(tmp_path: Path, re
             client.infer(ref.x, "smallcnn", timeout=60)  # warm
             frozen = cluster.group.processes["o1"]
             frozen.send_signal(signal.SIGSTOP)
-            killer = threading.Timer(1.0, cluster.broker.process.kill)
-            killer.start()
-            outcomes = _ask_many(client, ref.x, 3, timeout=60)
-            killer.join()
+            with on_traffic(cluster.broker, _all_sent(3, cluster.broker.process.kill)) as done:
+                outcomes = _ask_many(client, ref.x, 3, timeout=60)
+            assert len(done) == 3, "the broker was killed once all three requests were out"
         frozen.send_signal(signal.SIGCONT)
     for outcome, latency in outcomes:
         assert isinstance(outcome, InferenceError) and "lost the broker" in str(outcome), outcome

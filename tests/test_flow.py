@@ -63,6 +63,8 @@ from tests.exactness import References, assert_float32_faithful
 from tests.executor import ORCH, run_attempt
 from tests.planning import device, environment, flat_profile
 
+pytestmark = pytest.mark.pure
+
 DEVICES = ("a", "b", "c", "d")
 
 

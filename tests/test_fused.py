@@ -26,6 +26,8 @@ from edgeci_mqtt.errors import GeometryError
 from edgeci_mqtt.models import StageChain
 from tests.exactness import Reference, assert_float32_faithful, assert_geometry_exact
 
+pytestmark = pytest.mark.pure
+
 # (model, height, width): non-square sizes other than 224 keep the search fast and
 # exercise odd map sizes at every stride-2 stage.
 SIZES = {"smallcnn": (37, 29), "resnet34": (75, 53), "vgg16": (70, 46)}

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from edgeci_mqtt.core.geometry import Span, TileRegion, Window, split_span, tile_grid
 from edgeci_mqtt.errors import GeometryError
 
+pytestmark = pytest.mark.pure
+
 
 @st.composite
 def pool_windows(draw: st.DrawFn) -> Window:

@@ -14,6 +14,8 @@ from edgeci_mqtt.imaging import IMAGENET_MEAN, IMAGENET_STD, MAX_NORMALISED, SAM
 from edgeci_mqtt.labels import imagenet_labels, top_k
 from edgeci_mqtt.models import StageChain
 
+pytestmark = pytest.mark.pure
+
 
 def test_constant_image_is_normalised_like_torchvision(tmp_path: Path) -> None:
     path = tmp_path / "grey.png"

@@ -8,6 +8,8 @@ import pytest
 
 from edgeci_mqtt.device.jobs import IDLE, JobQueue
 
+pytestmark = pytest.mark.pure
+
 
 def test_jobs_are_served_by_ticket_and_in_arrival_order_among_equals() -> None:
     jobs: JobQueue[str] = JobQueue()

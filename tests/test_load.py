@@ -10,6 +10,8 @@ import pytest
 
 from edgeci_mqtt.orchestrator.load import Commitments
 
+pytestmark = pytest.mark.pure
+
 
 def test_commitments_count_work_until_it_is_done() -> None:
     load = Commitments()

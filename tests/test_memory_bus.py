@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeci_mqtt.bus.memory import MemoryBroker, MemoryBus, topic_matches
 from edgeci_mqtt.bus.protocol import Connected, Disconnected, Event, Inbound
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.wire import MAX_PAYLOAD_BYTES, PackedArray, Reassembler, RowsMessage, encode
+
+pytestmark = pytest.mark.pure
 
 
 def drain(bus: MemoryBus) -> list[Event]:

@@ -24,6 +24,8 @@ from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.planner.environment import TailRows
 from tests.exactness import Reference, assert_geometry_exact
 
+pytestmark = pytest.mark.pure
+
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 # torchvision.models.vgg16().state_dict(), written out by hand.

@@ -24,6 +24,8 @@ from tests.exactness import faithful
 from tests.inprocess import memory_cluster
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 REGION = TileRegion.of(0, 4, 0, 4)
 
 

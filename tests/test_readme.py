@@ -32,6 +32,7 @@ LONG_RUNNING = {"mosquitto", "device", "orchestrator", "watch"}
 """Commands that serve until stopped: each is started and waited for; the others run to the end."""
 
 
+@pytest.mark.pure
 def test_python_examples_in_the_readme_run() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks
@@ -39,6 +40,7 @@ def test_python_examples_in_the_readme_run() -> None:
         exec(compile(code, str(README), "exec"), {})
 
 
+@pytest.mark.pure
 def test_readme_commands_exist() -> None:
     text = README.read_text()
     for script in re.findall(r"bash (scripts/\S+\.sh)", text):
@@ -56,6 +58,7 @@ def real_cluster_commands(host: str, port: int) -> list[list[str]]:
     return [words for line in text.splitlines() if (words := shlex.split(line, comments=True))]
 
 
+@pytest.mark.pure
 def test_readme_cluster_files_and_paths_are_real() -> None:
     """Every relative path a command reads that broker-config does not write is in the repository."""
     for words in real_cluster_commands("127.0.0.1", 1883):
@@ -127,7 +130,7 @@ def clone() -> Iterator[Path]:
         shutil.rmtree(where, ignore_errors=True)
 
 
-@pytest.mark.broker
+@pytest.mark.broker(reason="the README's commands start Mosquitto and the agents as processes")
 def test_the_readme_real_cluster_commands_work_as_written(clone: Path) -> None:
     port = free_port()
     commands = real_cluster_commands("127.0.0.1", port)

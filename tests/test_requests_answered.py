@@ -24,6 +24,8 @@ from edgeci_mqtt.wire import (
 )
 from tests.inprocess import MemoryCluster, memory_cluster
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[MemoryCluster]:

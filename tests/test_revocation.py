@@ -23,6 +23,8 @@ from edgeci_mqtt.wire import DEVICE_STATE, DeviceState, encode
 from tests.cluster import wait_for
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:

@@ -61,7 +61,10 @@ from tests.inprocess import DEVICE_GFLOPS, MemoryCluster, memory_cluster
 from tests.planning import flat_profile
 
 MODELS = ("smallcnn", "vgg16", "resnet34")
-pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no thread may die
+pytestmark = [
+    pytest.mark.pure,
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),  # no thread may die
+]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import torch
 from bench.report import sampled_rss
 from edgeci_mqtt.broker.dynsec import ADMIN_USER
 from edgeci_mqtt.bus.mqtt import MqttBus
-from edgeci_mqtt.bus.protocol import Inbound, events_until
+from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.cli.demo_cmd import wait_for_devices
 from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.errors import InferenceError
@@ -48,7 +48,7 @@ from edgeci_mqtt.wire import (
     decode,
     encode,
 )
-from tests.cluster import LocalCluster, collect, local_cluster, start_device
+from tests.cluster import LocalCluster, collect_until, local_cluster, on_traffic, start_device, wait_for
 from tests.exactness import References, assert_float32_faithful, whole_model_reference
 from tests.hostile import (
     DEVICE_COMPLAINTS,
@@ -57,6 +57,8 @@ from tests.hostile import (
     forged_results_flood,
     hostile_payloads,
 )
+
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,7 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
     ]
     own_bid = AUCTION_BIDS.build(round="fine", device="dev-9")
     own_rows = DEVICE_ROWS.build(device="dev-2", sender="dev-9", request="r")
+    last = DEVICE_ROWS.build(device="dev-9", sender="dev-9", request="last")  # to itself: both may read it
     intruder = MqttBus(cluster.broker.add_user("device", "dev-9"))  # a device of the cluster, not running
     watcher = MqttBus(cluster.broker.address(ADMIN_USER))  # the admin reads everything (after add_user's session)
     watcher.subscribe(EVERYTHING)
@@ -123,19 +126,24 @@ def test_device_credentials_cannot_publish_as_another_device_or_award(cluster: L
     intruder.subscribe(DEVICE_ROWS.filter_with(device="dev-9"))  # its own: allowed
     intruder.start()
     try:
-        collect(watcher, 0.5)  # retained states
+        assert watcher.wait_subscribed(10) and intruder.wait_subscribed(10)  # granted or refused
         for topic in forged:
             intruder.publish(topic, b"forged", wait=2)
         intruder.publish(own_bid, b"own bid", wait=2)  # allowed: a control
         intruder.publish(own_rows, b"own rows", wait=2)  # allowed: rows under its own name
-        seen = {m.topic for m in collect(watcher, 1.5)}
-        overheard = {m.topic for m in collect(intruder, 0.5)}
+        intruder.publish(last, b"last", wait=2)  # published last: whatever got through came before it
+
+        def ended(got: list[Inbound]) -> bool:
+            return (last, b"last") in {(m.topic, m.payload) for m in got}
+
+        seen = {(m.topic, m.payload) for m in collect_until(watcher, ended, what="the intruder's last rows")}
+        overheard = {(m.topic, m.payload) for m in collect_until(intruder, ended, what="its own rows")}
     finally:
         intruder.stop()
         watcher.stop()
-    assert {own_bid, own_rows} <= seen
-    assert not seen & set(forged)
-    assert own_rows not in overheard, "a device read another device's rows"
+    assert {(own_bid, b"own bid"), (own_rows, b"own rows")} <= seen
+    assert not seen & {(topic, b"forged") for topic in forged}  # (retained states are not forged)
+    assert (own_rows, b"own rows") not in overheard, "a device read another device's rows"
 
 
 def raw_publish(cluster: LocalCluster, user: str, topic: str, payload_file: Path) -> None:
@@ -173,6 +181,21 @@ def test_hostile_messages_change_nothing(
     }
     oversize = tmp_path / "oversize.bin"  # over our frame limit, under the broker's packet limit
     oversize.write_bytes(b"\x01" * (MAX_PAYLOAD_BYTES + 20_000))
+    agents = (*cluster.devices, *cluster.orchestrators)
+    before = {name: len(cluster.group.log_text(name)) for name in agents}  # what they logged before the attack
+
+    def unheard() -> list[str]:
+        """The complaints not logged since the attack began: dev-1's, and the orchestrators' (either may
+        get a shared request)."""
+        device_log = cluster.group.log_text("dev-1")[before["dev-1"] :]
+        orchestrator_log = "".join(cluster.group.log_text(o)[before[o] :] for o in cluster.orchestrators)
+        return [c for c in DEVICE_COMPLAINTS if c not in device_log] + [
+            c for c in ORCHESTRATOR_COMPLAINTS if c not in orchestrator_log
+        ]
+
+    def dead() -> list[str]:
+        return [name for name in agents if cluster.group.processes[name].poll() is not None]
+
     for user, topics in attacks.items():
         attacker = MqttBus(cluster.broker.address(user))
         attacker.start()
@@ -184,21 +207,18 @@ def test_hostile_messages_change_nothing(
             attacker.stop()
         for topic in topics:  # once the attacker's session is over: one session per user
             raw_publish(cluster, user, topic, oversize)
-    time.sleep(1.0)
-    for name in (*cluster.devices, *cluster.orchestrators):
-        assert cluster.group.processes[name].poll() is None, f"{name} died:\n{cluster.group.log_text(name)}"
+    # every payload read and refused, each with its complaint (the oversize frames, sent last, too)
+    wait_for(lambda: not unheard() or bool(dead()), 60, lambda: f"the complaints {unheard()}")
+    for name in dead():
+        raise AssertionError(f"{name} died:\n{cluster.group.log_text(name)}")
     ref = references[("smallcnn", 64, 64)]
     x = ref.x
     for strategy in ("edgeci", "deepthings"):
         assert faithful(client.infer(x, "smallcnn", strategy, timeout=60).logits, ref.logits32, ref.logits64)
     device_log = cluster.group.log_text("dev-1")
     assert "rejected" in device_log and "Traceback" not in device_log
-    for complaint in DEVICE_COMPLAINTS:
-        assert complaint in device_log, complaint
     orchestrator_log = "".join(cluster.group.log_text(o) for o in cluster.orchestrators)
     assert "rejected message" in orchestrator_log and "Traceback" not in orchestrator_log
-    for complaint in ORCHESTRATOR_COMPLAINTS:
-        assert complaint in orchestrator_log, complaint
 
 
 def test_a_flood_of_forged_results_costs_an_orchestrator_no_memory(
@@ -210,10 +230,18 @@ def test_a_flood_of_forged_results_costs_an_orchestrator_no_memory(
     +50 MB, and it goes on answering exactly."""
     flooder = MqttBus(cluster.broker.add_user("device", "dev-flood"))
     flooder.start()
+    marker = DEVICE_STATE.build(device="dev-flood")  # a topic o1 reads, on the same session as the flood
     try:
         with sampled_rss(cluster.group.processes["o1"].pid) as rss:
             forged_results_flood(flooder, "o1", "dev-flood")
-            time.sleep(1.0)
+            # Sampled until o1 is through the flood: it reads its session's messages in order, so
+            # once it refuses a malformed state sent after the flood, it has read (or dropped) the
+            # flood. Sent again while unanswered: a full inbox drops what arrives.
+            deadline = time.monotonic() + 60
+            while f"o1: rejected message on {marker}" not in cluster.group.log_text("o1"):
+                assert time.monotonic() < deadline, "o1 did not get through the flood within 60 s"
+                flooder.publish(marker, b"after the flood", wait=5)
+                time.sleep(0.2)
     finally:
         flooder.stop()
     print(f"orchestrator RSS under the flood: {rss.before:.0f} MB -> peak {rss.peak:.0f} MB")
@@ -237,29 +265,14 @@ def test_flow_survives_a_device_killed_while_it_holds_rows(tmp_path: Path, refer
         used = own.infer(ref.x, "vgg16", timeout=60).devices
         victim = "dev-2" if "dev-2" in used else used[0]
         process = small.group.processes[victim]
-        spy = MqttBus(small.broker.add_user("watcher", "flow-spy"))
-        spy.subscribe(AUCTION_BIDS.filter)
-        spy.start()
-        frozen = threading.Event()
-
-        def freeze_after_its_bid() -> None:
-            for event in events_until(spy, deadline=time.perf_counter() + 30, poll_s=0.01):
-                if isinstance(event, Inbound) and event.topic.endswith(f"/bids/{victim}"):
-                    process.send_signal(signal.SIGSTOP)
-                    frozen.set()
-                    return
-
-        spying = threading.Thread(target=freeze_after_its_bid)
-        spying.start()
-        killer = threading.Timer(1.0, lambda: frozen.wait(30) and process.kill())
-        killer.start()
-        try:
+        steps = [  # frozen once it has bid, killed once its program is on the way to it
+            (AUCTION_BIDS.filter_with(device=victim), lambda: process.send_signal(signal.SIGSTOP)),
+            (DEVICE_TASKS.build(device=victim), process.kill),
+        ]
+        with on_traffic(small.broker, steps) as done:
             result = own.infer(ref.x, "vgg16", timeout=60)
-        finally:
-            spying.join()
-            killer.join()
-            spy.stop()
-        assert frozen.is_set()
+        # (no bid at all: flow ran the request whole, as it may when a split would end no sooner)
+        assert len(done) == 2, (done, used, result.devices, result.timings.get("whole_request"))
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "flow after a kill")
         assert result.timings["recovered_tasks"] >= 1 and victim in result.devices  # it was sent work first
         left = [d for d in small.devices if d != victim]
@@ -288,14 +301,18 @@ def _a_program(small: LocalCluster, devices: list[str], ask: Callable[[], object
         spy.subscribe(DEVICE_TASKS.build(device=device))
     spy.start()
     try:
-        ask()
-        for event in collect(spy, 1.0):
-            message = decode(event.payload)
-            if isinstance(message, ProgramMessage):
-                return event.topic.split("/")[3], message
+        assert spy.wait_subscribed(10)
+        ask()  # its programs went out before its answer came back
+
+        def a_program(got: list[Inbound]) -> bool:
+            return isinstance(decode(got[-1].payload), ProgramMessage)
+
+        event = collect_until(spy, a_program, what=f"a program for one of {devices}")[-1]
     finally:
         spy.stop()
-    raise AssertionError(f"none of {devices} got a program")
+    program = decode(event.payload)
+    assert isinstance(program, ProgramMessage)
+    return event.topic.split("/")[3], program
 
 
 def test_a_device_killed_mid_inference(tmp_path: Path, references: References) -> None:
@@ -310,13 +327,10 @@ def test_a_device_killed_mid_inference(tmp_path: Path, references: References) -
     ):
         own.infer(x, "smallcnn", timeout=60)  # warm
         victim = small.group.processes["dev-2"]
-        victim.send_signal(signal.SIGSTOP)
-        killer = threading.Timer(1.0, victim.kill)
-        killer.start()
-        try:
+        with on_traffic(small.broker, [(DEVICE_TASKS.build(device="dev-2"), victim.kill)]) as done:  # once it has work
+            victim.send_signal(signal.SIGSTOP)
             result = own.infer(x, "smallcnn", timeout=60)
-        finally:
-            killer.join()
+        assert done, "dev-2 was given no work"
         assert faithful(result.logits, ref.logits32, ref.logits64)
         assert result.timings["recovered_tasks"] >= 1
         assert "dev-2" not in own.infer(x, "smallcnn", timeout=60).devices
@@ -359,7 +373,7 @@ def test_a_device_that_joins_is_used_from_the_next_plan(tmp_path: Path, referenc
         assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
         start_device(small.group, small.broker, "dev-3", "smallcnn")
         wait_for_devices(small.broker, {"dev-1", "dev-2", "dev-3"}, group=small.group)
-        time.sleep(0.5)
+        small.wait_for_tables({"dev-1", "dev-2", "dev-3"})  # the orchestrator read its birth
         result = own.infer(x, "smallcnn", timeout=60)
         assert set(result.devices) == {"dev-1", "dev-2", "dev-3"} and faithful(
             result.logits, ref.logits32, ref.logits64
@@ -367,7 +381,7 @@ def test_a_device_that_joins_is_used_from_the_next_plan(tmp_path: Path, referenc
         # SIGTERM: the agent announces itself offline and exits cleanly; the next plan leaves it out
         small.group.stop("dev-3")
         assert small.group.processes["dev-3"].returncode == 0 and "dev-3: offline" in small.group.log_text("dev-3")
-        time.sleep(0.5)
+        small.wait_for_tables({"dev-1", "dev-2"})  # the orchestrator read its goodbye
         assert set(own.infer(x, "smallcnn", timeout=60).devices) == {"dev-1", "dev-2"}
 
 
@@ -375,8 +389,16 @@ def test_agents_reconnect_and_rebirth_after_a_broker_restart(tmp_path: Path, ref
     ref = references[("smallcnn", 96, 96)]
     x = ref.x
     with local_cluster(tmp_path, devices=2, models="smallcnn", strategy="aofl") as small:
+        agents = (*small.devices, *small.orchestrators)
+
+        def sessions() -> dict[str, int]:  # each new session, as the broker logs it
+            log = small.broker.log_path.read_text(errors="replace")
+            return {agent: log.count(f" as {agent} (") for agent in agents}
+
+        before = sessions()
         small.broker.restart()
-        time.sleep(1.0)
+        # the births it kept are the old ones: wait for the agents themselves to log in again
+        wait_for(lambda: all(n > before[a] for a, n in sessions().items()), 60, "every agent logging in again")
         wait_for_devices(small.broker, {"dev-1", "dev-2"}, group=small.group, timeout=60)
         deadline = time.monotonic() + 60
         with EdgeCIClient(small.broker.address("client")) as own:
@@ -453,7 +475,7 @@ def test_infer_command_asks_the_cluster(
     assert_float32_faithful(torch.from_numpy(np.load(out_file)), ref.logits32, ref.logits64)
 
 
-@pytest.mark.broker  # the demo starts Mosquitto in a subprocess, out of tests/tiers.py's sight
+@pytest.mark.broker(reason="the demo starts Mosquitto in a subprocess, out of the analysis' sight")
 def test_demo_command_runs_a_whole_cluster() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgeci_mqtt", "demo", "--models", "smallcnn", "--devices", "2"],

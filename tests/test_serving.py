@@ -22,6 +22,8 @@ from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_pl
 from edgeci_mqtt.planner.strategy import Strategy
 from tests.planning import device, environment
 
+pytestmark = pytest.mark.pure
+
 GATHERING = ("edgeci", "modnn", "aofl", "deepthings")
 
 

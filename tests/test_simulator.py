@@ -24,6 +24,8 @@ from tests.planning import device, environment, flat_profile
 
 GATHERED = Strategy("edgeci")
 """The strategy hand-made plans that gather on the orchestrator are labelled with (the simulator reads none)."""
+pytestmark = pytest.mark.pure
+
 RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops
 OVERHEAD = 1e-5
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,8 @@ from edgeci_mqtt.core.kernels import Kernel, run_chain
 from edgeci_mqtt.models.resnet import BasicBlock
 from edgeci_mqtt.models.stage_chain import kernel_of
 from tests.exactness import assert_geometry_exact, dependency_box
+
+pytestmark = pytest.mark.pure
 
 CHANNELS = 2
 

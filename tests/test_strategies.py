@@ -24,6 +24,8 @@ from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from tests.exactness import Reference, assert_geometry_exact
 from tests.planning import device, environment
 
+pytestmark = pytest.mark.pure
+
 SIZE = {"smallcnn": 61, "vgg16": 224, "resnet34": 224}
 EXACT_SIZE = {**SIZE, "vgg16": 128}
 """Plans run in float64 at these sizes: VGG-16's 224 plans cost 17 s there; its 224 geometry is

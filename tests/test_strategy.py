@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.strategy import FLOW_WORDS, STRATEGY_NAMES, FlowOptions, Strategy
 
+pytestmark = pytest.mark.pure
+
 ABLATIONS = tuple(
     "flow:" + "+".join(words) for n in range(1, len(FLOW_WORDS) + 1) for words in itertools.combinations(FLOW_WORDS, n)
 )

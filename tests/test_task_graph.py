@@ -20,6 +20,8 @@ from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from tests.planning import device, environment
 
+pytestmark = pytest.mark.pure
+
 
 def rows(a: int, b: int) -> TileRegion:
     return TileRegion.of(a, b, 0, 4)

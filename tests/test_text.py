@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 import sys
 
+import pytest
+
 from edgeci_mqtt.text import MAX_LOG_LINE, SafeFormatter, brief, one_line
+
+pytestmark = pytest.mark.pure
 
 FORGERY = "dev-1\n2026-11-30 12:00:00 INFO edgeci.orchestrator: device dev-9 is online"
 

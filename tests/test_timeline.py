@@ -12,6 +12,8 @@ from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows
 from edgeci_mqtt.wire import InferResponse, decode, encode
 
+pytestmark = pytest.mark.pure
+
 INTERVALS = (
     Interval(ORCHESTRATOR, "plan", 0.0, 0.002, note="edgeci"),
     Interval(ORCHESTRATOR, "prepare", 0.002, 0.003, FusedBlock(0, 4), TileRegion.of(0, 9, 0, 56), "dev-1"),

@@ -25,6 +25,8 @@ from edgeci_mqtt.models import StageChain
 from tests.cluster import LocalCluster, local_cluster
 from tests.exactness import assert_float32_faithful, whole_model_reference
 
+pytestmark = pytest.mark.broker
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
@@ -35,6 +36,8 @@ from edgeci_mqtt.wire import (
     frames,
 )
 from tests.planning import flat_profile
+
+pytestmark = pytest.mark.pure
 
 
 def joined(view: TrafficView, topic: str, payload: bytes, now: float) -> str | None:

@@ -19,6 +19,8 @@ from edgeci_mqtt.models.stage_weights import WeightCache, install, stage_state, 
 from edgeci_mqtt.wire import decode, encode
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 
 def test_a_skeleton_gets_exactly_the_stages_it_is_sent(chains: dict[str, StageChain], tmp_path: Path) -> None:
     source, skeleton = chains["smallcnn"], skeleton_chain("smallcnn")

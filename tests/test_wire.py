@@ -48,6 +48,8 @@ from edgeci_mqtt.wire.access import AclRule, own_rules, shared_rules
 from edgeci_mqtt.wire.topics import TOPICS
 from tests.planning import flat_profile
 
+pytestmark = pytest.mark.pure
+
 ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
 REGION = TileRegion.of(0, 1, 0, 1)
 MESSAGES: list[Message] = [
