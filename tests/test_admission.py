@@ -141,8 +141,8 @@ def test_a_request_whose_client_gave_up_is_stopped_mid_run_and_its_rows_released
         with caplog.at_level(logging.WARNING), pytest.raises(InferenceError):
             client.infer(ref.x, "smallcnn", timeout=1.0)
         wait_for(lambda: "deadline passed; stopped unfinished" in caplog.text, 10, "the run stopped")
-        if strategy == "flow":  # (gathering runs keep no rows on the devices), released, not left to expire:
-            wait_for(lambda: not any(a.flow.requests() for a in small.agents.values()), 10, "the rows released")
+        # every strategy's programs and rows are released on the devices, not left to expire:
+        wait_for(lambda: not any(a.store.requests() for a in small.agents.values()), 10, "the rows released")
         small.broker.acl = None
         result = client.infer(ref.x, "smallcnn", timeout=15)
         assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "served after the abandoned one")

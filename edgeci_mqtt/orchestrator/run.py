@@ -328,7 +328,7 @@ class _AttemptEdge:
     def __init__(self, run: Run, machine: Attempt, plan: Plan, holdings: Holdings, expires_s: float) -> None:
         self.run, self.machine, self.plan, self.holdings, self.expires_s = run, machine, plan, holdings, expires_s
         self.box: Box = queue.Queue()
-        self.out: dict[str, str] = {}  # program id -> device, while it may hold rows
+        self.out: set[tuple[str, str]] = set()  # (program id, device) that may hold rows (one id, many devices)
         self.reported: set[tuple[str, str, int]] = set()  # (program, device, item) on the timeline
         self._array: np.ndarray = np.zeros(0, np.float32)  # what the event being handled brought
 
@@ -449,7 +449,7 @@ class _AttemptEdge:
             prepare=work.prepare,
         )
         run.setup.publish(DEVICE_TASKS.build(device=action.device), encode(message))
-        self.out[action.program] = action.device
+        self.out.add((action.program, action.device))
         run.used.add(action.device)
         sent = time.perf_counter()
         run.timings.scatter_s += sent - started
@@ -490,7 +490,7 @@ class _AttemptEdge:
         decides whom to blame (its outcome ends the attempt)."""
         for program, device in action.programs:
             self._publish_release(program, device, action.why, action.report)
-            self.out.pop(program, None)
+            self.out.discard((program, device))
         if not action.report:
             return None
         return self.perform(self.machine.handle(Reported(self._reports({d for _, d in action.programs}))))
@@ -498,7 +498,7 @@ class _AttemptEdge:
     def release_all(self, why: str) -> None:
         """Tell every device still holding a program of the attempt to drop it (a device that
         is gone drops it when it expires)."""
-        for program, device in list(self.out.items()):
+        for program, device in sorted(self.out):
             self._publish_release(program, device, why, False)
         self.out.clear()
 
