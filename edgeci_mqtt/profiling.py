@@ -1,6 +1,6 @@
 """Measuring a device profile: real convolutions, pools and elementwise ops, timed with torch.
 
-Apart from :mod:`edgeci_mqtt.planner.profile` (the profile as data, and how it prices
+Apart from :mod:`edgeci_mqtt.core.profile` (the profile as data, and how it prices
 work) because measuring needs torch and the planner must not.
 """
 
@@ -18,10 +18,10 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.kernels import ReLUKernel
+from edgeci_mqtt.core.profile import MADE_KIND, DeviceProfile
 from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.models.weights import fill_linear_rows
-from edgeci_mqtt.planner.profile import MADE_KIND, DeviceProfile
 
 __all__ = ["map_densities", "measure_profile"]
 

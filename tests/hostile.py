@@ -14,8 +14,8 @@ import numpy as np
 from edgeci_mqtt.bus.protocol import Bus
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models.held import weights_digest
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     MAX_PAYLOAD_BYTES,

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from edgeci_mqtt.bus.memory import MemoryBroker, MemoryBus
 from edgeci_mqtt.client import EdgeCIClient
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.device.agent import DeviceAgent
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.service import Orchestrator
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.wire import AUCTION_BIDS
 from tests.cluster import wait_for

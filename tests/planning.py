@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import MADE_KIND, DeviceProfile
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.profile import MADE_KIND, DeviceProfile
 
 GFLOPS = 1e9
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ClusterError, EdgeCIError
-from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, Link, load_cluster
+from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, load_cluster
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 from tests.planning import flat_profile
 

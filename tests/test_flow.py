@@ -17,6 +17,8 @@ import pytest
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.deadline import NEVER, Deadline
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.device.programs import ValidProgram, validate_program
 from edgeci_mqtt.device.store import FlowStore
@@ -24,9 +26,8 @@ from edgeci_mqtt.errors import PlanningError, WireError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.run import attempt_allowance
 from edgeci_mqtt.planner.awas import auction_items, make_bid
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
-from edgeci_mqtt.planner.environment import DeviceView, Environment, TailRows
+from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.strategies import (

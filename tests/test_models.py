@@ -16,12 +16,12 @@ from torch.nn import functional
 
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.kernels import run_chain
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.errors import ModelError, WeightsError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
 from edgeci_mqtt.models.held import HeldModel, ModelStore
-from edgeci_mqtt.planner.environment import TailRows
 from tests.exactness import Reference, assert_geometry_exact
 
 pytestmark = pytest.mark.pure

@@ -15,9 +15,9 @@ import pytest
 from edgeci_mqtt.broker.dynsec import ADMIN_USER
 from edgeci_mqtt.broker.launch import BrokerProcess
 from edgeci_mqtt.bus.mqtt import MqttBus
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.service import Orchestrator
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.watch.view import device_states
 from edgeci_mqtt.wire import DEVICE_STATE, DeviceState, encode
 from tests.cluster import wait_for

@@ -23,6 +23,8 @@ from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.device.programs import ValidProgram, run_step
 from edgeci_mqtt.device.store import ReadyStep
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
@@ -30,8 +32,6 @@ from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models.held import ModelStore, weights_digest
 from edgeci_mqtt.orchestrator.run import EXPIRY_MARGIN_S
 from edgeci_mqtt.orchestrator.service import DeviceTable
-from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (

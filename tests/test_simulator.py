@@ -9,9 +9,9 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import MESSAGE_OPS, DeviceView, Environment
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, TaskInput

@@ -7,7 +7,7 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.watch.view import TrafficView
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,

@@ -11,9 +11,9 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 
 __all__ = ["add_host_profile", "add_model", "host_profile", "load_profile"]

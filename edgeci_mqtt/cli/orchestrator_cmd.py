@@ -9,10 +9,10 @@ import torch
 
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.models.held import ModelStore, parse_model_specs
 from edgeci_mqtt.orchestrator.service import IN_FLIGHT, PER_CLIENT, Orchestrator
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import measure_profile
 

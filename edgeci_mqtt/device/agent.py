@@ -17,6 +17,7 @@ import time
 
 from edgeci_mqtt import __version__
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
 from edgeci_mqtt.device.ledger import WeightsLedger
@@ -27,7 +28,6 @@ from edgeci_mqtt.device.worker import Compute, Worker
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.models.stage_weights import WeightCache
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.watch.publisher import TrafficPublisher
 from edgeci_mqtt.wire import (

@@ -16,13 +16,13 @@ import numpy as np
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.calibration import SpeedCalibration
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.wire import AuctionCall, AuctionLot, BidMessage, LotPrices
 
 __all__ = ["PRICED_LOTS", "Bidder", "block_geometry"]

@@ -6,8 +6,8 @@ import logging
 import time
 
 from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.wire import DEVICE_PROBE
 
 __all__ = ["measure_link"]

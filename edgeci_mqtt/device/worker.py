@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
 from edgeci_mqtt.device.jobs import IDLE, JobQueue
@@ -28,7 +29,6 @@ from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step
 from edgeci_mqtt.device.store import FlowStore, ReadyStep, Rows, WorkItem
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     RESULTS,

@@ -22,12 +22,12 @@ from torch.nn import functional
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import FeatureShape, Span
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
 from edgeci_mqtt.models.weights import TailSource
 from edgeci_mqtt.planner.costs import RowModel
-from edgeci_mqtt.planner.environment import TailRows
 
 __all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
 

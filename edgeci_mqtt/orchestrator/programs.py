@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.environment import TailRows
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole

@@ -25,6 +25,8 @@ import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.models.held import HeldModel
 from edgeci_mqtt.orchestrator.attempt import (
@@ -57,10 +59,8 @@ from edgeci_mqtt.orchestrator.holdings import Holdings
 from edgeci_mqtt.orchestrator.mailboxes import Box, Inbox, Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, Forward, compile_plan
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (

@@ -25,6 +25,8 @@ import torch
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
 from edgeci_mqtt.models.held import FETCH, HeldModel, ModelStore
@@ -34,11 +36,9 @@ from edgeci_mqtt.orchestrator.load import Commitments
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunSetup
-from edgeci_mqtt.planner.cluster import Link
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.serving import Serving, WholeRequest, choose_serving, price_shares, whole_request_plan
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
 from edgeci_mqtt.planner.strategy import Strategy

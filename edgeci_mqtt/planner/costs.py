@@ -27,11 +27,11 @@ from numpy.typing import NDArray
 from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.chain import chain_regions
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion, Window
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.environment import FLOW_STEP_MESSAGES, MESSAGE_OPS, MESSAGE_OVERHEAD_BYTES, DeviceView
 from edgeci_mqtt.planner.plan import Task, TaskInput
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = ["RowModel", "TaskWork", "input_region", "link_seconds", "make_task"]

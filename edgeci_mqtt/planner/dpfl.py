@@ -16,10 +16,10 @@ import numpy as np
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
-from edgeci_mqtt.planner.cluster import Link
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.planner.costs import Floats, Ints, RowModel, handoff_seconds, link_seconds
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
-from edgeci_mqtt.planner.profile import DeviceProfile
 
 __all__ = ["BlockEstimator", "best_segmentation"]
 

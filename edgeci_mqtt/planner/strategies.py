@@ -32,11 +32,12 @@ from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
 from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment, TailRows
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block, flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.strategy import Strategy, StrategyName

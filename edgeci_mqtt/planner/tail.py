@@ -31,9 +31,10 @@ from dataclasses import dataclass, field, replace
 
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment, TailRows
+from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
 __all__ = [

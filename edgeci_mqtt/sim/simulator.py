@@ -53,12 +53,12 @@ from functools import partial
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.planner.awas import auction_item_count
 from edgeci_mqtt.planner.costs import message_seconds
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailWork
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire.compression import (

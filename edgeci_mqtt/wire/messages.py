@@ -17,10 +17,10 @@ from numpy.typing import NDArray
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
+from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.environment import TailRows
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire.compression import PackedArray

@@ -23,9 +23,9 @@ import numpy as np
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.bounds import Id, MaxLen, Range
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.planner.cluster import Link
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.timeline import Interval, intervals_from_rows
 from edgeci_mqtt.wire.compression import PackedArray, decode_packed, encode_packed
