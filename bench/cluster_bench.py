@@ -30,13 +30,14 @@ import yaml
 
 from bench.report import DOCS, machine_line, write_section
 from edgeci_mqtt.bus.mqtt import BrokerAddress
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import load_chain, skeleton_chain
-from edgeci_mqtt.planner.cluster import Link, load_cluster
+from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.profile import DeviceProfile
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import map_densities

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from edgeci_mqtt.cli.common import load_profile
-from edgeci_mqtt.planner.profile import DeviceProfile
+from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.profiling import measure_profile
 
 __all__ = [
