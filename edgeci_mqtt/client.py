@@ -200,7 +200,9 @@ class EdgeCIClient:
             """The request, telling orchestrators to drop it after ``wait_s`` (0: never; past
             what the wire carries, the client's timeout is as good as none)."""
             deadline_s = wait_s if 0 < wait_s <= MAX_SECONDS else 0.0
-            return encode(InferRequest(request_id, model, image_array, strategy, trace, deadline_s=deadline_s))
+            return encode(
+                InferRequest(request_id, model, image_array, strategy=strategy, trace=trace, deadline_s=deadline_s)
+            )
 
         payload = request(timeout)
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators

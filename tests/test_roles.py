@@ -192,7 +192,9 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
     window_s = 4.0
     with memory_cluster(store, devices=2, auction_s=window_s) as small, small.client() as own:
         digest = weights_digest("smallcnn", None, 0)
-        ghost = DeviceState("dev-9", True, flat_profile(gflops=1e-4), Link(1.0, 50.0), {"smallcnn": digest})
+        ghost = DeviceState(
+            "dev-9", True, profile=flat_profile(gflops=1e-4), link=Link(1.0, 50.0), models={"smallcnn": digest}
+        )
         announcer = small.broker.bus("announcer")
         announcer.start()
         announcer.publish(DEVICE_STATE.build(device="dev-9"), encode(ghost), retain=True)
@@ -662,10 +664,10 @@ def test_the_client_refuses_bad_images_before_sending(client: EdgeCIClient) -> N
 def test_the_device_table_follows_births_and_wills() -> None:
     table = DeviceTable()
     digest = weights_digest("smallcnn", None, 0)
-    born = DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"smallcnn": digest})
+    born = DeviceState("dev-1", True, profile=flat_profile(), link=Link(100.0, 1.0), models={"smallcnn": digest})
     table.update(born)
     assert table.online() == ["dev-1"] and table.generation == 1 and table.births == 1
-    table.update(DeviceState("dev-1", False, flat_profile(), Link(100.0, 1.0)))  # offline, profile or not
+    table.update(DeviceState("dev-1", False, profile=flat_profile(), link=Link(100.0, 1.0)))  # offline, profile or not
     assert table.online() == [] and table.generation == 2
     table.update(born)
     assert table.online() == ["dev-1"] and table.generation == 3 and table.births == 2

@@ -24,7 +24,7 @@ INTERVALS = (
 
 
 def test_intervals_travel_as_typed_values_in_a_response() -> None:
-    response = decode(encode(InferResponse("q", np.zeros((1, 3), np.float32), timeline=INTERVALS)))
+    response = decode(encode(InferResponse("q", logits=np.zeros((1, 3), np.float32), timeline=INTERVALS)))
     assert isinstance(response, InferResponse) and response.timeline == INTERVALS
     assert intervals_from_rows([i.to_row() for i in INTERVALS]) == INTERVALS
 

@@ -90,7 +90,19 @@ def data_messages() -> list[tuple[str, Message]]:
         (results, RowsMessage("q1.1", "dev-1", 9, REGION, PackedArray(ROWS))),
         (results, Failure("q1.1", "dev-1", -1, "refused: no")),
         (results, StepDone("q1.1", "dev-1", 5)),
-        (results, StepReport("q1.1", "dev-1", 0, 1.0, 1.004, 1.006, FusedBlock(0, 5), REGION)),
+        (
+            results,
+            StepReport(
+                "q1.1",
+                "dev-1",
+                0,
+                started_at=1.0,
+                computed_at=1.004,
+                sent_at=1.006,
+                block=FusedBlock(0, 5),
+                region=REGION,
+            ),
+        ),
     ]
 
 

@@ -48,7 +48,7 @@ def joined(view: TrafficView, topic: str, payload: bytes, now: float) -> str | N
 def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     view = TrafficView()
     tile = np.zeros((1, 3, 4, 5), dtype=np.float32)
-    state = DeviceState("dev-1", True, flat_profile(), Link(100.0, 2.0), models={"vgg16": "ab"})
+    state = DeviceState("dev-1", True, profile=flat_profile(), link=Link(100.0, 2.0), models={"vgg16": "ab"})
     call = AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 0.5)
     step = ProgramStep(FusedBlock(0, 5), TileRegion.of(0, 2, 0, 5), (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
     program = ProgramMessage(

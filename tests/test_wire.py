@@ -53,21 +53,33 @@ pytestmark = pytest.mark.pure
 ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
 REGION = TileRegion.of(0, 1, 0, 1)
 MESSAGES: list[Message] = [
-    DeviceState("dev-1", True, flat_profile(), Link(100.0, 1.0), {"vgg16": "ab"}, "0.1", {"ab": ("features.0",)}),
+    DeviceState(
+        "dev-1",
+        True,
+        profile=flat_profile(),
+        link=Link(100.0, 1.0),
+        models={"vgg16": "ab"},
+        version="0.1",
+        weights={"ab": ("features.0",)},
+    ),
     DeviceState("dev-1", False),
     DeviceState(
-        "dev-1", True, flat_profile(made=1e9), Link(10.0, 2.0), tails={"vgg16": TailRows((Span(0, 512),), True)}
+        "dev-1",
+        True,
+        profile=flat_profile(made=1e9),
+        link=Link(10.0, 2.0),
+        tails={"vgg16": TailRows((Span(0, 512),), True)},
     ),
     AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 0.5),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
     Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
     Failure("q", "dev-1", -1, "refused: boom"),
     Failure("q", "dev-1", 3, "boom"),
-    InferRequest("q", "vgg16", ARRAY, "edgeci"),
-    InferRequest("q", "vgg16", ARRAY, "edgeci", trace=True),
+    InferRequest("q", "vgg16", ARRAY, strategy="edgeci"),
+    InferRequest("q", "vgg16", ARRAY, strategy="edgeci", trace=True),
     InferRequest("q", "vgg16", ARRAY, deadline_s=12.5),
-    InferResponse("q", ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
-    InferResponse("q", ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
+    InferResponse("q", logits=ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
+    InferResponse("q", logits=ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
     Chunk("c1", 0, 2, b"abc"),
 ]
 

@@ -204,7 +204,16 @@ class Worker:
         wall = time.time() - time.perf_counter()
         started, computed, sent = (wall + t for t in instants)
         block, region = (item.block, item.out_region) if isinstance(item, ProgramStep) else (None, None)
-        report = StepReport(message.request, self.device, index, started, computed, sent, block, region)
+        report = StepReport(
+            message.request,
+            self.device,
+            index,
+            started_at=started,
+            computed_at=computed,
+            sent_at=sent,
+            block=block,
+            region=region,
+        )
         with contextlib.suppress(EdgeCIError):
             self.publish(results_topic(message, self.device), report)
 

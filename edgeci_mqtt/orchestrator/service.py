@@ -539,7 +539,7 @@ class Orchestrator:
         )
         return InferResponse(
             message.request,
-            logits.contiguous().numpy(),
+            logits=logits.contiguous().numpy(),
             timings=timings,
             orchestrator=self.id,
             strategy=str(strategy),

@@ -144,7 +144,7 @@ def producers(previous: BlockPlan | None, piece: TaskInput) -> tuple[int, ...]:
     return tuple(i for i, _ in parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """A whole inference: spatial blocks in order, then the tail on the orchestrator.
 

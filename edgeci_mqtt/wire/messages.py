@@ -9,7 +9,7 @@ number finite and in range, or raises one :class:`WireError` naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
@@ -110,6 +110,7 @@ class DeviceState(Message):
     kind: ClassVar[str] = "state"
     device: Ident
     online: bool
+    _: KW_ONLY
     profile: DeviceProfile | None = None
     link: Link | None = None
     models: dict[str, Name] = field(default_factory=dict)  # model name -> weights digest
@@ -236,7 +237,7 @@ class FinishRole:
     to: Ident
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramMessage(Message):
     """A device's whole part of one request on ``devices/<id>/tasks``: its steps in block
     order, and the rows its first step reads from the orchestrator (``input``: the
@@ -327,6 +328,7 @@ class StepReport(Message):
     request: Ident
     device: Ident
     item: Annotated[int, Range(0, 1 << 20)]
+    _: KW_ONLY
     started_at: WallClock
     computed_at: WallClock
     sent_at: WallClock
@@ -383,6 +385,7 @@ class InferRequest(Message):
     request: Ident
     model: Name
     image: Array = field(compare=False)
+    _: KW_ONLY
     strategy: Name = ""
     trace: bool = False  # answer with the measured timeline
     deadline_s: Seconds = 0.0  # seconds the client waits from sending (0: no deadline); later, it is dropped
@@ -403,6 +406,7 @@ class InferAccepted(Message):
 class InferResponse(Message):
     kind: ClassVar[str] = "response"
     request: Ident
+    _: KW_ONLY
     logits: Array | None = field(default=None, compare=False)
     error: Text = ""
     timings: dict[str, Seconds] = field(default_factory=dict)
@@ -486,6 +490,7 @@ class TrafficRecord:
     topic: Annotated[str, MaxLen(1024)]
     kind: Name
     size: Bytes
+    _: KW_ONLY
     before_s: Seconds = 0.0
     request: Ident | None = None
     task: Ident | None = None
