@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeci_mqtt.core.deadline import Deadline
-from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
+from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire import FinishRole, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
 
@@ -35,8 +35,6 @@ __all__ = ["FlowStore", "ReadyStep", "step_input_region"]
 
 Rows = NDArray[Any]
 C = TypeVar("C")
-PieceKey = tuple[int, TileRegion, str]
-"""(boundary, region, source) of one input piece."""
 
 DEFAULT_BUDGET_BYTES = 512 << 20
 DEFAULT_HOLDING_BYTES, HOLDING_PER_SENDER = 16 << 20, 4 << 20
@@ -58,8 +56,34 @@ def step_input_region(step: ProgramStep | TailRole) -> TileRegion:
 WorkItem = ProgramStep | TailRole | FinishRole
 """What a program asks of a device, in order: its block steps, then its part of the tail,
 then finishing the tail."""
-Key = tuple[Any, ...]
-"""A piece of input: ``(boundary, region, source)`` for rows, ``(source, features)`` for a slice."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``region`` of the map at ``boundary``, from ``source``."""
+
+    boundary: int
+    region: TileRegion
+    source: str
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Output ``features`` of the tail's first layer, from ``source``."""
+
+    source: str
+    features: Span
+
+
+@dataclass(frozen=True)
+class Go:
+    """Behind a barrier: the orchestrator's go for the steps reading ``boundary``."""
+
+    boundary: int
+
+
+Key = Piece | Slice | Go
+"""What an item waits for."""
 
 
 def _payload(message: RowsMessage | VectorMessage) -> Rows:
@@ -69,11 +93,11 @@ def _payload(message: RowsMessage | VectorMessage) -> Rows:
 def _needs(item: WorkItem, final: int, barrier: bool = False) -> list[Key]:
     """What an item waits for: its pieces (and, behind a barrier, the go for its block)."""
     if isinstance(item, ProgramStep):
-        go: list[Key] = [("go", item.block.start)] if barrier and item.block.start > 0 else []
-        return [(item.block.start, p.region, p.source) for p in item.inputs] + go
+        go: list[Key] = [Go(item.block.start)] if barrier and item.block.start > 0 else []
+        return [Piece(item.block.start, p.region, p.source) for p in item.inputs] + go
     if isinstance(item, TailRole):
-        return [(final, p.region, p.source) for p in item.inputs]
-    return [(s.source, s.features) for s in item.slices]
+        return [Piece(final, p.region, p.source) for p in item.inputs]
+    return [Slice(s.source, s.features) for s in item.slices]
 
 
 @dataclass(frozen=True)
@@ -123,13 +147,13 @@ class _Program(Generic[C]):
         (kept up to date as pieces arrive: the device asks for every rows message)."""
         owed: dict[str, int] = {}
         for key in {k for item in self.items for k in self.needs(item)}:
-            if key in self.pieces or key[0] == "go":
+            if key in self.pieces or isinstance(key, Go):
                 continue
-            if len(key) == 3:
-                shape, region = self.shapes[min(key[0], self.final)], key[1]
-                owed[key[2]] = owed.get(key[2], 0) + 4 * shape.channels * region.height * region.width
+            if isinstance(key, Piece):
+                shape, region = self.shapes[min(key.boundary, self.final)], key.region
+                owed[key.source] = owed.get(key.source, 0) + 4 * shape.channels * region.height * region.width
             else:
-                owed[key[0]] = owed.get(key[0], 0) + 4 * key[1].size
+                owed[key.source] = owed.get(key.source, 0) + 4 * key.features.size
         return owed
 
     def ready(self) -> bool:
@@ -139,14 +163,14 @@ class _Program(Generic[C]):
     def assemble(self, item: WorkItem) -> Rows:
         """The item's input from its pieces (which leave the store)."""
         if isinstance(item, FinishRole):
-            return np.concatenate([self.pieces.pop((s.source, s.features)) for s in item.slices], axis=1)
+            return np.concatenate([self.pieces.pop(Slice(s.source, s.features)) for s in item.slices], axis=1)
         region = step_input_region(item)
         boundary = item.block.start if isinstance(item, ProgramStep) else self.final
         tile = np.empty((1, self.shapes[boundary].channels, region.height, region.width), dtype=np.float32)
         for piece in item.inputs:
             rows, cols = piece.region.within(region)
-            tile[:, :, rows, cols] = self.pieces.pop((boundary, piece.region, piece.source))
-        self.pieces.pop(("go", boundary), None)
+            tile[:, :, rows, cols] = self.pieces.pop(Piece(boundary, piece.region, piece.source))
+        self.pieces.pop(Go(boundary), None)
         return tile
 
 
@@ -221,7 +245,7 @@ class FlowStore(Generic[C]):
             if entry.next >= len(items):
                 return len(items), ()
             missing = {k for k in entry.needs(items[entry.next]) if k not in entry.pieces}
-            senders = {entry.message.orchestrator if k[0] == "go" else k[-1] if len(k) == 3 else k[0] for k in missing}
+            senders = {entry.message.orchestrator if isinstance(k, Go) else k.source for k in missing}
             return entry.next, tuple(sorted(senders))
 
     def holding_room(self, sender: str) -> int:
@@ -258,7 +282,8 @@ class FlowStore(Generic[C]):
             until = Deadline.within(program.expires_s, now).sooner(Deadline.within(program.deadline_s, now))
             entry = _Program(program, shapes, context, until, ticket)
             if program.input is not None and program.input_region is not None:
-                entry.pieces[(program.input_boundary, program.input_region, program.orchestrator)] = program.input
+                carried = Piece(program.input_boundary, program.input_region, program.orchestrator)
+                entry.pieces[carried] = program.input
             entry.owed = entry.owed_at_install()
             entry.owed.pop(self.device, None)  # its own rows come from its own steps, not the wire
             if self._bytes() + sum(a.nbytes for a in entry.pieces.values()) > self.budget_bytes:
@@ -296,14 +321,15 @@ class FlowStore(Generic[C]):
                 self._held.append((now, request, sender, message))
                 return
             if isinstance(message, RowsMessage):
-                key: Key = (message.boundary, message.region, sender)
+                key: Key = Piece(message.boundary, message.region, sender)
                 shape = entry.shapes[min(message.boundary, entry.final)]
                 expected: tuple[int, ...] = (1, shape.channels, message.region.height, message.region.width)
             else:
-                key, expected = (sender, message.features), (1, message.features.size)
+                key, expected = Slice(sender, message.features), (1, message.features.size)
             if (isinstance(message, VectorMessage) and message.logits) or not entry.wanted(key):
                 self.counts["refused"] += 1
-                raise WireError(f"request {request}: no step of {self.device} reads {key[-2]} from {sender}")
+                what = key.region if isinstance(key, Piece) else key.features if isinstance(key, Slice) else ""
+                raise WireError(f"request {request}: no step of {self.device} reads {what} from {sender}")
             if array.shape != expected or array.dtype != np.float32:
                 self.counts["refused"] += 1
                 raise WireError(f"request {request}: rows are {array.dtype}{list(array.shape)}, not {expected}")
@@ -318,10 +344,10 @@ class FlowStore(Generic[C]):
         next step ready. A go nobody waits for is refused (:class:`WireError`)."""
         with self._lock:
             entry = self._programs.get(request)
-            if entry is None or not entry.wanted(("go", boundary)):
+            if entry is None or not entry.wanted(Go(boundary)):
                 self.counts["refused"] += 1
                 raise WireError(f"request {request}: no step of {self.device} waits for a go at {boundary}")
-            entry.pieces[("go", boundary)] = np.zeros(0, dtype=np.float32)
+            entry.pieces[Go(boundary)] = np.zeros(0, dtype=np.float32)
         return self._claim(request)
 
     def ticket(self, request: str) -> int | None:
@@ -391,15 +417,15 @@ class FlowStore(Generic[C]):
             later_needs = {k for later in items[index + 1 :] for k in entry.needs(later)}
             if isinstance(item, ProgramStep):
                 for key in later_needs:
-                    if len(key) != 3 or (key[0], key[2]) != (item.block.stop, self.device):
+                    if not isinstance(key, Piece) or (key.boundary, key.source) != (item.block.stop, self.device):
                         continue
-                    region: TileRegion = key[1]
+                    region = key.region
                     if item.out_region.contains(region):
                         rows, cols = region.within(item.out_region)
                         entry.pieces[key] = output[:, :, rows, cols].copy()
             elif isinstance(item, TailRole) and item.features is not None:
-                key = (self.device, item.features)
-                if key in later_needs:
-                    entry.pieces[key] = output
+                own = Slice(self.device, item.features)
+                if own in later_needs:
+                    entry.pieces[own] = output
             if entry.next >= len(items):
                 self._end(request, "done")
