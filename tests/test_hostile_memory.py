@@ -21,7 +21,6 @@ from edgeci_mqtt.bus.mqtt import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queue
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
-from edgeci_mqtt.device import agent as device_module
 from edgeci_mqtt.device.agent import EARLY, ROWS_INBOX_BYTES, inbox_limits, wire_bytes
 from edgeci_mqtt.device.store import HOLDING_PER_SENDER, FlowStore
 from edgeci_mqtt.errors import WireError
@@ -223,12 +222,10 @@ def test_a_device_holds_no_more_than_its_programs_allow(
 
 
 @pytest.mark.pure
-def test_the_device_gives_its_heap_back_after_a_burst(
-    lone_device: MemoryCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_device_gives_its_heap_back_after_a_burst(lone_device: MemoryCluster) -> None:
     released: list[float] = []
-    monkeypatch.setattr(device_module, "release_heap", lambda: released.append(time.perf_counter()))
-    monkeypatch.setattr(device_module, "QUIET_S", 0.3)
+    heap = lone_device.agents["dev-1"].heap
+    heap.release, heap.quiet_s = lambda: released.append(time.perf_counter()), 0.3
     attacker = lone_device.broker.bus("edgeci-device-dev-9")
     attacker.start()
     try:

@@ -19,7 +19,7 @@ from edgeci_mqtt import __version__
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.device.bidder import Bidder
-from edgeci_mqtt.device.heap import release_heap
+from edgeci_mqtt.device.heap import HeapKeeper
 from edgeci_mqtt.device.ledger import WeightsLedger
 from edgeci_mqtt.device.link import measure_link
 from edgeci_mqtt.device.programs import ValidProgram, run_step, validate_program
@@ -54,7 +54,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "wire_bytes"]
+__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "rows_allowance", "wire_bytes"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -74,8 +74,6 @@ are published back to back)."""
 EARLY = "rows before their program"
 """The reassembly pool of rows for requests whose program has not arrived."""
 LOGGED_PER_WINDOW = 50
-TRIM_AFTER_BYTES, QUIET_S = 8 << 20, 1.0
-"""After this much inbound data, the heap is given back once nothing arrived for ``QUIET_S``."""
 
 
 def inbox_limits(device: str) -> dict[str, int]:
@@ -87,6 +85,51 @@ def wire_bytes(float32_bytes: int) -> int:
     """Most a rows message carrying this many float32 bytes may take on the wire: the
     ``zeros`` codec's bitmap (1 bit per 32 data bits) and the message's own fields."""
     return float32_bytes + float32_bytes // 32 + 4096 if float32_bytes else 0
+
+
+def rows_allowance(store: FlowStore[ValidProgram], device: str, topic: str) -> Allowance | None:
+    """What a message on ``topic`` may bring, known before a frame of it is held: rows
+    only what a program of ours still waits for from their sender, or a share of the
+    small area for rows that overtook their program; None (no allowance of its own)
+    for the orchestrators' topics. :class:`WireError` if the topic may bring nothing."""
+    ids = DEVICE_ROWS.parse(topic)
+    if ids is None:
+        return None
+    if ids["device"] != device:
+        raise WireError("rows for another device")
+    request, sender = ids["request"], ids["sender"]
+    expected = store.expects(request, sender)
+    if expected is None:
+        return Allowance(f"{EARLY} from {sender}", store.holding_room(sender))
+    if expected == 0:
+        why = store.ended(request)
+        raise WireError(
+            f"rows for request {request}, which is over here ({why})"
+            if why
+            else f"request {request}: no step of {device} reads anything more from {sender}"
+        )
+    return Allowance(topic, wire_bytes(expected))
+
+
+class _Refusals:
+    """Refusals' warnings: at most ``LOGGED_PER_WINDOW`` lines of each kind every 10 s, then
+    one line counting the rest (a flood's lines, formatted and written one by one, would
+    slow the device down as much as the flood itself)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._windows: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
+
+    def warn(self, kind: str, text: str, *args: object) -> None:
+        now = time.perf_counter()
+        started, logged = self._windows.get(kind, (-1e9, 0))
+        if now - started >= 10.0:
+            if logged > LOGGED_PER_WINDOW:
+                log.warning("%s: %d more refusals of %s in 10 s", self.device, logged - LOGGED_PER_WINDOW, kind)
+            started, logged = now, 0
+        self._windows[kind] = (started, logged + 1)
+        if logged < LOGGED_PER_WINDOW:
+            log.warning(f"%s: {text}", self.device, *args)
 
 
 class DeviceAgent:
@@ -143,9 +186,8 @@ class DeviceAgent:
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
-        self._inbound = (0, time.perf_counter())  # bytes since the heap was last given back, last arrival
-        self._trim_at: float | None = None  # when to give the heap back once more after a burst
-        self._quiet: dict[str, tuple[float, int]] = {}  # kind of refusal -> (window started, refusals in it)
+        self.heap = HeapKeeper(again_s=HOLDING_S)
+        self._refusals = _Refusals(device_id)
         bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
 
     # ------------------------------------------------------------ lifecycle
@@ -220,65 +262,21 @@ class DeviceAgent:
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
         """On the message thread, about every 0.2 s: incomplete messages expire on the clock,
-        and after a burst of inbound data (hostile or not) the heap goes back to the system
-        once the burst is over, so an idle device returns to its idle size. Never while the
-        worker computes: the activations it frees between layers would fault in anew."""
+        and the heap goes back after a burst (:class:`HeapKeeper`)."""
         self.reassembler.expire()
-        if not self.worker.resting:
-            return
-        received, last = self._inbound
-        now = time.perf_counter()
-        if received >= TRIM_AFTER_BYTES and now - last >= QUIET_S:
-            self._inbound = (0, last)
-            self._trim_at = last + HOLDING_S + QUIET_S  # again once what it left waiting has expired
-            release_heap()
-        elif self._trim_at is not None and now >= self._trim_at:
-            self._trim_at = None
-            release_heap()
+        self.heap.tick(time.perf_counter(), self.worker.resting)
 
     def _warn(self, kind: str, text: str, *args: object) -> None:
-        """A refusal's warning: at most ``LOGGED_PER_WINDOW`` lines of each kind every 10 s,
-        then one line counting the rest (a flood's lines, formatted and written one by one,
-        would slow the device down as much as the flood itself)."""
-        now = time.perf_counter()
-        started, logged = self._quiet.get(kind, (-1e9, 0))
-        if now - started >= 10.0:
-            if logged > LOGGED_PER_WINDOW:
-                log.warning("%s: %d more refusals of %s in 10 s", self.device_id, logged - LOGGED_PER_WINDOW, kind)
-            started, logged = now, 0
-        self._quiet[kind] = (started, logged + 1)
-        if logged < LOGGED_PER_WINDOW:
-            log.warning(f"%s: {text}", self.device_id, *args)
-
-    def _allowance(self, topic: str) -> Allowance | None:
-        """What a message on ``topic`` may bring, known before a frame of it is held: rows
-        only what a program of ours still waits for from their sender, or a share of the
-        small area for rows that overtook their program; None (no allowance of its own)
-        for the orchestrators' topics. :class:`WireError` if the topic may bring nothing."""
-        ids = DEVICE_ROWS.parse(topic)
-        if ids is None:
-            return None
-        if ids["device"] != self.device_id:
-            raise WireError("rows for another device")
-        request, sender = ids["request"], ids["sender"]
-        expected = self.store.expects(request, sender)
-        if expected is None:
-            return Allowance(f"{EARLY} from {sender}", self.store.holding_room(sender))
-        if expected == 0:
-            why = self.store.ended(request)
-            raise WireError(
-                f"rows for request {request}, which is over here ({why})"
-                if why
-                else f"request {request}: no step of {self.device_id} reads anything more from {sender}"
-            )
-        return Allowance(topic, wire_bytes(expected))
+        self._refusals.warn(kind, text, *args)
 
     def _handle(self, event: Inbound) -> None:
         if self._traffic.heard(event):  # a watcher's state: whether to report what we send
             return
-        self._inbound = (self._inbound[0] + len(event.payload), time.perf_counter())
+        self.heap.arrived(len(event.payload), time.perf_counter())
         try:
-            message = self.reassembler.feed(event.topic, event.payload, self._allowance(event.topic))
+            message = self.reassembler.feed(
+                event.topic, event.payload, rows_allowance(self.store, self.device_id, event.topic)
+            )
         except WireError as exc:
             self._warn(event.topic.rsplit("/", 1)[0], "rejected message on %s: %s", event.topic, exc)
             return

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Callable
 
-__all__ = ["keep_heap_small", "release_heap"]
+__all__ = ["QUIET_S", "TRIM_AFTER_BYTES", "HeapKeeper", "keep_heap_small", "release_heap"]
+
+TRIM_AFTER_BYTES, QUIET_S = 8 << 20, 1.0
+"""After this much inbound data, the heap is given back once nothing arrived for ``QUIET_S``."""
 
 M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
@@ -30,3 +34,30 @@ def keep_heap_small() -> None:
     Call it first, before other threads start."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
+
+
+class HeapKeeper:
+    """Gives the heap back after a burst of inbound data (hostile or not) once the burst is
+    over, and once more ``again_s`` later (when what it left waiting has expired), so an idle
+    device returns to its idle size; never while the worker computes (the activations it
+    frees between layers would fault in anew). ``release`` and ``quiet_s`` are its seams."""
+
+    def __init__(self, again_s: float, release: Callable[[], None] = release_heap) -> None:
+        self.again_s, self.release, self.quiet_s = again_s, release, QUIET_S
+        self._received, self._last = 0, 0.0  # bytes since the heap was last given back, last arrival
+        self._again_at: float | None = None
+
+    def arrived(self, size: int, now: float) -> None:
+        self._received, self._last = self._received + size, now
+
+    def tick(self, now: float, resting: bool) -> None:
+        """On the message thread's tick: give the heap back if a burst is over and the worker rests."""
+        if not resting:
+            return
+        if self._received >= TRIM_AFTER_BYTES and now - self._last >= self.quiet_s:
+            self._received = 0
+            self._again_at = self._last + self.again_s + self.quiet_s
+            self.release()
+        elif self._again_at is not None and now >= self._again_at:
+            self._again_at = None
+            self.release()

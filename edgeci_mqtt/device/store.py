@@ -19,21 +19,18 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import reduce
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from edgeci_mqtt.core.deadline import Deadline
-from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
+from edgeci_mqtt.core.geometry import FeatureShape
+from edgeci_mqtt.device.program_state import Go, HeldProgram, Key, Piece, ReadyStep, Rows, Slice, payload
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.wire import FinishRole, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
+from edgeci_mqtt.wire import ProgramMessage, RowsMessage, VectorMessage
 
-__all__ = ["FlowStore", "ReadyStep", "step_input_region"]
+__all__ = ["FlowStore"]
 
-Rows = NDArray[Any]
 C = TypeVar("C")
 
 DEFAULT_BUDGET_BYTES = 512 << 20
@@ -46,132 +43,6 @@ sender's share keeps one credential from filling the area for the others."""
 HOLDING_S = 5.0
 """How long rows wait for their program (it is milliseconds behind them when they overtake it)."""
 REMEMBERED = 4096
-
-
-def step_input_region(step: ProgramStep | TailRole) -> TileRegion:
-    """The rectangle a step's (or the tail's) input pieces make up together."""
-    return reduce(TileRegion.hull, (p.region for p in step.inputs))
-
-
-WorkItem = ProgramStep | TailRole | FinishRole
-"""What a program asks of a device, in order: its block steps, then its part of the tail,
-then finishing the tail."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Rows ``region`` of the map at ``boundary``, from ``source``."""
-
-    boundary: int
-    region: TileRegion
-    source: str
-
-
-@dataclass(frozen=True)
-class Slice:
-    """Output ``features`` of the tail's first layer, from ``source``."""
-
-    source: str
-    features: Span
-
-
-@dataclass(frozen=True)
-class Go:
-    """Behind a barrier: the orchestrator's go for the steps reading ``boundary``."""
-
-    boundary: int
-
-
-Key = Piece | Slice | Go
-"""What an item waits for."""
-
-
-def _payload(message: RowsMessage | VectorMessage) -> Rows:
-    return message.rows.array if isinstance(message, RowsMessage) else message.values.array
-
-
-def _needs(item: WorkItem, final: int, barrier: bool = False) -> list[Key]:
-    """What an item waits for: its pieces (and, behind a barrier, the go for its block)."""
-    if isinstance(item, ProgramStep):
-        go: list[Key] = [Go(item.block.start)] if barrier and item.block.start > 0 else []
-        return [Piece(item.block.start, p.region, p.source) for p in item.inputs] + go
-    if isinstance(item, TailRole):
-        return [Piece(final, p.region, p.source) for p in item.inputs]
-    return [Slice(s.source, s.features) for s in item.slices]
-
-
-@dataclass(frozen=True)
-class ReadyStep(Generic[C]):
-    """A work item whose inputs are all here: ``tile`` is its input assembled (a block's
-    input rectangle, the whole final map for the tail, the first layer's output to finish)."""
-
-    request: str
-    index: int
-    item: WorkItem
-    tile: Rows
-    context: C  # what the device keeps with the program (its model and shapes)
-
-
-@dataclass
-class _Program(Generic[C]):
-    message: ProgramMessage
-    shapes: Sequence[FeatureShape]
-    context: C
-    expires: Deadline
-    """Its expiry, or the client's deadline if that is sooner: then everything of it goes."""
-    ticket: int = 0
-    pieces: dict[Key, Rows] = field(default_factory=dict)
-    next: int = 0
-    queued: bool = False
-    running: int | None = None  # the item the worker took and has not finished
-    owed: dict[str, int] = field(default_factory=dict)  # sender -> float32 bytes still to come
-
-    @property
-    def items(self) -> list[WorkItem]:
-        tail, finish = self.message.tail, self.message.finish
-        return [*self.message.steps, *([tail] if tail else []), *([finish] if finish else [])]
-
-    @property
-    def final(self) -> int:
-        return len(self.shapes) - 1
-
-    def wanted(self, key: Key) -> bool:
-        """An item of ours not done yet names this piece and it is not here yet."""
-        return key not in self.pieces and any(key in self.needs(item) for item in self.items[self.next :])
-
-    def needs(self, item: WorkItem) -> list[Key]:
-        return _needs(item, self.final, self.message.barrier)
-
-    def owed_at_install(self) -> dict[str, int]:
-        """Float32 bytes of the pieces each sender owes this program, none of them here yet
-        (kept up to date as pieces arrive: the device asks for every rows message)."""
-        owed: dict[str, int] = {}
-        for key in {k for item in self.items for k in self.needs(item)}:
-            if key in self.pieces or isinstance(key, Go):
-                continue
-            if isinstance(key, Piece):
-                shape, region = self.shapes[min(key.boundary, self.final)], key.region
-                owed[key.source] = owed.get(key.source, 0) + 4 * shape.channels * region.height * region.width
-            else:
-                owed[key.source] = owed.get(key.source, 0) + 4 * key.features.size
-        return owed
-
-    def ready(self) -> bool:
-        items = self.items
-        return self.next < len(items) and all(k in self.pieces for k in self.needs(items[self.next]))
-
-    def assemble(self, item: WorkItem) -> Rows:
-        """The item's input from its pieces (which leave the store)."""
-        if isinstance(item, FinishRole):
-            return np.concatenate([self.pieces.pop(Slice(s.source, s.features)) for s in item.slices], axis=1)
-        region = step_input_region(item)
-        boundary = item.block.start if isinstance(item, ProgramStep) else self.final
-        tile = np.empty((1, self.shapes[boundary].channels, region.height, region.width), dtype=np.float32)
-        for piece in item.inputs:
-            rows, cols = piece.region.within(region)
-            tile[:, :, rows, cols] = self.pieces.pop(Piece(boundary, piece.region, piece.source))
-        self.pieces.pop(Go(boundary), None)
-        return tile
 
 
 class FlowStore(Generic[C]):
@@ -189,7 +60,7 @@ class FlowStore(Generic[C]):
         self.device = device
         self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
         self.holding_per_sender = min(holding_per_sender, holding_bytes)
-        self._programs: dict[str, _Program[C]] = {}
+        self._programs: dict[str, HeldProgram[C]] = {}
         self._held: list[tuple[float, str, str, RowsMessage | VectorMessage]] = []  # (arrived, request, sender, rows)
         self._ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request -> (why, items run), latest last
         self._lock = threading.Lock()
@@ -202,7 +73,7 @@ class FlowStore(Generic[C]):
             return self._bytes()
 
     def _bytes(self) -> int:
-        held = sum(_payload(r).nbytes for _, _, _, r in self._held)
+        held = sum(payload(r).nbytes for _, _, _, r in self._held)
         return held + sum(a.nbytes for p in self._programs.values() for a in p.pieces.values())
 
     def requests(self) -> list[str]:
@@ -239,14 +110,7 @@ class FlowStore(Generic[C]):
             if entry is None:
                 why, run = self._ended.get(request, ("", -1))
                 return (run, ()) if why in ("", "done") else None
-            items = entry.items
-            if entry.running is not None:  # taken, not finished: it has its input, it is slow itself
-                return entry.running, ()
-            if entry.next >= len(items):
-                return len(items), ()
-            missing = {k for k in entry.needs(items[entry.next]) if k not in entry.pieces}
-            senders = {entry.message.orchestrator if isinstance(k, Go) else k.source for k in missing}
-            return entry.next, tuple(sorted(senders))
+            return entry.progress()
 
     def holding_room(self, sender: str) -> int:
         """Bytes more that rows from ``sender`` for requests whose program has not arrived may take."""
@@ -254,8 +118,8 @@ class FlowStore(Generic[C]):
             return self._holding_room(sender)
 
     def _holding_room(self, sender: str) -> int:
-        held = sum(_payload(h[3]).nbytes for h in self._held)
-        own = sum(_payload(h[3]).nbytes for h in self._held if h[2] == sender)
+        held = sum(payload(h[3]).nbytes for h in self._held)
+        own = sum(payload(h[3]).nbytes for h in self._held if h[2] == sender)
         room = min(self.budget_bytes - self._bytes(), self.holding_bytes - held, self.holding_per_sender - own)
         return max(0, room)
 
@@ -280,7 +144,7 @@ class FlowStore(Generic[C]):
             if request in self._programs or request in self._ended:
                 raise WireError(f"program {request}: this request was already given to {self.device}")
             until = Deadline.within(program.expires_s, now).sooner(Deadline.within(program.deadline_s, now))
-            entry = _Program(program, shapes, context, until, ticket)
+            entry = HeldProgram(program, shapes, context, until, ticket)
             if program.input is not None and program.input_region is not None:
                 carried = Piece(program.input_boundary, program.input_region, program.orchestrator)
                 entry.pieces[carried] = program.input
@@ -305,7 +169,7 @@ class FlowStore(Generic[C]):
         return self._claim(rows.request)
 
     def _add(self, message: RowsMessage | VectorMessage, sender: str, now: float) -> None:
-        array = _payload(message)
+        array = payload(message)
         with self._lock:
             self._expire(now)
             request = message.request
@@ -411,21 +275,6 @@ class FlowStore(Generic[C]):
             entry = self._programs.get(request)
             if entry is None:
                 return
-            items = entry.items
-            item = items[index]
-            entry.running = None
-            later_needs = {k for later in items[index + 1 :] for k in entry.needs(later)}
-            if isinstance(item, ProgramStep):
-                for key in later_needs:
-                    if not isinstance(key, Piece) or (key.boundary, key.source) != (item.block.stop, self.device):
-                        continue
-                    region = key.region
-                    if item.out_region.contains(region):
-                        rows, cols = region.within(item.out_region)
-                        entry.pieces[key] = output[:, :, rows, cols].copy()
-            elif isinstance(item, TailRole) and item.features is not None:
-                own = Slice(self.device, item.features)
-                if own in later_needs:
-                    entry.pieces[own] = output
-            if entry.next >= len(items):
+            entry.keep(index, output, self.device)
+            if entry.next >= len(entry.items):
                 self._end(request, "done")

@@ -25,8 +25,9 @@ from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
 from edgeci_mqtt.device.jobs import IDLE, JobQueue
 from edgeci_mqtt.device.ledger import WeightsJob, WeightsLedger
+from edgeci_mqtt.device.program_state import ReadyStep, Rows, WorkItem
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step
-from edgeci_mqtt.device.store import FlowStore, ReadyStep, Rows, WorkItem
+from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.wire import (
