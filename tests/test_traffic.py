@@ -49,8 +49,8 @@ from edgeci_mqtt.wire import (
     decode,
     encode,
 )
-from edgeci_mqtt.wire.messages import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, WATCHER_STATE
+from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
 from tests.cluster import collect, wait_for
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster

@@ -13,8 +13,7 @@ import pytest
 from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.client import EdgeCIClient
-from edgeci_mqtt.wire import decode
-from edgeci_mqtt.wire.messages import WatcherState
+from edgeci_mqtt.wire import WatcherState, decode
 from edgeci_mqtt.wire.topics import TOPICS, WATCHER_STATE
 from tests.cluster import local_cluster
 from tests.exactness import References, assert_float32_faithful

@@ -12,7 +12,7 @@ from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.watch.view import TrafficView
-from edgeci_mqtt.wire.messages import WatcherState, encode
+from edgeci_mqtt.wire import WatcherState, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
 __all__ = ["register", "run"]

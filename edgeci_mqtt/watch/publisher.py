@@ -16,7 +16,7 @@ import time
 from edgeci_mqtt.bus.protocol import Bus, Inbound
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter
-from edgeci_mqtt.wire.messages import Message, decode, encode
+from edgeci_mqtt.wire import Message, decode, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
 __all__ = ["TrafficPublisher"]

@@ -24,9 +24,8 @@ from typing import Any
 from numpy.typing import NDArray
 
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.wire.messages import (
+from edgeci_mqtt.wire import (
     MAX_SECONDS,
-    MAX_TRAFFIC_RECORDS,
     Failure,
     GoMessage,
     Message,
@@ -44,6 +43,7 @@ from edgeci_mqtt.wire.messages import (
     decode,
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, TOPICS, WATCHER_STATE, Role, TopicPattern
+from edgeci_mqtt.wire.traffic_records import MAX_TRAFFIC_RECORDS
 
 __all__ = [
     "BATCH_INTERVAL_S",

@@ -36,7 +36,7 @@ from edgeci_mqtt.wire import (
     Reassembler,
     decode,
 )
-from edgeci_mqtt.wire.messages import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
+from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
 
 __all__ = ["TrafficView", "describe_tensor", "device_states"]
 

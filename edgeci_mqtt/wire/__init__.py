@@ -11,6 +11,12 @@
 
 from __future__ import annotations
 
+from edgeci_mqtt.wire.base import (
+    CONTENT_TYPE,
+    MAX_INPUT_SIDE,
+    MAX_SECONDS,
+    Message,
+)
 from edgeci_mqtt.wire.compression import CODECS, PackedArray, choose_codec
 from edgeci_mqtt.wire.framing import (
     BROKER_MAX_PACKET_BYTES,
@@ -21,9 +27,6 @@ from edgeci_mqtt.wire.framing import (
     frames,
 )
 from edgeci_mqtt.wire.messages import (
-    CONTENT_TYPE,
-    MAX_INPUT_SIDE,
-    MAX_SECONDS,
     AuctionCall,
     AuctionLot,
     Award,
@@ -31,16 +34,20 @@ from edgeci_mqtt.wire.messages import (
     BidMessage,
     Chunk,
     DeviceState,
-    Failure,
-    FinishRole,
-    GoMessage,
     InferAccepted,
     InferRequest,
     InferResponse,
     LotPrices,
-    Message,
     OrchestratorState,
     PenaltyMessage,
+    WeightsMessage,
+    decode,
+    encode,
+)
+from edgeci_mqtt.wire.programs import (
+    Failure,
+    FinishRole,
+    GoMessage,
     ProgramMessage,
     ProgramStep,
     Progress,
@@ -52,14 +59,7 @@ from edgeci_mqtt.wire.messages import (
     StepReport,
     StepSend,
     TailRole,
-    TensorSummary,
-    TrafficMessage,
-    TrafficRecord,
     VectorMessage,
-    WatcherState,
-    WeightsMessage,
-    decode,
-    encode,
 )
 from edgeci_mqtt.wire.tensors import decode_array, encode_array
 from edgeci_mqtt.wire.topics import (
@@ -83,6 +83,12 @@ from edgeci_mqtt.wire.topics import (
     SHARED_REQUESTS,
     WATCHER_STATE,
     TopicPattern,
+)
+from edgeci_mqtt.wire.traffic_records import (
+    TensorSummary,
+    TrafficMessage,
+    TrafficRecord,
+    WatcherState,
 )
 
 __all__ = [

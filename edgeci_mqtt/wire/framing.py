@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.wire.messages import Chunk, Message, decode, encode
+from edgeci_mqtt.wire.base import Message
+from edgeci_mqtt.wire.messages import Chunk, decode, encode
 from edgeci_mqtt.wire.tensors import arrays_within
 
 __all__ = ["BROKER_MAX_PACKET_BYTES", "MAX_FRAME_BYTES", "MAX_PAYLOAD_BYTES", "Allowance", "Reassembler", "frames"]
