@@ -70,9 +70,9 @@ def wait_for_devices(
 
 def warm_then_time(strategies: Sequence[str], infer: Callable[[str], T]) -> dict[str, T]:
     """Every strategy once, untimed, then each again for the table. Warming only the
-    first left the others cold: the first strategy timed paid the cold start (in one run
-    ``local`` took 1,520 ms and ``replicas`` 362 ms on the same device, a "4.2x" speed-up
-    for running the same model)."""
+    first left the others cold: the first strategy timed paid the cold start, which showed
+    as a large speed-up between strategies running the same model (docs/RUNTIME.md,
+    deployment)."""
     for strategy in strategies:
         print(f"  warming {strategy} ...", file=sys.stderr, flush=True)
         infer(strategy)

@@ -24,8 +24,8 @@ class TailRows:
     """The tail's fully connected weights a device has made for one model: runs of the
     first layer's rows (in order, apart), and whether it has the layers after it.
 
-    A device holds no classifier at boot and makes what a placement gives it (seconds for
-    a slice of VGG-16's first layer on a 0.2-CPU board), so what it holds decides what a
+    A device holds no classifier at boot and makes what a placement gives it (slow on a
+    small board: docs/PLANNER.md, tail placement), so what it holds decides what a
     placement costs: the planner prices the chunks of :data:`LINEAR_CHUNK_ROWS` rows a
     device lacks (:meth:`missing_rows`)."""
 

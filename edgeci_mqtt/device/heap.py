@@ -27,11 +27,10 @@ def release_heap() -> None:
 
 def keep_heap_small() -> None:
     """One glibc heap for all threads (each would otherwise get an arena of its own, whose
-    freed pages linger apart from the others'). Measured on a device agent serving VGG-16
-    and ResNet-34: idle after serving 389-392 MB against 400-410, peak 416-434 against
-    425-441, at the same speed. (Mapping every buffer of 256 KB or more on its own cut the
-    peak a little more but made VGG-16 20-30 % slower: each activation faulted in anew.)
-    Call it first, before other threads start."""
+    freed pages linger apart from the others'): a device agent stays smaller, idle and at
+    its peak, at the same speed. (Mapping every large buffer on its own cuts the peak a
+    little more but slows the model: each activation faults in anew.) Measurements in
+    docs/RUNTIME.md, weights. Call it first, before other threads start."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
 

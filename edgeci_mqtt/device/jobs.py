@@ -1,10 +1,10 @@
 """A device worker's jobs, oldest request first (no I/O).
 
 A device runs one job at a time. In arrival order alone, a request that arrived later
-could hold the worker while an earlier one's next step waited for it: a stream on
-hetero4 put whole requests (seconds of work each) on the devices of a split request,
-whose every step then waited behind one, and the split request ran past its deadline
-on devices that were busy, not lost. Here every job carries a ticket, the order it
+could hold the worker while an earlier one's next step waited for it: whole requests of
+a stream then delay every step of a split request on the same devices, and the split
+request runs past its deadline on devices that are busy, not lost (docs/RUNTIME.md,
+`flow`, devices). Here every job carries a ticket, the order it
 came in; a ``flow`` request's jobs all carry the ticket of its program, and its worker
 runs one step per job and queues the next, so a device always goes on with the oldest
 request that has a step ready.

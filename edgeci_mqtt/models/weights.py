@@ -37,8 +37,8 @@ def allocate(model: nn.Module, leave: type[nn.Module] | None = None) -> None:
     storage of its shape, in place, except in modules of type ``leave``.
 
     Not ``Module.to_empty``: from the meta device its ``empty_like`` left the process
-    holding about 60 % more memory than the tensors it made (VGG-16's convolutions:
-    89 MB resident for 56 MB of weights), which a device with 1 GB cannot spare.
+    holding far more memory than the tensors it made, which a device with 1 GB cannot
+    spare (docs/RUNTIME.md, weights).
     """
     for module in model.modules():
         if leave is not None and isinstance(module, leave):

@@ -125,8 +125,8 @@ class _Pricing:
     """Run costs for every bidder in O(1): ``queue + alone[a] + sum(extend[a+1:b]) - held``.
 
     Everything one run's price needs sits in one tuple per device, and the held rows'
-    saving is inlined: the award's sweeps price runs hundreds of thousands of times on
-    swarm64, so each lookup and call there is a share of planning time."""
+    saving is inlined: on a large cluster the award's sweeps price runs so many times that
+    each lookup and call is a share of planning time (docs/PLANNER.md, AWAS)."""
 
     def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
         self._terms: dict[str, tuple[float, tuple[float, ...], list[float], tuple[int, int, float] | None]] = {
@@ -257,9 +257,10 @@ def _improve(pricing: _Pricing, runs: list[tuple[str, Span]], bidders: Sequence[
     ranked: dict[int, list[str]] = {}
 
     def cheapest_idle(idle: set[str], item: int) -> list[str]:
-        """The idle bidders that would take ``item`` alone cheapest (a few: on swarm64 trying all
-        60 idle devices on both sides of every crowded run made awarding most of planning).
-        Every bidder's rank for an item is worked out once per award."""
+        """The idle bidders that would take ``item`` alone cheapest (a few: on a large cluster
+        trying every idle device on both sides of every crowded run made awarding most of
+        planning; docs/PLANNER.md, AWAS). Every bidder's rank for an item is worked out once
+        per award."""
         if item not in ranked:
             ranked[item] = sorted(bidders, key=lambda d: (pricing.run(d, item, item + 1), d))
         return [d for d in ranked[item] if d in idle][:IDLE_TRIED]

@@ -1,10 +1,10 @@
 """A device's speed, corrected by the work it actually did.
 
-A profile is two seconds of micro-benchmarks at boot. On the emulated homo4 cluster,
-four identical 0.25-CPU devices measured conv rates up to 30 % apart, and the
-auction, trusting them, gave the "fastest" device a third more rows than the others,
-which it then computed 15 % slower per row: it finished 400 ms after them, on every
-request. Real boards drift the same way (thermal throttling, a background job).
+A profile is two seconds of micro-benchmarks at boot, and identical devices under the
+same CPU quota can come out of them far apart: the auction, trusting them, gives the
+"fastest" device more rows than the others although it is no faster, and it finishes
+last, on every request (docs/RUNTIME.md, speed corrected by the work). Real boards
+drift the same way (thermal throttling, a background job).
 
 So a device compares each piece of work it runs with what its boot profile
 predicted and keeps a running ratio, each piece weighted by the seconds it took (a
@@ -13,8 +13,8 @@ fast predicts almost nothing, so predicted seconds would never add up). Once the
 far enough from the one announced, the device announces a profile scaled by it:
 its bids (and so the awards) and the simulator use the corrected speed. The
 threshold is wide on purpose: every announcement makes each device price its lots
-anew and each orchestrator award afresh, which costs a 0.25-CPU cluster a few
-hundred milliseconds once.
+anew and each orchestrator award afresh, which a slow cluster feels (docs/RUNTIME.md,
+speed corrected by the work).
 """
 
 from __future__ import annotations

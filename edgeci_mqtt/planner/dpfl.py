@@ -92,7 +92,8 @@ class BlockEstimator:
     def seconds_to(self, stop: int) -> Floats:
         """Seconds of every block ``[i, stop)``, by ``i``, with its rows shared so that it
         finishes earliest (what the AWAS auction finds): DPFL's costs, all blocks ending at
-        ``stop`` at once (one by one they were most of a plan's time on swarm64).
+        ``stop`` at once (one by one they were most of a plan's time on a large cluster:
+        docs/PLANNER.md, DPFL).
 
         A device of kind ``k`` given ``r`` rows finishes at ``cost[k, r]`` (non-decreasing in
         ``r``); the block finishes at the least time by which the devices can take every

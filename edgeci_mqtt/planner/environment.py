@@ -23,10 +23,9 @@ MESSAGE_OVERHEAD_BYTES = 256
 MESSAGE_OPS = 50
 """Per-op overheads (:attr:`DeviceProfile.op_overhead_s`) that one device-to-device
 message costs its sender, and again its receiver: paho's threads, msgpack, the copies
-and the thread hand-offs around them. Measured on the emulated 0.25-CPU devices:
-publishing a ``flow`` step's two halo messages took 8-20 ms, 50-120 of their op
-overheads per message (about 10 on an idle host, where the scheduler does not get in
-the way)."""
+and the thread hand-offs around them. Set from CPU-limited devices, where each hand-off
+between threads can wait for the scheduler, not from an idle host (docs/PLANNER.md,
+`flow`)."""
 
 FLOW_STEP_MESSAGES = 4
 """Messages a ``flow`` strip handles per block: the halo from its neighbours above and

@@ -194,8 +194,7 @@ def split_features(features: int, speeds: Sequence[tuple[str, float]]) -> tuple[
 KEEP_MARGIN = 0.10
 """A placement in use is kept unless another is estimated this much faster: estimates
 move a little with each speed a device re-announces, and a placement that changes has its
-devices make rows and drop others. Measured on hetero8 VGG-16 before making was priced:
-0.9-1.1 s of rows made in three of five requests, without it."""
+devices make rows and drop others (docs/PLANNER.md, tail placement)."""
 
 
 def place_tail(

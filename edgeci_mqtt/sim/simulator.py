@@ -31,10 +31,9 @@ Auction. An auctioned plan (EdgeCI) first holds every block's round at once, as 
 runtime does: a call to every device, each device prices the rounds, its bids come
 back, and once the bids of the devices the plan gives work to are in, the orchestrator
 awards every round; then the first block starts. Pricing one round costs a device
-:data:`AUCTION_ROUND_OPS` per-op overheads (measured: 0.12-0.26 ms for VGG-16's rounds on
-a host whose per-op overhead is 9 µs); awarding one costs the orchestrator
-:data:`AWARD_OPS_PER_BID` per bid (measured: 0.3-0.9 ms for 4-8 bids, median 12 per bid,
-2-52 over VGG-16 and ResNet-34 rounds with 4 to 64 bidders).
+:data:`AUCTION_ROUND_OPS` per-op overheads, and awarding one costs the orchestrator
+:data:`AWARD_OPS_PER_BID` per bid: counted in per-op overheads, both follow each CPU's
+speed (set from measured rounds: docs/PLANNER.md, simulator).
 
 Dispatch. ``static`` tasks are sent in plan order as their inputs become ready;
 ``pull`` blocks keep tiles in a queue on the orchestrator and send the next one to

@@ -5,13 +5,11 @@ sending a bitmap of the non-zero positions plus the non-zero values (codec ``"ze
 can halve a transfer for the price of a few elementwise passes. ``"raw"`` is the plain
 layout, for dense maps and for links faster than the CPU.
 
-Only these two. A general-purpose compressor on top of ``"zeros"`` was measured on
-VGG-16 post-ReLU maps (seeded random weights) and does not pay: on a random input,
-whose float32 values almost never repeat, zlib level 1 shrinks the packed map by only
-10-14 % at about 22 MB/s on this host, so at 0.25-1x of this CPU its encode time
-exceeds the transfer it saves at 20 Mbit/s and is worse still at 100 Mbit/s; lz4 is
-fast (0.6-2.6 GB/s) but shrinks it by 0-3 %. Both gain a lot only on the flat regions
-of a synthetic image (the same float repeated), which a camera image does not have.
+Only these two. A general-purpose compressor on top of ``"zeros"`` does not pay: the
+float32 values of a camera image's maps almost never repeat, so a fast compressor hardly
+shrinks them and one that shrinks them a little costs more CPU on an edge device than
+the transfer it saves; both gain only on the flat regions of a synthetic image, which a
+camera image does not have (docs/RUNTIME.md, decisions and their measurements).
 
 "Zero" means the bit pattern 0: ``-0.0`` and NaNs with any payload are values, so every
 map round-trips bit for bit.
@@ -46,12 +44,13 @@ CODECS: tuple[str, ...] = ("raw", "zeros")
 
 ZEROS_ENCODE_PASSES = 10.0
 """Seconds to encode ``"zeros"``, in ReLU passes over the same map (``torch.relu``, one
-thread, the pass that ``DeviceProfile.rates["relu"]`` prices). ``python -m bench.codec_speed``
-on VGG-16 maps measured 4-17x (median 10x): more on small maps, whose ReLU runs in cache,
-and on scattered zeros, which defeat the branch predictor of the masked gather. Raw's
-copy, about one pass, is left out of both sides."""
+thread, the pass that ``DeviceProfile.rates["relu"]`` prices): the median of ``python -m
+bench.codec_speed`` on VGG-16 maps (docs/RUNTIME.md, decisions and their measurements).
+It is more on small maps, whose ReLU runs in cache, and on scattered zeros, which defeat
+the branch predictor of the masked gather. Raw's copy, about one pass, is left out of
+both sides."""
 ZEROS_DECODE_PASSES = 9.0
-"""The same for decoding ``"zeros"`` (measured 3-17x, median 9x)."""
+"""The same for decoding ``"zeros"``."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -102,8 +102,9 @@ class AuctionLot:
 @dataclass(frozen=True)
 class AuctionCall(Message):
     """Every lot of one request's round on ``auctions/<round>/call``, in one message: a
-    device answers once, however many blocks the plan has (on hetero8 a 2 %-CPU device
-    took 75 ms per call when each block had its own)."""
+    device answers once, however many blocks the plan has, so a slow device pays for
+    taking a call and sending its bids once per request, not once per block
+    (docs/RUNTIME.md, one inference)."""
 
     kind: ClassVar[str] = "call"
     round: Ident

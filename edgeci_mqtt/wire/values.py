@@ -278,8 +278,8 @@ def _float_ranges(hint: Any) -> tuple[Range, ...] | None:
 
 def _all_fine_floats(data: list[Any], ranges: tuple[Range, ...]) -> bool:
     """Every item a finite float within ``ranges``, checked in C: a bid carries thousands of
-    prices, which one by one took a 0.25-CPU orchestrator tens of ms per request. False:
-    decode item by item, which names the one at fault."""
+    prices, too many to check one by one on a slow orchestrator (docs/RUNTIME.md, typed
+    values). False: decode item by item, which names the one at fault."""
     if set(map(type, data)) - {float}:
         return False
     values = np.fromiter(data, dtype=np.float64, count=len(data))
