@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench.report import DOCS, machine_line, write_section
-from edgeci_mqtt.bus.mqtt import BrokerAddress
+from edgeci_mqtt.bus.address import BrokerAddress
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run

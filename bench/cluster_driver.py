@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from edgeci_mqtt.broker.config import Credentials, credentials_path
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES

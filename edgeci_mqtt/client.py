@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.bus.address import BrokerAddress, TlsFiles
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.bus.protocol import Bus, Disconnected, Inbound, events_until
 from edgeci_mqtt.errors import InferenceError, TransportError, WireError
 from edgeci_mqtt.imaging import check_image, load_input

@@ -30,7 +30,8 @@ from edgeci_mqtt.broker.config import (
 )
 from edgeci_mqtt.broker.dynsec import ADMIN_USER, administer
 from edgeci_mqtt.broker.mosquitto import DOCKER_PLUGIN, MosquittoProcess, free_port
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.cli import build_parser, main
 from edgeci_mqtt.errors import EdgeCIError
 

@@ -17,7 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from bench.report import resident_mb, sampled_rss
-from edgeci_mqtt.bus.mqtt import MESSAGE_OVERHEAD, BrokerAddress, MqttBus, queued_cost
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MESSAGE_OVERHEAD, MqttBus, queued_cost
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion

@@ -21,7 +21,8 @@ import pytest
 
 from edgeci_mqtt.broker.config import Credentials
 from edgeci_mqtt.broker.mosquitto import free_port, mosquitto_binary
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.wire import DEVICE_TASKS
 
 README = Path(__file__).resolve().parent.parent / "README.md"

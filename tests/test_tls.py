@@ -18,7 +18,8 @@ import torch
 from edgeci_mqtt.broker.config import Credentials, TlsListener, credentials_path, write_broker_config
 from edgeci_mqtt.broker.dynsec import ADMIN_USER
 from edgeci_mqtt.broker.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.bus.address import BrokerAddress, TlsFiles
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import StageChain

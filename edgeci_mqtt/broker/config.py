@@ -36,7 +36,8 @@ from edgeci_mqtt.broker.dynsec import (
     user_commands,
 )
 from edgeci_mqtt.broker.mosquitto import MosquittoProcess, dynsec_plugin, free_port, mosquitto_binary
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.wire import BROKER_MAX_PACKET_BYTES
 from edgeci_mqtt.wire.topics import Role, check_segment

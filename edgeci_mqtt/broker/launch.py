@@ -25,7 +25,8 @@ from urllib.parse import quote
 from edgeci_mqtt.broker.config import LOOPBACK, Credentials, TlsListener, users_by_role, write_broker_config
 from edgeci_mqtt.broker.dynsec import ADMIN_USER, DynsecAdmin, administer
 from edgeci_mqtt.broker.mosquitto import MosquittoProcess, free_port
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus
+from edgeci_mqtt.bus.address import BrokerAddress
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.wire.topics import Role
 

@@ -27,8 +27,6 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,11 +35,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edgeci_mqtt.bus.address import BrokerAddress, TlsFiles
 from edgeci_mqtt.bus.protocol import Connected, Disconnected, Event, Inbound, checked_frames
 from edgeci_mqtt.errors import TransportError
 from edgeci_mqtt.wire import CONTENT_TYPE
 
-__all__ = ["MESSAGE_OVERHEAD", "BrokerAddress", "MqttBus", "TlsFiles", "queued_cost"]
+__all__ = ["MESSAGE_OVERHEAD", "MqttBus", "queued_cost"]
 
 log = logging.getLogger(__name__)
 
@@ -52,47 +51,6 @@ _SHORT_SESSION_S, _TAKEOVERS = 5.0, 3
 """A session cut within 5 s of starting, three times in a row, is taken to be a takeover loop."""
 _REFUSED_FOR_GOOD = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 """CONNACK codes a retry cannot change: protocol, client id, login, not authorised, banned, auth method."""
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise TransportError(f"broker address {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
-        tls = parsed.scheme == "mqtts"
-        return cls(
-            parsed.hostname,
-            parsed.port or (8883 if tls else 1883),
-            tls,
-            unquote(parsed.username) if parsed.username else None,
-            unquote(parsed.password) if parsed.password else None,
-        )
-
-    def with_login(self, username: str | None, password: str | None) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port, self.tls, username or self.username, password or self.password)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """For ``mqtts://``: the CA that signed the broker's certificate (None: the system's),
-    and this process's own certificate and key when the broker requires one."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
 
 
 MESSAGE_OVERHEAD = 512
@@ -208,7 +166,7 @@ class MqttBus:
             self._client.on_log = self._on_log
 
     def will(self, topic: str, payload: bytes) -> None:
-        self._client.will_set(topic, payload, qos=1, retain=True, properties=self._properties())
+        self._client.will_set(topic, payload, qos=1, retain=True, properties=_properties())
 
     # paho's thread: only enqueue
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
@@ -312,16 +270,6 @@ class MqttBus:
             )
         )
 
-    @staticmethod
-    def _properties(response_topic: str | None = None, correlation: bytes | None = None) -> Properties:
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = CONTENT_TYPE
-        if response_topic:
-            props.ResponseTopic = response_topic
-        if correlation:
-            props.CorrelationData = correlation
-        return props
-
     def start(self, timeout: float = 10.0) -> None:
         """Connect and wait up to ``timeout`` for the first session. Over TLS the first attempt
         is made here, so a certificate no retry can change is an error at once; anything else
@@ -395,11 +343,21 @@ class MqttBus:
         """Publish, split into chunk frames if over the limit; retained payloads must fit one frame."""
         for part in checked_frames(topic, payload, retain):
             try:
-                info = self._client.publish(topic, part, qos, retain, self._properties(response_topic, correlation))
+                info = self._client.publish(topic, part, qos, retain, _properties(response_topic, correlation))
                 if wait is not None:
                     info.wait_for_publish(wait)
             except (RuntimeError, ValueError) as exc:  # paho: not connected, or a topic it refuses
                 raise TransportError(f"{self.client_id}: cannot publish on {topic[:200]}: {exc}") from exc
+
+
+def _properties(response_topic: str | None = None, correlation: bytes | None = None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = CONTENT_TYPE
+    if response_topic:
+        props.ResponseTopic = response_topic
+    if correlation:
+        props.CorrelationData = correlation
+    return props
 
 
 def _tls_for_good(text: str) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeci_mqtt.broker.config import Credentials
-from edgeci_mqtt.bus.mqtt import BrokerAddress, MqttBus, TlsFiles
+from edgeci_mqtt.bus.address import BrokerAddress, TlsFiles
+from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.errors import EdgeCIError
 
 __all__ = ["add_broker", "broker_address", "broker_bus"]
