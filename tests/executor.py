@@ -11,22 +11,23 @@ import torch
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.attempt import (
+from edgeci_mqtt.orchestrator.actions import (
     Action,
-    Attempt,
-    Begin,
     Compute,
-    Computed,
-    Event,
     Finish,
     Go,
     Keep,
     SendProgram,
     SendRows,
-    StepFinished,
-    TileArrived,
-    VectorArrived,
 )
+from edgeci_mqtt.orchestrator.attempt import (
+    Attempt,
+    Begin,
+    Computed,
+    Event,
+    StepFinished,
+)
+from edgeci_mqtt.orchestrator.attempt_edge import arrival
 from edgeci_mqtt.orchestrator.holdings import Holdings
 from edgeci_mqtt.orchestrator.programs import compile_plan
 from edgeci_mqtt.planner.plan import Plan
@@ -135,16 +136,8 @@ class _Cluster:
         event: Event
         if isinstance(message, StepDone):
             event = StepFinished(message.request, message.device, message.boundary)
-        elif isinstance(message, RowsMessage):
-            array = self.array = message.rows.array
-            event = TileArrived(
-                message.request, message.sender, message.boundary, message.region, array.shape, str(array.dtype), 0.0
-            )
         else:
-            array = self.array = message.values.array
-            event = VectorArrived(
-                message.request, message.sender, message.features, message.logits, array.shape, str(array.dtype), 0.0
-            )
+            event, self.array = arrival(message, 0.0)
         self.perform(self.machine.handle(event))
 
     def compute(self) -> None:

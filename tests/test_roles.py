@@ -30,8 +30,8 @@ from edgeci_mqtt.device.programs import ValidProgram, run_step
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models.held import ModelStore, weights_digest
+from edgeci_mqtt.orchestrator.device_table import DeviceTable
 from edgeci_mqtt.orchestrator.run import EXPIRY_MARGIN_S
-from edgeci_mqtt.orchestrator.service import DeviceTable
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
 from edgeci_mqtt.wire import (

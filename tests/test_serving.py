@@ -121,6 +121,17 @@ def test_local_always_runs_whole_on_its_device() -> None:
         assert serving.whole == WholeRequest(Strategy("local"), "b")  # one step: the whole chain
 
 
+def test_local_hands_its_device_the_requests_own_seconds_however_busy_it_is() -> None:
+    """The work counted for the request is what it adds to its device: its own predicted
+    seconds. Counting its finish less the work already out gave a busy device less (or
+    negative) work, so the next request saw a device idler than it was."""
+    ctx = context("vgg16", 224, gflops=(10, 20, 10, 10))
+    plan = make_plan(Strategy("local"), ctx)
+    for busy_s in (0.0, plan.predicted_s / 2, 50.0):
+        _, serving = serve("local", ctx, {"b": busy_s, "a": 1.0})
+        assert serving.work == {"b": plan.predicted_s} and serving.backlog_s == busy_s
+
+
 def test_flow_ablations_always_split() -> None:
     ctx = context("smallcnn", 64)  # where flow in full runs whole
     for text in ("flow:barrier", "flow:raw", "flow:orchestrator-tail", "flow:barrier+raw+orchestrator-tail"):

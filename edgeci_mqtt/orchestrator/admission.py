@@ -3,18 +3,42 @@
 One client queueing 120 requests must not make another client's single request wait
 behind all of them, and must not make the orchestrator hold unbounded work: each client
 may have ``per_client`` requests waiting (the next one is refused at once, "busy"), and
-the workers take the clients' queues round-robin.
+the workers take the clients' queues round-robin. A request whose client stopped waiting
+(:meth:`Admitted.expired`) is not started.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["FairQueue"]
+from edgeci_mqtt.wire import InferRequest
+
+__all__ = ["Admitted", "FairQueue"]
 
 T = TypeVar("T")
+
+
+@dataclass
+class Admitted:
+    """A request admitted to the queue: where to answer it, and when it reached us."""
+
+    message: InferRequest
+    response_topic: str
+    correlation: bytes | None
+    received: float
+
+    def give_up_at(self) -> float | None:
+        """When the client stops waiting (a ``perf_counter`` time; None: it said nothing)."""
+        deadline = self.message.deadline_s
+        return self.received + deadline if deadline > 0 else None
+
+    def expired(self, now: float) -> bool:
+        """Past the time the client said it would wait (from when it reached us)."""
+        give_up_at = self.give_up_at()
+        return give_up_at is not None and now > give_up_at
 
 
 class FairQueue(Generic[T]):

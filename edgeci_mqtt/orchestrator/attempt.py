@@ -3,10 +3,11 @@
 :meth:`Attempt.handle` takes one event (the attempt begins, rows or a vector reached the
 orchestrator, a device failed or finished a step behind a barrier, time passed, the
 orchestrator computed a block, the devices said how far they got) and returns the actions
-to take (send a program or rows, keep what arrived, compute a block here, say go, release,
-give devices up, restart, finish, fail). No clock, no I/O, no tensors: the edge
-(:mod:`edgeci_mqtt.orchestrator.run`) stamps the events and carries the actions out, so every
-decision is unit-tested event by event.
+to take (:mod:`~edgeci_mqtt.orchestrator.actions`: send a program or rows, keep what
+arrived, compute a block here, say go, release, give devices up, restart, finish, fail).
+No clock, no I/O, no tensors: the edge (:mod:`~edgeci_mqtt.orchestrator.attempt_edge`)
+stamps the events and carries the actions out, so every decision is unit-tested event by
+event.
 
 The attempt runs the holders' work of :func:`~edgeci_mqtt.orchestrator.programs.compile_plan`:
 every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
@@ -23,8 +24,8 @@ Faults:
   last boundary the orchestrator holds whole (the image under ``flow``; the last stitched
   map under a gathering strategy);
 * past the attempt's **deadline**, every device is asked how far it got as it is released,
-  and :func:`blame` says who held the attempt up; they are given up and the request restarts
-  the same way.
+  and :func:`~edgeci_mqtt.orchestrator.blame.blame` says who held the attempt up; they are
+  given up and the request restarts the same way.
 """
 
 from __future__ import annotations
@@ -33,36 +34,45 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.orchestrator.programs import Answer, Compiled, DeviceProgram, Forward, Handout, Logits, Slice
-from edgeci_mqtt.orchestrator.programs import downstream_first as _downstream_first
-from edgeci_mqtt.wire import FinishRole, ProgramStep, TailRole
+from edgeci_mqtt.orchestrator.actions import (
+    Action,
+    Compute,
+    Fail,
+    Finish,
+    GiveUp,
+    Go,
+    Ignore,
+    Keep,
+    Release,
+    Restart,
+    SendProgram,
+    SendRows,
+)
+from edgeci_mqtt.orchestrator.blame import blame
+from edgeci_mqtt.orchestrator.programs import (
+    Answer,
+    Compiled,
+    DeviceProgram,
+    Forward,
+    Handout,
+    Logits,
+    Slice,
+    downstream_first,
+)
+from edgeci_mqtt.wire import ProgramStep
 
 __all__ = [
-    "Action",
     "Attempt",
     "Begin",
-    "Compute",
     "Computed",
     "DeviceFailed",
     "Event",
-    "Fail",
-    "Finish",
-    "GiveUp",
-    "Go",
-    "Ignore",
-    "Keep",
-    "Release",
     "Reported",
-    "Restart",
-    "SendProgram",
-    "SendRows",
     "StepFinished",
     "Tick",
     "TileArrived",
     "VectorArrived",
-    "blame",
 ]
 
 OFFLINE = "went offline"
@@ -70,12 +80,6 @@ NO_DEVICE = "no capable device remains for this inference"
 
 
 # ---------------------------------------------------------------- events
-@dataclass(frozen=True)
-class Begin:
-    now: float
-    online: frozenset[str]
-
-
 @dataclass(frozen=True)
 class TileArrived:
     """Rows ``region`` of the map at ``boundary`` from ``sender`` for program ``program``,
@@ -122,8 +126,15 @@ class StepFinished:
 
 @dataclass(frozen=True)
 class Tick:
+    """Time passed; ``online``: the devices online now (work on one that left is lost)."""
+
     now: float
     online: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Begin(Tick):
+    """The attempt begins: a tick on which every program goes out."""
 
 
 @dataclass(frozen=True)
@@ -143,95 +154,6 @@ class Reported:
 
 
 Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
-
-
-# ---------------------------------------------------------------- actions
-@dataclass(frozen=True)
-class SendProgram:
-    program: str
-    """The program's id (the request id the device keys it by and answers under)."""
-    device: str
-    work: DeviceProgram
-    carried: Forward | None = None
-    """The rows of the start boundary it carries."""
-
-
-@dataclass(frozen=True)
-class SendRows:
-    program: str
-    forward: Forward
-
-
-@dataclass(frozen=True)
-class Keep:
-    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
-
-    sender: str
-    boundary: int = -1
-    region: TileRegion | None = None
-    answer: Answer | None = None
-
-
-@dataclass(frozen=True)
-class Compute:
-    """The orchestrator runs ``block`` on the whole map it holds (then reports :class:`Computed`)."""
-
-    block: FusedBlock
-
-
-@dataclass(frozen=True)
-class Go:
-    program: str
-    devices: tuple[str, ...]
-    boundary: int
-
-
-@dataclass(frozen=True)
-class Release:
-    """Tell these devices to drop these programs (``report``: and to say how far they got)."""
-
-    programs: tuple[tuple[str, str], ...]
-    """(program id, device) pairs."""
-    why: str
-    report: bool = False
-
-
-@dataclass(frozen=True)
-class GiveUp:
-    """This request uses these devices no more (``gone``: they left the device table, so
-    nothing else needs to hold them out)."""
-
-    devices: frozenset[str]
-    why: str
-    gone: bool = False
-
-
-@dataclass(frozen=True)
-class Ignore:
-    sender: str
-    why: str
-
-
-@dataclass(frozen=True)
-class Restart:
-    """The attempt is over: re-plan without the devices given up, from ``boundary``."""
-
-    boundary: int
-    why: str
-    late: bool = False
-
-
-@dataclass(frozen=True)
-class Finish:
-    """Everything the request needs is here."""
-
-
-@dataclass(frozen=True)
-class Fail:
-    reason: str
-
-
-Action = SendProgram | SendRows | Keep | Compute | Go | Release | GiveUp | Ignore | Restart | Finish | Fail
 
 
 @dataclass
@@ -307,7 +229,7 @@ class Attempt:
             return self._lose(missing, OFFLINE, gone=True)
         actions: list[Action] = [
             SendProgram(self.program, d, self.work.programs[d], self.work.carried.get(d))
-            for d in _downstream_first(self.work.programs)
+            for d in downstream_first(self.work.programs)
         ]
         self.online = event.online
         return actions + self._reached(self.work.start, event.now)
@@ -461,47 +383,3 @@ class Attempt:
         self.failed |= blamed
         actions: list[Action] = [GiveUp(frozenset(blamed), why)] if blamed else []
         return [*actions, Restart(self.restart_from, why, late=True)]
-
-
-def _sources(item: ProgramStep | TailRole | FinishRole) -> set[str]:
-    if isinstance(item, FinishRole):
-        return {s.source for s in item.slices}
-    return {p.source for p in item.inputs}
-
-
-def _forwarded(work: Compiled, device: str) -> bool:
-    """The orchestrator sends ``device`` rows after the attempt's start (it may wait for them)."""
-    return any(f.to == device for forwards in work.forwards.values() for f in forwards)
-
-
-def blame(work: Compiled, reports: Mapping[str, tuple[int, tuple[str, ...]]], orchestrator: str) -> set[str]:
-    """Who held a late attempt up, from what each device said when it was released.
-
-    A device that did not answer (stopped, gone quiet, or hostile) is to blame, and so is
-    one that had every piece of its next item and had not finished it (slow, or never
-    computing). A device that was waiting for others is not, if its claim holds: the
-    senders it names are ones its next item reads (the orchestrator only where it forwards
-    rows to that device, or says go behind a barrier). A claim on a sender that says it
-    finished cannot be settled from here (rows lost on the way, or one of them lying): both
-    are blamed, for a short hold. Nobody is blamed when every device finished: the
-    lateness was the orchestrator's or the broker's."""
-    programs = work.programs
-    finished = {d for d, r in reports.items() if d in programs and r[0] >= len(programs[d].items)}
-    blamed = set()
-    for device, program in programs.items():
-        items, report = program.items, reports.get(device)
-        if report is None or report[0] < 0:
-            blamed.add(device)  # silent, or its program never reached it
-            continue
-        item, waiting_for = report
-        if item >= len(items):
-            continue
-        claims = set(waiting_for)
-        readable = _sources(items[item]) - {device, orchestrator}
-        if work.barrier or _forwarded(work, device):
-            readable.add(orchestrator)
-        if not claims or not claims <= readable:
-            blamed.add(device)
-        elif claims & finished:
-            blamed |= {device, *(claims & finished)}
-    return blamed

@@ -124,8 +124,7 @@ class Auctioneer:
         the plan expects to win work) but not of the silent ones; bids that others have
         sent by then count as well. An awaited device that has not bid by then is silent.
         Waiting for a device the plan leaves idle would cost every inference its slowest
-        bidder's reply time (on hetero8, a 2 % CPU device answers 100+ ms after the rest)
-        for a bid that almost never wins.
+        bidder's reply time for a bid that almost never wins (docs/RUNTIME.md, one inference).
         """
         if not candidates:
             raise PlanningError("no capable device remains for this inference")

@@ -26,7 +26,6 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.tail import TailPlan, TailWork, placement_making_seconds
-from edgeci_mqtt.timeline import ORCHESTRATOR
 
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
@@ -67,7 +66,7 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     awaited = (set(plan.devices) & candidates) or candidates
     rounds = run.auctioneer.rounds(lots, candidates, awaited, flow=True)
     views = [v for v in views if v.name not in run.mail.silence] or views  # found silent now: no tail either
-    env = Environment(tuple(views), run.profile, run.broker_link)
+    env = Environment(tuple(views), run.services.profile, run.services.broker_link)
     chain = run.held.spec(*run.input_hw)
     rows = run.held.row_model(*run.input_hw)
     for (block, items), held_round in zip(lots, rounds, strict=True):
@@ -77,14 +76,13 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
     place = plan.strategy.places_tail
     try:
-        blocks, awards, tail = _awarded(chain, rows, env, bids, place, run.tails.get(run.held.digest))
+        blocks, awards, tail = _awarded(chain, rows, env, bids, place, run.services.tails.get(run.held.digest))
     except PlanningError as exc:
         raise InferenceError(f"flow cannot be awarded: {exc}") from exc
-    run.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
+    run.services.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
     for held_round, won in zip(rounds, awards, strict=True):
         run.auctioneer.announce(held_round, won)
-    run.timings.auction_s += time.perf_counter() - started
-    run.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(lots)} rounds")
+    run.spent("auction", started, f"{len(lots)} rounds")
     making = placement_making_seconds(env, TailWork.of(chain.tail_work), tail) if place else 0.0
     # the plan's prediction, and the tail weights its devices must make
     return dataclasses.replace(plan, blocks=blocks, predicted_s=plan.predicted_s + making, auctioned=True, tail=tail)
@@ -112,7 +110,6 @@ def gather_plan(run: Run, views: list[DeviceView], start: int, auction: bool) ->
         won = _award(held_round.ordered(), len(items[k]))
         run.auctioneer.announce(held_round, won)
         blocks[k] = BlockPlan(block, award_tasks(run.held.chain.stages, run.shapes, block, items[k], won))
-    run.timings.auction_s += time.perf_counter() - started
     answered = min(len(r.bids) for r in rounds)
-    run.mark(ORCHESTRATOR, "auction", started, time.perf_counter(), f"{len(rounds)} rounds, >= {answered} bids")
+    run.spent("auction", started, f"{len(rounds)} rounds, >= {answered} bids")
     return dataclasses.replace(plan, blocks=tuple(blocks))

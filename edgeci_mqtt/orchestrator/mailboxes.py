@@ -48,6 +48,22 @@ class Mailboxes:
         """Messages for ``program`` go to ``box`` as well (a pulled tile's own program)."""
         self.results[program] = box
 
+    def unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
+        """A result for a program not in flight here, or a bid for a round not open (from a
+        device that is not silent), by the ids its topic carries (``result``, ``bid``): it
+        is dropped unread (a flood of them costs no memory)."""
+        if result is not None:
+            return result["request"] not in self.results
+        # a late bid of a silent device still says it is back
+        return bid is not None and bid["round"] not in self.bids and bid["device"] not in self.silence
+
+    def deliver_bid(self, message: BidMessage) -> None:
+        """A bid says its device is not silent, and goes to its round if that is open."""
+        self.silence.heard(message.device)
+        box = self.bids.get(message.round)
+        if box is not None:
+            box.put(message)
+
     def deliver(self, message: Inbox, arrived: float) -> None:
         box = self.results.get(message.request)
         if box is None:

@@ -1,11 +1,12 @@
-"""The orchestrator (auctioneer): device table, planning, inference, answers.
+"""The orchestrator (auctioneer): the dispatcher, admission, answers, and the runs that serve requests.
 
 A dispatcher loop reads the bus's events: retained device states keep the live
-device table (every membership change bumps its generation, so the next request is
-re-planned), bids and results go to the running inference's mailboxes, requests to a
-queue served by ``IN_FLIGHT`` worker threads. Requests arrive through the MQTT v5 shared
-subscription, so several orchestrators share the load; each answers on the request's
-response topic with its correlation data.
+:class:`~edgeci_mqtt.orchestrator.device_table.DeviceTable` (every membership change bumps
+its generation, so the next request is re-planned:
+:class:`~edgeci_mqtt.orchestrator.plans.PlanCache`), bids and results go to the running
+inference's mailboxes, requests to a queue served by ``IN_FLIGHT`` worker threads.
+Requests arrive through the MQTT v5 shared subscription, so several orchestrators share
+the load; each answers on the request's response topic with its correlation data.
 """
 
 from __future__ import annotations
@@ -14,42 +15,36 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 
 import msgpack
 import torch
 
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
-from edgeci_mqtt.models.held import FETCH, HeldModel, ModelStore
-from edgeci_mqtt.models.stage_weights import stage_state, weights_message
-from edgeci_mqtt.orchestrator.admission import FairQueue
+from edgeci_mqtt.models.held import HeldModel, ModelStore
+from edgeci_mqtt.orchestrator.admission import Admitted, FairQueue
+from edgeci_mqtt.orchestrator.device_table import DeviceTable
 from edgeci_mqtt.orchestrator.load import Commitments
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
-from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunSetup
-from edgeci_mqtt.planner.costs import RowModel
-from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.orchestrator.plans import PlanCache
+from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunServices, RunSetup
+from edgeci_mqtt.orchestrator.weights import WeightsSender
+from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.serving import Serving, WholeRequest, choose_serving, price_shares, whole_request_plan
-from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.serving import Serving, choose_serving
 from edgeci_mqtt.planner.strategy import Strategy
-from edgeci_mqtt.planner.tail import TailPlan
-from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.watch.publisher import TrafficPublisher
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     CLIENT_RESPONSES,
     DEVICE_STATE,
-    DEVICE_TASKS,
     INFER_REQUESTS,
     MAX_FRAME_BYTES,
     MAX_INPUT_SIDE,
@@ -78,7 +73,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import ORCHESTRATOR_TRAFFIC, WATCHER_STATE, check_segment
 
-__all__ = ["DeviceTable", "Orchestrator"]
+__all__ = ["DEFAULT_STRATEGY", "IN_FLIGHT", "PER_CLIENT", "Orchestrator"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -88,11 +83,21 @@ PER_CLIENT = 16
 """Requests one client may have waiting at one orchestrator by default."""
 DEFAULT_STRATEGY = Strategy("flow")
 """The strategy of requests that name none, unless the orchestrator is given another."""
-PLANS_KEPT = 16
-"""Plans cached at once (by model, input size, strategy and the devices planned for)."""
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
 """Chunked results held at once: in all, and in one payload (a whole 224x224x64 float32
 map, the largest a device sends, is 12.8 MB)."""
+
+
+def _decode_request(payload: bytes) -> InferRequest:
+    """The request a payload carries (:class:`WireError` if it carries none)."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise WireError("a request must fit in one frame")
+    message = decode(payload)
+    if isinstance(message, Chunk):  # a request fits one frame: a chunk there is hostile
+        raise WireError("a request must fit in one frame")
+    if not isinstance(message, InferRequest):
+        raise WireError(f"a {message.kind} message is not a request")
+    return message
 
 
 def _request_id(payload: bytes) -> str:
@@ -104,102 +109,6 @@ def _request_id(payload: bytes) -> str:
         return check_segment(request, "request") if isinstance(request, str) else "?"
     except Exception:  # anything at all: it is hostile input
         return "?"
-
-
-class DeviceTable:
-    """Live devices from their retained state messages."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, DeviceState] = {}
-        self._profiles: dict[str, DeviceProfile] = {}
-        self._links: dict[str, Link] = {}
-        self._lock = threading.Lock()
-        self.generation = 0
-        self.births = 0
-
-    def update(self, state: DeviceState) -> None:
-        profile, link = state.profile, state.link  # typed and checked by the wire
-        if state.online and (profile is None or link is None):
-            raise WireError(f"device {state.device} is online without a profile and a link")
-        with self._lock:
-            before = self._states.get(state.device)
-            if state.online and profile is not None and link is not None:
-                self._states[state.device], self._profiles[state.device] = state, profile
-                self._links[state.device] = link
-            else:
-                self._states.pop(state.device, None)
-                self._profiles.pop(state.device, None)
-                self._links.pop(state.device, None)
-            if state.online and before is None:
-                self.births += 1
-            if (before is None) != (not state.online) or (before is not None and before.models != state.models):
-                self.generation += 1  # not for a corrected speed: bids carry it, and planning anew costs ~1 s
-                log.info(
-                    "device %s is %s (generation %d)",
-                    state.device,
-                    "online" if state.online else "offline",
-                    self.generation,
-                )
-
-    def online(self) -> list[str]:
-        with self._lock:
-            return sorted(self._states)
-
-    def views(self, model: str, digest: str) -> list[DeviceView]:
-        """Online devices that hold ``model`` with these weights, or fetch them (a fetching
-        device gets the weights of stages only, so no room for the tail's), with the tail
-        weights each has made."""
-        with self._lock:
-            return [
-                DeviceView(
-                    name,
-                    self._profiles[name],
-                    self._links[name],
-                    memory_bytes=0 if s.models.get(model) == FETCH else s.memory_bytes,
-                    tail=s.tails.get(model),
-                )
-                for name, s in sorted(self._states.items())
-                if s.models.get(model) in (digest, FETCH)
-            ]
-
-    def fetches(self, device: str, model: str) -> bool:
-        with self._lock:
-            state = self._states.get(device)
-            return state is not None and state.models.get(model) == FETCH
-
-    def cached(self, device: str, digest: str) -> set[str]:
-        """Stages of these weights the device announced it has on disk."""
-        with self._lock:
-            state = self._states.get(device)
-            return set(state.weights.get(digest, [])) if state is not None else set()
-
-
-@dataclass
-class _Planned:
-    """A plan cached for the device table's ``generation`` (keyed by the devices it was made
-    for: fewer while some are held out after failing), and what it hands each device."""
-
-    generation: int
-    plan: Plan
-    shares: dict[str, float] | None = None
-
-
-@dataclass
-class _Request:
-    message: InferRequest
-    response_topic: str
-    correlation: bytes | None
-    received: float
-
-    def give_up_at(self) -> float | None:
-        """When the client stops waiting (a ``perf_counter`` time; None: it said nothing)."""
-        deadline = self.message.deadline_s
-        return self.received + deadline if deadline > 0 else None
-
-    def expired(self, now: float) -> bool:
-        """Past the time the client said it would wait (from when it reached us)."""
-        give_up_at = self.give_up_at()
-        return give_up_at is not None and now > give_up_at
 
 
 class Orchestrator:
@@ -228,30 +137,29 @@ class Orchestrator:
         served at once (each by a worker thread). ``per_client``: requests one client may
         have waiting (the next is refused as busy)."""
         self.results_filter = RESULTS.filter_with(orchestrator=orchestrator_id)
-        self.id, self.bus, self.models, self.profile, self.strategy = orchestrator_id, bus, models, profile, strategy
+        self.id, self.bus, self.models, self.strategy = orchestrator_id, bus, models, strategy
         self._traffic = TrafficPublisher(bus, orchestrator_id, ORCHESTRATOR_TRAFFIC.build(orchestrator=orchestrator_id))
-        self.broker_link = broker_link or Link(1000.0, 0.1)
-        self.auction_s, self.min_allowance_s = auction_s, min_allowance_s
+        broker_link = broker_link or Link(1000.0, 0.1)
         self.table = DeviceTable()
+        self.commitments = Commitments()
+        self.plans = PlanCache(models, self.table, profile, broker_link, self.commitments.snapshot)
+        self.weights = WeightsSender(models, self.table, self._traffic.publish)
         self.mail = Mailboxes()
-        self.requests: FairQueue[_Request] = FairQueue(per_client)
+        self.requests: FairQueue[Admitted] = FairQueue(per_client)
         self.state_topic = ORCHESTRATOR_STATE.build(orchestrator=orchestrator_id)
         self.in_flight = max(1, in_flight)
-        self._lock = threading.Lock()  # plans, row models and weights sent, shared by the workers
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
-        self._plans: OrderedDict[tuple[str, int, int, Strategy, frozenset[str]], _Planned] = OrderedDict()
-        self._rows: dict[tuple[str, int, int], RowModel] = {}
-        self._weights_sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
-        self.commitments = Commitments()
         self.penalties = Penalties(announce=self._announce_penalty)
-        self._tails: dict[str, TailPlan] = {}  # flow's tail placement in use, by model digest
+        publish = self._traffic.publish  # and reported while a watcher is online
+        self.runs = RunServices(
+            orchestrator_id, publish, self.mail, self.penalties, profile, broker_link, auction_s, min_allowance_s
+        )
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
         filters = (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, ORCHESTRATOR_PENALTIES.filter)
-        for topic in (*filters, SHARED_REQUESTS):
+        for topic in (*filters, SHARED_REQUESTS, WATCHER_STATE.filter):  # watchers: whether to report what we send
             bus.subscribe(topic)
-        bus.subscribe(WATCHER_STATE.filter)  # whether to report what we send devices
         bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
         bus.start()
         workers = [
@@ -260,12 +168,7 @@ class Orchestrator:
         ]
         for worker in workers:
             worker.start()
-        log.info(
-            "orchestrator %s ready, serving %s (default strategy %s)",
-            self.id,
-            ", ".join(self.models.held),
-            self.strategy,
-        )
+        log.info("orchestrator %s serves %s (default strategy %s)", self.id, ", ".join(self.models.held), self.strategy)
         for event in events_until(bus, stop):
             if isinstance(event, Inbound):
                 self._dispatch(event)
@@ -290,9 +193,7 @@ class Orchestrator:
         try:
             self.bus.publish(self.state_topic, encode(OrchestratorState(self.id, online)), retain=True, wait=5)
         except EdgeCIError as exc:
-            log.warning(
-                "orchestrator %s: cannot announce itself %s: %s", self.id, "online" if online else "offline", exc
-            )
+            log.warning("orchestrator %s: cannot say it is %s: %s", self.id, "online" if online else "offline", exc)
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
@@ -300,7 +201,7 @@ class Orchestrator:
             return
         try:
             sent, bid = RESULTS.parse(event.topic), AUCTION_BIDS.parse(event.topic)  # once per message
-            if self._unexpected(sent, bid):
+            if self.mail.unexpected(sent, bid):
                 self.mail.dropped += 1  # before decoding or reassembling a byte of it
                 return
             asker = INFER_REQUESTS.parse(event.topic) if sent is None and bid is None else None
@@ -318,10 +219,7 @@ class Orchestrator:
                 if message.orchestrator != self.id:  # ours, back from the broker
                     self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
-                self.mail.silence.heard(message.device)
-                box = self.mail.bids.get(message.round)
-                if box is not None:
-                    box.put(message)
+                self.mail.deliver_bid(message)
             elif isinstance(message, Failure | RowsMessage | VectorMessage | StepDone | StepReport | Progress):
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
@@ -331,7 +229,7 @@ class Orchestrator:
                 own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
                 if event.response_topic != own:
                     raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
-                self._admit(asker["client"], _Request(message, own, event.correlation, time.perf_counter()))
+                self._admit(asker["client"], Admitted(message, own, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
         except Exception as exc:  # one message must never stop the dispatcher
@@ -342,14 +240,7 @@ class Orchestrator:
         the answer (on its own responses topic: no answer goes anywhere else), so that no
         client waits out its timeout for an answer that cannot come."""
         try:
-            if len(event.payload) > MAX_FRAME_BYTES:
-                raise WireError("a request must fit in one frame")
-            message = decode(event.payload)
-            if isinstance(message, Chunk):  # a request fits one frame: a chunk there is hostile
-                raise WireError("a request must fit in one frame")
-            if not isinstance(message, InferRequest):
-                raise WireError(f"a {message.kind} message is not a request")
-            return message
+            return _decode_request(event.payload)
         except WireError as exc:
             own = CLIENT_RESPONSES.build(client=client)
             if event.response_topic == own and event.correlation:
@@ -358,17 +249,8 @@ class Orchestrator:
                 self._answer(own, event.correlation, refusal)
             raise
 
-    def _unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
-        """A result for a request not in flight here, or a bid for a round not open (from a
-        device that is not silent), by the ids its topic carries: it is dropped unread (a
-        flood of them costs no memory)."""
-        if result is not None:
-            return result["request"] not in self.mail.results
-        # a late bid of a silent device still says it is back
-        return bid is not None and bid["round"] not in self.mail.bids and bid["device"] not in self.mail.silence
-
     # ------------------------------------------------------------ requests
-    def _admit(self, client: str, request: _Request) -> None:
+    def _admit(self, client: str, request: Admitted) -> None:
         """Queue it and tell the client who serves it, or answer "busy" at once."""
         ahead = self.requests.put(client, request)
         if ahead is None:
@@ -377,7 +259,7 @@ class Orchestrator:
         else:
             self._reply(request, InferAccepted(request.message.request, self.id, ahead))
 
-    def _reply(self, request: _Request, message: InferResponse | InferAccepted) -> None:
+    def _reply(self, request: Admitted, message: InferResponse | InferAccepted) -> None:
         self._answer(request.response_topic, request.correlation, message)
 
     def _answer(self, topic: str, correlation: bytes | None, message: InferResponse | InferAccepted) -> None:
@@ -402,70 +284,7 @@ class Orchestrator:
                 response = InferResponse(message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id)
             self._reply(request, response)
 
-    def _plan(self, model: str, height: int, width: int, strategy: Strategy, devices: list[DeviceView]) -> Plan:
-        """The cached plan for these devices, re-planned whenever the device table changed.
-        A few device sets are kept (:data:`PLANS_KEPT`): while a device is on probation the
-        request holding its trial plans with it and the others without it, and each plan
-        costs a small orchestrator up to a second."""
-        held = self.models.get(model)
-        generation, names = self.table.generation, frozenset(v.name for v in devices)
-        key = (model, height, width, strategy, names)
-        with self._lock:
-            cached = self._plans.get(key)
-            if cached is not None and cached.generation == generation:
-                self._plans.move_to_end(key)
-                return cached.plan
-            env = Environment(tuple(devices), self.profile, self.broker_link)
-            ctx = context_for(held.spec(height, width), env, rows=self._rows.get((model, height, width)))
-            self._rows[(model, height, width)] = ctx.rows
-            plan = make_plan(strategy, ctx)
-            self._plans[key] = _Planned(generation, plan)
-            self._plans.move_to_end(key)
-            while len(self._plans) > PLANS_KEPT:
-                self._plans.popitem(last=False)
-            return plan
-
-    def _shares(self, plan: Plan, devices: list[DeviceView], height: int, width: int) -> dict[str, float]:
-        """What a plan takes from each device (:func:`~edgeci_mqtt.planner.serving.price_shares`),
-        kept with the cached plan (pricing every task took a 0.25-CPU orchestrator ~30 ms of
-        every request)."""
-        with self._lock:
-            planned = next((p for p in self._plans.values() if p.plan is plan), None)
-            if planned is not None and planned.shares is not None:
-                return planned.shares
-        shares = price_shares(plan, self.models.get(plan.model).row_model(height, width), devices)
-        if planned is not None:
-            planned.shares = shares
-        return shares
-
-    def _context(self, model: str, height: int, width: int, devices: list[DeviceView]) -> PlanningContext:
-        """A planning context for these devices, with the row model the plans priced."""
-        with self._lock:
-            rows = self._rows.get((model, height, width))
-        env = Environment(tuple(devices), self.profile, self.broker_link)
-        return context_for(self.models.get(model).spec(height, width), env, rows=rows)
-
-    def _send_weights(self, device: str, model: str, block: FusedBlock) -> None:
-        """Before a fetching device's task: the weights of the block's stages it lacks,
-        on its tasks topic, so they arrive first."""
-        if not self.table.fetches(device, model):
-            return
-        held = self.models.get(model)
-        key = (device, held.digest)
-        with self._lock:  # one worker sends a stage; the others' tasks queue behind it on the topic
-            births, sent = self._weights_sent.get(key, (-1, set()))
-            if births != self.table.births:  # a (re)birth: trust only what it has on disk
-                sent = self.table.cached(device, held.digest)
-            for stage in held.weighted_stages(block):
-                if stage not in sent:
-                    state = stage_state(held.chain.model, stage)
-                    self._traffic.publish(
-                        DEVICE_TASKS.build(device=device), encode(weights_message(model, held.digest, stage, state))
-                    )
-                    sent.add(stage)
-            self._weights_sent[key] = (self.table.births, sent)
-
-    def _infer(self, request: _Request) -> InferResponse:
+    def _infer(self, request: Admitted) -> InferResponse:
         message = request.message
         held = self.models.get(message.model)
         check_image(message.image, "the request's image")  # clients may be anyone's code
@@ -476,18 +295,12 @@ class Orchestrator:
         trials = self.penalties.take_trials(time.perf_counter())  # devices back on probation: ours to try
         used: set[str] = set()
         try:
-            return self._serve_with(request, held, image, shapes, trials, used)
+            return self._serve_with(request, held, shapes, trials, used)
         finally:  # a trial that failed was counted as it failed
             self.penalties.settle(trials, used, (), time.perf_counter())
 
     def _serve_with(
-        self,
-        request: _Request,
-        held: HeldModel,
-        image: torch.Tensor,
-        shapes: list[FeatureShape],
-        trials: frozenset[str],
-        used: set[str],
+        self, request: Admitted, held: HeldModel, shapes: list[FeatureShape], trials: frozenset[str], used: set[str]
     ) -> InferResponse:
         """Plan and run ``request`` on the devices not held out (and this request's
         ``trials``); ``used`` gets the devices its run used, whatever happens."""
@@ -505,10 +318,7 @@ class Orchestrator:
             why = f" ({', '.join(sorted(held_out))} held out after failing)" if held_out else ""
             raise EdgeCIError(f"no online device holds {message.model} ({held.digest}){why}")
         started = time.perf_counter()
-        height, width = shapes[0].height, shapes[0].width
-        plan = self._plan(message.model, height, width, strategy, devices)
-        ctx = self._context(message.model, height, width, devices)
-        shares = self._shares(plan, devices, height, width)
+        plan, ctx, shares = self.plans.get(message.model, shapes[0].height, shapes[0].width, strategy, devices)
 
         def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
             serving = choose_serving(plan, ctx, shares, outstanding)
@@ -516,76 +326,65 @@ class Orchestrator:
 
         with self.commitments.claiming(decide) as serving:  # counted as handed out until done
             planned = time.perf_counter()
-            replan = None
-            if serving.whole is not None:
-                replan = partial(self._replan_whole, message.model, height, width, serving.whole)
-            run = self._start(request, held, plan, shapes, replan, serving.backlog_s, live)
-            run.mark(ORCHESTRATOR, "plan", started, planned, f"{strategy} ({serving.mode})")
+            run = self._start(request, held, plan, shapes, serving, live)
+            run.spent("plan", started, f"{strategy} ({serving.mode})", end=planned)
             try:
                 logits = run.run(message.image)
             finally:
                 used |= run.used
-        run.timings.plan_s = planned - started
-        timings = run.timings.as_dict()
-        timings["whole_request"] = float(serving.mode == "whole")
-        timings["total_s"] = time.perf_counter() - request.received
-        log.info(
-            "request %s (%s, %s) done in %.1f ms on %s",
-            message.request,
-            message.model,
-            strategy,
-            timings["total_s"] * 1e3,
-            ", ".join(sorted(run.used)) or "the orchestrator",
-        )
-        return InferResponse(
-            message.request,
-            logits=logits.contiguous().numpy(),
-            timings=timings,
-            orchestrator=self.id,
-            strategy=str(strategy),
-            devices=tuple(sorted(run.used)),
-            timeline=tuple(run.timeline or ()),
-        )
+        return _response(request, run, logits, strategy, serving.mode, self.id)
 
     def _start(
         self,
-        request: _Request,
+        request: Admitted,
         held: HeldModel,
         plan: Plan,
         shapes: list[FeatureShape],
-        replan: Callable[[list[DeviceView]], Plan] | None,
-        backlog_s: float,
+        serving: Serving,
         devices: Callable[[], list[DeviceView]],
     ) -> Run:
-        """The run that serves ``request`` as decided."""
-        message = request.message
+        """The run that serves ``request`` as decided (``serving``)."""
+        message, whole, size = request.message, serving.whole, (shapes[0].height, shapes[0].width)
         setup = RunSetup(
-            orchestrator=self.id,
+            services=self.runs,
             request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
             held=held,
             plan=plan,
             shapes=shapes,
             devices=devices,
-            publish=self._traffic.publish,  # and reported while a watcher is online
-            prepare=lambda device, block: self._send_weights(device, message.model, block),
-            mail=self.mail,
-            auction_s=self.auction_s,
+            prepare=partial(self.weights.send, message.model),
             origin=request.received,
-            profile=self.profile,
-            broker_link=self.broker_link,
-            replan=replan,
+            replan=None if whole is None else partial(self.plans.whole, message.model, *size, whole),
             trace=message.trace,
-            min_allowance_s=self.min_allowance_s,
-            backlog_s=backlog_s,
+            backlog_s=serving.backlog_s,
             give_up_at=request.give_up_at(),
-            tails=self._tails,
-            penalties=self.penalties,
         )
         return Run(setup)
 
-    def _replan_whole(
-        self, model: str, height: int, width: int, whole: WholeRequest, devices: list[DeviceView]
-    ) -> Plan:
-        """A request served whole, for the devices left (after a failure, fewer)."""
-        ctx = self._context(model, height, width, devices)
-        return whole_request_plan(ctx, whole, self.commitments.snapshot())
+
+def _response(
+    request: Admitted, run: Run, logits: torch.Tensor, strategy: Strategy, mode: str, orchestrator: str
+) -> InferResponse:
+    """The answer of a request served by ``run``, with where its time went."""
+    message = request.message
+    timings = run.timings.as_dict()
+    timings["whole_request"] = float(mode == "whole")
+    timings["total_s"] = time.perf_counter() - request.received
+    devices = tuple(sorted(run.used))
+    log.info(
+        "request %s (%s, %s) done in %.1f ms on %s",
+        message.request,
+        message.model,
+        strategy,
+        timings["total_s"] * 1e3,
+        ", ".join(devices) or "the orchestrator",
+    )
+    return InferResponse(
+        message.request,
+        logits=logits.contiguous().numpy(),
+        timings=timings,
+        orchestrator=orchestrator,
+        strategy=str(strategy),
+        devices=devices,
+        timeline=tuple(run.timeline or ()),
+    )

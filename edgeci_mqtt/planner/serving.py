@@ -134,16 +134,18 @@ def choose_serving(
     if not strategy.may_serve_whole:
         return _split(shares, outstanding)
     if strategy.alone:
-        choice = Choice("whole", plan.predicted_s, plan.devices[0])
+        device, seconds = plan.devices[0], plan.predicted_s
     else:
         split_s = None if strategy.whole else plan.predicted_s
         cost_s = 0.0 if strategy.whole else sum(shares.values())
-        choice = choose(split_s, plan.devices, whole_model_seconds(ctx), outstanding, cost_s)
-    if choice.mode == "split":
-        return _split(shares, outstanding)
+        whole_s = whole_model_seconds(ctx)
+        choice = choose(split_s, plan.devices, whole_s, outstanding, cost_s)
+        if choice.mode == "split":
+            return _split(shares, outstanding)
+        device, seconds = choice.device, whole_s[choice.device]
     steps = tuple(b.block for b in plan.blocks) if strategy.keeps_rows else ()
-    work = {choice.device: choice.finish_s - outstanding.get(choice.device, 0.0)}
-    return Serving(work, _backlog_s(work, outstanding), WholeRequest(strategy, choice.device, steps))
+    work = {device: seconds}  # the request's own seconds, however much work the device has already
+    return Serving(work, _backlog_s(work, outstanding), WholeRequest(strategy, device, steps))
 
 
 def whole_request_plan(ctx: PlanningContext, whole: WholeRequest, outstanding: Mapping[str, float]) -> Plan:
