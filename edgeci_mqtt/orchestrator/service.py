@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 
 import msgpack
@@ -168,7 +168,8 @@ class Orchestrator:
         ]
         for worker in workers:
             worker.start()
-        log.info("orchestrator %s serves %s (default strategy %s)", self.id, ", ".join(self.models.held), self.strategy)
+        held = ", ".join(self.models.held)
+        log.info("orchestrator %s ready, serving %s (default strategy %s)", self.id, held, self.strategy)
         for event in events_until(bus, stop):
             if isinstance(event, Inbound):
                 self._dispatch(event)
@@ -193,7 +194,9 @@ class Orchestrator:
         try:
             self.bus.publish(self.state_topic, encode(OrchestratorState(self.id, online)), retain=True, wait=5)
         except EdgeCIError as exc:
-            log.warning("orchestrator %s: cannot say it is %s: %s", self.id, "online" if online else "offline", exc)
+            log.warning(
+                "orchestrator %s: cannot announce itself %s: %s", self.id, "online" if online else "offline", exc
+            )
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
@@ -302,8 +305,9 @@ class Orchestrator:
     def _serve_with(
         self, request: Admitted, held: HeldModel, shapes: list[FeatureShape], trials: frozenset[str], used: set[str]
     ) -> InferResponse:
-        """Plan and run ``request`` on the devices not held out (and this request's
-        ``trials``); ``used`` gets the devices its run used, whatever happens."""
+        """Plan ``request`` on the devices not held out (and this request's ``trials``),
+        decide how to serve it, and run it; ``used`` gets the devices its run used, whatever
+        happens."""
         message = request.message
         strategy = Strategy.parse(message.strategy) if message.strategy else self.strategy
 
@@ -317,49 +321,37 @@ class Orchestrator:
             held_out = self.penalties.penalised() & set(self.table.online())
             why = f" ({', '.join(sorted(held_out))} held out after failing)" if held_out else ""
             raise EdgeCIError(f"no online device holds {message.model} ({held.digest}){why}")
-        started = time.perf_counter()
-        plan, ctx, shares = self.plans.get(message.model, shapes[0].height, shapes[0].width, strategy, devices)
+        started, size = time.perf_counter(), (shapes[0].height, shapes[0].width)
+        plan, ctx, shares = self.plans.get(message.model, *size, strategy, devices)
 
         def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
             serving = choose_serving(plan, ctx, shares, outstanding)
             return serving, serving.work
 
         with self.commitments.claiming(decide) as serving:  # counted as handed out until done
-            planned = time.perf_counter()
-            run = self._start(request, held, plan, shapes, serving, live)
+            planned, whole = time.perf_counter(), serving.whole
+            run = Run(
+                RunSetup(
+                    services=self.runs,
+                    request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
+                    held=held,
+                    plan=plan,
+                    shapes=shapes,
+                    devices=live,
+                    prepare=partial(self.weights.send, message.model),
+                    origin=request.received,
+                    replan=None if whole is None else partial(self.plans.whole, message.model, *size, whole),
+                    trace=message.trace,
+                    backlog_s=serving.backlog_s,
+                    give_up_at=request.give_up_at(),
+                )
+            )
             run.spent("plan", started, f"{strategy} ({serving.mode})", end=planned)
             try:
                 logits = run.run(message.image)
             finally:
                 used |= run.used
         return _response(request, run, logits, strategy, serving.mode, self.id)
-
-    def _start(
-        self,
-        request: Admitted,
-        held: HeldModel,
-        plan: Plan,
-        shapes: list[FeatureShape],
-        serving: Serving,
-        devices: Callable[[], list[DeviceView]],
-    ) -> Run:
-        """The run that serves ``request`` as decided (``serving``)."""
-        message, whole, size = request.message, serving.whole, (shapes[0].height, shapes[0].width)
-        setup = RunSetup(
-            services=self.runs,
-            request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
-            held=held,
-            plan=plan,
-            shapes=shapes,
-            devices=devices,
-            prepare=partial(self.weights.send, message.model),
-            origin=request.received,
-            replan=None if whole is None else partial(self.plans.whole, message.model, *size, whole),
-            trace=message.trace,
-            backlog_s=serving.backlog_s,
-            give_up_at=request.give_up_at(),
-        )
-        return Run(setup)
 
 
 def _response(
