@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from edgeci_mqtt.bus.memory import MemoryBroker
+from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.admission import FairQueue
+from edgeci_mqtt.wire import DEVICE_TASKS, ProgramMessage, decode
 from tests.cluster import wait_for
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
@@ -127,7 +129,8 @@ def test_a_request_whose_client_gave_up_is_stopped_mid_run_and_its_rows_released
     """The devices' results never leave them, so the run would wait out its 30 s
     allowance; the client's 1 s deadline stops it instead: the devices are told to drop
     the request's rows, and the only worker is free for the next request (served within
-    its 15 s, which a worker waiting out the 30 s could not do)."""
+    its 15 s, which a worker waiting out the 30 s could not do). The deadline went to the
+    devices with the programs, as the seconds left then."""
     ref = references[("smallcnn", 64, 64)]
     store = ModelStore(dict.fromkeys(["smallcnn"]), seed=0)
     cluster = memory_cluster(store, devices=2, strategy=strategy, in_flight=1, min_allowance_s=30.0)
@@ -138,8 +141,15 @@ def test_a_request_whose_client_gave_up_is_stopped_mid_run_and_its_rows_released
             return access == "read" or not (who in frozen and "/results/" in topic)
 
         small.broker.acl = results_held
+        spy = small.broker.bus("spy")  # sees every program as its device does
+        spy.subscribe(DEVICE_TASKS.filter)
+        spy.start()
         with caplog.at_level(logging.WARNING), pytest.raises(InferenceError):
             client.infer(ref.x, "smallcnn", timeout=1.0)
+        events = [spy.events.get_nowait() for _ in range(spy.events.qsize())]  # delivered as to the devices
+        programs = [decode(e.payload) for e in events if isinstance(e, Inbound)]
+        deadlines = [m.deadline_s for m in programs if isinstance(m, ProgramMessage)]
+        assert deadlines and all(0 < d <= 1.0 for d in deadlines), deadlines
         wait_for(lambda: "deadline passed; stopped unfinished" in caplog.text, 10, "the run stopped")
         # every strategy's programs and rows are released on the devices, not left to expire:
         wait_for(lambda: not any(a.store.requests() for a in small.agents.values()), 10, "the rows released")

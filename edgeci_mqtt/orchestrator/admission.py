@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from edgeci_mqtt.core.deadline import Deadline
 from edgeci_mqtt.wire import InferRequest
 
 __all__ = ["Admitted", "FairQueue"]
@@ -30,15 +31,10 @@ class Admitted:
     correlation: bytes | None
     received: float
 
-    def give_up_at(self) -> float | None:
-        """When the client stops waiting (a ``perf_counter`` time; None: it said nothing)."""
-        deadline = self.message.deadline_s
-        return self.received + deadline if deadline > 0 else None
-
-    def expired(self, now: float) -> bool:
-        """Past the time the client said it would wait (from when it reached us)."""
-        give_up_at = self.give_up_at()
-        return give_up_at is not None and now > give_up_at
+    @property
+    def deadline(self) -> Deadline:
+        """When the client stops waiting: the seconds it said, from when the request reached us."""
+        return Deadline.within(self.message.deadline_s, self.received)
 
 
 class FairQueue(Generic[T]):

@@ -181,6 +181,7 @@ class AttemptEdge:
             input_hw=run.input_hw,
             steps=work.steps,
             expires_s=self.expires_s,
+            deadline_s=run.setup.deadline.wire(time.perf_counter()),  # the client's, as seconds left
             input_boundary=carried.boundary if carried else 0,
             input_region=carried.region if carried else None,
             input=self.holdings.cut(carried.boundary, carried.region) if carried else None,

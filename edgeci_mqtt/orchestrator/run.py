@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.deadline import NEVER, Deadline
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
@@ -155,9 +156,9 @@ class RunSetup:
     trace: bool = False
     backlog_s: float = 0.0
     """Predicted seconds of work already handed to the devices this run uses (it may queue behind it)."""
-    give_up_at: float | None = None
-    """When nobody waits for the answer any more (a ``perf_counter`` time: the client's
-    deadline); the run stops there instead of computing for no one. None: never."""
+    deadline: Deadline = NEVER
+    """The client's: past it nobody waits for the answer, so the run stops instead of
+    computing for no one, and the devices, told with their programs, drop its work."""
 
 
 class Run:
@@ -195,8 +196,7 @@ class Run:
     def check_wanted(self) -> None:
         """Raise if the client stopped waiting (its deadline passed): the caller's cleanup
         (releasing the devices' rows) runs, and no more work is handed out for it."""
-        give_up_at = self.setup.give_up_at
-        if give_up_at is not None and time.perf_counter() > give_up_at:
+        if self.setup.deadline.passed(time.perf_counter()):
             raise InferenceError(f"{self.request}: the client's deadline passed; stopped unfinished")
 
     def mark(

@@ -37,7 +37,6 @@ from edgeci_mqtt.orchestrator.plans import PlanCache
 from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunServices, RunSetup
 from edgeci_mqtt.orchestrator.weights import WeightsSender
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import Serving, choose_serving
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.watch.publisher import TrafficPublisher
@@ -274,7 +273,7 @@ class Orchestrator:
     def _serve(self) -> None:
         while (request := self.requests.get()) is not None:
             message = request.message
-            if request.expired(time.perf_counter()):  # nobody waits for it any more: do not start it
+            if request.deadline.passed(time.perf_counter()):  # nobody waits for it any more: do not start it
                 log.warning("request %s waited past its %.1f s deadline: dropped", message.request, message.deadline_s)
                 continue
             try:
@@ -343,7 +342,7 @@ class Orchestrator:
                     replan=None if whole is None else partial(self.plans.whole, message.model, *size, whole),
                     trace=message.trace,
                     backlog_s=serving.backlog_s,
-                    give_up_at=request.give_up_at(),
+                    deadline=request.deadline,
                 )
             )
             run.spent("plan", started, f"{strategy} ({serving.mode})", end=planned)
