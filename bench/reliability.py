@@ -62,12 +62,12 @@ from edgeci_mqtt.wire import (
     RESULTS,
     SHARED_REQUESTS,
     WATCHER_STATE,
-    AuctionCall,
     BidMessage,
-    DeviceState,
-    InferResponse,
+    CallMessage,
+    DeviceStateMessage,
     LotPrices,
-    WatcherState,
+    ResponseMessage,
+    WatcherStateMessage,
     decode,
     encode,
 )
@@ -573,15 +573,15 @@ def bidding_ghost(cluster: Cluster, requests: int = 5, strategy: str = "flow:orc
     row, before, first = Row("a device that bids and never computes (split flow)"), Row(""), Row("")
     with session(cluster, ADMIN_USER, DEVICE_STATE.build(device=DEVICES[0])) as admin:
         real = next(decode(m.payload) for m in collect(admin, 1.0))
-    assert isinstance(real, DeviceState)
+    assert isinstance(real, DeviceStateMessage)
     stop = threading.Event()
     with session(cluster, "dev-x", AUCTION_CALL.filter) as ghost:
-        ghost.will(DEVICE_STATE.build(device="dev-x"), encode(DeviceState("dev-x", False)))
+        ghost.will(DEVICE_STATE.build(device="dev-x"), encode(DeviceStateMessage("dev-x", False)))
 
         def bid() -> None:
             for event in events_until(ghost, stop):
                 call = decode(event.payload) if isinstance(event, Inbound) else None
-                if isinstance(call, AuctionCall):
+                if isinstance(call, CallMessage):
                     lots = tuple(LotPrices((1e-4,) * len(lot.items), (1e-4,) * len(lot.items)) for lot in call.lots)
                     bids = AUCTION_BIDS.build(round=call.round, device="dev-x")
                     ghost.publish(bids, encode(BidMessage(call.round, "dev-x", 0.0, lots)))
@@ -599,7 +599,9 @@ def bidding_ghost(cluster: Cluster, requests: int = 5, strategy: str = "flow:orc
             for _ in range(requests):
                 cluster.ask(client, row, strategy=strategy, side=FAULT_SIDE)
         stop.set()
-        ghost.publish(DEVICE_STATE.build(device="dev-x"), encode(DeviceState("dev-x", False)), retain=True, wait=5)
+        ghost.publish(
+            DEVICE_STATE.build(device="dev-x"), encode(DeviceStateMessage("dev-x", False)), retain=True, wait=5
+        )
         bidder.join(timeout=5)
     _fold(first, into=row)
     row.crashed = len(cluster.dead())
@@ -617,12 +619,16 @@ def watcher_reads(cluster: Cluster, requests: int = 3) -> Row:
     with session(cluster, "watcher", "#") as watcher, EdgeCIClient(cluster.broker.address("client")) as client:
         collect(watcher, 0.5)
         time.sleep(0.5)  # the agents hear the watcher's state (edgeci watch announces itself; this session too)
-        watcher.publish(WATCHER_STATE.build(watcher="watcher"), encode(WatcherState("watcher", True)), retain=True)
+        watcher.publish(
+            WATCHER_STATE.build(watcher="watcher"), encode(WatcherStateMessage("watcher", True)), retain=True
+        )
         time.sleep(0.5)
         for _ in range(requests):
             cluster.ask(client, row, strategy="flow:orchestrator-tail")
         got = collect(watcher, 1.0)
-        watcher.publish(WATCHER_STATE.build(watcher="watcher"), encode(WatcherState("watcher", False)), retain=True)
+        watcher.publish(
+            WATCHER_STATE.build(watcher="watcher"), encode(WatcherStateMessage("watcher", False)), retain=True
+        )
     data = [m for m in got if any(t.data and t.parse(m.topic) is not None for t in TOPICS)]
     reports = [m for m in got if DEVICE_TRAFFIC.parse(m.topic) or ORCHESTRATOR_TRAFFIC.parse(m.topic)]
     row.wrong += len(data)
@@ -654,7 +660,7 @@ def malformed_requests(cluster: Cluster, count: int = 30) -> Row:
         for event in events_until(bus, deadline=time.perf_counter() + 10):
             if isinstance(event, Inbound) and event.correlation in started:
                 answer = decode(event.payload)
-                if isinstance(answer, InferResponse) and "malformed request" in answer.error:
+                if isinstance(answer, ResponseMessage) and "malformed request" in answer.error:
                     row.latencies_s.append(time.perf_counter() - started.pop(event.correlation))
             if not started:
                 break

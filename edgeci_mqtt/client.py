@@ -38,12 +38,12 @@ from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     MAX_SECONDS,
     ORCHESTRATOR_STATE,
-    InferAccepted,
-    InferRequest,
-    InferResponse,
+    AcceptedMessage,
     Message,
-    OrchestratorState,
+    OrchestratorStateMessage,
     Reassembler,
+    RequestMessage,
+    ResponseMessage,
     decode,
     encode,
 )
@@ -141,7 +141,7 @@ class EdgeCIClient:
         except WireError as exc:
             log.warning("%s: malformed orchestrator state on %s: %s", self.client_id, event.topic, exc)
             return
-        if not isinstance(state, OrchestratorState) or ORCHESTRATOR_STATE.parse(event.topic) != {
+        if not isinstance(state, OrchestratorStateMessage) or ORCHESTRATOR_STATE.parse(event.topic) != {
             "orchestrator": state.orchestrator
         }:
             return
@@ -202,7 +202,7 @@ class EdgeCIClient:
             what the wire carries, the client's timeout is as good as none)."""
             deadline_s = wait_s if 0 < wait_s <= MAX_SECONDS else 0.0
             return encode(
-                InferRequest(request_id, model, image_array, strategy=strategy, trace=trace, deadline_s=deadline_s)
+                RequestMessage(request_id, model, image_array, strategy=strategy, trace=trace, deadline_s=deadline_s)
             )
 
         payload = request(timeout)
@@ -220,7 +220,7 @@ class EdgeCIClient:
         finally:
             with self._lock:
                 del self._waiting[correlation]
-        if not isinstance(response, InferResponse):
+        if not isinstance(response, ResponseMessage):
             raise InferenceError(f"unexpected {response.kind} message as a response")
         if response.error:
             raise InferenceError(response.error)
@@ -263,7 +263,7 @@ class EdgeCIClient:
                 raise InferenceError("no answer in time (is an orchestrator running?)") from None
             if isinstance(news, InferenceError):
                 raise news
-            if isinstance(news, InferAccepted):
+            if isinstance(news, AcceptedMessage):
                 serving = news.orchestrator
             elif isinstance(news, _Lost):
                 if serving not in ("", news.orchestrator):

@@ -33,10 +33,10 @@ from edgeci_mqtt.orchestrator.programs import compile_plan
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.wire import (
     CODECS,
+    DoneMessage,
     PackedArray,
     ProgramMessage,
     RowsMessage,
-    StepDone,
     VectorMessage,
     decode,
     encode,
@@ -68,7 +68,7 @@ class _Cluster:
         )
         self.stores: dict[str, FlowStore[ValidProgram]] = {}
         self.runnable: list[tuple[str, str]] = []  # (device, program)
-        self.in_flight: list[tuple[str, RowsMessage | VectorMessage | StepDone]] = []
+        self.in_flight: list[tuple[str, RowsMessage | VectorMessage | DoneMessage]] = []
         self.array = None
         self.finished = False
 
@@ -134,7 +134,7 @@ class _Cluster:
                 self.runnable.append((target, message.request))
             return
         event: Event
-        if isinstance(message, StepDone):
+        if isinstance(message, DoneMessage):
             event = StepFinished(message.request, message.device, message.boundary)
         else:
             event, self.array = arrival(message, 0.0)
@@ -148,7 +148,7 @@ class _Cluster:
             message = ready.context.message
             for to, sent in outgoing(message, ready.item, output, device, lambda _: self.rng.choice(CODECS)):
                 received = wire(sent)
-                assert isinstance(received, RowsMessage | VectorMessage | StepDone)
+                assert isinstance(received, RowsMessage | VectorMessage | DoneMessage)
                 self.in_flight.append((to, received))
             store.computed(program, ready.index, output)
 

@@ -20,17 +20,17 @@ from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     MAX_PAYLOAD_BYTES,
     RESULTS,
-    AuctionCall,
     AuctionLot,
     BidMessage,
-    Chunk,
-    DeviceState,
-    Failure,
-    InferRequest,
+    CallMessage,
+    ChunkMessage,
+    DeviceStateMessage,
+    FailureMessage,
     LotPrices,
     PackedArray,
     ProgramMessage,
     ProgramStep,
+    RequestMessage,
     RowsMessage,
     StepInput,
     StepSend,
@@ -95,8 +95,8 @@ def hostile_payloads() -> list[bytes]:
         b"\x00\xffgarbage",
         msgpack.packb({"v": deep, "type": "program"}),
         mangled(request=deep),
-        encode(DeviceState("dev-9", True))[:-3],
-        encode(DeviceState("dev-1", False)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
+        encode(DeviceStateMessage("dev-9", True))[:-3],
+        encode(DeviceStateMessage("dev-1", False)).replace(b"\xa1v\x01", b"\xa1v\x09"),  # wrong schema version
         mangled(input=dict(good, data=good["data"][:-4])),
         mangled(input=dict(good, dtype="complex64")),
         mangled_step(block=[5, 2]),
@@ -105,17 +105,17 @@ def hostile_payloads() -> list[bytes]:
         mangled(request="a/+/#"),
         encode(replace(program, digest="not-our-weights")),
         encode(replace(program, input=np.full((1, 3, 4, 4), np.nan, np.float32))),
-        encode(Chunk("c", 0, 100, b"x")),
+        encode(ChunkMessage("c", 0, 100, b"x")),
         encode(WeightsMessage("smallcnn", digest, "features.0", {"weight": tile}, "0" * 64)),
         msgpack.packb({b"binary": 1}, use_bin_type=True),
         encode(
-            AuctionCall("huge", "o1", "smallcnn", (8192, 8192), (AuctionLot(FusedBlock(0, 1), (Span(0, 1),)),), 0.1)
+            CallMessage("huge", "o1", "smallcnn", (8192, 8192), (AuctionLot(FusedBlock(0, 1), (Span(0, 1),)),), 0.1)
         ),
-        encode(AuctionCall("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 0.1)),
-        encode(AuctionCall("none", "o1", "smallcnn", (64, 64), (), 0.1)),
+        encode(CallMessage("far", "o1", "smallcnn", (64, 64), (AuctionLot(FusedBlock(0, 1), (Span(0, 999),)),), 0.1)),
+        encode(CallMessage("none", "o1", "smallcnn", (64, 64), (), 0.1)),
         encode(BidMessage("r", "dev-1", 0.0, (LotPrices((0.1,) * 5000, ()),))),
-        encode(Failure("q", "dev-1", 0, "x" * 5000)),
-        encode(InferRequest("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard
+        encode(FailureMessage("q", "dev-1", 0, "x" * 5000)),
+        encode(RequestMessage("q", "smallcnn", np.zeros((1, 3, 64, 64), np.float32))),  # answer to a wildcard
         msgpack.packb({**state, "profile": {**profile, "conv_depths": [0, 8]}}, use_bin_type=True),
         msgpack.packb({**state, "profile": {**profile, "threads": float("inf")}}, use_bin_type=True),
         msgpack.packb({**state, "profile": profile, "link": {"bandwidth_mbit": 0, "latency_ms": 1}}),
@@ -134,7 +134,7 @@ def forged_results_flood(bus: Bus, orchestrator: str, device: str, count: int = 
         topic = RESULTS.build(orchestrator=orchestrator, device=device, request=f"forged-{index}")
         bus.publish(topic, whole, wait=30)
         # the first frame of a 16-frame payload: 64 MB that would be held for a minute
-        bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+        bus.publish(topic, encode(ChunkMessage(f"huge-{index}", 0, 16, data)), wait=30)
     return 2 * count
 
 
@@ -167,7 +167,7 @@ def rows_flood(bus: Bus, device: str, sender: str, count: int = 150) -> int:
             encode(RowsMessage(f"forged-{index}", sender, 1, TileRegion.of(0, 1023, 0, 1), PackedArray(rows))),
             wait=30,
         )
-        bus.publish(topic, encode(Chunk(f"huge-{index}", 0, 16, data)), wait=30)
+        bus.publish(topic, encode(ChunkMessage(f"huge-{index}", 0, 16, data)), wait=30)
         sent += 2
     bomb = DEVICE_ROWS.build(device=device, sender=sender, request="bomb")
     bus.publish(bomb, zeros_bomb("bomb", sender, 1 << 27), wait=30)  # chunked by the bus: 16 MB of bitmap

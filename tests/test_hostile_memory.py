@@ -33,7 +33,7 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     MAX_PAYLOAD_BYTES,
     Allowance,
-    Chunk,
+    ChunkMessage,
     PackedArray,
     ProgramMessage,
     ProgramStep,
@@ -56,7 +56,7 @@ FRAME = MAX_PAYLOAD_BYTES - 8192
 
 
 def first_frame(ident: str, count: int = 2) -> bytes:
-    return encode(Chunk(ident, 0, count, b"\x00" * FRAME))
+    return encode(ChunkMessage(ident, 0, count, b"\x00" * FRAME))
 
 
 @pytest.mark.pure
@@ -91,12 +91,12 @@ def test_empty_frames_are_not_free_and_a_pool_holds_few_incomplete_messages() ->
     assembler = Reassembler()
     pool = Allowance(EARLY, 1 << 30)
     for i in range(MAX_PARTIALS_PER_POOL):
-        assert assembler.feed(f"t{i}", encode(Chunk(f"m{i}", 0, 2, b"")), pool) is None
+        assert assembler.feed(f"t{i}", encode(ChunkMessage(f"m{i}", 0, 2, b"")), pool) is None
     assert assembler.pool_bytes(EARLY) == MAX_PARTIALS_PER_POOL * FRAME_CHARGE
     with pytest.raises(WireError, match="incomplete already"):
-        assembler.feed("t-more", encode(Chunk("more", 0, 2, b"")), pool)
+        assembler.feed("t-more", encode(ChunkMessage("more", 0, 2, b"")), pool)
     with pytest.raises(WireError, match="not msgpack"):  # completes: two empty halves are no message
-        assembler.feed("t0", encode(Chunk("m0", 1, 2, b"")), pool)
+        assembler.feed("t0", encode(ChunkMessage("m0", 1, 2, b"")), pool)
     assert assembler.pool_bytes(EARLY) == (MAX_PARTIALS_PER_POOL - 1) * FRAME_CHARGE
 
 

@@ -19,7 +19,7 @@ from edgeci_mqtt.orchestrator.blame import blame
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, DeviceProgram, Forward
 from edgeci_mqtt.orchestrator.service import Orchestrator
-from edgeci_mqtt.wire import PackedArray, ProgramStep, Progress, RowsMessage, StepInput, StepSend, TailRole
+from edgeci_mqtt.wire import PackedArray, ProgramStep, ProgressMessage, RowsMessage, StepInput, StepSend, TailRole
 from tests.exactness import faithful
 from tests.inprocess import memory_cluster
 from tests.planning import flat_profile
@@ -90,29 +90,29 @@ def test_blame_falls_on_who_held_the_attempt_up() -> None:
     }
     work = Compiled(start=0, final=2, programs=programs, carried={"dev-1": Forward(0, REGION, "dev-1")})
 
-    def blamed(reports: dict[str, Progress]) -> set[str]:
+    def blamed(reports: dict[str, ProgressMessage]) -> set[str]:
         return blame(work, {d: (p.item, p.waiting_for) for d, p in reports.items()}, "o1")
 
     waiting = {
-        "dev-2": Progress("r", "dev-2", 0, ("dev-1",)),
-        "dev-3": Progress("r", "dev-3", 0, ("dev-2",)),
+        "dev-2": ProgressMessage("r", "dev-2", 0, ("dev-1",)),
+        "dev-3": ProgressMessage("r", "dev-3", 0, ("dev-2",)),
     }
     # dev-1 never answered (stopped, or a ghost): only it
     assert blamed(waiting) == {"dev-1"}
     # dev-1 answered that it had everything and had not finished: slow (or never computing)
-    slow = {**waiting, "dev-1": Progress("r", "dev-1", 0, ())}
+    slow = {**waiting, "dev-1": ProgressMessage("r", "dev-1", 0, ())}
     assert blamed(slow) == {"dev-1"}
     # dev-1 says it waited for the image (it came in its program): not to be believed
-    lying = {**waiting, "dev-1": Progress("r", "dev-1", 0, ("o1",))}
+    lying = {**waiting, "dev-1": ProgressMessage("r", "dev-1", 0, ("o1",))}
     assert blamed(lying) == {"dev-1"}
     # dev-1 says it finished and sent; dev-2 says it waits for it: one of them is wrong
-    done = {**waiting, "dev-1": Progress("r", "dev-1", 1, ())}
+    done = {**waiting, "dev-1": ProgressMessage("r", "dev-1", 1, ())}
     assert blamed(done) == {"dev-1", "dev-2"}
     # every device finished: the lateness was not theirs
-    finished = {d: Progress("r", d, 1, ()) for d in ("dev-1", "dev-2", "dev-3")}
+    finished = {d: ProgressMessage("r", d, 1, ()) for d in ("dev-1", "dev-2", "dev-3")}
     assert blamed(finished) == set()
     # its program never arrived
-    lost = {**waiting, "dev-1": Progress("r", "dev-1", -1, ())}
+    lost = {**waiting, "dev-1": ProgressMessage("r", "dev-1", -1, ())}
     assert blamed(lost) == {"dev-1"}
 
 

@@ -17,8 +17,8 @@ from edgeci_mqtt.wire import (
     CLIENT_RESPONSES,
     INFER_REQUESTS,
     SCHEMA_VERSION,
-    InferResponse,
     ReleaseMessage,
+    ResponseMessage,
     decode,
     encode,
 )
@@ -40,13 +40,13 @@ def raw_request(image: dict[str, object], request: object = "r-1") -> bytes:
     )
 
 
-def answer(bus: MemoryBus, correlation: bytes, timeout: float = 5.0) -> InferResponse:
+def answer(bus: MemoryBus, correlation: bytes, timeout: float = 5.0) -> ResponseMessage:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         event = bus.events.get(timeout=max(0.0, deadline - time.monotonic()))
         if isinstance(event, Inbound) and event.correlation == correlation:
             message = decode(event.payload)
-            assert isinstance(message, InferResponse)
+            assert isinstance(message, ResponseMessage)
             return message
     raise AssertionError("no answer")
 

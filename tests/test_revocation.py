@@ -19,7 +19,7 @@ from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.watch.view import device_states
-from edgeci_mqtt.wire import DEVICE_STATE, DeviceState, encode
+from edgeci_mqtt.wire import DEVICE_STATE, DeviceStateMessage, encode
 from tests.cluster import wait_for
 from tests.planning import flat_profile
 
@@ -44,9 +44,9 @@ def test_a_removed_device_leaves_every_orchestrators_table_at_once(broker: Broke
     devices = {name: MqttBus(broker.address(name)) for name in ("dev-6", "dev-7")}
     try:
         for name, bus in devices.items():  # announced online, as a device agent does
-            bus.will(DEVICE_STATE.build(device=name), encode(DeviceState(name, False)))
+            bus.will(DEVICE_STATE.build(device=name), encode(DeviceStateMessage(name, False)))
             bus.start()
-            online = DeviceState(name, True, profile=flat_profile(), link=Link(100.0, 1.0), models=store.digests)
+            online = DeviceStateMessage(name, True, profile=flat_profile(), link=Link(100.0, 1.0), models=store.digests)
             bus.publish(DEVICE_STATE.build(device=name), encode(online), retain=True, wait=5)
         wait_for(lambda: set(orchestrator.table.online()) == {"dev-6", "dev-7"})
         admin = broker.workdir / "credentials" / f"{ADMIN_USER}.yaml"

@@ -44,11 +44,11 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
-    DeviceState,
-    InferRequest,
+    DeviceStateMessage,
     PackedArray,
     ProgramMessage,
     ProgramStep,
+    RequestMessage,
     RowsMessage,
     StepInput,
     StepSend,
@@ -192,7 +192,7 @@ def test_the_auction_does_not_wait_for_a_device_the_plan_leaves_idle(store: Mode
     window_s = 4.0
     with memory_cluster(store, devices=2, auction_s=window_s) as small, small.client() as own:
         digest = weights_digest("smallcnn", None, 0)
-        ghost = DeviceState(
+        ghost = DeviceStateMessage(
             "dev-9", True, profile=flat_profile(gflops=1e-4), link=Link(1.0, 50.0), models={"smallcnn": digest}
         )
         announcer = small.broker.bus("announcer")
@@ -605,7 +605,7 @@ def test_an_answer_goes_only_to_the_client_who_asked(
     bob.start()
     alice = cluster.broker.bus("alice")
     alice.start()
-    request = encode(InferRequest("r-forged", "smallcnn", ref.x.numpy()))
+    request = encode(RequestMessage("r-forged", "smallcnn", ref.x.numpy()))
     with caplog.at_level(logging.WARNING):
         alice.publish(
             INFER_REQUESTS.build(client="alice"), request, response_topic=CLIENT_RESPONSES.build(client="bob")
@@ -664,15 +664,17 @@ def test_the_client_refuses_bad_images_before_sending(client: EdgeCIClient) -> N
 def test_the_device_table_follows_births_and_wills() -> None:
     table = DeviceTable()
     digest = weights_digest("smallcnn", None, 0)
-    born = DeviceState("dev-1", True, profile=flat_profile(), link=Link(100.0, 1.0), models={"smallcnn": digest})
+    born = DeviceStateMessage("dev-1", True, profile=flat_profile(), link=Link(100.0, 1.0), models={"smallcnn": digest})
     table.update(born)
     assert table.online() == ["dev-1"] and table.generation == 1 and table.births == 1
-    table.update(DeviceState("dev-1", False, profile=flat_profile(), link=Link(100.0, 1.0)))  # offline, profile or not
+    table.update(
+        DeviceStateMessage("dev-1", False, profile=flat_profile(), link=Link(100.0, 1.0))
+    )  # offline, profile or not
     assert table.online() == [] and table.generation == 2
     table.update(born)
     assert table.online() == ["dev-1"] and table.generation == 3 and table.births == 2
     with pytest.raises(WireError, match="without a profile"):
-        table.update(DeviceState("dev-2", True))
+        table.update(DeviceStateMessage("dev-2", True))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval, intervals_from_rows
-from edgeci_mqtt.wire import InferResponse, decode, encode
+from edgeci_mqtt.wire import ResponseMessage, decode, encode
 
 pytestmark = pytest.mark.pure
 
@@ -24,8 +24,8 @@ INTERVALS = (
 
 
 def test_intervals_travel_as_typed_values_in_a_response() -> None:
-    response = decode(encode(InferResponse("q", logits=np.zeros((1, 3), np.float32), timeline=INTERVALS)))
-    assert isinstance(response, InferResponse) and response.timeline == INTERVALS
+    response = decode(encode(ResponseMessage("q", logits=np.zeros((1, 3), np.float32), timeline=INTERVALS)))
+    assert isinstance(response, ResponseMessage) and response.timeline == INTERVALS
     assert intervals_from_rows([i.to_row() for i in INTERVALS]) == INTERVALS
 
 

@@ -30,7 +30,8 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
-    Failure,
+    DoneMessage,
+    FailureMessage,
     FinishRole,
     GoMessage,
     Message,
@@ -38,11 +39,10 @@ from edgeci_mqtt.wire import (
     ProgramMessage,
     ProgramStep,
     ReleaseMessage,
+    ReportMessage,
     RowsMessage,
     SliceFrom,
-    StepDone,
     StepInput,
-    StepReport,
     TailRole,
     VectorMessage,
     WeightsMessage,
@@ -50,7 +50,7 @@ from edgeci_mqtt.wire import (
     encode,
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, WATCHER_STATE
-from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
+from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherStateMessage
 from tests.cluster import collect, wait_for
 from tests.exactness import References, assert_float32_faithful
 from tests.inprocess import memory_cluster
@@ -88,11 +88,11 @@ def data_messages() -> list[tuple[str, Message]]:
         (rows, VectorMessage("q1.1", "dev-1", Span(0, 10), PackedArray(ROWS[0, 0, :, :5].reshape(1, 10)))),
         (results, VectorMessage("q1.1", "dev-1", Span(0, 10), PackedArray(ROWS[0, 0, :, :5].reshape(1, 10)), True)),
         (results, RowsMessage("q1.1", "dev-1", 9, REGION, PackedArray(ROWS))),
-        (results, Failure("q1.1", "dev-1", -1, "refused: no")),
-        (results, StepDone("q1.1", "dev-1", 5)),
+        (results, FailureMessage("q1.1", "dev-1", -1, "refused: no")),
+        (results, DoneMessage("q1.1", "dev-1", 5)),
         (
             results,
-            StepReport(
+            ReportMessage(
                 "q1.1",
                 "dev-1",
                 0,
@@ -145,7 +145,7 @@ def test_traffic_messages_are_bounded_and_checked() -> None:
 
 
 def watcher(reporter: TrafficReporter, name: str, online: bool, now: float) -> bool:
-    return reporter.heard(WATCHER_STATE.build(watcher=name), encode(WatcherState(name, online)), now)
+    return reporter.heard(WATCHER_STATE.build(watcher=name), encode(WatcherStateMessage(name, online)), now)
 
 
 def test_the_reporter_collects_only_while_watched_and_batches_by_time() -> None:
@@ -155,7 +155,7 @@ def test_the_reporter_collects_only_while_watched_and_batches_by_time() -> None:
     assert not reporter.pending() and reporter.take(10.0, force=True) is None  # nobody watches: nothing kept
     assert not reporter.heard(DEVICE_TASKS.build(device="dev-1"), b"", 0.0)  # not a watcher's: for the role
     assert watcher(reporter, "w1", True, now=1.0) and reporter.watched(1.0)
-    assert reporter.heard(WATCHER_STATE.build(watcher="w2"), encode(WatcherState("w1", False)), 1.0)  # forged
+    assert reporter.heard(WATCHER_STATE.build(watcher="w2"), encode(WatcherStateMessage("w1", False)), 1.0)  # forged
     assert reporter.heard(WATCHER_STATE.build(watcher="w2"), b"garbage", 1.0) and reporter.watched(1.0)
     reporter.note(INFER_REQUESTS.build(client="c"), message, 100, now=1.0)  # the clients' topics: never reported
     assert not reporter.pending()
@@ -266,9 +266,9 @@ def test_in_process_the_agents_report_only_while_a_watcher_is_online(
         # batch interval, so three show it)
         assert not collect(spy, BATCH_INTERVAL_S * 3)
         watching = small.broker.bus("w1")
-        watching.will(WATCHER_STATE.build(watcher="w1"), encode(WatcherState("w1", False)))
+        watching.will(WATCHER_STATE.build(watcher="w1"), encode(WatcherStateMessage("w1", False)))
         watching.start()
-        watching.publish(WATCHER_STATE.build(watcher="w1"), encode(WatcherState("w1", True)), retain=True)
+        watching.publish(WATCHER_STATE.build(watcher="w1"), encode(WatcherStateMessage("w1", True)), retain=True)
         wait_for(
             lambda: all(a._traffic.reporter.watched(time.monotonic()) for a in small.agents.values()),
             what="every device knowing it is watched",
@@ -302,7 +302,7 @@ def test_the_publisher_hands_watcher_states_over_and_leaves_other_events() -> No
 
     publisher = TrafficPublisher(MemoryBroker().bus("dev-1"), "dev-1", DEVICE_TRAFFIC.build(device="dev-1"))
     assert not publisher.heard(Inbound(DEVICE_TASKS.build(device="dev-1"), b"x"))
-    assert publisher.heard(Inbound(WATCHER_STATE.build(watcher="w"), encode(WatcherState("w", True))))
+    assert publisher.heard(Inbound(WATCHER_STATE.build(watcher="w"), encode(WatcherStateMessage("w", True))))
     assert publisher.watching(DEVICE_ROWS.build(device="dev-2", sender="dev-1", request="r"))
     assert not publisher.watching(INFER_REQUESTS.build(client="c"))
     publisher.stop()

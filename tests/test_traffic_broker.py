@@ -13,7 +13,7 @@ import pytest
 from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.client import EdgeCIClient
-from edgeci_mqtt.wire import WatcherState, decode
+from edgeci_mqtt.wire import WatcherStateMessage, decode
 from edgeci_mqtt.wire.topics import TOPICS, WATCHER_STATE
 from tests.cluster import local_cluster
 from tests.exactness import References, assert_float32_faithful
@@ -76,4 +76,4 @@ def test_the_watcher_gets_no_client_data_and_watch_still_shows_each_request(
     assert "  rows " in text and " as raw " in text, text  # (smallcnn is one block: its rows go to the orchestrator)
     assert "INVALID" not in text, text
     states = [decode(e.payload) for e in received if WATCHER_STATE.parse(e.topic) is not None]
-    assert WatcherState("watcher", True) in states
+    assert WatcherStateMessage("watcher", True) in states

@@ -17,13 +17,13 @@ from edgeci_mqtt.wire import (
     DEVICE_STATE,
     DEVICE_TASKS,
     RESULTS,
-    AuctionCall,
     AuctionLot,
-    Award,
+    AwardMessage,
     AwardRun,
     BidMessage,
-    DeviceState,
-    Failure,
+    CallMessage,
+    DeviceStateMessage,
+    FailureMessage,
     LotPrices,
     PackedArray,
     ProgramMessage,
@@ -48,8 +48,8 @@ def joined(view: TrafficView, topic: str, payload: bytes, now: float) -> str | N
 def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     view = TrafficView()
     tile = np.zeros((1, 3, 4, 5), dtype=np.float32)
-    state = DeviceState("dev-1", True, profile=flat_profile(), link=Link(100.0, 2.0), models={"vgg16": "ab"})
-    call = AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 0.5)
+    state = DeviceStateMessage("dev-1", True, profile=flat_profile(), link=Link(100.0, 2.0), models={"vgg16": "ab"})
+    call = CallMessage("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 5), (Span(0, 1), Span(1, 2))),), 0.5)
     step = ProgramStep(FusedBlock(0, 5), TileRegion.of(0, 2, 0, 5), (StepInput(TileRegion.of(0, 4, 0, 5), "o1"),))
     program = ProgramMessage(
         request="q" * 8, orchestrator="o1", model="vgg16", digest="ab", input_hw=(224, 224), steps=(step,),
@@ -64,7 +64,9 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
             encode(BidMessage("r1", "dev-1", 0.0, (LotPrices((0.01, 0.02), (0.01, 0.01)),))),
             0.2,
         ),
-        joined(view, AUCTION_AWARD.build(round="r1"), encode(Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3),
+        joined(
+            view, AUCTION_AWARD.build(round="r1"), encode(AwardMessage("r1", 0, (AwardRun("dev-1", Span(0, 2)),))), 0.3
+        ),
         joined(view, DEVICE_TASKS.build(device="dev-1"), encode(program), 1.0),
     ]
     assert "dev-1 ONLINE" in lines[0] and "100 Mbit/s" in lines[0]
@@ -75,10 +77,10 @@ def test_every_message_is_decoded_and_tensors_are_summarised() -> None:
     rows = RowsMessage("q" * 8, "dev-1", 5, TileRegion.of(0, 2, 0, 5), PackedArray(tile[:, :, :2]))
     line = joined(view, RESULTS.build(orchestrator="o1", device="dev-1", request="q" * 8), encode(rows), 1.25)
     assert line is not None and "rows qqqqqqqq from dev-1: boundary 5" in line and "idle" in view.table()
-    failure = Failure("q" * 8, "dev-1", 0, "boom")
+    failure = FailureMessage("q" * 8, "dev-1", 0, "boom")
     line = joined(view, RESULTS.build(orchestrator="o1", device="dev-1", request="q" * 8), encode(failure), 1.5)
     assert line is not None and "failure qqqqqqqq from dev-1: item 0: boom" in line
-    offline = encode(DeviceState("dev-1", False))
+    offline = encode(DeviceStateMessage("dev-1", False))
     assert "OFFLINE" in (joined(view, DEVICE_STATE.build(device="dev-1"), offline, 2.0) or "")
     assert view.table().startswith("0 device(s) online")
 

@@ -23,20 +23,20 @@ from edgeci_mqtt.wire import (
     MAX_PAYLOAD_BYTES,
     RESULTS,
     SHARED_REQUESTS,
-    AuctionCall,
     AuctionLot,
-    Award,
+    AwardMessage,
     AwardRun,
     BidMessage,
-    Chunk,
-    DeviceState,
-    Failure,
-    InferRequest,
-    InferResponse,
+    CallMessage,
+    ChunkMessage,
+    DeviceStateMessage,
+    FailureMessage,
     LotPrices,
     Message,
     PackedArray,
     Reassembler,
+    RequestMessage,
+    ResponseMessage,
     RowsMessage,
     decode,
     decode_array,
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.pure
 ARRAY = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
 REGION = TileRegion.of(0, 1, 0, 1)
 MESSAGES: list[Message] = [
-    DeviceState(
+    DeviceStateMessage(
         "dev-1",
         True,
         profile=flat_profile(),
@@ -62,25 +62,27 @@ MESSAGES: list[Message] = [
         version="0.1",
         weights={"ab": ("features.0",)},
     ),
-    DeviceState("dev-1", False),
-    DeviceState(
+    DeviceStateMessage("dev-1", False),
+    DeviceStateMessage(
         "dev-1",
         True,
         profile=flat_profile(made=1e9),
         link=Link(10.0, 2.0),
         tails={"vgg16": TailRows((Span(0, 512),), True)},
     ),
-    AuctionCall("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 0.5),
+    CallMessage("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 0.5),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
-    Award("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
-    Failure("q", "dev-1", -1, "refused: boom"),
-    Failure("q", "dev-1", 3, "boom"),
-    InferRequest("q", "vgg16", ARRAY, strategy="edgeci"),
-    InferRequest("q", "vgg16", ARRAY, strategy="edgeci", trace=True),
-    InferRequest("q", "vgg16", ARRAY, deadline_s=12.5),
-    InferResponse("q", logits=ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)),
-    InferResponse("q", logits=ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
-    Chunk("c1", 0, 2, b"abc"),
+    AwardMessage("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
+    FailureMessage("q", "dev-1", -1, "refused: boom"),
+    FailureMessage("q", "dev-1", 3, "boom"),
+    RequestMessage("q", "vgg16", ARRAY, strategy="edgeci"),
+    RequestMessage("q", "vgg16", ARRAY, strategy="edgeci", trace=True),
+    RequestMessage("q", "vgg16", ARRAY, deadline_s=12.5),
+    ResponseMessage(
+        "q", logits=ARRAY, timings={"total_s": 1.0}, orchestrator="o1", strategy="aofl", devices=("dev-1",)
+    ),
+    ResponseMessage("q", logits=ARRAY, timeline=(Interval(ORCHESTRATOR, "plan", 0.0, 0.001, note="edgeci"),)),
+    ChunkMessage("c1", 0, 2, b"abc"),
 ]
 
 
@@ -242,22 +244,22 @@ def test_big_payloads_travel_in_chunks_and_come_back() -> None:
 def test_reassembly_is_bounded() -> None:
     small = Reassembler(max_bytes=10 * MAX_PAYLOAD_BYTES)
     with pytest.raises(WireError, match="not in"):
-        small.feed("t", encode(Chunk("c", 0, 10**9, b"x")))
+        small.feed("t", encode(ChunkMessage("c", 0, 10**9, b"x")))
     with pytest.raises(WireError, match="out of range"):
-        small.feed("t", encode(Chunk("c", 0, 100, b"x")))
+        small.feed("t", encode(ChunkMessage("c", 0, 100, b"x")))
     with pytest.raises(WireError, match="reassembly budget"):
         for i in range(11):
-            small.feed("t", encode(Chunk("c", i, 11, b"x" * (MAX_PAYLOAD_BYTES - 8192))))
+            small.feed("t", encode(ChunkMessage("c", i, 11, b"x" * (MAX_PAYLOAD_BYTES - 8192))))
     mixed = Reassembler()
-    assert mixed.feed("t", encode(Chunk("c", 0, 2, b"ab"))) is None
+    assert mixed.feed("t", encode(ChunkMessage("c", 0, 2, b"ab"))) is None
     with pytest.raises(WireError, match="counts disagree"):
-        mixed.feed("t", encode(Chunk("c", 1, 3, b"cd")))
+        mixed.feed("t", encode(ChunkMessage("c", 1, 3, b"cd")))
     with pytest.raises(WireError, match="frame limit"):
         mixed.feed("t", b"\x00" * (MAX_PAYLOAD_BYTES + 10_000))
     nested = Reassembler()
-    inner = encode(Chunk("x", 0, 1, b"y"))
+    inner = encode(ChunkMessage("x", 0, 1, b"y"))
     with pytest.raises(WireError, match="chunk cannot contain a chunk"):
-        nested.feed("t", encode(Chunk("c", 0, 1, inner)))
+        nested.feed("t", encode(ChunkMessage("c", 0, 1, inner)))
 
 
 def test_topics_are_built_parsed_and_filtered_from_one_declaration() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.wire import DEVICE_STATE, ORCHESTRATOR_STATE, DeviceState, OrchestratorState, encode
+from edgeci_mqtt.wire import DEVICE_STATE, ORCHESTRATOR_STATE, DeviceStateMessage, OrchestratorStateMessage, encode
 from edgeci_mqtt.wire.access import AclRule, group_name, own_role_name, own_rules, shared_role_name, shared_rules
 from edgeci_mqtt.wire.topics import ROLES, Role, check_segment
 
@@ -172,12 +172,12 @@ class DynsecAdmin:
         role = self.role_of(user)
         self.run(remove_user_commands(user, role))
         if role == "device":
-            self._retain(DEVICE_STATE.build(device=user), DeviceState(user, False))
+            self._retain(DEVICE_STATE.build(device=user), DeviceStateMessage(user, False))
         elif role == "orchestrator":
-            self._retain(ORCHESTRATOR_STATE.build(orchestrator=user), OrchestratorState(user, False))
+            self._retain(ORCHESTRATOR_STATE.build(orchestrator=user), OrchestratorStateMessage(user, False))
         return role
 
-    def _retain(self, topic: str, message: DeviceState | OrchestratorState) -> None:
+    def _retain(self, topic: str, message: DeviceStateMessage | OrchestratorStateMessage) -> None:
         """Publish ``message`` retained on ``topic`` and read it back (the admin reads
         everything): a broker that does not let the admin write there says so here."""
         payload = encode(message)

@@ -12,7 +12,7 @@ from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.watch.view import TrafficView
-from edgeci_mqtt.wire import WatcherState, encode
+from edgeci_mqtt.wire import WatcherStateMessage, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
 __all__ = ["register", "run"]
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     client data, only those reports and the metadata topics."""
     bus = broker_bus(args, "watcher")
     state = WATCHER_STATE.build(watcher=bus.client_id)
-    bus.will(state, encode(WatcherState(bus.client_id, False)))
+    bus.will(state, encode(WatcherStateMessage(bus.client_id, False)))
     bus.subscribe("#", qos=0)
     bus.start()
     view, stop = TrafficView(), stop_on_signals()
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set() and (deadline is None or time.perf_counter() < deadline):
             if time.perf_counter() >= announce_at:
-                bus.publish(state, encode(WatcherState(bus.client_id, True)), retain=True)
+                bus.publish(state, encode(WatcherStateMessage(bus.client_id, True)), retain=True)
                 announce_at = time.perf_counter() + ANNOUNCE_S
             until = announce_at if deadline is None else min(announce_at, deadline)
             for event in events_until(bus, stop, until):
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     print(view.table(), flush=True)
     finally:
         with contextlib.suppress(EdgeCIError):
-            bus.publish(state, encode(WatcherState(bus.client_id, False)), retain=True, wait=2.0)
+            bus.publish(state, encode(WatcherStateMessage(bus.client_id, False)), retain=True, wait=2.0)
         bus.stop()
         print(view.table(), file=sys.stderr)
     return 0

@@ -39,12 +39,12 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     RESULTS,
     Allowance,
-    AuctionCall,
-    DeviceState,
+    CallMessage,
+    DeviceStateMessage,
     GoMessage,
     Message,
     ProgramMessage,
-    Progress,
+    ProgressMessage,
     Reassembler,
     ReleaseMessage,
     RowsMessage,
@@ -188,7 +188,7 @@ class DeviceAgent:
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self.heap = HeapKeeper(again_s=HOLDING_S)
         self._refusals = _Refusals(device_id)
-        bus.will(self.state_topic, encode(DeviceState(device_id, False, version=__version__)))
+        bus.will(self.state_topic, encode(DeviceStateMessage(device_id, False, version=__version__)))
 
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -209,7 +209,7 @@ class DeviceAgent:
             elif isinstance(event, Inbound):
                 self._handle(event)
         self.worker.stop()
-        offline = DeviceState(self.device_id, False, version=__version__)
+        offline = DeviceStateMessage(self.device_id, False, version=__version__)
         try:
             bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
         except EdgeCIError as exc:  # the broker is gone: our will says it instead
@@ -234,7 +234,7 @@ class DeviceAgent:
     def _announce(self) -> None:
         self._announced = self._tail_versions()  # before reading them: a change meanwhile is announced again
         tails = {name: held.tail_rows() for name, held in self.models.held.items()}
-        state = DeviceState(
+        state = DeviceStateMessage(
             self.device_id,
             True,
             profile=self.bidder.profile,
@@ -283,7 +283,7 @@ class DeviceAgent:
         if message is None:
             return
         try:
-            if isinstance(message, AuctionCall) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
+            if isinstance(message, CallMessage) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
                 bid = self.bidder.bid(message)
                 if bid is not None:
                     self.bus.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), encode(bid))
@@ -323,7 +323,7 @@ class DeviceAgent:
         if progress is None:
             return
         item, waiting_for = progress
-        report = Progress(release.request, self.device_id, item, waiting_for)
+        report = ProgressMessage(release.request, self.device_id, item, waiting_for)
         topic = RESULTS.build(orchestrator=release.orchestrator, device=self.device_id, request=release.request)
         with contextlib.suppress(EdgeCIError):
             self.bus.publish(topic, encode(report))

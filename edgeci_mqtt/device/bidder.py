@@ -23,7 +23,7 @@ from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.calibration import SpeedCalibration
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.wire import AuctionCall, AuctionLot, BidMessage, LotPrices
+from edgeci_mqtt.wire import AuctionLot, BidMessage, CallMessage, LotPrices
 
 __all__ = ["PRICED_LOTS", "Bidder", "block_geometry"]
 
@@ -121,7 +121,7 @@ class Bidder:
         return True
 
     # ------------------------------------------------------------ bids
-    def bid(self, call: AuctionCall) -> BidMessage | None:
+    def bid(self, call: CallMessage) -> BidMessage | None:
         """One bid for every lot of the call (None for a model we do not hold); a call we
         cannot price whole is a :class:`WireError`."""
         if call.model not in self.models.held:
@@ -134,7 +134,7 @@ class Bidder:
         prices = tuple(self._lot_prices(call, lot, profile, version) for lot in call.lots)
         return BidMessage(call.round, self.device, self.view().queue_s, prices)
 
-    def _check_lot(self, call: AuctionCall, lot: AuctionLot) -> None:
+    def _check_lot(self, call: CallMessage, lot: AuctionLot) -> None:
         held = self.models.get(call.model)
         shapes = block_geometry(held, call.input_hw, lot.block, f"auction {call.round}")
         out_height = shapes[lot.block.stop].height
@@ -144,7 +144,7 @@ class Bidder:
         if outside:
             raise WireError(f"auction {call.round}: item {outside[0]} is outside the {out_height} output rows")
 
-    def _lot_prices(self, call: AuctionCall, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:
+    def _lot_prices(self, call: CallMessage, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:
         """Our prices for one lot, computed once per lot and profile (they do not depend on the queue)."""
         held = self.models.get(call.model)
         key = (version, call.model, call.input_hw, lot.block, lot.items, call.flow)

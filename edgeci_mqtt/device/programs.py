@@ -23,11 +23,11 @@ from edgeci_mqtt.device.program_state import ReadyStep, Rows, WorkItem, step_inp
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.wire import (
+    DoneMessage,
     PackedArray,
     ProgramMessage,
     ProgramStep,
     RowsMessage,
-    StepDone,
     TailRole,
     VectorMessage,
 )
@@ -215,7 +215,7 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
 
 def outgoing(
     message: ProgramMessage, item: WorkItem, output: Rows, me: str, codec: Callable[[Rows], str]
-) -> list[tuple[str, RowsMessage | VectorMessage | StepDone]]:
+) -> list[tuple[str, RowsMessage | VectorMessage | DoneMessage]]:
     """Where a work item's output goes, as (recipient, message): a block's rows to the
     devices (or the orchestrator) the program names (and, behind a barrier, word to the
     orchestrator that the step is done), a tail slice to the finisher (nothing when that is
@@ -228,13 +228,13 @@ def outgoing(
 
     request = message.request
     if isinstance(item, ProgramStep):
-        out: list[tuple[str, RowsMessage | VectorMessage | StepDone]] = []
+        out: list[tuple[str, RowsMessage | VectorMessage | DoneMessage]] = []
         for send in item.sends:
             rows, cols = send.region.within(item.out_region)
             part = packed(output[:, :, rows, cols])
             out.append((send.to, RowsMessage(request, me, item.block.stop, send.region, part)))
         if message.barrier:
-            out.append((message.orchestrator, StepDone(request, me, item.block.stop)))
+            out.append((message.orchestrator, DoneMessage(request, me, item.block.stop)))
         return out
     if isinstance(item, TailRole) and item.features is not None:
         return [] if item.to == me else [(item.to, VectorMessage(request, me, item.features, packed(output)))]

@@ -33,11 +33,11 @@ from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     RESULTS,
-    Failure,
+    FailureMessage,
     Message,
     ProgramMessage,
     ProgramStep,
-    StepReport,
+    ReportMessage,
     choose_codec,
 )
 
@@ -117,7 +117,9 @@ class Worker:
         """Tell the orchestrator at once (-1: the program was refused), so it re-plans without
         us instead of waiting for its deadline."""
         with contextlib.suppress(EdgeCIError):
-            self.publish(results_topic(message, self.device), Failure(message.request, self.device, item, error[:4000]))
+            self.publish(
+                results_topic(message, self.device), FailureMessage(message.request, self.device, item, error[:4000])
+            )
 
     # ------------------------------------------------------------ the thread
     def run(self) -> None:
@@ -205,7 +207,7 @@ class Worker:
         wall = time.time() - time.perf_counter()
         started, computed, sent = (wall + t for t in instants)
         block, region = (item.block, item.out_region) if isinstance(item, ProgramStep) else (None, None)
-        report = StepReport(
+        report = ReportMessage(
             message.request,
             self.device,
             index,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from edgeci_mqtt.core.deadline import Deadline
-from edgeci_mqtt.wire import InferRequest
+from edgeci_mqtt.wire import RequestMessage
 
 __all__ = ["Admitted", "FairQueue"]
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 class Admitted:
     """A request admitted to the queue: where to answer it, and when it reached us."""
 
-    message: InferRequest
+    message: RequestMessage
     response_topic: str
     correlation: bytes | None
     received: float

@@ -50,15 +50,15 @@ from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
-    Failure,
+    DoneMessage,
+    FailureMessage,
     GoMessage,
     PackedArray,
     ProgramMessage,
-    Progress,
+    ProgressMessage,
     ReleaseMessage,
+    ReportMessage,
     RowsMessage,
-    StepDone,
-    StepReport,
     VectorMessage,
     encode,
 )
@@ -125,11 +125,11 @@ class AttemptEdge:
         if isinstance(message, RowsMessage | VectorMessage):
             event, self._array = arrival(message, arrived)
             return event
-        if isinstance(message, Failure):
+        if isinstance(message, FailureMessage):
             return DeviceFailed(message.request, message.device, message.error, arrived)
-        if isinstance(message, StepDone):
+        if isinstance(message, DoneMessage):
             return StepFinished(message.request, message.device, message.boundary)
-        if isinstance(message, StepReport):
+        if isinstance(message, ReportMessage):
             self._mark_report(message)
         return Tick(time.perf_counter(), self.run.online())  # a report, or a progress nobody asked for now
 
@@ -260,11 +260,11 @@ class AttemptEdge:
                 _, message = self.box.get(timeout=left)
             except queue.Empty:
                 break
-            if isinstance(message, Progress) and message.device in devices:
+            if isinstance(message, ProgressMessage) and message.device in devices:
                 reports[message.device] = (message.item, message.waiting_for)
         return reports
 
-    def _mark_report(self, report: StepReport) -> None:
+    def _mark_report(self, report: ReportMessage) -> None:
         """A device's item on the timeline: its clock is trusted only between the request's
         arrival and now (clocks on boards drift), instants out of order are dropped."""
         run = self.run

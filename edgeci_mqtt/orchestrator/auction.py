@@ -18,9 +18,17 @@ from dataclasses import dataclass
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.awas import Award as Won
-from edgeci_mqtt.planner.awas import Bid
-from edgeci_mqtt.wire import AUCTION_AWARD, AUCTION_CALL, AuctionCall, AuctionLot, Award, AwardRun, BidMessage, encode
+from edgeci_mqtt.planner.awas import Award, Bid
+from edgeci_mqtt.wire import (
+    AUCTION_AWARD,
+    AUCTION_CALL,
+    AuctionLot,
+    AwardMessage,
+    AwardRun,
+    BidMessage,
+    CallMessage,
+    encode,
+)
 
 __all__ = ["COOL_S", "MAX_COOL_S", "Auctioneer", "Round", "Silence"]
 
@@ -136,7 +144,7 @@ class Auctioneer:
         deadline = time.perf_counter() + self.window_s
         self.bid_boxes[round_id] = box
         try:
-            call = AuctionCall(
+            call = CallMessage(
                 round_id,
                 self.orchestrator,
                 self.model,
@@ -160,10 +168,10 @@ class Auctioneer:
             self.bid_boxes.pop(round_id, None)
         return [Round(round_id, lot, bids) for lot, bids in enumerate(received)]
 
-    def announce(self, held: Round, won: Won) -> None:
+    def announce(self, held: Round, won: Award) -> None:
         """Publish who won what (watchers see it)."""
         runs = tuple(AwardRun(d, s) for d, s in won.runs)
-        self.publish(AUCTION_AWARD.build(round=held.id), encode(Award(held.id, held.lot, runs)))
+        self.publish(AUCTION_AWARD.build(round=held.id), encode(AwardMessage(held.id, held.lot, runs)))
 
     def _take_bid(
         self, message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]

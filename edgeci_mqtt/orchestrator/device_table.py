@@ -15,7 +15,7 @@ from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models.held import FETCH
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.wire import DeviceState
+from edgeci_mqtt.wire import DeviceStateMessage
 
 __all__ = ["DeviceTable"]
 
@@ -26,12 +26,12 @@ class DeviceTable:
     """Live devices from their retained state messages (thread-safe)."""
 
     def __init__(self) -> None:
-        self._live: dict[str, tuple[DeviceState, DeviceProfile, Link]] = {}  # the state, its profile and link
+        self._live: dict[str, tuple[DeviceStateMessage, DeviceProfile, Link]] = {}  # the state, its profile and link
         self._lock = threading.Lock()
         self.generation = 0
         self.births = 0
 
-    def update(self, state: DeviceState) -> None:
+    def update(self, state: DeviceStateMessage) -> None:
         profile, link = state.profile, state.link  # typed and checked by the wire
         if state.online and (profile is None or link is None):
             raise WireError(f"device {state.device} is online without a profile and a link")

@@ -9,13 +9,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from edgeci_mqtt.orchestrator.auction import Silence
-from edgeci_mqtt.wire import BidMessage, Failure, Progress, RowsMessage, StepDone, StepReport, VectorMessage
+from edgeci_mqtt.wire import (
+    BidMessage,
+    DoneMessage,
+    FailureMessage,
+    ProgressMessage,
+    ReportMessage,
+    RowsMessage,
+    VectorMessage,
+)
 
 __all__ = ["Arrival", "Box", "Inbox", "Mailboxes"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
-Inbox = RowsMessage | VectorMessage | StepDone | StepReport | Progress | Failure
+Inbox = RowsMessage | VectorMessage | DoneMessage | ReportMessage | ProgressMessage | FailureMessage
 """What a device sends an orchestrator about a request."""
 Arrival = tuple[float, Inbox]
 """A message and when it arrived (``perf_counter``), for traces."""

@@ -51,21 +51,21 @@ from edgeci_mqtt.wire import (
     ORCHESTRATOR_STATE,
     RESULTS,
     SHARED_REQUESTS,
+    AcceptedMessage,
     BidMessage,
-    Chunk,
-    DeviceState,
-    Failure,
-    InferAccepted,
-    InferRequest,
-    InferResponse,
+    ChunkMessage,
+    DeviceStateMessage,
+    DoneMessage,
+    FailureMessage,
     Message,
-    OrchestratorState,
+    OrchestratorStateMessage,
     PenaltyMessage,
-    Progress,
+    ProgressMessage,
     Reassembler,
+    ReportMessage,
+    RequestMessage,
+    ResponseMessage,
     RowsMessage,
-    StepDone,
-    StepReport,
     VectorMessage,
     decode,
     encode,
@@ -87,14 +87,14 @@ REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
 map, the largest a device sends, is 12.8 MB)."""
 
 
-def _decode_request(payload: bytes) -> InferRequest:
+def _decode_request(payload: bytes) -> RequestMessage:
     """The request a payload carries (:class:`WireError` if it carries none)."""
     if len(payload) > MAX_FRAME_BYTES:
         raise WireError("a request must fit in one frame")
     message = decode(payload)
-    if isinstance(message, Chunk):  # a request fits one frame: a chunk there is hostile
+    if isinstance(message, ChunkMessage):  # a request fits one frame: a chunk there is hostile
         raise WireError("a request must fit in one frame")
-    if not isinstance(message, InferRequest):
+    if not isinstance(message, RequestMessage):
         raise WireError(f"a {message.kind} message is not a request")
     return message
 
@@ -159,7 +159,7 @@ class Orchestrator:
         filters = (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, ORCHESTRATOR_PENALTIES.filter)
         for topic in (*filters, SHARED_REQUESTS, WATCHER_STATE.filter):  # watchers: whether to report what we send
             bus.subscribe(topic)
-        bus.will(self.state_topic, encode(OrchestratorState(self.id, False)))
+        bus.will(self.state_topic, encode(OrchestratorStateMessage(self.id, False)))
         bus.start()
         workers = [
             threading.Thread(target=self._serve, name=f"{self.id}-worker-{i}", daemon=True)
@@ -191,7 +191,7 @@ class Orchestrator:
 
     def _announce(self, online: bool) -> None:
         try:
-            self.bus.publish(self.state_topic, encode(OrchestratorState(self.id, online)), retain=True, wait=5)
+            self.bus.publish(self.state_topic, encode(OrchestratorStateMessage(self.id, online)), retain=True, wait=5)
         except EdgeCIError as exc:
             log.warning(
                 "orchestrator %s: cannot announce itself %s: %s", self.id, "online" if online else "offline", exc
@@ -213,7 +213,9 @@ class Orchestrator:
                 message = self._reassembler.feed(event.topic, event.payload)
             if message is None:
                 return
-            if isinstance(message, DeviceState) and DEVICE_STATE.parse(event.topic) == {"device": message.device}:
+            if isinstance(message, DeviceStateMessage) and DEVICE_STATE.parse(event.topic) == {
+                "device": message.device
+            }:
                 self.table.update(message)
             elif isinstance(message, PenaltyMessage) and ORCHESTRATOR_PENALTIES.parse(event.topic) == {
                 "orchestrator": message.orchestrator
@@ -222,12 +224,14 @@ class Orchestrator:
                     self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
                 self.mail.deliver_bid(message)
-            elif isinstance(message, Failure | RowsMessage | VectorMessage | StepDone | StepReport | Progress):
+            elif isinstance(
+                message, FailureMessage | RowsMessage | VectorMessage | DoneMessage | ReportMessage | ProgressMessage
+            ):
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
-            elif isinstance(message, InferRequest) and asker is not None:
+            elif isinstance(message, RequestMessage) and asker is not None:
                 own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
                 if event.response_topic != own:
                     raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
@@ -247,7 +251,7 @@ class Orchestrator:
             own = CLIENT_RESPONSES.build(client=client)
             if event.response_topic == own and event.correlation:
                 error = f"malformed request: {exc}"[:4000]
-                refusal = InferResponse(_request_id(event.payload), error=error, orchestrator=self.id)
+                refusal = ResponseMessage(_request_id(event.payload), error=error, orchestrator=self.id)
                 self._answer(own, event.correlation, refusal)
             raise
 
@@ -257,14 +261,14 @@ class Orchestrator:
         ahead = self.requests.put(client, request)
         if ahead is None:
             busy = f"busy: {self.requests.per_client} requests of {client} are already waiting at {self.id}"
-            self._reply(request, InferResponse(request.message.request, error=busy, orchestrator=self.id))
+            self._reply(request, ResponseMessage(request.message.request, error=busy, orchestrator=self.id))
         else:
-            self._reply(request, InferAccepted(request.message.request, self.id, ahead))
+            self._reply(request, AcceptedMessage(request.message.request, self.id, ahead))
 
-    def _reply(self, request: Admitted, message: InferResponse | InferAccepted) -> None:
+    def _reply(self, request: Admitted, message: ResponseMessage | AcceptedMessage) -> None:
         self._answer(request.response_topic, request.correlation, message)
 
-    def _answer(self, topic: str, correlation: bytes | None, message: InferResponse | InferAccepted) -> None:
+    def _answer(self, topic: str, correlation: bytes | None, message: ResponseMessage | AcceptedMessage) -> None:
         try:
             self.bus.publish(topic, encode(message), correlation=correlation)
         except Exception as exc:  # never lose the thread
@@ -280,13 +284,15 @@ class Orchestrator:
                 response = self._infer(request)
             except EdgeCIError as exc:
                 log.warning("request %s failed: %s", message.request, exc)
-                response = InferResponse(message.request, error=str(exc)[:4000], orchestrator=self.id)
+                response = ResponseMessage(message.request, error=str(exc)[:4000], orchestrator=self.id)
             except Exception as exc:  # never lose the worker: answer and carry on
                 log.exception("request %s failed unexpectedly", message.request)
-                response = InferResponse(message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id)
+                response = ResponseMessage(
+                    message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id
+                )
             self._reply(request, response)
 
-    def _infer(self, request: Admitted) -> InferResponse:
+    def _infer(self, request: Admitted) -> ResponseMessage:
         message = request.message
         held = self.models.get(message.model)
         check_image(message.image, "the request's image")  # clients may be anyone's code
@@ -303,7 +309,7 @@ class Orchestrator:
 
     def _serve_with(
         self, request: Admitted, held: HeldModel, shapes: list[FeatureShape], trials: frozenset[str], used: set[str]
-    ) -> InferResponse:
+    ) -> ResponseMessage:
         """Plan ``request`` on the devices not held out (and this request's ``trials``),
         decide how to serve it, and run it; ``used`` gets the devices its run used, whatever
         happens."""
@@ -355,7 +361,7 @@ class Orchestrator:
 
 def _response(
     request: Admitted, run: Run, logits: torch.Tensor, strategy: Strategy, mode: str, orchestrator: str
-) -> InferResponse:
+) -> ResponseMessage:
     """The answer of a request served by ``run``, with where its time went."""
     message = request.message
     timings = run.timings.as_dict()
@@ -370,7 +376,7 @@ def _response(
         timings["total_s"] * 1e3,
         ", ".join(devices) or "the orchestrator",
     )
-    return InferResponse(
+    return ResponseMessage(
         message.request,
         logits=logits.contiguous().numpy(),
         timings=timings,

@@ -26,19 +26,19 @@ from numpy.typing import NDArray
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire import (
     MAX_SECONDS,
-    Failure,
+    DoneMessage,
+    FailureMessage,
     GoMessage,
     Message,
     ProgramMessage,
     ReleaseMessage,
+    ReportMessage,
     RowsMessage,
-    StepDone,
-    StepReport,
     TensorSummary,
     TrafficMessage,
     TrafficRecord,
     VectorMessage,
-    WatcherState,
+    WatcherStateMessage,
     WeightsMessage,
     decode,
 )
@@ -115,10 +115,10 @@ def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> 
             tensor=summarise(message.values.array),
             codec=message.values.codec,
         )
-    if isinstance(message, Failure):
+    if isinstance(message, FailureMessage):
         item = message.item if message.item >= 0 else None  # -1: the program was refused
         return TrafficRecord(**base, request=message.request, steps=item, error=message.error)
-    if isinstance(message, StepReport):
+    if isinstance(message, ReportMessage):
         return TrafficRecord(
             **base,
             request=message.request,
@@ -128,7 +128,7 @@ def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> 
             compute_s=_seconds(message.computed_at - message.started_at),
             encode_s=_seconds(message.sent_at - message.computed_at),
         )
-    if isinstance(message, StepDone):
+    if isinstance(message, DoneMessage):
         return TrafficRecord(**base, request=message.request, boundary=message.boundary)
     if isinstance(message, GoMessage):
         return TrafficRecord(
@@ -190,10 +190,10 @@ class TrafficReporter:
         if ids is None:
             return False
         try:
-            state = decode(payload, WatcherState)
+            state = decode(payload, WatcherStateMessage)
         except WireError:
             return True
-        if not isinstance(state, WatcherState) or state.watcher != ids["watcher"]:
+        if not isinstance(state, WatcherStateMessage) or state.watcher != ids["watcher"]:
             return True
         if state.online:
             self._watchers[state.watcher] = now

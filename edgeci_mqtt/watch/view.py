@@ -24,19 +24,19 @@ from edgeci_mqtt.wire import (
     DEVICE_STATE,
     RESULTS,
     ROOT,
-    AuctionCall,
-    Award,
+    AwardMessage,
     BidMessage,
-    Chunk,
-    DeviceState,
-    InferRequest,
-    InferResponse,
+    CallMessage,
+    ChunkMessage,
+    DeviceStateMessage,
     Message,
-    OrchestratorState,
+    OrchestratorStateMessage,
     Reassembler,
+    RequestMessage,
+    ResponseMessage,
     decode,
 )
-from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherState
+from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherStateMessage
 
 __all__ = ["TrafficView", "describe_tensor", "device_states"]
 
@@ -47,25 +47,25 @@ def describe_tensor(value: NDArray[np.generic] | None) -> str:
 
 def device_states(
     bus: Bus,
-    enough: Callable[[dict[str, DeviceState]], bool],
+    enough: Callable[[dict[str, DeviceStateMessage]], bool],
     timeout: float,
     check: Callable[[], None] | None = None,
-) -> dict[str, DeviceState]:
+) -> dict[str, DeviceStateMessage]:
     """The online devices' retained states, read from ``bus`` until ``enough`` of them are
     there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
     bus.subscribe(DEVICE_STATE.filter)
     bus.start()
-    online: dict[str, DeviceState] = {}
+    online: dict[str, DeviceStateMessage] = {}
     try:
         for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
             if check is not None:
                 check()
             if isinstance(event, Inbound):
                 try:
-                    state = decode(event.payload, DeviceState)
+                    state = decode(event.payload, DeviceStateMessage)
                 except WireError:
                     continue
-                assert isinstance(state, DeviceState)
+                assert isinstance(state, DeviceStateMessage)
                 if state.online:
                     online[state.device] = state
                 else:
@@ -95,7 +95,7 @@ class TrafficView:
     only as their senders' :class:`TrafficMessage` batches; a data message fed directly (a
     broker without the roles) is described the same way (:func:`describe`), so both read alike."""
 
-    devices: dict[str, DeviceState] = field(default_factory=dict)
+    devices: dict[str, DeviceStateMessage] = field(default_factory=dict)
     in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)  # device -> (program, sent at)
     reassembler: Reassembler = field(default_factory=Reassembler)
 
@@ -181,7 +181,7 @@ class TrafficView:
             del self.in_flight[sender]
 
     def _describe(self, message: Message, size: int) -> str:
-        if isinstance(message, DeviceState):
+        if isinstance(message, DeviceStateMessage):
             before = message.device in self.devices
             if message.online:
                 self.devices[message.device] = message
@@ -191,7 +191,7 @@ class TrafficView:
                 return f"device {message.device} OFFLINE" + (" (its will or a clean stop)" if before else "")
             link = f"{message.link.bandwidth_mbit:.0f} Mbit/s {message.link.latency_ms:.2f} ms" if message.link else "?"
             return f"device {message.device} ONLINE v{message.version}: link {link}, models {', '.join(message.models)}"
-        if isinstance(message, AuctionCall):
+        if isinstance(message, CallMessage):
             blocks = ", ".join(f"{lot.block.start}-{lot.block.stop} ({len(lot.items)} items)" for lot in message.lots)
             return (
                 f"auction {message.round} CALL by {message.orchestrator}: {message.model} blocks {blocks}, "
@@ -203,15 +203,15 @@ class TrafficView:
                 f"auction {message.round} BID from {message.device}: queue {message.queue_s * 1e3:.1f} ms, "
                 f"best item by lot {', '.join(f'{b:.1f}' for b in best)} ms"
             )
-        if isinstance(message, Award):
+        if isinstance(message, AwardMessage):
             runs = ", ".join(f"{r.device}: items {r.items.start}-{r.items.stop}" for r in message.runs)
             return f"auction {message.round} AWARD of lot {message.lot}: {runs}"
-        if isinstance(message, InferRequest):
+        if isinstance(message, RequestMessage):
             return (
                 f"request {message.request[:8]}: {message.model} {message.strategy or '(default strategy)'} "
                 f"image {describe_tensor(message.image)}"
             )
-        if isinstance(message, InferResponse):
+        if isinstance(message, ResponseMessage):
             if message.error:
                 return f"response {message.request[:8]}: ERROR {message.error}"
             total = message.timings.get("total_s", 0.0) * 1e3
@@ -219,11 +219,11 @@ class TrafficView:
                 f"response {message.request[:8]} from {message.orchestrator} ({message.strategy}): "
                 f"{describe_tensor(message.logits)} in {total:.1f} ms on {', '.join(message.devices)}"
             )
-        if isinstance(message, Chunk):
+        if isinstance(message, ChunkMessage):
             return f"chunk {message.index + 1}/{message.count} of {message.id}"
-        if isinstance(message, OrchestratorState):
+        if isinstance(message, OrchestratorStateMessage):
             return f"orchestrator {message.orchestrator} {'ONLINE' if message.online else 'OFFLINE'}"
-        if isinstance(message, WatcherState):
+        if isinstance(message, WatcherStateMessage):
             return f"watcher {message.watcher} {'ONLINE' if message.online else 'OFFLINE'}"
         return f"{message.kind} message ({_size(size)})"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire.base import Message
-from edgeci_mqtt.wire.messages import Chunk, decode, encode
+from edgeci_mqtt.wire.messages import ChunkMessage, decode, encode
 from edgeci_mqtt.wire.tensors import arrays_within
 
 __all__ = ["BROKER_MAX_PACKET_BYTES", "MAX_FRAME_BYTES", "MAX_PAYLOAD_BYTES", "Allowance", "Reassembler", "frames"]
@@ -32,7 +32,7 @@ def frames(payload: bytes) -> list[bytes]:
         return [payload]
     ident = uuid.uuid4().hex
     parts = [payload[i : i + _CHUNK_DATA_BYTES] for i in range(0, len(payload), _CHUNK_DATA_BYTES)]
-    return [encode(Chunk(ident, i, len(parts), part)) for i, part in enumerate(parts)]
+    return [encode(ChunkMessage(ident, i, len(parts), part)) for i, part in enumerate(parts)]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Reassembler:
         if allowance is not None and len(payload) > allowance.bytes:
             raise WireError(f"a frame of {len(payload)} bytes is more than {topic[:200]} may bring ({allowance.bytes})")
         message = self._decode(payload, allowance)
-        if not isinstance(message, Chunk):
+        if not isinstance(message, ChunkMessage):
             return message
         limit = self.max_message_bytes if allowance is None else min(self.max_message_bytes, allowance.bytes)
         if not 0 <= message.index < message.count <= 1 + limit // _CHUNK_DATA_BYTES:
@@ -138,7 +138,7 @@ class Reassembler:
             return None
         self._drop(key)
         whole = self._decode(b"".join(partial.parts[i] for i in range(partial.count)), allowance)
-        if isinstance(whole, Chunk):
+        if isinstance(whole, ChunkMessage):
             raise WireError("a chunk cannot contain a chunk")
         return whole
 

@@ -36,38 +36,38 @@ from edgeci_mqtt.wire.base import (
     Text,
 )
 from edgeci_mqtt.wire.programs import (
-    Failure,
+    DoneMessage,
+    FailureMessage,
     GoMessage,
     ProgramMessage,
-    Progress,
+    ProgressMessage,
     ReleaseMessage,
+    ReportMessage,
     RowsMessage,
-    StepDone,
-    StepReport,
     VectorMessage,
 )
 from edgeci_mqtt.wire.topics import SCHEMA_VERSION
 from edgeci_mqtt.wire.traffic_records import (
     TrafficMessage,
-    WatcherState,
+    WatcherStateMessage,
 )
 from edgeci_mqtt.wire.values import MaxLen, Range, decode_record, encode_record
 
 __all__ = [
     "MESSAGE_TYPES",
-    "AuctionCall",
+    "AcceptedMessage",
     "AuctionLot",
-    "Award",
+    "AwardMessage",
     "AwardRun",
     "BidMessage",
-    "Chunk",
-    "DeviceState",
-    "InferAccepted",
-    "InferRequest",
-    "InferResponse",
+    "CallMessage",
+    "ChunkMessage",
+    "DeviceStateMessage",
     "LotPrices",
-    "OrchestratorState",
+    "OrchestratorStateMessage",
     "PenaltyMessage",
+    "RequestMessage",
+    "ResponseMessage",
     "WeightsMessage",
     "decode",
     "encode",
@@ -75,7 +75,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DeviceState(Message):
+class DeviceStateMessage(Message):
     """Retained on ``devices/<id>/state``: the birth message, or the will (online false)."""
 
     kind: ClassVar[str] = "state"
@@ -100,7 +100,7 @@ class AuctionLot:
 
 
 @dataclass(frozen=True)
-class AuctionCall(Message):
+class CallMessage(Message):
     """Every lot of one request's round on ``auctions/<round>/call``, in one message: a
     device answers once, however many blocks the plan has, so a slow device pays for
     taking a call and sending its bids once per request, not once per block
@@ -144,7 +144,7 @@ class AwardRun:
 
 
 @dataclass(frozen=True)
-class Award(Message):
+class AwardMessage(Message):
     """Who won lot ``lot`` of a round."""
 
     kind: ClassVar[str] = "award"
@@ -154,7 +154,7 @@ class Award(Message):
 
 
 @dataclass(frozen=True)
-class OrchestratorState(Message):
+class OrchestratorStateMessage(Message):
     """Retained on ``orchestrators/<id>/state``: the birth message, or the will (online false)."""
 
     kind: ClassVar[str] = "orchestrator-state"
@@ -163,7 +163,7 @@ class OrchestratorState(Message):
 
 
 @dataclass(frozen=True)
-class InferRequest(Message):
+class RequestMessage(Message):
     kind: ClassVar[str] = "infer"
     request: Ident
     model: Name
@@ -175,7 +175,7 @@ class InferRequest(Message):
 
 
 @dataclass(frozen=True)
-class InferAccepted(Message):
+class AcceptedMessage(Message):
     """On the client's response topic: ``orchestrator`` queued the request (``ahead``
     requests of this client before it), so the client knows whose will to watch."""
 
@@ -186,7 +186,7 @@ class InferAccepted(Message):
 
 
 @dataclass(frozen=True)
-class InferResponse(Message):
+class ResponseMessage(Message):
     kind: ClassVar[str] = "response"
     request: Ident
     _: KW_ONLY
@@ -216,7 +216,7 @@ class WeightsMessage(Message):
 
 
 @dataclass(frozen=True)
-class Chunk(Message):
+class ChunkMessage(Message):
     """One frame of a payload too large for one publish."""
 
     kind: ClassVar[str] = "chunk"
@@ -242,28 +242,28 @@ class PenaltyMessage(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     m.kind: m
     for m in (
-        DeviceState,
-        AuctionCall,
+        DeviceStateMessage,
+        CallMessage,
         BidMessage,
-        Award,
-        Failure,
-        InferRequest,
-        InferResponse,
-        InferAccepted,
-        OrchestratorState,
+        AwardMessage,
+        FailureMessage,
+        RequestMessage,
+        ResponseMessage,
+        AcceptedMessage,
+        OrchestratorStateMessage,
         WeightsMessage,
         ProgramMessage,
         RowsMessage,
         VectorMessage,
-        StepDone,
-        StepReport,
-        Progress,
+        DoneMessage,
+        ReportMessage,
+        ProgressMessage,
         PenaltyMessage,
         GoMessage,
         ReleaseMessage,
-        WatcherState,
+        WatcherStateMessage,
         TrafficMessage,
-        Chunk,
+        ChunkMessage,
     )
 }
 

@@ -14,18 +14,18 @@ from edgeci_mqtt.wire.compression import PackedArray
 from edgeci_mqtt.wire.values import MaxLen, Range
 
 __all__ = [
-    "Failure",
+    "DoneMessage",
+    "FailureMessage",
     "FinishRole",
     "GoMessage",
     "ProgramMessage",
     "ProgramStep",
-    "Progress",
+    "ProgressMessage",
     "ReleaseMessage",
+    "ReportMessage",
     "RowsMessage",
     "SliceFrom",
-    "StepDone",
     "StepInput",
-    "StepReport",
     "StepSend",
     "TailRole",
     "VectorMessage",
@@ -146,7 +146,7 @@ class VectorMessage(Message):
 
 
 @dataclass(frozen=True)
-class StepDone(Message):
+class DoneMessage(Message):
     """A device finished its step of the block ending at ``boundary`` (``flow`` with a barrier)."""
 
     kind: ClassVar[str] = "done"
@@ -156,7 +156,7 @@ class StepDone(Message):
 
 
 @dataclass(frozen=True)
-class Progress(Message):
+class ProgressMessage(Message):
     """How far ``device`` got with a request it was told to drop (a :class:`ReleaseMessage`
     asking for a report): ``item``, the first item of its program it had not run (the
     program's length: it ran them all; -1: its program never arrived), and the senders
@@ -170,7 +170,7 @@ class Progress(Message):
 
 
 @dataclass(frozen=True)
-class StepReport(Message):
+class ReportMessage(Message):
     """When a device ran work item ``item`` of ``request`` (a traced ``flow`` request), on its
     own wall clock: started, computed, its outputs sent. ``block``/``region`` name a block
     step's tile (none for the tail)."""
@@ -205,11 +205,11 @@ class ReleaseMessage(Message):
     request: Ident
     orchestrator: Ident
     reason: Text = ""
-    report: bool = False  # answer with a :class:`Progress` (an attempt ran late: who held it up?)
+    report: bool = False  # answer with a :class:`ProgressMessage` (an attempt ran late: who held it up?)
 
 
 @dataclass(frozen=True)
-class Failure(Message):
+class FailureMessage(Message):
     """``device`` could not run its program of ``request`` (refused on arrival: ``item`` -1)
     or failed its item ``item``: the orchestrator gives the device up at once instead of
     waiting for its deadline."""

@@ -10,11 +10,11 @@ from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.wire.base import Ident, Message, Name, Seconds, Text
 from edgeci_mqtt.wire.values import MaxLen, Range
 
-__all__ = ["MAX_TRAFFIC_RECORDS", "TensorSummary", "TrafficMessage", "TrafficRecord", "WatcherState"]
+__all__ = ["MAX_TRAFFIC_RECORDS", "TensorSummary", "TrafficMessage", "TrafficRecord", "WatcherStateMessage"]
 
 
 @dataclass(frozen=True)
-class WatcherState(Message):
+class WatcherStateMessage(Message):
     """Retained on ``watchers/<id>/state``: a watcher is watching (its will: it is not)."""
 
     kind: ClassVar[str] = "watcher-state"
