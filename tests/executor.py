@@ -27,7 +27,7 @@ from edgeci_mqtt.orchestrator.attempt import (
     Event,
     StepFinished,
 )
-from edgeci_mqtt.orchestrator.attempt_edge import arrival
+from edgeci_mqtt.orchestrator.attempt_edge import arrival, program_message
 from edgeci_mqtt.orchestrator.holdings import Holdings
 from edgeci_mqtt.orchestrator.programs import compile_plan
 from edgeci_mqtt.planner.plan import Plan
@@ -102,25 +102,10 @@ class _Cluster:
                 raise AssertionError(f"a fault-free run took {action}")
 
     def _install(self, action: SendProgram) -> None:
-        work, carried = action.work, action.carried
-        message = wire(
-            ProgramMessage(
-                request=action.program,
-                orchestrator=ORCH,
-                model=self.plan.model,
-                digest=self.held.digest,
-                input_hw=(self.shapes[0].height, self.shapes[0].width),
-                steps=work.steps,
-                expires_s=60.0,
-                input_boundary=carried.boundary if carried else 0,
-                input_region=carried.region if carried else None,
-                input=self.holdings.cut(carried.boundary, carried.region) if carried else None,
-                tail=work.tail,
-                finish=work.finish,
-                barrier=self.plan.barrier,
-                compress=self.plan.compress,
-            )
+        sent = program_message(
+            action, self.plan, self.holdings, orchestrator=ORCH, digest=self.held.digest, expires_s=60
         )
+        message = wire(sent)
         assert isinstance(message, ProgramMessage)
         valid = validate_program(message, action.device, self.store, lambda *_: True)
         store = self.stores.setdefault(action.device, FlowStore(action.device))

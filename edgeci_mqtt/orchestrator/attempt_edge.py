@@ -66,7 +66,7 @@ from edgeci_mqtt.wire import (
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
 
-__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "arrival"]
+__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "arrival", "program_message"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -85,6 +85,41 @@ def arrival(message: RowsMessage | VectorMessage, now: float) -> tuple[TileArriv
     if isinstance(message, RowsMessage):
         return TileArrived(message.request, message.sender, message.boundary, message.region, shape, dtype, now), array
     return VectorArrived(message.request, message.sender, message.features, message.logits, shape, dtype, now), array
+
+
+def program_message(
+    action: SendProgram,
+    plan: Plan,
+    holdings: Holdings,
+    *,
+    orchestrator: str,
+    digest: str,
+    expires_s: float,
+    deadline_s: float = 0.0,
+    trace: bool = False,
+) -> ProgramMessage:
+    """The program ``action`` sends, with the rows of the start boundary it carries cut
+    from what the orchestrator holds."""
+    work, carried = action.work, action.carried
+    return ProgramMessage(
+        request=action.program,
+        orchestrator=orchestrator,
+        model=plan.model,
+        digest=digest,
+        input_hw=(plan.input_shape.height, plan.input_shape.width),
+        steps=work.steps,
+        expires_s=expires_s,
+        deadline_s=deadline_s,
+        input_boundary=carried.boundary if carried else 0,
+        input_region=carried.region if carried else None,
+        input=holdings.cut(carried.boundary, carried.region) if carried else None,
+        tail=work.tail,
+        finish=work.finish,
+        barrier=plan.barrier,
+        compress=plan.compress,
+        trace=trace,
+        prepare=work.prepare,
+    )
 
 
 class AttemptEdge:
@@ -172,25 +207,15 @@ class AttemptEdge:
             run.mail.alias(action.program, self.box)
             for step in work.steps:
                 run.setup.prepare(action.device, step.block)
-        carried = action.carried
-        message = ProgramMessage(
-            request=action.program,
+        message = program_message(
+            action,
+            self.plan,
+            self.holdings,
             orchestrator=run.orchestrator,
-            model=run.held.chain.model_name,
             digest=run.held.digest,
-            input_hw=run.input_hw,
-            steps=work.steps,
             expires_s=self.expires_s,
             deadline_s=run.setup.deadline.wire(time.perf_counter()),  # the client's, as seconds left
-            input_boundary=carried.boundary if carried else 0,
-            input_region=carried.region if carried else None,
-            input=self.holdings.cut(carried.boundary, carried.region) if carried else None,
-            tail=work.tail,
-            finish=work.finish,
-            barrier=self.plan.barrier,
-            compress=self.plan.compress,
             trace=run.timeline is not None,
-            prepare=work.prepare,
         )
         run.services.publish(DEVICE_TASKS.build(device=action.device), encode(message))
         self.out.add((action.program, action.device))
