@@ -17,7 +17,16 @@ from numpy.typing import NDArray
 
 from edgeci_mqtt.core.deadline import Deadline
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.wire import FinishRole, ProgramMessage, ProgramStep, RowsMessage, TailRole, VectorMessage
+from edgeci_mqtt.wire import (
+    FinishRole,
+    ProgramMessage,
+    ProgramStep,
+    RowsMessage,
+    TailRole,
+    VectorMessage,
+    WorkItem,
+    work_items,
+)
 
 __all__ = [
     "Go",
@@ -27,7 +36,6 @@ __all__ = [
     "ReadyStep",
     "Rows",
     "Slice",
-    "WorkItem",
     "payload",
     "step_input_region",
 ]
@@ -39,11 +47,6 @@ C = TypeVar("C")
 def step_input_region(step: ProgramStep | TailRole) -> TileRegion:
     """The rectangle a step's (or the tail's) input pieces make up together."""
     return reduce(TileRegion.hull, (p.region for p in step.inputs))
-
-
-WorkItem = ProgramStep | TailRole | FinishRole
-"""What a program asks of a device, in order: its block steps, then its part of the tail,
-then finishing the tail."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,7 @@ class HeldProgram(Generic[C]):
 
     @property
     def items(self) -> list[WorkItem]:
-        tail, finish = self.message.tail, self.message.finish
-        return [*self.message.steps, *([tail] if tail else []), *([finish] if finish else [])]
+        return work_items(self.message.steps, self.message.tail, self.message.finish)
 
     @property
     def final(self) -> int:

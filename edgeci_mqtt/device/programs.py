@@ -19,7 +19,7 @@ import torch
 from edgeci_mqtt.core.blocks import tile_input_region
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.device.program_state import ReadyStep, Rows, WorkItem, step_input_region
+from edgeci_mqtt.device.program_state import ReadyStep, Rows, step_input_region
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.wire import (
@@ -30,6 +30,7 @@ from edgeci_mqtt.wire import (
     RowsMessage,
     TailRole,
     VectorMessage,
+    WorkItem,
 )
 
 __all__ = ["ValidProgram", "outgoing", "run_step", "validate_program"]

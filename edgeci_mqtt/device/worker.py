@@ -25,7 +25,7 @@ from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
 from edgeci_mqtt.device.jobs import IDLE, JobQueue
 from edgeci_mqtt.device.ledger import WeightsJob, WeightsLedger
-from edgeci_mqtt.device.program_state import ReadyStep, Rows, WorkItem
+from edgeci_mqtt.device.program_state import ReadyStep, Rows
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import EdgeCIError
@@ -38,6 +38,7 @@ from edgeci_mqtt.wire import (
     ProgramMessage,
     ProgramStep,
     ReportMessage,
+    WorkItem,
     choose_codec,
 )
 

@@ -28,7 +28,7 @@ from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
-from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole
+from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole, work_items
 
 __all__ = [
     "Answer",
@@ -40,7 +40,6 @@ __all__ = [
     "Slice",
     "compile_plan",
     "downstream_first",
-    "program_items",
 ]
 
 
@@ -57,12 +56,7 @@ class DeviceProgram:
     @property
     def items(self) -> list[ProgramStep | TailRole | FinishRole]:
         """Its items in the order the device runs them (the index a report names)."""
-        return program_items(self)
-
-
-def program_items(program: DeviceProgram) -> list[ProgramStep | TailRole | FinishRole]:
-    tail, finish = program.tail, program.finish
-    return [*program.steps, *([tail] if tail else []), *([finish] if finish else [])]
+        return work_items(self.steps, self.tail, self.finish)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ from edgeci_mqtt.wire.programs import (
     StepSend,
     TailRole,
     VectorMessage,
+    WorkItem,
+    work_items,
 )
 from edgeci_mqtt.wire.tensors import decode_array, encode_array
 from edgeci_mqtt.wire.topics import (
@@ -156,10 +158,12 @@ __all__ = [
     "VectorMessage",
     "WatcherStateMessage",
     "WeightsMessage",
+    "WorkItem",
     "choose_codec",
     "decode",
     "decode_array",
     "encode",
     "encode_array",
     "frames",
+    "work_items",
 ]

@@ -29,6 +29,8 @@ __all__ = [
     "StepSend",
     "TailRole",
     "VectorMessage",
+    "WorkItem",
+    "work_items",
 ]
 
 
@@ -219,3 +221,14 @@ class FailureMessage(Message):
     device: Ident
     item: Annotated[int, Range(-1, 1 << 20)]
     error: Text
+
+
+WorkItem = ProgramStep | TailRole | FinishRole
+"""What a program asks of a device, in order: its block steps, then its part of the tail,
+then finishing the tail."""
+
+
+def work_items(steps: tuple[ProgramStep, ...], tail: TailRole | None, finish: FinishRole | None) -> list[WorkItem]:
+    """A program's items in the order a device runs them: the index a report or a progress
+    names, on the device and on the orchestrator alike."""
+    return [*steps, *([tail] if tail else []), *([finish] if finish else [])]
