@@ -27,8 +27,8 @@ from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 TARGET_MS = 50.0
 
 
-def plan_once(strategy: Strategy, chain: StageChain, env: Environment, rows: RowModel | None) -> None:
-    make_plan(strategy, context_for(chain.spec(224, 224), env, rows=rows))
+def plan_once(strategy: Strategy, chain: StageChain, env: Environment, costs: RowModel | None) -> None:
+    make_plan(strategy, context_for(chain.spec(224, 224), env, costs=costs))
 
 
 def median_ms(fn: Callable[[], None], repeats: int) -> float:
@@ -67,7 +67,7 @@ def main() -> int:
                 cold = median_ms(partial(plan_once, strategy, chain, env, None), args.repeats)
                 warm = context_for(chain.spec(224, 224), env)
                 make_plan(strategy, warm)
-                replan = median_ms(partial(plan_once, strategy, chain, smaller, warm.rows), args.repeats)
+                replan = median_ms(partial(plan_once, strategy, chain, smaller, warm.costs), args.repeats)
                 cells.append(f"{cold:.1f} / {replan:.1f}")
                 if cluster_name == "swarm64" and (name == "flow" or (model, name) == ("resnet34", "edgeci")):
                     met = "met" if max(cold, replan) <= TARGET_MS else "not met"

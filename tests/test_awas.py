@@ -34,7 +34,7 @@ pytestmark = pytest.mark.pure
 
 
 @pytest.fixture(scope="module")
-def vgg_rows(chains: dict[str, StageChain]) -> RowModel:
+def vgg_costs(chains: dict[str, StageChain]) -> RowModel:
     chain = chains["vgg16"]
     return RowModel(chain.stages, chain.shapes(224, 224))
 
@@ -42,9 +42,9 @@ def vgg_rows(chains: dict[str, StageChain]) -> RowModel:
 BLOCKS = [FusedBlock(0, 5), FusedBlock(5, 10), FusedBlock(10, 17), FusedBlock(0, 10)]
 
 
-def run_auction(rows: RowModel, block: FusedBlock, views: list[DeviceView]) -> tuple[Award, tuple[Span, ...]]:
-    items = auction_items(rows.shapes[block.stop])
-    return award([make_bid(v, rows, block, items) for v in views], len(items)), items
+def run_auction(costs: RowModel, block: FusedBlock, views: list[DeviceView]) -> tuple[Award, tuple[Span, ...]]:
+    items = auction_items(costs.shapes[block.stop])
+    return award([make_bid(v, costs, block, items) for v in views], len(items)), items
 
 
 def shares(won: Award, items: tuple[Span, ...]) -> dict[str, int]:
@@ -63,9 +63,9 @@ def assert_partition(won: Award, count: int) -> None:
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 6), block=st.sampled_from(BLOCKS), gflops=st.sampled_from([5.0, 50.0]))
 def test_identical_devices_get_equal_shares_within_one_row(
-    vgg_rows: RowModel, n: int, block: FusedBlock, gflops: float
+    vgg_costs: RowModel, n: int, block: FusedBlock, gflops: float
 ) -> None:
-    won, items = run_auction(vgg_rows, block, [device(f"d{i}", gflops) for i in range(n)])
+    won, items = run_auction(vgg_costs, block, [device(f"d{i}", gflops) for i in range(n)])
     assert_partition(won, len(items))
     got = shares(won, items)
     assert len(got) == n
@@ -74,27 +74,29 @@ def test_identical_devices_get_equal_shares_within_one_row(
 
 @settings(max_examples=15, deadline=None)
 @given(block=st.sampled_from(BLOCKS), gflops=st.sampled_from([5.0, 20.0]))
-def test_a_device_twice_as_fast_gets_about_twice_the_rows(vgg_rows: RowModel, block: FusedBlock, gflops: float) -> None:
-    won, items = run_auction(vgg_rows, block, [device("fast", 2 * gflops), device("slow", gflops)])
+def test_a_device_twice_as_fast_gets_about_twice_the_rows(
+    vgg_costs: RowModel, block: FusedBlock, gflops: float
+) -> None:
+    won, items = run_auction(vgg_costs, block, [device("fast", 2 * gflops), device("slow", gflops)])
     got = shares(won, items)
     assert 1.6 <= got["fast"] / got["slow"] <= 2.5, got
 
 
-def test_a_device_behind_a_far_slower_link_gets_less_or_nothing(vgg_rows: RowModel) -> None:
+def test_a_device_behind_a_far_slower_link_gets_less_or_nothing(vgg_costs: RowModel) -> None:
     block = FusedBlock(0, 5)
     peers = [device(f"d{i}", 5.0, mbit=1000) for i in range(3)]
-    won, items = run_auction(vgg_rows, block, [*peers, device("remote", 5.0, mbit=10)])
+    won, items = run_auction(vgg_costs, block, [*peers, device("remote", 5.0, mbit=10)])
     got = shares(won, items)
     assert got.get("remote", 0) < min(got[p.name] for p in peers)
-    won, _ = run_auction(vgg_rows, block, [*peers, device("hopeless", 5.0, mbit=0.1, latency_ms=500)])
+    won, _ = run_auction(vgg_costs, block, [*peers, device("hopeless", 5.0, mbit=0.1, latency_ms=500)])
     assert "hopeless" not in dict(won.runs)
 
 
-def test_only_bidders_win(vgg_rows: RowModel) -> None:
+def test_only_bidders_win(vgg_costs: RowModel) -> None:
     block = FusedBlock(0, 5)
-    items = auction_items(vgg_rows.shapes[block.stop])
+    items = auction_items(vgg_costs.shapes[block.stop])
     views = [device(f"d{i}") for i in range(4)]
-    bids = [make_bid(v, vgg_rows, block, items) for v in views if v.name != "d2"]
+    bids = [make_bid(v, vgg_costs, block, items) for v in views if v.name != "d2"]
     won = award(bids, len(items))
     assert "d2" not in dict(won.runs) and set(dict(won.runs)) <= {"d0", "d1", "d3"}
     assert_partition(won, len(items))
@@ -102,18 +104,18 @@ def test_only_bidders_win(vgg_rows: RowModel) -> None:
         award([], len(items))
 
 
-def test_a_busy_device_gets_less(vgg_rows: RowModel) -> None:
+def test_a_busy_device_gets_less(vgg_costs: RowModel) -> None:
     block = FusedBlock(5, 10)
-    items = auction_items(vgg_rows.shapes[block.stop])
+    items = auction_items(vgg_costs.shapes[block.stop])
     idle, busy = device("idle", 5.0), DeviceView("busy", device("x", 5.0).profile, device("x").link, queue_s=0.05)
-    won = award([make_bid(v, vgg_rows, block, items) for v in (idle, busy)], len(items))
+    won = award([make_bid(v, vgg_costs, block, items) for v in (idle, busy)], len(items))
     got = shares(won, items)
     assert got.get("busy", 0) < got["idle"]
 
 
-def test_item_granularity_is_one_row_until_maps_get_tall(vgg_rows: RowModel) -> None:
-    assert [s.size for s in auction_items(vgg_rows.shapes[5])] == [1] * 112
-    tall = auction_items(vgg_rows.shapes[1])  # 224 rows: 128 items of one or two rows
+def test_item_granularity_is_one_row_until_maps_get_tall(vgg_costs: RowModel) -> None:
+    assert [s.size for s in auction_items(vgg_costs.shapes[5])] == [1] * 112
+    tall = auction_items(vgg_costs.shapes[1])  # 224 rows: 128 items of one or two rows
     assert len(tall) == 128 and {s.size for s in tall} == {1, 2}
 
 
@@ -168,21 +170,21 @@ HETERO = [("fast", 20.0), ("mid", 10.0), ("slow", 4.0), ("crawl", 1.0), ("mid2",
 
 
 @pytest.mark.parametrize("block", [FusedBlock(0, 10), FusedBlock(10, 17)])
-def test_the_award_does_not_depend_on_the_order_bids_arrive_in(vgg_rows: RowModel, block: FusedBlock) -> None:
-    items = auction_items(vgg_rows.shapes[block.stop])
-    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in HETERO]
+def test_the_award_does_not_depend_on_the_order_bids_arrive_in(vgg_costs: RowModel, block: FusedBlock) -> None:
+    items = auction_items(vgg_costs.shapes[block.stop])
+    bids = [make_bid(device(name, gflops), vgg_costs, block, items) for name, gflops in HETERO]
     first = award(bids, len(items))
     for order in itertools.islice(itertools.permutations(bids), 1, None, 17):
         assert award(list(order), len(items)) == first
 
 
-def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
+def test_sweeping_several_device_orders_beats_one(vgg_costs: RowModel) -> None:
     """Who takes the edge strips (halo on one side only) matters; the award tries orders
     by speed as well as by name and keeps the best."""
     block = FusedBlock(17, 24)
-    items = auction_items(vgg_rows.shapes[block.stop])
+    items = auction_items(vgg_costs.shapes[block.stop])
     named = [("a-fast", 20.0), ("b-mid", 10.0), ("c-slow", 12.0), ("d-mid", 10.0), ("e-fast", 20.0)]
-    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in named]
+    bids = [make_bid(device(name, gflops), vgg_costs, block, items) for name, gflops in named]
     pricing = _Pricing(bids)
     order = [n for n, _ in named]
     searched = _search(pricing, order, len(items))
@@ -194,16 +196,16 @@ def test_sweeping_several_device_orders_beats_one(vgg_rows: RowModel) -> None:
 
 
 def test_with_many_bidders_an_order_that_cannot_win_is_dropped_without_losing_the_best(
-    vgg_rows: RowModel,
+    vgg_costs: RowModel,
 ) -> None:
     """From PRUNE_FROM bidders on, an order whose first sweep cannot beat the best so far
     is not searched further: the award still comes within the search's precision of the
     best search over every order."""
     block = FusedBlock(17, 24)
-    items = auction_items(vgg_rows.shapes[block.stop])
+    items = auction_items(vgg_costs.shapes[block.stop])
     speeds = [4.0, 6.0, 9.0, 12.0, 20.0]
     named = [(f"d{i:02d}", speeds[i % len(speeds)] * (1 + i / 50)) for i in range(PRUNE_FROM + 4)]
-    bids = [make_bid(device(name, gflops), vgg_rows, block, items) for name, gflops in named]
+    bids = [make_bid(device(name, gflops), vgg_costs, block, items) for name, gflops in named]
     pricing = _Pricing(bids)
     searched = [_search(pricing, order, len(items)) for order in _orders(pricing, [n for n, _ in named], len(items))]
     best = min(found[0] for found in searched if found is not None)

@@ -338,12 +338,12 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
 
 def test_a_flow_bid_prices_no_output_leaving_but_for_the_last_block(store: ModelStore) -> None:
     chain = store.get("vgg16").chain.spec(64, 64)
-    rows = context_for(chain, environment(device("a"))).rows
+    costs = context_for(chain, environment(device("a"))).costs
     slow_link = device("a", 100, mbit=10)
     for block, leaves in ((FusedBlock(0, 4), False), (FusedBlock(28, len(chain.stages)), True)):
         items = list(auction_items(chain.shapes[block.stop]))
-        gather, flow = (make_bid(slow_link, rows, block, items, f) for f in (False, True))
-        out_bytes = rows.output_bytes(block, np.array([0]), np.array([items[0].stop]))[0]
+        gather, flow = (make_bid(slow_link, costs, block, items, f) for f in (False, True))
+        out_bytes = costs.output_bytes(block, np.array([0]), np.array([items[0].stop]))[0]
         saved = gather.alone_s[0] - flow.alone_s[0] + handoff_seconds(slow_link)  # flow's messages cost CPU
         assert saved == pytest.approx(0.0 if leaves else out_bytes / slow_link.link.bytes_per_s)
 

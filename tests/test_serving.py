@@ -37,7 +37,7 @@ def context(
 
 def serve(strategy: str, ctx: PlanningContext, outstanding: dict[str, float] | None = None) -> tuple[Plan, Serving]:
     plan = make_plan(Strategy.parse(strategy), ctx)
-    return plan, choose_serving(plan, ctx, price_shares(plan, ctx.rows, ctx.env.devices), outstanding or {})
+    return plan, choose_serving(plan, ctx, price_shares(plan, ctx.costs, ctx.env.devices), outstanding or {})
 
 
 # ------------------------------------------------------------ choose: the earliest finish
@@ -74,7 +74,7 @@ def test_flow_on_an_idle_cluster_splits_when_the_split_ends_sooner() -> None:
     ctx = context("vgg16", 224)
     plan, serving = serve("flow", ctx)
     assert plan.predicted_s < min(whole_model_seconds(ctx).values())  # the case this is
-    shares = price_shares(plan, ctx.rows, ctx.env.devices)
+    shares = price_shares(plan, ctx.costs, ctx.env.devices)
     assert serving == Serving(shares, 0.0) and serving.mode == "split" and serving.whole is None
 
 
@@ -95,7 +95,7 @@ def test_flow_on_busy_devices_goes_where_the_request_ends_first() -> None:
     ctx = context("vgg16", 224)
     plan, _ = serve("flow", ctx)
     steps = tuple(b.block for b in plan.blocks)
-    shares = price_shares(plan, ctx.rows, ctx.env.devices)
+    shares = price_shares(plan, ctx.costs, ctx.env.devices)
     whole = whole_model_seconds(ctx)
     # one device of the split busy for longer than a whole request takes elsewhere
     late = {plan.devices[0]: 10.0}
@@ -137,7 +137,7 @@ def test_flow_ablations_always_split() -> None:
     for text in ("flow:barrier", "flow:raw", "flow:orchestrator-tail", "flow:barrier+raw+orchestrator-tail"):
         busy = {"a": 5.0, "b": 1.0}
         plan, serving = serve(text, ctx, busy)
-        shares = price_shares(plan, ctx.rows, ctx.env.devices)
+        shares = price_shares(plan, ctx.costs, ctx.env.devices)
         assert serving.mode == "split" and serving.work == shares
         assert serving.backlog_s == max(busy.get(d, 0.0) for d in shares)
 
@@ -147,7 +147,7 @@ def test_gathering_strategies_always_split(strategy: str) -> None:
     ctx = context("smallcnn", 64)
     busy = {"a": 5.0, "b": 5.0, "c": 5.0, "d": 5.0}
     plan, serving = serve(strategy, ctx, busy)
-    assert serving == Serving(price_shares(plan, ctx.rows, ctx.env.devices), 5.0 if serving.work else 0.0)
+    assert serving == Serving(price_shares(plan, ctx.costs, ctx.env.devices), 5.0 if serving.work else 0.0)
 
 
 def test_replicas_pick_the_device_that_ends_first_given_its_load() -> None:
@@ -180,9 +180,9 @@ def test_a_whole_request_plan_stays_on_its_device_and_moves_after_a_failure() ->
 def test_shares_count_each_flow_task_its_messages() -> None:
     ctx = context("vgg16", 224)
     plan = make_plan(Strategy("flow"), ctx)
-    flow = price_shares(plan, ctx.rows, ctx.env.devices)
-    computed = price_shares(replace(plan, strategy=Strategy("edgeci")), ctx.rows, ctx.env.devices)
+    flow = price_shares(plan, ctx.costs, ctx.env.devices)
+    computed = price_shares(replace(plan, strategy=Strategy("edgeci")), ctx.costs, ctx.env.devices)
     for view in ctx.env.devices:
         tasks = sum(t.device == view.name for b in plan.blocks for t in b.tasks)
         assert flow.get(view.name, 0.0) == pytest.approx(computed.get(view.name, 0.0) + tasks * handoff_seconds(view))
-    assert set(price_shares(plan, ctx.rows, ctx.env.devices[:2])) <= {"a", "b"}  # only the devices asked about
+    assert set(price_shares(plan, ctx.costs, ctx.env.devices[:2])) <= {"a", "b"}  # only the devices asked about

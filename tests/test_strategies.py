@@ -116,8 +116,8 @@ def test_edgeci_drops_devices_that_slow_it_down(contexts: dict[str, PlanningCont
 
 def test_replanning_after_a_device_leaves(chains: dict[str, StageChain], contexts: dict[str, PlanningContext]) -> None:
     ctx = contexts["vgg16"]
-    smaller = context_for(chains["vgg16"].spec(224, 224), ctx.env.without("jetson"), ctx.rows)
-    assert smaller.rows is ctx.rows  # stage prices are reused
+    smaller = context_for(chains["vgg16"].spec(224, 224), ctx.env.without("jetson"), ctx.costs)
+    assert smaller.costs is ctx.costs  # stage prices are reused
     for strategy in STRATEGY_NAMES:
         assert "jetson" not in make_plan(Strategy(strategy), smaller).devices
 

@@ -101,9 +101,9 @@ class Bidder:
         profile: DeviceProfile | None = None,
     ) -> float:
         """This device's own estimate of computing ``region`` of ``block`` (counted in its bids' queue)."""
-        rows = held.row_model(*input_hw)
+        costs = held.row_model(*input_hw)
         a, b = np.array([region.rows.start]), np.array([region.rows.stop])
-        return float(rows.compute_seconds(profile or self.profile, block, a, b)[0])
+        return float(costs.compute_seconds(profile or self.profile, block, a, b)[0])
 
     def learn(
         self, held: HeldModel, input_hw: tuple[int, int], block: FusedBlock, region: TileRegion, measured_s: float
@@ -150,9 +150,9 @@ class Bidder:
         key = (version, call.model, call.input_hw, lot.block, lot.items, call.flow)
         prices = self._prices.get(key)
         if prices is None:
-            rows = held.row_model(*call.input_hw)
+            costs = held.row_model(*call.input_hw)
             view = DeviceView(self.device, profile, self.link)
-            bid = make_bid(view, rows, lot.block, list(lot.items), call.flow)
+            bid = make_bid(view, costs, lot.block, list(lot.items), call.flow)
             prices = self._prices[key] = LotPrices(bid.alone_s, bid.extend_s)
             if len(self._prices) > PRICED_LOTS:
                 self._prices.pop(next(iter(self._prices)))

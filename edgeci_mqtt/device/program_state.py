@@ -34,13 +34,14 @@ __all__ = [
     "Key",
     "Piece",
     "ReadyStep",
-    "Rows",
     "Slice",
+    "Tile",
     "payload",
     "step_input_region",
 ]
 
-Rows = NDArray[Any]
+Tile = NDArray[Any]
+"""Part of a map (a region's values, batch x channels x rows x columns)."""
 C = TypeVar("C")
 
 
@@ -77,7 +78,7 @@ Key = Piece | Slice | Go
 """What an item waits for."""
 
 
-def payload(message: RowsMessage | VectorMessage) -> Rows:
+def payload(message: RowsMessage | VectorMessage) -> Tile:
     return message.rows.array if isinstance(message, RowsMessage) else message.values.array
 
 
@@ -99,7 +100,7 @@ class ReadyStep(Generic[C]):
     request: str
     index: int
     item: WorkItem
-    tile: Rows
+    tile: Tile
     context: C  # what the device keeps with the program (its model and shapes)
 
 
@@ -113,7 +114,7 @@ class HeldProgram(Generic[C]):
     expires: Deadline
     """Its expiry, or the client's deadline if that is sooner: then everything of it goes."""
     ticket: int = 0
-    pieces: dict[Key, Rows] = field(default_factory=dict)
+    pieces: dict[Key, Tile] = field(default_factory=dict)
     next: int = 0
     queued: bool = False
     running: int | None = None  # the item the worker took and has not finished
@@ -152,7 +153,7 @@ class HeldProgram(Generic[C]):
         items = self.items
         return self.next < len(items) and all(k in self.pieces for k in self.needs(items[self.next]))
 
-    def assemble(self, item: WorkItem) -> Rows:
+    def assemble(self, item: WorkItem) -> Tile:
         """The item's input from its pieces (which leave the store)."""
         if isinstance(item, FinishRole):
             return np.concatenate([self.pieces.pop(Slice(s.source, s.features)) for s in item.slices], axis=1)
@@ -176,7 +177,7 @@ class HeldProgram(Generic[C]):
         missing = {k for k in self.needs(items[self.next]) if k not in self.pieces}
         return self.next, tuple(sorted({self.message.orchestrator if isinstance(k, Go) else k.source for k in missing}))
 
-    def keep(self, index: int, output: Rows, device: str) -> None:
+    def keep(self, index: int, output: Tile, device: str) -> None:
         """Keep what of item ``index``'s output this device's later items read (rows of a
         block's output, its own slice of the tail)."""
         items = self.items

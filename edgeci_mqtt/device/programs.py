@@ -19,7 +19,7 @@ import torch
 from edgeci_mqtt.core.blocks import tile_input_region
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.device.program_state import ReadyStep, Rows, step_input_region
+from edgeci_mqtt.device.program_state import ReadyStep, Tile, step_input_region
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.wire import (
@@ -193,7 +193,7 @@ def validate_program(
     return ValidProgram(message, held, shapes)
 
 
-def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
+def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
     """Compute one work item from its assembled input: a block's output tile, the tail's
     part (a slice of the first layer, or the logits), or the tail's finish (the logits)."""
     item, program = ready.item, ready.context
@@ -215,7 +215,7 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Rows:
 
 
 def outgoing(
-    message: ProgramMessage, item: WorkItem, output: Rows, me: str, codec: Callable[[Rows], str]
+    message: ProgramMessage, item: WorkItem, output: Tile, me: str, codec: Callable[[Tile], str]
 ) -> list[tuple[str, RowsMessage | VectorMessage | DoneMessage]]:
     """Where a work item's output goes, as (recipient, message): a block's rows to the
     devices (or the orchestrator) the program names (and, behind a barrier, word to the
@@ -223,7 +223,7 @@ def outgoing(
     us: the store keeps it), logits to the orchestrator. ``codec`` picks how each array
     travels (raw when the program says so)."""
 
-    def packed(array: Rows) -> PackedArray:
+    def packed(array: Tile) -> PackedArray:
         array = np.ascontiguousarray(array)
         return PackedArray(array, codec(array) if message.compress else "raw")
 

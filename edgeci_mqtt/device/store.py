@@ -25,7 +25,7 @@ import numpy as np
 
 from edgeci_mqtt.core.deadline import Deadline
 from edgeci_mqtt.core.geometry import FeatureShape
-from edgeci_mqtt.device.program_state import Go, HeldProgram, Key, Piece, ReadyStep, Rows, Slice, payload
+from edgeci_mqtt.device.program_state import Go, HeldProgram, Key, Piece, ReadyStep, Slice, Tile, payload
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.wire import ProgramMessage, RowsMessage, VectorMessage
 
@@ -268,7 +268,7 @@ class FlowStore(Generic[C]):
             entry.next, entry.running = index + 1, index
             return ReadyStep(request, index, item, entry.assemble(item), entry.context)
 
-    def computed(self, request: str, index: int, output: Rows) -> None:
+    def computed(self, request: str, index: int, output: Tile) -> None:
         """Keep what of an item's output this device's later items read (rows of a block's
         output, its own slice of the tail); end the request here after its last item."""
         with self._lock:

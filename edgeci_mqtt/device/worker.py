@@ -25,7 +25,7 @@ from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
 from edgeci_mqtt.device.jobs import IDLE, JobQueue
 from edgeci_mqtt.device.ledger import WeightsJob, WeightsLedger
-from edgeci_mqtt.device.program_state import ReadyStep, Rows
+from edgeci_mqtt.device.program_state import ReadyStep, Tile
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import EdgeCIError
@@ -46,7 +46,7 @@ __all__ = ["Compute", "StepJob", "Worker"]
 
 log = logging.getLogger("edgeci.device")
 
-Compute = Callable[[ReadyStep[ValidProgram]], Rows]
+Compute = Callable[[ReadyStep[ValidProgram]], Tile]
 """How a ready step becomes its output (default: :func:`~edgeci_mqtt.device.programs.run_step`)."""
 
 
@@ -193,7 +193,7 @@ class Worker:
             return "raw"
         return choose_codec(array, self.bidder.link.bytes_per_s, self.bidder.profile.rates["relu"])
 
-    def _outgoing(self, message: ProgramMessage, item: WorkItem, output: Rows) -> list[tuple[str, Message]]:
+    def _outgoing(self, message: ProgramMessage, item: WorkItem, output: Tile) -> list[tuple[str, Message]]:
         def topic(to: str) -> str:
             if to == message.orchestrator:
                 return results_topic(message, self.device)

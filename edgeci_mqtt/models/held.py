@@ -58,7 +58,7 @@ class HeldModel:
 
     chain: StageChain
     digest: str
-    rows: dict[tuple[int, int], RowModel] = field(default_factory=dict)
+    row_models: dict[tuple[int, int], RowModel] = field(default_factory=dict)
     specs: dict[tuple[int, int], ChainSpec] = field(default_factory=dict)
     loaded: set[str] | None = None
     fetched: str = ""
@@ -208,7 +208,7 @@ class HeldModel:
 
     def row_model(self, height: int, width: int) -> RowModel:
         return _remember(
-            self.rows, (height, width), lambda: RowModel(self.chain.stages, self.chain.shapes(height, width))
+            self.row_models, (height, width), lambda: RowModel(self.chain.stages, self.chain.shapes(height, width))
         )
 
 

@@ -45,7 +45,7 @@ def _award(bids: tuple[Bid, ...], count: int) -> Award:
 @functools.lru_cache(maxsize=64)
 def _awarded(
     chain: ChainSpec,
-    rows: RowModel,
+    costs: RowModel,
     env: Environment,
     lots: tuple[tuple[FusedBlock, tuple[Span, ...], tuple[Bid, ...]], ...],
     place: bool,
@@ -53,7 +53,7 @@ def _awarded(
 ) -> tuple[tuple[BlockPlan, ...], tuple[Award, ...], TailPlan]:
     """:func:`flow_blocks`, remembered: the awards depend on the bids and the cluster only,
     and idle devices bid the same for every request."""
-    blocks, awards, tail, _ = flow_blocks(chain, rows, env, lots, place, keep)
+    blocks, awards, tail, _ = flow_blocks(chain, costs, env, lots, place, keep)
     return tuple(blocks), tuple(awards), tail
 
 
@@ -68,15 +68,15 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     views = [v for v in views if v.name not in run.mail.silence] or views  # found silent now: no tail either
     env = Environment(tuple(views), run.services.profile, run.services.broker_link)
     chain = run.held.spec(*run.input_hw)
-    rows = run.held.row_model(*run.input_hw)
+    costs = run.held.row_model(*run.input_hw)
     for (block, items), held_round in zip(lots, rounds, strict=True):
         if not held_round.bids:  # nobody answered in time (all busy): price from what they announced
             log.warning("%s: no bid for block %s in time; pricing it from the devices' profiles", run.request, block)
-            held_round.bids.update({v.name: make_bid(v, rows, block, items, flow=True) for v in views})
+            held_round.bids.update({v.name: make_bid(v, costs, block, items, flow=True) for v in views})
     bids = tuple((block, tuple(items), r.ordered()) for (block, items), r in zip(lots, rounds, strict=True))
     place = plan.strategy.places_tail
     try:
-        blocks, awards, tail = _awarded(chain, rows, env, bids, place, run.services.tails.get(run.held.digest))
+        blocks, awards, tail = _awarded(chain, costs, env, bids, place, run.services.tails.get(run.held.digest))
     except PlanningError as exc:
         raise InferenceError(f"flow cannot be awarded: {exc}") from exc
     run.services.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper

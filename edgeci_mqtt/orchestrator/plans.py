@@ -64,7 +64,7 @@ class PlanCache:
         remembers each device profile's stage prices)."""
         held = self.models.get(model)
         env = Environment(tuple(devices), self.profile, self.broker_link)
-        return context_for(held.spec(height, width), env, rows=held.row_model(height, width))
+        return context_for(held.spec(height, width), env, costs=held.row_model(height, width))
 
     def get(
         self, model: str, height: int, width: int, strategy: Strategy, devices: list[DeviceView]
@@ -82,7 +82,7 @@ class PlanCache:
             while len(self._plans) > PLANS_KEPT:
                 self._plans.popitem(last=False)
         if planned.shares is None:
-            planned.shares = price_shares(planned.plan, ctx.rows, devices)
+            planned.shares = price_shares(planned.plan, ctx.costs, devices)
         return planned.plan, ctx, planned.shares
 
     def whole(self, model: str, height: int, width: int, whole: WholeRequest, devices: list[DeviceView]) -> Plan:

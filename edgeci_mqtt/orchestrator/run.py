@@ -308,11 +308,11 @@ class Run:
 
     def _pulled_allowance(self, step: ProgramStep, device: str) -> float:
         """How long a device may take for a pulled tile: a multiple of its own predicted time."""
-        rows = self.held.row_model(*self.input_hw)
+        costs = self.held.row_model(*self.input_hw)
         view = next((d for d in self.setup.devices() if d.name == device), None)
         r = step.out_region.rows
         block = step.block
-        predicted = float(rows.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
+        predicted = float(costs.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
         return task_allowance(predicted, self.services.min_allowance_s)
 
 

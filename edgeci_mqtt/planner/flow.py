@@ -42,13 +42,13 @@ def holdings(previous: BlockPlan | None) -> dict[str, Span]:
 
 
 def held_rows(
-    rows: RowModel, env: Environment, block: FusedBlock, items: Sequence[Span], held: Mapping[str, Span]
+    costs: RowModel, env: Environment, block: FusedBlock, items: Sequence[Span], held: Mapping[str, Span]
 ) -> HeldRows:
     """What a run of items costs a device less for the input rows it already holds: those
     rows' bytes over its own link (its bid priced them as arriving)."""
-    row_bytes = rows.row_bytes(block.start)
+    row_bytes = costs.row_bytes(block.start)
     speed = {view.name: view.link.bytes_per_s for view in env.devices}
-    reach = [rows.input_rows(block, item.start, item.stop) for item in items]
+    reach = [costs.input_rows(block, item.start, item.stop) for item in items]
     lo, hi = tuple(r[0] for r in reach), (0, *(r[1] for r in reach))
     bands = {d: (band.start, band.stop, row_bytes / speed[d]) for d, band in held.items() if d in speed}
     return HeldRows(lo, hi, bands)
@@ -87,7 +87,7 @@ def flow_block(
 
 def flow_blocks(
     chain: ChainSpec,
-    rows: RowModel,
+    costs: RowModel,
     env: Environment,
     lots: Sequence[tuple[FusedBlock, Sequence[Span], Sequence[Bid]]],
     place: bool = True,
@@ -107,7 +107,7 @@ def flow_blocks(
         previous = plans[-1] if plans else None
         held = holdings(previous)
         first = [t.device for t in previous.tasks] if previous else []
-        won = award(bids, len(items), held_rows(rows, env, block, items, held), first)
+        won = award(bids, len(items), held_rows(costs, env, block, items, held), first)
         runs = [(d, Span(items[s.start].start, items[s.stop - 1].stop)) for d, s in won.runs]
         plans.append(flow_block(chain, block, runs, previous, gather=False))
         awards.append(won)

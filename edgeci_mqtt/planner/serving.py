@@ -74,7 +74,7 @@ def choose(
     return min(options, key=lambda c: (c.finish_s, c.mode != "split"))
 
 
-def price_shares(plan: Plan, rows: RowModel, devices: Sequence[DeviceView]) -> dict[str, float]:
+def price_shares(plan: Plan, costs: RowModel, devices: Sequence[DeviceView]) -> dict[str, float]:
     """Predicted seconds a split plan takes from each of ``devices`` (its load, for
     choosing): its compute, and where the devices keep rows (``flow``) its messages."""
     views = {v.name: v for v in devices}
@@ -84,7 +84,7 @@ def price_shares(plan: Plan, rows: RowModel, devices: Sequence[DeviceView]) -> d
             if task.device in views:
                 r = task.out_region.rows
                 view = views[task.device]
-                seconds = rows.compute_seconds(view.profile, block_plan.block, np.array([r.start]), np.array([r.stop]))
+                seconds = costs.compute_seconds(view.profile, block_plan.block, np.array([r.start]), np.array([r.stop]))
                 handoff = handoff_seconds(view) if plan.strategy.keeps_rows else 0.0
                 shares[task.device] = shares.get(task.device, 0.0) + float(seconds[0]) + handoff
     return shares

@@ -71,7 +71,7 @@ class PlanningContext:
 
     chain: ChainSpec
     env: Environment
-    rows: RowModel
+    costs: RowModel
 
     def __post_init__(self) -> None:
         if not self.env.devices:
@@ -79,11 +79,11 @@ class PlanningContext:
 
     @cached_property
     def estimator(self) -> BlockEstimator:
-        return BlockEstimator(self.rows, self.env)
+        return BlockEstimator(self.costs, self.env)
 
     @cached_property
     def flow_estimator(self) -> BlockEstimator:
-        return BlockEstimator(self.rows, self.env, flow=True)
+        return BlockEstimator(self.costs, self.env, flow=True)
 
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
@@ -114,11 +114,11 @@ class PlanningContext:
         )
 
 
-def context_for(chain: ChainSpec, env: Environment, rows: RowModel | None = None) -> PlanningContext:
-    """A planning context for ``chain`` (reusing ``rows`` if it prices the same chain)."""
-    if rows is None or tuple(rows.stages) != chain.stages or tuple(rows.shapes) != chain.shapes:
-        rows = RowModel(chain.stages, chain.shapes)
-    return PlanningContext(chain, env, rows)
+def context_for(chain: ChainSpec, env: Environment, costs: RowModel | None = None) -> PlanningContext:
+    """A planning context for ``chain`` (reusing ``costs`` if it prices the same chain)."""
+    if costs is None or tuple(costs.stages) != chain.stages or tuple(costs.shapes) != chain.shapes:
+        costs = RowModel(chain.stages, chain.shapes)
+    return PlanningContext(chain, env, costs)
 
 
 def proportional_rows(height: int, weights: dict[str, float]) -> list[tuple[str, Span]]:
@@ -180,8 +180,8 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
     cost per request."""
     block = FusedBlock(0, len(ctx.chain.stages))
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
-    image = float(ctx.rows.input_bytes(block, a, b)[0])
-    final = float(ctx.rows.output_bytes(block, a, b)[0])
+    image = float(ctx.costs.input_bytes(block, a, b)[0])
+    final = float(ctx.costs.output_bytes(block, a, b)[0])
     work = TailWork.of(ctx.chain.tail_work)
     broker = ctx.env.broker_link
     seconds = {}
@@ -192,7 +192,7 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
             float(link_seconds(view, moved)[0])
             + image / broker.bytes_per_s
             + 2 * broker.latency_s
-            + float(ctx.rows.compute_seconds(view.profile, block, a, b)[0])
+            + float(ctx.costs.compute_seconds(view.profile, block, a, b)[0])
             + tail.seconds
         )
     return seconds
@@ -211,7 +211,7 @@ def whole_model_plan(
     at most, not for the whole model."""
     whole_chain = FusedBlock(0, len(ctx.chain.stages))
     cuts = list(blocks) or [whole_chain]
-    final = float(ctx.rows.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
+    final = float(ctx.costs.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
     tail = _whole_tail(ctx, ctx.env.device(device), strategy.alone, final, TailWork.of(ctx.chain.tail_work))
     steps: list[BlockPlan] = []
     for cut in cuts:
@@ -310,7 +310,7 @@ def _bids(ctx: PlanningContext, block: FusedBlock, items: Sequence[Span], flow: 
     for view in ctx.env.devices:
         key = (view.profile, view.link, view.queue_s)
         if key not in priced:
-            priced[key] = make_bid(view, ctx.rows, block, items, flow)
+            priced[key] = make_bid(view, ctx.costs, block, items, flow)
         bid = priced[key]
         bids.append(Bid(view.name, bid.queue_s, bid.alone_s, bid.extend_s))
     return bids
@@ -339,7 +339,7 @@ def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
     for block in blocks:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
-    plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.rows, ctx.env, lots, strategy.places_tail)
+    plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.costs, ctx.env, lots, strategy.places_tail)
     # the tail counts: a split is weighed against one device running everything, tail included
     return ctx.plan(strategy, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
 
