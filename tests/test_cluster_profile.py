@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import ClusterError, EdgeCIError
@@ -120,8 +120,11 @@ def test_malformed_profiles_are_rejected() -> None:
 
 
 def test_links_round_trip_and_malformed_ones_are_refused() -> None:
-    link = Link(54.5, 2.25)
-    assert Link.from_dict(link.to_dict()) == link
+    for link in (Link(54.5, 2.25), Link(54.5, 2.25, Medium("wifi", 20.0))):
+        assert Link.from_dict(link.to_dict()) == link
+    for medium in ({"name": "wifi"}, {"name": "", "bandwidth_mbit": 5}, {"name": "w", "bandwidth_mbit": -1}, "wifi"):
+        with pytest.raises(EdgeCIError, match=r"medium|malformed link"):
+            Link.from_dict({"bandwidth_mbit": 10, "latency_ms": 1, "medium": medium})
     for bad in ({"bandwidth_mbit": 0, "latency_ms": 1}, {"bandwidth_mbit": 10, "latency_ms": -1}):
         with pytest.raises(EdgeCIError, match="not a positive bandwidth"):
             Link.from_dict(bad)

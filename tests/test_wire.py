@@ -11,7 +11,7 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
@@ -70,6 +70,7 @@ MESSAGES: list[Message] = [
         link=Link(10.0, 2.0),
         tails={"vgg16": TailRows((Span(0, 512),), True)},
     ),
+    DeviceStateMessage("dev-2", True, profile=flat_profile(), link=Link(54.0, 3.5, Medium("wifi", 40.0))),
     CallMessage("r1", "o1", "vgg16", (224, 224), (AuctionLot(FusedBlock(0, 10), (Span(0, 1), Span(1, 2))),), 0.5),
     BidMessage("r1", "dev-1", 0.0, (LotPrices((0.1, 0.2), (0.05, 0.05)),)),
     AwardMessage("r1", 0, (AwardRun("dev-1", Span(0, 2)),)),
@@ -115,9 +116,9 @@ def raw(**fields: object) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-def state(**profile_changes: object) -> bytes:
+def state(medium: object = None, **profile_changes: object) -> bytes:
     profile = {**flat_profile().to_dict(), **profile_changes}
-    link = {"bandwidth_mbit": 100.0, "latency_ms": 1.0}
+    link = {"bandwidth_mbit": 100.0, "latency_ms": 1.0} | ({} if medium is None else {"medium": medium})
     return raw(v=1, type="state", device="d", online=True, profile=profile, link=link)
 
 
@@ -177,6 +178,12 @@ def program(step: dict[str, object] | None = None, **changes: object) -> bytes:
         (state(conv_rates=[[1.0, 1.0], [1.0, 0.0]]), "not positive"),
         (state(rates={"relu": math.inf}), "not finite"),
         (state(pool_rates={"max": [[0, 1e9]]}), "window 0"),
+        (state(medium={"name": "wifi"}), "expected name and bandwidth_mbit"),
+        (state(medium={"name": "wi/fi", "bandwidth_mbit": 10.0}), "cannot be a state.link.medium.name"),
+        (state(medium={"name": 7, "bandwidth_mbit": 10.0}), "not a named medium"),
+        (state(medium={"name": "wifi", "bandwidth_mbit": 0.0}), "not a named medium"),
+        (state(medium={"name": "wifi", "bandwidth_mbit": math.inf}), "finite"),
+        (state(medium=[1, 2]), "expected a map"),
         (
             raw(v=1, type="state", device="d", online=False, tails={"m": {"first": [[0, 9], [5, 20]]}}),
             "in order and apart",

@@ -23,7 +23,7 @@ import numpy as np
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.bounds import Id, MaxLen, Range
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.text import brief
@@ -151,14 +151,24 @@ def _profile(data: Any, where: str) -> DeviceProfile:
 
 
 def _link(data: Any, where: str) -> Link:
-    data = _map(data, where, limit=2)
-    if set(data) != {"bandwidth_mbit", "latency_ms"}:
-        raise WireError(f"{where}: expected bandwidth_mbit and latency_ms")
+    data = _map(data, where, limit=3)
+    if not {"bandwidth_mbit", "latency_ms"} <= set(data) <= {"bandwidth_mbit", "latency_ms", "medium"}:
+        raise WireError(f"{where}: expected bandwidth_mbit and latency_ms (and a medium)")
     bandwidth = float(_number(data["bandwidth_mbit"], f"{where}.bandwidth_mbit", integer=False))
     latency = float(_number(data["latency_ms"], f"{where}.latency_ms", integer=False))
     if not (0 < bandwidth <= 1e6 and 0 <= latency <= 1e5):
         raise WireError(f"{where}: {bandwidth} Mbit/s and {latency} ms is not a link")
-    return Link(bandwidth, latency)
+    medium = None
+    if "medium" in data:
+        shared = _map(data["medium"], f"{where}.medium", limit=2)
+        if set(shared) != {"name", "bandwidth_mbit"}:
+            raise WireError(f"{where}.medium: expected name and bandwidth_mbit")
+        name = check_segment(shared["name"], f"{where}.medium.name") if isinstance(shared["name"], str) else ""
+        mbit = float(_number(shared["bandwidth_mbit"], f"{where}.medium.bandwidth_mbit", integer=False))
+        if not (name and len(name) <= MAX_KEY and 0 < mbit <= 1e6):
+            raise WireError(f"{where}.medium: {brief(shared)} is not a named medium with a bandwidth")
+        medium = Medium(name, mbit)
+    return Link(bandwidth, latency, medium)
 
 
 Encoder = Callable[[Any], Any]
