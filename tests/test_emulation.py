@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from edgeci_mqtt.emulation.network import (
     cfs_period_quota,
     down,
     leftovers,
+    up,
 )
 from edgeci_mqtt.emulation.processes import emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
@@ -40,10 +43,38 @@ SPEC = parse_cluster(
         "broker": {"cpu": 0.5, "bandwidth_mbit": 200, "latency_ms": 0.2},
         "devices": [
             {"name": "a", "cpu": 0.5, "bandwidth_mbit": 100, "latency_ms": 2},
-            {"name": "b", "cpu": 0.25, "bandwidth_mbit": 50, "latency_ms": 5},
+            {"name": "b", "cpu": 0.25, "bandwidth_mbit": 50, "latency_ms": 5, "medium": "wifi"},
+        ],
+        "media": [{"name": "wifi", "bandwidth_mbit": 40}],
+    }
+)
+MEDIUM = parse_cluster(
+    {
+        "name": "medium",
+        "broker": {"cpu": 0.5, "bandwidth_mbit": 1000, "latency_ms": 0.2},
+        "media": [{"name": "wifi", "bandwidth_mbit": 16}],
+        "devices": [
+            {"name": "a", "cpu": 0.1, "bandwidth_mbit": 100, "latency_ms": 1, "medium": "wifi"},
+            {"name": "b", "cpu": 0.1, "bandwidth_mbit": 100, "latency_ms": 1, "medium": "wifi"},
+            {"name": "c", "cpu": 0.1, "bandwidth_mbit": 100, "latency_ms": 1},
         ],
     }
 )
+SINK = """
+import json, socket, sys, time
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+server.listen(4)
+print("ready", flush=True)
+counts = []
+for _ in range(int(sys.argv[3])):
+    peer, _ = server.accept()
+    started, got = time.perf_counter(), 0
+    while chunk := peer.recv(1 << 16):
+        got += len(chunk)
+    counts.append((got, time.perf_counter() - started))
+print(json.dumps(counts), flush=True)
+"""
+SEND = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2]))).sendall(bytes(int(sys.argv[3])))"
 
 
 @pytest.mark.emulated
@@ -51,10 +82,11 @@ SPEC = parse_cluster(
 def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
     tmp_path: Path, chains: dict[str, StageChain], chains64: dict[str, StageChain]
 ) -> None:
-    """``flow`` on shaped, delayed links and CPU quotas: the model's answer, nothing left behind."""
+    """``flow`` on shaped, delayed links and CPU quotas, one device behind a shared medium:
+    the model's answer, nothing left behind."""
     out = tmp_path / "logits.npy"
     with emulated_run(SPEC, tmp_path, "smallcnn", prefix=PREFIX, net=88) as run:
-        assert set(leftovers(PREFIX)) >= {f"{PREFIX}-hub", f"{PREFIX}-0", f"{PREFIX}-1"}
+        assert set(leftovers(PREFIX)) >= {f"{PREFIX}-hub", f"{PREFIX}-0", f"{PREFIX}-1", f"{PREFIX}-m0"}
         client = [
             sys.executable,
             "-m",
@@ -86,6 +118,52 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
     assert leftovers(PREFIX) == []
     down(PREFIX)  # idempotent
     assert leftovers(PREFIX) == []
+
+
+@pytest.mark.emulated
+@needs_root
+def test_devices_behind_a_shared_medium_share_its_bandwidth() -> None:
+    """Two devices behind a 16 Mbit/s medium, each on its own 100 Mbit/s link, sending at
+    once: together they get the medium's rate; a device on its own link is not held back."""
+    size = 1_000_000
+    cluster = up(MEDIUM, "ecmed", 87)
+    try:
+        port = "5599"
+        sink = subprocess.Popen(
+            ["ip", "netns", "exec", cluster.hub, sys.executable, "-c", SINK, cluster.hub_address, port, "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
+        senders = [
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    cluster.namespace(i),
+                    sys.executable,
+                    "-c",
+                    SEND,
+                    cluster.hub_address,
+                    port,
+                    str(size),
+                ]
+            )
+            for i in range(3)
+        ]
+        assert [p.wait(timeout=60) for p in senders] == [0, 0, 0]
+        elapsed = time.perf_counter() - started
+        counts = sink.communicate(timeout=60)[0]
+    finally:
+        down("ecmed")
+    received = json.loads(counts)
+    assert [got for got, _ in received] == [size] * 3, counts
+    medium_s = 2 * size * 8 / 16e6  # 1.0 s for the two behind the medium
+    assert elapsed > 0.8 * medium_s, (elapsed, counts)  # alone on 100 Mbit/s links: 0.16 s
+    fastest = min(seconds for _, seconds in received)
+    assert fastest < 0.5 * medium_s, counts  # the device on its own link finished long before
 
 
 @needs_root

@@ -6,6 +6,12 @@ Layout for a cluster file (everything named ``<prefix>-…``):
   ``10.<net>.0.1``; its egress qdisc (``tbf``) is the broker link's bandwidth;
 * namespace ``<prefix>-<i>`` per device, joined to the bridge by a veth pair; both ends
   shaped with ``tbf`` at the device's bandwidth (one per direction);
+* a shared medium ``k`` of the cluster file (one Wi-Fi access point) is a namespace
+  ``<prefix>-m<k>`` holding a bridge without an address (so the hub cannot answer for it
+  and short-cut the medium): the devices behind it join that bridge instead, and it reaches
+  the broker's bridge through one veth pair ``<prefix>-m<k>a``/``b`` shaped at the medium's
+  bandwidth each way, so their transfers share it (full duplex: Wi-Fi's half-duplex airtime
+  is not emulated);
 * cgroup ``<prefix>-<i>`` per device and ``<prefix>-hub`` for the orchestrator, with a
   CPU quota of the cluster file's ``cpu`` share (v1 ``cpu.cfs_quota_us`` or v2 ``cpu.max``).
 
@@ -166,6 +172,24 @@ def _tbf(namespace: str, device: str, mbit: float) -> None:
          f"{mbit}mbit", "burst", str(burst), "latency", "500ms")  # fmt: skip
 
 
+def _medium(cluster: EmulatedCluster, index: int, mbit: float) -> str:
+    """Namespace ``<prefix>-m<index>`` with a bridge of the same name, joined to the broker's
+    bridge by a veth pair shaped at ``mbit`` each way; returns its name (where the devices
+    behind it plug in)."""
+    hub, name = cluster.hub, f"{cluster.prefix}-m{index}"
+    near, far = f"{name}a", f"{name}b"
+    _run("ip", "netns", "add", name)
+    _run("ip", "-n", name, "link", "add", name, "type", "bridge")
+    _run("ip", "link", "add", near, "netns", name, "type", "veth", "peer", "name", far, "netns", hub)
+    _run("ip", "-n", name, "link", "set", near, "master", name)
+    _run("ip", "-n", hub, "link", "set", far, "master", cluster.bridge)
+    for namespace, link in ((name, name), (name, near), (hub, far)):
+        _run("ip", "-n", namespace, "link", "set", link, "up")
+    _tbf(name, near, mbit)  # towards the broker
+    _tbf(hub, far, mbit)  # towards the devices
+    return name
+
+
 def up(spec: ClusterSpec, prefix: str = "ecx", net: int = 77) -> EmulatedCluster:
     """Build the namespaces, links, shaping and cgroups of ``spec`` (tearing down leftovers first)."""
     _check_host()
@@ -184,17 +208,20 @@ def up(spec: ClusterSpec, prefix: str = "ecx", net: int = 77) -> EmulatedCluster
         _run("ip", "-n", hub, "link", "set", bridge, "up")
         _tbf(hub, bridge, spec.broker.link.bandwidth_mbit)
         root.create(cluster.cgroup(None), spec.broker.cpu)
+        joins = {medium: _medium(cluster, k, medium.bandwidth_mbit) for k, medium in enumerate(spec.media)}
         for index, device in enumerate(spec.devices):
             ns, inner, outer = cluster.namespace(index), f"{prefix}-{index}d", f"{prefix}-{index}h"
             _run("ip", "netns", "add", ns)
             _run("ip", "-n", ns, "link", "set", "lo", "up")
-            _run("ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", hub)
+            medium = joins.get(device.link.medium)  # the medium's namespace and bridge share its name
+            switch, master = (medium, medium) if medium else (hub, bridge)
+            _run("ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", switch)
             _run("ip", "-n", ns, "addr", "add", f"{cluster.address(index)}/16", "dev", inner)
             _run("ip", "-n", ns, "link", "set", inner, "up")
-            _run("ip", "-n", hub, "link", "set", outer, "master", bridge)
-            _run("ip", "-n", hub, "link", "set", outer, "up")
+            _run("ip", "-n", switch, "link", "set", outer, "master", master)
+            _run("ip", "-n", switch, "link", "set", outer, "up")
             _tbf(ns, inner, device.link.bandwidth_mbit)
-            _tbf(hub, outer, device.link.bandwidth_mbit)
+            _tbf(switch, outer, device.link.bandwidth_mbit)
             root.create(cluster.cgroup(index), device.cpu)
     except Exception:
         down(prefix)
