@@ -213,7 +213,9 @@ def up(spec: ClusterSpec, prefix: str = "ecx", net: int = 77) -> EmulatedCluster
             ns, inner, outer = cluster.namespace(index), f"{prefix}-{index}d", f"{prefix}-{index}h"
             _run("ip", "netns", "add", ns)
             _run("ip", "-n", ns, "link", "set", "lo", "up")
-            medium = joins.get(device.link.medium)  # the medium's namespace and bridge share its name
+            medium = (
+                joins.get(device.link.medium) if device.link.medium else None
+            )  # the medium's namespace and bridge share its name
             switch, master = (medium, medium) if medium else (hub, bridge)
             _run("ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", switch)
             _run("ip", "-n", ns, "addr", "add", f"{cluster.address(index)}/16", "dev", inner)
