@@ -1,17 +1,25 @@
-"""Seeded random clusters and cluster files with a shared medium."""
+"""Seeded random clusters, and shared media in cluster files and in the planner's prices."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from edgeci_mqtt.core.link import Medium
 from edgeci_mqtt.errors import ClusterError
+from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, cluster_yaml, load_cluster, parse_cluster
+from edgeci_mqtt.planner.environment import DeviceView
+from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.random_clusters import RANGES, random_cluster
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import Strategy
+from tests.planning import device, environment
 
 pytestmark = pytest.mark.pure
 
@@ -101,3 +109,38 @@ def test_the_command_writes_a_file_the_tools_read(tmp_path: Path) -> None:
     printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert printed.startswith("# edgeci cluster random --seed 5 --devices 4")
     assert parse_cluster(yaml.safe_load(printed)) == random_cluster(5, 4)
+
+
+def behind(view: DeviceView, medium: Medium) -> DeviceView:
+    return replace(view, link=replace(view.link, medium=medium))
+
+
+def test_the_planner_prices_devices_behind_a_medium_at_their_share_of_it() -> None:
+    wifi = Medium("wifi", 30.0)
+    env = environment(behind(device("a", mbit=100), wifi), behind(device("b", mbit=5), wifi), device("c", mbit=100))
+    a, b, c = env.devices
+    assert (a.sharing, b.sharing, c.sharing) == (2, 2, 1)
+    assert a.bytes_per_s == pytest.approx(15e6 / 8)  # half the medium, less than its own link
+    assert b.bytes_per_s == pytest.approx(5e6 / 8)  # its own link is the narrower
+    assert c.bytes_per_s == c.link.bytes_per_s
+    alone = env.without("b").device("a")
+    assert alone.sharing == 1 and alone.bytes_per_s == pytest.approx(30e6 / 8)
+
+
+@pytest.mark.parametrize("strategy", ["flow", "edgeci"])
+def test_a_plan_on_a_shared_medium_costs_more_and_gives_its_devices_less(
+    strategy: str, chains: dict[str, StageChain]
+) -> None:
+    chain = chains["vgg16"].spec(224, 224)
+    twins = [device(name, gflops=20.0, mbit=50.0, latency_ms=1.0) for name in ("a", "b", "c", "d")]
+    wifi = Medium("wifi", 20.0)
+    free = make_plan(Strategy(strategy), context_for(chain, environment(*twins, broker_mbit=1000.0)))
+    shared_env = environment(*(behind(v, wifi) if v.name in "ab" else v for v in twins), broker_mbit=1000.0)
+    shared = make_plan(Strategy(strategy), context_for(chain, shared_env))
+    assert shared.predicted_s > free.predicted_s
+
+    def rows(plan: Plan, names: str) -> int:
+        return sum(t.out_region.rows.size for b in plan.blocks for t in b.tasks if t.device in names)
+
+    assert rows(shared, "ab") < rows(shared, "cd")
+    assert rows(free, "ab") == pytest.approx(rows(free, "cd"), rel=0.1)

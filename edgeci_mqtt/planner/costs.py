@@ -303,4 +303,4 @@ def message_seconds(profile: DeviceProfile) -> float:
 
 def link_seconds(view: DeviceView, moved: Ints) -> Floats:
     """Queue, both latencies and the bytes of a task and its result on the device's link."""
-    return view.queue_s + 2 * view.link.latency_s + moved / view.link.bytes_per_s
+    return view.queue_s + 2 * view.link.latency_s + moved / view.bytes_per_s

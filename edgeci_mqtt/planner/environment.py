@@ -7,6 +7,7 @@ profile scaled by its CPU share. Either way the planner sees the same small type
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from edgeci_mqtt.core.link import Link
@@ -36,7 +37,8 @@ below, and its own edge rows to them."""
 class DeviceView:
     """One device as the planner sees it: speed, link to the broker, work already queued,
     the bytes of tail weights it can take on (None: not announced, no limit) and the tail
-    weights it has made (None: not announced, nothing to make)."""
+    weights it has made (None: not announced, nothing to make). ``sharing``: how many of
+    the environment's devices sit behind its link's medium (set by :class:`Environment`)."""
 
     name: str
     profile: DeviceProfile
@@ -44,6 +46,17 @@ class DeviceView:
     queue_s: float = 0.0
     memory_bytes: int | None = None
     tail: TailRows | None = None
+    sharing: int = 1
+
+    @property
+    def bytes_per_s(self) -> float:
+        """The rate its transfers are priced at: its own link's, or, behind a shared medium,
+        its equal share of the medium if that is less. A strategy's phases (scatter, halo
+        exchange, gather) move every device's bytes at about the same time, so the devices
+        behind one medium move theirs together."""
+        own = self.link.bytes_per_s
+        medium = self.link.medium
+        return own if medium is None else min(own, medium.bytes_per_s / self.sharing)
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,12 @@ class Environment:
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ClusterError(f"device names must be unique, got {names}")
+        behind = Counter(d.link.medium for d in self.devices if d.link.medium is not None)
+        if behind or any(d.sharing != 1 for d in self.devices):  # who shares a medium here, counted once
+            shared = tuple(
+                replace(d, sharing=behind.get(d.link.medium, 1) if d.link.medium else 1) for d in self.devices
+            )
+            object.__setattr__(self, "devices", shared)
 
     def device(self, name: str) -> DeviceView:
         for view in self.devices:

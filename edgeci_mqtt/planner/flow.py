@@ -47,7 +47,7 @@ def held_rows(
     """What a run of items costs a device less for the input rows it already holds: those
     rows' bytes over its own link (its bid priced them as arriving)."""
     row_bytes = costs.row_bytes(block.start)
-    speed = {view.name: view.link.bytes_per_s for view in env.devices}
+    speed = {view.name: view.bytes_per_s for view in env.devices}
     reach = [costs.input_rows(block, item.start, item.stop) for item in items]
     lo, hi = tuple(r[0] for r in reach), (0, *(r[1] for r in reach))
     bands = {d: (band.start, band.stop, row_bytes / speed[d]) for d, band in held.items() if d in speed}

@@ -160,7 +160,7 @@ def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool, final: floa
     runs it there; ``alone`` (``local``: one device, the baseline), on the device whenever
     it has room."""
     everything = (*tail.head, tail.first, *tail.rest)
-    broker, speed = ctx.env.broker_link, view.link.bytes_per_s
+    broker, speed = ctx.env.broker_link, view.bytes_per_s
     there = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything) + final / speed
     if not fits(view, tail.weight_bytes):
         return _WholeTail(False, final, there - final / speed)

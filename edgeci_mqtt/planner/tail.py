@@ -218,7 +218,7 @@ def place_tail(
     def fetch(view: DeviceView) -> float:
         """The map's tiles this device lacks, over its own link, each from another device or the orchestrator."""
         missing = map_bytes - held.get(view.name, 0)
-        return (missing / view.link.bytes_per_s + 2 * view.link.latency_s) if missing else 0.0
+        return (missing / view.bytes_per_s + 2 * view.link.latency_s) if missing else 0.0
 
     broker = env.broker_link
     gather = 0.0 if orchestrator_holds else map_bytes / broker.bytes_per_s + 2 * broker.latency_s
@@ -227,7 +227,7 @@ def place_tail(
     whole = Span(0, work.features)
     for view in env.devices:
         if fits(view, work.part_weight_bytes(whole) + work.rest_weight_bytes):
-            answer = logits / view.link.bytes_per_s + view.link.latency_s
+            answer = logits / view.bytes_per_s + view.link.latency_s
             alone = view.profile.work_seconds(everything) + making_seconds(view, work, TailRows((whole,), rest=True))
             options.append((fetch(view) + alone + answer, TailPlan(view.name)))
     fc_speed = {v.name: 1.0 / v.profile.work_seconds((work.first,)) for v in env.devices}
@@ -239,7 +239,7 @@ def place_tail(
 
     def finish_seconds(finisher: DeviceView) -> float:
         made = making_seconds(finisher, work, TailRows(rest=True))
-        return made + finisher.profile.work_seconds(work.rest) + logits / finisher.link.bytes_per_s
+        return made + finisher.profile.work_seconds(work.rest) + logits / finisher.bytes_per_s
 
     def split_seconds(finisher: DeviceView, parts: Sequence[tuple[str, Span]]) -> float:
         """The first layer's parts on their devices, sent on to ``finisher``, which runs the rest."""
@@ -248,7 +248,7 @@ def place_tail(
             head[d]
             + making_seconds(views[d], work, TailRows((s,)))
             + views[d].profile.moving_seconds("fc", work.first_bytes(s))
-            + (0.0 if d == finisher.name else work.slice_bytes(s) / finisher.link.bytes_per_s + send)
+            + (0.0 if d == finisher.name else work.slice_bytes(s) / finisher.bytes_per_s + send)
             for d, s in parts
         )
         return ready + finish_seconds(finisher)
