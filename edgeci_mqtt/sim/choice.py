@@ -1,0 +1,100 @@
+"""``flow``'s choice among whole plans: the simulator judges the candidates the planner builds.
+
+DPFL builds a plan from block costs it estimates one block at a time; the simulator replays a
+whole plan, with every message, link and CPU queue, and is the closer of the two to a
+measured run (docs/PLANNER.md). So ``flow`` builds several candidates and keeps the one the
+simulator finds best: its split plan with the tail placed, the same with the tail on the
+orchestrator (a placement that does not pay is dropped), and the gathering plan of
+``edgeci`` (on a cluster whose links are slow against its devices, moving every map through
+the orchestrator can cost less than passing halos). Whole requests on one device are the
+serving decision's to weigh (:func:`~edgeci_mqtt.planner.serving.choose_serving`), against
+the chosen plan's simulated makespan.
+
+A plan that is fastest only while every profile holds is fragile: a device 20 % slower than
+it measured, or links busier than they were, and another plan would have been better. Each
+candidate is also replayed with each of its most loaded devices 20 % slower and with every
+link 20 % slower, and judged by the mean of its nominal and its worst makespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from edgeci_mqtt.planner.costs import TaskWork
+from edgeci_mqtt.planner.environment import Environment
+from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.planner.serving import price_shares
+from edgeci_mqtt.planner.strategies import PlanningContext, make_plan, plan_edgeci
+from edgeci_mqtt.planner.strategy import Strategy
+from edgeci_mqtt.sim.simulator import simulate
+
+__all__ = ["Judged", "best", "candidates", "judge", "plan_for"]
+
+SLOWER = 1.2
+"""A device this much slower than its profile, or a link this much slower than announced."""
+LOADED = 2
+"""How many of a plan's most loaded devices are each tried slower."""
+ROBUSTNESS = 0.5
+"""Weight of the worst perturbed makespan against the nominal one in a candidate's score."""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One candidate: its simulated makespan as planned, and under the worst perturbation."""
+
+    plan: Plan
+    nominal_s: float
+    worst_s: float
+
+    @property
+    def score(self) -> float:
+        return (1 - ROBUSTNESS) * self.nominal_s + ROBUSTNESS * self.worst_s
+
+
+def _perturbed(plan: Plan, ctx: PlanningContext) -> list[Environment]:
+    env = ctx.env
+    shares = price_shares(plan, ctx.costs, env.devices)
+    loaded = sorted(shares, key=lambda d: (-shares[d], d))[:LOADED]
+    slower = [
+        replace(
+            env,
+            devices=tuple(replace(v, profile=v.profile.scaled(1 / SLOWER)) if v.name == d else v for v in env.devices),
+        )
+        for d in loaded
+    ]
+    busier = tuple(replace(v, link=replace(v.link, bandwidth_mbit=v.link.bandwidth_mbit / SLOWER)) for v in env.devices)
+    return [*slower, replace(env, devices=busier)]
+
+
+def judge(plan: Plan, ctx: PlanningContext) -> Judged:
+    """``plan`` replayed as planned and under each perturbation."""
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
+    nominal = simulate(plan, ctx.env, work).makespan_s
+    worst = max([nominal, *(simulate(plan, env, work).makespan_s for env in _perturbed(plan, ctx))])
+    return Judged(plan, nominal, worst)
+
+
+def best(judged: Sequence[Judged]) -> Judged:
+    """The candidate with the best score (ties: the earlier): not the fastest as planned when
+    another is nearly as fast and holds up better."""
+    return min(judged, key=lambda j: j.score)
+
+
+def candidates(strategy: Strategy, ctx: PlanningContext) -> list[Plan]:
+    """``flow``'s candidate plans (see the module docstring)."""
+    plans = [make_plan(strategy, ctx)]
+    if strategy.places_tail:
+        plans.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
+    plans.append(plan_edgeci(ctx))
+    return plans
+
+
+def plan_for(strategy: Strategy, ctx: PlanningContext) -> Plan:
+    """The plan that serves ``strategy``: its planner's, except for ``flow`` (not its
+    ablations, which measure one option each), whose best candidate it is, with the
+    simulated makespan as its prediction."""
+    if not strategy.keeps_rows or strategy.ablation:
+        return make_plan(strategy, ctx)
+    chosen = best([judge(plan, ctx) for plan in candidates(strategy, ctx)])
+    return replace(chosen.plan, predicted_s=chosen.nominal_s)

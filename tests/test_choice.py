@@ -1,0 +1,57 @@
+"""``flow``'s choice among whole plans, judged by the simulator (sim/choice.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.environment import environment_from_cluster
+from edgeci_mqtt.planner.random_clusters import random_cluster
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
+from edgeci_mqtt.sim.choice import Judged, best, candidates, judge, plan_for
+from tests.planning import flat_profile
+
+pytestmark = pytest.mark.pure
+
+
+def context(chains: dict[str, StageChain], seed: int, devices: int = 4, model: str = "vgg16") -> PlanningContext:
+    env = environment_from_cluster(random_cluster(seed, devices), flat_profile(40.0))
+    return context_for(chains[model].spec(96, 96), env)
+
+
+def test_other_strategies_and_flow_ablations_keep_their_own_plan(chains: dict[str, StageChain]) -> None:
+    ctx = context(chains, 1)
+    for strategy in [*(Strategy(s) for s in STRATEGY_NAMES if s != "flow"), Strategy.parse("flow:barrier")]:
+        assert plan_for(strategy, ctx) == make_plan(strategy, ctx)
+
+
+def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[str, StageChain]) -> None:
+    chosen_kinds = set()
+    for seed in range(8):
+        ctx = context(chains, seed, devices=3 + seed % 4)
+        judged = [judge(plan, ctx) for plan in candidates(Strategy("flow"), ctx)]
+        assert [str(j.plan.strategy) for j in judged] == ["flow", "flow:orchestrator-tail", "edgeci"]
+        chosen = plan_for(Strategy("flow"), ctx)
+        winner = min(judged, key=lambda j: j.score)
+        assert chosen == replace(winner.plan, predicted_s=winner.nominal_s)
+        assert all(j.worst_s >= j.nominal_s for j in judged)
+        chosen_kinds.add(str(chosen.strategy))
+    assert "edgeci" in chosen_kinds and "flow" in chosen_kinds  # neither always wins on these clusters
+
+
+def test_a_plan_that_holds_up_beats_one_a_little_faster_only_as_planned(chains: dict[str, StageChain]) -> None:
+    ctx = context(chains, 1)
+    fast, steady = (make_plan(Strategy(s), ctx) for s in ("flow", "edgeci"))
+    fragile = Judged(fast, nominal_s=1.00, worst_s=1.60)
+    robust = Judged(steady, nominal_s=1.05, worst_s=1.20)
+    assert best([fragile, robust]) is robust
+    assert best([replace(fragile, worst_s=1.1), robust]).plan is fast
+
+
+def test_a_slower_device_or_busier_links_slow_the_replay(chains: dict[str, StageChain]) -> None:
+    ctx = context(chains, 2)
+    judged = judge(make_plan(Strategy("flow"), ctx), ctx)
+    assert judged.worst_s > judged.nominal_s
