@@ -9,6 +9,7 @@ is, a thread of its own sends each batch when due, so no role's loop has to tick
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,22 +55,20 @@ class TrafficPublisher:
         only if someone watches)."""
         if not self.watching(topic):
             return
-        if size is None:
-            size = len(encode(message))
+        size = len(encode(message)) if size is None else size
         with self._lock:
             self.reporter.note(topic, message, size, time.monotonic())
-            self._wake()
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._send, name=f"{self.reporter.sender}-traffic", daemon=True)
+                self._sender.start()
+            self._lock.notify_all()
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish ``payload`` on ``bus`` and note it (decoded again only if someone watches)."""
         self.bus.publish(topic, payload)
-        if not self.watching(topic):
-            return
-        try:  # the whole payload: the bus chunks it, not us
-            message = decode(payload)
-        except WireError:
-            return
-        self.note(topic, message, len(payload))
+        if self.watching(topic):
+            with contextlib.suppress(WireError):  # the whole payload: the bus chunks it, not us
+                self.note(topic, decode(payload), len(payload))
 
     def stop(self) -> None:
         """Send what is pending (if the bus still can) and end the thread."""
@@ -78,12 +77,6 @@ class TrafficPublisher:
             self._lock.notify_all()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
-
-    def _wake(self) -> None:
-        if self._sender is None and not self._closed:
-            self._sender = threading.Thread(target=self._send, name=f"{self.reporter.sender}-traffic", daemon=True)
-            self._sender.start()
-        self._lock.notify_all()
 
     def _send(self) -> None:
         """Send each batch when due, until stopped (then what is pending)."""
