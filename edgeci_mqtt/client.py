@@ -98,10 +98,9 @@ class EdgeCIClient:
         self.bus.subscribe(ORCHESTRATOR_STATE.filter)
         self.orchestrators: set[str] = set()
         """Online orchestrators, from their retained states."""
-        self._someone_serves = threading.Event()
         self._reassembler = Reassembler()
         self._waiting: dict[bytes, queue.Queue[Message | InferenceError | _Lost]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when an orchestrator comes online
         self._stop = threading.Event()
         self._router = threading.Thread(target=self._route, name=f"{self.client_id}-responses", daemon=True)
 
@@ -146,11 +145,9 @@ class EdgeCIClient:
         with self._lock:
             if state.online:
                 self.orchestrators.add(state.orchestrator)
-                self._someone_serves.set()
+                self._lock.notify_all()
                 return
             self.orchestrators.discard(state.orchestrator)
-            if not self.orchestrators:
-                self._someone_serves.clear()
         self._tell_all(_Lost(state.orchestrator))
 
     def _answer(self, event: Inbound) -> None:
@@ -205,8 +202,9 @@ class EdgeCIClient:
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
-        if not self._someone_serves.wait(min(timeout, FIND_ORCHESTRATOR_S)):
-            raise InferenceError("no orchestrator is online (none has announced itself to the broker)")
+        with self._lock:
+            if not self._lock.wait_for(lambda: self.orchestrators, min(timeout, FIND_ORCHESTRATOR_S)):
+                raise InferenceError("no orchestrator is online (none has announced itself to the broker)")
         response = self._await(payload, request, request_id.encode(), started + timeout)
         if not isinstance(response, ResponseMessage):
             raise InferenceError(f"unexpected {response.kind} message as a response")

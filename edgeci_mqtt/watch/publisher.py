@@ -16,7 +16,7 @@ import time
 
 from edgeci_mqtt.bus.protocol import Bus, Inbound
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter
+from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter, data_topic
 from edgeci_mqtt.wire import Message, decode, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
@@ -48,7 +48,7 @@ class TrafficPublisher:
     def watching(self, topic: str) -> bool:
         """Whether a message sent on ``topic`` now would be reported."""
         with self._lock:
-            return self.reporter.watched(time.monotonic()) and self.reporter.reports(topic)
+            return self.reporter.watched(time.monotonic()) and data_topic(topic) is not None
 
     def note(self, topic: str, message: Message, size: int | None = None) -> None:
         """``message`` was sent on ``topic`` in ``size`` bytes (None: its encoding's, measured

@@ -25,6 +25,7 @@ from edgeci_mqtt.wire import (
     FailureMessage,
     GoMessage,
     Message,
+    PackedArray,
     ProgramMessage,
     ReleaseMessage,
     ReportMessage,
@@ -86,6 +87,14 @@ def _request(r: TrafficRecord) -> str:
     return (r.request or "?")[:12]
 
 
+def _packed(array: PackedArray) -> dict[str, Any]:
+    return {"tensor": summarise(array.array), "codec": array.codec}
+
+
+def _packed_text(r: TrafficRecord) -> str:
+    return f"{tensor_text(r.tensor)} as {r.codec} ({size_text(r.size)})"
+
+
 M = TypeVar("M", bound=Message)
 
 
@@ -93,12 +102,12 @@ M = TypeVar("M", bound=Message)
 class DataKind(Generic[M]):
     """One kind of message sent on a data topic, both ways: its record holds the message's
     fields named in ``same`` and those ``more`` derives (a tensor only as its summary), and
-    ``line`` is its ``edgeci watch`` text from that record, given who sent it (the device,
-    for a results topic) and the device its topic names."""
+    ``line`` is its ``edgeci watch`` text from that record and who its topic names (the
+    device of a task or a result, the sender of rows)."""
 
     message: type[M]
     same: tuple[str, ...]
-    line: Callable[[TrafficRecord, str, str], str]
+    line: Callable[[TrafficRecord, str], str]
     more: Callable[[M], dict[str, Any]] = lambda message: {}
 
 
@@ -108,8 +117,8 @@ DATA_KINDS: dict[str, DataKind[Any]] = {
         DataKind(
             ProgramMessage,
             ("request", "orchestrator", "model"),
-            lambda r, sender, device: (
-                f"program {_request(r)} for {device}: {r.steps} steps"
+            lambda r, who: (
+                f"program {_request(r)} for {who}: {r.steps} steps"
                 + (" + tail" if r.tail else "")
                 + (" + finish" if r.finish else "")
                 + (f", rows {r.region} of boundary {r.boundary} {tensor_text(r.tensor)}" if r.tensor else "")
@@ -127,35 +136,33 @@ DATA_KINDS: dict[str, DataKind[Any]] = {
         DataKind(
             RowsMessage,
             ("request", "boundary", "region"),
-            lambda r, sender, device: (
-                f"rows {_request(r)} from {sender}: boundary {r.boundary} {r.region} "
-                f"{tensor_text(r.tensor)} as {r.codec} ({size_text(r.size)})"
-            ),
-            lambda m: {"tensor": summarise(m.rows.array), "codec": m.rows.codec},
+            lambda r, who: f"rows {_request(r)} from {who}: boundary {r.boundary} {r.region} {_packed_text(r)}",
+            lambda m: _packed(m.rows),
         ),
         DataKind(
             VectorMessage,
             ("request", "features", "logits"),
-            lambda r, sender, device: (
+            lambda r, who: (
                 ("logits" if r.logits else f"features {r.features.start}-{r.features.stop}" if r.features else "?")
-                + f" {_request(r)} from {sender}: {tensor_text(r.tensor)} as {r.codec} ({size_text(r.size)})"
+                + f" {_request(r)} from {who}: {_packed_text(r)}"
             ),
-            lambda m: {"tensor": summarise(m.values.array), "codec": m.values.codec},
+            lambda m: _packed(m.values),
         ),
         DataKind(
             FailureMessage,
             ("request", "error"),
-            lambda r, sender, device: (
-                f"failure {_request(r)} from {sender}: "
-                f"{'its program' if r.steps is None else f'item {r.steps}'}: {r.error}"
+            lambda r, who: (
+                f"failure {_request(r)} from {who}: "
+                + ("its program" if r.steps is None else f"item {r.steps}")
+                + f": {r.error}"
             ),
             lambda m: {"steps": m.item if m.item >= 0 else None},  # -1: the program was refused
         ),
         DataKind(
             ReportMessage,
             ("request", "block", "region"),
-            lambda r, sender, device: (
-                f"report {_request(r)} from {sender}: item {r.steps} {r.region or ''} "
+            lambda r, who: (
+                f"report {_request(r)} from {who}: item {r.steps} {r.region or ''} "
                 f"compute {(r.compute_s or 0.0) * 1e3:.1f} ms, send {(r.encode_s or 0.0) * 1e3:.1f} ms"
             ),
             lambda m: {
@@ -165,25 +172,23 @@ DATA_KINDS: dict[str, DataKind[Any]] = {
             },
         ),
         DataKind(
-            DoneMessage,
-            ("request", "boundary"),
-            lambda r, sender, device: f"done {_request(r)} from {sender}: boundary {r.boundary}",
+            DoneMessage, ("request", "boundary"), lambda r, who: f"done {_request(r)} from {who}: boundary {r.boundary}"
         ),
         DataKind(
             GoMessage,
             ("request", "orchestrator", "boundary"),
-            lambda r, sender, device: f"go {_request(r)} by {r.orchestrator}: boundary {r.boundary}",
+            lambda r, who: f"go {_request(r)} by {r.orchestrator}: boundary {r.boundary}",
         ),
         DataKind(
             ReleaseMessage,
             ("request", "orchestrator", "reason"),
-            lambda r, sender, device: f"release {_request(r)} by {r.orchestrator}: {r.reason}",
+            lambda r, who: f"release {_request(r)} by {r.orchestrator}: {r.reason}",
         ),
         DataKind(
             WeightsMessage,
             ("model", "stage"),
-            lambda r, sender, device: (
-                f"weights {r.model} stage {r.stage} for {device}: {r.steps} tensors "
+            lambda r, who: (
+                f"weights {r.model} stage {r.stage} for {who}: {r.steps} tensors "
                 f"{tensor_text(r.tensor).split(' ', 1)[-1]} ({size_text(r.size)})"
             ),
             lambda m: {
@@ -260,14 +265,9 @@ class TrafficReporter:
             self._dropped = 0
         return bool(self._watchers)
 
-    @staticmethod
-    def reports(topic: str) -> bool:
-        """Whether a message on ``topic`` is reported (one of :data:`REPORTED`)."""
-        return data_topic(topic) is not None
-
     def note(self, topic: str, message: Message, size: int, now: float) -> None:
         """Record ``message``, sent on ``topic`` in ``size`` bytes, if anyone watches."""
-        if not self.watched(now) or not self.reports(topic):
+        if not self.watched(now) or data_topic(topic) is None:
             return
         if len(self._records) >= self.max_records:
             self._dropped += 1

@@ -23,7 +23,6 @@ from edgeci_mqtt.wire import (
     AwardMessage,
     BidMessage,
     CallMessage,
-    ChunkMessage,
     DeviceStateMessage,
     Message,
     OrchestratorStateMessage,
@@ -110,11 +109,11 @@ class TrafficView:
     def _record(self, r: TrafficRecord, at: float) -> str:
         """One line for a message sent on a data topic, from its record (``at``: when it was
         sent); the programs in flight follow it, so the device table says who is busy."""
-        ids = (data_topic(r.topic) or (None, {}))[1]
-        device = ids.get("device", "")
-        sender = ids.get("sender") or ids.get("device", "?")  # rows: who sent them; results: the device
+        _, ids = data_topic(r.topic) or (None, {})
+        device = ids.get("device", "?")
+        sender = ids.get("sender", device)  # rows: who sent them; tasks and results: the device
         kind, request = DATA_KINDS.get(r.kind), r.request or "?"
-        text = kind.line(r, sender, device) if kind else f"{r.kind} message ({size_text(r.size)})"
+        text = kind.line(r, sender) if kind else f"{r.kind} message ({size_text(r.size)})"
         if r.kind == "program":
             self.in_flight[device] = (request, at)
         elif r.kind == "release":
@@ -163,8 +162,6 @@ class TrafficView:
                 f"response {message.request[:8]} from {message.orchestrator} ({message.strategy}): "
                 f"{tensor_text(summarise(message.logits))} in {total:.1f} ms on {', '.join(message.devices)}"
             )
-        if isinstance(message, ChunkMessage):
-            return f"chunk {message.index + 1}/{message.count} of {message.id}"
         if isinstance(message, OrchestratorStateMessage):
             return f"orchestrator {message.orchestrator} {'ONLINE' if message.online else 'OFFLINE'}"
         if isinstance(message, WatcherStateMessage):
