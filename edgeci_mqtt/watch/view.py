@@ -29,42 +29,10 @@ from edgeci_mqtt.wire import (
     Reassembler,
     RequestMessage,
     ResponseMessage,
-    decode,
 )
 from edgeci_mqtt.wire.traffic_records import TrafficMessage, TrafficRecord, WatcherStateMessage
 
 __all__ = ["TrafficView", "device_states"]
-
-
-def device_states(
-    bus: Bus,
-    enough: Callable[[dict[str, DeviceStateMessage]], bool],
-    timeout: float,
-    check: Callable[[], None] | None = None,
-) -> dict[str, DeviceStateMessage]:
-    """The online devices' retained states, read from ``bus`` until ``enough`` of them are
-    there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
-    bus.subscribe(DEVICE_STATE.filter)
-    bus.start()
-    online: dict[str, DeviceStateMessage] = {}
-    try:
-        for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
-            if check is not None:
-                check()
-            if isinstance(event, Inbound):
-                try:
-                    state = decode(event.payload, DeviceStateMessage)
-                except WireError:
-                    continue
-                assert isinstance(state, DeviceStateMessage)
-                online.pop(state.device, None)
-                if state.online:
-                    online[state.device] = state
-            if enough(online):
-                break
-    finally:
-        bus.stop()
-    return online
 
 
 @dataclass
@@ -177,3 +145,27 @@ class TrafficView:
             speed = f"{link.bandwidth_mbit:7.0f} Mbit/s {link.latency_ms:6.2f} ms" if link else "?"
             lines.append(f"  {name:12s} {speed}  {doing}")
         return "\n".join(lines)
+
+
+def device_states(
+    bus: Bus,
+    enough: Callable[[dict[str, DeviceStateMessage]], bool],
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> dict[str, DeviceStateMessage]:
+    """The online devices' retained states, read from ``bus`` until ``enough`` of them are
+    there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
+    bus.subscribe(DEVICE_STATE.filter)
+    bus.start()
+    view = TrafficView()  # its device table is what the states say
+    try:
+        for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
+            if check is not None:
+                check()
+            if isinstance(event, Inbound):
+                view.feed(event.topic, event.payload, time.monotonic())
+            if enough(view.devices):
+                break
+    finally:
+        bus.stop()
+    return view.devices
