@@ -89,8 +89,7 @@ class EdgeCIClient:
 
     def __init__(self, broker: Bus | BrokerAddress | str, tls: TlsFiles | None = None) -> None:
         if isinstance(broker, str | BrokerAddress):
-            address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker
-            broker = MqttBus(address, tls=tls)
+            broker = MqttBus(BrokerAddress.parse(broker) if isinstance(broker, str) else broker, tls=tls)
         self.bus: Bus = broker
         self.client_id = broker.client_id
         self.requests = INFER_REQUESTS.build(client=self.client_id)
@@ -99,10 +98,9 @@ class EdgeCIClient:
         self.bus.subscribe(ORCHESTRATOR_STATE.filter)
         self.orchestrators: set[str] = set()
         """Online orchestrators, from their retained states."""
-        self._someone_serves = threading.Event()
         self._reassembler = Reassembler()
         self._waiting: dict[bytes, queue.Queue[Message | InferenceError | _Lost]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when an orchestrator comes online
         self._stop = threading.Event()
         self._router = threading.Thread(target=self._route, name=f"{self.client_id}-responses", daemon=True)
 
@@ -126,8 +124,8 @@ class EdgeCIClient:
                 try:
                     if isinstance(event, Disconnected):
                         self._tell_all(InferenceError(f"lost the broker while waiting for an answer: {event.reason}"))
-                    elif isinstance(event, Inbound) and ORCHESTRATOR_STATE.parse(event.topic) is not None:
-                        self._orchestrator_state(event)
+                    elif isinstance(event, Inbound) and (named := ORCHESTRATOR_STATE.parse(event.topic)) is not None:
+                        self._orchestrator_state(event, named["orchestrator"])
                     elif isinstance(event, Inbound) and event.correlation is not None:
                         self._answer(event)
                 except Exception:  # one message must never stop the only reader
@@ -135,24 +133,21 @@ class EdgeCIClient:
         except TransportError as exc:  # the session is over for good
             self._tell_all(InferenceError(str(exc)))
 
-    def _orchestrator_state(self, event: Inbound) -> None:
+    def _orchestrator_state(self, event: Inbound, orchestrator: str) -> None:
+        """An orchestrator's birth or death, if it speaks for the topic it came on."""
         try:
             state = decode(event.payload)
         except WireError as exc:
             log.warning("%s: malformed orchestrator state on %s: %s", self.client_id, event.topic, exc)
             return
-        if not isinstance(state, OrchestratorStateMessage) or ORCHESTRATOR_STATE.parse(event.topic) != {
-            "orchestrator": state.orchestrator
-        }:
+        if not isinstance(state, OrchestratorStateMessage) or state.orchestrator != orchestrator:
             return
         with self._lock:
             if state.online:
                 self.orchestrators.add(state.orchestrator)
-                self._someone_serves.set()
+                self._lock.notify_all()
                 return
             self.orchestrators.discard(state.orchestrator)
-            if not self.orchestrators:
-                self._someone_serves.clear()
         self._tell_all(_Lost(state.orchestrator))
 
     def _answer(self, event: Inbound) -> None:
@@ -191,11 +186,9 @@ class EdgeCIClient:
         unstarted once ``timeout`` has passed.
         """
         x = load_input(Path(image), size) if isinstance(image, Path | str) else image
-        if x.dim() == 3:
-            x = x[None]
-        request_id = uuid.uuid4().hex
-        image_array = x.detach().cpu().contiguous().numpy()
+        image_array = (x[None] if x.dim() == 3 else x).detach().cpu().contiguous().numpy()
         check_image(image_array)  # here, before anything travels: no silent cast, no NaN
+        request_id = uuid.uuid4().hex
 
         def request(wait_s: float) -> bytes:
             """The request, telling orchestrators to drop it after ``wait_s`` (0: never; past
@@ -209,17 +202,10 @@ class EdgeCIClient:
         if len(payload) > MAX_PAYLOAD_BYTES:  # chunks of a shared subscription would scatter across orchestrators
             raise InferenceError(f"the image is {len(payload)} bytes encoded; requests must fit in {MAX_PAYLOAD_BYTES}")
         started = time.perf_counter()
-        if not self._someone_serves.wait(min(timeout, FIND_ORCHESTRATOR_S)):
-            raise InferenceError("no orchestrator is online (none has announced itself to the broker)")
-        correlation = request_id.encode()
-        answers: queue.Queue[Message | InferenceError | _Lost] = queue.Queue()
         with self._lock:
-            self._waiting[correlation] = answers
-        try:
-            response = self._await(payload, request, correlation, answers, started + timeout)
-        finally:
-            with self._lock:
-                del self._waiting[correlation]
+            if not self._lock.wait_for(lambda: self.orchestrators, min(timeout, FIND_ORCHESTRATOR_S)):
+                raise InferenceError("no orchestrator is online (none has announced itself to the broker)")
+        response = self._await(payload, request, request_id.encode(), started + timeout)
         if not isinstance(response, ResponseMessage):
             raise InferenceError(f"unexpected {response.kind} message as a response")
         if response.error:
@@ -236,41 +222,39 @@ class EdgeCIClient:
             response.timeline if trace else (),
         )
 
-    def _await(
-        self,
-        payload: bytes,
-        request: Callable[[float], bytes],
-        correlation: bytes,
-        answers: queue.Queue[Message | InferenceError | _Lost],
-        deadline: float,
-    ) -> Message:
+    def _await(self, payload: bytes, request: Callable[[float], bytes], correlation: bytes, deadline: float) -> Message:
         """Send the request and wait for its answer, sending it again if whoever took it
         (or, before anyone said so, any orchestrator) dies: then with only the time left, so
         the other orchestrator does not work on past the client's own timeout."""
-        serving, sends, send = "", 0, True
-        while True:
-            if send:
-                if sends:
-                    payload = request(max(deadline - time.perf_counter(), 1e-3))
+        answers: queue.Queue[Message | InferenceError | _Lost] = queue.Queue()
+        with self._lock:
+            self._waiting[correlation] = answers
+        try:
+            serving, sends, send = "", 0, True
+            while True:
+                if send:
+                    if sends:
+                        payload = request(max(deadline - time.perf_counter(), 1e-3))
+                    try:
+                        self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
+                    except TransportError as exc:
+                        raise InferenceError(str(exc)) from exc
+                    sends, send = sends + 1, False
                 try:
-                    self.bus.publish(self.requests, payload, response_topic=self.responses, correlation=correlation)
-                except TransportError as exc:
-                    raise InferenceError(str(exc)) from exc
-                sends, send = sends + 1, False
-            try:
-                news = answers.get(timeout=max(0.0, deadline - time.perf_counter()))
-            except queue.Empty:
-                raise InferenceError("no answer in time (is an orchestrator running?)") from None
-            if isinstance(news, InferenceError):
-                raise news
-            if isinstance(news, AcceptedMessage):
-                serving = news.orchestrator
-            elif isinstance(news, _Lost):
-                if serving not in ("", news.orchestrator):
-                    continue  # not ours
-                if sends > RESENDS or not self.orchestrators:
-                    raise InferenceError(f"orchestrator {news.orchestrator} went offline while serving the request")
-                log.warning("%s: orchestrator %s went offline; asking another", self.client_id, news.orchestrator)
-                serving, send = "", True
-            else:
-                return news
+                    news = answers.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    raise InferenceError("no answer in time (is an orchestrator running?)") from None
+                if isinstance(news, InferenceError):
+                    raise news
+                if isinstance(news, AcceptedMessage):
+                    serving = news.orchestrator
+                elif not isinstance(news, _Lost):
+                    return news
+                elif serving in ("", news.orchestrator):  # ours
+                    if sends > RESENDS or not self.orchestrators:
+                        raise InferenceError(f"orchestrator {news.orchestrator} went offline while serving the request")
+                    log.warning("%s: orchestrator %s went offline; asking another", self.client_id, news.orchestrator)
+                    serving, send = "", True
+        finally:
+            with self._lock:
+                del self._waiting[correlation]

@@ -9,13 +9,14 @@ is, a thread of its own sends each batch when due, so no role's loop has to tick
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 
 from edgeci_mqtt.bus.protocol import Bus, Inbound
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter
+from edgeci_mqtt.watch.traffic import BATCH_INTERVAL_S, TrafficReporter, data_topic
 from edgeci_mqtt.wire import Message, decode, encode
 from edgeci_mqtt.wire.topics import WATCHER_STATE
 
@@ -47,29 +48,27 @@ class TrafficPublisher:
     def watching(self, topic: str) -> bool:
         """Whether a message sent on ``topic`` now would be reported."""
         with self._lock:
-            return self.reporter.watched(time.monotonic()) and self.reporter.reports(topic)
+            return self.reporter.watched(time.monotonic()) and data_topic(topic) is not None
 
     def note(self, topic: str, message: Message, size: int | None = None) -> None:
         """``message`` was sent on ``topic`` in ``size`` bytes (None: its encoding's, measured
         only if someone watches)."""
         if not self.watching(topic):
             return
-        if size is None:
-            size = len(encode(message))
+        size = len(encode(message)) if size is None else size
         with self._lock:
             self.reporter.note(topic, message, size, time.monotonic())
-            self._wake()
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._send, name=f"{self.reporter.sender}-traffic", daemon=True)
+                self._sender.start()
+            self._lock.notify_all()
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish ``payload`` on ``bus`` and note it (decoded again only if someone watches)."""
         self.bus.publish(topic, payload)
-        if not self.watching(topic):
-            return
-        try:  # the whole payload: the bus chunks it, not us
-            message = decode(payload)
-        except WireError:
-            return
-        self.note(topic, message, len(payload))
+        if self.watching(topic):
+            with contextlib.suppress(WireError):  # the whole payload: the bus chunks it, not us
+                self.note(topic, decode(payload), len(payload))
 
     def stop(self) -> None:
         """Send what is pending (if the bus still can) and end the thread."""
@@ -78,12 +77,6 @@ class TrafficPublisher:
             self._lock.notify_all()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
-
-    def _wake(self) -> None:
-        if self._sender is None and not self._closed:
-            self._sender = threading.Thread(target=self._send, name=f"{self.reporter.sender}-traffic", daemon=True)
-            self._sender.start()
-        self._lock.notify_all()
 
     def _send(self) -> None:
         """Send each batch when due, until stopped (then what is pending)."""

@@ -1,25 +1,20 @@
 """What the watcher may see of the data topics: metadata records, reported only while watched.
 
-The watcher role reads no topic that carries client data (:attr:`TopicPattern.data`:
-tasks, rows, results, requests, answers). So that ``edgeci watch`` still shows every
-program, rows message, report and failure of a request, their senders describe each such
-message in a :class:`~edgeci_mqtt.wire.TrafficRecord` (its topic, kind, size on the wire,
-blocks, regions, tensors as dtype/shape/bytes, codec, timings, errors; never a number of
-the data) and publish the records in batches on their own ``traffic`` topic, which only
-they may write and watchers read.
-
-Only while a watcher is online: ``edgeci watch`` keeps a retained
-:class:`~edgeci_mqtt.wire.WatcherState` on ``watchers/<id>/state`` (its will says offline),
-devices and orchestrators read those states, and with none online noting a message is one
-comparison. This module is pure (no clock, no bus, no threads): :func:`describe` builds a
-record, :class:`TrafficReporter` knows who watches and hands back a batch when one is due;
-:mod:`edgeci_mqtt.watch.publisher` is its edge.
+The watcher role reads no topic that carries client data (:attr:`TopicPattern.data`). So
+that ``edgeci watch`` still shows every program, rows message, report and failure, their
+senders describe each such message in a :class:`~edgeci_mqtt.wire.TrafficRecord` (never a
+number of the data) and publish the records in batches on their own ``traffic`` topic, only
+while some watcher's retained :class:`~edgeci_mqtt.wire.WatcherStateMessage` says it is
+online (unwatched, noting a message is one comparison). :data:`DATA_KINDS` says once per
+kind what its record holds and how its watch line reads. This module is pure (no clock, no
+bus, no threads); :mod:`edgeci_mqtt.watch.publisher` is its edge.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
 
 from numpy.typing import NDArray
 
@@ -30,6 +25,7 @@ from edgeci_mqtt.wire import (
     FailureMessage,
     GoMessage,
     Message,
+    PackedArray,
     ProgramMessage,
     ReleaseMessage,
     ReportMessage,
@@ -45,15 +41,8 @@ from edgeci_mqtt.wire import (
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, TOPICS, WATCHER_STATE, Role, TopicPattern
 from edgeci_mqtt.wire.traffic_records import MAX_TRAFFIC_RECORDS
 
-__all__ = [
-    "BATCH_INTERVAL_S",
-    "REPORTED",
-    "WATCHER_TTL_S",
-    "TrafficReporter",
-    "describe",
-    "reported_by",
-    "summarise",
-]
+__all__ = ["BATCH_INTERVAL_S", "DATA_KINDS", "REPORTED", "WATCHER_TTL_S", "DataKind", "TrafficReporter", "describe"]
+__all__ += ["data_topic", "reported_by", "size_text", "summarise", "tensor_text"]
 
 BATCH_INTERVAL_S = 0.2
 """A batch goes out this long after its first record: one traffic message per 200 ms of
@@ -70,6 +59,11 @@ there is reported. The clients' own topics are not: the watcher sees nothing of 
 _TRAFFIC: dict[Role, TopicPattern] = {"device": DEVICE_TRAFFIC, "orchestrator": ORCHESTRATOR_TRAFFIC}
 
 
+def data_topic(topic: str) -> tuple[TopicPattern, dict[str, str]] | None:
+    """Which of :data:`REPORTED` ``topic`` is, with its ids (None: none of them)."""
+    return next(((p, ids) for p in REPORTED if (ids := p.parse(topic)) is not None), None)
+
+
 def summarise(array: NDArray[Any] | None) -> TensorSummary | None:
     """A tensor as the watcher may see it: dtype, shape and bytes, not one of its numbers."""
     if array is None:
@@ -77,74 +71,144 @@ def summarise(array: NDArray[Any] | None) -> TensorSummary | None:
     return TensorSummary(str(array.dtype), tuple(int(n) for n in array.shape), int(array.nbytes))
 
 
+def size_text(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def tensor_text(summary: TensorSummary | None) -> str:
+    return "none" if summary is None else f"{summary.dtype}{list(summary.shape)} {summary.nbytes} B"
+
+
 def _seconds(value: float) -> float:
     return min(max(value, 0.0), MAX_SECONDS)
 
 
-def describe(topic: str, message: Message, size: int, before_s: float = 0.0) -> TrafficRecord:
+def _request(r: TrafficRecord) -> str:
+    return (r.request or "?")[:12]
+
+
+def _packed(array: PackedArray) -> dict[str, Any]:
+    return {"tensor": summarise(array.array), "codec": array.codec}
+
+
+def _packed_text(r: TrafficRecord) -> str:
+    return f"{tensor_text(r.tensor)} as {r.codec} ({size_text(r.size)})"
+
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class DataKind(Generic[M]):
+    """One kind of message sent on a data topic, both ways: its record holds the message's
+    fields named in ``same`` and those ``more`` derives (a tensor only as its summary), and
+    ``line`` is its ``edgeci watch`` text from that record and who its topic names (the
+    device of a task or a result, the sender of rows)."""
+
+    message: type[M]
+    same: tuple[str, ...]
+    line: Callable[[TrafficRecord, str], str]
+    more: Callable[[M], dict[str, Any]] = lambda message: {}
+
+
+DATA_KINDS: dict[str, DataKind[Any]] = {
+    k.message.kind: k
+    for k in (
+        DataKind(
+            ProgramMessage,
+            ("request", "orchestrator", "model"),
+            lambda r, who: (
+                f"program {_request(r)} for {who}: {r.steps} steps"
+                + (" + tail" if r.tail else "")
+                + (" + finish" if r.finish else "")
+                + (f", rows {r.region} of boundary {r.boundary} {tensor_text(r.tensor)}" if r.tensor else "")
+                + f" ({size_text(r.size)})"
+            ),
+            lambda m: {
+                "steps": len(m.steps),
+                "tail": m.tail is not None,
+                "finish": m.finish is not None,
+                "boundary": m.input_boundary if m.input is not None else None,
+                "region": m.input_region,
+                "tensor": summarise(m.input),
+            },
+        ),
+        DataKind(
+            RowsMessage,
+            ("request", "boundary", "region"),
+            lambda r, who: f"rows {_request(r)} from {who}: boundary {r.boundary} {r.region} {_packed_text(r)}",
+            lambda m: _packed(m.rows),
+        ),
+        DataKind(
+            VectorMessage,
+            ("request", "features", "logits"),
+            lambda r, who: (
+                ("logits" if r.logits else f"features {r.features.start}-{r.features.stop}" if r.features else "?")
+                + f" {_request(r)} from {who}: {_packed_text(r)}"
+            ),
+            lambda m: _packed(m.values),
+        ),
+        DataKind(
+            FailureMessage,
+            ("request", "error"),
+            lambda r, who: (
+                f"failure {_request(r)} from {who}: "
+                + ("its program" if r.steps is None else f"item {r.steps}")
+                + f": {r.error}"
+            ),
+            lambda m: {"steps": m.item if m.item >= 0 else None},  # -1: the program was refused
+        ),
+        DataKind(
+            ReportMessage,
+            ("request", "block", "region"),
+            lambda r, who: (
+                f"report {_request(r)} from {who}: item {r.steps} {r.region or ''} "
+                f"compute {(r.compute_s or 0.0) * 1e3:.1f} ms, send {(r.encode_s or 0.0) * 1e3:.1f} ms"
+            ),
+            lambda m: {
+                "steps": m.item,
+                "compute_s": _seconds(m.computed_at - m.started_at),
+                "encode_s": _seconds(m.sent_at - m.computed_at),
+            },
+        ),
+        DataKind(
+            DoneMessage, ("request", "boundary"), lambda r, who: f"done {_request(r)} from {who}: boundary {r.boundary}"
+        ),
+        DataKind(
+            GoMessage,
+            ("request", "orchestrator", "boundary"),
+            lambda r, who: f"go {_request(r)} by {r.orchestrator}: boundary {r.boundary}",
+        ),
+        DataKind(
+            ReleaseMessage,
+            ("request", "orchestrator", "reason"),
+            lambda r, who: f"release {_request(r)} by {r.orchestrator}: {r.reason}",
+        ),
+        DataKind(
+            WeightsMessage,
+            ("model", "stage"),
+            lambda r, who: (
+                f"weights {r.model} stage {r.stage} for {who}: {r.steps} tensors "
+                f"{tensor_text(r.tensor).split(' ', 1)[-1]} ({size_text(r.size)})"
+            ),
+            lambda m: {
+                "steps": len(m.tensors),
+                "tensor": TensorSummary("mixed", (), sum(int(a.nbytes) for a in m.tensors.values())),
+            },
+        ),
+    )
+}
+"""Every message of a data topic the roles report, by kind (any other is recorded and shown
+by its topic, kind and size only)."""
+
+
+def describe(topic: str, message: Message, size: int) -> TrafficRecord:
     """The record of ``message`` (``size`` bytes on the wire) sent on ``topic``."""
-    base: dict[str, Any] = {"topic": topic, "kind": message.kind, "size": size, "before_s": _seconds(before_s)}
-    if isinstance(message, ProgramMessage):
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            orchestrator=message.orchestrator,
-            model=message.model,
-            steps=len(message.steps),
-            tail=message.tail is not None,
-            finish=message.finish is not None,
-            boundary=message.input_boundary if message.input is not None else None,
-            region=message.input_region,
-            tensor=summarise(message.input),
-        )
-    if isinstance(message, RowsMessage):
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            boundary=message.boundary,
-            region=message.region,
-            tensor=summarise(message.rows.array),
-            codec=message.rows.codec,
-        )
-    if isinstance(message, VectorMessage):
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            features=message.features,
-            logits=message.logits,
-            tensor=summarise(message.values.array),
-            codec=message.values.codec,
-        )
-    if isinstance(message, FailureMessage):
-        item = message.item if message.item >= 0 else None  # -1: the program was refused
-        return TrafficRecord(**base, request=message.request, steps=item, error=message.error)
-    if isinstance(message, ReportMessage):
-        return TrafficRecord(
-            **base,
-            request=message.request,
-            block=message.block,
-            region=message.region,
-            steps=message.item,
-            compute_s=_seconds(message.computed_at - message.started_at),
-            encode_s=_seconds(message.sent_at - message.computed_at),
-        )
-    if isinstance(message, DoneMessage):
-        return TrafficRecord(**base, request=message.request, boundary=message.boundary)
-    if isinstance(message, GoMessage):
-        return TrafficRecord(
-            **base, request=message.request, orchestrator=message.orchestrator, boundary=message.boundary
-        )
-    if isinstance(message, ReleaseMessage):
-        return TrafficRecord(**base, request=message.request, orchestrator=message.orchestrator, reason=message.reason)
-    if isinstance(message, WeightsMessage):
-        return TrafficRecord(
-            **base,
-            model=message.model,
-            stage=message.stage,
-            steps=len(message.tensors),
-            tensor=TensorSummary("mixed", (), sum(int(a.nbytes) for a in message.tensors.values())),
-        )
-    return TrafficRecord(**base)
+    kind = DATA_KINDS.get(message.kind)
+    if kind is None or not isinstance(message, kind.message):
+        return TrafficRecord(topic, message.kind, size)
+    fields = {name: getattr(message, name) for name in kind.same} | kind.more(message)
+    return TrafficRecord(topic, message.kind, size, **fields)
 
 
 def reported_by(traffic_topic: str, batch: TrafficMessage, record: TrafficRecord) -> bool:
@@ -152,23 +216,15 @@ def reported_by(traffic_topic: str, batch: TrafficMessage, record: TrafficRecord
     may have sent: the batch's sender owns the traffic topic, and the record's topic is a
     data topic that sender's role may write (under its own name where the grant says so).
     A device cannot pass off rows in another device's name, nor an orchestrator's tasks."""
-    for role, pattern in _TRAFFIC.items():
-        ids = pattern.parse(traffic_topic)
-        if ids is None:
-            continue
-        if next(iter(ids.values())) != batch.sender:
-            return False
-        for data in REPORTED:
-            named = data.parse(record.topic)
-            if named is not None and any(
-                g.role == role
-                and g.access in ("write", "readwrite")
-                and (not g.own or named.get(g.own) == batch.sender)
-                for g in data.grants
-            ):
-                return True
+    owner = next((role for role, p in _TRAFFIC.items() if p.parse(traffic_topic) == {p.ids[0]: batch.sender}), None)
+    data = data_topic(record.topic)
+    if owner is None or data is None:
         return False
-    return False
+    pattern, named = data
+    return any(
+        g.role == owner and g.access in ("write", "readwrite") and (not g.own or named.get(g.own) == batch.sender)
+        for g in pattern.grants
+    )
 
 
 class TrafficReporter:
@@ -193,39 +249,30 @@ class TrafficReporter:
             state = decode(payload, WatcherStateMessage)
         except WireError:
             return True
-        if not isinstance(state, WatcherStateMessage) or state.watcher != ids["watcher"]:
-            return True
-        if state.online:
-            self._watchers[state.watcher] = now
-        else:
+        if isinstance(state, WatcherStateMessage) and state.watcher == ids["watcher"]:
             self._watchers.pop(state.watcher, None)
+            if state.online:
+                self._watchers[state.watcher] = now
         return True
 
     def watched(self, now: float) -> bool:
         """Some watcher is online (and said so within :data:`WATCHER_TTL_S`)."""
         if not self._watchers:
             return False
-        for watcher, since in list(self._watchers.items()):
-            if now - since > WATCHER_TTL_S:
-                del self._watchers[watcher]
+        self._watchers = {w: since for w, since in self._watchers.items() if now - since <= WATCHER_TTL_S}
         if not self._watchers:
             self._records.clear()
             self._dropped = 0
         return bool(self._watchers)
 
-    @staticmethod
-    def reports(topic: str) -> bool:
-        """Whether a message on ``topic`` is reported (one of :data:`REPORTED`)."""
-        return any(pattern.parse(topic) is not None for pattern in REPORTED)
-
     def note(self, topic: str, message: Message, size: int, now: float) -> None:
         """Record ``message``, sent on ``topic`` in ``size`` bytes, if anyone watches."""
-        if not self.watched(now) or not self.reports(topic):
+        if not self.watched(now) or data_topic(topic) is None:
             return
         if len(self._records) >= self.max_records:
             self._dropped += 1
-            return
-        self._records.append((now, describe(topic, message, size)))
+        else:
+            self._records.append((now, describe(topic, message, size)))
 
     def pending(self) -> bool:
         return bool(self._records or self._dropped)

@@ -1,11 +1,10 @@
 """Live view of the traffic: every edgeci message decoded, everything else shown raw.
 
 :class:`TrafficView` is pure (payloads in, lines out), so the same formatting serves
-``edgeci watch`` and its tests. Tensors are shown as dtype/shape/bytes, never as
-numbers; the view keeps the device table and the programs in flight, so the device
-table says what each device is doing. The watcher reads no data topic: programs, rows,
-failures and reports are shown from the
-metadata their senders report while it watches (:mod:`edgeci_mqtt.watch.traffic`).
+``edgeci watch`` and its tests. Tensors are shown as dtype/shape/bytes, never as numbers;
+the view keeps the device table and the programs in flight, so the table says what each
+device is doing. The watcher reads no data topic: programs, rows, failures and reports are
+shown from the metadata their senders report while it watches (:mod:`edgeci_mqtt.watch.traffic`).
 """
 
 from __future__ import annotations
@@ -14,12 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-from numpy.typing import NDArray
-
 from edgeci_mqtt.bus.protocol import Bus, Inbound, events_until
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.watch.traffic import REPORTED, TrafficReporter, describe, reported_by, summarise
+from edgeci_mqtt.watch.traffic import DATA_KINDS, data_topic, describe, reported_by, size_text, summarise, tensor_text
 from edgeci_mqtt.wire import (
     DEVICE_STATE,
     RESULTS,
@@ -27,66 +23,16 @@ from edgeci_mqtt.wire import (
     AwardMessage,
     BidMessage,
     CallMessage,
-    ChunkMessage,
     DeviceStateMessage,
     Message,
     OrchestratorStateMessage,
     Reassembler,
     RequestMessage,
     ResponseMessage,
-    decode,
 )
-from edgeci_mqtt.wire.traffic_records import TensorSummary, TrafficMessage, TrafficRecord, WatcherStateMessage
+from edgeci_mqtt.wire.traffic_records import TrafficMessage, TrafficRecord, WatcherStateMessage
 
-__all__ = ["TrafficView", "describe_tensor", "device_states"]
-
-
-def describe_tensor(value: NDArray[np.generic] | None) -> str:
-    return _tensor(summarise(value))
-
-
-def device_states(
-    bus: Bus,
-    enough: Callable[[dict[str, DeviceStateMessage]], bool],
-    timeout: float,
-    check: Callable[[], None] | None = None,
-) -> dict[str, DeviceStateMessage]:
-    """The online devices' retained states, read from ``bus`` until ``enough`` of them are
-    there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
-    bus.subscribe(DEVICE_STATE.filter)
-    bus.start()
-    online: dict[str, DeviceStateMessage] = {}
-    try:
-        for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
-            if check is not None:
-                check()
-            if isinstance(event, Inbound):
-                try:
-                    state = decode(event.payload, DeviceStateMessage)
-                except WireError:
-                    continue
-                assert isinstance(state, DeviceStateMessage)
-                if state.online:
-                    online[state.device] = state
-                else:
-                    online.pop(state.device, None)
-            if enough(online):
-                break
-    finally:
-        bus.stop()
-    return online
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
-
-
-def _tensor(summary: TensorSummary | None) -> str:
-    return "none" if summary is None else f"{summary.dtype}{list(summary.shape)} {summary.nbytes} B"
-
-
-def _ms(seconds: float | None) -> float:
-    return 0.0 if seconds is None else seconds * 1e3
+__all__ = ["TrafficView", "device_states"]
 
 
 @dataclass
@@ -104,16 +50,16 @@ class TrafficView:
         record of a traffic batch)."""
         if not topic.startswith(ROOT + "/"):
             preview = payload[:60].decode("utf-8", errors="replace")
-            return [f"{topic}  (not edgeci) {_size(len(payload))}: {preview!r}"]
+            return [f"{topic}  (not edgeci) {size_text(len(payload))}: {preview!r}"]
         try:
             message = self.reassembler.feed(topic, payload)
         except WireError as exc:
-            return [f"{topic}  INVALID ({_size(len(payload))}): {exc}"]
+            return [f"{topic}  INVALID ({size_text(len(payload))}): {exc}"]
         if message is None:
             return []
         if isinstance(message, TrafficMessage):
             return self._batch(topic, message, now)
-        if TrafficReporter.reports(topic):
+        if data_topic(topic) is not None:
             return [self._record(describe(topic, message, len(payload)), now)]
         return [f"{topic}  {self._describe(message, len(payload))}"]
 
@@ -129,66 +75,31 @@ class TrafficView:
         return lines
 
     def _record(self, r: TrafficRecord, at: float) -> str:
-        """One line for a message sent on a data topic, from its record (``at``: when it was sent)."""
-        ids = next((ids for p in REPORTED if (ids := p.parse(r.topic)) is not None), {})
-        sender = ids.get("sender") or ids.get("device", "?")  # rows: who sent them; results: the device
-        request, size = (r.request or "?"), _size(r.size)
-        if r.kind == "failure":
-            sent = self.in_flight.pop(sender, None)
-            after = f" after {(at - sent[1]) * 1e3:.1f} ms" if sent else ""
-            what = f"item {r.steps}" if r.steps is not None else "its program"
-            text = f"failure {request[:12]} from {sender}: {what}: {r.error}{after}"
-        elif r.kind == "program":
-            self.in_flight[ids.get("device", "")] = (request, at)
-            carried = f", rows {r.region} of boundary {r.boundary} {_tensor(r.tensor)}" if r.tensor is not None else ""
-            extra = (" + tail" if r.tail else "") + (" + finish" if r.finish else "")
-            text = f"program {request[:12]} for {ids.get('device')}: {r.steps} steps{extra}{carried} ({size})"
-        elif r.kind == "rows":
-            self._answered(r, sender, request)
-            text = (
-                f"rows {request[:12]} from {sender}: boundary {r.boundary} {r.region} "
-                f"{_tensor(r.tensor)} as {r.codec} ({size})"
-            )
-        elif r.kind == "vector":
-            self._answered(r, sender, request)
-            what = "logits" if r.logits else f"features {r.features.start}-{r.features.stop}" if r.features else "?"
-            text = f"{what} {request[:12]} from {sender}: {_tensor(r.tensor)} as {r.codec} ({size})"
+        """One line for a message sent on a data topic, from its record (``at``: when it was
+        sent); the programs in flight follow it, so the device table says who is busy."""
+        _, ids = data_topic(r.topic) or (None, {})
+        device = ids.get("device", "?")
+        sender = ids.get("sender", device)  # rows: who sent them; tasks and results: the device
+        kind, request = DATA_KINDS.get(r.kind), r.request or "?"
+        text = kind.line(r, sender) if kind else f"{r.kind} message ({size_text(r.size)})"
+        if r.kind == "program":
+            self.in_flight[device] = (request, at)
         elif r.kind == "release":
-            self.in_flight.pop(ids.get("device", ""), None)
-            text = f"release {request[:12]} by {r.orchestrator}: {r.reason}"
-        elif r.kind == "go":
-            text = f"go {request[:12]} by {r.orchestrator}: boundary {r.boundary}"
-        elif r.kind == "done":
-            text = f"done {request[:12]} from {sender}: boundary {r.boundary}"
-        elif r.kind == "report":
-            text = (
-                f"report {request[:12]} from {sender}: item {r.steps} {r.region or ''} "
-                f"compute {_ms(r.compute_s):.1f} ms, send {_ms(r.encode_s):.1f} ms"
-            )
-        elif r.kind == "weights":
-            text = (
-                f"weights {r.model} stage {r.stage} for {ids.get('device')}: {r.steps} tensors "
-                f"{_tensor(r.tensor).split(' ', 1)[-1]} ({size})"
-            )
-        else:
-            text = f"{r.kind} message ({size})"
+            self.in_flight.pop(device, None)
+        elif r.kind == "failure" and (sent := self.in_flight.pop(sender, None)):
+            text += f" after {(at - sent[1]) * 1e3:.1f} ms"
+        elif (
+            r.kind in ("rows", "vector") and RESULTS.parse(r.topic) and self.in_flight.get(sender, ("",))[0] == request
+        ):
+            del self.in_flight[sender]  # its output reached the orchestrator: the program no longer keeps it busy
         return f"{r.topic}  {text}"
-
-    def _answered(self, r: TrafficRecord, sender: str, request: str) -> None:
-        """A device's output reached its orchestrator: its program there is done (or at least
-        has stopped keeping it busy)."""
-        if RESULTS.parse(r.topic) is not None and self.in_flight.get(sender, ("",))[0] == request:
-            del self.in_flight[sender]
 
     def _describe(self, message: Message, size: int) -> str:
         if isinstance(message, DeviceStateMessage):
-            before = message.device in self.devices
-            if message.online:
-                self.devices[message.device] = message
-            else:
-                self.devices.pop(message.device, None)
+            before = self.devices.pop(message.device, None) is not None
             if not message.online:
                 return f"device {message.device} OFFLINE" + (" (its will or a clean stop)" if before else "")
+            self.devices[message.device] = message
             link = f"{message.link.bandwidth_mbit:.0f} Mbit/s {message.link.latency_ms:.2f} ms" if message.link else "?"
             return f"device {message.device} ONLINE v{message.version}: link {link}, models {', '.join(message.models)}"
         if isinstance(message, CallMessage):
@@ -209,7 +120,7 @@ class TrafficView:
         if isinstance(message, RequestMessage):
             return (
                 f"request {message.request[:8]}: {message.model} {message.strategy or '(default strategy)'} "
-                f"image {describe_tensor(message.image)}"
+                f"image {tensor_text(summarise(message.image))}"
             )
         if isinstance(message, ResponseMessage):
             if message.error:
@@ -217,15 +128,13 @@ class TrafficView:
             total = message.timings.get("total_s", 0.0) * 1e3
             return (
                 f"response {message.request[:8]} from {message.orchestrator} ({message.strategy}): "
-                f"{describe_tensor(message.logits)} in {total:.1f} ms on {', '.join(message.devices)}"
+                f"{tensor_text(summarise(message.logits))} in {total:.1f} ms on {', '.join(message.devices)}"
             )
-        if isinstance(message, ChunkMessage):
-            return f"chunk {message.index + 1}/{message.count} of {message.id}"
         if isinstance(message, OrchestratorStateMessage):
             return f"orchestrator {message.orchestrator} {'ONLINE' if message.online else 'OFFLINE'}"
         if isinstance(message, WatcherStateMessage):
             return f"watcher {message.watcher} {'ONLINE' if message.online else 'OFFLINE'}"
-        return f"{message.kind} message ({_size(size)})"
+        return f"{message.kind} message ({size_text(size)})"
 
     def table(self) -> str:
         """The device table: who is online and what it is doing."""
@@ -236,3 +145,27 @@ class TrafficView:
             speed = f"{link.bandwidth_mbit:7.0f} Mbit/s {link.latency_ms:6.2f} ms" if link else "?"
             lines.append(f"  {name:12s} {speed}  {doing}")
         return "\n".join(lines)
+
+
+def device_states(
+    bus: Bus,
+    enough: Callable[[dict[str, DeviceStateMessage]], bool],
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> dict[str, DeviceStateMessage]:
+    """The online devices' retained states, read from ``bus`` until ``enough`` of them are
+    there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
+    bus.subscribe(DEVICE_STATE.filter)
+    bus.start()
+    view = TrafficView()  # its device table is what the states say
+    try:
+        for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
+            if check is not None:
+                check()
+            if isinstance(event, Inbound):
+                view.feed(event.topic, event.payload, time.monotonic())
+            if enough(view.devices):
+                break
+    finally:
+        bus.stop()
+    return view.devices
