@@ -9,7 +9,7 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.costs import TaskWork
@@ -125,6 +125,22 @@ def test_the_broker_link_is_shared() -> None:
     assert receive["a"].end - receive["a"].start == pytest.approx(1e-3)
     assert receive["b"].start == pytest.approx(receive["a"].end)
     assert receive["b"].end == pytest.approx(receive["a"].end + 1e-3)
+
+
+def test_a_shared_medium_is_one_more_hop_its_devices_share() -> None:
+    """Three inputs of 1 ms each on their own links: the two devices behind a medium as
+    slow as their links wait for one another there; the third does not."""
+    wifi = Medium("wifi", 8.0)
+    views = tuple(DeviceView(n, flat_profile(), Link(8.0, 0.0, wifi if n in "ab" else None)) for n in "abc")
+    env = Environment(views, flat_profile(), Link(8000.0, 0.0))
+    plan = one_block_plan([gathered(n, i, 744, 0) for i, n in enumerate("abc")])
+    result = simulate(plan, env, lambda block, region: relu_work(0.0))
+    receive = {i.resource: i for i in result.timeline if i.kind == "receive"}
+    first, second = sorted((receive["a"], receive["b"]), key=lambda i: i.end)
+    assert first.end - first.start == pytest.approx(1e-3, rel=1e-3)
+    assert second.end == pytest.approx(first.end + 1e-3, rel=1e-3)  # queued behind the first on the medium
+    assert receive["c"].end - receive["c"].start == pytest.approx(1e-3, rel=1e-3)
+    assert receive["c"].end < second.end
 
 
 def test_pulled_tiles_go_to_whoever_is_idle() -> None:

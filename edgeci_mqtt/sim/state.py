@@ -8,7 +8,9 @@ bandwidth, so concurrent transfers on the broker link queue behind one another
 than either hop allows, and each hop is busy for the message's bytes at its own rate
 (a slow device trickling a result in does not hold the broker's link for the others).
 Each message pays both links' one-way latencies and a fixed envelope
-(:data:`MESSAGE_OVERHEAD_BYTES`).
+(:data:`MESSAGE_OVERHEAD_BYTES`). A device behind a shared medium has one more hop between
+its link and the broker's: the medium, one FIFO server per direction shared by every
+device behind it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class State:
         self.broker_down, self.broker_up = _Fifo(link.bytes_per_s), _Fifo(link.bytes_per_s)
         self.down = {v.name: _Fifo(v.link.bytes_per_s) for v in self.env.devices}
         self.up = {v.name: _Fifo(v.link.bytes_per_s) for v in self.env.devices}
+        media = {v.link.medium for v in self.env.devices if v.link.medium is not None}
+        self.medium_down = {m.name: _Fifo(m.bytes_per_s) for m in media}
+        self.medium_up = {m.name: _Fifo(m.bytes_per_s) for m in media}
         self.cpu = {v.name: _Fifo(1.0) for v in self.env.devices}
         self.cpu[ORCHESTRATOR] = _Fifo(1.0)
 
@@ -78,11 +83,17 @@ class State:
     ) -> float:
         """Arrival time of a message between the broker host (and the orchestrator on it) and ``device``."""
         size = nbytes + MESSAGE_OVERHEAD_BYTES
-        first, second = (self.broker_down, self.down[device]) if downward else (self.up[device], self.broker_up)
-        start, first_end = first.reserve(ready, size)
-        second_start = max(start, second.free)
-        second.free = second_start + size / second.rate  # busy for its own time only: a slow first
-        end = max(first_end, second.free)  # hop trickling bytes in does not block the second for others
+        medium = self.env.device(device).link.medium
+        if downward:
+            hops = [self.broker_down, *([self.medium_down[medium.name]] if medium else []), self.down[device]]
+        else:
+            hops = [self.up[device], *([self.medium_up[medium.name]] if medium else []), self.broker_up]
+        start, end = hops[0].reserve(ready, size)
+        hop_start = start
+        for hop in hops[1:]:  # busy for its own time only: a slow hop before it trickling bytes
+            hop_start = max(hop_start, hop.free)  # in does not block it for others
+            hop.free = hop_start + size / hop.rate
+            end = max(end, hop.free)
         self.timeline.append(Interval(device, "receive" if downward else "send", start, end, *tile, note))
         latency = self.env.device(device).link.latency_s + self.env.broker_link.latency_s
         return end + latency
