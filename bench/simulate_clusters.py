@@ -24,8 +24,9 @@ from edgeci_mqtt.planner.cluster import REFERENCE_CLUSTERS, ClusterSpec, load_cl
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
 from edgeci_mqtt.planner.random_clusters import random_cluster
-from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
+from edgeci_mqtt.sim.choice import served_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 
@@ -40,12 +41,12 @@ def random_clusters(count: int) -> list[ClusterSpec]:
 
 
 def simulate_all(model: str, cluster: ClusterSpec, host: DeviceProfile) -> dict[str, SimResult]:
-    """Every strategy's plan for one 224x224 inference of ``model`` on ``cluster``, simulated."""
+    """One 224x224 inference of ``model`` on idle ``cluster``, as each strategy serves it, simulated."""
     chain = skeleton_chain(model).spec(224, 224)
     env = environment_from_cluster(cluster, host)
     ctx = context_for(chain, env)
     work = TaskWork(chain.stages, chain.shapes)
-    return {s: simulate(make_plan(Strategy(s), ctx), env, work) for s in STRATEGY_NAMES}
+    return {s: simulate(served_plan(Strategy(s), ctx), env, work) for s in STRATEGY_NAMES}
 
 
 def compute_bound(cluster: ClusterSpec) -> float:

@@ -7,11 +7,13 @@ from dataclasses import replace
 import pytest
 
 from edgeci_mqtt.models import StageChain
+from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
 from edgeci_mqtt.planner.random_clusters import random_cluster
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
-from edgeci_mqtt.sim.choice import Judged, best, candidates, judge, plan_for
+from edgeci_mqtt.sim.choice import Judged, best, candidates, judge, plan_for, served_plan
+from edgeci_mqtt.sim.simulator import simulate
 from tests.planning import flat_profile
 
 pytestmark = pytest.mark.pure
@@ -55,3 +57,16 @@ def test_a_slower_device_or_busier_links_slow_the_replay(chains: dict[str, Stage
     ctx = context(chains, 2)
     judged = judge(make_plan(Strategy("flow"), ctx), ctx)
     assert judged.worst_s > judged.nominal_s
+
+
+def test_flow_serves_an_idle_request_the_faster_way_split_or_whole(chains: dict[str, StageChain]) -> None:
+    modes = set()
+    for seed in range(8):
+        ctx = context(chains, seed, devices=3 + seed % 4)
+        work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
+        served = served_plan(Strategy("flow"), ctx)
+        split = simulate(plan_for(Strategy("flow"), ctx), ctx.env, work).makespan_s
+        whole = simulate(served_plan(Strategy("local"), ctx), ctx.env, work).makespan_s
+        assert simulate(served, ctx.env, work).makespan_s <= min(split, whole) * 1.01
+        modes.add(len(served.devices) == 1)
+    assert modes == {True, False}  # both happen on these clusters

@@ -118,11 +118,16 @@ class Serving:
 
 
 def choose_serving(
-    plan: Plan, ctx: PlanningContext, shares: Mapping[str, float], outstanding: Mapping[str, float]
+    plan: Plan,
+    ctx: PlanningContext,
+    shares: Mapping[str, float],
+    outstanding: Mapping[str, float],
+    asked: Strategy | None = None,
 ) -> Serving:
-    """How to serve a request of ``plan`` (its strategy's plan for ``ctx``'s devices), given
-    the work ``outstanding`` on each device and what the split plan takes from each
-    (``shares``, :func:`price_shares`).
+    """How to serve a request of strategy ``asked`` (default: the plan's) with ``plan`` (the
+    plan chosen for it on ``ctx``'s devices: for ``flow`` possibly another strategy's,
+    docs/PLANNER.md), given the work ``outstanding`` on each device and what the split
+    plan takes from each (``shares``, :func:`price_shares`).
 
     ``replicas`` and ``flow`` pick whichever finishes first (:func:`choose`): ``flow``
     between its split plan and a whole request on one device, on an idle cluster too (a
@@ -130,7 +135,7 @@ def choose_serving(
     among whole requests. With every device busy, ``flow`` splits only if that costs the
     devices fewer seconds in all. ``local`` runs whole on its plan's device; gathering
     strategies and ``flow``'s ablations always split."""
-    strategy = plan.strategy
+    strategy = asked or plan.strategy
     if not strategy.may_serve_whole:
         return _split(shares, outstanding)
     if strategy.alone:

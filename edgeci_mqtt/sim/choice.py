@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import Plan
-from edgeci_mqtt.planner.serving import price_shares
+from edgeci_mqtt.planner.serving import choose_serving, price_shares, whole_request_plan
 from edgeci_mqtt.planner.strategies import PlanningContext, make_plan, plan_edgeci
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.sim.simulator import simulate
 
-__all__ = ["Judged", "best", "candidates", "judge", "plan_for"]
+__all__ = ["Judged", "best", "candidates", "judge", "plan_for", "served_plan"]
 
 SLOWER = 1.2
 """A device this much slower than its profile, or a link this much slower than announced."""
@@ -88,6 +88,15 @@ def candidates(strategy: Strategy, ctx: PlanningContext) -> list[Plan]:
         plans.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
     plans.append(plan_edgeci(ctx))
     return plans
+
+
+def served_plan(strategy: Strategy, ctx: PlanningContext) -> Plan:
+    """The plan one request of ``strategy`` runs with on ``ctx``'s idle devices: its
+    :func:`plan_for`, or the whole request on one device where the serving decision
+    prefers that (:func:`~edgeci_mqtt.planner.serving.choose_serving`)."""
+    plan = plan_for(strategy, ctx)
+    serving = choose_serving(plan, ctx, price_shares(plan, ctx.costs, ctx.env.devices), {}, strategy)
+    return plan if serving.whole is None else whole_request_plan(ctx, serving.whole, {})
 
 
 def plan_for(strategy: Strategy, ctx: PlanningContext) -> Plan:
