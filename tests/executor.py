@@ -11,24 +11,21 @@ import torch
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.actions import (
+from edgeci_mqtt.orchestrator.attempt import (
     Action,
+    Attempt,
+    Begin,
     Compute,
+    Computed,
+    Event,
     Finish,
     Go,
     Keep,
     SendProgram,
     SendRows,
-)
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Begin,
-    Computed,
-    Event,
     StepFinished,
 )
-from edgeci_mqtt.orchestrator.attempt_edge import arrival, program_message
-from edgeci_mqtt.orchestrator.holdings import Holdings
+from edgeci_mqtt.orchestrator.attempt_edge import Holdings, arrival, program_message
 from edgeci_mqtt.orchestrator.programs import compile_plan
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.wire import (
@@ -85,7 +82,7 @@ class _Cluster:
             elif isinstance(action, Keep):
                 assert self.array is not None
                 if action.answer is not None:
-                    self.holdings.keep_answer(action.answer, self.array)
+                    self.holdings.answers[action.answer] = self.array
                 else:
                     assert action.region is not None
                     self.holdings.keep(action.boundary, action.region, self.array)

@@ -11,24 +11,22 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.actions import (
+from edgeci_mqtt.orchestrator.attempt import (
+    Attempt,
+    Begin,
     Compute,
+    Computed,
+    DeviceFailed,
     Fail,
     Finish,
     GiveUp,
     Ignore,
     Keep,
     Release,
+    Reported,
     Restart,
     SendProgram,
     SendRows,
-)
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Begin,
-    Computed,
-    DeviceFailed,
-    Reported,
     Tick,
     TileArrived,
 )

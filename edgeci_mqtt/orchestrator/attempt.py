@@ -1,20 +1,12 @@
-"""One attempt at one request, under any strategy, as a pure state machine.
-
-:meth:`Attempt.handle` takes one event (the attempt begins, rows or a vector reached the
-orchestrator, a device failed or finished a step behind a barrier, time passed, the
-orchestrator computed a block, the devices said how far they got) and returns the actions
-to take (:mod:`~edgeci_mqtt.orchestrator.actions`: send a program or rows, keep what
-arrived, compute a block here, say go, release, give devices up, restart, finish, fail).
-No clock, no I/O, no tensors: the edge (:mod:`~edgeci_mqtt.orchestrator.attempt_edge`)
-stamps the events and carries the actions out, so every decision is unit-tested event by
-event.
+"""One attempt at one request, under any strategy, as a pure state machine:
+``Attempt.handle(event) -> actions``, with no clock, no I/O and no torch; its edge
+(:class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge`) stamps the events and carries
+out the actions, in order (:class:`Restart`, :class:`Finish` and :class:`Fail` end it).
 
 The attempt runs the holders' work of :func:`~edgeci_mqtt.orchestrator.programs.compile_plan`:
 every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
 as each boundary becomes whole, forwards its pieces, computes its own blocks and hands
-out pulled tiles.
-
-Faults:
+out pulled tiles. Work lost is redone from the last boundary the orchestrator holds whole:
 
 * a **pulled tile** whose device went offline, failed, sent a bad tile or stayed silent
   past its allowance goes back to the queue for the next idle device (its input is whole
@@ -24,8 +16,8 @@ Faults:
   last boundary the orchestrator holds whole (the image under ``flow``; the last stitched
   map under a gathering strategy);
 * past the attempt's **deadline**, every device is asked how far it got as it is released,
-  and :func:`~edgeci_mqtt.orchestrator.blame.blame` says who held the attempt up; they are
-  given up and the request restarts the same way.
+  and :func:`~edgeci_mqtt.orchestrator.programs.blame` says who held the attempt up; they
+  are given up and the request restarts the same way.
 """
 
 from __future__ import annotations
@@ -34,22 +26,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.orchestrator.actions import (
-    Action,
-    Compute,
-    Fail,
-    Finish,
-    GiveUp,
-    Go,
-    Ignore,
-    Keep,
-    Release,
-    Restart,
-    SendProgram,
-    SendRows,
-)
-from edgeci_mqtt.orchestrator.blame import blame
 from edgeci_mqtt.orchestrator.programs import (
     Answer,
     Compiled,
@@ -58,17 +36,30 @@ from edgeci_mqtt.orchestrator.programs import (
     Handout,
     Logits,
     Slice,
+    blame,
     downstream_first,
 )
 from edgeci_mqtt.wire import ProgramStep
 
 __all__ = [
+    "Action",
     "Attempt",
     "Begin",
+    "Compute",
     "Computed",
     "DeviceFailed",
     "Event",
+    "Fail",
+    "Finish",
+    "GiveUp",
+    "Go",
+    "Ignore",
+    "Keep",
+    "Release",
     "Reported",
+    "Restart",
+    "SendProgram",
+    "SendRows",
     "StepFinished",
     "Tick",
     "TileArrived",
@@ -77,13 +68,14 @@ __all__ = [
 
 OFFLINE = "went offline"
 NO_DEVICE = "no capable device remains for this inference"
+LATE = "the attempt ran past its deadline"
 
 
-# ---------------------------------------------------------------- events
+# ---------------------------------------------------------------- events: what the attempt hears
 @dataclass(frozen=True)
 class TileArrived:
-    """Rows ``region`` of the map at ``boundary`` from ``sender`` for program ``program``,
-    an array of ``shape`` and ``dtype`` (checked here against what the plan says)."""
+    """Rows ``region`` of the map at ``boundary`` from ``sender`` for ``program``: an array of
+    ``shape`` and ``dtype``, checked here against what the plan says (the edge keeps it)."""
 
     program: str
     sender: str
@@ -156,6 +148,97 @@ class Reported:
 Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
 
 
+# ---------------------------------------------------------------- actions: what it asks its edge to do
+@dataclass(frozen=True)
+class SendProgram:
+    """Program ``program`` (the id the device keys it by and answers under) to ``device``,
+    carrying the rows of the start boundary it reads (``carried``)."""
+
+    program: str
+    device: str
+    work: DeviceProgram
+    carried: Forward | None = None
+
+
+@dataclass(frozen=True)
+class SendRows:
+    program: str
+    forward: Forward
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
+
+    sender: str
+    boundary: int = -1
+    region: TileRegion | None = None
+    answer: Answer | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The orchestrator runs ``block`` on the whole map it holds (then reports :class:`Computed`)."""
+
+    block: FusedBlock
+
+
+@dataclass(frozen=True)
+class Go:
+    program: str
+    devices: tuple[str, ...]
+    boundary: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """Tell devices to drop programs, given as (program id, device) pairs (``report``: and to
+    say how far they got; the edge then tells the attempt :class:`Reported`)."""
+
+    programs: tuple[tuple[str, str], ...]
+    why: str
+    report: bool = False
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """This request uses these devices no more (``gone``: they left the device table, so
+    nothing else needs to hold them out)."""
+
+    devices: frozenset[str]
+    why: str
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class Ignore:
+    sender: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The attempt is over: re-plan without the devices given up, from ``boundary``."""
+
+    boundary: int
+    why: str
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Everything the request needs is here."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+
+
+Action = SendProgram | SendRows | Keep | Compute | Go | Release | GiveUp | Ignore | Restart | Finish | Fail
+
+
+# ---------------------------------------------------------------- the machine
 @dataclass
 class _Out:
     """A pulled tile handed out."""
@@ -163,6 +246,13 @@ class _Out:
     device: str
     handout: Handout
     deadline: float
+
+
+def _mismatch(event: TileArrived | VectorArrived, want: tuple[int, ...], what: object) -> str:
+    """Why what arrived is refused ("" if it is the float32 array of ``want``'s shape)."""
+    if event.shape == want and event.dtype == "float32":
+        return ""
+    return f"{event.sender} sent {event.dtype}{list(event.shape)} for {what}, expected float32{list(want)}"
 
 
 @dataclass
@@ -222,7 +312,6 @@ class Attempt:
             return self._reached(event.boundary, event.now)
         return self._tick(event)
 
-    # ------------------------------------------------------------ begin and whole maps
     def _begin(self, event: Begin) -> list[Action]:
         missing = set(self.work.programs) - event.online
         if missing:  # left since the plan was made: never send it there
@@ -249,7 +338,6 @@ class Attempt:
             actions += self._hand_out(now)
         return actions
 
-    # ------------------------------------------------------------ arrivals
     def _tile(self, event: TileArrived) -> list[Action]:
         sender, boundary, region = event.sender, event.boundary, event.region
         expected = self.work.collects.get(boundary, {}).get(region)
@@ -260,9 +348,8 @@ class Attempt:
             return [Ignore(sender, f"{region} was not handed to {sender} as {event.program}")]
         if expected and (event.program, sender) != (self.program, expected):
             return [Ignore(sender, f"{region} is {expected}'s to send")]
-        want = (1, self.channels[boundary], region.height, region.width)
-        if event.shape != want or event.dtype != "float32":
-            why = f"{sender} sent {event.dtype}{list(event.shape)} for {region}, expected float32{list(want)}"
+        why = _mismatch(event, (1, self.channels[boundary], region.height, region.width), region)
+        if why:
             return self._drop(event.program, sender, why, event.now) if pulled else self._lose({sender}, why)
         self.tiles.setdefault(boundary, set()).add(region)
         actions: list[Action] = [Keep(sender, boundary, region)]
@@ -278,9 +365,8 @@ class Attempt:
         key: Answer = Logits(event.sender) if event.logits else Slice(event.sender, event.features)
         if event.program != self.program or key not in self.work.answer or key in self.answered:
             return [Ignore(event.sender, f"no {key} is awaited")]
-        want = (1, self.classes if event.logits else event.features.size)
-        if event.shape != want or event.dtype != "float32":
-            why = f"{event.sender} sent {event.dtype}{list(event.shape)} for {key}, expected float32{list(want)}"
+        why = _mismatch(event, (1, self.classes if event.logits else event.features.size), key)
+        if why:
             return self._lose({event.sender}, why)
         self.answered.add(key)
         actions: list[Action] = [Keep(event.sender, answer=key)]
@@ -308,7 +394,6 @@ class Attempt:
         readers = tuple(sorted(self.work.readers.get(event.boundary, ())))
         return [Go(self.program, readers, event.boundary)] if readers else []
 
-    # ------------------------------------------------------------ time
     def _tick(self, event: Tick) -> list[Action]:
         self.online = event.online
         gone = set(self.work.programs) - event.online
@@ -323,8 +408,7 @@ class Attempt:
         actions += self._hand_out(event.now)
         if event.now > self.deadline and self.work.programs and not any(isinstance(a, Fail) for a in actions):
             self.late = True
-            why = "the attempt ran past its deadline"
-            return [*actions, Release(self._programs_out(), why, report=True)]
+            return [*actions, Release(self._programs_out(), LATE, report=True)]
         return actions
 
     # ------------------------------------------------------------ pulled tiles
@@ -377,9 +461,7 @@ class Attempt:
     def _reported(self, event: Reported) -> list[Action]:
         self.over = True
         blamed = blame(self.work, event.reports, self.orchestrator)
-        why = "the attempt ran past its deadline"
-        if not blamed:
-            why += ", though every device says it finished"
+        why = LATE if blamed else f"{LATE}, though every device says it finished"
         self.failed |= blamed
         actions: list[Action] = [GiveUp(frozenset(blamed), why)] if blamed else []
         return [*actions, Restart(self.restart_from, why, late=True)]

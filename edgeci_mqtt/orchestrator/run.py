@@ -27,12 +27,10 @@ from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.models.held import HeldModel
-from edgeci_mqtt.orchestrator.actions import Finish, Restart
-from edgeci_mqtt.orchestrator.attempt import Attempt, Begin
-from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge
+from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin, Finish, Restart
+from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge, Holdings
 from edgeci_mqtt.orchestrator.auction import Auctioneer
 from edgeci_mqtt.orchestrator.awarding import flow_plan, gather_plan
-from edgeci_mqtt.orchestrator.holdings import Holdings
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
@@ -95,23 +93,13 @@ class Timings:
     recovered_tasks: int = 0
 
     def add(self, kind: str, seconds: float) -> None:
-        """Count ``seconds`` the orchestrator spent on ``kind`` of work (as its timeline names it)."""
-        name = _TIMED[kind]
+        """Count ``seconds`` the orchestrator spent on ``kind`` of work (as its timeline names
+        it: its ``prepare`` is the scatter)."""
+        name = "scatter_s" if kind == "prepare" else f"{kind}_s"
         setattr(self, name, getattr(self, name) + seconds)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
-
-
-_TIMED = {
-    "plan": "plan_s",
-    "auction": "auction_s",
-    "prepare": "scatter_s",
-    "merge": "merge_s",
-    "gateway": "gateway_s",
-    "tail": "tail_s",
-}
-"""The :class:`Timings` field of each kind of the orchestrator's work on the timeline."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +229,7 @@ class Run:
             views = [v for v in self.setup.devices() if v.name not in self.failed]
             views = [v for v in views if v.name not in self.mail.silence] or views  # work for those who answer
             if not views:
-                raise InferenceError("no capable device remains for this inference")
+                raise InferenceError(NO_DEVICE)
             plan = self._plan(views, start, attempt)
             outcome, work = self._attempt(f"{self.request}.{attempt}", plan, start, holdings, late)
             if isinstance(outcome, Finish):
@@ -279,7 +267,7 @@ class Run:
             work = compile_plan(plan, self.orchestrator, start)
         except PlanningError as exc:
             raise InferenceError(f"the plan cannot run: {exc}") from exc
-        self.used |= work.devices
+        self.used |= set(work.programs)
         expected = plan.predicted_s + self.setup.backlog_s
         allowance = attempt_allowance(expected, self.services.min_allowance_s, late)
         started = time.perf_counter()
@@ -300,7 +288,7 @@ class Run:
                         self.setup.prepare(device, step.block)
                 outcome = edge.drive(machine.handle(Begin(time.perf_counter(), self.online())))
             except BaseException:
-                edge.release_all("attempt failed")
+                edge.release(sorted(edge.out), "attempt failed")
                 raise
         self.timings.wait_s += time.perf_counter() - started
         self.timings.recovered_tasks += machine.recovered
