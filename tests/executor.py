@@ -11,18 +11,20 @@ import torch
 from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step, validate_program
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.attempt import (
+from edgeci_mqtt.orchestrator.actions import (
     Action,
-    Attempt,
-    Begin,
     Compute,
-    Computed,
-    Event,
     Finish,
     Go,
     Keep,
     SendProgram,
     SendRows,
+)
+from edgeci_mqtt.orchestrator.attempt import (
+    Attempt,
+    Begin,
+    Computed,
+    Event,
     StepFinished,
 )
 from edgeci_mqtt.orchestrator.attempt_edge import Holdings, arrival, program_message

@@ -11,22 +11,24 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Begin,
+from edgeci_mqtt.orchestrator.actions import (
     Compute,
-    Computed,
-    DeviceFailed,
     Fail,
     Finish,
     GiveUp,
     Ignore,
     Keep,
     Release,
-    Reported,
     Restart,
     SendProgram,
     SendRows,
+)
+from edgeci_mqtt.orchestrator.attempt import (
+    Attempt,
+    Begin,
+    Computed,
+    DeviceFailed,
+    Reported,
     Tick,
     TileArrived,
 )

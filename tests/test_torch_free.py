@@ -21,6 +21,7 @@ TORCH_FREE = (
     "edgeci_mqtt.timeline",
     "edgeci_mqtt.wire",
     "edgeci_mqtt.wire.access",
+    "edgeci_mqtt.orchestrator.actions",
     "edgeci_mqtt.orchestrator.attempt",
     "edgeci_mqtt.orchestrator.programs",
 )

@@ -1,23 +1,15 @@
 """One attempt at one request, under any strategy, as a pure state machine:
-``Attempt.handle(event) -> actions``, with no clock, no I/O and no torch; its edge
+``Attempt.handle(event) -> actions``, without a clock, I/O or torch. Its edge
 (:class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge`) stamps the events and carries
-out the actions, in order (:class:`Restart`, :class:`Finish` and :class:`Fail` end it).
+out the actions in order; :class:`Restart`, :class:`Finish` and :class:`Fail` end it.
 
-The attempt runs the holders' work of :func:`~edgeci_mqtt.orchestrator.programs.compile_plan`:
-every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
-as each boundary becomes whole, forwards its pieces, computes its own blocks and hands
-out pulled tiles. Work lost is redone from the last boundary the orchestrator holds whole:
-
-* a **pulled tile** whose device went offline, failed, sent a bad tile or stayed silent
-  past its allowance goes back to the queue for the next idle device (its input is whole
-  here): DeepThings' own recovery;
-* a **program** whose device went offline, failed or sent a bad tile ends the attempt: every
-  device is told to drop it, and the request is re-planned without that device from the
-  last boundary the orchestrator holds whole (the image under ``flow``; the last stitched
-  map under a gathering strategy);
-* past the attempt's **deadline**, every device is asked how far it got as it is released,
-  and :func:`~edgeci_mqtt.orchestrator.programs.blame` says who held the attempt up; they
-  are given up and the request restarts the same way.
+Work lost is redone from the last boundary the orchestrator holds whole. A pulled tile
+whose device left, failed, sent a bad tile or stayed silent past its allowance goes back
+to the queue for the next idle device (DeepThings' own recovery). A program whose device
+left, failed or sent a bad tile ends the attempt: every device is released and the request
+is re-planned without that device. Past the attempt's deadline every device is asked how
+far it got as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names
+whom to give up before the restart.
 """
 
 from __future__ import annotations
@@ -26,40 +18,39 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.orchestrator.actions import (
+    Action,
+    Compute,
+    Fail,
+    Finish,
+    GiveUp,
+    Go,
+    Ignore,
+    Keep,
+    Release,
+    Restart,
+    SendProgram,
+    SendRows,
+)
 from edgeci_mqtt.orchestrator.programs import (
     Answer,
     Compiled,
     DeviceProgram,
     Forward,
-    Handout,
     Logits,
-    Slice,
     blame,
     downstream_first,
 )
-from edgeci_mqtt.wire import ProgramStep
+from edgeci_mqtt.wire import ProgramStep, SliceFrom
 
 __all__ = [
-    "Action",
     "Attempt",
     "Begin",
-    "Compute",
     "Computed",
     "DeviceFailed",
     "Event",
-    "Fail",
-    "Finish",
-    "GiveUp",
-    "Go",
-    "Ignore",
-    "Keep",
-    "Release",
     "Reported",
-    "Restart",
-    "SendProgram",
-    "SendRows",
     "StepFinished",
     "Tick",
     "TileArrived",
@@ -71,7 +62,7 @@ NO_DEVICE = "no capable device remains for this inference"
 LATE = "the attempt ran past its deadline"
 
 
-# ---------------------------------------------------------------- events: what the attempt hears
+# ---------------------------------------------------------------- events
 @dataclass(frozen=True)
 class TileArrived:
     """Rows ``region`` of the map at ``boundary`` from ``sender`` for ``program``: an array of
@@ -148,103 +139,13 @@ class Reported:
 Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
 
 
-# ---------------------------------------------------------------- actions: what it asks its edge to do
-@dataclass(frozen=True)
-class SendProgram:
-    """Program ``program`` (the id the device keys it by and answers under) to ``device``,
-    carrying the rows of the start boundary it reads (``carried``)."""
-
-    program: str
-    device: str
-    work: DeviceProgram
-    carried: Forward | None = None
-
-
-@dataclass(frozen=True)
-class SendRows:
-    program: str
-    forward: Forward
-
-
-@dataclass(frozen=True)
-class Keep:
-    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
-
-    sender: str
-    boundary: int = -1
-    region: TileRegion | None = None
-    answer: Answer | None = None
-
-
-@dataclass(frozen=True)
-class Compute:
-    """The orchestrator runs ``block`` on the whole map it holds (then reports :class:`Computed`)."""
-
-    block: FusedBlock
-
-
-@dataclass(frozen=True)
-class Go:
-    program: str
-    devices: tuple[str, ...]
-    boundary: int
-
-
-@dataclass(frozen=True)
-class Release:
-    """Tell devices to drop programs, given as (program id, device) pairs (``report``: and to
-    say how far they got; the edge then tells the attempt :class:`Reported`)."""
-
-    programs: tuple[tuple[str, str], ...]
-    why: str
-    report: bool = False
-
-
-@dataclass(frozen=True)
-class GiveUp:
-    """This request uses these devices no more (``gone``: they left the device table, so
-    nothing else needs to hold them out)."""
-
-    devices: frozenset[str]
-    why: str
-    gone: bool = False
-
-
-@dataclass(frozen=True)
-class Ignore:
-    sender: str
-    why: str
-
-
-@dataclass(frozen=True)
-class Restart:
-    """The attempt is over: re-plan without the devices given up, from ``boundary``."""
-
-    boundary: int
-    why: str
-    late: bool = False
-
-
-@dataclass(frozen=True)
-class Finish:
-    """Everything the request needs is here."""
-
-
-@dataclass(frozen=True)
-class Fail:
-    reason: str
-
-
-Action = SendProgram | SendRows | Keep | Compute | Go | Release | GiveUp | Ignore | Restart | Finish | Fail
-
-
 # ---------------------------------------------------------------- the machine
 @dataclass
 class _Out:
     """A pulled tile handed out."""
 
     device: str
-    handout: Handout
+    step: ProgramStep
     deadline: float
 
 
@@ -273,7 +174,7 @@ class Attempt:
     whole: set[int] = field(default_factory=set)
     tiles: dict[int, set[TileRegion]] = field(default_factory=dict)
     answered: set[Answer] = field(default_factory=set)
-    queue: deque[Handout] = field(default_factory=deque)
+    queue: deque[ProgramStep] = field(default_factory=deque)
     out: dict[str, _Out] = field(default_factory=dict)
     unfinished: dict[int, set[str]] = field(default_factory=dict)
     online: frozenset[str] = frozenset()
@@ -298,8 +199,6 @@ class Attempt:
         if self.over or self.finished or self.late:
             sender = getattr(event, "sender", getattr(event, "device", ""))
             return [Ignore(sender, "the attempt is over")] if sender else []
-        if isinstance(event, Begin):
-            return self._begin(event)
         if isinstance(event, TileArrived):
             return self._tile(event)
         if isinstance(event, VectorArrived):
@@ -311,17 +210,6 @@ class Attempt:
         if isinstance(event, Computed):
             return self._reached(event.boundary, event.now)
         return self._tick(event)
-
-    def _begin(self, event: Begin) -> list[Action]:
-        missing = set(self.work.programs) - event.online
-        if missing:  # left since the plan was made: never send it there
-            return self._lose(missing, OFFLINE, gone=True)
-        actions: list[Action] = [
-            SendProgram(self.program, d, self.work.programs[d], self.work.carried.get(d))
-            for d in downstream_first(self.work.programs)
-        ]
-        self.online = event.online
-        return actions + self._reached(self.work.start, event.now)
 
     def _reached(self, boundary: int, now: float) -> list[Action]:
         """The orchestrator holds ``boundary`` whole: what reads it can go."""
@@ -344,7 +232,7 @@ class Attempt:
         if expected is None or region in self.tiles.get(boundary, set()):
             return [Ignore(sender, f"{region} of boundary {boundary} is not awaited")]
         pulled = self.out.get(event.program) if expected == "" else None
-        if expected == "" and (pulled is None or (pulled.device, pulled.handout.step.out_region) != (sender, region)):
+        if expected == "" and (pulled is None or (pulled.device, pulled.step.out_region) != (sender, region)):
             return [Ignore(sender, f"{region} was not handed to {sender} as {event.program}")]
         if expected and (event.program, sender) != (self.program, expected):
             return [Ignore(sender, f"{region} is {expected}'s to send")]
@@ -362,7 +250,7 @@ class Attempt:
         return actions
 
     def _vector(self, event: VectorArrived) -> list[Action]:
-        key: Answer = Logits(event.sender) if event.logits else Slice(event.sender, event.features)
+        key: Answer = Logits(event.sender) if event.logits else SliceFrom(event.sender, event.features)
         if event.program != self.program or key not in self.work.answer or key in self.answered:
             return [Ignore(event.sender, f"no {key} is awaited")]
         why = _mismatch(event, (1, self.classes if event.logits else event.features.size), key)
@@ -397,8 +285,14 @@ class Attempt:
     def _tick(self, event: Tick) -> list[Action]:
         self.online = event.online
         gone = set(self.work.programs) - event.online
-        if gone:
+        if gone:  # work on them is lost (at the start: left since the plan was made, never sent there)
             return self._lose(gone, f"{', '.join(sorted(gone))} {OFFLINE}", gone=True)
+        if isinstance(event, Begin):
+            programs = self.work.programs
+            sent = [
+                SendProgram(self.program, d, programs[d], self.work.carried.get(d)) for d in downstream_first(programs)
+            ]
+            return [*sent, *self._reached(self.work.start, event.now)]
         actions: list[Action] = []
         for program, out in list(self.out.items()):
             if out.device not in event.online:
@@ -419,12 +313,12 @@ class Attempt:
         for device in sorted(self.online - busy - self.failed):
             if not self.queue:
                 break
-            handout = self.queue.popleft()
+            step = self.queue.popleft()
             self._handed += 1
             program = f"{self.program}-{self._handed}"
-            self.out[program] = _Out(device, handout, now + self.allowance(handout.step, device))
-            first, *rest = (Forward(handout.boundary, region, device) for region in handout.pieces)
-            actions.append(SendProgram(program, device, DeviceProgram(steps=(handout.step,)), first))
+            self.out[program] = _Out(device, step, now + self.allowance(step, device))
+            first, *rest = (Forward(step.block.start, piece.region, device) for piece in step.inputs)
+            actions.append(SendProgram(program, device, DeviceProgram(steps=(step,)), first))
             actions += [SendRows(program, forward) for forward in rest]
         if self.queue and not self.out and not actions:
             self.over = True
@@ -436,7 +330,7 @@ class Attempt:
     ) -> list[Action]:
         """A pulled tile lost with its device: back to the front of the queue."""
         out = self.out.pop(program)
-        self.queue.appendleft(out.handout)
+        self.queue.appendleft(out.step)
         self.failed.add(device)
         self.recovered += 1
         actions: list[Action] = [GiveUp(frozenset({device}), why, gone)]

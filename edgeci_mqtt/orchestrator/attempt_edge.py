@@ -25,13 +25,9 @@ from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.orchestrator.attempt import (
+from edgeci_mqtt.orchestrator.actions import (
     Action,
-    Attempt,
     Compute,
-    Computed,
-    DeviceFailed,
-    Event,
     Fail,
     Finish,
     GiveUp,
@@ -39,18 +35,25 @@ from edgeci_mqtt.orchestrator.attempt import (
     Ignore,
     Keep,
     Release,
-    Reported,
     Restart,
     SendProgram,
     SendRows,
+)
+from edgeci_mqtt.orchestrator.attempt import (
+    Attempt,
+    Computed,
+    DeviceFailed,
+    Event,
+    Reported,
     StepFinished,
     Tick,
     TileArrived,
     VectorArrived,
 )
 from edgeci_mqtt.orchestrator.mailboxes import Box
-from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits, Slice
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits
 from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
@@ -63,6 +66,7 @@ from edgeci_mqtt.wire import (
     ReleaseMessage,
     ReportMessage,
     RowsMessage,
+    SliceFrom,
     VectorMessage,
     encode,
 )
@@ -129,7 +133,7 @@ class Holdings:
     def logits(self, chain: StageChain, work: Compiled) -> torch.Tensor:
         """The answer: the tail on the final map, the tail's finish on the first layer's
         slices (in feature order), or the logits a device sent."""
-        slices = sorted((a for a in self.answers if isinstance(a, Slice)), key=lambda a: a.features.start)
+        slices = sorted((a for a in self.answers if isinstance(a, SliceFrom)), key=lambda a: a.features.start)
         with torch.inference_mode():
             if work.tail_here:
                 return chain.tail(torch.from_numpy(self.maps[work.final]))
@@ -346,8 +350,9 @@ class AttemptEdge:
         if instants != sorted(instants):
             log.warning("%s: %s reported its step instants out of order: %s", run.request, report.device, instants)
             return
-        started, computed, sent = (min(max(i - run.wall_offset, run.origin), now) for i in instants)
+        # relative to the request's arrival, as every interval on the timeline
+        started, computed, sent = (min(max(i - run.wall_offset, run.origin), now) - run.origin for i in instants)
         kind = "compute" if report.block is not None else "tail"
-        run.mark(report.device, kind, started, computed, "", report.block, report.region)
+        run.timeline.append(Interval(report.device, kind, started, computed, report.block, report.region))
         if sent > computed:
-            run.mark(report.device, "send", computed, sent, "", report.block, report.region)
+            run.timeline.append(Interval(report.device, "send", computed, sent, report.block, report.region))

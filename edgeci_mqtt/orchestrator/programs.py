@@ -1,20 +1,13 @@
-"""Any strategy's plan as the work of each holder, and who held it up (pure).
+"""Any strategy's plan as every holder's work, and who held it up (pure).
 
-Every holder of rows gets its part of the request:
-
-* a **device** gets one program: its tasks as steps in block order. A step reads its
-  pieces from their holders (itself, other devices, the orchestrator) and sends each part
-  of its output to whoever reads it; the tail's part and its finish follow the steps.
-* the **orchestrator** is a holder too. It stitches the tiles sent to it into whole maps
-  (the gathering strategies send every block's output there, as their papers do) and,
-  once it holds a boundary whole, forwards the pieces devices read from it, runs the
-  blocks the plan keeps on it (DeepThings' gateway layers), and hands out the pulled
-  tiles that read it (DeepThings' work stealing: each a one-step program for whichever
-  device is idle).
-
-The attempt starts from a boundary the orchestrator holds whole (the image, or a map it
-stitched before a failure): blocks before it are done; the first step of a program gets
-its pieces of that boundary inside the program.
+A device gets one program: its tasks as steps in block order, each reading its pieces from
+their holders and sending each part of its output to whoever reads it, then its part of
+the tail. The orchestrator is a holder too: it stitches the tiles sent to it (the gathering
+strategies send every block's output there, as their papers do) and, once it holds a
+boundary whole, forwards the pieces devices read from it, runs the blocks the plan keeps on
+it (DeepThings' gateway) and hands out the pulled tiles that read it (DeepThings' work
+stealing). An attempt starts from a boundary the orchestrator holds whole (the image, or a
+map stitched before a failure); each program carries its pieces of it.
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edgeci_mqtt.core.blocks import FusedBlock
-from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.plan import Plan, producers
@@ -35,9 +28,7 @@ __all__ = [
     "Compiled",
     "DeviceProgram",
     "Forward",
-    "Handout",
     "Logits",
-    "Slice",
     "blame",
     "compile_plan",
     "downstream_first",
@@ -70,32 +61,15 @@ class Forward:
 
 
 @dataclass(frozen=True)
-class Handout:
-    """A pulled tile: a one-step program for the first idle device, once its input is whole
-    here; it carries the first piece of its input, the others follow as rows."""
-
-    step: ProgramStep
-    pieces: tuple[TileRegion, ...]
-    boundary: int
-
-
-@dataclass(frozen=True)
-class Slice:
-    """``sender``'s slice ``features`` of the tail's first fully connected layer."""
-
-    sender: str
-    features: Span
-
-
-@dataclass(frozen=True)
 class Logits:
     """The logits, from the device that finishes the tail."""
 
     sender: str
 
 
-Answer = Slice | Logits
-"""What the orchestrator waits for to end a request whose tail is not its own alone."""
+Answer = SliceFrom | Logits
+"""What the orchestrator waits for to end a request whose tail is not its own alone: the
+slices of the tail's first fully connected layer, or the logits."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +79,8 @@ class Compiled:
     ``collects[b]``: the tiles of boundary ``b`` sent to the orchestrator, each with its
     sender ("" for a pulled tile: whoever ran it). ``carried``, by device: the piece of the
     start boundary its program carries; ``forwards``, by boundary: the pieces sent as rows
-    once the orchestrator holds it whole. ``answer``: what ends the request when the tail is
+    once the orchestrator holds it whole; ``handouts``, by boundary: the pulled tiles' steps,
+    handed out once it is whole. ``answer``: what ends the request when the tail is
     not the orchestrator's alone (the first layer's slices, or the logits). Behind a
     barrier, by boundary: the devices with a step ending there (``barrier``) and reading it
     (``readers``).
@@ -117,7 +92,7 @@ class Compiled:
     collects: Mapping[int, Mapping[TileRegion, str]] = field(default_factory=dict)
     carried: Mapping[str, Forward] = field(default_factory=dict)
     forwards: Mapping[int, tuple[Forward, ...]] = field(default_factory=dict)
-    handouts: Mapping[int, tuple[Handout, ...]] = field(default_factory=dict)
+    handouts: Mapping[int, tuple[ProgramStep, ...]] = field(default_factory=dict)
     local: Mapping[int, FusedBlock] = field(default_factory=dict)
     answer: frozenset[Answer] = frozenset()
     barrier: Mapping[int, frozenset[str]] = field(default_factory=dict)
@@ -178,7 +153,7 @@ def _tail_roles(
     if not tail.parts:
         return roles, None, frozenset({Logits(tail.finisher)})
     if tail.finisher == ORCHESTRATOR:
-        return roles, None, frozenset(Slice(d, s) for d, s in tail.parts)
+        return roles, None, frozenset(SliceFrom(d, s) for d, s in tail.parts)
     finish = FinishRole(tuple(SliceFrom(_name(d, orchestrator), s) for d, s in tail.parts), orchestrator)
     return roles, finish, frozenset({Logits(tail.finisher)})
 
@@ -197,7 +172,7 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
     collects: dict[int, dict[TileRegion, str]] = {}
     carried: dict[str, Forward] = {}
     forwards: dict[int, list[Forward]] = {}
-    handouts: dict[int, list[Handout]] = {}
+    handouts: dict[int, list[ProgramStep]] = {}
     local: dict[int, FusedBlock] = {}
     barrier: dict[int, frozenset[str]] = {}
     readers: dict[int, frozenset[str]] = {}
@@ -216,8 +191,7 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
             if task.output == ORCHESTRATOR:
                 collects.setdefault(block.stop, {})[task.out_region] = task.device
             if block_plan.dispatch == "pull":
-                pieces = tuple(p.region for p in task.inputs)
-                handouts.setdefault(block.start, []).append(Handout(step, pieces, block.start))
+                handouts.setdefault(block.start, []).append(step)
                 continue
             if not task.device:
                 raise PlanningError(f"block {block}: task {task.out_region} has no device to run on")

@@ -27,7 +27,8 @@ from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.models.held import HeldModel
-from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin, Finish, Restart
+from edgeci_mqtt.orchestrator.actions import Finish, Restart
+from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin
 from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge, Holdings
 from edgeci_mqtt.orchestrator.auction import Auctioneer
 from edgeci_mqtt.orchestrator.awarding import flow_plan, gather_plan
@@ -187,20 +188,6 @@ class Run:
         if self.setup.deadline.passed(time.perf_counter()):
             raise InferenceError(f"{self.request}: the client's deadline passed; stopped unfinished")
 
-    def mark(
-        self,
-        resource: str,
-        kind: str,
-        start: float,
-        end: float,
-        note: str = "",
-        block: FusedBlock | None = None,
-        region: TileRegion | None = None,
-    ) -> None:
-        """Record an interval (``perf_counter`` times) if this request is traced."""
-        if self.timeline is not None:
-            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, block, region, note))
-
     def spent(
         self,
         kind: str,
@@ -210,11 +197,14 @@ class Run:
         region: TileRegion | None = None,
         end: float | None = None,
     ) -> None:
-        """The orchestrator did ``kind`` of work from ``start`` to ``end`` (None: now):
-        counted in the :class:`Timings` and marked if traced."""
+        """The orchestrator did ``kind`` of work from ``start`` to ``end`` (``perf_counter``
+        times; None: now): counted in the :class:`Timings` and, if this request is traced,
+        on its timeline."""
         end = time.perf_counter() if end is None else end
         self.timings.add(kind, end - start)
-        self.mark(ORCHESTRATOR, kind, start, end, note, block, region)
+        if self.timeline is not None:
+            interval = Interval(ORCHESTRATOR, kind, start - self.origin, end - self.origin, block, region, note)
+            self.timeline.append(interval)
 
     def online(self) -> frozenset[str]:
         return frozenset(v.name for v in self.setup.devices())
@@ -233,7 +223,10 @@ class Run:
             plan = self._plan(views, start, attempt)
             outcome, work = self._attempt(f"{self.request}.{attempt}", plan, start, holdings, late)
             if isinstance(outcome, Finish):
-                return self._finish(plan, holdings, work)
+                started = time.perf_counter()
+                logits = holdings.logits(self.held.chain, work)
+                self.spent("tail", started, _tail_note(plan))
+                return logits
             late += outcome.late
             self.timings.recovered_tasks += 1
             reasons.append(outcome.why)
@@ -252,12 +245,6 @@ class Run:
         names = {v.name for v in views}
         stale = any(d not in names for d in self.plan.devices)
         return gather_plan(self, views, start, auction=self.plan.auctioned or attempt > 1 or stale)
-
-    def _finish(self, plan: Plan, holdings: Holdings, work: Compiled) -> torch.Tensor:
-        started = time.perf_counter()
-        logits = holdings.logits(self.held.chain, work)
-        self.spent("tail", started, _tail_note(plan))
-        return logits
 
     # ------------------------------------------------------------ one attempt
     def _attempt(
