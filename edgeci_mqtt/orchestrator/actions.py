@@ -8,7 +8,10 @@ it handles; :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from numpy.typing import NDArray
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
@@ -49,9 +52,10 @@ class SendRows:
 
 @dataclass(frozen=True)
 class Keep:
-    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
+    """Keep the array ``sender`` sent: a tile of a boundary's map (``region``) or an answer."""
 
     sender: str
+    array: NDArray[Any] = field(compare=False)
     boundary: int = -1
     region: TileRegion | None = None
     answer: Answer | None = None

@@ -17,8 +17,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgeci_mqtt.core.geometry import Span, TileRegion
+from numpy.typing import NDArray
+
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.orchestrator.actions import (
     Action,
     Compute,
@@ -42,20 +45,9 @@ from edgeci_mqtt.orchestrator.programs import (
     blame,
     downstream_first,
 )
-from edgeci_mqtt.wire import ProgramStep, SliceFrom
+from edgeci_mqtt.wire import DoneMessage, FailureMessage, ProgramStep, RowsMessage, SliceFrom, VectorMessage
 
-__all__ = [
-    "Attempt",
-    "Begin",
-    "Computed",
-    "DeviceFailed",
-    "Event",
-    "Reported",
-    "StepFinished",
-    "Tick",
-    "TileArrived",
-    "VectorArrived",
-]
+__all__ = ["Arrived", "Attempt", "Begin", "Computed", "Event", "Reported", "Tick"]
 
 OFFLINE = "went offline"
 NO_DEVICE = "no capable device remains for this inference"
@@ -64,47 +56,18 @@ LATE = "the attempt ran past its deadline"
 
 # ---------------------------------------------------------------- events
 @dataclass(frozen=True)
-class TileArrived:
-    """Rows ``region`` of the map at ``boundary`` from ``sender`` for ``program``: an array of
-    ``shape`` and ``dtype``, checked here against what the plan says (the edge keeps it)."""
+class Arrived:
+    """A device's ``message`` about a program reached the orchestrator at ``now``: rows or a
+    vector (its array's shape and type are checked here, once, against the plan), its
+    failure, or its step finished behind a barrier."""
 
-    program: str
-    sender: str
-    boundary: int
-    region: TileRegion
-    shape: tuple[int, ...]
-    dtype: str
+    message: RowsMessage | VectorMessage | FailureMessage | DoneMessage
     now: float
 
-
-@dataclass(frozen=True)
-class VectorArrived:
-    """A slice ``features`` of the tail's first layer, or the logits, from ``sender``."""
-
-    program: str
-    sender: str
-    features: Span
-    logits: bool
-    shape: tuple[int, ...]
-    dtype: str
-    now: float
-
-
-@dataclass(frozen=True)
-class DeviceFailed:
-    program: str
-    device: str
-    why: str
-    now: float
-
-
-@dataclass(frozen=True)
-class StepFinished:
-    """Behind a barrier: ``device`` finished its step ending at ``boundary``."""
-
-    program: str
-    device: str
-    boundary: int
+    @property
+    def sender(self) -> str:
+        message = self.message
+        return message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
 
 
 @dataclass(frozen=True)
@@ -136,7 +99,7 @@ class Reported:
     reports: Mapping[str, tuple[int, tuple[str, ...]]]
 
 
-Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
+Event = Arrived | Tick | Computed | Reported
 
 
 # ---------------------------------------------------------------- the machine
@@ -149,11 +112,11 @@ class _Out:
     deadline: float
 
 
-def _mismatch(event: TileArrived | VectorArrived, want: tuple[int, ...], what: object) -> str:
+def _mismatch(sender: str, array: NDArray[Any], want: tuple[int, ...], what: object) -> str:
     """Why what arrived is refused ("" if it is the float32 array of ``want``'s shape)."""
-    if event.shape == want and event.dtype == "float32":
+    if array.shape == want and str(array.dtype) == "float32":
         return ""
-    return f"{event.sender} sent {event.dtype}{list(event.shape)} for {what}, expected float32{list(want)}"
+    return f"{sender} sent {array.dtype}{list(array.shape)} for {what}, expected float32{list(want)}"
 
 
 @dataclass
@@ -197,19 +160,19 @@ class Attempt:
         if isinstance(event, Reported):
             return self._reported(event) if self.late and not self.over else []
         if self.over or self.finished or self.late:
-            sender = getattr(event, "sender", getattr(event, "device", ""))
-            return [Ignore(sender, "the attempt is over")] if sender else []
-        if isinstance(event, TileArrived):
-            return self._tile(event)
-        if isinstance(event, VectorArrived):
-            return self._vector(event)
-        if isinstance(event, DeviceFailed):
-            return self._device_failed(event)
-        if isinstance(event, StepFinished):
-            return self._step_finished(event)
+            return [Ignore(event.sender, "the attempt is over")] if isinstance(event, Arrived) else []
         if isinstance(event, Computed):
             return self._reached(event.boundary, event.now)
-        return self._tick(event)
+        if isinstance(event, Tick):
+            return self._tick(event)
+        message, now = event.message, event.now
+        if isinstance(message, RowsMessage):
+            return self._rows(message, now)
+        if isinstance(message, VectorMessage):
+            return self._vector(message)
+        if isinstance(message, FailureMessage):
+            return self._device_failed(message, now)
+        return self._step_finished(message)
 
     def _reached(self, boundary: int, now: float) -> list[Action]:
         """The orchestrator holds ``boundary`` whole: what reads it can go."""
@@ -226,61 +189,64 @@ class Attempt:
             actions += self._hand_out(now)
         return actions
 
-    def _tile(self, event: TileArrived) -> list[Action]:
-        sender, boundary, region = event.sender, event.boundary, event.region
+    def _rows(self, message: RowsMessage, now: float) -> list[Action]:
+        program, sender, boundary, region = message.request, message.sender, message.boundary, message.region
         expected = self.work.collects.get(boundary, {}).get(region)
         if expected is None or region in self.tiles.get(boundary, set()):
             return [Ignore(sender, f"{region} of boundary {boundary} is not awaited")]
-        pulled = self.out.get(event.program) if expected == "" else None
+        pulled = self.out.get(program) if expected == "" else None
         if expected == "" and (pulled is None or (pulled.device, pulled.step.out_region) != (sender, region)):
-            return [Ignore(sender, f"{region} was not handed to {sender} as {event.program}")]
-        if expected and (event.program, sender) != (self.program, expected):
+            return [Ignore(sender, f"{region} was not handed to {sender} as {program}")]
+        if expected and (program, sender) != (self.program, expected):
             return [Ignore(sender, f"{region} is {expected}'s to send")]
-        why = _mismatch(event, (1, self.channels[boundary], region.height, region.width), region)
+        array = message.rows.array
+        why = _mismatch(sender, array, (1, self.channels[boundary], region.height, region.width), region)
         if why:
-            return self._drop(event.program, sender, why, event.now) if pulled else self._lose({sender}, why)
+            return self._drop(program, sender, why, now) if pulled else self._lose({sender}, why)
         self.tiles.setdefault(boundary, set()).add(region)
-        actions: list[Action] = [Keep(sender, boundary, region)]
+        actions: list[Action] = [Keep(sender, array, boundary, region)]
         if pulled is not None:
-            del self.out[event.program]
+            del self.out[program]
         if len(self.tiles[boundary]) == len(self.work.collects[boundary]):
-            actions += self._reached(boundary, event.now)
+            actions += self._reached(boundary, now)
         elif pulled is not None:
-            actions += self._hand_out(event.now)  # the sender is idle again
+            actions += self._hand_out(now)  # the sender is idle again
         return actions
 
-    def _vector(self, event: VectorArrived) -> list[Action]:
-        key: Answer = Logits(event.sender) if event.logits else SliceFrom(event.sender, event.features)
-        if event.program != self.program or key not in self.work.answer or key in self.answered:
-            return [Ignore(event.sender, f"no {key} is awaited")]
-        why = _mismatch(event, (1, self.classes if event.logits else event.features.size), key)
+    def _vector(self, message: VectorMessage) -> list[Action]:
+        sender, features = message.sender, message.features
+        key: Answer = Logits(sender) if message.logits else SliceFrom(sender, features)
+        if message.request != self.program or key not in self.work.answer or key in self.answered:
+            return [Ignore(sender, f"no {key} is awaited")]
+        why = _mismatch(sender, message.values.array, (1, self.classes if message.logits else features.size), key)
         if why:
-            return self._lose({event.sender}, why)
+            return self._lose({sender}, why)
         self.answered.add(key)
-        actions: list[Action] = [Keep(event.sender, answer=key)]
+        actions: list[Action] = [Keep(sender, message.values.array, answer=key)]
         if self.answered == set(self.work.answer):
             self.finished = True
             actions.append(Finish())
         return actions
 
-    def _device_failed(self, event: DeviceFailed) -> list[Action]:
-        pulled = self.out.get(event.program)
-        if pulled is not None and pulled.device == event.device:
-            return self._drop(event.program, event.device, event.why, event.now)
-        if event.program == self.program and event.device in self.work.programs:
-            return self._lose({event.device}, event.why)
-        return [Ignore(event.device, f"{event.program} is not its program here")]
+    def _device_failed(self, message: FailureMessage, now: float) -> list[Action]:
+        program, device = message.request, message.device
+        pulled = self.out.get(program)
+        if pulled is not None and pulled.device == device:
+            return self._drop(program, device, message.error, now)
+        if program == self.program and device in self.work.programs:
+            return self._lose({device}, message.error)
+        return [Ignore(device, f"{program} is not its program here")]
 
-    def _step_finished(self, event: StepFinished) -> list[Action]:
-        waiting = self.unfinished.get(event.boundary)
-        if event.program != self.program or waiting is None or event.device not in waiting:
+    def _step_finished(self, message: DoneMessage) -> list[Action]:
+        waiting = self.unfinished.get(message.boundary)
+        if message.request != self.program or waiting is None or message.device not in waiting:
             return []
-        waiting.discard(event.device)
+        waiting.discard(message.device)
         if waiting:
             return []
-        del self.unfinished[event.boundary]
-        readers = tuple(sorted(self.work.readers.get(event.boundary, ())))
-        return [Go(self.program, readers, event.boundary)] if readers else []
+        del self.unfinished[message.boundary]
+        readers = tuple(sorted(self.work.readers.get(message.boundary, ())))
+        return [Go(self.program, readers, message.boundary)] if readers else []
 
     def _tick(self, event: Tick) -> list[Action]:
         self.online = event.online

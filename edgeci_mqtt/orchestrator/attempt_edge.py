@@ -39,17 +39,7 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Computed,
-    DeviceFailed,
-    Event,
-    Reported,
-    StepFinished,
-    Tick,
-    TileArrived,
-    VectorArrived,
-)
+from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Computed, Event, Reported, Tick
 from edgeci_mqtt.orchestrator.mailboxes import Box
 from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits
 from edgeci_mqtt.planner.plan import Plan
@@ -57,8 +47,6 @@ from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
-    DoneMessage,
-    FailureMessage,
     GoMessage,
     PackedArray,
     ProgramMessage,
@@ -67,14 +55,13 @@ from edgeci_mqtt.wire import (
     ReportMessage,
     RowsMessage,
     SliceFrom,
-    VectorMessage,
     encode,
 )
 
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
 
-__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "Holdings", "arrival", "program_message"]
+__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "Holdings", "program_message"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -144,16 +131,6 @@ class Holdings:
             return torch.from_numpy(self.answers[logits])
 
 
-def arrival(message: RowsMessage | VectorMessage, now: float) -> tuple[TileArrived | VectorArrived, np.ndarray]:
-    """The event of rows or a vector reaching the orchestrator at ``now``, and the array it
-    brought (the attempt sees only its shape and type; the edge keeps the array)."""
-    array = message.rows.array if isinstance(message, RowsMessage) else message.values.array
-    shape, dtype = tuple(array.shape), str(array.dtype)
-    if isinstance(message, RowsMessage):
-        return TileArrived(message.request, message.sender, message.boundary, message.region, shape, dtype, now), array
-    return VectorArrived(message.request, message.sender, message.features, message.logits, shape, dtype, now), array
-
-
 def program_message(
     action: SendProgram,
     plan: Plan,
@@ -198,7 +175,6 @@ class AttemptEdge:
         self.box, self.expires_s = box, expires_s
         self.out: set[tuple[str, str]] = set()  # (program id, device) that may hold rows (one id, many devices)
         self.reported: set[tuple[str, str, int]] = set()  # (program, device, item) on the timeline
-        self._array: np.ndarray = np.zeros(0, np.float32)  # what the event being handled brought
 
     def drive(self, actions: list[Action]) -> Finish | Restart:
         while (outcome := self.perform(actions)) is None:
@@ -219,16 +195,11 @@ class AttemptEdge:
                 arrived, message = self.box.get(timeout=POLL_S)
             except queue.Empty:
                 return tick
-        if isinstance(message, RowsMessage | VectorMessage):
-            event, self._array = arrival(message, arrived)
-            return event
-        if isinstance(message, FailureMessage):
-            return DeviceFailed(message.request, message.device, message.error, arrived)
-        if isinstance(message, DoneMessage):
-            return StepFinished(message.request, message.device, message.boundary)
         if isinstance(message, ReportMessage):
             self._mark_report(message)
-        return Tick(time.perf_counter(), self.run.online())  # a report, or a progress nobody asked for now
+        if isinstance(message, ReportMessage | ProgressMessage):  # a progress nobody asked for now
+            return Tick(time.perf_counter(), self.run.online())
+        return Arrived(message, arrived)
 
     def perform(self, actions: list[Action]) -> Finish | Restart | None:
         """Carry out ``actions`` in order; what the attempt answers to a block computed here
@@ -298,9 +269,9 @@ class AttemptEdge:
     def _keep(self, action: Keep) -> None:
         started = time.perf_counter()
         if action.answer is not None:
-            self.holdings.answers[action.answer] = self._array
+            self.holdings.answers[action.answer] = action.array
         elif action.region is not None:
-            self.holdings.keep(action.boundary, action.region, self._array)
+            self.holdings.keep(action.boundary, action.region, action.array)
             self.run.spent("merge", started, action.sender, None, action.region)
 
     def _compute(self, action: Compute) -> list[Action]:
