@@ -1,10 +1,6 @@
-"""What an attempt asks its edge to do.
-
-The pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt` returns these from each event
-it handles; :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries them out
-(publishing, keeping what arrived, computing here), in order. :class:`Restart`,
-:class:`Finish` and :class:`Fail` end the attempt.
-"""
+"""What an attempt asks its edge to do: the pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt`
+returns these from each event, :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge`
+carries them out in order. :class:`Restart`, :class:`Finish` and :class:`Fail` end the attempt."""
 
 from __future__ import annotations
 

@@ -36,15 +36,7 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.programs import (
-    Answer,
-    Compiled,
-    DeviceProgram,
-    Forward,
-    Logits,
-    blame,
-    downstream_first,
-)
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, DeviceProgram, Forward, Logits, blame, downstream_first
 from edgeci_mqtt.wire import DoneMessage, FailureMessage, ProgramStep, RowsMessage, SliceFrom, VectorMessage
 
 __all__ = ["Arrived", "Attempt", "Begin", "Computed", "Event", "Reported", "Tick"]

@@ -1,10 +1,7 @@
-"""The edge of one attempt: it carries out what the pure
-:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides, and feeds it what arrives.
-
-It stamps events with the clock and the devices online, publishes programs, rows,
-go-aheads and releases, keeps what arrives in the request's :class:`Holdings`, computes
-what the plan keeps on the orchestrator, and records the traced timeline through its
-:class:`~edgeci_mqtt.orchestrator.run.Run`.
+"""The edge of one attempt: it feeds the pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt`
+what arrives, stamped with the clock and the devices online, and carries out what it
+decides: it publishes, keeps what arrives in the request's :class:`Holdings`, computes what
+the plan keeps here, and records the traced timeline through its :class:`~edgeci_mqtt.orchestrator.run.Run`.
 """
 
 from __future__ import annotations
@@ -206,19 +203,30 @@ class AttemptEdge:
         or to the reports of a late attempt is carried out next, before the rest."""
         run, pending = self.run, deque(actions)
         while pending:
-            action = pending.popleft()
+            action, started = pending.popleft(), time.perf_counter()
             if isinstance(action, SendProgram):
                 self._send_program(action)
             elif isinstance(action, SendRows):
-                self._send_rows(action)
+                forward = action.forward
+                rows = PackedArray(self.holdings.cut(forward.boundary, forward.region), "raw")
+                message = RowsMessage(action.program, run.orchestrator, forward.boundary, forward.region, rows)
+                topic = DEVICE_ROWS.build(device=forward.to, sender=run.orchestrator, request=action.program)
+                run.services.publish(topic, encode(message))
+                run.spent("prepare", started, forward.to, None, forward.region)
+            elif isinstance(action, Keep) and action.answer is not None:
+                self.holdings.answers[action.answer] = action.array
             elif isinstance(action, Keep):
-                self._keep(action)
-            elif isinstance(action, Compute):
-                pending.extendleft(reversed(self._compute(action)))
+                assert action.region is not None, "a tile kept has its region"
+                self.holdings.keep(action.boundary, action.region, action.array)
+                run.spent("merge", started, action.sender, None, action.region)
+            elif isinstance(action, Compute):  # on the whole map held here; the attempt hears it is done
+                self.holdings.compute(run.held.chain, action.block)
+                shape = run.shapes[action.block.stop]
+                run.spent("gateway", started, "", action.block, TileRegion.whole(shape.height, shape.width))
+                pending.extendleft(reversed(self.machine.handle(Computed(action.block.stop, time.perf_counter()))))
             elif isinstance(action, Go):
                 for device in action.devices:
-                    go = GoMessage(action.program, run.orchestrator, action.boundary)
-                    run.services.publish(DEVICE_TASKS.build(device=device), encode(go))
+                    self._tell(device, GoMessage(action.program, run.orchestrator, action.boundary))
             elif isinstance(action, Release):
                 self.release(action.programs, action.why, action.report)
                 if action.report:  # the devices say how far they got; the attempt decides whom to blame
@@ -234,6 +242,9 @@ class AttemptEdge:
             else:  # Finish or Restart: the attempt is over
                 return action
         return None
+
+    def _tell(self, device: str, message: ProgramMessage | GoMessage | ReleaseMessage) -> None:
+        self.run.services.publish(DEVICE_TASKS.build(device=device), encode(message))
 
     def _send_program(self, action: SendProgram) -> None:
         run, work, started = self.run, action.work, time.perf_counter()
@@ -251,45 +262,19 @@ class AttemptEdge:
             deadline_s=run.setup.deadline.wire(time.perf_counter()),  # the client's, as seconds left
             trace=run.timeline is not None,
         )
-        run.services.publish(DEVICE_TASKS.build(device=action.device), encode(message))
+        self._tell(action.device, message)
         self.out.add((action.program, action.device))
         run.used.add(action.device)
         only = work.steps[0] if len(work.steps) == 1 else None
         block, region = (only.block, only.out_region) if only else (None, None)
         run.spent("prepare", started, action.device, block, region)
 
-    def _send_rows(self, action: SendRows) -> None:
-        run, forward, started = self.run, action.forward, time.perf_counter()
-        rows = PackedArray(self.holdings.cut(forward.boundary, forward.region), "raw")
-        message = RowsMessage(action.program, run.orchestrator, forward.boundary, forward.region, rows)
-        topic = DEVICE_ROWS.build(device=forward.to, sender=run.orchestrator, request=action.program)
-        run.services.publish(topic, encode(message))
-        run.spent("prepare", started, forward.to, None, forward.region)
-
-    def _keep(self, action: Keep) -> None:
-        started = time.perf_counter()
-        if action.answer is not None:
-            self.holdings.answers[action.answer] = action.array
-        elif action.region is not None:
-            self.holdings.keep(action.boundary, action.region, action.array)
-            self.run.spent("merge", started, action.sender, None, action.region)
-
-    def _compute(self, action: Compute) -> list[Action]:
-        """A block the plan keeps here, on the whole map the orchestrator holds; the attempt
-        hears that it is done."""
-        run, block, started = self.run, action.block, time.perf_counter()
-        self.holdings.compute(run.held.chain, block)
-        shape = run.shapes[block.stop]
-        run.spent("gateway", started, "", block, TileRegion.whole(shape.height, shape.width))
-        return self.machine.handle(Computed(block.stop, time.perf_counter()))
-
     def release(self, programs: Sequence[tuple[str, str]], why: str, report: bool = False) -> None:
         """Tell devices to drop programs of the attempt (``report``: and to say how far they
         got); a device that is gone, or one the broker cannot reach, drops them when they expire."""
         for program, device in programs:
             try:
-                release = ReleaseMessage(program, self.run.orchestrator, why, report)
-                self.run.services.publish(DEVICE_TASKS.build(device=device), encode(release))
+                self._tell(device, ReleaseMessage(program, self.run.orchestrator, why, report))
             except Exception as exc:  # the broker may be gone too; expiry covers it
                 log.warning("%s: cannot release %s on %s: %s", self.run.request, program, device, exc)
             self.out.discard((program, device))

@@ -23,16 +23,7 @@ from edgeci_mqtt.planner.plan import Plan, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
 from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole, WorkItem, work_items
 
-__all__ = [
-    "Answer",
-    "Compiled",
-    "DeviceProgram",
-    "Forward",
-    "Logits",
-    "blame",
-    "compile_plan",
-    "downstream_first",
-]
+__all__ = ["Answer", "Compiled", "DeviceProgram", "Forward", "Logits", "blame", "compile_plan", "downstream_first"]
 
 
 @dataclass(frozen=True)

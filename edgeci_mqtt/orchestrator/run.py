@@ -1,13 +1,11 @@
 """One request on the cluster, under any strategy: attempts of its plan until the answer.
 
-Each attempt compiles the plan into every holder's work
-(:func:`~edgeci_mqtt.orchestrator.programs.compile_plan`); the pure
-:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides what happens, and its
+Each attempt compiles the plan into every holder's work; the pure
+:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides and its
 :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries that out. An attempt
 that ends in a restart is re-planned without the devices it gave up, from the boundary it
 says, under a new program id so that no stale row can mix in (after a missed deadline,
-with twice the time: :func:`attempt_allowance`); after :data:`MAX_ATTEMPTS` the request
-fails with a clear error.
+with twice the time); after :data:`MAX_ATTEMPTS` the request fails with a clear error.
 """
 
 from __future__ import annotations
@@ -49,8 +47,7 @@ __all__ = [
     "RunServices",
     "RunSetup",
     "Timings",
-    "attempt_allowance",
-    "task_allowance",
+    "allowance",
 ]
 
 log = logging.getLogger("edgeci.orchestrator")
@@ -64,20 +61,13 @@ EXPIRY_MARGIN_S = 30.0
 its program arrived), released or not: never while the orchestrator still waits for it."""
 
 
-def task_allowance(predicted_s: float, min_allowance_s: float) -> float:
-    """How long work predicted to take ``predicted_s`` may take before it is given up:
-    :data:`DEADLINE_FACTOR` times that, at least ``min_allowance_s``, at most
-    :data:`MAX_TASK_DEADLINE_S`."""
-    return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s))
-
-
-def attempt_allowance(expected_s: float, min_allowance_s: float, late: int) -> float:
-    """How long an attempt waits for what it is owed: the :func:`task_allowance` of the
-    seconds predicted for it (its plan and the work already handed out), doubled for each
-    earlier attempt that ran past its deadline: the devices that missed it were online, so
-    they may have been busy rather than lost; the next attempt, re-planned without them,
-    allows more."""
-    return min(MAX_TASK_DEADLINE_S, task_allowance(expected_s, min_allowance_s) * 2**late)
+def allowance(predicted_s: float, min_allowance_s: float, late: int = 0) -> float:
+    """How long work predicted to take ``predicted_s`` (a pulled tile, or an attempt: its plan
+    and the work already handed out) may take before it is given up: :data:`DEADLINE_FACTOR`
+    times that, at least ``min_allowance_s``, doubled for each earlier attempt that ran past
+    its deadline (its devices were online, so they may have been busy rather than lost; the
+    next attempt, re-planned without them, allows more), at most :data:`MAX_TASK_DEADLINE_S`."""
+    return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s) * 2**late)
 
 
 @dataclass
@@ -256,19 +246,19 @@ class Run:
             raise InferenceError(f"the plan cannot run: {exc}") from exc
         self.used |= set(work.programs)
         expected = plan.predicted_s + self.setup.backlog_s
-        allowance = attempt_allowance(expected, self.services.min_allowance_s, late)
+        allowed = allowance(expected, self.services.min_allowance_s, late)
         started = time.perf_counter()
         machine = Attempt(
             work,
             program,
             self.orchestrator,
-            started + allowance,
+            started + allowed,
             tuple(s.channels for s in self.shapes),
             self.held.chain.tail_parts.classes,
             self._pulled_allowance,
         )
         with self.mail.open(program) as box:
-            edge = AttemptEdge(self, machine, plan, holdings, box, allowance + EXPIRY_MARGIN_S)
+            edge = AttemptEdge(self, machine, plan, holdings, box, allowed + EXPIRY_MARGIN_S)
             try:
                 for device, work_of in work.programs.items():  # stage weights first: they are the long sends
                     for step in work_of.steps:
@@ -288,7 +278,7 @@ class Run:
         r = step.out_region.rows
         block = step.block
         predicted = float(costs.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
-        return task_allowance(predicted, self.services.min_allowance_s)
+        return allowance(predicted, self.services.min_allowance_s)
 
 
 def _tail_note(plan: Plan) -> str:
