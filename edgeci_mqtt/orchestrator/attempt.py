@@ -1,15 +1,13 @@
 """One attempt at one request, under any strategy, as a pure state machine:
-``Attempt.handle(event) -> actions``, without a clock, I/O or torch. Its edge
-(:class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge`) stamps the events and carries
-out the actions in order; :class:`Restart`, :class:`Finish` and :class:`Fail` end it.
+``Attempt.handle(event) -> actions``, without a clock, I/O or torch; its edge stamps the
+events and carries out the actions.
 
 Work lost is redone from the last boundary the orchestrator holds whole. A pulled tile
 whose device left, failed, sent a bad tile or stayed silent past its allowance goes back
 to the queue for the next idle device (DeepThings' own recovery). A program whose device
 left, failed or sent a bad tile ends the attempt: every device is released and the request
-is re-planned without that device. Past the attempt's deadline every device is asked how
-far it got as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names
-whom to give up before the restart.
+is re-planned without that device. Past the deadline every device is asked how far it got
+as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names whom to give up.
 """
 
 from __future__ import annotations

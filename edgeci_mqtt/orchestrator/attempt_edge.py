@@ -72,11 +72,9 @@ Map = NDArray[np.float32]
 
 
 class Holdings:
-    """What the orchestrator holds of one request: its maps by boundary (the image at 0) and
-    the answers. It is a holder of rows like any device: it stitches the tiles sent to it,
-    cuts the pieces devices read from the maps it holds whole, runs the blocks a plan keeps
-    on it and, at the end, the tail or its finish. Maps are NumPy float32 arrays, as they
-    travel; torch only sees them (without a copy) to compute."""
+    """What the orchestrator holds of one request, a holder of rows like any device: its maps
+    by boundary (the image at 0), stitched, cut, computed here, and the answers. Maps are
+    NumPy float32 arrays, as they travel; torch only sees them (without a copy) to compute."""
 
     def __init__(self, shapes: Sequence[FeatureShape], image: Map) -> None:
         self.shapes = shapes

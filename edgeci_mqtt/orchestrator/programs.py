@@ -3,11 +3,10 @@
 A device gets one program: its tasks as steps in block order, each reading its pieces from
 their holders and sending each part of its output to whoever reads it, then its part of
 the tail. The orchestrator is a holder too: it stitches the tiles sent to it (the gathering
-strategies send every block's output there, as their papers do) and, once it holds a
-boundary whole, forwards the pieces devices read from it, runs the blocks the plan keeps on
-it (DeepThings' gateway) and hands out the pulled tiles that read it (DeepThings' work
-stealing). An attempt starts from a boundary the orchestrator holds whole (the image, or a
-map stitched before a failure); each program carries its pieces of it.
+strategies' scatter and gather) and, once it holds a boundary whole, forwards the pieces
+devices read from it, runs the blocks the plan keeps on it (DeepThings' gateway) and hands
+out the pulled tiles that read it (DeepThings' work stealing). An attempt starts from a
+boundary the orchestrator holds whole; each program carries its pieces of it.
 """
 
 from __future__ import annotations
@@ -67,14 +66,11 @@ slices of the tail's first fully connected layer, or the logits."""
 class Compiled:
     """Every holder's work for one attempt of a plan, from boundary ``start`` on.
 
-    ``collects[b]``: the tiles of boundary ``b`` sent to the orchestrator, each with its
-    sender ("" for a pulled tile: whoever ran it). ``carried``, by device: the piece of the
-    start boundary its program carries; ``forwards``, by boundary: the pieces sent as rows
-    once the orchestrator holds it whole; ``handouts``, by boundary: the pulled tiles' steps,
-    handed out once it is whole. ``answer``: what ends the request when the tail is
-    not the orchestrator's alone (the first layer's slices, or the logits). Behind a
-    barrier, by boundary: the devices with a step ending there (``barrier``) and reading it
-    (``readers``).
+    By boundary: the tiles sent to the orchestrator, each with its sender ("" for a pulled
+    tile: whoever ran it) (``collects``); once it is whole there, the pieces sent as rows
+    (``forwards``) and the pulled tiles' steps handed out (``handouts``); behind a barrier,
+    the devices with a step ending there (``barrier``) and reading it (``readers``).
+    ``carried``, by device: the piece of the start boundary its program carries.
     """
 
     start: int
@@ -123,10 +119,9 @@ def _sends(plan: Plan, start: int, orchestrator: str) -> dict[tuple[int, int], l
 def _tail_roles(
     plan: Plan, sends: dict[tuple[int, int], list[StepSend]], orchestrator: str
 ) -> tuple[dict[str, TailRole], FinishRole | None, frozenset[Answer]]:
-    """The tail off the orchestrator: every final tile goes to each device reading the tail
-    (unless it holds it), which runs the whole tail and answers, or its share of the first
-    fully connected layer, sent to the finisher (the orchestrator, or a device). Also what
-    the orchestrator then waits for."""
+    """The tail off the orchestrator: every final tile goes to each device reading the tail,
+    which runs the whole tail or its share of the first fully connected layer (sent to the
+    finisher: the orchestrator, or a device); and what the orchestrator then waits for."""
     tail, last = plan.tail, len(plan.blocks) - 1
     if tail.on_orchestrator:
         return {}, None, frozenset()
@@ -150,10 +145,9 @@ def _tail_roles(
 
 
 def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
-    """Every holder's work for ``plan`` from boundary ``start`` (which the orchestrator holds
-    whole). Raises :class:`PlanningError` if a piece is not made by exactly one task (plans
-    cut pieces by producer), a static task has no device, or ``start`` is not a boundary the
-    orchestrator holds."""
+    """Every holder's work for ``plan`` from boundary ``start``. Raises :class:`PlanningError`
+    if a piece is not made by exactly one task (plans cut pieces by producer), a static task
+    has no device, or the orchestrator does not hold ``start`` whole."""
     final = plan.blocks[-1].block.stop if plan.blocks else 0
     if start and not any(b.block.stop == start and b.gathers for b in plan.blocks):
         raise PlanningError(f"the orchestrator does not hold boundary {start} whole: no attempt can start there")
@@ -220,10 +214,9 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
 
 
 def downstream_first(programs: Mapping[str, DeviceProgram]) -> list[str]:
-    """The devices in the order their programs should go out: the latest first step first
-    (the tail's and the finisher's, with no step, before all), so that a device's program
-    is in hand before the rows from its upstream neighbours, which start as soon as they
-    have theirs (rows that overtake their program wait in a small holding area)."""
+    """The devices in the order their programs should go out, the latest first step first
+    (those with no step before all): a device then holds its program before the rows of its
+    upstream neighbours, which start at once (rows that overtake it wait in a small area)."""
     return sorted(programs, key=lambda d: (-programs[d].steps[0].block.start if programs[d].steps else -(1 << 30), d))
 
 
@@ -231,15 +224,14 @@ def blame(work: Compiled, reports: Mapping[str, tuple[int, tuple[str, ...]]], or
     """Who held a late attempt up, from what each device said when it was released (the
     first item it had not run, -1 without a program, and the senders that item waited for).
 
-    The devices named are given up and held out of the next requests, so one that only
-    waited for another must not be named. A device that did not answer (stopped, gone
-    quiet, or hostile) is to blame, and so is one that had every piece of its next item and
-    had not finished it (slow, or never computing). A device that was waiting for others
-    is not, if its claim holds: the senders it names are ones its next item reads (the
-    orchestrator only where it forwards rows to that device, or says go behind a barrier).
-    A claim on a sender that says it finished cannot be settled from here (rows lost on the
-    way, or one of them lying): both are blamed, for a short hold. Nobody is blamed when
-    every device finished: the lateness was the orchestrator's or the broker's."""
+    Those named are given up and held out of the next requests, so one that only waited
+    for another must not be. A device that did not answer (stopped, quiet, or hostile) is
+    to blame, and so is one that had every piece of its next item and had not finished it.
+    One waiting is not, if its claim holds: the senders it names are ones its next item
+    reads (the orchestrator only where it forwards rows to it, or says go behind a barrier).
+    A claim on a sender that says it finished cannot be settled here (rows lost, or one of
+    them lying): both are blamed, for a short hold. Nobody is blamed when every device
+    finished: the lateness was the orchestrator's or the broker's."""
     programs = work.programs
     finished = {d for d, r in reports.items() if d in programs and r[0] >= len(programs[d].items)}
     forwarded = {f.to for forwards in work.forwards.values() for f in forwards}

@@ -1,11 +1,8 @@
 """One request on the cluster, under any strategy: attempts of its plan until the answer.
 
-Each attempt compiles the plan into every holder's work; the pure
-:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides and its
-:class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries that out. An attempt
-that ends in a restart is re-planned without the devices it gave up, from the boundary it
-says, under a new program id so that no stale row can mix in (after a missed deadline,
-with twice the time); after :data:`MAX_ATTEMPTS` the request fails with a clear error.
+An attempt that ends in a restart is re-planned without the devices it gave up, from the
+boundary it says, under a new program id so that no stale row can mix in (after a missed
+deadline, with twice the time); after :data:`MAX_ATTEMPTS` the request fails clearly.
 """
 
 from __future__ import annotations
@@ -62,11 +59,10 @@ its program arrived), released or not: never while the orchestrator still waits 
 
 
 def allowance(predicted_s: float, min_allowance_s: float, late: int = 0) -> float:
-    """How long work predicted to take ``predicted_s`` (a pulled tile, or an attempt: its plan
-    and the work already handed out) may take before it is given up: :data:`DEADLINE_FACTOR`
-    times that, at least ``min_allowance_s``, doubled for each earlier attempt that ran past
-    its deadline (its devices were online, so they may have been busy rather than lost; the
-    next attempt, re-planned without them, allows more), at most :data:`MAX_TASK_DEADLINE_S`."""
+    """How long work predicted to take ``predicted_s`` (a pulled tile; an attempt, with the
+    work already handed out) may take: :data:`DEADLINE_FACTOR` times that, at least
+    ``min_allowance_s``, doubled for each earlier attempt that ran past its deadline (its
+    devices were online, so perhaps busy rather than lost), at most :data:`MAX_TASK_DEADLINE_S`."""
     return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s) * 2**late)
 
 
@@ -95,10 +91,9 @@ class Timings:
 
 @dataclass(frozen=True)
 class RunServices:
-    """What every run of one orchestrator gets from it: its id, how it publishes, its
-    mailboxes, how long an auction waits for bids, the least time a device gets for work
-    before it is given up. ``profile`` and ``broker_link``: the orchestrator's own, for the
-    awards' environment."""
+    """What every run of one orchestrator gets from it. ``profile`` and ``broker_link``: the
+    orchestrator's own, for the awards' environment; ``min_allowance_s``: the least time a
+    device gets for work before it is given up."""
 
     orchestrator: str
     publish: Callable[[str, bytes], None]
@@ -276,8 +271,9 @@ class Run:
         costs = self.held.row_model(*self.input_hw)
         view = next((d for d in self.setup.devices() if d.name == device), None)
         r = step.out_region.rows
-        block = step.block
-        predicted = float(costs.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
+        predicted = (
+            float(costs.strip_seconds(view, step.block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
+        )
         return allowance(predicted, self.services.min_allowance_s)
 
 
