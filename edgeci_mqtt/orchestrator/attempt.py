@@ -124,7 +124,6 @@ class Attempt:
     classes: int
     allowance: Callable[[ProgramStep, str], float] = lambda step, device: 60.0
     failed: set[str] = field(default_factory=set)
-    whole: set[int] = field(default_factory=set)
     tiles: dict[int, set[TileRegion]] = field(default_factory=dict)
     answered: set[Answer] = field(default_factory=set)
     queue: deque[ProgramStep] = field(default_factory=deque)
@@ -133,6 +132,8 @@ class Attempt:
     online: frozenset[str] = frozenset()
     """The devices online at the last event that said (idle ones take pulled tiles)."""
     recovered: int = 0
+    restart_from: int = 0
+    """The last boundary this attempt made whole here (where the next one may start)."""
     finished: bool = False
     over: bool = False
     late: bool = False
@@ -140,11 +141,7 @@ class Attempt:
 
     def __post_init__(self) -> None:
         self.unfinished = {b: set(d) for b, d in self.work.barrier.items()}
-
-    @property
-    def restart_from(self) -> int:
-        """The last boundary this attempt made whole here (where the next one may start)."""
-        return max(self.whole, default=self.work.start)
+        self.restart_from = self.work.start
 
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, Reported):
@@ -166,7 +163,7 @@ class Attempt:
 
     def _reached(self, boundary: int, now: float) -> list[Action]:
         """The orchestrator holds ``boundary`` whole: what reads it can go."""
-        self.whole.add(boundary)
+        self.restart_from = max(self.restart_from, boundary)
         work = self.work
         if boundary == work.final and work.tail_here:
             self.finished = True

@@ -270,10 +270,8 @@ class Run:
         """How long a device may take for a pulled tile: a multiple of its own predicted time."""
         costs = self.held.row_model(*self.input_hw)
         view = next((d for d in self.setup.devices() if d.name == device), None)
-        r = step.out_region.rows
-        predicted = (
-            float(costs.strip_seconds(view, step.block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
-        )
+        r, block = step.out_region.rows, step.block
+        predicted = float(costs.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
         return allowance(predicted, self.services.min_allowance_s)
 
 
