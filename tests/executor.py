@@ -20,15 +20,8 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Begin,
-    Computed,
-    Event,
-    StepFinished,
-)
-from edgeci_mqtt.orchestrator.attempt_edge import arrival, program_message
-from edgeci_mqtt.orchestrator.holdings import Holdings
+from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Begin, Computed
+from edgeci_mqtt.orchestrator.attempt_edge import Holdings, program_message
 from edgeci_mqtt.orchestrator.programs import compile_plan
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.wire import (
@@ -69,7 +62,6 @@ class _Cluster:
         self.stores: dict[str, FlowStore[ValidProgram]] = {}
         self.runnable: list[tuple[str, str]] = []  # (device, program)
         self.in_flight: list[tuple[str, RowsMessage | VectorMessage | DoneMessage]] = []
-        self.array = None
         self.finished = False
 
     def perform(self, actions: list[Action]) -> None:
@@ -83,12 +75,11 @@ class _Cluster:
                 assert isinstance(message, RowsMessage)
                 self.in_flight.append((f.to, message))
             elif isinstance(action, Keep):
-                assert self.array is not None
                 if action.answer is not None:
-                    self.holdings.keep_answer(action.answer, self.array)
+                    self.holdings.answers[action.answer] = action.array
                 else:
                     assert action.region is not None
-                    self.holdings.keep(action.boundary, action.region, self.array)
+                    self.holdings.keep(action.boundary, action.region, action.array)
             elif isinstance(action, Compute):
                 self.holdings.compute(self.held.chain, action.block)
                 self.perform(self.machine.handle(Computed(action.block.stop, 0.0)))
@@ -118,12 +109,7 @@ class _Cluster:
             if self.stores[target].add_rows(message, message.sender, 0.0):  # type: ignore[arg-type]
                 self.runnable.append((target, message.request))
             return
-        event: Event
-        if isinstance(message, DoneMessage):
-            event = StepFinished(message.request, message.device, message.boundary)
-        else:
-            event, self.array = arrival(message, 0.0)
-        self.perform(self.machine.handle(event))
+        self.perform(self.machine.handle(Arrived(message, 0.0)))
 
     def compute(self) -> None:
         device, program = self.runnable.pop(self.rng.randrange(len(self.runnable)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
@@ -23,19 +24,12 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Begin,
-    Computed,
-    DeviceFailed,
-    Reported,
-    Tick,
-    TileArrived,
-)
+from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Begin, Computed, Reported, Tick
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
 from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.timeline import ORCHESTRATOR
+from edgeci_mqtt.wire import FailureMessage, PackedArray, RowsMessage
 from tests.exactness import References, assert_float32_faithful
 from tests.executor import ORCH, run_attempt
 from tests.planning import device, environment
@@ -62,8 +56,16 @@ def machine(store: ModelStore, work: Compiled, deadline: float = 10.0) -> Attemp
     return Attempt(work, "r1", ORCH, deadline, channels, 10, allowance=lambda step, device: 2.0)
 
 
-def tile(sender: str, boundary: int, region: TileRegion, channels: int, program: str = "r1") -> TileArrived:
-    return TileArrived(program, sender, boundary, region, (1, channels, region.height, region.width), "float32", 0.5)
+def rows(program: str, sender: str, boundary: int, region: TileRegion, shape: tuple[int, ...], now: float) -> Arrived:
+    return Arrived(RowsMessage(program, sender, boundary, region, PackedArray(np.zeros(shape, np.float32))), now)
+
+
+def tile(sender: str, boundary: int, region: TileRegion, channels: int, program: str = "r1") -> Arrived:
+    return rows(program, sender, boundary, region, (1, channels, region.height, region.width), 0.5)
+
+
+def failure(program: str, device: str, why: str, now: float) -> Arrived:
+    return Arrived(FailureMessage(program, device, 0, why), now)
 
 
 # ---------------------------------------------------------------- every strategy, exactly
@@ -130,7 +132,7 @@ def test_a_lost_program_restarts_from_the_last_map_held_whole(store: ModelStore)
     for task in first.tasks:
         state.handle(tile(task.device, first.block.stop, task.out_region, chain.shapes[first.block.stop].channels))
     victim = plan.blocks[1].tasks[0].device
-    actions = state.handle(DeviceFailed("r1", victim, "boom", 1.0))
+    actions = state.handle(failure("r1", victim, "boom", 1.0))
     release, give_up, restart = actions
     assert isinstance(release, Release) and {d for _, d in release.programs} == set(work.programs)
     assert give_up == GiveUp(frozenset({victim}), "boom") and restart == Restart(first.block.stop, "boom")
@@ -169,7 +171,7 @@ def test_pulled_tiles_go_to_whoever_is_idle_and_come_back_when_lost(store: Model
     got = state.handle(tile(done.device, stop, done.work.steps[0].out_region, channels, done.program))
     assert isinstance(got[0], Keep) and [a.device for a in got if isinstance(a, SendProgram)] == [done.device]
     failed = sent[1]  # a device error: its tile is queued again, the device gets no more
-    got = state.handle(DeviceFailed(failed.program, failed.device, "boom", 1.0))
+    got = state.handle(failure(failed.program, failed.device, "boom", 1.0))
     assert GiveUp(frozenset({failed.device}), "boom") in got and failed.device in state.failed
     silent = sent[2]  # past its allowance: the same
     got = state.handle(Tick(2.5, DEVICES))
@@ -201,7 +203,7 @@ def test_a_late_attempt_blames_from_the_reports_and_restarts_with_more_time(stor
     state.handle(Begin(0.0, DEVICES))
     actions = state.handle(Tick(2.0, DEVICES))
     assert isinstance(actions[-1], Release) and actions[-1].report and state.late
-    assert state.handle(TileArrived("r1", "a", 1, TileRegion.of(0, 1, 0, 1), (1,), "float32", 2.1))
+    assert state.handle(rows("r1", "a", 1, TileRegion.of(0, 1, 0, 1), (1,), 2.1))
     first = next(iter(work.programs))
     finished = {d: (len(p.items), ()) for d, p in work.programs.items() if d != first}
     got = state.handle(Reported(finished))  # the first never answered

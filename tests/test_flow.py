@@ -24,7 +24,7 @@ from edgeci_mqtt.device.programs import ValidProgram, validate_program
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import PlanningError, WireError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.run import attempt_allowance
+from edgeci_mqtt.orchestrator.run import allowance
 from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
 from edgeci_mqtt.planner.environment import DeviceView, Environment
@@ -540,10 +540,10 @@ def test_a_whole_request_runs_in_steps_that_keep_its_rows_on_its_device(store: M
 def test_an_attempt_after_a_missed_deadline_waits_twice_as_long() -> None:
     """Five times the prediction, at least the minimum, at most the cap; doubled for each
     earlier attempt whose devices were late (busy, perhaps, rather than lost)."""
-    assert attempt_allowance(1.0, 3.0, 0) == pytest.approx(5.0)
-    assert attempt_allowance(0.1, 3.0, 0) == pytest.approx(3.0)
-    assert [attempt_allowance(1.2, 3.0, late) for late in (0, 1, 2)] == pytest.approx([6.0, 12.0, 24.0])
-    assert attempt_allowance(100.0, 3.0, 2) == pytest.approx(300.0)
+    assert allowance(1.0, 3.0, 0) == pytest.approx(5.0)
+    assert allowance(0.1, 3.0, 0) == pytest.approx(3.0)
+    assert [allowance(1.2, 3.0, late) for late in (0, 1, 2)] == pytest.approx([6.0, 12.0, 24.0])
+    assert allowance(100.0, 3.0, 2) == pytest.approx(300.0)
 
 
 def test_a_tail_split_in_use_is_kept_until_another_is_clearly_cheaper(store: ModelStore) -> None:

@@ -15,9 +15,8 @@ from edgeci_mqtt.device.program_state import ReadyStep
 from edgeci_mqtt.device.programs import ValidProgram, run_step
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.auction import Silence
-from edgeci_mqtt.orchestrator.blame import blame
 from edgeci_mqtt.orchestrator.penalties import Penalties
-from edgeci_mqtt.orchestrator.programs import Compiled, DeviceProgram, Forward
+from edgeci_mqtt.orchestrator.programs import Compiled, DeviceProgram, Forward, blame
 from edgeci_mqtt.orchestrator.service import Orchestrator
 from edgeci_mqtt.wire import PackedArray, ProgramStep, ProgressMessage, RowsMessage, StepInput, StepSend, TailRole
 from tests.exactness import faithful

@@ -23,7 +23,6 @@ TORCH_FREE = (
     "edgeci_mqtt.wire.access",
     "edgeci_mqtt.orchestrator.actions",
     "edgeci_mqtt.orchestrator.attempt",
-    "edgeci_mqtt.orchestrator.blame",
     "edgeci_mqtt.orchestrator.programs",
 )
 

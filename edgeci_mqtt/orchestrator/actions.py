@@ -1,14 +1,13 @@
-"""What an attempt asks its edge to do.
-
-The pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt` returns these from each event
-it handles; :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries them out
-(publishing, keeping what arrived, computing here), in order. :class:`Restart`,
-:class:`Finish` and :class:`Fail` end the attempt.
-"""
+"""What an attempt asks its edge to do: the pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt`
+returns these from each event, :class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge`
+carries them out in order. :class:`Restart`, :class:`Finish` and :class:`Fail` end the attempt."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from numpy.typing import NDArray
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
@@ -32,12 +31,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SendProgram:
+    """Program ``program`` (the id the device keys it by and answers under) to ``device``,
+    carrying the rows of the start boundary it reads (``carried``)."""
+
     program: str
-    """The program's id (the request id the device keys it by and answers under)."""
     device: str
     work: DeviceProgram
     carried: Forward | None = None
-    """The rows of the start boundary it carries."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ class SendRows:
 
 @dataclass(frozen=True)
 class Keep:
-    """Keep what arrived: a tile of a boundary's map (``region``) or an answer."""
+    """Keep the array ``sender`` sent: a tile of a boundary's map (``region``) or an answer."""
 
     sender: str
+    array: NDArray[Any] = field(compare=False)
     boundary: int = -1
     region: TileRegion | None = None
     answer: Answer | None = None
@@ -72,10 +73,10 @@ class Go:
 
 @dataclass(frozen=True)
 class Release:
-    """Tell these devices to drop these programs (``report``: and to say how far they got)."""
+    """Tell devices to drop programs, given as (program id, device) pairs (``report``: and to
+    say how far they got, which the edge then tells the attempt)."""
 
     programs: tuple[tuple[str, str], ...]
-    """(program id, device) pairs."""
     why: str
     report: bool = False
 

@@ -1,31 +1,13 @@
-"""One attempt at one request, under any strategy, as a pure state machine.
+"""One attempt at one request, under any strategy, as a pure state machine:
+``Attempt.handle(event) -> actions``, without a clock, I/O or torch; its edge stamps the
+events and carries out the actions.
 
-:meth:`Attempt.handle` takes one event (the attempt begins, rows or a vector reached the
-orchestrator, a device failed or finished a step behind a barrier, time passed, the
-orchestrator computed a block, the devices said how far they got) and returns the actions
-to take (:mod:`~edgeci_mqtt.orchestrator.actions`: send a program or rows, keep what
-arrived, compute a block here, say go, release, give devices up, restart, finish, fail).
-No clock, no I/O, no tensors: the edge (:mod:`~edgeci_mqtt.orchestrator.attempt_edge`)
-stamps the events and carries the actions out, so every decision is unit-tested event by
-event.
-
-The attempt runs the holders' work of :func:`~edgeci_mqtt.orchestrator.programs.compile_plan`:
-every device's program goes out at once; the orchestrator keeps the tiles sent to it and,
-as each boundary becomes whole, forwards its pieces, computes its own blocks and hands
-out pulled tiles.
-
-Faults:
-
-* a **pulled tile** whose device went offline, failed, sent a bad tile or stayed silent
-  past its allowance goes back to the queue for the next idle device (its input is whole
-  here): DeepThings' own recovery;
-* a **program** whose device went offline, failed or sent a bad tile ends the attempt: every
-  device is told to drop it, and the request is re-planned without that device from the
-  last boundary the orchestrator holds whole (the image under ``flow``; the last stitched
-  map under a gathering strategy);
-* past the attempt's **deadline**, every device is asked how far it got as it is released,
-  and :func:`~edgeci_mqtt.orchestrator.blame.blame` says who held the attempt up; they are
-  given up and the request restarts the same way.
+Work lost is redone from the last boundary the orchestrator holds whole. A pulled tile
+whose device left, failed, sent a bad tile or stayed silent past its allowance goes back
+to the queue for the next idle device (DeepThings' own recovery). A program whose device
+left, failed or sent a bad tile ends the attempt: every device is released and the request
+is re-planned without that device. Past the deadline every device is asked how far it got
+as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names whom to give up.
 """
 
 from __future__ import annotations
@@ -33,8 +15,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgeci_mqtt.core.geometry import Span, TileRegion
+from numpy.typing import NDArray
+
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.orchestrator.actions import (
     Action,
     Compute,
@@ -49,79 +34,30 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.blame import blame
-from edgeci_mqtt.orchestrator.programs import (
-    Answer,
-    Compiled,
-    DeviceProgram,
-    Forward,
-    Handout,
-    Logits,
-    Slice,
-    downstream_first,
-)
-from edgeci_mqtt.wire import ProgramStep
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, DeviceProgram, Forward, Logits, blame, downstream_first
+from edgeci_mqtt.wire import DoneMessage, FailureMessage, ProgramStep, RowsMessage, SliceFrom, VectorMessage
 
-__all__ = [
-    "Attempt",
-    "Begin",
-    "Computed",
-    "DeviceFailed",
-    "Event",
-    "Reported",
-    "StepFinished",
-    "Tick",
-    "TileArrived",
-    "VectorArrived",
-]
+__all__ = ["Arrived", "Attempt", "Begin", "Computed", "Event", "Reported", "Tick"]
 
 OFFLINE = "went offline"
 NO_DEVICE = "no capable device remains for this inference"
+LATE = "the attempt ran past its deadline"
 
 
 # ---------------------------------------------------------------- events
 @dataclass(frozen=True)
-class TileArrived:
-    """Rows ``region`` of the map at ``boundary`` from ``sender`` for program ``program``,
-    an array of ``shape`` and ``dtype`` (checked here against what the plan says)."""
+class Arrived:
+    """A device's ``message`` about a program reached the orchestrator at ``now``: rows or a
+    vector (its array's shape and type are checked here, once, against the plan), its
+    failure, or its step finished behind a barrier."""
 
-    program: str
-    sender: str
-    boundary: int
-    region: TileRegion
-    shape: tuple[int, ...]
-    dtype: str
+    message: RowsMessage | VectorMessage | FailureMessage | DoneMessage
     now: float
 
-
-@dataclass(frozen=True)
-class VectorArrived:
-    """A slice ``features`` of the tail's first layer, or the logits, from ``sender``."""
-
-    program: str
-    sender: str
-    features: Span
-    logits: bool
-    shape: tuple[int, ...]
-    dtype: str
-    now: float
-
-
-@dataclass(frozen=True)
-class DeviceFailed:
-    program: str
-    device: str
-    why: str
-    now: float
-
-
-@dataclass(frozen=True)
-class StepFinished:
-    """Behind a barrier: ``device`` finished its step ending at ``boundary``."""
-
-    program: str
-    device: str
-    boundary: int
+    @property
+    def sender(self) -> str:
+        message = self.message
+        return message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
 
 
 @dataclass(frozen=True)
@@ -153,16 +89,24 @@ class Reported:
     reports: Mapping[str, tuple[int, tuple[str, ...]]]
 
 
-Event = Begin | TileArrived | VectorArrived | DeviceFailed | StepFinished | Tick | Computed | Reported
+Event = Arrived | Tick | Computed | Reported
 
 
+# ---------------------------------------------------------------- the machine
 @dataclass
 class _Out:
     """A pulled tile handed out."""
 
     device: str
-    handout: Handout
+    step: ProgramStep
     deadline: float
+
+
+def _mismatch(sender: str, array: NDArray[Any], want: tuple[int, ...], what: object) -> str:
+    """Why what arrived is refused ("" if it is the float32 array of ``want``'s shape)."""
+    if array.shape == want and str(array.dtype) == "float32":
+        return ""
+    return f"{sender} sent {array.dtype}{list(array.shape)} for {what}, expected float32{list(want)}"
 
 
 @dataclass
@@ -180,15 +124,16 @@ class Attempt:
     classes: int
     allowance: Callable[[ProgramStep, str], float] = lambda step, device: 60.0
     failed: set[str] = field(default_factory=set)
-    whole: set[int] = field(default_factory=set)
     tiles: dict[int, set[TileRegion]] = field(default_factory=dict)
     answered: set[Answer] = field(default_factory=set)
-    queue: deque[Handout] = field(default_factory=deque)
+    queue: deque[ProgramStep] = field(default_factory=deque)
     out: dict[str, _Out] = field(default_factory=dict)
     unfinished: dict[int, set[str]] = field(default_factory=dict)
     online: frozenset[str] = frozenset()
     """The devices online at the last event that said (idle ones take pulled tiles)."""
     recovered: int = 0
+    restart_from: int = 0
+    """The last boundary this attempt made whole here (where the next one may start)."""
     finished: bool = False
     over: bool = False
     late: bool = False
@@ -196,47 +141,29 @@ class Attempt:
 
     def __post_init__(self) -> None:
         self.unfinished = {b: set(d) for b, d in self.work.barrier.items()}
-
-    @property
-    def restart_from(self) -> int:
-        """The last boundary this attempt made whole here (where the next one may start)."""
-        return max(self.whole, default=self.work.start)
+        self.restart_from = self.work.start
 
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, Reported):
             return self._reported(event) if self.late and not self.over else []
         if self.over or self.finished or self.late:
-            sender = getattr(event, "sender", getattr(event, "device", ""))
-            return [Ignore(sender, "the attempt is over")] if sender else []
-        if isinstance(event, Begin):
-            return self._begin(event)
-        if isinstance(event, TileArrived):
-            return self._tile(event)
-        if isinstance(event, VectorArrived):
-            return self._vector(event)
-        if isinstance(event, DeviceFailed):
-            return self._device_failed(event)
-        if isinstance(event, StepFinished):
-            return self._step_finished(event)
+            return [Ignore(event.sender, "the attempt is over")] if isinstance(event, Arrived) else []
         if isinstance(event, Computed):
             return self._reached(event.boundary, event.now)
-        return self._tick(event)
-
-    # ------------------------------------------------------------ begin and whole maps
-    def _begin(self, event: Begin) -> list[Action]:
-        missing = set(self.work.programs) - event.online
-        if missing:  # left since the plan was made: never send it there
-            return self._lose(missing, OFFLINE, gone=True)
-        actions: list[Action] = [
-            SendProgram(self.program, d, self.work.programs[d], self.work.carried.get(d))
-            for d in downstream_first(self.work.programs)
-        ]
-        self.online = event.online
-        return actions + self._reached(self.work.start, event.now)
+        if isinstance(event, Tick):
+            return self._tick(event)
+        message, now = event.message, event.now
+        if isinstance(message, RowsMessage):
+            return self._rows(message, now)
+        if isinstance(message, VectorMessage):
+            return self._vector(message)
+        if isinstance(message, FailureMessage):
+            return self._device_failed(message, now)
+        return self._step_finished(message)
 
     def _reached(self, boundary: int, now: float) -> list[Action]:
         """The orchestrator holds ``boundary`` whole: what reads it can go."""
-        self.whole.add(boundary)
+        self.restart_from = max(self.restart_from, boundary)
         work = self.work
         if boundary == work.final and work.tail_here:
             self.finished = True
@@ -249,71 +176,76 @@ class Attempt:
             actions += self._hand_out(now)
         return actions
 
-    # ------------------------------------------------------------ arrivals
-    def _tile(self, event: TileArrived) -> list[Action]:
-        sender, boundary, region = event.sender, event.boundary, event.region
+    def _rows(self, message: RowsMessage, now: float) -> list[Action]:
+        program, sender, boundary, region = message.request, message.sender, message.boundary, message.region
         expected = self.work.collects.get(boundary, {}).get(region)
         if expected is None or region in self.tiles.get(boundary, set()):
             return [Ignore(sender, f"{region} of boundary {boundary} is not awaited")]
-        pulled = self.out.get(event.program) if expected == "" else None
-        if expected == "" and (pulled is None or (pulled.device, pulled.handout.step.out_region) != (sender, region)):
-            return [Ignore(sender, f"{region} was not handed to {sender} as {event.program}")]
-        if expected and (event.program, sender) != (self.program, expected):
+        pulled = self.out.get(program) if expected == "" else None
+        if expected == "" and (pulled is None or (pulled.device, pulled.step.out_region) != (sender, region)):
+            return [Ignore(sender, f"{region} was not handed to {sender} as {program}")]
+        if expected and (program, sender) != (self.program, expected):
             return [Ignore(sender, f"{region} is {expected}'s to send")]
-        want = (1, self.channels[boundary], region.height, region.width)
-        if event.shape != want or event.dtype != "float32":
-            why = f"{sender} sent {event.dtype}{list(event.shape)} for {region}, expected float32{list(want)}"
-            return self._drop(event.program, sender, why, event.now) if pulled else self._lose({sender}, why)
+        array = message.rows.array
+        why = _mismatch(sender, array, (1, self.channels[boundary], region.height, region.width), region)
+        if why:
+            return self._drop(program, sender, why, now) if pulled else self._lose({sender}, why)
         self.tiles.setdefault(boundary, set()).add(region)
-        actions: list[Action] = [Keep(sender, boundary, region)]
+        actions: list[Action] = [Keep(sender, array, boundary, region)]
         if pulled is not None:
-            del self.out[event.program]
+            del self.out[program]
         if len(self.tiles[boundary]) == len(self.work.collects[boundary]):
-            actions += self._reached(boundary, event.now)
+            actions += self._reached(boundary, now)
         elif pulled is not None:
-            actions += self._hand_out(event.now)  # the sender is idle again
+            actions += self._hand_out(now)  # the sender is idle again
         return actions
 
-    def _vector(self, event: VectorArrived) -> list[Action]:
-        key: Answer = Logits(event.sender) if event.logits else Slice(event.sender, event.features)
-        if event.program != self.program or key not in self.work.answer or key in self.answered:
-            return [Ignore(event.sender, f"no {key} is awaited")]
-        want = (1, self.classes if event.logits else event.features.size)
-        if event.shape != want or event.dtype != "float32":
-            why = f"{event.sender} sent {event.dtype}{list(event.shape)} for {key}, expected float32{list(want)}"
-            return self._lose({event.sender}, why)
+    def _vector(self, message: VectorMessage) -> list[Action]:
+        sender, features = message.sender, message.features
+        key: Answer = Logits(sender) if message.logits else SliceFrom(sender, features)
+        if message.request != self.program or key not in self.work.answer or key in self.answered:
+            return [Ignore(sender, f"no {key} is awaited")]
+        why = _mismatch(sender, message.values.array, (1, self.classes if message.logits else features.size), key)
+        if why:
+            return self._lose({sender}, why)
         self.answered.add(key)
-        actions: list[Action] = [Keep(event.sender, answer=key)]
+        actions: list[Action] = [Keep(sender, message.values.array, answer=key)]
         if self.answered == set(self.work.answer):
             self.finished = True
             actions.append(Finish())
         return actions
 
-    def _device_failed(self, event: DeviceFailed) -> list[Action]:
-        pulled = self.out.get(event.program)
-        if pulled is not None and pulled.device == event.device:
-            return self._drop(event.program, event.device, event.why, event.now)
-        if event.program == self.program and event.device in self.work.programs:
-            return self._lose({event.device}, event.why)
-        return [Ignore(event.device, f"{event.program} is not its program here")]
+    def _device_failed(self, message: FailureMessage, now: float) -> list[Action]:
+        program, device = message.request, message.device
+        pulled = self.out.get(program)
+        if pulled is not None and pulled.device == device:
+            return self._drop(program, device, message.error, now)
+        if program == self.program and device in self.work.programs:
+            return self._lose({device}, message.error)
+        return [Ignore(device, f"{program} is not its program here")]
 
-    def _step_finished(self, event: StepFinished) -> list[Action]:
-        waiting = self.unfinished.get(event.boundary)
-        if event.program != self.program or waiting is None or event.device not in waiting:
+    def _step_finished(self, message: DoneMessage) -> list[Action]:
+        waiting = self.unfinished.get(message.boundary)
+        if message.request != self.program or waiting is None or message.device not in waiting:
             return []
-        waiting.discard(event.device)
+        waiting.discard(message.device)
         if waiting:
             return []
-        del self.unfinished[event.boundary]
-        readers = tuple(sorted(self.work.readers.get(event.boundary, ())))
-        return [Go(self.program, readers, event.boundary)] if readers else []
+        del self.unfinished[message.boundary]
+        readers = tuple(sorted(self.work.readers.get(message.boundary, ())))
+        return [Go(self.program, readers, message.boundary)] if readers else []
 
-    # ------------------------------------------------------------ time
     def _tick(self, event: Tick) -> list[Action]:
         self.online = event.online
         gone = set(self.work.programs) - event.online
-        if gone:
+        if gone:  # work on them is lost (at the start: left since the plan was made, never sent there)
             return self._lose(gone, f"{', '.join(sorted(gone))} {OFFLINE}", gone=True)
+        if isinstance(event, Begin):
+            programs = self.work.programs
+            sent = [
+                SendProgram(self.program, d, programs[d], self.work.carried.get(d)) for d in downstream_first(programs)
+            ]
+            return [*sent, *self._reached(self.work.start, event.now)]
         actions: list[Action] = []
         for program, out in list(self.out.items()):
             if out.device not in event.online:
@@ -323,8 +255,7 @@ class Attempt:
         actions += self._hand_out(event.now)
         if event.now > self.deadline and self.work.programs and not any(isinstance(a, Fail) for a in actions):
             self.late = True
-            why = "the attempt ran past its deadline"
-            return [*actions, Release(self._programs_out(), why, report=True)]
+            return [*actions, Release(self._programs_out(), LATE, report=True)]
         return actions
 
     # ------------------------------------------------------------ pulled tiles
@@ -335,12 +266,12 @@ class Attempt:
         for device in sorted(self.online - busy - self.failed):
             if not self.queue:
                 break
-            handout = self.queue.popleft()
+            step = self.queue.popleft()
             self._handed += 1
             program = f"{self.program}-{self._handed}"
-            self.out[program] = _Out(device, handout, now + self.allowance(handout.step, device))
-            first, *rest = (Forward(handout.boundary, region, device) for region in handout.pieces)
-            actions.append(SendProgram(program, device, DeviceProgram(steps=(handout.step,)), first))
+            self.out[program] = _Out(device, step, now + self.allowance(step, device))
+            first, *rest = (Forward(step.block.start, piece.region, device) for piece in step.inputs)
+            actions.append(SendProgram(program, device, DeviceProgram(steps=(step,)), first))
             actions += [SendRows(program, forward) for forward in rest]
         if self.queue and not self.out and not actions:
             self.over = True
@@ -352,7 +283,7 @@ class Attempt:
     ) -> list[Action]:
         """A pulled tile lost with its device: back to the front of the queue."""
         out = self.out.pop(program)
-        self.queue.appendleft(out.handout)
+        self.queue.appendleft(out.step)
         self.failed.add(device)
         self.recovered += 1
         actions: list[Action] = [GiveUp(frozenset({device}), why, gone)]
@@ -377,9 +308,7 @@ class Attempt:
     def _reported(self, event: Reported) -> list[Action]:
         self.over = True
         blamed = blame(self.work, event.reports, self.orchestrator)
-        why = "the attempt ran past its deadline"
-        if not blamed:
-            why += ", though every device says it finished"
+        why = LATE if blamed else f"{LATE}, though every device says it finished"
         self.failed |= blamed
         actions: list[Action] = [GiveUp(frozenset(blamed), why)] if blamed else []
         return [*actions, Restart(self.restart_from, why, late=True)]

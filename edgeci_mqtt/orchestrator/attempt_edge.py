@@ -1,11 +1,7 @@
-"""The edge of one attempt: it carries out what the pure
-:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides, and feeds it what arrives.
-
-It stamps events with the clock and the devices online, publishes programs, rows,
-go-aheads and releases, keeps what arrives in the request's
-:class:`~edgeci_mqtt.orchestrator.holdings.Holdings`, computes what the plan keeps on the
-orchestrator, and records the traced timeline through its
-:class:`~edgeci_mqtt.orchestrator.run.Run`.
+"""The edge of one attempt: it feeds the pure :class:`~edgeci_mqtt.orchestrator.attempt.Attempt`
+what arrives, stamped with the clock and the devices online, and carries out what it
+decides: it publishes, keeps what arrives in the request's :class:`Holdings`, computes what
+the plan keeps here, and records the traced timeline through its :class:`~edgeci_mqtt.orchestrator.run.Run`.
 """
 
 from __future__ import annotations
@@ -13,12 +9,19 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from numpy.typing import NDArray
 
-from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.fused import run_block_tile
+from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import InferenceError
+from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.orchestrator.actions import (
     Action,
     Compute,
@@ -33,25 +36,14 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.attempt import (
-    Attempt,
-    Computed,
-    DeviceFailed,
-    Event,
-    Reported,
-    StepFinished,
-    Tick,
-    TileArrived,
-    VectorArrived,
-)
-from edgeci_mqtt.orchestrator.holdings import Holdings
-from edgeci_mqtt.orchestrator.mailboxes import Box, Inbox
+from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Computed, Event, Reported, Tick
+from edgeci_mqtt.orchestrator.mailboxes import Box
+from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits
 from edgeci_mqtt.planner.plan import Plan
+from edgeci_mqtt.timeline import Interval
 from edgeci_mqtt.wire import (
     DEVICE_ROWS,
     DEVICE_TASKS,
-    DoneMessage,
-    FailureMessage,
     GoMessage,
     PackedArray,
     ProgramMessage,
@@ -59,14 +51,14 @@ from edgeci_mqtt.wire import (
     ReleaseMessage,
     ReportMessage,
     RowsMessage,
-    VectorMessage,
+    SliceFrom,
     encode,
 )
 
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
 
-__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "arrival", "program_message"]
+__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "Holdings", "program_message"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -76,15 +68,62 @@ REPORTS_S = 0.5
 """How long a late attempt waits for its devices to say how far they got (a device answers
 from its message thread, whatever its worker is doing)."""
 
+Map = NDArray[np.float32]
 
-def arrival(message: RowsMessage | VectorMessage, now: float) -> tuple[TileArrived | VectorArrived, np.ndarray]:
-    """The event of rows or a vector reaching the orchestrator at ``now``, and the array it
-    brought (the attempt sees only its shape and type; the edge keeps the array)."""
-    array = message.rows.array if isinstance(message, RowsMessage) else message.values.array
-    shape, dtype = tuple(array.shape), str(array.dtype)
-    if isinstance(message, RowsMessage):
-        return TileArrived(message.request, message.sender, message.boundary, message.region, shape, dtype, now), array
-    return VectorArrived(message.request, message.sender, message.features, message.logits, shape, dtype, now), array
+
+class Holdings:
+    """What the orchestrator holds of one request, a holder of rows like any device: its maps
+    by boundary (the image at 0), stitched, cut, computed here, and the answers. Maps are
+    NumPy float32 arrays, as they travel; torch only sees them (without a copy) to compute."""
+
+    def __init__(self, shapes: Sequence[FeatureShape], image: Map) -> None:
+        self.shapes = shapes
+        self.maps: dict[int, Map] = {0: np.ascontiguousarray(image, dtype=np.float32)}
+        self.answers: dict[Answer, Map] = {}
+
+    def _whole(self, boundary: int) -> TileRegion:
+        shape = self.shapes[boundary]
+        return TileRegion.whole(shape.height, shape.width)
+
+    def keep(self, boundary: int, region: TileRegion, tile: Map) -> None:
+        """Stitch a tile into its boundary's map."""
+        if boundary not in self.maps:
+            shape = self.shapes[boundary]
+            self.maps[boundary] = np.empty((1, shape.channels, shape.height, shape.width), dtype=np.float32)
+        rows, cols = region.within(self._whole(boundary))
+        self.maps[boundary][:, :, rows, cols] = tile
+
+    def cut(self, boundary: int, region: TileRegion) -> Map:
+        """``region`` of a map held whole, as a contiguous array to send."""
+        rows, cols = region.within(self._whole(boundary))
+        return np.ascontiguousarray(self.maps[boundary][:, :, rows, cols])
+
+    def forget_after(self, boundary: int) -> None:
+        """A restart from ``boundary``: what was stitched after it is redone."""
+        self.maps = {b: m for b, m in self.maps.items() if b <= boundary}
+        self.answers.clear()
+
+    def compute(self, chain: StageChain, block: FusedBlock) -> None:
+        """Run ``block`` here on the whole map at its start (DeepThings' gateway layers)."""
+        whole_in, whole_out = self._whole(block.start), self._whole(block.stop)
+        with torch.inference_mode():
+            out = run_block_tile(
+                chain.kernels, list(self.shapes), block, torch.from_numpy(self.maps[block.start]), whole_in, whole_out
+            )
+        self.maps[block.stop] = out.contiguous().numpy()
+
+    def logits(self, chain: StageChain, work: Compiled) -> torch.Tensor:
+        """The answer: the tail on the final map, the tail's finish on the first layer's
+        slices (in feature order), or the logits a device sent."""
+        slices = sorted((a for a in self.answers if isinstance(a, SliceFrom)), key=lambda a: a.features.start)
+        with torch.inference_mode():
+            if work.tail_here:
+                return chain.tail(torch.from_numpy(self.maps[work.final]))
+            if slices:
+                first = np.concatenate([self.answers[a] for a in slices], axis=1)
+                return chain.tail_parts.finish(torch.from_numpy(first))
+            logits = next(a for a in self.answers if isinstance(a, Logits))
+            return torch.from_numpy(self.answers[logits])
 
 
 def program_message(
@@ -131,15 +170,12 @@ class AttemptEdge:
         self.box, self.expires_s = box, expires_s
         self.out: set[tuple[str, str]] = set()  # (program id, device) that may hold rows (one id, many devices)
         self.reported: set[tuple[str, str, int]] = set()  # (program, device, item) on the timeline
-        self._array: np.ndarray = np.zeros(0, np.float32)  # what the event being handled brought
 
     def drive(self, actions: list[Action]) -> Finish | Restart:
-        while True:
-            outcome = self.perform(actions)
-            if outcome is not None:
-                return outcome
+        while (outcome := self.perform(actions)) is None:
             self.run.check_wanted()  # raises: the attempt's rows are released
             actions = self.machine.handle(self._next_event())
+        return outcome
 
     def _next_event(self) -> Event:
         """What has arrived is taken before the clock is read: a busy orchestrator must not
@@ -154,42 +190,46 @@ class AttemptEdge:
                 arrived, message = self.box.get(timeout=POLL_S)
             except queue.Empty:
                 return tick
-        return self._event(message, arrived)
-
-    def _event(self, message: Inbox, arrived: float) -> Event:
-        if isinstance(message, RowsMessage | VectorMessage):
-            event, self._array = arrival(message, arrived)
-            return event
-        if isinstance(message, FailureMessage):
-            return DeviceFailed(message.request, message.device, message.error, arrived)
-        if isinstance(message, DoneMessage):
-            return StepFinished(message.request, message.device, message.boundary)
         if isinstance(message, ReportMessage):
             self._mark_report(message)
-        return Tick(time.perf_counter(), self.run.online())  # a report, or a progress nobody asked for now
+        if isinstance(message, ReportMessage | ProgressMessage):  # a progress nobody asked for now
+            return Tick(time.perf_counter(), self.run.online())
+        return Arrived(message, arrived)
 
-    # ------------------------------------------------------------ actions
     def perform(self, actions: list[Action]) -> Finish | Restart | None:
-        run = self.run
-        for action in actions:
+        """Carry out ``actions`` in order; what the attempt answers to a block computed here
+        or to the reports of a late attempt is carried out next, before the rest."""
+        run, pending = self.run, deque(actions)
+        while pending:
+            action, started = pending.popleft(), time.perf_counter()
             if isinstance(action, SendProgram):
                 self._send_program(action)
             elif isinstance(action, SendRows):
-                self._send_rows(action)
+                forward = action.forward
+                rows = PackedArray(self.holdings.cut(forward.boundary, forward.region), "raw")
+                message = RowsMessage(action.program, run.orchestrator, forward.boundary, forward.region, rows)
+                topic = DEVICE_ROWS.build(device=forward.to, sender=run.orchestrator, request=action.program)
+                run.services.publish(topic, encode(message))
+                run.spent("prepare", started, forward.to, None, forward.region)
+            elif isinstance(action, Keep) and action.answer is not None:
+                self.holdings.answers[action.answer] = action.array
             elif isinstance(action, Keep):
-                self._keep(action)
-            elif isinstance(action, Compute):
-                outcome = self._compute(action)
-                if outcome is not None:
-                    return outcome
+                assert action.region is not None, "a tile kept has its region"
+                self.holdings.keep(action.boundary, action.region, action.array)
+                run.spent("merge", started, action.sender, None, action.region)
+            elif isinstance(action, Compute):  # on the whole map held here; the attempt hears it is done
+                self.holdings.compute(run.held.chain, action.block)
+                shape = run.shapes[action.block.stop]
+                run.spent("gateway", started, "", action.block, TileRegion.whole(shape.height, shape.width))
+                pending.extendleft(reversed(self.machine.handle(Computed(action.block.stop, time.perf_counter()))))
             elif isinstance(action, Go):
                 for device in action.devices:
-                    go = GoMessage(action.program, run.orchestrator, action.boundary)
-                    run.services.publish(DEVICE_TASKS.build(device=device), encode(go))
+                    self._tell(device, GoMessage(action.program, run.orchestrator, action.boundary))
             elif isinstance(action, Release):
-                outcome = self._release(action)
-                if outcome is not None:
-                    return outcome
+                self.release(action.programs, action.why, action.report)
+                if action.report:  # the devices say how far they got; the attempt decides whom to blame
+                    reports = self._reports({d for _, d in action.programs})
+                    pending.extendleft(reversed(self.machine.handle(Reported(reports))))
             elif isinstance(action, GiveUp):
                 run.give_up_on(set(action.devices), action.why, gone=action.gone)
                 log.warning("%s: gave up %s (%s)", run.request, ", ".join(sorted(action.devices)), action.why)
@@ -200,6 +240,9 @@ class AttemptEdge:
             else:  # Finish or Restart: the attempt is over
                 return action
         return None
+
+    def _tell(self, device: str, message: ProgramMessage | GoMessage | ReleaseMessage) -> None:
+        self.run.services.publish(DEVICE_TASKS.build(device=device), encode(message))
 
     def _send_program(self, action: SendProgram) -> None:
         run, work, started = self.run, action.work, time.perf_counter()
@@ -217,63 +260,22 @@ class AttemptEdge:
             deadline_s=run.setup.deadline.wire(time.perf_counter()),  # the client's, as seconds left
             trace=run.timeline is not None,
         )
-        run.services.publish(DEVICE_TASKS.build(device=action.device), encode(message))
+        self._tell(action.device, message)
         self.out.add((action.program, action.device))
         run.used.add(action.device)
         only = work.steps[0] if len(work.steps) == 1 else None
         block, region = (only.block, only.out_region) if only else (None, None)
         run.spent("prepare", started, action.device, block, region)
 
-    def _send_rows(self, action: SendRows) -> None:
-        run, forward, started = self.run, action.forward, time.perf_counter()
-        rows = PackedArray(self.holdings.cut(forward.boundary, forward.region), "raw")
-        message = RowsMessage(action.program, run.orchestrator, forward.boundary, forward.region, rows)
-        topic = DEVICE_ROWS.build(device=forward.to, sender=run.orchestrator, request=action.program)
-        run.services.publish(topic, encode(message))
-        run.spent("prepare", started, forward.to, None, forward.region)
-
-    def _keep(self, action: Keep) -> None:
-        started = time.perf_counter()
-        if action.answer is not None:
-            self.holdings.keep_answer(action.answer, self._array)
-            return
-        assert action.region is not None
-        self.holdings.keep(action.boundary, action.region, self._array)
-        self.run.spent("merge", started, action.sender, None, action.region)
-
-    def _compute(self, action: Compute) -> Finish | Restart | None:
-        """A block the plan keeps here, on the whole map the orchestrator holds; the attempt
-        hears that it is done."""
-        run, block, started = self.run, action.block, time.perf_counter()
-        self.holdings.compute(run.held.chain, block)
-        shape = run.shapes[block.stop]
-        run.spent("gateway", started, "", block, TileRegion.whole(shape.height, shape.width))
-        return self.perform(self.machine.handle(Computed(block.stop, time.perf_counter())))
-
-    def _release(self, action: Release) -> Finish | Restart | None:
-        """Release programs; a late attempt's devices say how far they got, and the attempt
-        decides whom to blame (its outcome ends the attempt)."""
-        for program, device in action.programs:
-            self._publish_release(program, device, action.why, action.report)
+    def release(self, programs: Sequence[tuple[str, str]], why: str, report: bool = False) -> None:
+        """Tell devices to drop programs of the attempt (``report``: and to say how far they
+        got); a device that is gone, or one the broker cannot reach, drops them when they expire."""
+        for program, device in programs:
+            try:
+                self._tell(device, ReleaseMessage(program, self.run.orchestrator, why, report))
+            except Exception as exc:  # the broker may be gone too; expiry covers it
+                log.warning("%s: cannot release %s on %s: %s", self.run.request, program, device, exc)
             self.out.discard((program, device))
-        if not action.report:
-            return None
-        return self.perform(self.machine.handle(Reported(self._reports({d for _, d in action.programs}))))
-
-    def release_all(self, why: str) -> None:
-        """Tell every device still holding a program of the attempt to drop it (a device that
-        is gone drops it when it expires)."""
-        for program, device in sorted(self.out):
-            self._publish_release(program, device, why, False)
-        self.out.clear()
-
-    def _publish_release(self, program: str, device: str, why: str, report: bool) -> None:
-        run = self.run
-        try:
-            release = ReleaseMessage(program, run.orchestrator, why, report)
-            run.services.publish(DEVICE_TASKS.build(device=device), encode(release))
-        except Exception as exc:  # the broker may be gone too; expiry covers it
-            log.warning("%s: cannot release %s on %s: %s", run.request, program, device, exc)
 
     def _reports(self, devices: set[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
         """What each device of a late attempt says as it is released, for up to
@@ -302,8 +304,9 @@ class AttemptEdge:
         if instants != sorted(instants):
             log.warning("%s: %s reported its step instants out of order: %s", run.request, report.device, instants)
             return
-        started, computed, sent = (min(max(i - run.wall_offset, run.origin), now) for i in instants)
+        # relative to the request's arrival, as every interval on the timeline
+        started, computed, sent = (min(max(i - run.wall_offset, run.origin), now) - run.origin for i in instants)
         kind = "compute" if report.block is not None else "tail"
-        run.mark(report.device, kind, started, computed, "", report.block, report.region)
+        run.timeline.append(Interval(report.device, kind, started, computed, report.block, report.region))
         if sent > computed:
-            run.mark(report.device, "send", computed, sent, "", report.block, report.region)
+            run.timeline.append(Interval(report.device, "send", computed, sent, report.block, report.region))

@@ -1,20 +1,12 @@
-"""Any strategy's plan as the work of each holder (pure: plan in, programs out).
+"""Any strategy's plan as every holder's work, and who held it up (pure).
 
-Every holder of rows gets its part of the request:
-
-* a **device** gets one program: its tasks as steps in block order. A step reads its
-  pieces from their holders (itself, other devices, the orchestrator) and sends each part
-  of its output to whoever reads it; the tail's part and its finish follow the steps.
-* the **orchestrator** is a holder too. It stitches the tiles sent to it into whole maps
-  (the gathering strategies send every block's output there, as their papers do) and,
-  once it holds a boundary whole, forwards the pieces devices read from it, runs the
-  blocks the plan keeps on it (DeepThings' gateway layers), and hands out the pulled
-  tiles that read it (DeepThings' work stealing: each a one-step program for whichever
-  device is idle).
-
-The attempt starts from a boundary the orchestrator holds whole (the image, or a map it
-stitched before a failure): blocks before it are done; the first step of a program gets
-its pieces of that boundary inside the program.
+A device gets one program: its tasks as steps in block order, each reading its pieces from
+their holders and sending each part of its output to whoever reads it, then its part of
+the tail. The orchestrator is a holder too: it stitches the tiles sent to it (the gathering
+strategies' scatter and gather) and, once it holds a boundary whole, forwards the pieces
+devices read from it, runs the blocks the plan keeps on it (DeepThings' gateway) and hands
+out the pulled tiles that read it (DeepThings' work stealing). An attempt starts from a
+boundary the orchestrator holds whole; each program carries its pieces of it.
 """
 
 from __future__ import annotations
@@ -23,24 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edgeci_mqtt.core.blocks import FusedBlock
-from edgeci_mqtt.core.geometry import Span, TileRegion
+from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task, producers
+from edgeci_mqtt.planner.plan import Plan, producers
 from edgeci_mqtt.timeline import ORCHESTRATOR
-from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole, work_items
+from edgeci_mqtt.wire import FinishRole, ProgramStep, SliceFrom, StepInput, StepSend, TailRole, WorkItem, work_items
 
-__all__ = [
-    "Answer",
-    "Compiled",
-    "DeviceProgram",
-    "Forward",
-    "Handout",
-    "Logits",
-    "Slice",
-    "compile_plan",
-    "downstream_first",
-]
+__all__ = ["Answer", "Compiled", "DeviceProgram", "Forward", "Logits", "blame", "compile_plan", "downstream_first"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +36,7 @@ class DeviceProgram:
     """Tail weights to make when idle (a device with no other part gets none: no program)."""
 
     @property
-    def items(self) -> list[ProgramStep | TailRole | FinishRole]:
+    def items(self) -> list[WorkItem]:
         """Its items in the order the device runs them (the index a report names)."""
         return work_items(self.steps, self.tail, self.finish)
 
@@ -69,41 +51,26 @@ class Forward:
 
 
 @dataclass(frozen=True)
-class Handout:
-    """A pulled tile: a one-step program for the first idle device, once its input is whole
-    here; it carries the first piece of its input, the others follow as rows."""
-
-    step: ProgramStep
-    pieces: tuple[TileRegion, ...]
-    boundary: int
-
-
-@dataclass(frozen=True)
-class Slice:
-    """``sender``'s slice ``features`` of the tail's first fully connected layer."""
-
-    sender: str
-    features: Span
-
-
-@dataclass(frozen=True)
 class Logits:
     """The logits, from the device that finishes the tail."""
 
     sender: str
 
 
-Answer = Slice | Logits
-"""What the orchestrator waits for to end a request whose tail is not its own alone."""
+Answer = SliceFrom | Logits
+"""What the orchestrator waits for to end a request whose tail is not its own alone: the
+slices of the tail's first fully connected layer, or the logits."""
 
 
 @dataclass(frozen=True)
 class Compiled:
     """Every holder's work for one attempt of a plan, from boundary ``start`` on.
 
-    ``collects[b]``: the tiles of boundary ``b`` sent to the orchestrator, each with its
-    sender ("" for a pulled tile: whoever ran it). ``answer``: what ends the request when
-    the tail is not the orchestrator's alone: the first layer's slices or the logits.
+    By boundary: the tiles sent to the orchestrator, each with its sender ("" for a pulled
+    tile: whoever ran it) (``collects``); once it is whole there, the pieces sent as rows
+    (``forwards``) and the pulled tiles' steps handed out (``handouts``); behind a barrier,
+    the devices with a step ending there (``barrier``) and reading it (``readers``).
+    ``carried``, by device: the piece of the start boundary its program carries.
     """
 
     start: int
@@ -111,24 +78,17 @@ class Compiled:
     programs: Mapping[str, DeviceProgram]
     collects: Mapping[int, Mapping[TileRegion, str]] = field(default_factory=dict)
     carried: Mapping[str, Forward] = field(default_factory=dict)
-    """By device: the piece of the start boundary its program carries."""
     forwards: Mapping[int, tuple[Forward, ...]] = field(default_factory=dict)
-    """By boundary: the pieces sent as rows once the orchestrator holds it whole."""
-    handouts: Mapping[int, tuple[Handout, ...]] = field(default_factory=dict)
+    handouts: Mapping[int, tuple[ProgramStep, ...]] = field(default_factory=dict)
     local: Mapping[int, FusedBlock] = field(default_factory=dict)
     answer: frozenset[Answer] = frozenset()
-    tail_here: bool = True
-    """The orchestrator runs the whole tail on the final map."""
-    finish_here: bool = False
-    """The orchestrator finishes the tail from the slices in ``answer``."""
     barrier: Mapping[int, frozenset[str]] = field(default_factory=dict)
-    """Behind a barrier: by boundary, the devices with a step ending there."""
     readers: Mapping[int, frozenset[str]] = field(default_factory=dict)
-    """Behind a barrier: by boundary, the devices with a step reading it."""
 
     @property
-    def devices(self) -> frozenset[str]:
-        return frozenset(self.programs)
+    def tail_here(self) -> bool:
+        """The orchestrator runs the whole tail on the final map: nothing else ends the request."""
+        return not self.answer
 
 
 def _name(holder: str, orchestrator: str) -> str:
@@ -158,13 +118,13 @@ def _sends(plan: Plan, start: int, orchestrator: str) -> dict[tuple[int, int], l
 
 def _tail_roles(
     plan: Plan, sends: dict[tuple[int, int], list[StepSend]], orchestrator: str
-) -> tuple[dict[str, TailRole], FinishRole | None]:
-    """The tail off the orchestrator: every final tile goes to each device reading the tail
-    (unless it holds it), which runs the whole tail and answers, or its share of the first
-    fully connected layer, sent to the finisher (the orchestrator, or a device)."""
+) -> tuple[dict[str, TailRole], FinishRole | None, frozenset[Answer]]:
+    """The tail off the orchestrator: every final tile goes to each device reading the tail,
+    which runs the whole tail or its share of the first fully connected layer (sent to the
+    finisher: the orchestrator, or a device); and what the orchestrator then waits for."""
     tail, last = plan.tail, len(plan.blocks) - 1
     if tail.on_orchestrator:
-        return {}, None
+        return {}, None, frozenset()
     final = plan.blocks[last].tasks
     for reader in tail.readers:
         for i, task in enumerate(final):
@@ -174,45 +134,33 @@ def _tail_roles(
     parts = dict(tail.parts)
     roles = {}
     for reader in tail.readers:
-        features = parts.get(reader)
-        to = _name(tail.finisher, orchestrator) if features is not None else orchestrator
-        roles[reader] = TailRole(pieces, to, features)
-    finish = None
-    if tail.parts and tail.finisher != ORCHESTRATOR:
-        finish = FinishRole(tuple(SliceFrom(_name(d, orchestrator), s) for d, s in tail.parts), orchestrator)
-    return roles, finish
-
-
-def _step(task: Task, block: FusedBlock, sends: list[StepSend], orchestrator: str) -> ProgramStep:
-    inputs = tuple(StepInput(p.region, _name(p.source, orchestrator)) for p in task.inputs)
-    return ProgramStep(block, task.out_region, inputs, tuple(sends))
-
-
-def _answer(plan: Plan) -> frozenset[Answer]:
-    tail = plan.tail
-    if tail.on_orchestrator:
-        return frozenset()
-    if tail.parts and tail.finisher == ORCHESTRATOR:
-        return frozenset(Slice(d, s) for d, s in tail.parts)
-    return frozenset({Logits(tail.finisher)})
+        to = _name(tail.finisher, orchestrator) if reader in parts else orchestrator
+        roles[reader] = TailRole(pieces, to, parts.get(reader))
+    if not tail.parts:
+        return roles, None, frozenset({Logits(tail.finisher)})
+    if tail.finisher == ORCHESTRATOR:
+        return roles, None, frozenset(SliceFrom(d, s) for d, s in tail.parts)
+    finish = FinishRole(tuple(SliceFrom(_name(d, orchestrator), s) for d, s in tail.parts), orchestrator)
+    return roles, finish, frozenset({Logits(tail.finisher)})
 
 
 def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
-    """Every holder's work for ``plan`` from boundary ``start`` (which the orchestrator holds
-    whole). Raises :class:`PlanningError` if a piece is not made by exactly one task (plans
-    cut pieces by producer), a static task has no device, or ``start`` is not a boundary the
-    orchestrator holds."""
+    """Every holder's work for ``plan`` from boundary ``start``. Raises :class:`PlanningError`
+    if a piece is not made by exactly one task (plans cut pieces by producer), a static task
+    has no device, or the orchestrator does not hold ``start`` whole."""
     final = plan.blocks[-1].block.stop if plan.blocks else 0
     if start and not any(b.block.stop == start and b.gathers for b in plan.blocks):
         raise PlanningError(f"the orchestrator does not hold boundary {start} whole: no attempt can start there")
     sends = _sends(plan, start, orchestrator)
-    roles, finish = _tail_roles(plan, sends, orchestrator)
+    roles, finish, answer = _tail_roles(plan, sends, orchestrator)
     steps: dict[str, list[ProgramStep]] = {}
     collects: dict[int, dict[TileRegion, str]] = {}
     carried: dict[str, Forward] = {}
     forwards: dict[int, list[Forward]] = {}
-    handouts: dict[int, list[Handout]] = {}
+    handouts: dict[int, list[ProgramStep]] = {}
     local: dict[int, FusedBlock] = {}
+    barrier: dict[int, frozenset[str]] = {}
+    readers: dict[int, frozenset[str]] = {}
     for k, block_plan in enumerate(plan.blocks):
         block = block_plan.block
         if block.start < start:
@@ -220,13 +168,15 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
         if block_plan.placement == "orchestrator":
             local[block.start] = block
             continue
+        if plan.barrier and block_plan.dispatch == "static":
+            barrier[block.stop] = readers[block.start] = frozenset(block_plan.devices)
         for i, task in enumerate(block_plan.tasks):
-            step = _step(task, block, sends.get((k, i), []), orchestrator)
+            inputs = tuple(StepInput(p.region, _name(p.source, orchestrator)) for p in task.inputs)
+            step = ProgramStep(block, task.out_region, inputs, tuple(sends.get((k, i), ())))
             if task.output == ORCHESTRATOR:
                 collects.setdefault(block.stop, {})[task.out_region] = task.device
             if block_plan.dispatch == "pull":
-                pieces = tuple(p.region for p in task.inputs)
-                handouts.setdefault(block.start, []).append(Handout(step, pieces, block.start))
+                handouts.setdefault(block.start, []).append(step)
                 continue
             if not task.device:
                 raise PlanningError(f"block {block}: task {task.out_region} has no device to run on")
@@ -239,6 +189,8 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
                     carried[task.device] = forward
                 else:
                     forwards.setdefault(piece.boundary, []).append(forward)
+    barrier.pop(final, None)  # the end of the last block and the start of the first need no go-ahead
+    readers.pop(start, None)
     tail = plan.tail
     devices = (set(steps) | set(roles) | ({tail.finisher} if finish else set())) - {ORCHESTRATOR}
     prepare = dict(tail.prepare)
@@ -246,14 +198,6 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
         d: DeviceProgram(tuple(steps.get(d, ())), roles.get(d), finish if d == tail.finisher else None, prepare.get(d))
         for d in sorted(devices)
     }
-    barrier: dict[int, frozenset[str]] = {}
-    readers: dict[int, frozenset[str]] = {}
-    if plan.barrier:
-        for block_plan in _static(plan.blocks, start):
-            barrier[block_plan.block.stop] = frozenset(block_plan.devices)
-            readers[block_plan.block.start] = frozenset(block_plan.devices)
-        barrier.pop(final, None)
-        readers.pop(start, None)
     return Compiled(
         start=start,
         final=final,
@@ -263,21 +207,51 @@ def compile_plan(plan: Plan, orchestrator: str, start: int = 0) -> Compiled:
         forwards={b: tuple(f) for b, f in forwards.items()},
         handouts={b: tuple(h) for b, h in handouts.items()},
         local=local,
-        answer=_answer(plan),
-        tail_here=tail.on_orchestrator,
-        finish_here=bool(tail.parts) and tail.finisher == ORCHESTRATOR,
+        answer=answer,
         barrier=barrier,
         readers=readers,
     )
 
 
-def _static(blocks: tuple[BlockPlan, ...], start: int) -> list[BlockPlan]:
-    return [b for b in blocks if b.block.start >= start and b.placement == "devices" and b.dispatch == "static"]
-
-
 def downstream_first(programs: Mapping[str, DeviceProgram]) -> list[str]:
-    """The devices in the order their programs should go out: the latest first step first
-    (the tail's and the finisher's, with no step, before all), so that a device's program
-    is in hand before the rows from its upstream neighbours, which start as soon as they
-    have theirs (rows that overtake their program wait in a small holding area)."""
+    """The devices in the order their programs should go out, the latest first step first
+    (those with no step before all): a device then holds its program before the rows of its
+    upstream neighbours, which start at once (rows that overtake it wait in a small area)."""
     return sorted(programs, key=lambda d: (-programs[d].steps[0].block.start if programs[d].steps else -(1 << 30), d))
+
+
+def blame(work: Compiled, reports: Mapping[str, tuple[int, tuple[str, ...]]], orchestrator: str) -> set[str]:
+    """Who held a late attempt up, from what each device said when it was released (the
+    first item it had not run, -1 without a program, and the senders that item waited for).
+
+    Those named are given up and held out of the next requests, so one that only waited
+    for another must not be. A device that did not answer (stopped, quiet, or hostile) is
+    to blame, and so is one that had every piece of its next item and had not finished it.
+    One waiting is not, if its claim holds: the senders it names are ones its next item
+    reads (the orchestrator only where it forwards rows to it, or says go behind a barrier).
+    A claim on a sender that says it finished cannot be settled here (rows lost, or one of
+    them lying): both are blamed, for a short hold. Nobody is blamed when every device
+    finished: the lateness was the orchestrator's or the broker's."""
+    programs = work.programs
+    finished = {d for d, r in reports.items() if d in programs and r[0] >= len(programs[d].items)}
+    forwarded = {f.to for forwards in work.forwards.values() for f in forwards}
+    blamed = set()
+    for device, program in programs.items():
+        items, report = program.items, reports.get(device)
+        if report is None or report[0] < 0:
+            blamed.add(device)  # silent, or its program never reached it
+            continue
+        item, waiting_for = report
+        if item >= len(items):
+            continue
+        next_item = items[item]
+        reads = next_item.slices if isinstance(next_item, FinishRole) else next_item.inputs
+        readable = {p.source for p in reads} - {device, orchestrator}
+        if work.barrier or device in forwarded:
+            readable.add(orchestrator)
+        claims = set(waiting_for)
+        if not claims or not claims <= readable:
+            blamed.add(device)
+        elif claims & finished:
+            blamed |= {device, *(claims & finished)}
+    return blamed

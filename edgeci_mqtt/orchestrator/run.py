@@ -1,13 +1,8 @@
 """One request on the cluster, under any strategy: attempts of its plan until the answer.
 
-Each attempt compiles the plan into every holder's work
-(:func:`~edgeci_mqtt.orchestrator.programs.compile_plan`); the pure
-:class:`~edgeci_mqtt.orchestrator.attempt.Attempt` decides what happens, and its
-:class:`~edgeci_mqtt.orchestrator.attempt_edge.AttemptEdge` carries that out. An attempt
-that ends in a restart is re-planned without the devices it gave up, from the boundary it
-says, under a new program id so that no stale row can mix in (after a missed deadline,
-with twice the time: :func:`attempt_allowance`); after :data:`MAX_ATTEMPTS` the request
-fails with a clear error.
+An attempt that ends in a restart is re-planned without the devices it gave up, from the
+boundary it says, under a new program id so that no stale row can mix in (after a missed
+deadline, with twice the time); after :data:`MAX_ATTEMPTS` the request fails clearly.
 """
 
 from __future__ import annotations
@@ -28,11 +23,10 @@ from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.models.held import HeldModel
 from edgeci_mqtt.orchestrator.actions import Finish, Restart
-from edgeci_mqtt.orchestrator.attempt import Attempt, Begin
-from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge
+from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin
+from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge, Holdings
 from edgeci_mqtt.orchestrator.auction import Auctioneer
 from edgeci_mqtt.orchestrator.awarding import flow_plan, gather_plan
-from edgeci_mqtt.orchestrator.holdings import Holdings
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
@@ -50,8 +44,7 @@ __all__ = [
     "RunServices",
     "RunSetup",
     "Timings",
-    "attempt_allowance",
-    "task_allowance",
+    "allowance",
 ]
 
 log = logging.getLogger("edgeci.orchestrator")
@@ -65,20 +58,12 @@ EXPIRY_MARGIN_S = 30.0
 its program arrived), released or not: never while the orchestrator still waits for it."""
 
 
-def task_allowance(predicted_s: float, min_allowance_s: float) -> float:
-    """How long work predicted to take ``predicted_s`` may take before it is given up:
-    :data:`DEADLINE_FACTOR` times that, at least ``min_allowance_s``, at most
-    :data:`MAX_TASK_DEADLINE_S`."""
-    return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s))
-
-
-def attempt_allowance(expected_s: float, min_allowance_s: float, late: int) -> float:
-    """How long an attempt waits for what it is owed: the :func:`task_allowance` of the
-    seconds predicted for it (its plan and the work already handed out), doubled for each
-    earlier attempt that ran past its deadline: the devices that missed it were online, so
-    they may have been busy rather than lost; the next attempt, re-planned without them,
-    allows more."""
-    return min(MAX_TASK_DEADLINE_S, task_allowance(expected_s, min_allowance_s) * 2**late)
+def allowance(predicted_s: float, min_allowance_s: float, late: int = 0) -> float:
+    """How long work predicted to take ``predicted_s`` (a pulled tile; an attempt, with the
+    work already handed out) may take: :data:`DEADLINE_FACTOR` times that, at least
+    ``min_allowance_s``, doubled for each earlier attempt that ran past its deadline (its
+    devices were online, so perhaps busy rather than lost), at most :data:`MAX_TASK_DEADLINE_S`."""
+    return min(MAX_TASK_DEADLINE_S, max(min_allowance_s, DEADLINE_FACTOR * predicted_s) * 2**late)
 
 
 @dataclass
@@ -95,31 +80,20 @@ class Timings:
     recovered_tasks: int = 0
 
     def add(self, kind: str, seconds: float) -> None:
-        """Count ``seconds`` the orchestrator spent on ``kind`` of work (as its timeline names it)."""
-        name = _TIMED[kind]
+        """Count ``seconds`` the orchestrator spent on ``kind`` of work (as its timeline names
+        it: its ``prepare`` is the scatter)."""
+        name = "scatter_s" if kind == "prepare" else f"{kind}_s"
         setattr(self, name, getattr(self, name) + seconds)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-_TIMED = {
-    "plan": "plan_s",
-    "auction": "auction_s",
-    "prepare": "scatter_s",
-    "merge": "merge_s",
-    "gateway": "gateway_s",
-    "tail": "tail_s",
-}
-"""The :class:`Timings` field of each kind of the orchestrator's work on the timeline."""
-
-
 @dataclass(frozen=True)
 class RunServices:
-    """What every run of one orchestrator gets from it: its id, how it publishes, its
-    mailboxes, how long an auction waits for bids, the least time a device gets for work
-    before it is given up. ``profile`` and ``broker_link``: the orchestrator's own, for the
-    awards' environment."""
+    """What every run of one orchestrator gets from it. ``profile`` and ``broker_link``: the
+    orchestrator's own, for the awards' environment; ``min_allowance_s``: the least time a
+    device gets for work before it is given up."""
 
     orchestrator: str
     publish: Callable[[str, bytes], None]
@@ -199,20 +173,6 @@ class Run:
         if self.setup.deadline.passed(time.perf_counter()):
             raise InferenceError(f"{self.request}: the client's deadline passed; stopped unfinished")
 
-    def mark(
-        self,
-        resource: str,
-        kind: str,
-        start: float,
-        end: float,
-        note: str = "",
-        block: FusedBlock | None = None,
-        region: TileRegion | None = None,
-    ) -> None:
-        """Record an interval (``perf_counter`` times) if this request is traced."""
-        if self.timeline is not None:
-            self.timeline.append(Interval(resource, kind, start - self.origin, end - self.origin, block, region, note))
-
     def spent(
         self,
         kind: str,
@@ -222,11 +182,14 @@ class Run:
         region: TileRegion | None = None,
         end: float | None = None,
     ) -> None:
-        """The orchestrator did ``kind`` of work from ``start`` to ``end`` (None: now):
-        counted in the :class:`Timings` and marked if traced."""
+        """The orchestrator did ``kind`` of work from ``start`` to ``end`` (``perf_counter``
+        times; None: now): counted in the :class:`Timings` and, if this request is traced,
+        on its timeline."""
         end = time.perf_counter() if end is None else end
         self.timings.add(kind, end - start)
-        self.mark(ORCHESTRATOR, kind, start, end, note, block, region)
+        if self.timeline is not None:
+            interval = Interval(ORCHESTRATOR, kind, start - self.origin, end - self.origin, block, region, note)
+            self.timeline.append(interval)
 
     def online(self) -> frozenset[str]:
         return frozenset(v.name for v in self.setup.devices())
@@ -241,11 +204,14 @@ class Run:
             views = [v for v in self.setup.devices() if v.name not in self.failed]
             views = [v for v in views if v.name not in self.mail.silence] or views  # work for those who answer
             if not views:
-                raise InferenceError("no capable device remains for this inference")
+                raise InferenceError(NO_DEVICE)
             plan = self._plan(views, start, attempt)
             outcome, work = self._attempt(f"{self.request}.{attempt}", plan, start, holdings, late)
             if isinstance(outcome, Finish):
-                return self._finish(plan, holdings, work)
+                started = time.perf_counter()
+                logits = holdings.logits(self.held.chain, work)
+                self.spent("tail", started, _tail_note(plan))
+                return logits
             late += outcome.late
             self.timings.recovered_tasks += 1
             reasons.append(outcome.why)
@@ -265,12 +231,6 @@ class Run:
         stale = any(d not in names for d in self.plan.devices)
         return gather_plan(self, views, start, auction=self.plan.auctioned or attempt > 1 or stale)
 
-    def _finish(self, plan: Plan, holdings: Holdings, work: Compiled) -> torch.Tensor:
-        started = time.perf_counter()
-        logits = holdings.logits(self.held.chain, work)
-        self.spent("tail", started, _tail_note(plan))
-        return logits
-
     # ------------------------------------------------------------ one attempt
     def _attempt(
         self, program: str, plan: Plan, start: int, holdings: Holdings, late: int
@@ -279,28 +239,28 @@ class Run:
             work = compile_plan(plan, self.orchestrator, start)
         except PlanningError as exc:
             raise InferenceError(f"the plan cannot run: {exc}") from exc
-        self.used |= work.devices
+        self.used |= set(work.programs)
         expected = plan.predicted_s + self.setup.backlog_s
-        allowance = attempt_allowance(expected, self.services.min_allowance_s, late)
+        allowed = allowance(expected, self.services.min_allowance_s, late)
         started = time.perf_counter()
         machine = Attempt(
             work,
             program,
             self.orchestrator,
-            started + allowance,
+            started + allowed,
             tuple(s.channels for s in self.shapes),
             self.held.chain.tail_parts.classes,
             self._pulled_allowance,
         )
         with self.mail.open(program) as box:
-            edge = AttemptEdge(self, machine, plan, holdings, box, allowance + EXPIRY_MARGIN_S)
+            edge = AttemptEdge(self, machine, plan, holdings, box, allowed + EXPIRY_MARGIN_S)
             try:
                 for device, work_of in work.programs.items():  # stage weights first: they are the long sends
                     for step in work_of.steps:
                         self.setup.prepare(device, step.block)
                 outcome = edge.drive(machine.handle(Begin(time.perf_counter(), self.online())))
             except BaseException:
-                edge.release_all("attempt failed")
+                edge.release(sorted(edge.out), "attempt failed")
                 raise
         self.timings.wait_s += time.perf_counter() - started
         self.timings.recovered_tasks += machine.recovered
@@ -310,10 +270,9 @@ class Run:
         """How long a device may take for a pulled tile: a multiple of its own predicted time."""
         costs = self.held.row_model(*self.input_hw)
         view = next((d for d in self.setup.devices() if d.name == device), None)
-        r = step.out_region.rows
-        block = step.block
+        r, block = step.out_region.rows, step.block
         predicted = float(costs.strip_seconds(view, block, np.array([r.start]), np.array([r.stop]))[0]) if view else 1.0
-        return task_allowance(predicted, self.services.min_allowance_s)
+        return allowance(predicted, self.services.min_allowance_s)
 
 
 def _tail_note(plan: Plan) -> str:
