@@ -38,9 +38,10 @@ from edgeci_mqtt.models import load_chain, skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
-from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import map_densities
+from edgeci_mqtt.sim.choice import served_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import intervals_from_rows
@@ -71,8 +72,9 @@ def environment(data: dict, broker: Link, model: str, ideal: bool = False) -> En
 def predicted(
     ctx: PlanningContext, work: TaskWork, ideal: Environment, strategies: list[str]
 ) -> tuple[dict[str, SimResult], dict[str, float]]:
-    """Each strategy's plan replayed on the cluster, and (same plan) on ``ideal``, every link free."""
-    plans = {s: make_plan(Strategy.parse(s), ctx) for s in strategies}
+    """Each strategy's plan, as it serves one request on idle devices, replayed on the cluster,
+    and (same plan) on ``ideal``, every link free."""
+    plans = {s: served_plan(Strategy.parse(s), ctx) for s in strategies}
     return (
         {s: simulate(p, ctx.env, work) for s, p in plans.items()},
         {s: simulate(p, ideal, work).makespan_s for s, p in plans.items()},

@@ -10,9 +10,10 @@ from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.planner.tail import TailPlan
+from edgeci_mqtt.sim.choice import plan_for
 from edgeci_mqtt.sim.simulator import simulate
 
 __all__ = ["register", "run"]
@@ -48,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
     ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
-    plan = make_plan(strategy, ctx)
+    plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
     replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
-    print(f"{strategy} plan of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)")
+    chosen = f" (chose {plan.strategy}'s plan)" if plan.strategy != strategy else ""
+    print(
+        f"{strategy} plan{chosen} of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)"
+    )
     for index, block in enumerate(plan.blocks):
         first, last = ctx.chain.stages[block.block.start], ctx.chain.stages[block.block.stop - 1]
         where = "orchestrator" if block.placement == "orchestrator" else f"{block.dispatch} dispatch"

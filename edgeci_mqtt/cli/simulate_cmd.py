@@ -13,8 +13,9 @@ from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
-from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
+from edgeci_mqtt.sim.choice import served_plan
 from edgeci_mqtt.sim.gantt import write_gantt
 from edgeci_mqtt.sim.simulator import SimResult, simulate
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for strategy in strategies:
         print(f"planning and simulating {strategy} ...", file=sys.stderr, flush=True)
-        results[str(strategy)] = simulate(make_plan(strategy, ctx), env, work)
+        results[str(strategy)] = simulate(served_plan(strategy, ctx), env, work)
     print(f"{args.model} on {cluster.name} ({len(cluster.devices)} devices), simulated")
     print(
         format_table(
