@@ -4,13 +4,13 @@ One client queueing 120 requests must not make another client's single request w
 behind all of them, and must not make the orchestrator hold unbounded work: each client
 may have ``per_client`` requests waiting (the next one is refused at once, "busy"), and
 the workers take the clients' queues round-robin. A request whose client stopped waiting
-(:meth:`Admitted.expired`) is not started.
+(:attr:`Admitted.deadline`) is not started.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -42,8 +42,7 @@ class FairQueue(Generic[T]):
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
-        self._queues: dict[str, deque[T]] = {}
-        self._turn: deque[str] = deque()  # clients with work waiting, in serving order
+        self._queues: OrderedDict[str, deque[T]] = OrderedDict()  # clients with work waiting, in serving order
         self._ready = threading.Condition()
         self._closed = False
 
@@ -51,27 +50,25 @@ class FairQueue(Generic[T]):
         """Queue ``item``; how many of this client's requests are ahead of it, or None
         (refused) when the client already has ``per_client`` waiting."""
         with self._ready:
-            waiting = self._queues.setdefault(client, deque())
+            waiting = self._queues.get(client, deque())
             if len(waiting) >= self.per_client:
                 return None
             waiting.append(item)
-            if client not in self._turn:
-                self._turn.append(client)
+            self._queues[client] = waiting  # a client new here is served after every other
             self._ready.notify()
             return len(waiting) - 1
 
     def get(self) -> T | None:
         """The next client's oldest request (blocks); None once closed."""
         with self._ready:
-            while not self._turn and not self._closed:
+            while not self._queues and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
-            client = self._turn.popleft()
-            waiting = self._queues[client]
+            client, waiting = next(iter(self._queues.items()))
             item = waiting.popleft()
             if waiting:
-                self._turn.append(client)  # its next one after every other client's
+                self._queues.move_to_end(client)  # its next one after every other client's
             else:
                 del self._queues[client]
             return item
