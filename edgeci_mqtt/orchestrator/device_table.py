@@ -74,16 +74,14 @@ class DeviceTable:
                 if s.models.get(model) in (digest, FETCH)
             ]
 
-    def fetches(self, device: str, model: str) -> bool:
+    def on_disk(self, device: str, model: str, digest: str) -> set[str] | None:
+        """If ``device`` fetches ``model``: the stages of these weights it announced it has on
+        disk (None if it does not fetch them)."""
         with self._lock:
             live = self._live.get(device)
-            return live is not None and live[0].models.get(model) == FETCH
-
-    def cached(self, device: str, digest: str) -> set[str]:
-        """Stages of these weights the device announced it has on disk."""
-        with self._lock:
-            live = self._live.get(device)
-            return set(live[0].weights.get(digest, [])) if live is not None else set()
+            if live is None or live[0].models.get(model) != FETCH:
+                return None
+            return set(live[0].weights.get(digest, []))
 
 
 class WeightsSender:
@@ -97,14 +95,14 @@ class WeightsSender:
     def send(self, model: str, device: str, block: FusedBlock) -> None:
         """Before ``device``'s task of ``block``: the weights of its stages the device lacks,
         if it fetches ``model``."""
-        if not self.table.fetches(device, model):
-            return
         held = self.models.get(model)
+        if (on_disk := self.table.on_disk(device, model, held.digest)) is None:
+            return
         key = (device, held.digest)
         with self._lock:  # one worker sends a stage; the others' tasks queue behind it on the topic
             births, sent = self._sent.get(key, (-1, set()))
             if births != self.table.births:  # a (re)birth: trust only what it has on disk
-                sent = self.table.cached(device, held.digest)
+                sent = on_disk
             for stage in held.weighted_stages(block):
                 if stage not in sent:
                     message = weights_message(model, held.digest, stage, stage_state(held.chain.model, stage))

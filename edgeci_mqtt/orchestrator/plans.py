@@ -1,16 +1,12 @@
 """How an orchestrator serves requests: the plans it keeps, and the work it has handed out.
 
-Planning is the costly part of serving a request on a small orchestrator, so a plan is
-kept for the device table's generation, by model, input size, strategy and the devices
-planned for. A few device sets are kept (:data:`PLANS_KEPT`): while a device is on
-probation, the request holding its trial plans with it and the others without it. What a
-plan takes from each device (:func:`~edgeci_mqtt.planner.serving.price_shares`, which
-prices every task) is kept with it.
-
-Each request is split as planned or served whole on one device, whichever finishes first
-given the work handed out and not yet seen finish (:func:`~edgeci_mqtt.planner.serving.choose_serving`,
-pure); its work is counted here (:class:`Commitments`) until it is done, so the next
-request's decision sees it.
+Planning is the costly part of serving a request on a small orchestrator, so a plan (and
+what it takes from each device, :func:`~edgeci_mqtt.planner.serving.price_shares`) is kept
+for the device table's generation, by model, input size, strategy and the devices planned
+for; a few device sets at once (:data:`PLANS_KEPT`): while a device is on probation, the
+request holding its trial plans with it and the others without it. Each request is split
+as planned or served whole on one device, whichever finishes first given the work handed
+out (:func:`~edgeci_mqtt.planner.serving.choose_serving`), counted until it is done.
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.admission import Admitted, FairQueue
 from edgeci_mqtt.orchestrator.device_table import DeviceTable, WeightsSender
-from edgeci_mqtt.orchestrator.mailboxes import Inbox, Mailboxes
+from edgeci_mqtt.orchestrator.mailboxes import Admitted, FairQueue, Inbox, Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.plans import PlanCache
 from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunServices, RunSetup
@@ -198,10 +197,9 @@ class Orchestrator:
                 return
             asker = INFER_REQUESTS.parse(event.topic) if sent is None and bid is None else None
             if asker is not None:
-                message: Message | None = self._request(event, asker["client"])
-            else:
-                message = self._reassembler.feed(event.topic, event.payload)
-            if message is None:
+                self._admit(asker["client"], self._request(event, asker["client"]))
+                return
+            if (message := self._reassembler.feed(event.topic, event.payload)) is None:
                 return
             if isinstance(message, DeviceStateMessage) and DEVICE_STATE.parse(event.topic) == {
                 "device": message.device
@@ -219,35 +217,31 @@ class Orchestrator:
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
-            elif isinstance(message, RequestMessage) and asker is not None:
-                own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
-                if event.response_topic != own:
-                    raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
-                self._admit(asker["client"], Admitted(message, own, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
         except Exception as exc:  # one message must never stop the dispatcher
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
-    def _request(self, event: Inbound, client: str) -> RequestMessage:
-        """A request, decoded (it fits one frame: a chunk there is hostile); a malformed one is
-        answered with why, when its client can read the answer (on its own responses topic: no
-        answer goes anywhere else), so that no client waits out its timeout for an answer that
-        cannot come."""
+    def _request(self, event: Inbound, client: str) -> Admitted:
+        """A request of ``client`` (the broker proved who asked), decoded (it fits one frame: a
+        chunk there is hostile), to be answered on the client's own responses topic and nowhere
+        else. A malformed one is answered with why when its client can read the answer, so that
+        no client waits out its timeout for an answer that cannot come."""
+        own = CLIENT_RESPONSES.build(client=client)
         try:
             message = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
             if message is None or isinstance(message, ChunkMessage):
                 raise WireError("a request must fit in one frame")
             if not isinstance(message, RequestMessage):
                 raise WireError(f"a {message.kind} message is not a request")
-            return message
         except WireError as exc:
-            own = CLIENT_RESPONSES.build(client=client)
             if event.response_topic == own and event.correlation:
-                self._answer(
-                    own, event.correlation, self._error(_request_id(event.payload), f"malformed request: {exc}")
-                )
+                error = self._error(_request_id(event.payload), f"malformed request: {exc}")
+                self._answer(own, event.correlation, error)
             raise
+        if event.response_topic != own:
+            raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
+        return Admitted(message, own, event.correlation, time.perf_counter())
 
     # ------------------------------------------------------------ requests
     def _admit(self, client: str, request: Admitted) -> None:
