@@ -16,7 +16,7 @@ from edgeci_mqtt.bus.protocol import Inbound
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.orchestrator.admission import FairQueue
+from edgeci_mqtt.orchestrator.mailboxes import FairQueue
 from edgeci_mqtt.wire import DEVICE_TASKS, ProgramMessage, decode
 from tests.cluster import wait_for
 from tests.exactness import References, assert_float32_faithful

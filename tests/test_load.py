@@ -1,4 +1,5 @@
-"""The work handed out: counted until done, and decided one request after another."""
+"""Serving requests: the work handed out, counted until done and decided one request after
+another; a request priced once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from collections.abc import Callable
 
 import pytest
 
-from edgeci_mqtt.orchestrator.load import Commitments
+from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.device_table import DeviceTable
+from edgeci_mqtt.orchestrator.plans import Commitments, PlanCache
+from edgeci_mqtt.planner import serving as serving_module
+from edgeci_mqtt.planner.serving import whole_request_plan
+from edgeci_mqtt.planner.strategies import context_for
+from edgeci_mqtt.planner.strategy import Strategy
+from tests.planning import device, environment, flat_profile
 
 pytestmark = pytest.mark.pure
 
@@ -58,3 +67,26 @@ def test_a_burst_is_decided_one_request_after_another() -> None:
     for thread in threads:
         thread.join(timeout=10)
     assert load.snapshot() == {}
+
+
+def test_a_request_served_whole_is_priced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deciding to serve a request whole prices a whole request on every device; its plan on
+    the device chosen takes that price, as :func:`whole_request_plan` would have computed it
+    again. Only once the device is gone is every device left priced, to choose another."""
+    store = ModelStore({"smallcnn": None}, seed=0)
+    devices = [device(name) for name in ("a", "b", "c")]
+    cache = PlanCache(store, DeviceTable(), flat_profile(), Link(10_000.0, 0.0))
+    priced: list[bool] = []
+    price = serving_module.whole_model_seconds
+    monkeypatch.setattr(serving_module, "whole_model_seconds", lambda *a, **k: priced.append(True) or price(*a, **k))
+    with cache.serving("smallcnn", 64, 64, Strategy("flow"), devices) as (_, serving):
+        assert serving.whole is not None  # the case this is: a small image on fast links runs whole
+        chosen, replan = serving.whole.device, cache.whole("smallcnn", 64, 64, serving)
+        assert replan is not None and len(priced) == 1
+        plan = replan(devices)
+        assert len(priced) == 1 and plan.devices == (chosen,)
+        left = [v for v in devices if v.name != chosen]
+        assert chosen not in replan(left).devices and len(priced) == 2
+    assert cache.load.snapshot() == {}
+    ctx = context_for(store.get("smallcnn").spec(64, 64), environment(*devices))
+    assert plan == whole_request_plan(ctx, serving.whole, {})  # the plan it always was, priced once

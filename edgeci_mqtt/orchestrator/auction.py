@@ -12,11 +12,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edgeci_mqtt.core.blocks import FusedBlock
-from edgeci_mqtt.core.geometry import Span
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid
 from edgeci_mqtt.wire import (
@@ -75,10 +73,6 @@ class Silence:
         with self._lock:
             return device in self._silent
 
-    def devices(self) -> set[str]:
-        with self._lock:
-            return set(self._silent)
-
     def unreliable(self, now: float) -> set[str]:
         """Devices no round waits for: silent, or in the cool-off after a miss."""
         with self._lock:
@@ -124,35 +118,29 @@ class Auctioneer:
         self.publish, self.bid_boxes, self.window_s, self.silence = publish, bid_boxes, window_s, silence
 
     def rounds(
-        self, lots: list[tuple[FusedBlock, list[Span]]], candidates: set[str], awaited: set[str], flow: bool = False
+        self, lots: Sequence[AuctionLot], candidates: set[str], planned: set[str], flow: bool = False
     ) -> list[Round]:
-        """Every lot (a block and its items) in one call, to every candidate; one round per lot back.
+        """Every lot in one call, to every candidate; one round per lot back.
 
-        The call waits, until the window closes, for the bids of ``awaited`` (the devices
-        the plan expects to win work) but not of the silent ones; bids that others have
-        sent by then count as well. An awaited device that has not bid by then is silent.
-        Waiting for a device the plan leaves idle would cost every inference its slowest
-        bidder's reply time for a bid that almost never wins (docs/RUNTIME.md, one inference).
+        The call waits, until the window closes, for the bids of the candidates the plan
+        expects to win work (``planned``; all of them if it expects none) but not of the
+        silent ones; bids that others have sent by then count as well. An awaited device
+        that has not bid by then is silent. Waiting for a device the plan leaves idle would
+        cost every inference its slowest bidder's reply time for a bid that almost never
+        wins (docs/RUNTIME.md, one inference).
         """
         if not candidates:
             raise PlanningError("no capable device remains for this inference")
+        awaited = (planned & candidates) or candidates
         awaited = (awaited - self.silence.unreliable(time.perf_counter())) or awaited  # all silent: them or nobody
         round_id = uuid.uuid4().hex[:12]
         box: queue.Queue[BidMessage] = queue.Queue()
         received: list[dict[str, Bid]] = [{} for _ in lots]
-        counts = [len(items) for _, items in lots]
+        counts = [len(lot.items) for lot in lots]
         deadline = time.perf_counter() + self.window_s
         self.bid_boxes[round_id] = box
         try:
-            call = CallMessage(
-                round_id,
-                self.orchestrator,
-                self.model,
-                self.input_hw,
-                tuple(AuctionLot(block, tuple(items)) for block, items in lots),
-                self.window_s,
-                flow,
-            )
+            call = CallMessage(round_id, self.orchestrator, self.model, self.input_hw, tuple(lots), self.window_s, flow)
             self.publish(AUCTION_CALL.build(round=round_id), encode(call))
             answered: set[str] = set()
             while awaited - answered and (remaining := deadline - time.perf_counter()) > 0:

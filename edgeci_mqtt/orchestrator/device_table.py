@@ -1,23 +1,29 @@
-"""The live devices, from their retained state messages.
+"""The live devices, from their retained state messages, and the stage weights sent to them.
 
 Every membership change bumps the table's ``generation`` (so that the next request is
-re-planned), every birth its ``births`` (so that stage weights sent before a restart are
-sent again).
+re-planned), every birth its ``births``. A device that announces a model as ``FETCH`` holds
+none of its weights: before each of its tasks it gets the weights of the block's stages it
+lacks, on its tasks topic, so that they arrive before the task (:class:`WeightsSender`).
+What was sent is remembered until a birth; then only what the device announced it has on
+disk is trusted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.models.held import FETCH
+from edgeci_mqtt.models.held import FETCH, ModelStore
+from edgeci_mqtt.models.stage_weights import stage_state, weights_message
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.wire import DeviceStateMessage
+from edgeci_mqtt.wire import DEVICE_TASKS, DeviceStateMessage, encode
 
-__all__ = ["DeviceTable"]
+__all__ = ["DeviceTable", "WeightsSender"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -42,15 +48,10 @@ class DeviceTable:
             if state.online and before is None:
                 self.births += 1
             if (before is None) != (not state.online) or (before is not None and before[0].models != state.models):
-                self.generation += (
-                    1  # not for a corrected speed: bids carry it, and planning anew is dear (docs/RUNTIME.md)
-                )
-                log.info(
-                    "device %s is %s (generation %d)",
-                    state.device,
-                    "online" if state.online else "offline",
-                    self.generation,
-                )
+                # not for a corrected speed: bids carry it, and planning anew is dear (docs/RUNTIME.md)
+                self.generation += 1
+                word = "online" if state.online else "offline"
+                log.info("device %s is %s (generation %d)", state.device, word, self.generation)
 
     def online(self) -> list[str]:
         with self._lock:
@@ -73,13 +74,38 @@ class DeviceTable:
                 if s.models.get(model) in (digest, FETCH)
             ]
 
-    def fetches(self, device: str, model: str) -> bool:
+    def on_disk(self, device: str, model: str, digest: str) -> set[str] | None:
+        """If ``device`` fetches ``model``: the stages of these weights it announced it has on
+        disk (None if it does not fetch them)."""
         with self._lock:
             live = self._live.get(device)
-            return live is not None and live[0].models.get(model) == FETCH
+            if live is None or live[0].models.get(model) != FETCH:
+                return None
+            return set(live[0].weights.get(digest, []))
 
-    def cached(self, device: str, digest: str) -> set[str]:
-        """Stages of these weights the device announced it has on disk."""
-        with self._lock:
-            live = self._live.get(device)
-            return set(live[0].weights.get(digest, [])) if live is not None else set()
+
+class WeightsSender:
+    """Sends each fetching device the stage weights its work needs, once (thread-safe)."""
+
+    def __init__(self, models: ModelStore, table: DeviceTable, publish: Callable[[str, bytes], None]) -> None:
+        self.models, self.table, self.publish = models, table, publish
+        self._sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
+        self._lock = threading.Lock()
+
+    def send(self, model: str, device: str, block: FusedBlock) -> None:
+        """Before ``device``'s task of ``block``: the weights of its stages the device lacks,
+        if it fetches ``model``."""
+        held = self.models.get(model)
+        if (on_disk := self.table.on_disk(device, model, held.digest)) is None:
+            return
+        key = (device, held.digest)
+        with self._lock:  # one worker sends a stage; the others' tasks queue behind it on the topic
+            births, sent = self._sent.get(key, (-1, set()))
+            if births != self.table.births:  # a (re)birth: trust only what it has on disk
+                sent = on_disk
+            for stage in held.weighted_stages(block):
+                if stage not in sent:
+                    message = weights_message(model, held.digest, stage, stage_state(held.chain.model, stage))
+                    self.publish(DEVICE_TASKS.build(device=device), encode(message))
+                    sent.add(stage)
+            self._sent[key] = (self.table.births, sent)

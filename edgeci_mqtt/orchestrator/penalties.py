@@ -1,14 +1,13 @@
 """Devices that failed a request, remembered across requests with a decaying penalty.
 
 A device can fail without leaving: frozen (stopped, still connected, its retained state
-still "online"), overloaded, or hostile (it bids and never computes). Each run only
-excluded it for its own attempts, so every later request handed it work again and waited
-out a deadline. Here a failure holds the device out of every request for a while, the
-hold doubling with each failure in a row; when the hold is over the device is on
-*probation*: one request at a time may use it (its *trial*). A trial that ends well
-clears the record; one that fails holds it out again, twice as long. Orchestrators tell
-each other (``announce`` here, :meth:`heard` there), so a failure is paid once, not once
-per orchestrator sharing the requests.
+still "online"), overloaded, or hostile (it bids and never computes); were it left out of
+the failed run only, every later request would hand it work and wait out a deadline. A
+failure holds it out of every request for a while, the hold doubling with each failure in
+a row; when the hold is over the device is on *probation*: one request at a time may use
+it (its *trial*). A trial that ends well clears the record; one that fails holds it out
+again, twice as long. Orchestrators tell each other (``announce`` here, :meth:`heard`
+there), so a failure is paid once, not once per orchestrator sharing the requests.
 
 Pure (every call takes ``now``) and thread-safe: an orchestrator's request workers share one.
 """

@@ -15,29 +15,23 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from functools import partial
 
 import msgpack
 import torch
 
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.imaging import check_image
-from edgeci_mqtt.models.held import HeldModel, ModelStore
-from edgeci_mqtt.orchestrator.admission import Admitted, FairQueue
-from edgeci_mqtt.orchestrator.device_table import DeviceTable
-from edgeci_mqtt.orchestrator.load import Commitments
-from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator.device_table import DeviceTable, WeightsSender
+from edgeci_mqtt.orchestrator.mailboxes import Admitted, FairQueue, Inbox, Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.plans import PlanCache
 from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunServices, RunSetup
-from edgeci_mqtt.orchestrator.weights import WeightsSender
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.planner.serving import Serving, choose_serving
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.watch.publisher import TrafficPublisher
 from edgeci_mqtt.wire import (
@@ -55,14 +49,10 @@ from edgeci_mqtt.wire import (
     BidMessage,
     ChunkMessage,
     DeviceStateMessage,
-    DoneMessage,
-    FailureMessage,
     Message,
     OrchestratorStateMessage,
     PenaltyMessage,
-    ProgressMessage,
     Reassembler,
-    ReportMessage,
     RequestMessage,
     ResponseMessage,
     RowsMessage,
@@ -85,18 +75,6 @@ DEFAULT_STRATEGY = Strategy("flow")
 REASSEMBLY_BYTES, REASSEMBLY_BYTES_PER_TOPIC = 256 << 20, 64 << 20
 """Chunked results held at once: in all, and in one payload (a whole 224x224x64 float32
 map, the largest a device sends, is 12.8 MB)."""
-
-
-def _decode_request(payload: bytes) -> RequestMessage:
-    """The request a payload carries (:class:`WireError` if it carries none)."""
-    if len(payload) > MAX_FRAME_BYTES:
-        raise WireError("a request must fit in one frame")
-    message = decode(payload)
-    if isinstance(message, ChunkMessage):  # a request fits one frame: a chunk there is hostile
-        raise WireError("a request must fit in one frame")
-    if not isinstance(message, RequestMessage):
-        raise WireError(f"a {message.kind} message is not a request")
-    return message
 
 
 def _request_id(payload: bytes) -> str:
@@ -135,29 +113,28 @@ class Orchestrator:
         (it gets ``5 x`` its own predicted time when that is longer). ``in_flight``: requests
         served at once (each by a worker thread). ``per_client``: requests one client may
         have waiting (the next is refused as busy)."""
-        self.results_filter = RESULTS.filter_with(orchestrator=orchestrator_id)
         self.id, self.bus, self.models, self.strategy = orchestrator_id, bus, models, strategy
         self._traffic = TrafficPublisher(bus, orchestrator_id, ORCHESTRATOR_TRAFFIC.build(orchestrator=orchestrator_id))
+        publish = self._traffic.publish  # what we send devices, reported while a watcher is online
         broker_link = broker_link or Link(1000.0, 0.1)
         self.table = DeviceTable()
-        self.commitments = Commitments()
-        self.plans = PlanCache(models, self.table, profile, broker_link, self.commitments.snapshot)
-        self.weights = WeightsSender(models, self.table, self._traffic.publish)
+        self.plans = PlanCache(models, self.table, profile, broker_link)
+        self.weights = WeightsSender(models, self.table, publish)
         self.mail = Mailboxes()
         self.requests: FairQueue[Admitted] = FairQueue(per_client)
         self.state_topic = ORCHESTRATOR_STATE.build(orchestrator=orchestrator_id)
         self.in_flight = max(1, in_flight)
         self._reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_message_bytes=REASSEMBLY_BYTES_PER_TOPIC)
         self.penalties = Penalties(announce=self._announce_penalty)
-        publish = self._traffic.publish  # and reported while a watcher is online
         self.runs = RunServices(
             orchestrator_id, publish, self.mail, self.penalties, profile, broker_link, auction_s, min_allowance_s
         )
 
     def run(self, stop: threading.Event) -> None:
         bus = self.bus
-        filters = (DEVICE_STATE.filter, self.results_filter, AUCTION_BIDS.filter, ORCHESTRATOR_PENALTIES.filter)
-        for topic in (*filters, SHARED_REQUESTS, WATCHER_STATE.filter):  # watchers: whether to report what we send
+        ours = RESULTS.filter_with(orchestrator=self.id)
+        filters = (DEVICE_STATE.filter, ours, AUCTION_BIDS.filter, ORCHESTRATOR_PENALTIES.filter, SHARED_REQUESTS)
+        for topic in (*filters, WATCHER_STATE.filter):  # watchers: whether to report what we send
             bus.subscribe(topic)
         bus.will(self.state_topic, encode(OrchestratorStateMessage(self.id, False)))
         bus.start()
@@ -181,21 +158,33 @@ class Orchestrator:
         self._traffic.stop()
         bus.stop()
 
+    def _publish(
+        self, topic: str, message: Message, failed: str, correlation: bytes | None = None, retained: bool = False
+    ) -> None:
+        """Publish ``message`` (``retained``: waiting for delivery); if that fails, log what could
+        not be done (``failed``) and go on: neither the dispatcher nor a worker is lost to the bus."""
+        try:
+            self.bus.publish(
+                topic, encode(message), retain=retained, correlation=correlation, wait=5 if retained else None
+            )
+        except Exception as exc:
+            log.warning("orchestrator %s: cannot %s: %s", self.id, failed, exc)
+
     def _announce_penalty(self, device: str, hold_s: float, strikes: int, why: str) -> None:
         """Tell the other orchestrators that ``device`` failed one of our requests."""
         penalty = PenaltyMessage(self.id, device, hold_s, strikes, why[:4000])
-        try:
-            self.bus.publish(ORCHESTRATOR_PENALTIES.build(orchestrator=self.id), encode(penalty))
-        except EdgeCIError as exc:
-            log.warning("orchestrator %s: cannot tell the others that %s failed: %s", self.id, device, exc)
+        self._publish(ORCHESTRATOR_PENALTIES.build(orchestrator=self.id), penalty, f"tell the others {device} failed")
 
     def _announce(self, online: bool) -> None:
-        try:
-            self.bus.publish(self.state_topic, encode(OrchestratorStateMessage(self.id, online)), retain=True, wait=5)
-        except EdgeCIError as exc:
-            log.warning(
-                "orchestrator %s: cannot announce itself %s: %s", self.id, "online" if online else "offline", exc
-            )
+        state, word = OrchestratorStateMessage(self.id, online), "online" if online else "offline"
+        self._publish(self.state_topic, state, f"announce itself {word}", retained=True)
+
+    def _answer(self, topic: str, correlation: bytes | None, message: ResponseMessage | AcceptedMessage) -> None:
+        self._publish(topic, message, f"answer request {message.request}", correlation)
+
+    def _error(self, request: str, error: str) -> ResponseMessage:
+        """The answer to ``request`` when it has no logits: why (as much as the wire carries)."""
+        return ResponseMessage(request, error=error[:4000], orchestrator=self.id)
 
     # ------------------------------------------------------------ dispatcher
     def _dispatch(self, event: Inbound) -> None:
@@ -208,10 +197,9 @@ class Orchestrator:
                 return
             asker = INFER_REQUESTS.parse(event.topic) if sent is None and bid is None else None
             if asker is not None:
-                message: Message | None = self._request(event, asker["client"])
-            else:
-                message = self._reassembler.feed(event.topic, event.payload)
-            if message is None:
+                self._admit(asker["client"], self._request(event, asker["client"]))
+                return
+            if (message := self._reassembler.feed(event.topic, event.payload)) is None:
                 return
             if isinstance(message, DeviceStateMessage) and DEVICE_STATE.parse(event.topic) == {
                 "device": message.device
@@ -224,55 +212,46 @@ class Orchestrator:
                     self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:
                 self.mail.deliver_bid(message)
-            elif isinstance(
-                message, FailureMessage | RowsMessage | VectorMessage | DoneMessage | ReportMessage | ProgressMessage
-            ):
+            elif isinstance(message, Inbox):
                 sender = message.sender if isinstance(message, RowsMessage | VectorMessage) else message.device
                 if sent != {"orchestrator": self.id, "device": sender, "request": message.request}:
                     raise WireError(f"a {message.kind} from {sender} for {message.request} does not belong here")
                 self.mail.deliver(message, time.perf_counter())  # arrival, for traces
-            elif isinstance(message, RequestMessage) and asker is not None:
-                own = CLIENT_RESPONSES.build(client=asker["client"])  # the broker proved who asked
-                if event.response_topic != own:
-                    raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
-                self._admit(asker["client"], Admitted(message, own, event.correlation, time.perf_counter()))
             else:
                 raise WireError(f"a {message.kind} message does not belong on {event.topic}")
         except Exception as exc:  # one message must never stop the dispatcher
             log.warning("orchestrator %s: rejected message on %s: %s", self.id, event.topic[:200], exc)
 
-    def _request(self, event: Inbound, client: str) -> Message:
-        """A request, decoded; a malformed one is answered with why, when its client can read
-        the answer (on its own responses topic: no answer goes anywhere else), so that no
-        client waits out its timeout for an answer that cannot come."""
+    def _request(self, event: Inbound, client: str) -> Admitted:
+        """A request of ``client`` (the broker proved who asked), decoded (it fits one frame: a
+        chunk there is hostile), to be answered on the client's own responses topic and nowhere
+        else. A malformed one is answered with why when its client can read the answer, so that
+        no client waits out its timeout for an answer that cannot come."""
+        own = CLIENT_RESPONSES.build(client=client)
         try:
-            return _decode_request(event.payload)
+            message = decode(event.payload) if len(event.payload) <= MAX_FRAME_BYTES else None
+            if message is None or isinstance(message, ChunkMessage):
+                raise WireError("a request must fit in one frame")
+            if not isinstance(message, RequestMessage):
+                raise WireError(f"a {message.kind} message is not a request")
         except WireError as exc:
-            own = CLIENT_RESPONSES.build(client=client)
             if event.response_topic == own and event.correlation:
-                error = f"malformed request: {exc}"[:4000]
-                refusal = ResponseMessage(_request_id(event.payload), error=error, orchestrator=self.id)
-                self._answer(own, event.correlation, refusal)
+                error = self._error(_request_id(event.payload), f"malformed request: {exc}")
+                self._answer(own, event.correlation, error)
             raise
+        if event.response_topic != own:
+            raise WireError(f"request {message.request} must be answered on {own}, not elsewhere")
+        return Admitted(message, own, event.correlation, time.perf_counter())
 
     # ------------------------------------------------------------ requests
     def _admit(self, client: str, request: Admitted) -> None:
         """Queue it and tell the client who serves it, or answer "busy" at once."""
-        ahead = self.requests.put(client, request)
+        ahead, asked = self.requests.put(client, request), request.message.request
         if ahead is None:
             busy = f"busy: {self.requests.per_client} requests of {client} are already waiting at {self.id}"
-            self._reply(request, ResponseMessage(request.message.request, error=busy, orchestrator=self.id))
+            self._answer(request.response_topic, request.correlation, self._error(asked, busy))
         else:
-            self._reply(request, AcceptedMessage(request.message.request, self.id, ahead))
-
-    def _reply(self, request: Admitted, message: ResponseMessage | AcceptedMessage) -> None:
-        self._answer(request.response_topic, request.correlation, message)
-
-    def _answer(self, topic: str, correlation: bytes | None, message: ResponseMessage | AcceptedMessage) -> None:
-        try:
-            self.bus.publish(topic, encode(message), correlation=correlation)
-        except Exception as exc:  # never lose the thread
-            log.error("cannot answer request %s: %s", message.request, exc)
+            self._answer(request.response_topic, request.correlation, AcceptedMessage(asked, self.id, ahead))
 
     def _serve(self) -> None:
         while (request := self.requests.get()) is not None:
@@ -284,15 +263,15 @@ class Orchestrator:
                 response = self._infer(request)
             except EdgeCIError as exc:
                 log.warning("request %s failed: %s", message.request, exc)
-                response = ResponseMessage(message.request, error=str(exc)[:4000], orchestrator=self.id)
+                response = self._error(message.request, str(exc))
             except Exception as exc:  # never lose the worker: answer and carry on
                 log.exception("request %s failed unexpectedly", message.request)
-                response = ResponseMessage(
-                    message.request, error=f"internal error: {exc!r}"[:4000], orchestrator=self.id
-                )
-            self._reply(request, response)
+                response = self._error(message.request, f"internal error: {exc!r}")
+            self._answer(request.response_topic, request.correlation, response)
 
     def _infer(self, request: Admitted) -> ResponseMessage:
+        """Plan ``request`` on the devices not held out (and the devices on probation it takes
+        as its trials), decide how to serve it, and run it."""
         message = request.message
         held = self.models.get(message.model)
         check_image(message.image, "the request's image")  # clients may be anyone's code
@@ -300,63 +279,45 @@ class Orchestrator:
         if max(image.shape[-2:], default=0) > MAX_INPUT_SIDE:
             raise EdgeCIError(f"the image is {tuple(image.shape)}; sides up to {MAX_INPUT_SIDE} can travel to devices")
         shapes = held.chain.check_input(image)
-        trials = self.penalties.take_trials(time.perf_counter())  # devices back on probation: ours to try
-        used: set[str] = set()
-        try:
-            return self._serve_with(request, held, shapes, trials, used)
-        finally:  # a trial that failed was counted as it failed
-            self.penalties.settle(trials, used, (), time.perf_counter())
-
-    def _serve_with(
-        self, request: Admitted, held: HeldModel, shapes: list[FeatureShape], trials: frozenset[str], used: set[str]
-    ) -> ResponseMessage:
-        """Plan ``request`` on the devices not held out (and this request's ``trials``),
-        decide how to serve it, and run it; ``used`` gets the devices its run used, whatever
-        happens."""
-        message = request.message
         strategy = Strategy.parse(message.strategy) if message.strategy else self.strategy
+        size = (shapes[0].height, shapes[0].width)
+        trials = self.penalties.take_trials(time.perf_counter())  # devices back on probation: ours to try
 
         def live() -> list[DeviceView]:
             """The devices this request may use now: online, holding the model, not held out."""
             out = self.penalties.excluded(time.perf_counter(), trials)
             return [v for v in self.table.views(message.model, held.digest) if v.name not in out]
 
-        devices = live()
-        if not devices:
-            held_out = self.penalties.penalised() & set(self.table.online())
-            why = f" ({', '.join(sorted(held_out))} held out after failing)" if held_out else ""
-            raise EdgeCIError(f"no online device holds {message.model} ({held.digest}){why}")
-        started, size = time.perf_counter(), (shapes[0].height, shapes[0].width)
-        plan, ctx, shares = self.plans.get(message.model, *size, strategy, devices)
-
-        def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
-            serving = choose_serving(plan, ctx, shares, outstanding)
-            return serving, serving.work
-
-        with self.commitments.claiming(decide) as serving:  # counted as handed out until done
-            planned, whole = time.perf_counter(), serving.whole
-            run = Run(
-                RunSetup(
-                    services=self.runs,
-                    request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
-                    held=held,
-                    plan=plan,
-                    shapes=shapes,
-                    devices=live,
-                    prepare=partial(self.weights.send, message.model),
-                    origin=request.received,
-                    replan=None if whole is None else partial(self.plans.whole, message.model, *size, whole),
-                    trace=message.trace,
-                    backlog_s=serving.backlog_s,
-                    deadline=request.deadline,
+        run: Run | None = None
+        try:
+            if not (devices := live()):
+                held_out = self.penalties.penalised() & set(self.table.online())
+                why = f" ({', '.join(sorted(held_out))} held out after failing)" if held_out else ""
+                raise EdgeCIError(f"no online device holds {message.model} ({held.digest}){why}")
+            started = time.perf_counter()
+            with self.plans.serving(message.model, *size, strategy, devices) as (plan, serving):
+                planned = time.perf_counter()
+                run = Run(
+                    RunSetup(
+                        services=self.runs,
+                        request=f"{message.request[:100]}~{uuid.uuid4().hex[:8]}",  # ours: client ids may collide
+                        held=held,
+                        plan=plan,
+                        shapes=shapes,
+                        devices=live,
+                        prepare=partial(self.weights.send, message.model),
+                        origin=request.received,
+                        replan=self.plans.whole(message.model, *size, serving),
+                        trace=message.trace,
+                        backlog_s=serving.backlog_s,
+                        deadline=request.deadline,
+                    )
                 )
-            )
-            run.spent("plan", started, f"{strategy} ({serving.mode})", end=planned)
-            try:
+                run.spent("plan", started, f"{strategy} ({serving.mode})", end=planned)
                 logits = run.run(message.image)
-            finally:
-                used |= run.used
-        return _response(request, run, logits, strategy, serving.mode, self.id)
+            return _response(request, run, logits, strategy, serving.mode, self.id)
+        finally:  # a trial that failed was counted as it failed
+            self.penalties.settle(trials, run.used if run else (), (), time.perf_counter())
 
 
 def _response(
@@ -368,14 +329,8 @@ def _response(
     timings["whole_request"] = float(mode == "whole")
     timings["total_s"] = time.perf_counter() - request.received
     devices = tuple(sorted(run.used))
-    log.info(
-        "request %s (%s, %s) done in %.1f ms on %s",
-        message.request,
-        message.model,
-        strategy,
-        timings["total_s"] * 1e3,
-        ", ".join(devices) or "the orchestrator",
-    )
+    where, ms = ", ".join(devices) or "the orchestrator", timings["total_s"] * 1e3
+    log.info("request %s (%s, %s) done in %.1f ms on %s", message.request, message.model, strategy, ms, where)
     return ResponseMessage(
         message.request,
         logits=logits.contiguous().numpy(),
