@@ -24,8 +24,9 @@ from edgeci_mqtt.orchestrator.device_table import DeviceTable
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import Serving, choose_serving, price_shares, whole_request_plan
-from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan, whole_model_plan
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for, whole_model_plan
 from edgeci_mqtt.planner.strategy import Strategy
+from edgeci_mqtt.sim.choice import plan_for
 
 __all__ = ["PLANS_KEPT", "Commitments", "PlanCache"]
 
@@ -104,7 +105,7 @@ class PlanCache:
         with self._lock:
             planned = self._plans.get(key)
             if planned is None or planned[0] != generation:
-                plan = make_plan(strategy, ctx)
+                plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
                 planned = self._plans[key] = (generation, plan, price_shares(plan, ctx.costs, devices))
             self._plans.move_to_end(key)
             while len(self._plans) > PLANS_KEPT:
@@ -112,7 +113,7 @@ class PlanCache:
         _, plan, shares = planned
 
         def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
-            serving = choose_serving(plan, ctx, shares, outstanding)
+            serving = choose_serving(plan, ctx, shares, outstanding, strategy)
             return serving, serving.work
 
         with self.load.claiming(decide) as serving:
