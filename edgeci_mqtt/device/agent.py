@@ -17,11 +17,10 @@ import time
 
 from edgeci_mqtt import __version__
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
-from edgeci_mqtt.device.bidder import Bidder
+from edgeci_mqtt.device.bidder import ASSUMED_LINK, Bidder
 from edgeci_mqtt.device.heap import HeapKeeper
-from edgeci_mqtt.device.ledger import WeightsLedger
-from edgeci_mqtt.device.link import measure_link
 from edgeci_mqtt.device.programs import ValidProgram, run_step, validate_program
 from edgeci_mqtt.device.store import HOLDING_S, FlowStore
 from edgeci_mqtt.device.worker import Compute, Worker
@@ -54,7 +53,7 @@ from edgeci_mqtt.wire import (
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "rows_allowance", "wire_bytes"]
+__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "measure_link", "rows_allowance", "wire_bytes"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -74,6 +73,9 @@ are published back to back)."""
 EARLY = "rows before their program"
 """The reassembly pool of rows for requests whose program has not arrived."""
 LOGGED_PER_WINDOW = 50
+"""Refusals of one kind logged every 10 s, at most, then one line counting the rest (a
+flood's lines, formatted and written one by one, would slow the device down as much as
+the flood itself)."""
 
 
 def inbox_limits(device: str) -> dict[str, int]:
@@ -111,25 +113,28 @@ def rows_allowance(store: FlowStore[ValidProgram], device: str, topic: str) -> A
     return Allowance(topic, wire_bytes(expected))
 
 
-class _Refusals:
-    """Refusals' warnings: at most ``LOGGED_PER_WINDOW`` lines of each kind every 10 s, then
-    one line counting the rest (a flood's lines, formatted and written one by one, would
-    slow the device down as much as the flood itself)."""
+def measure_link(bus: Bus, device: str) -> Link:
+    """Round trips through the broker to the device's own probe topic: small for latency,
+    256 KiB for bandwidth (both directions cross its link); assumed if the broker does not answer."""
+    topic, big_size = DEVICE_PROBE.build(device=device), 256 * 1024
 
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self._windows: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
+    def round_trip(size: int) -> float:
+        started = time.perf_counter()
+        bus.publish(topic, bytes(size), qos=0)
+        for event in events_until(bus, deadline=started + 5.0, poll_s=0.1):
+            if isinstance(event, Inbound) and event.topic == topic and len(event.payload) == size:
+                return time.perf_counter() - started
+        raise EdgeCIError("no answer from the broker to the link probe")
 
-    def warn(self, kind: str, text: str, *args: object) -> None:
-        now = time.perf_counter()
-        started, logged = self._windows.get(kind, (-1e9, 0))
-        if now - started >= 10.0:
-            if logged > LOGGED_PER_WINDOW:
-                log.warning("%s: %d more refusals of %s in 10 s", self.device, logged - LOGGED_PER_WINDOW, kind)
-            started, logged = now, 0
-        self._windows[kind] = (started, logged + 1)
-        if logged < LOGGED_PER_WINDOW:
-            log.warning(f"%s: {text}", self.device, *args)
+    try:
+        small = min(round_trip(16) for _ in range(3))
+        big = min(round_trip(big_size) for _ in range(2))
+    except EdgeCIError as exc:
+        log.warning("%s: %s; assuming 100 Mbit/s and 1 ms", device, exc)
+        return ASSUMED_LINK
+    link = Link(min(10_000.0, 2 * big_size * 8 / max(big - small, 1e-6) / 1e6), max(small / 2 * 1e3, 0.01))
+    log.info("%s: link %.0f Mbit/s, %.2f ms", device, link.bandwidth_mbit, link.latency_ms)
+    return link
 
 
 class DeviceAgent:
@@ -166,28 +171,18 @@ class DeviceAgent:
         for held in models.held.values():  # the tail rows it makes stay within what it announced
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
-        self.store: FlowStore[ValidProgram] = FlowStore(device_id)
         self.bidder = Bidder(device_id, models, profile, calibrate)
-        self._booking = threading.Lock()  # a program is booked and stored at once
-        self.ledger = WeightsLedger(device_id, models, cache, lambda job: self.worker.jobs.put(job))
+        # a request's work leaves the backlog whenever it ends here, before all its steps ran or after
+        self.store: FlowStore[ValidProgram] = FlowStore(device_id, on_end=self.bidder.unbook)
         self.worker = Worker(
-            device_id,
-            models,
-            self.store,
-            self.ledger,
-            self.bidder,
-            self._send,
-            self._announce_change,
-            self._booking,
-            compress,
-            threads,
-            compute,
+            device_id, models, self.store, self.bidder, cache, self._send, self._changed, compress, threads, compute
         )
+        self.ledger = self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
+        self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self.heap = HeapKeeper(again_s=HOLDING_S)
-        self._refusals = _Refusals(device_id)
         bus.will(self.state_topic, encode(DeviceStateMessage(device_id, False, version=__version__)))
 
     # ------------------------------------------------------------ lifecycle
@@ -199,13 +194,13 @@ class DeviceAgent:
         bus.start()
         self.bidder.link = measure_link(bus, self.device_id)
         bus.subscribe(WATCHER_STATE.filter)  # after the probe (it reads past other events): retained states reach us
-        self._birth()
+        self._announce()
         worker = threading.Thread(target=self.worker.run, name=f"{self.device_id}-worker", daemon=True)
         worker.start()
         log.info("%s: online, holding %s", self.device_id, ", ".join(self.models.held))
         for event in events_until(bus, stop, tick=self._tick):
             if isinstance(event, Connected):
-                self._birth()  # a new session: the broker may have fired our will
+                self._announce()  # a new session: the broker may have fired our will
             elif isinstance(event, Inbound):
                 self._handle(event)
         self.worker.stop()
@@ -224,40 +219,35 @@ class DeviceAgent:
         self._traffic.note(topic, message, len(payload))
 
     # ------------------------------------------------------------ announcements
-    def _tail_versions(self) -> dict[str, int]:
-        return {name: held.tail_version for name, held in self.models.held.items()}
-
-    def _birth(self) -> None:
-        with self._announcing:  # from the event thread (a new session) and the worker: the last sent is the latest
-            self._announce()
-
-    def _announce(self) -> None:
-        self._announced = self._tail_versions()  # before reading them: a change meanwhile is announced again
-        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
-        state = DeviceStateMessage(
-            self.device_id,
-            True,
-            profile=self.bidder.profile,
-            link=self.bidder.link,
-            models=self.models.digests,
-            version=__version__,
-            weights=self.ledger.listing(),
-            memory_bytes=self.tail_memory_bytes,
-            tails=tails,
-        )
-        self.bus.publish(self.state_topic, encode(state), retain=True)
-
-    def _announce_change(self, profile: bool) -> None:
-        """From the worker: a corrected speed (``profile``), or after every job, tail weights
-        made or dropped (a few integers compared), so that placements price them. A failed
-        announcement must not cost the work that led to it."""
-        with self._announcing:
-            if not profile and self._tail_versions() == self._announced:
+    def _announce(self, always: bool = True) -> None:
+        """Our state, retained: at birth and on every new session, with a corrected speed, and
+        when tail weights were made or dropped (a few integers compared) so that placements
+        price them."""
+        with self._announcing:  # from the event thread and the worker: the last sent is the latest
+            versions = {name: held.tail_version for name, held in self.models.held.items()}
+            if not always and versions == self._announced:
                 return
-            try:
-                self._announce()
-            except EdgeCIError as exc:
-                log.warning("%s: cannot announce what changed: %s", self.device_id, exc)
+            self._announced = versions  # before reading the tails: a change meanwhile is announced again
+            state = DeviceStateMessage(
+                self.device_id,
+                True,
+                profile=self.bidder.profile,
+                link=self.bidder.link,
+                models=self.models.digests,
+                version=__version__,
+                weights=self.ledger.listing(),
+                memory_bytes=self.tail_memory_bytes,
+                tails={name: held.tail_rows() for name, held in self.models.held.items()},
+            )
+            self.bus.publish(self.state_topic, encode(state), retain=True)
+
+    def _changed(self, profile: bool) -> None:
+        """From the worker, after every job (``profile``: the speed was corrected). A failed
+        announcement must not cost the work that led to it."""
+        try:
+            self._announce(always=profile)
+        except EdgeCIError as exc:
+            log.warning("%s: cannot announce what changed: %s", self.device_id, exc)
 
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
@@ -267,7 +257,16 @@ class DeviceAgent:
         self.heap.tick(time.perf_counter(), self.worker.resting)
 
     def _warn(self, kind: str, text: str, *args: object) -> None:
-        self._refusals.warn(kind, text, *args)
+        """A refusal's warning, at most ``LOGGED_PER_WINDOW`` of each ``kind`` every 10 s."""
+        now = time.perf_counter()
+        started, logged = self._refusals.get(kind, (-1e9, 0))
+        if now - started >= 10.0:
+            if logged > LOGGED_PER_WINDOW:
+                log.warning("%s: %d more refusals of %s in 10 s", self.device_id, logged - LOGGED_PER_WINDOW, kind)
+            started, logged = now, 0
+        self._refusals[kind] = (started, logged + 1)
+        if logged < LOGGED_PER_WINDOW:
+            log.warning(f"%s: {text}", self.device_id, *args)
 
     def _handle(self, event: Inbound) -> None:
         if self._traffic.heard(event):  # a watcher's state: whether to report what we send
@@ -282,39 +281,31 @@ class DeviceAgent:
             return
         if message is None:
             return
+        tasks = event.topic == self.tasks_topic
         try:
             if isinstance(message, CallMessage) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
                 bid = self.bidder.bid(message)
                 if bid is not None:
                     self.bus.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), encode(bid))
-            elif isinstance(message, WeightsMessage) and event.topic == self.tasks_topic:
-                self.ledger.accept(message)
             elif isinstance(message, RowsMessage | VectorMessage):
                 self._accept_rows(message, event.topic)
-            elif isinstance(message, ProgramMessage) and event.topic == self.tasks_topic:
+            elif isinstance(message, WeightsMessage) and tasks:
+                self.ledger.accept(message)
+            elif isinstance(message, ProgramMessage) and tasks:
                 self._accept_program(message)
-            elif isinstance(message, GoMessage) and event.topic == self.tasks_topic:
+            elif isinstance(message, GoMessage) and tasks:
                 if self.store.go(message.request, message.boundary):
                     self.worker.queue_steps(message.request)
-            elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
+            elif isinstance(message, ReleaseMessage) and tasks:
                 if message.report:
                     self._report_progress(message)
                 if self.store.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
-                self.bidder.unbook(message.request)
             else:
                 self._warn(f"ignored {message.kind}", "ignored a %s message on %s", message.kind, event.topic)
-        except EdgeCIError as exc:
-            self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, exc)
         except Exception as exc:  # hostile input must never stop the agent
-            self._warn(
-                f"rejected {message.kind}",
-                "rejected %s on %s: %s: %s",
-                message.kind,
-                event.topic,
-                type(exc).__name__,
-                exc,
-            )
+            why = exc if isinstance(exc, EdgeCIError) else f"{type(exc).__name__}: {exc}"
+            self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, why)
 
     def _report_progress(self, release: ReleaseMessage) -> None:
         """Before dropping a late request: how far we got, and whose rows we were waiting
@@ -322,19 +313,13 @@ class DeviceAgent:
         progress = self.store.progress(release.request)
         if progress is None:
             return
-        item, waiting_for = progress
-        report = ProgressMessage(release.request, self.device_id, item, waiting_for)
+        report = ProgressMessage(release.request, self.device_id, *progress)
         topic = RESULTS.build(orchestrator=release.orchestrator, device=self.device_id, request=release.request)
         with contextlib.suppress(EdgeCIError):
             self.bus.publish(topic, encode(report))
 
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
-        ids = DEVICE_ROWS.parse(topic)
-        if ids is None or (ids["device"], ids["sender"], ids["request"]) != (
-            self.device_id,
-            message.sender,
-            message.request,
-        ):
+        if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
         if self.store.add_rows(message, message.sender, time.perf_counter()):
             self.worker.queue_steps(message.request)
@@ -344,23 +329,15 @@ class DeviceAgent:
             return  # delivered again (QoS 1): the first copy is in hand
         try:
             program = validate_program(message, self.device_id, self.models, self.ledger.has, self.tail_memory_bytes)
-            seconds = self.bidder.seconds
-            predicted = {
-                i: seconds(program.held, message.input_hw, s.block, s.out_region) for i, s in enumerate(message.steps)
-            }
-            with self._booking:  # booked and stored at once (the worker's sweep reads both under this lock)
-                self.bidder.book(message.request, predicted)
-                ticket = self.worker.jobs.ticket()
-                ready = self.store.install(message, program.shapes, program, time.perf_counter(), ticket)
+            self.bidder.book(program)  # before it is stored: it leaves the backlog when it ends here
+            ticket = self.worker.jobs.ticket()
+            ready = self.store.install(message, program.shapes, program, time.perf_counter(), ticket)
         except EdgeCIError as exc:
             self.bidder.unbook(message.request)
-            self._refuse(message, exc)
+            # at once: the orchestrator re-plans without us instead of waiting
+            self.worker.send_failure(message, -1, f"refused: {exc}")
             raise
         if ready:
             self.worker.queue_steps(message.request)
         if message.prepare is not None:
             self.worker.want(message.model, message.prepare)
-
-    def _refuse(self, message: ProgramMessage, reason: Exception) -> None:
-        """Tell the orchestrator at once, so it re-plans without us instead of waiting."""
-        self.worker.send_failure(message, -1, f"refused: {reason}")

@@ -56,8 +56,7 @@ class WeightsLedger:
         held = self.models.get(message.model)
         if held.loaded is None:
             raise WireError(f"weights for {message.model} sent to a device that holds its own")
-        self._book(held, message.digest, message.stage)
-        self.queue(WeightsJob(held, message.digest, message.stage, message))
+        self._book(held, message.digest, message.stage, message)
 
     def has(self, held: HeldModel, digest: str, stage: str) -> bool:
         """Whether the stage's weights of ``digest`` are held, on their way, or on disk (then
@@ -68,52 +67,47 @@ class WeightsLedger:
                 return True
         if self.cache is None or not self.cache.has(digest, stage):
             return False
-        self._book(held, digest, stage)
-        self.queue(WeightsJob(held, digest, stage, None))
+        self._book(held, digest, stage, None)
         return True
 
-    def _book(self, held: HeldModel, digest: str, stage: str) -> None:
+    def _book(self, held: HeldModel, digest: str, stage: str, message: WeightsMessage | None) -> None:
+        """Held from now on; the worker installs them from ``message`` (None: from the cache)."""
         assert held.loaded is not None
         with self._lock:
             if held.fetched != digest:
                 held.loaded.clear()
                 held.fetched = digest
             held.loaded.add(stage)
+        self.queue(WeightsJob(held, digest, stage, message))
 
     # ------------------------------------------------------------ worker
     def install(self, job: WeightsJob) -> None:
         """Verify (sha256, keys, shapes), cache and materialise one stage's weights; if
         they are bad, the stage is no longer held."""
+        held, cache = job.held, self.cache
         try:
-            message = (
-                job.message if job.message is not None else (self.cache and self.cache.load(job.digest, job.stage))
-            )
-            if not message or message.model != job.held.chain.model_name or message.stage != job.stage:
+            message = job.message if job.message is not None else (cache and cache.load(job.digest, job.stage))
+            if not message or message.model != held.chain.model_name or message.stage != job.stage:
                 raise WireError(f"no usable cached weights of stage {job.stage} ({job.digest})")
-            module, local = checked_stage(job.held.chain.model, job.stage, verify(message))
-            if job.message is not None and self.cache is not None:
-                self.cache.save(message)
+            module, local = checked_stage(held.chain.model, job.stage, verify(message))
+            if job.message is not None and cache is not None:
+                cache.save(message)
             materialise(module, local)
         except (EdgeCIError, OSError) as exc:
-            self._rebook(job, held=False)
             log.warning("%s: weights of stage %s rejected: %s", self.device, job.stage, exc)
-            return
-        self._installed[(job.held.chain.model_name, job.stage)] = job.digest
-        self._rebook(job, held=True)
-        size = sum(a.nbytes for a in message.tensors.values())
-        log.info("%s: loaded %s stage %s (%.1f MB)", self.device, message.model, job.stage, size / 1e6)
-
-    def _rebook(self, job: WeightsJob, held: bool) -> None:
-        """After the worker tried a stage's weights: held (again) or not, if they are still the digest in use."""
-        with self._lock:
-            if job.held.loaded is not None and job.held.fetched == job.digest:
-                (job.held.loaded.add if held else job.held.loaded.discard)(job.stage)
+            message = None
+        else:
+            self._installed[(held.chain.model_name, job.stage)] = job.digest
+            size = sum(a.nbytes for a in message.tensors.values())
+            log.info("%s: loaded %s stage %s (%.1f MB)", self.device, message.model, job.stage, size / 1e6)
+        with self._lock:  # held (again) or not, if they are still the digest in use
+            if held.loaded is not None and held.fetched == job.digest:
+                (held.loaded.add if message else held.loaded.discard)(job.stage)
 
     def check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
         """For a fetching device: the weights a block needs are the ones materialised now."""
         if held.loaded is None:
             return
-        model = held.chain.model_name
-        stale = [s for s in held.weighted_stages(block) if self._installed.get((model, s)) != digest]
+        stale = [s for s in held.weighted_stages(block) if self._installed.get((held.chain.model_name, s)) != digest]
         if stale:
             raise WireError(f"weights of stage {stale[0]} ({digest}) are not installed")

@@ -1,21 +1,32 @@
 """A device's one worker thread: everything slow, in order, oldest request first.
 
-It installs stage weights, runs the ready steps of the programs the store holds (one step
-per job: the job queues the request's next step behind older requests' ready ones), makes
+It installs stage weights, runs the ready steps of the programs the store holds, makes
 tail weights when nothing else waits, and, when idle, sweeps what expired and hands the
 heap back. The computation of a step is injectable (``compute``): the default runs the
 step's kernels; a test may give one that stalls, fails or records.
+
+Why oldest request first: in arrival order alone, a request that arrived later could hold
+the worker while an earlier one's next step waited for it: whole requests of a stream then
+delay every step of a split request on the same devices, and the split request runs past
+its deadline on devices that are busy, not lost (docs/RUNTIME.md, `flow`, devices). So
+every job carries a ticket, the order it came in; a request's jobs all carry the ticket of
+its program, and each runs one step and queues the next, so the device always goes on
+with the oldest request that has a step ready. Work nobody waits for (making tail weights
+ahead of a placement) takes the ticket :data:`IDLE`: it runs only when nothing else is
+queued, one short piece per job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -23,31 +34,52 @@ import torch
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
-from edgeci_mqtt.device.jobs import IDLE, JobQueue
 from edgeci_mqtt.device.ledger import WeightsJob, WeightsLedger
-from edgeci_mqtt.device.program_state import ReadyStep, Tile
-from edgeci_mqtt.device.programs import ValidProgram, outgoing, run_step
+from edgeci_mqtt.device.programs import ReadyStep, Tile, ValidProgram, outgoing, run_step
 from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.wire import (
-    DEVICE_ROWS,
-    RESULTS,
-    FailureMessage,
-    Message,
-    ProgramMessage,
-    ProgramStep,
-    ReportMessage,
-    WorkItem,
-    choose_codec,
-)
+from edgeci_mqtt.models.stage_weights import WeightCache
+from edgeci_mqtt.wire import Message, choose_codec
+from edgeci_mqtt.wire.programs import FailureMessage, ProgramMessage, ProgramStep, ReportMessage
+from edgeci_mqtt.wire.topics import DEVICE_ROWS, RESULTS
 
-__all__ = ["Compute", "StepJob", "Worker"]
+__all__ = ["IDLE", "Compute", "JobQueue", "StepJob", "Worker"]
 
 log = logging.getLogger("edgeci.device")
 
+J = TypeVar("J")
+
+IDLE = 1 << 62
+"""A ticket later than any request's: the job waits until nothing else is queued."""
+
 Compute = Callable[[ReadyStep[ValidProgram]], Tile]
 """How a ready step becomes its output (default: :func:`~edgeci_mqtt.device.programs.run_step`)."""
+
+
+class JobQueue(Generic[J]):
+    """Jobs served by ticket, lowest first, the earliest queued among equals (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, J]] = queue.PriorityQueue()
+        self._count = itertools.count()
+
+    def ticket(self) -> int:
+        """The next ticket: later than every job queued so far."""
+        return next(self._count)
+
+    def put(self, job: J, ticket: int | None = None) -> None:
+        """Queue ``job`` with ``ticket`` (default: a new one, i.e. after everything queued)."""
+        arrival = next(self._count)
+        self._queue.put((arrival if ticket is None else ticket, arrival, job))
+
+    def __len__(self) -> int:
+        """Jobs waiting (approximately, as another thread may be taking one)."""
+        return self._queue.qsize()
+
+    def get(self, timeout: float) -> J:
+        """The job with the lowest ticket; :class:`queue.Empty` after ``timeout`` seconds without one."""
+        return self._queue.get(timeout=timeout)[2]
 
 
 @dataclass(frozen=True)
@@ -65,34 +97,30 @@ class _PrepareJob:
     model: str
 
 
-def results_topic(message: ProgramMessage, device: str) -> str:
-    """The device's results topic for a program's request at its orchestrator."""
-    return RESULTS.build(orchestrator=message.orchestrator, device=device, request=message.request)
-
-
 class Worker:
-    """The worker of ``device``. ``publish(topic, message)`` sends (raising
-    :class:`EdgeCIError` if it cannot); ``announce()`` re-announces the device (a corrected
-    speed, tail weights made); ``booking`` is held while a program is booked and stored."""
+    """The worker of ``device``, and the owner of its stage weights' ledger (``cache``: where
+    they are kept on disk). ``publish(topic, message)`` sends (raising :class:`EdgeCIError`
+    if it cannot); ``announce(profile)`` re-announces the device if anything changed (after
+    every job; ``profile``: a corrected speed)."""
 
     def __init__(
         self,
         device: str,
         models: ModelStore,
         store: FlowStore[ValidProgram],
-        ledger: WeightsLedger,
         bidder: Bidder,
+        cache: WeightCache | None,
         publish: Callable[[str, Message], None],
         announce: Callable[[bool], None],
-        booking: threading.Lock,
         compress: bool = True,
         threads: int = 1,
         compute: Compute = run_step,
     ) -> None:
-        self.device, self.models, self.store, self.ledger, self.bidder = device, models, store, ledger, bidder
-        self.publish, self.announce, self.booking = publish, announce, booking
+        self.device, self.models, self.store, self.bidder = device, models, store, bidder
+        self.publish, self.announce = publish, announce
         self.compress, self.threads, self.compute = compress, threads, compute
         self.jobs: JobQueue[WeightsJob | StepJob | _PrepareJob | None] = JobQueue()
+        self.ledger = WeightsLedger(device, models, cache, self.jobs.put)  # it books; we install
         self.resting = True  # nothing to do for a second (written by the worker alone)
         self._worked = False  # since it last fell idle
         self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
@@ -117,10 +145,9 @@ class Worker:
     def send_failure(self, message: ProgramMessage, item: int, error: str) -> None:
         """Tell the orchestrator at once (-1: the program was refused), so it re-plans without
         us instead of waiting for its deadline."""
+        failure = FailureMessage(message.request, self.device, item, error[:4000])
         with contextlib.suppress(EdgeCIError):
-            self.publish(
-                results_topic(message, self.device), FailureMessage(message.request, self.device, item, error[:4000])
-            )
+            self.publish(self._topic(message, message.orchestrator), failure)
 
     # ------------------------------------------------------------ the thread
     def run(self) -> None:
@@ -157,18 +184,8 @@ class Worker:
             log.warning("%s: request %s expired; its rows are dropped", self.device, request)
         unknown = self.store.counts["dropped_unknown"]
         if unknown > self._unknown_logged:
-            log.warning(
-                "%s: dropped %d rows messages for unknown requests (%d in all)",
-                self.device,
-                unknown - self._unknown_logged,
-                unknown,
-            )
-            self._unknown_logged = unknown
-        with self.booking:  # a program is booked and stored under this lock: both lists agree
-            live = set(self.store.requests())
-            gone = [r for r in self.bidder.booked() if r not in live]
-        for request in gone:
-            self.bidder.unbook(request)  # over here (expired, released, failed) before all its steps ran
+            new, self._unknown_logged = unknown - self._unknown_logged, unknown
+            log.warning("%s: dropped %d rows messages for unknown requests (%d in all)", self.device, new, unknown)
 
     def _prepare_tail(self, job: _PrepareJob) -> None:
         """One chunk of the tail weights wanted, then queued again behind everything while
@@ -187,27 +204,22 @@ class Worker:
         self.jobs.put(job, IDLE)
 
     # ------------------------------------------------------------ one step
+    def _topic(self, message: ProgramMessage, to: str) -> str:
+        """Where a program's output for ``to`` goes: the orchestrator's results topic, or a device's rows topic."""
+        if to == message.orchestrator:
+            return RESULTS.build(orchestrator=to, device=self.device, request=message.request)
+        return DEVICE_ROWS.build(device=to, sender=self.device, request=message.request)
+
     def _codec(self, array: np.ndarray) -> str:
         """The codec that sends ``array`` soonest over our link (raw if compression is off)."""
         if not self.compress:
             return "raw"
         return choose_codec(array, self.bidder.link.bytes_per_s, self.bidder.profile.rates["relu"])
 
-    def _outgoing(self, message: ProgramMessage, item: WorkItem, output: Tile) -> list[tuple[str, Message]]:
-        def topic(to: str) -> str:
-            if to == message.orchestrator:
-                return results_topic(message, self.device)
-            return DEVICE_ROWS.build(device=to, sender=self.device, request=message.request)
-
-        return [(topic(to), out) for to, out in outgoing(message, item, output, self.device, self._codec)]
-
-    def _report(
-        self, message: ProgramMessage, index: int, item: WorkItem, instants: tuple[float, float, float]
-    ) -> None:
-        """When we ran an item, on our wall clock, for a traced request's timeline."""
+    def _report(self, message: ProgramMessage, index: int, step: ProgramStep | None, *instants: float) -> None:
+        """When we ran an item (started, computed, sent), on our wall clock, for a traced request's timeline."""
         wall = time.time() - time.perf_counter()
         started, computed, sent = (wall + t for t in instants)
-        block, region = (item.block, item.out_region) if isinstance(item, ProgramStep) else (None, None)
         report = ReportMessage(
             message.request,
             self.device,
@@ -215,11 +227,11 @@ class Worker:
             started_at=started,
             computed_at=computed,
             sent_at=sent,
-            block=block,
-            region=region,
+            block=None if step is None else step.block,
+            region=None if step is None else step.out_region,
         )
         with contextlib.suppress(EdgeCIError):
-            self.publish(results_topic(message, self.device), report)
+            self.publish(self._topic(message, message.orchestrator), report)
 
     def run_step(self, ready: ReadyStep[ValidProgram]) -> None:
         """One work item: compute, send each part of the output where the program says, keep
@@ -228,36 +240,29 @@ class Worker:
         started = time.perf_counter()
         program, item = ready.context, ready.item
         message = program.message
-        results = results_topic(message, self.device)
+        step = item if isinstance(item, ProgramStep) else None
         try:
-            if isinstance(item, ProgramStep):
-                self.ledger.check_installed(program.held, item.block, message.digest)
+            if step is not None:
+                self.ledger.check_installed(program.held, step.block, message.digest)
             output = self.compute(ready)
             computed = time.perf_counter()
-            if isinstance(item, ProgramStep) and self.bidder.learn(
-                program.held, message.input_hw, item.block, item.out_region, computed - started
-            ):
+            if step is not None and self.bidder.learn(program, step, computed - started):
                 self.announce(True)
-            sends = self._outgoing(message, item, output)
-            final = any(topic == results for topic, _ in sends)
+            sends = outgoing(message, item, output, self.device, self._codec)
+            final = any(to == message.orchestrator for to, _ in sends)
             if message.trace and final:  # before what ends the request, or it comes too late to count
-                self._report(message, ready.index, item, (started, computed, computed))
-            for topic, out in sends:
-                self.publish(topic, out)
+                self._report(message, ready.index, step, started, computed, computed)
+            for to, out in sends:
+                self.publish(self._topic(message, to), out)
             if message.trace and not final:
-                self._report(message, ready.index, item, (started, computed, time.perf_counter()))
+                self._report(message, ready.index, step, started, computed, time.perf_counter())
             self.store.computed(message.request, ready.index, output)
         except Exception as exc:  # a bad step must not kill the worker
             log.exception("%s: step %d of %s failed", self.device, ready.index, message.request)
             self.store.release(message.request, "failed")
             self.send_failure(message, ready.index, f"{type(exc).__name__}: {exc}")
         finally:
-            if isinstance(item, ProgramStep):
+            if step is not None:
                 self.bidder.unbook(message.request, ready.index)  # steps come first among a program's items
-        log.debug(
-            "%s: step %d of %s done in %.1f ms",
-            self.device,
-            ready.index,
-            message.request,
-            1e3 * (time.perf_counter() - started),
-        )
+        ms = 1e3 * (time.perf_counter() - started)
+        log.debug("%s: step %d of %s done in %.1f ms", self.device, ready.index, message.request, ms)
