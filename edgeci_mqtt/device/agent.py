@@ -65,11 +65,9 @@ in bursts of tens of MB) has the bus's own, larger bound."""
 WATCHER_INBOX_BYTES = 1 << 20
 """Watchers' states waiting unread (a watcher's credential may write its own as often as it likes)."""
 REASSEMBLY_BYTES = 256 << 20
-"""Incomplete chunked messages held in all: stage weights and programs from orchestrators
-(rows are bounded far lower, by what our programs wait for)."""
+"""Incomplete chunked messages held in all (rows are bounded far lower, by what our programs wait for)."""
 PARTIAL_S = 10.0
-"""An incomplete chunked message is dropped this long after its first frame (its frames
-are published back to back)."""
+"""An incomplete chunked message is dropped this long after its first frame (its frames come back to back)."""
 EARLY = "rows before their program"
 """The reassembly pool of rows for requests whose program has not arrived."""
 LOGGED_PER_WINDOW = 50
@@ -175,7 +173,7 @@ class DeviceAgent:
         # a request's work leaves the backlog whenever it ends here, before all its steps ran or after
         self.store: FlowStore[ValidProgram] = FlowStore(device_id, on_end=self.bidder.unbook)
         self.worker = Worker(
-            device_id, models, self.store, self.bidder, cache, self._send, self._changed, compress, threads, compute
+            device_id, models, self.store, self.bidder, cache, self._send, self._announce, compress, threads, compute
         )
         self.ledger = self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
@@ -183,7 +181,8 @@ class DeviceAgent:
         self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self.heap = HeapKeeper(again_s=HOLDING_S)
-        bus.will(self.state_topic, encode(DeviceStateMessage(device_id, False, version=__version__)))
+        self._offline = encode(DeviceStateMessage(device_id, False, version=__version__))
+        bus.will(self.state_topic, self._offline)
 
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -204,9 +203,8 @@ class DeviceAgent:
             elif isinstance(event, Inbound):
                 self._handle(event)
         self.worker.stop()
-        offline = DeviceStateMessage(self.device_id, False, version=__version__)
         try:
-            bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
+            bus.publish(self.state_topic, self._offline, retain=True, wait=2.0)
         except EdgeCIError as exc:  # the broker is gone: our will says it instead
             log.warning("%s: cannot announce going offline: %s", self.device_id, exc)
         self._traffic.stop()
@@ -220,9 +218,10 @@ class DeviceAgent:
 
     # ------------------------------------------------------------ announcements
     def _announce(self, always: bool = True) -> None:
-        """Our state, retained: at birth and on every new session, with a corrected speed, and
-        when tail weights were made or dropped (a few integers compared) so that placements
-        price them."""
+        """Our state, retained: at birth and on every new session; from the worker, after
+        every job, with a corrected speed (``always``) or if tail weights were made or dropped
+        (a few integers compared), so that placements price them. A failed announcement
+        is logged: it must not cost the work that led to it."""
         with self._announcing:  # from the event thread and the worker: the last sent is the latest
             versions = {name: held.tail_version for name, held in self.models.held.items()}
             if not always and versions == self._announced:
@@ -239,15 +238,10 @@ class DeviceAgent:
                 memory_bytes=self.tail_memory_bytes,
                 tails={name: held.tail_rows() for name, held in self.models.held.items()},
             )
-            self.bus.publish(self.state_topic, encode(state), retain=True)
-
-    def _changed(self, profile: bool) -> None:
-        """From the worker, after every job (``profile``: the speed was corrected). A failed
-        announcement must not cost the work that led to it."""
-        try:
-            self._announce(always=profile)
-        except EdgeCIError as exc:
-            log.warning("%s: cannot announce what changed: %s", self.device_id, exc)
+            try:
+                self.bus.publish(self.state_topic, encode(state), retain=True)
+            except EdgeCIError as exc:
+                log.warning("%s: cannot announce our state: %s", self.device_id, exc)
 
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
@@ -330,8 +324,7 @@ class DeviceAgent:
         try:
             program = validate_program(message, self.device_id, self.models, self.ledger.has, self.tail_memory_bytes)
             self.bidder.book(program)  # before it is stored: it leaves the backlog when it ends here
-            ticket = self.worker.jobs.ticket()
-            ready = self.store.install(message, program.shapes, program, time.perf_counter(), ticket)
+            ready = self.store.install(message, program.shapes, program, time.perf_counter(), self.worker.jobs.ticket())
         except EdgeCIError as exc:
             self.bidder.unbook(message.request)
             # at once: the orchestrator re-plans without us instead of waiting

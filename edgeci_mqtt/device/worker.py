@@ -2,18 +2,21 @@
 
 It installs stage weights, runs the ready steps of the programs the store holds, makes
 tail weights when nothing else waits, and, when idle, sweeps what expired and hands the
-heap back. The computation of a step is injectable (``compute``): the default runs the
-step's kernels; a test may give one that stalls, fails or records.
+heap back. The computation of a step is injectable (``compute``): a test may give one
+that stalls, fails or records.
 
-Why oldest request first: in arrival order alone, a request that arrived later could hold
-the worker while an earlier one's next step waited for it: whole requests of a stream then
-delay every step of a split request on the same devices, and the split request runs past
+Oldest request first: in arrival order alone, whole requests of a stream that arrived
+later would delay every step of a split request on the same devices, which would run past
 its deadline on devices that are busy, not lost (docs/RUNTIME.md, `flow`, devices). So
-every job carries a ticket, the order it came in; a request's jobs all carry the ticket of
-its program, and each runs one step and queues the next, so the device always goes on
-with the oldest request that has a step ready. Work nobody waits for (making tail weights
-ahead of a placement) takes the ticket :data:`IDLE`: it runs only when nothing else is
-queued, one short piece per job.
+every job carries a ticket: a request's jobs that of its program, each running one step
+and queueing the next; work nobody waits for (tail weights made ahead of a placement)
+takes :data:`IDLE` and runs only when nothing else is queued, one short piece per job.
+
+Stage weights (:class:`WeightsLedger`): a fetching device books a stage as held the moment
+its weights message arrives (programs are validated in order, and the worker installs the
+weights before any step queued after them); the worker verifies, caches and materialises
+them, and un-books them if they are bad, so a step needing them fails with a clear error
+instead of computing with the wrong numbers.
 """
 
 from __future__ import annotations
@@ -31,20 +34,20 @@ from typing import Generic, TypeVar
 import numpy as np
 import torch
 
+from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.heap import release_heap
-from edgeci_mqtt.device.ledger import WeightsJob, WeightsLedger
 from edgeci_mqtt.device.programs import ReadyStep, Tile, ValidProgram, outgoing, run_step
 from edgeci_mqtt.device.store import FlowStore
-from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.models.held import ModelStore
-from edgeci_mqtt.models.stage_weights import WeightCache
-from edgeci_mqtt.wire import Message, choose_codec
+from edgeci_mqtt.errors import EdgeCIError, WireError
+from edgeci_mqtt.models.held import HeldModel, ModelStore
+from edgeci_mqtt.models.stage_weights import WeightCache, checked_stage, materialise, verify
+from edgeci_mqtt.wire import Message, WeightsMessage, choose_codec
 from edgeci_mqtt.wire.programs import FailureMessage, ProgramMessage, ProgramStep, ReportMessage
 from edgeci_mqtt.wire.topics import DEVICE_ROWS, RESULTS
 
-__all__ = ["IDLE", "Compute", "JobQueue", "StepJob", "Worker"]
+__all__ = ["IDLE", "Compute", "JobQueue", "WeightsJob", "WeightsLedger", "Worker"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -83,11 +86,91 @@ class JobQueue(Generic[J]):
 
 
 @dataclass(frozen=True)
-class StepJob:
-    """Run a request's next ready step (the store hands each request to one job at a time;
-    the job queues itself again for the step after)."""
+class WeightsJob:
+    """Weights of one stage for the worker: from the wire (to verify and cache) or from the cache."""
 
-    request: str
+    held: HeldModel
+    digest: str
+    stage: str
+    message: WeightsMessage | None  # None: load it from the cache
+
+
+class WeightsLedger:
+    """Which stage weights are held (booked), and which are installed; ``queue(job)`` hands
+    the worker the weights to install."""
+
+    def __init__(
+        self, device: str, models: ModelStore, cache: WeightCache | None, queue: Callable[[WeightsJob], None]
+    ) -> None:
+        self.device, self.models, self.cache, self.queue = device, models, cache, queue
+        self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
+        self._lock = threading.Lock()
+
+    def listing(self) -> dict[str, tuple[str, ...]]:
+        """Stages on disk by digest, for the device's announcement."""
+        return {d: tuple(stages) for d, stages in self.cache.listing().items()} if self.cache else {}
+
+    # ------------------------------------------------------------ message loop
+    def accept(self, message: WeightsMessage) -> None:
+        """Stage weights from an orchestrator: booked now, installed by the worker."""
+        held = self.models.get(message.model)
+        if held.loaded is None:
+            raise WireError(f"weights for {message.model} sent to a device that holds its own")
+        self._book(held, message.digest, message.stage, message)
+
+    def has(self, held: HeldModel, digest: str, stage: str) -> bool:
+        """Whether the stage's weights of ``digest`` are held, on their way, or on disk (then
+        booked and queued to be loaded)."""
+        assert held.loaded is not None
+        with self._lock:
+            if held.fetched == digest and stage in held.loaded:
+                return True
+        if self.cache is None or not self.cache.has(digest, stage):
+            return False
+        self._book(held, digest, stage, None)
+        return True
+
+    def _book(self, held: HeldModel, digest: str, stage: str, message: WeightsMessage | None) -> None:
+        """Held from now on; the worker installs them from ``message`` (None: from the cache)."""
+        assert held.loaded is not None
+        with self._lock:
+            if held.fetched != digest:
+                held.loaded.clear()
+                held.fetched = digest
+            held.loaded.add(stage)
+        self.queue(WeightsJob(held, digest, stage, message))
+
+    # ------------------------------------------------------------ worker
+    def install(self, job: WeightsJob) -> None:
+        """Verify (sha256, keys, shapes), cache and materialise one stage's weights; if
+        they are bad, the stage is no longer held."""
+        held, cache = job.held, self.cache
+        try:
+            message = job.message if job.message is not None else (cache and cache.load(job.digest, job.stage))
+            if not message or message.model != held.chain.model_name or message.stage != job.stage:
+                raise WireError(f"no usable cached weights of stage {job.stage} ({job.digest})")
+            module, local = checked_stage(held.chain.model, job.stage, verify(message))
+            if job.message is not None and cache is not None:
+                cache.save(message)
+            materialise(module, local)
+        except (EdgeCIError, OSError) as exc:
+            log.warning("%s: weights of stage %s rejected: %s", self.device, job.stage, exc)
+            message = None
+        else:
+            self._installed[(held.chain.model_name, job.stage)] = job.digest
+            size = sum(a.nbytes for a in message.tensors.values())
+            log.info("%s: loaded %s stage %s (%.1f MB)", self.device, message.model, job.stage, size / 1e6)
+        with self._lock:  # held (again) or not, if they are still the digest in use
+            if held.loaded is not None and held.fetched == job.digest:
+                (held.loaded.add if message else held.loaded.discard)(job.stage)
+
+    def check_installed(self, held: HeldModel, block: FusedBlock, digest: str) -> None:
+        """For a fetching device: the weights a block needs are the ones materialised now."""
+        if held.loaded is None:
+            return
+        stale = [s for s in held.weighted_stages(block) if self._installed.get((held.chain.model_name, s)) != digest]
+        if stale:
+            raise WireError(f"weights of stage {stale[0]} ({digest}) are not installed")
 
 
 @dataclass(frozen=True)
@@ -119,7 +202,8 @@ class Worker:
         self.device, self.models, self.store, self.bidder = device, models, store, bidder
         self.publish, self.announce = publish, announce
         self.compress, self.threads, self.compute = compress, threads, compute
-        self.jobs: JobQueue[WeightsJob | StepJob | _PrepareJob | None] = JobQueue()
+        # a request's id: run its next ready step (the store hands each request to one job at a time)
+        self.jobs: JobQueue[WeightsJob | str | _PrepareJob | None] = JobQueue()
         self.ledger = WeightsLedger(device, models, cache, self.jobs.put)  # it books; we install
         self.resting = True  # nothing to do for a second (written by the worker alone)
         self._worked = False  # since it last fell idle
@@ -132,7 +216,7 @@ class Worker:
         """The request's next ready step, in the place of its program's arrival."""
         ticket = self.store.ticket(request)
         if ticket is not None:
-            self.jobs.put(StepJob(request), ticket)
+            self.jobs.put(request, ticket)
 
     def want(self, model: str, wanted: TailRows) -> None:
         """Make these tail weights when nothing else waits (the last asked for wins)."""
@@ -165,11 +249,11 @@ class Worker:
                 self.ledger.install(job)
             elif isinstance(job, _PrepareJob):
                 self._prepare_tail(job)
-            else:  # one step, then whichever request is oldest with one ready
-                ready = self.store.next_step(job.request, time.perf_counter())
+            else:  # one step of a request, then whichever request is oldest with one ready
+                ready = self.store.next_step(job, time.perf_counter())
                 if ready is not None:
                     self.run_step(ready)
-                    self.queue_steps(job.request)
+                    self.queue_steps(job)
             self.announce(False)
 
     def stop(self) -> None:
