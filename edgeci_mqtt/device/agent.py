@@ -10,7 +10,6 @@ Anything malformed or hostile is logged in one line and changes nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -29,28 +28,11 @@ from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.watch.publisher import TrafficPublisher
-from edgeci_mqtt.wire import (
-    AUCTION_BIDS,
-    AUCTION_CALL,
-    DEVICE_PROBE,
-    DEVICE_ROWS,
-    DEVICE_STATE,
-    DEVICE_TASKS,
-    RESULTS,
-    Allowance,
-    CallMessage,
-    DeviceStateMessage,
-    GoMessage,
-    Message,
-    ProgramMessage,
-    ProgressMessage,
-    Reassembler,
-    ReleaseMessage,
-    RowsMessage,
-    VectorMessage,
-    WeightsMessage,
-    encode,
-)
+from edgeci_mqtt.wire import AUCTION_BIDS, AUCTION_CALL, DEVICE_PROBE, DEVICE_ROWS, DEVICE_STATE, DEVICE_TASKS
+from edgeci_mqtt.wire.base import Message
+from edgeci_mqtt.wire.framing import Allowance, Reassembler
+from edgeci_mqtt.wire.messages import CallMessage, DeviceStateMessage, WeightsMessage, encode
+from edgeci_mqtt.wire.programs import GoMessage, ProgramMessage, ReleaseMessage, RowsMessage, VectorMessage
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
 __all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "measure_link", "rows_allowance", "wire_bytes"]
@@ -292,7 +274,7 @@ class DeviceAgent:
                     self.worker.queue_steps(message.request)
             elif isinstance(message, ReleaseMessage) and tasks:
                 if message.report:
-                    self._report_progress(message)
+                    self.worker.send_progress(message)
                 if self.store.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
             else:
@@ -300,17 +282,6 @@ class DeviceAgent:
         except Exception as exc:  # hostile input must never stop the agent
             why = exc if isinstance(exc, EdgeCIError) else f"{type(exc).__name__}: {exc}"
             self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, why)
-
-    def _report_progress(self, release: ReleaseMessage) -> None:
-        """Before dropping a late request: how far we got, and whose rows we were waiting
-        for, so that the orchestrator holds out whoever held it up (not us for waiting)."""
-        progress = self.store.progress(release.request)
-        if progress is None:
-            return
-        report = ProgressMessage(release.request, self.device_id, *progress)
-        topic = RESULTS.build(orchestrator=release.orchestrator, device=self.device_id, request=release.request)
-        with contextlib.suppress(EdgeCIError):
-            self.bus.publish(topic, encode(report))
 
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
         if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:

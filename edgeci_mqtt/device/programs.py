@@ -24,16 +24,8 @@ from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
-from edgeci_mqtt.wire import (
-    DoneMessage,
-    PackedArray,
-    ProgramMessage,
-    ProgramStep,
-    RowsMessage,
-    TailRole,
-    VectorMessage,
-    WorkItem,
-)
+from edgeci_mqtt.wire import DoneMessage, PackedArray, RowsMessage, VectorMessage
+from edgeci_mqtt.wire.programs import ProgramMessage, ProgramStep, TailRole, WorkItem
 
 __all__ = ["ReadyStep", "Tile", "ValidProgram", "geometry", "input_hull", "outgoing", "run_step", "validate_program"]
 

@@ -33,16 +33,8 @@ from edgeci_mqtt.core.deadline import Deadline
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
 from edgeci_mqtt.device.programs import ReadyStep, Tile, input_hull
 from edgeci_mqtt.errors import WireError
-from edgeci_mqtt.wire.programs import (
-    FinishRole,
-    ProgramMessage,
-    ProgramStep,
-    RowsMessage,
-    TailRole,
-    VectorMessage,
-    WorkItem,
-    work_items,
-)
+from edgeci_mqtt.wire import RowsMessage, VectorMessage, WorkItem, work_items
+from edgeci_mqtt.wire.programs import FinishRole, ProgramMessage, ProgramStep, TailRole
 
 __all__ = ["HOLDING_PER_SENDER", "HOLDING_S", "FlowStore", "Go", "HeldProgram", "Key", "Piece", "Slice", "payload"]
 

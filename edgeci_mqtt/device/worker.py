@@ -43,8 +43,8 @@ from edgeci_mqtt.device.store import FlowStore
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from edgeci_mqtt.models.stage_weights import WeightCache, checked_stage, materialise, verify
-from edgeci_mqtt.wire import Message, WeightsMessage, choose_codec
-from edgeci_mqtt.wire.programs import FailureMessage, ProgramMessage, ProgramStep, ReportMessage
+from edgeci_mqtt.wire import FailureMessage, Message, ProgressMessage, ReportMessage, WeightsMessage, choose_codec
+from edgeci_mqtt.wire.programs import ProgramMessage, ProgramStep, ReleaseMessage
 from edgeci_mqtt.wire.topics import DEVICE_ROWS, RESULTS
 
 __all__ = ["IDLE", "Compute", "JobQueue", "WeightsJob", "WeightsLedger", "Worker"]
@@ -233,6 +233,15 @@ class Worker:
         with contextlib.suppress(EdgeCIError):
             self.publish(self._topic(message, message.orchestrator), failure)
 
+    def send_progress(self, release: ReleaseMessage) -> None:
+        """Before a late request is dropped: how far we got, and whose rows we were waiting
+        for, so that the orchestrator holds out whoever held it up (not us for waiting)."""
+        progress = self.store.progress(release.request)
+        if progress is not None:
+            with contextlib.suppress(EdgeCIError):
+                report = ProgressMessage(release.request, self.device, *progress)
+                self.publish(self._topic(release, release.orchestrator), report)
+
     # ------------------------------------------------------------ the thread
     def run(self) -> None:
         torch.set_num_threads(self.threads)
@@ -288,8 +297,8 @@ class Worker:
         self.jobs.put(job, IDLE)
 
     # ------------------------------------------------------------ one step
-    def _topic(self, message: ProgramMessage, to: str) -> str:
-        """Where a program's output for ``to`` goes: the orchestrator's results topic, or a device's rows topic."""
+    def _topic(self, message: ProgramMessage | ReleaseMessage, to: str) -> str:
+        """Where what we send ``to`` about a request goes: the orchestrator's results topic, or a device's rows."""
         if to == message.orchestrator:
             return RESULTS.build(orchestrator=to, device=self.device, request=message.request)
         return DEVICE_ROWS.build(device=to, sender=self.device, request=message.request)
