@@ -118,12 +118,13 @@ def measure_link(bus: Bus, device: str) -> Link:
 
 
 class DeviceAgent:
-    """One device on ``bus``: call :meth:`run` until ``stop`` is set.
-
-    Nothing connects or measures here: the caller gives the bus and the device's
-    measured profile (``edgeci_mqtt.profiling.measure_profile`` at boot). ``compute``:
-    how the worker computes a ready step (the seam tests use for a device that stalls).
-    """
+    """One device on ``bus``: call :meth:`run` until ``stop`` is set. Nothing connects or
+    measures here: the caller gives the bus and the device's measured profile
+    (``edgeci_mqtt.profiling.measure_profile`` at boot). ``compress``: send rows compressed
+    when that pays (off: always raw). ``tail_memory_bytes``: fully connected weights it may
+    be asked to use for a tail (announced in its birth message; None: no limit).
+    ``calibrate``: correct the announced profile by the time our work really takes.
+    ``compute``: how the worker computes a ready step (the seam tests use for a device that stalls)."""
 
     def __init__(
         self,
@@ -138,10 +139,6 @@ class DeviceAgent:
         calibrate: bool = False,
         compute: Compute = run_step,
     ) -> None:
-        """``compress``: send rows compressed when that pays (off: always raw).
-        ``tail_memory_bytes``: fully connected weights it may be asked to use for a tail
-        (announced in its birth message; None: no limit). ``calibrate``: correct the
-        announced profile by the time our work really takes."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models = device_id, bus, models
         self._traffic = TrafficPublisher(bus, device_id, DEVICE_TRAFFIC.build(device=device_id))  # while watched
@@ -152,12 +149,10 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.bidder = Bidder(device_id, models, profile, calibrate)
-        # a request's work leaves the backlog whenever it ends here, before all its steps ran or after
-        self.store: FlowStore[ValidProgram] = FlowStore(device_id, on_end=self.bidder.unbook)
         self.worker = Worker(
-            device_id, models, self.store, self.bidder, cache, self._send, self._announce, compress, threads, compute
+            device_id, models, self.bidder, cache, self._send, self._announce, compress, threads, compute
         )
-        self.ledger = self.worker.ledger
+        self.store, self.ledger = self.worker.store, self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
         self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
@@ -227,8 +222,7 @@ class DeviceAgent:
 
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
-        """On the message thread, about every 0.2 s: incomplete messages expire on the clock,
-        and the heap goes back after a burst (:class:`HeapKeeper`)."""
+        """About every 0.2 s: incomplete messages expire, and the heap goes back after a burst (:class:`HeapKeeper`)."""
         self.reassembler.expire()
         self.heap.tick(time.perf_counter(), self.worker.resting)
 
@@ -270,8 +264,7 @@ class DeviceAgent:
             elif isinstance(message, ProgramMessage) and tasks:
                 self._accept_program(message)
             elif isinstance(message, GoMessage) and tasks:
-                if self.store.go(message.request, message.boundary):
-                    self.worker.queue_steps(message.request)
+                self.store.go(message.request, message.boundary)
             elif isinstance(message, ReleaseMessage) and tasks:
                 if message.report:
                     self.worker.send_progress(message)
@@ -286,8 +279,7 @@ class DeviceAgent:
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
         if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
-        if self.store.add_rows(message, message.sender, time.perf_counter()):
-            self.worker.queue_steps(message.request)
+        self.store.add_rows(message, message.sender, time.perf_counter())
 
     def _accept_program(self, message: ProgramMessage) -> None:
         if self.store.knows(message.request):
@@ -295,13 +287,10 @@ class DeviceAgent:
         try:
             program = validate_program(message, self.device_id, self.models, self.ledger.has, self.tail_memory_bytes)
             self.bidder.book(program)  # before it is stored: it leaves the backlog when it ends here
-            ready = self.store.install(message, program.shapes, program, time.perf_counter(), self.worker.jobs.ticket())
+            self.store.install(message, program.shapes, program, time.perf_counter(), self.worker.jobs.ticket())
         except EdgeCIError as exc:
             self.bidder.unbook(message.request)
-            # at once: the orchestrator re-plans without us instead of waiting
             self.worker.send_failure(message, -1, f"refused: {exc}")
             raise
-        if ready:
-            self.worker.queue_steps(message.request)
         if message.prepare is not None:
             self.worker.want(message.model, message.prepare)

@@ -1,10 +1,10 @@
 """What a device asks for work: its prices, its backlog, and its speed as its work shows it.
 
 Bids are answered at once from the message thread, so prices come from a cache (a lot's
-prices depend on the profile, not on the queue) and the backlog is a running sum of what
-was booked: each program's steps are booked on arrival and leave one by one as they run,
-each with the seconds it was booked with (a speed corrected in between must not leave
-crumbs that make every bid differ and the orchestrator award every request afresh).
+prices depend on the profile, not on the queue) and the backlog is the sum of what is
+booked: each program's steps are booked on arrival and leave one by one as they run, each
+with the seconds it was booked with (a speed corrected in between must not leave crumbs
+that make every bid differ and the orchestrator award every request afresh).
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ ASSUMED_LINK = Link(100.0, 1.0)
 
 
 class Bidder:
-    """A device's prices, backlog and announced speed (thread-safe)."""
+    """A device's prices, backlog and announced speed (thread-safe); ``calibrate``: correct the
+    announced profile by the time our work really takes (:mod:`edgeci_mqtt.planner.calibration`)."""
 
     def __init__(self, device: str, models: ModelStore, profile: DeviceProfile, calibrate: bool = False) -> None:
-        """``calibrate``: correct the announced profile by the time our work really takes
-        (:mod:`edgeci_mqtt.planner.calibration`)."""
         self.device, self.models = device, models
         self.boot_profile = profile  # what the boot micro-benchmarks measured; ``profile`` is what we announce
         self.calibration = SpeedCalibration() if calibrate else None
@@ -47,7 +46,6 @@ class Bidder:
         self._pricing = (0, profile)  # (version, profile), swapped whole: the version keys the prices
         self._prices: dict[tuple[object, ...], LotPrices] = {}
         self._booked: dict[str, dict[int, float]] = {}  # request -> predicted seconds of each step not run
-        self._backlog_s = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -61,16 +59,15 @@ class Bidder:
         steps = {i: self._seconds(program, step, self.profile) for i, step in enumerate(program.message.steps)}
         with self._lock:
             self._booked[program.message.request] = steps
-            self._backlog_s += sum(steps.values())
 
     def unbook(self, request: str, step: int | None = None) -> None:
         """Take a request's work (one step, or all that is left) out of the backlog."""
         with self._lock:
-            left = self._booked.get(request, {})
-            done = sum(left.values()) if step is None else left.pop(step, 0.0)
-            if step is None or not left:
-                self._booked.pop(request, None)
-            self._backlog_s = max(0.0, self._backlog_s - done)
+            left = self._booked.pop(request, {})
+            if step is not None:
+                left.pop(step, None)
+                if left:
+                    self._booked[request] = left
 
     # ------------------------------------------------------------ speed
     @staticmethod
@@ -110,8 +107,8 @@ class Bidder:
                 raise WireError(f"{where}: item {outside[0]} is outside the {out_height} output rows")
         version, profile = self._pricing  # one profile for the whole bid, whatever the worker announces meanwhile
         prices = tuple(self._lot_prices(call, lot, profile, version) for lot in call.lots)
-        with self._lock:  # the backlog to 0.1 ms: what is left of finished work after float sums is noise,
-            backlog = round(self._backlog_s, 4)  # and equal bids let the orchestrator reuse its awards
+        with self._lock:  # to 0.1 ms: equal bids let the orchestrator reuse its awards
+            backlog = round(sum(s for steps in self._booked.values() for s in steps.values()), 4)
         return BidMessage(call.round, self.device, backlog, prices)
 
     def _lot_prices(self, call: CallMessage, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:

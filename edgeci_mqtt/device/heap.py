@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Callable
 
 __all__ = ["QUIET_S", "TRIM_AFTER_BYTES", "HeapKeeper", "keep_heap_small", "release_heap"]
 
@@ -41,8 +40,8 @@ class HeapKeeper:
     device returns to its idle size; never while the worker computes (the activations it
     frees between layers would fault in anew). ``release`` and ``quiet_s`` are its seams."""
 
-    def __init__(self, again_s: float, release: Callable[[], None] = release_heap) -> None:
-        self.again_s, self.release, self.quiet_s = again_s, release, QUIET_S
+    def __init__(self, again_s: float) -> None:
+        self.again_s, self.release, self.quiet_s = again_s, release_heap, QUIET_S
         self._received, self._last = 0, 0.0  # bytes since the heap was last given back, last arrival
         self._again_at: float | None = None
 

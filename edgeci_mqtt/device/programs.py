@@ -59,12 +59,10 @@ class ValidProgram:
     shapes: list[FeatureShape]
 
 
-def geometry(
-    held: HeldModel, input_hw: tuple[int, int], blocks: Iterable[FusedBlock], where: str
-) -> list[FeatureShape]:
-    """The chain's shapes for a message's input size, checked against its blocks."""
+def geometry(held: HeldModel, hw: tuple[int, int], blocks: Iterable[FusedBlock], where: str) -> list[FeatureShape]:
+    """The chain's shapes for a message's input size ``hw``, checked against its blocks."""
     try:
-        shapes = held.shapes(*input_hw)
+        shapes = held.shapes(*hw)
         for block in blocks:
             block.stages(held.chain.stages)
     except EdgeCIError as exc:

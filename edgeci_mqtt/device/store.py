@@ -1,20 +1,17 @@
 """A device's programs and the rows they read, bounded and expiring (no I/O).
 
-Keyed by request (a program's id). A program's steps run in order; a step is ready when
-every input piece is here: rows the program carries, rows other holders sent (each must
-be a piece a step names, from the holder the step names: the topic proves the sender),
-and rows this device computed itself. A piece is keyed by what it is (:class:`Piece`:
-rows of a map at a boundary from a holder; :class:`Slice`: a slice of the tail's first
-layer; :class:`Go`: the orchestrator's go behind a barrier), never told apart by its shape.
-Rows that arrive before their program wait in a holding area bounded in bytes and age.
-Everything is counted against one byte budget; a request's data goes when it is released,
-expires, or its last step is done, and its id is remembered for a while so that its late
-rows are dropped, not held.
+Keyed by request (a program's id). A program's items run in order; one is ready when
+every input piece is here: rows the program carries, rows other holders sent (each a
+piece an item names, from the holder it names: the topic proves the sender), and rows
+this device computed itself. Pieces are keyed by what they are (:class:`Piece`,
+:class:`Slice`, :class:`Go`), never told apart by their shape. Rows that overtook their
+program wait in a holding area bounded in bytes and age; everything counts against one
+byte budget; a request's data goes when it is released, expires or is done, and its id
+is remembered a while so that its late rows are dropped, not held.
 
 Thread-safe: the message loop adds programs and rows, the worker takes and completes
-steps. :meth:`FlowStore.add_rows` and :meth:`FlowStore.next_step` hand a request to
-exactly one worker job at a time (``queued``), so a step is never run twice nor a
-wake-up lost.
+steps; a request is handed to one worker job at a time (``queued``), so a step is never
+run twice nor a wake-up lost.
 """
 
 from __future__ import annotations
@@ -166,7 +163,8 @@ class HeldProgram(Generic[C]):
                 self.pieces[own] = output
 
 
-DEFAULT_BUDGET_BYTES = 512 << 20
+BUDGET_BYTES = 512 << 20
+"""Rows a device holds in all, at most."""
 DEFAULT_HOLDING_BYTES, HOLDING_PER_SENDER = 16 << 20, 4 << 20
 """Rows for requests whose program is not here yet: in all, and from one sender. Rows
 overtake their program only when a neighbour's step ends before the orchestrator's
@@ -180,21 +178,20 @@ REMEMBERED = 4096
 
 class FlowStore(Generic[C]):
     """Programs and rows of the ``flow`` requests on one device; ``C`` is what the device
-    keeps with each program and gets back with each ready step. ``on_end(request)`` is
-    called whenever a request ends here (done, released, expired, failed)."""
+    keeps with each program and gets back with each ready step. ``on_ready(request, ticket)``
+    hands a request to the worker (its next item is ready, or may be after the one just
+    done); ``on_end(request)``: it ended here (done, released, expired, failed)."""
 
     def __init__(
         self,
         device: str,
-        budget_bytes: int = DEFAULT_BUDGET_BYTES,
         holding_bytes: int = DEFAULT_HOLDING_BYTES,
-        holding_s: float = HOLDING_S,
-        holding_per_sender: int = HOLDING_PER_SENDER,
+        on_ready: Callable[[str, int], None] = lambda request, ticket: None,
         on_end: Callable[[str], None] = lambda request: None,
     ) -> None:
-        self.device, self.on_end = device, on_end
-        self.budget_bytes, self.holding_bytes, self.holding_s = budget_bytes, holding_bytes, holding_s
-        self.holding_per_sender = min(holding_per_sender, holding_bytes)
+        self.device, self.on_ready, self.on_end = device, on_ready, on_end
+        self.budget_bytes, self.holding_bytes, self.holding_s = BUDGET_BYTES, holding_bytes, HOLDING_S
+        self.holding_per_sender = min(HOLDING_PER_SENDER, holding_bytes)
         self._programs: dict[str, HeldProgram[C]] = {}
         self._held: list[tuple[float, str, str, RowsMessage | VectorMessage]] = []  # (arrived, request, sender, rows)
         self._ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request -> (why, items run), latest last
@@ -232,10 +229,8 @@ class FlowStore(Generic[C]):
             return self._ended[request][0] if request in self._ended else None
 
     def progress(self, request: str) -> tuple[int, tuple[str, ...]] | None:
-        """How far the request got here: the first item not run and the senders whose pieces
-        it still lacks (a go behind a barrier counts as the orchestrator's); ``(-1, ())`` if
-        its program never came; None if it ended here other than done (released, expired,
-        failed: whoever ended it knows why)."""
+        """How far the request got here (:meth:`HeldProgram.progress`); ``(-1, ())`` if its program
+        never came; None if it ended here other than done (whoever ended it knows why)."""
         with self._lock:
             entry = self._programs.get(request)
             if entry is None:
@@ -334,17 +329,12 @@ class FlowStore(Generic[C]):
             entry.pieces[Go(boundary)] = np.zeros(0, dtype=np.float32)
             return self._claim(request)
 
-    def ticket(self, request: str) -> int | None:
-        """The ticket the request's program was installed with (None: not here)."""
-        with self._lock:
-            entry = self._programs.get(request)
-            return None if entry is None else entry.ticket
-
     def _claim(self, request: str) -> bool:
         entry = self._programs.get(request)
         if entry is None or entry.queued or not entry.ready():
             return False
         entry.queued = True
+        self.on_ready(request, entry.ticket)
         return True
 
     def release(self, request: str, why: str) -> bool:
@@ -383,8 +373,7 @@ class FlowStore(Generic[C]):
             return None
 
     def computed(self, request: str, index: int, output: Tile) -> None:
-        """Keep what of an item's output this device's later items read (rows of a block's
-        output, its own slice of the tail); end the request here after its last item."""
+        """Keep what our later items read of an item's output; end the request after its last item."""
         with self._lock:
             entry = self._programs.get(request)
             if entry is None:
@@ -392,3 +381,5 @@ class FlowStore(Generic[C]):
             entry.keep(index, output)
             if entry.next >= len(entry.items):
                 self._end(request, "done")
+            else:  # still the worker's: its next job takes the next item, or lets the request go
+                self.on_ready(request, entry.ticket)

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import numpy as np
 import torch
 
 from edgeci_mqtt.core.blocks import FusedBlock
@@ -96,13 +95,11 @@ class WeightsJob:
 
 
 class WeightsLedger:
-    """Which stage weights are held (booked), and which are installed; ``queue(job)`` hands
+    """Which stage weights are held (booked), and which are installed; ``put(job)`` hands
     the worker the weights to install."""
 
-    def __init__(
-        self, device: str, models: ModelStore, cache: WeightCache | None, queue: Callable[[WeightsJob], None]
-    ) -> None:
-        self.device, self.models, self.cache, self.queue = device, models, cache, queue
+    def __init__(self, device: str, models: ModelStore, cache: WeightCache | None, put: Callable[[WeightsJob], None]):
+        self.device, self.models, self.cache, self.put = device, models, cache, put
         self._installed: dict[tuple[str, str], str] = {}  # (model, stage) -> digest materialised (worker only)
         self._lock = threading.Lock()
 
@@ -138,7 +135,7 @@ class WeightsLedger:
                 held.loaded.clear()
                 held.fetched = digest
             held.loaded.add(stage)
-        self.queue(WeightsJob(held, digest, stage, message))
+        self.put(WeightsJob(held, digest, stage, message))
 
     # ------------------------------------------------------------ worker
     def install(self, job: WeightsJob) -> None:
@@ -190,7 +187,6 @@ class Worker:
         self,
         device: str,
         models: ModelStore,
-        store: FlowStore[ValidProgram],
         bidder: Bidder,
         cache: WeightCache | None,
         publish: Callable[[str, Message], None],
@@ -199,11 +195,11 @@ class Worker:
         threads: int = 1,
         compute: Compute = run_step,
     ) -> None:
-        self.device, self.models, self.store, self.bidder = device, models, store, bidder
+        self.device, self.models, self.bidder = device, models, bidder
         self.publish, self.announce = publish, announce
         self.compress, self.threads, self.compute = compress, threads, compute
-        # a request's id: run its next ready step (the store hands each request to one job at a time)
-        self.jobs: JobQueue[WeightsJob | str | _PrepareJob | None] = JobQueue()
+        self.jobs: JobQueue[WeightsJob | str | _PrepareJob | None] = JobQueue()  # str: a request's next step
+        self.store: FlowStore[ValidProgram] = FlowStore(device, on_ready=self.jobs.put, on_end=bidder.unbook)
         self.ledger = WeightsLedger(device, models, cache, self.jobs.put)  # it books; we install
         self.resting = True  # nothing to do for a second (written by the worker alone)
         self._worked = False  # since it last fell idle
@@ -212,12 +208,6 @@ class Worker:
         self._unknown_logged = 0
 
     # ------------------------------------------------------------ from the message thread
-    def queue_steps(self, request: str) -> None:
-        """The request's next ready step, in the place of its program's arrival."""
-        ticket = self.store.ticket(request)
-        if ticket is not None:
-            self.jobs.put(request, ticket)
-
     def want(self, model: str, wanted: TailRows) -> None:
         """Make these tail weights when nothing else waits (the last asked for wins)."""
         with self._lock:
@@ -229,18 +219,19 @@ class Worker:
     def send_failure(self, message: ProgramMessage, item: int, error: str) -> None:
         """Tell the orchestrator at once (-1: the program was refused), so it re-plans without
         us instead of waiting for its deadline."""
-        failure = FailureMessage(message.request, self.device, item, error[:4000])
-        with contextlib.suppress(EdgeCIError):
-            self.publish(self._topic(message, message.orchestrator), failure)
+        self._tell(message, FailureMessage(message.request, self.device, item, error[:4000]))
 
     def send_progress(self, release: ReleaseMessage) -> None:
         """Before a late request is dropped: how far we got, and whose rows we were waiting
         for, so that the orchestrator holds out whoever held it up (not us for waiting)."""
         progress = self.store.progress(release.request)
         if progress is not None:
-            with contextlib.suppress(EdgeCIError):
-                report = ProgressMessage(release.request, self.device, *progress)
-                self.publish(self._topic(release, release.orchestrator), report)
+            self._tell(release, ProgressMessage(release.request, self.device, *progress))
+
+    def _tell(self, about: ProgramMessage | ReleaseMessage, message: Message) -> None:
+        """Send ``message`` to the orchestrator of ``about``'s request, if we can."""
+        with contextlib.suppress(EdgeCIError):
+            self.publish(self._topic(about, about.orchestrator), message)
 
     # ------------------------------------------------------------ the thread
     def run(self) -> None:
@@ -258,11 +249,10 @@ class Worker:
                 self.ledger.install(job)
             elif isinstance(job, _PrepareJob):
                 self._prepare_tail(job)
-            else:  # one step of a request, then whichever request is oldest with one ready
+            else:  # one step of a request (queued again in the place of its program's arrival)
                 ready = self.store.next_step(job, time.perf_counter())
                 if ready is not None:
                     self.run_step(ready)
-                    self.queue_steps(job)
             self.announce(False)
 
     def stop(self) -> None:
@@ -303,11 +293,10 @@ class Worker:
             return RESULTS.build(orchestrator=to, device=self.device, request=message.request)
         return DEVICE_ROWS.build(device=to, sender=self.device, request=message.request)
 
-    def _codec(self, array: np.ndarray) -> str:
+    def _codec(self, array: Tile) -> str:
         """The codec that sends ``array`` soonest over our link (raw if compression is off)."""
-        if not self.compress:
-            return "raw"
-        return choose_codec(array, self.bidder.link.bytes_per_s, self.bidder.profile.rates["relu"])
+        link, relu = self.bidder.link.bytes_per_s, self.bidder.profile.rates["relu"]
+        return choose_codec(array, link, relu) if self.compress else "raw"
 
     def _report(self, message: ProgramMessage, index: int, step: ProgramStep | None, *instants: float) -> None:
         """When we ran an item (started, computed, sent), on our wall clock, for a traced request's timeline."""
@@ -323,8 +312,7 @@ class Worker:
             block=None if step is None else step.block,
             region=None if step is None else step.out_region,
         )
-        with contextlib.suppress(EdgeCIError):
-            self.publish(self._topic(message, message.orchestrator), report)
+        self._tell(message, report)
 
     def run_step(self, ready: ReadyStep[ValidProgram]) -> None:
         """One work item: compute, send each part of the output where the program says, keep
