@@ -2,7 +2,7 @@
 
 Threads: the bus only enqueues; the agent's loop decodes and validates every message,
 answers auction calls at once (:class:`~edgeci_mqtt.device.bidder.Bidder`), books stage
-weights (:class:`~edgeci_mqtt.device.ledger.WeightsLedger`) and stores programs and rows
+weights (:class:`~edgeci_mqtt.device.worker.WeightsLedger`) and stores programs and rows
 (:class:`~edgeci_mqtt.device.store.FlowStore`); one :class:`~edgeci_mqtt.device.worker.Worker`
 does everything slow, in order, so no digest check, disk write or step delays a bid.
 Anything malformed or hostile is logged in one line and changes nothing else.
@@ -83,13 +83,10 @@ def rows_allowance(store: FlowStore[ValidProgram], device: str, topic: str) -> A
     expected = store.expects(request, sender)
     if expected is None:
         return Allowance(f"{EARLY} from {sender}", store.holding_room(sender))
+    if expected == 0 and (why := store.ended(request)):
+        raise WireError(f"rows for request {request}, which is over here ({why})")
     if expected == 0:
-        why = store.ended(request)
-        raise WireError(
-            f"rows for request {request}, which is over here ({why})"
-            if why
-            else f"request {request}: no step of {device} reads anything more from {sender}"
-        )
+        raise WireError(f"request {request}: no step of {device} reads anything more from {sender}")
     return Allowance(topic, wire_bytes(expected))
 
 
@@ -149,9 +146,7 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.bidder = Bidder(device_id, models, profile, calibrate)
-        self.worker = Worker(
-            device_id, models, self.bidder, cache, self._send, self._announce, compress, threads, compute
-        )
+        self.worker = Worker(device_id, self.bidder, cache, self._send, self._announce, compress, threads, compute)
         self.store, self.ledger = self.worker.store, self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
@@ -254,8 +249,7 @@ class DeviceAgent:
         tasks = event.topic == self.tasks_topic
         try:
             if isinstance(message, CallMessage) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
-                bid = self.bidder.bid(message)
-                if bid is not None:
+                if (bid := self.bidder.bid(message)) is not None:
                     self.bus.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), encode(bid))
             elif isinstance(message, RowsMessage | VectorMessage):
                 self._accept_rows(message, event.topic)

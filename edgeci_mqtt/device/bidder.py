@@ -53,7 +53,6 @@ class Bidder:
         """The speed we announce: the boot profile, corrected by our work when calibrating."""
         return self._pricing[1]
 
-    # ------------------------------------------------------------ backlog
     def book(self, program: ValidProgram) -> None:
         """A program's steps, by index, with the seconds we predict for each."""
         steps = {i: self._seconds(program, step, self.profile) for i, step in enumerate(program.message.steps)}
@@ -69,7 +68,6 @@ class Bidder:
                 if left:
                     self._booked[request] = left
 
-    # ------------------------------------------------------------ speed
     @staticmethod
     def _seconds(program: ValidProgram, step: ProgramStep, profile: DeviceProfile) -> float:
         """Our own estimate of computing a step on ``profile``."""
@@ -88,7 +86,6 @@ class Bidder:
         log.info("%s: work takes %.2fx the boot profile's time; announcing the corrected profile", self.device, factor)
         return True
 
-    # ------------------------------------------------------------ bids
     def bid(self, call: CallMessage) -> BidMessage | None:
         """One bid for every lot of the call (None for a model we do not hold); a call we
         cannot price whole is a :class:`WireError`."""
@@ -102,8 +99,7 @@ class Bidder:
             out_height = shapes[lot.block.stop].height
             if not lot.items:
                 raise WireError(f"{where}: block {lot.block} has no items")
-            outside = [item for item in lot.items if item.stop > out_height]
-            if outside:
+            if outside := [item for item in lot.items if item.stop > out_height]:
                 raise WireError(f"{where}: item {outside[0]} is outside the {out_height} output rows")
         version, profile = self._pricing  # one profile for the whole bid, whatever the worker announces meanwhile
         prices = tuple(self._lot_prices(call, lot, profile, version) for lot in call.lots)

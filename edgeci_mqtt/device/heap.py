@@ -15,8 +15,6 @@ __all__ = ["QUIET_S", "TRIM_AFTER_BYTES", "HeapKeeper", "keep_heap_small", "rele
 TRIM_AFTER_BYTES, QUIET_S = 8 << 20, 1.0
 """After this much inbound data, the heap is given back once nothing arrived for ``QUIET_S``."""
 
-M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
-
 
 def release_heap() -> None:
     """``malloc_trim(0)`` where glibc offers it (a no-op elsewhere)."""
@@ -31,7 +29,7 @@ def keep_heap_small() -> None:
     little more but slows the model: each activation faults in anew.) Measurements in
     docs/RUNTIME.md, weights. Call it first, before other threads start."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX (malloc.h)
 
 
 class HeapKeeper:

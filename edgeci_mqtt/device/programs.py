@@ -210,11 +210,10 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
 def outgoing(
     message: ProgramMessage, item: WorkItem, output: Tile, me: str, codec: Callable[[Tile], str]
 ) -> list[tuple[str, RowsMessage | VectorMessage | DoneMessage]]:
-    """Where a work item's output goes, as (recipient, message): a block's rows to the
-    devices (or the orchestrator) the program names (and, behind a barrier, word to the
-    orchestrator that the step is done), a tail slice to the finisher (nothing when that is
-    us: the store keeps it), logits to the orchestrator. ``codec`` picks how each array
-    travels (raw when the program says so)."""
+    """Where a work item's output goes, as (recipient, message): a block's rows where the
+    program says (and, behind a barrier, word to the orchestrator that the step is done), a
+    tail slice to the finisher (nothing when that is us: the store keeps it), logits to the
+    orchestrator. ``codec`` picks how each array travels (raw when the program says so)."""
 
     def packed(array: Tile) -> PackedArray:
         array = np.ascontiguousarray(array)

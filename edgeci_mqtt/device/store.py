@@ -140,10 +140,8 @@ class HeldProgram(Generic[C]):
     def progress(self) -> tuple[int, tuple[str, ...]]:
         """The first item not run, and the senders whose pieces it still lacks (a go behind
         a barrier counts as the orchestrator's; an item taken and not finished has its input)."""
-        if self.running is not None:
-            return self.running, ()
-        if self.next >= len(self.items):
-            return len(self.items), ()
+        if self.running is not None or self.next >= len(self.items):
+            return (self.next if self.running is None else self.running), ()
         missing = {k for k in self.needs(self.items[self.next]) if k not in self.pieces}
         return self.next, tuple(sorted({self.message.orchestrator if isinstance(k, Go) else k.source for k in missing}))
 
@@ -164,7 +162,6 @@ class HeldProgram(Generic[C]):
 
 
 BUDGET_BYTES = 512 << 20
-"""Rows a device holds in all, at most."""
 DEFAULT_HOLDING_BYTES, HOLDING_PER_SENDER = 16 << 20, 4 << 20
 """Rows for requests whose program is not here yet: in all, and from one sender. Rows
 overtake their program only when a neighbour's step ends before the orchestrator's
@@ -249,9 +246,8 @@ class FlowStore(Generic[C]):
     def _end(self, request: str, why: str) -> None:
         entry = self._programs.pop(request, None)
         self._held = [h for h in self._held if h[1] != request]
-        run = entry.next if entry is not None else self._ended.get(request, ("", -1))[1]
-        self._ended[request] = (why, run)
-        self._ended.move_to_end(request)
+        run = entry.next if entry is not None else self._ended.pop(request, ("", -1))[1]
+        self._ended[request] = (why, run)  # the latest last
         while len(self._ended) > REMEMBERED:
             self._ended.popitem(last=False)
         self.on_end(request)
@@ -260,8 +256,7 @@ class FlowStore(Generic[C]):
     def install(
         self, program: ProgramMessage, shapes: Sequence[FeatureShape], context: C, now: float, ticket: int = 0
     ) -> bool:
-        """Accept a validated program; True if its first step is ready (hand it to the worker).
-        ``ticket``: its place in the worker's queue."""
+        """Accept a validated program (``ticket``: its place in the worker's queue); True if its first step is ready."""
         with self._lock:
             self.expire(now)
             request = program.request
@@ -282,8 +277,7 @@ class FlowStore(Generic[C]):
 
     def add_rows(self, rows: RowsMessage | VectorMessage, sender: str, now: float) -> bool:
         """Store rows (or a slice of the tail) from ``sender`` (the topic's sender id); True if
-        they make the request's next item ready (hand it to the worker). Raises
-        :class:`WireError` on refusal."""
+        they make the request's next item ready. :class:`WireError` on refusal."""
         with self._lock:
             self.expire(now)
             self._add(rows, sender, now)

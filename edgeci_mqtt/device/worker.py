@@ -1,22 +1,21 @@
 """A device's one worker thread: everything slow, in order, oldest request first.
 
-It installs stage weights, runs the ready steps of the programs the store holds, makes
-tail weights when nothing else waits, and, when idle, sweeps what expired and hands the
-heap back. The computation of a step is injectable (``compute``): a test may give one
-that stalls, fails or records.
+It installs stage weights, runs the ready steps of the programs the store holds (one per
+job, ``compute`` injectable: a test may stall, fail or record), makes tail weights when
+nothing else waits, and, when idle, sweeps what expired and hands the heap back.
 
 Oldest request first: in arrival order alone, whole requests of a stream that arrived
 later would delay every step of a split request on the same devices, which would run past
 its deadline on devices that are busy, not lost (docs/RUNTIME.md, `flow`, devices). So
-every job carries a ticket: a request's jobs that of its program, each running one step
-and queueing the next; work nobody waits for (tail weights made ahead of a placement)
-takes :data:`IDLE` and runs only when nothing else is queued, one short piece per job.
+every job carries a ticket, a request's that of its program; work nobody waits for (tail
+weights made ahead of a placement) takes :data:`IDLE`: it runs only when nothing else is
+queued, one short piece per job.
 
 Stage weights (:class:`WeightsLedger`): a fetching device books a stage as held the moment
 its weights message arrives (programs are validated in order, and the worker installs the
 weights before any step queued after them); the worker verifies, caches and materialises
-them, and un-books them if they are bad, so a step needing them fails with a clear error
-instead of computing with the wrong numbers.
+them, and un-books them if bad, so a step needing them fails with a clear error instead
+of computing with the wrong numbers.
 """
 
 from __future__ import annotations
@@ -107,7 +106,6 @@ class WeightsLedger:
         """Stages on disk by digest, for the device's announcement."""
         return {d: tuple(stages) for d, stages in self.cache.listing().items()} if self.cache else {}
 
-    # ------------------------------------------------------------ message loop
     def accept(self, message: WeightsMessage) -> None:
         """Stage weights from an orchestrator: booked now, installed by the worker."""
         held = self.models.get(message.model)
@@ -137,7 +135,6 @@ class WeightsLedger:
             held.loaded.add(stage)
         self.put(WeightsJob(held, digest, stage, message))
 
-    # ------------------------------------------------------------ worker
     def install(self, job: WeightsJob) -> None:
         """Verify (sha256, keys, shapes), cache and materialise one stage's weights; if
         they are bad, the stage is no longer held."""
@@ -178,15 +175,15 @@ class _PrepareJob:
 
 
 class Worker:
-    """The worker of ``device``, and the owner of its stage weights' ledger (``cache``: where
-    they are kept on disk). ``publish(topic, message)`` sends (raising :class:`EdgeCIError`
-    if it cannot); ``announce(profile)`` re-announces the device if anything changed (after
-    every job; ``profile``: a corrected speed)."""
+    """The worker of ``device`` (its models: the ``bidder``'s), with what feeds it: the store of
+    its programs (which hands it the requests ready) and the ledger of its stage weights
+    (``cache``: where they are kept on disk). ``publish(topic, message)`` sends (raising
+    :class:`EdgeCIError` if it cannot); ``announce(always)`` re-announces the device if
+    anything changed (after every job; ``always``: a corrected speed)."""
 
     def __init__(
         self,
         device: str,
-        models: ModelStore,
         bidder: Bidder,
         cache: WeightCache | None,
         publish: Callable[[str, Message], None],
@@ -195,12 +192,12 @@ class Worker:
         threads: int = 1,
         compute: Compute = run_step,
     ) -> None:
-        self.device, self.models, self.bidder = device, models, bidder
+        self.device, self.models, self.bidder = device, bidder.models, bidder
         self.publish, self.announce = publish, announce
         self.compress, self.threads, self.compute = compress, threads, compute
         self.jobs: JobQueue[WeightsJob | str | _PrepareJob | None] = JobQueue()  # str: a request's next step
         self.store: FlowStore[ValidProgram] = FlowStore(device, on_ready=self.jobs.put, on_end=bidder.unbook)
-        self.ledger = WeightsLedger(device, models, cache, self.jobs.put)  # it books; we install
+        self.ledger = WeightsLedger(device, self.models, cache, self.jobs.put)  # it books; we install
         self.resting = True  # nothing to do for a second (written by the worker alone)
         self._worked = False  # since it last fell idle
         self._prepare: dict[str, TailRows] = {}  # model -> tail weights to make when idle (its job queued)
@@ -211,10 +208,9 @@ class Worker:
     def want(self, model: str, wanted: TailRows) -> None:
         """Make these tail weights when nothing else waits (the last asked for wins)."""
         with self._lock:
-            queued = model in self._prepare
+            if model not in self._prepare:
+                self.jobs.put(_PrepareJob(model), IDLE)
             self._prepare[model] = wanted
-        if not queued:
-            self.jobs.put(_PrepareJob(model), IDLE)
 
     def send_failure(self, message: ProgramMessage, item: int, error: str) -> None:
         """Tell the orchestrator at once (-1: the program was refused), so it re-plans without
@@ -249,7 +245,7 @@ class Worker:
                 self.ledger.install(job)
             elif isinstance(job, _PrepareJob):
                 self._prepare_tail(job)
-            else:  # one step of a request (queued again in the place of its program's arrival)
+            else:  # a request's next step (the store queues it again, with its program's ticket, while it has more)
                 ready = self.store.next_step(job, time.perf_counter())
                 if ready is not None:
                     self.run_step(ready)
@@ -281,10 +277,10 @@ class Worker:
             log.exception("%s: cannot make the tail weights of %s", self.device, job.model)
             more = False
         with self._lock:
-            if not more and self._prepare.get(job.model) is wanted:
+            if more or self._prepare.get(job.model) is not wanted:
+                self.jobs.put(job, IDLE)
+            else:
                 self._prepare.pop(job.model, None)
-                return
-        self.jobs.put(job, IDLE)
 
     # ------------------------------------------------------------ one step
     def _topic(self, message: ProgramMessage | ReleaseMessage, to: str) -> str:
@@ -319,8 +315,7 @@ class Worker:
         what our own later items read. A failure ends the request here and tells the
         orchestrator, which re-plans without us."""
         started = time.perf_counter()
-        program, item = ready.context, ready.item
-        message = program.message
+        program, item, message = ready.context, ready.item, ready.context.message
         step = item if isinstance(item, ProgramStep) else None
         try:
             if step is not None:
