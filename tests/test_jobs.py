@@ -6,7 +6,7 @@ import queue
 
 import pytest
 
-from edgeci_mqtt.device.jobs import IDLE, JobQueue
+from edgeci_mqtt.device.worker import IDLE, JobQueue
 
 pytestmark = pytest.mark.pure
 

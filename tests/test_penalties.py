@@ -11,8 +11,7 @@ import pytest
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.device.program_state import ReadyStep
-from edgeci_mqtt.device.programs import ValidProgram, run_step
+from edgeci_mqtt.device.programs import ReadyStep, ValidProgram, run_step
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.auction import Silence
 from edgeci_mqtt.orchestrator.penalties import Penalties

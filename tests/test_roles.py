@@ -25,8 +25,7 @@ from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.tail_rows import TailRows
-from edgeci_mqtt.device.program_state import ReadyStep
-from edgeci_mqtt.device.programs import ValidProgram, run_step
+from edgeci_mqtt.device.programs import ReadyStep, ValidProgram, run_step
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
 from edgeci_mqtt.models.held import ModelStore, weights_digest

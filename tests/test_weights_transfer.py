@@ -11,7 +11,7 @@ import torch
 from edgeci_mqtt.bus.memory import MemoryBroker
 from edgeci_mqtt.core.geometry import TileRegion
 from edgeci_mqtt.device.agent import DeviceAgent
-from edgeci_mqtt.device.ledger import WeightsJob
+from edgeci_mqtt.device.worker import WeightsJob
 from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models import StageChain, skeleton_chain
 from edgeci_mqtt.models.held import ModelStore

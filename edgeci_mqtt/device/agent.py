@@ -2,7 +2,7 @@
 
 Threads: the bus only enqueues; the agent's loop decodes and validates every message,
 answers auction calls at once (:class:`~edgeci_mqtt.device.bidder.Bidder`), books stage
-weights (:class:`~edgeci_mqtt.device.ledger.WeightsLedger`) and stores programs and rows
+weights (:class:`~edgeci_mqtt.device.worker.WeightsLedger`) and stores programs and rows
 (:class:`~edgeci_mqtt.device.store.FlowStore`); one :class:`~edgeci_mqtt.device.worker.Worker`
 does everything slow, in order, so no digest check, disk write or step delays a bid.
 Anything malformed or hostile is logged in one line and changes nothing else.
@@ -10,18 +10,16 @@ Anything malformed or hostile is logged in one line and changes nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 
 from edgeci_mqtt import __version__
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
+from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
-from edgeci_mqtt.device.bidder import Bidder
+from edgeci_mqtt.device.bidder import ASSUMED_LINK, Bidder
 from edgeci_mqtt.device.heap import HeapKeeper
-from edgeci_mqtt.device.ledger import WeightsLedger
-from edgeci_mqtt.device.link import measure_link
 from edgeci_mqtt.device.programs import ValidProgram, run_step, validate_program
 from edgeci_mqtt.device.store import HOLDING_S, FlowStore
 from edgeci_mqtt.device.worker import Compute, Worker
@@ -30,31 +28,14 @@ from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.text import brief
 from edgeci_mqtt.watch.publisher import TrafficPublisher
-from edgeci_mqtt.wire import (
-    AUCTION_BIDS,
-    AUCTION_CALL,
-    DEVICE_PROBE,
-    DEVICE_ROWS,
-    DEVICE_STATE,
-    DEVICE_TASKS,
-    RESULTS,
-    Allowance,
-    CallMessage,
-    DeviceStateMessage,
-    GoMessage,
-    Message,
-    ProgramMessage,
-    ProgressMessage,
-    Reassembler,
-    ReleaseMessage,
-    RowsMessage,
-    VectorMessage,
-    WeightsMessage,
-    encode,
-)
+from edgeci_mqtt.wire import AUCTION_BIDS, AUCTION_CALL, DEVICE_PROBE, DEVICE_ROWS, DEVICE_STATE, DEVICE_TASKS
+from edgeci_mqtt.wire.base import Message
+from edgeci_mqtt.wire.framing import Allowance, Reassembler
+from edgeci_mqtt.wire.messages import CallMessage, DeviceStateMessage, WeightsMessage, encode
+from edgeci_mqtt.wire.programs import GoMessage, ProgramMessage, ReleaseMessage, RowsMessage, VectorMessage
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, WATCHER_STATE
 
-__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "rows_allowance", "wire_bytes"]
+__all__ = ["EARLY", "ROWS_INBOX_BYTES", "DeviceAgent", "inbox_limits", "measure_link", "rows_allowance", "wire_bytes"]
 
 log = logging.getLogger("edgeci.device")
 
@@ -66,14 +47,15 @@ in bursts of tens of MB) has the bus's own, larger bound."""
 WATCHER_INBOX_BYTES = 1 << 20
 """Watchers' states waiting unread (a watcher's credential may write its own as often as it likes)."""
 REASSEMBLY_BYTES = 256 << 20
-"""Incomplete chunked messages held in all: stage weights and programs from orchestrators
-(rows are bounded far lower, by what our programs wait for)."""
+"""Incomplete chunked messages held in all (rows are bounded far lower, by what our programs wait for)."""
 PARTIAL_S = 10.0
-"""An incomplete chunked message is dropped this long after its first frame (its frames
-are published back to back)."""
+"""An incomplete chunked message is dropped this long after its first frame (its frames come back to back)."""
 EARLY = "rows before their program"
 """The reassembly pool of rows for requests whose program has not arrived."""
 LOGGED_PER_WINDOW = 50
+"""Refusals of one kind logged every 10 s, at most, then one line counting the rest (a
+flood's lines, formatted and written one by one, would slow the device down as much as
+the flood itself)."""
 
 
 def inbox_limits(device: str) -> dict[str, int]:
@@ -101,44 +83,45 @@ def rows_allowance(store: FlowStore[ValidProgram], device: str, topic: str) -> A
     expected = store.expects(request, sender)
     if expected is None:
         return Allowance(f"{EARLY} from {sender}", store.holding_room(sender))
+    if expected == 0 and (why := store.ended(request)):
+        raise WireError(f"rows for request {request}, which is over here ({why})")
     if expected == 0:
-        why = store.ended(request)
-        raise WireError(
-            f"rows for request {request}, which is over here ({why})"
-            if why
-            else f"request {request}: no step of {device} reads anything more from {sender}"
-        )
+        raise WireError(f"request {request}: no step of {device} reads anything more from {sender}")
     return Allowance(topic, wire_bytes(expected))
 
 
-class _Refusals:
-    """Refusals' warnings: at most ``LOGGED_PER_WINDOW`` lines of each kind every 10 s, then
-    one line counting the rest (a flood's lines, formatted and written one by one, would
-    slow the device down as much as the flood itself)."""
+def measure_link(bus: Bus, device: str) -> Link:
+    """Round trips through the broker to the device's own probe topic: small for latency,
+    256 KiB for bandwidth (both directions cross its link); assumed if the broker does not answer."""
+    topic, big_size = DEVICE_PROBE.build(device=device), 256 * 1024
 
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self._windows: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
+    def round_trip(size: int) -> float:
+        started = time.perf_counter()
+        bus.publish(topic, bytes(size), qos=0)
+        for event in events_until(bus, deadline=started + 5.0, poll_s=0.1):
+            if isinstance(event, Inbound) and event.topic == topic and len(event.payload) == size:
+                return time.perf_counter() - started
+        raise EdgeCIError("no answer from the broker to the link probe")
 
-    def warn(self, kind: str, text: str, *args: object) -> None:
-        now = time.perf_counter()
-        started, logged = self._windows.get(kind, (-1e9, 0))
-        if now - started >= 10.0:
-            if logged > LOGGED_PER_WINDOW:
-                log.warning("%s: %d more refusals of %s in 10 s", self.device, logged - LOGGED_PER_WINDOW, kind)
-            started, logged = now, 0
-        self._windows[kind] = (started, logged + 1)
-        if logged < LOGGED_PER_WINDOW:
-            log.warning(f"%s: {text}", self.device, *args)
+    try:
+        small = min(round_trip(16) for _ in range(3))
+        big = min(round_trip(big_size) for _ in range(2))
+    except EdgeCIError as exc:
+        log.warning("%s: %s; assuming 100 Mbit/s and 1 ms", device, exc)
+        return ASSUMED_LINK
+    link = Link(min(10_000.0, 2 * big_size * 8 / max(big - small, 1e-6) / 1e6), max(small / 2 * 1e3, 0.01))
+    log.info("%s: link %.0f Mbit/s, %.2f ms", device, link.bandwidth_mbit, link.latency_ms)
+    return link
 
 
 class DeviceAgent:
-    """One device on ``bus``: call :meth:`run` until ``stop`` is set.
-
-    Nothing connects or measures here: the caller gives the bus and the device's
-    measured profile (``edgeci_mqtt.profiling.measure_profile`` at boot). ``compute``:
-    how the worker computes a ready step (the seam tests use for a device that stalls).
-    """
+    """One device on ``bus``: call :meth:`run` until ``stop`` is set. Nothing connects or
+    measures here: the caller gives the bus and the device's measured profile
+    (``edgeci_mqtt.profiling.measure_profile`` at boot). ``compress``: send rows compressed
+    when that pays (off: always raw). ``tail_memory_bytes``: fully connected weights it may
+    be asked to use for a tail (announced in its birth message; None: no limit).
+    ``calibrate``: correct the announced profile by the time our work really takes.
+    ``compute``: how the worker computes a ready step (the seam tests use for a device that stalls)."""
 
     def __init__(
         self,
@@ -153,10 +136,6 @@ class DeviceAgent:
         calibrate: bool = False,
         compute: Compute = run_step,
     ) -> None:
-        """``compress``: send rows compressed when that pays (off: always raw).
-        ``tail_memory_bytes``: fully connected weights it may be asked to use for a tail
-        (announced in its birth message; None: no limit). ``calibrate``: correct the
-        announced profile by the time our work really takes."""
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models = device_id, bus, models
         self._traffic = TrafficPublisher(bus, device_id, DEVICE_TRAFFIC.build(device=device_id))  # while watched
@@ -166,29 +145,16 @@ class DeviceAgent:
         for held in models.held.values():  # the tail rows it makes stay within what it announced
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
-        self.store: FlowStore[ValidProgram] = FlowStore(device_id)
         self.bidder = Bidder(device_id, models, profile, calibrate)
-        self._booking = threading.Lock()  # a program is booked and stored at once
-        self.ledger = WeightsLedger(device_id, models, cache, lambda job: self.worker.jobs.put(job))
-        self.worker = Worker(
-            device_id,
-            models,
-            self.store,
-            self.ledger,
-            self.bidder,
-            self._send,
-            self._announce_change,
-            self._booking,
-            compress,
-            threads,
-            compute,
-        )
+        self.worker = Worker(device_id, self.bidder, cache, self._send, self._announce, compress, threads, compute)
+        self.store, self.ledger = self.worker.store, self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
+        self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self.heap = HeapKeeper(again_s=HOLDING_S)
-        self._refusals = _Refusals(device_id)
-        bus.will(self.state_topic, encode(DeviceStateMessage(device_id, False, version=__version__)))
+        self._offline = encode(DeviceStateMessage(device_id, False, version=__version__))
+        bus.will(self.state_topic, self._offline)
 
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -199,19 +165,18 @@ class DeviceAgent:
         bus.start()
         self.bidder.link = measure_link(bus, self.device_id)
         bus.subscribe(WATCHER_STATE.filter)  # after the probe (it reads past other events): retained states reach us
-        self._birth()
+        self._announce()
         worker = threading.Thread(target=self.worker.run, name=f"{self.device_id}-worker", daemon=True)
         worker.start()
         log.info("%s: online, holding %s", self.device_id, ", ".join(self.models.held))
         for event in events_until(bus, stop, tick=self._tick):
             if isinstance(event, Connected):
-                self._birth()  # a new session: the broker may have fired our will
+                self._announce()  # a new session: the broker may have fired our will
             elif isinstance(event, Inbound):
                 self._handle(event)
         self.worker.stop()
-        offline = DeviceStateMessage(self.device_id, False, version=__version__)
         try:
-            bus.publish(self.state_topic, encode(offline), retain=True, wait=2.0)
+            bus.publish(self.state_topic, self._offline, retain=True, wait=2.0)
         except EdgeCIError as exc:  # the broker is gone: our will says it instead
             log.warning("%s: cannot announce going offline: %s", self.device_id, exc)
         self._traffic.stop()
@@ -224,50 +189,49 @@ class DeviceAgent:
         self._traffic.note(topic, message, len(payload))
 
     # ------------------------------------------------------------ announcements
-    def _tail_versions(self) -> dict[str, int]:
-        return {name: held.tail_version for name, held in self.models.held.items()}
-
-    def _birth(self) -> None:
-        with self._announcing:  # from the event thread (a new session) and the worker: the last sent is the latest
-            self._announce()
-
-    def _announce(self) -> None:
-        self._announced = self._tail_versions()  # before reading them: a change meanwhile is announced again
-        tails = {name: held.tail_rows() for name, held in self.models.held.items()}
-        state = DeviceStateMessage(
-            self.device_id,
-            True,
-            profile=self.bidder.profile,
-            link=self.bidder.link,
-            models=self.models.digests,
-            version=__version__,
-            weights=self.ledger.listing(),
-            memory_bytes=self.tail_memory_bytes,
-            tails=tails,
-        )
-        self.bus.publish(self.state_topic, encode(state), retain=True)
-
-    def _announce_change(self, profile: bool) -> None:
-        """From the worker: a corrected speed (``profile``), or after every job, tail weights
-        made or dropped (a few integers compared), so that placements price them. A failed
-        announcement must not cost the work that led to it."""
-        with self._announcing:
-            if not profile and self._tail_versions() == self._announced:
+    def _announce(self, always: bool = True) -> None:
+        """Our state, retained: at birth and on every new session; from the worker, after
+        every job, with a corrected speed (``always``) or if tail weights were made or dropped
+        (a few integers compared), so that placements price them. A failed announcement
+        is logged: it must not cost the work that led to it."""
+        with self._announcing:  # from the event thread and the worker: the last sent is the latest
+            versions = {name: held.tail_version for name, held in self.models.held.items()}
+            if not always and versions == self._announced:
                 return
+            self._announced = versions  # before reading the tails: a change meanwhile is announced again
+            state = DeviceStateMessage(
+                self.device_id,
+                True,
+                profile=self.bidder.profile,
+                link=self.bidder.link,
+                models=self.models.digests,
+                version=__version__,
+                weights=self.ledger.listing(),
+                memory_bytes=self.tail_memory_bytes,
+                tails={name: held.tail_rows() for name, held in self.models.held.items()},
+            )
             try:
-                self._announce()
+                self.bus.publish(self.state_topic, encode(state), retain=True)
             except EdgeCIError as exc:
-                log.warning("%s: cannot announce what changed: %s", self.device_id, exc)
+                log.warning("%s: cannot announce our state: %s", self.device_id, exc)
 
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
-        """On the message thread, about every 0.2 s: incomplete messages expire on the clock,
-        and the heap goes back after a burst (:class:`HeapKeeper`)."""
+        """About every 0.2 s: incomplete messages expire, and the heap goes back after a burst (:class:`HeapKeeper`)."""
         self.reassembler.expire()
         self.heap.tick(time.perf_counter(), self.worker.resting)
 
     def _warn(self, kind: str, text: str, *args: object) -> None:
-        self._refusals.warn(kind, text, *args)
+        """A refusal's warning, at most ``LOGGED_PER_WINDOW`` of each ``kind`` every 10 s."""
+        now = time.perf_counter()
+        started, logged = self._refusals.get(kind, (-1e9, 0))
+        if now - started >= 10.0:
+            if logged > LOGGED_PER_WINDOW:
+                log.warning("%s: %d more refusals of %s in 10 s", self.device_id, logged - LOGGED_PER_WINDOW, kind)
+            started, logged = now, 0
+        self._refusals[kind] = (started, logged + 1)
+        if logged < LOGGED_PER_WINDOW:
+            log.warning(f"%s: {text}", self.device_id, *args)
 
     def _handle(self, event: Inbound) -> None:
         if self._traffic.heard(event):  # a watcher's state: whether to report what we send
@@ -282,85 +246,45 @@ class DeviceAgent:
             return
         if message is None:
             return
+        tasks = event.topic == self.tasks_topic
         try:
             if isinstance(message, CallMessage) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
-                bid = self.bidder.bid(message)
-                if bid is not None:
+                if (bid := self.bidder.bid(message)) is not None:
                     self.bus.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), encode(bid))
-            elif isinstance(message, WeightsMessage) and event.topic == self.tasks_topic:
-                self.ledger.accept(message)
             elif isinstance(message, RowsMessage | VectorMessage):
                 self._accept_rows(message, event.topic)
-            elif isinstance(message, ProgramMessage) and event.topic == self.tasks_topic:
+            elif isinstance(message, WeightsMessage) and tasks:
+                self.ledger.accept(message)
+            elif isinstance(message, ProgramMessage) and tasks:
                 self._accept_program(message)
-            elif isinstance(message, GoMessage) and event.topic == self.tasks_topic:
-                if self.store.go(message.request, message.boundary):
-                    self.worker.queue_steps(message.request)
-            elif isinstance(message, ReleaseMessage) and event.topic == self.tasks_topic:
+            elif isinstance(message, GoMessage) and tasks:
+                self.store.go(message.request, message.boundary)
+            elif isinstance(message, ReleaseMessage) and tasks:
                 if message.report:
-                    self._report_progress(message)
+                    self.worker.send_progress(message)
                 if self.store.release(message.request, f"released: {message.reason}"):
                     log.info("%s: released request %s (%s)", self.device_id, message.request, brief(message.reason))
-                self.bidder.unbook(message.request)
             else:
                 self._warn(f"ignored {message.kind}", "ignored a %s message on %s", message.kind, event.topic)
-        except EdgeCIError as exc:
-            self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, exc)
         except Exception as exc:  # hostile input must never stop the agent
-            self._warn(
-                f"rejected {message.kind}",
-                "rejected %s on %s: %s: %s",
-                message.kind,
-                event.topic,
-                type(exc).__name__,
-                exc,
-            )
-
-    def _report_progress(self, release: ReleaseMessage) -> None:
-        """Before dropping a late request: how far we got, and whose rows we were waiting
-        for, so that the orchestrator holds out whoever held it up (not us for waiting)."""
-        progress = self.store.progress(release.request)
-        if progress is None:
-            return
-        item, waiting_for = progress
-        report = ProgressMessage(release.request, self.device_id, item, waiting_for)
-        topic = RESULTS.build(orchestrator=release.orchestrator, device=self.device_id, request=release.request)
-        with contextlib.suppress(EdgeCIError):
-            self.bus.publish(topic, encode(report))
+            why = exc if isinstance(exc, EdgeCIError) else f"{type(exc).__name__}: {exc}"
+            self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, why)
 
     def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
-        ids = DEVICE_ROWS.parse(topic)
-        if ids is None or (ids["device"], ids["sender"], ids["request"]) != (
-            self.device_id,
-            message.sender,
-            message.request,
-        ):
+        if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:
             raise WireError(f"rows from {message.sender} do not belong on {topic}")
-        if self.store.add_rows(message, message.sender, time.perf_counter()):
-            self.worker.queue_steps(message.request)
+        self.store.add_rows(message, message.sender, time.perf_counter())
 
     def _accept_program(self, message: ProgramMessage) -> None:
         if self.store.knows(message.request):
             return  # delivered again (QoS 1): the first copy is in hand
         try:
             program = validate_program(message, self.device_id, self.models, self.ledger.has, self.tail_memory_bytes)
-            seconds = self.bidder.seconds
-            predicted = {
-                i: seconds(program.held, message.input_hw, s.block, s.out_region) for i, s in enumerate(message.steps)
-            }
-            with self._booking:  # booked and stored at once (the worker's sweep reads both under this lock)
-                self.bidder.book(message.request, predicted)
-                ticket = self.worker.jobs.ticket()
-                ready = self.store.install(message, program.shapes, program, time.perf_counter(), ticket)
+            self.bidder.book(program)  # before it is stored: it leaves the backlog when it ends here
+            self.store.install(message, program.shapes, program, time.perf_counter(), self.worker.jobs.ticket())
         except EdgeCIError as exc:
             self.bidder.unbook(message.request)
-            self._refuse(message, exc)
+            self.worker.send_failure(message, -1, f"refused: {exc}")
             raise
-        if ready:
-            self.worker.queue_steps(message.request)
         if message.prepare is not None:
             self.worker.want(message.model, message.prepare)
-
-    def _refuse(self, message: ProgramMessage, reason: Exception) -> None:
-        """Tell the orchestrator at once, so it re-plans without us instead of waiting."""
-        self.worker.send_failure(message, -1, f"refused: {reason}")

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Callable
 
 __all__ = ["QUIET_S", "TRIM_AFTER_BYTES", "HeapKeeper", "keep_heap_small", "release_heap"]
 
 TRIM_AFTER_BYTES, QUIET_S = 8 << 20, 1.0
 """After this much inbound data, the heap is given back once nothing arrived for ``QUIET_S``."""
-
-M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
 
 def release_heap() -> None:
@@ -32,7 +29,7 @@ def keep_heap_small() -> None:
     little more but slows the model: each activation faults in anew.) Measurements in
     docs/RUNTIME.md, weights. Call it first, before other threads start."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX (malloc.h)
 
 
 class HeapKeeper:
@@ -41,8 +38,8 @@ class HeapKeeper:
     device returns to its idle size; never while the worker computes (the activations it
     frees between layers would fault in anew). ``release`` and ``quiet_s`` are its seams."""
 
-    def __init__(self, again_s: float, release: Callable[[], None] = release_heap) -> None:
-        self.again_s, self.release, self.quiet_s = again_s, release, QUIET_S
+    def __init__(self, again_s: float) -> None:
+        self.again_s, self.release, self.quiet_s = again_s, release_heap, QUIET_S
         self._received, self._last = 0, 0.0  # bytes since the heap was last given back, last arrival
         self._again_at: float | None = None
 

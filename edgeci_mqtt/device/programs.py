@@ -10,30 +10,46 @@ made by one of its own earlier steps; every send is part of the step's output.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import reduce
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
-from edgeci_mqtt.core.blocks import tile_input_region
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, Span, TileRegion
-from edgeci_mqtt.device.program_state import ReadyStep, Tile, step_input_region
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import HeldModel, ModelStore
-from edgeci_mqtt.wire import (
-    DoneMessage,
-    PackedArray,
-    ProgramMessage,
-    ProgramStep,
-    RowsMessage,
-    TailRole,
-    VectorMessage,
-    WorkItem,
-)
+from edgeci_mqtt.wire import DoneMessage, PackedArray, RowsMessage, VectorMessage
+from edgeci_mqtt.wire.programs import ProgramMessage, ProgramStep, TailRole, WorkItem
 
-__all__ = ["ValidProgram", "outgoing", "run_step", "validate_program"]
+__all__ = ["ReadyStep", "Tile", "ValidProgram", "geometry", "input_hull", "outgoing", "run_step", "validate_program"]
+
+C = TypeVar("C")
+
+Tile = NDArray[Any]
+"""Part of a map (a region's values, batch x channels x rows x columns)."""
+
+
+def input_hull(step: ProgramStep | TailRole) -> TileRegion:
+    """The rectangle a step's (or the tail's) input pieces make up together."""
+    return reduce(TileRegion.hull, (p.region for p in step.inputs))
+
+
+@dataclass(frozen=True)
+class ReadyStep(Generic[C]):
+    """A work item whose inputs are all here: ``tile`` is its input assembled (a block's
+    input rectangle, the whole final map for the tail, the first layer's output to finish)."""
+
+    request: str
+    index: int
+    item: WorkItem
+    tile: Tile
+    context: C  # what the device keeps with the program (its model and shapes)
 
 
 @dataclass(frozen=True)
@@ -43,31 +59,46 @@ class ValidProgram:
     shapes: list[FeatureShape]
 
 
-def _check_step(
-    step: ProgramStep, index: int, message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape]
+def geometry(held: HeldModel, hw: tuple[int, int], blocks: Iterable[FusedBlock], where: str) -> list[FeatureShape]:
+    """The chain's shapes for a message's input size ``hw``, checked against its blocks."""
+    try:
+        shapes = held.shapes(*hw)
+        for block in blocks:
+            block.stages(held.chain.stages)
+    except EdgeCIError as exc:
+        raise WireError(f"{where}: {exc}") from exc
+    return shapes
+
+
+def _check_inputs(
+    where: str, item: ProgramStep | TailRole, need: TileRegion, shape: FeatureShape, made: list[TileRegion], device: str
 ) -> None:
-    where = f"program {message.request} step {index}"
-    block = step.block
-    out_shape = shapes[block.stop]
+    """Input pieces are disjoint and tile a rectangle covering ``need`` inside the map of
+    ``shape``; a piece this device reads from itself is within a region it ``made``."""
+    inputs = item.inputs
+    if not inputs:
+        raise WireError(f"{where}: no input pieces")
+    hull = input_hull(item)
+    disjoint = not any(a.region.intersection(b.region) for a, b in itertools.combinations(inputs, 2))
+    if not disjoint or sum(p.region.area for p in inputs) != hull.area or not hull.contains(need):
+        raise WireError(f"{where}: its input pieces do not tile a rectangle covering the needed {need}")
+    if not TileRegion.whole(shape.height, shape.width).contains(hull):
+        raise WireError(f"{where}: input {hull} is outside the {shape} map")
+    for piece in inputs:
+        if piece.source == device and not any(region.contains(piece.region) for region in made):
+            raise WireError(f"{where}: no earlier step of {device} makes {piece.region}")
+
+
+def _check_step(index: int, message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape]) -> None:
+    step = message.steps[index]
+    where, block, out_shape = f"step {index}", step.block, shapes[step.block.stop]
     if not TileRegion.whole(out_shape.height, out_shape.width).contains(step.out_region):
         raise WireError(f"{where}: out_region {step.out_region} is outside the {out_shape} output")
-    need = tile_input_region(held.chain.stages, shapes, block, step.out_region)
-    if not step.inputs:
-        raise WireError(f"{where}: no input pieces")
-    hull = step_input_region(step)
-    disjoint = not any(a.region.intersection(b.region) for a, b in itertools.combinations(step.inputs, 2))
-    if not disjoint or sum(p.region.area for p in step.inputs) != hull.area or not hull.contains(need):
-        raise WireError(f"{where}: its input pieces do not tile a rectangle covering the needed {need}")
-    in_shape = shapes[block.start]
-    if not TileRegion.whole(in_shape.height, in_shape.width).contains(hull):
-        raise WireError(f"{where}: input {hull} is outside the {in_shape} map")
     if block.start < message.input_boundary:
         raise WireError(f"{where}: block {block} is before the attempt's start {message.input_boundary}")
-    for piece in step.inputs:
-        if piece.source == device and not any(
-            s.block.stop == block.start and s.out_region.contains(piece.region) for s in message.steps[:index]
-        ):
-            raise WireError(f"{where}: no earlier step of {device} makes {piece.region}")
+    need = tile_input_region(held.chain.stages, shapes, block, step.out_region)
+    made = [s.out_region for s in message.steps[:index] if s.block.stop == block.start]
+    _check_inputs(where, step, need, shapes[block.start], made, device)
     for send in step.sends:
         if not step.out_region.contains(send.region) or send.to == device:
             raise WireError(f"{where}: cannot send {send.region} of {step.out_region} to {send.to}")
@@ -78,66 +109,40 @@ def _rows_bytes(held: HeldModel, rows: int) -> int:
     return rows * (held.chain.tail_parts.first.in_features + 1) * 4
 
 
-def _tail_weight_bytes(message: ProgramMessage, held: HeldModel) -> int:
-    """Bytes of fully connected weights the program's tail part and finish use."""
-    parts = held.chain.tail_parts
-    used = 0
-    if message.tail is not None:
-        used += _rows_bytes(held, message.tail.features.size if message.tail.features is not None else parts.features)
-    if message.finish is not None or (message.tail is not None and message.tail.features is None):
-        used += sum(p.numel() * p.element_size() for p in parts.rest.parameters())
-    return used
-
-
 def _check_tail(
     message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape], budget: int | None
 ) -> None:
     """The tail part reads the whole final map once, and the features it or the finish
     name are within the first layer's; slices cut the features in order; the weights fit
     the budget the device announced."""
-    features = held.chain.tail_parts.features
-    prepare = message.prepare
+    parts, prepare, tail, finish = held.chain.tail_parts, message.prepare, message.tail, message.finish
+    if held.loaded is not None and (prepare is not None or tail is not None or finish is not None):
+        raise WireError(f"{device} fetches stage weights only: it has none for the tail, nor makes any")
     if prepare is not None:
-        if held.loaded is not None:
-            raise WireError(f"{device} fetches stage weights only: it makes no tail weights")
-        if any(run.stop > features for run in prepare.first):
-            raise WireError(f"tail rows {prepare.first} to make are beyond the first layer's {features}")
+        if any(run.stop > parts.features for run in prepare.first):
+            raise WireError(f"tail rows {prepare.first} to make are beyond the first layer's {parts.features}")
         wanted = _rows_bytes(held, sum(run.size for run in prepare.first))
         if budget is not None and wanted > budget:
             raise WireError(f"the {wanted} B of tail rows to make exceed the {budget} B {device} announced")
-    if budget is not None and (message.tail is not None or message.finish is not None):
-        used = _tail_weight_bytes(message, held)
+    if budget is not None and (tail is not None or finish is not None):
+        rows = 0 if tail is None else parts.features if tail.features is None else tail.features.size
+        used = _rows_bytes(held, rows)
+        if finish is not None or (tail is not None and tail.features is None):  # the layers after the first too
+            used += sum(p.numel() * p.element_size() for p in parts.rest.parameters())
         if used > budget:
             raise WireError(f"the tail's {used} B of weights exceed the {budget} B {device} announced")
-    final = shapes[-1]
-    if held.loaded is not None and (message.tail is not None or message.finish is not None):
-        raise WireError(f"{device} fetches stage weights only: it has none for the tail")
-    if message.tail is not None:
-        role = message.tail
-        whole = TileRegion.whole(final.height, final.width)
-        disjoint = not any(a.region.intersection(b.region) for a, b in itertools.combinations(role.inputs, 2))
-        if not role.inputs or not disjoint or sum(p.region.area for p in role.inputs) != whole.area:
-            raise WireError(f"the tail's input pieces do not tile the {final} final map")
-        if not whole.contains(step_input_region(role)):
-            raise WireError(f"the tail's input pieces reach outside the {final} final map")
-        for piece in role.inputs:
-            if piece.source == device and not any(
-                s.block.stop == len(shapes) - 1 and s.out_region.contains(piece.region) for s in message.steps
-            ):
-                raise WireError(f"no step of {device} makes {piece.region} of the final map")
-        if role.features is not None and role.features.stop > features:
-            raise WireError(f"tail features {role.features} are beyond the first layer's {features}")
-    if message.finish is not None:
-        slices = message.finish.slices
-        stops = [0] + [s.features.stop for s in slices]
-        if (
-            not slices
-            or any(s.features.start != stop for s, stop in zip(slices, stops, strict=False))
-            or stops[-1] != features
-        ):
-            raise WireError(f"the slices to finish the tail do not cut its {features} features in order")
-        own = message.tail.features if message.tail is not None else None
-        if any(s.source == device and s.features != own for s in slices):
+    if tail is not None:
+        made = [s.out_region for s in message.steps if s.block.stop == len(shapes) - 1]
+        _check_inputs("the tail", tail, TileRegion.whole(shapes[-1].height, shapes[-1].width), shapes[-1], made, device)
+        if tail.features is not None and tail.features.stop > parts.features:
+            raise WireError(f"tail features {tail.features} are beyond the first layer's {parts.features}")
+    if finish is not None:
+        stops = [0] + [s.features.stop for s in finish.slices]
+        in_order = all(s.features.start == stop for s, stop in zip(finish.slices, stops, strict=False))
+        if not finish.slices or not in_order or stops[-1] != parts.features:
+            raise WireError(f"the slices to finish the tail do not cut its {parts.features} features in order")
+        own = tail.features if tail is not None else None
+        if any(s.source == device and s.features != own for s in finish.slices):
             raise WireError(f"{device} is to finish with a slice of its own that it does not compute")
 
 
@@ -149,47 +154,36 @@ def validate_program(
     tail_budget: int | None = None,
 ) -> ValidProgram:
     """Check a program against the model it names; every inconsistency is a :class:`WireError`."""
-    held = models.get(message.model)
+    held, where = models.get(message.model), f"program {message.request}"
     if held.loaded is None and message.digest != held.digest:
-        raise WireError(f"program {message.request}: weights digest {message.digest} is not ours ({held.digest})")
+        raise WireError(f"{where}: weights digest {message.digest} is not ours ({held.digest})")
     if not message.steps and message.tail is None and message.finish is None:
-        raise WireError(f"program {message.request} has nothing to do")
-    try:
-        shapes = held.shapes(*message.input_hw)
-        for step in message.steps:
-            step.block.stages(held.chain.stages)
-    except EdgeCIError as exc:
-        raise WireError(f"program {message.request}: {exc}") from exc
+        raise WireError(f"{where} has nothing to do")
+    shapes = geometry(held, message.input_hw, (step.block for step in message.steps), where)
     if any(b.block.start < a.block.stop for a, b in itertools.pairwise(message.steps)):
-        raise WireError(f"program {message.request}: steps are not in block order")
+        raise WireError(f"{where}: steps are not in block order")
     if (message.input is None) != (message.input_region is None):
-        raise WireError(f"program {message.request}: rows carried need their region and a region its rows")
+        raise WireError(f"{where}: rows carried need their region and a region its rows")
     if message.input is not None and message.input_region is not None:
         if message.input_boundary >= len(shapes):
-            raise WireError(f"program {message.request}: boundary {message.input_boundary} is beyond the model")
+            raise WireError(f"{where}: boundary {message.input_boundary} is beyond the model")
         shape, region = shapes[message.input_boundary], message.input_region
         if not TileRegion.whole(shape.height, shape.width).contains(region):
-            raise WireError(f"program {message.request}: the rows carried, {region}, are outside the {shape} map")
+            raise WireError(f"{where}: the rows carried, {region}, are outside the {shape} map")
         expected = (1, shape.channels, region.height, region.width)
         if message.input.shape != expected or message.input.dtype != np.float32:
-            raise WireError(
-                f"program {message.request}: rows carried are {message.input.dtype}{list(message.input.shape)},"
-                f" not {expected}"
-            )
-    for index, step in enumerate(message.steps):
-        try:
-            _check_step(step, index, message, device, held, shapes)
-        except EdgeCIError as exc:
-            raise WireError(str(exc)) from exc
+            carried = f"{message.input.dtype}{list(message.input.shape)}"
+            raise WireError(f"{where}: rows carried are {carried}, not {expected}")
     try:
+        for index in range(len(message.steps)):
+            _check_step(index, message, device, held, shapes)
         _check_tail(message, device, held, shapes, tail_budget)
     except EdgeCIError as exc:
-        raise WireError(f"program {message.request}: {exc}") from exc
-    if held.loaded is not None:
-        for step in message.steps:
-            for stage in held.weighted_stages(step.block):
-                if not has_weights(held, message.digest, stage):
-                    raise WireError(f"program {message.request}: weights of stage {stage} are not here")
+        raise WireError(f"{where}: {exc}") from exc
+    stages = [s for step in message.steps for s in held.weighted_stages(step.block)] if held.loaded is not None else []
+    for stage in stages:
+        if not has_weights(held, message.digest, stage):  # books (and queues) what is on disk: stop at the first
+            raise WireError(f"{where}: weights of stage {stage} are not here")
     return ValidProgram(message, held, shapes)
 
 
@@ -198,11 +192,10 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
     part (a slice of the first layer, or the logits), or the tail's finish (the logits)."""
     item, program = ready.item, ready.context
     tile = torch.from_numpy(ready.tile)
-    parts = program.held.chain.tail_parts
     with torch.inference_mode():
         if isinstance(item, ProgramStep):
             out = run_block_tile(
-                program.held.chain.kernels, program.shapes, item.block, tile, step_input_region(item), item.out_region
+                program.held.chain.kernels, program.shapes, item.block, tile, input_hull(item), item.out_region
             )
         elif isinstance(item, TailRole) and item.features is not None:
             out = program.held.tail_part(tile, item.features)
@@ -210,18 +203,17 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
             out = program.held.tail_whole(tile)
         else:
             program.held.make_rest()
-            out = parts.finish(tile)
+            out = program.held.chain.tail_parts.finish(tile)
     return out.contiguous().numpy()
 
 
 def outgoing(
     message: ProgramMessage, item: WorkItem, output: Tile, me: str, codec: Callable[[Tile], str]
 ) -> list[tuple[str, RowsMessage | VectorMessage | DoneMessage]]:
-    """Where a work item's output goes, as (recipient, message): a block's rows to the
-    devices (or the orchestrator) the program names (and, behind a barrier, word to the
-    orchestrator that the step is done), a tail slice to the finisher (nothing when that is
-    us: the store keeps it), logits to the orchestrator. ``codec`` picks how each array
-    travels (raw when the program says so)."""
+    """Where a work item's output goes, as (recipient, message): a block's rows where the
+    program says (and, behind a barrier, word to the orchestrator that the step is done), a
+    tail slice to the finisher (nothing when that is us: the store keeps it), logits to the
+    orchestrator. ``codec`` picks how each array travels (raw when the program says so)."""
 
     def packed(array: Tile) -> PackedArray:
         array = np.ascontiguousarray(array)
