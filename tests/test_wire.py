@@ -178,10 +178,10 @@ def program(step: dict[str, object] | None = None, **changes: object) -> bytes:
         (state(conv_rates=[[1.0, 1.0], [1.0, 0.0]]), "not positive"),
         (state(rates={"relu": math.inf}), "not finite"),
         (state(pool_rates={"max": [[0, 1e9]]}), "window 0"),
-        (state(medium={"name": "wifi"}), "expected name and bandwidth_mbit"),
+        (state(medium={"name": "wifi"}), "expected a name and bandwidth_mbit"),
         (state(medium={"name": "wi/fi", "bandwidth_mbit": 10.0}), "cannot be a state.link.medium.name"),
-        (state(medium={"name": 7, "bandwidth_mbit": 10.0}), "not a named medium"),
-        (state(medium={"name": "wifi", "bandwidth_mbit": 0.0}), "not a named medium"),
+        (state(medium={"name": 7, "bandwidth_mbit": 10.0}), "expected a name and bandwidth_mbit"),
+        (state(medium={"name": "wifi", "bandwidth_mbit": 0.0}), "0.0 Mbit/s is not a bandwidth"),
         (state(medium={"name": "wifi", "bandwidth_mbit": math.inf}), "finite"),
         (state(medium=[1, 2]), "expected a map"),
         (
