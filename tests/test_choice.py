@@ -37,8 +37,9 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
         judged = [judge(plan, ctx) for plan in candidates(Strategy("flow"), ctx)]
         assert [str(j.plan.strategy) for j in judged] == ["flow", "flow:orchestrator-tail", "edgeci"]
         chosen = plan_for(Strategy("flow"), ctx)
-        winner = min(judged, key=lambda j: j.score)
+        winner = best(judged)
         assert chosen == replace(winner.plan, predicted_s=winner.nominal_s)
+        assert winner is judged[0] or winner.score < 0.97 * judged[0].score
         assert all(j.worst_s >= j.nominal_s for j in judged)
         chosen_kinds.add(str(chosen.strategy))
     assert "edgeci" in chosen_kinds and "flow" in chosen_kinds  # neither always wins on these clusters
@@ -51,6 +52,7 @@ def test_a_plan_that_holds_up_beats_one_a_little_faster_only_as_planned(chains: 
     robust = Judged(steady, nominal_s=1.05, worst_s=1.20)
     assert best([fragile, robust]) is robust
     assert best([replace(fragile, worst_s=1.1), robust]).plan is fast
+    assert best([robust, replace(fragile, worst_s=1.2)]) is robust  # 2 % better is a tie: the own plan stays
 
 
 def test_a_slower_device_or_busier_links_slow_the_replay(chains: dict[str, StageChain]) -> None:

@@ -116,7 +116,10 @@ class CgroupRoot:
         if not group.is_dir():
             return
         for _ in range(50):  # killed processes leave the group asynchronously
-            pids = (group / "cgroup.procs").read_text().split()
+            try:
+                pids = (group / "cgroup.procs").read_text().split()
+            except FileNotFoundError:  # removed meanwhile (another down of the same prefix)
+                return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), 9)

@@ -13,7 +13,8 @@ the chosen plan's simulated makespan.
 A plan that is fastest only while every profile holds is fragile: a device 20 % slower than
 it measured, or links busier than they were, and another plan would have been better. Each
 candidate is also replayed with each of its most loaded devices 20 % slower and with every
-link 20 % slower, and judged by the mean of its nominal and its worst makespan.
+link 20 % slower, and judged by the mean of its nominal and its worst makespan; another
+candidate replaces the strategy's own plan only when it scores clearly better.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ LOADED = 2
 """How many of a plan's most loaded devices are each tried slower."""
 ROBUSTNESS = 0.5
 """Weight of the worst perturbed makespan against the nominal one in a candidate's score."""
+MARGIN = 0.03
+"""How much better than the strategy's own plan another candidate must score to replace it:
+the simulator's own error is a few per cent, and a near tie is no reason to change executor
+(in-process clusters, every link free, tied within 3 % and flipped from one plan to the next)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,12 @@ def judge(plan: Plan, ctx: PlanningContext) -> Judged:
 
 
 def best(judged: Sequence[Judged]) -> Judged:
-    """The candidate with the best score (ties: the earlier): not the fastest as planned when
-    another is nearly as fast and holds up better."""
-    return min(judged, key=lambda j: j.score)
+    """The first candidate (the strategy's own plan), unless another scores better by more
+    than :data:`MARGIN`; then the best of the others. The score prefers, over the fastest as
+    planned, a plan nearly as fast that holds up better."""
+    own, *others = judged
+    challenger = min(others, key=lambda j: j.score, default=own)
+    return challenger if challenger.score < own.score * (1 - MARGIN) else own
 
 
 def candidates(strategy: Strategy, ctx: PlanningContext) -> list[Plan]:
