@@ -39,7 +39,7 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
         chosen = plan_for(Strategy("flow"), ctx)
         winner = best(judged)
         assert chosen == replace(winner.plan, predicted_s=winner.nominal_s)
-        assert winner is judged[0] or winner.score < 0.97 * judged[0].score
+        assert winner is judged[0] or winner.score < 0.95 * judged[0].score
         assert all(j.worst_s >= j.nominal_s for j in judged)
         chosen_kinds.add(str(chosen.strategy))
     assert "edgeci" in chosen_kinds and "flow" in chosen_kinds  # neither always wins on these clusters
