@@ -242,7 +242,10 @@ class DeviceAgent:
                 if (bid := self.bidder.bid(message)) is not None:
                     self._traffic.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), bid)
             elif isinstance(message, RowsMessage | VectorMessage):
-                self._accept_rows(message, event.topic)
+                ids = {"device": self.device_id, "sender": message.sender, "request": message.request}
+                if DEVICE_ROWS.parse(event.topic) != ids:
+                    raise WireError(f"rows from {message.sender} do not belong on {event.topic}")
+                self.store.add_rows(message, message.sender, time.perf_counter())
             elif isinstance(message, WeightsMessage) and tasks:
                 self.ledger.accept(message)
             elif isinstance(message, ProgramMessage) and tasks:
@@ -259,11 +262,6 @@ class DeviceAgent:
         except Exception as exc:  # hostile input must never stop the agent
             why = exc if isinstance(exc, EdgeCIError) else f"{type(exc).__name__}: {exc}"
             self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, why)
-
-    def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
-        if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:
-            raise WireError(f"rows from {message.sender} do not belong on {topic}")
-        self.store.add_rows(message, message.sender, time.perf_counter())
 
     def _accept_program(self, message: ProgramMessage) -> None:
         if self.store.knows(message.request):
