@@ -24,12 +24,12 @@ from edgeci_mqtt.orchestrator.actions import (
     SendProgram,
     SendRows,
 )
-from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Begin, Computed, Reported, Tick
+from edgeci_mqtt.orchestrator.attempt import REPORTS_S, Arrived, Attempt, Begin, Computed, Tick
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
 from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.timeline import ORCHESTRATOR
-from edgeci_mqtt.wire import FailureMessage, PackedArray, RowsMessage
+from edgeci_mqtt.wire import FailureMessage, PackedArray, ProgressMessage, RowsMessage
 from tests.exactness import References, assert_float32_faithful
 from tests.executor import ORCH, run_attempt
 from tests.planning import device, environment
@@ -205,8 +205,10 @@ def test_a_late_attempt_blames_from_the_reports_and_restarts_with_more_time(stor
     assert isinstance(actions[-1], Release) and actions[-1].report and state.late
     assert state.handle(rows("r1", "a", 1, TileRegion.of(0, 1, 0, 1), (1,), 2.1))
     first = next(iter(work.programs))
-    finished = {d: (len(p.items), ()) for d, p in work.programs.items() if d != first}
-    got = state.handle(Reported(finished))  # the first never answered
+    for d, p in work.programs.items():  # the first never answers
+        if d != first:
+            assert state.handle(Arrived(ProgressMessage("r1", d, len(p.items), ()), 2.2)) == []
+    got = state.handle(Tick(2.0 + REPORTS_S + 0.1, DEVICES))
     assert got == [GiveUp(frozenset({first}), got[0].why), Restart(0, got[0].why, late=True)]  # type: ignore[union-attr]
 
 

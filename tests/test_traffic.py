@@ -298,7 +298,7 @@ def test_in_process_the_agents_report_only_while_a_watcher_is_online(
 
 def test_the_publisher_hands_watcher_states_over_and_leaves_other_events() -> None:
     from edgeci_mqtt.bus.memory import MemoryBroker
-    from edgeci_mqtt.watch.publisher import TrafficPublisher
+    from edgeci_mqtt.watch.traffic import TrafficPublisher
 
     publisher = TrafficPublisher(MemoryBroker().bus("dev-1"), "dev-1", DEVICE_TRAFFIC.build(device="dev-1"))
     assert not publisher.heard(Inbound(DEVICE_TASKS.build(device="dev-1"), b"x"))

@@ -27,9 +27,8 @@ from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.text import brief
-from edgeci_mqtt.watch.publisher import TrafficPublisher
+from edgeci_mqtt.watch.traffic import TrafficPublisher
 from edgeci_mqtt.wire import AUCTION_BIDS, AUCTION_CALL, DEVICE_PROBE, DEVICE_ROWS, DEVICE_STATE, DEVICE_TASKS
-from edgeci_mqtt.wire.base import Message
 from edgeci_mqtt.wire.framing import Allowance, Reassembler
 from edgeci_mqtt.wire.messages import CallMessage, DeviceStateMessage, WeightsMessage, encode
 from edgeci_mqtt.wire.programs import GoMessage, ProgramMessage, ReleaseMessage, RowsMessage, VectorMessage
@@ -146,15 +145,16 @@ class DeviceAgent:
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
         self.bidder = Bidder(device_id, models, profile, calibrate)
-        self.worker = Worker(device_id, self.bidder, cache, self._send, self._announce, compress, threads, compute)
+        publish = self._traffic.publish
+        self.worker = Worker(device_id, self.bidder, cache, publish, self._announce, compress, threads, compute)
         self.store, self.ledger = self.worker.store, self.worker.ledger
         self._announced: dict[str, int] = {}  # model -> its tail_version when last announced
         self._announcing = threading.Lock()
         self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (window started, refusals in it)
         self.reassembler = Reassembler(max_bytes=REASSEMBLY_BYTES, max_age_s=PARTIAL_S)
         self.heap = HeapKeeper(again_s=HOLDING_S)
-        self._offline = encode(DeviceStateMessage(device_id, False, version=__version__))
-        bus.will(self.state_topic, self._offline)
+        self._offline = DeviceStateMessage(device_id, False, version=__version__)
+        bus.will(self.state_topic, encode(self._offline))
 
     # ------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -174,19 +174,12 @@ class DeviceAgent:
                 self._announce()  # a new session: the broker may have fired our will
             elif isinstance(event, Inbound):
                 self._handle(event)
-        self.worker.stop()
-        try:
-            bus.publish(self.state_topic, self._offline, retain=True, wait=2.0)
-        except EdgeCIError as exc:  # the broker is gone: our will says it instead
-            log.warning("%s: cannot announce going offline: %s", self.device_id, exc)
+        self.worker.stop()  # if the broker is gone, our will says we are offline instead
+        self._traffic.publish(self.state_topic, self._offline, "announce going offline", retain=True, wait=2.0)
         self._traffic.stop()
         bus.stop()
         worker.join(timeout=5)
         log.info("%s: offline", self.device_id)
-
-    def _send(self, topic: str, message: Message) -> None:
-        self.bus.publish(topic, payload := encode(message))
-        self._traffic.note(topic, message, len(payload))
 
     # ------------------------------------------------------------ announcements
     def _announce(self, always: bool = True) -> None:
@@ -210,10 +203,7 @@ class DeviceAgent:
                 memory_bytes=self.tail_memory_bytes,
                 tails={name: held.tail_rows() for name, held in self.models.held.items()},
             )
-            try:
-                self.bus.publish(self.state_topic, encode(state), retain=True)
-            except EdgeCIError as exc:
-                log.warning("%s: cannot announce our state: %s", self.device_id, exc)
+            self._traffic.publish(self.state_topic, state, "announce our state", retain=True)
 
     # ------------------------------------------------------------ messages
     def _tick(self) -> None:
@@ -250,9 +240,12 @@ class DeviceAgent:
         try:
             if isinstance(message, CallMessage) and AUCTION_CALL.parse(event.topic) == {"round": message.round}:
                 if (bid := self.bidder.bid(message)) is not None:
-                    self.bus.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), encode(bid))
+                    self._traffic.publish(AUCTION_BIDS.build(round=message.round, device=self.device_id), bid)
             elif isinstance(message, RowsMessage | VectorMessage):
-                self._accept_rows(message, event.topic)
+                ids = {"device": self.device_id, "sender": message.sender, "request": message.request}
+                if DEVICE_ROWS.parse(event.topic) != ids:
+                    raise WireError(f"rows from {message.sender} do not belong on {event.topic}")
+                self.store.add_rows(message, message.sender, time.perf_counter())
             elif isinstance(message, WeightsMessage) and tasks:
                 self.ledger.accept(message)
             elif isinstance(message, ProgramMessage) and tasks:
@@ -269,11 +262,6 @@ class DeviceAgent:
         except Exception as exc:  # hostile input must never stop the agent
             why = exc if isinstance(exc, EdgeCIError) else f"{type(exc).__name__}: {exc}"
             self._warn(f"rejected {message.kind}", "rejected %s on %s: %s", message.kind, event.topic, why)
-
-    def _accept_rows(self, message: RowsMessage | VectorMessage, topic: str) -> None:
-        if DEVICE_ROWS.parse(topic) != {"device": self.device_id, "sender": message.sender, "request": message.request}:
-            raise WireError(f"rows from {message.sender} do not belong on {topic}")
-        self.store.add_rows(message, message.sender, time.perf_counter())
 
     def _accept_program(self, message: ProgramMessage) -> None:
         if self.store.knows(message.request):

@@ -74,7 +74,7 @@ class Go:
 @dataclass(frozen=True)
 class Release:
     """Tell devices to drop programs, given as (program id, device) pairs (``report``: and to
-    say how far they got, which the edge then tells the attempt)."""
+    say how far they got, which the attempt then hears)."""
 
     programs: tuple[tuple[str, str], ...]
     why: str

@@ -7,13 +7,14 @@ whose device left, failed, sent a bad tile or stayed silent past its allowance g
 to the queue for the next idle device (DeepThings' own recovery). A program whose device
 left, failed or sent a bad tile ends the attempt: every device is released and the request
 is re-planned without that device. Past the deadline every device is asked how far it got
-as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names whom to give up.
+as it is released, and :func:`~edgeci_mqtt.orchestrator.programs.blame` names whom to give up
+from what they say within :data:`REPORTS_S`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,13 +36,24 @@ from edgeci_mqtt.orchestrator.actions import (
     SendRows,
 )
 from edgeci_mqtt.orchestrator.programs import Answer, Compiled, DeviceProgram, Forward, Logits, blame, downstream_first
-from edgeci_mqtt.wire import DoneMessage, FailureMessage, ProgramStep, RowsMessage, SliceFrom, VectorMessage
+from edgeci_mqtt.wire import (
+    DoneMessage,
+    FailureMessage,
+    ProgramStep,
+    ProgressMessage,
+    RowsMessage,
+    SliceFrom,
+    VectorMessage,
+)
 
-__all__ = ["Arrived", "Attempt", "Begin", "Computed", "Event", "Reported", "Tick"]
+__all__ = ["REPORTS_S", "Arrived", "Attempt", "Begin", "Computed", "Event", "Tick"]
 
 OFFLINE = "went offline"
 NO_DEVICE = "no capable device remains for this inference"
 LATE = "the attempt ran past its deadline"
+REPORTS_S = 0.5
+"""How long a late attempt waits for its devices to say how far they got (a device answers
+from its message thread, whatever its worker is doing)."""
 
 
 # ---------------------------------------------------------------- events
@@ -49,9 +61,9 @@ LATE = "the attempt ran past its deadline"
 class Arrived:
     """A device's ``message`` about a program reached the orchestrator at ``now``: rows or a
     vector (its array's shape and type are checked here, once, against the plan), its
-    failure, or its step finished behind a barrier."""
+    failure, its step finished behind a barrier, or how far it got (asked when late)."""
 
-    message: RowsMessage | VectorMessage | FailureMessage | DoneMessage
+    message: RowsMessage | VectorMessage | FailureMessage | DoneMessage | ProgressMessage
     now: float
 
     @property
@@ -81,15 +93,7 @@ class Computed:
     now: float
 
 
-@dataclass(frozen=True)
-class Reported:
-    """What the devices of a late attempt said as they were released, by device: the first
-    item they had not run (-1: no program) and the senders that item still waited for."""
-
-    reports: Mapping[str, tuple[int, tuple[str, ...]]]
-
-
-Event = Arrived | Tick | Computed | Reported
+Event = Arrived | Tick | Computed
 
 
 # ---------------------------------------------------------------- the machine
@@ -112,8 +116,8 @@ def _mismatch(sender: str, array: NDArray[Any], want: tuple[int, ...], what: obj
 @dataclass
 class Attempt:
     """One attempt of a request: ``work`` (its holders' work), ``program`` (the id of its
-    device programs), ``deadline`` (for every program), ``channels`` (of the map at each
-    boundary) and ``classes`` (the logits' size), to check what arrives.
+    device programs), ``deadline`` (for every program; once late, for their reports),
+    ``channels`` (of the map at each boundary) and ``classes`` (the logits' size), to check what arrives.
     ``allowance(step, device)``: how long a pulled tile may take on a device."""
 
     work: Compiled
@@ -137,6 +141,7 @@ class Attempt:
     finished: bool = False
     over: bool = False
     late: bool = False
+    reports: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # once late, as blame() reads
     _handed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,8 +149,8 @@ class Attempt:
         self.restart_from = self.work.start
 
     def handle(self, event: Event) -> list[Action]:
-        if isinstance(event, Reported):
-            return self._reported(event) if self.late and not self.over else []
+        if self.late and not self.over and not isinstance(event, Computed):
+            return self._reported(event)
         if self.over or self.finished or self.late:
             return [Ignore(event.sender, "the attempt is over")] if isinstance(event, Arrived) else []
         if isinstance(event, Computed):
@@ -159,7 +164,9 @@ class Attempt:
             return self._vector(message)
         if isinstance(message, FailureMessage):
             return self._device_failed(message, now)
-        return self._step_finished(message)
+        if isinstance(message, DoneMessage):
+            return self._step_finished(message)
+        return [Ignore(message.device, "no progress is asked for now")]
 
     def _reached(self, boundary: int, now: float) -> list[Action]:
         """The orchestrator holds ``boundary`` whole: what reads it can go."""
@@ -254,7 +261,7 @@ class Attempt:
                 actions += self._drop(program, out.device, "silent past its deadline", event.now, hand=False)
         actions += self._hand_out(event.now)
         if event.now > self.deadline and self.work.programs and not any(isinstance(a, Fail) for a in actions):
-            self.late = True
+            self.late, self.deadline = True, event.now + REPORTS_S
             return [*actions, Release(self._programs_out(), LATE, report=True)]
         return actions
 
@@ -305,9 +312,17 @@ class Attempt:
             Restart(self.restart_from, why),
         ]
 
-    def _reported(self, event: Reported) -> list[Action]:
+    def _reported(self, event: Arrived | Tick) -> list[Action]:
+        """Late: the devices' reports until each answered or :data:`REPORTS_S` passed, then the blame."""
+        message = event.message if isinstance(event, Arrived) else None
+        if isinstance(message, ProgressMessage) and message.request == self.program:
+            self.reports[message.device] = (message.item, message.waiting_for)
+        elif isinstance(event, Arrived):
+            return [Ignore(event.sender, "the attempt is over")]
+        if set(self.work.programs) - set(self.reports) and event.now <= self.deadline:
+            return []
         self.over = True
-        blamed = blame(self.work, event.reports, self.orchestrator)
+        blamed = blame(self.work, self.reports, self.orchestrator)
         why = LATE if blamed else f"{LATE}, though every device says it finished"
         self.failed |= blamed
         actions: list[Action] = [GiveUp(frozenset(blamed), why)] if blamed else []

@@ -22,21 +22,8 @@ from edgeci_mqtt.core.fused import run_block_tile
 from edgeci_mqtt.core.geometry import FeatureShape, TileRegion
 from edgeci_mqtt.errors import InferenceError
 from edgeci_mqtt.models import StageChain
-from edgeci_mqtt.orchestrator.actions import (
-    Action,
-    Compute,
-    Fail,
-    Finish,
-    GiveUp,
-    Go,
-    Ignore,
-    Keep,
-    Release,
-    Restart,
-    SendProgram,
-    SendRows,
-)
-from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Computed, Event, Reported, Tick
+from edgeci_mqtt.orchestrator import actions as act
+from edgeci_mqtt.orchestrator.attempt import Arrived, Attempt, Computed, Event, Tick
 from edgeci_mqtt.orchestrator.mailboxes import Box
 from edgeci_mqtt.orchestrator.programs import Answer, Compiled, Logits
 from edgeci_mqtt.planner.plan import Plan
@@ -47,26 +34,21 @@ from edgeci_mqtt.wire import (
     GoMessage,
     PackedArray,
     ProgramMessage,
-    ProgressMessage,
     ReleaseMessage,
     ReportMessage,
     RowsMessage,
     SliceFrom,
-    encode,
 )
 
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
 
-__all__ = ["POLL_S", "REPORTS_S", "AttemptEdge", "Holdings", "program_message"]
+__all__ = ["POLL_S", "AttemptEdge", "Holdings", "program_message"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
 POLL_S = 0.05
 """How long the edge waits for a message before it tells the attempt that time passed."""
-REPORTS_S = 0.5
-"""How long a late attempt waits for its devices to say how far they got (a device answers
-from its message thread, whatever its worker is doing)."""
 
 Map = NDArray[np.float32]
 
@@ -127,7 +109,7 @@ class Holdings:
 
 
 def program_message(
-    action: SendProgram,
+    action: act.SendProgram,
     plan: Plan,
     holdings: Holdings,
     *,
@@ -171,7 +153,7 @@ class AttemptEdge:
         self.out: set[tuple[str, str]] = set()  # (program id, device) that may hold rows (one id, many devices)
         self.reported: set[tuple[str, str, int]] = set()  # (program, device, item) on the timeline
 
-    def drive(self, actions: list[Action]) -> Finish | Restart:
+    def drive(self, actions: list[act.Action]) -> act.Finish | act.Restart:
         while (outcome := self.perform(actions)) is None:
             self.run.check_wanted()  # raises: the attempt's rows are released
             actions = self.machine.handle(self._next_event())
@@ -184,7 +166,7 @@ class AttemptEdge:
             arrived, message = self.box.get_nowait()
         except queue.Empty:
             tick = Tick(time.perf_counter(), self.run.online())
-            if self.machine.late or tick.now > self.machine.deadline:
+            if tick.now > self.machine.deadline:
                 return tick
             try:
                 arrived, message = self.box.get(timeout=POLL_S)
@@ -192,59 +174,55 @@ class AttemptEdge:
                 return tick
         if isinstance(message, ReportMessage):
             self._mark_report(message)
-        if isinstance(message, ReportMessage | ProgressMessage):  # a progress nobody asked for now
             return Tick(time.perf_counter(), self.run.online())
         return Arrived(message, arrived)
 
-    def perform(self, actions: list[Action]) -> Finish | Restart | None:
+    def perform(self, actions: list[act.Action]) -> act.Finish | act.Restart | None:
         """Carry out ``actions`` in order; what the attempt answers to a block computed here
-        or to the reports of a late attempt is carried out next, before the rest."""
+        is carried out next, before the rest."""
         run, pending = self.run, deque(actions)
         while pending:
             action, started = pending.popleft(), time.perf_counter()
-            if isinstance(action, SendProgram):
+            if isinstance(action, act.SendProgram):
                 self._send_program(action)
-            elif isinstance(action, SendRows):
+            elif isinstance(action, act.SendRows):
                 forward = action.forward
                 rows = PackedArray(self.holdings.cut(forward.boundary, forward.region), "raw")
                 message = RowsMessage(action.program, run.orchestrator, forward.boundary, forward.region, rows)
                 topic = DEVICE_ROWS.build(device=forward.to, sender=run.orchestrator, request=action.program)
-                run.services.publish(topic, encode(message))
+                run.services.publish(topic, message)
                 run.spent("prepare", started, forward.to, None, forward.region)
-            elif isinstance(action, Keep) and action.answer is not None:
+            elif isinstance(action, act.Keep) and action.answer is not None:
                 self.holdings.answers[action.answer] = action.array
-            elif isinstance(action, Keep):
+            elif isinstance(action, act.Keep):
                 assert action.region is not None, "a tile kept has its region"
                 self.holdings.keep(action.boundary, action.region, action.array)
                 run.spent("merge", started, action.sender, None, action.region)
-            elif isinstance(action, Compute):  # on the whole map held here; the attempt hears it is done
+            elif isinstance(action, act.Compute):  # on the whole map held here; the attempt hears it is done
                 self.holdings.compute(run.held.chain, action.block)
                 shape = run.shapes[action.block.stop]
                 run.spent("gateway", started, "", action.block, TileRegion.whole(shape.height, shape.width))
                 pending.extendleft(reversed(self.machine.handle(Computed(action.block.stop, time.perf_counter()))))
-            elif isinstance(action, Go):
+            elif isinstance(action, act.Go):
                 for device in action.devices:
                     self._tell(device, GoMessage(action.program, run.orchestrator, action.boundary))
-            elif isinstance(action, Release):
+            elif isinstance(action, act.Release):
                 self.release(action.programs, action.why, action.report)
-                if action.report:  # the devices say how far they got; the attempt decides whom to blame
-                    reports = self._reports({d for _, d in action.programs})
-                    pending.extendleft(reversed(self.machine.handle(Reported(reports))))
-            elif isinstance(action, GiveUp):
+            elif isinstance(action, act.GiveUp):
                 run.give_up_on(set(action.devices), action.why, gone=action.gone)
                 log.warning("%s: gave up %s (%s)", run.request, ", ".join(sorted(action.devices)), action.why)
-            elif isinstance(action, Ignore):
+            elif isinstance(action, act.Ignore):
                 log.debug("%s: ignored a message from %s: %s", run.request, action.sender, action.why)
-            elif isinstance(action, Fail):
+            elif isinstance(action, act.Fail):
                 raise InferenceError(action.reason)
             else:  # Finish or Restart: the attempt is over
                 return action
         return None
 
     def _tell(self, device: str, message: ProgramMessage | GoMessage | ReleaseMessage) -> None:
-        self.run.services.publish(DEVICE_TASKS.build(device=device), encode(message))
+        self.run.services.publish(DEVICE_TASKS.build(device=device), message)
 
-    def _send_program(self, action: SendProgram) -> None:
+    def _send_program(self, action: act.SendProgram) -> None:
         run, work, started = self.run, action.work, time.perf_counter()
         if action.program != self.machine.program:  # a pulled tile: its own id, answered into our box
             run.mail.alias(action.program, self.box)
@@ -276,20 +254,6 @@ class AttemptEdge:
             except Exception as exc:  # the broker may be gone too; expiry covers it
                 log.warning("%s: cannot release %s on %s: %s", self.run.request, program, device, exc)
             self.out.discard((program, device))
-
-    def _reports(self, devices: set[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
-        """What each device of a late attempt says as it is released, for up to
-        :data:`REPORTS_S` (a device that does not answer by then is blamed)."""
-        reports: dict[str, tuple[int, tuple[str, ...]]] = {}
-        deadline = time.perf_counter() + REPORTS_S
-        while devices - set(reports) and (left := deadline - time.perf_counter()) > 0:
-            try:
-                _, message = self.box.get(timeout=left)
-            except queue.Empty:
-                break
-            if isinstance(message, ProgressMessage) and message.device in devices:
-                reports[message.device] = (message.item, message.waiting_for)
-        return reports
 
     def _mark_report(self, report: ReportMessage) -> None:
         """A device's item on the timeline: its clock is trusted only between the request's

@@ -1,12 +1,23 @@
-"""Auction rounds on the bus: one call out, bids in, awards announced (the auctioneer's edge).
+"""Auction rounds on the bus, and the plan of one attempt awarded from them (the auctioneer's edge).
 
-Every gather block (``edgeci``) and every ``flow`` request holds its rounds here; what
-to award from the bids is the planner's pure business (:func:`edgeci_mqtt.planner.awas.award`,
-:func:`edgeci_mqtt.planner.flow.flow_blocks`).
+One call out, bids in, awards announced: every gather block (``edgeci``) and every
+``flow`` request holds its rounds here; what to award from the bids is the planner's pure
+business (:func:`edgeci_mqtt.planner.awas.award`, :func:`edgeci_mqtt.planner.flow.flow_blocks`).
+The plan cache chose the blocks (DPFL, from predicted costs) once per device-table
+generation; each attempt awards them from the devices' real bids, once (AWAS):
+
+* ``flow`` holds every block's round at once, the bids priced with the output kept on
+  the device, and awards the blocks in order with what each device holds after the block
+  before, the tail placed with them (:func:`flow_plan`).
+* The gathering strategies' blocks on devices are auctioned (``edgeci`` always; the others
+  when a restart must share out the work of a device that failed), every round at once,
+  each block's rows awarded from its bids (no bid, no work: :func:`gather_plan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -14,9 +25,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from edgeci_mqtt.errors import PlanningError
-from edgeci_mqtt.planner.awas import Award, Bid
+from edgeci_mqtt.errors import InferenceError, PlanningError
+from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award, award_tasks, make_bid
+from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.flow import flow_blocks
+from edgeci_mqtt.planner.plan import BlockPlan, Plan
+from edgeci_mqtt.planner.tail import TailWork, placement_making_seconds
 from edgeci_mqtt.wire import (
     AUCTION_AWARD,
     AUCTION_CALL,
@@ -25,10 +41,13 @@ from edgeci_mqtt.wire import (
     AwardRun,
     BidMessage,
     CallMessage,
-    encode,
+    Message,
 )
 
-__all__ = ["COOL_S", "MAX_COOL_S", "Auctioneer", "Round", "Silence"]
+if TYPE_CHECKING:
+    from edgeci_mqtt.orchestrator.run import Run
+
+__all__ = ["COOL_S", "MAX_COOL_S", "Auctioneer", "Round", "Silence", "flow_plan", "gather_plan"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -109,7 +128,7 @@ class Auctioneer:
         orchestrator: str,
         model: str,
         input_hw: tuple[int, int],
-        publish: Callable[[str, bytes], None],
+        publish: Callable[[str, Message], None],
         bid_boxes: dict[str, queue.Queue[BidMessage]],
         window_s: float,
         silence: Silence,
@@ -141,7 +160,7 @@ class Auctioneer:
         self.bid_boxes[round_id] = box
         try:
             call = CallMessage(round_id, self.orchestrator, self.model, self.input_hw, tuple(lots), self.window_s, flow)
-            self.publish(AUCTION_CALL.build(round=round_id), encode(call))
+            self.publish(AUCTION_CALL.build(round=round_id), call)
             answered: set[str] = set()
             while awaited - answered and (remaining := deadline - time.perf_counter()) > 0:
                 try:
@@ -159,7 +178,7 @@ class Auctioneer:
     def announce(self, held: Round, won: Award) -> None:
         """Publish who won what (watchers see it)."""
         runs = tuple(AwardRun(d, s) for d, s in won.runs)
-        self.publish(AUCTION_AWARD.build(round=held.id), encode(AwardMessage(held.id, held.lot, runs)))
+        self.publish(AUCTION_AWARD.build(round=held.id), AwardMessage(held.id, held.lot, runs))
 
     def _take_bid(
         self, message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]
@@ -177,3 +196,63 @@ class Auctioneer:
         for bids, prices in zip(into, message.lots, strict=True):
             bids[message.device] = Bid(message.device, message.queue_s, prices.alone_s, prices.extend_s)
         return {message.device}
+
+
+# Remembered: an award depends on the bids (and the cluster) only, and idle devices bid the
+# same for every request.
+_award = functools.lru_cache(maxsize=256)(award)
+_flow_blocks = functools.lru_cache(maxsize=64)(flow_blocks)
+
+
+def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
+    """Every block's round at once, then the flow awards in block order."""
+    started, plan = time.perf_counter(), run.plan
+    lots = [AuctionLot(b.block, auction_items(run.shapes[b.block.stop])) for b in plan.blocks]
+    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), flow=True)
+    views = [v for v in views if v.name not in run.mail.silence] or views  # found silent now: no tail either
+    env = Environment(tuple(views), run.services.profile, run.services.broker_link)
+    chain, costs = run.held.spec(*run.input_hw), run.held.row_model(*run.input_hw)
+    for lot, held_round in zip(lots, rounds, strict=True):
+        if not held_round.bids:  # nobody answered in time (all busy): price from what they announced
+            log.warning(
+                "%s: no bid for block %s in time; pricing it from the devices' profiles", run.request, lot.block
+            )
+            held_round.bids.update({v.name: make_bid(v, costs, lot.block, lot.items, flow=True) for v in views})
+    bids = tuple((lot.block, lot.items, r.ordered()) for lot, r in zip(lots, rounds, strict=True))
+    place, kept = plan.strategy.places_tail, run.services.tails.get(run.held.digest)
+    try:
+        blocks, awards, tail, _ = _flow_blocks(chain, costs, env, bids, place, kept)
+    except PlanningError as exc:
+        raise InferenceError(f"flow cannot be awarded: {exc}") from exc
+    run.services.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
+    for held_round, won in zip(rounds, awards, strict=True):
+        run.auctioneer.announce(held_round, won)
+    run.spent("auction", started, f"{len(lots)} rounds")
+    # the plan's prediction, and the tail weights its devices must make
+    making = placement_making_seconds(env, TailWork.of(chain.tail_work), tail) if place else 0.0
+    predicted_s = plan.predicted_s + making
+    return dataclasses.replace(plan, blocks=tuple(blocks), predicted_s=predicted_s, auctioned=True, tail=tail)
+
+
+def gather_plan(run: Run, views: list[DeviceView], start: int, auction: bool) -> Plan:
+    """The plan's blocks from boundary ``start`` that run on devices, auctioned among
+    ``views`` if ``auction`` (one round each, held at once), the others as planned."""
+    plan = run.plan
+    static = [
+        k
+        for k, b in enumerate(plan.blocks)
+        if b.block.start >= start and b.placement == "devices" and b.dispatch == "static"
+    ]
+    if not auction or not static:
+        return plan
+    started = time.perf_counter()
+    lots = [AuctionLot(plan.blocks[k].block, auction_items(run.shapes[plan.blocks[k].block.stop])) for k in static]
+    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices))
+    blocks = list(plan.blocks)
+    for k, lot, held_round in zip(static, lots, rounds, strict=True):
+        won = _award(held_round.ordered(), len(lot.items))
+        run.auctioneer.announce(held_round, won)
+        blocks[k] = BlockPlan(lot.block, award_tasks(run.held.chain.stages, run.shapes, lot.block, lot.items, won))
+    answered = min(len(r.bids) for r in rounds)
+    run.spent("auction", started, f"{len(rounds)} rounds, >= {answered} bids")
+    return dataclasses.replace(plan, blocks=tuple(blocks))

@@ -21,7 +21,7 @@ from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models.held import FETCH, ModelStore
 from edgeci_mqtt.models.stage_weights import stage_state, weights_message
 from edgeci_mqtt.planner.environment import DeviceView
-from edgeci_mqtt.wire import DEVICE_TASKS, DeviceStateMessage, encode
+from edgeci_mqtt.wire import DEVICE_TASKS, DeviceStateMessage, Message
 
 __all__ = ["DeviceTable", "WeightsSender"]
 
@@ -87,7 +87,7 @@ class DeviceTable:
 class WeightsSender:
     """Sends each fetching device the stage weights its work needs, once (thread-safe)."""
 
-    def __init__(self, models: ModelStore, table: DeviceTable, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(self, models: ModelStore, table: DeviceTable, publish: Callable[[str, Message], None]) -> None:
         self.models, self.table, self.publish = models, table, publish
         self._sent: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (device, digest) -> (births, stages)
         self._lock = threading.Lock()
@@ -106,6 +106,6 @@ class WeightsSender:
             for stage in held.weighted_stages(block):
                 if stage not in sent:
                     message = weights_message(model, held.digest, stage, stage_state(held.chain.model, stage))
-                    self.publish(DEVICE_TASKS.build(device=device), encode(message))
+                    self.publish(DEVICE_TASKS.build(device=device), message)
                     sent.add(stage)
             self._sent[key] = (self.table.births, sent)

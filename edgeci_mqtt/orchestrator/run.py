@@ -25,8 +25,7 @@ from edgeci_mqtt.models.held import HeldModel
 from edgeci_mqtt.orchestrator.actions import Finish, Restart
 from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin
 from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge, Holdings
-from edgeci_mqtt.orchestrator.auction import Auctioneer
-from edgeci_mqtt.orchestrator.awarding import flow_plan, gather_plan
+from edgeci_mqtt.orchestrator.auction import Auctioneer, flow_plan, gather_plan
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
@@ -34,7 +33,7 @@ from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.tail import TailPlan
 from edgeci_mqtt.timeline import ORCHESTRATOR, Interval
-from edgeci_mqtt.wire import ProgramStep
+from edgeci_mqtt.wire import Message, ProgramStep
 
 __all__ = [
     "EXPIRY_MARGIN_S",
@@ -96,7 +95,7 @@ class RunServices:
     device gets for work before it is given up."""
 
     orchestrator: str
-    publish: Callable[[str, bytes], None]
+    publish: Callable[[str, Message], None]
     mail: Mailboxes
     penalties: Penalties
     """The orchestrator's record of devices that failed requests: a device a run gives up

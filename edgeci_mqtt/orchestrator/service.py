@@ -33,7 +33,7 @@ from edgeci_mqtt.orchestrator.plans import PlanCache
 from edgeci_mqtt.orchestrator.run import MIN_TASK_DEADLINE_S, Run, RunServices, RunSetup
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.planner.strategy import Strategy
-from edgeci_mqtt.watch.publisher import TrafficPublisher
+from edgeci_mqtt.watch.traffic import TrafficPublisher
 from edgeci_mqtt.wire import (
     AUCTION_BIDS,
     CLIENT_RESPONSES,
@@ -49,7 +49,6 @@ from edgeci_mqtt.wire import (
     BidMessage,
     ChunkMessage,
     DeviceStateMessage,
-    Message,
     OrchestratorStateMessage,
     PenaltyMessage,
     Reassembler,
@@ -115,7 +114,7 @@ class Orchestrator:
         have waiting (the next is refused as busy)."""
         self.id, self.bus, self.models, self.strategy = orchestrator_id, bus, models, strategy
         self._traffic = TrafficPublisher(bus, orchestrator_id, ORCHESTRATOR_TRAFFIC.build(orchestrator=orchestrator_id))
-        publish = self._traffic.publish  # what we send devices, reported while a watcher is online
+        publish = self._traffic.publish  # what we send, reported while a watcher is online (if a data message)
         broker_link = broker_link or Link(1000.0, 0.1)
         self.table = DeviceTable()
         self.plans = PlanCache(models, self.table, profile, broker_link)
@@ -158,29 +157,19 @@ class Orchestrator:
         self._traffic.stop()
         bus.stop()
 
-    def _publish(
-        self, topic: str, message: Message, failed: str, correlation: bytes | None = None, retained: bool = False
-    ) -> None:
-        """Publish ``message`` (``retained``: waiting for delivery); if that fails, log what could
-        not be done (``failed``) and go on: neither the dispatcher nor a worker is lost to the bus."""
-        try:
-            self.bus.publish(
-                topic, encode(message), retain=retained, correlation=correlation, wait=5 if retained else None
-            )
-        except Exception as exc:
-            log.warning("orchestrator %s: cannot %s: %s", self.id, failed, exc)
-
     def _announce_penalty(self, device: str, hold_s: float, strikes: int, why: str) -> None:
         """Tell the other orchestrators that ``device`` failed one of our requests."""
         penalty = PenaltyMessage(self.id, device, hold_s, strikes, why[:4000])
-        self._publish(ORCHESTRATOR_PENALTIES.build(orchestrator=self.id), penalty, f"tell the others {device} failed")
+        topic = ORCHESTRATOR_PENALTIES.build(orchestrator=self.id)
+        self._traffic.publish(topic, penalty, f"tell the others {device} failed")
 
     def _announce(self, online: bool) -> None:
         state, word = OrchestratorStateMessage(self.id, online), "online" if online else "offline"
-        self._publish(self.state_topic, state, f"announce itself {word}", retained=True)
+        self._traffic.publish(self.state_topic, state, f"announce itself {word}", retain=True, wait=5)
 
     def _answer(self, topic: str, correlation: bytes | None, message: ResponseMessage | AcceptedMessage) -> None:
-        self._publish(topic, message, f"answer request {message.request}", correlation)
+        """Publish the answer; one that cannot go is logged: no dispatcher or worker is lost to the bus."""
+        self._traffic.publish(topic, message, f"answer request {message.request}", correlation=correlation)
 
     def _error(self, request: str, error: str) -> ResponseMessage:
         """The answer to ``request`` when it has no logits: why (as much as the wire carries)."""
@@ -201,13 +190,11 @@ class Orchestrator:
                 return
             if (message := self._reassembler.feed(event.topic, event.payload)) is None:
                 return
-            if isinstance(message, DeviceStateMessage) and DEVICE_STATE.parse(event.topic) == {
-                "device": message.device
-            }:
+            if isinstance(message, DeviceStateMessage) and event.topic == DEVICE_STATE.build(device=message.device):
                 self.table.update(message)
-            elif isinstance(message, PenaltyMessage) and ORCHESTRATOR_PENALTIES.parse(event.topic) == {
-                "orchestrator": message.orchestrator
-            }:
+            elif isinstance(message, PenaltyMessage) and event.topic == ORCHESTRATOR_PENALTIES.build(
+                orchestrator=message.orchestrator
+            ):
                 if message.orchestrator != self.id:  # ours, back from the broker
                     self.penalties.heard(message.device, message.hold_s, message.strikes, time.perf_counter())
             elif isinstance(message, BidMessage) and bid == {"round": message.round, "device": message.device}:

@@ -6,19 +6,26 @@ senders describe each such message in a :class:`~edgeci_mqtt.wire.TrafficRecord`
 number of the data) and publish the records in batches on their own ``traffic`` topic, only
 while some watcher's retained :class:`~edgeci_mqtt.wire.WatcherStateMessage` says it is
 online (unwatched, noting a message is one comparison). :data:`DATA_KINDS` says once per
-kind what its record holds and how its watch line reads. This module is pure (no clock, no
-bus, no threads); :mod:`edgeci_mqtt.watch.publisher` is its edge.
+kind what its record holds and how its watch line reads. :class:`TrafficReporter` is pure
+(no clock, no bus, no threads); :class:`TrafficPublisher` is its edge, which a device or
+orchestrator holds: it hands it the watcher states it reads and each data message it
+sends; while a watcher is online, a thread of its own sends each batch when due, so no
+role's loop has to tick for it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from numpy.typing import NDArray
 
-from edgeci_mqtt.errors import WireError
+from edgeci_mqtt.bus.protocol import Bus, Inbound
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.wire import (
     MAX_SECONDS,
     DoneMessage,
@@ -37,12 +44,15 @@ from edgeci_mqtt.wire import (
     WatcherStateMessage,
     WeightsMessage,
     decode,
+    encode,
 )
 from edgeci_mqtt.wire.topics import DEVICE_TRAFFIC, ORCHESTRATOR_TRAFFIC, TOPICS, WATCHER_STATE, Role, TopicPattern
 from edgeci_mqtt.wire.traffic_records import MAX_TRAFFIC_RECORDS
 
 __all__ = ["BATCH_INTERVAL_S", "DATA_KINDS", "REPORTED", "WATCHER_TTL_S", "DataKind", "TrafficReporter", "describe"]
-__all__ += ["data_topic", "reported_by", "size_text", "summarise", "tensor_text"]
+__all__ += ["TrafficPublisher", "data_topic", "reported_by", "size_text", "summarise", "tensor_text"]
+
+log = logging.getLogger("edgeci.traffic")
 
 BATCH_INTERVAL_S = 0.2
 """A batch goes out this long after its first record: one traffic message per 200 ms of
@@ -57,6 +67,8 @@ REPORTED: tuple[TopicPattern, ...] = tuple(
 """The data topics between devices and orchestrators (tasks, rows, results): what is sent
 there is reported. The clients' own topics are not: the watcher sees nothing of them."""
 _TRAFFIC: dict[Role, TopicPattern] = {"device": DEVICE_TRAFFIC, "orchestrator": ORCHESTRATOR_TRAFFIC}
+_WATCHERS = WATCHER_STATE.filter.split("+")[0]
+"""The prefix of every watcher state topic: any other event is passed over at once."""
 
 
 def data_topic(topic: str) -> tuple[TopicPattern, dict[str, str]] | None:
@@ -296,3 +308,70 @@ class TrafficReporter:
         self._records.clear()
         self._dropped = 0
         return batch
+
+
+class TrafficPublisher:
+    """Reports ``sender``'s data messages on ``traffic_topic`` through ``bus`` while watched."""
+
+    def __init__(self, bus: Bus, sender: str, traffic_topic: str, interval_s: float = BATCH_INTERVAL_S) -> None:
+        self.bus, self.traffic_topic = bus, traffic_topic
+        self.reporter = TrafficReporter(sender, interval_s)
+        self._lock = threading.Condition()
+        self._closed = False
+        self._sender: threading.Thread | None = None
+
+    def heard(self, event: Inbound) -> bool:
+        """Take a watcher's state in (True), or leave the event to its role (False)."""
+        if not event.topic.startswith(_WATCHERS):
+            return False
+        with self._lock:
+            return self.reporter.heard(event.topic, event.payload, time.monotonic())
+
+    def watching(self, topic: str) -> bool:
+        """Whether a message sent on ``topic`` now would be reported."""
+        with self._lock:
+            return self.reporter.watched(time.monotonic()) and data_topic(topic) is not None
+
+    def publish(self, topic: str, message: Message, failed: str = "", **options: Any) -> None:
+        """Publish ``message`` through ``bus`` (``options``: as its ``publish`` takes them) and
+        note it while watched. If that fails: raised, or with ``failed`` (what could not be
+        done) logged, so that a role's loop or worker is not lost to the bus."""
+        try:
+            self.bus.publish(topic, payload := encode(message), **options)
+        except Exception as exc:
+            if not failed:
+                raise
+            log.warning("%s: cannot %s: %s", self.reporter.sender, failed, exc)
+            return
+        if not self.watching(topic):
+            return
+        with self._lock:
+            self.reporter.note(topic, message, len(payload), time.monotonic())
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._send, name=f"{self.reporter.sender}-traffic", daemon=True)
+                self._sender.start()
+            self._lock.notify_all()
+
+    def stop(self) -> None:
+        """Send what is pending (if the bus still can) and end the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=2.0)
+
+    def _send(self) -> None:
+        """Send each batch when due, until stopped (then what is pending)."""
+        while True:
+            with self._lock:
+                while not self._closed and (wait := self.reporter.wait_s(time.monotonic())) != 0.0:
+                    self._lock.wait(wait)
+                closed = self._closed
+                batch = self.reporter.take(time.monotonic(), force=closed)
+            if batch is not None:
+                try:
+                    self.bus.publish(self.traffic_topic, encode(batch), qos=0)
+                except EdgeCIError as exc:
+                    log.debug("%s: traffic report not sent: %s", self.reporter.sender, exc)
+            if closed:
+                return
