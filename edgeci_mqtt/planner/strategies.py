@@ -22,7 +22,7 @@ bids price the input as arriving, minus what a device already holds.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -33,9 +33,10 @@ from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
 from edgeci_mqtt.core.tail_rows import TailRows
+from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
-from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
+from edgeci_mqtt.planner.costs import RowModel, TaskWork, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block, flow_blocks
@@ -84,6 +85,17 @@ class PlanningContext:
     @cached_property
     def flow_estimator(self) -> BlockEstimator:
         return BlockEstimator(self.costs, self.env, flow=True)
+
+    @cached_property
+    def whole_ops(self) -> tuple[OpWork, ...]:
+        """The exact ops of the whole chain on the whole map: a whole request is priced by
+        them, as the simulator prices every tile, not by :attr:`costs`' strips (whose interior
+        rows overstate a whole map's edges by a few per cent), so that a split plan's
+        simulated makespan and a whole request's seconds compare like with like."""
+        return TaskWork(self.chain.stages, self.chain.shapes)(
+            FusedBlock(0, len(self.chain.stages)),
+            TileRegion.whole(self.chain.shapes[-1].height, self.chain.shapes[-1].width),
+        )
 
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
@@ -154,6 +166,12 @@ class _WholeTail:
     """The device's tail weights to make when idle, where holding them would put it here."""
 
 
+def _on_its_own(view: DeviceView) -> DeviceView:
+    """``view`` as a whole request sees it: the only device of the request, so the only one
+    moving bytes over its medium, which it has to itself (a split plan's devices share it)."""
+    return replace(view, sharing=1)
+
+
 def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool, final: float, tail: TailWork) -> _WholeTail:
     """The tail on the device if it has room for its weights and runs it, making what it
     lacks of them, sooner than the orchestrator gets the final map (``final`` bytes) and
@@ -185,14 +203,15 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
     work = TailWork.of(ctx.chain.tail_work)
     broker = ctx.env.broker_link
     seconds = {}
-    for view in ctx.env.devices:
+    for shared in ctx.env.devices:
+        view = _on_its_own(shared)
         tail = _whole_tail(ctx, view, alone, final, work)
         moved = np.array([image + tail.back + 2 * MESSAGE_OVERHEAD_BYTES])
         seconds[view.name] = (
             float(link_seconds(view, moved)[0])
             + image / broker.bytes_per_s
             + 2 * broker.latency_s
-            + float(ctx.costs.compute_seconds(view.profile, block, a, b)[0])
+            + view.profile.work_seconds(ctx.whole_ops)
             + tail.seconds
         )
     return seconds
@@ -212,7 +231,9 @@ def whole_model_plan(
     whole_chain = FusedBlock(0, len(ctx.chain.stages))
     cuts = list(blocks) or [whole_chain]
     final = float(ctx.costs.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
-    tail = _whole_tail(ctx, ctx.env.device(device), strategy.alone, final, TailWork.of(ctx.chain.tail_work))
+    tail = _whole_tail(
+        ctx, _on_its_own(ctx.env.device(device)), strategy.alone, final, TailWork.of(ctx.chain.tail_work)
+    )
     steps: list[BlockPlan] = []
     for cut in cuts:
         last = cut is cuts[-1]
