@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from edgeci_mqtt.bus.memory import MemoryBroker, MemoryBus
 from edgeci_mqtt.client import EdgeCIClient
+from edgeci_mqtt.core.link import Medium
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.device.agent import DeviceAgent
 from edgeci_mqtt.models.held import ModelStore
@@ -56,6 +57,7 @@ class MemoryCluster:
         calibrate: bool = False,
         store: ModelStore | None = None,
         tail_memory_bytes: int | None = None,
+        medium: Medium | None = None,
     ) -> DeviceAgent:
         bus = self.broker.bus(f"edgeci-device-{name}")
         agent = DeviceAgent(
@@ -65,6 +67,7 @@ class MemoryCluster:
             profile or flat_profile(DEVICE_GFLOPS),
             calibrate=calibrate,
             tail_memory_bytes=tail_memory_bytes,
+            medium=medium,
         )
         self.agents[name] = agent
         self.start(name, agent)

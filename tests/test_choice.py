@@ -10,7 +10,13 @@ from edgeci_mqtt.models import StageChain
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
 from edgeci_mqtt.planner.random_clusters import random_cluster
-from edgeci_mqtt.planner.strategies import PlanningContext, context_for, make_plan, whole_model_plan, whole_model_seconds
+from edgeci_mqtt.planner.strategies import (
+    PlanningContext,
+    context_for,
+    make_plan,
+    whole_model_plan,
+    whole_model_seconds,
+)
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.sim.choice import Judged, best, candidates, judge, plan_for, served_plan
 from edgeci_mqtt.sim.simulator import simulate

@@ -13,7 +13,9 @@ import torch
 
 from edgeci_mqtt.cli import build_parser, main
 from edgeci_mqtt.cli.demo_cmd import DEMO_MODELS, warm_then_time
-from edgeci_mqtt.cli.device_cmd import default_tail_memory, held_models
+from edgeci_mqtt.cli.device_cmd import default_tail_memory, held_models, merged, parse_medium
+from edgeci_mqtt.core.link import Medium
+from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.exactness import float64_model, max_abs_diff
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import MODEL_NAMES, build_model
@@ -191,3 +193,16 @@ def test_broker_config_listens_on_loopback_unless_told_and_tls_means_tls_only() 
     args = parser.parse_args(["broker-config", "--tls-port", "8883", "--plain-localhost"])
     assert args.tls_port == 8883 and args.plain_localhost
     assert main(["broker-config", "--plain-localhost", "--no-passwords", "--out", "/nonexistent/x"]) == 2
+
+
+def test_a_devices_medium_is_name_and_mbit_or_a_clear_error(tmp_path: Path) -> None:
+    assert parse_medium("ap-1:40") == Medium("ap-1", 40.0)
+    for bad in ("ap/1:40", "ap:0", "ap:x", ":40", "ap-1", "ap:nan", "ap:inf", "ap:-3"):
+        with pytest.raises(EdgeCIError, match="NAME:MBIT"):
+            parse_medium(bad)
+    config = tmp_path / "device.yaml"
+    config.write_text("broker: mqtt://localhost:1\nmedium: ap-1:40\n")
+    args = build_parser().parse_args(["device", "--config", str(config)])
+    assert merged(args, ("broker", "medium"))["medium"] == "ap-1:40"  # a key the config may hold
+    args = build_parser().parse_args(["device", "--config", str(config), "--medium", "ap-2:10"])
+    assert merged(args, ("broker", "medium"))["medium"] == "ap-2:10"  # the command line wins

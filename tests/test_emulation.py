@@ -112,6 +112,7 @@ def test_two_device_cluster_runs_one_exact_inference_and_leaves_nothing(
         assert answer.returncode == 0, answer.stderr[-2000:] + run.group.log_text("orchestrator")[-2000:]
         # the agents measured their shaped, delayed links through the relays
         assert "link" in run.group.log_text("a") and "link" in run.group.log_text("b")
+        assert "behind medium wifi" in run.group.log_text("b")  # told by the emulation, as a config would
     reference = whole_model_reference(chains["smallcnn"], chains64["smallcnn"], load_input(SAMPLE_IMAGE, 96))
     logits = torch.from_numpy(np.load(out))
     assert_float32_faithful(logits, reference.logits32, reference.logits64, "flow on the emulated cluster")

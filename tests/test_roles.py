@@ -23,8 +23,9 @@ from edgeci_mqtt.bus.protocol import Inbound, events_until
 from edgeci_mqtt.client import EdgeCIClient, InferenceResult
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.tail_rows import TailRows
+from edgeci_mqtt.device.bidder import Bidder
 from edgeci_mqtt.device.programs import ReadyStep, ValidProgram, run_step
 from edgeci_mqtt.errors import InferenceError, InputError, WireError
 from edgeci_mqtt.exactness import faithful
@@ -43,6 +44,8 @@ from edgeci_mqtt.wire import (
     DEVICE_TASKS,
     INFER_REQUESTS,
     RESULTS,
+    AuctionLot,
+    CallMessage,
     DeviceStateMessage,
     PackedArray,
     ProgramMessage,
@@ -703,3 +706,44 @@ def test_a_traced_flow_request_shows_every_devices_steps(client: EdgeCIClient, r
     assert all(0.0 <= i.start <= i.end <= result.latency_s for i in result.timeline)
     orchestrator = {i.kind for i in result.timeline if i.resource == ORCHESTRATOR}
     assert {"plan", "auction", "prepare", "tail"} <= orchestrator
+
+
+def test_devices_behind_a_shared_medium_announce_it_and_bid_their_share(
+    store: ModelStore, references: References
+) -> None:
+    """Two devices configured behind one medium announce it with their measured links; every
+    auction call tells the devices how many of them share it, and the answer stays exact."""
+    ref = references[("smallcnn", 160, 160)]  # big enough that ``flow`` splits it
+    wifi = Medium("wifi", 20.0)
+    with memory_cluster(store, devices=1, strategy="flow") as small, small.client() as own:
+        for name in ("dev-2", "dev-3"):
+            small.add_device(name, medium=wifi)
+        small.wait_for_table({"dev-1", "dev-2", "dev-3"})
+        digest = weights_digest("smallcnn", None, 0)
+        media = {v.name: v.link.medium for v in small.orchestrator.table.views("smallcnn", digest)}
+        assert media == {"dev-1": None, "dev-2": wifi, "dev-3": wifi}
+        spy = small.broker.bus("spy")
+        spy.subscribe(AUCTION_CALL.filter)
+        spy.start()
+        result = own.infer(ref.x, "smallcnn", "edgeci", timeout=60)  # auctioned on every request
+        calls = []
+        while not spy.events.empty():
+            event = spy.events.get_nowait()
+            if isinstance(event, Inbound) and isinstance(message := decode(event.payload), CallMessage):
+                calls.append(message)
+        spy.stop()
+        assert faithful(result.logits, ref.logits32, ref.logits64)
+        assert calls and all(call.sharing == {"wifi": 2} for call in calls)
+
+
+def test_a_device_prices_its_share_of_a_medium_as_the_call_says(store: ModelStore) -> None:
+    bidder = Bidder("dev-1", store, flat_profile(DEVICE_GFLOPS))
+    bidder.link = Link(100.0, 1.0, Medium("wifi", 20.0))
+    lot = AuctionLot(FusedBlock(0, 2), (Span(0, 8), Span(8, 16)))
+    prices = []
+    for sharing in ({}, {"wifi": 1}, {"other": 4}, {"wifi": 4}):
+        bid = bidder.bid(CallMessage("r1", "o1", "smallcnn", (64, 64), (lot,), 1.0, False, sharing))
+        assert bid is not None
+        prices.append(bid.lots[0].alone_s)
+    assert prices[0] == prices[1] == prices[2]  # alone, or the only one behind it: the medium's whole rate
+    assert all(s > a for s, a in zip(prices[3], prices[0], strict=True))  # a quarter of it: dearer

@@ -15,13 +15,15 @@ import torch
 import yaml
 
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
+from edgeci_mqtt.core.link import Medium
 from edgeci_mqtt.device.agent import DeviceAgent, inbox_limits
 from edgeci_mqtt.device.heap import keep_heap_small, release_heap
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models import MODEL_NAMES
 from edgeci_mqtt.models.held import ModelStore, parse_model_specs
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.profiling import measure_profile
+from edgeci_mqtt.wire.topics import check_segment
 
 __all__ = ["held_models", "register", "run", "stop_on_signals"]
 
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--config",
         type=Path,
         help="YAML with any of: id, broker, credentials, models, threads, seed, fetch_weights, cache_dir, "
-        "tail_memory_mb, calibrate",
+        "tail_memory_mb, calibrate, medium",
     )
     parser.add_argument(
         "--model",
@@ -71,6 +73,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="correct the announced speed by the time this device's work really takes (default: on)",
+    )
+    parser.add_argument(
+        "--medium",
+        help="NAME:MBIT: the shared medium this device sits behind (one Wi-Fi access point, one uplink) and "
+        "its bandwidth; devices behind it name it alike, so plans and bids price each device's share of it",
     )
     parser.set_defaults(run=run)
 
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "cache_dir",
         "tail_memory_mb",
         "calibrate",
+        "medium",
     )
     config = merged(args, keys)
     if not config.get("broker"):
@@ -143,9 +151,24 @@ def run(args: argparse.Namespace) -> int:
     if tail_bytes is not None:
         log.info("%s: up to %.0f MB of tail weights may be given to it", device, tail_bytes / 1e6)
     calibrate = bool(config.get("calibrate", True))
-    agent = DeviceAgent(device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate)
+    medium = parse_medium(config["medium"]) if config.get("medium") else None
+    agent = DeviceAgent(
+        device, bus, store, profile, threads, cache, tail_memory_bytes=tail_bytes, calibrate=calibrate, medium=medium
+    )
     agent.run(stop_on_signals())
     return 0
+
+
+def parse_medium(text: object) -> Medium:
+    """``NAME:MBIT`` (command line or config) as a :class:`Medium`, or a clear error."""
+    name, _, mbit = str(text).rpartition(":")
+    try:
+        bandwidth = float(mbit)
+        if not 0 < bandwidth <= 1e6:
+            raise ValueError(mbit)
+        return Medium(check_segment(name, "medium name"), bandwidth)
+    except (ValueError, WireError) as exc:
+        raise EdgeCIError(f"medium {text!r}: expected NAME:MBIT with 0 < MBIT <= 1e6 ({exc})") from None
 
 
 def held_models(

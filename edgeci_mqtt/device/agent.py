@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 
 from edgeci_mqtt import __version__
 from edgeci_mqtt.bus.protocol import Bus, Connected, Inbound, events_until
-from edgeci_mqtt.core.link import Link
+from edgeci_mqtt.core.link import Link, Medium
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.device.bidder import ASSUMED_LINK, Bidder
 from edgeci_mqtt.device.heap import HeapKeeper
@@ -134,6 +135,7 @@ class DeviceAgent:
         tail_memory_bytes: int | None = None,
         calibrate: bool = False,
         compute: Compute = run_step,
+        medium: Medium | None = None,
     ) -> None:
         self.state_topic = DEVICE_STATE.build(device=device_id)  # the id must be a valid topic segment
         self.device_id, self.bus, self.models = device_id, bus, models
@@ -144,6 +146,7 @@ class DeviceAgent:
         for held in models.held.values():  # the tail rows it makes stay within what it announced
             held.tail_bytes = tail_memory_bytes
         self.tasks_topic = DEVICE_TASKS.build(device=device_id)
+        self.medium = medium  # the shared medium it sits behind, as configured (no probe can tell)
         self.bidder = Bidder(device_id, models, profile, calibrate)
         publish = self._traffic.publish
         self.worker = Worker(device_id, self.bidder, cache, publish, self._announce, compress, threads, compute)
@@ -163,7 +166,11 @@ class DeviceAgent:
         for topic in (self.tasks_topic, rows, AUCTION_CALL.filter, DEVICE_PROBE.build(device=self.device_id)):
             bus.subscribe(topic)
         bus.start()
-        self.bidder.link = measure_link(bus, self.device_id)
+        self.bidder.link = replace(measure_link(bus, self.device_id), medium=self.medium)
+        if self.medium is not None:
+            log.info(
+                "%s: behind medium %s (%g Mbit/s shared)", self.device_id, self.medium.name, self.medium.bandwidth_mbit
+            )
         bus.subscribe(WATCHER_STATE.filter)  # after the probe (it reads past other events): retained states reach us
         self._announce()
         worker = threading.Thread(target=self.worker.run, name=f"{self.device_id}-worker", daemon=True)

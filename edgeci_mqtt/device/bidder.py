@@ -109,11 +109,14 @@ class Bidder:
 
     def _lot_prices(self, call: CallMessage, lot: AuctionLot, profile: DeviceProfile, version: int) -> LotPrices:
         """Our prices for one lot, computed once per lot and profile (they do not depend on the queue)."""
-        key = (version, call.model, call.input_hw, lot.block, lot.items, call.flow)
+        medium = self.link.medium
+        sharing = call.sharing.get(medium.name, 1) if medium else 1  # its share of the medium, as the plans price it
+        key = (version, call.model, call.input_hw, lot.block, lot.items, call.flow, sharing)
         prices = self._prices.get(key)
         if prices is None:
             costs = self.models.get(call.model).row_model(*call.input_hw)
-            bid = make_bid(DeviceView(self.device, profile, self.link), costs, lot.block, list(lot.items), call.flow)
+            view = DeviceView(self.device, profile, self.link, sharing=sharing)
+            bid = make_bid(view, costs, lot.block, list(lot.items), call.flow)
             prices = self._prices[key] = LotPrices(bid.alone_s, bid.extend_s)
             if len(self._prices) > PRICED_LOTS:
                 self._prices.pop(next(iter(self._prices)))

@@ -79,6 +79,7 @@ def emulated_run(
                 broker.url(device.name, "127.0.0.1", RELAY_PORT),
                 "--models",
                 models,
+                *(("--medium", f"{m.name}:{m.bandwidth_mbit:g}") if (m := device.link.medium) else ()),
                 wrap=partial(_inside, cluster, index),
             )
         group.start(

@@ -23,13 +23,13 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award, award_tasks, make_bid
-from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.environment import DeviceView, Environment, media_sharing
 from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.tail import TailWork, placement_making_seconds
@@ -137,7 +137,12 @@ class Auctioneer:
         self.publish, self.bid_boxes, self.window_s, self.silence = publish, bid_boxes, window_s, silence
 
     def rounds(
-        self, lots: Sequence[AuctionLot], candidates: set[str], planned: set[str], flow: bool = False
+        self,
+        lots: Sequence[AuctionLot],
+        candidates: set[str],
+        planned: set[str],
+        flow: bool = False,
+        sharing: Mapping[str, int] | None = None,
     ) -> list[Round]:
         """Every lot in one call, to every candidate; one round per lot back.
 
@@ -159,7 +164,16 @@ class Auctioneer:
         deadline = time.perf_counter() + self.window_s
         self.bid_boxes[round_id] = box
         try:
-            call = CallMessage(round_id, self.orchestrator, self.model, self.input_hw, tuple(lots), self.window_s, flow)
+            call = CallMessage(
+                round_id,
+                self.orchestrator,
+                self.model,
+                self.input_hw,
+                tuple(lots),
+                self.window_s,
+                flow,
+                dict(sharing or {}),
+            )
             self.publish(AUCTION_CALL.build(round=round_id), call)
             answered: set[str] = set()
             while awaited - answered and (remaining := deadline - time.perf_counter()) > 0:
@@ -208,7 +222,7 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     """Every block's round at once, then the flow awards in block order."""
     started, plan = time.perf_counter(), run.plan
     lots = [AuctionLot(b.block, auction_items(run.shapes[b.block.stop])) for b in plan.blocks]
-    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), flow=True)
+    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), True, media_sharing(views))
     views = [v for v in views if v.name not in run.mail.silence] or views  # found silent now: no tail either
     env = Environment(tuple(views), run.services.profile, run.services.broker_link)
     chain, costs = run.held.spec(*run.input_hw), run.held.row_model(*run.input_hw)
@@ -247,7 +261,7 @@ def gather_plan(run: Run, views: list[DeviceView], start: int, auction: bool) ->
         return plan
     started = time.perf_counter()
     lots = [AuctionLot(plan.blocks[k].block, auction_items(run.shapes[plan.blocks[k].block.stop])) for k in static]
-    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices))
+    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), False, media_sharing(views))
     blocks = list(plan.blocks)
     for k, lot, held_round in zip(static, lots, rounds, strict=True):
         won = _award(held_round.ordered(), len(lot.items))

@@ -8,6 +8,7 @@ profile scaled by its CPU share. Either way the planner sees the same small type
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from edgeci_mqtt.core.link import Link
@@ -16,7 +17,7 @@ from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import ClusterError
 from edgeci_mqtt.planner.cluster import ClusterSpec
 
-__all__ = ["DeviceView", "Environment", "TailRows", "environment_from_cluster"]
+__all__ = ["DeviceView", "Environment", "TailRows", "environment_from_cluster", "media_sharing"]
 
 MESSAGE_OVERHEAD_BYTES = 256
 """MQTT fixed header, topic and msgpack envelope of one task or result message."""
@@ -59,6 +60,13 @@ class DeviceView:
         return own if medium is None else min(own, medium.bytes_per_s / self.sharing)
 
 
+def media_sharing(devices: Iterable[DeviceView]) -> dict[str, int]:
+    """How many of ``devices`` sit behind each shared medium, by its name (devices behind one
+    access point name it alike): what each of them prices its transfers with (the
+    orchestrator's plans, and the devices' bids, which the auction call tells it)."""
+    return dict(Counter(d.link.medium.name for d in devices if d.link.medium is not None))
+
+
 @dataclass(frozen=True)
 class Environment:
     """Devices, the orchestrator's own compute, and the broker host's link."""
@@ -71,10 +79,10 @@ class Environment:
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ClusterError(f"device names must be unique, got {names}")
-        behind = Counter(d.link.medium for d in self.devices if d.link.medium is not None)
+        behind = media_sharing(self.devices)
         if behind or any(d.sharing != 1 for d in self.devices):  # who shares a medium here, counted once
             shared = tuple(
-                replace(d, sharing=behind.get(d.link.medium, 1) if d.link.medium else 1) for d in self.devices
+                replace(d, sharing=behind.get(d.link.medium.name, 1) if d.link.medium else 1) for d in self.devices
             )
             object.__setattr__(self, "devices", shared)
 

@@ -51,7 +51,7 @@ from edgeci_mqtt.wire.traffic_records import (
     TrafficMessage,
     WatcherStateMessage,
 )
-from edgeci_mqtt.wire.values import MaxLen, Range, decode_record, encode_record
+from edgeci_mqtt.wire.values import Id, MaxLen, Range, decode_record, encode_record
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -114,6 +114,11 @@ class CallMessage(Message):
     lots: Annotated[tuple[AuctionLot, ...], MaxLen(MAX_LOTS)]
     window_s: Annotated[float, Range(0.0, 600.0)]  # how long the orchestrator waits for bids
     flow: bool = False  # price for ``flow``: the output stays on the device (but the last block's)
+    sharing: Annotated[dict[str, Annotated[int, Range(1, MAX_ITEMS_PER_ROUND)]], Id, MaxLen(MAX_LOTS)] = field(
+        default_factory=dict
+    )
+    """How many of the called devices sit behind each shared medium, by its name: a device
+    behind one prices its transfers at its share of it, as the orchestrator's plans do."""
 
 
 @dataclass(frozen=True)
