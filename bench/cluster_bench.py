@@ -29,13 +29,14 @@ from pathlib import Path
 import yaml
 
 from bench.report import DOCS, machine_line, write_section
+from bench.simulate_clusters import random_clusters
 from edgeci_mqtt.bus.address import BrokerAddress
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.emulation.processes import EmulatedRun, emulated_run
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models import load_chain, skeleton_chain
-from edgeci_mqtt.planner.cluster import load_cluster
+from edgeci_mqtt.planner.cluster import ClusterSpec, cluster_yaml, load_cluster, parse_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for
@@ -51,6 +52,7 @@ ABLATION = ("flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", 
 """``flow`` built up: rows kept on the devices only; + no barrier; + compression; (+ tail placement = ``flow``)."""
 RAW = DOCS / "bench" / "cluster_bench.json.gz"
 """Every measured run, compact and gzipped (the timelines make it megabytes as plain JSON)."""
+RAW_RANDOM = DOCS / "bench" / "cluster_bench_random.json.gz"
 IDEAL_LINK = Link(1e6, 0.0)
 
 
@@ -89,9 +91,9 @@ def orchestrator_profile(run: EmulatedRun, tmp: Path) -> dict:
     return dict(yaml.safe_load(out.read_text()))
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
-    """Bring cluster ``name`` up, run the driver in the broker host's namespace, tear down."""
-    spec = load_cluster(name)
+def measure(spec: ClusterSpec, args: argparse.Namespace, strategies: list[str]) -> dict:
+    """Bring cluster ``spec`` up, run the driver in the broker host's namespace, tear down."""
+    name = spec.name
     print(f"== {name}: starting {len(spec.devices)} devices ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp, emulated_run(spec, Path(tmp), args.models) as run:
         out = Path(tmp) / "runs.json"
@@ -108,12 +110,13 @@ def measure(name: str, args: argparse.Namespace) -> dict:
             *("--devices", str(len(spec.devices)), "--models", args.models),
             *("--runs", str(args.runs), "--warmup", str(args.warmup), "--out", str(out)),
             *("--stream", str(args.stream if name in args.stream_clusters.split(",") else 0)),
-            *("--strategies", ",".join([*STRATEGY_NAMES, *ABLATION])),
+            *("--strategies", ",".join(strategies)),
         ]
         subprocess.run(run.in_hub(*driver), check=True, cwd=Path(__file__).resolve().parent.parent)
         data = dict(json.loads(out.read_text()))
         data["orchestrator_profile"] = orchestrator_profile(run, Path(tmp))
     data["rounds"], data["warmup"] = args.runs, args.warmup
+    data["cluster_yaml"] = cluster_yaml(spec)  # a random cluster has no name to load it by
     return data
 
 
@@ -194,9 +197,13 @@ def densities(model: str) -> tuple[float, ...]:
     return map_densities(load_chain(model, seed=0), load_input(SAMPLE_IMAGE))
 
 
+def spec_of(name: str, data: dict) -> ClusterSpec:
+    return parse_cluster(yaml.safe_load(data["cluster_yaml"])) if "cluster_yaml" in data else load_cluster(name)
+
+
 def rows_of(name: str, data: dict) -> tuple[list[Row], list[str]]:
     """Table rows and Gantt chart markdown of one measured cluster."""
-    spec = load_cluster(name)
+    spec = spec_of(name, data)
     rows, charts = [], []
     for model, runs in data["runs"].items():
         env, free = environment(data, spec.broker.link, model), environment(data, spec.broker.link, model, True)
@@ -326,15 +333,61 @@ def stream_lines(raw: dict[str, dict]) -> list[str]:
     return ["### Streams", "", *lines, "", "| target | where | measured | met |", "|---|---|---|---|", *verdicts, ""]
 
 
-def report(raw: dict[str, dict], command: str) -> list[str]:
+def random_targets(rows: list[Row], raw: dict[str, dict]) -> list[str]:
+    """Issue 23's targets on seeded random clusters: ``flow`` over ``local`` against the compute
+    bound (VGG-16), ``flow`` against every other strategy (both models), the simulator's error,
+    each with the distribution over the clusters."""
+    lines = ["| target | where | measured | met |", "|---|---|---|---|"]
+    find = {(r.cluster, r.model, r.strategy): r for r in rows}
+    ratios: dict[str, list[float]] = {}
+    for name, data in raw.items():
+        cpus = [d.cpu for d in spec_of(name, data).devices]
+        bound = sum(cpus) / max(cpus)
+        for model in data["runs"]:
+            flow = find.get((name, model, "flow"))
+            if flow is None:
+                continue
+            if model == "vgg16":
+                goal = 0.6 * bound
+                lines.append(
+                    f"| flow over local >= 0.6 x Σcpu/max cpu = {goal:.2f}x | {name} {model} | {flow.speedup:.2f}x "
+                    f"({flow.speedup / bound:.2f} of the bound) | {'yes' if flow.speedup >= goal else 'no'} |"
+                )
+            others = [r for r in rows if r.cluster == name and r.model == model and r.strategy != "flow"]
+            best = min(others, key=lambda r: r.median_s)
+            ratio = flow.median_s / best.median_s
+            ratios.setdefault(model, []).append(ratio)
+            lines.append(
+                f"| flow at most 3 % slower than any other strategy | {name} {model} | {ratio:.3f} x {best.strategy} | "
+                f"{'yes' if ratio <= 1.03 else 'no'} |"
+            )
+    for model, values in ratios.items():
+        lines.append(
+            f"| (distribution) flow / best other strategy | {len(values)} clusters, {model} | median "
+            f"{statistics.median(values):.3f}, worst {max(values):.3f} | - |"
+        )
+    if rows:
+        within = [r for r in rows if abs(r.sim_error) <= 0.10]
+        errors = sorted(r.sim_error for r in rows)
+        lines.append(
+            f"| simulator within ±10 % of measured on >= 90 % of rows | all {len(rows)} rows | {len(within)} within "
+            f"({100 * len(within) / len(rows):.0f} %); median {100 * statistics.median(errors):+.0f} %, from "
+            f"{100 * errors[0]:+.0f} % to {100 * errors[-1]:+.0f} % | "
+            f"{'yes' if len(within) >= 0.9 * len(rows) else 'no'} |"
+        )
+    return lines
+
+
+def report(raw: dict[str, dict], command: str, random: bool = False) -> list[str]:
     rows, charts = [], []
     for name, data in raw.items():
         cluster_rows, cluster_charts = rows_of(name, data)
         rows += cluster_rows
         charts += cluster_charts
     first = next(iter(raw.values()))
+    title = "seeded random clusters (`edgeci cluster random`)" if random else "every strategy measured (and simulated)"
     return [
-        "## Emulated clusters: every strategy measured (and simulated)",
+        f"## Emulated clusters: {title}",
         "",
         f"`{command}` on {machine_line()}. Median and p90 of {first['rounds']} interleaved runs after "
         f"{first['warmup']} warm-up round(s), end-to-end latency seen by a client on the broker host. *sim*: the "
@@ -354,7 +407,7 @@ def report(raw: dict[str, dict], command: str) -> list[str]:
         "",
         "### Targets",
         "",
-        *targets(rows),
+        *(random_targets(rows, raw) if random else targets(rows)),
         "",
         *stream_lines(raw),
         "### Gantt charts",
@@ -372,24 +425,39 @@ def main() -> int:
     parser.add_argument("--stream", type=int, default=20, help="requests per stream, 4 in flight (0: none)")
     parser.add_argument("--stream-clusters", default="homo4,hetero4")
     parser.add_argument(
+        "--random",
+        default="",
+        help="seeds of random clusters to run instead of --clusters (as bench.simulate_clusters draws them: "
+        "3 + seed %% 6 devices, a shared medium every fifth); every strategy, no ablation, in a section of their own",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help=f"no measuring: redraw the docs from {RAW.relative_to(DOCS.parent)}"
     )
     args = parser.parse_args()
+    random = bool(args.random)
+    where = f"--random {args.random}" if random else f"--clusters {args.clusters}"
     command = (
-        f"sudo python -m bench.cluster_bench --clusters {args.clusters} --runs {args.runs} "
-        f"--stream {args.stream} --stream-clusters {args.stream_clusters}"
+        f"sudo python -m bench.cluster_bench {where} --models {args.models} --runs {args.runs} "
+        f"--warmup {args.warmup} --stream {args.stream} --stream-clusters {args.stream_clusters}"
     )
+    raw_path = RAW_RANDOM if random else RAW
     if args.report_only:
-        stored = json.loads(gzip.decompress(RAW.read_bytes()))
+        stored = json.loads(gzip.decompress(raw_path.read_bytes()))
         raw, command = stored["clusters"], stored["command"]
     else:
-        raw = {name: measure(name, args) for name in args.clusters.split(",")}
-        RAW.parent.mkdir(exist_ok=True)
-        RAW.write_bytes(
+        if random:
+            specs = [random_clusters(int(seed) + 1)[int(seed)] for seed in args.random.split(",")]
+            strategies: list[str] = list(STRATEGY_NAMES)
+        else:
+            specs = [load_cluster(name) for name in args.clusters.split(",")]
+            strategies = [*map(str, STRATEGY_NAMES), *ABLATION]
+        raw = {spec.name: measure(spec, args, strategies) for spec in specs}
+        raw_path.parent.mkdir(exist_ok=True)
+        raw_path.write_bytes(
             gzip.compress(json.dumps({"command": command, "clusters": raw}, separators=(",", ":")).encode())
         )
-    lines = report(raw, command)
-    write_section("cluster_bench", "\n".join(lines))
+    lines = report(raw, command, random)
+    write_section("cluster_bench_random" if random else "cluster_bench", "\n".join(lines))
     print("\n".join(lines[: lines.index("### Gantt charts")]))
     return 0
 
