@@ -18,6 +18,7 @@ from edgeci_mqtt.planner.awas import (
     TOLERANCE,
     Award,
     Bid,
+    HeldRows,
     _improve,
     _orders,
     _Pricing,
@@ -220,3 +221,22 @@ def test_two_bids_for_one_device_are_refused() -> None:
     one, other = Bid("a", 0.0, (1.0, 1.0), (1.0, 1.0)), Bid("a", 0.0, (5.0, 5.0), (5.0, 5.0))
     with pytest.raises(PlanningError, match="two bids for one device"):
         award([one, other, Bid("b", 0.0, (2.0, 2.0), (2.0, 2.0))], 2)
+
+
+def test_rows_held_on_a_slow_link_cost_a_taker_what_the_holder_takes_to_send_them() -> None:
+    """Its own rows cost a device nothing; another's cost it the difference when their holder
+    sends slower than it receives; rows nobody holds, or held behind a faster link, as bid."""
+    held = HeldRows(
+        lo=(0, 1, 2, 3),
+        hi=(0, 1, 2, 3, 4),
+        bands={"slow": (0, 2, 0.5), "fast": (2, 4, 0.01)},
+        per_row={"slow": 0.5, "fast": 0.01, "new": 0.02},
+    )
+    assert held.prefix("slow") == pytest.approx([0.0, -0.5, -1.0, -1.0, -1.0])  # fast's rows: it gets them fast
+    assert held.prefix("fast") == pytest.approx([0.0, 0.49, 0.98, 0.97, 0.96])
+    assert held.prefix("new") == pytest.approx([0.0, 0.48, 0.96, 0.96, 0.96])
+    same = [Bid(d, 0.0, (1.0,) * 4, (1.0,) * 4) for d in ("slow", "fast")]
+    won = award(same, 4, held)
+    runs = dict(won.runs)
+    assert runs["slow"] == Span(0, 2) and runs["fast"] == Span(2, 4)  # each keeps the rows it holds
+    assert won.loads["slow"] == pytest.approx(2 - 1.0) and won.loads["fast"] == pytest.approx(2 - 0.02)

@@ -108,17 +108,38 @@ def make_bid(view: DeviceView, model: RowModel, block: FusedBlock, items: Sequen
 
 @dataclass(frozen=True)
 class HeldRows:
-    """What a run of items costs a device less for the input rows it already holds
-    (``flow``): its bid priced them as arriving. A run of items ``[start, stop)`` needs input
-    rows ``[lo[start], hi[stop])``; a device holding rows ``[a, b)`` saves ``per_row``
-    seconds for each of them in that range."""
+    """Where a block's input rows already are (``flow``), and what that changes in a run's
+    price: a device's bid priced every input row as arriving over its own link. A run of
+    items ``[start, stop)`` needs input rows ``[lo[start], hi[stop])``. Rows the device holds
+    itself cost it nothing; rows another device holds reach it no faster than that holder
+    sends them, so a holder on a slower link than the taker's adds the difference per row
+    (without it, the award moved rows off a device on a very slow link between blocks)."""
 
     lo: tuple[int, ...]
     """By first item: the first input row a run starting there needs."""
     hi: tuple[int, ...]
     """By end item (index ``stop``, 1..count): the end of the input rows a run needs."""
     bands: Mapping[str, tuple[int, int, float]]
-    """By device: its rows ``a``, ``b`` and the seconds one row costs it."""
+    """By holder: its rows ``a``, ``b`` and the seconds one row takes over its link."""
+    per_row: Mapping[str, float] = field(default_factory=dict)
+    """By bidder: the seconds one row takes over its link (a holder's is in its band)."""
+
+    def prefix(self, device: str) -> list[float]:
+        """Running sums, over the input rows, of what each row changes in ``device``'s price."""
+        rows = max(self.hi, default=0)
+        own = self.bands.get(device)
+        mine = own[2] if own is not None else self.per_row.get(device)
+        change = [0.0] * rows
+        for holder, (a, b, seconds) in self.bands.items():
+            if holder == device:
+                extra = -seconds  # its own rows: no transfer at all
+            elif mine is not None and seconds > mine:
+                extra = seconds - mine  # the holder sends them slower than it would get them
+            else:
+                continue
+            for row in range(a, min(b, rows)):
+                change[row] = extra
+        return [0.0, *accumulate(change)]
 
 
 class _Pricing:
@@ -129,12 +150,12 @@ class _Pricing:
     each lookup and call is a share of planning time (docs/PLANNER.md, AWAS)."""
 
     def __init__(self, bids: Sequence[Bid], held: HeldRows | None = None) -> None:
-        self._terms: dict[str, tuple[float, tuple[float, ...], list[float], tuple[int, int, float] | None]] = {
+        self._terms: dict[str, tuple[float, tuple[float, ...], list[float], list[float] | None]] = {
             b.device: (
                 b.queue_s,
                 b.alone_s,
                 [0.0, *accumulate(b.extend_s)],
-                held.bands.get(b.device) if held is not None else None,
+                held.prefix(b.device) if held is not None else None,
             )
             for b in bids
         }
@@ -142,13 +163,12 @@ class _Pricing:
         self._hi: tuple[int, ...] = held.hi if held is not None else ()
 
     def run(self, device: str, start: int, stop: int) -> float:
-        queue, alone, prefix, band = self._terms[device]
+        queue, alone, prefix, rows = self._terms[device]
         cost = queue + alone[start] + prefix[stop] - prefix[start + 1]
-        if band is None:
+        if rows is None:
             return cost
-        a, b, per_row = band  # held rows [a, b) that the run's input rows overlap cost it less
-        lo, hi = self._lo[start], self._hi[stop]
-        return cost - (min(hi, b) - max(lo, a)) * per_row if min(hi, b) > max(lo, a) else cost
+        lo, hi = self._lo[start], self._hi[stop]  # what the run's input rows change in its price
+        return cost + rows[hi] - rows[lo] if hi > lo else cost
 
 
 @dataclass(frozen=True)

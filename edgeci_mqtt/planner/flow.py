@@ -44,14 +44,14 @@ def holdings(previous: BlockPlan | None) -> dict[str, Span]:
 def held_rows(
     costs: RowModel, env: Environment, block: FusedBlock, items: Sequence[Span], held: Mapping[str, Span]
 ) -> HeldRows:
-    """What a run of items costs a device less for the input rows it already holds: those
-    rows' bytes over its own link (its bid priced them as arriving)."""
+    """Where ``block``'s input rows are (``held``, by device) and what one row takes over each
+    device's link (:class:`~edgeci_mqtt.planner.awas.HeldRows`)."""
     row_bytes = costs.row_bytes(block.start)
-    speed = {view.name: view.bytes_per_s for view in env.devices}
+    per_row = {view.name: row_bytes / view.bytes_per_s for view in env.devices}
     reach = [costs.input_rows(block, item.start, item.stop) for item in items]
     lo, hi = tuple(r[0] for r in reach), (0, *(r[1] for r in reach))
-    bands = {d: (band.start, band.stop, row_bytes / speed[d]) for d, band in held.items() if d in speed}
-    return HeldRows(lo, hi, bands)
+    bands = {d: (band.start, band.stop, per_row[d]) for d, band in held.items() if d in per_row}
+    return HeldRows(lo, hi, bands, per_row)
 
 
 def flow_block(
