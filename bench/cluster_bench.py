@@ -451,11 +451,13 @@ def main() -> int:
         else:
             specs = [load_cluster(name) for name in args.clusters.split(",")]
             strategies = [*map(str, STRATEGY_NAMES), *ABLATION]
-        raw = {spec.name: measure(spec, args, strategies) for spec in specs}
+        raw = {}
         raw_path.parent.mkdir(exist_ok=True)
-        raw_path.write_bytes(
-            gzip.compress(json.dumps({"command": command, "clusters": raw}, separators=(",", ":")).encode())
-        )
+        for spec in specs:  # written after each cluster: a long run's finished clusters are kept
+            raw[spec.name] = measure(spec, args, strategies)
+            raw_path.write_bytes(
+                gzip.compress(json.dumps({"command": command, "clusters": raw}, separators=(",", ":")).encode())
+            )
     lines = report(raw, command, random)
     write_section("cluster_bench_random" if random else "cluster_bench", "\n".join(lines))
     print("\n".join(lines[: lines.index("### Gantt charts")]))
