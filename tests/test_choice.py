@@ -38,17 +38,20 @@ def test_other_strategies_and_flow_ablations_keep_their_own_plan(chains: dict[st
 
 def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[str, StageChain]) -> None:
     chosen_kinds = set()
-    for seed in range(8):
+    for seed in (0, 1, 2, 3, 13, 16, 17):
         ctx = context(chains, seed, devices=3 + seed % 4)
-        judged = [judge(plan, ctx) for plan in candidates(Strategy("flow"), ctx)]
-        assert [str(j.plan.strategy) for j in judged] == ["flow", "flow:orchestrator-tail", "edgeci"]
+        own, others = candidates(Strategy("flow"), ctx)
+        assert [(str(p.strategy), p.overlap) for p in own] == [("flow", True), ("flow", False)]
+        assert [str(p.strategy) for p in others] == ["flow:orchestrator-tail", "edgeci"]
+        mine = min((judge(plan, ctx) for plan in own), key=lambda j: j.nominal_s)
+        judged = [mine, *(judge(plan, ctx) for plan in others)]
         chosen = plan_for(Strategy("flow"), ctx)
         winner = best(judged)
         assert chosen == replace(winner.plan, predicted_s=winner.nominal_s)
         assert winner is judged[0] or winner.score < 0.95 * judged[0].score
         assert all(j.worst_s >= j.nominal_s for j in judged)
-        chosen_kinds.add(str(chosen.strategy))
-    assert "edgeci" in chosen_kinds and "flow" in chosen_kinds  # neither always wins on these clusters
+        chosen_kinds.add((str(chosen.strategy), chosen.overlap))
+    assert chosen_kinds == {("edgeci", False), ("flow", True), ("flow", False)}  # each wins on one of these
 
 
 def test_a_plan_that_holds_up_beats_one_a_little_faster_only_as_planned(chains: dict[str, StageChain]) -> None:

@@ -29,6 +29,7 @@ from edgeci_mqtt.planner.awas import auction_items, make_bid
 from edgeci_mqtt.planner.costs import TaskWork, handoff_seconds
 from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block
+from edgeci_mqtt.planner.overlap import overlapped
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.strategies import (
     PlanningContext,
@@ -88,12 +89,19 @@ def random_tail(features: int, devices: list[str], rng: random.Random) -> TailPl
     return TailPlan(rng.choice([ORCHESTRATOR, *names]), parts)
 
 
-def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Random, barrier: bool = False) -> Plan:
-    """Random blocks, each cut into 1-4 random row bands among random devices, and a random tail."""
+def random_flow_plan(
+    store: ModelStore, model: str, size: int, rng: random.Random, barrier: bool = False, short: bool = False
+) -> Plan:
+    """Random blocks, each cut into 1-4 random row bands among random devices, and a random
+    tail; ``short``: blocks of one or two stages, every one cut among the same four devices
+    in the same order and proportions (bands that stay put, with thin halos: interiors)."""
     held = store.get(model)
     chain = held.chain.spec(size, size)
     n = len(chain.stages)
     cuts = sorted(rng.sample(range(1, n), k=min(n - 1, rng.randint(1, 6))))
+    shares = sorted(rng.sample(range(1, 100), k=3)) if short else []
+    if short:
+        cuts = list(range(rng.randint(1, 2), n, 2))
     blocks = [FusedBlock(a, b) for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
     tail = random_tail(held.chain.tail_parts.features, list(DEVICES), rng)
     plans: list[BlockPlan] = []
@@ -102,6 +110,9 @@ def random_flow_plan(store: ModelStore, model: str, size: int, rng: random.Rando
         count = rng.randint(1, min(4, height))
         bounds = sorted(rng.sample(range(1, height), k=count - 1)) if count > 1 else []
         names = rng.sample(DEVICES, k=count)
+        if short and height >= 8:
+            bounds = sorted({max(1, min(height - 1, height * share // 100)) for share in shares})
+            names = list(DEVICES[: len(bounds) + 1])
         runs = [(d, Span(a, b)) for d, a, b in zip(names, [0, *bounds], [*bounds, height], strict=True)]
         gather = block.stop == n and tail.on_orchestrator
         plans.append(flow_block(chain, block, runs, plans[-1] if plans else None, gather=gather))
@@ -188,7 +199,7 @@ def test_a_device_keeps_its_band_from_block_to_block(store: ModelStore) -> None:
     so a block's input is mostly the device's own rows."""
     chain = store.get("vgg16").chain.spec(224, 224)
     env = environment(*(device(n, 5, mbit=100) for n in DEVICES))
-    plan = make_plan(Strategy.parse("flow"), context_for(chain, env))
+    plan = make_plan(Strategy.parse("flow:sequential"), context_for(chain, env))  # a task per device and block
     orders = [[t.device for t in b.tasks] for b in plan.blocks if len(b.tasks) == len(DEVICES)]
     assert len(orders) >= 2 and all(order == orders[0] for order in orders)
     for block in plan.blocks[1:]:
@@ -332,6 +343,8 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
     with pytest.raises(WireError, match="before the attempt's start"):
         check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, ORCH),)), boundary=2)
     with pytest.raises(WireError, match="block order"):
+        check(ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),)), ProgramStep(FusedBlock(0, 1), out, ()))
+    with pytest.raises(WireError, match="overlap"):  # a block's rows may come in several steps, each once
         step = ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),))
         check(step, step)
 
@@ -564,3 +577,38 @@ def test_a_tail_split_in_use_is_kept_until_another_is_clearly_cheaper(store: Mod
     assert place(nudged, keep=first) == first
     assert place({**speeds, "c": 1.0}, keep=first) != first  # clearly cheaper: a new split
     assert place({"a": 0.3, "b": 0.25}, keep=first).devices == ("a", "b")  # its device left
+
+
+@pytest.mark.parametrize(("model", "seeds"), [("smallcnn", 6), ("vgg16", 2), ("resnet34", 2)])
+def test_overlapped_random_partitions_give_the_models_result(
+    store: ModelStore, references: References, model: str, seeds: int
+) -> None:
+    """Every task that reads another device's rows cut into its interior (first) and its
+    edges, however much that recomputes: the same rows on the same devices, the interior
+    reading only the device's own rows, and the model's answer through the executor."""
+    ref = references[(model, 64, 64)]
+    chain = store.get(model).chain.spec(64, 64)
+    env = environment(*(device(n) for n in DEVICES))
+    costs = context_for(chain, env).costs
+    cut = 0
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        plan = random_flow_plan(store, model, 64, rng, short=True)
+        blocks = overlapped(chain, costs, env, plan.blocks, redundant=float("inf"))
+        for before, after in zip(plan.blocks, blocks, strict=True):
+            rows = {
+                d: sorted((t.out_region.rows for t in after.tasks if t.device == d), key=lambda s: s.start)
+                for d in after.devices
+            }
+            assert {d: Span(r[0].start, r[-1].stop) for d, r in rows.items()} == {
+                t.device: t.out_region.rows for t in before.tasks
+            }
+            for name, parts in rows.items():
+                if len(parts) > 1:  # cut: its first task is the interior, reading its own rows only
+                    first = next(t for t in after.tasks if t.device == name)
+                    assert {p.source for p in first.inputs} == {name}, (before.block, first)
+                    assert first.out_region.rows not in (parts[0], parts[-1]) or len(parts) == 2
+            cut += len(after.tasks) - len(before.tasks)
+        logits = run_attempt(replace(plan, blocks=tuple(blocks), overlap=True), store, ref.x, rng)
+        assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} seed {seed}, overlapped")
+    assert cut > 0

@@ -160,8 +160,11 @@ def validate_program(
     if not message.steps and message.tail is None and message.finish is None:
         raise WireError(f"{where} has nothing to do")
     shapes = geometry(held, message.input_hw, (step.block for step in message.steps), where)
-    if any(b.block.start < a.block.stop for a, b in itertools.pairwise(message.steps)):
+    if any(b.block != a.block and b.block.start < a.block.stop for a, b in itertools.pairwise(message.steps)):
         raise WireError(f"{where}: steps are not in block order")
+    for a, b in itertools.combinations(message.steps, 2):  # a block's rows may come in several steps, each once
+        if a.block == b.block and a.out_region.intersection(b.out_region) is not None:
+            raise WireError(f"{where}: steps of block {a.block} overlap in {a.out_region} and {b.out_region}")
     if (message.input is None) != (message.input_region is None):
         raise WireError(f"{where}: rows carried need their region and a region its rows")
     if message.input is not None and message.input_region is not None:

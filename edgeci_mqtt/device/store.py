@@ -125,15 +125,18 @@ class HeldProgram(Generic[C]):
         return self.next < len(self.items) and all(k in self.pieces for k in self.needs(self.items[self.next]))
 
     def assemble(self, item: WorkItem) -> Tile:
-        """The item's input from its pieces (which leave the store)."""
+        """The item's input from its pieces (which leave the store, but for those a later
+        item reads too: a block cut into several steps reads some rows in two of them)."""
         if isinstance(item, FinishRole):
             return np.concatenate([self.pieces.pop(Slice(s.source, s.features)) for s in item.slices], axis=1)
+        later = {k for other in self.items[self.next :] for k in self.needs(other)}
         region = input_hull(item)
         boundary = item.block.start if isinstance(item, ProgramStep) else self.final
         tile = np.empty((1, self.shapes[boundary].channels, region.height, region.width), dtype=np.float32)
         for piece in item.inputs:
             rows, cols = piece.region.within(region)
-            tile[:, :, rows, cols] = self.pieces.pop(Piece(boundary, piece.region, piece.source))
+            key = Piece(boundary, piece.region, piece.source)
+            tile[:, :, rows, cols] = self.pieces[key] if key in later else self.pieces.pop(key)
         self.pieces.pop(Go(boundary), None)
         return tile
 

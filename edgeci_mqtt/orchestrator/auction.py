@@ -31,6 +31,7 @@ from edgeci_mqtt.errors import InferenceError, PlanningError
 from edgeci_mqtt.planner.awas import Award, Bid, auction_items, award, award_tasks, make_bid
 from edgeci_mqtt.planner.environment import DeviceView, Environment, media_sharing
 from edgeci_mqtt.planner.flow import flow_blocks
+from edgeci_mqtt.planner.overlap import overlapped
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.tail import TailWork, placement_making_seconds
 from edgeci_mqtt.wire import (
@@ -239,6 +240,8 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     except PlanningError as exc:
         raise InferenceError(f"flow cannot be awarded: {exc}") from exc
     run.services.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
+    if plan.overlap:
+        blocks = overlapped(chain, costs, env, blocks)
     for held_round, won in zip(rounds, awards, strict=True):
         run.auctioneer.announce(held_round, won)
     run.spent("auction", started, f"{len(lots)} rounds")

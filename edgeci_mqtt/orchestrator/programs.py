@@ -110,7 +110,9 @@ def _sends(plan: Plan, start: int, orchestrator: str) -> dict[tuple[int, int], l
                     raise PlanningError(
                         f"piece {piece.region} of boundary {piece.boundary} is made by {len(made_by)} tasks"
                     )
-                sends.setdefault((k - 1, made_by[0]), []).append(StepSend(piece.region, task.device))
+                send, out = StepSend(piece.region, task.device), sends.setdefault((k - 1, made_by[0]), [])
+                if send not in out:  # two steps of one block may read the same rows (planner/overlap.py)
+                    out.append(send)
             if task.output == ORCHESTRATOR:
                 sends.setdefault((k, i), []).append(StepSend(task.out_region, orchestrator))
     return sends

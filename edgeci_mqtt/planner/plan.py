@@ -168,6 +168,9 @@ class Plan:
     barrier: bool = False
     compress: bool = False
     densities: tuple[float, ...] = ()
+    overlap: bool = False
+    """``flow``: steps are cut so their rows that need no halo run first (planner/overlap.py);
+    the run-time award cuts its blocks so too."""
     """Share of non-zero values in the map at each boundary, if measured (prices compression)."""
 
     def __post_init__(self) -> None:

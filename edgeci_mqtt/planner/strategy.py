@@ -23,7 +23,12 @@ STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 _NO_OPTIONS = "strategy {} takes no options (only flow does: flow:barrier+raw+orchestrator-tail)"
 
-FLOW_WORDS = {"barrier": ("barrier", True), "raw": ("compress", False), "orchestrator-tail": ("place_tail", False)}
+FLOW_WORDS = {
+    "barrier": ("barrier", True),
+    "raw": ("compress", False),
+    "orchestrator-tail": ("place_tail", False),
+    "sequential": ("overlap", False),
+}
 """Option words after ``flow:``: which field each sets, to what (their order is the canonical one)."""
 
 
@@ -38,6 +43,8 @@ class FlowOptions:
     """Rows travel compressed when that pays."""
     place_tail: bool = True
     """The tail runs where it is cheapest (else on the orchestrator)."""
+    overlap: bool = True
+    """A step's rows that need no halo run while the halo is in flight (:mod:`edgeci_mqtt.planner.overlap`)."""
 
     @classmethod
     def parse(cls, text: str) -> FlowOptions:

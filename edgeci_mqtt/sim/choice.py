@@ -4,7 +4,8 @@ DPFL builds a plan from block costs it estimates one block at a time; the simula
 whole plan, with every message, link and CPU queue, and is the closer of the two to a
 measured run (docs/PLANNER.md). So ``flow`` builds several candidates and keeps the one the
 simulator finds best: its split plan with the tail placed, the same with the tail on the
-orchestrator (a placement that does not pay is dropped), and the gathering plan of
+orchestrator (a placement that does not pay is dropped; its own plan is the faster of the
+overlapped and the sequential one, :mod:`edgeci_mqtt.planner.overlap`), and the gathering plan of
 ``edgeci`` (on a cluster whose links are slow against its devices, moving every map through
 the orchestrator can cost less than passing halos). Whole requests on one device are the
 serving decision's to weigh (:func:`~edgeci_mqtt.planner.serving.choose_serving`), against
@@ -90,13 +91,17 @@ def best(judged: Sequence[Judged]) -> Judged:
     return challenger if challenger.score < own.score * (1 - MARGIN) else own
 
 
-def candidates(strategy: Strategy, ctx: PlanningContext) -> list[Plan]:
-    """``flow``'s candidate plans (see the module docstring)."""
-    plans = [make_plan(strategy, ctx)]
+def candidates(strategy: Strategy, ctx: PlanningContext) -> tuple[list[Plan], list[Plan]]:
+    """``flow``'s candidate plans (see the module docstring): its own (overlapped, then
+    sequential: the one that replays faster is its own), then the others."""
+    own = [make_plan(strategy, ctx)]
+    if strategy.options.overlap:
+        sequential = make_plan(replace(strategy, options=replace(strategy.options, overlap=False)), ctx)
+        own.append(replace(sequential, strategy=strategy))  # its own plan still (Plan.overlap says how it runs)
+    others = []
     if strategy.places_tail:
-        plans.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
-    plans.append(plan_edgeci(ctx))
-    return plans
+        others.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
+    return own, [*others, plan_edgeci(ctx)]
 
 
 def served_plan(strategy: Strategy, ctx: PlanningContext) -> Plan:
@@ -114,5 +119,7 @@ def plan_for(strategy: Strategy, ctx: PlanningContext) -> Plan:
     simulated makespan as its prediction."""
     if not strategy.keeps_rows or strategy.ablation:
         return make_plan(strategy, ctx)
-    chosen = best([judge(plan, ctx) for plan in candidates(strategy, ctx)])
+    own, others = candidates(strategy, ctx)
+    mine = min((judge(plan, ctx) for plan in own), key=lambda j: j.nominal_s)  # overlap only where it pays
+    chosen = best([mine, *(judge(plan, ctx) for plan in others)])
     return replace(chosen.plan, predicted_s=chosen.nominal_s)
