@@ -48,8 +48,14 @@ from edgeci_mqtt.sim.simulator import SimResult, simulate
 from edgeci_mqtt.timeline import intervals_from_rows
 
 BASELINES = ("modnn", "deepthings", "aofl")
-ABLATION = ("flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", "flow:orchestrator-tail")
-"""``flow`` built up: rows kept on the devices only; + no barrier; + compression; (+ tail placement = ``flow``)."""
+ABLATION = (
+    "flow:barrier+raw+orchestrator-tail",
+    "flow:raw+orchestrator-tail+sequential",
+    "flow:raw+orchestrator-tail",
+    "flow:orchestrator-tail",
+)
+"""``flow`` built up: rows kept on the devices only; + no barrier; + halo and compute overlapped;
++ compression; (+ tail placement and the choice among plans = ``flow``)."""
 RAW = DOCS / "bench" / "cluster_bench.json.gz"
 """Every measured run, compact and gzipped (the timelines make it megabytes as plain JSON)."""
 RAW_RANDOM = DOCS / "bench" / "cluster_bench_random.json.gz"

@@ -680,7 +680,13 @@ def test_the_device_table_follows_births_and_wills() -> None:
 
 
 @pytest.mark.parametrize(
-    "strategy", ["flow:barrier+raw+orchestrator-tail", "flow:raw+orchestrator-tail", "flow:orchestrator-tail"]
+    "strategy",
+    [
+        "flow:barrier+raw+orchestrator-tail",
+        "flow:raw+orchestrator-tail+sequential",
+        "flow:raw+orchestrator-tail",
+        "flow:orchestrator-tail",
+    ],
 )
 def test_every_step_of_the_flow_ablation_gives_the_models_result(
     client: EdgeCIClient, references: References, strategy: str
@@ -747,3 +753,18 @@ def test_a_device_prices_its_share_of_a_medium_as_the_call_says(store: ModelStor
         prices.append(bid.lots[0].alone_s)
     assert prices[0] == prices[1] == prices[2]  # alone, or the only one behind it: the medium's whole rate
     assert all(s > a for s, a in zip(prices[3], prices[0], strict=True))  # a quarter of it: dearer
+
+
+def test_overlapped_flow_steps_run_interior_first_and_stay_exact(client: EdgeCIClient, references: References) -> None:
+    """Through the real roles: programs whose blocks come in several steps (the interior
+    first, then the edges that wait for halos) give the model's answer."""
+    ref = references[("vgg16", 160, 160)]
+    result = client.infer(ref.x, "vgg16", "flow:raw+orchestrator-tail", timeout=120, trace=True)
+    assert_float32_faithful(result.logits, ref.logits32, ref.logits64, "overlapped flow")
+    computes = [i for i in result.timeline if i.kind == "compute" and i.block is not None]
+    by_device_block: dict[tuple[str, FusedBlock], int] = {}
+    for interval in computes:
+        key = (interval.resource, interval.block)
+        by_device_block[key] = by_device_block.get(key, 0) + 1
+    assert any(count > 1 for count in by_device_block.values()), by_device_block  # some block was cut
+    assert result.timings["recovered_tasks"] == 0

@@ -364,11 +364,12 @@ def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
     plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.costs, ctx.env, lots, strategy.places_tail)
-    if options.overlap:
+    overlap = options.overlap and not options.barrier  # behind a barrier every halo is there before the go
+    if overlap:
         plans = overlapped(ctx.chain, ctx.costs, ctx.env, plans)
     # the tail counts: a split is weighed against one device running everything, tail included
     predicted_s = predicted + tail_s
-    return ctx.plan(strategy, plans, predicted_s, True, tail, options.barrier, options.compress, options.overlap)
+    return ctx.plan(strategy, plans, predicted_s, True, tail, options.barrier, options.compress, overlap)
 
 
 _PLANNERS: dict[StrategyName, Callable[[PlanningContext], Plan]] = {
