@@ -39,11 +39,9 @@ LOADED = 2
 """How many of a plan's most loaded devices are each tried slower."""
 ROBUSTNESS = 0.5
 """Weight of the worst perturbed makespan against the nominal one in a candidate's score."""
-MARGIN = 0.05
+MARGIN = 0.02
 """How much better than the strategy's own plan another candidate must score to replace it:
-the simulator's own error is several per cent, and a near tie is no reason to change plans
-(on in-process clusters, every link free, the candidates came within 3 % of one another and
-the choice flipped with the links' measured latencies from one run to the next)."""
+a near tie is no reason to change plans (docs/PLANNER.md, flow's choice, says how it was set)."""
 
 
 @dataclass(frozen=True)
