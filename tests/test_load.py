@@ -75,12 +75,13 @@ def test_a_request_served_whole_is_priced_once(monkeypatch: pytest.MonkeyPatch) 
     again. Only once the device is gone is every device left priced, to choose another."""
     store = ModelStore({"smallcnn": None}, seed=0)
     devices = [device(name) for name in ("a", "b", "c")]
-    cache = PlanCache(store, DeviceTable(), flat_profile(), Link(10_000.0, 0.0))
+    broker = Link(10.0, 0.0)  # every byte crosses it: a split's extra bytes and messages cannot pay
+    cache = PlanCache(store, DeviceTable(), flat_profile(), broker)
     priced: list[bool] = []
     price = serving_module.whole_model_seconds
     monkeypatch.setattr(serving_module, "whole_model_seconds", lambda *a, **k: priced.append(True) or price(*a, **k))
     with cache.serving("smallcnn", 64, 64, Strategy("flow"), devices) as (_, serving):
-        assert serving.whole is not None  # the case this is: a small image on fast links runs whole
+        assert serving.whole is not None  # the case this is: a small image through a slow broker runs whole
         chosen, replan = serving.whole.device, cache.whole("smallcnn", 64, 64, serving)
         assert replan is not None and len(priced) == 1
         plan = replan(devices)
@@ -88,5 +89,5 @@ def test_a_request_served_whole_is_priced_once(monkeypatch: pytest.MonkeyPatch) 
         left = [v for v in devices if v.name != chosen]
         assert chosen not in replan(left).devices and len(priced) == 2
     assert cache.load.snapshot() == {}
-    ctx = context_for(store.get("smallcnn").spec(64, 64), environment(*devices))
+    ctx = context_for(store.get("smallcnn").spec(64, 64), environment(*devices, broker_mbit=broker.bandwidth_mbit))
     assert plan == whole_request_plan(ctx, serving.whole, {})  # the plan it always was, priced once
