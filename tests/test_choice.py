@@ -42,7 +42,7 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
         ctx = context(chains, seed, devices=3 + seed % 4)
         own, others = candidates(Strategy("flow"), ctx)
         assert [(str(p.strategy), p.overlap) for p in own] == [("flow", True), ("flow", False)]
-        assert [str(p.strategy) for p in others] == ["flow:orchestrator-tail", "edgeci", "aofl", "deepthings"]
+        assert [str(p.strategy) for p in others] == ["flow:orchestrator-tail", "edgeci"]
         mine = min((judge(plan, ctx) for plan in own), key=lambda j: j.nominal_s)
         judged = [mine, *(judge(plan, ctx) for plan in others)]
         chosen = plan_for(Strategy("flow"), ctx)

@@ -5,10 +5,9 @@ whole plan, with every message, link and CPU queue, and is the closer of the two
 measured run (docs/PLANNER.md). So ``flow`` builds several candidates and keeps the one the
 simulator finds best: its split plan with the tail placed, the same with the tail on the
 orchestrator (a placement that does not pay is dropped; its own plan is the faster of the
-overlapped and the sequential one, :mod:`edgeci_mqtt.planner.overlap`), and the gathering
-plans of ``edgeci``, ``aofl`` and ``deepthings`` (on a cluster whose links are slow against
-its devices, moving every map through the orchestrator can cost less than passing halos;
-on one whose fastest device sits behind a slow link, pulled tiles can). Whole requests on one device are the
+overlapped and the sequential one, :mod:`edgeci_mqtt.planner.overlap`), and the gathering plan of
+``edgeci`` (on a cluster whose links are slow against its devices, moving every map through
+the orchestrator can cost less than passing halos). Whole requests on one device are the
 serving decision's to weigh (:func:`~edgeci_mqtt.planner.serving.choose_serving`), against
 the chosen plan's simulated makespan.
 
@@ -100,8 +99,7 @@ def candidates(strategy: Strategy, ctx: PlanningContext) -> tuple[list[Plan], li
     others = []
     if strategy.places_tail:
         others.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
-    gathering = [plan_edgeci(ctx), *(make_plan(Strategy(name), ctx) for name in ("aofl", "deepthings"))]
-    return own, [*others, *gathering]
+    return own, [*others, plan_edgeci(ctx)]
 
 
 def served_plan(strategy: Strategy, ctx: PlanningContext) -> Plan:
