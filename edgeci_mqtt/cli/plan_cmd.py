@@ -52,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
     replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
     chosen = f" (chose {plan.strategy}'s plan)" if plan.strategy != strategy else ""
+    cut = ", blocks cut so their halo-free rows run first" if plan.overlap else ""
     print(
-        f"{strategy} plan{chosen} of {args.model} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s)"
+        f"{strategy} plan{chosen} of {args.model} ({plan.input_shape}) on {cluster.name}: "
+        f"{len(plan.blocks)} block(s){cut}"
     )
     for index, block in enumerate(plan.blocks):
         first, last = ctx.chain.stages[block.block.start], ctx.chain.stages[block.block.stop - 1]
