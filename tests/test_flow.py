@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgeci_mqtt.core.blocks import FusedBlock
+from edgeci_mqtt.core.blocks import FusedBlock, tile_input_region
 from edgeci_mqtt.core.deadline import NEVER, Deadline
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.link import Link
@@ -347,6 +347,12 @@ def test_programs_that_cannot_run_are_refused(store: ModelStore) -> None:
     with pytest.raises(WireError, match="overlap"):  # a block's rows may come in several steps, each once
         step = ProgramStep(FusedBlock(1, 2), out, (StepInput(whole_in, "b"),))
         check(step, step)
+    rows = [TileRegion(Span(r, r + 1), out.cols) for r in range(4)]
+    need = [tile_input_region(held.chain.stages, shapes, FusedBlock(1, 2), r) for r in rows]
+    cut = [ProgramStep(FusedBlock(1, 2), r, (StepInput(n, "b"),)) for r, n in zip(rows, need, strict=True)]
+    check(*cut[:3])  # interior and two edges
+    with pytest.raises(WireError, match="more than 3"):  # a hostile program cannot make the check quadratic
+        check(*cut)
 
 
 def test_a_flow_bid_prices_no_output_leaving_but_for_the_last_block(store: ModelStore) -> None:

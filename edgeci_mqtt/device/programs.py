@@ -31,6 +31,10 @@ __all__ = ["ReadyStep", "Tile", "ValidProgram", "geometry", "input_hull", "outgo
 
 C = TypeVar("C")
 
+MAX_CUT = 3
+"""Steps one block may come in on one device: whole, or its interior and its two edges
+(:mod:`edgeci_mqtt.planner.overlap`); bounded, so checking a program stays linear in its steps."""
+
 Tile = NDArray[Any]
 """Part of a map (a region's values, batch x channels x rows x columns)."""
 
@@ -162,9 +166,13 @@ def validate_program(
     shapes = geometry(held, message.input_hw, (step.block for step in message.steps), where)
     if any(b.block != a.block and b.block.start < a.block.stop for a, b in itertools.pairwise(message.steps)):
         raise WireError(f"{where}: steps are not in block order")
-    for a, b in itertools.combinations(message.steps, 2):  # a block's rows may come in several steps, each once
-        if a.block == b.block and a.out_region.intersection(b.out_region) is not None:
-            raise WireError(f"{where}: steps of block {a.block} overlap in {a.out_region} and {b.out_region}")
+    for block, group in itertools.groupby(message.steps, key=lambda step: step.block):
+        cut = list(group)  # a block's rows in one step, or cut for overlap: its interior and two edges
+        if len(cut) > MAX_CUT:
+            raise WireError(f"{where}: {len(cut)} steps of block {block}, more than {MAX_CUT}")
+        for a, b in itertools.combinations(cut, 2):
+            if a.out_region.intersection(b.out_region) is not None:
+                raise WireError(f"{where}: steps of block {block} overlap in {a.out_region} and {b.out_region}")
     if (message.input is None) != (message.input_region is None):
         raise WireError(f"{where}: rows carried need their region and a region its rows")
     if message.input is not None and message.input_region is not None:
