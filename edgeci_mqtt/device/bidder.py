@@ -21,6 +21,7 @@ from edgeci_mqtt.errors import WireError
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.planner.awas import make_bid
 from edgeci_mqtt.planner.calibration import SpeedCalibration
+from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import DeviceView
 from edgeci_mqtt.wire import AuctionLot, BidMessage, CallMessage, LotPrices, ProgramStep
 
@@ -75,11 +76,14 @@ class Bidder:
         return float(costs.compute_seconds(profile, step.block, np.array([rows.start]), np.array([rows.stop]))[0])
 
     def learn(self, program: ValidProgram, step: ProgramStep, measured_s: float) -> bool:
-        """Compare a step's compute time with the boot profile's prediction; True when the
-        running ratio has moved and the corrected profile is to be announced."""
+        """Compare a step's compute time with the boot profile's price of its exact ops (the
+        ops the kernels ran, as the simulator prices them: the full-width strips bids are
+        priced with overstate a tile's edges and a grid's tiles); True when the running ratio
+        has moved and the corrected profile is to be announced."""
         if self.calibration is None:
             return False
-        factor = self.calibration.observe(self._seconds(program, step, self.boot_profile), measured_s)
+        work = TaskWork(program.held.chain.stages, program.shapes)(step.block, step.out_region)
+        factor = self.calibration.observe(self.boot_profile.work_seconds(work), measured_s)
         if factor is None:
             return False
         self._pricing = (self._pricing[0] + 1, self.boot_profile.scaled(1.0 / factor))

@@ -11,10 +11,14 @@ predicted and keeps a running ratio, each piece weighted by the seconds it took 
 1 ms task says little about a device under a CPU quota; and a profile that is far too
 fast predicts almost nothing, so predicted seconds would never add up). Once the ratio has moved
 far enough from the one announced, the device announces a profile scaled by it:
-its bids (and so the awards) and the simulator use the corrected speed. The
-threshold is wide on purpose: every announcement makes each device price its lots
-anew and each orchestrator award afresh, which a slow cluster feels (docs/RUNTIME.md,
-speed corrected by the work).
+its bids (and so the awards) and the simulator use the corrected speed. What it
+compares with is the profile's price of the exact ops it ran, the price the simulator
+replays plans with (not the full-width strips bids are priced with, which overstate a
+tile's edges and a grid's tiles by up to 1.7x and so had pulled the correction towards
+"fast": docs/PLANNER.md). The threshold, 5 %, is wide enough that every announcement
+(each device prices its lots anew, each orchestrator awards afresh) is rare, and narrow
+enough that it does not leave a tenth of the error in place (docs/RUNTIME.md, speed
+corrected by the work).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class SpeedCalibration:
 
     half_life_s: float = 3.0
     warmup_s: float = 0.5
-    threshold: float = 0.1
+    threshold: float = 0.05
     announced: float = 1.0
     _log_ratio: float = 0.0
     _work_s: float = 0.0
