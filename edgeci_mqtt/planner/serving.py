@@ -141,9 +141,12 @@ def choose_serving(
     if strategy.alone:
         device, seconds = plan.devices[0], plan.predicted_s
     else:
-        split_s = None if strategy.whole else plan.predicted_s
-        cost_s = 0.0 if strategy.whole else sum(shares.values())
         whole_s = whole_model_seconds(ctx)
+        # a "split" whose blocks all run on one device is that device's whole request with
+        # an auction and a hand-off more: never the faster way, whatever the estimates say
+        alone = len({d for b in plan.blocks for d in b.devices}) == 1 and plan.blocks[0].devices[0] in whole_s
+        split_s = None if strategy.whole or alone else plan.predicted_s
+        cost_s = 0.0 if strategy.whole else sum(shares.values())
         choice = choose(split_s, plan.devices, whole_s, outstanding, cost_s)
         if choice.mode == "split":
             return _split(shares, outstanding)
