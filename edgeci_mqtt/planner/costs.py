@@ -198,6 +198,7 @@ class RowModel:
                 windows.append(stages[k].windows[0].then(windows[-1]))
             self._reach.append(_Reach.of(windows[::-1], [shapes[k].height for k in range(stop + 1)]))
         self._tables: dict[DeviceProfile, Floats] = {}
+        self._whole: dict[DeviceProfile, float] = {}
         self._ops: dict[int, tuple[list[OpWork], list[OpWork]]] = {}
         self._offsets = np.cumsum([0] + [shapes[k + 1].height + 1 for k in range(len(stages) - 1)])
         self._map_bytes = np.array([self.row_bytes(m) for m in range(len(shapes))], dtype=np.int64)
@@ -246,6 +247,20 @@ class RowModel:
     def compute_seconds(self, profile: DeviceProfile, block: FusedBlock, a: Ints, b: Ints) -> Floats:
         """Compute time of strips ``[a, b)`` of ``block`` on ``profile``."""
         return self.table(profile)[self.indices(block, a, b)].sum(axis=0)
+
+    def whole_seconds(self, profile: DeviceProfile) -> float:
+        """Compute time of the whole chain on the whole map on ``profile``, from its exact ops:
+        a whole request is priced as the simulator prices every tile, not by strips (whose
+        interior rows overstate a whole map's edges by a few per cent), so that a split plan's
+        simulated makespan and a whole request's seconds compare like with like. Remembered
+        per profile: the serving decision asks on every request."""
+        if profile not in self._whole:
+            final = self.shapes[-1]
+            ops = TaskWork(self.stages, self.shapes)(
+                FusedBlock(0, len(self.stages)), TileRegion.whole(final.height, final.width)
+            )
+            self._whole[profile] = profile.work_seconds(ops)
+        return self._whole[profile]
 
     def input_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         return self.row_bytes(block.start) * self._reach[block.stop].rows(a, b, slice(block.start, block.start + 1))[0]

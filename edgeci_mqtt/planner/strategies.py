@@ -33,10 +33,9 @@ from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
 from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
 from edgeci_mqtt.core.tail_rows import TailRows
-from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
-from edgeci_mqtt.planner.costs import RowModel, TaskWork, link_seconds, make_task
+from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block, flow_blocks
@@ -86,17 +85,6 @@ class PlanningContext:
     @cached_property
     def flow_estimator(self) -> BlockEstimator:
         return BlockEstimator(self.costs, self.env, flow=True)
-
-    @cached_property
-    def whole_ops(self) -> tuple[OpWork, ...]:
-        """The exact ops of the whole chain on the whole map: a whole request is priced by
-        them, as the simulator prices every tile, not by :attr:`costs`' strips (whose interior
-        rows overstate a whole map's edges by a few per cent), so that a split plan's
-        simulated makespan and a whole request's seconds compare like with like."""
-        return TaskWork(self.chain.stages, self.chain.shapes)(
-            FusedBlock(0, len(self.chain.stages)),
-            TileRegion.whole(self.chain.shapes[-1].height, self.chain.shapes[-1].width),
-        )
 
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
@@ -214,7 +202,7 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
             float(link_seconds(view, moved)[0])
             + image / broker.bytes_per_s
             + 2 * broker.latency_s
-            + view.profile.work_seconds(ctx.whole_ops)
+            + ctx.costs.whole_seconds(view.profile)
             + tail.seconds
         )
     return seconds
