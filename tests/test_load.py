@@ -17,6 +17,7 @@ from edgeci_mqtt.planner import serving as serving_module
 from edgeci_mqtt.planner.serving import whole_request_plan
 from edgeci_mqtt.planner.strategies import context_for
 from edgeci_mqtt.planner.strategy import Strategy
+from tests.cluster import wait_for
 from tests.planning import device, environment, flat_profile
 
 pytestmark = pytest.mark.pure
@@ -59,9 +60,7 @@ def test_a_burst_is_decided_one_request_after_another() -> None:
     threads = [threading.Thread(target=request) for _ in range(4)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 10
-    while load.snapshot() != {"a": 4.0} and time.monotonic() < deadline:  # all four claimed
-        time.sleep(0.01)
+    wait_for(lambda: load.snapshot() == {"a": 4.0}, 10, "all four requests claiming their work")
     assert sorted(seen) == [0.0, 1.0, 2.0, 3.0]
     release.set()
     for thread in threads:

@@ -57,6 +57,7 @@ from edgeci_mqtt.wire import (
     decode,
     encode,
 )
+from tests.cluster import wait_for
 from tests.exactness import References, assert_float32_faithful
 from tests.hostile import DEVICE_COMPLAINTS, ORCHESTRATOR_COMPLAINTS, WILDCARD_RESPONSE_TOPIC, hostile_payloads
 from tests.inprocess import DEVICE_GFLOPS, MemoryCluster, memory_cluster
@@ -248,8 +249,7 @@ def test_a_device_that_misses_a_round_is_not_waited_for_until_it_bids_again(
             assert later.timings["auction_s"] < window_s / 4, later.timings
         small.muted.clear()  # it answers again: its next bid counts
         penalties = small.orchestrator.penalties  # had it been given work while silent, it is held out a while
-        while "dev-3" in penalties.excluded(time.perf_counter()):
-            time.sleep(0.05)
+        wait_for(lambda: "dev-3" not in penalties.excluded(time.perf_counter()), 30, "dev-3's penalty ending")
         used = set()
         for _ in range(3):
             used |= set(own.infer(ref.x, "smallcnn", timeout=60).devices)

@@ -31,10 +31,10 @@ from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.planner.costs import RowModel
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.flow import flow_block
-from edgeci_mqtt.planner.plan import BlockPlan, Task
+from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.timeline import ORCHESTRATOR
 
-__all__ = ["interior", "overlapped"]
+__all__ = ["interior", "overlapped", "with_overlap"]
 
 
 def interior(costs: RowModel, block_plan: BlockPlan, task: Task, own: Span) -> Span | None:
@@ -105,3 +105,9 @@ def _rebuilt(chain: ChainSpec, block_plan: BlockPlan, previous: BlockPlan, runs:
     """``block_plan`` as ``runs``, reading their pieces from ``previous`` (as cut itself)."""
     rebuilt = flow_block(chain, block_plan.block, runs, previous, gather=block_plan.gathers)
     return replace(block_plan, tasks=rebuilt.tasks)
+
+
+def with_overlap(plan: Plan, chain: ChainSpec, costs: RowModel, env: Environment) -> Plan:
+    """``plan`` (``flow``'s, sequential) with its blocks cut by :func:`overlapped`, marked so the
+    run-time award cuts its own blocks the same way."""
+    return replace(plan, blocks=tuple(overlapped(chain, costs, env, plan.blocks)), overlap=True)

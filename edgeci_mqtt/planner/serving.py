@@ -144,7 +144,8 @@ def choose_serving(
         whole_s = whole_model_seconds(ctx)
         # a "split" whose blocks all run on one device is that device's whole request with
         # an auction and a hand-off more: never the faster way, whatever the estimates say
-        alone = len({d for b in plan.blocks for d in b.devices}) == 1 and plan.blocks[0].devices[0] in whole_s
+        used = {d for b in plan.blocks for d in b.devices}
+        alone = len(used) == 1 and used <= whole_s.keys()
         split_s = None if strategy.whole or alone else plan.predicted_s
         cost_s = 0.0 if strategy.whole else sum(shares.values())
         choice = choose(split_s, plan.devices, whole_s, outstanding, cost_s)

@@ -39,7 +39,7 @@ from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block, flow_blocks
-from edgeci_mqtt.planner.overlap import overlapped
+from edgeci_mqtt.planner.overlap import with_overlap
 from edgeci_mqtt.planner.plan import BlockPlan, Plan, Task
 from edgeci_mqtt.planner.strategy import Strategy, StrategyName
 from edgeci_mqtt.planner.tail import LOGITS_BYTES, TailPlan, TailWork, fits, making_seconds
@@ -98,7 +98,6 @@ class PlanningContext:
         tail: TailPlan | None = None,
         barrier: bool = False,
         compress: bool = False,
-        overlap: bool = False,
     ) -> Plan:
         chain = self.chain
         return Plan(
@@ -113,7 +112,6 @@ class PlanningContext:
             barrier=barrier,
             compress=compress,
             densities=chain.densities,
-            overlap=overlap,
         )
 
 
@@ -352,12 +350,11 @@ def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
         items = auction_items(ctx.chain.shapes[block.stop])
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
     plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.costs, ctx.env, lots, strategy.places_tail)
-    overlap = options.overlap and not options.barrier  # behind a barrier every halo is there before the go
-    if overlap:
-        plans = overlapped(ctx.chain, ctx.costs, ctx.env, plans)
     # the tail counts: a split is weighed against one device running everything, tail included
-    predicted_s = predicted + tail_s
-    return ctx.plan(strategy, plans, predicted_s, True, tail, options.barrier, options.compress, overlap)
+    plan = ctx.plan(strategy, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
+    if options.overlap and not options.barrier:  # behind a barrier every halo is there before the go
+        return with_overlap(plan, ctx.chain, ctx.costs, ctx.env)
+    return plan
 
 
 _PLANNERS: dict[StrategyName, Callable[[PlanningContext], Plan]] = {

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import Environment
+from edgeci_mqtt.planner.overlap import with_overlap
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import choose_serving, price_shares, whole_request_plan
 from edgeci_mqtt.planner.strategies import PlanningContext, make_plan, plan_edgeci
@@ -92,10 +93,11 @@ def best(judged: Sequence[Judged]) -> Judged:
 def candidates(strategy: Strategy, ctx: PlanningContext) -> tuple[list[Plan], list[Plan]]:
     """``flow``'s candidate plans (see the module docstring): its own (overlapped, then
     sequential: the one that replays faster is its own), then the others."""
-    own = [make_plan(strategy, ctx)]
-    if strategy.options.overlap:
-        sequential = make_plan(replace(strategy, options=replace(strategy.options, overlap=False)), ctx)
-        own.append(replace(sequential, strategy=strategy))  # its own plan still (Plan.overlap says how it runs)
+    options = strategy.options
+    sequential = replace(make_plan(replace(strategy, options=replace(options, overlap=False)), ctx), strategy=strategy)
+    own = [sequential]  # its own plan still (Plan.overlap says how it runs); planned once, then cut
+    if options.overlap and not options.barrier:
+        own.insert(0, with_overlap(sequential, ctx.chain, ctx.costs, ctx.env))
     others = []
     if strategy.places_tail:
         others.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
