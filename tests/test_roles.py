@@ -54,6 +54,7 @@ from edgeci_mqtt.wire import (
     RowsMessage,
     StepInput,
     StepSend,
+    TailRole,
     decode,
     encode,
 )
@@ -296,6 +297,39 @@ def test_a_cold_cluster_makes_the_tail_weights_ahead_and_then_splits_the_tail(
             assert_float32_faithful(second.logits, ref.logits32, ref.logits64, "warm")
             assert tail_note(second).startswith("first layer split over dev-1, dev-2")
             assert {n: a.models.get("vgg16").tail_rows() for n, a in cold.agents.items()} == held  # nothing made
+
+
+def test_a_tail_that_is_slower_on_the_devices_than_measured_moves_to_the_orchestrator(
+    store: ModelStore, references: References, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Priced by their profiles, VGG-16's tail goes to the two devices (which hold its
+    weights); but their workers run it slowly (boards busy with something else). The
+    orchestrator tries its own placement every third request; once both are measured, its
+    tail runs there, the devices' placement still tried now and then. Every answer exact."""
+    ref = references[("vgg16", 64, 64)]
+    slow_fc = flat_profile().scaled(0.05)
+    with memory_cluster(store, devices=0, strategy="flow", orchestrator_profile=slow_fc) as warm:
+        for name in ("dev-1", "dev-2"):
+            agent = warm.add_device(name, flat_profile(DEVICE_GFLOPS), store=ModelStore({"vgg16": None}))
+
+            def slow_tail(ready: ReadyStep[ValidProgram]) -> np.ndarray:
+                if isinstance(ready.item, TailRole):
+                    time.sleep(0.3)  # orders nothing: the tail is just slow there
+                return run_step(ready)
+
+            agent.worker.compute = slow_tail
+        warm.wait_for_table({"dev-1", "dev-2"})
+
+        def tail_on_devices(result: InferenceResult) -> bool:
+            (tail,) = [i for i in result.timeline if i.resource == ORCHESTRATOR and i.kind == "tail"]
+            assert_float32_faithful(result.logits, ref.logits32, ref.logits64, tail.note)
+            return tail.note != ""
+
+        with warm.client() as own, caplog.at_level(logging.INFO, logger="edgeci.orchestrator"):
+            served = [tail_on_devices(own.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)) for _ in range(12)]
+    assert served[:9] == [True, True, False] * 3  # the planner's placement, the other tried every third
+    assert served[9:] == [True, False, False]  # measured: the orchestrator's, the devices' tried every tenth
+    assert "the tail runs on the orchestrator from now" in caplog.text
 
 
 @pytest.mark.parametrize("strategy", ["aofl", "deepthings", "flow"])

@@ -8,6 +8,7 @@ import pytest
 
 from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.costs import handoff_seconds
+from edgeci_mqtt.planner.measured_tail import EAGER, EVERY, MIN_SEEN, WINDOW, MeasuredTail
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import (
     Choice,
@@ -201,3 +202,35 @@ def test_flow_serves_a_split_on_one_device_whole_there() -> None:
     )
     serving = choose_serving(on_a, ctx, {"a": 1.0}, {}, Strategy("flow"))
     assert serving.mode == "whole" and serving.whole is not None and serving.whole.device == "a"
+
+
+def test_a_tail_on_the_devices_is_kept_only_while_it_is_measured_to_pay() -> None:
+    """The planner's placement serves until both placements have been measured (the other one
+    tried every EAGER-th request), then the lower median wins, and the loser is still tried
+    every EVERY-th request, so a verdict can turn back."""
+    measured = MeasuredTail()
+    served = []
+    for _ in range(3 * EAGER):
+        on_devices = measured.next_on_devices()
+        served.append(on_devices)
+        measured.record(on_devices, 0.5 if on_devices else 0.3)  # the orchestrator's tail is faster
+    assert served == [True, True, False] * MIN_SEEN
+    assert not measured.prefers_devices()
+    later = [measured.next_on_devices() for _ in range(2 * EVERY)]
+    assert later.count(True) == 2 and later.count(False) == 2 * EVERY - 2  # the devices still tried, rarely
+    # the devices got faster (their tail weights made, say): once most of the last WINDOW say so, it turns back
+    flips = [measured.record(True, 0.1) for _ in range(WINDOW)]
+    assert flips == [False, False, True, False, False]
+    assert measured.prefers_devices()
+    assert str(measured) == "median on the devices 100 ms, on the orchestrator 300 ms"
+
+
+def test_a_tail_that_pays_on_the_devices_stays_there() -> None:
+    measured, tried = MeasuredTail(), []
+    for served in range(1, 3 * EVERY + 1):
+        on_devices = measured.next_on_devices()
+        if not on_devices:
+            tried.append(served)
+        assert not measured.record(on_devices, 0.2 if on_devices else 0.3)
+    assert measured.prefers_devices()
+    assert tried == [EAGER, 2 * EAGER, 3 * EAGER, EVERY, 2 * EVERY, 3 * EVERY]

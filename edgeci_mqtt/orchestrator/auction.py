@@ -239,7 +239,8 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
         blocks, awards, tail, _ = _flow_blocks(chain, costs, env, bids, place, kept)
     except PlanningError as exc:
         raise InferenceError(f"flow cannot be awarded: {exc}") from exc
-    run.services.tails[run.held.digest] = tail  # the next request keeps it unless another is clearly cheaper
+    if place:  # the next request keeps it unless another is clearly cheaper (not one the orchestrator ran)
+        run.services.tails[run.held.digest] = tail
     if plan.overlap:
         blocks = overlapped(chain, costs, env, blocks)
     for held_round, won in zip(rounds, awards, strict=True):

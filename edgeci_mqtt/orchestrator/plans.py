@@ -6,12 +6,17 @@ for the device table's generation, by model, input size, strategy and the device
 for; a few device sets at once (:data:`PLANS_KEPT`): while a device is on probation, the
 request holding its trial plans with it and the others without it. Each request is split
 as planned or served whole on one device, whichever finishes first given the work handed
-out (:func:`~edgeci_mqtt.planner.serving.choose_serving`), counted until it is done.
+out (:func:`~edgeci_mqtt.planner.serving.choose_serving`), counted until it is done. A
+split's tail stays on the devices the plan gave it only while it is measured to pay
+(:class:`~edgeci_mqtt.planner.measured_tail.MeasuredTail`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.orchestrator.device_table import DeviceTable
 from edgeci_mqtt.planner.environment import DeviceView, Environment
+from edgeci_mqtt.planner.measured_tail import MeasuredTail
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import Serving, choose_serving, price_shares, whole_request_plan
 from edgeci_mqtt.planner.strategies import PlanningContext, context_for, whole_model_plan
@@ -30,11 +36,14 @@ from edgeci_mqtt.sim.choice import plan_for
 
 __all__ = ["PLANS_KEPT", "Commitments", "PlanCache"]
 
+log = logging.getLogger("edgeci.orchestrator")
+
 PLANS_KEPT = 16
 """Plans cached at once (by model, input size, strategy and the devices planned for)."""
 
 D = TypeVar("D")
 _Planned = tuple[int, Plan, dict[str, float]]
+_Key = tuple[str, int, int, Strategy, frozenset[str]]
 
 
 class Commitments:
@@ -83,7 +92,8 @@ class PlanCache:
         self.models, self.table, self.profile, self.broker_link = models, table, profile, broker_link
         self.load = Commitments()
         # by (model, height, width, strategy, devices): the table's generation, the plan, its shares
-        self._plans: OrderedDict[tuple[str, int, int, Strategy, frozenset[str]], _Planned] = OrderedDict()
+        self._plans: OrderedDict[_Key, _Planned] = OrderedDict()
+        self._tails: OrderedDict[_Key, MeasuredTail] = OrderedDict()  # not by generation: a table change keeps them
         self._lock = threading.Lock()
 
     def _context(self, model: str, height: int, width: int, devices: list[DeviceView]) -> PlanningContext:
@@ -108,8 +118,11 @@ class PlanCache:
                 plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
                 planned = self._plans[key] = (generation, plan, price_shares(plan, ctx.costs, devices))
             self._plans.move_to_end(key)
-            while len(self._plans) > PLANS_KEPT:
-                self._plans.popitem(last=False)
+            measured = self._tails.setdefault(key, MeasuredTail())
+            self._tails.move_to_end(key)
+            for kept in (self._plans, self._tails):
+                while len(kept) > PLANS_KEPT:
+                    kept.popitem(last=False)
         _, plan, shares = planned
 
         def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
@@ -117,7 +130,20 @@ class PlanCache:
             return serving, serving.work
 
         with self.load.claiming(decide) as serving:
+            if serving.whole is not None or not plan.strategy.places_tail or plan.tail.on_orchestrator:
+                yield plan, serving
+                return
+            with self._lock:
+                on_devices = measured.next_on_devices()
+            if not on_devices:  # served as flow:orchestrator-tail, its one difference
+                options = dataclasses.replace(plan.strategy.options, place_tail=False)
+                plan = dataclasses.replace(plan, strategy=dataclasses.replace(plan.strategy, options=options))
+            started = time.perf_counter()
             yield plan, serving
+            with self._lock:
+                if measured.record(on_devices, time.perf_counter() - started):
+                    where = "devices" if measured.prefers_devices() else "orchestrator"
+                    log.info("%s %s: the tail runs on the %s from now (%s)", model, strategy, where, measured)
 
     def whole(self, model: str, height: int, width: int, serving: Serving) -> Callable[[list[DeviceView]], Plan] | None:
         """For a request served whole, its plan on the devices left (None for one served split):
