@@ -50,12 +50,13 @@ from edgeci_mqtt.timeline import intervals_from_rows
 BASELINES = ("modnn", "deepthings", "aofl")
 ABLATION = (
     "flow:barrier+raw+orchestrator-tail",
-    "flow:raw+orchestrator-tail+sequential",
+    "flow:raw+orchestrator-tail+sequential+unbanded",
+    "flow:raw+orchestrator-tail+unbanded",
     "flow:raw+orchestrator-tail",
     "flow:orchestrator-tail",
 )
 """``flow`` built up: rows kept on the devices only; + no barrier; + halo and compute overlapped;
-+ compression; (+ tail placement and the choice among plans = ``flow``)."""
++ the image in bands; + compression; (+ tail placement and the choice among plans = ``flow``)."""
 RAW = DOCS / "bench" / "cluster_bench.json.gz"
 """Every measured run, compact and gzipped (the timelines make it megabytes as plain JSON)."""
 RAW_RANDOM = DOCS / "bench" / "cluster_bench_random.json.gz"

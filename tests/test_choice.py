@@ -41,17 +41,19 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
     for seed in (0, 1, 2, 3, 13, 16, 17):
         ctx = context(chains, seed, devices=3 + seed % 4)
         own, others = candidates(Strategy("flow"), ctx)
-        assert [(str(p.strategy), p.overlap) for p in own] == [("flow", True), ("flow", False)]
+        cuts = [(str(p.strategy), p.overlap, p.bands) for p in own]
+        assert cuts == [("flow", True, True), ("flow", True, False), ("flow", False, True), ("flow", False, False)]
         assert [str(p.strategy) for p in others] == ["flow:orchestrator-tail", "edgeci"]
-        mine = min((judge(plan, ctx) for plan in own), key=lambda j: j.nominal_s)
+        mine = judge(min(own, key=lambda plan: judge(plan, ctx).nominal_s), ctx)
         judged = [mine, *(judge(plan, ctx) for plan in others)]
         chosen = plan_for(Strategy("flow"), ctx)
         winner = best(judged)
         assert chosen == replace(winner.plan, predicted_s=winner.nominal_s)
         assert winner is judged[0] or winner.score < (1 - MARGIN) * judged[0].score
         assert all(j.worst_s >= j.nominal_s for j in judged)
-        chosen_kinds.add((str(chosen.strategy), chosen.overlap))
-    assert chosen_kinds == {("edgeci", False), ("flow", True), ("flow", False)}  # each wins on one of these
+        chosen_kinds.add((str(chosen.strategy), chosen.overlap, chosen.bands))
+    kinds = {("edgeci", False, False), ("flow", True, True), ("flow", True, False), ("flow", False, False)}
+    assert chosen_kinds == kinds  # each wins on one of these
 
 
 def test_a_plan_that_holds_up_beats_one_a_little_faster_only_as_planned(chains: dict[str, StageChain]) -> None:

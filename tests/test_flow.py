@@ -590,8 +590,9 @@ def test_overlapped_random_partitions_give_the_models_result(
     store: ModelStore, references: References, model: str, seeds: int
 ) -> None:
     """Every task that reads another device's rows cut into its interior (first) and its
-    edges, however much that recomputes: the same rows on the same devices, the interior
-    reading only the device's own rows, and the model's answer through the executor."""
+    edges, and the first block's into an upper and a lower band, however much that
+    recomputes: the same rows on the same devices, the interior reading only the device's
+    own rows, the upper band first, and the model's answer through the executor."""
     ref = references[(model, 64, 64)]
     chain = store.get(model).chain.spec(64, 64)
     env = environment(*(device(n) for n in DEVICES))
@@ -600,7 +601,7 @@ def test_overlapped_random_partitions_give_the_models_result(
     for seed in range(seeds):
         rng = random.Random(seed)
         plan = random_flow_plan(store, model, 64, rng, short=True)
-        blocks = overlapped(chain, costs, env, plan.blocks, redundant=float("inf"))
+        blocks = overlapped(chain, costs, env, plan.blocks, force=True)
         for before, after in zip(plan.blocks, blocks, strict=True):
             rows = {
                 d: sorted((t.out_region.rows for t in after.tasks if t.device == d), key=lambda s: s.start)
@@ -610,11 +611,14 @@ def test_overlapped_random_partitions_give_the_models_result(
                 t.device: t.out_region.rows for t in before.tasks
             }
             for name, parts in rows.items():
-                if len(parts) > 1:  # cut: its first task is the interior, reading its own rows only
-                    first = next(t for t in after.tasks if t.device == name)
+                first = next(t for t in after.tasks if t.device == name)
+                if before.block.start == 0:  # the image in two bands, the upper first
+                    assert len(parts) == (2 if sum(r.size for r in parts) > 1 else 1)
+                    assert first.out_region.rows == parts[0] and {p.source for p in first.inputs} == {ORCHESTRATOR}
+                elif len(parts) > 1:  # cut: its first task is the interior, reading its own rows only
                     assert {p.source for p in first.inputs} == {name}, (before.block, first)
                     assert first.out_region.rows not in (parts[0], parts[-1]) or len(parts) == 2
             cut += len(after.tasks) - len(before.tasks)
-        logits = run_attempt(replace(plan, blocks=tuple(blocks), overlap=True), store, ref.x, rng)
+        logits = run_attempt(replace(plan, blocks=tuple(blocks), overlap=True, bands=True), store, ref.x, rng)
         assert_float32_faithful(logits, ref.logits32, ref.logits64, f"{model} seed {seed}, overlapped")
     assert cut > 0

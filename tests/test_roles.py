@@ -717,7 +717,7 @@ def test_the_device_table_follows_births_and_wills() -> None:
     "strategy",
     [
         "flow:barrier+raw+orchestrator-tail",
-        "flow:raw+orchestrator-tail+sequential",
+        "flow:raw+orchestrator-tail+sequential+unbanded",
         "flow:raw+orchestrator-tail",
         "flow:orchestrator-tail",
     ],

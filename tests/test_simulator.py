@@ -231,3 +231,29 @@ def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
     assert not any(i.kind == "prepare" and i.block == second for i in result.timeline)
     assert result.block_ends_s == (b0.end, merges[-1].end)
     assert result.makespan_s == merges[-1].end  # then the (empty) tail
+
+
+def test_the_image_goes_out_in_bands_and_each_device_starts_on_its_upper_one() -> None:
+    """As the runtime sends it: each program carries its device's first piece of the image, the
+    lower bands follow once every program is out. So a device with bands starts computing
+    sooner than without (whether the plan ends sooner is the choice's to judge: the rows both
+    bands read travel twice)."""
+    from edgeci_mqtt.models import skeleton_chain
+    from edgeci_mqtt.planner.overlap import overlapped
+
+    env = environment(device("a", 2.0, mbit=4.0), device("b", 2.0, mbit=4.0), broker_mbit=8.0)
+    ctx = context_for(skeleton_chain("smallcnn").spec(128, 128), env)
+    plain = make_plan(Strategy.parse("flow:sequential+unbanded"), ctx)
+    blocks = overlapped(ctx.chain, ctx.costs, env, plain.blocks, halo=False, force=True)
+    banded = dataclasses.replace(plain, blocks=tuple(blocks), bands=True)
+    assert len(banded.blocks[0].tasks) == 2 * len(plain.blocks[0].tasks)
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
+    runs = {name: simulate(plan, env, work) for name, plan in (("plain", plain), ("banded", banded))}
+    prepares = [i for i in runs["banded"].timeline if i.resource == ORCHESTRATOR and i.kind == "prepare"]
+    uppers = {t.device: t.out_region for t in reversed(banded.blocks[0].tasks)}  # each device's first task
+    assert [(i.note, i.region) for i in prepares[:2]] == sorted(uppers.items())  # the carried pieces go first
+
+    def first_compute(run: str, name: str) -> float:
+        return min(i.start for i in runs[run].timeline if i.resource == name and i.kind == "compute")
+
+    assert all(first_compute("banded", d) < first_compute("plain", d) for d in "ab")

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
     chosen = f" (chose {plan.strategy}'s plan)" if plan.strategy != strategy else ""
     cut = ", blocks cut so their halo-free rows run first" if plan.overlap else ""
+    cut += ", the image sent in bands" if plan.bands else ""
     print(
         f"{strategy} plan{chosen} of {args.model} ({plan.input_shape}) on {cluster.name}: "
         f"{len(plan.blocks)} block(s){cut}"

@@ -241,8 +241,8 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
         raise InferenceError(f"flow cannot be awarded: {exc}") from exc
     if place:  # the next request keeps it unless another is clearly cheaper (not one the orchestrator ran)
         run.services.tails[run.held.digest] = tail
-    if plan.overlap:
-        blocks = overlapped(chain, costs, env, blocks)
+    if plan.overlap or plan.bands:
+        blocks = overlapped(chain, costs, env, blocks, halo=plan.overlap, bands=plan.bands)
     for held_round, won in zip(rounds, awards, strict=True):
         run.auctioneer.announce(held_round, won)
     run.spent("auction", started, f"{len(lots)} rounds")

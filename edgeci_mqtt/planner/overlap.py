@@ -9,6 +9,11 @@ reading exactly its input; every task of the next block then reads its pieces fr
 (a piece per producing task, as always). A device runs its program's steps in order, so it
 starts the interior at once and each edge when its halo is there.
 
+The image is the first block's input, and it comes from the orchestrator: its program
+carries the piece of a device's first step, the rest follows as rows once every program is
+out. So the first block's tasks are cut in two *bands*, the upper first: a device starts
+on its upper band as soon as its program is there, while the image's lower bands travel.
+
 Exact by construction: every task computes its output rows from their whole input region
 (fused-tile semantics), however the rows are cut. The price is the rows the cut tasks
 compute twice inside the block (each edge recomputes the intermediate rows it shares with
@@ -56,11 +61,21 @@ much waiting (simulated over random clusters, docs/PLANNER.md)."""
 
 
 def _redundant(costs: RowModel, profile: DeviceProfile, block: FusedBlock, rows: Span, inner: Span) -> float:
-    """The share of a task's compute that cutting it at ``inner`` adds on its device."""
+    """The seconds that cutting a task at ``inner`` adds to its compute on its device."""
     parts = [s for s in (Span(rows.start, inner.start), inner, Span(inner.stop, rows.stop)) if s.size]
     a, b = np.array([s.start for s in parts]), np.array([s.stop for s in parts])
     whole = costs.compute_seconds(profile, block, np.array([rows.start]), np.array([rows.stop]))[0]
-    return float(costs.compute_seconds(profile, block, a, b).sum() / whole - 1)
+    return float(costs.compute_seconds(profile, block, a, b).sum() - whole)
+
+
+def _pays(costs: RowModel, env: Environment, block_plan: BlockPlan, task: Task, inner: Span) -> bool:
+    """Whether cutting ``task`` at ``inner`` adds at most :data:`REDUNDANT` to its compute.
+    Whether the cut then saves more waiting than that is the replay's to judge: for the
+    image, it turns on the queue of programs on the orchestrator's link as much as on the
+    device's own (docs/PLANNER.md, halo and compute overlapped)."""
+    block, rows, profile = block_plan.block, task.out_region.rows, env.device(task.device).profile
+    whole = costs.compute_seconds(profile, block, np.array([rows.start]), np.array([rows.stop]))[0]
+    return _redundant(costs, profile, block, rows, inner) <= REDUNDANT * whole
 
 
 def _own_rows(previous: BlockPlan, device: str) -> Span | None:
@@ -71,43 +86,56 @@ def _own_rows(previous: BlockPlan, device: str) -> Span | None:
     return Span(kept[0].start, kept[-1].stop)
 
 
+def _inner(
+    costs: RowModel, block_plan: BlockPlan, task: Task, previous: BlockPlan | None, halo: bool, bands: bool
+) -> Span | None:
+    """The rows of ``task`` to run first (None: it is not cut): the upper band of a first
+    block's task (``bands``), the interior of one that reads other devices' rows (``halo``)."""
+    if previous is None:
+        rows = task.out_region.rows
+        return Span(rows.start, rows.start + rows.size // 2) if bands and rows.size > 1 else None
+    own = _own_rows(previous, task.device)
+    reads_others = any(p.source not in (task.device, ORCHESTRATOR) for p in task.inputs)
+    return interior(costs, block_plan, task, own) if halo and own is not None and reads_others else None
+
+
 def overlapped(
-    chain: ChainSpec, costs: RowModel, env: Environment, blocks: Sequence[BlockPlan], redundant: float = REDUNDANT
+    chain: ChainSpec,
+    costs: RowModel,
+    env: Environment,
+    blocks: Sequence[BlockPlan],
+    halo: bool = True,
+    bands: bool = True,
+    force: bool = False,
 ) -> list[BlockPlan]:
     """``blocks`` (a ``flow`` plan's, full-width strips) with every task that reads rows of
-    other devices cut into its interior, then its edges above and below (see the module
-    docstring); the first block (it reads the image from the orchestrator) and tasks with
-    no interior stay whole, and so do tasks whose cut would add more than ``redundant`` of
-    their compute. The same rows, on the same devices, to the same places."""
+    other devices cut into its interior, then its edges above and below (``halo``), and the
+    first block's tasks cut into an upper and a lower band (``bands``; see the module
+    docstring). Tasks with nothing to cut stay whole, and so do tasks whose cut does not pay
+    for the rows it computes twice (unless ``force``: every cut, to test it). The same rows,
+    on the same devices, to the same places."""
     out: list[BlockPlan] = []
     for block_plan in blocks:
         previous = out[-1] if out else None
-        if previous is None or block_plan.placement != "devices" or block_plan.dispatch != "static":
+        if block_plan.placement != "devices" or block_plan.dispatch != "static":
             out.append(block_plan)
             continue
         runs: list[tuple[str, Span]] = []
         for task in block_plan.tasks:
-            own = _own_rows(previous, task.device)
-            reads_others = any(p.source not in (task.device, ORCHESTRATOR) for p in task.inputs)
-            inner = interior(costs, block_plan, task, own) if own is not None and reads_others else None
+            inner = _inner(costs, block_plan, task, previous, halo, bands)
             rows = task.out_region.rows
-            profile = env.device(task.device).profile
-            if inner is None or _redundant(costs, profile, block_plan.block, rows, inner) > redundant:
+            if inner is None or not (force or _pays(costs, env, block_plan, task, inner)):
                 runs.append((task.device, rows))
                 continue
             runs.append((task.device, inner))
             runs += [(task.device, s) for s in (Span(rows.start, inner.start), Span(inner.stop, rows.stop)) if s.size]
-        out.append(_rebuilt(chain, block_plan, previous, runs))
+        rebuilt = flow_block(chain, block_plan.block, runs, previous, gather=block_plan.gathers)
+        out.append(replace(block_plan, tasks=rebuilt.tasks))  # reading its pieces from ``previous`` as cut itself
     return out
 
 
-def _rebuilt(chain: ChainSpec, block_plan: BlockPlan, previous: BlockPlan, runs: list[tuple[str, Span]]) -> BlockPlan:
-    """``block_plan`` as ``runs``, reading their pieces from ``previous`` (as cut itself)."""
-    rebuilt = flow_block(chain, block_plan.block, runs, previous, gather=block_plan.gathers)
-    return replace(block_plan, tasks=rebuilt.tasks)
-
-
-def with_overlap(plan: Plan, chain: ChainSpec, costs: RowModel, env: Environment) -> Plan:
+def with_overlap(plan: Plan, chain: ChainSpec, costs: RowModel, env: Environment, halo: bool, bands: bool) -> Plan:
     """``plan`` (``flow``'s, sequential) with its blocks cut by :func:`overlapped`, marked so the
     run-time award cuts its own blocks the same way."""
-    return replace(plan, blocks=tuple(overlapped(chain, costs, env, plan.blocks)), overlap=True)
+    blocks = overlapped(chain, costs, env, plan.blocks, halo=halo, bands=bands)
+    return replace(plan, blocks=tuple(blocks), overlap=halo, bands=bands)

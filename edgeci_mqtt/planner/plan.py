@@ -168,10 +168,13 @@ class Plan:
     barrier: bool = False
     compress: bool = False
     densities: tuple[float, ...] = ()
+    """Share of non-zero values in the map at each boundary, if measured (prices compression)."""
     overlap: bool = False
     """``flow``: steps are cut so their rows that need no halo run first (planner/overlap.py);
     the run-time award cuts its blocks so too."""
-    """Share of non-zero values in the map at each boundary, if measured (prices compression)."""
+    bands: bool = False
+    """``flow``: the first block's steps are cut in two bands, so a device starts on the upper
+    while the image's lower rows travel (planner/overlap.py); the run-time award cuts so too."""
 
     def __post_init__(self) -> None:
         previous: BlockPlan | None = None

@@ -352,8 +352,8 @@ def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
     plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.costs, ctx.env, lots, strategy.places_tail)
     # the tail counts: a split is weighed against one device running everything, tail included
     plan = ctx.plan(strategy, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
-    if options.overlap and not options.barrier:  # behind a barrier every halo is there before the go
-        return with_overlap(plan, ctx.chain, ctx.costs, ctx.env)
+    if (options.overlap or options.bands) and not options.barrier:  # behind a barrier every halo is there first
+        return with_overlap(plan, ctx.chain, ctx.costs, ctx.env, options.overlap, options.bands)
     return plan
 
 

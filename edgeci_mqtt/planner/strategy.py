@@ -28,6 +28,7 @@ FLOW_WORDS = {
     "raw": ("compress", False),
     "orchestrator-tail": ("place_tail", False),
     "sequential": ("overlap", False),
+    "unbanded": ("bands", False),
 }
 """Option words after ``flow:``: which field each sets, to what (their order is the canonical one)."""
 
@@ -45,6 +46,8 @@ class FlowOptions:
     """The tail runs where it is cheapest (else on the orchestrator)."""
     overlap: bool = True
     """A step's rows that need no halo run while the halo is in flight (:mod:`edgeci_mqtt.planner.overlap`)."""
+    bands: bool = True
+    """The image goes out in bands: a device starts on the upper while the lower travels (the same module)."""
 
     @classmethod
     def parse(cls, text: str) -> FlowOptions:

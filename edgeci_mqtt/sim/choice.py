@@ -91,13 +91,16 @@ def best(judged: Sequence[Judged]) -> Judged:
 
 
 def candidates(strategy: Strategy, ctx: PlanningContext) -> tuple[list[Plan], list[Plan]]:
-    """``flow``'s candidate plans (see the module docstring): its own (overlapped, then
-    sequential: the one that replays faster is its own), then the others."""
+    """``flow``'s candidate plans (see the module docstring): its own (with halo and image
+    overlapped, with either, then sequential: the one that replays faster is its own), then
+    the others."""
     options = strategy.options
-    sequential = replace(make_plan(replace(strategy, options=replace(options, overlap=False)), ctx), strategy=strategy)
-    own = [sequential]  # its own plan still (Plan.overlap says how it runs); planned once, then cut
-    if options.overlap and not options.barrier:
-        own.insert(0, with_overlap(sequential, ctx.chain, ctx.costs, ctx.env))
+    uncut = replace(options, overlap=False, bands=False)
+    sequential = replace(make_plan(replace(strategy, options=uncut), ctx), strategy=strategy)
+    halo, bands = options.overlap, options.bands
+    cuts = [] if options.barrier else [(halo, bands), (halo, False), (False, bands)]
+    own = [with_overlap(sequential, ctx.chain, ctx.costs, ctx.env, *cut) for cut in dict.fromkeys(cuts) if any(cut)]
+    own.append(sequential)  # its own plan still (Plan.overlap and .bands say how it runs); planned once, then cut
     others = []
     if strategy.places_tail:
         others.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
@@ -120,6 +123,7 @@ def plan_for(strategy: Strategy, ctx: PlanningContext) -> Plan:
     if not strategy.keeps_rows or strategy.ablation:
         return make_plan(strategy, ctx)
     own, others = candidates(strategy, ctx)
-    mine = min((judge(plan, ctx) for plan in own), key=lambda j: j.nominal_s)  # overlap only where it pays
-    chosen = best([mine, *(judge(plan, ctx) for plan in others)])
+    work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
+    mine = min(own, key=lambda plan: simulate(plan, ctx.env, work).makespan_s)  # overlap only where it pays
+    chosen = best([judge(mine, ctx), *(judge(plan, ctx) for plan in others)])
     return replace(chosen.plan, predicted_s=chosen.nominal_s)

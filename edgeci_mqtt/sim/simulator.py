@@ -117,10 +117,17 @@ class _Replay:
                 ask = t + view.link.latency_s + self.env.broker_link.latency_s
                 state.at(ask, partial(self.pull, k, view.name, ask))
         else:
-            for i, task in enumerate(block.tasks):
-                for piece in task.inputs:
-                    if piece.source == ORCHESTRATOR:
-                        self.scatter((k, i), piece, task.device, t)
+            sent = [
+                ((k, i), p, task.device)
+                for i, task in enumerate(block.tasks)
+                for p in task.inputs
+                if p.source == ORCHESTRATOR
+            ]
+            if k == 0:  # each program carries its device's first piece; the others follow once all are out
+                carried = set({device: n for n, (_, _, device) in reversed(list(enumerate(sent)))}.values())
+                sent = [sent[n] for n in sorted(carried)] + [s for n, s in enumerate(sent) if n not in carried]
+            for tid, piece, device in sent:
+                self.scatter(tid, piece, device, t)
 
     def pull(self, k: int, device: str, t: float) -> None:
         """``device`` asks for the next tile of pulled block ``k``."""
