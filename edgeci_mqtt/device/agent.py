@@ -167,10 +167,8 @@ class DeviceAgent:
             bus.subscribe(topic)
         bus.start()
         self.bidder.link = replace(measure_link(bus, self.device_id), medium=self.medium)
-        if self.medium is not None:
-            log.info(
-                "%s: behind medium %s (%g Mbit/s shared)", self.device_id, self.medium.name, self.medium.bandwidth_mbit
-            )
+        if (medium := self.medium) is not None:
+            log.info("%s: behind medium %s (%g Mbit/s shared)", self.device_id, medium.name, medium.bandwidth_mbit)
         bus.subscribe(WATCHER_STATE.filter)  # after the probe (it reads past other events): retained states reach us
         self._announce()
         worker = threading.Thread(target=self.worker.run, name=f"{self.device_id}-worker", daemon=True)
@@ -235,9 +233,8 @@ class DeviceAgent:
             return
         self.heap.arrived(len(event.payload), time.perf_counter())
         try:
-            message = self.reassembler.feed(
-                event.topic, event.payload, rows_allowance(self.store, self.device_id, event.topic)
-            )
+            allowance = rows_allowance(self.store, self.device_id, event.topic)
+            message = self.reassembler.feed(event.topic, event.payload, allowance)
         except WireError as exc:
             self._warn(event.topic.rsplit("/", 1)[0], "rejected message on %s: %s", event.topic, exc)
             return

@@ -55,8 +55,12 @@ class Bidder:
         return self._pricing[1]
 
     def book(self, program: ValidProgram) -> None:
-        """A program's steps, by index, with the seconds we predict for each."""
-        steps = {i: self._seconds(program, step, self.profile) for i, step in enumerate(program.message.steps)}
+        """A program's steps, by index, with the seconds we predict for each on the profile we announce."""
+        costs, profile = program.held.row_model(*program.message.input_hw), self.profile
+        steps: dict[int, float] = {}
+        for i, step in enumerate(program.message.steps):
+            rows = step.out_region.rows
+            steps[i] = costs.compute_seconds(profile, step.block, np.array([rows.start]), np.array([rows.stop])).item()
         with self._lock:
             self._booked[program.message.request] = steps
 
@@ -68,12 +72,6 @@ class Bidder:
                 left.pop(step, None)
                 if left:
                     self._booked[request] = left
-
-    @staticmethod
-    def _seconds(program: ValidProgram, step: ProgramStep, profile: DeviceProfile) -> float:
-        """Our own estimate of computing a step on ``profile``."""
-        costs, rows = program.held.row_model(*program.message.input_hw), step.out_region.rows
-        return float(costs.compute_seconds(profile, step.block, np.array([rows.start]), np.array([rows.stop]))[0])
 
     def learn(self, program: ValidProgram, step: ProgramStep, measured_s: float) -> bool:
         """Compare a step's compute time with the boot profile's price of its exact ops (the

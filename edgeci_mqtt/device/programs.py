@@ -108,11 +108,6 @@ def _check_step(index: int, message: ProgramMessage, device: str, held: HeldMode
             raise WireError(f"{where}: cannot send {send.region} of {step.out_region} to {send.to}")
 
 
-def _rows_bytes(held: HeldModel, rows: int) -> int:
-    """Weights and biases of this many rows of the tail's first layer."""
-    return rows * (held.chain.tail_parts.first.in_features + 1) * 4
-
-
 def _check_tail(
     message: ProgramMessage, device: str, held: HeldModel, shapes: list[FeatureShape], budget: int | None
 ) -> None:
@@ -120,17 +115,17 @@ def _check_tail(
     name are within the first layer's; slices cut the features in order; the weights fit
     the budget the device announced."""
     parts, prepare, tail, finish = held.chain.tail_parts, message.prepare, message.tail, message.finish
+    row_bytes = (parts.first.in_features + 1) * 4  # weights and bias of one row of the first layer
     if held.loaded is not None and (prepare is not None or tail is not None or finish is not None):
         raise WireError(f"{device} fetches stage weights only: it has none for the tail, nor makes any")
     if prepare is not None:
         if any(run.stop > parts.features for run in prepare.first):
             raise WireError(f"tail rows {prepare.first} to make are beyond the first layer's {parts.features}")
-        wanted = _rows_bytes(held, sum(run.size for run in prepare.first))
+        wanted = row_bytes * sum(run.size for run in prepare.first)
         if budget is not None and wanted > budget:
             raise WireError(f"the {wanted} B of tail rows to make exceed the {budget} B {device} announced")
     if budget is not None and (tail is not None or finish is not None):
-        rows = 0 if tail is None else parts.features if tail.features is None else tail.features.size
-        used = _rows_bytes(held, rows)
+        used = row_bytes * (0 if tail is None else parts.features if tail.features is None else tail.features.size)
         if finish is not None or (tail is not None and tail.features is None):  # the layers after the first too
             used += sum(p.numel() * p.element_size() for p in parts.rest.parameters())
         if used > budget:
@@ -178,13 +173,12 @@ def validate_program(
     if message.input is not None and message.input_region is not None:
         if message.input_boundary >= len(shapes):
             raise WireError(f"{where}: boundary {message.input_boundary} is beyond the model")
-        shape, region = shapes[message.input_boundary], message.input_region
+        shape, region, rows = shapes[message.input_boundary], message.input_region, message.input
         if not TileRegion.whole(shape.height, shape.width).contains(region):
             raise WireError(f"{where}: the rows carried, {region}, are outside the {shape} map")
         expected = (1, shape.channels, region.height, region.width)
-        if message.input.shape != expected or message.input.dtype != np.float32:
-            carried = f"{message.input.dtype}{list(message.input.shape)}"
-            raise WireError(f"{where}: rows carried are {carried}, not {expected}")
+        if rows.shape != expected or rows.dtype != np.float32:
+            raise WireError(f"{where}: rows carried are {rows.dtype}{list(rows.shape)}, not {expected}")
     try:
         for index in range(len(message.steps)):
             _check_step(index, message, device, held, shapes)
@@ -201,20 +195,18 @@ def validate_program(
 def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
     """Compute one work item from its assembled input: a block's output tile, the tail's
     part (a slice of the first layer, or the logits), or the tail's finish (the logits)."""
-    item, program = ready.item, ready.context
+    item, shapes, held = ready.item, ready.context.shapes, ready.context.held
     tile = torch.from_numpy(ready.tile)
     with torch.inference_mode():
         if isinstance(item, ProgramStep):
-            out = run_block_tile(
-                program.held.chain.kernels, program.shapes, item.block, tile, input_hull(item), item.out_region
-            )
+            out = run_block_tile(held.chain.kernels, shapes, item.block, tile, input_hull(item), item.out_region)
         elif isinstance(item, TailRole) and item.features is not None:
-            out = program.held.tail_part(tile, item.features)
+            out = held.tail_part(tile, item.features)
         elif isinstance(item, TailRole):
-            out = program.held.tail_whole(tile)
+            out = held.tail_whole(tile)
         else:
-            program.held.make_rest()
-            out = program.held.chain.tail_parts.finish(tile)
+            held.make_rest()
+            out = held.chain.tail_parts.finish(tile)
     return out.contiguous().numpy()
 
 

@@ -140,14 +140,6 @@ class HeldProgram(Generic[C]):
         self.pieces.pop(Go(boundary), None)
         return tile
 
-    def progress(self) -> tuple[int, tuple[str, ...]]:
-        """The first item not run, and the senders whose pieces it still lacks (a go behind
-        a barrier counts as the orchestrator's; an item taken and not finished has its input)."""
-        if self.running is not None or self.next >= len(self.items):
-            return (self.next if self.running is None else self.running), ()
-        missing = {k for k in self.needs(self.items[self.next]) if k not in self.pieces}
-        return self.next, tuple(sorted({self.message.orchestrator if isinstance(k, Go) else k.source for k in missing}))
-
     def keep(self, index: int, output: Tile) -> None:
         """Keep what of item ``index``'s output our later items read (rows of a block's
         output, our own slice of the tail)."""
@@ -229,14 +221,20 @@ class FlowStore(Generic[C]):
             return self._ended[request][0] if request in self._ended else None
 
     def progress(self, request: str) -> tuple[int, tuple[str, ...]] | None:
-        """How far the request got here (:meth:`HeldProgram.progress`); ``(-1, ())`` if its program
-        never came; None if it ended here other than done (whoever ended it knows why)."""
+        """How far the request got here: the first item not run, and the senders whose pieces it
+        still lacks (a go behind a barrier counts as the orchestrator's; an item taken and not
+        finished has its input); ``(-1, ())`` if its program never came; None if it ended here
+        other than done (whoever ended it knows why)."""
         with self._lock:
             entry = self._programs.get(request)
             if entry is None:
                 why, run = self._ended.get(request, ("", -1))
                 return (run, ()) if why in ("", "done") else None
-            return entry.progress()
+            if entry.running is not None or entry.next >= len(entry.items):
+                return (entry.next if entry.running is None else entry.running), ()
+            missing = [k for k in entry.needs(entry.items[entry.next]) if k not in entry.pieces]
+            senders = {entry.message.orchestrator if isinstance(k, Go) else k.source for k in missing}
+            return entry.next, tuple(sorted(senders))
 
     def holding_room(self, sender: str) -> int:
         """Bytes more that rows from ``sender`` for requests whose program has not arrived may take."""

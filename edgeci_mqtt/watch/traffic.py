@@ -78,9 +78,7 @@ def data_topic(topic: str) -> tuple[TopicPattern, dict[str, str]] | None:
 
 def summarise(array: NDArray[Any] | None) -> TensorSummary | None:
     """A tensor as the watcher may see it: dtype, shape and bytes, not one of its numbers."""
-    if array is None:
-        return None
-    return TensorSummary(str(array.dtype), tuple(int(n) for n in array.shape), int(array.nbytes))
+    return None if array is None else TensorSummary(str(array.dtype), tuple(map(int, array.shape)), int(array.nbytes))
 
 
 def size_text(n: int) -> str:
@@ -273,8 +271,7 @@ class TrafficReporter:
             return False
         self._watchers = {w: since for w, since in self._watchers.items() if now - since <= WATCHER_TTL_S}
         if not self._watchers:
-            self._records.clear()
-            self._dropped = 0
+            self._records, self._dropped = [], 0
         return bool(self._watchers)
 
     def note(self, topic: str, message: Message, size: int, now: float) -> None:
@@ -305,8 +302,7 @@ class TrafficReporter:
             return None
         records = tuple(replace(record, before_s=_seconds(now - at)) for at, record in self._records)
         batch = TrafficMessage(self.sender, records, self._dropped)
-        self._records.clear()
-        self._dropped = 0
+        self._records, self._dropped = [], 0
         return batch
 
 

@@ -140,9 +140,8 @@ class TrafficView:
         """The device table: who is online and what it is doing."""
         lines = [f"{len(self.devices)} device(s) online"]
         for name, state in sorted(self.devices.items()):
-            link = state.link
             doing = f"busy: program {self.in_flight[name][0]}" if name in self.in_flight else "idle"
-            speed = f"{link.bandwidth_mbit:7.0f} Mbit/s {link.latency_ms:6.2f} ms" if link else "?"
+            speed = f"{state.link.bandwidth_mbit:7.0f} Mbit/s {state.link.latency_ms:6.2f} ms" if state.link else "?"
             lines.append(f"  {name:12s} {speed}  {doing}")
         return "\n".join(lines)
 
@@ -151,7 +150,7 @@ def device_states(
     bus: Bus,
     enough: Callable[[dict[str, DeviceStateMessage]], bool],
     timeout: float,
-    check: Callable[[], None] | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> dict[str, DeviceStateMessage]:
     """The online devices' retained states, read from ``bus`` until ``enough`` of them are
     there or ``timeout`` passes; ``check`` may raise to give up early (a process died)."""
@@ -160,8 +159,7 @@ def device_states(
     view = TrafficView()  # its device table is what the states say
     try:
         for event in events_until(bus, deadline=time.perf_counter() + timeout, poll_s=0.5):
-            if check is not None:
-                check()
+            check()
             if isinstance(event, Inbound):
                 view.feed(event.topic, event.payload, time.monotonic())
             if enough(view.devices):
