@@ -63,7 +63,7 @@ class Holdings:
         self.maps: dict[int, Map] = {0: np.ascontiguousarray(image, dtype=np.float32)}
         self.answers: dict[Answer, Map] = {}
 
-    def _whole(self, boundary: int) -> TileRegion:
+    def whole(self, boundary: int) -> TileRegion:
         shape = self.shapes[boundary]
         return TileRegion.whole(shape.height, shape.width)
 
@@ -72,12 +72,12 @@ class Holdings:
         if boundary not in self.maps:
             shape = self.shapes[boundary]
             self.maps[boundary] = np.empty((1, shape.channels, shape.height, shape.width), dtype=np.float32)
-        rows, cols = region.within(self._whole(boundary))
+        rows, cols = region.within(self.whole(boundary))
         self.maps[boundary][:, :, rows, cols] = tile
 
     def cut(self, boundary: int, region: TileRegion) -> Map:
         """``region`` of a map held whole, as a contiguous array to send."""
-        rows, cols = region.within(self._whole(boundary))
+        rows, cols = region.within(self.whole(boundary))
         return np.ascontiguousarray(self.maps[boundary][:, :, rows, cols])
 
     def forget_after(self, boundary: int) -> None:
@@ -87,7 +87,7 @@ class Holdings:
 
     def compute(self, chain: StageChain, block: FusedBlock) -> None:
         """Run ``block`` here on the whole map at its start (DeepThings' gateway layers)."""
-        whole_in, whole_out = self._whole(block.start), self._whole(block.stop)
+        whole_in, whole_out = self.whole(block.start), self.whole(block.stop)
         with torch.inference_mode():
             out = run_block_tile(
                 chain.kernels, list(self.shapes), block, torch.from_numpy(self.maps[block.start]), whole_in, whole_out
@@ -200,8 +200,7 @@ class AttemptEdge:
                 run.spent("merge", started, action.sender, None, action.region)
             elif isinstance(action, act.Compute):  # on the whole map held here; the attempt hears it is done
                 self.holdings.compute(run.held.chain, action.block)
-                shape = run.shapes[action.block.stop]
-                run.spent("gateway", started, "", action.block, TileRegion.whole(shape.height, shape.width))
+                run.spent("gateway", started, "", action.block, self.holdings.whole(action.block.stop))
                 pending.extendleft(reversed(self.machine.handle(Computed(action.block.stop, time.perf_counter()))))
             elif isinstance(action, act.Go):
                 for device in action.devices:
@@ -225,7 +224,7 @@ class AttemptEdge:
     def _send_program(self, action: act.SendProgram) -> None:
         run, work, started = self.run, action.work, time.perf_counter()
         if action.program != self.machine.program:  # a pulled tile: its own id, answered into our box
-            run.mail.alias(action.program, self.box)
+            run.mail.results[action.program] = self.box
             for step in work.steps:
                 run.setup.prepare(action.device, step.block)
         message = program_message(
@@ -241,8 +240,7 @@ class AttemptEdge:
         self._tell(action.device, message)
         self.out.add((action.program, action.device))
         run.used.add(action.device)
-        only = work.steps[0] if len(work.steps) == 1 else None
-        block, region = (only.block, only.out_region) if only else (None, None)
+        block, region = (work.steps[0].block, work.steps[0].out_region) if len(work.steps) == 1 else (None, None)
         run.spent("prepare", started, action.device, block, region)
 
     def release(self, programs: Sequence[tuple[str, str]], why: str, report: bool = False) -> None:

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,21 +34,12 @@ from edgeci_mqtt.planner.flow import flow_blocks
 from edgeci_mqtt.planner.overlap import overlapped
 from edgeci_mqtt.planner.plan import BlockPlan, Plan
 from edgeci_mqtt.planner.tail import TailWork, placement_making_seconds
-from edgeci_mqtt.wire import (
-    AUCTION_AWARD,
-    AUCTION_CALL,
-    AuctionLot,
-    AwardMessage,
-    AwardRun,
-    BidMessage,
-    CallMessage,
-    Message,
-)
+from edgeci_mqtt.wire import AUCTION_AWARD, AUCTION_CALL, AuctionLot, AwardMessage, AwardRun, BidMessage, CallMessage
 
 if TYPE_CHECKING:
     from edgeci_mqtt.orchestrator.run import Run
 
-__all__ = ["COOL_S", "MAX_COOL_S", "Auctioneer", "Round", "Silence", "flow_plan", "gather_plan"]
+__all__ = ["COOL_S", "MAX_COOL_S", "Round", "Silence", "flow_plan", "gather_plan"]
 
 log = logging.getLogger("edgeci.orchestrator")
 
@@ -120,97 +111,67 @@ class Silence:
         log.info("device %s bids again", device)
 
 
-class Auctioneer:
-    """Holds rounds for one model and input size; ``bid_boxes`` is where the dispatcher drops
-    bids by round id."""
+def _rounds(run: Run, lots: Sequence[AuctionLot], views: list[DeviceView], flow: bool) -> list[Round]:
+    """Every lot in one call, to every device of ``views``; one round per lot back (the
+    dispatcher drops bids in ``run.mail.bids`` by round id).
 
-    def __init__(
-        self,
-        orchestrator: str,
-        model: str,
-        input_hw: tuple[int, int],
-        publish: Callable[[str, Message], None],
-        bid_boxes: dict[str, queue.Queue[BidMessage]],
-        window_s: float,
-        silence: Silence,
-    ) -> None:
-        self.orchestrator, self.model, self.input_hw = orchestrator, model, input_hw
-        self.publish, self.bid_boxes, self.window_s, self.silence = publish, bid_boxes, window_s, silence
+    The call waits, until the window closes, for the bids of the candidates the plan
+    expects to win work (its devices; all of them if it expects none) but not of the
+    silent ones; bids that others have sent by then count as well. An awaited device
+    that has not bid by then is silent. Waiting for a device the plan leaves idle would
+    cost every inference its slowest bidder's reply time for a bid that almost never
+    wins (docs/RUNTIME.md, one inference).
+    """
+    candidates, silence, window_s = {v.name for v in views}, run.mail.silence, run.services.auction_s
+    if not candidates:
+        raise PlanningError("no capable device remains for this inference")
+    awaited = (set(run.plan.devices) & candidates) or candidates
+    awaited = (awaited - silence.unreliable(time.perf_counter())) or awaited  # all silent: them or nobody
+    round_id = uuid.uuid4().hex[:12]
+    box: queue.Queue[BidMessage] = queue.Queue()
+    received: list[dict[str, Bid]] = [{} for _ in lots]
+    counts = [len(lot.items) for lot in lots]
+    deadline = time.perf_counter() + window_s
+    model, sharing = run.held.chain.model_name, media_sharing(views)
+    call = CallMessage(round_id, run.orchestrator, model, run.input_hw, tuple(lots), window_s, flow, sharing)
+    run.mail.bids[round_id] = box
+    try:
+        run.services.publish(AUCTION_CALL.build(round=round_id), call)
+        answered: set[str] = set()
+        while awaited - answered and (remaining := deadline - time.perf_counter()) > 0:
+            try:
+                message = box.get(timeout=remaining)
+            except queue.Empty:
+                break
+            answered |= _take_bid(message, counts, candidates, received)
+        for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
+            answered |= _take_bid(box.get_nowait(), counts, candidates, received)
+        silence.missed(awaited - answered)
+    finally:
+        run.mail.bids.pop(round_id, None)
+    return [Round(round_id, lot, bids) for lot, bids in enumerate(received)]
 
-    def rounds(
-        self,
-        lots: Sequence[AuctionLot],
-        candidates: set[str],
-        planned: set[str],
-        flow: bool = False,
-        sharing: Mapping[str, int] | None = None,
-    ) -> list[Round]:
-        """Every lot in one call, to every candidate; one round per lot back.
 
-        The call waits, until the window closes, for the bids of the candidates the plan
-        expects to win work (``planned``; all of them if it expects none) but not of the
-        silent ones; bids that others have sent by then count as well. An awaited device
-        that has not bid by then is silent. Waiting for a device the plan leaves idle would
-        cost every inference its slowest bidder's reply time for a bid that almost never
-        wins (docs/RUNTIME.md, one inference).
-        """
-        if not candidates:
-            raise PlanningError("no capable device remains for this inference")
-        awaited = (planned & candidates) or candidates
-        awaited = (awaited - self.silence.unreliable(time.perf_counter())) or awaited  # all silent: them or nobody
-        round_id = uuid.uuid4().hex[:12]
-        box: queue.Queue[BidMessage] = queue.Queue()
-        received: list[dict[str, Bid]] = [{} for _ in lots]
-        counts = [len(lot.items) for lot in lots]
-        deadline = time.perf_counter() + self.window_s
-        self.bid_boxes[round_id] = box
-        try:
-            call = CallMessage(
-                round_id,
-                self.orchestrator,
-                self.model,
-                self.input_hw,
-                tuple(lots),
-                self.window_s,
-                flow,
-                dict(sharing or {}),
-            )
-            self.publish(AUCTION_CALL.build(round=round_id), call)
-            answered: set[str] = set()
-            while awaited - answered and (remaining := deadline - time.perf_counter()) > 0:
-                try:
-                    message = box.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                answered |= self._take_bid(message, counts, candidates, received)
-            for _ in range(box.qsize()):  # what others sent by now counts too; wait for nothing more
-                answered |= self._take_bid(box.get_nowait(), counts, candidates, received)
-            self.silence.missed(awaited - answered)
-        finally:
-            self.bid_boxes.pop(round_id, None)
-        return [Round(round_id, lot, bids) for lot, bids in enumerate(received)]
+def _announce(run: Run, held: Round, won: Award) -> None:
+    """Publish who won what (watchers see it)."""
+    runs = tuple(AwardRun(d, s) for d, s in won.runs)
+    run.services.publish(AUCTION_AWARD.build(round=held.id), AwardMessage(held.id, held.lot, runs))
 
-    def announce(self, held: Round, won: Award) -> None:
-        """Publish who won what (watchers see it)."""
-        runs = tuple(AwardRun(d, s) for d, s in won.runs)
-        self.publish(AUCTION_AWARD.build(round=held.id), AwardMessage(held.id, held.lot, runs))
 
-    def _take_bid(
-        self, message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]
-    ) -> set[str]:
-        """Count a bid (its prices are finite and in range: the wire checked) if it prices every
-        item of every lot and comes from a candidate; the device, if counted."""
-        shapes = [(len(p.alone_s), len(p.extend_s)) for p in message.lots]
-        if shapes != [(c, c) for c in counts]:  # counts: from our own call, short
-            log.warning(
-                "bid from %s prices %s items where the call has %s: ignored", message.device, shapes[:8], counts[:8]
-            )
-            return set()
-        if message.device not in candidates:
-            return set()
-        for bids, prices in zip(into, message.lots, strict=True):
-            bids[message.device] = Bid(message.device, message.queue_s, prices.alone_s, prices.extend_s)
-        return {message.device}
+def _take_bid(message: BidMessage, counts: list[int], candidates: set[str], into: list[dict[str, Bid]]) -> set[str]:
+    """Count a bid (its prices are finite and in range: the wire checked) if it prices every
+    item of every lot and comes from a candidate; the device, if counted."""
+    shapes = [(len(p.alone_s), len(p.extend_s)) for p in message.lots]
+    if shapes != [(c, c) for c in counts]:  # counts: from our own call, short
+        log.warning(
+            "bid from %s prices %s items where the call has %s: ignored", message.device, shapes[:8], counts[:8]
+        )
+        return set()
+    if message.device not in candidates:
+        return set()
+    for bids, prices in zip(into, message.lots, strict=True):
+        bids[message.device] = Bid(message.device, message.queue_s, prices.alone_s, prices.extend_s)
+    return {message.device}
 
 
 # Remembered: an award depends on the bids (and the cluster) only, and idle devices bid the
@@ -223,7 +184,7 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     """Every block's round at once, then the flow awards in block order."""
     started, plan = time.perf_counter(), run.plan
     lots = [AuctionLot(b.block, auction_items(run.shapes[b.block.stop])) for b in plan.blocks]
-    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), True, media_sharing(views))
+    rounds = _rounds(run, lots, views, flow=True)
     views = [v for v in views if v.name not in run.mail.silence] or views  # found silent now: no tail either
     env = Environment(tuple(views), run.services.profile, run.services.broker_link)
     chain, costs = run.held.spec(*run.input_hw), run.held.row_model(*run.input_hw)
@@ -244,7 +205,7 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
     if plan.overlap or plan.bands:
         blocks = overlapped(chain, costs, env, blocks, halo=plan.overlap, bands=plan.bands)
     for held_round, won in zip(rounds, awards, strict=True):
-        run.auctioneer.announce(held_round, won)
+        _announce(run, held_round, won)
     run.spent("auction", started, f"{len(lots)} rounds")
     # the plan's prediction, and the tail weights its devices must make
     making = placement_making_seconds(env, TailWork.of(chain.tail_work), tail) if place else 0.0
@@ -255,21 +216,20 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
 def gather_plan(run: Run, views: list[DeviceView], start: int, auction: bool) -> Plan:
     """The plan's blocks from boundary ``start`` that run on devices, auctioned among
     ``views`` if ``auction`` (one round each, held at once), the others as planned."""
-    plan = run.plan
+    plan, blocks = run.plan, list(run.plan.blocks)
     static = [
         k
-        for k, b in enumerate(plan.blocks)
+        for k, b in enumerate(blocks)
         if b.block.start >= start and b.placement == "devices" and b.dispatch == "static"
     ]
     if not auction or not static:
         return plan
     started = time.perf_counter()
-    lots = [AuctionLot(plan.blocks[k].block, auction_items(run.shapes[plan.blocks[k].block.stop])) for k in static]
-    rounds = run.auctioneer.rounds(lots, {v.name for v in views}, set(plan.devices), False, media_sharing(views))
-    blocks = list(plan.blocks)
+    lots = [AuctionLot(blocks[k].block, auction_items(run.shapes[blocks[k].block.stop])) for k in static]
+    rounds = _rounds(run, lots, views, flow=False)
     for k, lot, held_round in zip(static, lots, rounds, strict=True):
         won = _award(held_round.ordered(), len(lot.items))
-        run.auctioneer.announce(held_round, won)
+        _announce(run, held_round, won)
         blocks[k] = BlockPlan(lot.block, award_tasks(run.held.chain.stages, run.shapes, lot.block, lot.items, won))
     answered = min(len(r.bids) for r in rounds)
     run.spent("auction", started, f"{len(rounds)} rounds, >= {answered} bids")

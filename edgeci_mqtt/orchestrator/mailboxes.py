@@ -119,7 +119,7 @@ class Mailboxes:
 
     @contextlib.contextmanager
     def open(self, program: str) -> Iterator[Box]:
-        """A box for ``program`` (and the programs :meth:`alias`\\ ed to it) while it runs."""
+        """A box for ``program`` while it runs (and for each pulled tile's program put in ``results`` with it)."""
         box: Box = queue.Queue()
         self.results[program] = box
         try:
@@ -127,10 +127,6 @@ class Mailboxes:
         finally:
             for name in [n for n, b in self.results.items() if b is box]:
                 del self.results[name]
-
-    def alias(self, program: str, box: Box) -> None:
-        """Messages for ``program`` go to ``box`` as well (a pulled tile's own program)."""
-        self.results[program] = box
 
     def unexpected(self, result: dict[str, str] | None, bid: dict[str, str] | None) -> bool:
         """A result for a program not in flight here, or a bid for a round not open (from a

@@ -128,14 +128,12 @@ def _tail_roles(
     if tail.on_orchestrator:
         return {}, None, frozenset()
     final = plan.blocks[last].tasks
+    pieces = tuple(StepInput(t.out_region, _name(t.output, orchestrator)) for t in final)
+    parts, roles = dict(tail.parts), {}
     for reader in tail.readers:
         for i, task in enumerate(final):
             if task.output != reader:
                 sends.setdefault((last, i), []).append(StepSend(task.out_region, _name(reader, orchestrator)))
-    pieces = tuple(StepInput(t.out_region, _name(t.output, orchestrator)) for t in final)
-    parts = dict(tail.parts)
-    roles = {}
-    for reader in tail.readers:
         to = _name(tail.finisher, orchestrator) if reader in parts else orchestrator
         roles[reader] = TailRole(pieces, to, parts.get(reader))
     if not tail.parts:

@@ -25,7 +25,7 @@ from edgeci_mqtt.models.held import HeldModel
 from edgeci_mqtt.orchestrator.actions import Finish, Restart
 from edgeci_mqtt.orchestrator.attempt import NO_DEVICE, Attempt, Begin
 from edgeci_mqtt.orchestrator.attempt_edge import AttemptEdge, Holdings
-from edgeci_mqtt.orchestrator.auction import Auctioneer, flow_plan, gather_plan
+from edgeci_mqtt.orchestrator.auction import flow_plan, gather_plan
 from edgeci_mqtt.orchestrator.mailboxes import Mailboxes
 from edgeci_mqtt.orchestrator.penalties import Penalties
 from edgeci_mqtt.orchestrator.programs import Compiled, compile_plan
@@ -84,9 +84,6 @@ class Timings:
         name = "scatter_s" if kind == "prepare" else f"{kind}_s"
         setattr(self, name, getattr(self, name) + seconds)
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items()}
-
 
 @dataclass(frozen=True)
 class RunServices:
@@ -142,15 +139,6 @@ class Run:
         self.orchestrator, self.mail = self.services.orchestrator, self.services.mail
         self.request, self.held, self.plan, self.shapes = setup.request, setup.held, setup.plan, setup.shapes
         self.input_hw = (self.shapes[0].height, self.shapes[0].width)
-        self.auctioneer = Auctioneer(
-            self.orchestrator,
-            self.held.chain.model_name,
-            self.input_hw,
-            self.services.publish,
-            self.mail.bids,
-            self.services.auction_s,
-            self.mail.silence,
-        )
         self.timings = Timings()
         self.failed: set[str] = set()
         self.used: set[str] = set()
@@ -226,8 +214,7 @@ class Run:
             return self.setup.replan(views)
         if self.plan.strategy.keeps_rows:
             return flow_plan(self, views)
-        names = {v.name for v in views}
-        stale = any(d not in names for d in self.plan.devices)
+        stale = not set(self.plan.devices) <= {v.name for v in views}
         return gather_plan(self, views, start, auction=self.plan.auctioned or attempt > 1 or stale)
 
     # ------------------------------------------------------------ one attempt
@@ -239,8 +226,7 @@ class Run:
         except PlanningError as exc:
             raise InferenceError(f"the plan cannot run: {exc}") from exc
         self.used |= set(work.programs)
-        expected = plan.predicted_s + self.setup.backlog_s
-        allowed = allowance(expected, self.services.min_allowance_s, late)
+        allowed = allowance(plan.predicted_s + self.setup.backlog_s, self.services.min_allowance_s, late)
         started = time.perf_counter()
         machine = Attempt(
             work,

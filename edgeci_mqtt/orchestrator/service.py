@@ -312,7 +312,7 @@ def _response(
 ) -> ResponseMessage:
     """The answer of a request served by ``run``, with where its time went."""
     message = request.message
-    timings = run.timings.as_dict()
+    timings = {k: float(v) for k, v in vars(run.timings).items()}
     timings["whole_request"] = float(mode == "whole")
     timings["total_s"] = time.perf_counter() - request.received
     devices = tuple(sorted(run.used))
