@@ -28,6 +28,8 @@ pytestmark = pytest.mark.pure
 
 RELU_RATE = 20e9  # bytes/s of flat_profile's elementwise ops
 OVERHEAD = 1e-5
+INTAKE = MESSAGE_OPS * OVERHEAD + 2 * 4 / RELU_RATE
+"""The orchestrator's CPU for a request whose image is one float32 (a hand-made plan's)."""
 
 
 def relu_work(seconds: float) -> tuple[OpWork, ...]:
@@ -55,21 +57,28 @@ def test_one_task_timeline_is_exact() -> None:
     env = Environment((view,), flat_profile(), Link(80.0, 0.5))  # 1e7 B/s, 0.5 ms
     plan = one_block_plan([gathered("a", 0, 1000, 500)], tail_s=0.02)
     result = simulate(plan, env, lambda block, region: relu_work(0.01))
-    prepare = 2 * 1000 / RELU_RATE
-    down = prepare + (1000 + 256) / 1e6 + 1.5e-3  # the device link is the slower hop
+    message = MESSAGE_OPS * OVERHEAD  # each end of every message: packing it, unpacking it
+    prepare = INTAKE + 2 * 1000 / RELU_RATE + message  # the request in, its 1x1x1 float32 image copied out
+    down = prepare + (1000 + 256) / 1e6 + 1.5e-3 + message  # the device link is the slower hop
     computed = down + OVERHEAD + 0.01
-    up = computed + (500 + 256) / 1e6 + 1.5e-3
+    up = computed + message + (500 + 256) / 1e6 + 1.5e-3 + message
     merged = up + 2 * 500 / RELU_RATE
     assert result.block_ends_s == pytest.approx((merged,), rel=1e-12)
-    assert result.makespan_s == pytest.approx(merged + OVERHEAD + 0.02, rel=1e-12)
+    assert result.makespan_s == pytest.approx(merged + OVERHEAD + 0.02 + message, rel=1e-12)
     kinds = [(i.resource, i.kind) for i in result.timeline]
     assert kinds == [
+        (ORCHESTRATOR, "intake"),
         (ORCHESTRATOR, "prepare"),
+        (ORCHESTRATOR, "encode"),
         ("a", "receive"),
+        ("a", "decode"),
         ("a", "compute"),
+        ("a", "encode"),
         ("a", "send"),
+        (ORCHESTRATOR, "decode"),
         (ORCHESTRATOR, "merge"),
         (ORCHESTRATOR, "tail"),
+        (ORCHESTRATOR, "answer"),
     ]
 
 
@@ -86,7 +95,7 @@ def test_an_auctioned_plan_first_waits_for_every_bid() -> None:
     call = (200 + 256) / 1e8 + (200 + 256) / 1e6 + 10e-3  # behind the fast call on the broker link
     bids = AUCTION_ROUND_OPS * OVERHEAD
     back = (2 * 20 + 256) / 1e6 + 10e-3  # two items (rows), priced twice each
-    awarded = call + bids + back + AWARD_OPS_PER_BID * 2 * OVERHEAD
+    awarded = INTAKE + call + bids + back + AWARD_OPS_PER_BID * 2 * OVERHEAD  # the calls go once the request is in
     auction = [i for i in result.timeline if i.kind == "auction"]
     assert {i.resource for i in auction} == {ORCHESTRATOR, "fast", "slow"}
     assert max(i.end for i in auction) == pytest.approx(awarded, rel=1e-9)
@@ -140,7 +149,8 @@ def test_a_shared_medium_is_one_more_hop_its_devices_share() -> None:
     assert first.end - first.start == pytest.approx(1e-3, rel=1e-3)
     assert second.end == pytest.approx(first.end + 1e-3, rel=1e-3)  # queued behind the first on the medium
     assert receive["c"].end - receive["c"].start == pytest.approx(1e-3, rel=1e-3)
-    assert receive["c"].end < second.end
+    sent = next(i for i in result.timeline if i.resource == ORCHESTRATOR and i.kind == "encode" and i.region == tile(2))
+    assert receive["c"].start == pytest.approx(sent.end)  # not queued behind a and b
 
 
 def test_pulled_tiles_go_to_whoever_is_idle() -> None:
@@ -160,8 +170,8 @@ def test_orchestrator_blocks_run_on_the_orchestrator() -> None:
     block = BlockPlan(FusedBlock(0, 1), (gathered("", 0, 0, 0),), placement="orchestrator")
     plan = Plan(strategy=GATHERED, model="none", input_shape=FeatureShape(1, 1, 1), blocks=(block,), tail_work=())
     result = simulate(plan, env, lambda b, r: relu_work(0.5))
-    assert [i.kind for i in result.timeline] == ["gateway", "tail"]
-    assert result.makespan_s == pytest.approx(0.5 + OVERHEAD)  # no tail work
+    assert [i.kind for i in result.timeline] == ["intake", "gateway", "tail", "answer"]
+    assert result.makespan_s == pytest.approx(INTAKE + 0.5 + OVERHEAD + MESSAGE_OPS * OVERHEAD)  # no tail work
 
 
 def test_a_one_device_cluster_prices_every_strategy_alike(chains: dict[str, StageChain]) -> None:
@@ -214,7 +224,7 @@ def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
     compute = {(i.resource, i.block): i for i in result.timeline if i.kind == "compute"}
     a0, a1, b0, b1 = compute["a", first], compute["a", second], compute["b", first], compute["b", second]
     cpu = MESSAGE_OPS * flat_profile().op_overhead_s  # a message's CPU on each end
-    encode = next(i for i in result.timeline if i.resource == "a" and i.kind == "encode")
+    encode = next(i for i in result.timeline if i.resource == "a" and i.kind == "encode" and i.block == second)
     assert (encode.start, encode.end) == (a0.end, pytest.approx(a0.end + cpu, rel=1e-12))  # rows out first
     assert a1.start == encode.end < 0.1 < b0.end  # then a's own row: no transfer, no waiting for b
     send = next(i for i in result.timeline if i.resource == "a" and i.kind == "send" and i.block == second)
@@ -223,14 +233,14 @@ def test_tasks_fed_by_devices_start_when_their_own_inputs_are_ready() -> None:
     assert (send.start, send.note, receive.note) == (encode.end, "to b", "from a")
     assert send.end == pytest.approx(encode.end + message, rel=1e-12)
     assert receive.start == pytest.approx(send.end + 1.5e-3, rel=1e-12)  # stored at the broker, then sent on
-    decode = next(i for i in result.timeline if i.resource == "b" and i.kind == "decode")
+    decode = next(i for i in result.timeline if i.resource == "b" and i.kind == "decode" and i.block == second)
     assert decode.start == b0.end > receive.end + 1.5e-3  # b's CPU was busy with its own slow row
     assert b1.start == decode.end  # b waits for its own slow row, not for a barrier
     merges = [i for i in result.timeline if i.kind == "merge"]
     assert [(i.block, i.region) for i in merges] == [(second, tile(0)), (second, tile(1))]  # block 0 stays put
     assert not any(i.kind == "prepare" and i.block == second for i in result.timeline)
     assert result.block_ends_s == (b0.end, merges[-1].end)
-    assert result.makespan_s == merges[-1].end  # then the (empty) tail
+    assert result.makespan_s == pytest.approx(merges[-1].end + cpu, rel=1e-12)  # the (empty) tail, the answer
 
 
 def test_the_image_goes_out_in_bands_and_each_device_starts_on_its_upper_one() -> None:

@@ -312,8 +312,14 @@ def handoff_seconds(view: DeviceView) -> float:
 
 
 def message_seconds(profile: DeviceProfile) -> float:
-    """CPU one device-to-device message costs a device with ``profile``, to send or to receive."""
+    """CPU one message costs a device (or the orchestrator) with ``profile``, to send or to receive."""
     return MESSAGE_OPS * profile.op_overhead_s
+
+
+def intake_seconds(orchestrator: DeviceProfile, image_bytes: float) -> float:
+    """The orchestrator's CPU for taking a request in, whatever serves it: its message, and
+    its image copied out of it. Its answer out is one message more."""
+    return message_seconds(orchestrator) + 2 * image_bytes / orchestrator.rates["relu"]
 
 
 def link_seconds(view: DeviceView, moved: Ints) -> Floats:

@@ -31,11 +31,11 @@ from edgeci_mqtt.core.blocks import FusedBlock, TileGrid
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
 from edgeci_mqtt.core.residual import ResidualStage
-from edgeci_mqtt.core.stages import AvgPoolStage, ConvStage, MaxPoolStage, Stage
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, AvgPoolStage, ConvStage, MaxPoolStage, Stage
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
-from edgeci_mqtt.planner.costs import RowModel, link_seconds, make_task
+from edgeci_mqtt.planner.costs import RowModel, intake_seconds, link_seconds, make_task, message_seconds
 from edgeci_mqtt.planner.dpfl import BlockEstimator, best_segmentation
 from edgeci_mqtt.planner.environment import MESSAGE_OVERHEAD_BYTES, DeviceView, Environment
 from edgeci_mqtt.planner.flow import flow_block, flow_blocks
@@ -88,6 +88,14 @@ class PlanningContext:
 
     def task(self, block: FusedBlock, out_region: TileRegion, device: str) -> Task:
         return make_task(self.chain.stages, self.chain.shapes, block, out_region, device)
+
+    @cached_property
+    def request_s(self) -> float:
+        """The orchestrator's CPU for the request itself, however it is served: taking it in
+        (its image copied out) and its answer out."""
+        shape, orchestrator = self.chain.shapes[0], self.env.orchestrator
+        image = shape.channels * shape.height * shape.width * BYTES_PER_ELEMENT
+        return intake_seconds(orchestrator, image) + message_seconds(orchestrator)
 
     def plan(
         self,
@@ -190,14 +198,17 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
     image = float(ctx.costs.input_bytes(block, a, b)[0])
     final = float(ctx.costs.output_bytes(block, a, b)[0])
     work = TailWork.of(ctx.chain.tail_work)
-    broker = ctx.env.broker_link
+    broker, orchestrator = ctx.env.broker_link, ctx.env.orchestrator
     seconds = {}
     for shared in ctx.env.devices:
         view = _on_its_own(shared)
         tail = _whole_tail(ctx, view, alone, final, work)
         moved = np.array([image + tail.back + 2 * MESSAGE_OVERHEAD_BYTES])
         seconds[view.name] = (
-            float(link_seconds(view, moved)[0])
+            ctx.request_s
+            + 2 * message_seconds(orchestrator)  # the image out, the result in
+            + 2 * message_seconds(view.profile)
+            + float(link_seconds(view, moved)[0])
             + image / broker.bytes_per_s
             + 2 * broker.latency_s
             + ctx.costs.whole_seconds(view.profile)
@@ -264,7 +275,8 @@ def _proportional_runs(ctx: PlanningContext, block: FusedBlock) -> list[tuple[st
 def _proportional_plan(ctx: PlanningContext, strategy: Strategy, blocks: Sequence[FusedBlock]) -> Plan:
     runs = [_proportional_runs(ctx, block) for block in blocks]
     total = sum(ctx.estimator.runs_seconds(block, r) for block, r in zip(blocks, runs, strict=True))
-    return ctx.plan(strategy, [_strips(ctx, block, r) for block, r in zip(blocks, runs, strict=True)], total)
+    strips = [_strips(ctx, block, r) for block, r in zip(blocks, runs, strict=True)]
+    return ctx.plan(strategy, strips, total + ctx.request_s)
 
 
 def plan_modnn(ctx: PlanningContext) -> Plan:
@@ -338,7 +350,7 @@ def plan_edgeci(ctx: PlanningContext) -> Plan:
         items = auction_items(ctx.chain.shapes[block.stop])
         won = award(_bids(ctx, block, items), len(items))
         plans.append(BlockPlan(block, award_tasks(ctx.chain.stages, ctx.chain.shapes, block, items, won)))
-    return ctx.plan(Strategy("edgeci"), plans, predicted, auctioned=True)
+    return ctx.plan(Strategy("edgeci"), plans, predicted + ctx.request_s, auctioned=True)
 
 
 def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
@@ -351,7 +363,7 @@ def plan_flow(ctx: PlanningContext, strategy: Strategy) -> Plan:
         lots.append((block, items, _bids(ctx, block, items, flow=True)))
     plans, _, tail, tail_s = flow_blocks(ctx.chain, ctx.costs, ctx.env, lots, strategy.places_tail)
     # the tail counts: a split is weighed against one device running everything, tail included
-    plan = ctx.plan(strategy, plans, predicted + tail_s, True, tail, options.barrier, options.compress)
+    plan = ctx.plan(strategy, plans, predicted + tail_s + ctx.request_s, True, tail, options.barrier, options.compress)
     if (options.overlap or options.bands) and not options.barrier:  # behind a barrier every halo is there first
         return with_overlap(plan, ctx.chain, ctx.costs, ctx.env, options.overlap, options.bands)
     return plan

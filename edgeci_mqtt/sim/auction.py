@@ -26,14 +26,15 @@ AWARD_OPS_PER_BID = 15
 _CALL_BYTES, _BID_BYTES_PER_ITEM = 200, 20  # a call lists items; a bid prices each twice
 
 
-def auction(state: State, plan: Plan, then: Callable[[float], None]) -> None:
-    """Every block's round at once (see the module docstring); ``then(t)`` starts the first block.
+def auction(state: State, plan: Plan, then: Callable[[float], None], start: float = 0.0) -> None:
+    """Every block's round at once from ``start`` (see the module docstring); ``then(t)``
+    starts the first block.
 
     Event-driven like the blocks, so a far device's late bid holds its links when it
     travels, not from time zero."""
     lots = [b for b in plan.blocks if b.placement != "orchestrator"]
     if not lots:
-        state.at(0.0, lambda: then(0.0))
+        state.at(start, lambda: then(start))
         return
     items = sum(auction_item_count(max(t.out_region.rows.stop for t in b.tasks)) for b in lots)
     env = state.env
@@ -45,7 +46,7 @@ def auction(state: State, plan: Plan, then: Callable[[float], None]) -> None:
             return
         waiting.discard(device)
         if not waiting:
-            state.timeline.append(Interval(ORCHESTRATOR, "auction", 0.0, t, note="waiting for bids"))
+            state.timeline.append(Interval(ORCHESTRATOR, "auction", start, t, note="waiting for bids"))
             seconds = len(lots) * AWARD_OPS_PER_BID * len(env.devices) * env.orchestrator.op_overhead_s
             end = state.busy(ORCHESTRATOR, "auction", t, seconds, note="award")
             state.at(end, lambda: then(end))
@@ -60,5 +61,5 @@ def auction(state: State, plan: Plan, then: Callable[[float], None]) -> None:
         state.at(end, partial(priced, device, end))
 
     for view in env.devices:
-        calls = state.transfer(view.name, 0.0, len(lots) * _CALL_BYTES, True, note="auction calls")
+        calls = state.transfer(view.name, start, len(lots) * _CALL_BYTES, True, note="auction calls")
         state.at(calls, partial(called, view.name, calls))

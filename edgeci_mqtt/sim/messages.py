@@ -4,9 +4,10 @@ A message between a device and the orchestrator crosses one link pair
 (:meth:`~edgeci_mqtt.sim.state.State.transfer`). One between two devices is stored and
 forwarded by the broker: up the source's link and into the broker host, then, once the
 broker has it, out of the broker host and down the target's link (two messages' worth of
-latency and envelope, and :data:`~edgeci_mqtt.planner.environment.MESSAGE_OPS` of CPU on
-each end; nothing when source and target are the same device). A map of a plan that
-compresses goes encoded as the sender would send it.
+latency and envelope). Either way a message costs
+:data:`~edgeci_mqtt.planner.environment.MESSAGE_OPS` of CPU on each end (packing and
+publishing it, receiving and unpacking it), nothing when source and target are the same
+device. A map of a plan that compresses goes encoded as the sender would send it.
 """
 
 from __future__ import annotations
@@ -43,24 +44,37 @@ class Messages:
         return self.env.orchestrator if resource == ORCHESTRATOR else self.env.device(resource).profile
 
     def message_cpu(self, resource: str) -> float:
-        """CPU one device-to-device message costs ``resource`` (sending or receiving it)."""
+        """CPU one message costs ``resource`` (sending or receiving it)."""
         return message_seconds(self.profile(resource))
 
     def send(
-        self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Then, boundary: int | None = None
+        self,
+        source: str,
+        target: str,
+        t: float,
+        nbytes: int,
+        tile: Tile,
+        then: Then,
+        boundary: int | None = None,
+        note: str = "",
     ) -> None:
         """``nbytes`` from ``source`` to ``target`` (either may be the orchestrator), then ``then(arrival)``."""
         if source == target:
             then(t)
-        elif target == ORCHESTRATOR:
-            t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
-            arrival = self.state.transfer(source, t, nbytes, False, tile, "to the tail")
-            self.state.at(arrival, partial(then, arrival))
-        elif source == ORCHESTRATOR:
-            arrival = self.state.transfer(target, t, nbytes, True, tile, "to the tail")
-            self.state.at(arrival, partial(then, arrival))
+        elif ORCHESTRATOR in (source, target):
+            if source != ORCHESTRATOR:  # the orchestrator forwards rows as they came
+                t, nbytes, then = self.coded(source, target, t, nbytes, tile, then, boundary)
+            t = self.state.busy(source, "encode", t, self.message_cpu(source), tile)
+            device = target if source == ORCHESTRATOR else source
+            arrival = self.state.transfer(device, t, nbytes, source == ORCHESTRATOR, tile, note)
+            self.state.at(arrival, partial(self.landed, target, arrival, tile, then))
         else:
             self.forward(source, target, t, nbytes, tile, then, boundary)
+
+    def landed(self, target: str, arrival: float, tile: Tile, then: Then) -> None:
+        """A message is on ``target`` at ``arrival``: its CPU is booked, then ``then``."""
+        handled = self.state.busy(target, "decode", arrival, self.message_cpu(target), tile)
+        self.state.at(handled, partial(then, handled))
 
     def coded(
         self, source: str, target: str, t: float, nbytes: int, tile: Tile, then: Then, boundary: int | None
@@ -98,10 +112,6 @@ class Messages:
 
         def onwards() -> None:
             arrival = self.state.transfer(target, at_broker, nbytes, True, tile, f"from {source}")
-            self.state.at(arrival, partial(landed, arrival))
-
-        def landed(arrival: float) -> None:  # the receiver's CPU is booked once the message is there
-            handled = self.state.busy(target, "decode", arrival, self.message_cpu(target), tile)
-            self.state.at(handled, partial(then, handled))
+            self.state.at(arrival, partial(self.landed, target, arrival, tile, then))
 
         self.state.at(at_broker, onwards)

@@ -34,7 +34,9 @@ from functools import partial
 
 from edgeci_mqtt.core.blocks import FusedBlock
 from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT
 from edgeci_mqtt.core.work import OpWork
+from edgeci_mqtt.planner.costs import intake_seconds
 from edgeci_mqtt.planner.environment import Environment
 from edgeci_mqtt.planner.plan import Plan, Task, TaskInput, producers
 from edgeci_mqtt.sim.auction import AUCTION_ROUND_OPS, AWARD_OPS_PER_BID, auction
@@ -140,8 +142,7 @@ class _Replay:
         """The orchestrator cuts ``piece`` out of its map and sends it to ``device``."""
         state, nbytes = self.state, self.task(tid).input_bytes(piece)
         ready = state.busy(ORCHESTRATOR, "prepare", t, _copy_seconds(self.env, nbytes), self.tile(tid), device)
-        arrival = state.transfer(device, ready, nbytes, True, self.tile(tid))
-        state.at(arrival, partial(self.arrived, tid, device, arrival))
+        self.messages.send(ORCHESTRATOR, device, ready, nbytes, self.tile(tid), partial(self.arrived, tid, device))
 
     def arrived(self, tid: TaskId, device: str, t: float) -> None:
         """One input piece of ``tid`` is on ``device``; the last one starts the task."""
@@ -157,10 +158,7 @@ class _Replay:
         if task.output == ORCHESTRATOR:
             boundary = self.plan.blocks[tid[0]].block.stop
             merge = partial(self.merge, tid, device)
-            tile = self.tile(tid)
-            ready, nbytes, then = self.messages.coded(device, ORCHESTRATOR, t, task.out_bytes, tile, merge, boundary)
-            arrival = self.state.transfer(device, ready, nbytes, False, tile)
-            self.state.at(arrival, partial(then, arrival))
+            self.messages.send(device, ORCHESTRATOR, t, task.out_bytes, self.tile(tid), merge, boundary)
         elif task.output == device:
             self.kept(tid, t)
         else:
@@ -213,16 +211,20 @@ class _Replay:
 
 
 def simulate(plan: Plan, env: Environment, work: WorkOf) -> SimResult:
-    """Replay ``plan`` on ``env``; the input image is on the orchestrator at time 0.
+    """Replay ``plan`` on ``env``; the request reaches the orchestrator at time 0, and the
+    makespan ends when its answer leaves.
 
     ``work`` gives the ops of a tile (e.g. :class:`edgeci_mqtt.planner.costs.TaskWork`).
     """
     state = State(env)
     replay = _Replay(state, plan, work)
+    shape = plan.input_shape
+    seconds = intake_seconds(env.orchestrator, shape.channels * shape.height * shape.width * BYTES_PER_ELEMENT)
+    start = state.busy(ORCHESTRATOR, "intake", 0.0, seconds)  # the request's message, its image copied out
     if plan.auctioned:  # the tasks are what the award says: nothing moves before it
-        auction(state, plan, partial(replay.gathered, 0))
+        auction(state, plan, partial(replay.gathered, 0), start)
     else:
-        state.at(0.0, partial(replay.gathered, 0, 0.0))
+        state.at(start, partial(replay.gathered, 0, start))
     state.run()
     assert replay.tail.end is not None, "a valid plan always reaches its tail"
     timeline = tuple(sorted(state.timeline, key=lambda i: (i.start, i.resource)))

@@ -17,7 +17,7 @@ __all__ = ["TailReplay"]
 
 
 class TailReplay:
-    """The tail of one replay; :attr:`end` is when the answer is on the orchestrator."""
+    """The tail of one replay; :attr:`end` is when the answer leaves the orchestrator."""
 
     def __init__(self, messages: Messages, plan: Plan) -> None:
         self.messages, self.state, self.plan = messages, messages.state, plan
@@ -32,7 +32,7 @@ class TailReplay:
     def gathered(self, t: float) -> None:
         """The orchestrator holds the final map from ``t``: it runs the tail."""
         seconds = self.state.env.orchestrator.work_seconds(self.plan.tail_work)
-        self.end = self.state.busy(ORCHESTRATOR, "tail", t, seconds)
+        self.answered(self.state.busy(ORCHESTRATOR, "tail", t, seconds))
 
     def final_tile(self, task: Task, tile: Tile, t: float) -> None:
         """A final tile is ready on its device: it goes to every reader of a tail off the orchestrator."""
@@ -65,4 +65,5 @@ class TailReplay:
             self.messages.send(finisher, ORCHESTRATOR, end, LOGITS_BYTES, NO_TILE, self.answered)
 
     def answered(self, t: float) -> None:
-        self.end = t
+        """The logits are on the orchestrator at ``t``: its answer goes out (a message)."""
+        self.end = self.state.busy(ORCHESTRATOR, "answer", t, self.messages.message_cpu(ORCHESTRATOR))
