@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from edgeci_mqtt.models import skeleton_chain
-from edgeci_mqtt.planner.costs import handoff_seconds
+from edgeci_mqtt.planner.costs import PROFILES_PRICED, handoff_seconds
 from edgeci_mqtt.planner.measured_tail import EAGER, EVERY, MIN_SEEN, WINDOW, MeasuredTail
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import (
@@ -237,3 +237,29 @@ def test_a_tail_that_pays_on_the_devices_stays_there() -> None:
         assert not measured.record(on_devices, 0.2 if on_devices else 0.3)
     assert measured.prefers_devices()
     assert tried == [EAGER, 2 * EAGER, 3 * EAGER, EVERY, 2 * EVERY, 3 * EVERY]
+
+
+def test_whole_requests_are_priced_with_the_profiles_the_plan_was_made_with() -> None:
+    """The orchestrator keeps a plan until the device table changes, while devices re-announce
+    corrected speeds: whole requests priced with the plan's profiles (``whole_s``) compare
+    alike with it. Priced now, a device announced slower made a stale split look faster."""
+    ctx = context("vgg16", 224)
+    plan, _ = serve("flow", ctx)
+    shares = price_shares(plan, ctx.costs, ctx.env.devices)
+    assert choose_serving(plan, ctx, shares, {}).mode == "split"
+    cheap = dict.fromkeys(whole_model_seconds(ctx), plan.predicted_s / 2)
+    served = choose_serving(plan, ctx, shares, {}, whole_s=cheap)
+    assert served.mode == "whole" and served.work == {"a": plan.predicted_s / 2}
+
+
+def test_a_row_model_remembers_a_bounded_number_of_profiles() -> None:
+    """Each corrected profile a device announces is priced once; the oldest are forgotten."""
+    ctx = context("smallcnn", 64)
+    costs, profile = ctx.costs, ctx.env.devices[0].profile
+    first = costs.whole_seconds(profile)
+    for k in range(2 * PROFILES_PRICED):
+        slower = profile.scaled(1 / (1 + 0.01 * (k + 1)))
+        assert costs.whole_seconds(slower) > first
+        costs.table(slower)
+    assert len(costs._whole) == len(costs._tables) == PROFILES_PRICED  # the bound itself
+    assert costs.whole_seconds(profile) == first  # priced again, the same

@@ -30,7 +30,7 @@ from edgeci_mqtt.planner.environment import DeviceView, Environment
 from edgeci_mqtt.planner.measured_tail import MeasuredTail
 from edgeci_mqtt.planner.plan import Plan
 from edgeci_mqtt.planner.serving import Serving, choose_serving, price_shares, whole_request_plan
-from edgeci_mqtt.planner.strategies import PlanningContext, context_for, whole_model_plan
+from edgeci_mqtt.planner.strategies import PlanningContext, context_for, whole_model_plan, whole_model_seconds
 from edgeci_mqtt.planner.strategy import Strategy
 from edgeci_mqtt.sim.choice import plan_for
 
@@ -42,7 +42,7 @@ PLANS_KEPT = 16
 """Plans cached at once (by model, input size, strategy and the devices planned for)."""
 
 D = TypeVar("D")
-_Planned = tuple[int, Plan, dict[str, float]]
+_Planned = tuple[int, Plan, dict[str, float], dict[str, float]]
 _Key = tuple[str, int, int, Strategy, frozenset[str]]
 
 
@@ -116,17 +116,20 @@ class PlanCache:
             planned = self._plans.get(key)
             if planned is None or planned[0] != generation:
                 plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
-                planned = self._plans[key] = (generation, plan, price_shares(plan, ctx.costs, devices))
+                shares = price_shares(plan, ctx.costs, devices)
+                # whole requests priced with the same profiles as the plan: a device's corrected
+                # speed changes neither until the table does, so the two always compare alike
+                planned = self._plans[key] = (generation, plan, shares, whole_model_seconds(ctx))
             self._plans.move_to_end(key)
             measured = self._tails.setdefault(key, MeasuredTail())
             self._tails.move_to_end(key)
             for kept in (self._plans, self._tails):
                 while len(kept) > PLANS_KEPT:
                     kept.popitem(last=False)
-        _, plan, shares = planned
+        _, plan, shares, whole_s = planned
 
         def decide(outstanding: dict[str, float]) -> tuple[Serving, Mapping[str, float]]:
-            serving = choose_serving(plan, ctx, shares, outstanding, strategy)
+            serving = choose_serving(plan, ctx, shares, outstanding, strategy, whole_s)
             return serving, serving.work
 
         with self.load.claiming(decide) as serving:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +39,7 @@ from edgeci_mqtt.timeline import ORCHESTRATOR
 __all__ = ["RowModel", "TaskWork", "input_region", "link_seconds", "make_task"]
 
 Ints = NDArray[np.int64]
+V = TypeVar("V")
 Floats = NDArray[np.float64]
 
 
@@ -186,8 +189,14 @@ class _OpGrid:
         )
 
 
+PROFILES_PRICED = 32
+"""Device profiles whose prices a row model remembers, the least recently used dropped:
+devices re-announce corrected speeds, and each correction is a new profile."""
+
+
 class RowModel:
-    """Costs of full-width row strips of any block of one chain at one input size."""
+    """Costs of full-width row strips of any block of one chain at one input size (its
+    orchestrator's workers share it: thread-safe)."""
 
     def __init__(self, stages: Sequence[Stage], shapes: Sequence[FeatureShape]) -> None:
         self.stages, self.shapes = stages, shapes
@@ -197,8 +206,9 @@ class RowModel:
             for k in range(stop - 1, -1, -1):
                 windows.append(stages[k].windows[0].then(windows[-1]))
             self._reach.append(_Reach.of(windows[::-1], [shapes[k].height for k in range(stop + 1)]))
-        self._tables: dict[DeviceProfile, Floats] = {}
-        self._whole: dict[DeviceProfile, float] = {}
+        self._tables: OrderedDict[DeviceProfile, Floats] = OrderedDict()
+        self._whole: OrderedDict[DeviceProfile, float] = OrderedDict()
+        self._priced = threading.Lock()
         self._ops: dict[int, tuple[list[OpWork], list[OpWork]]] = {}
         self._offsets = np.cumsum([0] + [shapes[k + 1].height + 1 for k in range(len(stages) - 1)])
         self._map_bytes = np.array([self.row_bytes(m) for m in range(len(shapes))], dtype=np.int64)
@@ -222,7 +232,8 @@ class RowModel:
         residual block's inner halo included), so two op lists give them all; the
         price is not linear, since small tiles run convolutions less efficiently.
         """
-        if profile not in self._tables:
+
+        def price() -> Floats:
             grid = self._grid
             seconds = np.empty(len(grid.positions))
             for (kind, depth), where in grid.groups.items():  # one priced array per kind of op
@@ -232,8 +243,23 @@ class RowModel:
             # summed op by op, in order, as a stage runs them; no rows cost nothing
             table: Floats = np.bincount(grid.positions, weights=seconds, minlength=grid.size).astype(np.float64)
             table[grid.empty] = 0.0
-            self._tables[profile] = table
-        return self._tables[profile]
+            return table
+
+        return self._remembered(self._tables, profile, price)
+
+    def _remembered(self, cache: OrderedDict[DeviceProfile, V], profile: DeviceProfile, price: Callable[[], V]) -> V:
+        """``cache[profile]``, priced once (outside the lock: pricing is the slow part) and
+        kept among the :data:`PROFILES_PRICED` used last."""
+        with self._priced:
+            if profile in cache:
+                cache.move_to_end(profile)
+                return cache[profile]
+        value = price()
+        with self._priced:
+            cache[profile] = value
+            while len(cache) > PROFILES_PRICED:
+                cache.popitem(last=False)
+        return value
 
     @functools.cached_property
     def _grid(self) -> _OpGrid:
@@ -253,14 +279,18 @@ class RowModel:
         a whole request is priced as the simulator prices every tile, not by strips (whose
         interior rows overstate a whole map's edges by a few per cent), so that a split plan's
         simulated makespan and a whole request's seconds compare like with like. Remembered
-        per profile: the serving decision asks on every request."""
-        if profile not in self._whole:
-            final = self.shapes[-1]
-            ops = TaskWork(self.stages, self.shapes)(
+        per profile (the serving decision asks on every request); the ops once (building them
+        is most of the cost, and devices re-announce corrected profiles)."""
+        return self._remembered(self._whole, profile, lambda: profile.work_seconds(self._whole_ops))
+
+    @functools.cached_property
+    def _whole_ops(self) -> tuple[OpWork, ...]:
+        final = self.shapes[-1]
+        return tuple(
+            TaskWork(self.stages, self.shapes)(
                 FusedBlock(0, len(self.stages)), TileRegion.whole(final.height, final.width)
             )
-            self._whole[profile] = profile.work_seconds(ops)
-        return self._whole[profile]
+        )
 
     def input_bytes(self, block: FusedBlock, a: Ints, b: Ints) -> Ints:
         return self.row_bytes(block.start) * self._reach[block.stop].rows(a, b, slice(block.start, block.start + 1))[0]

@@ -123,6 +123,7 @@ def choose_serving(
     shares: Mapping[str, float],
     outstanding: Mapping[str, float],
     asked: Strategy | None = None,
+    whole_s: Mapping[str, float] | None = None,
 ) -> Serving:
     """How to serve a request of strategy ``asked`` (default: the plan's) with ``plan`` (the
     plan chosen for it on ``ctx``'s devices: for ``flow`` possibly another strategy's,
@@ -134,14 +135,16 @@ def choose_serving(
     split that ends no sooner than one device alone is no way to serve it), ``replicas``
     among whole requests. With every device busy, ``flow`` splits only if that costs the
     devices fewer seconds in all. ``local`` runs whole on its plan's device; gathering
-    strategies and ``flow``'s ablations always split."""
+    strategies and ``flow``'s ablations always split. ``whole_s``: each device's seconds for a
+    whole request (:func:`~edgeci_mqtt.planner.strategies.whole_model_seconds`), priced with
+    the profiles the plan was made with (default: priced now), so that the two compare alike."""
     strategy = asked or plan.strategy
     if not strategy.may_serve_whole:
         return _split(shares, outstanding)
     if strategy.alone:
         device, seconds = plan.devices[0], plan.predicted_s
     else:
-        whole_s = whole_model_seconds(ctx)
+        whole_s = whole_s if whole_s is not None else whole_model_seconds(ctx)
         # a "split" whose blocks all run on one device is that device's whole request with
         # an auction and a hand-off more: never the faster way, whatever the estimates say
         used = {d for b in plan.blocks for d in b.devices}
