@@ -11,6 +11,7 @@ import pytest
 
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.orchestrator import plans as plans_module
 from edgeci_mqtt.orchestrator.device_table import DeviceTable
 from edgeci_mqtt.orchestrator.plans import Commitments, PlanCache
 from edgeci_mqtt.planner import serving as serving_module
@@ -69,16 +70,19 @@ def test_a_burst_is_decided_one_request_after_another() -> None:
 
 
 def test_a_request_served_whole_is_priced_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Deciding to serve a request whole prices a whole request on every device; its plan on
-    the device chosen takes that price, as :func:`whole_request_plan` would have computed it
-    again. Only once the device is gone is every device left priced, to choose another."""
+    """Planning prices a whole request on every device (with the plan's profiles), and the
+    decision to serve a request whole takes that price; its plan on the device chosen takes
+    it too, as :func:`whole_request_plan` would have computed it again. Only once the device
+    is gone is every device left priced, to choose another."""
     store = ModelStore({"smallcnn": None}, seed=0)
     devices = [device(name) for name in ("a", "b", "c")]
     broker = Link(10.0, 0.0)  # every byte crosses it: a split's extra bytes and messages cannot pay
     cache = PlanCache(store, DeviceTable(), flat_profile(), broker)
     priced: list[bool] = []
     price = serving_module.whole_model_seconds
-    monkeypatch.setattr(serving_module, "whole_model_seconds", lambda *a, **k: priced.append(True) or price(*a, **k))
+    counted = lambda *a, **k: priced.append(True) or price(*a, **k)  # noqa: E731
+    monkeypatch.setattr(serving_module, "whole_model_seconds", counted)
+    monkeypatch.setattr(plans_module, "whole_model_seconds", counted)  # priced with the plan, when it is made
     with cache.serving("smallcnn", 64, 64, Strategy("flow"), devices) as (_, serving):
         assert serving.whole is not None  # the case this is: a small image through a slow broker runs whole
         chosen, replan = serving.whole.device, cache.whole("smallcnn", 64, 64, serving)
