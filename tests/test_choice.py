@@ -18,7 +18,17 @@ from edgeci_mqtt.planner.strategies import (
     whole_model_seconds,
 )
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
-from edgeci_mqtt.sim.choice import MARGIN, Judged, best, candidates, judge, plan_for, served_plan
+from edgeci_mqtt.sim.choice import (
+    CUT_MARGIN,
+    MARGIN,
+    Judged,
+    best,
+    candidates,
+    judge,
+    own_plan,
+    plan_for,
+    served_plan,
+)
 from edgeci_mqtt.sim.simulator import simulate
 from tests.planning import flat_profile
 
@@ -44,7 +54,7 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
         cuts = [(str(p.strategy), p.overlap, p.bands) for p in own]
         assert cuts == [("flow", True, True), ("flow", True, False), ("flow", False, True), ("flow", False, False)]
         assert [str(p.strategy) for p in others] == ["flow:orchestrator-tail", "edgeci"]
-        mine = judge(min(own, key=lambda plan: judge(plan, ctx).nominal_s), ctx)
+        mine = judge(own_plan(own, [judge(plan, ctx).nominal_s for plan in own]), ctx)
         judged = [mine, *(judge(plan, ctx) for plan in others)]
         chosen = plan_for(Strategy("flow"), ctx)
         winner = best(judged)
@@ -52,8 +62,21 @@ def test_flow_keeps_the_best_candidate_with_its_simulated_makespan(chains: dict[
         assert winner is judged[0] or winner.score < (1 - MARGIN) * judged[0].score
         assert all(j.worst_s >= j.nominal_s for j in judged)
         chosen_kinds.add((str(chosen.strategy), chosen.overlap, chosen.bands))
-    kinds = {("edgeci", False, False), ("flow", True, True), ("flow", True, False), ("flow", False, False)}
-    assert chosen_kinds == kinds  # each wins on one of these
+    assert chosen_kinds == {("edgeci", False, False), ("flow", False, False)}  # no cut pays 5 % here
+
+
+def test_a_plan_cut_for_overlap_is_taken_only_where_it_clearly_pays(chains: dict[str, StageChain]) -> None:
+    """Every step more costs a device time no replay sees, so the uncut plan (listed last)
+    stays unless a cut one replays more than CUT_MARGIN faster."""
+    ctx = context(chains, 1)
+    own, _ = candidates(Strategy("flow"), ctx)
+    uncut = own[-1]
+    assert not uncut.overlap and not uncut.bands
+    just_under = [1.0 - CUT_MARGIN + 1e-6, 0.99, 0.98, 1.0]
+    assert own_plan(own, just_under) is uncut
+    clearly = [0.99, 1.0 - CUT_MARGIN - 1e-6, 0.98, 1.0]
+    assert own_plan(own, clearly) is own[1]
+    assert own_plan(own, [1.1, 1.2, 1.3, 1.0]) is uncut
 
 
 def test_a_plan_that_holds_up_beats_one_a_little_faster_only_as_planned(chains: dict[str, StageChain]) -> None:
