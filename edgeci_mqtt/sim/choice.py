@@ -107,8 +107,10 @@ def candidates(strategy: Strategy, ctx: PlanningContext) -> tuple[list[Plan], li
     own = [with_overlap(sequential, ctx.chain, ctx.costs, ctx.env, *cut) for cut in dict.fromkeys(cuts) if any(cut)]
     own.append(sequential)  # its own plan still (Plan.overlap and .bands say how it runs); planned once, then cut
     others = []
-    if strategy.places_tail:
-        others.append(make_plan(replace(strategy, options=replace(strategy.options, place_tail=False)), ctx))
+    if strategy.places_tail:  # uncut too: cuts are own_plan's to judge, with their margin
+        orchestrator_tail = replace(strategy, options=replace(options, place_tail=False))
+        plan = make_plan(replace(orchestrator_tail, options=replace(uncut, place_tail=False)), ctx)
+        others.append(replace(plan, strategy=orchestrator_tail))
     return own, [*others, plan_edgeci(ctx)]
 
 
