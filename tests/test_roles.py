@@ -282,15 +282,18 @@ def test_a_cold_cluster_makes_the_tail_weights_ahead_and_then_splits_the_tail(
             first = own.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)
             assert_float32_faithful(first.logits, ref.logits32, ref.logits64, "cold")
             assert tail_note(first) == "" and first.timings["whole_request"] == 0  # split, its tail on the orchestrator
-            deadline = time.monotonic() + 60
 
             def announced() -> list[TailRows]:
                 return [v.tail or TailRows() for v in cold.orchestrator.table.views("vgg16", digest)]
 
             # the split's rows between them, and the layers after the first on its finisher
-            while sum(run.size for t in announced() for run in t.first) < 4096 or not any(t.rest for t in announced()):
-                assert time.monotonic() < deadline, f"the devices announced only {announced()}"
-                time.sleep(0.05)
+            wait_for(
+                lambda: (
+                    sum(run.size for t in announced() for run in t.first) >= 4096 and any(t.rest for t in announced())
+                ),
+                60,
+                "the devices announcing the tail rows they made",
+            )
             held = {n: a.models.get("vgg16").tail_rows() for n, a in cold.agents.items()}
             assert all(len(t.first) == 1 for t in held.values()), held  # each its own run, no more
             second = own.infer(ref.x, "vgg16", "flow", timeout=120, trace=True)
