@@ -130,7 +130,9 @@ class Window:
     """One axis of a sliding-window op, with PyTorch's exact semantics.
 
     Output index ``o`` reads input indices ``o*stride - padding + dilation*t`` for
-    ``t`` in ``[0, kernel)``; indices outside ``[0, n)`` are padding.
+    ``t`` in ``[0, kernel)``; indices outside ``[0, n)`` are padding. ``padding_end``
+    is the padding after the last index when it differs from ``padding`` (ONNX's
+    asymmetric ``pads``, TensorFlow's "same"): it changes the output length only.
     """
 
     kernel: int = 1
@@ -138,10 +140,17 @@ class Window:
     padding: int = 0
     dilation: int = 1
     ceil_mode: bool = False
+    padding_end: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kernel < 1 or self.stride < 1 or self.dilation < 1 or self.padding < 0:
+        if self.kernel < 1 or self.stride < 1 or self.dilation < 1 or self.padding < 0 or self.end_padding < 0:
             raise GeometryError(f"invalid window {self}")
+        if self.padding_end == self.padding:  # one spelling per window: equal windows compare equal
+            object.__setattr__(self, "padding_end", None)
+
+    @property
+    def end_padding(self) -> int:
+        return self.padding if self.padding_end is None else self.padding_end
 
     @property
     def extent(self) -> int:
@@ -150,7 +159,7 @@ class Window:
 
     def output_size(self, n: int) -> int:
         """Output length for input length ``n`` (0 when the input is too small)."""
-        numerator = n + 2 * self.padding - self.extent + (self.stride - 1 if self.ceil_mode else 0)
+        numerator = n + self.padding + self.end_padding - self.extent + (self.stride - 1 if self.ceil_mode else 0)
         out = numerator // self.stride + 1  # floor division, as PyTorch's div_rtn
         # PyTorch: in ceil mode the last window must start inside the input or the left padding.
         if self.ceil_mode and (out - 1) * self.stride >= n + self.padding:
@@ -195,14 +204,19 @@ class Window:
         Dilation folds into the kernel (the composite covers the whole reach);
         ceil mode is a property of the map sizes and does not compose.
         """
+        padding = outer.padding * self.stride + self.padding
+        end = outer.end_padding * self.stride + self.end_padding
         return Window(
             kernel=outer.dilation * (outer.kernel - 1) * self.stride + self.extent,
             stride=self.stride * outer.stride,
-            padding=outer.padding * self.stride + self.padding,
+            padding=padding,
+            padding_end=None if end == padding else end,
         )
 
     def __str__(self) -> str:
         text = f"k{self.kernel}s{self.stride}p{self.padding}"
+        if self.end_padding != self.padding:
+            text += f"-{self.end_padding}"
         if self.dilation != 1:
             text += f"d{self.dilation}"
         return text + ("c" if self.ceil_mode else "")
