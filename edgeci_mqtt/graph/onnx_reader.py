@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from edgeci_mqtt.errors import ModelError
 from edgeci_mqtt.graph.axes import COORDINATE_MODES, NEAREST_MODES, Resample
-from edgeci_mqtt.graph.graph import Graph, Node
+from edgeci_mqtt.graph.builder import Array, GraphBuilder
+from edgeci_mqtt.graph.graph import Graph
 from edgeci_mqtt.graph.ops import (
     Activation,
     BatchNorm,
@@ -54,7 +53,6 @@ from edgeci_mqtt.graph.ops import (
     Softmax,
     SpaceToDepth,
     Transpose,
-    is_map,
 )
 
 __all__ = ["MAX_FILE_BYTES", "OPSETS", "read_onnx"]
@@ -78,18 +76,6 @@ WHY_NOT = {
     "Softmax": "over channels of a map it is per pixel; over a map's rows or columns it reads the whole axis",
 }
 """Why well-known unsupported ops cannot be tiled (the rest: no tiled kernel here)."""
-
-Array = NDArray[Any]
-
-
-@dataclass
-class _View:
-    """A map seen through reshapes and transposes: ``index`` holds, for each element of the
-    view, its flat index in ``source``; ``nodes`` are the ONNX nodes that made it."""
-
-    source: str
-    index: Array
-    nodes: list[Any] = field(default_factory=list)
 
 
 def read_onnx(
@@ -154,16 +140,9 @@ def _text(value: Any) -> str:
 class _Reader:
     def __init__(self, model: Any, name: str, size: tuple[int, int] | None) -> None:
         self.model, self.name, self.size = model, name, size
-        self.consts: dict[str, Array] = {}
-        self.shapes: dict[str, Shape] = {}
-        self.alias: dict[str, str] = {}
-        self.views: dict[str, _View] = {}
-        self.nodes: list[Node] = []
-        self.weights: dict[str, Array] = {}
-        self.tail: set[str] = set()
+        self.graph = GraphBuilder(name)
+        self.consts, self.shapes = self.graph.consts, self.graph.shapes
         self.opset = 0
-
-    # --- the pass ---------------------------------------------------------------------
 
     def read(self) -> tuple[Graph, dict[str, Array]]:
         from onnx import numpy_helper
@@ -171,30 +150,18 @@ class _Reader:
         graph = self.model.graph
         self._check_opsets()
         for tensor in graph.initializer:
-            self.consts[tensor.name] = numpy_helper.to_array(tensor)
+            self.graph.constant(tensor.name, numpy_helper.to_array(tensor))
         inputs = [i for i in graph.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise ModelError(f"{self.name}: the model takes {len(inputs)} inputs; EdgeCI splits models of one image")
-        source = inputs[0]
-        self.shapes[source.name] = self._input_shape(source)
+        self.graph.set_input(inputs[0].name, self._input_shape(inputs[0]))
         for index, node in enumerate(graph.node):
             label = node.name or f"{node.op_type}_{index}"
             try:
                 self._node(node, label)
             except ModelError as exc:
                 raise ModelError(f"{self.name}: node {label!r} ({node.op_type}): {exc}") from exc
-        outputs = tuple(self._output(o) for o in graph.output)
-        used = {w for n in self.nodes for w in (*n.op.weights(), *n.inputs) if w in self.weights}
-        weights = {w: self.weights[w] for w in used}
-        result = Graph(
-            self.name,
-            source.name,
-            tuple(self.nodes),
-            outputs,
-            {t: s for t, s in self.shapes.items()} | {w: tuple(a.shape) for w, a in weights.items()},
-            frozenset(weights),
-        )
-        return result, weights
+        return self.graph.build([self._output(o) for o in graph.output])
 
     def _check_opsets(self) -> None:
         for entry in self.model.opset_import:
@@ -234,105 +201,76 @@ class _Reader:
         return (1, channels, height, width)
 
     def _output(self, value: Any) -> str:
-        tensor = self._resolve(value.name)
-        if tensor in self.views:
-            tensor = self._emit_tail_view(tensor)
-        if tensor in self.consts or tensor not in self.shapes:
-            raise ModelError(f"{self.name}: output {value.name!r} is not computed from the input")
+        tensor = self.graph.output(value.name)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         got = self.shapes[tensor]
         if dims and (len(dims) != len(got) or any(d is not None and d != g for d, g in zip(dims, got, strict=False))):
             raise ModelError(f"{self.name}: output {value.name!r} is declared {dims} but computes {list(got)}")
         return tensor
 
-    def _resolve(self, tensor: str) -> str:
-        while tensor in self.alias:
-            tensor = self.alias[tensor]
-        return tensor
-
-    # --- one node ----------------------------------------------------------------------
-
     def _node(self, node: Any, label: str) -> None:
         op_type = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise ModelError(f"op {op_type} of domain {node.domain!r} is not supported")
-        inputs = [self._resolve(t) if t else "" for t in node.input]
+        inputs = [self.graph.resolve(t) if t else "" for t in node.input]
         attrs = _attrs(node)
         if op_type == "Constant":
-            self.consts[node.output[0]] = self._constant(attrs)
+            self.graph.constant(node.output[0], self._constant(attrs))
             return
         if op_type in ("Identity", "Dropout"):
             if len(node.output) > 1 and node.output[1] and self._used(node.output[1]):
                 raise ModelError("its mask output is used: only inference-mode dropout is supported")
-            self.alias[node.output[0]] = inputs[0]
+            self.graph.alias(node.output[0], inputs[0])
             return
         if op_type == "Shape":
-            shape = tuple(self.consts[inputs[0]].shape) if inputs[0] in self.consts else self._shape_of(inputs[0])
+            shape = self.graph.shape_of(inputs[0])
             start, end = attrs.get("start", 0), attrs.get("end", len(shape))
-            self.consts[node.output[0]] = np.array(shape[slice(start, end)], dtype=np.int64)
+            self.graph.constant(node.output[0], np.array(shape[slice(start, end)], dtype=np.int64))
             return
         if all(t == "" or t in self.consts for t in inputs) and op_type in _FOLD:
             try:
-                self.consts[node.output[0]] = np.asarray(
-                    _FOLD[op_type](self, [self.consts.get(t) for t in inputs], attrs)
-                )
+                folded = _FOLD[op_type](self, [self.consts.get(t) for t in inputs], attrs)
             except (ValueError, IndexError, TypeError) as exc:
                 raise ModelError(f"cannot evaluate it on its constant operands: {exc}") from exc
+            self.graph.constant(node.output[0], folded)
             return
-        if op_type in _VIEWS and (inputs[0] in self.views or self._is_map(inputs[0])):
-            self._view(node, op_type, inputs, attrs)
+        if op_type in _VIEWS and (self.graph.is_viewed(inputs[0]) or self._is_map(inputs[0])):
+            self._view(node, label, op_type, inputs, attrs)
             return
-        inputs = [self._materialise(t, op_type) for t in inputs]
+        tail = op_type in _TAIL_USERS
+        inputs = [self.graph.operand(t, tail) if t else "" for t in inputs]
         convert = _CONVERT.get(op_type)
         if convert is None:
             raise ModelError(f"unsupported op {op_type}: " + WHY_NOT.get(op_type, "EdgeCI has no tiled kernel for it"))
         op, operands = convert(self, inputs, attrs)
         if op_type.startswith("Reduce") and not attrs.get("keepdims", 1):  # a 1x1 map, then its axes dropped
-            self._emit(label, op, operands, f"{node.output[0]}:kept")
-            shape = self.shapes[f"{node.output[0]}:kept"]
-            self._emit(f"{label}:drop", Reshape(shape=shape[:2]), [f"{node.output[0]}:kept"], node.output[0])
+            kept = f"{node.output[0]}:kept"
+            self.graph.emit(label, op, operands, kept)
+            self.graph.emit(f"{label}:drop", Reshape(shape=self.shapes[kept][:2]), [kept], node.output[0])
         else:
-            self._emit(label, op, operands, node.output[0])
+            self.graph.emit(label, op, operands, node.output[0])
         for extra in node.output[1:]:
             if extra and self._used(extra):
                 raise ModelError(f"its output {extra!r} is used; only the first output of {op_type} is supported")
 
+    def _view(self, node: Any, label: str, op_type: str, inputs: list[str], attrs: dict[str, Any]) -> None:
+        rest = [self.consts.get(t) if t else None for t in inputs[1:]]
+        perm = [int(p) for p in attrs.get("perm", range(3, -1, -1))] if op_type == "Transpose" else None
+
+        def fold(index: Array) -> Array:
+            return _FOLD[op_type](self, [index, *rest], attrs)
+
+        self.graph.view(label, inputs[0], node.output[0], fold, perm)
+
     def _used(self, tensor: str) -> bool:
-        return any(tensor in n.input for n in self.model.graph.node) or any(
-            o.name == tensor for o in self.model.graph.output
-        )
-
-    def _emit(self, label: str, op: Op, operands: Sequence[str], output: str) -> None:
-        for t in (*operands, *op.weights()):
-            if t in self.consts:
-                self.weights.setdefault(t, self._float(self.consts[t], t))
-        if op.spatial:
-            maps = [t for t in operands if t not in self.consts]
-            bad = [t for t in maps if not self._is_map(t)]
-            if bad:
-                raise ModelError(
-                    f"it needs maps but {bad[0]!r} has shape {list(self.shapes[bad[0]])} "
-                    "(the tail already began: a map op after a flatten or a fully connected layer)"
-                )
-            if not maps:
-                raise ModelError("all its operands are constants of a kind it cannot fold")
-        shapes = [self.shapes[t] if t in self.shapes else tuple(self.consts[t].shape) for t in operands]
-        self.shapes[output] = op.infer(shapes)
-        if not op.spatial:
-            self.tail.add(output)
-        self.nodes.append(Node(label, op, tuple(operands), output))
-
-    @staticmethod
-    def _float(array: Array, name: str) -> Array:
-        if array.dtype.kind not in "fiu":
-            raise ModelError(f"constant {name!r} of type {array.dtype} cannot be a weight")
-        return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
+        graph = self.model.graph
+        return any(tensor in n.input for n in graph.node) or any(o.name == tensor for o in graph.output)
 
     def _is_map(self, tensor: str) -> bool:
-        return tensor in self.shapes and is_map(self.shapes[tensor]) and tensor not in self.tail
+        return self.graph.is_map(tensor)
 
-    def _shape_of(self, tensor: str) -> Shape:
-        return tuple(self.views[tensor].index.shape) if tensor in self.views else self.shapes[tensor]
+    def _const(self, tensor: str, what: str) -> Array:
+        return self.graph.const(tensor, what)
 
     def _constant(self, attrs: dict[str, Any]) -> Array:
         from onnx import numpy_helper
@@ -348,90 +286,6 @@ class _Reader:
             if key in attrs:
                 return np.array(attrs[key], dtype=dtype)
         raise ModelError(f"a Constant holding {sorted(attrs)} is not supported")
-
-    def _const(self, tensor: str, what: str) -> Array:
-        if tensor not in self.consts:
-            raise ModelError(f"its {what} ({tensor!r}) must be a constant at this input size")
-        return self.consts[tensor]
-
-    # --- reshapes and transposes of maps ------------------------------------------------
-
-    def _view(self, node: Any, op_type: str, inputs: list[str], attrs: dict[str, Any]) -> None:
-        tensor = inputs[0]
-        if tensor in self.views:
-            view = self.views[tensor]
-            base = _View(view.source, view.index, list(view.nodes))
-        else:
-            c, h, w = self.shapes[tensor][1:]
-            base = _View(tensor, np.arange(c * h * w, dtype=np.int64).reshape(1, c, h, w))
-        operands = [base.index, *[self.consts.get(t) if t else None for t in inputs[1:]]]
-        index = _FOLD[op_type](self, operands, attrs)
-        base.index = np.asarray(index)
-        base.nodes.append(node)
-        self.views[node.output[0]] = base
-
-    def _materialise(self, tensor: str, user: str) -> str:
-        """A view used by a node: as a map (identity or block gather) or as tail nodes."""
-        if tensor not in self.views:
-            return tensor
-        view = self.views[tensor]
-        if user in _TAIL_USERS:
-            return self._emit_tail_view(tensor)
-        source = self.shapes[view.source]
-        if view.index.shape == source and np.array_equal(view.index.ravel(), np.arange(view.index.size)):
-            return view.source
-        gather = _block_gather(view.index, source)
-        if gather is None:
-            raise ModelError(
-                f"reshapes and transposes that mix the rows and columns of map {view.source!r} into "
-                f"{list(view.index.shape)} cannot be tiled (only space-to-depth patterns can)"
-            )
-        label = f"{view.nodes[-1].name or tensor}:reorg"
-        self._emit(label, gather, [view.source], tensor)
-        del self.views[tensor]
-        return tensor
-
-    def _emit_tail_view(self, tensor: str) -> str:
-        view = self.views.pop(tensor)
-        current = view.source
-        for node in view.nodes:
-            attrs = _attrs(node)
-            shape = self.shapes[current]
-            operands = [
-                np.zeros(shape, dtype=np.int8),
-                *[self.consts.get(self._resolve(t)) if t else None for t in node.input[1:]],
-            ]
-            out = np.asarray(_FOLD[node.op_type](self, operands, attrs)).shape
-            op: Op
-            if node.op_type == "Transpose":
-                op = Transpose(perm=tuple(int(p) for p in attrs.get("perm", reversed(range(len(shape))))))
-            else:
-                op = Reshape(shape=tuple(int(d) for d in out))
-            self._emit(node.name or f"{node.op_type}:{node.output[0]}", op, [current], node.output[0])
-            current = node.output[0]
-        return current
-
-
-def _block_gather(index: Array, source: Shape) -> SpaceToDepth | None:
-    """The space-to-depth that selects ``index`` (flat positions in the ``source`` map), if any."""
-    if index.ndim != 4 or index.shape[0] != 1:
-        return None
-    _, c, h, w = source
-    _, c2, h2, w2 = index.shape
-    if h2 == 0 or h % h2 or w % w2 or h // h2 != w // w2 or c2 != c * (h // h2) ** 2:
-        return None
-    block = h // h2
-    ch, rest = np.divmod(index, h * w)
-    y, x = np.divmod(rest, w)
-    oy, ox = np.arange(h2).reshape(1, 1, h2, 1), np.arange(w2).reshape(1, 1, 1, w2)
-    dy, dx = y - oy * block, x - ox * block
-    sources = []
-    for k in range(c2):
-        cell = (ch[0, k], dy[0, k], dx[0, k])
-        if any(np.ptp(part) != 0 for part in cell) or not (0 <= cell[1][0, 0] < block and 0 <= cell[2][0, 0] < block):
-            return None
-        sources.append((int(cell[0][0, 0]), int(cell[1][0, 0]), int(cell[2][0, 0])))
-    return SpaceToDepth(block=block, sources=tuple(sources))
 
 
 # --- folding: numpy on constants (and on index arrays for views) ---------------------------------
