@@ -19,7 +19,17 @@ from numpy.typing import NDArray
 
 from edgeci_mqtt.errors import ModelError
 from edgeci_mqtt.graph.graph import Graph, Node
-from edgeci_mqtt.graph.ops import Op, Reshape, Shape, SpaceToDepth, TailOp, Transpose, is_map
+from edgeci_mqtt.graph.ops import (
+    Activation,
+    Op,
+    Reshape,
+    Shape,
+    SpaceToDepth,
+    TailActivation,
+    TailOp,
+    Transpose,
+    is_map,
+)
 
 __all__ = ["Array", "GraphBuilder", "block_gather"]
 
@@ -107,7 +117,7 @@ class GraphBuilder:
         view = self._views.get(tensor)
         if view is None:
             return tensor
-        if tail:
+        if tail or not is_map(tuple(view.index.shape)):  # only a (1, C, H, W) view can be a map again
             return self._tail_view(tensor)
         source = self.shapes[view.source]
         if view.index.shape == source and np.array_equal(view.index.ravel(), np.arange(view.index.size)):
@@ -132,7 +142,10 @@ class GraphBuilder:
         return current
 
     def emit(self, label: str, op: Op, operands: Sequence[str], output: str) -> None:
-        """Add a node; constant operands and the weights the op names become graph weights."""
+        """Add a node; constant operands and the weights the op names become graph weights.
+        An activation of a tail tensor is the tail's."""
+        if isinstance(op, Activation) and operands and operands[0] in self._tail:
+            op = TailActivation(activation=op)
         for t in (*operands, *op.weights()):
             if t in self.consts and t not in self._weights:
                 array = self.consts[t]

@@ -49,6 +49,7 @@ __all__ = [
     "Softmax",
     "SpaceToDepth",
     "SpatialOp",
+    "TailActivation",
     "TailOp",
     "Transpose",
     "as_map",
@@ -461,6 +462,17 @@ class TailOp(Op):
     def flops(self, shapes: Sequence[Shape]) -> int:
         """Floating-point operations of the whole op."""
         return math.prod(self.infer(shapes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TailActivation(TailOp):
+    """An :class:`Activation` on a tail tensor (a ReLU between fully connected layers)."""
+
+    kind: ClassVar[str] = "tail-act"
+    activation: Activation
+
+    def infer(self, shapes: Sequence[Shape]) -> Shape:
+        return shapes[0]
 
 
 @dataclass(frozen=True, kw_only=True)

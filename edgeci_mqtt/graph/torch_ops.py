@@ -41,6 +41,7 @@ from edgeci_mqtt.graph.ops import (
     Softmax,
     SpaceToDepth,
     SpatialOp,
+    TailActivation,
     Transpose,
     as_map,
 )
@@ -272,6 +273,8 @@ def run_tail(op: Op, x: Tensor, params: Params) -> Tensor:
         return x.reshape(op.shape)
     if isinstance(op, Transpose):
         return x.permute(op.perm)
+    if isinstance(op, TailActivation):
+        return _activation(op.activation, x)
     if isinstance(op, Softmax):
         return torch.softmax(x, op.axis)
     if isinstance(op, Gemm):
