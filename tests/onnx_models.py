@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-__all__ = ["DarknetReorg", "TinySegmenter", "build_ops_model", "export", "save"]
+__all__ = ["DarknetReorg", "TinyMobile", "TinySegmenter", "build_ops_model", "export", "save"]
 
 
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -192,3 +192,52 @@ def export(module: nn.Module, path: Path, size: tuple[int, int], dynamo: bool = 
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(module, (torch.randn(1, 3, *size),), str(path), dynamo=dynamo, opset_version=17)
     return path
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV3's block: expand, depthwise, squeeze-excitation, project (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 3) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.skip = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.Hardswish(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.Hardswish(),
+        )
+        self.squeeze = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(mid, 4, 1), nn.ReLU(), nn.Conv2d(4, mid, 1), nn.Hardsigmoid()
+        )
+        self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        y = self.project(y * self.squeeze(y))
+        return x + y if self.skip else y
+
+
+class TinyMobile(nn.Module):
+    """A MobileNetV3-like classifier: stem, inverted residuals with squeeze-excitation,
+    a 1x1 head, global pooling and a two-layer classifier."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.Hardswish(),
+            _InvertedResidual(8, 8, 1),
+            _InvertedResidual(8, 12, 2),
+            _InvertedResidual(12, 12, 1),
+            nn.Conv2d(12, 24, 1),
+            nn.ReLU6(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(24, 16), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

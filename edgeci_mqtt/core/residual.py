@@ -39,6 +39,14 @@ class ResidualStage(Stage):
             raise ModelError(f"{self.name}: a residual block needs a main path")
 
     @property
+    def weighted(self) -> bool:
+        return True
+
+    @property
+    def layers(self) -> int:
+        return sum(s.layers for s in self.main)
+
+    @property
     def windows(self) -> Windows:
         """The main path's windows composed into one (the shortcut reads a subset)."""
         rows = reduce(Window.then, (s.windows[0] for s in self.main))

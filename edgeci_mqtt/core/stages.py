@@ -68,6 +68,18 @@ class Stage(ABC):
     def ops(self, out_region: TileRegion, in_shape: FeatureShape) -> list[OpWork]:
         """The primitive operations computing ``out_region``, halo inside the stage included."""
 
+    @property
+    def weighted(self) -> bool:
+        """Whether it is a weight layer (a convolution, or a block of them): where the
+        layer-by-layer baselines start a group."""
+        return False
+
+    @property
+    def layers(self) -> int:
+        """Layers as Darknet counts them: convolutions and pools (batch norms and
+        activations fold into their convolution; a block counts its main path)."""
+        return 0
+
     def flops(self, out_region: TileRegion, in_shape: FeatureShape) -> int:
         """Floating-point operations to compute ``out_region`` (multiply-add = 2)."""
         return sum(op.flops for op in self.ops(out_region, in_shape))
@@ -132,6 +144,9 @@ class ConvStage(WindowStage):
     groups: int = 1
     bias: bool = True
 
+    weighted: ClassVar[bool] = True
+    layers: ClassVar[int] = 1
+
     def output_channels(self, in_channels: int) -> int:
         return self.out_channels
 
@@ -164,6 +179,7 @@ class ReLUStage(WindowStage):
 @dataclass(frozen=True, kw_only=True)
 class MaxPoolStage(WindowStage):
     kind: ClassVar[str] = "maxpool"
+    layers: ClassVar[int] = 1
 
     def _flops_per_output(self) -> int:
         return self._depth()
@@ -178,6 +194,7 @@ class AvgPoolStage(WindowStage):
     """Average pooling; the divisor options change its values, not its geometry or cost."""
 
     kind: ClassVar[str] = "avgpool"
+    layers: ClassVar[int] = 1
     count_include_pad: bool = True
     divisor_override: int | None = None
 

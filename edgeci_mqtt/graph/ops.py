@@ -96,6 +96,10 @@ class SpatialOp(Op):
     """An op from maps to a map, tileable: any output region needs a region of each operand."""
 
     spatial: ClassVar[bool] = True
+    priced_as: ClassVar[str] = "add"
+    """The profile's kind of op whose rate prices this one (:class:`~edgeci_mqtt.core.profile.DeviceProfile`
+    measures convolutions, pools and memory-bound elementwise work; ops without a rate of
+    their own move memory like an add)."""
 
     def axes(self, shapes: Sequence[Shape]) -> tuple[Axes, ...]:
         """Per operand, its rows and columns as seen from the output (same-size by default)."""
@@ -105,6 +109,10 @@ class SpatialOp(Op):
     def flops_per_output(self, shapes: Sequence[Shape]) -> int:
         """Floating-point operations per output element (multiply-add = 2)."""
         return 1
+
+    @property
+    def profile_kind(self) -> str:
+        return self.priced_as
 
     def depth(self, shapes: Sequence[Shape]) -> int:
         """Input elements reduced into one output element (0: pointwise)."""
@@ -116,7 +124,7 @@ class SpatialOp(Op):
         out_elements = out[1] * out_area
         moved = out_elements + sum(s[1] * a for s, a in zip(shapes, in_areas, strict=True))
         return OpWork(
-            kind=self.kind,
+            kind=self.profile_kind,
             flops=self.flops_per_output(shapes) * out_elements,
             bytes=moved * BYTES_PER_ELEMENT,
             depth=self.depth(shapes),
@@ -164,6 +172,7 @@ class Conv(SpatialOp):
     """A 2-D convolution (grouped and depthwise included); ``pads`` are top, left, bottom, right."""
 
     kind: ClassVar[str] = "conv"
+    priced_as: ClassVar[str] = "conv"
     weight: str
     bias: str | None
     in_channels: int
@@ -206,6 +215,7 @@ class BatchNorm(SpatialOp):
     """Inference batch norm: ``(x - mean) / sqrt(var + epsilon) * scale + bias`` per channel."""
 
     kind: ClassVar[str] = "bn"
+    priced_as: ClassVar[str] = "bn"
     scale: str
     bias: str
     mean: str
@@ -232,6 +242,7 @@ class Activation(SpatialOp):
     ``leaky_relu`` with slope ``alpha``; ``hard_sigmoid`` as ``max(0, min(1, alpha*x + beta))``."""
 
     kind: ClassVar[str] = "act"
+    priced_as: ClassVar[str] = "relu"
     function: Literal["relu", "clip", "leaky_relu", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "tanh"]
     alpha: float = 0.0
     beta: float = 0.0
@@ -311,6 +322,10 @@ class Pool(SpatialOp):
     @property
     def windows(self) -> Windows:
         return _windows(self.kernel, self.stride, self.pads, self.dilation, self.ceil_mode)
+
+    @property
+    def profile_kind(self) -> str:
+        return "maxpool" if self.function == "max" else "avgpool"
 
     def infer(self, shapes: Sequence[Shape]) -> Shape:
         return _windowed(self, shapes[0], *self.windows, shapes[0][1])

@@ -22,6 +22,7 @@ from edgeci_mqtt.core.kernels import (
 from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.work import OpWork
 from edgeci_mqtt.errors import GeometryError, InputError, ModelError
+from edgeci_mqtt.models.graph_model import GraphBlock, GraphKernel, GraphModel
 from edgeci_mqtt.models.resnet import BasicBlock
 from edgeci_mqtt.models.tail_parts import TailParts
 
@@ -155,6 +156,8 @@ def kernel_of(name: str, module: nn.Module) -> Kernel:
         return MaxPoolKernel(name, module)
     if isinstance(module, nn.AvgPool2d):
         return AvgPoolKernel(name, module)
+    if isinstance(module, GraphBlock):
+        return GraphKernel(name, module)
     if isinstance(module, BasicBlock):
         main = [kernel_of(f"{name}.{part}", getattr(module, part)) for part in ("conv1", "bn1", "relu", "conv2", "bn2")]
         shortcut = []
@@ -170,6 +173,8 @@ def stage_chain(model: nn.Module, name: str) -> StageChain:
         raise ModelError(f"{name}: the model does not expose spatial_layers() and tail()")
     spatial: SpatialModel = model  # type: ignore[assignment]
     kernels = tuple(kernel_of(n, m) for n, m in spatial.spatial_layers())
+    if isinstance(model, GraphModel):
+        return StageChain(name, model, kernels, model.in_channels)
     first = next((k for k in kernels if isinstance(k, ConvKernel)), None)
     if first is None:
         raise ModelError(f"{name}: no convolution found to fix the input channels")

@@ -30,8 +30,7 @@ import numpy as np
 from edgeci_mqtt.core.blocks import FusedBlock, TileGrid
 from edgeci_mqtt.core.chain import ChainSpec
 from edgeci_mqtt.core.geometry import Span, TileRegion
-from edgeci_mqtt.core.residual import ResidualStage
-from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, AvgPoolStage, ConvStage, MaxPoolStage, Stage
+from edgeci_mqtt.core.stages import BYTES_PER_ELEMENT, Stage
 from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.errors import PlanningError
 from edgeci_mqtt.planner.awas import Bid, auction_items, award, award_tasks, make_bid
@@ -262,7 +261,7 @@ def plan_replicas(ctx: PlanningContext) -> Plan:
 
 def layer_groups(stages: Sequence[Stage]) -> list[FusedBlock]:
     """One block per weight layer (conv or residual block) with the stages that follow it."""
-    starts = [k for k, s in enumerate(stages) if isinstance(s, ConvStage | ResidualStage)]
+    starts = [k for k, s in enumerate(stages) if s.weighted]
     if not starts or starts[0] != 0:
         starts = [0, *starts]
     return [FusedBlock(a, b) for a, b in zip(starts, [*starts[1:], len(stages)], strict=True)]
@@ -299,10 +298,7 @@ def darknet_layers(stages: Sequence[Stage]) -> list[int]:
     activations fold into their convolution; a residual block counts its convolutions)."""
     counts, total = [], 0
     for stage in stages:
-        if isinstance(stage, ConvStage | MaxPoolStage | AvgPoolStage):
-            total += 1
-        elif isinstance(stage, ResidualStage):
-            total += sum(isinstance(s, ConvStage) for s in stage.main)
+        total += stage.layers
         counts.append(total)
     return counts
 
@@ -312,7 +308,7 @@ def plan_deepthings(ctx: PlanningContext) -> Plan:
     counts = darknet_layers(stages)
     depth = next((k + 1 for k, c in enumerate(counts) if c >= DEEPTHINGS_LAYERS), len(stages))
     # the fused block ends after the activation/pooling that follow its last layer
-    while depth < len(stages) and not isinstance(stages[depth], ConvStage | ResidualStage):
+    while depth < len(stages) and not stages[depth].weighted:
         depth += 1
     fused = FusedBlock(0, depth)
     tasks = tuple(ctx.task(fused, region, "") for region in DEEPTHINGS_GRID.regions(shapes[depth]))
