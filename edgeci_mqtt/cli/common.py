@@ -10,15 +10,44 @@ import yaml
 
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.graph.stage import GraphStage
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
+from edgeci_mqtt.models.imported import DEFAULT_SIZE, import_file, import_module
 from edgeci_mqtt.profiling import measure_profile
 
-__all__ = ["add_host_profile", "add_model", "host_profile", "load_profile"]
+__all__ = ["add_host_profile", "add_model", "add_model_import", "host_profile", "load_profile", "model_chain"]
 
 
 def add_model(parser: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
-    parser.add_argument("--model", choices=MODEL_NAMES, default=default, required=default is None)
-    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=default)
+    parser.add_argument(
+        "--size", type=int, help="input height and width (default 224, or an imported model's own size)"
+    )
+    add_model_import(parser)
+
+
+def add_model_import(parser: argparse.ArgumentParser) -> None:
+    """``--model-file`` and ``--model-module``: a model of one's own instead of a built-in one."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model-file", type=Path, help="an ONNX file to split instead of a built-in model")
+    group.add_argument(
+        "--model-module", help="a PyTorch module to trace and split, as package.module:factory (no arguments)"
+    )
+
+
+def model_chain(args: argparse.Namespace, skeleton: bool = False) -> tuple[str, StageChain, int]:
+    """The model the arguments name (built-in, ``--model-file`` or ``--model-module``), its
+    chain and the input side to run it at. ``skeleton``: a built-in model's geometry only."""
+    if args.model_file is not None:
+        chain = import_file(args.model_file, args.size)
+    elif args.model_module is not None:
+        chain = import_module(args.model_module, args.size)
+    else:
+        size = args.size or DEFAULT_SIZE
+        return args.model, (skeleton_chain(args.model) if skeleton else load_chain(args.model)), size
+    fixed = chain.stages[0]
+    side = args.size or (fixed.in_shape.height if isinstance(fixed, GraphStage) else DEFAULT_SIZE)
+    return chain.model_name, chain, side
 
 
 def add_host_profile(parser: argparse.ArgumentParser) -> None:

@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeci_mqtt.cli.common import add_model_import, model_chain
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_bus
 from edgeci_mqtt.cli.table import format_table, human_count
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.core.blocks import TileGrid, balanced_blocks, block_tile_flops, parse_blocks
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.fused import run_fused
-from edgeci_mqtt.errors import GeometryError
+from edgeci_mqtt.errors import EdgeCIError, GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
 from edgeci_mqtt.models import MODEL_NAMES, load_chain
+from edgeci_mqtt.models.imported import DEFAULT_SIZE
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 
 __all__ = ["register", "run"]
@@ -51,7 +53,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=SAMPLE_IMAGE,
         help="image file or normalised .npy array (default: the shipped sample image)",
     )
-    parser.add_argument("--size", type=int, default=224, help="image side after preprocessing (default 224)")
+    parser.add_argument(
+        "--size", type=int, help="image side after preprocessing (default 224, or an imported model's own size)"
+    )
+    add_model_import(parser)
     parser.add_argument(
         "--blocks",
         help="fused blocks as START-STOP,... covering every stage, e.g. 0-10,10-23,23-31 "
@@ -68,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_remote(args: argparse.Namespace) -> int:
     """Ask the cluster behind ``--broker`` and print the answer."""
-    x = load_input(args.input, args.size)
+    x = load_input(args.input, args.size or DEFAULT_SIZE)
     with EdgeCIClient(broker_bus(args, "client", in_role=True)) as client:
         result = client.infer(x, args.model, args.strategy or "", args.timeout)
     print(
@@ -92,14 +97,22 @@ def run_remote(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.broker and (args.model_file or args.model_module):
+        raise EdgeCIError(
+            "a cluster serves the built-in models so far; run an imported model in this process (without --broker)"
+        )
     if args.broker:
         return run_remote(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    source = f"random weights, seed {args.seed}" if args.weights is None else str(args.weights)
-    print(f"building {args.model} ({source}) ...", file=sys.stderr, flush=True)
-    chain = load_chain(args.model, args.weights, args.seed)
-    x = load_input(args.input, args.size)
+    if args.model_file is None and args.model_module is None:
+        source = f"random weights, seed {args.seed}" if args.weights is None else str(args.weights)
+        print(f"building {args.model} ({source}) ...", file=sys.stderr, flush=True)
+        name, chain, size = args.model, load_chain(args.model, args.weights, args.seed), args.size or DEFAULT_SIZE
+    else:
+        print(f"importing {args.model_file or args.model_module} ...", file=sys.stderr, flush=True)
+        name, chain, size = model_chain(args)
+    x = load_input(args.input, size)
     shapes = chain.check_input(x)
     blocks = parse_blocks(args.blocks, len(chain)) if args.blocks else balanced_blocks(chain.stages, shapes, 3)
 
@@ -121,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             [str(block), str(shapes[block.start]), str(shapes[block.stop]), human_count(whole), f"{tiled / whole:.3f}"]
         )
-    print(f"model {args.model}, input {shapes[0]} from {args.input}")
+    print(f"model {name}, input {shapes[0]} from {args.input}")
     print(format_table(["block", "input", "output", "FLOPs", "tiled/whole FLOPs"], rows))
     print(
         f"whole model {whole_s * 1000:.1f} ms, fused tiles {tiled_s * 1000:.1f} ms "

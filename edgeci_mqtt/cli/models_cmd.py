@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from edgeci_mqtt.cli.common import add_model_import, model_chain
 from edgeci_mqtt.cli.table import format_table, human_bytes, human_count
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.models import MODEL_NAMES, load_chain
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain
+from edgeci_mqtt.models.imported import DEFAULT_SIZE
 
 __all__ = ["register", "run"]
 
@@ -20,14 +22,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "FLOPs and output bytes for the whole map) and its tail.",
     )
     parser.add_argument("--model", choices=MODEL_NAMES, action="append", help="only this model (repeatable)")
-    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument(
+        "--size", type=int, help="input height and width (default 224, or an imported model's own size)"
+    )
+    add_model_import(parser)
     parser.set_defaults(run=run)
 
 
+def _chains(args: argparse.Namespace) -> list[tuple[str, StageChain, int]]:
+    if args.model_file is not None or args.model_module is not None:
+        return [model_chain(args)]
+    return [(name, load_chain(name), args.size or DEFAULT_SIZE) for name in args.model or MODEL_NAMES]
+
+
 def run(args: argparse.Namespace) -> int:
-    for name in args.model or MODEL_NAMES:
-        chain = load_chain(name)
-        shapes = chain.shapes(args.size, args.size)
+    for name, chain, size in _chains(args):
+        shapes = chain.shapes(size, size)
         flops = whole_map_flops(chain.stages, shapes)
         rows = []
         for k, stage in enumerate(chain.stages):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile
+from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile, model_chain
 from edgeci_mqtt.cli.table import format_table, human_bytes
-from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
@@ -48,16 +47,14 @@ def run(args: argparse.Namespace) -> int:
     strategy = Strategy.parse(args.strategy)
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
-    ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
+    name, chain, size = model_chain(args, skeleton=True)  # a built-in model's geometry only: no weights
+    ctx = context_for(chain.spec(size, size), env)
     plan = plan_for(strategy, ctx)  # flow: the best of its candidates (docs/PLANNER.md)
     replay = simulate(plan, env, TaskWork(ctx.chain.stages, ctx.chain.shapes))
     chosen = f" (chose {plan.strategy}'s plan)" if plan.strategy != strategy else ""
     cut = ", blocks cut so their halo-free rows run first" if plan.overlap else ""
     cut += ", the image sent in bands" if plan.bands else ""
-    print(
-        f"{strategy} plan{chosen} of {args.model} ({plan.input_shape}) on {cluster.name}: "
-        f"{len(plan.blocks)} block(s){cut}"
-    )
+    print(f"{strategy} plan{chosen} of {name} ({plan.input_shape}) on {cluster.name}: {len(plan.blocks)} block(s){cut}")
     for index, block in enumerate(plan.blocks):
         first, last = ctx.chain.stages[block.block.start], ctx.chain.stages[block.block.stop - 1]
         where = "orchestrator" if block.placement == "orchestrator" else f"{block.dispatch} dispatch"

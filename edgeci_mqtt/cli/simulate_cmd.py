@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile
+from edgeci_mqtt.cli.common import add_host_profile, add_model, host_profile, model_chain
 from edgeci_mqtt.cli.table import format_table
 from edgeci_mqtt.errors import EdgeCIError
-from edgeci_mqtt.models import skeleton_chain
 from edgeci_mqtt.planner.cluster import load_cluster
 from edgeci_mqtt.planner.costs import TaskWork
 from edgeci_mqtt.planner.environment import environment_from_cluster
@@ -66,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
     strategies = [Strategy.parse(n) for n in names]
     cluster = load_cluster(args.cluster)
     env = environment_from_cluster(cluster, host_profile(args))
-    ctx = context_for(skeleton_chain(args.model).spec(args.size, args.size), env)  # geometry only: no weights
+    name, chain, size = model_chain(args, skeleton=True)  # a built-in model's geometry only: no weights
+    ctx = context_for(chain.spec(size, size), env)
     work = TaskWork(ctx.chain.stages, ctx.chain.shapes)
     results = {}
     for strategy in strategies:
         print(f"planning and simulating {strategy} ...", file=sys.stderr, flush=True)
         results[str(strategy)] = simulate(served_plan(strategy, ctx), env, work)
-    print(f"{args.model} on {cluster.name} ({len(cluster.devices)} devices), simulated")
+    print(f"{name} on {cluster.name} ({len(cluster.devices)} devices), simulated")
     print(
         format_table(
             ["strategy", "makespan (ms)", "speed-up vs local", "ratio vs best baseline"], summary_rows(results)
