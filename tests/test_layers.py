@@ -16,7 +16,21 @@ pytestmark = pytest.mark.pure
 PACKAGE = Path(__file__).resolve().parent.parent / "edgeci_mqtt"
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "core": ("planner", "wire", "sim", "device", "orchestrator", "bus", "broker", "watch", "client", "cli", "models"),
+    "core": (
+        "planner",
+        "wire",
+        "sim",
+        "device",
+        "orchestrator",
+        "bus",
+        "broker",
+        "watch",
+        "client",
+        "cli",
+        "models",
+        "graph",
+    ),
+    "graph": ("planner", "wire", "sim", "device", "orchestrator", "bus", "broker", "watch", "client", "cli", "models"),
     "wire": ("planner", "sim", "device", "orchestrator", "bus", "broker", "watch", "client", "cli", "models"),
     "planner": ("device", "orchestrator", "bus", "broker", "watch", "client", "cli", "models", "sim"),
     "sim": ("device", "orchestrator", "bus", "broker", "watch", "client", "cli", "models"),

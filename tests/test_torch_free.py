@@ -24,6 +24,9 @@ TORCH_FREE = (
     "edgeci_mqtt.orchestrator.actions",
     "edgeci_mqtt.orchestrator.attempt",
     "edgeci_mqtt.orchestrator.programs",
+    "edgeci_mqtt.graph.onnx_reader",
+    "edgeci_mqtt.graph.stage",
+    "edgeci_mqtt.graph.cuts",
 )
 
 
