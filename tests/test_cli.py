@@ -18,7 +18,7 @@ from edgeci_mqtt.core.link import Medium
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.exactness import float64_model, max_abs_diff
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
-from edgeci_mqtt.models import MODEL_NAMES, build_model
+from edgeci_mqtt.models import HAND_CUT, build_model
 from tests.exactness import assert_float32_faithful
 
 pytestmark = pytest.mark.pure
@@ -161,7 +161,7 @@ def test_model_is_repeatable_on_the_device_as_on_the_orchestrator() -> None:
     older = parser.parse_args(["device", "--broker", "mqtt://h", "--models", "vgg16,resnet34=w.pth"])
     assert held_models(older.model, older.models) == ["vgg16", "resnet34=w.pth"]
     assert held_models(None, ["resnet34"]) == ["resnet34"]  # a config file's list
-    assert held_models(None, None) == list(MODEL_NAMES)
+    assert held_models(None, None) == list(HAND_CUT)
     demo = parser.parse_args(["demo", "--model", "smallcnn", "--model", "resnet34"])
     assert held_models(demo.model, demo.models, DEMO_MODELS) == ["smallcnn", "resnet34"]
     assert held_models(None, None, DEMO_MODELS) == ["vgg16", "resnet34"]

@@ -20,7 +20,7 @@ from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS
 from edgeci_mqtt.errors import ModelError, WeightsError
 from edgeci_mqtt.exactness import faithful
-from edgeci_mqtt.models import MODEL_NAMES, StageChain, build_model
+from edgeci_mqtt.models import HAND_CUT, StageChain, build_model
 from edgeci_mqtt.models.held import HeldModel, ModelStore
 from tests.exactness import Reference, assert_geometry_exact
 
@@ -114,7 +114,7 @@ def test_state_dict_matches_torchvision(chains: dict[str, StageChain], name: str
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n != "smallcnn" else n for n in MODEL_NAMES]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n != "smallcnn" else n for n in HAND_CUT]
 )
 def test_stage_chain_and_tail_equal_the_plain_model(
     chains: dict[str, StageChain],
@@ -145,7 +145,7 @@ def test_stage_counts_and_kinds(chains: dict[str, StageChain]) -> None:
     assert chains["resnet34"].tail_modules() == ["avgpool", "fc"]
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", HAND_CUT)  # a zoo model always holds its (small) tail
 def test_a_model_held_without_its_tail_makes_exactly_the_parts_it_is_given(name: str) -> None:
     """A device holds a model without its fully connected layers (VGG-16's classifier:
     470 MB); every other weight is the same, and a slice of the first layer, the layers
@@ -321,7 +321,7 @@ def test_unknown_model_lists_the_known_ones() -> None:
         build_model("alexnet")
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", HAND_CUT)  # the zoo's: tests/test_zoo.py runs every one through its tail
 def test_the_tail_knows_its_classes_without_running(name: str, chains: dict[str, StageChain]) -> None:
     """What a flow run waits for from a tail's finisher: as many logits as the model makes,
     read from the layers, also when they are on the meta device (a device's lean model)."""

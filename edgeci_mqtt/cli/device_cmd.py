@@ -19,7 +19,7 @@ from edgeci_mqtt.core.link import Medium
 from edgeci_mqtt.device.agent import DeviceAgent, inbox_limits
 from edgeci_mqtt.device.heap import keep_heap_small, release_heap
 from edgeci_mqtt.errors import EdgeCIError, WireError
-from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES
 from edgeci_mqtt.models.held import ModelStore, parse_model_specs
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.profiling import measure_profile
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model",
         action="append",
         help=f"model to hold, NAME or NAME=weights.pth (repeatable, as for the orchestrator; default: "
-        f"{', '.join(MODEL_NAMES)})",
+        f"{', '.join(HAND_CUT)}; any of {', '.join(MODEL_NAMES)})",
     )
     parser.add_argument("--models", help="the same, comma-separated (NAME,NAME=weights.pth,...)")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
@@ -172,7 +172,7 @@ def parse_medium(text: object) -> Medium:
 
 
 def held_models(
-    repeated: list[str] | None, listed: str | list[str] | None, default: Sequence[str] = MODEL_NAMES
+    repeated: list[str] | None, listed: str | list[str] | None, default: Sequence[str] = HAND_CUT
 ) -> list[str]:
     """The models a device holds: every ``--model``, plus ``--models`` or the config's
     ``models`` (comma-separated or a list); ``default`` when none is named. ``--model`` is

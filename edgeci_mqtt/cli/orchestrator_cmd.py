@@ -10,7 +10,7 @@ import torch
 from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.core.link import Link
-from edgeci_mqtt.models import MODEL_NAMES
+from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES
 from edgeci_mqtt.models.held import ModelStore, parse_model_specs
 from edgeci_mqtt.orchestrator.service import IN_FLIGHT, PER_CLIENT, Orchestrator
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--model",
         action="append",
-        help=f"model to serve, NAME or NAME=weights.pth (repeatable; default: {', '.join(MODEL_NAMES)})",
+        help=f"model to serve, NAME or NAME=weights.pth (repeatable; default: {', '.join(HAND_CUT)}; "
+        f"any of {', '.join(MODEL_NAMES)})",
     )
     parser.add_argument("--weights", type=Path, help="weights file for a single --model")
     parser.add_argument(
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = args.model or list(MODEL_NAMES)
+    specs = args.model or list(HAND_CUT)
     if args.weights is not None and len(specs) == 1 and "=" not in specs[0]:
         specs = [f"{specs[0]}={args.weights}"]
     store = ModelStore(parse_model_specs(specs), args.seed)

@@ -1,4 +1,10 @@
-"""The CNNs EdgeCI can split, by name, with torchvision-compatible parameter names."""
+"""The CNNs EdgeCI can split, by name, with torchvision-compatible parameter names.
+
+Two kinds: the hand-cut models of the paper's comparison (``vgg16``, ``resnet34``, and the
+``smallcnn`` test network), whose chains are built layer by layer at any input size; and
+the zoo (:mod:`edgeci_mqtt.models.zoo`), traced into a graph at one input size
+(``size``, default 224) and cut where the graph allows (docs/GRAPH.md).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,38 @@ import torch
 from torch import nn
 
 from edgeci_mqtt.errors import ModelError
+from edgeci_mqtt.graph.fx_reader import read_module
+from edgeci_mqtt.models.graph_model import GraphModel
 from edgeci_mqtt.models.resnet import resnet34
 from edgeci_mqtt.models.smallcnn import smallcnn
 from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
 from edgeci_mqtt.models.vgg import vgg16
 from edgeci_mqtt.models.weights import allocate, init_weights, load_weights
+from edgeci_mqtt.models.zoo import ZOO
 
-__all__ = ["MODEL_NAMES", "StageChain", "build_model", "load_chain", "skeleton_chain", "stage_chain", "tail_separable"]
+__all__ = [
+    "HAND_CUT",
+    "MODEL_NAMES",
+    "ZOO_SIZE",
+    "StageChain",
+    "build_model",
+    "load_chain",
+    "skeleton_chain",
+    "stage_chain",
+    "tail_separable",
+]
 
 _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "vgg16": vgg16,
     "resnet34": resnet34,
     "smallcnn": smallcnn,
 }
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+HAND_CUT: tuple[str, ...] = tuple(_BUILDERS)
+"""The paper's comparison models and the test network: what a device or an orchestrator
+holds when no model is named."""
+MODEL_NAMES: tuple[str, ...] = (*HAND_CUT, *ZOO)
+ZOO_SIZE = 224
+"""Input side a zoo model is traced at unless told."""
 
 
 def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: bool = True) -> nn.Module:
@@ -33,6 +57,10 @@ def build_model(name: str, weights: Path | None = None, seed: int = 0, tail: boo
     (no memory: VGG-16's classifier is 470 MB), to be made when needed
     (:class:`~edgeci_mqtt.models.weights.TailSource`); every other weight is as with them.
     """
+    if name in ZOO:  # small enough to build as is; the tail is always held
+        model = ZOO[name]()
+        init_weights(model, seed) if weights is None else load_weights(model, weights, name)
+        return model.eval()
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     with torch.device("meta"):
@@ -54,12 +82,15 @@ def tail_separable(model: nn.Module) -> bool:
     return bool(linear) and (not weighted or min(linear) > max(weighted))
 
 
-def skeleton_chain(name: str) -> StageChain:
+def skeleton_chain(name: str, size: int | None = None) -> StageChain:
     """The chain with every tensor on the meta device: geometry and costs, no memory.
 
     A device that fetches weights over the broker starts from this and materialises
-    only the stages it is asked to run.
+    only the stages it is asked to run. (A zoo model is traced with seeded weights, which
+    fetched stages replace: a few MB.)
     """
+    if name in ZOO:
+        return load_chain(name, size=size)
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     with torch.device("meta"):
@@ -67,6 +98,14 @@ def skeleton_chain(name: str) -> StageChain:
     return stage_chain(model.eval(), name)
 
 
-def load_chain(name: str, weights: Path | None = None, seed: int = 0, tail: bool = True) -> StageChain:
-    """Build the model and cut it into its stage chain (see :func:`build_model` for ``tail``)."""
-    return stage_chain(build_model(name, weights, seed, tail), name)
+def load_chain(
+    name: str, weights: Path | None = None, seed: int = 0, tail: bool = True, size: int | None = None
+) -> StageChain:
+    """Build the model and cut it into its stage chain (see :func:`build_model` for ``tail``);
+    a zoo model is traced at ``size`` (default :data:`ZOO_SIZE`; the hand-cut ones take any)."""
+    model = build_model(name, weights, seed, tail)
+    if name in ZOO:
+        side = size or ZOO_SIZE
+        graph, graph_weights = read_module(model, (side, side), name=name)
+        return stage_chain(GraphModel(graph, graph_weights), name)
+    return stage_chain(model, name)

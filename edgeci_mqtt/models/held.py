@@ -238,17 +238,25 @@ class ModelStore:
     ``fetch``, skeletons whose stage weights arrive over the broker; without ``tail``,
     built without their fully connected layers where that changes nothing else."""
 
-    def __init__(self, models: dict[str, Path | None], seed: int = 0, fetch: bool = False, tail: bool = True) -> None:
+    def __init__(
+        self,
+        models: dict[str, Path | None],
+        seed: int = 0,
+        fetch: bool = False,
+        tail: bool = True,
+        size: int | None = None,
+    ) -> None:
         """``tail``: hold the fully connected tail; without it (a device), its layers are
         made only when a part of the tail is given to this process (VGG-16's classifier is
-        470 MB; a device given a slice of its first layer makes that slice)."""
-        self.models, self.seed = models, seed
+        470 MB; a device given a slice of its first layer makes that slice). ``size``: the
+        input side zoo models are traced at (default 224; the hand-cut models take any)."""
+        self.models, self.seed, self.size = models, seed, size
         if fetch:
-            self.held = {name: HeldModel(skeleton_chain(name), FETCH, loaded=set()) for name in models}
+            self.held = {name: HeldModel(skeleton_chain(name, size), FETCH, loaded=set()) for name in models}
         else:
             self.held = {
                 name: HeldModel(
-                    load_chain(name, weights, seed, tail),
+                    load_chain(name, weights, seed, tail, size),
                     weights_digest(name, weights, seed),
                     source=None if tail else TailSource(seed, weights),
                 )

@@ -1,0 +1,88 @@
+"""The zoo: torchvision's layouts (parameter counts and names), traced into graphs, and every
+model exact under every strategy through the one executor."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from edgeci_mqtt.exactness import float64_model
+from edgeci_mqtt.models import build_model
+from edgeci_mqtt.models.held import ModelStore
+from edgeci_mqtt.models.zoo import ZOO
+from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
+from tests.exactness import assert_float32_faithful
+from tests.executor import run_attempt
+from tests.planning import device, environment
+
+pytestmark = pytest.mark.pure
+
+TORCHVISION = {
+    "mobilenet_v2": (
+        3_504_872,
+        [
+            "features.0.0.weight",
+            "features.1.conv.0.0.weight",
+            "features.2.conv.1.1.running_var",
+            "features.18.0.weight",
+            "classifier.1.weight",
+        ],
+    ),
+    "mobilenet_v3_large": (
+        5_483_032,
+        ["features.1.block.0.0.weight", "features.4.block.2.fc1.weight", "features.16.0.weight", "classifier.3.bias"],
+    ),
+    "efficientnet_b0": (
+        5_288_548,
+        [
+            "features.1.0.block.1.fc2.weight",
+            "features.6.3.block.3.1.weight",
+            "features.8.1.running_mean",
+            "classifier.1.weight",
+        ],
+    ),
+    "resnet18": (11_689_512, ["layer2.0.downsample.0.weight", "layer4.1.bn2.weight", "fc.bias"]),
+    "resnet50": (25_557_032, ["layer1.0.conv3.weight", "layer4.2.bn3.running_var", "fc.weight"]),
+    "regnet_y_400mf": (
+        4_344_144,
+        [
+            "stem.0.weight",
+            "trunk_output.block1.block1-0.proj.0.weight",
+            "trunk_output.block4.block4-5.f.se.fc1.weight",
+            "trunk_output.block3.block3-2.f.c.1.bias",
+            "fc.weight",
+        ],
+    ),
+}
+"""Parameter counts torchvision publishes for its models, and some of its state_dict keys."""
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_torchvision_layout(name: str) -> None:
+    module = ZOO[name]()
+    count, keys = TORCHVISION[name]
+    assert sum(p.numel() for p in module.parameters()) == count
+    assert set(keys) <= set(module.state_dict())
+
+
+@pytest.fixture(scope="module")
+def store() -> ModelStore:
+    return ModelStore(dict.fromkeys(ZOO), seed=0, size=64)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_strategy_is_faithful_through_the_executor(store: ModelStore, name: str) -> None:
+    module = build_model(name)
+    torch.manual_seed(7)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref32, ref64 = module(x), float64_model(module)(x.double())
+    spec = store.get(name).chain.spec(64, 64)
+    env = environment(device("a", 100), device("b", 60), device("c", 30, mbit=50))
+    for strategy in STRATEGY_NAMES:
+        plan = make_plan(Strategy.parse(strategy), context_for(spec, env))
+        logits = run_attempt(plan, store, x, random.Random(strategy))
+        assert_float32_faithful(logits, ref32, ref64, f"{name} {strategy}")
