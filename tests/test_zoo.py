@@ -16,6 +16,7 @@ from edgeci_mqtt.planner.strategies import context_for, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from tests.exactness import assert_float32_faithful
 from tests.executor import run_attempt
+from tests.inprocess import memory_cluster
 from tests.planning import device, environment
 
 pytestmark = pytest.mark.pure
@@ -86,3 +87,19 @@ def test_every_strategy_is_faithful_through_the_executor(store: ModelStore, name
         plan = make_plan(Strategy.parse(strategy), context_for(spec, env))
         logits = run_attempt(plan, store, x, random.Random(strategy))
         assert_float32_faithful(logits, ref32, ref64, f"{name} {strategy}")
+
+
+def test_a_cluster_serves_zoo_models_with_every_strategy() -> None:
+    """The real roles over the in-memory bus: an orchestrator and three devices that hold the
+    models without their tails (as devices do), every strategy, faithful."""
+    names = ("mobilenet_v3_large", "regnet_y_400mf")
+    store = ModelStore(dict.fromkeys(names), seed=0, size=64)
+    with memory_cluster(store, devices=3) as cluster, cluster.client() as client:
+        for name in names:
+            module = build_model(name)
+            x = torch.randn(1, 3, 64, 64)
+            with torch.inference_mode():
+                ref32, ref64 = module(x), float64_model(module)(x.double())
+            for strategy in STRATEGY_NAMES:
+                result = client.infer(x, name, strategy, timeout=120, size=64)
+                assert_float32_faithful(result.logits, ref32, ref64, f"{name} {strategy}")
