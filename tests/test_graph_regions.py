@@ -17,22 +17,9 @@ import torch
 
 from edgeci_mqtt.core.geometry import Span, TileRegion, Window
 from edgeci_mqtt.errors import GeometryError, ModelError
+from edgeci_mqtt.graph import ops
 from edgeci_mqtt.graph.axes import COORDINATE_MODES, NEAREST_MODES, Resample
 from edgeci_mqtt.graph.graph import Graph, Node, needed_regions
-from edgeci_mqtt.graph.ops import (
-    Activation,
-    BatchNorm,
-    Binary,
-    Concat,
-    Conv,
-    DepthToSpace,
-    GlobalPool,
-    Op,
-    Pad,
-    Pool,
-    Resize,
-    SpaceToDepth,
-)
 from edgeci_mqtt.graph.run import graph_params, run_graph, run_regions
 
 pytestmark = pytest.mark.pure
@@ -41,7 +28,7 @@ C, H, W = 3, 9, 11
 
 
 def _graph(
-    op: Op,
+    op: ops.Op,
     channels: int = C,
     h: int = H,
     w: int = W,
@@ -56,14 +43,14 @@ def _graph(
 
 def _conv(
     rng: np.random.Generator, cin: int, cout: int, groups: int = 1, k: tuple[int, int] = (3, 3), **kw: object
-) -> tuple[Conv, dict[str, np.ndarray]]:
+) -> tuple[ops.Conv, dict[str, np.ndarray]]:
     weights = {"w": rng.standard_normal((cout, cin // groups, *k)), "b": rng.standard_normal(cout)}
-    return Conv(weight="w", bias="b", in_channels=cin, out_channels=cout, kernel=k, groups=groups, **kw), weights  # type: ignore[arg-type]
+    return ops.Conv(weight="w", bias="b", in_channels=cin, out_channels=cout, kernel=k, groups=groups, **kw), weights  # type: ignore[arg-type]
 
 
-def _ops() -> list[tuple[str, Op, dict[str, np.ndarray], tuple[str, ...]]]:
+def _ops() -> list[tuple[str, ops.Op, dict[str, np.ndarray], tuple[str, ...]]]:
     rng = np.random.default_rng(0)
-    cases: list[tuple[str, Op, dict[str, np.ndarray], tuple[str, ...]]] = []
+    cases: list[tuple[str, ops.Op, dict[str, np.ndarray], tuple[str, ...]]] = []
     for label, kw in {
         "conv-asym-pads": dict(stride=(2, 1), pads=(0, 1, 2, 0)),
         "conv-dilated": dict(pads=(2, 1, 2, 3), dilation=(2, 3)),
@@ -81,25 +68,25 @@ def _ops() -> list[tuple[str, Op, dict[str, np.ndarray], tuple[str, ...]]]:
         "avg-count-pad": dict(function="avg", kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True),
         "avg-ceil-asym": dict(function="avg", kernel=(3, 2), stride=(2, 3), pads=(0, 1, 1, 0), ceil_mode=True),
     }.items():
-        cases.append((label, Pool(**kw), {}, ("x",)))  # type: ignore[arg-type]
-    cases.append(("pad", Pad(pads=(2, 0, 1, 3), value=0.5), {}, ("x",)))
+        cases.append((label, ops.Pool(**kw), {}, ("x",)))  # type: ignore[arg-type]
+    cases.append(("pad", ops.Pad(pads=(2, 0, 1, 3), value=0.5), {}, ("x",)))
     bn = {k: rng.standard_normal(C) for k in ("s", "b", "m")} | {"v": rng.random(C) + 0.1}
-    cases.append(("batchnorm", BatchNorm(scale="s", bias="b", mean="m", var="v"), bn, ("x",)))
+    cases.append(("batchnorm", ops.BatchNorm(scale="s", bias="b", mean="m", var="v"), bn, ("x",)))
     for f in ("relu", "clip", "leaky_relu", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "tanh"):
-        cases.append((f, Activation(function=f, alpha=0.2, beta=0.5, low=-0.5, high=0.7), {}, ("x",)))  # type: ignore[arg-type]
-    cases.append(("gate", Binary(function="mul"), {"g": rng.standard_normal((1, C, 1, 1))}, ("x", "g")))
-    cases.append(("row-gate", Binary(function="add"), {"g": rng.standard_normal((1, C, H, 1))}, ("x", "g")))
-    cases.append(("scalar-div", Binary(function="div"), {"g": np.array(1.5)}, ("x", "g")))
-    cases.append(("square", Binary(function="sub"), {}, ("x", "x")))
-    cases.append(("concat", Concat(), {}, ("x", "x")))
-    cases.append(("global-mean", GlobalPool(function="mean"), {}, ("x",)))
-    cases.append(("global-max", GlobalPool(function="max"), {}, ("x",)))
+        cases.append((f, ops.Activation(function=f, alpha=0.2, beta=0.5, low=-0.5, high=0.7), {}, ("x",)))  # type: ignore[arg-type]
+    cases.append(("gate", ops.Binary(function="mul"), {"g": rng.standard_normal((1, C, 1, 1))}, ("x", "g")))
+    cases.append(("row-gate", ops.Binary(function="add"), {"g": rng.standard_normal((1, C, H, 1))}, ("x", "g")))
+    cases.append(("scalar-div", ops.Binary(function="div"), {"g": np.array(1.5)}, ("x", "g")))
+    cases.append(("square", ops.Binary(function="sub"), {}, ("x", "x")))
+    cases.append(("concat", ops.Concat(), {}, ("x", "x")))
+    cases.append(("global-mean", ops.GlobalPool(function="mean"), {}, ("x",)))
+    cases.append(("global-max", ops.GlobalPool(function="max"), {}, ("x",)))
     for mode in COORDINATE_MODES:
         for size, scale in ((17, 17 / H), (20, 2.0), (4, 0.5)):
             cases.append(
                 (
                     f"linear-{mode}-{size}",
-                    Resize(
+                    ops.Resize(
                         rows=Resample(size, scale, "linear", mode),
                         cols=Resample(W * 2 - 1, (2 * W - 1) / W, "linear", mode),
                     ),
@@ -112,7 +99,7 @@ def _ops() -> list[tuple[str, Op, dict[str, np.ndarray], tuple[str, ...]]]:
             cases.append(
                 (
                     f"nearest-{mode}-{rounding}",
-                    Resize(
+                    ops.Resize(
                         rows=Resample(2 * H, 2.0, "nearest", mode, rounding),
                         cols=Resample(7, 7 / W, "nearest", mode, rounding),
                     ),
@@ -156,7 +143,7 @@ def _regions(shape: tuple[int, ...], rng: random.Random, count: int) -> list[Til
 
 @pytest.mark.parametrize(("label", "op", "weights", "operands"), CASES, ids=[c[0] for c in CASES])
 def test_needed_region_is_the_bounding_box_of_what_changes_it(
-    label: str, op: Op, weights: dict, operands: tuple
+    label: str, op: ops.Op, weights: dict, operands: tuple
 ) -> None:
     graph, weights = _graph(op, weights=weights, operands=operands)
     params = graph_params(weights, torch.float64)
@@ -172,7 +159,7 @@ def test_needed_region_is_the_bounding_box_of_what_changes_it(
 
 
 @pytest.mark.parametrize(("label", "op", "weights", "operands"), CASES, ids=[c[0] for c in CASES])
-def test_a_region_run_equals_the_whole_run(label: str, op: Op, weights: dict, operands: tuple) -> None:
+def test_a_region_run_equals_the_whole_run(label: str, op: ops.Op, weights: dict, operands: tuple) -> None:
     graph, weights = _graph(op, weights=weights, operands=operands)
     params = graph_params(weights, torch.float64)
     torch.manual_seed(2)
@@ -194,11 +181,11 @@ def test_resize_matches_torch_interpolate() -> None:
     x = torch.randn(1, 2, 7, 5, dtype=torch.float64)
     for align in (False, True):
         mode = "align_corners" if align else "pytorch_half_pixel"
-        op = Resize(rows=Resample(13, 13 / 7, "linear", mode), cols=Resample(12, 12 / 5, "linear", mode))
+        op = ops.Resize(rows=Resample(13, 13 / 7, "linear", mode), cols=Resample(12, 12 / 5, "linear", mode))
         graph, _ = _graph(op, 2, 7, 5)
         expected = torch.nn.functional.interpolate(x, size=(13, 12), mode="bilinear", align_corners=align)
         assert torch.allclose(run_graph(graph, {}, x)["y"], expected, rtol=0, atol=1e-12)
-    op = Resize(
+    op = ops.Resize(
         rows=Resample(14, 2.0, "nearest", "asymmetric", "floor"),
         cols=Resample(15, 3.0, "nearest", "asymmetric", "floor"),
     )
@@ -209,11 +196,11 @@ def test_resize_matches_torch_interpolate() -> None:
 
 def test_space_and_depth_round_trip() -> None:
     x = torch.randn(1, 3, 8, 6, dtype=torch.float64)
-    s2d = SpaceToDepth.onnx(3, 2)
+    s2d = ops.SpaceToDepth.onnx(3, 2)
     graph, _ = _graph(s2d, 3, 8, 6)
     cells = run_graph(graph, {}, x)["y"]
     assert cells.shape == (1, 12, 4, 3)
-    back, _ = _graph(DepthToSpace(block=2, order="DCR"), 12, 4, 3)
+    back, _ = _graph(ops.DepthToSpace(block=2, order="DCR"), 12, 4, 3)
     assert torch.equal(run_graph(back, {}, cells)["y"], x)
     assert torch.equal(torch.nn.functional.pixel_unshuffle(x, 2)[:, [0, 4, 8]], cells[:, [0, 1, 2]])
 
@@ -231,14 +218,14 @@ def test_inconsistent_graphs_are_refused() -> None:
     with pytest.raises(ModelError, match="takes 3 channels"):
         _graph(op, channels=2, weights=weights)
     with pytest.raises(ModelError, match="do not broadcast"):
-        Binary(function="add").infer([(1, 3, 4, 4), (1, 3, 2, 4)])
+        ops.Binary(function="add").infer([(1, 3, 4, 4), (1, 3, 2, 4)])
     with pytest.raises(ModelError, match="different sizes"):
-        Concat().infer([(1, 3, 4, 4), (1, 3, 4, 5)])
+        ops.Concat().infer([(1, 3, 4, 4), (1, 3, 4, 5)])
     shapes = {"x": (1, 3, 4, 4), "y": (1, 3, 4, 5)}
     with pytest.raises(ModelError, match="computes"):
-        Graph("g", "x", (Node("n", Activation(function="relu"), ("x",), "y"),), ("y",), shapes)
+        Graph("g", "x", (Node("n", ops.Activation(function="relu"), ("x",), "y"),), ("y",), shapes)
     with pytest.raises(ModelError, match="before it is defined"):
-        Graph("g", "x", (Node("n", Activation(function="relu"), ("z",), "y"),), ("y",), shapes)
-    graph, _ = _graph(Activation(function="relu"))
+        Graph("g", "x", (Node("n", ops.Activation(function="relu"), ("z",), "y"),), ("y",), shapes)
+    graph, _ = _graph(ops.Activation(function="relu"))
     with pytest.raises(GeometryError):
         needed_regions(graph, {"y": TileRegion.of(0, H + 1, 0, 1)})

@@ -21,27 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from edgeci_mqtt.errors import ModelError
+from edgeci_mqtt.graph import ops
 from edgeci_mqtt.graph.axes import Resample
 from edgeci_mqtt.graph.builder import Array, GraphBuilder
 from edgeci_mqtt.graph.graph import Graph
-from edgeci_mqtt.graph.ops import (
-    Activation,
-    BatchNorm,
-    Binary,
-    Concat,
-    Conv,
-    DepthToSpace,
-    Gemm,
-    GlobalPool,
-    Op,
-    Pad,
-    Pool,
-    Reshape,
-    Resize,
-    Softmax,
-    SpaceToDepth,
-    Transpose,
-)
 
 __all__ = ["read_module"]
 
@@ -161,7 +144,7 @@ class _FxReader:
         else:
             raise ModelError(f"node kind {node.op} is not supported")
 
-    def emit(self, node: fx.Node, op: Op, operands: list[str]) -> None:
+    def emit(self, node: fx.Node, op: ops.Op, operands: list[str]) -> None:
         tail = not op.spatial
         self.graph.emit(node.name, op, [self.graph.operand(t, tail) for t in operands], node.name)
 
@@ -179,9 +162,9 @@ class _FxReader:
         if self.graph.is_map(tensor) or self.graph.is_viewed(tensor):
             self.graph.view(node.name, tensor, node.name, fold, perm)
         elif perm is not None:
-            self.graph.emit(node.name, Transpose(perm=tuple(perm)), [self.graph.operand(tensor, True)], node.name)
+            self.graph.emit(node.name, ops.Transpose(perm=tuple(perm)), [self.graph.operand(tensor, True)], node.name)
         else:
-            self.graph.emit(node.name, Reshape(shape=out), [self.graph.operand(tensor, True)], node.name)
+            self.graph.emit(node.name, ops.Reshape(shape=out), [self.graph.operand(tensor, True)], node.name)
 
 
 def _flat(value: Any) -> list[fx.Node]:
@@ -206,7 +189,7 @@ def _conv(r: _FxReader, node: fx.Node, m: nn.Conv2d) -> None:
     if m.padding_mode != "zeros":
         raise ModelError(f"padding_mode {m.padding_mode!r} is not supported")
     kernel, dilation = _pair(m.kernel_size), _pair(m.dilation)
-    op = Conv(
+    op = ops.Conv(
         weight=f"{node.target}.weight",
         bias=f"{node.target}.bias" if m.bias is not None else None,
         in_channels=m.in_channels,
@@ -229,7 +212,7 @@ def _batch_norm(r: _FxReader, node: fx.Node, m: nn.BatchNorm2d) -> None:
         if getattr(m, part) is None:
             names[part] = f"{node.target}:{part}"
             r.graph.constant(names[part], default(m.num_features, dtype=np.float32))
-    op = BatchNorm(
+    op = ops.BatchNorm(
         scale=names["weight"],
         bias=names["bias"],
         mean=f"{node.target}.running_mean",
@@ -239,7 +222,7 @@ def _batch_norm(r: _FxReader, node: fx.Node, m: nn.BatchNorm2d) -> None:
     r.emit(node, op, [r._tensor(node.args[0], node.name)])
 
 
-def _module_act(make: Callable[[Any], Activation]) -> Callable[[_FxReader, fx.Node, Any], None]:
+def _module_act(make: Callable[[Any], ops.Activation]) -> Callable[[_FxReader, fx.Node, Any], None]:
     def convert(r: _FxReader, node: fx.Node, m: Any) -> None:
         r.emit(node, make(m), [r._tensor(node.args[0], node.name)])
 
@@ -252,32 +235,39 @@ def _alias(r: _FxReader, node: fx.Node, m: Any = None) -> None:
     r.graph.alias(node.name, source.name)
 
 
+def _pool(
+    function: str,
+    kernel: object,
+    stride: object,
+    padding: object,
+    dilation: object = 1,
+    ceil_mode: object = False,
+    count_include_pad: object = True,
+    divisor_override: object = None,
+) -> ops.Pool:
+    """A max or average pool from PyTorch's arguments (symmetric padding)."""
+    if function == "avg" and divisor_override is not None:
+        raise ModelError("average pooling with a divisor override is not supported")
+    k = _pair(kernel)
+    p = _pair(padding)
+    return ops.Pool(
+        function=function,  # type: ignore[arg-type]
+        kernel=k,
+        stride=_pair(stride or kernel),
+        pads=(p[0], p[1], p[0], p[1]),
+        dilation=_pair(dilation) if function == "max" else (1, 1),
+        ceil_mode=bool(ceil_mode),
+        count_include_pad=function == "avg" and bool(count_include_pad),
+    )
+
+
 def _pool_module(r: _FxReader, node: fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
-    kernel = _pair(m.kernel_size)
-    stride = _pair(m.stride or m.kernel_size)
-    p = _pair(m.padding)
     if isinstance(m, nn.MaxPool2d):
         if m.return_indices:
             raise ModelError("max pooling that returns indices is not supported")
-        op = Pool(
-            function="max",
-            kernel=kernel,
-            stride=stride,
-            pads=(p[0], p[1], p[0], p[1]),
-            dilation=_pair(m.dilation),
-            ceil_mode=m.ceil_mode,
-        )
+        op = _pool("max", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
     else:
-        if m.divisor_override is not None:
-            raise ModelError("average pooling with a divisor override is not supported")
-        op = Pool(
-            function="avg",
-            kernel=kernel,
-            stride=stride,
-            pads=(p[0], p[1], p[0], p[1]),
-            ceil_mode=m.ceil_mode,
-            count_include_pad=m.count_include_pad,
-        )
+        op = _pool("avg", m.kernel_size, m.stride, m.padding, 1, m.ceil_mode, m.count_include_pad, m.divisor_override)
     r.emit(node, op, [r._tensor(node.args[0], node.name)])
 
 
@@ -289,18 +279,18 @@ def _adaptive(r: _FxReader, node: fx.Node, out_size: Any, function: str) -> None
     oh, ow = (h if oh is None else oh), (w if ow is None else ow)
     tensor = r._tensor(source, node.name)
     if (oh, ow) == (1, 1):
-        r.emit(node, GlobalPool(function="mean" if function == "avg" else "max"), [tensor])
+        r.emit(node, ops.GlobalPool(function="mean" if function == "avg" else "max"), [tensor])
     elif (oh, ow) == (h, w):
         r.graph.alias(node.name, tensor)
     elif h % oh == 0 and w % ow == 0:
         kernel = (h // oh, w // ow)
-        r.emit(node, Pool(function=function, kernel=kernel, stride=kernel), [tensor])  # type: ignore[arg-type]
+        r.emit(node, ops.Pool(function=function, kernel=kernel, stride=kernel), [tensor])  # type: ignore[arg-type]
     else:
         raise ModelError(f"adaptive pooling of {h}x{w} to {oh}x{ow} has uneven windows")
 
 
 def _linear(r: _FxReader, node: fx.Node, m: nn.Linear) -> None:
-    op = Gemm(
+    op = ops.Gemm(
         weight=f"{node.target}.weight",
         bias=f"{node.target}.bias" if m.bias is not None else None,
         in_features=m.in_features,
@@ -320,7 +310,7 @@ def _resize(r: _FxReader, node: fx.Node, source: fx.Node, mode: str, align_corne
     else:
         coordinate = "align_corners" if align_corners else "pytorch_half_pixel"
         axes = [Resample(o, s, "linear", coordinate) for o, s in zip((oh, ow), scales, strict=True)]  # type: ignore[arg-type]
-    r.emit(node, Resize(rows=axes[0], cols=axes[1]), [r._tensor(source, node.name)])
+    r.emit(node, ops.Resize(rows=axes[0], cols=axes[1]), [r._tensor(source, node.name)])
 
 
 def _scales(scale: Any) -> tuple[float, float]:
@@ -345,20 +335,20 @@ def _space(r: _FxReader, node: fx.Node, source: fx.Node, factor: int) -> None:
     """``factor`` > 0: pixel shuffle (depth to space, CRD); < 0: pixel unshuffle."""
     tensor = r._tensor(source, node.name)
     if factor > 0:
-        r.emit(node, DepthToSpace(block=factor, order="CRD"), [tensor])
+        r.emit(node, ops.DepthToSpace(block=factor, order="CRD"), [tensor])
     else:
         b, c = -factor, r.shape(source)[1]
         sources = tuple((ch, dy, dx) for ch in range(c) for dy in range(b) for dx in range(b))
-        r.emit(node, SpaceToDepth(block=b, sources=sources), [tensor])
+        r.emit(node, ops.SpaceToDepth(block=b, sources=sources), [tensor])
 
 
 def _pad_module(r: _FxReader, node: fx.Node, m: nn.ZeroPad2d | nn.ConstantPad2d) -> None:
     left, right, top, bottom = m.padding
-    r.emit(node, Pad(pads=(top, left, bottom, right), value=float(m.value)), [r._tensor(node.args[0], node.name)])
+    r.emit(node, ops.Pad(pads=(top, left, bottom, right), value=float(m.value)), [r._tensor(node.args[0], node.name)])
 
 
 def _softmax_module(r: _FxReader, node: fx.Node, m: nn.Softmax) -> None:
-    r.emit(node, Softmax(axis=-1 if m.dim is None else int(m.dim)), [r._tensor(node.args[0], node.name)])
+    r.emit(node, ops.Softmax(axis=-1 if m.dim is None else int(m.dim)), [r._tensor(node.args[0], node.name)])
 
 
 def _flatten_module(r: _FxReader, node: fx.Node, m: nn.Flatten) -> None:
@@ -368,15 +358,15 @@ def _flatten_module(r: _FxReader, node: fx.Node, m: nn.Flatten) -> None:
 _MODULES: dict[type, Callable[[_FxReader, fx.Node, Any], None]] = {
     nn.Conv2d: _conv,
     nn.BatchNorm2d: _batch_norm,
-    nn.ReLU: _module_act(lambda m: Activation(function="relu")),
-    nn.ReLU6: _module_act(lambda m: Activation(function="clip", low=0.0, high=6.0)),
-    nn.Hardtanh: _module_act(lambda m: Activation(function="clip", low=float(m.min_val), high=float(m.max_val))),
-    nn.LeakyReLU: _module_act(lambda m: Activation(function="leaky_relu", alpha=float(m.negative_slope))),
-    nn.Sigmoid: _module_act(lambda m: Activation(function="sigmoid")),
-    nn.Hardsigmoid: _module_act(lambda m: Activation(function="hard_sigmoid", alpha=1 / 6, beta=0.5)),
-    nn.Hardswish: _module_act(lambda m: Activation(function="hard_swish")),
-    nn.SiLU: _module_act(lambda m: Activation(function="silu")),
-    nn.Tanh: _module_act(lambda m: Activation(function="tanh")),
+    nn.ReLU: _module_act(lambda m: ops.Activation(function="relu")),
+    nn.ReLU6: _module_act(lambda m: ops.Activation(function="clip", low=0.0, high=6.0)),
+    nn.Hardtanh: _module_act(lambda m: ops.Activation(function="clip", low=float(m.min_val), high=float(m.max_val))),
+    nn.LeakyReLU: _module_act(lambda m: ops.Activation(function="leaky_relu", alpha=float(m.negative_slope))),
+    nn.Sigmoid: _module_act(lambda m: ops.Activation(function="sigmoid")),
+    nn.Hardsigmoid: _module_act(lambda m: ops.Activation(function="hard_sigmoid", alpha=1 / 6, beta=0.5)),
+    nn.Hardswish: _module_act(lambda m: ops.Activation(function="hard_swish")),
+    nn.SiLU: _module_act(lambda m: ops.Activation(function="silu")),
+    nn.Tanh: _module_act(lambda m: ops.Activation(function="tanh")),
     nn.Identity: _alias,
     nn.Dropout: _alias,
     nn.Dropout2d: _alias,
@@ -398,7 +388,7 @@ _MODULES: dict[type, Callable[[_FxReader, fx.Node, Any], None]] = {
 # --- functions and methods -------------------------------------------------------------------------
 
 
-def _act(make: Callable[[fx.Node], Activation]) -> Callable[[_FxReader, fx.Node], None]:
+def _act(make: Callable[[fx.Node], ops.Activation]) -> Callable[[_FxReader, fx.Node], None]:
     def convert(r: _FxReader, node: fx.Node) -> None:
         r.emit(node, make(node), [r._tensor(node.args[0], node.name)])
 
@@ -419,7 +409,7 @@ def _binary(function: str, swap: bool = False) -> Callable[[_FxReader, fx.Node],
         if node.kwargs.get("alpha", 1) != 1:
             raise ModelError("add or sub with a scaling alpha is not supported")
         operands = [r._tensor(a, f"{node.name}:a"), r._tensor(b, f"{node.name}:b")]
-        r.emit(node, Binary(function=function), operands)  # type: ignore[arg-type]
+        r.emit(node, ops.Binary(function=function), operands)  # type: ignore[arg-type]
 
     return convert
 
@@ -430,7 +420,7 @@ def _cat(r: _FxReader, node: fx.Node) -> None:
     assert isinstance(tensors, list | tuple)
     if dim % len(r.shape(node)) != 1:
         raise ModelError(f"concatenation along dimension {dim} (only channels, 1, keep maps tileable)")
-    r.emit(node, Concat(), [r._tensor(t, node.name) for t in tensors])
+    r.emit(node, ops.Concat(), [r._tensor(t, node.name) for t in tensors])
 
 
 def _mean(r: _FxReader, node: fx.Node) -> None:
@@ -440,9 +430,9 @@ def _mean(r: _FxReader, node: fx.Node) -> None:
     if dims is None or sorted(int(d) % 4 for d in (dims if isinstance(dims, list | tuple) else [dims])) != [2, 3]:
         raise ModelError(f"a mean over dimensions {dims} (only over height and width)")
     kept = f"{node.name}:kept" if not _kw(node, "keepdim", 2, False) else node.name
-    r.graph.emit(kept, GlobalPool(function="mean"), [r.graph.operand(source.name)], kept)
+    r.graph.emit(kept, ops.GlobalPool(function="mean"), [r.graph.operand(source.name)], kept)
     if kept != node.name:
-        r.graph.emit(node.name, Reshape(shape=r.shape(node)), [kept], node.name)
+        r.graph.emit(node.name, ops.Reshape(shape=r.shape(node)), [kept], node.name)
 
 
 def _interpolate(r: _FxReader, node: fx.Node) -> None:
@@ -459,29 +449,21 @@ def _interpolate(r: _FxReader, node: fx.Node) -> None:
 
 def _functional_pool(function: str) -> Callable[[_FxReader, fx.Node], None]:
     def convert(r: _FxReader, node: fx.Node) -> None:
-        kernel = _pair(r._arg(_kw(node, "kernel_size", 1, None)))
-        stride = _pair(r._arg(_kw(node, "stride", 2, None)) or kernel)
-        p = _pair(r._arg(_kw(node, "padding", 3, 0)))
-        pads = (p[0], p[1], p[0], p[1])
+        kernel = r._arg(_kw(node, "kernel_size", 1, None))
+        stride, padding = r._arg(_kw(node, "stride", 2, None)), r._arg(_kw(node, "padding", 3, 0))
         if function == "max":
-            op = Pool(
-                function="max",
-                kernel=kernel,
-                stride=stride,
-                pads=pads,
-                dilation=_pair(r._arg(_kw(node, "dilation", 4, 1))),
-                ceil_mode=bool(_kw(node, "ceil_mode", 5, False)),
-            )
+            dilation, ceil_mode = r._arg(_kw(node, "dilation", 4, 1)), _kw(node, "ceil_mode", 5, False)
+            op = _pool("max", kernel, stride, padding, dilation, ceil_mode)
         else:
-            if _kw(node, "divisor_override", 6, None) is not None:
-                raise ModelError("average pooling with a divisor override is not supported")
-            op = Pool(
-                function="avg",
-                kernel=kernel,
-                stride=stride,
-                pads=pads,
-                ceil_mode=bool(_kw(node, "ceil_mode", 4, False)),
-                count_include_pad=bool(_kw(node, "count_include_pad", 5, True)),
+            op = _pool(
+                "avg",
+                kernel,
+                stride,
+                padding,
+                1,
+                _kw(node, "ceil_mode", 4, False),
+                _kw(node, "count_include_pad", 5, True),
+                _kw(node, "divisor_override", 6, None),
             )
         r.emit(node, op, [r._tensor(node.args[0], node.name)])
 
@@ -494,7 +476,7 @@ def _functional_pad(r: _FxReader, node: fx.Node) -> None:
         raise ModelError(f"padding {pad} is not constant padding of height and width")
     left, right, top, bottom = (*pad, 0, 0) if len(pad) == 2 else pad
     value = float(_kw(node, "value", 3, None) or 0.0)
-    r.emit(node, Pad(pads=(top, left, bottom, right), value=value), [r._tensor(node.args[0], node.name)])
+    r.emit(node, ops.Pad(pads=(top, left, bottom, right), value=value), [r._tensor(node.args[0], node.name)])
 
 
 def _permute(r: _FxReader, node: fx.Node) -> None:
@@ -511,7 +493,7 @@ def _transpose(r: _FxReader, node: fx.Node) -> None:
 
 
 def _softmax(r: _FxReader, node: fx.Node) -> None:
-    r.emit(node, Softmax(axis=int(_kw(node, "dim", 1, -1))), [r._tensor(node.args[0], node.name)])
+    r.emit(node, ops.Softmax(axis=int(_kw(node, "dim", 1, -1))), [r._tensor(node.args[0], node.name)])
 
 
 def _functional_adaptive(function: str) -> Callable[[_FxReader, fx.Node], None]:
@@ -527,27 +509,27 @@ def _shuffle_function(sign: int) -> Callable[[_FxReader, fx.Node], None]:
     return convert
 
 
-_RELU = _act(lambda n: Activation(function="relu"))
-_SIGMOID = _act(lambda n: Activation(function="sigmoid"))
+_RELU = _act(lambda n: ops.Activation(function="relu"))
+_SIGMOID = _act(lambda n: ops.Activation(function="sigmoid"))
 _FUNCTIONS: dict[Any, Callable[[_FxReader, fx.Node], None]] = {
     F.relu: _RELU,
     torch.relu: _RELU,
     "relu": _RELU,
-    F.relu6: _act(lambda n: Activation(function="clip", low=0.0, high=6.0)),
+    F.relu6: _act(lambda n: ops.Activation(function="clip", low=0.0, high=6.0)),
     F.hardtanh: _act(
-        lambda n: Activation(
+        lambda n: ops.Activation(
             function="clip", low=float(_kw(n, "min_val", 1, -1.0)), high=float(_kw(n, "max_val", 2, 1.0))
         )
     ),
-    F.leaky_relu: _act(lambda n: Activation(function="leaky_relu", alpha=float(_kw(n, "negative_slope", 1, 0.01)))),
+    F.leaky_relu: _act(lambda n: ops.Activation(function="leaky_relu", alpha=float(_kw(n, "negative_slope", 1, 0.01)))),
     torch.sigmoid: _SIGMOID,
     F.sigmoid: _SIGMOID,
     "sigmoid": _SIGMOID,
-    F.hardsigmoid: _act(lambda n: Activation(function="hard_sigmoid", alpha=1 / 6, beta=0.5)),
-    F.hardswish: _act(lambda n: Activation(function="hard_swish")),
-    F.silu: _act(lambda n: Activation(function="silu")),
-    torch.tanh: _act(lambda n: Activation(function="tanh")),
-    "tanh": _act(lambda n: Activation(function="tanh")),
+    F.hardsigmoid: _act(lambda n: ops.Activation(function="hard_sigmoid", alpha=1 / 6, beta=0.5)),
+    F.hardswish: _act(lambda n: ops.Activation(function="hard_swish")),
+    F.silu: _act(lambda n: ops.Activation(function="silu")),
+    torch.tanh: _act(lambda n: ops.Activation(function="tanh")),
+    "tanh": _act(lambda n: ops.Activation(function="tanh")),
     operator.add: _binary("add"),
     torch.add: _binary("add"),
     "add": _binary("add"),

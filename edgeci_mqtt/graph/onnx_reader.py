@@ -30,30 +30,10 @@ from typing import Any
 import numpy as np
 
 from edgeci_mqtt.errors import ModelError
+from edgeci_mqtt.graph import ops
 from edgeci_mqtt.graph.axes import COORDINATE_MODES, NEAREST_MODES, Resample
 from edgeci_mqtt.graph.builder import Array, GraphBuilder
 from edgeci_mqtt.graph.graph import Graph
-from edgeci_mqtt.graph.ops import (
-    Activation,
-    BatchNorm,
-    Binary,
-    Concat,
-    Conv,
-    DepthToSpace,
-    Flatten,
-    Gemm,
-    GlobalPool,
-    MatMul,
-    Op,
-    Pad,
-    Pool,
-    Reshape,
-    Resize,
-    Shape,
-    Softmax,
-    SpaceToDepth,
-    Transpose,
-)
 
 __all__ = ["MAX_FILE_BYTES", "OPSETS", "read_onnx"]
 
@@ -173,7 +153,7 @@ class _Reader:
                 f"(supported: {OPSETS.start}-{OPSETS.stop - 1})"
             )
 
-    def _input_shape(self, value: Any) -> Shape:
+    def _input_shape(self, value: Any) -> ops.Shape:
         from onnx import TensorProto
 
         tensor = value.type.tensor_type
@@ -246,7 +226,7 @@ class _Reader:
         if op_type.startswith("Reduce") and not attrs.get("keepdims", 1):  # a 1x1 map, then its axes dropped
             kept = f"{node.output[0]}:kept"
             self.graph.emit(label, op, operands, kept)
-            self.graph.emit(f"{label}:drop", Reshape(shape=self.shapes[kept][:2]), [kept], node.output[0])
+            self.graph.emit(f"{label}:drop", ops.Reshape(shape=self.shapes[kept][:2]), [kept], node.output[0])
         else:
             self.graph.emit(label, op, operands, node.output[0])
         for extra in node.output[1:]:
@@ -437,7 +417,7 @@ def _pair(values: Sequence[int] | None, default: int) -> tuple[int, int]:
 def _pads(
     reader: _Reader,
     attrs: dict[str, Any],
-    shape: Shape,
+    shape: ops.Shape,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int],
@@ -459,7 +439,7 @@ def _pads(
     return begin[0], begin[1], end[0], end[1]
 
 
-def _conv(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _conv(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     weight = reader._const(inputs[1], "weight")
     if weight.ndim != 4:
         raise ModelError(f"only 2-D convolutions are supported (weight of shape {list(weight.shape)})")
@@ -468,7 +448,7 @@ def _conv(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op
     stride, dilation = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
     group = int(attrs.get("group", 1))
     bias = inputs[2] if len(inputs) > 2 and inputs[2] else None
-    op = Conv(
+    op = ops.Conv(
         weight=inputs[1],
         bias=bias,
         in_channels=weight.shape[1] * group,
@@ -482,12 +462,12 @@ def _conv(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op
     return op, [inputs[0]]
 
 
-def _batch_norm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _batch_norm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     if attrs.get("training_mode", 0):
         raise ModelError("training-mode batch norm is not inference")
     for t, what in zip(inputs[1:], ("scale", "bias", "mean", "variance"), strict=True):
         reader._const(t, what)
-    op = BatchNorm(
+    op = ops.BatchNorm(
         scale=inputs[1], bias=inputs[2], mean=inputs[3], var=inputs[4], epsilon=float(attrs.get("epsilon", 1e-5))
     )
     return op, [inputs[0]]
@@ -495,41 +475,41 @@ def _batch_norm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tu
 
 def _activation(
     function: str, **defaults: float
-) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
         values = {k: float(attrs.get(k, v)) for k, v in defaults.items()}
-        return Activation(function=function, **values), [inputs[0]]  # type: ignore[arg-type]
+        return ops.Activation(function=function, **values), [inputs[0]]  # type: ignore[arg-type]
 
     return convert
 
 
-def _clip(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _clip(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     low, high = float(attrs.get("min", -math.inf)), float(attrs.get("max", math.inf))
     if len(inputs) > 1 and inputs[1]:
         low = float(reader._const(inputs[1], "minimum"))
     if len(inputs) > 2 and inputs[2]:
         high = float(reader._const(inputs[2], "maximum"))
     if low == 0.0 and math.isinf(high):
-        return Activation(function="relu"), [inputs[0]]
-    return Activation(function="clip", low=low, high=high), [inputs[0]]
+        return ops.Activation(function="relu"), [inputs[0]]
+    return ops.Activation(function="clip", low=low, high=high), [inputs[0]]
 
 
-def _binary(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
-        return Binary(function=function), inputs  # type: ignore[arg-type]
+def _binary(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
+        return ops.Binary(function=function), inputs  # type: ignore[arg-type]
 
     return convert
 
 
-def _concat(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _concat(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     rank = len(reader.shapes.get(inputs[0], (0,) * 4))
     if int(attrs["axis"]) % rank != 1:
         raise ModelError(f"concatenation along axis {attrs['axis']} (only channels, axis 1, keep maps tileable)")
-    return Concat(), inputs
+    return ops.Concat(), inputs
 
 
-def _pool(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _pool(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
         shape = reader.shapes[inputs[0]]
         kernel, stride = _pair(attrs.get("kernel_shape"), 1), _pair(attrs.get("strides"), 1)
         dilation = _pair(attrs.get("dilations"), 1)
@@ -537,7 +517,7 @@ def _pool(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple
             raise ModelError("dilated average pooling is not supported")
         if attrs.get("storage_order", 0):
             raise ModelError("column-major max pooling indices are not supported")
-        op = Pool(
+        op = ops.Pool(
             function=function,  # type: ignore[arg-type]
             kernel=kernel,
             stride=stride,
@@ -551,24 +531,24 @@ def _pool(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple
     return convert
 
 
-def _global(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
-        return GlobalPool(function=function), [inputs[0]]  # type: ignore[arg-type]
+def _global(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
+        return ops.GlobalPool(function=function), [inputs[0]]  # type: ignore[arg-type]
 
     return convert
 
 
-def _reduce(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _reduce(function: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
         axes = _axes_of(reader, [None, *[reader.consts.get(t) for t in inputs[1:]]], attrs)
         if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             raise ModelError(f"a reduction over axes {axes} (only over height and width, axes 2 and 3)")
-        return GlobalPool(function=function), [inputs[0]]  # type: ignore[arg-type]
+        return ops.GlobalPool(function=function), [inputs[0]]  # type: ignore[arg-type]
 
     return convert
 
 
-def _resize(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _resize(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     shape = reader.shapes[inputs[0]]
     mode = _text(attrs.get("mode", "nearest"))
     if mode not in ("nearest", "linear", "bilinear"):
@@ -614,10 +594,10 @@ def _resize(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[
         Resample(o, f, interpolation, coordinate, rounding)  # type: ignore[arg-type]
         for o, f in zip(out, factors, strict=True)
     )
-    return Resize(rows=rows, cols=cols), [inputs[0]]
+    return ops.Resize(rows=rows, cols=cols), [inputs[0]]
 
 
-def _pad(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _pad(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     if _text(attrs.get("mode", "constant")) != "constant":
         raise ModelError(f"{_text(attrs['mode'])!r} padding is not supported (constant is)")
     pads = [int(p) for p in (reader._const(inputs[1], "pads").ravel() if len(inputs) > 1 else attrs["pads"])]
@@ -634,25 +614,25 @@ def _pad(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op,
         full[a], full[a + 4] = pads[i], pads[i + len(axes)]
     if any(full[a] or full[a + 4] for a in (0, 1)):
         raise ModelError(f"padding {full} pads the batch or the channels")
-    return Pad(pads=(full[2], full[3], full[6], full[7]), value=value), [inputs[0]]
+    return ops.Pad(pads=(full[2], full[3], full[6], full[7]), value=value), [inputs[0]]
 
 
-def _space_to_depth(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
-    return SpaceToDepth.onnx(reader.shapes[inputs[0]][1], int(attrs["blocksize"])), [inputs[0]]
+def _space_to_depth(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
+    return ops.SpaceToDepth.onnx(reader.shapes[inputs[0]][1], int(attrs["blocksize"])), [inputs[0]]
 
 
-def _depth_to_space(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
-    return DepthToSpace(block=int(attrs["blocksize"]), order=_text(attrs.get("mode", "DCR"))), [inputs[0]]  # type: ignore[arg-type]
+def _depth_to_space(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
+    return ops.DepthToSpace(block=int(attrs["blocksize"]), order=_text(attrs.get("mode", "DCR"))), [inputs[0]]  # type: ignore[arg-type]
 
 
-def _gemm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _gemm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     if attrs.get("transA", 0):
         raise ModelError("a transposed first operand is not supported")
     weight = reader._const(inputs[1], "weight")
     trans = bool(attrs.get("transB", 0))
     k, m = (weight.shape[1], weight.shape[0]) if trans else weight.shape
     bias = inputs[2] if len(inputs) > 2 and inputs[2] else None
-    op = Gemm(
+    op = ops.Gemm(
         weight=inputs[1],
         bias=bias,
         in_features=int(k),
@@ -664,34 +644,38 @@ def _gemm(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op
     return op, [inputs[0]]
 
 
-def _matmul(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _matmul(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     weight = reader._const(inputs[1], "weight")
     if weight.ndim != 2:
         raise ModelError(f"a matrix product with a {weight.ndim}-d weight is not supported")
-    return MatMul(weight=inputs[1], in_features=int(weight.shape[0]), out_features=int(weight.shape[1])), [inputs[0]]
+    return ops.MatMul(weight=inputs[1], in_features=int(weight.shape[0]), out_features=int(weight.shape[1])), [
+        inputs[0]
+    ]
 
 
-def _softmax(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _softmax(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
     if reader._is_map(inputs[0]):
         raise ModelError(WHY_NOT["Softmax"] + "; only a softmax in the tail is supported")
-    return Softmax(axis=int(attrs.get("axis", -1))), [inputs[0]]
+    return ops.Softmax(axis=int(attrs.get("axis", -1))), [inputs[0]]
 
 
-def _tail(op_type: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]:
-    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[Op, list[str]]:
+def _tail(op_type: str) -> Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]:
+    def convert(reader: _Reader, inputs: list[str], attrs: dict[str, Any]) -> tuple[ops.Op, list[str]]:
         shape = reader.shapes[inputs[0]]
         if op_type == "Flatten":
-            return Flatten(axis=int(attrs.get("axis", 1))), [inputs[0]]
+            return ops.Flatten(axis=int(attrs.get("axis", 1))), [inputs[0]]
         if op_type == "Transpose":
-            return Transpose(perm=tuple(int(p) for p in attrs.get("perm", reversed(range(len(shape)))))), [inputs[0]]
+            return ops.Transpose(perm=tuple(int(p) for p in attrs.get("perm", reversed(range(len(shape)))))), [
+                inputs[0]
+            ]
         out = np.zeros(shape, np.int8)
         folded = _FOLD[op_type](reader, [out, *[reader.consts.get(t) if t else None for t in inputs[1:]]], attrs)
-        return Reshape(shape=tuple(int(d) for d in folded.shape)), [inputs[0]]
+        return ops.Reshape(shape=tuple(int(d) for d in folded.shape)), [inputs[0]]
 
     return convert
 
 
-_CONVERT: dict[str, Callable[[_Reader, list[str], dict[str, Any]], tuple[Op, list[str]]]] = {
+_CONVERT: dict[str, Callable[[_Reader, list[str], dict[str, Any]], tuple[ops.Op, list[str]]]] = {
     "Conv": _conv,
     "BatchNormalization": _batch_norm,
     "Relu": _activation("relu"),

@@ -20,31 +20,8 @@ from torch import Tensor
 
 from edgeci_mqtt.core.geometry import Span, TileRegion, Window
 from edgeci_mqtt.errors import GeometryError, ModelError
+from edgeci_mqtt.graph import ops
 from edgeci_mqtt.graph.axes import Resample
-from edgeci_mqtt.graph.ops import (
-    Activation,
-    BatchNorm,
-    Binary,
-    Concat,
-    Conv,
-    DepthToSpace,
-    Flatten,
-    Gemm,
-    GlobalPool,
-    MatMul,
-    Op,
-    Pad,
-    Pool,
-    Reshape,
-    Resize,
-    Shape,
-    Softmax,
-    SpaceToDepth,
-    SpatialOp,
-    TailActivation,
-    Transpose,
-    as_map,
-)
 
 __all__ = ["run_spatial", "run_tail"]
 
@@ -59,7 +36,7 @@ def _crop(x: Tensor, held: TileRegion, need: TileRegion) -> Tensor:
 
 
 def _padded(
-    x: Tensor, held: TileRegion, out: TileRegion, windows: tuple[Window, Window], shape: Shape, fill: float
+    x: Tensor, held: TileRegion, out: TileRegion, windows: tuple[Window, Window], shape: ops.Shape, fill: float
 ) -> Tensor:
     """The operand cropped to what ``out`` reads, padded where that reaches past the map."""
     rows, cols = windows
@@ -99,7 +76,7 @@ def _resample(x: Tensor, axis: Resample, out: Span, held: Span, n: int, dim: int
     return a + (b - a) * w
 
 
-def _activation(op: Activation, x: Tensor) -> Tensor:
+def _activation(op: ops.Activation, x: Tensor) -> Tensor:
     f = op.function
     if f == "relu":
         return torch.relu(x)
@@ -123,7 +100,7 @@ Held = Sequence[TileRegion | None]
 
 
 def run_spatial(
-    op: SpatialOp, operands: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params
+    op: ops.SpatialOp, operands: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
 ) -> Tensor:
     """Compute region ``out`` of ``op``'s output. ``operands[k]`` holds region ``held[k]``
     of a map of shape ``shapes[k]``, or is a constant from the weights (``held[k]`` None,
@@ -134,19 +111,23 @@ def run_spatial(
     return run(op, operands, held, shapes, out, params)
 
 
-def _needed(op: SpatialOp, shapes: Sequence[Shape], out: TileRegion, k: int = 0) -> TileRegion:
+def _needed(op: ops.SpatialOp, shapes: Sequence[ops.Shape], out: TileRegion, k: int = 0) -> TileRegion:
     rows, cols = op.axes(shapes)[k]
-    shape = as_map(shapes[k])
+    shape = ops.as_map(shapes[k])
     return TileRegion(rows.needed(out.rows, shape[2]), cols.needed(out.cols, shape[3]))
 
 
-def _conv(op: Conv, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _conv(
+    op: ops.Conv, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     x = _padded(xs[0], _one(held), out, op.windows, shapes[0], 0.0)
     bias = params[op.bias] if op.bias else None
     return F.conv2d(x, params[op.weight], bias, op.stride, 0, op.dilation, op.groups)
 
 
-def _pool(op: Pool, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _pool(
+    op: ops.Pool, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     fill = float("-inf") if op.function == "max" else 0.0
     x = _padded(xs[0], _one(held), out, op.windows, shapes[0], fill)
     if op.function == "max":
@@ -160,22 +141,26 @@ def _pool(op: Pool, xs: Operands, held: Held, shapes: Sequence[Shape], out: Tile
     return sums / divisors.to(sums.dtype)
 
 
-def _pad(op: Pad, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _pad(op: ops.Pad, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params) -> Tensor:
     return _padded(xs[0], _one(held), out, op.windows, shapes[0], op.value)
 
 
 def _batch_norm(
-    op: BatchNorm, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params
+    op: ops.BatchNorm, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
 ) -> Tensor:
     x = _crop(xs[0], _one(held), out)
     return F.batch_norm(x, params[op.mean], params[op.var], params[op.scale], params[op.bias], False, 0.0, op.epsilon)
 
 
-def _act(op: Activation, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _act(
+    op: ops.Activation, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     return _activation(op, _crop(xs[0], _one(held), out))
 
 
-def _operands(op: SpatialOp, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion) -> list[Tensor]:
+def _operands(
+    op: ops.SpatialOp, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion
+) -> list[Tensor]:
     """Each operand cropped to what ``out`` reads of it (a constant is whole: as a map of its
     own size, so one that varies over rows is cut like a map and one of size 1 broadcasts)."""
     parts = []
@@ -195,23 +180,29 @@ _BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _binary(op: Binary, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _binary(
+    op: ops.Binary, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     a, b = _operands(op, xs, held, shapes, out)
     return _BINARY[op.function](a, b)
 
 
-def _concat(op: Concat, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _concat(
+    op: ops.Concat, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     return torch.cat(_operands(op, xs, held, shapes, out), dim=1)
 
 
 def _global(
-    op: GlobalPool, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params
+    op: ops.GlobalPool, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
 ) -> Tensor:
     x = _crop(xs[0], _one(held), TileRegion.whole(shapes[0][2], shapes[0][3]))
     return x.mean(dim=(2, 3), keepdim=True) if op.function == "mean" else x.amax(dim=(2, 3), keepdim=True)
 
 
-def _resize(op: Resize, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params) -> Tensor:
+def _resize(
+    op: ops.Resize, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
+) -> Tensor:
     need = _needed(op, shapes, out)
     x = _crop(xs[0], _one(held), need)
     x = _resample(x, op.rows, out.rows, need.rows, shapes[0][2], 2)
@@ -219,7 +210,7 @@ def _resize(op: Resize, xs: Operands, held: Held, shapes: Sequence[Shape], out: 
 
 
 def _space_to_depth(
-    op: SpaceToDepth, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params
+    op: ops.SpaceToDepth, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
 ) -> Tensor:
     x = _crop(xs[0], _one(held), _needed(op, shapes, out))
     b = op.block
@@ -230,7 +221,7 @@ def _space_to_depth(
 
 
 def _depth_to_space(
-    op: DepthToSpace, xs: Operands, held: Held, shapes: Sequence[Shape], out: TileRegion, params: Params
+    op: ops.DepthToSpace, xs: Operands, held: Held, shapes: Sequence[ops.Shape], out: TileRegion, params: Params
 ) -> Tensor:
     need = _needed(op, shapes, out)
     x = _crop(xs[0], _one(held), need)
@@ -245,17 +236,17 @@ def _depth_to_space(
 
 
 _SPATIAL: dict[type, Callable[..., Tensor]] = {
-    Conv: _conv,
-    Pool: _pool,
-    Pad: _pad,
-    BatchNorm: _batch_norm,
-    Activation: _act,
-    Binary: _binary,
-    Concat: _concat,
-    GlobalPool: _global,
-    Resize: _resize,
-    SpaceToDepth: _space_to_depth,
-    DepthToSpace: _depth_to_space,
+    ops.Conv: _conv,
+    ops.Pool: _pool,
+    ops.Pad: _pad,
+    ops.BatchNorm: _batch_norm,
+    ops.Activation: _act,
+    ops.Binary: _binary,
+    ops.Concat: _concat,
+    ops.GlobalPool: _global,
+    ops.Resize: _resize,
+    ops.SpaceToDepth: _space_to_depth,
+    ops.DepthToSpace: _depth_to_space,
 }
 
 
@@ -265,23 +256,23 @@ def _one(held: Sequence[TileRegion | None]) -> TileRegion:
     return held[0]
 
 
-def run_tail(op: Op, x: Tensor, params: Params) -> Tensor:
+def run_tail(op: ops.Op, x: Tensor, params: Params) -> Tensor:
     """A tail op on its whole operand."""
-    if isinstance(op, Flatten):
+    if isinstance(op, ops.Flatten):
         return x.reshape(math.prod(x.shape[: op.axis]), -1)
-    if isinstance(op, Reshape):
+    if isinstance(op, ops.Reshape):
         return x.reshape(op.shape)
-    if isinstance(op, Transpose):
+    if isinstance(op, ops.Transpose):
         return x.permute(op.perm)
-    if isinstance(op, TailActivation):
+    if isinstance(op, ops.TailActivation):
         return _activation(op.activation, x)
-    if isinstance(op, Softmax):
+    if isinstance(op, ops.Softmax):
         return torch.softmax(x, op.axis)
-    if isinstance(op, Gemm):
+    if isinstance(op, ops.Gemm):
         w = params[op.weight]
         y = x @ (w.t() if op.trans_b else w)
         y = y * op.alpha if op.alpha != 1.0 else y
         return y + op.beta * params[op.bias] if op.bias else y
-    if isinstance(op, MatMul):
+    if isinstance(op, ops.MatMul):
         return x @ params[op.weight]
     raise ModelError(f"no torch kernel for tail op {op.kind}")
