@@ -130,9 +130,8 @@ def memory_cluster(
         in_flight=in_flight,
         per_client=per_client,
     )
-    devices_store = ModelStore(
-        store.models, store.seed, tail=False, size=store.size
-    )  # as devices hold them: no tail until given
+    # as devices hold them: no tail until given
+    devices_store = ModelStore(store.models, store.seed, tail=False, size=store.size, files=store.files)
     cluster = MemoryCluster(broker, devices_store, {}, orchestrator, muted, dropped)
     try:
         for i in range(1, devices + 1):

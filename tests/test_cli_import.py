@@ -71,8 +71,9 @@ def test_infer_a_traced_module(capsys: pytest.CaptureFixture[str]) -> None:
         (["models", "--model-file", str(SAMPLE_IMAGE)], "not a readable ONNX file"),
         (
             ["infer", "--model-module", "tests.onnx_models:TinyMobile", "--broker", "mqtt://x@127.0.0.1:1"],
-            "a cluster serves the built-in models so far",
+            "a cluster serves models by name",
         ),
+        (["infer", "--model", "alexnet"], "unknown model 'alexnet'"),
     ],
 )
 def test_a_model_that_cannot_be_imported_is_one_clear_line(

@@ -20,7 +20,7 @@ from edgeci_mqtt.device.agent import DeviceAgent, inbox_limits
 from edgeci_mqtt.device.heap import keep_heap_small, release_heap
 from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES
-from edgeci_mqtt.models.held import ModelStore, parse_model_specs
+from edgeci_mqtt.models.held import ModelStore, model_files, parse_model_specs
 from edgeci_mqtt.models.stage_weights import WeightCache
 from edgeci_mqtt.profiling import measure_profile
 from edgeci_mqtt.wire.topics import check_segment
@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"{', '.join(HAND_CUT)}; any of {', '.join(MODEL_NAMES)})",
     )
     parser.add_argument("--models", help="the same, comma-separated (NAME,NAME=weights.pth,...)")
+    parser.add_argument(
+        "--model-file",
+        action="append",
+        type=Path,
+        help="an ONNX file to serve under its stem's name (repeatable; every orchestrator and device "
+        "serving it has the same file); alone, no built-in model is held",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, help="seed of random weights (default 0)")
     parser.add_argument(
@@ -132,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     address = broker_address(args, config.get("id"))
     if config.get("id") and config["id"] != address.username:
         raise EdgeCIError(f"device id {config['id']!r} is not its broker user {address.username!r}")
-    specs = held_models(args.model, args.models if args.model else config.get("models"))  # the command line wins
+    listed = args.models if args.model else config.get("models")  # the command line wins
+    files = model_files(args.model_file)
+    specs = [] if files and not args.model and not listed else held_models(args.model, listed)
     fetch = bool(config.get("fetch_weights", False))
     memory = config.get("tail_memory_mb")
     keep_heap_small()  # before torch starts its threads and paho its own
@@ -142,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     profile = measure_profile(threads)  # before the models: their memory and its buffers never add up
     release_heap()
     # the tail's weights are made only when a part of it is given to this device
-    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False)
+    store = ModelStore(parse_model_specs(specs), int(config.get("seed", 0)), fetch=fetch, tail=False, files=files)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeci" / "weights"
     cache = WeightCache(Path(config.get("cache_dir") or default_cache)) if fetch else None
     bus = broker_bus(args, address=address, in_role=True, queued_limits=inbox_limits(device))

@@ -44,7 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "process, stitch the tiles, run the tail, and print the top-5 classes with the "
         "maximum absolute difference from running the whole model at once.",
     )
-    parser.add_argument("--model", choices=MODEL_NAMES, default="vgg16")
+    parser.add_argument(
+        "--model",
+        default="vgg16",
+        help=f"a built-in model ({', '.join(MODEL_NAMES)}; default vgg16), or with --broker any model the "
+        "cluster serves",
+    )
     parser.add_argument("--weights", type=Path, help="torchvision-format state_dict (.pth); default: seeded random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument(
@@ -72,12 +77,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_remote(args: argparse.Namespace) -> int:
-    """Ask the cluster behind ``--broker`` and print the answer."""
-    x = load_input(args.input, args.size or DEFAULT_SIZE)
+    """Ask the cluster behind ``--broker`` and print the answer (a ``--model-file`` is asked
+    for by its stem's name, at its own input size: the cluster serves it from its copies)."""
+    if args.model_module:
+        raise EdgeCIError("a cluster serves models by name: start it with --model-file, ask with --model-file")
+    model, size = args.model, args.size or DEFAULT_SIZE
+    if args.model_file is not None:
+        model, size = args.model_file.stem, model_chain(args)[2]
+    x = load_input(args.input, size)
     with EdgeCIClient(broker_bus(args, "client", in_role=True)) as client:
-        result = client.infer(x, args.model, args.strategy or "", args.timeout)
+        result = client.infer(x, model, args.strategy or "", args.timeout, size=size)
     print(
-        f"model {args.model}, strategy {result.strategy}, orchestrator {result.orchestrator}, "
+        f"model {model}, strategy {result.strategy}, orchestrator {result.orchestrator}, "
         f"devices {', '.join(result.devices) or '(none)'}"
     )
     print(
@@ -97,12 +108,10 @@ def run_remote(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.broker and (args.model_file or args.model_module):
-        raise EdgeCIError(
-            "a cluster serves the built-in models so far; run an imported model in this process (without --broker)"
-        )
     if args.broker:
         return run_remote(args)
+    if args.model_file is None and args.model_module is None and args.model not in MODEL_NAMES:
+        raise EdgeCIError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_NAMES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model_file is None and args.model_module is None:

@@ -11,7 +11,7 @@ from edgeci_mqtt.cli.device_cmd import stop_on_signals
 from edgeci_mqtt.cli.runtime_args import add_broker, broker_address, broker_bus
 from edgeci_mqtt.core.link import Link
 from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES
-from edgeci_mqtt.models.held import ModelStore, parse_model_specs
+from edgeci_mqtt.models.held import ModelStore, model_files, parse_model_specs
 from edgeci_mqtt.orchestrator.service import IN_FLIGHT, PER_CLIENT, Orchestrator
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from edgeci_mqtt.profiling import measure_profile
@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--weights", type=Path, help="weights file for a single --model")
     parser.add_argument(
+        "--model-file",
+        action="append",
+        type=Path,
+        help="an ONNX file to serve under its stem's name (repeatable; the devices serving it need the "
+        "same file); alone, no built-in model is served",
+    )
+    parser.add_argument(
         "--strategy", choices=list(STRATEGY_NAMES), default="flow", help="default strategy (a request may name another)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (must match the devices')")
@@ -54,10 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = args.model or list(HAND_CUT)
+    files = model_files(args.model_file)
+    specs = args.model or ([] if files else list(HAND_CUT))
     if args.weights is not None and len(specs) == 1 and "=" not in specs[0]:
         specs = [f"{specs[0]}={args.weights}"]
-    store = ModelStore(parse_model_specs(specs), args.seed)
+    store = ModelStore(parse_model_specs(specs), args.seed, files=files)
     address = broker_address(args)  # its user name is its id
     torch.set_num_threads(args.threads)
     orchestrator = Orchestrator(

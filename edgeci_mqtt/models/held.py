@@ -26,10 +26,11 @@ from edgeci_mqtt.core.tail_rows import TailRows
 from edgeci_mqtt.core.work import LINEAR_CHUNK_ROWS, chunks_of
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
+from edgeci_mqtt.models.imported import import_file
 from edgeci_mqtt.models.weights import TailSource
 from edgeci_mqtt.planner.costs import RowModel
 
-__all__ = ["FETCH", "HeldModel", "ModelStore", "parse_model_specs", "weights_digest"]
+__all__ = ["FETCH", "HeldModel", "ModelStore", "model_files", "parse_model_specs", "weights_digest"]
 
 log = logging.getLogger("edgeci.models")
 
@@ -222,6 +223,16 @@ def _remember(cache: dict[tuple[int, int], T], key: tuple[int, int], make: Calla
     return cache[key]
 
 
+def model_files(paths: list[Path] | None) -> dict[str, Path]:
+    """``--model-file`` paths by the model name each serves under: the file's stem."""
+    files: dict[str, Path] = {}
+    for path in paths or []:
+        if path.stem in files:
+            raise EdgeCIError(f"two model files are named {path.stem!r}: {files[path.stem]} and {path}")
+        files[path.stem] = path
+    return files
+
+
 def parse_model_specs(specs: list[str]) -> dict[str, Path | None]:
     """``["vgg16", "resnet34=weights.pth"]`` -> name to weights file (None: seeded random)."""
     models: dict[str, Path | None] = {}
@@ -245,12 +256,15 @@ class ModelStore:
         fetch: bool = False,
         tail: bool = True,
         size: int | None = None,
+        files: dict[str, Path] | None = None,
     ) -> None:
         """``tail``: hold the fully connected tail; without it (a device), its layers are
         made only when a part of the tail is given to this process (VGG-16's classifier is
         470 MB; a device given a slice of its first layer makes that slice). ``size``: the
-        input side zoo models are traced at (default 224; the hand-cut models take any)."""
-        self.models, self.seed, self.size = models, seed, size
+        input side zoo models are traced at (default 224; the hand-cut models take any).
+        ``files``: ONNX files by model name, read here whatever ``fetch`` says (every process
+        serving one has the file; its digest is the file's)."""
+        self.models, self.seed, self.size, self.files = models, seed, size, dict(files or {})
         if fetch:
             self.held = {name: HeldModel(skeleton_chain(name, size), FETCH, loaded=set()) for name in models}
         else:
@@ -262,6 +276,10 @@ class ModelStore:
                 )
                 for name, weights in models.items()
             }
+        for name, path in self.files.items():
+            if name in self.held:
+                raise EdgeCIError(f"model file {path} is named {name!r} like a model already held")
+            self.held[name] = HeldModel(import_file(path, size), weights_digest(name, path, seed))
 
     @property
     def digests(self) -> dict[str, str]:
