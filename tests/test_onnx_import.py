@@ -219,3 +219,14 @@ def test_external_data_must_stay_beside_the_model(tmp_path: Path) -> None:
     onnx.save(model, str(inner / "escape.onnx"))
     with pytest.raises(ModelError, match="outside the model's directory"):
         read_onnx(inner / "escape.onnx")
+
+
+def test_files_that_ask_for_huge_tensors_are_refused_before_the_memory_is_taken(tmp_path: Path) -> None:
+    shape = onnx.numpy_helper.from_array(np.array([1 << 40], np.int64), "huge")
+    nodes = [helper.make_node("ConstantOfShape", ["huge"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])]
+    with pytest.raises(ModelError, match="a constant of 1099511627776 elements"):
+        read_onnx(save(_tiny(nodes, [shape]), tmp_path / "constant.onnx"))
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 1e5, 1e5], np.float32), "scales")
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")]
+    with pytest.raises(ModelError, match=r"a tensor of shape \[1, 3, 800000, 800000\]"):
+        read_onnx(save(_tiny(nodes, [scales]), tmp_path / "resize.onnx"))

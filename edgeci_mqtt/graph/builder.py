@@ -10,6 +10,7 @@ that map ops only read maps, so each importer is only its source's vocabulary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +32,13 @@ from edgeci_mqtt.graph.ops import (
     is_map,
 )
 
-__all__ = ["Array", "GraphBuilder", "block_gather"]
+__all__ = ["MAX_TENSOR_ELEMENTS", "Array", "GraphBuilder", "block_gather"]
 
 Array = NDArray[Any]
+MAX_TENSOR_ELEMENTS = 1 << 28
+"""Most elements of any tensor a graph computes (1 GiB of float32): a resize or a shape a
+file asks for beyond this is refused at import, not met as a failed allocation on a device.
+YOLOv2's largest map at 608x608 has 11.8 M."""
 
 
 @dataclass
@@ -162,7 +167,10 @@ class GraphBuilder:
                 )
             if not maps:
                 raise ModelError("all its operands are constants of a kind it cannot fold")
-        self.shapes[output] = op.infer([self.shape_of(t) for t in operands])
+        shape = op.infer([self.shape_of(t) for t in operands])
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_TENSOR_ELEMENTS:
+            raise ModelError(f"it would make a tensor of shape {list(shape)} (at most {MAX_TENSOR_ELEMENTS} elements)")
+        self.shapes[output] = shape
         if not op.spatial:
             self._tail.add(output)
         self.nodes.append(Node(label, op, tuple(operands), output))

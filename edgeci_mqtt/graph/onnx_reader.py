@@ -35,10 +35,13 @@ from edgeci_mqtt.graph.axes import COORDINATE_MODES, NEAREST_MODES, Resample
 from edgeci_mqtt.graph.builder import Array, GraphBuilder
 from edgeci_mqtt.graph.graph import Graph
 
-__all__ = ["MAX_FILE_BYTES", "OPSETS", "read_onnx"]
+__all__ = ["MAX_FILE_BYTES", "MAX_FOLDED", "OPSETS", "read_onnx"]
 
 MAX_FILE_BYTES = 1 << 31
 """Largest model file (and external data) read: 2 GiB, protobuf's own limit."""
+MAX_FOLDED = 1 << 24
+"""Most elements a folded constant may have: shape arithmetic makes a few; a file that asks
+for more is refused before the memory is taken."""
 OPSETS = range(7, 22)
 """Versions of the default ONNX domain read (the exporters of the last years emit 13-21)."""
 
@@ -354,12 +357,21 @@ def _constant_of_shape(reader: _Reader, ops: Sequence[Array | None], attrs: dict
 
     value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
     assert ops[0] is not None
-    return np.full([int(d) for d in ops[0]], value.ravel()[0], dtype=value.dtype)
+    dims = [int(d) for d in ops[0]]
+    _bounded(math.prod(dims) if all(d >= 0 for d in dims) else -1)
+    return np.full(dims, value.ravel()[0], dtype=value.dtype)
 
 
 def _range(reader: _Reader, ops: Sequence[Array | None], attrs: dict[str, Any]) -> Array:
     start, limit, delta = (np.asarray(o).item() for o in ops)
+    _bounded(math.ceil((limit - start) / delta) if delta else -1)
     return np.arange(start, limit, delta, dtype=np.asarray(ops[0]).dtype)
+
+
+def _bounded(elements: int) -> None:
+    """A constant this op would make is within :data:`MAX_FOLDED` elements (and makes sense)."""
+    if not 0 <= elements <= MAX_FOLDED:
+        raise ModelError(f"it would make a constant of {elements} elements (at most {MAX_FOLDED} are folded)")
 
 
 def _transpose(reader: _Reader, ops: Sequence[Array | None], attrs: dict[str, Any]) -> Array:
