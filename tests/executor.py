@@ -57,7 +57,7 @@ class _Cluster:
             ORCH,
             deadline=1e9,
             channels=tuple(s.channels for s in self.shapes),
-            classes=self.held.chain.tail_parts.classes,
+            classes=self.held.chain.output_size,
         )
         self.stores: dict[str, FlowStore[ValidProgram]] = {}
         self.runnable: list[tuple[str, str]] = []  # (device, program)

@@ -91,10 +91,34 @@ def test_a_traced_resnet_is_exact_under_every_strategy() -> None:
     _every_strategy_exact(stage_chain(GraphModel(graph, weights), "resnet34"), x, ref32, ref64)
 
 
-def test_skips_across_scales_stay_in_one_stage(tmp_path: Path) -> None:
-    graph, _ = read_module(TinySegmenter(), (18, 14))
-    with pytest.raises(ModelError, match="its output is a map"):
+def test_a_segmenter_with_skips_across_scales_is_exact_under_every_strategy() -> None:
+    """A U-Net-like model: the span its skip keeps alive is one stage (with the squeeze-excitation
+    and the bilinear upsampling inside it), and its output is a map, answered as a map."""
+    module = TinySegmenter().eval()
+    graph, weights = read_module(module, (36, 28))
+    chain = stage_chain(GraphModel(graph, weights), "segmenter")
+    assert chain.tail_parts is None and chain.output_size == 4 * 36 * 28
+    assert max(len(s.graph.nodes) for s in chain.stages) > 8  # type: ignore[attr-defined]
+    x = torch.randn(1, 3, 36, 28)
+    with torch.inference_mode():
+        ref32, ref64 = module(x), float64_model(module)(x.double())
+    _every_strategy_exact(chain, x, ref32, ref64)
+
+
+def test_only_one_output_is_served() -> None:
+    graph, _ = read_module(_TwoHeads(), (16, 16))
+    with pytest.raises(ModelError, match="2 outputs"):
         cut(graph)
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        return y, torch.relu(y)
 
 
 def test_an_imported_chain_runs_only_at_its_size() -> None:

@@ -8,11 +8,13 @@ import random
 import pytest
 import torch
 
+from edgeci_mqtt.core.geometry import FeatureShape
 from edgeci_mqtt.exactness import float64_model
-from edgeci_mqtt.models import build_model
+from edgeci_mqtt.graph.ops import SpaceToDepth
+from edgeci_mqtt.models import build_model, load_chain
 from edgeci_mqtt.models.held import ModelStore
 from edgeci_mqtt.models.zoo import ZOO
-from edgeci_mqtt.planner.strategies import context_for, make_plan
+from edgeci_mqtt.planner.strategies import context_for, darknet_layers, make_plan
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES, Strategy
 from tests.exactness import assert_float32_faithful
 from tests.executor import run_attempt
@@ -61,12 +63,27 @@ TORCHVISION = {
 """Parameter counts torchvision publishes for its models, and some of its state_dict keys."""
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", list(TORCHVISION))
 def test_torchvision_layout(name: str) -> None:
     module = ZOO[name]()
     count, keys = TORCHVISION[name]
     assert sum(p.numel() for p in module.parameters()) == count
     assert set(keys) <= set(module.state_dict())
+
+
+def test_yolov2_at_608_is_darknets() -> None:
+    """The raw region map at 1/32 of the input; Darknet's reorg read as a space-to-depth; the
+    passthrough span (from layer 16's map to the concatenation) one stage; DeepThings' 16
+    fused layers (0-15) end on a 38x38 map, as in its paper."""
+    chain = load_chain("yolov2")
+    spec = chain.spec(608, 608)
+    assert spec.shapes[-1] == FeatureShape(425, 19, 19) and chain.output_size == 425 * 19 * 19
+    assert chain.tail_parts is None and spec.tail_work == ()
+    nodes = [n for s in chain.stages for n in s.graph.nodes]  # type: ignore[attr-defined]
+    assert sum(isinstance(n.op, SpaceToDepth) for n in nodes) == 1
+    layers = darknet_layers(chain.stages)  # the passthrough's 1x1 convolution is off the longest path
+    assert layers[-1] == 27 and spec.shapes[layers.index(16) + 1] == FeatureShape(256, 38, 38)
+    assert max(len(s.graph.nodes) for s in chain.stages) > 20  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import yaml
 from edgeci_mqtt.core.profile import DeviceProfile
 from edgeci_mqtt.errors import EdgeCIError
 from edgeci_mqtt.graph.stage import GraphStage
-from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, skeleton_chain
+from edgeci_mqtt.models import MODEL_NAMES, StageChain, load_chain, model_size, skeleton_chain
 from edgeci_mqtt.models.imported import DEFAULT_SIZE, import_file, import_module
 from edgeci_mqtt.profiling import measure_profile
 
@@ -43,8 +43,8 @@ def model_chain(args: argparse.Namespace, skeleton: bool = False) -> tuple[str, 
     elif args.model_module is not None:
         chain = import_module(args.model_module, args.size)
     else:
-        size = args.size or DEFAULT_SIZE
-        return args.model, (skeleton_chain(args.model) if skeleton else load_chain(args.model)), size
+        chain = skeleton_chain(args.model, args.size) if skeleton else load_chain(args.model, size=args.size)
+        return args.model, chain, args.size or model_size(args.model)
     fixed = chain.stages[0]
     side = args.size or (fixed.in_shape.height if isinstance(fixed, GraphStage) else DEFAULT_SIZE)
     return chain.model_name, chain, side

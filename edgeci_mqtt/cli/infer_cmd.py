@@ -20,7 +20,7 @@ from edgeci_mqtt.core.fused import run_fused
 from edgeci_mqtt.errors import EdgeCIError, GeometryError
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.labels import top_k
-from edgeci_mqtt.models import MODEL_NAMES, load_chain
+from edgeci_mqtt.models import MODEL_NAMES, load_chain, model_size
 from edgeci_mqtt.models.imported import DEFAULT_SIZE
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 
@@ -76,6 +76,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(run=run)
 
 
+def answer_text(output: torch.Tensor) -> str:
+    """The top five classes of logits; of an output map (a detector's, a segmenter's), its shape."""
+    if output.dim() != 2:
+        return f"output map {list(output.shape)}, values {output.min().item():.4g} .. {output.max().item():.4g}"
+    return format_table(
+        ["rank", "class", "label", "probability"],
+        [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(output))],
+    )
+
+
 def run_remote(args: argparse.Namespace) -> int:
     """Ask the cluster behind ``--broker`` and print the answer (a ``--model-file`` is asked
     for by its stem's name, at its own input size: the cluster serves it from its copies)."""
@@ -96,12 +106,7 @@ def run_remote(args: argparse.Namespace) -> int:
         + ", ".join(f"{k.removesuffix('_s')} {v * 1e3:.1f}" for k, v in result.timings.items() if k.endswith("_s"))
         + " ms)"
     )
-    print(
-        format_table(
-            ["rank", "class", "label", "probability"],
-            [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(result.logits))],
-        )
-    )
+    print(answer_text(result.logits))
     if args.output:
         np.save(args.output, result.logits.numpy())
     return 0
@@ -117,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model_file is None and args.model_module is None:
         source = f"random weights, seed {args.seed}" if args.weights is None else str(args.weights)
         print(f"building {args.model} ({source}) ...", file=sys.stderr, flush=True)
-        name, chain, size = args.model, load_chain(args.model, args.weights, args.seed), args.size or DEFAULT_SIZE
+        chain = load_chain(args.model, args.weights, args.seed, size=args.size)
+        name, size = args.model, args.size or model_size(args.model)
     else:
         print(f"importing {args.model_file or args.model_module} ...", file=sys.stderr, flush=True)
         name, chain, size = model_chain(args)
@@ -150,13 +156,8 @@ def run(args: argparse.Namespace) -> int:
         f"({tiled_s / whole_s:.2f}x) on {torch.get_num_threads()} thread(s)"
     )
     print(f"max abs difference from the whole model: {(logits - reference).abs().max().item():.3g}")
-    print(
-        format_table(
-            ["rank", "class", "label", "probability"],
-            [[i + 1, p.index, p.label, f"{p.probability:.4f}"] for i, p in enumerate(top_k(logits))],
-        )
-    )
+    print(answer_text(logits))
     if args.output:
         np.save(args.output, logits.numpy())
-        print(f"logits saved to {args.output}")
+        print(f"output saved to {args.output}")
     return 0

@@ -8,8 +8,7 @@ from edgeci_mqtt.cli.common import add_model_import, model_chain
 from edgeci_mqtt.cli.table import format_table, human_bytes, human_count
 from edgeci_mqtt.core.chain import whole_map_flops
 from edgeci_mqtt.core.geometry import TileRegion
-from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES, StageChain, load_chain
-from edgeci_mqtt.models.imported import DEFAULT_SIZE
+from edgeci_mqtt.models import HAND_CUT, MODEL_NAMES, StageChain, load_chain, model_size
 
 __all__ = ["register", "run"]
 
@@ -32,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _chains(args: argparse.Namespace) -> list[tuple[str, StageChain, int]]:
     if args.model_file is not None or args.model_module is not None:
         return [model_chain(args)]
-    return [(name, load_chain(name), args.size or DEFAULT_SIZE) for name in args.model or HAND_CUT]
+    names = args.model or HAND_CUT
+    return [(name, load_chain(name, size=args.size), args.size or model_size(name)) for name in names]
 
 
 def run(args: argparse.Namespace) -> int:

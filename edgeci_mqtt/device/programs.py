@@ -115,6 +115,10 @@ def _check_tail(
     name are within the first layer's; slices cut the features in order; the weights fit
     the budget the device announced."""
     parts, prepare, tail, finish = held.chain.tail_parts, message.prepare, message.tail, message.finish
+    if parts is None:
+        if prepare is not None or tail is not None or finish is not None:
+            raise WireError(f"{held.chain.model_name} has no tail for a device: its output is a map")
+        return
     row_bytes = (parts.first.in_features + 1) * 4  # weights and bias of one row of the first layer
     if held.loaded is not None and (prepare is not None or tail is not None or finish is not None):
         raise WireError(f"{device} fetches stage weights only: it has none for the tail, nor makes any")
@@ -206,7 +210,7 @@ def run_step(ready: ReadyStep[ValidProgram]) -> Tile:
             out = held.tail_whole(tile)
         else:
             held.make_rest()
-            out = held.chain.tail_parts.finish(tile)
+            out = held.chain.split_tail().finish(tile)
     return out.contiguous().numpy()
 
 

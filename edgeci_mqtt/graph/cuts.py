@@ -6,7 +6,8 @@ straight run of layers is cut after every layer; a residual block, an inverted r
 or an Inception module is one stage (everything inside it waits for its merge); a
 feature pyramid's skips keep several maps alive, so what they span is one stage until
 boundaries carry several maps (docs/GRAPH.md). The tail is what follows the last cut
-after which only global pooling and tail ops remain: it runs once, on the whole last map.
+after which only global pooling and tail ops remain: it runs once, on the whole last map;
+a model whose output is a map (a detector's raw map, a segmentation) has none.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Cuts:
     segments: tuple[Segment, ...]
     """The spatial stages, in order."""
     tail: tuple[Node, ...]
-    """What runs on the last segment's whole output (global pooling, flatten, classifier)."""
+    """What runs on the last segment's whole output (global pooling, flatten, classifier);
+    empty when the output is the last segment's map."""
 
 
 def _alive_after(graph: Graph) -> list[set[str]]:
@@ -74,8 +76,8 @@ def _merged(segments: list[Segment], graph: Graph) -> list[Segment]:
 
 
 def cut(graph: Graph) -> Cuts:
-    """The graph's stages and tail (:class:`ModelError` if it has no single-map boundary to
-    end its spatial part at, or more than one output)."""
+    """The graph's stages and tail (:class:`ModelError` if it has more than one output, or
+    no single-map boundary to end its spatial part at)."""
     if len(graph.outputs) != 1:
         raise ModelError(f"{graph.name}: {len(graph.outputs)} outputs; splitting serves models with one output so far")
     alive = _alive_after(graph)
@@ -87,8 +89,6 @@ def cut(graph: Graph) -> Cuts:
             tail_from = i + 1
         else:
             break
-    if tail_from == len(graph.nodes) or not any(not n.op.spatial for n in graph.nodes[tail_from:]):
-        raise ModelError(f"{graph.name}: its output is a map; splitting serves models that end in a classifier so far")
     segments, start, current = [], 0, graph.input
     for i in [c for c in cuts if c < tail_from]:
         nodes = graph.nodes[start : i + 1]

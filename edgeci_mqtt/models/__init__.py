@@ -22,7 +22,7 @@ from edgeci_mqtt.models.smallcnn import smallcnn
 from edgeci_mqtt.models.stage_chain import StageChain, stage_chain
 from edgeci_mqtt.models.vgg import vgg16
 from edgeci_mqtt.models.weights import allocate, init_weights, load_weights
-from edgeci_mqtt.models.zoo import ZOO
+from edgeci_mqtt.models.zoo import ZOO, ZOO_SIZES
 
 __all__ = [
     "HAND_CUT",
@@ -31,6 +31,7 @@ __all__ = [
     "StageChain",
     "build_model",
     "load_chain",
+    "model_size",
     "skeleton_chain",
     "stage_chain",
     "tail_separable",
@@ -98,6 +99,11 @@ def skeleton_chain(name: str, size: int | None = None) -> StageChain:
     return stage_chain(model.eval(), name)
 
 
+def model_size(name: str) -> int:
+    """The input side a model runs at unless told: a zoo model's traced size, else 224."""
+    return ZOO_SIZES.get(name, ZOO_SIZE)
+
+
 def load_chain(
     name: str, weights: Path | None = None, seed: int = 0, tail: bool = True, size: int | None = None
 ) -> StageChain:
@@ -105,7 +111,7 @@ def load_chain(
     a zoo model is traced at ``size`` (default :data:`ZOO_SIZE`; the hand-cut ones take any)."""
     model = build_model(name, weights, seed, tail)
     if name in ZOO:
-        side = size or ZOO_SIZE
+        side = size or model_size(name)
         graph, graph_weights = read_module(model, (side, side), name=name)
         return stage_chain(GraphModel(graph, graph_weights), name)
     return stage_chain(model, name)

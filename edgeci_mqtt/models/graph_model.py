@@ -22,10 +22,10 @@ from edgeci_mqtt.core.kernels import Kernel
 from edgeci_mqtt.errors import ModelError
 from edgeci_mqtt.graph.cuts import cut
 from edgeci_mqtt.graph.graph import Graph, Node
-from edgeci_mqtt.graph.ops import Gemm
+from edgeci_mqtt.graph.ops import Gemm, GlobalPool
 from edgeci_mqtt.graph.run import run_regions
 from edgeci_mqtt.graph.stage import GraphStage, segment_graph
-from edgeci_mqtt.graph.torch_ops import run_spatial, run_tail
+from edgeci_mqtt.graph.torch_ops import run_tail
 from edgeci_mqtt.models.tail_parts import TailParts
 
 __all__ = ["GraphBlock", "GraphKernel", "GraphModel"]
@@ -61,30 +61,33 @@ class GraphBlock(_Weighted):
 
 
 class _TailRun(nn.Module):
-    """Tail nodes run in order from one tensor; each fully connected layer an ``nn.Linear``."""
+    """Tail nodes run in order from one tensor. Each fully connected layer is an ``nn.Linear``
+    and each global pooling an adaptive pool (the modules the planner prices a tail by)."""
 
-    def __init__(self, nodes: tuple[Node, ...], graph: Graph, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, nodes: tuple[Node, ...], weights: Mapping[str, np.ndarray]) -> None:
         super().__init__()
-        self.nodes, self.graph = nodes, graph
+        self.nodes = nodes
         names = sorted({w for n in nodes if not isinstance(n.op, Gemm) for w in n.op.weights()})
         self.others = _Weighted(names, weights)
-        self.linears = nn.ModuleDict(
-            {f"l{i}": _linear(n.op, weights) for i, n in enumerate(nodes) if isinstance(n.op, Gemm)}
-        )
+        made = {f"l{i}": _module(n, weights) for i, n in enumerate(nodes)}
+        self.layers = nn.ModuleDict({k: m for k, m in made.items() if m is not None})
 
     def forward(self, x: Tensor) -> Tensor:
         params = self.others.params()
         for i, node in enumerate(self.nodes):
-            op = node.op
-            if isinstance(op, Gemm):
-                x = self.linears[f"l{i}"](x)
-            elif op.spatial:  # global pooling of the last map
-                shape = self.graph.shapes[node.inputs[0]]
-                whole = TileRegion.whole(shape[2], shape[3])
-                x = run_spatial(op, [x], [whole], [shape], TileRegion.of(0, 1, 0, 1), params)  # type: ignore[arg-type]
-            else:
-                x = run_tail(op, x, params)
+            key = f"l{i}"
+            x = self.layers[key](x) if key in self.layers else run_tail(node.op, x, params)
         return x
+
+
+def _module(node: Node, weights: Mapping[str, np.ndarray]) -> nn.Module | None:
+    if isinstance(node.op, Gemm):
+        return _linear(node.op, weights)
+    if isinstance(node.op, GlobalPool):
+        return nn.AdaptiveAvgPool2d(1) if node.op.function == "mean" else nn.AdaptiveMaxPool2d(1)
+    if node.op.spatial:
+        raise ModelError(f"tail node {node.name} ({node.op.kind}) is a map op")
+    return None
 
 
 def _linear(op: Gemm, weights: Mapping[str, np.ndarray]) -> nn.Linear:
@@ -113,25 +116,27 @@ class GraphModel(nn.Module):
             for k, s in enumerate(cuts.segments)
         )
         gemms = [i for i, n in enumerate(cuts.tail) if isinstance(n.op, Gemm)]
-        if not gemms:
-            raise ModelError(
-                f"{graph.name}: its tail has no fully connected layer; splitting serves classifiers so far"
-            )
-        first = gemms[0]
-        gemm = cuts.tail[first].op
-        assert isinstance(gemm, Gemm)
-        self.head = _TailRun(cuts.tail[:first], graph, weights)
-        self.first = _linear(gemm, weights)
-        self.rest = _TailRun(cuts.tail[first + 1 :], graph, weights)
+        first = gemms[0] if gemms else len(cuts.tail)
+        self.head = _TailRun(cuts.tail[:first], weights)
+        self.split = bool(gemms)
+        if gemms:
+            gemm = cuts.tail[first].op
+            assert isinstance(gemm, Gemm)
+            self.first = _linear(gemm, weights)
+            self.rest = _TailRun(cuts.tail[first + 1 :], weights)
+        self.output_size = int(np.prod(graph.shapes[graph.outputs[0]]))
 
     def spatial_layers(self) -> list[tuple[str, nn.Module]]:
         return [(f"stages.{k}", block) for k, block in enumerate(self.stages)]
 
     def tail(self, x: Tensor) -> Tensor:
-        return self.rest(self.first(self.head(x)))
+        x = self.head(x)
+        return self.rest(self.first(x)) if self.split else x
 
-    def tail_parts(self) -> TailParts:
-        return TailParts(head=self.head, first=self.first, rest=self.rest)
+    def tail_parts(self) -> TailParts | None:
+        """Head, first fully connected layer, rest; None when the tail has none (the output is
+        a map): it then runs whole where the answer is made."""
+        return TailParts(head=self.head, first=self.first, rest=self.rest) if self.split else None
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.stages:

@@ -87,7 +87,7 @@ class HeldModel:
         its tail, the layer's rows are made in chunks of :data:`LINEAR_CHUNK_ROWS` on first
         use and kept (the least recently used dropped past :attr:`tail_bytes`), so a slice
         that moves a little between requests costs only the rows it gained."""
-        parts = self.chain.tail_parts
+        parts = self.chain.split_tail()
         if not parts.first.weight.is_meta:
             return parts.part(x, features)
         if not 0 <= features.start < features.stop <= parts.features:
@@ -105,7 +105,7 @@ class HeldModel:
         """The chunks of rows ``needed``, made if missing; others dropped, least recently
         used first, while more than :attr:`tail_bytes` are kept (never the ones needed now,
         nor those in ``keep``)."""
-        first = self.chain.tail_parts.first
+        first = self.chain.split_tail().first
         with self._tail_lock:
             made_now = 0
             for chunk in needed:
@@ -146,7 +146,7 @@ class HeldModel:
             log.info("%s: made %d fully connected layer(s), %.0f MB", self.chain.model_name, len(missing), size / 1e6)
 
     def _rest_layers(self) -> list[nn.Linear]:
-        return [m for m in self.chain.tail_parts.rest.modules() if isinstance(m, nn.Linear)]
+        return [m for m in self.chain.split_tail().rest.modules() if isinstance(m, nn.Linear)]
 
     def _rest_made(self) -> bool:
         return not any(layer.weight.is_meta for layer in self._rest_layers())
@@ -155,12 +155,14 @@ class HeldModel:
         """The logits from the final map ``x``: the first layer in its chunks of rows (those
         made ahead of time count), then the rest."""
         self.make_rest()
-        parts = self.chain.tail_parts
+        parts = self.chain.split_tail()
         return parts.finish(self.tail_part(x, Span(0, parts.features)))
 
     def tail_rows(self) -> TailRows:
         """What this process has made of the tail (announced, so the planner prices the rest)."""
         parts = self.chain.tail_parts
+        if parts is None:  # nothing to make: the output is a map
+            return TailRows()
         rest = self._rest_made()
         if not parts.first.weight.is_meta:
             return TailRows((Span(0, parts.features),), rest)
@@ -173,7 +175,7 @@ class HeldModel:
         the layers after it), so that an idle device yields to new work between chunks;
         False once nothing wanted is missing, or when the chunks wanted would not all fit
         in :attr:`tail_bytes` (making them would drop one another, round and round)."""
-        parts = self.chain.tail_parts
+        parts = self.chain.split_tail()
         if parts.first.weight.is_meta:
             want = frozenset(c for run in wanted.first for c in chunks_of(run.clip(parts.features)))
             with self._tail_lock:

@@ -39,7 +39,7 @@ class SpatialModel(Protocol):
 
     def tail(self, x: Tensor) -> Tensor: ...
 
-    def tail_parts(self) -> TailParts: ...
+    def tail_parts(self) -> TailParts | None: ...
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,25 @@ class StageChain:
         return spatial.tail(x)
 
     @cached_property
-    def tail_parts(self) -> TailParts:
-        """The tail as head, first fully connected layer and rest (:mod:`edgeci_mqtt.planner.tail`)."""
+    def tail_parts(self) -> TailParts | None:
+        """The tail as head, first fully connected layer and rest (:mod:`edgeci_mqtt.planner.tail`);
+        None when it has no fully connected layer to split (a model whose output is a map)."""
         spatial: SpatialModel = self.model  # type: ignore[assignment]
         return spatial.tail_parts()
+
+    def split_tail(self) -> TailParts:
+        """:attr:`tail_parts`, for work that splits the tail (an error for a model without one)."""
+        if self.tail_parts is None:
+            raise ModelError(f"{self.model_name} has no fully connected tail to split: its output is a map")
+        return self.tail_parts
+
+    @cached_property
+    def output_size(self) -> int:
+        """How many values an answer holds: the logits, or every value of an output map."""
+        if self.tail_parts is not None:
+            return self.tail_parts.classes
+        size: int = self.model.output_size  # type: ignore[assignment]
+        return size
 
     def tail_modules(self) -> list[str]:
         """Top-level modules that belong to the tail rather than to any stage."""
@@ -116,7 +131,7 @@ class StageChain:
         size = features.numel
         for name in self.tail_modules():
             module = getattr(self.model, name)
-            for leaf in module.modules() if isinstance(module, nn.Sequential) else [module]:
+            for leaf in module.modules():
                 if isinstance(leaf, nn.Linear):
                     weights = leaf.in_features * leaf.out_features
                     moved = (weights + leaf.in_features + 2 * leaf.out_features) * BYTES_PER_ELEMENT

@@ -17,12 +17,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "ZOO",
+    "ZOO_SIZES",
     "efficientnet_b0",
     "mobilenet_v2",
     "mobilenet_v3_large",
     "regnet_y_400mf",
     "resnet18",
     "resnet50",
+    "yolov2",
 ]
 
 Layer = Callable[..., nn.Module]
@@ -347,6 +349,90 @@ class RegNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.trunk_output(self.stem(x))), 1))
 
 
+# --- YOLOv2 ------------------------------------------------------------------------------------------
+
+
+def _darknet(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    """Darknet's convolutional layer: convolution without bias, batch norm, leaky ReLU (0.1)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)
+    )
+
+
+def reorg(x: Tensor, stride: int = 2) -> Tensor:
+    """Darknet's ``reorg`` layer as its PyTorch ports write it: each ``stride`` x ``stride`` cell
+    of the map becomes channels, in Darknet's order (a space-to-depth with its own channel table)."""
+    b, c, h, w = x.size()
+    x = x.view(b, c, h // stride, stride, w // stride, stride).transpose(3, 4).contiguous()
+    x = x.view(b, c, h // stride * (w // stride), stride * stride).transpose(2, 3).contiguous()
+    x = x.view(b, c, stride * stride, h // stride, w // stride).transpose(1, 2).contiguous()
+    return x.view(b, stride * stride * c, h // stride, w // stride)
+
+
+class YOLOv2(nn.Module):
+    """YOLOv2 (``yolov2.cfg``, COCO): Darknet-19's 16 first layers (``early``: conv/pool, the
+    passthrough's source), the rest of the backbone (``late``), the passthrough (a 1x1
+    convolution and a reorg), their concatenation and the detection head. The output is the
+    raw region map, ``anchors * (5 + classes)`` channels at 1/32 of the input (19x19 at 608);
+    decoding it into boxes is the tail's job."""
+
+    EARLY = (
+        (32, 3),
+        "M",
+        (64, 3),
+        "M",
+        (128, 3),
+        (64, 1),
+        (128, 3),
+        "M",
+        (256, 3),
+        (128, 1),
+        (256, 3),
+        "M",
+        (512, 3),
+        (256, 1),
+        (512, 3),
+        (256, 1),
+        (512, 3),
+    )
+    LATE: tuple[tuple[int, int] | str, ...] = (
+        "M",
+        (1024, 3),
+        (512, 1),
+        (1024, 3),
+        (512, 1),
+        (1024, 3),
+        (1024, 3),
+        (1024, 3),
+    )
+
+    def __init__(self, classes: int = 80, anchors: int = 5) -> None:
+        super().__init__()
+        self.early, cin = self._layers(self.EARLY, 3)
+        self.late, _ = self._layers(self.LATE, cin)
+        self.passthrough = _darknet(512, 64, 1)
+        self.head = nn.Sequential(_darknet(64 * 4 + 1024, 1024, 3), nn.Conv2d(1024, anchors * (5 + classes), 1))
+
+    @staticmethod
+    def _layers(spec: tuple[tuple[int, int] | str, ...], cin: int) -> tuple[nn.Sequential, int]:
+        layers: list[nn.Module] = []
+        for item in spec:
+            if isinstance(item, str):  # "M": a 2x2 max pool
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers.append(_darknet(cin, item[0], item[1]))
+                cin = item[0]
+        return nn.Sequential(*layers), cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        early = self.early(x)
+        return self.head(torch.cat([reorg(self.passthrough(early)), self.late(early)], dim=1))
+
+
+def yolov2() -> nn.Module:
+    return YOLOv2()
+
+
 def mobilenet_v2() -> nn.Module:
     return MobileNetV2()
 
@@ -378,5 +464,10 @@ ZOO: dict[str, Callable[[], nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "regnet_y_400mf": regnet_y_400mf,
+    "yolov2": yolov2,
 }
-"""The zoo by name: each a torchvision-compatible module, split through the graph importer."""
+"""The zoo by name: each a torchvision-compatible module (YOLOv2: Darknet's layout), split
+through the graph importer."""
+ZOO_SIZES = {"yolov2": 608}
+"""Input sides the zoo models are traced at where it is not 224: YOLOv2 at 608, as DeepThings
+and AOFL measured it."""

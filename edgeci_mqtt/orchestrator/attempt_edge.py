@@ -103,7 +103,7 @@ class Holdings:
                 return chain.tail(torch.from_numpy(self.maps[work.final]))
             if slices:
                 first = np.concatenate([self.answers[a] for a in slices], axis=1)
-                return chain.tail_parts.finish(torch.from_numpy(first))
+                return chain.split_tail().finish(torch.from_numpy(first))
             logits = next(a for a in self.answers if isinstance(a, Logits))
             return torch.from_numpy(self.answers[logits])
 

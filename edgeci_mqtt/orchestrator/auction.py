@@ -208,7 +208,8 @@ def flow_plan(run: Run, views: list[DeviceView]) -> Plan:
         _announce(run, held_round, won)
     run.spent("auction", started, f"{len(lots)} rounds")
     # the plan's prediction, and the tail weights its devices must make
-    making = placement_making_seconds(env, TailWork.of(chain.tail_work), tail) if place else 0.0
+    work = TailWork.of_split(chain.tail_work) if place else None
+    making = placement_making_seconds(env, work, tail) if work is not None else 0.0
     predicted_s = plan.predicted_s + making
     return dataclasses.replace(plan, blocks=tuple(blocks), predicted_s=predicted_s, auctioned=True, tail=tail)
 

@@ -234,7 +234,7 @@ class Run:
             self.orchestrator,
             started + allowed,
             tuple(s.channels for s in self.shapes),
-            self.held.chain.tail_parts.classes,
+            self.held.chain.output_size,
             self._pulled_allowance,
         )
         with self.mail.open(program) as box:

@@ -113,8 +113,9 @@ def flow_blocks(
         awards.append(won)
     final = {t.device: t.out_bytes for t in plans[-1].tasks}
     tail, tail_s = TailPlan(), 0.0
-    if place:
-        work, map_bytes = TailWork.of(chain.tail_work), sum(final.values())
+    work = TailWork.of_split(chain.tail_work) if place else None
+    if work is not None:
+        map_bytes = sum(final.values())
         tail, tail_s = place_tail(env, work, map_bytes, final, orchestrator_holds=False, keep=keep)
         prepare = tail_to_prepare(env, work, map_bytes, final, False, tail, keep)
         tail = replace(tail, prepare=prepare) if prepare else tail

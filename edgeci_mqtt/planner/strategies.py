@@ -168,15 +168,16 @@ def _on_its_own(view: DeviceView) -> DeviceView:
     return replace(view, sharing=1)
 
 
-def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool, final: float, tail: TailWork) -> _WholeTail:
+def _whole_tail(ctx: PlanningContext, view: DeviceView, alone: bool, final: float, tail: TailWork | None) -> _WholeTail:
     """The tail on the device if it has room for its weights and runs it, making what it
     lacks of them, sooner than the orchestrator gets the final map (``final`` bytes) and
     runs it there; ``alone`` (``local``: one device, the baseline), on the device whenever
-    it has room."""
-    everything = (*tail.head, tail.first, *tail.rest)
+    it has room. A tail without a fully connected layer (``tail`` None: the output is a map)
+    runs where the answer is made, on the orchestrator."""
+    everything = ctx.chain.tail_work if tail is None else (*tail.head, tail.first, *tail.rest)
     broker, speed = ctx.env.broker_link, view.bytes_per_s
     there = final / broker.bytes_per_s + ctx.env.orchestrator.work_seconds(everything) + final / speed
-    if not fits(view, tail.weight_bytes):
+    if tail is None or not fits(view, tail.weight_bytes):
         return _WholeTail(False, final, there - final / speed)
     whole = Span(0, tail.features)
     run = view.profile.work_seconds(everything) + LOGITS_BYTES / speed
@@ -196,7 +197,7 @@ def whole_model_seconds(ctx: PlanningContext, alone: bool = False) -> dict[str, 
     a, b = np.array([0]), np.array([ctx.chain.shapes[-1].height])
     image = float(ctx.costs.input_bytes(block, a, b)[0])
     final = float(ctx.costs.output_bytes(block, a, b)[0])
-    work = TailWork.of(ctx.chain.tail_work)
+    work = TailWork.of_split(ctx.chain.tail_work)
     broker, orchestrator = ctx.env.broker_link, ctx.env.orchestrator
     seconds = {}
     for shared in ctx.env.devices:
@@ -231,7 +232,7 @@ def whole_model_plan(
     cuts = list(blocks) or [whole_chain]
     final = float(ctx.costs.output_bytes(whole_chain, np.array([0]), np.array([ctx.chain.shapes[-1].height]))[0])
     tail = _whole_tail(
-        ctx, _on_its_own(ctx.env.device(device)), strategy.alone, final, TailWork.of(ctx.chain.tail_work)
+        ctx, _on_its_own(ctx.env.device(device)), strategy.alone, final, TailWork.of_split(ctx.chain.tail_work)
     )
     steps: list[BlockPlan] = []
     for cut in cuts:

@@ -109,6 +109,12 @@ class TailWork:
     """Output features of the first layer."""
 
     @classmethod
+    def of_split(cls, ops: Sequence[OpWork]) -> TailWork | None:
+        """:meth:`of`, or None when the tail has no fully connected layer (an output map):
+        then it runs whole where the answer is made, on the orchestrator."""
+        return cls.of(ops) if any(op.kind == "fc" for op in ops) else None
+
+    @classmethod
     def of(cls, ops: Sequence[OpWork]) -> TailWork:
         index = next((k for k, op in enumerate(ops) if op.kind == "fc"), None)
         if index is None:
