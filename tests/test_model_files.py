@@ -12,15 +12,18 @@ import pytest
 import torch
 
 from edgeci_mqtt.client import EdgeCIClient
-from edgeci_mqtt.errors import EdgeCIError
+from edgeci_mqtt.core.geometry import TileRegion
+from edgeci_mqtt.device.programs import validate_program
+from edgeci_mqtt.errors import EdgeCIError, WireError
 from edgeci_mqtt.exactness import float64_model
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
 from edgeci_mqtt.models.held import ModelStore, model_files, weights_digest
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
+from edgeci_mqtt.wire import ProgramMessage, StepInput, TailRole
 from tests.cluster import local_cluster, start_device
 from tests.exactness import assert_float32_faithful
 from tests.inprocess import memory_cluster
-from tests.onnx_models import TinyMobile, export
+from tests.onnx_models import TinyMobile, TinySegmenter, export
 
 
 @pytest.mark.pure
@@ -102,3 +105,26 @@ def test_a_cluster_serves_an_onnx_file_and_ignores_a_device_with_another(tmp_pat
             assert_float32_faithful(
                 torch.from_numpy(np.load(out)), module(image), float64_model(module)(image.double())
             )
+
+
+@pytest.mark.pure
+def test_a_device_refuses_tail_work_for_a_model_whose_output_is_a_map(tmp_path: Path) -> None:
+    """What an orchestrator credential could send: a program giving a device the tail of a
+    segmenter (which has none) is refused with a clear reason, not an AttributeError."""
+    path = export(TinySegmenter(), tmp_path / "seg.onnx", (36, 28))
+    store = ModelStore({}, files=model_files([path]))
+    held = store.get("seg")
+    final = held.shapes(36, 28)[-1]
+    role = TailRole((StepInput(TileRegion.whole(final.height, final.width), "b"),), "o1")
+    program = ProgramMessage(
+        request="r1",
+        orchestrator="o1",
+        model="seg",
+        digest=held.digest,
+        input_hw=(36, 28),
+        steps=(),
+        expires_s=5.0,
+        tail=role,
+    )
+    with pytest.raises(WireError, match="has no tail for a device: its output is a map"):
+        validate_program(program, "a", store, lambda *_: True)
