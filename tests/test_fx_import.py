@@ -111,3 +111,28 @@ def test_what_cannot_be_traced_or_tiled_is_refused() -> None:
         read_module(_GroupNormed(), (8, 8))
     with pytest.raises(ModelError, match="uneven windows"):
         read_module(_Uneven(), (8, 8))
+
+
+class _Functional(nn.Module):
+    """PyTorch's functional forms and tensor methods, as hand-written models call them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding="same")
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.max_pool2d(self.conv(x), 3, 2, 1, ceil_mode=True)
+        y = torch.nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
+        y = torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+        y = torch.nn.functional.pad(y, (1, 0, 0, 2)) * torch.sigmoid(y.mean((2, 3), keepdim=True))
+        y = torch.cat([y, torch.nn.functional.leaky_relu(y, 0.2)], dim=1)
+        return self.fc(y.mean(dim=(-2, -1)))
+
+
+def test_functional_calls_are_read_as_their_modules() -> None:
+    module = _Functional().eval()
+    graph, weights = read_module(module, (13, 11))
+    kinds = Counter(n.op.kind for n in graph.nodes)
+    assert kinds["pool"] == 2 and kinds["resize"] == 1 and kinds["pad"] == 1 and kinds["global"] == 2
+    _faithful(module, graph, weights, (13, 11))

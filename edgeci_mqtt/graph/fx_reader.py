@@ -12,7 +12,7 @@ load as they are and a device can fetch a stage's weights by name.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -235,39 +235,34 @@ def _alias(r: _FxReader, node: fx.Node, m: Any = None) -> None:
     r.graph.alias(node.name, source.name)
 
 
-def _pool(
-    function: str,
-    kernel: object,
-    stride: object,
-    padding: object,
-    dilation: object = 1,
-    ceil_mode: object = False,
-    count_include_pad: object = True,
-    divisor_override: object = None,
-) -> ops.Pool:
-    """A max or average pool from PyTorch's arguments (symmetric padding)."""
-    if function == "avg" and divisor_override is not None:
+_POOL_ARGS = {
+    "max": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    "avg": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+}
+"""PyTorch's pooling arguments, in the order ``F.max_pool2d`` and ``F.avg_pool2d`` take them."""
+
+
+def _pool(function: str, args: Mapping[str, Any]) -> ops.Pool:
+    """A max or average pool from PyTorch's arguments by name (symmetric padding)."""
+    if args.get("return_indices"):
+        raise ModelError("max pooling that returns indices is not supported")
+    if args.get("divisor_override") is not None:
         raise ModelError("average pooling with a divisor override is not supported")
-    k = _pair(kernel)
-    p = _pair(padding)
+    kernel, p = _pair(args["kernel_size"]), _pair(args.get("padding", 0))
     return ops.Pool(
         function=function,  # type: ignore[arg-type]
-        kernel=k,
-        stride=_pair(stride or kernel),
+        kernel=kernel,
+        stride=_pair(args.get("stride") or kernel),
         pads=(p[0], p[1], p[0], p[1]),
-        dilation=_pair(dilation) if function == "max" else (1, 1),
-        ceil_mode=bool(ceil_mode),
-        count_include_pad=function == "avg" and bool(count_include_pad),
+        dilation=_pair(args.get("dilation", 1)),
+        ceil_mode=bool(args.get("ceil_mode", False)),
+        count_include_pad=function == "avg" and bool(args.get("count_include_pad", True)),
     )
 
 
 def _pool_module(r: _FxReader, node: fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
-    if isinstance(m, nn.MaxPool2d):
-        if m.return_indices:
-            raise ModelError("max pooling that returns indices is not supported")
-        op = _pool("max", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-    else:
-        op = _pool("avg", m.kernel_size, m.stride, m.padding, 1, m.ceil_mode, m.count_include_pad, m.divisor_override)
+    function = "max" if isinstance(m, nn.MaxPool2d) else "avg"
+    op = _pool(function, {name: getattr(m, name) for name in _POOL_ARGS[function]})
     r.emit(node, op, [r._tensor(node.args[0], node.name)])
 
 
@@ -449,23 +444,13 @@ def _interpolate(r: _FxReader, node: fx.Node) -> None:
 
 def _functional_pool(function: str) -> Callable[[_FxReader, fx.Node], None]:
     def convert(r: _FxReader, node: fx.Node) -> None:
-        kernel = r._arg(_kw(node, "kernel_size", 1, None))
-        stride, padding = r._arg(_kw(node, "stride", 2, None)), r._arg(_kw(node, "padding", 3, 0))
-        if function == "max":
-            dilation, ceil_mode = r._arg(_kw(node, "dilation", 4, 1)), _kw(node, "ceil_mode", 5, False)
-            op = _pool("max", kernel, stride, padding, dilation, ceil_mode)
-        else:
-            op = _pool(
-                "avg",
-                kernel,
-                stride,
-                padding,
-                1,
-                _kw(node, "ceil_mode", 4, False),
-                _kw(node, "count_include_pad", 5, True),
-                _kw(node, "divisor_override", 6, None),
-            )
-        r.emit(node, op, [r._tensor(node.args[0], node.name)])
+        names = _POOL_ARGS[function]
+        args = {name: r._arg(_kw(node, name, k + 1, None)) for k, name in enumerate(names)}
+        r.emit(
+            node,
+            _pool(function, {k: v for k, v in args.items() if v is not None}),
+            [r._tensor(node.args[0], node.name)],
+        )
 
     return convert
 
