@@ -31,6 +31,12 @@ from edgeci_mqtt.models.tail_parts import TailParts
 __all__ = ["GraphBlock", "GraphKernel", "GraphModel"]
 
 
+def _tensor(array: np.ndarray) -> Tensor:
+    """The weight as a tensor sharing the array's memory where it may (a traced module's
+    weights are not held twice), else a copy (an ONNX file's arrays are read-only)."""
+    return torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
+
+
 class _Weighted(nn.Module):
     """Holds named graph weights as parameters (their names made attribute-safe)."""
 
@@ -38,7 +44,7 @@ class _Weighted(nn.Module):
         super().__init__()
         self.keys = {name: f"w{i}" for i, name in enumerate(names)}
         for name, key in self.keys.items():
-            self.register_parameter(key, nn.Parameter(torch.tensor(weights[name]), requires_grad=False))
+            self.register_parameter(key, nn.Parameter(_tensor(weights[name]), requires_grad=False))
 
     def params(self) -> dict[str, Tensor]:
         """The weights by their graph names, as they are now (a fetched stage replaces them)."""
@@ -92,7 +98,7 @@ def _module(node: Node, weights: Mapping[str, np.ndarray]) -> nn.Module | None:
 
 def _linear(op: Gemm, weights: Mapping[str, np.ndarray]) -> nn.Linear:
     """A Gemm as the ``nn.Linear`` it is (alpha and beta folded into its weights)."""
-    w = torch.tensor(weights[op.weight])
+    w = _tensor(weights[op.weight])
     w = w if op.trans_b else w.t()
     layer = nn.Linear(op.in_features, op.out_features, bias=op.bias is not None)
     with torch.no_grad():
