@@ -20,6 +20,7 @@ from edgeci_mqtt.bus.address import BrokerAddress
 from edgeci_mqtt.bus.mqtt import MqttBus
 from edgeci_mqtt.client import EdgeCIClient
 from edgeci_mqtt.imaging import SAMPLE_IMAGE, load_input
+from edgeci_mqtt.models import model_size
 from edgeci_mqtt.planner.strategy import STRATEGY_NAMES
 from edgeci_mqtt.watch.view import device_states
 
@@ -54,7 +55,7 @@ def link_bytes(interface: str) -> tuple[int, int]:
 def stream(address: BrokerAddress, model: str, strategy: str, count: int, in_flight: int) -> dict[str, object]:
     """``count`` requests, ``in_flight`` at a time (threads sharing one client session), as a
     stream would come: every latency, the wall time, and how many were served whole on one device."""
-    x = load_input(SAMPLE_IMAGE)
+    x = load_input(SAMPLE_IMAGE, model_size(model))
     latencies: list[float] = []
     whole: list[float] = []
     failures: list[str] = []
@@ -68,7 +69,7 @@ def stream(address: BrokerAddress, model: str, strategy: str, count: int, in_fli
                     return
                 left.pop()
             try:
-                answer = own.infer(x, model, strategy, timeout=600)
+                answer = own.infer(x, model, strategy, timeout=600, size=model_size(model))
             except Exception as exc:  # a failed request is counted, not fatal to the run
                 with lock:
                     failures.append(str(exc)[:200])
@@ -113,15 +114,15 @@ def main() -> int:
     streams = logged_in(args.stream_client, args.credentials) if args.stream_client else own
     strategies = args.strategies.split(",")
     result: dict[str, object] = {"runs": {}}
-    x = load_input(SAMPLE_IMAGE)
     with EdgeCIClient(own) as client:
         for model in args.models.split(","):
+            x = load_input(SAMPLE_IMAGE, model_size(model))
             runs: dict[str, list[dict[str, object]]] = {s: [] for s in strategies}
             for round_index in range(args.warmup + args.runs):
                 order = strategies[round_index % len(strategies) :] + strategies[: round_index % len(strategies)]
                 for strategy in order:
                     before = link_bytes(args.link)
-                    answer = client.infer(x, model, strategy, timeout=600, trace=True)
+                    answer = client.infer(x, model, strategy, timeout=600, trace=True, size=model_size(model))
                     after = link_bytes(args.link)
                     print(
                         f"{model} {strategy} round {round_index}: {answer.latency_s * 1e3:.0f} ms",
