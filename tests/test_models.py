@@ -113,9 +113,7 @@ def test_state_dict_matches_torchvision(chains: dict[str, StageChain], name: str
     assert len(expected) == {"vgg16": 32, "resnet34": 218}[name]
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n != "smallcnn" else n for n in HAND_CUT]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "smallcnn" else n for n in HAND_CUT])
 def test_stage_chain_and_tail_equal_the_plain_model(
     chains: dict[str, StageChain],
     chains64: dict[str, StageChain],
