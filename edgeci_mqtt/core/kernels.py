@@ -48,6 +48,8 @@ __all__ = [
     "ReLUKernel",
     "ResidualKernel",
     "WindowKernel",
+    "padded_input",
+    "pool_divisors",
     "run_chain",
 ]
 
@@ -77,6 +79,38 @@ def _windows(
     )
 
 
+def padded_input(
+    x: Tensor, x_region: TileRegion, out_region: TileRegion, windows: Windows, height: int, width: int, fill: float
+) -> Tensor:
+    """``x`` (holding ``x_region`` of a ``height`` x ``width`` map) cropped to what
+    ``out_region`` of a sliding-window op reads, padded with ``fill`` only where that reach
+    leaves the global map. Chain kernels and graph ops both pad through here."""
+    rows, cols = windows
+    reach = TileRegion(rows.reach(out_region.rows), cols.reach(out_region.cols))
+    need = TileRegion(rows.needed(out_region.rows, height), cols.needed(out_region.cols, width))
+    r, c = need.within(x_region)
+    x = x[:, :, r, c]
+    if need.area == 0:  # every window lies in the padding
+        return torch.full((*x.shape[:2], reach.height, reach.width), fill, dtype=x.dtype)
+    pads = (
+        need.cols.start - reach.cols.start,
+        reach.cols.stop - need.cols.stop,
+        need.rows.start - reach.rows.start,
+        reach.rows.stop - need.rows.stop,
+    )
+    return F.pad(x, pads, value=fill) if any(pads) else x
+
+
+def pool_divisors(window: Window, out: Span, n: int, include_pad: bool) -> Tensor:
+    """An average pool's divisor along one axis at each output index of ``out``, as at its
+    global position: the padding counted or not, the ceil-mode overhang never."""
+    start = torch.arange(out.start, out.stop, dtype=torch.int64) * window.stride - window.padding
+    stop = torch.clamp(start + window.kernel, max=n + window.end_padding)
+    if not include_pad:
+        start, stop = torch.clamp(start, min=0), torch.clamp(stop, max=n)
+    return stop - start
+
+
 class Kernel(ABC):
     """A stage and what runs it."""
 
@@ -103,19 +137,7 @@ class WindowKernel(Kernel):
         self.stage = stage
 
     def _padded_input(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
-        reach = self.stage.reach(out_region)
-        need = self.stage.input_region(out_region, in_shape)
-        rows, cols = need.within(x_region)
-        x = x[:, :, rows, cols]
-        pads = (
-            need.cols.start - reach.cols.start,
-            reach.cols.stop - need.cols.stop,
-            need.rows.start - reach.rows.start,
-            reach.rows.stop - need.rows.stop,
-        )
-        if any(pads):
-            x = F.pad(x, pads, value=self.fill)
-        return x
+        return padded_input(x, x_region, out_region, self.stage.windows, in_shape.height, in_shape.width, self.fill)
 
     def run(self, x: Tensor, x_region: TileRegion, out_region: TileRegion, in_shape: FeatureShape) -> Tensor:
         return self._apply(self._padded_input(x, x_region, out_region, in_shape))
@@ -210,16 +232,10 @@ class AvgPoolKernel(WindowKernel):
         if self.stage.divisor_override is not None:
             return sums / self.stage.divisor_override
         rows, cols = self.stage.windows
-        row_div = self._axis_divisors(rows, out_region.rows, in_shape.height)
-        col_div = self._axis_divisors(cols, out_region.cols, in_shape.width)
+        include = self.stage.count_include_pad
+        row_div = pool_divisors(rows, out_region.rows, in_shape.height, include)
+        col_div = pool_divisors(cols, out_region.cols, in_shape.width, include)
         return sums / (row_div[:, None] * col_div[None, :]).to(sums.dtype)
-
-    def _axis_divisors(self, window: Window, out: Span, n: int) -> Tensor:
-        start = torch.arange(out.start, out.stop, dtype=torch.int64) * window.stride - window.padding
-        stop = torch.clamp(start + window.kernel, max=n + window.padding)
-        if not self.stage.count_include_pad:
-            start, stop = torch.clamp(start, min=0), torch.clamp(stop, max=n)
-        return stop - start
 
 
 class ResidualKernel(Kernel):

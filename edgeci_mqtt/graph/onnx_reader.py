@@ -103,6 +103,9 @@ class _Reader:
         self.graph = GraphBuilder(name)
         self.consts, self.shapes = self.graph.consts, self.graph.shapes
         self.opset = 0
+        graph = model.graph
+        self.used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+        """Every tensor some node or the graph's outputs read (a node's extra outputs must not be)."""
 
     def read(self) -> tuple[Graph, dict[str, Array]]:
         from onnx import numpy_helper
@@ -178,7 +181,7 @@ class _Reader:
             self.graph.constant(node.output[0], self._constant(attrs))
             return
         if op_type in ("Identity", "Dropout"):
-            if len(node.output) > 1 and node.output[1] and self._used(node.output[1]):
+            if len(node.output) > 1 and node.output[1] in self.used:
                 raise ModelError("its mask output is used: only inference-mode dropout is supported")
             self.graph.alias(node.output[0], inputs[0])
             return
@@ -210,7 +213,7 @@ class _Reader:
         else:
             self.graph.emit(label, op, operands, node.output[0])
         for extra in node.output[1:]:
-            if extra and self._used(extra):
+            if extra and extra in self.used:
                 raise ModelError(f"its output {extra!r} is used; only the first output of {op_type} is supported")
 
     def _view(self, node: Any, label: str, op_type: str, inputs: list[str], attrs: dict[str, Any]) -> None:
@@ -221,10 +224,6 @@ class _Reader:
             return FOLD[op_type]([index, *rest], attrs)
 
         self.graph.view(label, inputs[0], node.output[0], fold, perm)
-
-    def _used(self, tensor: str) -> bool:
-        graph = self.model.graph
-        return any(tensor in n.input for n in graph.node) or any(o.name == tensor for o in graph.output)
 
     def is_map(self, tensor: str) -> bool:
         return self.graph.is_map(tensor)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgeci_mqtt.core.geometry import Span, TileRegion, Window
+from edgeci_mqtt.core.kernels import padded_input, pool_divisors
 from edgeci_mqtt.errors import GeometryError, ModelError
 from edgeci_mqtt.graph import ops
 from edgeci_mqtt.graph.axes import Resample
@@ -38,29 +39,7 @@ def _crop(x: Tensor, held: TileRegion, need: TileRegion) -> Tensor:
 def _padded(
     x: Tensor, held: TileRegion, out: TileRegion, windows: tuple[Window, Window], shape: ops.Shape, fill: float
 ) -> Tensor:
-    """The operand cropped to what ``out`` reads, padded where that reaches past the map."""
-    rows, cols = windows
-    reach = TileRegion(rows.reach(out.rows), cols.reach(out.cols))
-    need = TileRegion(rows.needed(out.rows, shape[2]), cols.needed(out.cols, shape[3]))
-    x = _crop(x, held, need)
-    if need.area == 0:  # every window lies in the padding
-        return torch.full((*x.shape[:2], reach.height, reach.width), fill, dtype=x.dtype)
-    pads = (
-        need.cols.start - reach.cols.start,
-        reach.cols.stop - need.cols.stop,
-        need.rows.start - reach.rows.start,
-        reach.rows.stop - need.rows.stop,
-    )
-    return F.pad(x, pads, value=fill) if any(pads) else x
-
-
-def _divisors(window: Window, out: Span, n: int, include_pad: bool) -> Tensor:
-    """An average pool's divisor along one axis at each output index of ``out``."""
-    start = torch.arange(out.start, out.stop, dtype=torch.int64) * window.stride - window.padding
-    stop = torch.clamp(start + window.kernel, max=n + window.end_padding)
-    if not include_pad:
-        start, stop = torch.clamp(start, min=0), torch.clamp(stop, max=n)
-    return stop - start
+    return padded_input(x, held, out, windows, shape[2], shape[3], fill)
 
 
 def _resample(x: Tensor, axis: Resample, out: Span, held: Span, n: int, dim: int) -> Tensor:
@@ -135,8 +114,8 @@ def _pool(
     sums = F.avg_pool2d(x, op.kernel, op.stride, 0, divisor_override=1)
     rows, cols = op.windows
     divisors = (
-        _divisors(rows, out.rows, shapes[0][2], op.count_include_pad)[:, None]
-        * _divisors(cols, out.cols, shapes[0][3], op.count_include_pad)[None, :]
+        pool_divisors(rows, out.rows, shapes[0][2], op.count_include_pad)[:, None]
+        * pool_divisors(cols, out.cols, shapes[0][3], op.count_include_pad)[None, :]
     )
     return sums / divisors.to(sums.dtype)
 
